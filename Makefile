@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PY38 ?= $(shell pyenv root 2>/dev/null)/versions/3.8.18/bin/python3.8
+VENV38 ?= .venv38
+# Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
+PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py)
+
+.PHONY: demo test test-py38 test-unit lint bench venv clean
+
+$(VENV)/.stamp-base: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[onnx,export,tools]'
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-base setup.py
+	$(PY) -m pip install -q -e '.[ros,onnx,export,marigold,tools,dev]'
+	touch $@
+
+venv: $(VENV)/.stamp-dev
+
+demo: $(VENV)/.stamp-base
+	$(VENV)/bin/depth-ros demo --out out/demo
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q test
+	$(MAKE) test-py38
+
+test-unit: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -m "not slow and not graph" test
+
+$(VENV38)/.stamp: setup.py
+	@test -x "$(PY38)" || { echo "Python 3.8 not found at $(PY38): set PY38=/path/to/python3.8"; exit 1; }
+	$(PY38) -m venv $(VENV38)
+	$(VENV38)/bin/python -m pip install -q --upgrade pip
+	$(VENV38)/bin/python -m pip install -q -e . pytest
+	touch $@
+
+test-py38: $(VENV38)/.stamp
+	$(VENV38)/bin/python -m pytest -q -p no:cacheprovider $(PY38_TESTS)
+
+lint: $(VENV)/.stamp-dev
+	$(PY) -m flake8 depth_ros launch test benchmarks setup.py
+
+bench: $(VENV)/.stamp-dev
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) $(VENV38) build install log *.egg-info out

@@ -1,0 +1,59 @@
+"""`depth-ros` command line: demo, fuse, model export|build|verify, bench, eval, process-bag.
+
+Each sub-command lives in ``depth_ros/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``. Modules import only light dependencies at the top, so
+``depth-ros --help`` is fast; heavy imports happen inside ``func``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+# Order is the order shown in --help.
+COMMANDS = ('demo', 'fuse', 'model', 'bench', 'eval', 'process_bag')
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='depth-ros',
+        description='Metric depth from ZED2 stereo and Depth Anything V2, without ROS.')
+    parser.add_argument('--debug', action='store_true',
+                        help='debug logging, and full tracebacks on errors')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module('depth_ros.commands.' + name)
+        except ImportError as exc:  # a command whose module is missing must not break the rest
+            logging.getLogger('depth_ros').debug('command %s unavailable: %s', name, exc)
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        prog = 'depth-ros ' + args.command.replace('_', '-')
+        print('{}: error: {}'.format(prog, exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

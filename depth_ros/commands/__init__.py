@@ -1,0 +1,1 @@
+"""Sub-commands of the `depth-ros` command line (see depth_ros/cli.py)."""

@@ -1,0 +1,1 @@
+"""Pure core: numpy and OpenCV only. Never imports rclpy, torch, tensorrt, pycuda or pyzed."""

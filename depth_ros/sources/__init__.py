@@ -1,0 +1,1 @@
+"""Camera sources behind one interface (see depth_ros/sources/base.py)."""

@@ -1,0 +1,71 @@
+"""ament_python package and pip package in one tree.
+
+`colcon build` installs the executables in lib/depth_ros and the launch, config and rviz files
+in share/depth_ros (setup.cfg and data_files below); `pip install -e '.[...]'` works on a
+machine without ROS.
+"""
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'depth_ros'
+TORCH = 'torch==2.13.0'
+
+
+def _files(pattern):
+    return sorted(f for f in glob(pattern) if os.path.isfile(f))
+
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(include=[PACKAGE, PACKAGE + '.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', _files('launch/*.py')),
+        ('share/' + PACKAGE + '/config', _files('config/*.yaml')),
+        ('share/' + PACKAGE + '/rviz', _files('rviz/*.rviz')),
+        ('share/' + PACKAGE + '/models', ['models/README.md']),
+    ],
+    python_requires='>=3.8',
+    install_requires=[
+        'setuptools',
+        'numpy',
+        'opencv-python-headless; python_version >= "3.8"',
+        'PyYAML',
+        'tqdm',
+    ],
+    extras_require={
+        # ROS 2 wheels from PyPI, for machines without a ROS install (tests, laptops).
+        'ros': [
+            'ros-rclpy', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-std-srvs',
+            'ros-diagnostic-msgs', 'ros-rmw-fastrtps-cpp',
+        ],
+        'onnx': ['onnxruntime', 'onnx'],
+        'export': [TORCH, 'transformers', 'huggingface_hub', 'safetensors', 'onnx',
+                   'onnxscript'],
+        'marigold': [TORCH, 'diffusers', 'transformers', 'huggingface_hub', 'safetensors'],
+        # On a Jetson, TensorRT and its Python bindings come with JetPack (apt), not pip.
+        'tensorrt': ['pycuda', 'tensorrt'],
+        'bag': ['rosbags'],
+        'tools': ['matplotlib', 'scikit-image', 'rosbags'],
+        'dev': ['pytest', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
+                'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],
+    },
+    zip_safe=True,
+    maintainer='depth_ros maintainers',
+    maintainer_email='depth-ros@example.com',
+    description='Metric depth from ZED2 stereo and Depth Anything V2 for ROS 2.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'depth-ros = depth_ros.cli:main',
+            'zed_node = depth_ros.ros.zed_node:main',
+            'depth_node = depth_ros.ros.depth_node:main',
+            'alignment_node = depth_ros.ros.alignment_node:main',
+            'marigold_node = depth_ros.ros.marigold_node:main',
+        ],
+    },
+)
