@@ -22,7 +22,7 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-base setup.py
 venv: $(VENV)/.stamp-dev
 
 demo: $(VENV)/.stamp-base
-	$(VENV)/bin/depth-ros demo --out out/demo
+	$(PY) -m depth_ros.cli demo --out out/demo
 
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q test
@@ -35,7 +35,8 @@ $(VENV38)/.stamp: setup.py
 	@test -x "$(PY38)" || { echo "Python 3.8 not found at $(PY38): set PY38=/path/to/python3.8"; exit 1; }
 	$(PY38) -m venv $(VENV38)
 	$(VENV38)/bin/python -m pip install -q --upgrade pip
-	$(VENV38)/bin/python -m pip install -q -e . pytest
+	# The Jetson's own versions: Ubuntu 20.04 numpy 1.17.4, JetPack 5.1 OpenCV 4.5.4.
+	$(VENV38)/bin/python -m pip install -q -e . pytest 'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
 	touch $@
 
 test-py38: $(VENV38)/.stamp

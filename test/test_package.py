@@ -1,0 +1,128 @@
+"""The package as ROS and pip see it: package.xml, colcon install layout, import hygiene, lint."""
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXECUTABLES = ('depth-ros', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node')
+IGNORE = shutil.ignore_patterns('.venv*', '.git', 'build', 'install', 'log', 'out',
+                                '__pycache__', '*.egg-info', '.pytest_cache', '.whl',
+                                '*.onnx', '*.engine', '*.pth', '*.safetensors')
+
+
+def _package_xml():
+    return ET.parse(os.path.join(ROOT, 'package.xml')).getroot()
+
+
+def test_package_xml_is_format_3_ament_python():
+    root = _package_xml()
+    assert root.get('format') == '3', 'expected format 3, received {}'.format(root.get('format'))
+    assert root.findtext('name') == 'depth_ros'
+    assert root.findtext('export/build_type') == 'ament_python'
+
+
+def test_package_xml_declares_the_runtime_and_test_dependencies():
+    root = _package_xml()
+    exec_deps = {e.text for e in root.findall('exec_depend')}
+    test_deps = {e.text for e in root.findall('test_depend')}
+    want_exec = {'rclpy', 'sensor_msgs', 'std_msgs', 'std_srvs', 'diagnostic_msgs', 'cv_bridge',
+                 'launch', 'launch_ros', 'python3-numpy', 'python3-opencv'}
+    want_test = {'launch_pytest', 'python3-pytest', 'ament_flake8', 'ament_pep257',
+                 'ament_copyright'}
+    assert want_exec <= exec_deps, 'missing exec_depend: {}'.format(sorted(want_exec - exec_deps))
+    assert want_test <= test_deps, 'missing test_depend: {}'.format(sorted(want_test - test_deps))
+
+
+def test_setup_cfg_installs_scripts_where_ros2_run_looks():
+    with open(os.path.join(ROOT, 'setup.cfg')) as f:
+        text = f.read()
+    assert 'script_dir=$base/lib/depth_ros' in text
+    assert 'install_scripts=$base/lib/depth_ros' in text
+
+
+def test_core_imports_neither_ros_nor_heavy_frameworks():
+    # The robot's core must import with numpy and OpenCV alone; the public API is lazy.
+    code = (
+        'import sys, depth_ros\n'
+        'from depth_ros import PinholeCamera, MetricAligner, depth_to_cloud, colorize\n'
+        'import depth_ros.core.metrics, depth_ros.core.preprocess\n'
+        'heavy = [m for m in ("rclpy", "torch", "tensorrt", "pycuda", "pyzed", "onnxruntime",'
+        ' "transformers", "diffusers") if m in sys.modules]\n'
+        'print(",".join(heavy))\n')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == '', 'core pulled in: ' + out.stdout.strip()
+
+
+def test_cli_help_lists_every_command():
+    out = subprocess.run([sys.executable, '-m', 'depth_ros.cli', '--help'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for command in ('demo', 'fuse', 'model', 'bench', 'eval', 'process-bag'):
+        assert command in out.stdout, 'expected {!r} in --help, received:\n{}'.format(
+            command, out.stdout)
+
+
+@pytest.mark.slow
+def test_colcon_build_installs_executables_and_share_files(tmp_path):
+    colcon = shutil.which('colcon') or os.path.join(os.path.dirname(sys.executable), 'colcon')
+    if not os.path.exists(colcon):
+        pytest.skip('colcon is not installed (pip install colcon-common-extensions)')
+    src = tmp_path / 'ws' / 'src' / 'depth_ros'
+    shutil.copytree(ROOT, str(src), ignore=IGNORE)
+    ws = tmp_path / 'ws'
+    out = subprocess.run([colcon, 'build', '--base-paths', 'src', '--event-handlers',
+                          'console_cohesion-'], cwd=str(ws), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, 'colcon build failed:\n{}\n{}'.format(out.stdout, out.stderr)
+    prefix = ws / 'install' / 'depth_ros'
+    for exe in EXECUTABLES:
+        path = prefix / 'lib' / 'depth_ros' / exe
+        assert path.is_file(), 'expected executable {}, lib/depth_ros has {}'.format(
+            path, sorted(os.listdir(str(prefix / 'lib' / 'depth_ros'))))
+        assert os.access(str(path), os.X_OK)
+    share = prefix / 'share' / 'depth_ros'
+    for rel in ('package.xml', 'launch/zed_depth.launch.py', 'config/zed_depth.yaml',
+                'rviz/zed_depth.rviz', 'models/README.md'):
+        assert (share / rel).is_file(), 'expected {} in {}'.format(rel, share)
+    index = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'depth_ros'
+    assert index.is_file(), 'the ament resource marker is missing: ros2 pkg cannot find us'
+    # The installed entry point runs from the install space, not from the source tree.
+    site = list(prefix.glob('lib/python3*/site-packages'))
+    assert site, 'no site-packages under {}'.format(prefix)
+    env = dict(os.environ, PYTHONPATH=str(site[0]))
+    run = subprocess.run([str(prefix / 'lib' / 'depth_ros' / 'depth-ros'), '--help'],
+                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert 'process-bag' in run.stdout
+
+
+@pytest.mark.slow
+def test_flake8_is_clean():
+    pytest.importorskip('flake8')
+    paths = [p for p in ('depth_ros', 'launch', 'test', 'benchmarks', 'setup.py')
+             if os.path.exists(os.path.join(ROOT, p))]
+    out = subprocess.run([sys.executable, '-m', 'flake8'] + paths, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, 'flake8 found:\n' + out.stdout[-5000:] + out.stderr[-2000:]
+
+
+def test_everything_under_depth_ros_compiles_on_python38():
+    candidates = [os.path.join(os.popen('pyenv root 2>/dev/null').read().strip(),
+                               'versions', '3.8.18', 'bin', 'python3.8'), '/usr/bin/python3.8']
+    py38 = next((c for c in candidates if os.path.isfile(c)), None)
+    if sys.version_info[:2] == (3, 8):
+        py38 = sys.executable
+    if py38 is None:
+        pytest.skip('no Python 3.8 interpreter on this machine')
+    # compile() with the 3.8 grammar; the PYTHONPYCACHEPREFIX keeps the tree clean.
+    out = subprocess.run([py38, '-m', 'compileall', '-q', 'depth_ros'], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPYCACHEPREFIX=os.path.join(
+                             ROOT, '.pytest_cache', 'py38')),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, 'Python 3.8 cannot compile:\n' + out.stdout + out.stderr
