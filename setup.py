@@ -52,6 +52,7 @@ setup(
         'bag': ['rosbags'],
         'tools': ['matplotlib', 'scikit-image', 'rosbags'],
         'dev': ['pytest', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
+                'ros-ament-flake8', 'ros-ament-pep257',
                 'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],
     },
     zip_safe=True,
