@@ -1,0 +1,106 @@
+"""Marigold wrapper on a tiny random-weight pipeline (no download; its output means nothing)."""
+from depth_ros.inference.marigold import (build_tiny_pipeline, check_settings, default_dtype,
+                                          MarigoldDepth)
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+pytest.importorskip('diffusers')
+
+torch.set_num_threads(1)
+
+
+def _image(h=24, w=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope='module')
+def pipe():
+    return build_tiny_pipeline(seed=0)
+
+
+def test_predict_shape_range_and_convention(pipe):
+    model = MarigoldDepth(pipe, device='cpu', dtype='fp32', steps=2)
+    res = model.infer(_image())
+    assert res.depth.shape == (24, 40), 'expected (24, 40), received {}'.format(res.depth.shape)
+    assert res.depth.dtype == np.float32
+    assert np.isfinite(res.depth).all()
+    assert res.depth.min() >= 0.0 and res.depth.max() <= 1.0, \
+        'expected depth in [0, 1], received [{}, {}]'.format(res.depth.min(), res.depth.max())
+    assert res.uncertainty is None
+    assert model.relative_kind == 'depth'
+    assert model.latency.count == 1
+
+
+def test_matches_pipeline_called_directly_with_rgb(pipe):
+    # Independent path: RGB float [0, 1] tensor straight into diffusers, same seed.
+    bgr = _image(seed=1)
+    model = MarigoldDepth(pipe, steps=1, processing_resolution=32, seed=7)
+    ours = model.predict(bgr)
+    rgb = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    ref = pipe(rgb, num_inference_steps=1, processing_resolution=32,
+               generator=torch.Generator().manual_seed(7), output_type='np').prediction[0, :, :, 0]
+    err = np.abs(ours - ref).max()
+    assert err < 1e-5, 'expected max diff < 1e-5, received {}'.format(err)
+    # The channel order matters: feeding BGR as RGB gives a different map.
+    swapped = model.predict(np.ascontiguousarray(bgr[:, :, ::-1]))
+    assert np.abs(swapped - ours).max() > 1e-4
+
+
+def test_seed_makes_keyframes_repeatable(pipe):
+    a = MarigoldDepth(pipe, steps=1, seed=3).predict(_image())
+    b = MarigoldDepth(pipe, steps=1, seed=3).predict(_image())
+    c = MarigoldDepth(pipe, steps=1, seed=4).predict(_image())
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-6, 'different seeds gave the same map'
+
+
+def test_ensemble_gives_uncertainty(pipe):
+    res = MarigoldDepth(pipe, steps=1, ensemble_size=3).infer(_image(16, 20))
+    assert res.uncertainty is not None
+    assert res.uncertainty.shape == (16, 20), 'received {}'.format(res.uncertainty.shape)
+    assert (res.uncertainty >= 0).all() and np.isfinite(res.uncertainty).all()
+
+
+def test_lcm_scheduler_pipeline_runs():
+    lcm = build_tiny_pipeline(seed=1, scheduler='lcm')
+    d = MarigoldDepth(lcm, steps=2).predict(_image(16, 16))
+    assert d.shape == (16, 16) and np.isfinite(d).all()
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(steps=0), '`steps` must be an integer >= 1 (or None for the checkpoint default), '
+                    'got 0'),
+    (dict(ensemble_size=2), '`ensemble_size` must be 1 or an integer >= 3, got 2'),
+    (dict(processing_resolution=-8), '`processing_resolution` must be an integer >= 0 '
+                                     '(0 = native, None = checkpoint default), got -8'),
+    (dict(dtype='bf16'), "`dtype` must be one of ('fp16', 'fp32'), got 'bf16'"),
+])
+def test_bad_settings_name_the_setting(pipe, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        MarigoldDepth(pipe, **kwargs)
+    assert str(err.value) == message, 'expected {!r}, received {!r}'.format(message,
+                                                                            str(err.value))
+
+
+def test_bad_image_and_missing_embedding(pipe):
+    model = MarigoldDepth(pipe)
+    with pytest.raises(ValueError, match='`bgr` must have dtype uint8'):
+        model.predict(np.zeros((8, 8, 3), np.float32))
+    bare = build_tiny_pipeline()
+    bare.empty_text_embedding = None
+    with pytest.raises(ValueError, match='neither a text encoder nor `empty_text_embedding`'):
+        MarigoldDepth(bare)
+
+
+def test_from_pretrained_missing_folder_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    missing = str(tmp_path / 'no_such_checkpoint')
+    with pytest.raises(FileNotFoundError, match='no_such_checkpoint'):
+        MarigoldDepth.from_pretrained(missing)
+
+
+def test_default_dtype_and_settings():
+    assert default_dtype('cuda') == 'fp16' and default_dtype('cuda:1') == 'fp16'
+    assert default_dtype('cpu') == 'fp32'
+    check_settings(None, 1, None, 'fp32')   # checkpoint defaults are legal
