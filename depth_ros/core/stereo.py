@@ -141,19 +141,21 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     disp = sgbm_disparity(left_gray, right_gray, **opts)  # [H, W] float32 px, NaN invalid
     disp_right = sgbm_disparity(left_gray, right_gray, right_view=True, **opts)
 
-    # Column in the right view that each left pixel matched; NaN disparities stay NaN.
-    xr = np.rint(np.arange(width, dtype=np.float32)[None, :] - disp)
-    inside = np.isfinite(xr) & (xr >= 0) & (xr <= width - 1)
-    back = disp_right[np.arange(height)[:, None], np.where(inside, xr, 0).astype(np.intp)]
-    lr_diff = np.abs(disp - back)  # NaN where either view has no match
-    confirmed = inside & np.isfinite(lr_diff)
-    if max_lr_diff is not None:
-        disp[confirmed & (lr_diff > max_lr_diff)] = np.nan
+    # NaN marks 'no match' all through; comparisons with it are False, as intended.
+    with np.errstate(invalid='ignore'):
+        # Column in the right view that each left pixel matched; NaN disparities stay NaN.
+        xr = np.rint(np.arange(width, dtype=np.float32)[None, :] - disp)
+        inside = np.isfinite(xr) & (xr >= 0) & (xr <= width - 1)
+        back = disp_right[np.arange(height)[:, None], np.where(inside, xr, 0).astype(np.intp)]
+        lr_diff = np.abs(disp - back)  # NaN where either view has no match
+        confirmed = inside & np.isfinite(lr_diff)
+        if max_lr_diff is not None:
+            disp[confirmed & (lr_diff > max_lr_diff)] = np.nan
 
-    denom = disp + np.float32(doffs)
-    valid = np.isfinite(denom) & (denom > 0)  # d + doffs <= 0 is behind the camera: no match
-    depth = np.full((height, width), np.nan, dtype=np.float32)
-    depth[valid] = np.float32(baseline_m * camera.fx) / denom[valid]
+        denom = disp + np.float32(doffs)
+        valid = np.isfinite(denom) & (denom > 0)  # d + doffs <= 0 is behind the camera: no match
+        depth = np.full((height, width), np.nan, dtype=np.float32)
+        depth[valid] = np.float32(baseline_m * camera.fx) / denom[valid]
 
     confidence = np.full((height, width), UNCONFIRMED_CONFIDENCE, dtype=np.float32)
     lr_term = np.minimum(lr_diff[confirmed] * (1.0 / lr_tolerance), 1.0)
