@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 def load_model(backend: str, model, device: str = 'cpu', steps=None, ensemble: int = 1,
                processing_resolution=None):
-    """The depth model of ``backend`` (Marigold through its wrapper, others via load_depth_model)."""
+    """The model of ``backend``: Marigold through its wrapper, others via load_depth_model."""
     if backend == 'marigold':
         from depth_ros.inference.marigold import (DEFAULT_CHECKPOINT, default_dtype,
                                                   MarigoldDepth)

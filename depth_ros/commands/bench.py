@@ -1,0 +1,47 @@
+"""`depth-ros bench`: per-stage latency percentiles of the pipeline, table and PNG."""
+from __future__ import annotations
+
+import logging
+
+LOG = logging.getLogger('depth_ros.bench')
+
+BACKENDS = ('onnxruntime', 'torch', 'tensorrt', 'marigold')
+
+
+def register(subparsers) -> None:
+    """Add the `bench` parser."""
+    parser = subparsers.add_parser(
+        'bench', help='per-stage latency (preprocess, inference, alignment, cloud, conversion)',
+        description='Times each pipeline stage on synthetic frames at the camera size and '
+                    'writes bench.md, bench.json and bench.png. Without --model a labelled '
+                    'stand-in replaces the network, so only the other stages mean anything.')
+    parser.add_argument('--backend', default='onnxruntime', choices=BACKENDS)
+    parser.add_argument('--model', default=None,
+                        help='ONNX file, engine, checkpoint or hub id; omitted = stand-in')
+    parser.add_argument('--size', default='1280x720', help='camera frame WIDTHxHEIGHT')
+    parser.add_argument('--input-size', default='518x294',
+                        help='stand-in model input WIDTHxHEIGHT (multiples of 14)')
+    parser.add_argument('--frames', type=int, default=50, help='timed frames')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
+    parser.add_argument('--device', default='cpu', help='torch device for torch / marigold')
+    parser.add_argument('--out', default='out/bench', help='output folder')
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Entry point of `depth-ros bench`."""
+    from depth_ros.commands.eval import load_model
+    from depth_ros.tools import bench
+    size = bench.parse_size(args.size)
+    if args.frames < 1:
+        raise ValueError('`--frames` must be >= 1, got {}'.format(args.frames))
+    if args.model is None and args.backend != 'marigold':
+        LOG.warning('no --model: timing a %s', bench.STAND_IN_LABEL)
+        model = bench.StandInModel(bench.parse_size(args.input_size))
+    else:
+        model = load_model(args.backend, args.model, args.device)
+    result = bench.run_bench(model, size=size, frames=args.frames, warmup=args.warmup)
+    paths = bench.write_report(result, args.out)
+    LOG.info('\n%s', bench.markdown_table(result))
+    LOG.info('wrote %s, %s, %s', paths['markdown'], paths['json'], paths['plot'])
+    return 0

@@ -1,0 +1,211 @@
+"""Per-stage latency of the depth pipeline without ROS: the figures `depth-ros bench` prints.
+
+Stages, in pipeline order, each timed alone on every frame:
+
+* ``preprocess``: BGR uint8 -> normalised [1, 3, h, w] (depth_ros.core.preprocess);
+* ``inference``: the backend call alone;
+* ``postprocess``: model output -> relative map at the camera size;
+* ``alignment``: ``MetricAligner.update`` (fit, temporal filter, fusion);
+* ``cloud``: ``depth_to_cloud`` with colours at stride 1;
+* ``conversion``: the message payloads: depth image bytes and PointCloud2 data bytes (what the
+  ROS conversion copies into the messages; no rclpy needed).
+
+Inputs are a synthetic scene at the camera size (smooth depth, textured image, ZED-like holes
+and confidence); latency does not depend on the picture for these stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import json
+import logging
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.checks import check_positive
+from depth_ros.inference.base import DepthModel
+import numpy as np
+
+LOG = logging.getLogger('depth_ros.bench')
+
+STAGES = ('preprocess', 'inference', 'postprocess', 'alignment', 'cloud', 'conversion')
+PERCENTILES = (50, 90, 99)
+STAND_IN_LABEL = 'stand-in (no network: channel mean; latency of a real model not included)'
+
+
+class StandInModel(DepthModel):
+    """Labelled stand-in when no model is given: a cheap deterministic function of the input.
+
+    Its output is not depth; it only lets the other stages run and be timed.
+    """
+
+    backend = 'stand-in'
+
+    def __init__(self, input_size: Tuple[int, int] = (518, 294)):
+        super(StandInModel, self).__init__(input_size, name=STAND_IN_LABEL)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return batch[0].mean(axis=0) + 3.0   # [h, w], positive like a disparity
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'1280x720' -> (1280, 720); ValueError names the value."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split('x'))
+    except ValueError:
+        raise ValueError('`--size` must be WIDTHxHEIGHT, e.g. 1280x720, got {!r}'.format(text))
+    if w <= 0 or h <= 0:
+        raise ValueError('`--size` must be positive, got {!r}'.format(text))
+    return w, h
+
+
+def synthetic_frame(width: int, height: int, seed: int = 0):
+    """A ZED-like frame: textured BGR, smooth stereo depth (metres) with holes, confidence."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(1.0, 8.0, (6, 8)).astype(np.float32)
+    depth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)   # [H, W] m
+    depth = np.clip(depth, 0.5, None)
+    bgr = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    stereo = depth.copy()
+    stereo[rng.random((height, width)) < 0.1] = np.nan            # stereo holes
+    confidence = rng.uniform(1, 100, (height, width)).astype(np.float32)
+    camera = PinholeCamera(0.75 * width, 0.75 * width, width / 2.0 - 0.5, height / 2.0 - 0.5,
+                           width, height)   # synthetic intrinsics of a synthetic scene
+    return bgr, depth, stereo, confidence, camera
+
+
+@dataclass
+class BenchResult:
+    """Per-stage samples in milliseconds."""
+
+    model: str
+    backend: str
+    size: Tuple[int, int]
+    frames: int
+    samples: Dict[str, List[float]]
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        """Stage -> mean, p50, p90, p99, max (ms); 'total' is the per-frame sum."""
+        out = {}
+        stages = [s for s in STAGES if self.samples.get(s)]
+        totals = np.sum([self.samples[s] for s in stages], axis=0) if stages else []
+        for name, values in [(s, self.samples[s]) for s in stages] + [('total', totals)]:
+            v = np.asarray(values, dtype=np.float64)
+            row = {'mean': float(v.mean())}
+            row.update({'p%d' % q: float(np.percentile(v, q)) for q in PERCENTILES})
+            row['max'] = float(v.max())
+            out[name] = row
+        return out
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-ready dict."""
+        return {'model': self.model, 'backend': self.backend,
+                'size': '{}x{}'.format(*self.size), 'frames': self.frames,
+                'summary': self.summary(), 'samples_ms': self.samples}
+
+
+def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warmup: int = 3,
+              progress: bool = True, relative_kind: Optional[str] = None) -> BenchResult:
+    """Time every stage on ``frames`` frames after ``warmup`` untimed ones.
+
+    :param model: a DepthModel (pre/infer/post timed apart) or anything with ``predict``
+        (timed as inference alone, e.g. MarigoldDepth).
+    """
+    from depth_ros.core.alignment import MetricAligner
+    from depth_ros.core.pointcloud import depth_to_cloud
+    check_positive('frames', frames)
+    if isinstance(frames, bool) or int(frames) != frames:
+        raise ValueError('`frames` must be an integer >= 1, got {!r}'.format(frames))
+    width, height = size
+    bgr, _, stereo, confidence, camera = synthetic_frame(width, height)
+    kind = relative_kind or getattr(model, 'relative_kind', 'disparity')
+    aligner = MetricAligner(relative_kind=kind)
+    split = isinstance(model, DepthModel)
+    samples = {s: [] for s in STAGES}
+    iterator = range(int(warmup) + int(frames))
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc='bench', unit='frame')
+    if split:
+        from depth_ros.core.preprocess import prepare_input, restore_output
+        batch = model._input_buffer()
+    for i in iterator:
+        t = [time.perf_counter()]
+        if split:
+            prepare_input(bgr, model.input_size, out=batch)
+            t.append(time.perf_counter())
+            raw = model._infer(batch)
+            t.append(time.perf_counter())
+            rel = restore_output(raw, height, width)
+        else:
+            t.append(t[0])
+            rel = model.predict(bgr)
+            t.append(time.perf_counter())
+        t.append(time.perf_counter())
+        aligned = aligner.update(rel, stereo, confidence)
+        t.append(time.perf_counter())
+        cloud = depth_to_cloud(aligned.depth, camera, bgr=bgr)
+        t.append(time.perf_counter())
+        payload = (aligned.depth.tobytes(), cloud.tobytes())   # Image.data, PointCloud2.data
+        t.append(time.perf_counter())
+        del payload
+        if i < warmup:
+            continue
+        for name, a, b in zip(STAGES, t[:-1], t[1:]):
+            if name == 'preprocess' and not split:
+                continue
+            if name == 'postprocess' and not split:
+                continue
+            samples[name].append((b - a) * 1e3)
+    return BenchResult(getattr(model, 'name', '') or type(model).__name__,
+                       getattr(model, 'backend', '?'), (width, height), int(frames), samples)
+
+
+def markdown_table(result: BenchResult) -> str:
+    """Stage latency table (ms)."""
+    lines = ['{} ({}), {}x{}, {} frames'.format(result.model, result.backend, result.size[0],
+                                                result.size[1], result.frames), '',
+             '| stage | mean | p50 | p90 | p99 | max |', '|---|---:|---:|---:|---:|---:|']
+    for name, row in result.summary().items():
+        lines.append('| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |'.format(
+            name, row['mean'], row['p50'], row['p90'], row['p99'], row['max']))
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(result: BenchResult, out_dir: str) -> Dict[str, str]:
+    """Write bench.md, bench.json and bench.png (p50 bars with p90/p99 marks) to ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {'markdown': os.path.join(out_dir, 'bench.md'),
+             'json': os.path.join(out_dir, 'bench.json'),
+             'plot': os.path.join(out_dir, 'bench.png')}
+    with open(paths['markdown'], 'w') as f:
+        f.write(markdown_table(result))
+    with open(paths['json'], 'w') as f:
+        json.dump(result.to_dict(), f, indent=2)
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError('install depth_ros[tools] (matplotlib) for the plot: {}'.format(exc))
+    summary = result.summary()
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x, [summary[n]['p50'] for n in names], color='tab:blue', label='p50')
+    ax.scatter(x, [summary[n]['p90'] for n in names], color='tab:orange', zorder=3,
+               label='p90')
+    ax.scatter(x, [summary[n]['p99'] for n in names], color='tab:red', marker='x', zorder=3,
+               label='p99')
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylabel('ms')
+    ax.set_title('{} {}x{}'.format(result.backend, *result.size))
+    ax.legend()
+    ax.grid(axis='y', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths['plot'], dpi=100)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,73 @@
+"""`depth-ros bench`: stage timing, percentiles, report files, CLI and its errors."""
+import json
+import os
+
+import cv2
+from depth_ros import cli
+from depth_ros.tools import bench
+import numpy as np
+import pytest
+
+
+def test_summary_percentiles_match_numpy():
+    samples = {s: [] for s in bench.STAGES}
+    samples['inference'] = [1.0, 2.0, 3.0, 10.0]
+    samples['cloud'] = [0.5, 0.5, 0.5, 0.5]
+    res = bench.BenchResult('m', 'b', (4, 3), 4, samples)
+    s = res.summary()
+    assert list(s) == ['inference', 'cloud', 'total'], 'received {}'.format(list(s))
+    assert s['inference']['p50'] == 2.5 and s['inference']['max'] == 10.0
+    want = np.percentile([1.5, 2.5, 3.5, 10.5], 90)
+    assert abs(s['total']['p90'] - want) < 1e-12, 'expected {}, received {}'.format(
+        want, s['total']['p90'])
+
+
+def test_run_bench_times_every_stage_with_stand_in():
+    model = bench.StandInModel((56, 42))
+    res = bench.run_bench(model, size=(64, 48), frames=4, warmup=1, progress=False)
+    for stage in bench.STAGES:
+        assert len(res.samples[stage]) == 4, '{}: expected 4 samples, received {}'.format(
+            stage, len(res.samples[stage]))
+        assert all(v >= 0 for v in res.samples[stage])
+    assert res.model == bench.STAND_IN_LABEL and res.backend == 'stand-in'
+    # The stand-in is labelled: its name says it is not a network.
+    assert 'no network' in bench.markdown_table(res)
+
+
+def test_model_without_split_is_timed_as_inference_only():
+    class Whole(object):
+        name = 'whole'
+        backend = 'marigold'
+        relative_kind = 'depth'
+
+        def predict(self, bgr):
+            return bgr.mean(axis=2).astype(np.float32) / 255.0
+
+    res = bench.run_bench(Whole(), size=(32, 24), frames=3, warmup=0, progress=False)
+    assert res.samples['preprocess'] == [] and res.samples['postprocess'] == []
+    assert len(res.samples['inference']) == 3
+    assert 'preprocess' not in res.summary()
+
+
+def test_cli_writes_table_json_png(tmp_path):
+    out = str(tmp_path / 'b')
+    rc = cli.main(['bench', '--size', '64x48', '--input-size', '28x28', '--frames', '3',
+                   '--warmup', '0', '--out', out])
+    assert rc == 0
+    data = json.load(open(os.path.join(out, 'bench.json')))
+    assert data['size'] == '64x48' and data['frames'] == 3
+    assert set(data['summary']) == set(bench.STAGES) | {'total'}
+    assert '| alignment |' in open(os.path.join(out, 'bench.md')).read()
+    assert cv2.imread(os.path.join(out, 'bench.png')) is not None
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--size', '1280by720'], "`--size` must be WIDTHxHEIGHT, e.g. 1280x720, got '1280by720'"),
+    (['--frames', '0'], '`--frames` must be >= 1, got 0'),
+    (['--input-size', '30x30'], 'input `width` must be a positive multiple of 14, got 30'),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    rc = cli.main(['bench', '--out', str(tmp_path)] + argv)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err, 'expected {!r} in {!r}'.format(message, err)
