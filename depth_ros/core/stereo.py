@@ -164,6 +164,19 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     return depth, confidence
 
 
+SGBM_OPTIONS = ('num_disparities', 'min_disparity', 'block_size', 'uniqueness_ratio',
+                'max_lr_diff', 'lr_tolerance')
+
+
+def check_sgbm_options(options: dict) -> dict:
+    """Raise ValueError naming any key that sgbm_depth does not take as an option."""
+    unknown = sorted(set(options) - set(SGBM_OPTIONS))
+    if unknown:
+        raise ValueError('unknown SGBM option(s) {}; valid: {}'.format(
+            ', '.join(unknown), ', '.join(SGBM_OPTIONS)))
+    return options
+
+
 def _check_finite(name: str, value) -> float:
     try:
         ok = bool(np.isfinite(value))

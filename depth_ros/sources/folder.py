@@ -1,0 +1,183 @@
+"""A folder of rectified stereo pairs plus a calibration YAML; depth from SGBM.
+
+Layout::
+
+    FOLDER/
+      calibration.yaml      fx, fy, cx, cy, baseline (metres), width, height; optional doffs
+      left/000000.png ...   rectified left images (png, jpg, bmp, tif)
+      right/000000.png ...  the right images, with the same file names
+
+Pairs are taken in sorted file-name order. A file name whose stem is an integer (e.g.
+``1700000000123456789.png``) is that frame's stamp in nanoseconds; otherwise stamps are
+synthetic, ``1 / fps`` apart from the wall-clock time of open().
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.stereo import check_sgbm_options, sgbm_depth
+from depth_ros.sources.base import Frame, FrameSource, SourceError
+
+LOG = logging.getLogger('depth_ros.sources.folder')
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+CALIBRATION_NAMES = ('calibration.yaml', 'calibration.yml')
+REQUIRED_KEYS = ('fx', 'fy', 'cx', 'cy', 'baseline', 'width', 'height')
+
+
+class StereoCalibration(object):
+    """Rectified stereo calibration: left intrinsics, baseline (m), principal-point offset."""
+
+    def __init__(self, camera: PinholeCamera, baseline_m: float, doffs: float = 0.0):
+        self.camera = camera
+        self.baseline_m = float(baseline_m)
+        self.doffs = float(doffs)
+
+    def __repr__(self) -> str:
+        return 'StereoCalibration({!r}, baseline_m={:.6g}, doffs={:.6g})'.format(
+            self.camera, self.baseline_m, self.doffs)
+
+
+def _number(path: str, data: Dict, key: str, positive: bool) -> float:
+    value = data[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value)) and (value > 0 or not positive)
+    if not ok:
+        raise ValueError('calibration {}: key `{}` must be a finite number{}, got {!r}'.format(
+            path, key, ' > 0' if positive else '', value))
+    return float(value)
+
+
+def load_calibration(path: str) -> StereoCalibration:
+    """Read and validate a calibration YAML; errors name the file and the key."""
+    import yaml  # PyYAML is a base dependency; imported here to keep the module light
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError('calibration file not found: {}'.format(path))
+    with open(path, 'r') as stream:
+        try:
+            data = yaml.safe_load(stream)
+        except yaml.YAMLError as exc:
+            raise ValueError('calibration {}: not valid YAML: {}'.format(path, exc)) from exc
+    if not isinstance(data, dict):
+        raise ValueError('calibration {}: expected a mapping of keys {}, got {!r}'.format(
+            path, ', '.join(REQUIRED_KEYS), data))
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError('calibration {}: missing key(s) {}'.format(
+            path, ', '.join('`{}`'.format(k) for k in missing)))
+    for key in ('width', 'height'):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError('calibration {}: key `{}` must be an integer > 0, got {!r}'.format(
+                path, key, value))
+    values = {k: _number(path, data, k, positive=k in ('fx', 'fy', 'baseline'))
+              for k in ('fx', 'fy', 'cx', 'cy', 'baseline')}
+    doffs = _number(path, data, 'doffs', positive=False) if 'doffs' in data else 0.0
+    camera = PinholeCamera(values['fx'], values['fy'], values['cx'], values['cy'],
+                           data['width'], data['height'])
+    return StereoCalibration(camera, values['baseline'], doffs)
+
+
+def _images(folder: str) -> Dict[str, str]:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError('stereo folder has no {}/ sub-folder: {}'.format(
+            os.path.basename(folder), folder))
+    return {name: os.path.join(folder, name) for name in os.listdir(folder)
+            if name.lower().endswith(IMAGE_EXTENSIONS)}
+
+
+class FolderSource(FrameSource):
+    """Stereo pairs from ``path/left`` and ``path/right`` with ``path/calibration.yaml``.
+
+    :param path: the folder.
+    :param calibration: calibration YAML path (default: ``path/calibration.yaml``).
+    :param fps: spacing of synthetic stamps when file names are not stamps.
+    :param frame_id: optical frame id, '' lets the node choose.
+    :param sgbm_options: passed to depth_ros.core.stereo.sgbm_depth.
+    """
+
+    name = 'folder'
+
+    def __init__(self, path: str, calibration: Optional[str] = None, fps: float = 10.0,
+                 frame_id: str = '', **sgbm_options):
+        if not path or not os.path.isdir(path):
+            raise FileNotFoundError('stereo folder not found: {!r}'.format(path))
+        if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
+            raise ValueError('`fps` must be a finite number > 0, got {!r}'.format(fps))
+        if calibration is None:
+            found = [os.path.join(path, n) for n in CALIBRATION_NAMES
+                     if os.path.isfile(os.path.join(path, n))]
+            calibration = found[0] if found else os.path.join(path, CALIBRATION_NAMES[0])
+        self.path = path
+        self.calibration = load_calibration(calibration)
+        left = _images(os.path.join(path, 'left'))
+        right = _images(os.path.join(path, 'right'))
+        unpaired = sorted(set(left) ^ set(right))
+        if unpaired:
+            raise ValueError('stereo folder {}: images without a partner in the other view: '
+                             '{}'.format(path, ', '.join(unpaired[:5])
+                                         + (' ...' if len(unpaired) > 5 else '')))
+        if not left:
+            raise ValueError('stereo folder {}: no images in left/ and right/'.format(path))
+        self.names: List[str] = sorted(left)
+        self._left, self._right = left, right
+        self.fps = float(fps)
+        self.frame_id = frame_id
+        self.sgbm_options = check_sgbm_options(sgbm_options)
+        self._index = 0
+        self._t0 = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def open(self) -> None:
+        self._index = 0
+        self._t0 = time.time_ns()
+
+    def _stamp(self, name: str, index: int) -> int:
+        stem = os.path.splitext(name)[0]
+        if stem.isdigit():
+            return int(stem)
+        return self._t0 + int(round(index * 1e9 / self.fps))
+
+    def read(self) -> Optional[Frame]:
+        if self._t0 == 0:
+            self.open()
+        if self._index >= len(self.names):
+            return None
+        name = self.names[self._index]
+        stamp = self._stamp(name, self._index)
+        self._index += 1
+        left = cv2.imread(self._left[name], cv2.IMREAD_COLOR)
+        right = cv2.imread(self._right[name], cv2.IMREAD_COLOR)
+        for path, image in ((self._left[name], left), (self._right[name], right)):
+            if image is None:
+                raise SourceError('cannot read image {}'.format(path))
+        if left.shape != right.shape:
+            raise SourceError('{}: left is {}x{} but right is {}x{}'.format(
+                name, left.shape[1], left.shape[0], right.shape[1], right.shape[0]))
+        camera = self.calibration.camera
+        if (camera.width, camera.height) != (left.shape[1], left.shape[0]):
+            # Images saved at another resolution than calibrated (e.g. downscaled): the
+            # intrinsics scale with them; the baseline does not.
+            camera = camera.scaled(left.shape[1], left.shape[0])
+            doffs = self.calibration.doffs * left.shape[1] / self.calibration.camera.width
+        else:
+            doffs = self.calibration.doffs
+        depth, confidence = sgbm_depth(left, right, camera, self.calibration.baseline_m,
+                                       doffs=doffs, **self.sgbm_options)
+        return Frame(left=left, depth=depth, confidence=confidence, camera=camera,
+                     stamp_ns=stamp, frame_id=self.frame_id, right=right,
+                     baseline_m=self.calibration.baseline_m)
+
+    def close(self) -> None:
+        self._t0 = 0
+        self._index = 0

@@ -1,0 +1,181 @@
+"""Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate outages.
+
+``ReplaySource(inner, loop=..., rate=..., fps=..., drop_after=..., outage_s=...)``:
+
+- ``loop``: when the inner source ends, close and reopen it and go on. Stamps stay strictly
+  increasing: each new pass is shifted to start one frame period after the last stamp.
+- ``rate``: playback speed relative to the recorded stamps (1.0 real time, 2.0 twice as fast,
+  0 as fast as possible).
+- ``fps``: for sources whose stamps mean nothing (the sample): deliver at a fixed rate and
+  stamp each frame with the wall clock at delivery. Overrides ``rate``.
+- ``drop_after`` / ``outage_s``: simulate a camera that disappears and comes back. After
+  ``drop_after`` frames, ``read()`` and ``open()`` raise SourceError for ``outage_s`` seconds
+  (as a ZED unplugged mid-run does); afterwards the source delivers again. Once per run, or
+  every ``drop_after`` frames with ``outage_repeat``. The zed_node reconnect test uses this.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from depth_ros.sources.base import Frame, FrameSource, SourceError
+
+LOG = logging.getLogger('depth_ros.sources.replay')
+
+
+def _check_nonneg(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value)) and value >= 0
+    if not ok:
+        raise ValueError('`{}` must be a finite number >= 0, got {!r}'.format(name, value))
+    return value
+
+
+class ReplaySource(FrameSource):
+    """Wrap a finite FrameSource with looping, pacing and simulated outages (module docstring).
+
+    :param clock: monotonic seconds (injectable for tests); ``sleep`` likewise.
+    :param wall_ns: wall-clock nanoseconds for ``fps`` stamps (injectable for tests).
+    """
+
+    def __init__(self, inner: FrameSource, loop: bool = False, rate: float = 1.0,
+                 fps: Optional[float] = None, drop_after: Optional[int] = None,
+                 outage_s: float = 2.0, outage_repeat: bool = False,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 wall_ns: Callable[[], int] = time.time_ns):
+        if not isinstance(inner, FrameSource):
+            raise ValueError('`inner` must be a FrameSource, got {!r}'.format(inner))
+        _check_nonneg('rate', rate)
+        if fps is not None and not (_check_nonneg('fps', fps) and fps > 0):
+            raise ValueError('`fps` must be a finite number > 0, got {!r}'.format(fps))
+        if drop_after is not None and (isinstance(drop_after, bool)
+                                       or not isinstance(drop_after, int) or drop_after < 1):
+            raise ValueError('`drop_after` must be an integer >= 1, got {!r}'.format(drop_after))
+        _check_nonneg('outage_s', outage_s)
+        self.inner = inner
+        self.name = 'replay(' + inner.name + ')'
+        self.loop = bool(loop)
+        self.rate = float(rate)
+        self.fps = None if fps is None else float(fps)
+        self.drop_after = drop_after
+        self.outage_s = float(outage_s)
+        self.outage_repeat = bool(outage_repeat)
+        self._clock, self._sleep, self._wall_ns = clock, sleep, wall_ns
+        self._reset()
+        self.delivered = 0          # frames delivered since construction
+        self.outages = 0            # simulated outages so far
+        self._outage_until: Optional[float] = None
+
+    def _reset(self):
+        self._offset_ns = 0         # added to the inner stamps of the current pass
+        self._last_in = None        # last inner stamp
+        self._last_out = None       # last delivered stamp
+        self._period_ns = None      # last spacing seen, used to space passes
+        self._t_start = None        # (clock s, out stamp ns) of the first paced frame
+        self._opened = False
+        self._new_pass = True
+
+    def _in_outage(self) -> bool:
+        if self._outage_until is None:
+            return False
+        if self._clock() < self._outage_until:
+            return True
+        LOG.info('%s: simulated outage over', self.name)
+        self._outage_until = None
+        return False
+
+    def open(self) -> None:
+        if self._in_outage():
+            raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
+        if not self._opened:
+            self.inner.open()
+            self._opened = True
+            self._new_pass = True
+
+    def close(self) -> None:
+        if self._opened:
+            self.inner.close()
+        self._opened = False
+
+    def _next_inner(self) -> Optional[Frame]:
+        frame = self.inner.read()
+        if frame is None and self.loop:
+            self.inner.close()
+            self.inner.open()
+            self._new_pass = True
+            frame = self.inner.read()
+        if frame is not None and self._new_pass:
+            self._new_pass = False
+            self._last_in = None
+            self._t_start = None  # pace the new pass from now, not from the old timeline
+            if self._last_out is not None \
+                    and frame.stamp_ns + self._offset_ns <= self._last_out:
+                # Continue one frame period after the last stamp delivered.
+                period = self._period_ns or (int(1e9 / self.fps) if self.fps else 100000000)
+                self._offset_ns = self._last_out + period - frame.stamp_ns
+        return frame
+
+    def read(self) -> Optional[Frame]:
+        if self._in_outage():
+            raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
+        if not self._opened:
+            self.open()
+        if self.drop_after is not None and self.delivered > 0 \
+                and self.delivered % self.drop_after == 0 \
+                and (self.outage_repeat or self.outages == 0) \
+                and self._outage_mark != self.delivered:
+            self._outage_mark = self.delivered
+            self.outages += 1
+            self._outage_until = self._clock() + self.outage_s
+            self.close()
+            LOG.info('%s: simulated outage for %.1f s after %d frames', self.name,
+                     self.outage_s, self.delivered)
+            raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
+        frame = self._next_inner()
+        if frame is None:
+            return None
+        if self._last_in is not None and frame.stamp_ns > self._last_in:
+            self._period_ns = frame.stamp_ns - self._last_in
+        self._last_in = frame.stamp_ns
+        if self.fps is not None:
+            self._pace_fixed()
+            stamp = self._wall_ns()
+        else:
+            stamp = frame.stamp_ns + self._offset_ns
+            self._pace_recorded(stamp)
+        if self._last_out is not None and stamp <= self._last_out:
+            stamp = self._last_out + 1  # out-of-order input or a coarse clock: keep increasing
+        frame.stamp_ns = stamp
+        self._last_out = stamp
+        self.delivered += 1
+        return frame
+
+    _outage_mark = -1
+
+    def _pace_fixed(self) -> None:
+        now = self._clock()
+        if self._t_start is None:
+            self._t_start = (now, 0)
+            self._count = 0
+            return
+        self._count += 1
+        due = self._t_start[0] + self._count / self.fps
+        if due > now:
+            self._sleep(due - now)
+
+    def _pace_recorded(self, stamp: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self._clock()
+        if self._t_start is None:
+            self._t_start = (now, stamp)
+            return
+        due = self._t_start[0] + (stamp - self._t_start[1]) * 1e-9 / self.rate
+        if due > now:
+            self._sleep(due - now)

@@ -1,0 +1,308 @@
+"""Frame sources: sample, folder, replay, make_source (rosbag and zed: their own sections)."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.stereo import sgbm_depth
+from depth_ros.sources import make_source
+from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.folder import FolderSource, load_calibration
+from depth_ros.sources.replay import ReplaySource
+
+
+def _msg(err) -> str:
+    return str(err.value)
+
+
+# --------------------------------------------------------------------------- sample
+
+def test_load_sample_ground_truth_matches_docstring_calibration():
+    from skimage import data as skdata
+    from depth_ros.sources.sample import load_sample
+
+    sample = load_sample()
+    left_rgb, right_rgb, disp = skdata.stereo_motorcycle()
+    assert sample.left.shape == (500, 741, 3) and sample.left.dtype == np.uint8
+    assert np.array_equal(sample.left[:, :, ::-1], left_rgb), 'expected BGR of the RGB pair'
+    assert np.array_equal(sample.right[:, :, ::-1], right_rgb)
+    cam = sample.camera
+    assert (cam.fx, cam.cx, cam.cy, cam.width, cam.height) == (994.978, 311.193, 254.877, 741,
+                                                               500), repr(cam)
+    assert sample.baseline_m == 0.193001 and sample.doffs == 31.086
+    # Independent: depth = B f / (d + doffs) at a few pixels, NaN where disparity is inf.
+    for (y, x) in ((100, 100), (250, 400), (450, 700)):
+        want = 0.193001 * 994.978 / (float(disp[y, x]) + 31.086)
+        got = float(sample.gt_depth[y, x])
+        if np.isfinite(disp[y, x]):
+            assert abs(got - want) < 1e-5 * want, 'expected {}, received {}'.format(want, got)
+    assert np.array_equal(np.isnan(sample.gt_depth), ~np.isfinite(disp))
+    assert sample.gt_depth.dtype == np.float32
+    # Fresh copies: writing into one does not change the next.
+    sample.left[:] = 0
+    assert load_sample().left.any(), 'expected load_sample() to return copies'
+
+
+def test_sample_source_stereo_depth_against_ground_truth():
+    from depth_ros.sources.sample import load_sample, SampleSource
+
+    source = SampleSource(count=2, fps=20.0)
+    frames = list(source)
+    assert len(frames) == 2, 'expected 2 frames, received {}'.format(len(frames))
+    first, second = frames
+    assert second.stamp_ns - first.stamp_ns == 50000000, 'expected 50 ms apart'
+    assert first.depth.shape == (500, 741) and first.depth.dtype == np.float32
+    assert first.confidence.min() >= 1 and first.confidence.max() <= 100
+    gt = load_sample().gt_depth
+    both = np.isfinite(first.depth) & np.isfinite(gt)
+    absrel = float(np.mean(np.abs(first.depth[both] - gt[both]) / gt[both]))
+    assert absrel < 0.03, 'expected SGBM AbsRel < 0.03 on Motorcycle, received {}'.format(
+        absrel)
+    assert both.mean() > 0.7, 'expected density > 0.7, received {}'.format(both.mean())
+    first.left[:] = 0  # frames are the caller's to modify
+    assert SampleSource(count=1).read().left.any()
+
+
+def test_sample_source_rejects_bad_options():
+    from depth_ros.sources.sample import SampleSource
+
+    with pytest.raises(ValueError) as err:
+        SampleSource(count=0)
+    assert _msg(err) == '`count` must be an integer >= 1, got 0', _msg(err)
+    with pytest.raises(ValueError) as err:
+        SampleSource(num_disparity=64)
+    want = 'unknown SGBM option(s) num_disparity; valid: num_disparities'
+    assert _msg(err).startswith(want), _msg(err)
+
+
+# --------------------------------------------------------------------------- folder
+
+CALIB = 'fx: 400.0\nfy: 400.0\ncx: 99.5\ncy: 59.5\nbaseline: 0.12\nwidth: 200\nheight: 120\n'
+
+
+def _texture(seed=0, width=200, height=120):
+    rng = np.random.default_rng(seed)
+    gray = cv2.GaussianBlur(rng.integers(0, 256, (height, width)).astype(np.float32), (0, 0), 1)
+    gray = cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+
+
+def _write_folder(root, names, calib=CALIB, disparity=10):
+    os.makedirs(os.path.join(root, 'left'))
+    os.makedirs(os.path.join(root, 'right'))
+    for i, name in enumerate(names):
+        right = _texture(seed=i)
+        left = np.roll(right, disparity, axis=1)  # left(x) = right(x - d)
+        cv2.imwrite(os.path.join(root, 'left', name), left)
+        cv2.imwrite(os.path.join(root, 'right', name), right)
+    if calib is not None:
+        with open(os.path.join(root, 'calibration.yaml'), 'w') as f:
+            f.write(calib)
+    return str(root)
+
+
+def test_folder_source_reads_pairs_in_order_with_depth(tmp_path):
+    names = ['1700000000000000300.png', '1700000000000000100.png']
+    root = _write_folder(tmp_path / 'pairs', names)
+    source = FolderSource(root, num_disparities=32)
+    assert len(source) == 2
+    frames = list(source)
+    stamps = [f.stamp_ns for f in frames]
+    assert stamps == [1700000000000000100, 1700000000000000300], \
+        'expected stamps from sorted file names, received {}'.format(stamps)
+    frame = frames[0]
+    assert frame.camera == PinholeCamera(400.0, 400.0, 99.5, 59.5, 200, 120), frame.camera
+    assert frame.baseline_m == 0.12
+    want = 0.12 * 400.0 / 10
+    got = float(np.nanmedian(frame.depth[10:-10, 50:-10]))
+    assert abs(got - want) < 0.01 * want, 'expected {} m, received {} m'.format(want, got)
+    # Same result as the core function on the same pair (the folder adds nothing to the maths).
+    left = cv2.imread(os.path.join(root, 'left', names[1]))
+    right = cv2.imread(os.path.join(root, 'right', names[1]))
+    depth, conf = sgbm_depth(left, right, frame.camera, 0.12, num_disparities=32)
+    np.testing.assert_array_equal(frame.depth, depth)
+    np.testing.assert_array_equal(frame.confidence, conf)
+
+
+def test_folder_source_synthetic_stamps_and_scaled_camera(tmp_path):
+    calib = CALIB.replace('width: 200', 'width: 400').replace('height: 120', 'height: 240')
+    root = _write_folder(tmp_path / 'pairs', ['a.png', 'b.png'], calib=calib)
+    frames = list(FolderSource(root, fps=4.0, num_disparities=32))
+    assert frames[1].stamp_ns - frames[0].stamp_ns == 250000000
+    want = PinholeCamera(400.0, 400.0, 99.5, 59.5, 400, 240).scaled(200, 120)
+    assert frames[0].camera == want, 'expected {}, received {}'.format(want, frames[0].camera)
+
+
+@pytest.mark.parametrize('calib,message', [
+    (CALIB.replace('fx: 400.0\n', ''), 'missing key(s) `fx`'),
+    (CALIB.replace('baseline: 0.12', 'baseline: -0.12'),
+     'key `baseline` must be a finite number > 0, got -0.12'),
+    (CALIB.replace('cx: 99.5', 'cx: left'), 'key `cx` must be a finite number, got \'left\''),
+    (CALIB.replace('width: 200', 'width: 200.5'),
+     'key `width` must be an integer > 0, got 200.5'),
+    (CALIB + 'doffs: .nan\n', 'key `doffs` must be a finite number, got nan'),
+    ('- 1\n- 2\n', 'expected a mapping of keys fx, fy, cx, cy, baseline, width, height'),
+])
+def test_calibration_errors_name_the_key(tmp_path, calib, message):
+    path = tmp_path / 'calibration.yaml'
+    path.write_text(calib)
+    with pytest.raises(ValueError) as err:
+        load_calibration(str(path))
+    want = 'calibration {}: {}'.format(path, message)
+    assert _msg(err).startswith(want), 'expected {!r}, received {!r}'.format(want, _msg(err))
+
+
+def test_folder_source_layout_errors(tmp_path):
+    root = _write_folder(tmp_path / 'a', ['x.png', 'y.png'])
+    os.remove(os.path.join(root, 'right', 'y.png'))
+    with pytest.raises(ValueError) as err:
+        FolderSource(root)
+    assert _msg(err).endswith('images without a partner in the other view: y.png'), _msg(err)
+    with pytest.raises(FileNotFoundError) as err:
+        FolderSource(str(tmp_path / 'missing'))
+    assert 'stereo folder not found' in _msg(err), _msg(err)
+    root = _write_folder(tmp_path / 'b', ['x.png'], calib=None)
+    with pytest.raises(FileNotFoundError) as err:
+        FolderSource(root)
+    assert _msg(err) == 'calibration file not found: {}'.format(
+        os.path.join(root, 'calibration.yaml')), _msg(err)
+    root = _write_folder(tmp_path / 'c', ['x.png'])
+    with open(os.path.join(root, 'left', 'x.png'), 'wb') as f:
+        f.write(b'not a png')
+    source = FolderSource(root)
+    with pytest.raises(SourceError) as err:
+        source.read()
+    assert _msg(err) == 'cannot read image {}'.format(os.path.join(root, 'left', 'x.png'))
+
+
+# --------------------------------------------------------------------------- replay
+
+class ListSource(FrameSource):
+    """A finite source of tiny frames with given stamps; counts open/close calls."""
+
+    name = 'list'
+
+    def __init__(self, stamps):
+        self.stamps = list(stamps)
+        self.opens = 0
+        self._i = 0
+
+    def open(self):
+        self.opens += 1
+        self._i = 0
+
+    def read(self):
+        if self._i >= len(self.stamps):
+            return None
+        stamp = self.stamps[self._i]
+        self._i += 1
+        return Frame(left=np.full((2, 2, 3), self._i, np.uint8), depth=None, confidence=None,
+                     camera=PinholeCamera(1, 1, 0.5, 0.5, 2, 2), stamp_ns=stamp)
+
+
+class FakeClock(object):
+    def __init__(self):
+        self.t = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, dt):
+        self.sleeps.append(round(dt, 9))
+        self.t += dt
+
+
+def test_replay_loop_restamps_monotonically():
+    clock = FakeClock()
+    replay = ReplaySource(ListSource([1000, 1100, 1250]), loop=True, rate=0,
+                          clock=clock, sleep=clock.sleep)
+    stamps = [replay.read().stamp_ns for _ in range(7)]
+    # Second pass starts one period (150, the last spacing) after the last stamp.
+    want = [1000, 1100, 1250, 1400, 1500, 1650, 1800]
+    assert stamps == want, 'expected {}, received {}'.format(want, stamps)
+    assert replay.inner.opens == 3
+    assert clock.sleeps == [], 'rate=0 must not sleep, slept {}'.format(clock.sleeps)
+
+
+def test_replay_without_loop_ends():
+    replay = ReplaySource(ListSource([5, 6]), rate=0)
+    assert [f.stamp_ns for f in replay] == [5, 6]
+
+
+def test_replay_rate_paces_by_recorded_stamps():
+    clock = FakeClock()
+    ms = 1000000
+    replay = ReplaySource(ListSource([0, 100 * ms, 300 * ms]), rate=2.0, clock=clock,
+                          sleep=clock.sleep)
+    list(replay)
+    # Twice real time: 100 ms and 200 ms of recording take 50 ms and 100 ms.
+    assert clock.sleeps == [0.05, 0.1], 'expected [0.05, 0.1], received {}'.format(clock.sleeps)
+
+
+def test_replay_fixed_fps_stamps_with_wall_clock():
+    clock = FakeClock()
+    walls = iter([10, 20, 30])
+    replay = ReplaySource(ListSource([7, 7, 7]), fps=4.0, clock=clock, sleep=clock.sleep,
+                          wall_ns=lambda: next(walls))
+    assert [f.stamp_ns for f in replay] == [10, 20, 30]
+    assert clock.sleeps == [0.25, 0.25], clock.sleeps
+
+
+def test_replay_simulated_outage_then_resume():
+    clock = FakeClock()
+    replay = ReplaySource(ListSource(range(0, 1000, 10)), rate=0, drop_after=3, outage_s=1.5,
+                          clock=clock, sleep=clock.sleep)
+    got = [replay.read().stamp_ns for _ in range(3)]
+    assert got == [0, 10, 20]
+    with pytest.raises(SourceError, match='simulated outage'):
+        replay.read()
+    clock.t += 1.0
+    with pytest.raises(SourceError, match='simulated outage'):
+        replay.open()  # a reconnect attempt during the outage fails, as with a real camera
+    clock.t += 0.6
+    replay.open()
+    after = [replay.read().stamp_ns for _ in range(4)]
+    # The inner source restarted (like a reopened camera); stamps still increase.
+    assert after == [30, 40, 50, 60], 'expected [30, 40, 50, 60], received {}'.format(after)
+    assert replay.outages == 1 and replay.inner.opens == 2
+
+
+def test_replay_bad_options():
+    with pytest.raises(ValueError) as err:
+        ReplaySource(ListSource([1]), rate=-1)
+    assert _msg(err) == '`rate` must be a finite number >= 0, got -1'
+    with pytest.raises(ValueError) as err:
+        ReplaySource(ListSource([1]), drop_after=0)
+    assert _msg(err) == '`drop_after` must be an integer >= 1, got 0'
+    with pytest.raises(ValueError) as err:
+        ReplaySource(ListSource([1]), fps=0)
+    assert _msg(err) == '`fps` must be a finite number > 0, got 0'
+
+
+# --------------------------------------------------------------------------- make_source
+
+def test_make_source_kinds_and_errors(tmp_path):
+    source = make_source('sample', loop=True, fps=30.0)
+    assert isinstance(source, ReplaySource) and source.loop and source.fps == 30.0
+    assert source.inner.name == 'sample'
+    root = _write_folder(tmp_path / 'pairs', ['a.png'])
+    folder = make_source('folder', root, num_disparities=32)
+    assert isinstance(folder, FolderSource) and folder.sgbm_options == {'num_disparities': 32}
+    with pytest.raises(ValueError) as err:
+        make_source('usb')
+    assert _msg(err) == "`source` must be one of live|svo|sample|folder|bag, got 'usb'"
+    with pytest.raises(ValueError) as err:
+        make_source('folder')
+    assert _msg(err) == 'source `folder` needs a path, got None'
+    with pytest.raises(ValueError) as err:
+        make_source('sample', 'x.svo')
+    assert _msg(err) == "source `sample` takes no path, got 'x.svo'"
+    with pytest.raises(ValueError) as err:
+        make_source('folder', root, calib='x.yaml')
+    assert _msg(err).startswith('source `folder` does not take option(s) calib; it takes '), \
+        _msg(err)
