@@ -1,0 +1,162 @@
+"""`depth-ros fuse`: one frame of relative depth + stereo depth -> metric depth, PLY, report.
+
+Writes into ``--out``: depth.npy (float32 metres, NaN invalid, +inf too far), depth.png
+(colorized, near = red), points.ply (binary, coloured) and alignment.json (scale, shift,
+inlier_ratio, valid_fraction, status, ...). ``fuse_and_write`` does the same for other
+commands (demo) with arrays in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, Optional
+
+LOG = logging.getLogger('depth_ros.fuse')
+
+OUTPUT_FILES = ('depth.npy', 'depth.png', 'points.ply', 'alignment.json')
+
+
+def parse_intrinsics(text: str):
+    """'fx,fy,cx,cy' -> four floats; ValueError naming ``--intrinsics`` otherwise."""
+    parts = [p.strip() for p in str(text).split(',')]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ValueError('--intrinsics must be fx,fy,cx,cy (4 numbers), got {!r}'.format(text))
+    return values
+
+
+def fuse_and_write(bgr, relative, stereo_depth, confidence, camera, out_dir: str,
+                   aligner_options: Optional[Dict] = None, aligner=None) -> Dict:
+    """Align, fuse and write the four output files into ``out_dir`` (created if missing).
+
+    :param bgr: [H, W, 3] uint8 left image (colours of the cloud); same size as the stereo.
+    :param relative: [h, w] float relative prediction (resized to the stereo size).
+    :param stereo_depth: [H, W] float metres (NaN / inf / 0 invalid).
+    :param confidence: optional [H, W] ZED confidence (1..100, larger = less reliable).
+    :param camera: PinholeCamera of the stereo / image size.
+    :param aligner_options: MetricAligner keyword options (ignored when ``aligner`` is given).
+    :param aligner: optional MetricAligner to reuse (keeps its temporal state).
+    :returns: dict with 'alignment' (the JSON content), 'files' (name -> path),
+        'points' (number written to the PLY) and 'depth' (the fused [H, W] float32 array).
+    """
+    import cv2
+    import numpy as np
+
+    from depth_ros.core.alignment import MetricAligner
+    from depth_ros.core.checks import check_image, check_same_size
+    from depth_ros.core.ply import write_ply
+    from depth_ros.core.pointcloud import depth_to_cloud
+    from depth_ros.core.visualize import colorize
+
+    check_image('bgr', bgr, channels=3, dtypes=(np.uint8,))
+    check_image('stereo_depth', stereo_depth)
+    check_same_size('bgr', bgr, 'stereo_depth', stereo_depth)
+    if aligner is None:
+        aligner = MetricAligner(**(aligner_options or {}))
+    result = aligner.update(relative, stereo_depth, confidence)
+    depth = result.depth
+    cloud = depth_to_cloud(depth, camera, bgr=bgr)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
+    np.save(files['depth.npy'], depth)
+    finite = depth[np.isfinite(depth)]
+    vmin, vmax = (None, None) if finite.size else (0.0, 1.0)
+    if not cv2.imwrite(files['depth.png'], colorize(depth, vmin, vmax, reverse=True)):
+        raise RuntimeError('could not write {}'.format(files['depth.png']))
+    n_points = write_ply(files['points.ply'], cloud)
+    report = result.to_dict()
+    report.update(relative_kind=aligner.relative_kind, width=int(depth.shape[1]),
+                  height=int(depth.shape[0]),
+                  dense_fraction=float(np.mean(np.isfinite(depth) | np.isposinf(depth))),
+                  too_far_fraction=float(np.mean(np.isposinf(depth))), points=n_points)
+    with open(files['alignment.json'], 'w') as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.write('\n')
+    LOG.info('fuse: status %s, scale %.6g, shift %.6g, inliers %.1f %%, %d points -> %s',
+             result.status, result.scale, result.shift, 100.0 * (report['inlier_ratio'] or 0),
+             n_points, out_dir)
+    return {'alignment': report, 'files': files, 'points': n_points, 'depth': depth}
+
+
+def _load_npy(option: str, path: str):
+    import numpy as np
+    if not os.path.isfile(path):
+        raise FileNotFoundError('{} {}: no such file'.format(option, path))
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError('{} {}: not a readable .npy array ({})'.format(option, path, exc))
+    if value.ndim == 3 and value.shape[2] == 1:
+        value = value[:, :, 0]
+    if value.ndim != 2 or value.size == 0 or value.dtype.kind not in 'fiu':
+        raise ValueError('{} {}: expected a non-empty HxW numeric array, got shape {} dtype '
+                         '{}'.format(option, path, value.shape, value.dtype))
+    return value.astype(np.float32, copy=False) if value.dtype != np.float32 else value
+
+
+def run(args) -> int:
+    """Entry point of `depth-ros fuse`."""
+    import cv2
+
+    from depth_ros.cli import CommandError
+    from depth_ros.core.camera import PinholeCamera
+
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError('--image {}: no such file'.format(args.image))
+    bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError('--image {}: not a readable image'.format(args.image))
+    relative = _load_npy('--relative', args.relative)
+    stereo = _load_npy('--stereo-depth', args.stereo_depth)
+    confidence = _load_npy('--confidence', args.confidence) if args.confidence else None
+    if bgr.shape[:2] != stereo.shape:
+        raise CommandError('--image is {}x{} but --stereo-depth is {}x{} (W x H); they must '
+                           'match'.format(bgr.shape[1], bgr.shape[0], stereo.shape[1],
+                                          stereo.shape[0]))
+    if confidence is not None and confidence.shape != stereo.shape:
+        raise CommandError('--confidence has shape {} but --stereo-depth has shape {}'.format(
+            confidence.shape, stereo.shape))
+    fx, fy, cx, cy = parse_intrinsics(args.intrinsics)
+    try:
+        camera = PinholeCamera(fx, fy, cx, cy, stereo.shape[1], stereo.shape[0])
+    except ValueError as exc:
+        raise ValueError('--intrinsics {!r}: {}'.format(args.intrinsics, exc))
+    options = {'relative_kind': args.relative_kind, 'min_depth': args.min_depth,
+               'max_depth': args.max_depth, 'max_output_depth': args.max_output_depth}
+    if args.confidence_threshold is not None:
+        options['confidence_threshold'] = args.confidence_threshold
+    result = fuse_and_write(bgr, relative, stereo, confidence, camera, args.out, options)
+    a = result['alignment']
+    print('status {}  scale {}  shift {}  inlier_ratio {}  valid_fraction {}  points {}'.format(
+        a['status'], a['scale'], a['shift'], a['inlier_ratio'], a['valid_fraction'],
+        a['points']))
+    print('wrote ' + ', '.join(result['files'][n] for n in OUTPUT_FILES))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `fuse` sub-command."""
+    p = subparsers.add_parser(
+        'fuse', help='fuse relative depth with stereo depth into metric depth, PLY and report',
+        description='Align a relative depth map (DA-V2 disparity or Marigold depth) to stereo '
+                    'depth and write depth.npy, depth.png, points.ply and alignment.json.')
+    p.add_argument('--image', required=True, help='left image (PNG/JPG), the stereo size')
+    p.add_argument('--relative', required=True, help='relative prediction, HxW .npy')
+    p.add_argument('--stereo-depth', required=True, help='stereo depth in metres, HxW .npy')
+    p.add_argument('--confidence', help='ZED confidence map, HxW .npy (1..100, larger = '
+                                        'less reliable)')
+    p.add_argument('--intrinsics', required=True, help='fx,fy,cx,cy in pixels of the image')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--relative-kind', choices=('disparity', 'depth'), default='disparity',
+                   help='disparity: DA-V2 (default); depth: Marigold (0 near, 1 far)')
+    p.add_argument('--min-depth', type=float, default=0.3, help='stereo range min, m')
+    p.add_argument('--max-depth', type=float, default=20.0, help='stereo range max, m')
+    p.add_argument('--max-output-depth', type=float, default=100.0,
+                   help='beyond this the output is +inf (too far), m')
+    p.add_argument('--confidence-threshold', type=float, default=None,
+                   help='trust stereo pixels with confidence <= this (default 50)')
+    p.set_defaults(func=run)

@@ -1,0 +1,101 @@
+"""False-colour display of depth, disparity or any scalar image (BGR uint8, for cv2 and ROS)."""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from depth_ros.core.checks import check_image
+
+# The automatic range uses these percentiles of the finite values, on a subsample: one stray
+# pixel must not wash out the picture, and a full-frame percentile costs tens of ms.
+AUTO_PERCENTILES = (2.0, 98.0)
+_AUTO_SAMPLES = 20000
+
+
+class _Scratch(threading.local):
+    def __init__(self):
+        self.shape = None
+
+    def get(self, shape):
+        if shape != self.shape:
+            self.clipped = np.empty(shape, np.float32)
+            self.gray = np.empty(shape, np.uint8)
+            self.shape = shape
+        return self
+
+
+_SCRATCH = _Scratch()
+
+
+def auto_range(values: np.ndarray,
+               percentiles: Tuple[float, float] = AUTO_PERCENTILES) -> Tuple[float, float]:
+    """(vmin, vmax) from percentiles of the finite values (fixed subsample); (0, 1) if none."""
+    v = np.asarray(values)
+    step = max(1, int(np.sqrt(v.size / float(_AUTO_SAMPLES))))
+    sub = v[::step, ::step] if v.ndim == 2 else v.ravel()[::step * step]
+    sub = sub[np.isfinite(sub)]
+    if sub.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(sub, percentiles)
+    return float(lo), float(hi)
+
+
+def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None,
+             invalid_color: Sequence[int] = (0, 0, 0), cmap: int = cv2.COLORMAP_TURBO,
+             reverse: bool = False) -> np.ndarray:
+    """[H, W] scalar image -> [H, W, 3] uint8 BGR through an OpenCV colour map.
+
+    :param values: [H, W] float or integer image (depth, disparity, uncertainty ...).
+    :param vmin, vmax: display range; values outside are clipped to the end colours (so +inf
+        depth, "too far", shows as the far colour). None: the 2nd / 98th percentile.
+    :param invalid_color: BGR colour of NaN pixels.
+    :param cmap: an OpenCV COLORMAP_* constant (default TURBO: blue low, red high).
+    :param reverse: flip the map, e.g. for depth so that near is red.
+    :returns: a new BGR uint8 image.
+    """
+    check_image('values', values)
+    if values.dtype.kind not in 'fiub':
+        raise ValueError('`values` must be a real-valued image, got dtype {}'.format(
+            values.dtype))
+    try:
+        colour = tuple(int(c) for c in invalid_color)
+    except (TypeError, ValueError):
+        colour = ()
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise ValueError('`invalid_color` must be 3 integers in [0, 255] (B, G, R), got '
+                         '{!r}'.format(invalid_color))
+    for name, value in (('vmin', vmin), ('vmax', vmax)):
+        if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
+                                      and np.isfinite(value)):
+            raise ValueError('`{}` must be a finite number or None, got {!r}'.format(
+                name, value))
+    if vmin is None or vmax is None:
+        lo, hi = auto_range(values)
+        vmin = lo if vmin is None else vmin
+        vmax = hi if vmax is None else vmax
+    vmin, vmax = float(vmin), float(vmax)
+    if vmax < vmin:
+        raise ValueError('`vmax` ({!r}) must be >= `vmin` ({!r})'.format(vmax, vmin))
+    span = vmax - vmin if vmax > vmin else 1.0
+    buf = _SCRATCH.get(values.shape)
+    v = values if values.dtype == np.float32 else values.astype(np.float32)
+    # Clip first so the scaled values lie in [0, 255] and convertScaleAbs's abs is a no-op;
+    # NaN passes the clip and becomes 0 there, so it is repainted below.
+    np.clip(v, vmin, vmax, out=buf.clipped)
+    alpha = 255.0 / span
+    if reverse:
+        cv2.convertScaleAbs(buf.clipped, buf.gray, -alpha, vmax * alpha)
+    else:
+        cv2.convertScaleAbs(buf.clipped, buf.gray, alpha, -vmin * alpha)
+    out = cv2.applyColorMap(buf.gray, cmap)
+    if v.dtype.kind == 'f':
+        nan = cv2.compare(v, v, cv2.CMP_NE)     # 255 where NaN
+        if cv2.countNonZero(nan):
+            out[nan != 0] = colour
+    return out
+
+
+__all__ = ['AUTO_PERCENTILES', 'auto_range', 'colorize']
