@@ -306,3 +306,99 @@ def test_make_source_kinds_and_errors(tmp_path):
         make_source('folder', root, calib='x.yaml')
     assert _msg(err).startswith('source `folder` does not take option(s) calib; it takes '), \
         _msg(err)
+
+
+# --------------------------------------------------------------------------- rosbag
+
+def _bag_frames(n=5, height=24, width=32):
+    rng = np.random.default_rng(7)
+    cam = PinholeCamera(100.0, 101.0, 15.5, 11.5, width, height)
+    return [Frame(left=rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                  depth=(rng.random((height, width)) * 5).astype(np.float32),
+                  confidence=(rng.random((height, width)) * 99 + 1).astype(np.float32),
+                  camera=cam, stamp_ns=1700000000 * 10 ** 9 + 100000000 * i + 7)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize('storage,encoding', [('sqlite3', 'bgra8'), ('mcap', 'rgb8')])
+def test_rosbag_round_trip(tmp_path, storage, encoding):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames()
+    path = write_test_bag(str(tmp_path / 'bag'), frames, storage=storage,
+                          image_encoding=encoding, reverse_topics=True)
+    out = list(RosbagSource(path))
+    assert [f.stamp_ns for f in out] == [f.stamp_ns for f in frames]
+    for want, got in zip(frames, out):
+        np.testing.assert_array_equal(got.left, want.left)
+        np.testing.assert_array_equal(got.depth, want.depth)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
+        assert got.camera == want.camera, 'expected {}, received {}'.format(want.camera,
+                                                                            got.camera)
+        assert got.frame_id == 'zed_left_camera_optical_frame', got.frame_id
+
+
+def test_rosbag_pairing_drops_incomplete_and_reuses_camera_info(tmp_path, caplog):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(6)
+    path = write_test_bag(str(tmp_path / 'bag'), frames,
+                          skip={'depth': [1], 'camera_info': [3, 4]})
+    source = RosbagSource(path, max_pending=1)
+    out = list(source)
+    want = [frames[i].stamp_ns for i in (0, 2, 3, 4, 5)]
+    assert [f.stamp_ns for f in out] == want, 'expected {}, received {}'.format(
+        want, [f.stamp_ns for f in out])
+    assert source.dropped == 1, 'expected 1 evicted stamp, received {}'.format(source.dropped)
+    assert 'dropped stamp {} with only confidence, image'.format(frames[1].stamp_ns) in caplog.text
+    assert out[2].camera == frames[3].camera  # camera_info of frame 2 reused for frame 3
+    # A larger buffer keeps the incomplete stamp to the end, and counts it there.
+    source = RosbagSource(path, max_pending=4)
+    assert len(list(source)) == 5 and source.dropped == 1, source.dropped
+
+
+def test_rosbag_without_confidence_and_custom_topics(tmp_path):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag, zed_topics
+
+    frames = _bag_frames(2)
+    for f in frames:
+        f.confidence = None
+    topics = zed_topics('zed2i')
+    path = write_test_bag(str(tmp_path / 'bag'), frames, topics=topics)
+    assert topics['image'] == '/zed2i/zed_node/left/image_rect_color'
+    out = list(RosbagSource(path, topics=topics))
+    assert len(out) == 2 and out[0].confidence is None
+    with pytest.raises(SourceError) as err:
+        RosbagSource(path).open()  # default /zed/... topics are not in this bag
+    assert 'has no image/depth/camera_info topic(s) /zed/zed_node/left/image_rect_color' \
+        in _msg(err), _msg(err)
+
+
+def test_rosbag_bad_frame_is_dropped(tmp_path):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(3)
+    frames[1].depth = frames[1].depth[:-2]
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames))
+    out = list(source)
+    assert [f.stamp_ns for f in out] == [frames[0].stamp_ns, frames[2].stamp_ns]
+    assert source.bad_frames == 1
+
+
+def test_rosbag_errors_and_depth_units(tmp_path):
+    from depth_ros.sources.rosbag import depth_to_metres, RosbagSource
+
+    with pytest.raises(FileNotFoundError) as err:
+        RosbagSource(str(tmp_path / 'nope'))
+    assert _msg(err) == 'bag not found: {!r}'.format(str(tmp_path / 'nope'))
+    (tmp_path / 'x').mkdir()
+    with pytest.raises(ValueError) as err:
+        RosbagSource(str(tmp_path / 'x'), topics={'left': '/a'})
+    assert _msg(err) == "`topics` key must be one of image, camera_info, depth, " \
+        "confidence, got 'left'"
+    with pytest.raises(SourceError, match='cannot open bag'):
+        RosbagSource(str(tmp_path / 'x')).open()
+    mm = np.array([[0, 1500], [65535, 250]], np.uint16)
+    got = depth_to_metres(mm, '16UC1')
+    want = np.array([[np.nan, 1.5], [65.535, 0.25]], np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
