@@ -449,7 +449,8 @@ class MetricAligner(object):
         if mono is not None and self.consistency is not None:
             # Stereo that disagrees with the aligned mono is a gross outlier (edges,
             # reflections); mono that is +inf / NaN there makes the ratio fail too.
-            ratio = np.divide(stereo, out, out=self._buf2)
+            with np.errstate(divide='ignore', invalid='ignore'):
+                ratio = np.divide(stereo, out, out=self._buf2)
             lim = 1.0 + self.consistency
             cv2.bitwise_and(trusted, cv2.inRange(ratio, 1.0 / lim, lim), dst=trusted)
         cv2.copyTo(stereo, trusted, out)

@@ -1,0 +1,335 @@
+"""MetricAligner on synthetic scenes whose true depth, scale and shift are known.
+
+Runs on Python 3.8 with numpy, OpenCV and pytest only.
+"""
+import numpy as np
+import pytest
+
+from depth_ros.core.alignment import AlignedDepth, MetricAligner
+
+H, W = 120, 160
+S_TRUE, T_TRUE = 0.5, 0.02     # 1/depth = S * relative + T
+
+
+def true_depth(h=H, w=W):
+    """Wall at 6 m, floor rising toward the camera, a box at 2.5 m, sky (+inf) on top."""
+    z = np.full((h, w), 6.0)
+    v = np.arange(h)[:, None] + np.zeros((1, w))
+    floor = v > h * 0.6
+    z[floor] = np.minimum(6.0, 120.0 / (v[floor] - h * 0.5))
+    z[int(h * .45):int(h * .75), int(w * .3):int(w * .55)] = 2.5
+    z[:int(h * 0.2)] = np.inf
+    return z
+
+
+SKY = (slice(0, int(H * 0.2)), slice(None))
+HOLE = (slice(int(H * .3), int(H * .5)), slice(int(W * .6), int(W * .9)))
+
+
+def make_frame(seed=0, noise=0.01, outliers=0.2, z=None):
+    """relative = (1/z - T) / S exactly; stereo = z with noise, gross outliers and a hole."""
+    rng = np.random.RandomState(seed)
+    z = true_depth() if z is None else z
+    rel = ((1.0 / z - T_TRUE) / S_TRUE).astype(np.float32)
+    st = z * (1.0 + noise * rng.randn(*z.shape))
+    bad = rng.rand(*z.shape) < outliers
+    st[bad] = rng.uniform(0.5, 15.0, bad.sum())
+    st[HOLE] = np.nan
+    st[~np.isfinite(z)] = np.nan         # no stereo on the sky
+    return rel, st.astype(np.float32), z
+
+
+def rel_err(a, b):
+    return np.abs(a - b) / b
+
+
+def test_recovers_scale_and_shift_despite_outliers():
+    rel, st, z = make_frame()
+    out = MetricAligner().update(rel, st)
+    assert isinstance(out, AlignedDepth)
+    assert out.status == 'ok', out.reason
+    assert abs(out.scale - S_TRUE) < 0.005 * S_TRUE, 'expected {}, received {}'.format(
+        S_TRUE, out.scale)
+    assert abs(out.shift - T_TRUE) < 0.002, 'expected {}, received {}'.format(
+        T_TRUE, out.shift)
+    # 20 % outliers + the hole + sky: inliers are ~80 % of the valid samples.
+    assert 0.7 < out.inlier_ratio < 0.9, out.inlier_ratio
+    expected_valid = np.mean(np.isfinite(st) & (st >= 0.3) & (st <= 20))
+    assert abs(out.valid_fraction - expected_valid) < 0.03, (expected_valid, out.valid_fraction)
+
+
+def test_plain_least_squares_would_fail_on_the_same_data():
+    # Independent check that the data really needs a robust fit.
+    rel, st, _ = make_frame()
+    ok = np.isfinite(st) & (st >= 0.3) & (st <= 20)
+    a = np.stack([rel[ok], np.ones(ok.sum())], 1).astype(np.float64)
+    s_ls, _ = np.linalg.lstsq(a, 1.0 / st[ok].astype(np.float64), rcond=None)[0]
+    out = MetricAligner().update(rel, st)
+    assert abs(s_ls - S_TRUE) > 0.1 * S_TRUE, 'least squares unexpectedly good: {}'.format(s_ls)
+    assert abs(out.scale - S_TRUE) < 0.01 * abs(s_ls - S_TRUE)
+
+
+def test_output_dense_holes_filled_and_outliers_replaced():
+    rel, st, z = make_frame()
+    out = MetricAligner().update(rel, st)
+    d = out.depth
+    assert d.dtype == np.float32 and d.shape == (H, W)
+    assert not np.isnan(d).any(), 'mono is valid everywhere, so the output must be dense'
+    hole_err = rel_err(d[HOLE], z[HOLE])
+    assert hole_err.max() < 0.01, 'hole filled with aligned mono: max rel err {}'.format(
+        hole_err.max())
+    finite = np.isfinite(z)
+    err = rel_err(d[finite], z[finite])
+    # Stereo within the 15 % consistency band is kept; gross outliers beyond it are not.
+    assert err.max() < 0.16, 'expected no gross outlier in output, max rel err {}'.format(
+        err.max())
+    assert np.median(err) < 0.01
+    # Stereo is trusted where reliable: consistent stereo pixels are output unchanged.
+    _, st_clean, _ = make_frame(outliers=0.0)
+    kept = np.isfinite(st) & (st == st_clean) & finite
+    assert np.mean(d[kept] == st[kept]) > 0.99
+    assert 0.5 < out.stereo_fraction < 0.8
+
+
+def test_sky_is_plus_inf_never_a_phantom_surface():
+    rel, st, z = make_frame()
+    d = MetricAligner(max_output_depth=50.0).update(rel, st).depth
+    assert np.isposinf(d[SKY]).all(), 'sky must be +inf, got {}'.format(
+        np.unique(d[SKY])[:5])
+    assert not np.isinf(d[np.isfinite(z)]).any()
+    assert np.nanmax(d[np.isfinite(d)]) <= 50.0
+
+
+def test_beyond_plausible_range_is_inf():
+    z = true_depth()
+    z[:, :10] = 300.0          # a far wall: finite, but beyond max_output_depth
+    rel, st, _ = make_frame(z=z)
+    d = MetricAligner(max_output_depth=100.0).update(rel, st).depth
+    assert np.isposinf(d[30:, :10]).all()
+
+
+def test_static_scene_scale_jitter_is_low_and_filter_helps():
+    def run(alpha):
+        al = MetricAligner(temporal_alpha=alpha, grid=(0, 0))
+        scales = [al.update(*make_frame(seed=i, noise=0.03)[:2]).scale for i in range(20)]
+        return np.std(scales[5:]) / np.mean(scales[5:])
+    filtered, raw = run(0.2), run(1.0)
+    assert filtered < 0.003, 'relative scale jitter {}'.format(filtered)
+    assert filtered < 0.7 * raw, 'filtered {} vs unfiltered {}'.format(filtered, raw)
+
+
+def test_jump_is_rejected_then_accepted_when_it_persists():
+    al = MetricAligner(jump_frames=3)
+    rel, st, _ = make_frame()
+    s0 = al.update(rel, st).scale
+    jumped = st / 1.6          # e.g. wrong stereo calibration for a moment
+    states = [al.update(rel, jumped) for _ in range(3)]
+    assert [r.status for r in states] == ['held', 'held', 'ok'], [r.reason for r in states]
+    assert states[0].scale == s0 and states[1].scale == s0
+    assert abs(states[2].scale - 1.6 * S_TRUE) < 0.02 * 1.6 * S_TRUE, states[2].scale
+    assert 'jumped' in states[0].reason
+
+
+def test_no_fit_then_ok_then_held():
+    al = MetricAligner()
+    rel, st, z = make_frame()
+    empty = np.full((H, W), np.nan, np.float32)
+    first = al.update(rel, empty)
+    assert first.status == 'no_fit' and np.isnan(first.scale) and first.uncertainty is None
+    assert np.isnan(first.depth).all(), 'no fit and no stereo: nothing is known'
+    # No fit yet, but stereo present and too sparse: the stereo itself is passed through.
+    sparse = np.full((H, W), np.nan, np.float32)
+    sparse[60, 40:45] = 6.0
+    second = al.update(rel, sparse)
+    assert second.status == 'no_fit'
+    assert np.array_equal(np.isfinite(second.depth), np.isfinite(sparse))
+    good = al.update(rel, st)
+    assert good.status == 'ok'
+    for bad in (empty, np.zeros((H, W), np.float32), np.full((H, W), np.inf, np.float32),
+                np.full((H, W), 50.0, np.float32)):
+        held = al.update(rel, bad)
+        assert held.status == 'held', held.status
+        assert held.scale == good.scale and held.shift == good.shift
+        assert 'too few valid' in held.reason
+        np.testing.assert_allclose(held.depth[HOLE], good.depth[HOLE], rtol=1e-6)
+    conf_all_bad = np.full((H, W), 100.0, np.float32)
+    assert al.update(rel, st, conf_all_bad).status == 'held'
+
+
+def test_confidence_excludes_unreliable_stereo():
+    rel, st, z = make_frame(outliers=0.0)
+    rng = np.random.RandomState(3)
+    conf = np.full((H, W), 10.0, np.float32)
+    wrong = rng.rand(H, W) < 0.6           # a majority of confidently... wrong pixels
+    st = st.copy()
+    st[wrong] *= 2.0
+    conf[wrong] = 90.0
+    with_conf = MetricAligner().update(rel, st, conf)
+    without = MetricAligner().update(rel, st)
+    assert abs(with_conf.scale - S_TRUE) < 0.01 * S_TRUE, with_conf.scale
+    assert abs(without.scale - S_TRUE) > 0.2 * S_TRUE, without.scale
+    finite = np.isfinite(z)
+    assert np.median(rel_err(with_conf.depth[finite], z[finite])) < 0.01
+
+
+def test_nan_and_inf_in_inputs_do_not_leak_into_the_fit():
+    rel, st, z = make_frame()
+    clean = MetricAligner().update(rel, st)
+    rel2, st2 = rel.copy(), st.copy()
+    rel2[80:90, 10:30] = np.nan
+    st2[0:40:3] = np.inf
+    st2[1:40:3] = -np.inf
+    st2[2:40:3] = 0.0
+    st2[100:, :20] = np.nan
+    conf = np.full((H, W), 5.0, np.float32)
+    conf[50:60] = np.nan
+    dirty = MetricAligner().update(rel2, st2, conf)
+    assert dirty.status == 'ok'
+    assert np.isfinite(dirty.scale) and np.isfinite(dirty.shift)
+    assert abs(dirty.scale - clean.scale) < 0.005 * clean.scale
+    # Where mono is NaN and stereo is invalid the output is NaN, not a guess.
+    assert np.isnan(dirty.depth[80:90, 10:20][np.isnan(st2[80:90, 10:20])]).all()
+
+
+def smooth_bias(h=H, w=W):
+    """A low-frequency multiplicative error of the mono inverse depth (up to +-20 %)."""
+    x = np.linspace(0, 1, w)[None, :]
+    y = np.linspace(0, 1, h)[:, None]
+    return 1.0 + 0.2 * np.sin(np.pi * x) * np.cos(0.8 * np.pi * y) - 0.1 * x
+
+
+def test_spatial_correction_reduces_error_of_a_smooth_bias():
+    z = true_depth()
+    rng = np.random.RandomState(1)
+    rel = (((1.0 / z) * smooth_bias() - T_TRUE) / S_TRUE).astype(np.float32)
+    st = (z * (1 + 0.01 * rng.randn(H, W))).astype(np.float32)
+    bad = rng.rand(H, W) < 0.1
+    st[bad] = rng.uniform(0.5, 15.0, bad.sum())
+    st[HOLE] = np.nan
+    st[~np.isfinite(z)] = np.nan
+    errs = {}
+    for grid in ((0, 0), (6, 8)):
+        out = MetricAligner(grid=grid, consistency=None).update(rel, st)
+        errs[grid] = np.mean(rel_err(out.depth[HOLE], z[HOLE]))
+    assert errs[(6, 8)] < 0.5 * errs[(0, 0)], errs
+    assert errs[(6, 8)] < 0.04, errs
+
+
+def test_relative_kind_depth_marigold_convention():
+    # Marigold: affine-invariant depth, 0 near 1 far; depth = scale * relative + shift.
+    z = true_depth()
+    z[SKY] = 40.0               # Marigold puts sky at its far end, a finite value
+    s, t = 40.0, 0.5
+    rel = ((z - t) / s).astype(np.float32)
+    rng = np.random.RandomState(2)
+    st = (z * (1 + 0.01 * rng.randn(H, W))).astype(np.float32)
+    bad = rng.rand(H, W) < 0.2
+    st[bad] = rng.uniform(0.5, 15.0, bad.sum())
+    st[HOLE] = np.nan
+    st[SKY] = np.nan
+    out = MetricAligner(relative_kind='depth', max_output_depth=30.0).update(rel, st)
+    assert out.status == 'ok', out.reason
+    assert abs(out.scale - s) < 0.01 * s and abs(out.shift - t) < 0.05, (out.scale, out.shift)
+    assert rel_err(out.depth[HOLE], z[HOLE]).max() < 0.02
+    assert np.isposinf(out.depth[SKY]).all()      # 40 m > max_output_depth
+
+
+def test_relative_map_is_resized_to_stereo_size():
+    rel, st, z = make_frame()
+    import cv2
+    small = cv2.resize(rel, (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    out = MetricAligner().update(small, st)
+    assert out.depth.shape == (H, W)
+    assert abs(out.scale - S_TRUE) < 0.03 * S_TRUE, out.scale
+
+
+def test_returned_arrays_are_not_overwritten_by_the_next_update():
+    al = MetricAligner()
+    rel, st, _ = make_frame()
+    first = al.update(rel, st)
+    snapshot = first.depth.copy()
+    unc = first.uncertainty.copy()
+    al.update(rel * 0.5, st * 2.0)
+    assert np.array_equal(first.depth, snapshot, equal_nan=True)
+    assert np.array_equal(first.uncertainty, unc, equal_nan=True)
+
+
+def test_uncertainty_is_first_order_propagation():
+    al = MetricAligner()
+    out = al.update(*make_frame()[:2])
+    u = out.uncertainty
+    assert u.dtype == np.float32 and u.shape == (H, W)
+    finite = np.isfinite(out.depth)
+    expected = out.depth[finite].astype(np.float64) ** 2 * al.sigma_inv
+    np.testing.assert_allclose(u[finite], expected, rtol=1e-5)
+    assert np.isposinf(u[SKY]).all()
+    assert 0 < al.sigma_inv < 0.01
+
+
+def test_reset_forgets_the_fit():
+    al = MetricAligner()
+    al.update(*make_frame()[:2])
+    al.reset()
+    assert not al.has_fit
+    assert al.update(make_frame()[0], np.full((H, W), np.nan, np.float32)).status == 'no_fit'
+
+
+def test_fuse_stereo_false_outputs_mono_only():
+    rel, st, z = make_frame()
+    out = MetricAligner(fuse_stereo=False).update(rel, st)
+    finite = np.isfinite(z)
+    assert rel_err(out.depth[finite], z[finite]).max() < 0.01
+    assert out.stereo_fraction == 0.0
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(relative_kind='inverse'), "option `relative_kind` must be one of ('disparity', "
+                                    "'depth'), got 'inverse'"),
+    (dict(min_depth=-1.0), 'option `min_depth` must be a finite number in (0.0, None], got -1.0'),
+    (dict(max_depth=0.2), 'option `max_depth` (0.2) must be > `min_depth` (0.3)'),
+    (dict(confidence_threshold=101), 'option `confidence_threshold` must be a finite number in '
+                                     '[0.0, 100.0], got 101'),
+    (dict(fit_samples=2.5), 'option `fit_samples` must be an integer in [16, 10000000], '
+                            'got 2.5'),
+    (dict(temporal_alpha=0.0), 'option `temporal_alpha` must be a finite number in '
+                               '(0.0, 1.0], got 0.0'),
+    (dict(grid=(3,)), 'option `grid` must be (rows, cols), got (3,)'),
+    (dict(grid=(0, 4)), 'option `grid` must be two integers in [1, 256] (or (0, 0) to '
+                        'disable), got (0, 4)'),
+    (dict(consistency=float('nan')), 'option `consistency` must be a finite number in '
+                                     '(0.0, None], got nan'),
+    (dict(fuse_stereo='yes'), "option `fuse_stereo` must be a bool, got 'yes'"),
+])
+def test_bad_options_raise_naming_option_and_value(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        MetricAligner(**kwargs)
+    assert str(info.value) == message, 'expected {!r}, received {!r}'.format(
+        message, str(info.value))
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(TypeError):
+        MetricAligner(scael=1.0)
+
+
+@pytest.mark.parametrize('rel, st, conf, message', [
+    (np.ones((H, W), np.float32), np.ones((H, W + 40), np.float32), None,
+     'aspect ratios must match'),
+    (np.ones((H, W), np.float32), np.ones((H, W), np.float32), np.ones((H, W - 1), np.float32),
+     '`confidence` has size (120, 159) but `stereo_depth` has size (120, 160)'),
+    (np.ones((H, W), np.float32), np.ones((H, W), np.int32), None,
+     '`stereo_depth` must have dtype float32 or float64 or float16, got array of shape '
+     '(120, 160) and dtype int32'),
+    (np.ones((H, W), np.uint8), np.ones((H, W), np.float32), None,
+     '`relative_disparity` must have dtype'),
+    (np.ones((0, W), np.float32), np.ones((H, W), np.float32), None,
+     '`relative_disparity` is empty'),
+    (np.ones((H, W, 3), np.float32), np.ones((H, W), np.float32), None,
+     '`relative_disparity` must be HxW, got array of shape (120, 160, 3)'),
+    ([[1.0]], np.ones((H, W), np.float32), None,
+     '`relative_disparity` must be a numpy array, got list [[1.0]]'),
+])
+def test_bad_inputs_raise_naming_argument(rel, st, conf, message):
+    with pytest.raises(ValueError) as info:
+        MetricAligner().update(rel, st, conf)
+    assert message in str(info.value), 'expected {!r} in {!r}'.format(message, str(info.value))
