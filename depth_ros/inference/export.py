@@ -257,14 +257,16 @@ def _export_cached(model_or_loader, info: dict, cache_dir: str,
 
 def resolve_demo_model(model: Optional[str] = None, cache_dir: Optional[str] = None,
                        input_size: Tuple[int, int] = DEFAULT_SIZE, models_dir: str = 'models',
-                       seed: int = 0, timeout_s: float = 3.0) -> Tuple[str, str, bool]:
-    """An ONNX file for the demo: returns (onnx_path, description, trained).
+                       seed: int = 0, timeout_s: float = 3.0,
+                       hub_cache_dir: Optional[str] = None) -> Tuple[str, str, bool]:
+    """Find or make an ONNX file for the demo: returns (onnx_path, description, trained).
 
     ``model`` may be an .onnx file, a checkpoint folder, an official .pth or a hub id. With
     None: a local ViT-S checkpoint (hub cache, then ``models_dir``), else a download of
     depth-anything/Depth-Anything-V2-Small-hf when the hub answers within ``timeout_s``, else
     an UNTRAINED ViT-S with seeded random weights (trained False), so the pipeline still runs
     end to end. Exported files are cached under ``cache_dir`` by checkpoint hash and size.
+    ``hub_cache_dir`` is the Hugging Face cache to look in and download to (None: HF default).
     """
     from depth_ros.inference import hub, torch_model
 
@@ -279,14 +281,14 @@ def resolve_demo_model(model: Optional[str] = None, cache_dir: Optional[str] = N
             desc = 'ONNX model {}'.format(model) + ('' if trained else
                                                     ' (UNTRAINED: random weights)')
             return model, desc, trained
-        net, info = torch_model.load_checkpoint(model, cache_dir=None)
+        net, info = torch_model.load_checkpoint(model, cache_dir=hub_cache_dir)
         info = dict(info, trained='true')
         path = _export_cached(net, info, cache_dir, (width, height))
         return path, 'Depth Anything V2 {} from {} (ONNX {} at {})'.format(
             info['variant'], model, path, size), True
 
     repo = torch_model.HUB_IDS['vits']
-    candidates = [hub.find_cached(repo)] + list(_local_vits_candidates(models_dir))
+    candidates = [hub.find_cached(repo, hub_cache_dir)] + list(_local_vits_candidates(models_dir))
     reason = 'no local ViT-S checkpoint (hub cache, {}/)'.format(models_dir)
     for candidate in candidates:
         if candidate and os.path.exists(candidate):
@@ -298,7 +300,7 @@ def resolve_demo_model(model: Optional[str] = None, cache_dir: Optional[str] = N
     ok, why = hub.check_reachable(timeout_s)
     if ok:
         try:
-            folder = hub.download(repo, timeout_s=timeout_s)
+            folder = hub.download(repo, cache_dir=hub_cache_dir, timeout_s=timeout_s)
             net, info = torch_model.load_checkpoint(folder)
             info = dict(info, trained='true')
             path = _export_cached(net, info, cache_dir, (width, height))

@@ -1,0 +1,73 @@
+"""`depth-ros model export`: Depth Anything V2 checkpoint -> ONNX at a fixed input size.
+
+Examples::
+
+    depth-ros model export --checkpoint depth-anything/Depth-Anything-V2-Small-hf \\
+        --out models/da2_vits_518x294.onnx
+    depth-ros model export --checkpoint models/depth_anything_v2_vits.pth --out m.onnx
+    depth-ros model export --variant vits --random-weights --out untrained.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+LOG = logging.getLogger('depth_ros.commands.model_export')
+
+VARIANT_CHOICES = ('vits', 'vitb', 'vitl', 'tiny')
+
+
+def register(subparsers) -> None:
+    """Add the `export` action to the `model` sub-command."""
+    parser = subparsers.add_parser(
+        'export', help='export Depth Anything V2 to ONNX (fixed input size)',
+        description='Load a Depth Anything V2 checkpoint (Hugging Face folder, hub id or '
+                    'official .pth) and export it to ONNX with one input "image" [1,3,h,w] '
+                    'and one output "relative_disparity" [1,h,w].',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', metavar='PATH_OR_ID',
+                        help='checkpoint folder (config.json + model.safetensors), hub id '
+                             '(e.g. depth-anything/Depth-Anything-V2-Small-hf) or official '
+                             'depth_anything_v2_vit*.pth')
+    source.add_argument('--random-weights', action='store_true',
+                        help='export an UNTRAINED network of --variant (pipeline tests only)')
+    parser.add_argument('--variant', choices=VARIANT_CHOICES, default=None,
+                        help='architecture for --random-weights (default vits); with '
+                             '--checkpoint, a check of what the checkpoint holds')
+    parser.add_argument('--seed', type=int, default=0, help='seed for --random-weights')
+    parser.add_argument('--out', required=True, metavar='FILE.onnx', help='output ONNX file')
+    parser.add_argument('--width', type=int, default=518,
+                        help='model input width (multiple of 14)')
+    parser.add_argument('--height', type=int, default=294,
+                        help='model input height (multiple of 14)')
+    parser.add_argument('--opset', type=int, default=17,
+                        help='ONNX opset (>= 17: LayerNormalization as one node)')
+    parser.add_argument('--cache-dir', default=None,
+                        help='Hugging Face cache for hub downloads (default: the HF default)')
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run the export; errors surface as ValueError/FileNotFoundError/ImportError."""
+    from depth_ros.core.preprocess import check_input_size
+    from depth_ros.inference.export import export_checkpoint
+
+    # Validate cheap arguments before loading torch.
+    check_input_size(args.width, args.height)
+    if args.opset < 17:
+        raise ValueError('--opset must be >= 17 (LayerNormalization as one node), got {}'
+                         .format(args.opset))
+    if not args.out.endswith('.onnx'):
+        raise ValueError('--out must name an .onnx file, got {!r}'.format(args.out))
+    info = export_checkpoint(
+        args.checkpoint, args.out, variant=args.variant, random_weights=args.random_weights,
+        seed=args.seed, input_size=(args.width, args.height), opset=args.opset,
+        cache_dir=args.cache_dir)
+    if args.random_weights:
+        LOG.warning('%s holds an UNTRAINED %s network (random weights, seed %d): its output '
+                    'is not a depth estimate', args.out, info['variant'], args.seed)
+    LOG.info('exported %s (%s, source sha256 %s) at %dx%d to %s', info['source'],
+             info['variant'], info['sha256'][:16], args.width, args.height, args.out)
+    LOG.info('next, on the Jetson: depth-ros model build --onnx %s --precision fp16', args.out)
+    return 0
