@@ -402,3 +402,247 @@ def test_rosbag_errors_and_depth_units(tmp_path):
     got = depth_to_metres(mm, '16UC1')
     want = np.array([[np.nan, 1.5], [65.535, 0.25]], np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- zed (pyzed double)
+
+class _Enum(object):
+    """Members compare by name, print as the SDK prints them (e.g. 'SUCCESS')."""
+
+    def __init__(self, *names):
+        for name in names:
+            setattr(self, name, name)
+
+
+def _fake_sl(sdk=4, frames=3, fail_at=None, open_error=None):
+    """A pyzed.sl stand-in following the documented API (SDK 4.x or 3.x layout).
+
+    The camera serves ``frames`` synthetic frames (image stamp 1e9 + 33.3 ms * i), BGRA images,
+    depth = 1 + i metres, confidence = 10; resizes to the requested Resolution like the SDK.
+    """
+    import types
+
+    sl = types.ModuleType('pyzed.sl')
+    sl.ERROR_CODE = _Enum('SUCCESS', 'END_OF_SVOFILE_REACHED', 'CAMERA_NOT_DETECTED',
+                          'CAMERA_FAILED_TO_SETUP')
+    sl.VIEW = _Enum('LEFT', 'RIGHT')
+    sl.MEASURE = _Enum('DEPTH', 'CONFIDENCE')
+    sl.MEM = _Enum('CPU', 'GPU')
+    sl.UNIT = _Enum('METER', 'MILLIMETER')
+    sl.TIME_REFERENCE = _Enum('IMAGE', 'CURRENT')
+    sl.RESOLUTION = _Enum('HD2K', 'HD1080', 'HD720', 'VGA')
+    sl.DEPTH_MODE = _Enum('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL')
+    if sdk == 3:
+        sl.SENSING_MODE = _Enum('STANDARD', 'FILL')
+    width, height = 64, 36
+    state = {'opened': [], 'closed': 0, 'init': None, 'runtime': None}
+    sl.state = state
+
+    class Resolution(object):
+        def __init__(self, width=0, height=0):
+            self.width, self.height = width, height
+
+    class InitParameters(object):
+        def __init__(self):
+            self.svo = None
+            self.serial = None
+
+        def set_from_svo_file(self, path):
+            self.svo = path
+
+        def set_from_serial_number(self, serial):
+            self.serial = serial
+
+    class RuntimeParameters(object):
+        def __init__(self):
+            self.confidence_threshold = 95
+            self.texture_confidence_threshold = 100
+            if sdk == 4:
+                self.enable_fill_mode = False
+            else:
+                self.sensing_mode = sl.SENSING_MODE.STANDARD
+
+    class Mat(object):
+        def __init__(self):
+            self.data = None
+
+        def get_data(self):
+            return self.data
+
+    class Timestamp(object):
+        def __init__(self, ns):
+            self.ns = ns
+
+        def get_nanoseconds(self):
+            return self.ns
+
+    left_cam = types.SimpleNamespace(fx=350.0, fy=351.0, cx=31.5, cy=17.5)
+    calib = types.SimpleNamespace(left_cam=left_cam, T=[-0.12, 0.0, 0.0])
+    if sdk == 4:
+        calib.get_camera_baseline = lambda: 0.12
+        info = types.SimpleNamespace(camera_configuration=types.SimpleNamespace(
+            calibration_parameters=calib, resolution=Resolution(width, height), fps=30))
+    else:
+        info = types.SimpleNamespace(calibration_parameters=calib,
+                                     camera_resolution=Resolution(width, height))
+
+    class Camera(object):
+        def __init__(self):
+            self.i = -1
+
+        def open(self, init):
+            state['opened'].append(init)
+            state['init'] = init
+            return open_error or sl.ERROR_CODE.SUCCESS
+
+        def close(self):
+            state['closed'] += 1
+
+        def get_camera_information(self):
+            return info
+
+        def grab(self, runtime):
+            state['runtime'] = runtime
+            if fail_at is not None and self.i + 1 == fail_at:
+                return sl.ERROR_CODE.CAMERA_NOT_DETECTED
+            if self.i + 1 >= frames:
+                return sl.ERROR_CODE.END_OF_SVOFILE_REACHED
+            self.i += 1
+            return sl.ERROR_CODE.SUCCESS
+
+        def set_svo_position(self, pos):
+            self.i = pos - 1
+
+        def _size(self, res):
+            return (res.width or width, res.height or height)
+
+        def retrieve_image(self, mat, view, mem, res):
+            w, h = self._size(res)
+            bgra = np.zeros((height, width, 4), np.uint8)
+            bgra[:, :, 0] = np.arange(width)[None, :] * 3
+            bgra[:, :, 1] = self.i
+            bgra[:, :, 3] = 255
+            mat.data = cv2.resize(bgra, (w, h), interpolation=cv2.INTER_AREA)
+
+        def retrieve_measure(self, mat, measure, mem, res):
+            w, h = self._size(res)
+            value = 1.0 + self.i if measure == sl.MEASURE.DEPTH else 10.0
+            mat.data = np.full((h, w), value, np.float32)
+
+        def get_timestamp(self, ref):
+            return Timestamp(1000000000 + 33333333 * self.i)
+
+    sl.Resolution, sl.InitParameters, sl.RuntimeParameters = Resolution, InitParameters, \
+        RuntimeParameters
+    sl.Mat, sl.Camera = Mat, Camera
+    return sl
+
+
+@pytest.fixture
+def fake_pyzed(monkeypatch):
+    import types
+
+    def install(**kwargs):
+        sl = _fake_sl(**kwargs)
+        package = types.ModuleType('pyzed')
+        package.sl = sl
+        monkeypatch.setitem(__import__('sys').modules, 'pyzed', package)
+        monkeypatch.setitem(__import__('sys').modules, 'pyzed.sl', sl)
+        return sl
+    return install
+
+
+@pytest.mark.parametrize('sdk', [3, 4])
+def test_zed_source_live_frames_and_parameters(fake_pyzed, sdk):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(sdk=sdk, frames=2)
+    source = ZedSource(resolution='VGA', fps=15, depth_mode='QUALITY', min_depth=0.5,
+                       max_depth=12.0, confidence_threshold=80, texture_confidence_threshold=90,
+                       fill_mode=True, camera_name='zed2')
+    source.open()
+    init, runtime = sl.state['init'], None
+    assert (init.depth_mode, init.coordinate_units, init.camera_resolution, init.camera_fps) == \
+        ('QUALITY', 'METER', 'VGA', 15)
+    assert (init.depth_minimum_distance, init.depth_maximum_distance) == (0.5, 12.0)
+    frame = source.read()
+    runtime = sl.state['runtime']
+    assert (runtime.confidence_threshold, runtime.texture_confidence_threshold) == (80, 90)
+    if sdk == 4:
+        assert runtime.enable_fill_mode is True
+    else:
+        assert runtime.sensing_mode == 'FILL'
+    assert frame.left.shape == (36, 64, 3) and frame.left.dtype == np.uint8
+    assert frame.left[0, 5, 0] == 15, 'expected BGRA->BGR keeping blue, received {}'.format(
+        frame.left[0, 5])
+    assert frame.camera == PinholeCamera(350.0, 351.0, 31.5, 17.5, 64, 36), frame.camera
+    assert frame.baseline_m == 0.12
+    assert frame.stamp_ns == 1000000000 and frame.frame_id == 'zed2_left_camera_optical_frame'
+    assert float(frame.depth[0, 0]) == 1.0 and float(frame.confidence[0, 0]) == 10.0
+    assert source.read().stamp_ns == 1033333333
+    # The live camera has no end: the SDK reports an error, which is a SourceError to retry.
+    with pytest.raises(SourceError) as err:
+        source.read()
+    assert _msg(err) == 'ZED grab failed: END_OF_SVOFILE_REACHED'
+    source.close()
+    assert sl.state['closed'] == 1
+
+
+def test_zed_source_svo_loop_downscale_and_errors(fake_pyzed):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(frames=2)
+    source = make_source('svo', 'rec.svo', loop=True, publish_downscale=0.5)
+    assert isinstance(source, ZedSource) and source.loop
+    frames = [source.read() for _ in range(5)]
+    assert sl.state['init'].svo == 'rec.svo' and sl.state['init'].svo_real_time_mode is False
+    stamps = [f.stamp_ns for f in frames]
+    want = [1000000000, 1033333333, 1066666666, 1099999999, 1133333332]
+    assert stamps == want, 'expected {}, received {}'.format(want, stamps)
+    assert [float(f.depth[0, 0]) for f in frames] == [1.0, 2.0, 1.0, 2.0, 1.0]
+    assert frames[0].left.shape == (18, 32, 3) and frames[0].depth.shape == (18, 32)
+    want_cam = PinholeCamera(350.0, 351.0, 31.5, 17.5, 64, 36).scaled(32, 18)
+    assert frames[0].camera == want_cam, 'expected {}, received {}'.format(want_cam,
+                                                                           frames[0].camera)
+    assert list(ZedSource(svo_path='rec.svo')) != []  # without loop it ends
+    assert len(list(ZedSource(svo_path='rec.svo'))) == 2
+
+    fake_pyzed(frames=5, fail_at=1)
+    source = ZedSource()
+    source.read()
+    with pytest.raises(SourceError) as err:
+        source.read()
+    assert _msg(err) == 'ZED grab failed: CAMERA_NOT_DETECTED'
+    fake_pyzed(open_error='CAMERA_NOT_DETECTED')
+    with pytest.raises(SourceError) as err:
+        ZedSource().open()
+    assert _msg(err) == 'cannot open ZED camera: CAMERA_NOT_DETECTED'
+
+
+def test_zed_source_without_pyzed_and_bad_options(monkeypatch):
+    import sys
+
+    from depth_ros.sources.zed import ZedSource
+
+    monkeypatch.setitem(sys.modules, 'pyzed', None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, 'pyzed.sl', None)
+    with pytest.raises(ImportError) as err:
+        ZedSource().open()
+    assert _msg(err).startswith('pyzed not installed: install the ZED SDK'), _msg(err)
+    assert _msg(err).endswith('or use source:=sample|folder|bag'), _msg(err)
+    for kwargs, message in (
+            (dict(depth_mode='FAST'), '`depth_mode` must be one of NONE|PERFORMANCE|QUALITY|'
+                                      "ULTRA|NEURAL|NEURAL_PLUS, got 'FAST'"),
+            (dict(resolution='4K'), '`resolution` must be one of HD2K|HD1080|HD1200|HD720|'
+                                    "SVGA|VGA|AUTO, got '4K'"),
+            (dict(publish_downscale=0), '`publish_downscale` must be in (0, 1], got 0'),
+            (dict(min_depth=5.0, max_depth=2.0),
+             '`max_depth` (2.0) must be larger than `min_depth` (5.0)'),
+            (dict(confidence_threshold=0), '`confidence_threshold` must be a number in '
+                                           '[1, 100], got 0')):
+        with pytest.raises(ValueError) as err:
+            ZedSource(**kwargs)
+        assert _msg(err) == message, 'expected {!r}, received {!r}'.format(message, _msg(err))
+    with pytest.raises(ValueError) as err:
+        make_source('live', loop=True)
+    assert _msg(err) == 'source `live` takes no replay option(s) loop'

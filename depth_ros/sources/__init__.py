@@ -10,8 +10,8 @@ parameter and the launch file's ``source:=`` argument name them:
 - ``bag``: a rosbag2 recording of ZED topics at ``path``, read with `rosbags`.
 
 Replay options (``loop``, ``rate``, ``fps``, ``drop_after``, ``outage_s``, ``outage_repeat``)
-wrap the replay kinds in a ReplaySource; ``live`` takes none of them and ``svo`` loops and
-paces itself (``loop``, ``rate``). Sources import their heavy dependencies only on use.
+wrap the replay kinds in a ReplaySource; ``live`` takes none of them and ``svo`` loops
+itself (the SDK rewinds the file). Sources import their heavy dependencies only on use.
 """
 from __future__ import annotations
 
@@ -77,9 +77,8 @@ def make_source(kind: str, path=None, **options) -> FrameSource:
                 ', '.join(sorted(replay))))
         return _construct(cls, kind, options)
     if kind == 'svo':
-        for key in ('loop', 'rate'):
-            if key in replay:
-                options[key] = replay.pop(key)
+        if 'loop' in replay:  # the SDK rewinds the file itself (set_svo_position)
+            options['loop'] = replay.pop('loop')
         options['svo_path'] = path
         source = _construct(cls, kind, options)
     else:
