@@ -77,8 +77,8 @@ def test_invalid_and_out_of_range_points_are_nan():
     bad = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1)]
     for v, u in bad:
         for f in 'xyz':
-            assert np.isnan(cloud[f][v, u]), '{} at ({}, {}) is {}'.format(f, u, v,
-                                                                          cloud[f][v, u])
+            value = cloud[f][v, u]
+            assert np.isnan(value), '{} at ({}, {}) is {}'.format(f, u, v, value)
     mask = np.ones((6, 8), bool)
     for v, u in bad:
         mask[v, u] = False
