@@ -1,0 +1,124 @@
+"""`depth-ros fuse` end to end on a synthetic scene, and its one-line errors (exit 2)."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from depth_ros.cli import main
+from depth_ros.commands.fuse import fuse_and_write, OUTPUT_FILES
+from depth_ros.core.alignment import MetricAligner
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.ply import read_ply
+from depth_ros.core.pointcloud import depth_to_cloud
+
+H, W = 60, 80
+
+
+def scene():
+    rng = np.random.RandomState(0)
+    z = np.full((H, W), 5.0)
+    z[20:40, 20:40] = 2.0
+    z[:10] = np.inf
+    rel = ((1.0 / z - 0.01) / 0.3).astype(np.float32)
+    st = (z * (1 + 0.01 * rng.randn(H, W))).astype(np.float32)
+    st[:10] = np.nan
+    st[45:55, 50:70] = np.nan
+    bgr = rng.randint(0, 256, (H, W, 3)).astype(np.uint8)
+    return bgr, rel, st, z
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    bgr, rel, st, z = scene()
+    cv2.imwrite(str(tmp_path / 'left.png'), bgr)
+    np.save(str(tmp_path / 'rel.npy'), rel)
+    np.save(str(tmp_path / 'st.npy'), st)
+    np.save(str(tmp_path / 'conf.npy'), np.full((H, W), 10.0, np.float32))
+    return tmp_path
+
+
+def argv(d, **over):
+    args = {'--image': d / 'left.png', '--relative': d / 'rel.npy',
+            '--stereo-depth': d / 'st.npy', '--intrinsics': '60,60,39.5,29.5',
+            '--out': d / 'out'}
+    args.update(over)
+    out = ['fuse']
+    for k, v in args.items():
+        if v is not None:
+            out += [k, str(v)]
+    return out
+
+
+def test_fuse_writes_the_four_outputs_matching_the_core(inputs, capsys):
+    assert main(argv(inputs, **{'--confidence': inputs / 'conf.npy'})) == 0
+    out = inputs / 'out'
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    bgr, rel, st, z = scene()
+    expected = MetricAligner().update(rel, st, np.full((H, W), 10.0, np.float32))
+    depth = np.load(str(out / 'depth.npy'))
+    assert depth.dtype == np.float32 and depth.shape == (H, W)
+    np.testing.assert_array_equal(depth, expected.depth)
+    assert np.isposinf(depth[:10]).all(), 'sky is +inf (too far)'
+    report = json.loads((out / 'alignment.json').read_text())
+    assert report['status'] == 'ok'
+    assert abs(report['scale'] - expected.scale) < 1e-12
+    for key in ('scale', 'shift', 'inlier_ratio', 'valid_fraction', 'status'):
+        assert key in report, key
+    png = cv2.imread(str(out / 'depth.png'))
+    assert png.shape == (H, W, 3)
+    xyz, rgb = read_ply(str(out / 'points.ply'))
+    cam = PinholeCamera(60, 60, 39.5, 29.5, W, H)
+    cloud = depth_to_cloud(expected.depth, cam, bgr=bgr)
+    keep = np.isfinite(cloud['z']).ravel()
+    assert xyz.shape == (keep.sum(), 3) == (H * W - 10 * W, 3)
+    np.testing.assert_array_equal(rgb, bgr.reshape(-1, 3)[keep][:, ::-1])
+    assert 'status ok' in capsys.readouterr().out
+
+
+def test_fuse_and_write_reuses_an_aligner(tmp_path):
+    bgr, rel, st, _ = scene()
+    cam = PinholeCamera(60, 60, 39.5, 29.5, W, H)
+    aligner = MetricAligner()
+    fuse_and_write(bgr, rel, st, None, cam, str(tmp_path / 'a'), aligner=aligner)
+    r = fuse_and_write(bgr, rel, np.full((H, W), np.nan, np.float32), None, cam,
+                       str(tmp_path / 'b'), aligner=aligner)
+    assert r['alignment']['status'] == 'held'
+    assert r['points'] == H * W - 10 * W
+
+
+def test_fuse_without_any_stereo_reports_no_fit(inputs):
+    np.save(str(inputs / 'st.npy'), np.full((H, W), np.nan, np.float32))
+    assert main(argv(inputs)) == 0
+    report = json.loads((inputs / 'out' / 'alignment.json').read_text())
+    assert report['status'] == 'no_fit' and report['scale'] is None
+    assert np.isnan(np.load(str(inputs / 'out' / 'depth.npy'))).all()
+
+
+@pytest.mark.parametrize('over, message', [
+    ({'--intrinsics': '60,60,39.5'}, "--intrinsics must be fx,fy,cx,cy (4 numbers), got "
+                                     "'60,60,39.5'"),
+    ({'--intrinsics': '60,0,39.5,29.5'}, "--intrinsics '60,0,39.5,29.5': `fy` must be a "
+                                         "finite number > 0, got 0.0"),
+    ({'--image': 'missing.png'}, '--image missing.png: no such file'),
+    ({'--relative': 'rel.txt'}, '--relative'),
+])
+def test_user_errors_are_one_line_exit_2(inputs, capsys, over, message, monkeypatch):
+    monkeypatch.chdir(inputs)
+    (inputs / 'rel.txt').write_text('not an array')
+    assert main(argv(inputs, **over)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('depth-ros fuse: error: ') and message in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_mismatched_sizes_and_shapes(inputs, capsys):
+    np.save(str(inputs / 'small.npy'), np.ones((H - 1, W), np.float32))
+    np.save(str(inputs / 'cube.npy'), np.ones((H, W, 3), np.float32))
+    assert main(argv(inputs, **{'--stereo-depth': inputs / 'small.npy'})) == 2
+    assert '--image is 80x60 but --stereo-depth is 80x59' in capsys.readouterr().err
+    assert main(argv(inputs, **{'--relative': inputs / 'cube.npy'})) == 2
+    assert 'expected a non-empty HxW numeric array, got shape (60, 80, 3)' in \
+        capsys.readouterr().err
+    assert main(argv(inputs, **{'--confidence': inputs / 'small.npy'})) == 2
+    assert '--confidence has shape (59, 80)' in capsys.readouterr().err
