@@ -1,0 +1,225 @@
+"""The one conversion boundary between ROS messages and numpy / core objects.
+
+- Image <-> numpy: cv_bridge where it is installed, otherwise ``depth_ros.core.encodings``
+  (same encodings: bgr8, rgb8, bgra8, rgba8, mono8, mono16, 16UC1, 32FC1; 8UC3/8UC4 read as
+  bgr8/bgra8). Both raise ValueError naming the encoding or size that does not fit.
+- CameraInfo <-> PinholeCamera: the rectified projection P when it is set (images here are
+  rectified), K otherwise; scaled when the image it describes has another size.
+- PointCloud2 from ``depth_ros.core.pointcloud``'s structured array: fields and offsets from
+  ``CLOUD_FIELDS``, organized (height = rows), is_dense false, header copied from the input.
+
+Core functions never see a message; nodes never touch bytes.
+"""
+from __future__ import annotations
+
+import array
+import os
+from typing import Optional
+
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.encodings import array_to_image_fields, canonical_encoding, image_to_array
+import numpy as np
+
+_BRIDGE = []  # [CvBridge or None], resolved once
+
+
+def _bridge():
+    """A CvBridge when cv_bridge is importable (and not disabled), else None."""
+    if not _BRIDGE:
+        bridge = None
+        if os.environ.get('DEPTH_ROS_NO_CV_BRIDGE', '') in ('', '0'):
+            try:
+                from cv_bridge import CvBridge
+                bridge = CvBridge()
+            except ImportError:
+                bridge = None
+        _BRIDGE.append(bridge)
+    return _BRIDGE[0]
+
+
+def uses_cv_bridge() -> bool:
+    """Whether Image conversion goes through cv_bridge here."""
+    return _bridge() is not None
+
+
+def _message_types():
+    try:
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+    except ImportError as exc:
+        raise ImportError('ROS 2 message types are missing: source a ROS 2 install or '
+                          'install depth_ros[ros]') from exc
+    return Image, CameraInfo, PointCloud2, PointField
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1000000000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int):
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+    ns = int(ns)
+    if ns < 0:
+        raise ValueError('`ns` must be >= 0, got {!r}'.format(ns))
+    return Time(sec=ns // 1000000000, nanosec=ns % 1000000000)
+
+
+def make_header(stamp_ns: int, frame_id: str):
+    """std_msgs/Header from nanoseconds and a frame id."""
+    from std_msgs.msg import Header
+    return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+
+
+def copy_header(header):
+    """An independent copy of a std_msgs/Header (outputs carry the input's stamp and frame)."""
+    from std_msgs.msg import Header
+    return Header(stamp=type(header.stamp)(sec=header.stamp.sec, nanosec=header.stamp.nanosec),
+                  frame_id=header.frame_id)
+
+
+def image_to_numpy(msg, copy: bool = False) -> np.ndarray:
+    """sensor_msgs/Image -> HxW or HxWxC array (channel order as the encoding says).
+
+    :raises ValueError: unsupported encoding, or a size that does not match the data.
+    """
+    bridge = _bridge()
+    if bridge is None:
+        return image_to_array(msg, copy=copy)
+    name = canonical_encoding(msg.encoding)  # same accepted set with or without cv_bridge
+    try:
+        out = bridge.imgmsg_to_cv2(msg, desired_encoding='passthrough')
+    except Exception as exc:  # CvBridgeError, TypeError: give the same kind of error
+        raise ValueError('cannot convert a {}x{} {!r} image (step {}, {} bytes): {}'.format(
+            msg.width, msg.height, msg.encoding, msg.step, len(msg.data), exc)) from exc
+    if name in ('bgr8', 'rgb8', 'bgra8', 'rgba8') and out.ndim != 3:
+        raise ValueError('image with encoding {!r} decoded to shape {}'.format(
+            msg.encoding, out.shape))
+    return out.copy() if copy else out
+
+
+def numpy_to_image(array_: np.ndarray, encoding: str, header=None):
+    """HxW or HxWxC array -> sensor_msgs/Image with ``header`` (copied) and ``encoding``.
+
+    :raises ValueError: the array's dtype or channels do not fit ``encoding``.
+    """
+    Image = _message_types()[0]
+    fields = array_to_image_fields(array_, encoding)  # validates before anything is built
+    msg = Image()
+    if header is not None:
+        msg.header = copy_header(header)
+    msg.height = fields['height']
+    msg.width = fields['width']
+    msg.encoding = fields['encoding']
+    msg.is_bigendian = fields['is_bigendian']
+    msg.step = fields['step']
+    # array.array('B') is what rclpy stores for uint8[]; any other container is checked
+    # element by element in Python, which costs tens of milliseconds per frame.
+    data = array.array('B')
+    data.frombytes(fields['data'])
+    msg.data = data
+    return msg
+
+
+def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = None,
+                     use_projection: bool = True) -> PinholeCamera:
+    """sensor_msgs/CameraInfo -> PinholeCamera, optionally for an image of another size.
+
+    :param use_projection: take fx, fy, cx, cy from P (the rectified camera) when P is set;
+        K otherwise. Our images are rectified, for which P is the right model.
+    :param width, height: size of the image the camera is wanted for (default: the info's);
+        the intrinsics are scaled when it differs.
+    :raises ValueError: zero size, or K/P without positive focal lengths (names the field).
+    """
+    if msg.width <= 0 or msg.height <= 0:
+        raise ValueError('camera_info has an invalid size {}x{}'.format(msg.width, msg.height))
+    p = np.asarray(msg.p, dtype=np.float64).reshape(-1)
+    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if use_projection and p.size == 12 and p[0] > 0 and p[5] > 0:
+        fx, fy, cx, cy, field = p[0], p[5], p[2], p[6], 'p'
+    else:
+        fx, fy, cx, cy, field = k[0], k[4], k[2], k[5], 'k'
+    values = np.array([fx, fy, cx, cy])
+    if not np.all(np.isfinite(values)) or fx <= 0 or fy <= 0:
+        raise ValueError('camera_info.{} has no valid intrinsics: fx={!r} fy={!r} cx={!r} '
+                         'cy={!r}'.format(field, fx, fy, cx, cy))
+    camera = PinholeCamera(fx, fy, cx, cy, int(msg.width), int(msg.height))
+    if width is not None and height is not None and (width, height) != (msg.width, msg.height):
+        camera = camera.scaled(int(width), int(height))
+    return camera
+
+
+def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = 'plumb_bob'):
+    """PinholeCamera -> sensor_msgs/CameraInfo of a rectified image (D zero, R identity)."""
+    CameraInfo = _message_types()[1]
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = copy_header(header)
+    msg.width = camera.width
+    msg.height = camera.height
+    msg.distortion_model = distortion_model
+    msg.d = [0.0] * 5
+    msg.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def cloud_to_pointcloud2(cloud: np.ndarray, header):
+    """Organized structured array from ``depth_to_cloud`` -> sensor_msgs/PointCloud2.
+
+    Fields, offsets and point_step come from the array's dtype, which ``depth_to_cloud`` builds
+    from ``CLOUD_FIELDS`` (x, y, z, rgb float32 at 0, 4, 8, 12; point_step 16), so the message
+    cannot disagree with the bytes.
+
+    :raises ValueError: not a 2-D structured array with float32 fields.
+    """
+    _, _, PointCloud2, PointField = _message_types()
+    if not isinstance(cloud, np.ndarray) or cloud.dtype.names is None or cloud.ndim != 2:
+        raise ValueError('`cloud` must be a 2-D structured array from depth_to_cloud, got '
+                         '{}'.format(getattr(cloud, 'dtype', type(cloud).__name__)))
+    fields = []
+    for name in cloud.dtype.names:
+        dtype, offset = cloud.dtype.fields[name][:2]
+        if dtype.base != np.dtype('<f4'):
+            raise ValueError('`cloud` field {!r} must be little-endian float32, got {}'.format(
+                name, dtype))
+        fields.append(PointField(name=name, offset=int(offset), datatype=PointField.FLOAT32,
+                                 count=1))
+    msg = PointCloud2()
+    msg.header = copy_header(header)
+    msg.height, msg.width = int(cloud.shape[0]), int(cloud.shape[1])
+    msg.fields = fields
+    msg.is_bigendian = False
+    msg.point_step = int(cloud.dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = False  # invalid points are NaN and kept, so the cloud stays organized
+    data = array.array('B')
+    data.frombytes(np.ascontiguousarray(cloud).view(np.uint8).reshape(-1))
+    msg.data = data
+    return msg
+
+
+def pointcloud2_to_array(msg) -> np.ndarray:
+    """sensor_msgs/PointCloud2 with float32 fields -> organized structured array (a copy).
+
+    The inverse of :func:`cloud_to_pointcloud2`, for tests and tools.
+    """
+    if msg.is_bigendian:
+        raise ValueError('big-endian point clouds are not supported')
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype != 7 or f.count != 1:  # PointField.FLOAT32
+            raise ValueError('field {!r} has datatype {} count {}; only float32 x1 is '
+                             'supported'.format(f.name, f.datatype, f.count))
+        names.append(f.name)
+        formats.append('<f4')
+        offsets.append(f.offset)
+    dtype = np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
+                      'itemsize': msg.point_step})
+    raw = np.frombuffer(msg.data, dtype=np.uint8)
+    if raw.size != msg.row_step * msg.height or msg.row_step != msg.point_step * msg.width:
+        raise ValueError('PointCloud2 data has {} bytes; expected row_step*height = {}*{} with '
+                         'row_step = point_step*width = {}*{}'.format(
+                             raw.size, msg.row_step, msg.height, msg.point_step, msg.width))
+    return raw.view(dtype).reshape(msg.height, msg.width).copy()

@@ -1,0 +1,175 @@
+"""depth_node: camera image -> Depth Anything V2 relative disparity (32FC1).
+
+Subscribes ``image`` (remap it to the camera's rectified colour image), publishes
+``~/disparity`` (32FC1 relative inverse depth, the image's header) and ``~/colorized`` (bgr8,
+only computed while someone subscribes). Inference runs in a worker thread on the newest frame;
+frames that arrive meanwhile replace the waiting one (dropped, never queued).
+"""
+from __future__ import annotations
+
+import time
+
+from depth_ros.core.encodings import to_bgr8
+from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
+    qos_depth_param, reliability_param, StartupError
+from depth_ros.ros.runtime import diagnostic_status, Diagnostics, LatestWorker, main_for, \
+    RateMeter, sensor_qos
+import numpy as np
+
+BACKENDS = ('onnxruntime', 'tensorrt', 'torch', 'standin')
+THROTTLE_S = 2.0
+
+PARAMS = (
+    Param('backend', 'onnxruntime', 'inference backend; standin is a fixed-latency stand-in for '
+          'tests and benchmarks, not a model', choices=BACKENDS, read_only=True),
+    Param('model_path', '', '.onnx file (onnxruntime), serialized engine (tensorrt), checkpoint '
+          'folder, .pth or hub id (torch); unused by standin', read_only=True),
+    Param('input_width', 0, 'model input width, multiple of 14 (0: the model file\'s or 518)',
+          low=0, high=4096, read_only=True),
+    Param('input_height', 0, 'model input height, multiple of 14 (0: the model file\'s or 294)',
+          low=0, high=4096, read_only=True),
+    Param('device', 'cpu', 'torch backend device (cpu, cuda, cuda:0)', read_only=True),
+    Param('standin_latency_ms', 0.0, 'standin backend: fixed inference time in ms',
+          low=0.0, high=10000.0),
+    Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
+          'vertical gradient', choices=('intensity', 'gradient'), read_only=True),
+    reliability_param(),
+    qos_depth_param(1),
+)
+
+
+def _validate(values) -> str:
+    if values['backend'] != 'standin' and not values['model_path']:
+        return ('parameter `model_path` is empty; backend {!r} needs a model file or id'
+                .format(values['backend']))
+    if (values['input_width'] == 0) != (values['input_height'] == 0):
+        return 'parameters `input_width` and `input_height` must both be 0 or both be set, ' \
+               'got {} and {}'.format(values['input_width'], values['input_height'])
+    return ''
+
+
+def load_model(values):
+    """Build the configured backend; StartupError with a one-line reason when it fails."""
+    backend = values['backend']
+    if backend == 'standin':
+        from depth_ros.inference.standin import StandInDepthModel
+        return StandInDepthModel(latency_ms=values['standin_latency_ms'],
+                                 mode=values['standin_mode'])
+    size = None
+    if values['input_width']:
+        size = (values['input_width'], values['input_height'])
+    options = {'device': values['device']} if backend == 'torch' else {}
+    try:
+        from depth_ros.inference import load_depth_model
+        return load_depth_model(values['model_path'], backend=backend, input_size=size,
+                                **options)
+    except Exception as exc:  # every failure is a start-up failure with a readable reason
+        text = str(exc).strip().splitlines()
+        raise StartupError('cannot load {} model {!r}: {}: {}'.format(
+            backend, values['model_path'], type(exc).__name__,
+            text[0] if text else 'no details')) from None
+
+
+def make_node(**kwargs):
+    """Create the depth_node (rclpy is imported here, not at module import)."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from depth_ros.core.visualize import colorize
+    from depth_ros.ros import conversions as conv
+
+    class _DepthNode(Node):
+
+        def __init__(self):
+            super().__init__('depth_node', **kwargs)
+            self.cfg = declare_params(self, PARAMS, validate=lambda v: _validate(v) or None)
+            self.add_on_set_parameters_callback(on_set_validator(
+                PARAMS, self.cfg, validate=lambda v: _validate(v) or None, apply=self._apply))
+            self.model = load_model(self.cfg)
+            self.get_logger().info('backend {}: {}'.format(self.cfg['backend'],
+                                                           self.model.name or self.model))
+            qos = sensor_qos(self.cfg['reliability'], self.cfg['qos_depth'])
+            self.pub_disp = self.create_publisher(Image, '~/disparity', qos)
+            self.pub_color = self.create_publisher(Image, '~/colorized', qos)
+            self.in_rate, self.out_rate = RateMeter(), RateMeter()
+            self.bad_frames = 0
+            self.last_stamp = None
+            self.age_ms = float('nan')
+            self.worker = LatestWorker(self._process, 'depth_inference', self._worker_error)
+            self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
+            self.diag = Diagnostics(self, self._diagnostics)
+
+        def _apply(self, changed):
+            if 'standin_latency_ms' in changed and self.cfg['backend'] == 'standin':
+                self.model.latency_ms = changed['standin_latency_ms']
+
+        def _on_image(self, msg):
+            # Only bookkeeping here: the conversion and inference run in the worker.
+            self.in_rate.tick()
+            stamp = conv.stamp_to_ns(msg.header.stamp)
+            if self.last_stamp is not None and stamp <= self.last_stamp:
+                self.bad_frames += 1
+                self.get_logger().error(
+                    'dropped image: stamp {} is {} the previous {} (out-of-order or '
+                    'duplicated)'.format(stamp, 'equal to' if stamp == self.last_stamp
+                                         else 'older than', self.last_stamp),
+                    throttle_duration_sec=THROTTLE_S)
+                return
+            self.last_stamp = stamp
+            self.worker.put(msg)
+
+        def _drop(self, reason):
+            self.bad_frames += 1
+            self.get_logger().error('dropped image: ' + reason, throttle_duration_sec=THROTTLE_S)
+
+        def _process(self, msg):
+            try:
+                bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
+            except ValueError as exc:
+                self._drop(str(exc))
+                return
+            disparity = self.model.predict(bgr)          # [H, W] float32 relative
+            if not np.all(np.isfinite(disparity)):
+                self._drop('model output has {} non-finite values'.format(
+                    int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
+                return
+            self.pub_disp.publish(conv.numpy_to_image(disparity, '32FC1', msg.header))
+            if self.pub_color.get_subscription_count() > 0:
+                self.pub_color.publish(conv.numpy_to_image(colorize(disparity), 'bgr8',
+                                                           msg.header))
+            self.out_rate.tick()
+            self.age_ms = (time.time_ns() - conv.stamp_to_ns(msg.header.stamp)) * 1e-6
+
+        def _worker_error(self, exc):
+            self.bad_frames += 1
+            self.get_logger().error('inference failed on a frame: {}: {}'.format(
+                type(exc).__name__, exc), throttle_duration_sec=THROTTLE_S)
+
+        def _diagnostics(self):
+            level, message = 'ok', 'running'
+            if self.in_rate.rate == 0.0:
+                level, message = 'warn', 'no input images'
+            values = {
+                'backend': self.cfg['backend'], 'model': self.model.name,
+                'input_rate_hz': self.in_rate.rate, 'output_rate_hz': self.out_rate.rate,
+                'inference_ms_mean': self.model.latency.mean_ms,
+                'output_age_ms': self.age_ms,
+                'frames_in': self.worker.received, 'frames_dropped_busy': self.worker.dropped,
+                'frames_bad': self.bad_frames,
+            }
+            return [diagnostic_status('depth_node: inference', self.get_fully_qualified_name(),
+                                      level, message, values)]
+
+        def close(self):
+            self.worker.stop()
+            self.model.close()
+
+    return _DepthNode()
+
+
+main = main_for(make_node, 'depth_node')
+
+__all__ = ['ConfigError', 'load_model', 'main', 'make_node', 'PARAMS']
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,162 @@
+"""Parameters declared once, with descriptors, validated at start-up and on every change.
+
+A node lists its parameters as :class:`Param` specs. :func:`declare_params` declares each one
+with a ParameterDescriptor (description, range, read-only), checks the values from the params
+file and the command line, and raises :class:`ConfigError` naming the parameter and its value.
+:func:`on_set_validator` returns the on-set-parameters callback that validates runtime changes
+with the same rules (plus the node's cross-parameter check) and rejects bad ones with a reason.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the node refuses to start. The message names the parameter."""
+
+
+class StartupError(RuntimeError):
+    """A resource the node needs (model, camera driver) could not be set up."""
+
+
+class Param(NamedTuple):
+    """One parameter: name, default (its type is the parameter's type), description.
+
+    ``choices``: allowed values (strings); ``low``/``high``: inclusive numeric range;
+    ``read_only``: fixed after start-up (topics, backend, model path).
+    """
+
+    name: str
+    default: object
+    description: str
+    choices: Optional[Sequence[str]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    read_only: bool = False
+
+
+def _descriptor(spec: Param):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    desc = ParameterDescriptor(name=spec.name, description=spec.description,
+                               read_only=spec.read_only)
+    if spec.choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.low is not None or spec.high is not None:
+        low = spec.low if spec.low is not None else -1e300
+        high = spec.high if spec.high is not None else 1e300
+        if isinstance(spec.default, bool):
+            pass
+        elif isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(max(low, -2 ** 62)),
+                                               to_value=int(min(high, 2 ** 62)), step=1)]
+        elif isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                            to_value=float(high), step=0.0)]
+        if spec.low is not None and spec.high is not None:
+            desc.additional_constraints = (desc.additional_constraints + ' ' if
+                                           desc.additional_constraints else '') + \
+                'range [{}, {}]'.format(spec.low, spec.high)
+    return desc
+
+
+def check_value(spec: Param, value) -> Optional[str]:
+    """Why ``value`` is not valid for ``spec`` (None when it is)."""
+    kind = type(spec.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        return 'parameter `{}` must be of type {}, got {!r}'.format(
+            spec.name, kind.__name__, value)
+    if spec.choices and value not in spec.choices:
+        return 'parameter `{}` must be one of {}, got {!r}'.format(
+            spec.name, '|'.join(spec.choices), value)
+    if kind in (int, float):
+        if value != value:  # NaN
+            return 'parameter `{}` must be a number, got {!r}'.format(spec.name, value)
+        if (spec.low is not None and value < spec.low) or \
+                (spec.high is not None and value > spec.high):
+            return 'parameter `{}` must be in [{}, {}], got {!r}'.format(
+                spec.name, '-inf' if spec.low is None else spec.low,
+                'inf' if spec.high is None else spec.high, value)
+    return None
+
+
+def declare_params(node, specs: Sequence[Param],
+                   validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None
+                   ) -> Dict[str, object]:
+    """Declare every spec on ``node``; return {name: value} after checking them all.
+
+    :param validate: cross-parameter check on the full dict; returns an error text or None.
+    :raises ConfigError: naming the first invalid parameter and its value.
+    """
+    from rclpy.exceptions import ParameterException
+    values = {}
+    for spec in specs:
+        try:
+            param = node.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        except ParameterException as exc:
+            raise ConfigError('invalid value for parameter `{}`: {}'.format(
+                spec.name, exc)) from None
+        values[spec.name] = param.value
+    for spec in specs:
+        reason = check_value(spec, values[spec.name])
+        if reason:
+            raise ConfigError(reason)
+        if isinstance(spec.default, float):
+            values[spec.name] = float(values[spec.name])
+    if validate is not None:
+        reason = validate(dict(values))
+        if reason:
+            raise ConfigError(reason)
+    return values
+
+
+def on_set_validator(specs: Sequence[Param], current: Dict[str, object],
+                     validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None,
+                     apply: Optional[Callable[[Dict[str, object]], None]] = None):
+    """Build an on-set-parameters callback (rclpy Humble ``add_on_set_parameters_callback``).
+
+    It checks each changed parameter against its spec and the merged set against ``validate``;
+    when all pass it updates ``current`` in place and calls ``apply(changed)``.
+    """
+    by_name = {s.name: s for s in specs}
+
+    def callback(parameters: List) -> object:
+        from rcl_interfaces.msg import SetParametersResult
+        changed = {}
+        for p in parameters:
+            spec = by_name.get(p.name)
+            if spec is None:
+                continue  # parameters this node does not own (use_sim_time ...)
+            if spec.read_only:
+                return SetParametersResult(
+                    successful=False, reason='parameter `{}` is read-only'.format(p.name))
+            reason = check_value(spec, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            changed[p.name] = float(p.value) if isinstance(spec.default, float) else p.value
+        merged = dict(current)
+        merged.update(changed)
+        if validate is not None:
+            reason = validate(merged)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        current.update(changed)
+        if apply is not None and changed:
+            apply(changed)
+        return SetParametersResult(successful=True)
+
+    return callback
+
+
+def reliability_param(default: str = 'best_effort') -> Param:
+    """The QoS reliability parameter every node shares."""
+    return Param('reliability', default, 'QoS reliability of image/cloud topics: best_effort '
+                 '(sensor data, default) or reliable (RViz on Humble subscribes reliable)',
+                 choices=('best_effort', 'reliable'), read_only=True)
+
+
+def qos_depth_param(default: int = 2) -> Param:
+    """The QoS history depth parameter every node shares."""
+    return Param('qos_depth', default, 'QoS history depth of image/cloud topics (small: the '
+                 'graph works on the newest frame)', low=1, high=100, read_only=True)
