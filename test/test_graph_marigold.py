@@ -1,0 +1,223 @@
+"""marigold_node on a real rclpy graph, with the tiny random pipeline (its output is noise).
+
+The node runs in this process on its own single-threaded executor, as ``rclpy.spin`` runs it;
+a test node feeds images and calls ~/capture from another executor.
+"""
+import threading
+import time
+
+from depth_ros.core.encodings import array_to_image_fields, image_to_array
+from depth_ros.ros.marigold_node import KeyframeWorker
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+torch = pytest.importorskip('torch')
+pytest.importorskip('diffusers')
+
+torch.set_num_threads(1)
+
+
+class SlowModel(object):
+    """Wraps the tiny Marigold model and holds each job for ``delay`` seconds."""
+
+    def __init__(self, model, delay):
+        self.model, self.delay = model, delay
+        self.ensemble_size = model.ensemble_size
+        self.started = threading.Event()
+
+    def infer(self, bgr):
+        self.started.set()
+        time.sleep(self.delay)
+        return self.model.infer(bgr)
+
+
+def _image(stamp_sec, nanosec, h=24, w=32):
+    from sensor_msgs.msg import Image
+    msg = Image()
+    msg.header.stamp.sec = stamp_sec
+    msg.header.stamp.nanosec = nanosec
+    msg.header.frame_id = 'zed_left_camera_optical_frame'
+    bgr = np.random.default_rng(stamp_sec).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    f = array_to_image_fields(bgr, 'bgr8')
+    msg.height, msg.width, msg.encoding = f['height'], f['width'], f['encoding']
+    msg.is_bigendian, msg.step, msg.data = f['is_bigendian'], f['step'], f['data'].tobytes()
+    return msg
+
+
+@pytest.fixture
+def graph():
+    from depth_ros.inference.marigold import build_tiny_pipeline, MarigoldDepth
+    from depth_ros.ros.marigold_node import make_node
+    from rclpy.executors import SingleThreadedExecutor
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    model = SlowModel(MarigoldDepth(build_tiny_pipeline(), steps=1, ensemble_size=3), 1.0)
+    node = make_node(model=model, context=context, parameter_overrides=[
+        rclpy.parameter.Parameter('keyframe_period_s', value=0.0)])
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    tester = rclpy.create_node('marigold_tester', context=context)
+    tex = SingleThreadedExecutor(context=context)
+    tex.add_node(tester)
+    yield node, model, tester, tex
+    ex.shutdown()
+    node.destroy_node()
+    tester.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def _wait(tex, cond, timeout):
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        tex.spin_once(timeout_sec=0.05)
+    return cond()
+
+
+@pytest.mark.graph
+def test_capture_publishes_keyframe_with_source_header_and_stays_responsive(graph):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+    node, model, tester, tex = graph
+    got = {'depth': [], 'uncertainty': []}
+    tester.create_subscription(Image, '/marigold_node/depth',
+                               lambda m: got['depth'].append(m), qos_profile_sensor_data)
+    tester.create_subscription(Image, '/marigold_node/uncertainty',
+                               lambda m: got['uncertainty'].append(m), qos_profile_sensor_data)
+    pub = tester.create_publisher(Image, '/image', qos_profile_sensor_data)
+    client = tester.create_client(Trigger, '/marigold_node/capture')
+    assert client.wait_for_service(timeout_sec=10.0)
+
+    def call():
+        fut = client.call_async(Trigger.Request())
+        t0 = time.monotonic()
+        assert _wait(tex, fut.done, 5.0), 'capture did not answer'
+        return fut.result(), time.monotonic() - t0
+
+    res, _ = call()
+    assert not res.success and 'no image received yet' in res.message, res.message
+    assert _wait(tex, lambda: pub.get_subscription_count() > 0, 5.0)
+    first = _image(100, 123456789)
+    pub.publish(first)
+    assert _wait(tex, lambda: node.worker._frame is not None, 5.0), 'image not received'
+    res, _ = call()
+    assert res.success and res.message == 'keyframe started on the newest image', res.message
+    assert model.started.wait(5.0)
+    # While the 1 s job runs, the executor answers services at once and newer frames replace
+    # older ones: the queued keyframe takes the newest (stamp 102), never 101.
+    pub.publish(_image(101, 0))
+    time.sleep(0.1)
+    pub.publish(_image(102, 5))
+    res, dt = call()
+    assert res.success and res.message.startswith('a keyframe is running'), res.message
+    assert dt < 0.5, 'expected an answer in < 0.5 s while a job runs, received {:.2f} s'.format(
+        dt)
+    assert node.worker.busy
+    assert _wait(tex, lambda: len(got['depth']) >= 2 and len(got['uncertainty']) >= 2, 15.0), \
+        'expected 2 keyframes, received {}'.format(len(got['depth']))
+    stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in got['depth']]
+    assert stamps == [(100, 123456789), (102, 5)], 'received {}'.format(stamps)
+    d = got['depth'][0]
+    assert d.header.frame_id == 'zed_left_camera_optical_frame'
+    assert d.encoding == '32FC1' and (d.height, d.width) == (24, 32)
+    depth = image_to_array(d)
+    assert np.isfinite(depth).all() and depth.min() >= 0 and depth.max() <= 1
+    u = got['uncertainty'][0]
+    assert (u.header.stamp.sec, u.header.stamp.nanosec) == (100, 123456789)
+    assert _until(lambda: node.worker.jobs_done == 2) and node.worker.jobs_failed == 0
+
+
+def test_worker_newest_frame_wins_and_one_job_at_a_time():
+    seen, running, peak = [], [0], [0]
+    gate = threading.Event()
+
+    def job(frame):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        gate.wait(5.0)
+        seen.append(frame)
+        running[0] -= 1
+
+    w = KeyframeWorker(job)
+    try:
+        assert w.request() == 'no_frame'
+        w.offer(1)
+        assert w.request() == 'started'
+        assert _until(lambda: w.busy)
+        for f in (2, 3, 4):
+            w.offer(f)
+        assert w.request() == 'queued'
+        assert w.request() == 'queued'    # still one pending request, not two
+        gate.set()
+        assert _until(lambda: len(seen) == 2 and not w.busy)
+        time.sleep(0.1)
+        assert seen == [1, 4], 'expected [1, 4], received {}'.format(seen)
+        assert peak[0] == 1
+    finally:
+        gate.set()
+        w.stop()
+
+
+def test_worker_survives_a_failing_job():
+    calls = []
+
+    def job(frame):
+        calls.append(frame)
+        if frame == 'bad':
+            raise ValueError('bad frame')
+
+    w = KeyframeWorker(job)
+    try:
+        w.offer('bad')
+        w.request()
+        assert _until(lambda: w.jobs_failed == 1)
+        w.offer('good')
+        w.request()
+        assert _until(lambda: w.jobs_done == 1), 'worker died after a failing job'
+        assert calls == ['bad', 'good']
+    finally:
+        w.stop()
+
+
+def _until(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.mark.graph
+def test_parameters_build_tiny_model_and_bad_values_raise_at_startup():
+    from depth_ros.ros.marigold_node import make_node
+    from rclpy.parameter import Parameter
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = make_node(context=context, parameter_overrides=[
+            Parameter('checkpoint', value='tiny-random'), Parameter('device', value='cpu'),
+            Parameter('ensemble_size', value=3), Parameter('keyframe_period_s', value=0.0)])
+        try:
+            assert node.model.name == 'tiny-random' and node.model.ensemble_size == 3
+            assert node.pub_unc is not None and node.timer is None
+            topics = {node.pub_depth.topic_name, node.pub_unc.topic_name, node.sub.topic_name}
+            assert topics == {'/marigold_node/depth', '/marigold_node/uncertainty', '/image'}
+            res = node.set_parameters([Parameter('steps', value=3)])[0]
+            assert not res.successful and 'fixed at start-up' in res.reason
+        finally:
+            node.destroy_node()
+        with pytest.raises(ValueError) as err:
+            make_node(context=context, parameter_overrides=[
+                Parameter('checkpoint', value='tiny-random'),
+                Parameter('reliability', value='sometimes')])
+        assert str(err.value) == ("parameter `reliability` must be one of ('best_effort', "
+                                  "'reliable'), got 'sometimes'")
+        with pytest.raises(ValueError, match='`ensemble_size` must be 1 or an integer >= 3, '
+                                             'got 2'):
+            make_node(context=context, parameter_overrides=[
+                Parameter('checkpoint', value='tiny-random'), Parameter('device', value='cpu'),
+                Parameter('ensemble_size', value=2)])
+    finally:
+        rclpy.shutdown(context=context)
