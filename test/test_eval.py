@@ -46,18 +46,25 @@ def _write_pair(root, name, bgr, depth, png_mm=False):
 
 
 def _reference(pred, gt, mask, space, lo, hi):
-    """Independent protocol: lstsq scale/shift on mask, clip to range, AbsRel, delta1, RMSE."""
+    """Independent protocol: lstsq scale/shift on mask, to depth, clip to range, score.
+
+    Disparity is clipped to [1/hi, 1/lo] before inversion (as in the papers' code); a
+    prediction that is not finite and > 0 then counts as a 100 % error and a delta1 miss.
+    """
     p = pred[mask].astype(np.float64)
     g = gt[mask].astype(np.float64)
     target = 1.0 / g if space == 'disparity' else g
     a = np.stack([p, np.ones_like(p)], axis=1)
     (s, t), *_ = np.linalg.lstsq(a, target, rcond=None)
     fit = s * p + t
-    d = 1.0 / fit if space == 'disparity' else fit
-    d = np.clip(d, lo, hi)
-    ratio = np.maximum(d / g, g / d)
-    return {'abs_rel': np.mean(np.abs(d - g) / g), 'delta1': np.mean(ratio < 1.25),
-            'rmse': np.sqrt(np.mean((d - g) ** 2))}
+    with np.errstate(divide='ignore'):
+        d = 1.0 / np.clip(fit, 1.0 / hi, 1.0 / lo) if space == 'disparity' \
+            else np.clip(fit, lo, hi)
+    ok = np.isfinite(d) & (d > 0)
+    rel = np.where(ok, np.abs(d - g) / g, 1.0)
+    hit = ok & (np.maximum(d / g, g / d) < 1.25)
+    return {'abs_rel': rel.mean(), 'delta1': hit.mean(),
+            'rmse': np.sqrt(np.mean((d[ok] - g[ok]) ** 2))}
 
 
 def _check_close(got, want, tol):

@@ -230,25 +230,23 @@ def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, spac
     :param pred: [h, w] relative prediction; resized (bilinear) to the gt size when it differs.
     :param space: 'depth' (pred is affine-invariant depth) or 'disparity' (inverse depth).
     """
-    from depth_ros.core.metrics import align_affine, compute_metrics
+    from depth_ros.core.metrics import evaluate_affine_invariant
     if space not in SPACES:
         raise ValueError('`space` must be one of {}, got {!r}'.format(SPACES, space))
     check_image('pred', pred)
     if pred.shape != gt.shape:
         pred = cv2.resize(pred.astype(np.float32), (gt.shape[1], gt.shape[0]),
                           interpolation=cv2.INTER_LINEAR)
-    mask = mask & np.isfinite(pred)
+    with np.errstate(invalid='ignore'):
+        mask = mask & np.isfinite(pred) & np.isfinite(gt) & (gt > 0)
     n = int(mask.sum())
     if n < 2:
         return dict({k: float('nan') for k in METRIC_KEYS}, valid_pixels=n)
-    aligned = align_affine(pred, gt, mask, space=space)
-    aligned = aligned[0] if isinstance(aligned, tuple) else aligned     # [H, W] metres
-    # The papers clip the aligned depth to the dataset range before scoring.
-    aligned = np.clip(np.nan_to_num(aligned, nan=max_depth, posinf=max_depth,
-                                    neginf=min_depth), min_depth, max_depth)
-    metrics = compute_metrics(aligned, gt, mask)
+    # Align, convert to depth, clip to the dataset range (as the papers' code), then score.
+    metrics = evaluate_affine_invariant(pred, gt, mask, space=space, min_depth=min_depth,
+                                        max_depth=max_depth)
     out = {k: float(metrics[k]) for k in METRIC_KEYS}
-    out['valid_pixels'] = n
+    out.update(valid_pixels=n, scale=float(metrics['scale']), shift=float(metrics['shift']))
     return out
 
 
