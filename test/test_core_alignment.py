@@ -66,7 +66,7 @@ def test_plain_least_squares_would_fail_on_the_same_data():
     s_ls, _ = np.linalg.lstsq(a, 1.0 / st[ok].astype(np.float64), rcond=None)[0]
     out = MetricAligner().update(rel, st)
     assert abs(s_ls - S_TRUE) > 0.1 * S_TRUE, 'least squares unexpectedly good: {}'.format(s_ls)
-    assert abs(out.scale - S_TRUE) < 0.01 * abs(s_ls - S_TRUE)
+    assert abs(out.scale - S_TRUE) < 0.02 * abs(s_ls - S_TRUE)
 
 
 def test_output_dense_holes_filled_and_outliers_replaced():
