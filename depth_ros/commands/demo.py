@@ -1,0 +1,277 @@
+"""`depth-ros demo`: the whole pipeline on the bundled sample, with no ROS and no camera.
+
+Steps: the Middlebury 2014 Motorcycle pair (scikit-image, with ground truth) -> stereo depth
+with OpenCV SGBM (standing in for the ZED SDK) -> Depth Anything V2 through ONNX Runtime ->
+MetricAligner fusion -> the outputs of `depth-ros fuse` (depth.npy, depth.png, points.ply,
+alignment.json) plus report.md / report.json: AbsRel, delta1 and density against the ground
+truth, for stereo alone and for the fused depth. The inputs are saved next to them
+(stereo_depth.npy, confidence.npy, relative.npy, gt_depth.npy, left.png) so every number in
+the report can be recomputed from the files.
+
+Without a trained checkpoint (no --model, none cached, no internet) the network is an
+UNTRAINED ViT-S: the demo says so in its first lines and in the report, and its numbers then
+show that the pipeline runs, not what the model can do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+LOG = logging.getLogger('depth_ros.demo')
+
+UNTRAINED_LABEL = 'UNTRAINED network: numbers show the pipeline runs, not model quality'
+INPUT_FILES = ('left.png', 'stereo_depth.npy', 'confidence.npy', 'relative.npy',
+               'gt_depth.npy')
+
+
+def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple[int, int]:
+    """Model input (w, h) for an image: ``model_width`` wide, the image's aspect, multiples of 14.
+
+    The sample is 741x500 (about 3:2), so 518x294 (16:9, the ZED default) would distort it.
+    """
+    h = max(14, int(round(model_width * height / float(width) / 14.0)) * 14)
+    return model_width, h
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'518x350' -> (518, 350); ValueError naming --input-size otherwise."""
+    from depth_ros.core.preprocess import check_input_size
+
+    try:
+        w, h = (int(v) for v in str(text).lower().split('x'))
+    except ValueError:
+        raise ValueError('--input-size must be WIDTHxHEIGHT (e.g. 518x350), got {!r}'.format(
+            text))
+    try:
+        return check_input_size(w, h)
+    except ValueError as exc:
+        raise ValueError('--input-size {!r}: {}'.format(text, exc))
+
+
+def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
+    """Why the demo will run an untrained network, or None when a trained one is at hand.
+
+    A cheap look ahead of resolve_demo_model (no export, no download), so that the notice is
+    the first thing the user reads rather than a line after a minute of exporting.
+    """
+    if model is not None:
+        if str(model).endswith('.onnx') and os.path.isfile(model):
+            from depth_ros.inference.export import read_metadata
+            if read_metadata(model).get('trained', 'true') == 'false':
+                return 'the ONNX file holds random weights'
+        return None
+    from depth_ros.inference import hub, torch_model
+    from depth_ros.inference.export import _local_vits_candidates
+
+    if hub.find_cached(torch_model.HUB_IDS['vits']) or any(
+            os.path.exists(c) for c in _local_vits_candidates('models')):
+        return None
+    ok, why = hub.check_reachable(timeout_s)
+    if ok:
+        return None
+    return 'no ViT-S checkpoint on disk and no download possible ({})'.format(why)
+
+
+def evaluate(stereo_depth, fused_depth, gt_depth) -> Dict[str, Dict[str, float]]:
+    """Metrics against ground truth: each prediction on its own valid pixels, plus density.
+
+    ``density`` is the fraction of ground-truth pixels with a finite, positive prediction;
+    AbsRel and delta1 are over those pixels. ``fused_in_stereo_holes`` scores the fused depth
+    only where stereo has no depth: what the network adds.
+    """
+    import numpy as np
+
+    from depth_ros.core.metrics import compute_metrics
+
+    def score(pred, region=None):
+        with np.errstate(invalid='ignore'):
+            ok = np.isfinite(pred) & (pred > 0)
+        gt_ok = np.isfinite(gt_depth) & (gt_depth > 0)
+        if region is not None:
+            gt_ok &= region
+        n_gt = int(gt_ok.sum())
+        covered = ok & gt_ok
+        out = {'density': float(covered.sum()) / n_gt if n_gt else float('nan'),
+               'n_gt': n_gt, 'n': int(covered.sum())}
+        if covered.any():
+            m = compute_metrics(pred, gt_depth, mask=covered)
+            out.update(abs_rel=m['abs_rel'], delta1=m['delta1'], rmse=m['rmse'])
+        else:
+            out.update(abs_rel=float('nan'), delta1=float('nan'), rmse=float('nan'))
+        return out
+
+    with np.errstate(invalid='ignore'):
+        holes = ~(np.isfinite(stereo_depth) & (stereo_depth > 0))
+    return {'stereo': score(stereo_depth), 'fused': score(fused_depth),
+            'fused_in_stereo_holes': score(fused_depth, holes)}
+
+
+def _fmt(value, pct=False) -> str:
+    if value is None or value != value:
+        return 'n/a'
+    return '{:.1f} %'.format(100.0 * value) if pct else '{:.4f}'.format(value)
+
+
+def write_report(out_dir: str, report: Dict) -> Tuple[str, str]:
+    """report.json and report.md in ``out_dir``; returns their paths."""
+    json_path = os.path.join(out_dir, 'report.json')
+    md_path = os.path.join(out_dir, 'report.md')
+    with open(json_path, 'w') as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.write('\n')
+    m = report['metrics']
+    lines = ['# depth-ros demo report', '']
+    if not report['trained']:
+        lines += ['**{}.**'.format(UNTRAINED_LABEL), '']
+    lines += ['- Sample: {}'.format(report['sample']['name']),
+              '- Model: {}'.format(report['model']),
+              '- Stereo: OpenCV SGBM (stands in for the ZED SDK depth)',
+              '- Alignment: status {status}, scale {scale:.6g}, shift {shift:.6g}, '
+              'inlier ratio {inlier}'.format(status=report['alignment']['status'],
+                                             scale=report['alignment']['scale'] or 0.0,
+                                             shift=report['alignment']['shift'] or 0.0,
+                                             inlier=_fmt(report['alignment']['inlier_ratio'],
+                                                         True)),
+              '',
+              '| depth | AbsRel | delta1 | RMSE (m) | density |',
+              '|---|---|---|---|---|']
+    names = (('stereo', 'stereo (SGBM)'), ('fused', 'fused'),
+             ('fused_in_stereo_holes', 'fused, in stereo holes only'))
+    for key, label in names:
+        r = m[key]
+        lines.append('| {} | {} | {} | {} | {} |'.format(
+            label, _fmt(r['abs_rel']), _fmt(r['delta1'], True), _fmt(r['rmse']),
+            _fmt(r['density'], True)))
+    lines += ['', 'AbsRel, delta1 and RMSE are over the ground-truth pixels that each depth '
+              'covers; density is the fraction of ground-truth pixels covered. Timings (ms): '
+              + ', '.join('{} {:.0f}'.format(k, v) for k, v in report['timing_ms'].items()),
+              '']
+    with open(md_path, 'w') as f:
+        f.write('\n'.join(lines))
+    return json_path, md_path
+
+
+def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int, int]] = None,
+             threads: Optional[int] = None, cache_dir: Optional[str] = None,
+             show_progress: bool = True, echo=print) -> Dict:
+    """The demo as a function (the CLI and the tests call it); returns the report dict."""
+    import cv2
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from depth_ros.commands.fuse import fuse_and_write
+    from depth_ros.inference import load_depth_model, resolve_demo_model
+    from depth_ros.sources.sample import load_sample, sample_stereo_depth
+
+    timing = {}
+    t0 = time.perf_counter()
+    sample = load_sample()
+    size = input_size or default_input_size(sample.camera.width, sample.camera.height)
+    # Announce an untrained network before anything else (resolving may export for a minute).
+    why = untrained_reason(model)
+    if why:
+        echo('*** {} ***'.format(UNTRAINED_LABEL))
+        echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(why))
+    onnx_path, description, trained = resolve_demo_model(model, cache_dir=cache_dir,
+                                                         input_size=size)
+    timing['model_resolve'] = (time.perf_counter() - t0) * 1e3
+    if not trained and not why:
+        echo('*** {} ***'.format(UNTRAINED_LABEL))
+    echo('model: {}'.format(description))
+    echo('sample: Middlebury 2014 Motorcycle ({}x{}), ground truth from its disparity'.format(
+        sample.camera.width, sample.camera.height))
+
+    steps = tqdm(total=3, desc='demo', unit='step', disable=not show_progress)
+    try:
+        steps.set_postfix_str('stereo (SGBM)')
+        t = time.perf_counter()
+        stereo_depth, confidence = sample_stereo_depth(sample)
+        timing['stereo_sgbm'] = (time.perf_counter() - t) * 1e3
+        steps.update(1)
+
+        steps.set_postfix_str('network (ONNX Runtime)')
+        t = time.perf_counter()
+        options = {'intra_op_threads': threads} if threads else {}
+        net = load_depth_model(onnx_path, backend='onnxruntime', **options)
+        relative = net.predict(sample.left)
+        timing['network'] = (time.perf_counter() - t) * 1e3
+        steps.update(1)
+
+        steps.set_postfix_str('fuse and write')
+        t = time.perf_counter()
+        result = fuse_and_write(sample.left, relative, stereo_depth, confidence, sample.camera,
+                                out_dir)
+        timing['fuse_and_write'] = (time.perf_counter() - t) * 1e3
+        steps.update(1)
+    finally:
+        steps.close()
+
+    inputs = {'stereo_depth.npy': stereo_depth, 'confidence.npy': confidence,
+              'relative.npy': relative, 'gt_depth.npy': sample.gt_depth}
+    for name, array in inputs.items():
+        np.save(os.path.join(out_dir, name), array.astype(np.float32, copy=False))
+    cv2.imwrite(os.path.join(out_dir, 'left.png'), sample.left)
+
+    metrics = evaluate(stereo_depth, result['depth'], sample.gt_depth)
+    report = {
+        'label': '' if trained else UNTRAINED_LABEL,
+        'trained': bool(trained),
+        'model': description,
+        'onnx': onnx_path,
+        'input_size': list(net.input_size),
+        'sample': {'name': 'Middlebury 2014 Motorcycle (scikit-image stereo_motorcycle)',
+                   'width': sample.camera.width, 'height': sample.camera.height,
+                   'fx': sample.camera.fx, 'cx': sample.camera.cx, 'cy': sample.camera.cy,
+                   'baseline_m': sample.baseline_m, 'doffs': sample.doffs},
+        'alignment': result['alignment'],
+        'metrics': metrics,
+        'timing_ms': {k: round(v, 1) for k, v in timing.items()},
+        'files': sorted(list(result['files']) + list(INPUT_FILES)
+                        + ['report.json', 'report.md']),
+    }
+    write_report(out_dir, report)
+    for key, label in (('stereo', 'stereo'), ('fused', 'fused ')):
+        r = metrics[key]
+        echo('{}: AbsRel {}  delta1 {}  density {}'.format(
+            label, _fmt(r['abs_rel']), _fmt(r['delta1'], True), _fmt(r['density'], True)))
+    if not trained:
+        echo('({})'.format(UNTRAINED_LABEL))
+    echo('wrote {} (report.md, report.json, depth.npy, depth.png, points.ply, '
+         'alignment.json)'.format(out_dir))
+    return report
+
+
+def run(args) -> int:
+    """Entry point of `depth-ros demo`."""
+    size = parse_size(args.input_size) if args.input_size else None
+    if args.threads is not None and args.threads < 1:
+        raise ValueError('--threads must be >= 1, got {}'.format(args.threads))
+    run_demo(args.model, args.out, input_size=size, threads=args.threads,
+             cache_dir=args.cache_dir, show_progress=not args.no_progress)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `demo` sub-command."""
+    p = subparsers.add_parser(
+        'demo', help='run the whole pipeline on the bundled sample (no ROS, no camera)',
+        description='Stereo (SGBM) + Depth Anything V2 (ONNX Runtime) + fusion on the bundled '
+                    'Middlebury sample; writes the fuse outputs and a report against ground '
+                    'truth. Without a trained checkpoint it runs an UNTRAINED network and '
+                    'says so.')
+    p.add_argument('--model', default=None,
+                   help='an .onnx file, a checkpoint folder, an official .pth or a hub id '
+                        '(default: ViT-S from the cache, models/ or the hub)')
+    p.add_argument('--out', default=os.path.join('out', 'demo'), help='output folder')
+    p.add_argument('--input-size', default=None,
+                   help='network input WIDTHxHEIGHT, multiples of 14 (default: 518 wide at '
+                        "the sample's aspect, 518x350; an .onnx file fixes its own)")
+    p.add_argument('--threads', type=int, default=None, help='ONNX Runtime intra-op threads')
+    p.add_argument('--cache-dir', default=None,
+                   help='where exported ONNX files are cached (default: DEPTH_ROS_CACHE or '
+                        '~/.cache/depth_ros)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.set_defaults(func=run)
