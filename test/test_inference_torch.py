@@ -111,8 +111,8 @@ def attn_names(model):
     ('vitb', 768, 12, 12, [3, 6, 9, 12], [96, 192, 384, 768], 128),
     ('vitl', 1024, 24, 16, [5, 12, 18, 24], [256, 512, 1024, 1024], 256),
 ])
-def test_configs_equal_the_official_checkpoints(variant, hidden, layers, heads, taps, neck,
-                                                 fusion):
+def test_configs_equal_the_official_checkpoints(
+        variant, hidden, layers, heads, taps, neck, fusion):
     # Values of depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf config.json.
     c = torch_model.make_config(variant)
     b = c.backbone_config
@@ -120,10 +120,11 @@ def test_configs_equal_the_official_checkpoints(variant, hidden, layers, heads, 
            list(c.neck_hidden_sizes), c.fusion_hidden_size)
     want = (hidden, layers, heads, taps, neck, fusion)
     assert got == want, 'expected {}, received {}'.format(want, got)
-    assert (c.reassemble_hidden_size, list(c.reassemble_factors), c.head_hidden_size,
-            c.depth_estimation_type, c.patch_size, b.patch_size, b.image_size, b.mlp_ratio,
-            b.layerscale_value, b.apply_layernorm, b.reshape_hidden_states, b.use_swiglu_ffn) \
-        == (hidden, [4, 2, 1, 0.5], 32, 'relative', 14, 14, 518, 4, 1.0, True, False, False)
+    got = (c.reassemble_hidden_size, list(c.reassemble_factors), c.head_hidden_size,
+           c.depth_estimation_type, c.patch_size, b.patch_size, b.image_size, b.mlp_ratio,
+           b.layerscale_value, b.apply_layernorm, b.reshape_hidden_states, b.use_swiglu_ffn)
+    want = (hidden, [4, 2, 1, 0.5], 32, 'relative', 14, 14, 518, 4, 1.0, True, False, False)
+    assert got == want, 'expected {}, received {}'.format(want, got)
     assert torch_model.variant_of_config(c) == variant
 
 

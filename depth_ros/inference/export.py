@@ -142,6 +142,20 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     props.update({str(k): str(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
+    save_atomic(proto, path)
+    LOG.info('wrote %s (%.1f MB) in %.1f s', path, os.path.getsize(path) / 1e6,
+             time.perf_counter() - t0)
+    return path
+
+
+def save_atomic(proto, path: str) -> None:
+    """Save an ONNX ModelProto to a temporary file in the target folder, then rename it.
+
+    A crash or error never leaves a half-written model at ``path``, nor a stray temporary.
+    """
+    import onnx
+
+    folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
                                dir=folder)
     os.close(fd)
@@ -151,9 +165,6 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    LOG.info('wrote %s (%.1f MB) in %.1f s', path, os.path.getsize(path) / 1e6,
-             time.perf_counter() - t0)
-    return path
 
 
 @contextlib.contextmanager
@@ -239,7 +250,7 @@ def _local_vits_candidates(models_dir: str):
     yield os.path.join(models_dir, 'depth_anything_v2_vits.pth')
 
 
-def _export_cached(model_or_loader, info: dict, cache_dir: str,
+def _export_cached(model, info: dict, cache_dir: str,
                    input_size: Tuple[int, int]) -> str:
     """Export once per (checkpoint hash, size); later calls reuse the file."""
     path = cached_onnx_path(cache_dir, info['variant'], info['sha256'], input_size)
@@ -248,7 +259,6 @@ def _export_cached(model_or_loader, info: dict, cache_dir: str,
         return path
     from depth_ros.inference import torch_model
 
-    model = model_or_loader() if callable(model_or_loader) else model_or_loader
     meta = {'variant': info['variant'], 'source': info['source'],
             'source_sha256': info['sha256'], 'trained': info['trained'],
             'license': torch_model.LICENSES.get(info['variant'], 'see the checkpoint')}

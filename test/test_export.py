@@ -1,0 +1,246 @@
+"""ONNX export, the `model export` command, hub offline detection and the demo model resolver.
+
+Models are tiny and untrained: outputs are compared with PyTorch, never presented as depth.
+"""
+import collections
+import os
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+
+from depth_ros.inference import export, hub, torch_model  # noqa: E402
+
+torch.set_num_threads(1)
+
+SIZE = (56, 42)  # (width, height), multiples of 14
+
+
+@pytest.fixture(scope='module')
+def tiny_export(tmp_path_factory):
+    model = torch_model.build_model('tiny', seed=0)
+    path = str(tmp_path_factory.mktemp('export') / 'tiny.onnx')
+    export.export_onnx(model, path, input_size=SIZE, show_progress=False,
+                       metadata={'variant': 'tiny', 'source_sha256': 'abc123'})
+    return model, path
+
+
+def test_graph_io_opset_and_single_node_layernorm(tiny_export):
+    _, path = tiny_export
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    opset = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
+    assert opset == [17], 'expected opset [17], received {}'.format(opset)
+    # 4 blocks x 2 norms + the backbone's output norm: no decomposed ReduceMean/Pow chains.
+    assert ops['LayerNormalization'] >= 9, 'LayerNormalization nodes: {}'.format(dict(ops))
+    assert ops['ReduceMean'] == 0, 'LayerNorm decomposed: {}'.format(dict(ops))
+    # Eager attention: no NaN guards of the SDPA decomposition (TensorRT 8.5 lacks IsNaN).
+    assert ops['IsNaN'] == 0 and ops['Softmax'] == 4, dict(ops)
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert (inp.name, dims, inp.type.tensor_type.elem_type) == \
+        ('image', [1, 3, 42, 56], onnx.TensorProto.FLOAT), (inp.name, dims)
+    dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert (out.name, dims) == ('relative_disparity', [1, 42, 56]), (out.name, dims)
+
+
+def test_metadata(tiny_export):
+    _, path = tiny_export
+    meta = export.read_metadata(path)
+    want = {'variant': 'tiny', 'source_sha256': 'abc123', 'input_size': '56x42',
+            'input': 'image', 'output': 'relative_disparity', 'producer': 'depth_ros'}
+    got = {k: meta.get(k) for k in want}
+    assert got == want, 'expected {}, received {}'.format(want, got)
+
+
+def test_onnxruntime_matches_torch(tiny_export):
+    model, path = tiny_export
+    x = np.random.default_rng(1).standard_normal((1, 3, 42, 56)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x)).predicted_depth.numpy()
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = sess.run(None, {'image': x})[0]
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert got.shape == (1, 42, 56) and err < 1e-4, \
+        'shape {}, max relative error {} (expected < 1e-4)'.format(got.shape, err)
+
+
+def test_export_argument_errors(tmp_path):
+    model = torch_model.build_model('tiny', seed=0)
+    with pytest.raises(ValueError, match=r'input `height` must be a positive multiple of 14, '
+                                         r'got 300'):
+        export.export_onnx(model, str(tmp_path / 'a.onnx'), input_size=(518, 300))
+    with pytest.raises(ValueError, match=r'`opset` must be an integer >= 17 .*got 13'):
+        export.export_onnx(model, str(tmp_path / 'a.onnx'), opset=13)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch, tiny_export):
+    # Atomic write: a failure while saving must leave neither a temporary file nor a
+    # half-written model, and must not touch an existing model.
+    proto = onnx.load(tiny_export[1])
+    target = tmp_path / 'model.onnx'
+    target.write_bytes(b'previous model')
+    real_save = onnx.save_model
+
+    def fail(model, path, *args, **kwargs):
+        with open(path, 'wb') as f:
+            f.write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(onnx, 'save_model', fail)
+    with pytest.raises(OSError, match='disk full'):
+        export.save_atomic(proto, str(target))
+    assert sorted(os.listdir(str(tmp_path))) == ['model.onnx']
+    assert target.read_bytes() == b'previous model'
+    monkeypatch.setattr(onnx, 'save_model', real_save)
+    export.save_atomic(proto, str(target))
+    assert sorted(os.listdir(str(tmp_path))) == ['model.onnx']
+    assert onnx.load(str(target)).graph.input[0].name == 'image'
+
+
+def test_cli_export_random_weights(tmp_path, caplog):
+    from depth_ros.cli import main
+    out = str(tmp_path / 'cli.onnx')
+    rc = main(['model', 'export', '--variant', 'tiny', '--random-weights', '--seed', '3',
+               '--width', '28', '--height', '42', '--out', out])
+    assert rc == 0 and os.path.isfile(out)
+    meta = export.read_metadata(out)
+    want = torch_model.state_dict_hash(torch_model.build_model('tiny', seed=3))
+    got = (meta['variant'], meta['trained'], meta['source_sha256'], meta['input_size'])
+    assert got == ('tiny', 'false', want, '28x42'), 'received {}'.format(got)
+    assert 'UNTRAINED' in caplog.text
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from depth_ros.cli import main
+    folder = tmp_path / 'ckpt'
+    torch_model.build_model('tiny', seed=4).save_pretrained(str(folder))
+    assert main(['model', 'export', '--checkpoint', str(folder), '--variant', 'vits',
+                 '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert 'holds a tiny model, not the requested variant vits' in err, err
+    assert main(['model', 'export', '--random-weights', '--width', '500',
+                 '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert 'input `width` must be a positive multiple of 14, got 500' in err, err
+    assert main(['model', 'export', '--random-weights', '--opset', '13',
+                 '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert '--opset must be >= 17 (LayerNormalization as one node), got 13' in err, err
+    assert main(['model', 'export', '--checkpoint', str(tmp_path / 'none.pth'),
+                 '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert 'checkpoint not found: {}'.format(tmp_path / 'none.pth') in err, err
+    with pytest.raises(SystemExit):  # argparse: --checkpoint and --random-weights exclusive
+        main(['model', 'export', '--checkpoint', str(folder), '--random-weights',
+              '--out', str(tmp_path / 'x.onnx')])
+    assert not os.path.exists(str(tmp_path / 'x.onnx'))
+
+
+# ------------------------------------------------------------------------------------------
+# Hub
+
+
+def test_hub_offline_env_is_honoured_at_once(monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    t0 = time.monotonic()
+    ok, reason = hub.check_reachable()
+    assert (ok, reason) == (False, 'HF_HUB_OFFLINE is set')
+    with pytest.raises(hub.HubUnavailable, match='HF_HUB_OFFLINE is set'):
+        hub.download('depth-anything/Depth-Anything-V2-Small-hf', cache_dir='/nonexistent')
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_unreachable_endpoint_is_found_within_the_connect_timeout(monkeypatch):
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    monkeypatch.delenv('TRANSFORMERS_OFFLINE', raising=False)
+    # A refused port answers at once.
+    t0 = time.monotonic()
+    ok, reason = hub.check_reachable(url='http://127.0.0.1:9')
+    assert not ok and 'cannot reach 127.0.0.1:9' in reason, reason
+    # A black-holed address (TEST-NET-1, RFC 5737) costs at most the timeout.
+    ok, reason = hub.check_reachable(timeout_s=0.5, url='https://192.0.2.1')
+    elapsed = time.monotonic() - t0
+    assert not ok and elapsed < 2.0, (reason, elapsed)
+
+
+def test_hub_id_detection(tmp_path):
+    assert hub.looks_like_hub_id('depth-anything/Depth-Anything-V2-Small-hf')
+    for value in ('model.onnx', 'a/b/c', '/abs/path', 'x/y.pth', '', str(tmp_path)):
+        assert not hub.looks_like_hub_id(value), value
+    assert hub.find_cached('depth-anything/Depth-Anything-V2-Small-hf',
+                           cache_dir=str(tmp_path)) is None
+
+
+# ------------------------------------------------------------------------------------------
+# Demo model resolver
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+
+
+def test_resolver_offline_gives_a_plainly_labelled_untrained_model_and_caches_it(
+        tmp_path, monkeypatch, offline):
+    # A tiny network stands in for ViT-S so the test takes seconds; the logic is the same.
+    real_build = torch_model.build_model
+    monkeypatch.setattr(torch_model, 'build_model',
+                        lambda variant, seed=None: real_build('tiny', seed=seed))
+    calls = []
+    real_export = export.export_onnx
+
+    def counting_export(*args, **kwargs):
+        calls.append(args[1])
+        return real_export(*args, **dict(kwargs, show_progress=False))
+
+    monkeypatch.setattr(export, 'export_onnx', counting_export)
+    cache = str(tmp_path / 'cache')
+    kwargs = dict(cache_dir=cache, input_size=(28, 28), models_dir=str(tmp_path / 'models'),
+                  hub_cache_dir=str(tmp_path / 'hf'))
+    t0 = time.monotonic()
+    path, desc, trained = export.resolve_demo_model(**kwargs)
+    assert time.monotonic() - t0 < 30
+    assert trained is False
+    assert desc.startswith('UNTRAINED network') and 'NOT a depth estimate' in desc \
+        and 'HF_HUB_OFFLINE is set' in desc, desc
+    assert path.startswith(os.path.join(cache, 'onnx')) and path.endswith('-28x28-op17.onnx')
+    assert export.read_metadata(path)['trained'] == 'false'
+    path2, _, trained2 = export.resolve_demo_model(**kwargs)
+    assert (path2, trained2, len(calls)) == (path, False, 1), \
+        'second run must reuse {} without exporting, exports: {}'.format(path, calls)
+    # The cache key holds checkpoint hash and size: another size is another file.
+    sha = torch_model.state_dict_hash(real_build('tiny', seed=0))
+    assert path == export.cached_onnx_path(cache, 'vits', sha, (28, 28))
+    assert export.cached_onnx_path(cache, 'vits', sha, (42, 28)) != path
+
+
+def test_resolver_finds_a_local_checkpoint(tmp_path, offline):
+    models = tmp_path / 'models'
+    torch_model.build_model('tiny', seed=9).save_pretrained(
+        str(models / 'Depth-Anything-V2-Small-hf'))
+    path, desc, trained = export.resolve_demo_model(
+        cache_dir=str(tmp_path / 'cache'), input_size=(28, 28), models_dir=str(models),
+        hub_cache_dir=str(tmp_path / 'hf'))
+    assert trained is True and 'Depth-Anything-V2-Small-hf' in desc, desc
+    meta = export.read_metadata(path)
+    folder = str(models / 'Depth-Anything-V2-Small-hf')
+    want = {'trained': 'true', 'variant': 'tiny', 'source': folder,
+            'source_sha256': torch_model.file_hash(os.path.join(folder, 'model.safetensors'))}
+    got = {k: meta.get(k) for k in want}
+    assert got == want, 'expected {}, received {}'.format(want, got)
+
+
+def test_resolver_with_an_onnx_file(tmp_path, tiny_export):
+    _, onnx_path = tiny_export
+    assert export.resolve_demo_model(onnx_path, cache_dir=str(tmp_path)) == \
+        (onnx_path, 'ONNX model {}'.format(onnx_path), True)
+    with pytest.raises(FileNotFoundError, match='ONNX model not found: .*missing.onnx'):
+        export.resolve_demo_model(str(tmp_path / 'missing.onnx'), cache_dir=str(tmp_path))
