@@ -1,5 +1,9 @@
-"""TensorRTDepthModel and load_engine_model on the trt_api double: shared pre/post-processing,
-buffers allocated once, key checks before deserialization, clear errors naming the file."""
+"""
+TensorRTDepthModel and load_engine_model on the trt_api double.
+
+Shared pre/post-processing, buffers allocated once, key checks before deserialization, clear
+errors naming the file.
+"""
 from __future__ import annotations
 
 import logging

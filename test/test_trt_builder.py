@@ -1,4 +1,5 @@
-"""Engine builder: FP32 pinning, option checks, cache reuse/rebuild, INT8 calibration, progress.
+"""
+Engine builder: FP32 pinning, option checks, cache reuse/rebuild, INT8 calibration, progress.
 
 TensorRT itself is replaced by the trt_api double (test_trt_double.py); everything else is real.
 """

@@ -15,7 +15,7 @@ SIZE = (42, 28)  # (width, height), multiples of 14
 
 
 def _frames(folder, n, shape=(60, 80)):
-    """n distinct BGR frames written as PNG; returns them in file-name order."""
+    """Write n distinct BGR frames as PNG; return them in file-name order."""
     os.makedirs(str(folder), exist_ok=True)
     rng = np.random.default_rng(1)
     frames = []

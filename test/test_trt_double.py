@@ -1,4 +1,5 @@
-"""A test double for depth_ros.inference.tensorrt.trt_api, and tests that it keeps the API's rules.
+"""
+A test double for depth_ros.inference.tensorrt.trt_api, and tests that it keeps the API's rules.
 
 Only trt_api is ever replaced. The double follows the documented TensorRT / pycuda behaviour that
 the code under test relies on:
@@ -46,7 +47,7 @@ def write_fake_onnx(path, shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=
 
 def fake_plan(input_shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=0.125,
               extra_output=False, output_dtype='float32', pad=4096):
-    """Serialized fake engine: magic + JSON header + padding (engines are big and binary)."""
+    """Serialize a fake engine: magic + JSON header + padding (engines are big and binary)."""
     n, c, h, w = input_shape
     outputs = [['predicted_depth', [1, h, w], output_dtype]]
     if extra_output:

@@ -1,6 +1,9 @@
-"""TensorRT backend: engine build (builder), key-checked engine cache (cache), INT8 calibration
-data (calibrator), and TensorRTDepthModel (backend). Only trt_api imports tensorrt and pycuda,
-and only when called, so this package imports on machines without them.
+"""
+TensorRT backend for Depth Anything V2 engines.
+
+Engine build (builder), key-checked engine cache (cache), INT8 calibration data (calibrator),
+and TensorRTDepthModel (backend). Only trt_api imports tensorrt and pycuda, and only when
+called, so this package imports on machines without them.
 
 ``load_engine_model(path, **options)`` is what ``load_depth_model(..., backend='tensorrt')``
 calls.
@@ -20,7 +23,8 @@ _OPTIONS = ('cache_dir', 'onnx', 'precision', 'input_size', 'dla_core', 'device'
 
 def find_cached_engine(onnx_path: str, cache_dir=None, precision: str = 'fp16',
                        input_size=None, dla_core=None, device: int = 0, api=None) -> str:
-    """Path of a cached engine built from ``onnx_path`` that matches this GPU and TensorRT.
+    """
+    Path of a cached engine built from ``onnx_path`` that matches this GPU and TensorRT.
 
     :raises EngineMismatchError: listing, per cached engine of that ONNX, which key differs;
         FileNotFoundError: no engine of that ONNX in the cache at all.
@@ -58,7 +62,8 @@ def find_cached_engine(onnx_path: str, cache_dir=None, precision: str = 'fp16',
 
 
 def load_engine_model(path: str, **options):
-    """Load a TensorRTDepthModel.
+    """
+    Load a TensorRTDepthModel.
 
     :param path: an engine file in the cache directory, or an ONNX file: then the matching cached
         engine is used, and built first when missing and ``build`` is true (the default).

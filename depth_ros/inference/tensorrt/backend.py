@@ -1,4 +1,5 @@
-"""TensorRTDepthModel: a cached, key-checked engine behind the DepthModel interface.
+"""
+TensorRTDepthModel: a cached, key-checked engine behind the DepthModel interface.
 
 Pre- and post-processing are DepthModel's (depth_ros.core.preprocess), the same code as the CPU
 path: the only difference is that the [1, 3, h, w] input is written straight into the page-locked
@@ -32,7 +33,8 @@ def _output_hw(shape: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
 
 
 class TensorRTDepthModel(DepthModel):
-    """Depth Anything V2 from a serialized TensorRT engine in the engine cache.
+    """
+    Depth Anything V2 from a serialized TensorRT engine in the engine cache.
 
     :param engine_path: engine file; must resolve (symlinks followed) inside ``cache_dir``.
     :param cache_dir: the configured engine cache directory.
@@ -128,7 +130,7 @@ class TensorRTDepthModel(DepthModel):
         self._outputs = [s.name for s in outputs]
 
     def _input_buffer(self) -> np.ndarray:
-        """The page-locked [1, 3, h, w] float32 input: preprocess writes straight into it."""
+        """Return the page-locked [1, 3, h, w] float32 input; preprocess writes straight in."""
         return self._host[self._input_name]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Build TensorRT engines from the exported ONNX, through the engine cache.
+"""
+Build TensorRT engines from the exported ONNX, through the engine cache.
 
 ``build_engine`` validates the options, keys the cache (GPU, compute capability, TensorRT version,
 ONNX sha256, input shape, precision, DLA core), reuses a matching cached engine, and otherwise
@@ -39,7 +40,8 @@ _SOFTMAX_NAME = re.compile(r'softmax', re.IGNORECASE)
 
 
 def keep_fp32(layer_name: str, layer_type: str) -> bool:
-    """True for layers pinned to FP32 in reduced-precision builds: LayerNorm and Softmax.
+    """
+    Tell whether a layer is pinned to FP32 in FP16/INT8 builds: LayerNorm and Softmax.
 
     :param layer_name: TensorRT layer name (the ONNX node name, e.g.
         '/backbone/encoder/layer.0/norm1/ReduceMean').
@@ -103,7 +105,8 @@ class Heartbeat(object):
 
 
 class PhaseLogger(object):
-    """Python side of TensorRT 10's IProgressMonitor: logs phases with elapsed time.
+    """
+    Python side of TensorRT 10's IProgressMonitor: logs phases with elapsed time.
 
     Thread-safe (TensorRT calls it from several threads). ``cancel()`` makes the next
     ``step_complete`` return False, which asks TensorRT to stop the build.
@@ -196,7 +199,8 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
                  calib_max_images: Optional[int] = None,
                  input_size: Optional[Tuple[int, int]] = None, device: int = 0,
                  force: bool = False, heartbeat_s: float = 15.0, api=None) -> BuildResult:
-    """Return the cached engine for ``onnx_path`` and these options, building it if needed.
+    """
+    Return the cached engine for ``onnx_path`` and these options, building it if needed.
 
     :param precision: 'fp16' (default), 'fp32' or 'int8'.
     :param cache_dir: engine cache directory (default: see cache.default_cache_dir).

@@ -1,4 +1,5 @@
-"""Engine cache: what an engine was built for, recorded next to it, and checked before loading.
+"""
+Engine cache: what an engine was built for, recorded next to it, and checked before loading.
 
 TensorRT plans are not portable: another TensorRT version, another GPU or a changed ONNX makes a
 plan unusable, and loading one blindly ends in 'magicTag' / 'Version tag does not match'
@@ -76,7 +77,7 @@ def check_precision(precision: str) -> str:
 
 def make_key(runtime: Dict[str, str], onnx_sha256: str, input_shape: Sequence[int],
              precision: str, dla_core: Optional[int] = None) -> Dict[str, object]:
-    """The cache key: runtime info (GPU, compute capability, TensorRT version) + build inputs."""
+    """Make the cache key: runtime (GPU, compute capability, TensorRT version) + build inputs."""
     for field in RUNTIME_FIELDS:
         if not runtime.get(field):
             raise ValueError('`runtime` is missing {!r}: {!r}'.format(field, runtime))
@@ -142,7 +143,8 @@ def describe_difference(field: str, built, current) -> str:
 
 
 def compare_key(recorded: Dict[str, object], wanted: Dict[str, object]) -> List[str]:
-    """Sentences for every field of ``wanted`` that differs from ``recorded`` (empty = match).
+    """
+    Sentences for every field of ``wanted`` that differs from ``recorded`` (empty = match).
 
     ``wanted`` may hold a subset of the key fields (e.g. only runtime fields when no ONNX is
     given); fields it does not hold are not compared.
@@ -161,7 +163,7 @@ def compare_key(recorded: Dict[str, object], wanted: Dict[str, object]) -> List[
 
 
 def sidecar_path(engine_path: str) -> str:
-    """The JSON record next to an engine: '<engine>.json'."""
+    """Return the path of the JSON record next to an engine: '<engine>.json'."""
     return engine_path + '.json'
 
 
@@ -180,7 +182,8 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 class EngineCache(object):
-    """A directory of engines with their JSON records.
+    """
+    A directory of engines with their JSON records.
 
     :param cache_dir: the configured cache directory (created on write); engines are read only
         from here.
@@ -239,7 +242,7 @@ class EngineCache(object):
         return engine_path
 
     def read_record(self, engine_path: str) -> Dict[str, object]:
-        """The JSON record of a cached engine; EngineCacheError naming the file when unusable."""
+        """Read the JSON record of a cached engine; EngineCacheError naming it when unusable."""
         path = sidecar_path(engine_path)
         if not os.path.isfile(path):
             raise EngineCacheError(
@@ -261,7 +264,8 @@ class EngineCache(object):
 
     def check_file(self, engine_path: str, record: Dict[str, object],
                    verify_hash: bool = True) -> None:
-        """Size and sha256 of the engine file against its record: catches truncation/corruption.
+        """
+        Size and sha256 of the engine file against its record: catches truncation/corruption.
 
         :raises FileNotFoundError: no such engine; EngineCacheError: truncated or corrupt.
         """
@@ -280,7 +284,8 @@ class EngineCache(object):
 
     def validate(self, engine_path: str, wanted: Dict[str, object],
                  verify_hash: bool = True) -> Tuple[str, Dict[str, object]]:
-        """Resolve, read the record, compare ``wanted`` key fields, check the file.
+        """
+        Resolve, read the record, compare ``wanted`` key fields, check the file.
 
         :returns: (real engine path, record). Raises ValueError (outside the cache),
             FileNotFoundError, EngineMismatchError or EngineCacheError.

@@ -1,4 +1,5 @@
-"""INT8 calibration data: recorded frames -> shared preprocess -> fixed-size batches, and a cache.
+"""
+INT8 calibration data: recorded frames -> shared preprocess -> fixed-size batches, and a cache.
 
 This is the pure-Python half of the entropy calibrator; trt_api wraps it in TensorRT's
 ``IInt8EntropyCalibrator2``. Frames go through depth_ros.core.preprocess.prepare_input, the very
@@ -33,7 +34,8 @@ def list_images(folder: str) -> List[str]:
 
 
 class CalibrationCache(object):
-    """The calibration table TensorRT writes after calibrating, read back on the next build.
+    """
+    The calibration table TensorRT writes after calibrating, read back on the next build.
 
     An empty or missing file reads as None, which makes TensorRT calibrate from the frames.
     """
@@ -42,7 +44,7 @@ class CalibrationCache(object):
         self.path = path
 
     def read(self) -> Optional[bytes]:
-        """Cached table, or None when there is none (or no path is configured)."""
+        """Return the cached table, or None when there is none (or no path is configured)."""
         if not self.path or not os.path.isfile(self.path):
             return None
         with open(self.path, 'rb') as f:
@@ -68,7 +70,8 @@ class CalibrationCache(object):
 
 
 class CalibrationSource(object):
-    """Feeds the entropy calibrator: batches of preprocessed frames and the cache.
+    """
+    Feeds the entropy calibrator: batches of preprocessed frames and the cache.
 
     :param images: image paths (BGR files readable by OpenCV).
     :param input_size: model input (width, height).
@@ -129,7 +132,7 @@ class CalibrationSource(object):
         self.batches_served = 0
 
     def next_batch(self) -> Optional[np.ndarray]:
-        """The next [B, 3, h, w] float32 batch (the same buffer each time), or None at the end."""
+        """Return the next [B, 3, h, w] float32 batch (one reused buffer), or None at the end."""
         filled = 0
         while filled < self.batch_size:
             if self._next >= len(self.images):

@@ -1,4 +1,5 @@
-"""The one module that imports ``tensorrt`` and ``pycuda``: a thin, documented-API-only layer.
+"""
+The one module that imports ``tensorrt`` and ``pycuda``: a thin, documented-API-only layer.
 
 Everything else in depth_ros.inference.tensorrt (backend, builder, cache, calibrator) calls these
 functions and never touches TensorRT or CUDA itself, so unit tests can stand a test double in for
@@ -108,7 +109,8 @@ def tensorrt_version() -> str:
 
 
 class CudaDevice(object):
-    """The primary CUDA context of one GPU, made current only inside ``activate()``.
+    """
+    The primary CUDA context of one GPU, made current only inside ``activate()``.
 
     pycuda contexts are per thread; inference runs off the ROS executor thread, so every call
     pushes the context and pops it again instead of relying on ``pycuda.autoinit``.
@@ -170,7 +172,7 @@ def deserialize_engine(data: bytes) -> Optional[_Engine]:
 
 
 def engine_io(handle: _Engine) -> List[TensorSpec]:
-    """The engine's I/O tensors, in engine order (``num_io_tensors``, TensorRT >= 8.5)."""
+    """List the engine's I/O tensors, in engine order (``num_io_tensors``, TensorRT >= 8.5)."""
     trt = _trt()
     engine = handle.engine
     specs = []
@@ -183,7 +185,7 @@ def engine_io(handle: _Engine) -> List[TensorSpec]:
 
 
 def create_execution_context(handle: _Engine):
-    """``engine.create_execution_context()``."""
+    """Create the execution context of an engine (raises when TensorRT returns None)."""
     context = handle.engine.create_execution_context()
     if context is None:
         raise RuntimeError('TensorRT could not create an execution context (out of GPU memory?)')
@@ -197,7 +199,7 @@ def set_input_shape(context, name: str, shape: Sequence[int]) -> None:
 
 
 def set_tensor_address(context, name: str, address: int) -> None:
-    """``context.set_tensor_address(name, ptr)``: bind one I/O tensor to device memory."""
+    """Bind one I/O tensor to device memory (``context.set_tensor_address``)."""
     if not context.set_tensor_address(name, int(address)):
         raise RuntimeError('TensorRT refused the address of tensor {!r}'.format(name))
 
@@ -220,7 +222,7 @@ def device_alloc(nbytes: int):
 
 
 def create_stream():
-    """A CUDA stream (``.handle`` is what execute_async_v3 takes)."""
+    """Create a CUDA stream (``.handle`` is what execute_async_v3 takes)."""
     return _cuda().Stream()
 
 
@@ -280,14 +282,20 @@ def parse_onnx(path: str) -> ParsedNetwork:
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError('TensorRT could not parse ONNX file {}: {}'.format(
-            path, '; '.join(errors) or 'no parser error recorded'))
+        errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        hint = ''
+        if 'LayerNormalization' in errors and not hasattr(trt.LayerType, 'NORMALIZATION'):
+            # TensorRT < 8.6 (JetPack 5) has no importer for the opset-17 LayerNormalization node.
+            hint = (' - TensorRT {} cannot import the ONNX LayerNormalization node (8.6+ can): '
+                    'export with opset 16, where LayerNorm is decomposed and the builder keeps '
+                    'it in FP32'.format(trt.__version__))
+        raise RuntimeError('TensorRT could not parse ONNX file {}: {}{}'.format(
+            path, errors or 'no parser error recorded', hint))
     return ParsedNetwork(builder, network, parser)
 
 
 def has_progress_monitor() -> bool:
-    """True where ``tensorrt.IProgressMonitor`` exists (TensorRT 10; not in 8.5)."""
+    """Tell whether ``tensorrt.IProgressMonitor`` exists (TensorRT 10; not in 8.5)."""
     return hasattr(_trt(), 'IProgressMonitor')
 
 
@@ -311,7 +319,8 @@ def _make_progress_monitor(sink):
 
 
 def _make_entropy_calibrator(source):
-    """Wrap a pure-Python calibration source in an ``IInt8EntropyCalibrator2``.
+    """
+    Wrap a pure-Python calibration source in an ``IInt8EntropyCalibrator2``.
 
     ``source`` provides ``batch_size``, ``batch_nbytes``, ``next_batch()`` (contiguous float32
     [B, 3, h, w] or None at the end), ``read_cache()`` (bytes or None) and ``write_cache(bytes)``.
@@ -357,7 +366,8 @@ def build_serialized(parsed: ParsedNetwork, precision: str, workspace_bytes: int
                      dla_core: Optional[int], input_shape: Sequence[int],
                      fp32_layer: Callable[[str, str], bool],
                      calibration_source=None, progress=None) -> Tuple[bytes, int]:
-    """Configure the builder and run ``build_serialized_network``.
+    """
+    Configure the builder and run ``build_serialized_network``.
 
     :param precision: 'fp32', 'fp16' or 'int8' (int8 also enables fp16 for layers TensorRT
         cannot quantise).
