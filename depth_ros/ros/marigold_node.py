@@ -24,29 +24,46 @@ from typing import Optional
 
 from depth_ros.inference.marigold import (build_tiny_pipeline, check_settings, DEFAULT_CHECKPOINT,
                                           default_dtype, MarigoldDepth)
+from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
+    reliability_param, StartupError
 
 LOG = logging.getLogger('depth_ros.ros.marigold_node')
 
 TINY = 'tiny-random'
-RELIABILITIES = ('best_effort', 'reliable')
 
 
 def _imports():
     try:
         import rclpy
-        from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                        SetParametersResult)
         from rclpy.node import Node
-        from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy)
         from sensor_msgs.msg import Image
         from std_srvs.srv import Trigger
     except ImportError as exc:
         raise ImportError('marigold_node needs rclpy, sensor_msgs and std_srvs: source a ROS 2 '
                           'install or install depth_ros[ros] ({})'.format(exc))
-    return dict(rclpy=rclpy, Node=Node, Image=Image, Trigger=Trigger, QoSProfile=QoSProfile,
-                HistoryPolicy=HistoryPolicy, ReliabilityPolicy=ReliabilityPolicy,
-                ParameterDescriptor=ParameterDescriptor, IntegerRange=IntegerRange,
-                FloatingPointRange=FloatingPointRange, SetParametersResult=SetParametersResult)
+    return dict(rclpy=rclpy, Node=Node, Image=Image, Trigger=Trigger)
+
+
+PARAMS = [
+    Param('checkpoint', DEFAULT_CHECKPOINT, 'hub id or folder (prs-eth/marigold-depth-v1-1, '
+          'prs-eth/marigold-depth-lcm-v1-0), or tiny-random (untrained, for tests)',
+          read_only=True),
+    Param('device', 'auto', 'torch device: auto (cuda if available, else cpu), cuda, cuda:N, '
+          'cpu', read_only=True),
+    Param('dtype', 'auto', 'auto (fp16 on cuda, fp32 on cpu), fp16 or fp32',
+          choices=('auto', 'fp16', 'fp32'), read_only=True),
+    Param('steps', 0, 'denoising steps; 0 = checkpoint default (v1-1: 1-4)', low=0, high=50,
+          read_only=True),
+    Param('ensemble_size', 1, '1, or >= 3 predictions ensembled (publishes ~/uncertainty)',
+          low=1, high=20, read_only=True),
+    Param('processing_resolution', -1, 'longer side the network sees; -1 = checkpoint '
+          'default (768), 0 = native', low=-1, high=4096, read_only=True),
+    Param('seed', 0, 'seed of the initial noise (repeatable keyframes); -1 = random',
+          low=-1, read_only=True),
+    Param('keyframe_period_s', 5.0, 'seconds between timed keyframes; 0 = only on ~/capture',
+          low=0.0, high=3600.0, read_only=True),
+    reliability_param(),
+]
 
 
 def resolve_device(device: str) -> str:
@@ -152,57 +169,28 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
 
         def __init__(self):
             super().__init__('marigold_node', **node_kwargs)
-            pd = m['ParameterDescriptor']
-            irange = m['IntegerRange']
-            frange = m['FloatingPointRange']
-            self.declare_parameter('checkpoint', DEFAULT_CHECKPOINT, pd(
-                description='hub id or folder (prs-eth/marigold-depth-v1-1, '
-                            'prs-eth/marigold-depth-lcm-v1-0) or tiny-random'))
-            self.declare_parameter('device', 'auto', pd(
-                description="torch device: auto (cuda if available), cuda, cuda:N, cpu"))
-            self.declare_parameter('dtype', 'auto', pd(
-                description='auto (fp16 on cuda, fp32 on cpu), fp16 or fp32'))
-            self.declare_parameter('steps', 0, pd(
-                description='denoising steps; 0 = checkpoint default (v1-1: 1-4)',
-                integer_range=[irange(from_value=0, to_value=50, step=1)]))
-            self.declare_parameter('ensemble_size', 1, pd(
-                description='1, or >= 3 predictions ensembled (publishes ~/uncertainty)',
-                integer_range=[irange(from_value=1, to_value=20, step=1)]))
-            self.declare_parameter('processing_resolution', -1, pd(
-                description='longer side seen by the network; -1 = checkpoint default '
-                            '(768), 0 = native'))
-            self.declare_parameter('seed', 0, pd(description='noise seed; -1 = random'))
-            self.declare_parameter('keyframe_period_s', 5.0, pd(
-                description='seconds between timed keyframes; 0 = only on ~/capture',
-                floating_point_range=[frange(from_value=0.0, to_value=3600.0, step=0.0)]))
-            self.declare_parameter('reliability', 'best_effort', pd(
-                description='QoS reliability of the subscription and publishers: best_effort '
-                            '| reliable', read_only=True))
-            p = {n: self.get_parameter(n).value for n in (
-                'checkpoint', 'device', 'dtype', 'steps', 'ensemble_size',
-                'processing_resolution', 'seed', 'keyframe_period_s', 'reliability')}
-            if p['reliability'] not in RELIABILITIES:
-                raise ValueError('parameter `reliability` must be one of {}, got {!r}'.format(
-                    RELIABILITIES, p['reliability']))
-            if p['dtype'] not in ('auto', 'fp16', 'fp32'):
-                raise ValueError("parameter `dtype` must be auto, fp16 or fp32, got {!r}".format(
-                    p['dtype']))
+            from depth_ros.ros.runtime import sensor_qos
+            p = self.cfg = declare_params(self, PARAMS)
             steps = p['steps'] or None
             res = None if p['processing_resolution'] < 0 else p['processing_resolution']
             seed = None if p['seed'] < 0 else p['seed']
             if model is None:
                 device = resolve_device(p['device'])
                 dtype = default_dtype(device) if p['dtype'] == 'auto' else p['dtype']
-                check_settings(steps, p['ensemble_size'], res, dtype)
-                self.model = load_model(p['checkpoint'], device, dtype, steps,
-                                        p['ensemble_size'], res, seed)
+                try:
+                    check_settings(steps, p['ensemble_size'], res, dtype)
+                except ValueError as exc:
+                    raise ConfigError(str(exc))
+                try:
+                    self.model = load_model(p['checkpoint'], device, dtype, steps,
+                                            p['ensemble_size'], res, seed)
+                except (FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
+                    raise StartupError('cannot load Marigold {!r}: {}'.format(
+                        p['checkpoint'], exc))
             else:
                 self.model = model
-            rel = m['ReliabilityPolicy']
-            qos = m['QoSProfile'](
-                depth=1, history=m['HistoryPolicy'].KEEP_LAST,
-                reliability=rel.RELIABLE if p['reliability'] == 'reliable' else rel.BEST_EFFORT)
-            self._Image = m['Image']
+            # Depth 1: a keyframe is only worth having on the newest image.
+            qos = sensor_qos(p['reliability'], 1)
             self.pub_depth = self.create_publisher(m['Image'], '~/depth', qos)
             self.pub_unc = None
             if self.model.ensemble_size > 1:
@@ -213,19 +201,12 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
             self.timer = None
             if p['keyframe_period_s'] > 0:
                 self.timer = self.create_timer(p['keyframe_period_s'], self._on_timer)
-            self.add_on_set_parameters_callback(self._on_set)
+            # All parameters are read-only (they configure the loaded model); the validator
+            # answers runtime changes with a message that names the parameter.
+            self.add_on_set_parameters_callback(on_set_validator(PARAMS, self.cfg))
             self.get_logger().info(
                 'marigold_node: {!r}, keyframes every {} s and on ~/capture'.format(
                     self.model, p['keyframe_period_s'] or 'never'))
-
-        def _on_set(self, params):
-            # Model settings are fixed at start-up: changing them means reloading the model.
-            for prm in params:
-                return m['SetParametersResult'](
-                    successful=False,
-                    reason='parameter `{}` is fixed at start-up; restart the node'.format(
-                        prm.name))
-            return m['SetParametersResult'](successful=True)
 
         def _on_image(self, msg) -> None:
             self.worker.offer(msg)   # newest frame wins; decoding happens in the worker
@@ -247,29 +228,18 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
             return response
 
         def _job(self, msg) -> None:
-            from depth_ros.core.encodings import image_to_array, to_bgr8
+            from depth_ros.core.encodings import to_bgr8
+            from depth_ros.ros.conversions import image_to_numpy, numpy_to_image
             t0 = time.perf_counter()
-            bgr = to_bgr8(image_to_array(msg), msg.encoding)
+            bgr = to_bgr8(image_to_numpy(msg), msg.encoding)
             result = self.model.infer(bgr)
-            self.pub_depth.publish(self._image_msg(result.depth, msg.header))
+            # The SOURCE image's header, so alignment pairs the keyframe by exact stamp.
+            self.pub_depth.publish(numpy_to_image(result.depth, '32FC1', msg.header))
             if self.pub_unc is not None and result.uncertainty is not None:
-                self.pub_unc.publish(self._image_msg(result.uncertainty, msg.header))
+                self.pub_unc.publish(numpy_to_image(result.uncertainty, '32FC1', msg.header))
             self.get_logger().info('keyframe {}.{:09d}: {:.0f} ms'.format(
                 msg.header.stamp.sec, msg.header.stamp.nanosec,
                 (time.perf_counter() - t0) * 1e3))
-
-        def _image_msg(self, array, header):
-            from depth_ros.core.encodings import array_to_image_fields
-            fields = array_to_image_fields(array, '32FC1')
-            out = self._Image()
-            out.header = header          # the SOURCE image's stamp and frame_id
-            out.height = fields['height']
-            out.width = fields['width']
-            out.encoding = fields['encoding']
-            out.is_bigendian = fields['is_bigendian']
-            out.step = fields['step']
-            out.data = fields['data'].tobytes()
-            return out
 
         def destroy_node(self):
             worker = getattr(self, 'worker', None)   # absent when start-up failed
@@ -280,29 +250,13 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
     return MarigoldNode()
 
 
-def main(args=None) -> int:
-    """Console script ``marigold_node``: spin until shut down."""
-    m = _imports()
-    rclpy = m['rclpy']
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = make_node()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        # Bad configuration or a model that will not load: one clear line, not a traceback.
-        logging.getLogger('depth_ros').error('marigold_node: %s', exc)
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+def main(args=None) -> None:
+    """Console script ``marigold_node``: spin until shut down; bad set-up exits with one line."""
+    import sys
+    from depth_ros.ros.runtime import run_node
+    # One executor thread is enough: the work is in the keyframe worker, not in callbacks.
+    sys.exit(run_node(make_node, 'marigold_node', args, threads=1))
 
 
 if __name__ == '__main__':
-    import sys
-    sys.exit(main())
+    main()
