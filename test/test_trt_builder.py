@@ -139,6 +139,8 @@ def test_int8_without_frames_or_cache_is_refused(tmp_path):
     ({'workspace_mb': 100000}, '`workspace_mb` must be at most 65536 MiB, got 100000'),
     ({'dla_core': -1}, '`dla_core` must be None or an integer >= 0, got -1'),
     ({'dla_core': 0}, '`dla_core` 0 does not exist: this platform has 0 DLA cores'),
+    ({'dla_core': 0, 'precision': 'fp32'},
+     '`dla_core` 0 needs precision fp16 or int8 (the DLA has no FP32), got fp32'),
     ({'input_size': (56, 28)}, '`input_size` (56, 28) does not match ONNX file {onnx} input '
      'width 42'),
 ])

@@ -190,10 +190,20 @@ def test_engines_outside_the_cache_are_refused_even_through_symlinks(tmp_path):
         cache.validate(link, key)
     with pytest.raises(ValueError, match='outside'):
         cache.validate(os.path.join(cache.cache_dir, '..', 'elsewhere.engine'), key)
-    # A relative name is taken inside the cache, and a symlink within the cache is fine.
+    # A bare name is looked up in the cache, and a symlink within the cache is fine.
     inside = os.path.join(cache.cache_dir, 'alias.engine')
     os.symlink(path, inside)
     assert cache.resolve('alias.engine') == os.path.realpath(path)
+
+
+def test_relative_paths_from_the_working_directory(tmp_path, monkeypatch):
+    cache, path, key, _ = _write(tmp_path)
+    monkeypatch.chdir(str(tmp_path))
+    relative = os.path.join('engines', os.path.basename(path))
+    assert cache.resolve(relative) == os.path.realpath(path)
+    (tmp_path / 'stray.engine').write_bytes(b'x')
+    with pytest.raises(ValueError, match='outside the engine cache directory'):
+        cache.resolve('stray.engine')
 
 
 def test_candidates_lists_engines_of_that_onnx_only(tmp_path):

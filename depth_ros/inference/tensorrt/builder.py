@@ -214,6 +214,10 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
     check_precision(precision)
     check_workspace_mb(workspace_mb)
     check_dla_core(dla_core)
+    if dla_core is not None and precision == 'fp32':
+        # The DLA runs FP16 and INT8 only; an FP32 build would silently fall back to the GPU.
+        raise ValueError('`dla_core` {} needs precision fp16 or int8 (the DLA has no FP32), '
+                         'got fp32'.format(dla_core))
     if not os.path.isfile(onnx_path):
         raise FileNotFoundError('ONNX file {} does not exist; export one with `depth-ros model '
                                 'export`'.format(onnx_path))

@@ -196,8 +196,10 @@ class EngineCache(object):
     def resolve(self, engine_path: str) -> str:
         """Real path of ``engine_path`` (symlinks resolved); ValueError when outside the cache."""
         root = os.path.realpath(self.cache_dir)
-        real = os.path.realpath(os.path.join(self.cache_dir, engine_path)
-                                if not os.path.isabs(engine_path) else engine_path)
+        path = engine_path
+        if not os.path.isabs(path) and not os.path.exists(path):
+            path = os.path.join(self.cache_dir, path)  # a bare name is looked up in the cache
+        real = os.path.realpath(path)
         if os.path.commonpath([root, real]) != root:
             raise ValueError(
                 '`engine` {} resolves to {}, outside the engine cache directory {}; engines are '
