@@ -1,0 +1,192 @@
+"""`depth-ros demo` end to end: outputs exist, agree with each other and with the report."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from depth_ros.cli import main
+from depth_ros.commands.demo import UNTRAINED_LABEL
+
+H, W = 500, 741
+
+
+def _stand_in_onnx(path, trained, width=56, height=42):
+    """A hand-built ONNX stand-in (not DA-V2): relative = channel mean of the normalised input.
+
+    It has the DA-V2 interface ([1, 3, h, w] -> [1, h, w]) and the exporter's metadata, which
+    is all the demo pipeline needs; it runs in milliseconds.
+    """
+    import onnx
+    from onnx import helper, TensorProto
+
+    x = helper.make_tensor_value_info('image', TensorProto.FLOAT, [1, 3, height, width])
+    y = helper.make_tensor_value_info('relative_disparity', TensorProto.FLOAT,
+                                      [1, height, width])
+    axes = helper.make_tensor('axes', TensorProto.INT64, [1], [1])
+    mean = helper.make_node('ReduceMean', ['image', 'axes'], ['m'], keepdims=0)
+    # Shift to positive values: a relative disparity is > 0 where the scene is finite.
+    three = helper.make_tensor('three', TensorProto.FLOAT, [], [3.0])
+    add = helper.make_node('Add', ['m', 'three'], ['relative_disparity'])
+    graph = helper.make_graph([mean, add], 'stand_in', [x], [y], initializer=[axes, three])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)])
+    model.ir_version = 8
+    helper.set_model_props(model, {'variant': 'stand-in', 'trained': 'true' if trained
+                                   else 'false'})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    model = _stand_in_onnx(root / 'stand_in.onnx', trained=False)
+    out = str(root / 'out')
+    lines = []
+    from depth_ros.commands import demo
+    report = demo.run_demo(model, out, show_progress=False, echo=lines.append)
+    return out, lines, report
+
+
+def test_demo_says_untrained_first(demo_run, capsys):
+    out, lines, report = demo_run
+    assert UNTRAINED_LABEL in lines[0], 'expected the label first, received {!r}'.format(
+        lines[:2])
+    assert report['trained'] is False and report['label'] == UNTRAINED_LABEL
+    with open(os.path.join(out, 'report.md')) as f:
+        md = f.read()
+    assert '**{}.**'.format(UNTRAINED_LABEL) in md.splitlines()[2], md[:300]
+
+
+def test_demo_outputs_are_consistent(demo_run):
+    from depth_ros.core.ply import read_ply
+
+    out, _, report = demo_run
+    for name in report['files']:
+        path = os.path.join(out, name)
+        assert os.path.isfile(path) and os.path.getsize(path) > 0, 'missing {}'.format(path)
+    depth = np.load(os.path.join(out, 'depth.npy'))
+    assert depth.dtype == np.float32 and depth.shape == (H, W), \
+        'expected float32 {}, received {} {}'.format((H, W), depth.dtype, depth.shape)
+    with open(os.path.join(out, 'alignment.json')) as f:
+        alignment = json.load(f)
+    for key in ('scale', 'shift', 'inlier_ratio', 'valid_fraction', 'status'):
+        assert key in alignment, 'alignment.json lacks {}: {}'.format(key, sorted(alignment))
+    assert alignment['status'] == 'ok', alignment['status']
+    assert alignment == report['alignment']
+    with open(os.path.join(out, 'points.ply'), 'rb') as f:
+        header = f.read(400).split(b'end_header')[0].decode('ascii')
+    n_header = int([ln for ln in header.splitlines()
+                    if ln.startswith('element vertex')][0].split()[-1])
+    n_finite = int(np.isfinite(depth).sum())
+    assert n_header == n_finite == alignment['points'], \
+        'expected {} vertices (finite depth), header says {}, json {}'.format(
+            n_finite, n_header, alignment['points'])
+    xyz, rgb = read_ply(os.path.join(out, 'points.ply'))
+    # The PLY z values are the finite depths, in row-major order.
+    np.testing.assert_allclose(xyz[:, 2], depth[np.isfinite(depth)], rtol=1e-6)
+
+
+def _metrics(pred, gt, region=None):
+    """Independent of depth_ros.core.metrics: plain numpy on the covered pixels."""
+    gt_ok = np.isfinite(gt) & (gt > 0)
+    if region is not None:
+        gt_ok &= region
+    with np.errstate(invalid='ignore'):
+        covered = gt_ok & np.isfinite(pred) & (pred > 0)
+    p, g = pred[covered].astype(np.float64), gt[covered].astype(np.float64)
+    return {'abs_rel': float(np.mean(np.abs(p - g) / g)),
+            'delta1': float(np.mean(np.maximum(p / g, g / p) < 1.25)),
+            'density': float(covered.sum()) / float(gt_ok.sum())}
+
+
+def test_demo_report_numbers_recomputed_from_files(demo_run):
+    from skimage import data as skdata
+
+    out, _, report = demo_run
+    with open(os.path.join(out, 'report.json')) as f:
+        saved = json.load(f)
+    gt = np.load(os.path.join(out, 'gt_depth.npy'))
+    disp = skdata.stereo_motorcycle()[2]
+    with np.errstate(invalid='ignore'):
+        want_gt = np.where(np.isfinite(disp), 0.193001 * 994.978 / (disp + 31.086), np.nan)
+    np.testing.assert_allclose(gt, want_gt, rtol=1e-6)
+    stereo = np.load(os.path.join(out, 'stereo_depth.npy'))
+    fused = np.load(os.path.join(out, 'depth.npy'))
+    holes = ~np.isfinite(stereo)
+    for key, pred, region in (('stereo', stereo, None), ('fused', fused, None),
+                              ('fused_in_stereo_holes', fused, holes)):
+        want = _metrics(pred, gt, region)
+        got = saved['metrics'][key]
+        for name, value in want.items():
+            assert abs(got[name] - value) < 1e-9, '{} {}: expected {}, received {}'.format(
+                key, name, value, got[name])
+    # Real SGBM quality on Motorcycle (independent of the network).
+    assert saved['metrics']['stereo']['abs_rel'] < 0.03, saved['metrics']['stereo']
+    assert saved['metrics']['stereo']['density'] > 0.8, saved['metrics']['stereo']
+    # Fusion fills the holes: the fused map covers every ground-truth pixel here.
+    assert saved['metrics']['fused']['density'] > saved['metrics']['stereo']['density']
+    with open(os.path.join(out, 'report.md')) as f:
+        md = f.read()
+    row = '| stereo (SGBM) | {:.4f} |'.format(saved['metrics']['stereo']['abs_rel'])
+    assert row in md, 'expected {!r} in report.md'.format(row)
+
+
+def test_demo_cli_trained_model_and_errors(tmp_path, capsys):
+    model = _stand_in_onnx(tmp_path / 'trained.onnx', trained=True)
+    rc = main(['demo', '--model', model, '--out', str(tmp_path / 'o'), '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert 'UNTRAINED' not in stdout, stdout
+    assert stdout.splitlines()[0] == 'model: ONNX model {}'.format(model), stdout
+    with open(str(tmp_path / 'o' / 'report.json')) as f:
+        assert json.load(f)['trained'] is True
+
+    rc = main(['demo', '--model', str(tmp_path / 'missing.onnx'), '--out', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'ONNX model not found: {}'.format(tmp_path / 'missing.onnx') in err, err
+    rc = main(['demo', '--input-size', '500x300', '--out', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--input-size '500x300': input `width` must be a positive multiple of 14" in err, err
+
+
+def test_untrained_reason_is_fast_offline(tmp_path, monkeypatch):
+    from depth_ros.commands.demo import default_input_size, untrained_reason
+
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
+    monkeypatch.chdir(tmp_path)  # no models/ folder here
+    t0 = time.monotonic()
+    reason = untrained_reason(None)
+    elapsed = time.monotonic() - t0
+    assert reason and 'HF_HUB_OFFLINE is set' in reason, reason
+    assert elapsed < 2.0, 'expected < 2 s offline detection, took {:.1f} s'.format(elapsed)
+    assert default_input_size(741, 500) == (518, 350)
+    assert default_input_size(1280, 720) == (518, 294)
+
+
+@pytest.mark.slow
+def test_demo_default_path_offline(tmp_path, monkeypatch, capsys):
+    # The `make demo` path on a machine without internet: an untrained ViT-S, exported once.
+    import torch
+    torch.set_num_threads(1)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
+    monkeypatch.chdir(tmp_path)
+    rc = main(['demo', '--out', 'out', '--cache-dir', str(tmp_path / 'cache'), '--threads', '1',
+               '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    first = stdout.splitlines()[:2]
+    assert UNTRAINED_LABEL in first[0] and 'RANDOM weights' in first[1], first
+    with open(str(tmp_path / 'out' / 'report.json')) as f:
+        report = json.load(f)
+    assert report['trained'] is False and report['input_size'] == [518, 350]
+    assert np.load(str(tmp_path / 'out' / 'depth.npy')).shape == (H, W)
