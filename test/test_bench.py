@@ -71,3 +71,16 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err, 'expected {!r} in {!r}'.format(message, err)
+
+
+def test_cli_torch_tiny_random_network(tmp_path):
+    pytest.importorskip('transformers')
+    import torch
+    torch.set_num_threads(1)
+    out = str(tmp_path / 't')
+    rc = cli.main(['bench', '--backend', 'torch', '--model', 'tiny', '--random-weights',
+                   '--size', '64x48', '--frames', '2', '--warmup', '1', '--out', out])
+    assert rc == 0
+    data = json.load(open(os.path.join(out, 'bench.json')))
+    assert data['backend'] == 'torch'
+    assert all(len(data['samples_ms'][s]) == 2 for s in bench.STAGES)

@@ -217,3 +217,19 @@ def test_bundled_middlebury_sample():
     res = ev.evaluate(model, ev.sample_samples(), spec, progress=False)
     mask = ev.valid_mask(gt, spec)
     _check_close(res.rows[0], _reference(gray, gt, mask, 'disparity', 1e-3, np.inf), 1e-4)
+
+
+def test_cli_marigold_backend_on_middlebury(tmp_path):
+    # The whole Marigold path (tiny untrained pipeline: the figures are noise) through the CLI.
+    pytest.importorskip('diffusers')
+    import torch
+    torch.set_num_threads(1)
+    out = str(tmp_path / 'm')
+    rc = cli.main(['eval', '--dataset', 'middlebury', '--backend', 'marigold', '--model',
+                   'tiny-random', '--steps', '1', '--out', out])
+    assert rc == 0
+    data = json.load(open(os.path.join(out, 'results.json')))[0]
+    assert data['space'] == 'depth' and data['dataset'] == 'Middlebury'
+    assert data['model'] == 'marigold:tiny-random'
+    row = data['images'][0]
+    assert 0 <= row['delta1'] <= 1 and np.isfinite(row['abs_rel']) and row['valid_pixels'] > 0

@@ -104,3 +104,11 @@ def test_default_dtype_and_settings():
     assert default_dtype('cuda') == 'fp16' and default_dtype('cuda:1') == 'fp16'
     assert default_dtype('cpu') == 'fp32'
     check_settings(None, 1, None, 'fp32')   # checkpoint defaults are legal
+
+
+def test_load_marigold_tiny_random_and_fp32_default_on_cpu():
+    from depth_ros.inference.marigold import load_marigold
+    model = load_marigold('tiny-random', device='cpu', steps=1)
+    assert model.name == 'tiny-random' and model.dtype == 'fp32'
+    assert next(model.pipeline.unet.parameters()).dtype == torch.float32
+    assert model.predict(_image(16, 24)).shape == (16, 24)

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument('--frames', type=int, default=50, help='timed frames')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
     parser.add_argument('--device', default='cpu', help='torch device for torch / marigold')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='torch: build --model (vits, vitb, vitl, tiny) untrained; latency '
+                             'is that of the real architecture')
     parser.add_argument('--out', default='out/bench', help='output folder')
     parser.set_defaults(func=run)
 
@@ -39,7 +42,8 @@ def run(args) -> int:
         LOG.warning('no --model: timing a %s', bench.STAND_IN_LABEL)
         model = bench.StandInModel(bench.parse_size(args.input_size))
     else:
-        model = load_model(args.backend, args.model, args.device)
+        model = load_model(args.backend, args.model, args.device,
+                           random_weights=args.random_weights)
     result = bench.run_bench(model, size=size, frames=args.frames, warmup=args.warmup)
     paths = bench.write_report(result, args.out)
     LOG.info('\n%s', bench.markdown_table(result))

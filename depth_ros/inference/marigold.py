@@ -26,6 +26,7 @@ DEFAULT_CHECKPOINT = MARIGOLD_V1_1
 # Denoising steps each checkpoint is meant for (v1-1 uses a trailing DDIM schedule: 1-4 steps).
 CHECKPOINT_STEPS = {MARIGOLD_V1_1: 4, MARIGOLD_LCM: 4}
 DTYPES = ('fp16', 'fp32')
+TINY = 'tiny-random'   # an untrained tiny pipeline: for tests and dry runs, its output is noise
 
 _INSTALL = 'install depth_ros[marigold] (torch, diffusers) to use Marigold'
 
@@ -202,6 +203,26 @@ class MarigoldDepth(object):
         return ('MarigoldDepth(name={!r}, device={!r}, dtype={!r}, steps={}, '
                 'ensemble_size={})'.format(self.name, self.device, self.dtype, self.steps,
                                            self.ensemble_size))
+
+
+def load_marigold(checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
+                  dtype: Optional[str] = None, **kwargs) -> MarigoldDepth:
+    """``MarigoldDepth.from_pretrained``, or the tiny random pipeline for ``'tiny-random'``.
+
+    ``dtype`` None = ``default_dtype(device)``. ``kwargs`` go to the MarigoldDepth constructor.
+    """
+    dtype = default_dtype(device) if dtype is None else dtype
+    if checkpoint == TINY:
+        LOG.warning('Marigold %r: an UNTRAINED tiny pipeline; its depth is noise (for tests '
+                    'and dry runs only)', TINY)
+        check_settings(kwargs.get('steps'), kwargs.get('ensemble_size', 1),
+                       kwargs.get('processing_resolution'), dtype)
+        torch, _ = _import_torch_diffusers()
+        pipe = build_tiny_pipeline().to(device, torch.float16 if dtype == 'fp16'
+                                        else torch.float32)
+        kwargs.setdefault('name', TINY)
+        return MarigoldDepth(pipe, device=device, dtype=dtype, **kwargs)
+    return MarigoldDepth.from_pretrained(checkpoint, device=device, dtype=dtype, **kwargs)
 
 
 def build_tiny_pipeline(seed: int = 0, scheduler: str = 'ddim', default_steps: int = 1,

@@ -22,14 +22,12 @@ import threading
 import time
 from typing import Optional
 
-from depth_ros.inference.marigold import (build_tiny_pipeline, check_settings, DEFAULT_CHECKPOINT,
-                                          default_dtype, MarigoldDepth)
+from depth_ros.inference.marigold import (check_settings, DEFAULT_CHECKPOINT, default_dtype,
+                                          load_marigold, MarigoldDepth)
 from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
     reliability_param, StartupError
 
 LOG = logging.getLogger('depth_ros.ros.marigold_node')
-
-TINY = 'tiny-random'
 
 
 def _imports():
@@ -75,20 +73,6 @@ def resolve_device(device: str) -> str:
     except ImportError:
         return 'cpu'
     return 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-def load_model(checkpoint: str, device: str, dtype: str, steps: Optional[int],
-               ensemble_size: int, processing_resolution: Optional[int],
-               seed: Optional[int]) -> MarigoldDepth:
-    """The node's model from its parameters (the tiny random pipeline for ``tiny-random``)."""
-    kwargs = dict(steps=steps, ensemble_size=ensemble_size,
-                  processing_resolution=processing_resolution, seed=seed)
-    if checkpoint == TINY:
-        LOG.warning('checkpoint %r: an UNTRAINED tiny Marigold pipeline; its keyframes are '
-                    'noise (for tests and dry runs only)', TINY)
-        pipe = build_tiny_pipeline().to(device)
-        return MarigoldDepth(pipe, device=device, dtype='fp32', name=TINY, **kwargs)
-    return MarigoldDepth.from_pretrained(checkpoint, device=device, dtype=dtype, **kwargs)
 
 
 class KeyframeWorker(object):
@@ -182,8 +166,9 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
                 except ValueError as exc:
                     raise ConfigError(str(exc))
                 try:
-                    self.model = load_model(p['checkpoint'], device, dtype, steps,
-                                            p['ensemble_size'], res, seed)
+                    self.model = load_marigold(
+                        p['checkpoint'], device=device, dtype=dtype, steps=steps,
+                        ensemble_size=p['ensemble_size'], processing_resolution=res, seed=seed)
                 except (FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
                     raise StartupError('cannot load Marigold {!r}: {}'.format(
                         p['checkpoint'], exc))
