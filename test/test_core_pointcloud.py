@@ -84,6 +84,11 @@ def test_invalid_and_out_of_range_points_are_nan():
         mask[v, u] = False
     assert np.isfinite(cloud['z'][mask]).all()
     np.testing.assert_array_equal(cloud['z'][mask], d[mask])
+    # The limits are inclusive.
+    d2 = depth_map()
+    d2[0, 0], d2[0, 1] = 0.45, 9.5
+    edge = depth_to_cloud(d2, CAM, min_depth=0.45, max_depth=9.5)
+    assert edge['z'][0, 0] == np.float32(0.45) and edge['z'][0, 1] == np.float32(9.5)
     # Without limits only non-finite and non-positive depths are invalid.
     free = depth_to_cloud(d, CAM)
     assert free['z'][1, 0] == np.float32(0.4) and free['z'][1, 1] == np.float32(9.9)

@@ -71,12 +71,17 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     return u8[..., 2::-1].copy()   # bytes are B, G, R, 0
 
 
-class _Scratch(threading.local):
-    """Per-thread buffers and ray maps, reused while camera, stride and size stay the same.
+# Rows per strip: the strip's intermediates (about 6 planes of STRIP_PIXELS float32) stay in
+# the L2 cache, so a 1280x720 frame costs little more than reading the inputs and writing the
+# cloud once.
+STRIP_PIXELS = 61440
 
-    Fresh multi-megabyte buffers cost page faults on every frame (several ms at 1280x720), so
-    the intermediates are kept; the returned cloud is always a new array unless ``out`` is
-    given. Thread-local, so two nodes in one process never share a buffer.
+
+class _Scratch(threading.local):
+    """Per-thread strip buffers and ray tables, kept while camera, stride and size stay.
+
+    Thread-local, so two nodes in one process never share a buffer; the returned cloud is
+    always a new array unless ``out`` is given.
     """
 
     def __init__(self):
@@ -85,18 +90,19 @@ class _Scratch(threading.local):
     def get(self, camera, stride, h, w):
         key = (camera.fx, camera.fy, camera.cx, camera.cy, stride, h, w)
         if key != self.key:
+            rows = max(1, min(h, STRIP_PIXELS // w))
             u = np.arange(w, dtype=np.float64) * stride
             v = np.arange(h, dtype=np.float64) * stride
-            # Full maps (not broadcast rows) so each product is one dense SIMD pass in cv2.
+            # x/z repeats on every row: one strip-sized table serves every strip.
             self.xr = np.ascontiguousarray(np.broadcast_to(
-                ((u - camera.cx) / camera.fx).astype(np.float32)[None, :], (h, w)))
-            self.yr = np.ascontiguousarray(np.broadcast_to(
-                ((v - camera.cy) / camera.fy).astype(np.float32)[:, None], (h, w)))
-            self.x = np.empty((h, w), np.float32)
-            self.y = np.empty((h, w), np.float32)
-            self.z = np.empty((h, w), np.float32)
-            self.keep = np.empty((h, w), np.uint8)
-            self.bgra = np.empty((h, w, 4), np.uint8)
+                ((u - camera.cx) / camera.fx).astype(np.float32)[None, :], (rows, w)))
+            self.yr = ((v - camera.cy) / camera.fy).astype(np.float32)[:, None]
+            self.rows = rows
+            self.x = np.empty((rows, w), np.float32)
+            self.y = np.empty((rows, w), np.float32)
+            self.z = np.empty((rows, w), np.float32)
+            self.q = np.empty((rows, w), np.float32)
+            self.bgra = np.empty((rows, w, 4), np.uint8)
             self.key = key
         return self
 
@@ -155,27 +161,38 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
     if stride > 1 or z.dtype != np.float32:
         z = np.ascontiguousarray(z, dtype=np.float32)
     buf = _SCRATCH.get(camera, stride, h, w)
-    # One range pass: inRange is false for NaN and outside [lo, hi], so 0 ("no return"),
-    # +-inf and out-of-range all become NaN and x, y follow through the products.
-    lo = float(min_depth) if min_depth is not None else float(np.nextafter(np.float32(0),
-                                                                           np.float32(1)))
+    # Range test without masks: TOZERO_INV zeroes z > hi (and +inf), TOZERO zeroes z <= lo
+    # (0, negatives, -inf); NaN passes both. Then z / z is 1, or NaN where z is 0 or NaN, and
+    # z * (z / z) is z or NaN, so x and y follow as NaN.
     hi = float(max_depth) if max_depth is not None else float(np.finfo(np.float32).max)
-    cv2.inRange(z, lo, hi, dst=buf.keep)
-    buf.z.fill(np.nan)
-    cv2.copyTo(z, buf.keep, buf.z)
-    cv2.multiply(buf.z, buf.xr, dst=buf.x)
-    cv2.multiply(buf.z, buf.yr, dst=buf.y)
-    planes = [buf.x, buf.y, buf.z]
-    if bgr is not None:
-        colours = bgr[:h * stride:stride, :w * stride:stride]
-        if not colours.flags.c_contiguous:
-            colours = np.ascontiguousarray(colours)
-        planes.append(_pack_into(colours, buf.bgra))
+    lo = 0.0
+    if min_depth is not None and min_depth > 0:
+        lo = float(np.nextafter(np.float32(min_depth), np.float32(-np.inf)))  # keep z == min
     if out is None:
         out = np.empty((h, w), dtype)
-    # One interleaving pass straight into the result (a cv2-allocated result would be
-    # page-faulted in on every call).
-    cv2.merge(planes, out.view(np.float32).reshape(h, w, len(planes)))
+    nch = 4 if bgr is not None else 3
+    out_planes = out.view(np.float32).reshape(h, w, nch)
+    if bgr is not None:
+        colours = bgr[:h * stride:stride, :w * stride:stride]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        for r0 in range(0, h, buf.rows):
+            r1 = min(h, r0 + buf.rows)
+            n = r1 - r0
+            zs, qs, xs, ys = buf.z[:n], buf.q[:n], buf.x[:n], buf.y[:n]
+            cv2.threshold(z[r0:r1], hi, 0.0, cv2.THRESH_TOZERO_INV, dst=zs)
+            cv2.threshold(zs, lo, 0.0, cv2.THRESH_TOZERO, dst=zs)
+            np.divide(zs, zs, out=qs)
+            cv2.multiply(zs, qs, dst=zs)
+            cv2.multiply(zs, buf.xr[:n], dst=xs)
+            np.multiply(zs, buf.yr[r0:r1], out=ys)
+            planes = [xs, ys, zs]
+            if bgr is not None:
+                c = colours[r0:r1]
+                if not c.flags.c_contiguous:
+                    c = np.ascontiguousarray(c)
+                planes.append(_pack_into(c, buf.bgra[:n]))
+            # One interleaving pass straight into the result.
+            cv2.merge(planes, out_planes[r0:r1])
     return out
 
 
