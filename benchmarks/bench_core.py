@@ -1,4 +1,4 @@
-"""Post-inference stage at 1280x720 on one thread: MetricAligner.update + depth_to_cloud + colorize.
+"""Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_cloud + colorize.
 
 Prints the median of repeated runs and two ratios (issue 2, section 7):
 
