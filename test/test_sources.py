@@ -646,3 +646,9 @@ def test_zed_source_without_pyzed_and_bad_options(monkeypatch):
     with pytest.raises(ValueError) as err:
         make_source('live', loop=True)
     assert _msg(err) == 'source `live` takes no replay option(s) loop'
+    # For the ZED kinds `fps` is the camera's frame rate, as zed_node passes it.
+    live = make_source('live', fps=15, resolution='VGA')
+    assert isinstance(live, ZedSource) and live.fps == 15
+    svo = make_source('svo', 'a.svo', fps=15, rate=2.0, loop=True)
+    assert isinstance(svo, ReplaySource) and svo.rate == 2.0 and svo.fps is None
+    assert svo.inner.loop and svo.inner.fps == 15

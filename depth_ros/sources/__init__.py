@@ -11,7 +11,8 @@ parameter and the launch file's ``source:=`` argument name them:
 
 Replay options (``loop``, ``rate``, ``fps``, ``drop_after``, ``outage_s``, ``outage_repeat``)
 wrap the replay kinds in a ReplaySource; ``live`` takes none of them and ``svo`` loops
-itself (the SDK rewinds the file). Sources import their heavy dependencies only on use.
+itself (the SDK rewinds the file). For ``live`` and ``svo``, ``fps`` is the camera frame
+rate. Sources import their heavy dependencies only on use.
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def make_source(kind: str, path=None, **options) -> FrameSource:
         raise ValueError('source `{}` needs a path, got {!r}'.format(kind, path))
     if not needs_path and path:
         raise ValueError('source `{}` takes no path, got {!r}'.format(kind, path))
-    replay = {k: options.pop(k) for k in REPLAY_OPTIONS if k in options}
+    # For the ZED kinds `fps` is the camera's frame rate (ZedSource), not the replay rate.
+    replay_keys = [k for k in REPLAY_OPTIONS if not (k == 'fps' and kind in ('live', 'svo'))]
+    replay = {k: options.pop(k) for k in replay_keys if k in options}
     cls = _source_class(kind)
     if kind == 'live':
         if replay:
