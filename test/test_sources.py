@@ -253,6 +253,16 @@ def test_replay_fixed_fps_stamps_with_wall_clock():
     assert clock.sleeps == [0.25, 0.25], clock.sleeps
 
 
+def test_replay_fixed_fps_holds_when_looping_a_single_frame():
+    # The sample is one frame; looping it must still deliver at `fps`, not as fast as possible.
+    clock = FakeClock()
+    replay = ReplaySource(ListSource([7]), loop=True, fps=5.0, clock=clock, sleep=clock.sleep,
+                          wall_ns=lambda: int(clock.t * 1e9))
+    stamps = [replay.read().stamp_ns for _ in range(4)]
+    assert clock.sleeps == [0.2, 0.2, 0.2], clock.sleeps
+    assert np.allclose(np.diff(stamps), 200000000, atol=1000), stamps
+
+
 def test_replay_simulated_outage_then_resume():
     clock = FakeClock()
     replay = ReplaySource(ListSource(range(0, 1000, 10)), rate=0, drop_after=3, outage_s=1.5,

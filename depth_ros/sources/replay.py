@@ -80,6 +80,7 @@ class ReplaySource(FrameSource):
         self._t_start = None        # (clock s, out stamp ns) of the first paced frame
         self._opened = False
         self._new_pass = True
+        self._t_start = None  # after a reopen, pace from then, not from the old timeline
 
     def _in_outage(self) -> bool:
         if self._outage_until is None:
@@ -113,7 +114,6 @@ class ReplaySource(FrameSource):
         if frame is not None and self._new_pass:
             self._new_pass = False
             self._last_in = None
-            self._t_start = None  # pace the new pass from now, not from the old timeline
             if self._last_out is not None \
                     and frame.stamp_ns + self._offset_ns <= self._last_out:
                 # Continue one frame period after the last stamp delivered.
