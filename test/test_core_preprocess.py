@@ -14,7 +14,7 @@ STD = np.array([0.229, 0.224, 0.225])
 
 
 def reference_normalise(bgr):
-    """The official transform: BGR -> RGB, / 255, (x - mean) / std, HWC -> [1, 3, H, W]."""
+    """Apply the official transform: BGR -> RGB, / 255, (x - mean) / std, HWC -> [1, 3, H, W]."""
     rgb = bgr[:, :, ::-1].astype(np.float64) / 255.0
     return ((rgb - MEAN) / STD).transpose(2, 0, 1)[None]
 

@@ -22,7 +22,7 @@ TINY = torch_model.VARIANTS['tiny']
 
 def official_state_dict(dim, depth, neck, features, head=32, positions=1370, seed=0,
                         device='cpu'):
-    """A state dict in the layout of github.com/DepthAnything/Depth-Anything-V2.
+    """Write a state dict in the layout of github.com/DepthAnything/Depth-Anything-V2.
 
     Written from the official modules (depth_anything_v2/dpt.py, dinov2.py, util/blocks.py),
     not derived from the transformers model: DINOv2 with fused qkv and LayerScale 'gamma',

@@ -2,8 +2,7 @@
 
 Examples::
 
-    depth-ros model export --checkpoint depth-anything/Depth-Anything-V2-Small-hf \\
-        --out models/da2_vits_518x294.onnx
+    depth-ros model export --checkpoint depth-anything/Depth-Anything-V2-Small-hf --out m.onnx
     depth-ros model export --checkpoint models/depth_anything_v2_vits.pth --out m.onnx
     depth-ros model export --variant vits --random-weights --out untrained.onnx
 """

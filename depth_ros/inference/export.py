@@ -57,7 +57,7 @@ def progress(desc: str, enabled: bool = True):
 
 
 class _ExportWrapper(object):
-    """Builds a torch module that maps ``image`` to the [1, h, w] prediction."""
+    """Wrap the model in a torch module that maps ``image`` to the [1, h, w] prediction."""
 
     @staticmethod
     def wrap(model):
@@ -187,7 +187,7 @@ def _quiet_exporter():
 
 
 def read_metadata(path: str) -> Dict[str, str]:
-    """metadata_props of an ONNX file (without loading its weights into memory)."""
+    """Return the metadata_props of an ONNX file."""
     import onnx
 
     proto = onnx.load(path, load_external_data=False)
@@ -229,7 +229,7 @@ def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] =
 
 
 def default_cache_dir() -> str:
-    """DEPTH_ROS_CACHE, else $XDG_CACHE_HOME/depth_ros, else ~/.cache/depth_ros."""
+    """Return DEPTH_ROS_CACHE, else $XDG_CACHE_HOME/depth_ros, else ~/.cache/depth_ros."""
     env = os.environ.get('DEPTH_ROS_CACHE')
     if env:
         return env
@@ -239,7 +239,7 @@ def default_cache_dir() -> str:
 
 def cached_onnx_path(cache_dir: str, variant: str, sha256: str,
                      input_size: Tuple[int, int], opset: int = DEFAULT_OPSET) -> str:
-    """Where the ONNX of a checkpoint (by hash) at a size is cached."""
+    """Return where the ONNX of a checkpoint (by hash) at a size is cached."""
     width, height = check_input_size(*input_size)
     return os.path.join(cache_dir, 'onnx', 'da2-{}-{}-{}x{}-op{}.onnx'.format(
         variant, sha256[:16], width, height, opset))

@@ -30,25 +30,25 @@ class HubUnavailable(RuntimeError):
 
 
 def looks_like_hub_id(value: str) -> bool:
-    """True for 'owner/name' strings that are not local paths."""
+    """Tell whether ``value`` is an 'owner/name' hub id rather than a local path."""
     return (isinstance(value, str) and bool(_HUB_ID.match(value))
             and not os.path.exists(value) and not value.endswith(('.pth', '.onnx')))
 
 
 def offline_mode() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network access."""
+    """Tell whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network access."""
     return any(os.environ.get(name, '').strip().lower() in _TRUE
                for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
 
 
 def endpoint() -> str:
-    """The hub endpoint URL (HF_ENDPOINT, else huggingface.co)."""
+    """Return the hub endpoint URL (HF_ENDPOINT, else huggingface.co)."""
     return os.environ.get('HF_ENDPOINT', '').strip() or DEFAULT_ENDPOINT
 
 
 def check_reachable(timeout_s: float = CONNECT_TIMEOUT_S,
                     url: Optional[str] = None) -> Tuple[bool, str]:
-    """Can we open a TCP connection to the hub within ``timeout_s``? Returns (ok, reason).
+    """Try a TCP connection to the hub within ``timeout_s``; return (ok, reason).
 
     DNS failures and refused connections answer at once; a silent network costs at most
     ``timeout_s``.
@@ -80,7 +80,7 @@ def _require_hub():
 
 
 def find_cached(repo_id: str, cache_dir: Optional[str] = None) -> Optional[str]:
-    """Local snapshot folder of ``repo_id`` with config.json and model.safetensors, or None.
+    """Return the cached snapshot folder of ``repo_id`` (config.json + safetensors), or None.
 
     Never touches the network.
     """
@@ -103,7 +103,7 @@ def find_cached(repo_id: str, cache_dir: Optional[str] = None) -> Optional[str]:
 
 def download(repo_id: str, cache_dir: Optional[str] = None, revision: Optional[str] = None,
              timeout_s: float = CONNECT_TIMEOUT_S) -> str:
-    """Local folder of a hub checkpoint: from the cache, else downloaded with a progress bar.
+    """Return a local folder of a hub checkpoint: cached, else downloaded with progress.
 
     :raises HubUnavailable: offline mode or unreachable hub, and the checkpoint is not cached.
     :raises ValueError: ``repo_id`` is not an 'owner/name' id.

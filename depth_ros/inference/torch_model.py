@@ -78,7 +78,7 @@ def check_variant(variant: str) -> str:
 
 
 def make_config(variant: str = 'vits'):
-    """transformers ``DepthAnythingConfig`` of a variant ('vits', 'vitb', 'vitl', 'tiny')."""
+    """Make the ``DepthAnythingConfig`` of a variant ('vits', 'vitb', 'vitl', 'tiny')."""
     _require_torch()
     from transformers import DepthAnythingConfig, Dinov2Config
 
@@ -98,7 +98,7 @@ def make_config(variant: str = 'vits'):
 
 
 def variant_of_config(config) -> str:
-    """Name of the variant whose architecture ``config`` has, or 'custom'."""
+    """Return the name of the variant whose architecture ``config`` has, or 'custom'."""
     backbone = config.backbone_config
     for name, spec in VARIANTS.items():
         if (backbone.hidden_size == spec['hidden_size']
@@ -111,7 +111,7 @@ def variant_of_config(config) -> str:
 
 
 def build_model(variant: str = 'vits', seed: Optional[int] = None):
-    """A ``DepthAnythingForDepthEstimation`` with random (untrained) weights, in eval mode.
+    """Build a ``DepthAnythingForDepthEstimation`` with random (untrained) weights, eval mode.
 
     :param seed: seeds torch's generator for reproducible weights; None leaves it alone.
     Untrained output is not a depth estimate: use it for pipeline tests only.
@@ -135,7 +135,7 @@ def build_model(variant: str = 'vits', seed: Optional[int] = None):
 
 
 def _backbone_layer_names(target_keys) -> Dict[str, str]:
-    """Attention parameter names of the installed transformers (they changed in 5.x)."""
+    """Return the attention parameter names of the installed transformers (5.x renamed them)."""
     if 'backbone.encoder.layer.0.attention.q_proj.weight' in target_keys:
         return {'q': 'attention.q_proj', 'k': 'attention.k_proj', 'v': 'attention.v_proj',
                 'o': 'attention.o_proj'}
@@ -196,7 +196,7 @@ def official_key_map(num_layers: int, target_keys=()) -> Dict[str, str]:
 
 
 def infer_official_variant(state_dict, name: str = 'checkpoint') -> str:
-    """Variant of an official-layout state dict, from its tensor shapes."""
+    """Infer the variant of an official-layout state dict from its tensor shapes."""
     try:
         dim = int(state_dict['pretrained.pos_embed'].shape[-1])
         neck = [int(state_dict['depth_head.projects.{}.weight'.format(i)].shape[0])
