@@ -196,3 +196,14 @@ def test_load_engine_model_without_build_finds_or_explains(tmp_path):
 def test_load_engine_model_rejects_unknown_options(tmp_path):
     with pytest.raises(ValueError, match='unknown TensorRT backend option.s. providers'):
         load_engine_model('x.engine', providers=['CUDA'])
+
+
+def test_load_depth_model_reaches_the_tensorrt_backend(tmp_path):
+    from depth_ros.inference import load_depth_model
+    engine, _ = _cached_engine(tmp_path)
+    model = load_depth_model(engine, backend='tensorrt', input_size=(42, 28),
+                             cache_dir=str(tmp_path / 'cache'), api=FakeTrtApi())
+    assert isinstance(model, TensorRTDepthModel) and model.backend == 'tensorrt'
+    with pytest.raises(EngineMismatchError, match=r'\[1, 3, 28, 42\] but \[1, 3, 14, 28\]'):
+        load_depth_model(engine, backend='tensorrt', input_size=(28, 14),
+                         cache_dir=str(tmp_path / 'cache'), api=FakeTrtApi())
