@@ -27,7 +27,7 @@ HOLE = (slice(int(H * .3), int(H * .5)), slice(int(W * .6), int(W * .9)))
 
 
 def make_frame(seed=0, noise=0.01, outliers=0.2, z=None):
-    """relative = (1/z - T) / S exactly; stereo = z with noise, gross outliers and a hole."""
+    """Make relative = (1/z - T) / S exactly; stereo = z with noise, gross outliers, a hole."""
     rng = np.random.RandomState(seed)
     z = true_depth() if z is None else z
     rel = ((1.0 / z - T_TRUE) / S_TRUE).astype(np.float32)
@@ -192,7 +192,7 @@ def test_nan_and_inf_in_inputs_do_not_leak_into_the_fit():
 
 
 def smooth_bias(h=H, w=W):
-    """A low-frequency multiplicative error of the mono inverse depth (up to +-20 %)."""
+    """Return a low-frequency multiplicative error of the mono inverse depth (up to +-20 %)."""
     x = np.linspace(0, 1, w)[None, :]
     y = np.linspace(0, 1, h)[:, None]
     return 1.0 + 0.2 * np.sin(np.pi * x) * np.cos(0.8 * np.pi * y) - 0.1 * x

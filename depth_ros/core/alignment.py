@@ -58,7 +58,7 @@ class AlignedDepth:
     stereo_fraction: float = 0.0   # fraction of output pixels that took the stereo value
 
     def to_dict(self) -> Dict[str, object]:
-        """The scalar fields, JSON-ready (NaN becomes None)."""
+        """Return the scalar fields, JSON-ready (NaN becomes None)."""
         def num(v):
             v = float(v)
             return v if np.isfinite(v) else None
@@ -466,7 +466,7 @@ class MetricAligner(object):
         return out, frac
 
     def _correction(self, h, w):
-        """The smooth correction factor at full size (in ``self._buf2``), or None."""
+        """Return the smooth correction factor at full size (in ``self._buf2``), or None."""
         if not self.grid[0] or self._log_grid is None:
             return None
         factor = np.exp(self._log_grid).astype(np.float32)

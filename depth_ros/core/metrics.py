@@ -66,9 +66,11 @@ def delta1(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None) 
 
 def compute_metrics(pred: np.ndarray, gt: np.ndarray,
                     mask: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """abs_rel, rmse, delta1, plus ``n`` (valid gt pixels) and ``pred_valid`` (their fraction
-    with a finite, positive prediction). An invalid prediction at a valid gt pixel counts as an
-    error of 100 % for abs_rel, as missing for delta1 and is left out of rmse.
+    """Compute abs_rel, rmse, delta1, ``n`` (valid gt pixels) and ``pred_valid``.
+
+    ``pred_valid`` is the fraction of valid gt pixels with a finite, positive prediction. An
+    invalid prediction at a valid gt pixel counts as an error of 100 % for abs_rel, as missing
+    for delta1 and is left out of rmse.
     """
     p, g, valid = _pair(pred, gt, mask)
     _need(valid)

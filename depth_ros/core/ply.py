@@ -28,7 +28,7 @@ def _header(n: int, colours: bool) -> bytes:
 
 
 def cloud_arrays(cloud: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """A depth_to_cloud structured array -> (xyz [N, 3] float32, rgb [N, 3] uint8 or None)."""
+    """Split a depth_to_cloud array into (xyz [N, 3] float32, rgb [N, 3] uint8 or None)."""
     from depth_ros.core.pointcloud import unpack_rgb   # keeps this module import-light
     if not isinstance(cloud, np.ndarray) or cloud.dtype.names is None \
             or not {'x', 'y', 'z'} <= set(cloud.dtype.names):

@@ -44,7 +44,7 @@ XYZ_DTYPE = np.dtype({'names': ['x', 'y', 'z'], 'formats': ['<f4'] * 3,
 
 
 def cloud_fields(rgb: bool = True) -> List[CloudField]:
-    """PointField descriptions of the cloud ``depth_to_cloud`` returns (with or without rgb)."""
+    """Describe the PointFields of the cloud ``depth_to_cloud`` returns (with or without rgb)."""
     return list(CLOUD_FIELDS if rgb else CLOUD_FIELDS[:3])
 
 
