@@ -52,6 +52,8 @@ PARAMS = (
           low=0.0, high=10000.0),
     Param('colored_max_depth', 0.0, 'far end of the ~/colored colour scale (m; 0: auto)',
           low=0.0, high=10000.0),
+    Param('log_throttle_s', THROTTLE_S, 'bad-frame errors of one kind are logged at most once '
+          'per this many seconds', low=0.0, high=3600.0),
     reliability_param(),
     qos_depth_param(5),
 )
@@ -185,12 +187,12 @@ def make_node(**kwargs):
 
         def _error(self, kind, text):
             self.bad[kind] += 1
-            self.get_logger().error(text, throttle_duration_sec=THROTTLE_S)
+            self.get_logger().error(text, throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _on_drop(self, stamp, missing, why):
             self.bad['unpaired'] += 1
             self.get_logger().error('dropped frame {}: missing {} ({})'.format(
-                stamp, ', '.join(missing), why), throttle_duration_sec=THROTTLE_S)
+                stamp, ', '.join(missing), why), throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _callback(self, kind):
             def callback(msg):

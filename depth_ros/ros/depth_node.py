@@ -33,6 +33,8 @@ PARAMS = (
           low=0.0, high=10000.0),
     Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
           'vertical gradient', choices=('intensity', 'gradient'), read_only=True),
+    Param('log_throttle_s', THROTTLE_S, 'bad-frame errors of one kind are logged at most once '
+          'per this many seconds', low=0.0, high=3600.0),
     reliability_param(),
     qos_depth_param(1),
 )
@@ -113,14 +115,15 @@ def make_node(**kwargs):
                     'dropped image: stamp {} is {} the previous {} (out-of-order or '
                     'duplicated)'.format(stamp, 'equal to' if stamp == self.last_stamp
                                          else 'older than', self.last_stamp),
-                    throttle_duration_sec=THROTTLE_S)
+                    throttle_duration_sec=self.cfg['log_throttle_s'])
                 return
             self.last_stamp = stamp
             self.worker.put(msg)
 
         def _drop(self, reason):
             self.bad_frames += 1
-            self.get_logger().error('dropped image: ' + reason, throttle_duration_sec=THROTTLE_S)
+            self.get_logger().error('dropped image: ' + reason,
+                                    throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _process(self, msg):
             try:
@@ -143,7 +146,7 @@ def make_node(**kwargs):
         def _worker_error(self, exc):
             self.bad_frames += 1
             self.get_logger().error('inference failed on a frame: {}: {}'.format(
-                type(exc).__name__, exc), throttle_duration_sec=THROTTLE_S)
+                type(exc).__name__, exc), throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _diagnostics(self):
             level, message = 'ok', 'running'

@@ -65,6 +65,8 @@ PARAMS = (
           'retry_max_s', low=0.0, high=60.0),
     Param('retry_max_s', 5.0, 'longest wait between reconnection attempts', low=0.0,
           high=600.0),
+    Param('log_throttle_s', THROTTLE_S, 'bad-frame errors of one kind are logged at most once '
+          'per this many seconds', low=0.0, high=3600.0),
     reliability_param(),
     qos_depth_param(2),
 )
@@ -192,7 +194,7 @@ def make_node(source=None, **kwargs):
                     self._set_state('error', 'grab failed, retrying in {:.1f} s: {}'.format(
                         wait, exc))
                     self.get_logger().error('grab failed ({}); retrying in {:.1f} s'.format(
-                        exc, wait), throttle_duration_sec=THROTTLE_S)
+                        exc, wait), throttle_duration_sec=self.cfg['log_throttle_s'])
                     try:
                         self.source.close()
                     except Exception:  # closing a vanished device may fail too
@@ -217,7 +219,7 @@ def make_node(source=None, **kwargs):
                     if not self.context.ok():
                         return  # shutting down (Ctrl-C): the publishers are gone
                     self.get_logger().error('publishing a frame failed: {}'.format(exc),
-                                            throttle_duration_sec=THROTTLE_S)
+                                            throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _pace(self):
             # Replay sources pace themselves, but a one-frame source (the sample) restarts its

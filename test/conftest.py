@@ -1,0 +1,200 @@
+"""Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a test node.
+
+- Every pytest session picks its own ROS_DOMAIN_ID (from the process id) and localhost-only
+  discovery, so parallel runs on one machine and other machines on the network never see each
+  other's topics. Child processes inherit it.
+- :class:`NodeProcess` starts a node executable as a separate process with the same params file
+  as the launch file, and keeps its output for assertions.
+- :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
+  frames and collects what comes back.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'config', 'zed_depth.yaml')
+
+# Domain ids 1..101 keep Fast DDS ports in range; 0 is the default everyone else uses.
+_DOMAIN = str(1 + os.getpid() % 100)
+
+
+def _ros_env(env):
+    env['ROS_DOMAIN_ID'] = _DOMAIN
+    env['ROS_LOCALHOST_ONLY'] = '1'                     # Humble
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'  # Jazzy and later (the PyPI wheels)
+    env.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+_ros_env(os.environ)
+
+
+def wait_until(predicate, timeout, interval=0.05):
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    end = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < end:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+class NodeProcess(object):
+    """One node executable in its own process (``python -m depth_ros.ros.<module>``)."""
+
+    def __init__(self, module, params=None, remaps=None, params_file=CONFIG, name=None,
+                 extra_ros_args=()):
+        self.module = module
+        cmd = [sys.executable, '-m', 'depth_ros.ros.' + module, '--ros-args']
+        if params_file:
+            cmd += ['--params-file', params_file]
+        if name:
+            cmd += ['-r', '__node:=' + name]
+        for key, value in (params or {}).items():
+            cmd += ['-p', '{}:={}'.format(key, value)]
+        for src, dst in (remaps or {}).items():
+            cmd += ['-r', '{}:={}'.format(src, dst)]
+        cmd += list(extra_ros_args)
+        self.cmd = cmd
+        self.log = tempfile.NamedTemporaryFile(prefix='depth_ros_' + module + '_',
+                                               suffix='.log', delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=_ros_env(dict(os.environ)), cwd=ROOT)
+
+    def output(self):
+        """Everything the process wrote so far."""
+        with open(self.log.name, 'r', errors='replace') as f:
+            return f.read()
+
+    def wait_for_output(self, text, timeout=10.0):
+        """True once ``text`` appears in the output."""
+        return wait_until(lambda: text in self.output(), timeout)
+
+    def wait(self, timeout=30.0):
+        """Exit code, waiting up to ``timeout`` seconds."""
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        """SIGINT (clean shutdown), then kill if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+    def alive(self):
+        """Whether the process still runs."""
+        return self.proc.poll() is None
+
+
+class Collector(object):
+    """Messages received on one topic, with their arrival times (thread-safe)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.msgs = []
+        self.times = []
+
+    def __call__(self, msg):
+        with self.lock:
+            self.msgs.append(msg)
+            self.times.append(time.time())
+
+    def stamps(self):
+        """Stamps (ns) of the messages received so far."""
+        with self.lock:
+            return [m.header.stamp.sec * 1000000000 + m.header.stamp.nanosec for m in self.msgs]
+
+    def by_stamp(self, stamp_ns):
+        """The last message with this stamp, or None."""
+        with self.lock:
+            for m in reversed(self.msgs):
+                if m.header.stamp.sec * 1000000000 + m.header.stamp.nanosec == stamp_ns:
+                    return m
+        return None
+
+    def __len__(self):
+        with self.lock:
+            return len(self.msgs)
+
+
+class Probe(object):
+    """A test node on its own rclpy context, spun by a background executor thread."""
+
+    def __init__(self, name='depth_ros_probe'):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # shutdown races end the spin
+            pass
+
+    def qos(self, reliability='best_effort', depth=10):
+        """QoS matching the nodes' sensor-data default."""
+        from depth_ros.ros.runtime import sensor_qos
+        return sensor_qos(reliability, depth)
+
+    def subscribe(self, msg_type, topic, qos=None):
+        """A Collector subscribed to ``topic``."""
+        collector = Collector()
+        collector.sub = self.node.create_subscription(msg_type, topic, collector,
+                                                      qos or self.qos())
+        return collector
+
+    def publisher(self, msg_type, topic, qos=None):
+        """A publisher on ``topic``."""
+        return self.node.create_publisher(msg_type, topic, qos or self.qos())
+
+    def wait_for_subscribers(self, publisher, count=1, timeout=15.0):
+        """True once ``publisher`` has ``count`` matched subscriptions (discovery done)."""
+        return wait_until(lambda: publisher.get_subscription_count() >= count, timeout)
+
+    def wait_for_publishers(self, topic, count=1, timeout=15.0):
+        """True once ``topic`` has ``count`` publishers."""
+        return wait_until(lambda: self.node.count_publishers(topic) >= count, timeout)
+
+    def close(self):
+        """Shut the context down and join the spin thread."""
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)
+        self.thread.join(3.0)
+
+
+@pytest.fixture(scope='module')
+def probe():
+    """A Probe test node shared by the tests of one module."""
+    pytest.importorskip('rclpy', reason='rclpy is not installed (pip install depth_ros[ros])')
+    p = Probe()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope='module')
+def node_processes():
+    """A list to append NodeProcess objects to; all are stopped at the end of the module."""
+    procs = []
+    yield procs
+    for p in procs:
+        p.stop()
