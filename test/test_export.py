@@ -244,3 +244,22 @@ def test_resolver_with_an_onnx_file(tmp_path, tiny_export):
         (onnx_path, 'ONNX model {}'.format(onnx_path), True)
     with pytest.raises(FileNotFoundError, match='ONNX model not found: .*missing.onnx'):
         export.resolve_demo_model(str(tmp_path / 'missing.onnx'), cache_dir=str(tmp_path))
+
+
+def test_cached_hub_checkpoint_is_used_offline(tmp_path, monkeypatch):
+    # The Hugging Face cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}.
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    repo = tmp_path / 'hf' / 'models--someone--tiny-da2'
+    snapshot = repo / 'snapshots' / commit
+    torch_model.build_model('tiny', seed=6).save_pretrained(str(snapshot))
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    cache = str(tmp_path / 'hf')
+    assert hub.find_cached('someone/tiny-da2', cache_dir=cache) == str(snapshot)
+    assert hub.download('someone/tiny-da2', cache_dir=cache) == str(snapshot)
+    model, info = torch_model.load_checkpoint('someone/tiny-da2', cache_dir=cache)
+    assert (info['variant'], info['source'], info['path']) == \
+        ('tiny', 'someone/tiny-da2', str(snapshot)), info
+    want = torch_model.state_dict_hash(torch_model.build_model('tiny', seed=6))
+    assert torch_model.state_dict_hash(model) == want
