@@ -46,7 +46,8 @@ def _write_pair(root, name, bgr, depth, png_mm=False):
 
 
 def _reference(pred, gt, mask, space, lo, hi):
-    """Independent protocol: lstsq scale/shift on mask, to depth, clip to range, score.
+    """
+    Independent protocol: lstsq scale/shift on mask, to depth, clip to range, score.
 
     Disparity is clipped to [1/hi, 1/lo] before inversion (as in the papers' code); a
     prediction that is not finite and > 0 then counts as a 100 % error and a delta1 miss.

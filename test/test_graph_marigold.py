@@ -1,4 +1,5 @@
-"""marigold_node on a real rclpy graph, with the tiny random pipeline (its output is noise).
+"""
+marigold_node on a real rclpy graph, with the tiny random pipeline (its output is noise).
 
 The node runs in this process on its own single-threaded executor, as ``rclpy.spin`` runs it;
 a test node feeds images and calls ~/capture from another executor.

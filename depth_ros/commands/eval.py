@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def load_model(backend: str, model, device: str = 'cpu', steps=None, ensemble: int = 1,
                processing_resolution=None, random_weights: bool = False):
-    """The model of ``backend``: Marigold through its wrapper, others via load_depth_model."""
+    """Load the model of ``backend``: Marigold via its wrapper, others via load_depth_model."""
     if backend == 'marigold':
         from depth_ros.inference.marigold import DEFAULT_CHECKPOINT, load_marigold
         return load_marigold(model or DEFAULT_CHECKPOINT, device=device, steps=steps,

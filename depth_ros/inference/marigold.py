@@ -1,4 +1,5 @@
-"""Marigold depth through diffusers' ``MarigoldDepthPipeline``.
+"""
+Marigold depth through diffusers' ``MarigoldDepthPipeline``.
 
 Marigold predicts affine-invariant *depth* in [0, 1] (0 near, 1 far), unlike Depth Anything V2,
 which predicts affine-invariant inverse depth. ``MarigoldDepth.relative_kind`` says so, and the
@@ -41,7 +42,7 @@ def _import_torch_diffusers():
 
 
 def default_dtype(device: str) -> str:
-    """The usual precision for ``device``: 'fp16' on CUDA, 'fp32' on CPU."""
+    """Return the usual precision for ``device``: 'fp16' on CUDA, 'fp32' on CPU."""
     return 'fp16' if str(device).startswith('cuda') else 'fp32'
 
 
@@ -77,7 +78,8 @@ class MarigoldPrediction:
 
 
 class MarigoldDepth(object):
-    """Marigold depth estimator around a ready ``MarigoldDepthPipeline``.
+    """
+    Marigold depth estimator around a ready ``MarigoldDepthPipeline``.
 
     :param pipeline: a diffusers ``MarigoldDepthPipeline`` (already on ``device`` in ``dtype``).
     :param device: torch device string, e.g. 'cuda', 'cuda:0', 'cpu'.
@@ -120,7 +122,8 @@ class MarigoldDepth(object):
     @classmethod
     def from_pretrained(cls, checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
                         dtype: str = 'fp32', **kwargs) -> 'MarigoldDepth':
-        """Load a hub id or a local checkpoint folder and move it to ``device``.
+        """
+        Load a hub id or a local checkpoint folder and move it to ``device``.
 
         Honours ``HF_HUB_OFFLINE``. Errors name the checkpoint. ``kwargs`` go to the constructor.
         """
@@ -182,7 +185,8 @@ class MarigoldDepth(object):
         return MarigoldPrediction(depth=depth, uncertainty=unc, latency_ms=ms)
 
     def predict(self, bgr: np.ndarray) -> np.ndarray:
-        """[H, W, 3] uint8 BGR -> [H, W] float32 relative depth (0 near, 1 far).
+        """
+        [H, W, 3] uint8 BGR -> [H, W] float32 relative depth (0 near, 1 far).
 
         Same call as the DA-V2 backends, but the convention is ``relative_kind`` = 'depth'.
         """
@@ -207,7 +211,8 @@ class MarigoldDepth(object):
 
 def load_marigold(checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
                   dtype: Optional[str] = None, **kwargs) -> MarigoldDepth:
-    """``MarigoldDepth.from_pretrained``, or the tiny random pipeline for ``'tiny-random'``.
+    """
+    ``MarigoldDepth.from_pretrained``, or the tiny random pipeline for ``'tiny-random'``.
 
     ``dtype`` None = ``default_dtype(device)``. ``kwargs`` go to the MarigoldDepth constructor.
     """
@@ -227,7 +232,8 @@ def load_marigold(checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
 
 def build_tiny_pipeline(seed: int = 0, scheduler: str = 'ddim', default_steps: int = 1,
                         default_resolution: int = 32):
-    """A tiny randomly initialised ``MarigoldDepthPipeline`` built from configs (no download).
+    """
+    Build a tiny randomly initialised ``MarigoldDepthPipeline`` from configs (no download).
 
     For tests and for running the pipeline end to end without weights: its output means
     nothing. ``empty_text_embedding`` is set, so it needs no tokenizer or text encoder.

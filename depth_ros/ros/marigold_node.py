@@ -1,4 +1,5 @@
-"""marigold_node: Marigold relative-depth keyframes on a timer and on the ~/capture service.
+"""
+marigold_node: Marigold relative-depth keyframes on a timer and on the ~/capture service.
 
 Subscribes ``image`` (remap it to the camera's ``left/image_rect_color``) and keeps only the
 newest frame. A keyframe job starts every ``keyframe_period_s`` seconds and on each
@@ -76,7 +77,8 @@ def resolve_device(device: str) -> str:
 
 
 class KeyframeWorker(object):
-    """One worker thread, one job at a time, newest frame wins. ROS-free, so it is testable.
+    """
+    One worker thread, one job at a time, newest frame wins. ROS-free, so it is testable.
 
     :param run_job: called in the worker thread with the newest frame; its errors are logged.
     """
@@ -111,7 +113,7 @@ class KeyframeWorker(object):
 
     @property
     def busy(self) -> bool:
-        """True while a job runs."""
+        """Tell whether a job is running."""
         return self._busy
 
     def _loop(self) -> None:

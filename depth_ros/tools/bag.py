@@ -1,4 +1,5 @@
-"""Offline pipeline over a rosbag2 of ZED topics: copy every message, add metric depth and clouds.
+"""
+Offline pipeline over a rosbag2 of ZED topics: copy every message, add metric depth and clouds.
 
 Reads and writes with the ``rosbags`` library (no ROS install). The input is streamed in log-time
 order; every input message is copied unchanged (same connection, same log time). The image,
@@ -108,7 +109,8 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
                 out_ns: str = DEFAULT_OUT_NS, aligner_options: Optional[dict] = None,
                 cloud_stride: int = 1, max_pending: int = 30, progress: bool = True,
                 version: int = 8) -> BagStats:
-    """Run ``model`` + ``MetricAligner`` + ``depth_to_cloud`` over a ZED bag; write a new bag.
+    """
+    Run ``model`` + ``MetricAligner`` + ``depth_to_cloud`` over a ZED bag; write a new bag.
 
     :param model: anything with ``predict(bgr) -> [H, W] relative``; its ``relative_kind``
         ('disparity' unless set, 'depth' for Marigold) configures the aligner.

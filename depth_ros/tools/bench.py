@@ -1,4 +1,5 @@
-"""Per-stage latency of the depth pipeline without ROS: the figures `depth-ros bench` prints.
+"""
+Per-stage latency of the depth pipeline without ROS: the figures `depth-ros bench` prints.
 
 Stages, in pipeline order, each timed alone on every frame:
 
@@ -36,7 +37,8 @@ STAND_IN_LABEL = 'stand-in (no network: channel mean; latency of a real model no
 
 
 class StandInModel(DepthModel):
-    """Labelled stand-in when no model is given: a cheap deterministic function of the input.
+    """
+    Labelled stand-in when no model is given: a cheap deterministic function of the input.
 
     Its output is not depth; it only lets the other stages run and be timed.
     """
@@ -62,7 +64,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def synthetic_frame(width: int, height: int, seed: int = 0):
-    """A ZED-like frame: textured BGR, smooth stereo depth (metres) with holes, confidence."""
+    """Make a ZED-like frame: textured BGR, smooth stereo depth (m) with holes, confidence."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(1.0, 8.0, (6, 8)).astype(np.float32)
     depth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)   # [H, W] m
@@ -108,7 +110,8 @@ class BenchResult:
 
 def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warmup: int = 3,
               progress: bool = True, relative_kind: Optional[str] = None) -> BenchResult:
-    """Time every stage on ``frames`` frames after ``warmup`` untimed ones.
+    """
+    Time every stage on ``frames`` frames after ``warmup`` untimed ones.
 
     :param model: a DepthModel (pre/infer/post timed apart) or anything with ``predict``
         (timed as inference alone, e.g. MarigoldDepth).

@@ -1,4 +1,5 @@
-"""Zero-shot affine-invariant depth evaluation (the protocol of the Marigold and DA-V2 papers).
+"""
+Zero-shot affine-invariant depth evaluation (the protocol of the Marigold and DA-V2 papers).
 
 For each image: predict relative depth, keep the ground-truth pixels that are valid for the
 dataset (depth range, evaluation crop, the dataset's own mask), fit scale and shift by least
@@ -39,7 +40,7 @@ METRIC_KEYS = ('abs_rel', 'delta1', 'rmse')
 
 
 def _rows(y0: float, y1: float, x0: float, x1: float):
-    """A crop given as fractions of the image size (so it scales with the resolution)."""
+    """Make a crop given as fractions of the image size (it scales with the resolution)."""
     def crop(height: int, width: int) -> np.ndarray:
         mask = np.zeros((height, width), dtype=bool)
         mask[int(y0 * height):int(y1 * height), int(x0 * width):int(x1 * width)] = True
@@ -201,7 +202,7 @@ def load_pairs(root: str, spec: DatasetSpec, limit: Optional[int] = None
 
 
 def sample_samples() -> Iterator[Sample]:
-    """The bundled Middlebury pair (left image and its ground-truth depth) as one Sample."""
+    """Yield the bundled Middlebury pair (left image and its ground-truth depth) as a Sample."""
     from depth_ros.sources.sample import load_sample
     sample = load_sample()
     yield Sample('middlebury', sample.left, np.asarray(sample.gt_depth, dtype=np.float32))
@@ -225,7 +226,8 @@ def valid_mask(gt: np.ndarray, spec: DatasetSpec, crop: Optional[str] = None,
 
 def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, space: str,
                         min_depth: float, max_depth: float) -> Dict[str, float]:
-    """Align one relative prediction to ``gt`` on ``mask`` and compute the metrics.
+    """
+    Align one relative prediction to ``gt`` on ``mask`` and compute the metrics.
 
     :param pred: [h, w] relative prediction; resized (bilinear) to the gt size when it differs.
     :param space: 'depth' (pred is affine-invariant depth) or 'disparity' (inverse depth).
@@ -270,7 +272,8 @@ class EvalResult:
 def evaluate(model, samples, spec: DatasetSpec, space: Optional[str] = None,
              crop: Optional[str] = 'default', model_name: str = '', progress: bool = True,
              total: Optional[int] = None) -> EvalResult:
-    """Run ``model.predict`` over ``samples`` and score every one.
+    """
+    Run ``model.predict`` over ``samples`` and score every one.
 
     :param model: anything with ``predict(bgr) -> [H, W] relative`` (every depth_ros backend,
         MarigoldDepth); its ``relative_kind`` ('disparity' unless set) picks the space.
