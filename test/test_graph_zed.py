@@ -1,0 +1,142 @@
+"""zed_node with a replay source, the three-node pipeline, and start-up failures, as processes.
+
+- The sample source (bundled Middlebury pair, SGBM depth) drives zed_node -> depth_node
+  (stand-in backend, not a model) -> alignment_node, wired exactly as the launch file wires
+  them, with config/zed_depth.yaml. The cloud must carry the camera image's stamp and frame.
+- The source disappears mid-run (ReplaySource's simulated outage: read and open fail for a
+  while) and zed_node must report it, retry, reconnect and publish again.
+- A model that cannot load and an invalid parameter end the process at start-up with a
+  one-line message and a non-zero exit code, never a traceback.
+"""
+from conftest import NodeProcess, wait_until
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.graph
+rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
+pytest.importorskip('skimage', reason='the sample source needs scikit-image (depth_ros[tools])')
+
+ZED = '/zed/zed_node'
+FRAME = 'zed_left_camera_optical_frame'
+
+
+@pytest.fixture(scope='module')
+def pipeline(probe, node_processes):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    zed = NodeProcess('zed_node', params={
+        'source': 'sample', 'fps': 8.0, 'drop_after': 12, 'outage_s': 1.5,
+        'retry_initial_s': 0.1, 'retry_max_s': 0.4, 'log_throttle_s': 0.0},
+        extra_ros_args=['-r', '__ns:=/zed'])
+    depth = NodeProcess('depth_node', params={'backend': 'standin', 'standin_latency_ms': 20.0},
+                        remaps={'image': ZED + '/left/image_rect_color'})
+    align = NodeProcess('alignment_node', remaps={
+        'disparity': '/depth_node/disparity', 'depth_registered': ZED + '/depth/depth_registered',
+        'confidence': ZED + '/confidence/confidence_map', 'camera_info': ZED + '/left/camera_info',
+        'image': ZED + '/left/image_rect_color'})
+    node_processes.extend([zed, depth, align])
+
+    class P(object):
+        pass
+    p = P()
+    p.zed, p.depth, p.align = zed, depth, align
+    p.image = probe.subscribe(Image, ZED + '/left/image_rect_color')
+    p.info = probe.subscribe(CameraInfo, ZED + '/left/camera_info')
+    p.stereo = probe.subscribe(Image, ZED + '/depth/depth_registered')
+    p.conf = probe.subscribe(Image, ZED + '/confidence/confidence_map')
+    p.points = probe.subscribe(PointCloud2, '/alignment_node/points')
+    p.diag = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 100))
+    ok = wait_until(lambda: len(p.points) >= 2, 40)
+    assert ok, 'no point cloud from the pipeline; logs:\n{}\n{}\n{}'.format(
+        zed.output()[-2000:], depth.output()[-2000:], align.output()[-2000:])
+    return p
+
+
+def test_zed_node_topics_types_encodings_frames(pipeline):
+    from depth_ros.ros import conversions as conv
+    from depth_ros.sources.sample import CX, CY, FOCAL_PX
+    image, stereo, conf, info = (pipeline.image.msgs[-1], pipeline.stereo.msgs[-1],
+                                 pipeline.conf.msgs[-1], pipeline.info.msgs[-1])
+    received = [(m.encoding, m.header.frame_id, m.width, m.height) for m in (image, stereo, conf)]
+    assert received == [('bgr8', FRAME, 741, 500), ('32FC1', FRAME, 741, 500),
+                        ('32FC1', FRAME, 741, 500)], 'received {}'.format(received)
+    camera = conv.camera_from_info(info)
+    assert (camera.fx, camera.cx, camera.cy) == pytest.approx((FOCAL_PX, CX, CY)), \
+        'expected the sample calibration, received {}'.format(camera)
+    assert list(info.p)[3] == 0.0 and info.header.frame_id == FRAME
+    depth = conv.image_to_numpy(stereo)
+    finite = depth[np.isfinite(depth)]
+    assert finite.size > 0.3 * depth.size and 0.5 < np.median(finite) < 20, \
+        'expected metric SGBM depth, received median {} over {} pixels'.format(
+            np.median(finite), finite.size)
+    # Every stream of one frame carries the same stamp (the pairing relies on it).
+    stamp = pipeline.stereo.stamps()[-1]
+    for collector in (pipeline.image, pipeline.conf, pipeline.info):
+        assert stamp in collector.stamps(), 'stamp {} missing from a stream'.format(stamp)
+
+
+def test_cloud_carries_the_camera_stamp_and_frame(pipeline):
+    cloud = pipeline.points.msgs[-1]
+    stamp = pipeline.points.stamps()[-1]
+    assert stamp in pipeline.image.stamps(), \
+        'cloud stamp {} is not a camera image stamp'.format(stamp)
+    layout = [(f.name, f.offset) for f in cloud.fields]
+    assert layout == [('x', 0), ('y', 4), ('z', 8), ('rgb', 12)] and cloud.point_step == 16, \
+        'received {} step {}'.format(layout, cloud.point_step)
+    assert (cloud.header.frame_id, cloud.height, cloud.width) == (FRAME, 250, 370), \
+        'received {} {}x{}'.format(cloud.header.frame_id, cloud.width, cloud.height)
+
+
+def test_camera_disappears_mid_run_and_zed_node_reconnects(pipeline):
+    zed = pipeline.zed
+    assert zed.wait_for_output('grab failed', 30), 'no outage reported:\n' + zed.output()
+    n_before = len(pipeline.image)
+    assert zed.wait_for_output('reconnected', 20), 'no reconnection:\n' + zed.output()[-3000:]
+    assert wait_until(lambda: len(pipeline.image) >= n_before + 3, 15), \
+        'no images after reconnecting'
+    stamps = pipeline.image.stamps()
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), 'stamps not increasing'
+
+    def camera_status():
+        out = []
+        for msg in list(pipeline.diag.msgs):
+            for s in msg.status:
+                if s.name.startswith('zed_node'):
+                    out.append((s.level, s.message, {kv.key: kv.value for kv in s.values}))
+        return out
+    statuses = camera_status()
+    assert any(level == b'\x02' and 'grab failed' in message for level, message, _ in statuses), \
+        'expected an ERROR camera status during the outage, received {}'.format(
+            [(lv, m) for lv, m, _ in statuses])
+    assert wait_until(lambda: any(v.get('reconnects', '0') != '0'
+                                  for _, _, v in camera_status()), 5), \
+        'reconnects not counted on /diagnostics'
+    assert pipeline.depth.alive() and pipeline.align.alive()
+
+
+def test_model_that_fails_to_load_exits_cleanly():
+    proc = NodeProcess('depth_node', params={'backend': 'onnxruntime',
+                                             'model_path': '/nonexistent/model.onnx'})
+    code = proc.wait(60)
+    out = proc.output()
+    proc.stop()
+    assert code == 1, 'expected exit code 1, received {}; output:\n{}'.format(code, out)
+    assert "cannot load onnxruntime model '/nonexistent/model.onnx'" in out and \
+        'Traceback' not in out, 'expected a one-line message, received:\n' + out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('[FATAL]'), 'received:\n' + out
+
+
+@pytest.mark.parametrize('module,param,value,text', [
+    ('depth_node', 'backend', 'tensorflow',
+     'parameter `backend` must be one of onnxruntime|tensorrt|torch|standin'),
+    ('zed_node', 'source', 'svo', 'parameter `path` is empty; source \'svo\' needs one'),
+    ('alignment_node', 'cloud_stride', '0', 'parameter `cloud_stride`'),
+])
+def test_invalid_parameter_rejected_at_startup(module, param, value, text):
+    proc = NodeProcess(module, params={param: value})
+    code = proc.wait(60)
+    out = proc.output()
+    proc.stop()
+    assert code == 2 and text in out and 'Traceback' not in out, \
+        'expected exit 2 and {!r}, received {} and:\n{}'.format(text, code, out)
