@@ -129,3 +129,30 @@ def test_cli_process_bag(tmp_path, monkeypatch, capsys):
     assert any(f.endswith('.mcap') for f in os.listdir(dst)), os.listdir(dst)
     assert cli.main(['process-bag', src, dst, '--model', 'x']) == 2
     assert 'already exists' in capsys.readouterr().err
+
+
+def test_depth_at_half_the_image_resolution(tmp_path):
+    # The wrapper can publish depth downscaled: the cloud uses the camera scaled to depth size
+    # and the image resized to it.
+    big = PinholeCamera(80.0, 80.0, 47.5, 35.5, 2 * W, 2 * H)
+
+    def frames():
+        for f in _frames():
+            left = cv2.resize(f.left, (2 * W, 2 * H), interpolation=cv2.INTER_NEAREST)
+            yield Frame(left=left, depth=f.depth, confidence=f.confidence, camera=big,
+                        stamp_ns=f.stamp_ns, frame_id=f.frame_id)
+
+    src = write_test_bag(str(tmp_path / 'in'), frames(), image_encoding='bgr8')
+    stats = process_bag(src, str(tmp_path / 'out'), GrayModel(), progress=False)
+    assert stats.frames_out == 5
+    out = _read(str(tmp_path / 'out'))
+    aligner = MetricAligner()
+    scaled = big.scaled(W, H)
+    for frame, (_, dmsg), (_, cmsg) in zip(frames(), out['/alignment_node/depth'],
+                                           out['/alignment_node/points']):
+        bgr = cv2.resize(frame.left, (W, H), interpolation=cv2.INTER_AREA)
+        want = aligner.update(GrayModel().predict(bgr), frame.depth, frame.confidence).depth
+        np.testing.assert_array_equal(image_to_array(dmsg), want)
+        ref = depth_to_cloud(want, scaled, bgr=bgr)
+        cloud = np.frombuffer(cmsg.data.tobytes(), dtype='<u4').reshape(H, W, 4)
+        np.testing.assert_array_equal(cloud, ref.view('<u4').reshape(H, W, 4))

@@ -25,7 +25,6 @@ import os
 from typing import Dict, List, Optional
 
 import cv2
-from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.encodings import array_to_image_fields, image_to_array, to_bgr8
 import numpy as np
 
@@ -98,11 +97,6 @@ class BagStats:
 
 def _stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1000000000 + int(header.stamp.nanosec)
-
-
-def _camera(info) -> PinholeCamera:
-    return PinholeCamera.from_K(np.asarray(info.k, dtype=np.float64), int(info.width),
-                                int(info.height))
 
 
 def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] = None,
@@ -240,15 +234,16 @@ def frame_inputs(slot: dict, info):
     """Decode one paired stamp: (bgr, stereo depth, confidence or None, camera) at depth size."""
     img = slot['image']
     bgr = to_bgr8(image_to_array(img), img.encoding)
+    from depth_ros.ros.conversions import camera_from_info
     from depth_ros.sources.rosbag import depth_to_metres
     stereo = depth_to_metres(image_to_array(slot['depth']), slot['depth'].encoding)
     confidence = None
     if 'confidence' in slot:
         confidence = image_to_array(slot['confidence']).astype(np.float32, copy=False)
-    camera = _camera(info)
     h, w = stereo.shape
-    if (camera.width, camera.height) != (w, h):
-        camera = camera.scaled(w, h)
+    # The live alignment_node's reading of CameraInfo (P for rectified images), scaled to the
+    # depth size when the recording published depth at another resolution.
+    camera = camera_from_info(info, width=w, height=h)
     if bgr.shape[:2] != (h, w):
         bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
     return bgr, stereo, confidence, camera
