@@ -256,8 +256,8 @@ class MetricAligner(object):
         dr = r[i] - r[j]
         with np.errstate(divide='ignore', invalid='ignore'):
             s = (y[i] - y[j]) / dr
-        t = y[i] - s * r[i]
-        good = np.isfinite(s) & (s > 0) & (np.abs(dr) > 1e-12)
+            t = y[i] - s * r[i]
+            good = np.isfinite(s) & (s > 0) & (np.abs(dr) > 1e-12)
         if not good.any():
             return None
         s, t = s[good], t[good]
