@@ -207,3 +207,22 @@ def test_load_depth_model_reaches_the_tensorrt_backend(tmp_path):
     with pytest.raises(EngineMismatchError, match=r'\[1, 3, 28, 42\] but \[1, 3, 14, 28\]'):
         load_depth_model(engine, backend='tensorrt', input_size=(28, 14),
                          cache_dir=str(tmp_path / 'cache'), api=FakeTrtApi())
+
+
+def test_engine_from_a_dynamic_onnx_gets_its_shape_set_once(tmp_path):
+    onnx = write_fake_onnx(tmp_path / 'dyn.onnx', shape=(1, 3, -1, -1))
+    api = FakeTrtApi()
+    model = load_engine_model(onnx, cache_dir=str(tmp_path / 'cache'), input_size=(70, 42),
+                              api=api)
+    assert model.input_size == (70, 42)
+    bgr = _bgr()
+    expected = restore_output(fake_forward(prepare_input(bgr, (70, 42))).astype(np.float32),
+                              60, 80)
+    np.testing.assert_allclose(model.predict(bgr), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dla_engine_is_deserialized_for_its_core(tmp_path):
+    onnx = write_fake_onnx(tmp_path / 'vits.onnx')
+    api = FakeTrtApi(dla_cores=2)
+    model = load_engine_model(onnx, cache_dir=str(tmp_path / 'cache'), dla_core=1, api=api)
+    assert model._handle.dla_core == 1 and model.record['key']['dla_core'] == 1

@@ -121,7 +121,7 @@ def test_int8_calibrates_from_frames_then_reuses_the_calibration_cache(tmp_path)
         calib = json.load(f)['calibration']
     assert calib['images'] == 5 and calib['batch_size'] == 2
     assert os.path.isfile(calib['cache']) and calib['cache'].endswith(
-        'vits_42x28_{}.calib'.format(file_sha256(onnx)[:12]))
+        'vits_42x28_{}_trt8.5.2.2.calib'.format(file_sha256(onnx)[:12]))
     # A rebuild without frames uses the calibration cache and reads no batch.
     api2 = FakeTrtApi()
     _, _, again = _build(tmp_path, api=api2, onnx=onnx, precision='int8', force=True)

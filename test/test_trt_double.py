@@ -46,14 +46,19 @@ def write_fake_onnx(path, shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=
 
 
 def fake_plan(input_shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=0.125,
-              extra_output=False, output_dtype='float32', pad=4096):
-    """Serialize a fake engine: magic + JSON header + padding (engines are big and binary)."""
+              extra_output=False, output_dtype='float32', pad=4096, profile=None):
+    """Serialize a fake engine: magic + JSON header + padding (engines are big and binary).
+
+    A dynamic ``input_shape`` (-1 dims) needs ``profile``, the one shape its optimisation
+    profile allows, as an engine built from a dynamic ONNX has.
+    """
     n, c, h, w = input_shape
     outputs = [['predicted_depth', [1, h, w], output_dtype]]
     if extra_output:
         outputs.append(['features', [1, 8, 2, 3], 'float32'])
     header = json.dumps({'input': ['pixel_values', list(input_shape)], 'outputs': outputs,
-                         'weights': list(weights), 'bias': bias}).encode('utf-8')
+                         'weights': list(weights), 'bias': bias,
+                         'profile': None if profile is None else list(profile)}).encode('utf-8')
     padding = bytes(range(256)) * (pad // 256)
     return PLAN_MAGIC + len(header).to_bytes(4, 'little') + header + padding
 
@@ -100,14 +105,16 @@ class FakeDevice(object):
 
 
 class FakeEngine(object):
-    def __init__(self, header):
+    def __init__(self, header, dla_core=None):
         self.header = header
+        self.dla_core = dla_core
 
 
 class FakeContext(object):
     def __init__(self, engine):
         self.engine = engine
         self.addresses = {}
+        self.input_shape = None  # set_input_shape, for dynamic engines
 
 
 class FakeParsed(object):
@@ -161,7 +168,7 @@ class FakeTrtApi(object):
         return FakeDevice(self, index)
 
     # -- runtime ---------------------------------------------------------------------------
-    def deserialize_engine(self, data):
+    def deserialize_engine(self, data, dla_core=None):
         data = bytes(data)
         if not data.startswith(PLAN_MAGIC) or len(data) < len(PLAN_MAGIC) + 4:
             return None  # TensorRT: 'magicTag does not match', returns nullptr
@@ -170,7 +177,7 @@ class FakeTrtApi(object):
             header = json.loads(data[12:12 + n].decode('utf-8'))
         except ValueError:
             return None
-        return FakeEngine(header)
+        return FakeEngine(header, dla_core)
 
     def engine_io(self, handle):
         name, shape = handle.header['input']
@@ -188,22 +195,45 @@ class FakeTrtApi(object):
             raise RuntimeError('TensorRT refused the address of tensor {!r}'.format(name))
         context.addresses[name] = int(address)
 
+    def set_input_shape(self, context, name, shape):
+        spec = self.engine_io(context.engine)[0]
+        profile = context.engine.header.get('profile') or list(spec.shape)
+        if name != spec.name or list(shape) != list(profile):
+            raise RuntimeError('TensorRT refused input shape {} for {!r}'.format(
+                tuple(shape), name))
+        context.input_shape = tuple(int(d) for d in shape)
+
+    def context_tensor_shape(self, context, name):
+        specs = {s.name: s for s in self.engine_io(context.engine)}
+        spec = specs[name]
+        if min(spec.shape) >= 0:
+            return spec.shape
+        if context.input_shape is None:
+            return spec.shape  # TensorRT: unresolved (-1) until the input shape is set
+        if spec.is_input:
+            return context.input_shape
+        return (1,) + context.input_shape[2:]
+
     def execute_async_v3(self, context, stream):
         specs = self.engine_io(context.engine)
         if any(s.name not in context.addresses for s in specs):
             return False  # TensorRT: 'Neither address or allocator is set for ...'
+        if min(specs[0].shape) < 0 and context.input_shape is None:
+            return False  # TensorRT: all dynamic input shapes must be specified
         self._require_context('execute_async_v3')
         self.calls['execute'] += 1
 
         def run():
             header = context.engine.header
             inp = specs[0]
-            x = self._view(context.addresses[inp.name], int(np.prod(inp.shape)) * 4)
-            x = x.view(np.float32).reshape(inp.shape)
+            in_shape = self.context_tensor_shape(context, inp.name)
+            x = self._view(context.addresses[inp.name], int(np.prod(in_shape)) * 4)
+            x = x.view(np.float32).reshape(in_shape)
             w = np.asarray(header['weights'], dtype=np.float32)
             y = np.tensordot(w, x[0], axes=(0, 0)) + np.float32(header['bias'])
             for spec in specs[1:]:
-                nbytes = int(np.prod(spec.shape)) * spec.dtype.itemsize
+                shape = self.context_tensor_shape(context, spec.name)
+                nbytes = int(np.prod(shape)) * spec.dtype.itemsize
                 out = self._view(context.addresses[spec.name], nbytes).view(spec.dtype)
                 if spec.name == specs[1].name:
                     out[:] = y.astype(spec.dtype).ravel()
@@ -284,6 +314,10 @@ class FakeTrtApi(object):
         self.builds.append({'precision': precision, 'workspace_bytes': workspace_bytes,
                             'dla_core': dla_core, 'input_shape': list(input_shape)})
         doc = parsed.doc
+        onnx_shape = tuple(doc['inputs'][0][1])
+        if min(onnx_shape) < 0:  # the engine keeps the dynamic dims, with a one-shape profile
+            return fake_plan(onnx_shape, doc['weights'], doc['bias'],
+                             profile=input_shape), pinned
         return fake_plan(tuple(input_shape), doc['weights'], doc['bias']), pinned
 
 
@@ -348,3 +382,20 @@ def test_double_rejects_unknown_tensor_names():
     _, context, _, _ = _bound_context(api, fake_plan())
     with pytest.raises(RuntimeError, match="'nope'"):
         api.set_tensor_address(context, 'nope', 0x10000)
+
+
+def test_double_dynamic_engine_needs_its_input_shape():
+    api = FakeTrtApi()
+    plan = fake_plan((1, 3, -1, -1), profile=(1, 3, 14, 28))
+    handle = api.deserialize_engine(plan)
+    context = api.create_execution_context(handle)
+    assert api.context_tensor_shape(context, 'predicted_depth') == (1, -1, -1)
+    for spec in api.engine_io(handle):
+        api.set_tensor_address(context, spec.name, int(api.device_alloc(14 * 28 * 12)))
+    assert api.execute_async_v3(context, api.create_stream()) is False, 'shape not set yet'
+    with pytest.raises(RuntimeError, match='refused input shape'):
+        api.set_input_shape(context, 'pixel_values', (1, 3, 28, 28))  # outside the profile
+    api.set_input_shape(context, 'pixel_values', (1, 3, 14, 28))
+    assert api.context_tensor_shape(context, 'predicted_depth') == (1, 14, 28)
+    with FakeDevice(api, 0).activate():
+        assert api.execute_async_v3(context, api.create_stream()) is True

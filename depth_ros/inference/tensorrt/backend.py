@@ -96,9 +96,10 @@ class TensorRTDepthModel(DepthModel):
 
     def _load(self, real: str, record: Dict[str, object]) -> None:
         api = self._api
+        key = record['key']
         with open(real, 'rb') as f:
             data = f.read()
-        self._handle = api.deserialize_engine(data)
+        self._handle = api.deserialize_engine(data, dla_core=key['dla_core'])
         if self._handle is None:
             raise EngineCacheError(
                 'TensorRT could not deserialize engine file {} (see the TensorRT error above; '
@@ -107,22 +108,29 @@ class TensorRTDepthModel(DepthModel):
         specs = api.engine_io(self._handle)
         inputs = [s for s in specs if s.is_input]
         outputs = [s for s in specs if not s.is_input]
-        want_in = tuple(int(d) for d in record['key']['input_shape'])
-        if len(inputs) != 1 or inputs[0].shape != want_in or inputs[0].dtype != np.float32:
+        want_in = tuple(int(d) for d in key['input_shape'])
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].dtype != np.float32 \
+                or any(have not in (want, -1) for have, want in zip(inputs[0].shape, want_in)):
             raise EngineCacheError('engine file {} must have one float32 input of shape {} '
                                    '(its record), has {}'.format(real, list(want_in), inputs))
-        if not outputs or _output_hw(outputs[0].shape) is None \
+        self._context = api.create_execution_context(self._handle)
+        shapes = {s.name: s.shape for s in specs}
+        if min(inputs[0].shape) < 0:
+            # Built from a dynamic ONNX with a one-shape profile: fix the shape once, then the
+            # context resolves the output shapes.
+            api.set_input_shape(self._context, inputs[0].name, want_in)
+            shapes = {s.name: api.context_tensor_shape(self._context, s.name) for s in specs}
+        if not outputs or _output_hw(shapes[outputs[0].name]) is None \
                 or outputs[0].dtype not in _OUTPUT_DTYPES:
             raise EngineCacheError('engine file {} must output a [1, h, w] float depth map, has '
                                    '{}'.format(real, outputs))
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
-        self._context = api.create_execution_context(self._handle)
         self._stream = api.create_stream()
         for spec in specs:
             # Every I/O tensor gets memory and an address, also extra outputs we do not read:
             # execute_async_v3 fails when any address is unset.
-            host = api.pagelocked_empty(spec.shape, spec.dtype)
+            host = api.pagelocked_empty(shapes[spec.name], spec.dtype)
             dev = api.device_alloc(host.nbytes)
             self._host[spec.name] = host
             self._device_buffers[spec.name] = dev

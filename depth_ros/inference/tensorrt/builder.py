@@ -254,8 +254,11 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
                                  .format(dla_core, parsed.num_dla_cores()))
             source = None
             if precision == 'int8':
-                calib_cache = os.path.join(cache.cache_dir, '{}_{}x{}_{}.calib'.format(
-                    onnx_stem(onnx_path), shape[3], shape[2], onnx_sha[:12]))
+                # TensorRT ignores a table written by another version (its header says which),
+                # so the version is part of the name, like the model and the input size.
+                calib_cache = os.path.join(cache.cache_dir, '{}_{}x{}_{}_trt{}.calib'.format(
+                    onnx_stem(onnx_path), shape[3], shape[2], onnx_sha[:12],
+                    key['tensorrt_version']))
                 if calib_dir is not None:
                     source = CalibrationSource.from_folder(
                         calib_dir, (shape[3], shape[2]), batch_size=calib_batch_size,

@@ -161,10 +161,16 @@ class _Engine(object):
         self.engine = engine
 
 
-def deserialize_engine(data: bytes) -> Optional[_Engine]:
-    """Deserialize a plan; None when TensorRT refuses it (it logs why, e.g. 'magicTag')."""
+def deserialize_engine(data: bytes, dla_core: Optional[int] = None) -> Optional[_Engine]:
+    """Deserialize a plan; None when TensorRT refuses it (it logs why, e.g. 'magicTag').
+
+    :param dla_core: for DLA engines, the core to run on (``IRuntime.DLA_core``, which must be
+        set before deserializing).
+    """
     trt = _trt()
     runtime = trt.Runtime(_Logger.get())
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         return None
@@ -196,6 +202,11 @@ def set_input_shape(context, name: str, shape: Sequence[int]) -> None:
     """``context.set_input_shape`` (TensorRT >= 8.5); needed only for dynamic-shape engines."""
     if not context.set_input_shape(name, tuple(int(d) for d in shape)):
         raise RuntimeError('TensorRT refused input shape {} for {!r}'.format(tuple(shape), name))
+
+
+def context_tensor_shape(context, name: str) -> Tuple[int, ...]:
+    """Shape of an I/O tensor in this context (outputs resolved once input shapes are set)."""
+    return tuple(int(d) for d in context.get_tensor_shape(name))
 
 
 def set_tensor_address(context, name: str, address: int) -> None:
