@@ -47,7 +47,8 @@ def write_fake_onnx(path, shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=
 
 def fake_plan(input_shape=(1, 3, 28, 42), weights=(0.5, -0.25, 1.0), bias=0.125,
               extra_output=False, output_dtype='float32', pad=4096, profile=None):
-    """Serialize a fake engine: magic + JSON header + padding (engines are big and binary).
+    """
+    Serialize a fake engine: magic + JSON header + padding (engines are big and binary).
 
     A dynamic ``input_shape`` (-1 dims) needs ``profile``, the one shape its optimisation
     profile allows, as an engine built from a dynamic ONNX has.

@@ -162,7 +162,8 @@ class _Engine(object):
 
 
 def deserialize_engine(data: bytes, dla_core: Optional[int] = None) -> Optional[_Engine]:
-    """Deserialize a plan; None when TensorRT refuses it (it logs why, e.g. 'magicTag').
+    """
+    Deserialize a plan; None when TensorRT refuses it (it logs why, e.g. 'magicTag').
 
     :param dla_core: for DLA engines, the core to run on (``IRuntime.DLA_core``, which must be
         set before deserializing).
