@@ -333,3 +333,13 @@ def test_bad_inputs_raise_naming_argument(rel, st, conf, message):
     with pytest.raises(ValueError) as info:
         MetricAligner().update(rel, st, conf)
     assert message in str(info.value), 'expected {!r} in {!r}'.format(message, str(info.value))
+
+
+def test_float64_and_uint8_confidence_inputs_match_float32():
+    rel, st, _ = make_frame()
+    conf = np.full((H, W), 10.0, np.float32)
+    ref = MetricAligner().update(rel, st, conf)
+    other = MetricAligner().update(rel.astype(np.float64), st.astype(np.float64),
+                                   conf.astype(np.uint8))
+    assert other.scale == ref.scale and other.shift == ref.shift
+    np.testing.assert_array_equal(other.depth, ref.depth)
