@@ -395,6 +395,7 @@ def build_serialized(parsed: ParsedNetwork, precision: str, workspace_bytes: int
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
 
+    profile = None
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         if any(int(d) < 0 for d in tensor.shape):
@@ -418,6 +419,8 @@ def build_serialized(parsed: ParsedNetwork, precision: str, workspace_bytes: int
         config.set_flag(trt.BuilderFlag.INT8)
         calibrator = _make_entropy_calibrator(calibration_source)
         config.int8_calibrator = calibrator
+        if profile is not None:  # a dynamic input must be calibrated at a fixed shape
+            config.set_calibration_profile(profile)
     if dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
