@@ -84,7 +84,7 @@ def stereo_depth_metres(array: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == '32FC1':
         return array
     if encoding in ('16UC1', 'mono16'):
-        out = array.astype(np.float32) * np.float32(1e-3)
+        out = array.astype(np.float32) / np.float32(1000.0)
         out[array == 0] = np.nan
         return out
     raise ValueError('stereo depth has encoding {!r}; expected 32FC1 (m) or 16UC1 (mm)'.format(

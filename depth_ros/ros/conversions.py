@@ -136,9 +136,9 @@ def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = N
     p = np.asarray(msg.p, dtype=np.float64).reshape(-1)
     k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
     if use_projection and p.size == 12 and p[0] > 0 and p[5] > 0:
-        fx, fy, cx, cy, field = p[0], p[5], p[2], p[6], 'p'
+        fx, fy, cx, cy, field = float(p[0]), float(p[5]), float(p[2]), float(p[6]), 'p'
     else:
-        fx, fy, cx, cy, field = k[0], k[4], k[2], k[5], 'k'
+        fx, fy, cx, cy, field = float(k[0]), float(k[4]), float(k[2]), float(k[5]), 'k'
     values = np.array([fx, fy, cx, cy])
     if not np.all(np.isfinite(values)) or fx <= 0 or fy <= 0:
         raise ValueError('camera_info.{} has no valid intrinsics: fx={!r} fy={!r} cx={!r} '
