@@ -46,7 +46,8 @@ setup(
         'onnx': ['onnxruntime', 'onnx'],
         'export': [TORCH, 'transformers', 'huggingface_hub', 'safetensors', 'onnx',
                    'onnxscript'],
-        'marigold': [TORCH, 'diffusers', 'transformers', 'huggingface_hub', 'safetensors'],
+        'marigold': [TORCH, 'diffusers', 'transformers', 'huggingface_hub', 'safetensors',
+                     'scipy'],
         # On a Jetson, TensorRT and its Python bindings come with JetPack (apt), not pip.
         'tensorrt': ['pycuda', 'tensorrt'],
         'bag': ['rosbags'],

@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format='%(levelname)s %(name)s: %(message)s')
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+    except (CommandError, ValueError, OSError, ImportError, RuntimeError) as exc:
         if args.debug:
             raise
         prog = 'depth-ros ' + args.command.replace('_', '-')
