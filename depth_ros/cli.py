@@ -49,6 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.debug:
             raise
         prog = 'depth-ros ' + args.command.replace('_', '-')
+        if getattr(args, 'action', None):
+            prog += ' ' + args.action
         print('{}: error: {}'.format(prog, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
