@@ -190,6 +190,10 @@ def make_node(**kwargs):
             self.get_logger().error(text, throttle_duration_sec=self.cfg['log_throttle_s'])
 
         def _on_drop(self, stamp, missing, why):
+            if missing == ['disparity'] and self.cfg['relative_kind'] == 'depth':
+                # Marigold publishes keyframes only: camera frames without one are normal.
+                self.get_logger().debug('frame {} has no keyframe'.format(stamp))
+                return
             self.bad['unpaired'] += 1
             self.get_logger().error('dropped frame {}: missing {} ({})'.format(
                 stamp, ', '.join(missing), why), throttle_duration_sec=self.cfg['log_throttle_s'])
@@ -302,7 +306,7 @@ def make_node(**kwargs):
                 else float('nan')
             values['processing_ms'] = float(np.mean(self.process_ms)) if self.process_ms \
                 else float('nan')
-            values['dropped_unpaired'] = self.buffer.dropped
+            values['dropped_unpaired'] = self.bad['unpaired']
             values['dropped_busy'] = self.worker.dropped
             for k in ('stamp', 'frame', 'exception'):
                 values['dropped_' + k] = self.bad[k]

@@ -1,0 +1,116 @@
+"""Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ options).
+
+    ros2 launch depth_ros zed_depth.launch.py                       # live ZED2, ONNX Runtime
+    ros2 launch depth_ros zed_depth.launch.py backend:=tensorrt model:=/path/vits_fp16.engine
+    ros2 launch depth_ros zed_depth.launch.py source:=sample backend:=standin rviz:=true
+    ros2 launch depth_ros zed_depth.launch.py source:=bag path:=/data/zed_bag model:=vits.onnx
+    ros2 launch depth_ros zed_depth.launch.py zed_node:=false    # next to the official wrapper
+
+Every node reads config/zed_depth.yaml (override with params_file:=); launch arguments override
+the entries they name. Written for ROS 2 Humble (launch, launch_ros).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'depth_ros'
+
+ARGUMENTS = (
+    ('source', 'live', 'frame source: live | svo | sample | folder | bag'),
+    ('path', '', 'SVO file, stereo folder or rosbag2 path (source svo, folder, bag)'),
+    ('backend', 'onnxruntime', 'depth backend: tensorrt | onnxruntime | torch | standin '
+     '(standin is a fixed-latency stand-in for tests, not a model)'),
+    ('model', '', 'ONNX file, TensorRT engine or torch checkpoint for the backend'),
+    ('camera_name', 'zed', 'camera name; frames are <camera_name>_left_camera_optical_frame'),
+    ('zed_node', 'true', 'start our zed_node; false when the official zed-ros2-wrapper runs '
+     '(its topics have the same names)'),
+    ('publish_tf', 'true', 'publish the static TF <camera>_left_camera_frame -> optical frame '
+     '(false when a wrapper or URDF provides it)'),
+    ('rviz', 'false', 'open RViz with rviz/zed_depth.rviz'),
+    ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
+    ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
+     '(RViz on Humble subscribes reliable: the shipped .rviz file asks for best effort)'),
+    ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml)'),
+)
+
+
+def _truthy(value):
+    if value.lower() in ('true', '1', 'yes', 'on'):
+        return True
+    if value.lower() in ('false', '0', 'no', 'off'):
+        return False
+    raise ValueError('expected true or false, got {!r}'.format(value))
+
+
+def _nonempty(base, **values):
+    # An empty string is not a valid parameter override in launch_ros: leave those to the
+    # params file, whose defaults are empty.
+    out = dict(base)
+    out.update({k: v for k, v in values.items() if v != ''})
+    return out
+
+
+def _nodes(context):
+    arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    share = get_package_share_directory(PACKAGE)
+    params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
+    camera = arg['camera_name']
+    zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
+    image = zed + '/left/image_rect_color'
+    qos = {'reliability': arg['reliability']}
+    actions = []
+    if _truthy(arg['zed_node']):
+        actions.append(Node(
+            package=PACKAGE, executable='zed_node', name='zed_node', namespace=camera,
+            output='screen', emulate_tty=True,
+            parameters=[params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
+                                               camera_name=camera)]))
+    actions.append(Node(
+        package=PACKAGE, executable='depth_node', name='depth_node', output='screen',
+        emulate_tty=True,
+        parameters=[params_file, _nonempty(qos, backend=arg['backend'],
+                                           model_path=arg['model'])],
+        remappings=[('image', image)]))
+    inputs = [('depth_registered', zed + '/depth/depth_registered'),
+              ('confidence', zed + '/confidence/confidence_map'),
+              ('camera_info', zed + '/left/camera_info'), ('image', image)]
+    actions.append(Node(
+        package=PACKAGE, executable='alignment_node', name='alignment_node', output='screen',
+        emulate_tty=True, parameters=[params_file, qos],
+        remappings=[('disparity', '/depth_node/disparity')] + inputs))
+    if _truthy(arg['marigold']):
+        actions.append(Node(
+            package=PACKAGE, executable='marigold_node', name='marigold_node', output='screen',
+            emulate_tty=True, parameters=[params_file, qos], remappings=[('image', image)]))
+        # Keyframes arrive seconds after their camera frame: keep a deep pairing buffer.
+        actions.append(Node(
+            package=PACKAGE, executable='alignment_node', name='alignment_node',
+            namespace='marigold', output='screen', emulate_tty=True,
+            parameters=[params_file, dict(qos, relative_kind='depth', buffer_size=100)],
+            remappings=[('disparity', '/marigold_node/depth')] + inputs))
+    if _truthy(arg['publish_tf']):
+        # REP 103: the optical frame is the camera frame rotated (x right, y down, z forward).
+        actions.append(Node(
+            package='tf2_ros', executable='static_transform_publisher',
+            name='{}_optical_frame_tf'.format(camera), output='log',
+            arguments=['--x', '0', '--y', '0', '--z', '0',
+                       '--roll', '-1.5707963267948966', '--pitch', '0',
+                       '--yaw', '-1.5707963267948966',
+                       '--frame-id', '{}_left_camera_frame'.format(camera),
+                       '--child-frame-id', '{}_left_camera_optical_frame'.format(camera)]))
+    if _truthy(arg['rviz']):
+        actions.append(Node(
+            package='rviz2', executable='rviz2', name='rviz2', output='log',
+            arguments=['-d', os.path.join(share, 'rviz', 'zed_depth.rviz')]))
+    return actions
+
+
+def generate_launch_description():
+    """The graph with its launch arguments (see the module docstring)."""
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, default, text in ARGUMENTS]
+    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])
