@@ -1,4 +1,5 @@
-"""depth_ros.core.preprocess against straightforward reference computations (numpy + OpenCV).
+"""
+depth_ros.core.preprocess against straightforward reference computations (numpy + OpenCV).
 
 Runs under Python 3.8 (make test-py38): no torch here.
 """

@@ -1,4 +1,5 @@
-"""ONNX export, the `model export` command, hub offline detection and the demo model resolver.
+"""
+ONNX export, the `model export` command, hub offline detection and the demo model resolver.
 
 Models are tiny and untrained: outputs are compared with PyTorch, never presented as depth.
 """

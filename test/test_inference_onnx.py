@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: load_depth_model(..., backend='onnxruntime'), parity with PyTorch.
+"""
+ONNX Runtime backend: load_depth_model(..., backend='onnxruntime'), parity with PyTorch.
 
 Untrained networks: outputs are compared with the PyTorch reference, never read as depth.
 """
@@ -138,7 +139,8 @@ def test_tensorrt_is_dispatched_lazily(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_vits_onnx_matches_pytorch_at_518x294(tmp_path, monkeypatch):
-    """The full ViT-S architecture (untrained, seeded) at the default size, as the demo gets it.
+    """
+    The full ViT-S architecture (untrained, seeded) at the default size, as the demo gets it.
 
     Offline, resolve_demo_model exports an untrained ViT-S (seed 0); ONNX Runtime must then
     match PyTorch with the same weights.

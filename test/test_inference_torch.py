@@ -1,4 +1,5 @@
-"""Depth Anything V2 in PyTorch: configs, official .pth mapping, HF folders, the torch backend.
+"""
+Depth Anything V2 in PyTorch: configs, official .pth mapping, HF folders, the torch backend.
 
 Every model here has random (untrained) weights; outputs are compared with each other, never
 presented as depth.
@@ -22,7 +23,8 @@ TINY = torch_model.VARIANTS['tiny']
 
 def official_state_dict(dim, depth, neck, features, head=32, positions=1370, seed=0,
                         device='cpu'):
-    """Write a state dict in the layout of github.com/DepthAnything/Depth-Anything-V2.
+    """
+    Write a state dict in the layout of github.com/DepthAnything/Depth-Anything-V2.
 
     Written from the official modules (depth_anything_v2/dpt.py, dinov2.py, util/blocks.py),
     not derived from the transformers model: DINOv2 with fused qkv and LayerScale 'gamma',

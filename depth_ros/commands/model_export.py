@@ -1,4 +1,5 @@
-"""`depth-ros model export`: Depth Anything V2 checkpoint -> ONNX at a fixed input size.
+"""
+`depth-ros model export`: Depth Anything V2 checkpoint -> ONNX at a fixed input size.
 
 Examples::
 

@@ -1,4 +1,5 @@
-"""Depth Anything V2 backends behind one interface (see depth_ros/inference/base.py).
+"""
+Depth Anything V2 backends behind one interface (see depth_ros/inference/base.py).
 
 ``load_depth_model(path_or_id, backend=...)`` returns a DepthModel whose ``predict(bgr)`` maps
 an [H, W, 3] uint8 BGR image to an [H, W] float32 relative inverse depth. Every backend is
@@ -16,7 +17,8 @@ __all__ = ['BACKENDS', 'load_depth_model', 'resolve_demo_model']
 
 def load_depth_model(path_or_id: str, backend: str = 'onnxruntime',
                      input_size: Optional[Tuple[int, int]] = None, **options):
-    """Load a Depth Anything V2 model behind the DepthModel interface.
+    """
+    Load a Depth Anything V2 model behind the DepthModel interface.
 
     :param path_or_id: per backend:
         - 'onnxruntime': an .onnx file (its fixed input size is used);

@@ -1,4 +1,5 @@
-"""Depth Anything V2 checkpoint -> ONNX at a fixed input size, and the demo's model resolver.
+"""
+Depth Anything V2 checkpoint -> ONNX at a fixed input size, and the demo's model resolver.
 
 The graph has one input ``image`` [1, 3, h, w] float32 (normalised RGB, as
 depth_ros.core.preprocess.prepare_input makes it) and one output ``relative_disparity``
@@ -99,7 +100,8 @@ def _eager_attention(model):
 def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
                 opset: int = DEFAULT_OPSET, metadata: Optional[Dict[str, str]] = None,
                 show_progress: bool = True) -> str:
-    """Export a ``DepthAnythingForDepthEstimation`` to ONNX at a fixed size; returns ``path``.
+    """
+    Export a ``DepthAnythingForDepthEstimation`` to ONNX at a fixed size; returns ``path``.
 
     :param input_size: (width, height), positive multiples of 14.
     :param opset: ONNX opset, >= 17.
@@ -149,7 +151,8 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
 
 
 def save_atomic(proto, path: str) -> None:
-    """Save an ONNX ModelProto to a temporary file in the target folder, then rename it.
+    """
+    Save an ONNX ModelProto to a temporary file in the target folder, then rename it.
 
     A crash or error never leaves a half-written model at ``path``, nor a stray temporary.
     """
@@ -198,7 +201,8 @@ def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] =
                       random_weights: bool = False, seed: int = 0,
                       input_size: Tuple[int, int] = DEFAULT_SIZE, opset: int = DEFAULT_OPSET,
                       cache_dir: Optional[str] = None, show_progress: bool = True) -> dict:
-    """Load a checkpoint (or build random weights when asked) and export it; returns its info.
+    """
+    Load a checkpoint (or build random weights when asked) and export it; returns its info.
 
     Exactly one of ``source`` and ``random_weights`` (with ``variant``) must be given.
     """
@@ -269,7 +273,8 @@ def resolve_demo_model(model: Optional[str] = None, cache_dir: Optional[str] = N
                        input_size: Tuple[int, int] = DEFAULT_SIZE, models_dir: str = 'models',
                        seed: int = 0, timeout_s: float = 3.0,
                        hub_cache_dir: Optional[str] = None) -> Tuple[str, str, bool]:
-    """Find or make an ONNX file for the demo: returns (onnx_path, description, trained).
+    """
+    Find or make an ONNX file for the demo: returns (onnx_path, description, trained).
 
     ``model`` may be an .onnx file, a checkpoint folder, an official .pth or a hub id. With
     None: a local ViT-S checkpoint (hub cache, then ``models_dir``), else a download of

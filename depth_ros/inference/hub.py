@@ -1,4 +1,5 @@
-"""Hugging Face Hub access: offline detection in seconds, cached look-up, download with progress.
+"""
+Hugging Face Hub access: offline detection in seconds, cached look-up, download with progress.
 
 Being offline must be found quickly: ``HF_HUB_OFFLINE`` is honoured, and before any download a
 TCP connect to the hub endpoint with a short timeout (3 s) decides whether to try at all, so a
@@ -48,7 +49,8 @@ def endpoint() -> str:
 
 def check_reachable(timeout_s: float = CONNECT_TIMEOUT_S,
                     url: Optional[str] = None) -> Tuple[bool, str]:
-    """Try a TCP connection to the hub within ``timeout_s``; return (ok, reason).
+    """
+    Try a TCP connection to the hub within ``timeout_s``; return (ok, reason).
 
     DNS failures and refused connections answer at once; a silent network costs at most
     ``timeout_s``.
@@ -80,7 +82,8 @@ def _require_hub():
 
 
 def find_cached(repo_id: str, cache_dir: Optional[str] = None) -> Optional[str]:
-    """Return the cached snapshot folder of ``repo_id`` (config.json + safetensors), or None.
+    """
+    Return the cached snapshot folder of ``repo_id`` (config.json + safetensors), or None.
 
     Never touches the network.
     """
@@ -103,7 +106,8 @@ def find_cached(repo_id: str, cache_dir: Optional[str] = None) -> Optional[str]:
 
 def download(repo_id: str, cache_dir: Optional[str] = None, revision: Optional[str] = None,
              timeout_s: float = CONNECT_TIMEOUT_S) -> str:
-    """Return a local folder of a hub checkpoint: cached, else downloaded with progress.
+    """
+    Return a local folder of a hub checkpoint: cached, else downloaded with progress.
 
     :raises HubUnavailable: offline mode or unreachable hub, and the checkpoint is not cached.
     :raises ValueError: ``repo_id`` is not an 'owner/name' id.

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: runs an ONNX file exported by depth_ros.inference.export.
+"""
+ONNX Runtime backend: runs an ONNX file exported by depth_ros.inference.export.
 
 The input size is read from the model's static input shape [1, 3, h, w]. Pre- and
 post-processing are DepthModel.predict's (depth_ros.core.preprocess).
@@ -22,7 +23,8 @@ def _first_line(exc: Exception) -> str:
 
 
 class OnnxDepthModel(DepthModel):
-    """Depth Anything V2 through ONNX Runtime.
+    """
+    Depth Anything V2 through ONNX Runtime.
 
     :param path: .onnx file with one input [1, 3, h, w] float32 and one output [1, h, w].
     :param providers: execution providers, default ['CPUExecutionProvider'].

@@ -1,4 +1,5 @@
-"""Depth Anything V2 in PyTorch (transformers): configs, weights, and the reference backend.
+"""
+Depth Anything V2 in PyTorch (transformers): configs, weights, and the reference backend.
 
 The network is transformers' ``DepthAnythingForDepthEstimation``. The configs below equal those
 of the official checkpoints on the Hugging Face Hub (depth-anything/Depth-Anything-V2-*-hf).
@@ -111,7 +112,8 @@ def variant_of_config(config) -> str:
 
 
 def build_model(variant: str = 'vits', seed: Optional[int] = None):
-    """Build a ``DepthAnythingForDepthEstimation`` with random (untrained) weights, eval mode.
+    """
+    Build a ``DepthAnythingForDepthEstimation`` with random (untrained) weights, eval mode.
 
     :param seed: seeds torch's generator for reproducible weights; None leaves it alone.
     Untrained output is not a depth estimate: use it for pipeline tests only.
@@ -144,7 +146,8 @@ def _backbone_layer_names(target_keys) -> Dict[str, str]:
 
 
 def official_key_map(num_layers: int, target_keys=()) -> Dict[str, str]:
-    """Map official Depth-Anything-V2 parameter names to transformers names.
+    """
+    Map official Depth-Anything-V2 parameter names to transformers names.
 
     The fused ``attn.qkv`` tensors are not in the map: :func:`convert_official_state_dict`
     splits them into query, key and value.
@@ -221,7 +224,8 @@ def infer_official_variant(state_dict, name: str = 'checkpoint') -> str:
 
 def convert_official_state_dict(state_dict, target_keys, num_layers: int,
                                 name: str = 'checkpoint') -> dict:
-    """Rename an official state dict to transformers names; strict about every key.
+    """
+    Rename an official state dict to transformers names; strict about every key.
 
     :param target_keys: the transformers model's state-dict keys.
     :raises ValueError: naming ``name`` on missing or unexpected keys.
@@ -265,7 +269,8 @@ def _few(keys: List[str], n: int = 5) -> str:
 
 
 def load_official_pth(path: str):
-    """Load an official ``depth_anything_v2_vit*.pth``; returns (model, variant).
+    """
+    Load an official ``depth_anything_v2_vit*.pth``; returns (model, variant).
 
     Uses ``torch.load(weights_only=True)``: a file that holds anything but tensors is refused,
     never unpickled as code.
@@ -307,7 +312,8 @@ def load_official_pth(path: str):
 
 
 def load_hf_folder(folder: str):
-    """Load a Hugging Face checkpoint folder (config.json + model.safetensors).
+    """
+    Load a Hugging Face checkpoint folder (config.json + model.safetensors).
 
     Returns (model, variant). Only safetensors weights are read.
     """
@@ -379,7 +385,8 @@ def weights_file(source: str) -> Optional[str]:
 
 
 def load_checkpoint(source: str, cache_dir: Optional[str] = None):
-    """Load weights from a folder, an official .pth, or a hub id. Returns (model, info).
+    """
+    Load weights from a folder, an official .pth, or a hub id. Returns (model, info).
 
     ``info`` has 'variant', 'source' (what was asked for), 'path' (local file or folder) and
     'sha256' (of the weights file).
@@ -407,7 +414,8 @@ def load_checkpoint(source: str, cache_dir: Optional[str] = None):
 
 
 class TorchDepthModel(DepthModel):
-    """The PyTorch reference backend.
+    """
+    The PyTorch reference backend.
 
     :param model: a ``DepthAnythingForDepthEstimation`` (moved to ``device``/``dtype`` here).
     :param device: torch device the caller chose, e.g. 'cpu' or 'cuda:0'.
