@@ -15,7 +15,7 @@ onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from depth_ros.inference import export, hub, torch_model  # noqa: E402
+from depth_ros.inference import export, hub, torch_model  # noqa: E402, I100, I202
 
 torch.set_num_threads(1)
 
@@ -78,8 +78,14 @@ def test_export_argument_errors(tmp_path):
     with pytest.raises(ValueError, match=r'input `height` must be a positive multiple of 14, '
                                          r'got 300'):
         export.export_onnx(model, str(tmp_path / 'a.onnx'), input_size=(518, 300))
-    with pytest.raises(ValueError, match=r'`opset` must be an integer >= 17 .*got 13'):
-        export.export_onnx(model, str(tmp_path / 'a.onnx'), opset=13)
+    top = export.max_opset()
+    for bad in (13, 15, top + 1, '17', True):
+        want = ('`opset` must be an integer from 16 to {} (16: LayerNorm decomposed, for '
+                'TensorRT < 8.6; >= 17: one LayerNormalization node), got {!r}'.format(top, bad))
+        with pytest.raises(ValueError) as info:
+            export.export_onnx(model, str(tmp_path / 'a.onnx'), opset=bad)
+        assert str(info.value) == want, 'expected {!r}, received {!r}'.format(
+            want, str(info.value))
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -135,7 +141,9 @@ def test_cli_export_errors(tmp_path, capsys):
     assert main(['model', 'export', '--random-weights', '--opset', '13',
                  '--out', str(tmp_path / 'x.onnx')]) == 2
     err = capsys.readouterr().err
-    assert '--opset must be >= 17 (LayerNormalization as one node), got 13' in err, err
+    want = ('--opset must be an integer from 16 to {} (16: LayerNorm decomposed, for TensorRT '
+            '< 8.6; >= 17: one LayerNormalization node), got 13'.format(export.max_opset()))
+    assert want in err, 'expected {!r} in {!r}'.format(want, err)
     assert main(['model', 'export', '--checkpoint', str(tmp_path / 'none.pth'),
                  '--out', str(tmp_path / 'x.onnx')]) == 2
     err = capsys.readouterr().err
@@ -143,7 +151,153 @@ def test_cli_export_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: --checkpoint and --random-weights exclusive
         main(['model', 'export', '--checkpoint', str(folder), '--random-weights',
               '--out', str(tmp_path / 'x.onnx')])
+    with pytest.raises(SystemExit):  # argparse choices
+        main(['model', 'export', '--random-weights', '--target', 'tensorrt7',
+              '--out', str(tmp_path / 'x.onnx')])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tensorrt7'" in err, err
     assert not os.path.exists(str(tmp_path / 'x.onnx'))
+
+
+# ------------------------------------------------------------------------------------------
+# Opset 16 for TensorRT 8.5 (JetPack 5.1): no LayerNormalization node, LayerNorm pinned to FP32
+
+# ONNX op -> the TensorRT layer type its ONNX parser importer creates (TensorRT 8.5 docs).
+TRT_LAYER_TYPE = {'ReduceMean': 'REDUCE', 'Sub': 'ELEMENTWISE', 'Pow': 'ELEMENTWISE',
+                  'Add': 'ELEMENTWISE', 'Div': 'ELEMENTWISE', 'Mul': 'ELEMENTWISE',
+                  'Sqrt': 'UNARY', 'Erf': 'UNARY', 'Softmax': 'SOFTMAX', 'MatMul':
+                  'MATRIX_MULTIPLY', 'Conv': 'CONVOLUTION', 'Relu': 'ACTIVATION',
+                  'LayerNormalization': 'NORMALIZATION'}
+
+
+@pytest.fixture(scope='module')
+def tiny_export16(tmp_path_factory, tiny_export):
+    model, _ = tiny_export
+    path = str(tmp_path_factory.mktemp('export16') / 'tiny16.onnx')
+    export.export_onnx(model, path, input_size=SIZE, opset=16, show_progress=False)
+    return model, path
+
+
+def find_layernorms(graph):
+    """
+    Find decomposed LayerNorms by their data flow alone (node names are not looked at).
+
+    x -> ReduceMean -> Sub(x, mean) -> Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div(Sub, Sqrt)
+    -> Mul(weight) -> Add(bias). Returns one list of 9 nodes per LayerNorm.
+    """
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    def only(tensor, op_type):
+        found = [n for n in consumers[tensor] if n.op_type == op_type]
+        return found[0] if len(found) == 1 else None
+
+    norms = []
+    for mean in (n for n in graph.node if n.op_type == 'ReduceMean'):
+        sub = only(mean.output[0], 'Sub')
+        if sub is None or list(sub.input) != [mean.input[0], mean.output[0]]:
+            continue
+        chain = [mean, sub]
+        tensor = sub.output[0]
+        for op_type in ('Pow', 'ReduceMean', 'Add', 'Sqrt', 'Div', 'Mul', 'Add'):
+            node = only(tensor, op_type)
+            if node is None:
+                break
+            chain.append(node)
+            tensor = node.output[0]
+        if len(chain) == 9 and list(chain[6].input) == [sub.output[0], chain[5].output[0]]:
+            norms.append(chain)
+    return norms
+
+
+def test_opset16_graph_has_decomposed_layernorm_pinned_to_fp32(tiny_export16):
+    from depth_ros.inference.tensorrt.builder import keep_fp32
+
+    model, path = tiny_export16
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    opset = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
+    assert opset == [16], 'expected opset [16], received {}'.format(opset)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    # TensorRT 8.5's ONNX parser has importers for neither.
+    assert ops['LayerNormalization'] == 0 and ops['IsNaN'] == 0, dict(ops)
+    backbone = model.config.backbone_config
+    want = 2 * backbone.num_hidden_layers + len(backbone.out_indices)  # norm1/2 + output taps
+    norms = find_layernorms(proto.graph)
+    assert len(norms) == want, 'expected {} decomposed LayerNorms, received {}'.format(
+        want, len(norms))
+    assert ops['ReduceMean'] == 2 * want and ops['Sqrt'] == want, dict(ops)
+    pinned = {n.name for n in proto.graph.node
+              if n.op_type in TRT_LAYER_TYPE and keep_fp32(n.name, TRT_LAYER_TYPE[n.op_type])}
+    ln_nodes = {n.name for chain in norms for n in chain}
+    missing = sorted(ln_nodes - pinned)
+    assert not missing, 'LayerNorm nodes the builder would leave in FP16: {}'.format(missing[:5])
+    softmax = {n.name for n in proto.graph.node if n.op_type == 'Softmax'}
+    assert pinned == ln_nodes | softmax, 'pinned beyond LayerNorm/Softmax: {}'.format(
+        sorted(pinned - ln_nodes - softmax)[:5])
+    assert len(pinned) == 9 * want + backbone.num_hidden_layers, len(pinned)
+    assert all('/norm1/' in c[0].name or '/norm2/' in c[0].name or '/layernorm' in c[0].name
+               for c in norms), [c[0].name for c in norms]
+
+
+def test_opset_and_exporter_in_metadata(tiny_export, tiny_export16):
+    got = [{k: export.read_metadata(p)[k] for k in ('opset', 'exporter')}
+           for p in (tiny_export[1], tiny_export16[1])]
+    want = [{'opset': '17', 'exporter': 'dynamo'}, {'opset': '16', 'exporter': 'torchscript'}]
+    assert got == want, 'expected {}, received {}'.format(want, got)
+
+
+def test_opset16_onnxruntime_matches_torch_and_opset17(tiny_export, tiny_export16):
+    model, path16 = tiny_export16
+    x = np.random.default_rng(2).standard_normal((1, 3, 42, 56)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x)).predicted_depth.numpy()
+    out = {}
+    for opset, path in ((16, path16), (17, tiny_export[1])):
+        sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        out[opset] = sess.run(None, {'image': x})[0]
+    scale = np.abs(ref).max()
+    err_torch = np.abs(out[16] - ref).max() / scale
+    err_17 = np.abs(out[16] - out[17]).max() / scale
+    assert out[16].shape == (1, 42, 56) and err_torch < 1e-4 and err_17 < 1e-4, \
+        'shape {}, max relative error vs torch {}, vs opset 17 {} (expected < 1e-4)'.format(
+            out[16].shape, err_torch, err_17)
+
+
+def test_resolve_opset_targets_and_explicit_opset_wins(caplog):
+    got = {t: export.resolve_opset(target=t)
+           for t in ('tensorrt8.5', 'tensorrt8.6', 'tensorrt10', 'onnxruntime')}
+    want = {'tensorrt8.5': 16, 'tensorrt8.6': 17, 'tensorrt10': 17, 'onnxruntime': 17}
+    assert got == want, 'expected {}, received {}'.format(want, got)
+    assert export.resolve_opset() == 17
+    assert export.resolve_opset(16) == 16
+    assert export.resolve_opset(16, 'tensorrt8.5') == 16 and not caplog.records
+    assert export.resolve_opset(17, 'tensorrt8.5') == 17
+    assert 'opset 17 overrides target tensorrt8.5 (opset 16): TensorRT 8.5 cannot parse the ' \
+        'LayerNormalization node' in caplog.text, caplog.text
+    assert (export.exporter_for(16), export.exporter_for(17)) == ('torchscript', 'dynamo')
+    with pytest.raises(ValueError) as info:
+        export.resolve_opset(target='tensorrt7')
+    want = ("`target` must be one of onnxruntime, tensorrt10, tensorrt8.5, tensorrt8.6, "
+            "got 'tensorrt7'")
+    assert str(info.value) == want, 'expected {!r}, received {!r}'.format(want, str(info.value))
+
+
+def test_cli_target_tensorrt85_writes_opset16(tmp_path):
+    from depth_ros.cli import main
+    out = str(tmp_path / 'trt85.onnx')
+    rc = main(['model', 'export', '--variant', 'tiny', '--random-weights', '--target',
+               'tensorrt8.5', '--width', '28', '--height', '28', '--out', out])
+    assert rc == 0
+    proto = onnx.load(out)
+    opset = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
+    ops = {n.op_type for n in proto.graph.node}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    got = (opset, 'LayerNormalization' in ops, meta['opset'], meta['exporter'], meta['target'])
+    want = ([16], False, '16', 'torchscript', 'tensorrt8.5')
+    assert got == want, 'expected {}, received {}'.format(want, got)
 
 
 # ------------------------------------------------------------------------------------------

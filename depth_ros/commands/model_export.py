@@ -6,6 +6,9 @@ Examples::
     depth-ros model export --checkpoint depth-anything/Depth-Anything-V2-Small-hf --out m.onnx
     depth-ros model export --checkpoint models/depth_anything_v2_vits.pth --out m.onnx
     depth-ros model export --variant vits --random-weights --out untrained.onnx
+    # Jetson Xavier NX, JetPack 5.1 (TensorRT 8.5): opset 16, LayerNorm decomposed
+    depth-ros model export --checkpoint depth-anything/Depth-Anything-V2-Small-hf \
+        --target tensorrt8.5 --out da2_vits_518x294_op16.onnx
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ VARIANT_CHOICES = ('vits', 'vitb', 'vitl', 'tiny')
 
 def register(subparsers) -> None:
     """Add the `export` action to the `model` sub-command."""
+    # export.py imports torch only inside its functions, so --help stays light.
+    from depth_ros.inference.export import TARGET_OPSETS
+
     parser = subparsers.add_parser(
         'export', help='export Depth Anything V2 to ONNX (fixed input size)',
         description='Load a Depth Anything V2 checkpoint (Hugging Face folder, hub id or '
@@ -41,8 +47,15 @@ def register(subparsers) -> None:
                         help='model input width (multiple of 14)')
     parser.add_argument('--height', type=int, default=294,
                         help='model input height (multiple of 14)')
-    parser.add_argument('--opset', type=int, default=17,
-                        help='ONNX opset (>= 17: LayerNormalization as one node)')
+    parser.add_argument('--target', choices=sorted(TARGET_OPSETS), default=None,
+                        help='what will run the ONNX: tensorrt8.5 (JetPack 5.1) -> opset 16, '
+                             'LayerNorm decomposed (TensorRT parses the LayerNormalization '
+                             'node only from 8.6); tensorrt8.6/tensorrt10 (JetPack 6) and '
+                             'onnxruntime -> opset 17; with neither this nor --opset: 17')
+    parser.add_argument('--opset', type=int, default=None,
+                        help='ONNX opset, overrides --target: 16 (LayerNorm decomposed, '
+                             'TorchScript exporter) or >= 17 (one LayerNormalization node, '
+                             'dynamo exporter)')
     parser.add_argument('--cache-dir', default=None,
                         help='Hugging Face cache for hub downloads (default: the HF default)')
     parser.set_defaults(func=run)
@@ -51,23 +64,23 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Run the export; errors surface as ValueError/FileNotFoundError/ImportError."""
     from depth_ros.core.preprocess import check_input_size
-    from depth_ros.inference.export import export_checkpoint
+    from depth_ros.inference.export import (check_opset, export_checkpoint, exporter_for,
+                                            resolve_opset)
 
-    # Validate cheap arguments before loading torch.
+    # Validate the arguments before loading a checkpoint.
     check_input_size(args.width, args.height)
-    if args.opset < 17:
-        raise ValueError('--opset must be >= 17 (LayerNormalization as one node), got {}'
-                         .format(args.opset))
     if not args.out.endswith('.onnx'):
         raise ValueError('--out must name an .onnx file, got {!r}'.format(args.out))
+    opset = check_opset(resolve_opset(args.opset, args.target), name='--opset')
     info = export_checkpoint(
         args.checkpoint, args.out, variant=args.variant, random_weights=args.random_weights,
-        seed=args.seed, input_size=(args.width, args.height), opset=args.opset,
-        cache_dir=args.cache_dir)
+        seed=args.seed, input_size=(args.width, args.height), opset=opset,
+        cache_dir=args.cache_dir, target=args.target)
     if args.random_weights:
         LOG.warning('%s holds an UNTRAINED %s network (random weights, seed %d): its output '
                     'is not a depth estimate', args.out, info['variant'], args.seed)
-    LOG.info('exported %s (%s, source sha256 %s) at %dx%d to %s', info['source'],
-             info['variant'], info['sha256'][:16], args.width, args.height, args.out)
+    LOG.info('exported %s (%s, source sha256 %s) at %dx%d, opset %d (%s exporter), to %s',
+             info['source'], info['variant'], info['sha256'][:16], args.width, args.height,
+             opset, exporter_for(opset), args.out)
     LOG.info('next, on the Jetson: depth-ros model build --onnx %s --precision fp16', args.out)
     return 0

@@ -4,17 +4,29 @@ Depth Anything V2 checkpoint -> ONNX at a fixed input size, and the demo's model
 The graph has one input ``image`` [1, 3, h, w] float32 (normalised RGB, as
 depth_ros.core.preprocess.prepare_input makes it) and one output ``relative_disparity``
 [1, h, w] float32. The size is fixed (a multiple of 14) because TensorRT builds its fastest
-engines for static shapes. The default opset 17 is the first with LayerNormalization as one
-node, which TensorRT 8.5 (JetPack 5) parses and can keep in FP32.
+engines for static shapes.
 
-Export uses torch's dynamo exporter (torch.export + onnxscript): its graphs have no
-Shape/Gather/Constant clutter. The DINOv2 attention is switched to the eager implementation
-for export so that it becomes plain MatMul-Softmax-MatMul, without the NaN guards that the
-scaled-dot-product decomposition inserts.
+Two opsets, for two kinds of consumer:
+
+- opset >= 17 (default; ONNX Runtime, TensorRT >= 8.6, JetPack 6): torch's dynamo exporter
+  (torch.export + onnxscript). LayerNorm is one LayerNormalization node and the graph has no
+  Shape/Gather/Constant clutter.
+- opset 16 (TensorRT 8.5, JetPack 5.1): TensorRT's ONNX parser has no LayerNormalization
+  importer before 8.6 (``No importer registered for op: LayerNormalization``), so the
+  TorchScript exporter writes LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add.
+  Its node names keep the module path (``/net/backbone/encoder/layer.0/norm1/ReduceMean``),
+  which is how the TensorRT builder finds those nodes and keeps them in FP32 (the variance
+  overflows FP16).
+
+In both, the DINOv2 attention is switched to the eager implementation for export so that it
+becomes plain MatMul-Softmax-MatMul, without the IsNaN guards that the scaled-dot-product
+decomposition inserts (TensorRT 8.5 has no IsNaN importer either).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
+import io
 import logging
 import os
 import tempfile
@@ -29,7 +41,13 @@ LOG = logging.getLogger('depth_ros.inference.export')
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'relative_disparity'
 DEFAULT_OPSET = 17
-MIN_OPSET = 17  # LayerNormalization is a single node from opset 17
+MIN_OPSET = 16  # LayerNorm decomposed; the oldest opset TensorRT 8.5 needs
+LAYERNORM_OPSET = 17  # LayerNormalization is a single node from opset 17
+# --target -> opset. TensorRT parses the LayerNormalization node from 8.6 (JetPack 6.0 ships
+# 8.6, JetPack 6.1+ ships 10); JetPack 5.1 ships 8.5.2.
+TARGET_OPSETS = {'tensorrt8.5': 16, 'tensorrt8.6': 17, 'tensorrt10': 17, 'onnxruntime': 17}
+EXPORTER_DYNAMO = 'dynamo'
+EXPORTER_TORCHSCRIPT = 'torchscript'
 
 
 @contextlib.contextmanager
@@ -97,6 +115,82 @@ def _eager_attention(model):
                     pass
 
 
+def max_opset() -> int:
+    """Return the highest opset both the installed torch exporter and onnx support."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError('ONNX export needs torch, onnx and onnxscript: install '
+                          'depth_ros[export] ({})'.format(exc))
+
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as torch_max
+    except ImportError:  # private module moved: trust onnx
+        torch_max = onnx.defs.onnx_opset_version()
+    return int(min(torch_max, onnx.defs.onnx_opset_version()))
+
+
+def check_opset(opset, name: str = '`opset`', maximum: Optional[int] = None) -> int:
+    """
+    Validate an ONNX opset for export and return it.
+
+    :param name: how the error names the value (``--opset`` on the command line).
+    :param maximum: highest allowed opset; None asks the installed torch/onnx (imports torch).
+    """
+    if maximum is None:
+        maximum = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not \
+            MIN_OPSET <= opset <= maximum:
+        raise ValueError('{} must be an integer from {} to {} (16: LayerNorm decomposed, for '
+                         'TensorRT < 8.6; >= 17: one LayerNormalization node), got {!r}'
+                         .format(name, MIN_OPSET, maximum, opset))
+    return opset
+
+
+def resolve_opset(opset: Optional[int] = None, target: Optional[str] = None) -> int:
+    """
+    Return the opset to export at: ``opset`` when given (it wins), else the target's.
+
+    :param target: one of TARGET_OPSETS ('tensorrt8.5' -> 16; 'tensorrt8.6', 'tensorrt10',
+        'onnxruntime' -> 17); None: DEFAULT_OPSET.
+    """
+    if target is not None and target not in TARGET_OPSETS:
+        raise ValueError('`target` must be one of {}, got {!r}'.format(
+            ', '.join(sorted(TARGET_OPSETS)), target))
+    if opset is not None:
+        if target is not None and TARGET_OPSETS[target] != opset:
+            LOG.warning('opset %s overrides target %s (opset %d)%s', opset, target,
+                        TARGET_OPSETS[target],
+                        ': TensorRT 8.5 cannot parse the LayerNormalization node'
+                        if target == 'tensorrt8.5' else '')
+        return opset
+    if target is not None:
+        return TARGET_OPSETS[target]
+    return DEFAULT_OPSET
+
+
+def exporter_for(opset: int) -> str:
+    """Return which torch exporter serves an opset: 'dynamo' (>= 17) or 'torchscript' (16)."""
+    return EXPORTER_DYNAMO if opset >= LAYERNORM_OPSET else EXPORTER_TORCHSCRIPT
+
+
+def _export_torchscript(module, dummy, opset: int):
+    """Export with the TorchScript (tracing) exporter; returns the ModelProto."""
+    import onnx
+    import torch
+
+    kwargs = {}
+    # torch >= 2.5 takes `dynamo` (its default became True in 2.9); older torch, as found on
+    # Jetsons, only has the TorchScript exporter and rejects the keyword.
+    if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
+        kwargs['dynamo'] = False
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (dummy,), buffer, input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], opset_version=opset,
+                      do_constant_folding=True, verbose=False, **kwargs)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
 def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
                 opset: int = DEFAULT_OPSET, metadata: Optional[Dict[str, str]] = None,
                 show_progress: bool = True) -> str:
@@ -104,15 +198,15 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     Export a ``DepthAnythingForDepthEstimation`` to ONNX at a fixed size; returns ``path``.
 
     :param input_size: (width, height), positive multiples of 14.
-    :param opset: ONNX opset, >= 17.
+    :param opset: ONNX opset: >= 17 (dynamo exporter, one LayerNormalization node: ONNX
+        Runtime, TensorRT >= 8.6) or 16 (TorchScript exporter, LayerNorm decomposed into nodes
+        named after their norm module: TensorRT 8.5). See resolve_opset for targets.
     :param metadata: extra metadata_props, e.g. variant and source checkpoint hash.
     The file is written to a temporary name in the same folder and renamed into place, so a
-    crash never leaves a half-written model behind.
+    crash never leaves a half-written model behind. metadata_props record the opset and the
+    exporter.
     """
     width, height = check_input_size(*input_size)
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError('`opset` must be an integer >= {} (LayerNormalization as one node), '
-                         'got {!r}'.format(MIN_OPSET, opset))
     if not isinstance(path, str) or not path:
         raise ValueError('`path` must be a file path, got {!r}'.format(path))
     try:
@@ -121,26 +215,37 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     except ImportError as exc:
         raise ImportError('ONNX export needs torch, onnx and onnxscript: install '
                           'depth_ros[export] ({})'.format(exc))
+    check_opset(opset)
+    exporter = exporter_for(opset)
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     model = model.eval()
     dummy = torch.zeros(1, 3, height, width, dtype=torch.float32)
     t0 = time.perf_counter()
-    LOG.info('exporting ONNX at %dx%d (opset %d) to %s', width, height, opset, path)
+    LOG.info('exporting ONNX at %dx%d (opset %d, %s exporter) to %s', width, height, opset,
+             exporter, path)
     with _eager_attention(model), torch.no_grad(), \
             progress('exporting ONNX {}x{}'.format(width, height), show_progress), \
             _quiet_exporter():
-        program = torch.onnx.export(
-            _ExportWrapper.wrap(model), (dummy,), None, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True, verbose=False)
-        proto = program.model_proto
+        module = _ExportWrapper.wrap(model)
+        if exporter == EXPORTER_DYNAMO:
+            program = torch.onnx.export(
+                module, (dummy,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=opset, dynamo=True, verbose=False)
+            proto = program.model_proto
+        else:
+            proto = _export_torchscript(module, dummy, opset)
     got = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if got and got[0] != opset:
         LOG.warning('exporter wrote opset %s instead of %s', got[0], opset)
+    ops = {n.op_type for n in proto.graph.node}
+    if 'IsNaN' in ops:  # eager attention should have removed them
+        LOG.warning('the graph holds IsNaN nodes, which TensorRT 8.5 cannot import')
     props = {'producer': 'depth_ros', 'model': 'Depth Anything V2',
              'input_size': '{}x{}'.format(width, height), 'input': INPUT_NAME,
-             'output': OUTPUT_NAME, 'torch': torch.__version__}
+             'output': OUTPUT_NAME, 'torch': torch.__version__,
+             'opset': str(got[0] if got else opset), 'exporter': exporter}
     props.update({str(k): str(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
@@ -200,11 +305,14 @@ def read_metadata(path: str) -> Dict[str, str]:
 def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] = None,
                       random_weights: bool = False, seed: int = 0,
                       input_size: Tuple[int, int] = DEFAULT_SIZE, opset: int = DEFAULT_OPSET,
-                      cache_dir: Optional[str] = None, show_progress: bool = True) -> dict:
+                      cache_dir: Optional[str] = None, show_progress: bool = True,
+                      target: Optional[str] = None) -> dict:
     """
     Load a checkpoint (or build random weights when asked) and export it; returns its info.
 
     Exactly one of ``source`` and ``random_weights`` (with ``variant``) must be given.
+    ``target`` (e.g. 'tensorrt8.5') is only recorded in the metadata; resolve_opset maps it
+    to ``opset``.
     """
     from depth_ros.inference import torch_model
 
@@ -227,6 +335,8 @@ def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] =
     meta = {'variant': info['variant'], 'source': info['source'],
             'source_sha256': info['sha256'], 'trained': info['trained'],
             'license': torch_model.LICENSES.get(info['variant'], 'see the checkpoint')}
+    if target:
+        meta['target'] = target
     export_onnx(model, path, input_size=input_size, opset=opset, metadata=meta,
                 show_progress=show_progress)
     return dict(info, path=path)
