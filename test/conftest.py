@@ -2,7 +2,7 @@
 
 - Every pytest session picks its own ROS_DOMAIN_ID (from the process id) and localhost-only
   discovery, so parallel runs on one machine and other machines on the network never see each
-  other's topics. Child processes inherit it.
+  other's topics, and config/fastdds_large_messages.xml. Child processes inherit them.
 - :class:`NodeProcess` starts a node executable as a separate process with the same params file
   as the launch file, and keeps its output for assertions.
 - :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
@@ -20,6 +20,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'config', 'zed_depth.yaml')
+FASTDDS_PROFILE = os.path.join(ROOT, 'config', 'fastdds_large_messages.xml')
 
 # Domain ids 1..101 keep Fast DDS ports in range; 0 is the default everyone else uses.
 _DOMAIN = str(1 + os.getpid() % 100)
@@ -31,6 +32,11 @@ def _ros_env(env):
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'  # Jazzy and later (the PyPI wheels)
     env.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')
     env['PYTHONUNBUFFERED'] = '1'
+    # The deployment's Fast DDS profile: shared-memory segments big enough for whole images.
+    # Without it, best-effort messages over ~0.5 MB travel as UDP fragments and get lost
+    # whenever the machine is busy.
+    if not env.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
+        env.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', FASTDDS_PROFILE)
     return env
 
 

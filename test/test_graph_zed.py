@@ -25,7 +25,7 @@ def pipeline(probe, node_processes):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     zed = NodeProcess('zed_node', params={
-        'source': 'sample', 'fps': 8.0, 'drop_after': 12, 'outage_s': 1.5,
+        'source': 'sample', 'fps': 8.0, 'drop_after': 48, 'outage_s': 2.5,
         'retry_initial_s': 0.1, 'retry_max_s': 0.4, 'log_throttle_s': 0.0},
         extra_ros_args=['-r', '__ns:=/zed'])
     depth = NodeProcess('depth_node', params={'backend': 'standin', 'standin_latency_ms': 20.0},
@@ -46,7 +46,8 @@ def pipeline(probe, node_processes):
     p.conf = probe.subscribe(Image, ZED + '/confidence/confidence_map')
     p.points = probe.subscribe(PointCloud2, '/alignment_node/points')
     p.diag = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 100))
-    ok = wait_until(lambda: len(p.points) >= 2, 40)
+    ok = wait_until(lambda: len(p.points) >= 2 and all(
+        len(c) for c in (p.image, p.info, p.stereo, p.conf)), 40)
     assert ok, 'no point cloud from the pipeline; logs:\n{}\n{}\n{}'.format(
         zed.output()[-2000:], depth.output()[-2000:], align.output()[-2000:])
     return p
