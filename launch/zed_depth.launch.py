@@ -13,7 +13,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -35,6 +35,8 @@ ARGUMENTS = (
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
      '(RViz on Humble subscribes reliable: the shipped .rviz file asks for best effort)'),
     ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml)'),
+    ('fastdds_profile', 'true', 'use config/fastdds_large_messages.xml (shared-memory segments '
+     'for whole images) unless a Fast DDS profile is already set in the environment'),
 )
 
 
@@ -63,6 +65,13 @@ def _nodes(context):
     image = zed + '/left/image_rect_color'
     qos = {'reliability': arg['reliability']}
     actions = []
+    profile = os.path.join(share, 'config', 'fastdds_large_messages.xml')
+    if _truthy(arg['fastdds_profile']) and os.path.exists(profile) and not (
+            os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE')
+            or os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')):
+        # Fast DDS 2.x (Humble) reads the first name, Fast DDS 3 the second.
+        actions += [SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', profile),
+                    SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)]
     if _truthy(arg['zed_node']):
         actions.append(Node(
             package=PACKAGE, executable='zed_node', name='zed_node', namespace=camera,

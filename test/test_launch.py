@@ -90,6 +90,10 @@ class _Recorder(object):
         self.args, self.kwargs = args, kwargs
 
 
+class _Env(_Recorder):
+    pass
+
+
 class _Config(object):
     values = {}
 
@@ -114,6 +118,7 @@ def _evaluate(monkeypatch, **overrides):
     fake['launch'].LaunchDescription = _Recorder
     fake['launch.actions'].DeclareLaunchArgument = _Recorder
     fake['launch.actions'].OpaqueFunction = _Recorder
+    fake['launch.actions'].SetEnvironmentVariable = _Env
     fake['launch.substitutions'].LaunchConfiguration = _Config
     fake['launch_ros.actions'].Node = _Recorder
     fake['ament_index_python.packages'].get_package_share_directory = lambda pkg: '/share/' + pkg
@@ -122,13 +127,18 @@ def _evaluate(monkeypatch, **overrides):
     spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    monkeypatch.setattr(module.os.path, 'exists', lambda path: True)
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
     description = module.generate_launch_description()
     declared = {a.args[0]: a.kwargs['default_value'] for a in description.args[0]
                 if isinstance(a, _Recorder) and a.args}
     values = dict(declared)
     values.update(overrides)
     monkeypatch.setattr(_Config, 'values', values)
-    return declared, module._nodes(None)
+    actions = module._nodes(None)
+    env = [a for a in actions if isinstance(a, _Env)]
+    return declared, [a for a in actions if not isinstance(a, _Env)], env
 
 
 def _params(node):
@@ -141,8 +151,11 @@ def _params(node):
 
 def test_launch_wiring_matches_the_nodes(monkeypatch):
     from depth_ros.ros import alignment_node, depth_node, zed_node
-    declared, nodes = _evaluate(monkeypatch, source='sample', backend='standin',
-                                marigold='true', rviz='true')
+    declared, nodes, env = _evaluate(monkeypatch, source='sample', backend='standin',
+                                     marigold='true', rviz='true')
+    assert [e.args for e in env] == [
+        ('FASTRTPS_DEFAULT_PROFILES_FILE', '/share/depth_ros/config/fastdds_large_messages.xml'),
+        ('FASTDDS_DEFAULT_PROFILES_FILE', '/share/depth_ros/config/fastdds_large_messages.xml')]
     assert {'source', 'path', 'backend', 'model', 'rviz', 'marigold', 'publish_tf'} <= \
         set(declared), 'received launch arguments {}'.format(sorted(declared))
     by_exe = {}
@@ -183,13 +196,14 @@ def test_launch_wiring_matches_the_nodes(monkeypatch):
 
 
 def test_launch_defaults_and_switches(monkeypatch):
-    _, nodes = _evaluate(monkeypatch)
+    _, nodes, _ = _evaluate(monkeypatch)
     exes = sorted(n.kwargs['executable'] for n in nodes)
     assert exes == ['alignment_node', 'depth_node', 'static_transform_publisher', 'zed_node'], \
         exes
-    _, nodes = _evaluate(monkeypatch, zed_node='false', publish_tf='false')
+    _, nodes, env = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
+                              fastdds_profile='false')
     exes = sorted(n.kwargs['executable'] for n in nodes)
-    assert exes == ['alignment_node', 'depth_node'], exes
+    assert exes == ['alignment_node', 'depth_node'] and env == [], (exes, env)
     with pytest.raises(ValueError, match="expected true or false, got 'maybe'"):
         _evaluate(monkeypatch, rviz='maybe')
 
