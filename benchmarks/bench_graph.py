@@ -20,13 +20,12 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'test'))
 sys.path.insert(0, ROOT)
 
 from conftest import NodeProcess, Probe, wait_until  # noqa: E402
+import numpy as np  # noqa: E402
 
 W, H = 1280, 720
 FRAME = 'zed_left_camera_optical_frame'

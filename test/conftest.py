@@ -1,4 +1,5 @@
-"""Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a test node.
+"""
+Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a test node.
 
 - Every pytest session picks its own ROS_DOMAIN_ID (from the process id) and localhost-only
   discovery, so parallel runs on one machine and other machines on the network never see each
@@ -76,16 +77,16 @@ class NodeProcess(object):
                                      env=_ros_env(dict(os.environ)), cwd=ROOT)
 
     def output(self):
-        """Everything the process wrote so far."""
+        """Return everything the process wrote so far."""
         with open(self.log.name, 'r', errors='replace') as f:
             return f.read()
 
     def wait_for_output(self, text, timeout=10.0):
-        """True once ``text`` appears in the output."""
+        """Wait until ``text`` appears in the output; return whether it did."""
         return wait_until(lambda: text in self.output(), timeout)
 
     def wait(self, timeout=30.0):
-        """Exit code, waiting up to ``timeout`` seconds."""
+        """Return the exit code, waiting up to ``timeout`` seconds."""
         return self.proc.wait(timeout)
 
     def stop(self):
@@ -100,7 +101,7 @@ class NodeProcess(object):
         self.log.close()
 
     def alive(self):
-        """Whether the process still runs."""
+        """Return whether the process still runs."""
         return self.proc.poll() is None
 
 
@@ -118,12 +119,12 @@ class Collector(object):
             self.times.append(time.time())
 
     def stamps(self):
-        """Stamps (ns) of the messages received so far."""
+        """List the received messages' header stamps in nanoseconds."""
         with self.lock:
             return [m.header.stamp.sec * 1000000000 + m.header.stamp.nanosec for m in self.msgs]
 
     def by_stamp(self, stamp_ns):
-        """The last message with this stamp, or None."""
+        """Return the last message with this stamp, or None."""
         with self.lock:
             for m in reversed(self.msgs):
                 if m.header.stamp.sec * 1000000000 + m.header.stamp.nanosec == stamp_ns:
@@ -157,27 +158,27 @@ class Probe(object):
             pass
 
     def qos(self, reliability='best_effort', depth=10):
-        """QoS matching the nodes' sensor-data default."""
+        """Return the QoS of the nodes' sensor-data default."""
         from depth_ros.ros.runtime import sensor_qos
         return sensor_qos(reliability, depth)
 
     def subscribe(self, msg_type, topic, qos=None):
-        """A Collector subscribed to ``topic``."""
+        """Subscribe a new Collector to ``topic`` and return it."""
         collector = Collector()
         collector.sub = self.node.create_subscription(msg_type, topic, collector,
                                                       qos or self.qos())
         return collector
 
     def publisher(self, msg_type, topic, qos=None):
-        """A publisher on ``topic``."""
+        """Create a publisher on ``topic``."""
         return self.node.create_publisher(msg_type, topic, qos or self.qos())
 
     def wait_for_subscribers(self, publisher, count=1, timeout=15.0):
-        """True once ``publisher`` has ``count`` matched subscriptions (discovery done)."""
+        """Wait until ``publisher`` has ``count`` matched subscriptions (discovery done)."""
         return wait_until(lambda: publisher.get_subscription_count() >= count, timeout)
 
     def wait_for_publishers(self, topic, count=1, timeout=15.0):
-        """True once ``topic`` has ``count`` publishers."""
+        """Wait until ``topic`` has ``count`` publishers."""
         return wait_until(lambda: self.node.count_publishers(topic) >= count, timeout)
 
     def close(self):
@@ -190,7 +191,7 @@ class Probe(object):
 
 @pytest.fixture(scope='module')
 def probe():
-    """A Probe test node shared by the tests of one module."""
+    """Provide a Probe test node shared by the tests of one module."""
     pytest.importorskip('rclpy', reason='rclpy is not installed (pip install depth_ros[ros])')
     p = Probe()
     yield p
@@ -199,7 +200,7 @@ def probe():
 
 @pytest.fixture(scope='module')
 def node_processes():
-    """A list to append NodeProcess objects to; all are stopped at the end of the module."""
+    """Provide a list for NodeProcess objects; all are stopped at the end of the module."""
     procs = []
     yield procs
     for p in procs:

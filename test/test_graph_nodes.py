@@ -1,4 +1,5 @@
-"""depth_node and alignment_node as processes on a real rclpy graph, fed by a test node.
+"""
+depth_node and alignment_node as processes on a real rclpy graph, fed by a test node.
 
 Both nodes start once for the module with config/zed_depth.yaml (the launch file's params)
 plus test overrides; depth_node runs the stand-in backend (not a model). The test node feeds

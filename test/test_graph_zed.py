@@ -1,4 +1,5 @@
-"""zed_node with a replay source, the three-node pipeline, and start-up failures, as processes.
+"""
+zed_node with a replay source, the three-node pipeline, and start-up failures, as processes.
 
 - The sample source (bundled Middlebury pair, SGBM depth) drives zed_node -> depth_node
   (stand-in backend, not a model) -> alignment_node, wired exactly as the launch file wires

@@ -1,4 +1,5 @@
-"""launch/zed_depth.launch.py: a real launch_pytest test, plus a wiring check that runs anywhere.
+"""
+launch/zed_depth.launch.py: a real launch_pytest test, plus a wiring check that runs anywhere.
 
 ``test_launch_sample_standin_publishes_cloud`` starts the launch file (source:=sample,
 backend:=standin) with launch_pytest and waits for the metric cloud. launch, launch_ros and
@@ -47,7 +48,7 @@ if launch_pytest is not None:
 
     @launch_pytest.fixture
     def zed_depth_launch():
-        """The product launch file on the bundled sample with the stand-in backend."""
+        """Launch the product launch file on the bundled sample with the stand-in backend."""
         return LaunchDescription([
             IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(_launch_file_path()),

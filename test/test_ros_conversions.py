@@ -1,4 +1,5 @@
-"""ros.conversions, ros.params, ros.runtime helpers and the stand-in backend, without a graph.
+"""
+ros.conversions, ros.params, ros.runtime helpers and the stand-in backend, without a graph.
 
 Message round trips use the real rclpy message classes (no node, no DDS traffic).
 """
