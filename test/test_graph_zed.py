@@ -142,3 +142,15 @@ def test_invalid_parameter_rejected_at_startup(module, param, value, text):
     proc.stop()
     assert code == 2 and text in out and 'Traceback' not in out, \
         'expected exit 2 and {!r}, received {} and:\n{}'.format(text, code, out)
+
+
+def test_live_source_without_pyzed_says_so():
+    import importlib.util
+    if importlib.util.find_spec('pyzed') is not None:
+        pytest.skip('pyzed is installed here')
+    proc = NodeProcess('zed_node', params={'source': 'live'})
+    code = proc.wait(60)
+    out = proc.output()
+    proc.stop()
+    assert code == 1 and 'pyzed not installed' in out and 'source:=sample|folder|bag' in out \
+        and 'Traceback' not in out, 'received exit {} and:\n{}'.format(code, out)

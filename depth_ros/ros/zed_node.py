@@ -162,6 +162,11 @@ def make_node(source=None, **kwargs):
             from depth_ros.sources import make_source
             kind = self.cfg['source']
             try:
+                if kind in ('live', 'svo'):
+                    # pyzed is imported when the camera opens, in the grab thread; check now so
+                    # that a missing SDK is one clear start-up message, not a retry loop.
+                    from depth_ros.sources.zed import import_sl
+                    import_sl()
                 return make_source(kind, self.cfg['path'] or None, **source_options(self.cfg))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
