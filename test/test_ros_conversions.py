@@ -222,3 +222,20 @@ def test_downscale_frame_scales_camera_and_keeps_depth_values():
     assert out.camera == camera.scaled(40, 30) and out.stamp_ns == 7
     assert set(np.unique(out.depth)).issubset(set(np.unique(depth))), \
         'nearest resize must not invent depth values'
+
+
+@pytest.mark.parametrize('kind,path', [('live', None), ('svo', '/data/run.svo'),
+                                       ('sample', None)])
+def test_zed_node_parameters_map_onto_make_source(kind, path):
+    # make_source names any option its source does not take, so constructing each kind from
+    # the node's defaults proves the names match (no camera is opened).
+    from depth_ros.ros.zed_node import PARAMS, source_options
+    from depth_ros.sources import make_source
+    values = {p.name: p.default for p in PARAMS}
+    values.update(source=kind, path=path or '')
+    source = make_source(kind, path, **source_options(values))
+    assert source is not None
+    if kind == 'live':
+        assert (source.resolution, source.fps, source.depth_mode) == ('HD720', 30, 'PERFORMANCE')
+    if kind == 'sample':
+        assert source.fps == 10.0 and source.loop, 'expected a looping 10 fps replay'
