@@ -1,4 +1,5 @@
-"""Benchmark of the ROS 2 graph at 1280x720 with the stand-in backend (fixed latency, not a model).
+"""
+Benchmark of the ROS 2 graph at 1280x720 with the stand-in backend (fixed latency, not a model).
 
 Starts depth_node (backend standin) and alignment_node as processes with config/zed_depth.yaml,
 publishes synthetic 1280x720 frames (image, stereo depth, confidence, camera_info, stamped with
@@ -32,7 +33,7 @@ FRAME = 'zed_left_camera_optical_frame'
 
 
 def synthetic_frame(seed):
-    """A 1280x720 scene: textured image, plausible stereo depth with holes, confidence."""
+    """Make a 1280x720 scene: textured image, plausible stereo depth with holes, confidence."""
     rng = np.random.RandomState(seed)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     base = 60 + 0.1 * xx + 0.15 * yy
@@ -90,7 +91,7 @@ def run_scenario(probe, pubs, clouds, frame, fps, frames, latency_ms, set_latenc
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--frames', type=int, default=60)
     parser.add_argument('--stride', type=int, default=2, help='cloud_stride of alignment_node')
     parser.add_argument('--no-profile', action='store_true',

@@ -1,4 +1,5 @@
-"""Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ options).
+"""
+Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ options).
 
     ros2 launch depth_ros zed_depth.launch.py                       # live ZED2, ONNX Runtime
     ros2 launch depth_ros zed_depth.launch.py backend:=tensorrt model:=/path/vits_fp16.engine
@@ -119,7 +120,7 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    """The graph with its launch arguments (see the module docstring)."""
+    """Describe the graph with its launch arguments (see the module docstring)."""
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS]
     return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])

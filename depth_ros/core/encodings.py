@@ -1,4 +1,5 @@
-"""sensor_msgs/Image byte layouts <-> numpy, without ROS or cv_bridge.
+"""
+sensor_msgs/Image byte layouts <-> numpy, without ROS or cv_bridge.
 
 This is the fallback that ``depth_ros.ros.conversions`` uses where cv_bridge is not installed, and
 the converter the rosbag tools use (rosbags' ``Image`` dataclass has the same fields). It is
@@ -37,7 +38,8 @@ _NATIVE = '<' if sys.byteorder == 'little' else '>'
 
 
 def canonical_encoding(encoding: str) -> str:
-    """Return the encoding name used internally (``'8UC3'`` -> ``'bgr8'``).
+    """
+    Return the encoding name used internally (``'8UC3'`` -> ``'bgr8'``).
 
     :raises ValueError: for an unsupported encoding, naming it.
     """
@@ -56,7 +58,8 @@ def _int_field(msg, name: str) -> int:
 
 
 def image_to_array(msg, copy: bool = False) -> np.ndarray:
-    """Decode an Image-like message into an HxW or HxWxC array in native byte order.
+    """
+    Decode an Image-like message into an HxW or HxWxC array in native byte order.
 
     Channel order is kept as the encoding says (an ``rgb8`` image stays RGB; see
     :func:`to_bgr8`). Padding bytes at the end of each row (``step``) are skipped.
@@ -110,7 +113,8 @@ def image_to_array(msg, copy: bool = False) -> np.ndarray:
 
 
 def array_to_image_fields(array: np.ndarray, encoding: str, bigendian: bool = False) -> dict:
-    """Encode an array as the fields of a sensor_msgs/Image (header excluded).
+    """
+    Encode an array as the fields of a sensor_msgs/Image (header excluded).
 
     :param array: HxW (one channel) or HxWxC array whose dtype and channels fit ``encoding``:
         uint8 for the 8-bit encodings, uint16 for mono16/16UC1, float32 for 32FC1.
@@ -153,7 +157,8 @@ def array_to_image_fields(array: np.ndarray, encoding: str, bigendian: bool = Fa
 
 
 def to_bgr8(array: np.ndarray, encoding: str) -> np.ndarray:
-    """Convert a decoded colour or mono image to HxWx3 bgr8, the network input.
+    """
+    Convert a decoded colour or mono image to HxWx3 bgr8, the network input.
 
     mono16/16UC1 are scaled down by 256 (16-bit intensity, not depth). 32FC1 is refused: it is
     depth, not an image.

@@ -1,4 +1,5 @@
-"""STAND-IN backend for tests and benchmarks only. It is NOT a depth model.
+"""
+STAND-IN backend for tests and benchmarks only. It is NOT a depth model.
 
 ``StandInDepthModel`` behaves like a backend (same ``predict(bgr)`` interface, latency stats)
 but computes a fixed, deterministic "disparity" from the image itself and then waits until a
@@ -23,7 +24,7 @@ MODES = ('intensity', 'gradient')
 
 
 def standin_disparity(bgr: np.ndarray, mode: str = 'intensity') -> np.ndarray:
-    """The stand-in's deterministic output for ``bgr``: [H, W] float32 in [0.1, 1.0]."""
+    """Compute the stand-in's deterministic output for ``bgr``: [H, W] float32 in [0.1, 1.0]."""
     check_image('bgr', bgr, channels=3, dtypes=(np.uint8,))
     if mode == 'intensity':
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
@@ -37,7 +38,8 @@ def standin_disparity(bgr: np.ndarray, mode: str = 'intensity') -> np.ndarray:
 
 
 class StandInDepthModel(DepthModel):
-    """Stand-in backend: fixed latency, deterministic output (see the module docstring).
+    """
+    Stand-in backend: fixed latency, deterministic output (see the module docstring).
 
     :param latency_ms: total time ``predict`` takes (sleeps for what the computation leaves).
     :param mode: 'intensity' or 'gradient'.

@@ -1,4 +1,5 @@
-"""alignment_node: relative depth + ZED stereo depth -> metric depth, camera_info, cloud.
+"""
+alignment_node: relative depth + ZED stereo depth -> metric depth, camera_info, cloud.
 
 Inputs (relative names; remap them): ``disparity`` (32FC1 relative, from depth_node, or
 Marigold keyframes with ``relative_kind: depth``), ``depth_registered`` (32FC1 metres, or 16UC1
@@ -73,7 +74,7 @@ def _validate(values) -> str:
 
 
 def make_aligner(values):
-    """The MetricAligner for the node's parameters."""
+    """Build the MetricAligner for the node's parameters."""
     from depth_ros.core.alignment import MetricAligner
     return MetricAligner(relative_kind=values['relative_kind'],
                          **{k: values[k] for k in ALIGNER_KEYS})
@@ -92,7 +93,8 @@ def stereo_depth_metres(array: np.ndarray, encoding: str) -> np.ndarray:
 
 
 class PairingBuffer(object):
-    """Exact-stamp pairing of several streams with a bounded number of waiting stamps.
+    """
+    Exact-stamp pairing of several streams with a bounded number of waiting stamps.
 
     ``add(kind, stamp, msg)`` returns the complete set {kind: msg} once every required kind
     has arrived for ``stamp``, else None. Dropped sets are reported through ``on_drop(stamp,

@@ -1,4 +1,5 @@
-"""The one conversion boundary between ROS messages and numpy / core objects.
+"""
+The one conversion boundary between ROS messages and numpy / core objects.
 
 - Image <-> numpy: cv_bridge where it is installed, otherwise ``depth_ros.core.encodings``
   (same encodings: bgr8, rgb8, bgra8, rgba8, mono8, mono16, 16UC1, 32FC1; 8UC3/8UC4 read as
@@ -24,7 +25,7 @@ _BRIDGE = []  # [CvBridge or None], resolved once
 
 
 def _bridge():
-    """A CvBridge when cv_bridge is importable (and not disabled), else None."""
+    """Return a CvBridge when cv_bridge is importable (and not disabled), else None."""
     if not _BRIDGE:
         bridge = None
         if os.environ.get('DEPTH_ROS_NO_CV_BRIDGE', '') in ('', '0'):
@@ -72,14 +73,15 @@ def make_header(stamp_ns: int, frame_id: str):
 
 
 def copy_header(header):
-    """An independent copy of a std_msgs/Header (outputs carry the input's stamp and frame)."""
+    """Copy a std_msgs/Header (outputs carry the input's stamp and frame)."""
     from std_msgs.msg import Header
     return Header(stamp=type(header.stamp)(sec=header.stamp.sec, nanosec=header.stamp.nanosec),
                   frame_id=header.frame_id)
 
 
 def image_to_numpy(msg, copy: bool = False) -> np.ndarray:
-    """sensor_msgs/Image -> HxW or HxWxC array (channel order as the encoding says).
+    """
+    sensor_msgs/Image -> HxW or HxWxC array (channel order as the encoding says).
 
     :raises ValueError: unsupported encoding, or a size that does not match the data.
     """
@@ -99,7 +101,8 @@ def image_to_numpy(msg, copy: bool = False) -> np.ndarray:
 
 
 def numpy_to_image(array_: np.ndarray, encoding: str, header=None):
-    """HxW or HxWxC array -> sensor_msgs/Image with ``header`` (copied) and ``encoding``.
+    """
+    Convert an HxW or HxWxC array to a sensor_msgs/Image with ``header`` (copied) and ``encoding``.
 
     :raises ValueError: the array's dtype or channels do not fit ``encoding``.
     """
@@ -123,7 +126,8 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None):
 
 def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = None,
                      use_projection: bool = True) -> PinholeCamera:
-    """sensor_msgs/CameraInfo -> PinholeCamera, optionally for an image of another size.
+    """
+    sensor_msgs/CameraInfo -> PinholeCamera, optionally for an image of another size.
 
     :param use_projection: take fx, fy, cx, cy from P (the rectified camera) when P is set;
         K otherwise. Our images are rectified, for which P is the right model.
@@ -150,7 +154,7 @@ def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = N
 
 
 def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = 'plumb_bob'):
-    """PinholeCamera -> sensor_msgs/CameraInfo of a rectified image (D zero, R identity)."""
+    """Convert a PinholeCamera to the CameraInfo of a rectified image (D zero, R identity)."""
     CameraInfo = _message_types()[1]
     msg = CameraInfo()
     if header is not None:
@@ -166,7 +170,8 @@ def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = '
 
 
 def cloud_to_pointcloud2(cloud: np.ndarray, header):
-    """Organized structured array from ``depth_to_cloud`` -> sensor_msgs/PointCloud2.
+    """
+    Organized structured array from ``depth_to_cloud`` -> sensor_msgs/PointCloud2.
 
     Fields, offsets and point_step come from the array's dtype, which ``depth_to_cloud`` builds
     from ``CLOUD_FIELDS`` (x, y, z, rgb float32 at 0, 4, 8, 12; point_step 16), so the message
@@ -201,7 +206,8 @@ def cloud_to_pointcloud2(cloud: np.ndarray, header):
 
 
 def pointcloud2_to_array(msg) -> np.ndarray:
-    """sensor_msgs/PointCloud2 with float32 fields -> organized structured array (a copy).
+    """
+    sensor_msgs/PointCloud2 with float32 fields -> organized structured array (a copy).
 
     The inverse of :func:`cloud_to_pointcloud2`, for tests and tools.
     """

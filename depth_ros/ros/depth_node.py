@@ -1,4 +1,5 @@
-"""depth_node: camera image -> Depth Anything V2 relative disparity (32FC1).
+"""
+depth_node: camera image -> Depth Anything V2 relative disparity (32FC1).
 
 Subscribes ``image`` (remap it to the camera's rectified colour image), publishes
 ``~/disparity`` (32FC1 relative inverse depth, the image's header) and ``~/colorized`` (bgr8,

@@ -1,4 +1,5 @@
-"""Parameters declared once, with descriptors, validated at start-up and on every change.
+"""
+Parameters declared once, with descriptors, validated at start-up and on every change.
 
 A node lists its parameters as :class:`Param` specs. :func:`declare_params` declares each one
 with a ParameterDescriptor (description, range, read-only), checks the values from the params
@@ -20,7 +21,8 @@ class StartupError(RuntimeError):
 
 
 class Param(NamedTuple):
-    """One parameter: name, default (its type is the parameter's type), description.
+    """
+    One parameter: name, default (its type is the parameter's type), description.
 
     ``choices``: allowed values (strings); ``low``/``high``: inclusive numeric range;
     ``read_only``: fixed after start-up (topics, backend, model path).
@@ -84,7 +86,8 @@ def check_value(spec: Param, value) -> Optional[str]:
 def declare_params(node, specs: Sequence[Param],
                    validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None
                    ) -> Dict[str, object]:
-    """Declare every spec on ``node``; return {name: value} after checking them all.
+    """
+    Declare every spec on ``node``; return {name: value} after checking them all.
 
     :param validate: cross-parameter check on the full dict; returns an error text or None.
     :raises ConfigError: naming the first invalid parameter and its value.
@@ -114,7 +117,8 @@ def declare_params(node, specs: Sequence[Param],
 def on_set_validator(specs: Sequence[Param], current: Dict[str, object],
                      validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None,
                      apply: Optional[Callable[[Dict[str, object]], None]] = None):
-    """Build an on-set-parameters callback (rclpy Humble ``add_on_set_parameters_callback``).
+    """
+    Build an on-set-parameters callback (rclpy Humble ``add_on_set_parameters_callback``).
 
     It checks each changed parameter against its spec and the merged set against ``validate``;
     when all pass it updates ``current`` in place and calls ``apply(changed)``.
@@ -150,13 +154,13 @@ def on_set_validator(specs: Sequence[Param], current: Dict[str, object],
 
 
 def reliability_param(default: str = 'best_effort') -> Param:
-    """The QoS reliability parameter every node shares."""
+    """Return the QoS reliability parameter every node shares."""
     return Param('reliability', default, 'QoS reliability of image/cloud topics: best_effort '
                  '(sensor data, default) or reliable (RViz on Humble subscribes reliable)',
                  choices=('best_effort', 'reliable'), read_only=True)
 
 
 def qos_depth_param(default: int = 2) -> Param:
-    """The QoS history depth parameter every node shares."""
+    """Return the QoS history depth parameter every node shares."""
     return Param('qos_depth', default, 'QoS history depth of image/cloud topics (small: the '
                  'graph works on the newest frame)', low=1, high=100, read_only=True)

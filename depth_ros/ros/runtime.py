@@ -14,7 +14,8 @@ LOG = logging.getLogger('depth_ros.ros')
 
 
 def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
-    """QoS of the image, depth and cloud topics: keep-last ``depth``, volatile.
+    """
+    Return the QoS of the image, depth and cloud topics: keep-last ``depth``, volatile.
 
     best_effort is the sensor-data profile: a late frame is worth nothing. A best-effort
     publisher does not match a reliable subscriber (RViz on Humble), hence the parameter.
@@ -30,7 +31,8 @@ def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
 
 
 class LatestWorker(object):
-    """Newest-frame slot of depth 1 plus one worker thread.
+    """
+    Newest-frame slot of depth 1 plus one worker thread.
 
     ``put`` (from a subscription callback) replaces any frame still waiting, so when the work
     is slower than the input, frames are dropped, never queued, and the output age stays
@@ -161,7 +163,8 @@ class Diagnostics(object):
 
 def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]] = None,
              threads: int = 1) -> int:
-    """Create (``factory()``), spin and tear down one node; return the process exit code.
+    """
+    Create (``factory()``), spin and tear down one node; return the process exit code.
 
     Start-up failures (ConfigError: bad parameter; StartupError: model or camera could not be
     set up) are logged as one FATAL line naming the cause and give exit code 2 / 1, with no
@@ -206,7 +209,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
 
 
 def main_for(factory: Callable[[], object], name: str):
-    """A console-script ``main`` running the node that ``factory()`` makes."""
+    """Make a console-script ``main`` running the node that ``factory()`` makes."""
     def main(args: Optional[List[str]] = None) -> None:
         sys.exit(run_node(factory, name, args))
     return main

@@ -1,4 +1,5 @@
-"""zed_node: a ZED2 (pyzed, live or SVO) or a replay source -> zed-ros2-wrapper 4.x topics.
+"""
+zed_node: a ZED2 (pyzed, live or SVO) or a replay source -> zed-ros2-wrapper 4.x topics.
 
 Publishes, in namespace ``zed`` by default, with the SDK image timestamp and the frame
 ``<camera_name>_left_camera_optical_frame``:
@@ -108,7 +109,8 @@ def source_options(values) -> dict:
 
 
 def downscale_frame(frame: Frame, factor: float) -> Frame:
-    """The frame at ``factor`` of its size: area-averaged image, nearest depth and confidence.
+    """
+    Return the frame at ``factor`` of its size: area-averaged image, nearest depth and confidence.
 
     Nearest keeps depth values real (no averaging across edges into phantom depths).
     """
