@@ -1,4 +1,5 @@
-"""ament_python package and pip package in one tree.
+"""
+ament_python package and pip package in one tree.
 
 `colcon build` installs the executables in lib/depth_ros and the launch, config and rviz files
 in share/depth_ros (setup.cfg and data_files below); `pip install -e '.[...]'` works on a
@@ -25,7 +26,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', _files('launch/*.py')),
-        ('share/' + PACKAGE + '/config', _files('config/*.yaml')),
+        ('share/' + PACKAGE + '/config', _files('config/*.yaml') + _files('config/*.xml')),
         ('share/' + PACKAGE + '/rviz', _files('rviz/*.rviz')),
         ('share/' + PACKAGE + '/models', ['models/README.md']),
     ],

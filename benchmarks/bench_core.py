@@ -1,4 +1,5 @@
-"""Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_cloud + colorize.
+"""
+Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_cloud + colorize.
 
 Prints the median of repeated runs and two ratios (issue 2, section 7):
 
@@ -18,12 +19,11 @@ for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[_var] = '1'
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
 from depth_ros.core.alignment import MetricAligner  # noqa: E402
 from depth_ros.core.camera import PinholeCamera  # noqa: E402
 from depth_ros.core.pointcloud import depth_to_cloud  # noqa: E402
 from depth_ros.core.visualize import colorize  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def scene(h, w, seed):

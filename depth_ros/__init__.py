@@ -1,4 +1,5 @@
-"""depth_ros: metric depth from ZED2 stereo and Depth Anything V2.
+"""
+depth_ros: metric depth from ZED2 stereo and Depth Anything V2.
 
 The public API (names fixed; outside tools depend on them)::
 

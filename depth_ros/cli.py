@@ -1,4 +1,5 @@
-"""`depth-ros` command line: demo, fuse, model export|build|verify, bench, eval, process-bag.
+"""
+`depth-ros` command line: demo, fuse, model export|build|verify, bench, eval, process-bag.
 
 Each sub-command lives in ``depth_ros/commands/<name>.py`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func``. Modules import only light dependencies at the top, so

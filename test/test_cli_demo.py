@@ -5,17 +5,17 @@ import json
 import os
 import time
 
-import numpy as np
-import pytest
-
 from depth_ros.cli import main
 from depth_ros.commands.demo import UNTRAINED_LABEL
+import numpy as np
+import pytest
 
 H, W = 500, 741
 
 
 def _stand_in_onnx(path, trained, width=56, height=42):
-    """A hand-built ONNX stand-in (not DA-V2): relative = channel mean of the normalised input.
+    """
+    Build an ONNX stand-in (not DA-V2): relative = channel mean of the normalised input.
 
     It has the DA-V2 interface ([1, 3, h, w] -> [1, h, w]) and the exporter's metadata, which
     is all the demo pipeline needs; it runs in milliseconds.

@@ -2,15 +2,14 @@
 import json
 
 import cv2
-import numpy as np
-import pytest
-
 from depth_ros.cli import main
 from depth_ros.commands.fuse import fuse_and_write, OUTPUT_FILES
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.ply import read_ply
 from depth_ros.core.pointcloud import depth_to_cloud
+import numpy as np
+import pytest
 
 H, W = 60, 80
 

@@ -1,11 +1,11 @@
-"""MetricAligner on synthetic scenes whose true depth, scale and shift are known.
+"""
+MetricAligner on synthetic scenes whose true depth, scale and shift are known.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
+from depth_ros.core.alignment import AlignedDepth, MetricAligner
 import numpy as np
 import pytest
-
-from depth_ros.core.alignment import AlignedDepth, MetricAligner
 
 H, W = 120, 160
 S_TRUE, T_TRUE = 0.5, 0.02     # 1/depth = S * relative + T

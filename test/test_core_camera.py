@@ -1,11 +1,11 @@
-"""PinholeCamera: K round trip, scaled() against cv2.resize's pixel-centre rule, ValueErrors.
+"""
+PinholeCamera: K round trip, scaled() against cv2.resize's pixel-centre rule, ValueErrors.
 
 Runs on Python 3.8 with numpy and pytest only.
 """
+from depth_ros.core.camera import PinholeCamera
 import numpy as np
 import pytest
-
-from depth_ros.core.camera import PinholeCamera
 
 
 def cam():

@@ -1,14 +1,14 @@
-"""Depth metrics and the affine-invariant protocol against hand and numpy.polyfit values.
+"""
+Depth metrics and the affine-invariant protocol against hand and numpy.polyfit values.
 
 Runs on Python 3.8 with numpy and pytest only.
 """
 import math
 
-import numpy as np
-import pytest
-
 from depth_ros.core.metrics import (abs_rel, align_affine, compute_metrics, delta1,
                                     evaluate_affine_invariant, rmse)
+import numpy as np
+import pytest
 
 
 def test_metrics_by_hand():

@@ -1,17 +1,17 @@
-"""depth_to_cloud against the pinhole formula by hand; rgb packing byte-exact; PLY round trip.
+"""
+depth_to_cloud against the pinhole formula by hand; rgb packing byte-exact; PLY round trip.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
 import struct
 import threading
 
-import numpy as np
-import pytest
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.ply import read_ply, write_ply
 from depth_ros.core.pointcloud import (CLOUD_DTYPE, cloud_fields, depth_to_cloud, pack_rgb,
                                        point_step, unpack_rgb)
+import numpy as np
+import pytest
 
 CAM = PinholeCamera(50.0, 60.0, 3.5, 2.25, 8, 6)
 

@@ -4,11 +4,10 @@ depth_ros.core.preprocess against straightforward reference computations (numpy 
 Runs under Python 3.8 (make test-py38): no torch here.
 """
 import cv2
-import numpy as np
-import pytest
-
 from depth_ros.core.preprocess import (check_input_size, DEFAULT_SIZE, IMAGENET_MEAN,
                                        IMAGENET_STD, prepare_input, restore_output)
+import numpy as np
+import pytest
 
 MEAN = np.array([0.485, 0.456, 0.406])  # RGB, as published with ImageNet
 STD = np.array([0.229, 0.224, 0.225])

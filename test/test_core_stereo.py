@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import cv2
-import numpy as np
-import pytest
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import (default_num_disparities, sgbm_depth,
                                    UNCONFIRMED_CONFIDENCE)
+import numpy as np
+import pytest
 
 H, W = 120, 200
 FX = 400.0

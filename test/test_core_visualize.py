@@ -1,9 +1,8 @@
 """colorize: colour-map lookup, range, NaN colour, reverse, errors. Python 3.8, numpy + cv2."""
 import cv2
+from depth_ros.core.visualize import auto_range, colorize
 import numpy as np
 import pytest
-
-from depth_ros.core.visualize import auto_range, colorize
 
 
 def lut(cmap=cv2.COLORMAP_TURBO):

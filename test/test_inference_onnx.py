@@ -13,8 +13,8 @@ onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from depth_ros.inference import export, load_depth_model, torch_model  # noqa: E402
-from depth_ros.inference.onnx_backend import OnnxDepthModel  # noqa: E402
+from depth_ros.inference import export, load_depth_model, torch_model  # noqa: E402,I100
+from depth_ros.inference.onnx_backend import OnnxDepthModel  # noqa: E402,I100
 
 torch.set_num_threads(1)
 

@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from depth_ros.core.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from depth_ros.inference import load_depth_model, torch_model  # noqa: E402
+from depth_ros.core.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,I100
+from depth_ros.inference import load_depth_model, torch_model  # noqa: E402,I100
 
 torch.set_num_threads(1)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 import os
 
 import cv2
-import numpy as np
-import pytest
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import sgbm_depth
 from depth_ros.sources import make_source
 from depth_ros.sources.base import Frame, FrameSource, SourceError
 from depth_ros.sources.folder import FolderSource, load_calibration
 from depth_ros.sources.replay import ReplaySource
+import numpy as np
+import pytest
 
 
 def _msg(err) -> str:
@@ -425,7 +424,8 @@ class _Enum(object):
 
 
 def _fake_sl(sdk=4, frames=3, fail_at=None, open_error=None):
-    """A pyzed.sl stand-in following the documented API (SDK 4.x or 3.x layout).
+    """
+    Build a pyzed.sl stand-in following the documented API (SDK 4.x or 3.x layout).
 
     The camera serves ``frames`` synthetic frames (image stamp 1e9 + 33.3 ms * i), BGRA images,
     depth = 1 + i metres, confidence = 10; resizes to the requested Resolution like the SDK.

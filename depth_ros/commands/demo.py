@@ -1,4 +1,5 @@
-"""`depth-ros demo`: the whole pipeline on the bundled sample, with no ROS and no camera.
+"""
+`depth-ros demo`: the whole pipeline on the bundled sample, with no ROS and no camera.
 
 Steps: the Middlebury 2014 Motorcycle pair (scikit-image, with ground truth) -> stereo depth
 with OpenCV SGBM (standing in for the ZED SDK) -> Depth Anything V2 through ONNX Runtime ->
@@ -28,7 +29,8 @@ INPUT_FILES = ('left.png', 'stereo_depth.npy', 'confidence.npy', 'relative.npy',
 
 
 def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple[int, int]:
-    """Model input (w, h) for an image: ``model_width`` wide, the image's aspect, multiples of 14.
+    """
+    Model input (w, h) for an image: ``model_width`` wide, the image's aspect, multiples of 14.
 
     The sample is 741x500 (about 3:2), so 518x294 (16:9, the ZED default) would distort it.
     """
@@ -52,7 +54,8 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
-    """Why the demo will run an untrained network, or None when a trained one is at hand.
+    """
+    Why the demo will run an untrained network, or None when a trained one is at hand.
 
     A cheap look ahead of resolve_demo_model (no export, no download), so that the notice is
     the first thing the user reads rather than a line after a minute of exporting.
@@ -76,7 +79,8 @@ def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[s
 
 
 def evaluate(stereo_depth, fused_depth, gt_depth) -> Dict[str, Dict[str, float]]:
-    """Metrics against ground truth: each prediction on its own valid pixels, plus density.
+    """
+    Metrics against ground truth: each prediction on its own valid pixels, plus density.
 
     ``density`` is the fraction of ground-truth pixels with a finite, positive prediction;
     AbsRel and delta1 are over those pixels. ``fused_in_stereo_holes`` scores the fused depth
@@ -157,7 +161,7 @@ def write_report(out_dir: str, report: Dict) -> Tuple[str, str]:
 def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int, int]] = None,
              threads: Optional[int] = None, cache_dir: Optional[str] = None,
              show_progress: bool = True, echo=print) -> Dict:
-    """The demo as a function (the CLI and the tests call it); returns the report dict."""
+    """Run the demo (the CLI and the tests call it); return the report dict."""
     import cv2
     import numpy as np
     from tqdm.auto import tqdm

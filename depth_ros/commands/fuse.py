@@ -1,4 +1,5 @@
-"""`depth-ros fuse`: one frame of relative depth + stereo depth -> metric depth, PLY, report.
+"""
+`depth-ros fuse`: one frame of relative depth + stereo depth -> metric depth, PLY, report.
 
 Writes into ``--out``: depth.npy (float32 metres, NaN invalid, +inf too far), depth.png
 (colorized, near = red), points.ply (binary, coloured) and alignment.json (scale, shift,
@@ -31,7 +32,8 @@ def parse_intrinsics(text: str):
 
 def fuse_and_write(bgr, relative, stereo_depth, confidence, camera, out_dir: str,
                    aligner_options: Optional[Dict] = None, aligner=None) -> Dict:
-    """Align, fuse and write the four output files into ``out_dir`` (created if missing).
+    """
+    Align, fuse and write the four output files into ``out_dir`` (created if missing).
 
     :param bgr: [H, W, 3] uint8 left image (colours of the cloud); same size as the stereo.
     :param relative: [h, w] float relative prediction (resized to the stereo size).

@@ -1,4 +1,5 @@
-"""Metric alignment of relative (affine-invariant) depth to stereo depth, and fusion.
+"""
+Metric alignment of relative (affine-invariant) depth to stereo depth, and fusion.
 
 ``MetricAligner.update(relative, stereo_depth, confidence)`` fits the affine that maps the
 relative prediction to metric inverse depth, robustly (RANSAC then IRLS with Tukey weights) on a
@@ -23,9 +24,8 @@ import logging
 from typing import Dict, Optional, Tuple
 
 import cv2
-import numpy as np
-
 from depth_ros.core.checks import check_image, check_same_size
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
 
@@ -38,7 +38,8 @@ _MAD_TO_SIGMA = 1.4826
 
 @dataclass
 class AlignedDepth:
-    """Result of one ``MetricAligner.update``.
+    """
+    Result of one ``MetricAligner.update``.
 
     ``depth`` [H, W] float32 metres (NaN invalid, +inf too far); ``scale``/``shift`` of the
     global affine (NaN when no fit exists); ``inlier_ratio`` of the valid fit samples;
@@ -88,7 +89,8 @@ def _check_number(name, value, low=None, high=None, low_open=False, integer=Fals
 
 
 class MetricAligner(object):
-    """Robust, temporally filtered metric alignment of relative depth to stereo depth.
+    """
+    Robust, temporally filtered metric alignment of relative depth to stereo depth.
 
     All options are keyword arguments, validated here (ValueError names option and value):
 
@@ -332,7 +334,8 @@ class MetricAligner(object):
 
     def update(self, relative_disparity: np.ndarray, stereo_depth: np.ndarray,
                confidence: Optional[np.ndarray] = None) -> AlignedDepth:
-        """Align one frame. Returns a new AlignedDepth whose arrays the aligner never reuses.
+        """
+        Align one frame. Returns a new AlignedDepth whose arrays the aligner never reuses.
 
         :param relative_disparity: [h, w] float relative prediction (kind per ``relative_kind``;
             the name follows the default kind), resized to the stereo size when different.
@@ -431,7 +434,8 @@ class MetricAligner(object):
                             stereo_fraction=stereo_fraction)
 
     def _render(self, rel, stereo, confidence):
-        """Full-frame output: aligned mono (+inf too far), stereo where trusted.
+        """
+        Full-frame output: aligned mono (+inf too far), stereo where trusted.
 
         Few full-frame passes (about a dozen cv2 calls): this runs on every frame at the
         camera resolution on the Jetson's slow cores.
@@ -477,7 +481,8 @@ class MetricAligner(object):
         return cv2.resize(mid, (w, h), dst=self._buf2, interpolation=cv2.INTER_LINEAR)
 
     def _mono(self, rel, out):
-        """Aligned monocular depth into ``out``.
+        """
+        Aligned monocular depth into ``out``.
 
         Returns the aligned inverse depth buffer for 'disparity' (0 where +inf), else None.
         """

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from depth_ros.core.checks import check_positive
+import numpy as np
 
 
 class PinholeCamera(object):
-    """Intrinsics of a rectified pinhole camera, in pixels, for an image of ``width`` x ``height``.
+    """
+    Intrinsics of a rectified pinhole camera, in pixels, for an image of ``width`` x ``height``.
 
     :param fx, fy: focal lengths in pixels (> 0).
     :param cx, cy: principal point in pixels (finite).
@@ -59,7 +59,8 @@ class PinholeCamera(object):
         return cls(k[0, 0], k[1, 1], k[0, 2], k[1, 2], width, height)
 
     def scaled(self, width: int, height: int) -> 'PinholeCamera':
-        """The same camera for an image resized to ``width`` x ``height``.
+        """
+        Return the same camera for an image resized to ``width`` x ``height``.
 
         Uses the pixel-centre convention that cv2.resize follows: a pixel centre u maps to
         (u + 0.5) * s - 0.5.

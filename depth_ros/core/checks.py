@@ -15,7 +15,8 @@ def describe(value) -> str:
 
 def check_image(name: str, value, channels: Optional[int] = None,
                 dtypes: Tuple = ()) -> np.ndarray:
-    """Check an HxW (channels None) or HxWxC image; return it as an ndarray.
+    """
+    Check an HxW (channels None) or HxWxC image; return it as an ndarray.
 
     :raises ValueError: naming ``name`` and the value when it does not fit.
     """

@@ -1,4 +1,5 @@
-"""Depth metrics and the affine-invariant evaluation protocol of the MiDaS / Marigold papers.
+"""
+Depth metrics and the affine-invariant evaluation protocol of the MiDaS / Marigold papers.
 
 * ``abs_rel`` = mean(|p - g| / g), ``rmse`` = sqrt(mean((p - g)^2)) (metres),
   ``delta1`` = fraction of pixels with max(p / g, g / p) < 1.25.
@@ -15,9 +16,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import numpy as np
-
 from depth_ros.core.checks import describe
+import numpy as np
 
 SPACES = ('depth', 'disparity')
 DELTA1 = 1.25
@@ -66,7 +66,8 @@ def delta1(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None) 
 
 def compute_metrics(pred: np.ndarray, gt: np.ndarray,
                     mask: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """Compute abs_rel, rmse, delta1, ``n`` (valid gt pixels) and ``pred_valid``.
+    """
+    Compute abs_rel, rmse, delta1, ``n`` (valid gt pixels) and ``pred_valid``.
 
     ``pred_valid`` is the fraction of valid gt pixels with a finite, positive prediction. An
     invalid prediction at a valid gt pixel counts as an error of 100 % for abs_rel, as missing
@@ -88,7 +89,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray,
 
 def align_affine(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None,
                  space: str = 'depth') -> Tuple[np.ndarray, float, float]:
-    """Least-squares scale and shift of ``pred`` against ``gt`` on valid ground truth.
+    """
+    Least-squares scale and shift of ``pred`` against ``gt`` on valid ground truth.
 
     :param space: 'depth' fits ``s * pred + t ~ gt`` and returns that depth; 'disparity' fits
         ``s * pred + t ~ 1 / gt`` and returns the aligned disparity ``s * pred + t`` (convert
@@ -114,7 +116,8 @@ def evaluate_affine_invariant(pred: np.ndarray, gt: np.ndarray,
                               mask: Optional[np.ndarray] = None, space: str = 'depth',
                               min_depth: float = 1e-3,
                               max_depth: Optional[float] = None) -> Dict[str, float]:
-    """Align ``pred`` to ``gt`` (see ``align_affine``), clip to [min_depth, max_depth], score.
+    """
+    Align ``pred`` to ``gt`` (see ``align_affine``), clip to [min_depth, max_depth], score.
 
     As in the papers' code the aligned depth is clipped to the evaluation range (a disparity
     at or below 1 / max_depth becomes max_depth) before the metrics. ``max_depth`` None uses

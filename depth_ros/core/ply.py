@@ -1,4 +1,5 @@
-"""Binary little-endian PLY: x, y, z float32 and red, green, blue uchar; NaN points skipped.
+"""
+Binary little-endian PLY: x, y, z float32 and red, green, blue uchar; NaN points skipped.
 
 Readable by MeshLab, CloudCompare and Open3D. ``read_ply`` reads back exactly what
 ``write_ply`` writes (for tests and tools), not arbitrary PLY files.
@@ -8,9 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple, Union
 
-import numpy as np
-
 from depth_ros.core.checks import describe
+import numpy as np
 
 _VERTEX = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
                     ('red', 'u1'), ('green', 'u1'), ('blue', 'u1')])
@@ -42,7 +42,8 @@ def cloud_arrays(cloud: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
 def write_ply(path: Union[str, os.PathLike], points: np.ndarray,
               colors: Optional[np.ndarray] = None) -> int:
-    """Write points to a binary PLY; return the number of points written.
+    """
+    Write points to a binary PLY; return the number of points written.
 
     :param points: [N, 3] (or [H, W, 3]) float xyz, or a depth_to_cloud structured array
         (its rgb field supplies the colours when ``colors`` is None).

@@ -1,4 +1,5 @@
-"""Depth image -> organized point cloud (numpy structured array), the PointCloud2 data layout.
+"""
+Depth image -> organized point cloud (numpy structured array), the PointCloud2 data layout.
 
 The cloud is in the optical frame of the depth image (REP 103: x right, y down, z forward):
 ``x = (u - cx) * z / fx``, ``y = (v - cy) * z / fy``. Points whose depth is NaN, +-inf, <= 0
@@ -15,10 +16,9 @@ import threading
 from typing import List, NamedTuple, Optional
 
 import cv2
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, describe
+import numpy as np
 
 FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
 
@@ -54,7 +54,8 @@ def point_step(rgb: bool = True) -> int:
 
 
 def pack_rgb(bgr: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 BGR -> [H, W] float32 whose bytes are little-endian uint32 0x00RRGGBB.
+    """
+    [H, W, 3] uint8 BGR -> [H, W] float32 whose bytes are little-endian uint32 0x00RRGGBB.
 
     BGRA in memory is B, G, R, A; read as a little-endian uint32 that is 0xAARRGGBB, and alpha
     0 gives 0x00RRGGBB, so one cvtColor pass does the packing.
@@ -78,7 +79,8 @@ STRIP_PIXELS = 61440
 
 
 class _Scratch(threading.local):
-    """Per-thread strip buffers and ray tables, kept while camera, stride and size stay.
+    """
+    Per-thread strip buffers and ray tables, kept while camera, stride and size stay.
 
     Thread-local, so two nodes in one process never share a buffer; the returned cloud is
     always a new array unless ``out`` is given.
@@ -114,7 +116,8 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
                    stride: int = 1, min_depth: Optional[float] = None,
                    max_depth: Optional[float] = None,
                    out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Organized cloud [H//stride, W//stride] of dtype CLOUD_DTYPE (or XYZ_DTYPE without bgr).
+    """
+    Organized cloud [H//stride, W//stride] of dtype CLOUD_DTYPE (or XYZ_DTYPE without bgr).
 
     :param depth: [H, W] float32/float64 metres, in the frame of ``camera`` (same size).
     :param camera: PinholeCamera of the depth image (width, height must match ``depth``).

@@ -1,4 +1,5 @@
-"""Depth Anything V2 input and output transforms: the one implementation every backend uses.
+"""
+Depth Anything V2 input and output transforms: the one implementation every backend uses.
 
 Input: BGR uint8 -> RGB, / 255, ImageNet mean and std, resized to the model size (multiples of
 14), as [1, 3, h, w] float32. Output: [h, w] relative disparity upsampled to the image size.
@@ -8,9 +9,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import cv2
-import numpy as np
-
 from depth_ros.core.checks import check_image, describe
+import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # RGB
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)   # RGB
@@ -34,7 +34,8 @@ def check_input_size(width: int, height: int) -> Tuple[int, int]:
 
 def prepare_input(bgr: np.ndarray, size: Tuple[int, int] = DEFAULT_SIZE,
                   out: Optional[np.ndarray] = None) -> np.ndarray:
-    """BGR uint8 [H, W, 3] -> normalised RGB [1, 3, h, w] float32 for ``size`` = (w, h).
+    """
+    BGR uint8 [H, W, 3] -> normalised RGB [1, 3, h, w] float32 for ``size`` = (w, h).
 
     Resizing happens first, on uint8 (bicubic, as the official transform), so the float work is
     at model size; resize and the per-channel affine commute up to uint8 rounding.
@@ -59,7 +60,8 @@ def prepare_input(bgr: np.ndarray, size: Tuple[int, int] = DEFAULT_SIZE,
 
 
 def restore_output(pred: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Model output [h, w] (or [1, h, w], [1, 1, h, w]) -> [height, width] float32.
+    """
+    Model output [h, w] (or [1, h, w], [1, 1, h, w]) -> [height, width] float32.
 
     Bilinear, pixel-centre aligned (as torch's interpolate with align_corners=False).
     """

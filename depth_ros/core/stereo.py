@@ -1,4 +1,5 @@
-"""Stereo depth with OpenCV's semi-global block matching, standing in for the ZED SDK's depth.
+"""
+Stereo depth with OpenCV's semi-global block matching, standing in for the ZED SDK's depth.
 
 Replay sources (the bundled sample, a folder of stereo pairs) have no ZED SDK to compute depth,
 so they compute it here and return what the SDK returns: depth in metres and a confidence map
@@ -31,10 +32,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import cv2
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_positive, check_same_size
+import numpy as np
 
 CONFIDENCE_MIN = 1.0
 CONFIDENCE_MAX = 100.0
@@ -42,7 +42,8 @@ UNCONFIRMED_CONFIDENCE = 50.0  # the right view has no match to check against
 
 
 def default_num_disparities(width: int) -> int:
-    """Search range for an image ``width`` pixels wide: width / 8 rounded up to a multiple of 16.
+    """
+    Search range for an image ``width`` pixels wide: width / 8 rounded up to a multiple of 16.
 
     A ZED2 at 1280 px with a 12 cm baseline sees 0.5 m at ~210 px of disparity; width / 8
     (160 px) reaches ~0.65 m, close to the SDK's default minimum depth, at a third of the cost.
@@ -64,7 +65,8 @@ def sgbm_disparity(left_gray: np.ndarray, right_gray: np.ndarray, num_disparitie
                    min_disparity: int = 0, block_size: int = 5, uniqueness_ratio: int = 10,
                    speckle_window: int = 100, speckle_range: int = 2,
                    right_view: bool = False) -> np.ndarray:
-    """SGBM disparity of the left view (or of the right view), [H, W] float32 px, NaN invalid.
+    """
+    SGBM disparity of the left view (or of the right view), [H, W] float32 px, NaN invalid.
 
     The right view's disparity is computed by matching the mirrored pair, so that both views
     use the same matcher and parameters (cv2.ximgproc is not in opencv-python-headless).
@@ -91,7 +93,8 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
                min_disparity: int = 0, block_size: int = 5, uniqueness_ratio: int = 10,
                max_lr_diff: Optional[float] = 1.0,
                lr_tolerance: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
-    """Depth and confidence from a rectified stereo pair (see the module docstring).
+    """
+    Depth and confidence from a rectified stereo pair (see the module docstring).
 
     :param left_bgr, right_bgr: [H, W, 3] uint8 BGR rectified images of the same size.
     :param camera: intrinsics of the left image at its size (fx is used).

@@ -5,9 +5,8 @@ import threading
 from typing import Optional, Sequence, Tuple
 
 import cv2
-import numpy as np
-
 from depth_ros.core.checks import check_image
+import numpy as np
 
 # The automatic range uses these percentiles of the finite values, on a subsample: one stray
 # pixel must not wash out the picture, and a full-frame percentile costs tens of ms.
@@ -61,7 +60,8 @@ def auto_range(values: np.ndarray,
 def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None,
              invalid_color: Sequence[int] = (0, 0, 0), cmap: int = cv2.COLORMAP_TURBO,
              reverse: bool = False) -> np.ndarray:
-    """[H, W] scalar image -> [H, W, 3] uint8 BGR through an OpenCV colour map.
+    """
+    [H, W] scalar image -> [H, W, 3] uint8 BGR through an OpenCV colour map.
 
     :param values: [H, W] float or integer image (depth, disparity, uncertainty ...).
     :param vmin, vmax: display range; values outside are clipped to the end colours (so +inf

@@ -1,4 +1,5 @@
-"""The one small interface every backend implements.
+"""
+The one small interface every backend implements.
 
 ``DepthModel.predict(bgr)`` takes an [H, W, 3] uint8 BGR image and returns an [H, W] float32
 relative (affine-invariant) inverse depth at the image size. Pre- and post-processing are the
@@ -11,11 +12,10 @@ import logging
 import time
 from typing import Tuple
 
-import numpy as np
-
 from depth_ros.core.checks import check_image
 from depth_ros.core.preprocess import (check_input_size, DEFAULT_SIZE, prepare_input,
                                        restore_output)
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.inference')
 
@@ -44,7 +44,8 @@ class LatencyStats(object):
 
 
 class DepthModel(object):
-    """Base class of the backends (onnxruntime, tensorrt, torch).
+    """
+    Base class of the backends (onnxruntime, tensorrt, torch).
 
     :param input_size: model input (width, height), multiples of 14.
     :param name: what was loaded (path or hub id), for messages.
@@ -99,5 +100,3 @@ class DepthModel(object):
     def __repr__(self) -> str:
         return '{}(name={!r}, input_size={})'.format(type(self).__name__, self.name,
                                                      self.input_size)
-
-

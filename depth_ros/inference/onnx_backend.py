@@ -10,9 +10,8 @@ import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from depth_ros.inference.base import DepthModel
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.inference.onnxruntime')
 

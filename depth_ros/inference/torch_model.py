@@ -17,10 +17,9 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-
 from depth_ros.core.preprocess import DEFAULT_SIZE
 from depth_ros.inference.base import DepthModel
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.inference.torch')
 

@@ -1,4 +1,5 @@
-"""Camera sources behind one interface (see depth_ros/sources/base.py).
+"""
+Camera sources behind one interface (see depth_ros/sources/base.py).
 
 ``make_source(kind, path=None, **options)`` builds one by name, as zed_node's ``source``
 parameter and the launch file's ``source:=`` argument name them:
@@ -57,7 +58,8 @@ def _construct(cls, kind: str, args: dict):
 
 
 def make_source(kind: str, path=None, **options) -> FrameSource:
-    """Build a frame source by kind (see the module docstring).
+    """
+    Build a frame source by kind (see the module docstring).
 
     :raises ValueError: unknown kind, a path missing or given where none is taken, an unknown
         option.

@@ -1,4 +1,5 @@
-"""The frame-source interface: every camera source yields the same `Frame`.
+"""
+The frame-source interface: every camera source yields the same `Frame`.
 
 Sources: zed (pyzed, live or SVO), sample (bundled Middlebury pair), folder (stereo pairs +
 calibration YAML, SGBM depth), rosbag (rosbag2 of ZED topics, read with `rosbags`).
@@ -8,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
+import numpy as np
 
 
 @dataclass
@@ -32,7 +32,8 @@ class SourceError(RuntimeError):
 
 
 class FrameSource(object):
-    """Base class. Subclasses implement `open`, `read` and `close`.
+    """
+    Base class. Subclasses implement `open`, `read` and `close`.
 
     `read()` returns the next Frame, or None at the end of a finite source. It raises
     SourceError when the device or file fails; callers may `close()` and `open()` again.

@@ -1,4 +1,5 @@
-"""A folder of rectified stereo pairs plus a calibration YAML; depth from SGBM.
+"""
+A folder of rectified stereo pairs plus a calibration YAML; depth from SGBM.
 
 Layout::
 
@@ -19,11 +20,10 @@ import time
 from typing import Dict, List, Optional
 
 import cv2
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import check_sgbm_options, sgbm_depth
 from depth_ros.sources.base import Frame, FrameSource, SourceError
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.folder')
 
@@ -95,7 +95,8 @@ def _images(folder: str) -> Dict[str, str]:
 
 
 class FolderSource(FrameSource):
-    """Stereo pairs from ``path/left`` and ``path/right`` with ``path/calibration.yaml``.
+    """
+    Stereo pairs from ``path/left`` and ``path/right`` with ``path/calibration.yaml``.
 
     :param path: the folder.
     :param calibration: calibration YAML path (default: ``path/calibration.yaml``).

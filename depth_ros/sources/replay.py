@@ -1,4 +1,5 @@
-"""Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate outages.
+"""
+Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate outages.
 
 ``ReplaySource(inner, loop=..., rate=..., fps=..., drop_after=..., outage_s=...)``:
 
@@ -19,9 +20,8 @@ import logging
 import time
 from typing import Callable, Optional
 
-import numpy as np
-
 from depth_ros.sources.base import Frame, FrameSource, SourceError
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.replay')
 
@@ -37,7 +37,8 @@ def _check_nonneg(name: str, value, allow_none: bool = False):
 
 
 class ReplaySource(FrameSource):
-    """Wrap a finite FrameSource with looping, pacing and simulated outages (module docstring).
+    """
+    Wrap a finite FrameSource with looping, pacing and simulated outages (module docstring).
 
     :param clock: monotonic seconds (injectable for tests); ``sleep`` likewise.
     :param wall_ns: wall-clock nanoseconds for ``fps`` stamps (injectable for tests).

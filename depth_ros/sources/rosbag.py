@@ -1,4 +1,5 @@
-"""A rosbag2 recording (sqlite3 or mcap) of ZED topics, read with `rosbags` (no ROS needed).
+"""
+A rosbag2 recording (sqlite3 or mcap) of ZED topics, read with `rosbags` (no ROS needed).
 
 Topics default to stereolabs/zed-ros2-wrapper 4.x names for a camera called ``zed``:
 
@@ -24,10 +25,9 @@ import logging
 import os
 from typing import Dict, Iterable, Optional
 
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.sources.base import Frame, FrameSource, SourceError
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.rosbag')
 
@@ -36,7 +36,7 @@ CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 
 
 def zed_topics(camera: str = 'zed', node: str = 'zed_node') -> Dict[str, str]:
-    """The zed-ros2-wrapper 4.x topic names for ``/<camera>/<node>``."""
+    """Return the zed-ros2-wrapper 4.x topic names for ``/<camera>/<node>``."""
     base = '/{}/{}'.format(camera, node)
     return {
         'image': base + '/left/image_rect_color',
@@ -77,7 +77,8 @@ def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
 
 
 class RosbagSource(FrameSource):
-    """Frames from a rosbag2 of ZED topics (see the module docstring).
+    """
+    Frames from a rosbag2 of ZED topics (see the module docstring).
 
     :param path: bag folder (metadata.yaml and a .db3 or .mcap file).
     :param topics: overrides of DEFAULT_TOPICS by key (image, camera_info, depth, confidence).
@@ -240,7 +241,7 @@ def _header(typestore, stamp_ns: int, frame_id: str):
 
 
 def image_message(typestore, array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
-    """A rosbags sensor_msgs/Image from an array (fields from core.encodings)."""
+    """Build a rosbags sensor_msgs/Image from an array (fields from core.encodings)."""
     from depth_ros.core.encodings import array_to_image_fields
 
     fields = array_to_image_fields(array, encoding)
@@ -248,7 +249,7 @@ def image_message(typestore, array: np.ndarray, encoding: str, stamp_ns: int, fr
 
 
 def camera_info_message(typestore, camera: PinholeCamera, stamp_ns: int, frame_id: str):
-    """A rosbags sensor_msgs/CameraInfo for a rectified left camera (zero distortion, Tx = 0)."""
+    """Build a rosbags CameraInfo for a rectified left camera (zero distortion, Tx = 0)."""
     types = typestore.types
     k = camera.K.reshape(-1)
     p = np.array([camera.fx, 0.0, camera.cx, 0.0,
@@ -266,7 +267,8 @@ def write_test_bag(path: str, frames: Iterable[Frame], topics: Optional[Dict[str
                    frame_id: str = 'zed_left_camera_optical_frame',
                    skip: Optional[Dict[str, Iterable[int]]] = None,
                    reverse_topics: bool = False) -> str:
-    """Write frames as a ZED-topic rosbag2 (for tests and examples), streaming.
+    """
+    Write frames as a ZED-topic rosbag2 (for tests and examples), streaming.
 
     :param path: output bag folder (must not exist; rosbags refuses to overwrite).
     :param frames: Frames with left, depth (and confidence, written when not None).

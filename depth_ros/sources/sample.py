@@ -1,4 +1,5 @@
-"""The bundled sample: scikit-image's Middlebury 2014 Motorcycle pair, with ground truth.
+"""
+The bundled sample: scikit-image's Middlebury 2014 Motorcycle pair, with ground truth.
 
 scikit-image ships the pair (500x741, a 4x downsampled version of the benchmark images) with
 its ground-truth disparity, so the demo and the graph run with no camera and no download. The
@@ -13,11 +14,10 @@ import time
 from typing import Optional
 
 import cv2
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import check_sgbm_options, sgbm_depth
 from depth_ros.sources.base import Frame, FrameSource
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.sample')
 
@@ -82,7 +82,8 @@ def sample_stereo_depth(sample: SampleData, **sgbm_options):
 
 
 class SampleSource(FrameSource):
-    """Yields the sample pair as ZED-like frames: left image, SGBM depth, confidence.
+    """
+    Yields the sample pair as ZED-like frames: left image, SGBM depth, confidence.
 
     :param count: frames per pass (the same image with increasing stamps).
     :param loop: repeat forever (``count`` is then ignored).

@@ -1,4 +1,5 @@
-"""A ZED / ZED2 camera through pyzed (ZED SDK 3.8+ and 4.x), live or from an SVO file.
+"""
+A ZED / ZED2 camera through pyzed (ZED SDK 3.8+ and 4.x), live or from an SVO file.
 
 Depth comes in metres (``coordinate_units = METER``) as the SDK gives it: NaN where there is no
 match, -inf too close, +inf too far (REP 117). The confidence map is the SDK's (1..100, larger =
@@ -17,10 +18,9 @@ import logging
 from typing import Optional
 
 import cv2
-import numpy as np
-
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.sources.base import Frame, FrameSource, SourceError
+import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.zed')
 
@@ -65,7 +65,8 @@ def read_calibration(info):
 
 
 class ZedSource(FrameSource):
-    """ZED camera frames (see the module docstring).
+    """
+    ZED camera frames (see the module docstring).
 
     :param svo_path: an SVO file to play instead of the live camera.
     :param resolution: one of RESOLUTIONS (live only).
