@@ -91,6 +91,27 @@ def test_output_dense_holes_filled_and_outliers_replaced():
     assert 0.5 < out.stereo_fraction < 0.8
 
 
+def test_mono_that_stereo_does_not_confirm_never_vetoes_trusted_stereo():
+    # A poor monocular prediction (here: the truth plus a strong unmodelled error that only
+    # about half the samples survive) must not overwrite consistent stereo.
+    rel, _, z = make_frame()
+    rng = np.random.RandomState(3)
+    rel_bad = rel.copy()
+    wrong = rng.rand(H, W) < 0.45
+    rel_bad[wrong] *= rng.uniform(0.3, 3.0, wrong.sum()).astype(np.float32)
+    _, st, _ = make_frame(outliers=0.0)
+    aligner = MetricAligner(grid=(0, 0), min_inlier_ratio=0.2)
+    out = aligner.update(rel_bad, st)
+    assert out.status == 'ok', out.reason
+    assert out.inlier_ratio < aligner.consistency_min_inliers, out.inlier_ratio
+    trusted = np.isfinite(st) & (st >= 0.3) & (st <= 20)
+    assert np.array_equal(out.depth[trusted], st[trusted]), 'stereo was overwritten by mono'
+    # The same data with the gate at 0 lets the (wrong) mono veto stereo: the gate matters.
+    vetoed = MetricAligner(grid=(0, 0), min_inlier_ratio=0.2,
+                           consistency_min_inliers=0.0).update(rel_bad, st)
+    assert np.mean(vetoed.depth[trusted] != st[trusted]) > 0.2
+
+
 def test_sky_is_plus_inf_never_a_phantom_surface():
     rel, st, z = make_frame()
     d = MetricAligner(max_output_depth=50.0).update(rel, st).depth

@@ -114,6 +114,10 @@ class MetricAligner(object):
     :param max_correction: bound on |log| of the spatial correction factor.
     :param consistency: stereo that differs from the aligned mono by more than this relative
         factor is treated as an outlier and replaced by mono; None disables the test.
+    :param consistency_min_inliers: the consistency test runs only while the fit explains at
+        least this fraction of the stereo samples (inlier ratio): a mono prediction that
+        stereo does not confirm (a poor or untrained model, an unusual scene) never vetoes
+        trusted stereo.
     :param fuse_stereo: if False the output is aligned mono only.
     :param compute_uncertainty: whether to fill ``AlignedDepth.uncertainty``.
     :param seed: RANDOM seed of the RANSAC sampler and the subsample (reproducible runs).
@@ -128,7 +132,8 @@ class MetricAligner(object):
                  jump_threshold: float = 0.25, jump_frames: int = 3,
                  grid: Tuple[int, int] = (6, 8), grid_min_samples: int = 8,
                  max_correction: float = 0.5, consistency: Optional[float] = 0.15,
-                 fuse_stereo: bool = True, compute_uncertainty: bool = True, seed: int = 0):
+                 consistency_min_inliers: float = 0.6, fuse_stereo: bool = True,
+                 compute_uncertainty: bool = True, seed: int = 0):
         if relative_kind not in RELATIVE_KINDS:
             raise ValueError('option `relative_kind` must be one of {}, got {!r}'.format(
                 RELATIVE_KINDS, relative_kind))
@@ -174,6 +179,8 @@ class MetricAligner(object):
         self.max_correction = _check_number('max_correction', max_correction, 0.0, 5.0)
         self.consistency = _check_number('consistency', consistency, 0.0, None,
                                          low_open=True, allow_none=True)
+        self.consistency_min_inliers = _check_number(
+            'consistency_min_inliers', consistency_min_inliers, 0.0, 1.0)
         for name, value in (('fuse_stereo', fuse_stereo),
                             ('compute_uncertainty', compute_uncertainty)):
             if not isinstance(value, (bool, np.bool_)):
@@ -192,6 +199,7 @@ class MetricAligner(object):
         self.scale = float('nan')      # filtered global affine in use
         self.shift = float('nan')
         self.sigma_inv = float('nan')  # robust inverse-depth residual spread of the last fit
+        self.fit_inlier_ratio = float('nan')  # inlier ratio of the last accepted fit
         self._log_grid = None          # [rows, cols] float32 filtered log correction
         self._pending = 0              # consecutive frames whose fit jumped
         self.frames = 0
@@ -416,6 +424,7 @@ class MetricAligner(object):
                     self.scale = (1.0 - a) * self.scale + a * s_new
                     self.shift = (1.0 - a) * self.shift + a * t_new
                 self.sigma_inv = fit['sigma_inv']
+                self.fit_inlier_ratio = inlier_ratio
                 if self.grid[0]:
                     self._spatial(r, y, fit['inliers'], self.scale, self.shift, fresh)
             else:
@@ -454,7 +463,8 @@ class MetricAligner(object):
             conf = confidence.astype(np.float32, copy=False)
             ok = cv2.compare(conf, self.confidence_threshold, cv2.CMP_LE, dst=self._mask2)
             cv2.bitwise_and(trusted, ok, dst=trusted)      # NaN confidence compares false
-        if self.has_fit and self.consistency is not None:
+        if self.has_fit and self.consistency is not None \
+                and self.fit_inlier_ratio >= self.consistency_min_inliers:
             # Stereo that disagrees with the aligned mono is a gross outlier (edges,
             # reflections); where mono is +inf (inverse 0) or NaN the ratio fails too.
             if inv is not None:
