@@ -36,7 +36,7 @@ $(VENV38)/.stamp: setup.py
 	$(PY38) -m venv $(VENV38)
 	$(VENV38)/bin/python -m pip install -q --upgrade pip
 	# The Jetson's own versions: Ubuntu 20.04 numpy 1.17.4, JetPack 5.1 OpenCV 4.5.4.
-	$(VENV38)/bin/python -m pip install -q -e . pytest 'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
+	$(VENV38)/bin/python -m pip install -q -e . pytest pytest-timeout 'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
 	touch $@
 
 test-py38: $(VENV38)/.stamp
