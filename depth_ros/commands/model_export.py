@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                         help='ONNX opset, overrides --target: 16 (LayerNorm decomposed, '
                              'TorchScript exporter) or >= 17 (one LayerNormalization node, '
                              'dynamo exporter)')
+    parser.add_argument('--no-fold', dest='fold', action='store_false',
+                        help='opset 16: keep the TorchScript exporter\'s graph as written, '
+                             'without folding its constant shape arithmetic (for debugging)')
     parser.add_argument('--cache-dir', default=None,
                         help='Hugging Face cache for hub downloads (default: the HF default)')
     parser.set_defaults(func=run)
@@ -75,7 +78,7 @@ def run(args) -> int:
     info = export_checkpoint(
         args.checkpoint, args.out, variant=args.variant, random_weights=args.random_weights,
         seed=args.seed, input_size=(args.width, args.height), opset=opset,
-        cache_dir=args.cache_dir, target=args.target)
+        cache_dir=args.cache_dir, target=args.target, fold=args.fold)
     if args.random_weights:
         LOG.warning('%s holds an UNTRAINED %s network (random weights, seed %d): its output '
                     'is not a depth estimate', args.out, info['variant'], args.seed)

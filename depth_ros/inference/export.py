@@ -32,7 +32,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from depth_ros.core.preprocess import check_input_size, DEFAULT_SIZE
 
@@ -115,6 +115,71 @@ def _eager_attention(model):
                     pass
 
 
+def _position_embedding_modules(model):
+    """Return the modules that interpolate position embeddings (the DINOv2 embeddings)."""
+    return [m for m in model.modules()
+            if callable(getattr(m, 'interpolate_pos_encoding', None))
+            and getattr(m, 'position_embeddings', None) is not None
+            and getattr(m, 'patch_embeddings', None) is not None]
+
+
+@contextlib.contextmanager
+def constant_position_embeddings(model, height: int, width: int):
+    """
+    Make the backbone use its position embeddings precomputed for ``height`` x ``width``.
+
+    DINOv2 resizes its position embedding grid to the input's patch grid with a bicubic
+    interpolation, which the exporters write as a cubic Resize; TensorRT's ONNX parser imports
+    cubic Resize only from 8.6. The input size of an export is fixed, so the resized
+    embedding is a constant: it is computed here once, by the module's own
+    interpolate_pos_encoding (numerics unchanged), and the exported graph holds it as an
+    initializer. Other sizes still go through the original code, and the original method is
+    restored on exit, even on error. Yields the number of modules patched.
+    """
+    import torch
+
+    patched = []
+    try:
+        for module in _position_embedding_modules(model):
+            original = module.interpolate_pos_encoding  # bound method
+            patch_h, patch_w = _pair(module.patch_embeddings.patch_size)
+            dim = module.position_embeddings.shape[-1]
+            tokens = (height // patch_h) * (width // patch_w) + 1  # + CLS
+            probe = torch.zeros(1, tokens, dim, dtype=module.position_embeddings.dtype,
+                                device=module.position_embeddings.device)
+            with torch.no_grad():
+                # [1, tokens, dim]; detached and copied so that the graph gets a constant,
+                # not the parameter it was resized from.
+                fixed = original(probe, height, width).detach().clone()
+
+            def interpolate(embeddings, h, w, _original=original, _fixed=fixed,
+                            _tokens=tokens):
+                if (h, w) == (height, width) and embeddings.shape[1] == _tokens:
+                    return _fixed.to(embeddings.dtype)
+                return _original(embeddings, h, w)
+
+            # An instance attribute shadows the class method for this module only.
+            module.interpolate_pos_encoding = interpolate
+            patched.append(module)
+        if not patched:
+            LOG.warning('no position embedding module found: the graph may hold a cubic '
+                        'Resize, which TensorRT < 8.6 cannot parse')
+        yield len(patched)
+    finally:
+        for module in patched:
+            try:
+                del module.interpolate_pos_encoding
+            except AttributeError:
+                pass
+
+
+def _pair(value) -> Tuple[int, int]:
+    """Return ``value`` as (height, width): an int is used for both."""
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
 def max_opset() -> int:
     """Return the highest opset both the installed torch exporter and onnx support."""
     try:
@@ -191,9 +256,65 @@ def _export_torchscript(module, dummy, opset: int):
     return onnx.load_model_from_string(buffer.getvalue())
 
 
+# ONNX Runtime basic-level passes left out of the folding: MatMulAddFusion rewrites every
+# MatMul + bias into Reshape-Gemm-Reshape (TensorRT fuses the bias itself), and common
+# subexpression elimination merges LayerNorms that share input and weights, which would leave
+# the graph with fewer norm nodes than the model has norm modules.
+_FOLD_DISABLED = ('MatMulAddFusion', 'CommonSubexpressionElimination')
+
+
+def fold_constants(proto):
+    """
+    Fold constant subgraphs (shape arithmetic) with ONNX Runtime's basic optimiser.
+
+    The TorchScript exporter leaves Shape/Gather/Unsqueeze/Concat/Constant chains that compute
+    sizes known at export time (the input size is fixed). ONNX Runtime's basic level is
+    documented to apply only semantics-preserving, provider-independent rewrites in the
+    standard ONNX domain: constant folding, Identity/Slice/Unsqueeze/Expand elimination and
+    Conv+Add/Mul fusion. Node names are kept, so LayerNorm nodes still name their module.
+    Returns the folded ModelProto, or ``proto`` unchanged (with a warning) when onnxruntime is
+    missing or the result holds a non-standard op or other inputs/outputs.
+    """
+    import onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        LOG.warning('constant folding skipped, onnxruntime is missing (%s): install '
+                    'depth_ros[export]', exc)
+        return proto
+    with tempfile.TemporaryDirectory(prefix='depth_ros_fold_') as tmp:
+        src = os.path.join(tmp, 'in.onnx')
+        dst = os.path.join(tmp, 'folded.onnx')
+        onnx.save_model(proto, src)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = dst
+        options.log_severity_level = 3  # errors only
+        ort.InferenceSession(src, options, providers=['CPUExecutionProvider'],
+                             disabled_optimizers=list(_FOLD_DISABLED))
+        folded = onnx.load(dst)
+    foreign = sorted({n.domain for n in folded.graph.node} - {'', 'ai.onnx'})
+    io_names = [[(v.name, str(v.type)) for v in g]
+                for g in (proto.graph.input, proto.graph.output)]
+    if foreign or [[(v.name, str(v.type)) for v in g]
+                   for g in (folded.graph.input, folded.graph.output)] != io_names:
+        LOG.warning('constant folding skipped: the folded graph holds ops of domains %s or '
+                    'other inputs/outputs', foreign)
+        return proto
+    # ONNX Runtime declares all of its domains; keep only those the graph uses.
+    used = {n.domain for n in folded.graph.node} | {''}
+    kept = [o for o in folded.opset_import if o.domain in used or o.domain == 'ai.onnx']
+    del folded.opset_import[:]
+    folded.opset_import.extend(kept)
+    folded.producer_name, folded.producer_version = proto.producer_name, proto.producer_version
+    LOG.info('constant folding: %d -> %d nodes', len(proto.graph.node), len(folded.graph.node))
+    return folded
+
+
 def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
                 opset: int = DEFAULT_OPSET, metadata: Optional[Dict[str, str]] = None,
-                show_progress: bool = True) -> str:
+                show_progress: bool = True, fold: bool = True) -> str:
     """
     Export a ``DepthAnythingForDepthEstimation`` to ONNX at a fixed size; returns ``path``.
 
@@ -202,6 +323,10 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
         Runtime, TensorRT >= 8.6) or 16 (TorchScript exporter, LayerNorm decomposed into nodes
         named after their norm module: TensorRT 8.5). See resolve_opset for targets.
     :param metadata: extra metadata_props, e.g. variant and source checkpoint hash.
+    :param fold: fold the constant shape arithmetic of the TorchScript (opset 16) graph with
+        fold_constants; the dynamo exporter folds its own graph.
+    The position embeddings are constants of the graph (see constant_position_embeddings), so
+    no cubic Resize is left for TensorRT < 8.6 to reject.
     The file is written to a temporary name in the same folder and renamed into place, so a
     crash never leaves a half-written model behind. metadata_props record the opset and the
     exporter.
@@ -225,9 +350,9 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     t0 = time.perf_counter()
     LOG.info('exporting ONNX at %dx%d (opset %d, %s exporter) to %s', width, height, opset,
              exporter, path)
-    with _eager_attention(model), torch.no_grad(), \
-            progress('exporting ONNX {}x{}'.format(width, height), show_progress), \
-            _quiet_exporter():
+    with _eager_attention(model), constant_position_embeddings(model, height, width), \
+            torch.no_grad(), _quiet_exporter(), \
+            progress('exporting ONNX {}x{}'.format(width, height), show_progress):
         module = _ExportWrapper.wrap(model)
         if exporter == EXPORTER_DYNAMO:
             program = torch.onnx.export(
@@ -236,16 +361,20 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
             proto = program.model_proto
         else:
             proto = _export_torchscript(module, dummy, opset)
+    exported_nodes = len(proto.graph.node)
+    if fold and exporter == EXPORTER_TORCHSCRIPT:
+        proto = fold_constants(proto)
     got = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if got and got[0] != opset:
         LOG.warning('exporter wrote opset %s instead of %s', got[0], opset)
-    ops = {n.op_type for n in proto.graph.node}
-    if 'IsNaN' in ops:  # eager attention should have removed them
-        LOG.warning('the graph holds IsNaN nodes, which TensorRT 8.5 cannot import')
+    if exporter == EXPORTER_TORCHSCRIPT:
+        for issue in tensorrt85_issues(proto):
+            LOG.warning('TensorRT 8.5 will not parse this graph: %s', issue)
     props = {'producer': 'depth_ros', 'model': 'Depth Anything V2',
              'input_size': '{}x{}'.format(width, height), 'input': INPUT_NAME,
              'output': OUTPUT_NAME, 'torch': torch.__version__,
-             'opset': str(got[0] if got else opset), 'exporter': exporter}
+             'opset': str(got[0] if got else opset), 'exporter': exporter,
+             'exported_nodes': str(exported_nodes), 'nodes': str(len(proto.graph.node))}
     props.update({str(k): str(v) for k, v in (metadata or {}).items()})
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
@@ -253,6 +382,40 @@ def export_onnx(model, path: str, input_size: Tuple[int, int] = DEFAULT_SIZE,
     LOG.info('wrote %s (%.1f MB) in %.1f s', path, os.path.getsize(path) / 1e6,
              time.perf_counter() - t0)
     return path
+
+
+# TensorRT 8.5's ONNX parser (importResize): modes and coordinate transformations it imports.
+TRT85_RESIZE_MODES = ('nearest', 'linear')
+TRT85_RESIZE_COORDINATES = ('half_pixel', 'pytorch_half_pixel', 'align_corners', 'asymmetric')
+
+
+def tensorrt85_issues(proto) -> List[str]:
+    """
+    List what in an ONNX graph TensorRT 8.5's ONNX parser rejects; empty when none.
+
+    Checked: ops it has no importer for (LayerNormalization and IsNaN, added in 8.6),
+    Resize modes other than nearest/linear (cubic was added in 8.6) and coordinate
+    transformations other than TRT85_RESIZE_COORDINATES, and ops outside the ONNX domain.
+    """
+    import onnx
+
+    issues = []
+    for node in proto.graph.node:
+        where = '{} node {!r}'.format(node.op_type, node.name)
+        if node.domain not in ('', 'ai.onnx'):
+            issues.append('{} in domain {!r}'.format(where, node.domain))
+        elif node.op_type in ('LayerNormalization', 'IsNaN'):
+            issues.append('{}: no importer before TensorRT 8.6'.format(where))
+        elif node.op_type == 'Resize':
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            mode = attrs.get('mode', b'nearest').decode()
+            coords = attrs.get('coordinate_transformation_mode', b'half_pixel').decode()
+            if mode not in TRT85_RESIZE_MODES:
+                issues.append('{}: mode {!r} (TensorRT 8.5 imports {})'.format(
+                    where, mode, ', '.join(TRT85_RESIZE_MODES)))
+            if coords not in TRT85_RESIZE_COORDINATES:
+                issues.append('{}: coordinate_transformation_mode {!r}'.format(where, coords))
+    return issues
 
 
 def save_atomic(proto, path: str) -> None:
@@ -306,13 +469,13 @@ def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] =
                       random_weights: bool = False, seed: int = 0,
                       input_size: Tuple[int, int] = DEFAULT_SIZE, opset: int = DEFAULT_OPSET,
                       cache_dir: Optional[str] = None, show_progress: bool = True,
-                      target: Optional[str] = None) -> dict:
+                      target: Optional[str] = None, fold: bool = True) -> dict:
     """
     Load a checkpoint (or build random weights when asked) and export it; returns its info.
 
     Exactly one of ``source`` and ``random_weights`` (with ``variant``) must be given.
     ``target`` (e.g. 'tensorrt8.5') is only recorded in the metadata; resolve_opset maps it
-    to ``opset``.
+    to ``opset``. ``fold``: see export_onnx.
     """
     from depth_ros.inference import torch_model
 
@@ -338,7 +501,7 @@ def export_checkpoint(source: Optional[str], path: str, variant: Optional[str] =
     if target:
         meta['target'] = target
     export_onnx(model, path, input_size=input_size, opset=opset, metadata=meta,
-                show_progress=show_progress)
+                show_progress=show_progress, fold=fold)
     return dict(info, path=path)
 
 
