@@ -4,6 +4,7 @@ ONNX export, the `model export` command, hub offline detection and the demo mode
 Models are tiny and untrained: outputs are compared with PyTorch, never presented as depth.
 """
 import collections
+import contextlib
 import os
 import time
 
@@ -298,6 +299,175 @@ def test_cli_target_tensorrt85_writes_opset16(tmp_path):
     got = (opset, 'LayerNormalization' in ops, meta['opset'], meta['exporter'], meta['target'])
     want = ([16], False, '16', 'torchscript', 'tensorrt8.5')
     assert got == want, 'expected {}, received {}'.format(want, got)
+
+
+# ------------------------------------------------------------------------------------------
+# TensorRT 8.5: constant position embeddings (no cubic Resize), folded shape arithmetic
+
+
+def resize_modes(proto):
+    """Return the sorted (mode, coordinate_transformation_mode) pairs of the Resize nodes."""
+    pairs = set()
+    for node in proto.graph.node:
+        if node.op_type == 'Resize':
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            pairs.add((attrs.get('mode', b'nearest').decode(),
+                       attrs.get('coordinate_transformation_mode', b'half_pixel').decode()))
+    return sorted(pairs)
+
+
+def constants(proto):
+    """Return the graph's initializers and Constant node values as numpy arrays."""
+    arrays = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer]
+    for node in proto.graph.node:
+        if node.op_type == 'Constant':
+            arrays += [onnx.numpy_helper.to_array(a.t) for a in node.attribute
+                       if a.name == 'value']
+    return arrays
+
+
+def bicubic_position_embeddings(model, height, width):
+    """Resize the DINOv2 position embeddings by hand: [1, 1 + h/14 * w/14, dim]."""
+    pos = model.backbone.embeddings.position_embeddings.detach()  # [1, 1 + g*g, dim]
+    grid = int(round((pos.shape[1] - 1) ** 0.5))
+    patches = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(patches, size=(height // 14, width // 14),
+                                              mode='bicubic', align_corners=False)
+    return torch.cat([pos[:, :1], patches.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])],
+                     dim=1).numpy()
+
+
+@pytest.fixture(scope='module')
+def tiny_export16_previous(tmp_path_factory, tiny_export):
+    """Export opset 16 as before: position embeddings resized in the graph, nothing folded."""
+    model, _ = tiny_export
+    path = str(tmp_path_factory.mktemp('export16prev') / 'tiny16prev.onnx')
+    real = export.constant_position_embeddings
+    export.constant_position_embeddings = lambda *args: contextlib.nullcontext(0)
+    try:
+        export.export_onnx(model, path, input_size=SIZE, opset=16, show_progress=False,
+                           fold=False)
+    finally:
+        export.constant_position_embeddings = real
+    return model, path
+
+
+def test_no_cubic_resize_and_tensorrt85_resize_modes(tiny_export, tiny_export16):
+    model = tiny_export[0]
+    want_pos = bicubic_position_embeddings(model, SIZE[1], SIZE[0])  # [1, 13, 32]
+    for opset, path in ((17, tiny_export[1]), (16, tiny_export16[1])):
+        proto = onnx.load(path)
+        # The DPT neck and head upsample bilinearly with align_corners=True.
+        modes = resize_modes(proto)
+        assert modes == [('linear', 'align_corners')], 'opset {}: expected only linear ' \
+            'align_corners Resize, received {}'.format(opset, modes)
+        assert all(m in export.TRT85_RESIZE_MODES and c in export.TRT85_RESIZE_COORDINATES
+                   for m, c in modes), modes
+        # The resized position embedding is in the graph as a constant.
+        found = [a for a in constants(proto) if a.shape == want_pos.shape]
+        assert any(np.allclose(a, want_pos, rtol=0, atol=1e-6) for a in found), \
+            'opset {}: no constant equals the bicubic-resized position embeddings {}; ' \
+            'constants of that shape: {}'.format(opset, want_pos.shape, len(found))
+    # Both exports restored the model: at another size it computes what a fresh copy does.
+    assert 'interpolate_pos_encoding' not in vars(model.backbone.embeddings)
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((1, 3, 28, 70))
+                         .astype(np.float32))
+    with torch.no_grad():
+        got = model(pixel_values=x).predicted_depth
+        want = torch_model.build_model('tiny', seed=0)(pixel_values=x).predicted_depth
+    assert torch.equal(got, want), 'max difference {}'.format((got - want).abs().max())
+    issues = export.tensorrt85_issues(onnx.load(tiny_export16[1]))
+    assert issues == [], 'opset 16 graph: TensorRT 8.5 issues {}'.format(issues)
+    issues = export.tensorrt85_issues(onnx.load(tiny_export[1]))
+    assert len(issues) == 9 and all('LayerNormalization' in i for i in issues), issues
+
+
+def test_previous_path_had_a_cubic_resize_the_check_reports(tiny_export16_previous):
+    proto = onnx.load(tiny_export16_previous[1])
+    modes = resize_modes(proto)
+    assert modes == [('cubic', 'half_pixel'), ('linear', 'align_corners')], modes
+    want = ["Resize node '/net/backbone/embeddings/Resize': mode 'cubic' (TensorRT 8.5 "
+            "imports nearest, linear)"]
+    got = export.tensorrt85_issues(proto)
+    assert got == want, 'expected {}, received {}'.format(want, got)
+
+
+def test_opset16_folded_graph_matches_torch_and_the_previous_graph(
+        tiny_export16, tiny_export16_previous):
+    model, path = tiny_export16
+    folded, previous = onnx.load(path), onnx.load(tiny_export16_previous[1])
+    ops = collections.Counter(n.op_type for n in folded.graph.node)
+    shape_ops = ('Shape', 'Gather', 'Unsqueeze', 'Constant', 'ConstantOfShape', 'Where',
+                 'Expand', 'Equal', 'Identity', 'Cast')
+    left = {op: ops[op] for op in shape_ops if ops[op]}
+    assert not left, 'shape arithmetic left after folding: {}'.format(left)
+    domains = sorted(o.domain for o in folded.opset_import)
+    assert domains == [''] and {n.domain for n in folded.graph.node} == {''}, domains
+    meta = export.read_metadata(path)
+    got = (int(meta['exported_nodes']), int(meta['nodes']))
+    assert got[1] == len(folded.graph.node) and got[1] < got[0] < len(previous.graph.node), \
+        'nodes exported, after folding: {}; previous path: {}'.format(
+            got, len(previous.graph.node))
+    x = np.random.default_rng(3).standard_normal((1, 3, 42, 56)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x)).predicted_depth.numpy()
+    out = [ort.InferenceSession(p, providers=['CPUExecutionProvider']).run(None, {'image': x})[0]
+           for p in (path, tiny_export16_previous[1])]
+    scale = np.abs(ref).max()
+    err_torch, err_prev = (np.abs(out[0] - ref).max() / scale,
+                           np.abs(out[0] - out[1]).max() / scale)
+    assert err_torch < 1e-4 and err_prev < 1e-4, \
+        'max relative error vs torch {}, vs the previous graph {} (expected < 1e-4)'.format(
+            err_torch, err_prev)
+
+
+def test_no_fold_keeps_the_exported_graph(tmp_path):
+    from depth_ros.cli import main
+    out = str(tmp_path / 'nofold.onnx')
+    assert main(['model', 'export', '--variant', 'tiny', '--random-weights', '--opset', '16',
+                 '--no-fold', '--width', '28', '--height', '28', '--out', out]) == 0
+    proto = onnx.load(out)
+    meta = export.read_metadata(out)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    got = (int(meta['nodes']), ops['Resize'] > 0, ops['Shape'] > 0)
+    want = (int(meta['exported_nodes']), True, True)
+    assert got == want and ('cubic', 'half_pixel') not in resize_modes(proto), \
+        'expected {}, received {} {}'.format(want, got, resize_modes(proto))
+
+
+def test_position_embedding_patch_is_exact_and_restored_even_on_error(tmp_path, monkeypatch):
+    model = torch_model.build_model('tiny', seed=5)
+    emb = model.backbone.embeddings
+    x = torch.from_numpy(np.random.default_rng(4).standard_normal((1, 3, 28, 70))
+                         .astype(np.float32))
+    with torch.no_grad():
+        before = model(pixel_values=x).predicted_depth
+        with export.constant_position_embeddings(model, SIZE[1], SIZE[0]) as patched:
+            tokens = torch.zeros(1, 13, emb.position_embeddings.shape[-1])
+            fixed = emb.interpolate_pos_encoding(tokens, SIZE[1], SIZE[0])
+            other = emb.interpolate_pos_encoding(torch.zeros(1, 11, tokens.shape[-1]), 28, 70)
+            inside = model(pixel_values=x).predicted_depth  # another size: the original code
+    want = bicubic_position_embeddings(model, SIZE[1], SIZE[0])
+    assert patched == 1 and np.array_equal(fixed.numpy(), want), \
+        'patched {}, max difference {}'.format(patched, np.abs(fixed.numpy() - want).max())
+    assert np.array_equal(other.numpy(), bicubic_position_embeddings(model, 28, 70))
+    assert torch.equal(inside, before)
+    assert 'interpolate_pos_encoding' not in vars(emb), 'patch left on the module'
+
+    def fail(*args, **kwargs):
+        raise RuntimeError('exporter failed')
+
+    monkeypatch.setattr(export, '_export_torchscript', fail)
+    attn = model.config.backbone_config._attn_implementation
+    with pytest.raises(RuntimeError, match='exporter failed'):
+        export.export_onnx(model, str(tmp_path / 'x.onnx'), input_size=SIZE, opset=16,
+                           show_progress=False)
+    assert 'interpolate_pos_encoding' not in vars(emb), 'patch left after a failed export'
+    assert model.config.backbone_config._attn_implementation == attn
+    assert os.listdir(str(tmp_path)) == []
+    with torch.no_grad():
+        after = model(pixel_values=x).predicted_depth  # 70x28, not the export size
+    assert torch.equal(after, before), 'the model changed after a failed export'
 
 
 # ------------------------------------------------------------------------------------------
