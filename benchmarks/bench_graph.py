@@ -173,11 +173,23 @@ def main(argv=None):
                   percentiles(overhead))
             time.sleep(1.1)  # one diagnostics period
             a = diag.get('alignment_node', {})
+            d = diag.get('depth_node', {})
             print('  alignment_node per frame (convert, align, cloud, publish): {} ms; '
                   'dropped while busy: depth_node {}, alignment_node {}'.format(
-                      a.get('processing_ms', '?'),
-                      diag.get('depth_node', {}).get('frames_dropped_busy', '?'),
+                      a.get('processing_ms', '?'), d.get('frames_dropped_busy', '?'),
                       a.get('dropped_busy', '?')))
+            if inference_ms * 1e-3 <= 1.0 / fps:
+                # Where the time goes: means over the nodes' last 50 frames (diagnostics);
+                # printed where every frame is processed, so the window holds this run's.
+                print('  stamp -> image received (depth_node) {} ms -> disparity published {} '
+                      'ms (inference {} ms) -> inputs paired (alignment_node) {} ms -> '
+                      'outputs published {} ms'.format(
+                          d.get('input_age_ms_mean', '?'), d.get('output_age_ms_mean', '?'),
+                          d.get('inference_ms_mean', '?'), a.get('input_age_ms', '?'),
+                          a.get('latency_ms', '?')))
+                print('  alignment_node stages: ' + ', '.join(
+                    '{} {:.1f}'.format(k[len('stage_'):-len('_ms')], float(v))
+                    for k, v in a.items() if k.startswith('stage_')) + ' ms')
             if inference_ms * 1e-3 > 1.0 / fps:
                 ok = np.percentile(lat, 90) <= 2 * inference_ms
                 print('  output age p90 {:.1f} ms vs 2x inference {:.0f} ms: {} (frames are '

@@ -346,7 +346,10 @@ def test_diagnostics_report_fit_rates_and_drops(graph):
     time.sleep(1.2)   # one diagnostics period after the last frame
     values, status = alignment_status()
     for key in ('scale', 'shift', 'inlier_ratio', 'status', 'input_rate_hz', 'output_rate_hz',
-                'latency_ms', 'dropped_unpaired', 'dropped_frame', 'dropped_stamp'):
+                'latency_ms', 'dropped_unpaired', 'dropped_frame', 'dropped_stamp',
+                'input_age_ms', 'stage_wait_ms', 'stage_convert_ms', 'stage_align_ms',
+                'stage_publish_depth_ms', 'stage_cloud_ms', 'stage_publish_cloud_ms',
+                'stage_colored_ms'):
         assert key in values, 'expected key {!r} in {}'.format(key, sorted(values))
     assert values['status'] == 'ok' and status.level == b'\x00', 'received {} level {}'.format(
         values['status'], status.level)

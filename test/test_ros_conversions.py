@@ -97,6 +97,63 @@ def test_pointcloud2_rejects_non_clouds():
         conv.cloud_to_pointcloud2(np.zeros((2, 2), np.float32), conv.make_header(0, ''))
 
 
+def test_cloud_written_into_message_buffer_is_the_message_data_without_a_copy():
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+    camera = PinholeCamera(2.0, 2.0, 1.5, 0.5, 4, 2)
+    depth = np.array([[1.0, 2.0, np.nan, 4.0], [1.0, np.inf, 3.0, 0.5]], np.float32)
+    bgr = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    header = conv.make_header(42, 'f')
+    expected = conv.cloud_to_pointcloud2(depth_to_cloud(depth, camera, bgr=bgr), header)
+    buffer = conv.MessageBuffer()
+    out = buffer.array((2, 4), depth_to_cloud(depth, camera, bgr=bgr).dtype)
+    cloud = depth_to_cloud(depth, camera, bgr=bgr, out=out)
+    msg = conv.cloud_to_pointcloud2(cloud, header, buffer=buffer)
+    assert msg.data is buffer.data, 'the message copied the buffer (type {})'.format(
+        type(msg.data).__name__)
+    assert bytes(msg.data) == bytes(expected.data) and msg.fields == expected.fields
+    wire = serialize_message(msg)
+    # The next frame overwrites the buffer: what was published (serialized) must not change.
+    depth_to_cloud(depth * 2.0, camera, bgr=bgr, out=buffer.array((2, 4), cloud.dtype))
+    assert buffer.array((2, 4), cloud.dtype) is out, 'same size: the buffer must be reused'
+    assert bytes(deserialize_message(wire, PointCloud2).data) == bytes(expected.data)
+    assert bytes(msg.data) != bytes(expected.data)
+    with pytest.raises(ValueError, match='`cloud` must be the array that `buffer.array'):
+        conv.cloud_to_pointcloud2(cloud.copy(), header, buffer=buffer)
+
+
+def test_image_through_message_buffer_equals_plain_conversion_and_reuses_it():
+    buffer = conv.MessageBuffer()
+    header = conv.make_header(7, 'f')
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    first = conv.numpy_to_image(a, '32FC1', header, buffer=buffer)
+    assert first.data is buffer.data and bytes(first.data) == a.tobytes()
+    data = buffer.data
+    second = conv.numpy_to_image(a + 1, '32FC1', header, buffer=buffer)
+    assert buffer.data is data, 'same size: the buffer must be reused'
+    np.testing.assert_array_equal(conv.image_to_numpy(second), a + 1)
+    bgr = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    third = conv.numpy_to_image(bgr, 'bgr8', header, buffer=buffer)   # new size: reallocated
+    assert buffer.data is not data and third.step == 12
+    np.testing.assert_array_equal(conv.image_to_numpy(third), bgr)
+    assert bytes(conv.numpy_to_image(bgr, 'bgr8', header).data) == bytes(third.data)
+
+
+def test_stage_times_split_a_frame():
+    from depth_ros.ros.runtime import StageTimes
+    stages = StageTimes(window=2)
+    for ms in (1.0, 3.0, 5.0):
+        stages.add('align', ms)
+    stages.add('cloud', 2.0)
+    assert stages.means() == {'align': 4.0, 'cloud': 2.0}, 'received {}'.format(
+        stages.means())
+    assert list(stages.means()) == ['align', 'cloud']
+    stages.start()
+    time.sleep(0.02)
+    stages.mark('wait')
+    assert 15.0 <= stages.means()['wait'] < 1000.0, 'received {}'.format(stages.means())
+
+
 def test_ns_stamp_round_trip():
     for ns in (0, 1, 999999999, 1000000000, 1700000000123456789):
         assert conv.stamp_to_ns(conv.ns_to_stamp(ns)) == ns

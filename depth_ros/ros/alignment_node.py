@@ -22,7 +22,7 @@ from depth_ros.core.encodings import to_bgr8
 from depth_ros.ros.params import declare_params, on_set_validator, Param, qos_depth_param, \
     reliability_param
 from depth_ros.ros.runtime import diagnostic_status, Diagnostics, LatestWorker, main_for, \
-    RateMeter, sensor_qos
+    RateMeter, sensor_qos, StageTimes
 import numpy as np
 
 THROTTLE_S = 2.0
@@ -136,7 +136,7 @@ def make_node(**kwargs):
     from rclpy.node import Node
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from depth_ros.core.pointcloud import depth_to_cloud
+    from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
     from depth_ros.core.visualize import colorize
     from depth_ros.ros import conversions as conv
 
@@ -165,6 +165,11 @@ def make_node(**kwargs):
             self.in_rate, self.out_rate = RateMeter(), RateMeter()
             self.latency_ms = collections.deque(maxlen=50)
             self.process_ms = collections.deque(maxlen=50)
+            self.input_age_ms = collections.deque(maxlen=50)   # stamp -> set complete
+            self.stages = StageTimes()
+            # Output bytes reused from frame to frame (one worker thread fills them).
+            self.cloud_buffer = conv.MessageBuffer()
+            self.depth_buffer = conv.MessageBuffer()
             self.result = None
             qos = sensor_qos(self.cfg['reliability'], self.cfg['qos_depth'])
             self.pub_depth = self.create_publisher(Image, '~/depth', qos)
@@ -216,7 +221,9 @@ def make_node(**kwargs):
                         self.in_rate.tick()
                     complete = self.buffer.add(kind, stamp, msg)
                 if complete is not None:
-                    self.worker.put(complete)
+                    now = time.time_ns()
+                    self.input_age_ms.append((now - stamp) * 1e-6)
+                    self.worker.put((complete, now))
             return callback
 
         def _convert(self, msgs):
@@ -254,7 +261,11 @@ def make_node(**kwargs):
             camera = conv.camera_from_info(msgs['camera_info'], w, h)
             return relative, depth, confidence, bgr, camera
 
-        def _process(self, msgs):
+        def _process(self, item):
+            msgs, t_complete = item
+            stages = self.stages
+            stages.add('wait', (time.time_ns() - t_complete) * 1e-6)
+            stages.start()
             t0 = time.perf_counter()
             try:
                 relative, depth, confidence, bgr, camera = self._convert(msgs)
@@ -262,31 +273,47 @@ def make_node(**kwargs):
                 self._error('frame', 'dropped frame {}: {}'.format(
                     conv.stamp_to_ns(msgs['disparity'].header.stamp), exc))
                 return
+            stages.mark('convert')
             result = self.aligner.update(relative, depth, confidence)   # [H, W] float32 m
             self.result = result
+            stages.mark('align')
             header = msgs['depth'].header
-            self.pub_depth.publish(conv.numpy_to_image(result.depth, '32FC1', header))
+            self.pub_depth.publish(conv.numpy_to_image(result.depth, '32FC1', header,
+                                                       buffer=self.depth_buffer))
             info = msgs['camera_info']
             if (info.width, info.height) != (camera.width, camera.height):
                 info = conv.camera_to_info(camera, header)
             else:
                 info.header = conv.copy_header(header)
             self.pub_info.publish(info)
+            stages.mark('publish_depth')
+            # Lazy outputs, as depth_image_proc: nothing is computed for a topic nobody reads.
             if self.pub_points.get_subscription_count() > 0:
-                cfg = self.cfg
-                cloud = depth_to_cloud(result.depth, camera, bgr=bgr,
-                                       stride=cfg['cloud_stride'],
-                                       min_depth=cfg['cloud_min_range'] or None,
-                                       max_depth=cfg['cloud_max_range'] or None)
-                self.pub_points.publish(conv.cloud_to_pointcloud2(cloud, header))
+                self._publish_cloud(result.depth, camera, bgr, header)
             if self.pub_colored.get_subscription_count() > 0:
                 vmax = self.cfg['colored_max_depth'] or None
                 colored = colorize(result.depth, vmin=0.0 if vmax else None, vmax=vmax,
                                    reverse=True)
                 self.pub_colored.publish(conv.numpy_to_image(colored, 'bgr8', header))
+                stages.mark('colored')
             self.out_rate.tick()
             self.process_ms.append((time.perf_counter() - t0) * 1e3)
             self.latency_ms.append((time.time_ns() - conv.stamp_to_ns(header.stamp)) * 1e-6)
+
+        def _publish_cloud(self, depth, camera, bgr, header):
+            cfg = self.cfg
+            stride = cfg['cloud_stride']
+            shape = (depth.shape[0] // stride, depth.shape[1] // stride)
+            # The cloud is written straight into the message's byte buffer: no copy before
+            # serialization, no fresh pages every frame.
+            out = self.cloud_buffer.array(shape, CLOUD_DTYPE if bgr is not None else XYZ_DTYPE)
+            cloud = depth_to_cloud(depth, camera, bgr=bgr, stride=stride,
+                                   min_depth=cfg['cloud_min_range'] or None,
+                                   max_depth=cfg['cloud_max_range'] or None, out=out)
+            self.stages.mark('cloud')
+            self.pub_points.publish(conv.cloud_to_pointcloud2(cloud, header,
+                                                              buffer=self.cloud_buffer))
+            self.stages.mark('publish_cloud')
 
         def _worker_error(self, exc):
             self._error('exception', 'alignment failed on a frame: {}: {}'.format(
@@ -308,6 +335,11 @@ def make_node(**kwargs):
                 else float('nan')
             values['processing_ms'] = float(np.mean(self.process_ms)) if self.process_ms \
                 else float('nan')
+            # Where a frame's time goes: stamp -> inputs paired, then each worker stage.
+            values['input_age_ms'] = float(np.mean(self.input_age_ms)) if self.input_age_ms \
+                else float('nan')
+            for stage, ms in self.stages.means().items():
+                values['stage_{}_ms'.format(stage)] = ms
             values['dropped_unpaired'] = self.bad['unpaired']
             values['dropped_busy'] = self.worker.dropped
             for k in ('stamp', 'frame', 'exception'):

@@ -100,15 +100,32 @@ def image_to_numpy(msg, copy: bool = False) -> np.ndarray:
     return out.copy() if copy else out
 
 
-def numpy_to_image(array_: np.ndarray, encoding: str, header=None):
+def _new_message(cls):
+    """
+    Return an empty message whose ``data`` setter stores an array.array as it is.
+
+    Humble's generated setters always do; later distributions copy it again unless the
+    message checks its fields (``check_fields``, which Humble's constructor does not take).
+    """
+    try:
+        return cls(check_fields=True)
+    except (AssertionError, TypeError):
+        return cls()
+
+
+def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
+                   buffer: Optional['MessageBuffer'] = None):
     """
     Convert an HxW or HxWxC array to a sensor_msgs/Image with ``header`` (copied) and ``encoding``.
+
+    The pixels are copied once, into the array.array the message keeps: a new one, or
+    ``buffer``'s (reused from frame to frame; see :class:`MessageBuffer`).
 
     :raises ValueError: the array's dtype or channels do not fit ``encoding``.
     """
     Image = _message_types()[0]
     fields = array_to_image_fields(array_, encoding)  # validates before anything is built
-    msg = Image()
+    msg = _new_message(Image)
     if header is not None:
         msg.header = copy_header(header)
     msg.height = fields['height']
@@ -118,9 +135,13 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None):
     msg.step = fields['step']
     # array.array('B') is what rclpy stores for uint8[]; any other container is checked
     # element by element in Python, which costs tens of milliseconds per frame.
-    data = array.array('B')
-    data.frombytes(fields['data'])
-    msg.data = data
+    if buffer is not None:
+        np.copyto(buffer.array(fields['data'].shape, np.uint8), fields['data'])
+        msg.data = buffer.data
+    else:
+        data = array.array('B')
+        data.frombytes(fields['data'])
+        msg.data = data
     return msg
 
 
@@ -169,7 +190,38 @@ def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = '
     return msg
 
 
-def cloud_to_pointcloud2(cloud: np.ndarray, header):
+class MessageBuffer(object):
+    """
+    A reusable message byte buffer (``array.array('B')``, what rclpy keeps for uint8[]).
+
+    ``array(shape, dtype)`` returns a numpy view of it, reallocated only when the shape or
+    dtype changes, so a node that publishes the same size every frame touches no fresh memory.
+    ``depth_to_cloud(..., out=buffer.array(...))`` writes the cloud straight into it and
+    :func:`cloud_to_pointcloud2` with ``buffer=`` hands it to the message without a copy;
+    :func:`numpy_to_image` with ``buffer=`` copies the pixels into it.
+
+    Reuse is safe because rclpy's ``publish`` serializes the message before it returns: the
+    next frame may overwrite the buffer after that. The publishing thread must not keep the
+    message, and only one thread may fill a buffer.
+    """
+
+    def __init__(self):
+        self.data = None     # array.array('B'), the message bytes
+        self.view = None     # structured numpy view of ``data``
+
+    def array(self, shape, dtype) -> np.ndarray:
+        """Return the view for ``shape`` and ``dtype``; reallocated only when they change."""
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        if self.view is None or self.view.shape != shape or self.view.dtype != dtype:
+            self.view = None  # drop the export of the old buffer first
+            data = array.array('B')
+            data.frombytes(bytes(int(np.prod(shape)) * dtype.itemsize))
+            self.data = data
+            self.view = np.frombuffer(data, dtype=dtype).reshape(shape)
+        return self.view
+
+
+def cloud_to_pointcloud2(cloud: np.ndarray, header, buffer: Optional[MessageBuffer] = None):
     """
     Organized structured array from ``depth_to_cloud`` -> sensor_msgs/PointCloud2.
 
@@ -177,7 +229,10 @@ def cloud_to_pointcloud2(cloud: np.ndarray, header):
     from ``CLOUD_FIELDS`` (x, y, z, rgb float32 at 0, 4, 8, 12; point_step 16), so the message
     cannot disagree with the bytes.
 
-    :raises ValueError: not a 2-D structured array with float32 fields.
+    :param buffer: the MessageBuffer whose view ``cloud`` is: its bytes become the message data
+        without a copy. Without it the bytes are copied once.
+    :raises ValueError: not a 2-D structured array with float32 fields, or ``cloud`` is not
+        ``buffer``'s view.
     """
     _, _, PointCloud2, PointField = _message_types()
     if not isinstance(cloud, np.ndarray) or cloud.dtype.names is None or cloud.ndim != 2:
@@ -191,7 +246,9 @@ def cloud_to_pointcloud2(cloud: np.ndarray, header):
                 name, dtype))
         fields.append(PointField(name=name, offset=int(offset), datatype=PointField.FLOAT32,
                                  count=1))
-    msg = PointCloud2()
+    if buffer is not None and cloud is not buffer.view:
+        raise ValueError('`cloud` must be the array that `buffer.array()` returned')
+    msg = _new_message(PointCloud2)
     msg.header = copy_header(header)
     msg.height, msg.width = int(cloud.shape[0]), int(cloud.shape[1])
     msg.fields = fields
@@ -199,9 +256,12 @@ def cloud_to_pointcloud2(cloud: np.ndarray, header):
     msg.point_step = int(cloud.dtype.itemsize)
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = False  # invalid points are NaN and kept, so the cloud stays organized
-    data = array.array('B')
-    data.frombytes(np.ascontiguousarray(cloud).view(np.uint8).reshape(-1))
-    msg.data = data
+    if buffer is not None:
+        msg.data = buffer.data
+    else:
+        data = array.array('B')
+        data.frombytes(np.ascontiguousarray(cloud).view(np.uint8).reshape(-1))
+        msg.data = data
     return msg
 
 

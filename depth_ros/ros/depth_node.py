@@ -8,6 +8,7 @@ frames that arrive meanwhile replace the waiting one (dropped, never queued).
 """
 from __future__ import annotations
 
+import collections
 import time
 
 from depth_ros.core.encodings import to_bgr8
@@ -49,6 +50,10 @@ def _validate(values) -> str:
         return 'parameters `input_width` and `input_height` must both be 0 or both be set, ' \
                'got {} and {}'.format(values['input_width'], values['input_height'])
     return ''
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if values else float('nan')
 
 
 def load_model(values):
@@ -98,6 +103,9 @@ def make_node(**kwargs):
             self.bad_frames = 0
             self.last_stamp = None
             self.age_ms = float('nan')
+            self.input_age_ms = collections.deque(maxlen=50)   # stamp -> image callback
+            self.age_ms_window = collections.deque(maxlen=50)  # stamp -> disparity published
+            self.disp_buffer = conv.MessageBuffer()   # reused by the one worker thread
             self.worker = LatestWorker(self._process, 'depth_inference', self._worker_error)
             self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
             self.diag = Diagnostics(self, self._diagnostics)
@@ -119,6 +127,7 @@ def make_node(**kwargs):
                     throttle_duration_sec=self.cfg['log_throttle_s'])
                 return
             self.last_stamp = stamp
+            self.input_age_ms.append((time.time_ns() - stamp) * 1e-6)
             self.worker.put(msg)
 
         def _drop(self, reason):
@@ -137,12 +146,14 @@ def make_node(**kwargs):
                 self._drop('model output has {} non-finite values'.format(
                     int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
                 return
-            self.pub_disp.publish(conv.numpy_to_image(disparity, '32FC1', msg.header))
+            self.pub_disp.publish(conv.numpy_to_image(disparity, '32FC1', msg.header,
+                                                      buffer=self.disp_buffer))
             if self.pub_color.get_subscription_count() > 0:
                 self.pub_color.publish(conv.numpy_to_image(colorize(disparity), 'bgr8',
                                                            msg.header))
             self.out_rate.tick()
             self.age_ms = (time.time_ns() - conv.stamp_to_ns(msg.header.stamp)) * 1e-6
+            self.age_ms_window.append(self.age_ms)
 
         def _worker_error(self, exc):
             self.bad_frames += 1
@@ -158,6 +169,9 @@ def make_node(**kwargs):
                 'input_rate_hz': self.in_rate.rate, 'output_rate_hz': self.out_rate.rate,
                 'inference_ms_mean': self.model.latency.mean_ms,
                 'output_age_ms': self.age_ms,
+                # Means over the last frames: stamp -> image received -> disparity published.
+                'input_age_ms_mean': _mean(self.input_age_ms),
+                'output_age_ms_mean': _mean(self.age_ms_window),
                 'frames_in': self.worker.received, 'frames_dropped_busy': self.worker.dropped,
                 'frames_bad': self.bad_frames,
             }

@@ -124,6 +124,45 @@ class RateMeter(object):
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+class StageTimes(object):
+    """
+    Per-frame stage durations: mean milliseconds of each named stage over the last frames.
+
+    A node marks the end of each stage with ``mark(name)`` after ``start()``; the means go on
+    /diagnostics so that the time of a frame can be split where it is spent.
+    """
+
+    def __init__(self, window: int = 50):
+        self.window = int(window)
+        self._ms = collections.OrderedDict()   # name -> deque of ms
+        self._lock = threading.Lock()
+        self._t = None
+
+    def start(self) -> None:
+        """Begin a frame (the worker thread's clock)."""
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """End stage ``name`` now; the next stage starts here."""
+        now = time.perf_counter()
+        self.add(name, (now - self._t) * 1e3)
+        self._t = now
+
+    def add(self, name: str, ms: float) -> None:
+        """Record ``ms`` for stage ``name``."""
+        with self._lock:
+            values = self._ms.get(name)
+            if values is None:
+                values = self._ms[name] = collections.deque(maxlen=self.window)
+            values.append(float(ms))
+
+    def means(self) -> Dict[str, float]:
+        """Return {stage: mean ms} in the order the stages were first seen."""
+        with self._lock:
+            return collections.OrderedDict(
+                (k, sum(v) / len(v)) for k, v in self._ms.items() if v)
+
+
 def diagnostic_status(name: str, hardware_id: str, level: str, message: str,
                       values: Dict[str, object]):
     """diagnostic_msgs/DiagnosticStatus; ``level`` is 'ok', 'warn', 'error' or 'stale'."""

@@ -151,6 +151,8 @@ def make_node(source=None, **kwargs):
             self.pub_depth = self.create_publisher(Image, '~/depth/depth_registered', qos)
             self.pub_conf = self.create_publisher(Image, '~/confidence/confidence_map', qos)
             self.rate = RateMeter()
+            # Message bytes reused from frame to frame (only the grab thread publishes).
+            self.buffers = {k: conv.MessageBuffer() for k in ('image', 'depth', 'confidence')}
             self.frames = 0
             self.grab_errors = 0
             self.reconnects = 0
@@ -246,14 +248,17 @@ def make_node(source=None, **kwargs):
             if self.cfg['source'] not in ('live', 'svo'):
                 frame = downscale_frame(frame, self.cfg['publish_downscale'])
             header = conv.make_header(frame.stamp_ns, self.frame_id)
-            self.pub_image.publish(conv.numpy_to_image(frame.left, 'bgr8', header))
+            self.pub_image.publish(conv.numpy_to_image(frame.left, 'bgr8', header,
+                                                       buffer=self.buffers['image']))
             self.pub_info.publish(conv.camera_to_info(frame.camera, header))
             if frame.depth is not None:
                 depth = frame.depth.astype('float32', copy=False)
-                self.pub_depth.publish(conv.numpy_to_image(depth, '32FC1', header))
+                self.pub_depth.publish(conv.numpy_to_image(depth, '32FC1', header,
+                                                           buffer=self.buffers['depth']))
             if frame.confidence is not None:
                 conf = frame.confidence.astype('float32', copy=False)
-                self.pub_conf.publish(conv.numpy_to_image(conf, '32FC1', header))
+                self.pub_conf.publish(conv.numpy_to_image(conf, '32FC1', header,
+                                                          buffer=self.buffers['confidence']))
             self.frames += 1
             self.rate.tick()
 
