@@ -2,7 +2,7 @@
 Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ options).
 
     ros2 launch depth_ros zed_depth.launch.py                       # live ZED2, ONNX Runtime
-    ros2 launch depth_ros zed_depth.launch.py backend:=tensorrt model:=/path/vits_fp16.engine
+    ros2 launch depth_ros zed_depth.launch.py engine:=da2_vits_518x294_fp16_<key>.engine
     ros2 launch depth_ros zed_depth.launch.py source:=sample backend:=standin rviz:=true
     ros2 launch depth_ros zed_depth.launch.py source:=bag path:=/data/zed_bag model:=vits.onnx
     ros2 launch depth_ros zed_depth.launch.py zed_node:=false    # next to the official wrapper
@@ -26,6 +26,10 @@ ARGUMENTS = (
     ('backend', 'onnxruntime', 'depth backend: tensorrt | onnxruntime | torch | standin '
      '(standin is a fixed-latency stand-in for tests, not a model)'),
     ('model', '', 'ONNX file, TensorRT engine or torch checkpoint for the backend'),
+    ('engine', '', 'TensorRT engine inside the engine cache (a path or a bare file name); '
+     'implies backend tensorrt and becomes depth_node\'s model_path'),
+    ('engine_cache_dir', '', 'engine cache directory of the tensorrt backend (empty: '
+     '$DEPTH_ROS_ENGINE_CACHE or ~/.cache/depth_ros/engines)'),
     ('camera_name', 'zed', 'camera name; frames are <camera_name>_left_camera_optical_frame'),
     ('zed_node', 'true', 'start our zed_node; false when the official zed-ros2-wrapper runs '
      '(its topics have the same names)'),
@@ -57,6 +61,20 @@ def _nonempty(base, **values):
     return out
 
 
+def _depth_backend(arg):
+    """Return (backend, model_path) from the backend, model and engine arguments."""
+    engine, backend = arg['engine'], arg['backend']
+    if not engine:
+        return backend, arg['model']
+    if arg['model'] and arg['model'] != engine:
+        raise ValueError('give either model:= or engine:=, got model:={} engine:={}'.format(
+            arg['model'], engine))
+    # backend keeps its default (onnxruntime) unless set: engine:= alone means tensorrt.
+    if backend not in ('tensorrt', 'onnxruntime'):
+        raise ValueError('engine:= needs backend tensorrt, got backend:={}'.format(backend))
+    return 'tensorrt', engine
+
+
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     share = get_package_share_directory(PACKAGE)
@@ -79,11 +97,12 @@ def _nodes(context):
             output='screen', emulate_tty=True,
             parameters=[params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
                                                camera_name=camera)]))
+    backend, model_path = _depth_backend(arg)
     actions.append(Node(
         package=PACKAGE, executable='depth_node', name='depth_node', output='screen',
         emulate_tty=True,
-        parameters=[params_file, _nonempty(qos, backend=arg['backend'],
-                                           model_path=arg['model'])],
+        parameters=[params_file, _nonempty(qos, backend=backend, model_path=model_path,
+                                           engine_cache_dir=arg['engine_cache_dir'])],
         remappings=[('image', image)]))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
               ('confidence', zed + '/confidence/confidence_map'),

@@ -151,7 +151,7 @@ def _params(node):
 
 
 def test_launch_wiring_matches_the_nodes(monkeypatch):
-    from depth_ros.ros import alignment_node, depth_node, zed_node
+    from depth_ros.ros import alignment_node, depth_node, marigold_node, zed_node
     declared, nodes, env = _evaluate(monkeypatch, source='sample', backend='standin',
                                      marigold='true', rviz='true')
     assert [e.args for e in env] == [
@@ -171,7 +171,8 @@ def test_launch_wiring_matches_the_nodes(monkeypatch):
                                        'depth/depth_registered', 'confidence/confidence_map')}
     published = zed_topics | {'/depth_node/disparity', '/marigold_node/depth'}
     declared_params = {'zed_node': zed_node.PARAMS, 'depth_node': depth_node.PARAMS,
-                       'alignment_node': alignment_node.PARAMS}
+                       'alignment_node': alignment_node.PARAMS,
+                       'marigold_node': marigold_node.PARAMS}
     for exe, instances in by_exe.items():
         for n in instances:
             assert '/share/depth_ros/config/zed_depth.yaml' in n.kwargs.get(
@@ -187,8 +188,23 @@ def test_launch_wiring_matches_the_nodes(monkeypatch):
     assert _params(by_exe['depth_node'][0])['backend'] == 'standin'
     assert _params(by_exe['zed_node'][0])['source'] == 'sample'
     assert 'path' not in _params(by_exe['zed_node'][0]), 'empty path must not be passed'
+    # docs/marigold.md: marigold_node on the camera image, and a second alignment_node in
+    # namespace marigold that takes its keyframes as relative depth, with the stereo inputs
+    # of the first and a pairing buffer deep enough for keyframes that come seconds late.
+    assert by_exe['marigold_node'][0].kwargs['remappings'] == [
+        ('image', prefix + 'left/image_rect_color')]
     marigold = [n for n in by_exe['alignment_node'] if n.kwargs.get('namespace') == 'marigold']
-    assert len(marigold) == 1 and _params(marigold[0])['relative_kind'] == 'depth'
+    assert len(marigold) == 1 and marigold[0].kwargs['name'] == 'alignment_node'
+    params = _params(marigold[0])
+    assert (params['relative_kind'], params['buffer_size']) == ('depth', 100), params
+    first = [n for n in by_exe['alignment_node'] if not n.kwargs.get('namespace')]
+    expected = dict(first[0].kwargs['remappings'])
+    assert expected['disparity'] == '/depth_node/disparity'
+    expected['disparity'] = '/marigold_node/depth'
+    assert dict(marigold[0].kwargs['remappings']) == expected, \
+        'expected {}, received {}'.format(expected, marigold[0].kwargs['remappings'])
+    assert set(expected) == {'disparity', 'depth_registered', 'confidence', 'camera_info',
+                             'image'}
     tf = by_exe['static_transform_publisher'][0].kwargs['arguments']
     assert tf[tf.index('--frame-id') + 1] == 'zed_left_camera_frame' and \
         tf[tf.index('--child-frame-id') + 1] == 'zed_left_camera_optical_frame'
@@ -207,6 +223,25 @@ def test_launch_defaults_and_switches(monkeypatch):
     assert exes == ['alignment_node', 'depth_node'] and env == [], (exes, env)
     with pytest.raises(ValueError, match="expected true or false, got 'maybe'"):
         _evaluate(monkeypatch, rviz='maybe')
+
+
+def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
+    def depth_params(**overrides):
+        _, nodes, _ = _evaluate(monkeypatch, **overrides)
+        return _params([n for n in nodes if n.kwargs['executable'] == 'depth_node'][0])
+    params = depth_params(engine='da2_vits_fp16.engine')
+    assert (params['backend'], params['model_path']) == ('tensorrt', 'da2_vits_fp16.engine'), \
+        params
+    assert 'engine_cache_dir' not in params, 'an empty cache dir must be left to the yaml'
+    params = depth_params(backend='tensorrt', engine='/c/e.engine', engine_cache_dir='/c')
+    assert (params['backend'], params['model_path'], params['engine_cache_dir']) == \
+        ('tensorrt', '/c/e.engine', '/c'), params
+    params = depth_params(backend='tensorrt', model='/c/e.engine')
+    assert (params['backend'], params['model_path']) == ('tensorrt', '/c/e.engine'), params
+    with pytest.raises(ValueError, match='engine:= needs backend tensorrt, got backend:=torch'):
+        depth_params(backend='torch', engine='e.engine')
+    with pytest.raises(ValueError, match='give either model:= or engine:=, got model:=m.onnx'):
+        depth_params(model='m.onnx', engine='e.engine')
 
 
 def test_rviz_config_uses_best_effort_and_graph_topics():

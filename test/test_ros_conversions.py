@@ -296,3 +296,33 @@ def test_zed_node_parameters_map_onto_make_source(kind, path):
         assert (source.resolution, source.fps, source.depth_mode) == ('HD720', 30, 'PERFORMANCE')
     if kind == 'sample':
         assert source.fps == 10.0 and source.loop, 'expected a looping 10 fps replay'
+
+
+def test_depth_node_engine_cache_dir_is_the_cache_engines_load_from(tmp_path, monkeypatch):
+    from depth_ros.ros.depth_node import load_model, PARAMS
+    from depth_ros.ros.params import StartupError
+    cache, other = tmp_path / 'cache', tmp_path / 'other'
+    cache.mkdir()
+    other.mkdir()
+    (cache / 'e.engine').write_bytes(b'not an engine')
+    (other / 'e.engine').write_bytes(b'not an engine')
+    monkeypatch.setenv('DEPTH_ROS_ENGINE_CACHE', str(other))
+    values = {p.name: p.default for p in PARAMS}
+    values.update(backend='tensorrt', model_path=str(other / 'e.engine'),
+                  engine_cache_dir=str(cache))
+    with pytest.raises(StartupError) as info:
+        load_model(values)
+    assert 'outside the engine cache directory {};'.format(cache) in str(info.value), \
+        'received {}'.format(info.value)
+    # A bare name is looked up in the configured cache: it gets past the cache check (and
+    # fails later here, where TensorRT is missing).
+    values['model_path'] = 'e.engine'
+    with pytest.raises(StartupError) as info:
+        load_model(values)
+    assert str(info.value).startswith("cannot load tensorrt model 'e.engine': ") and \
+        'outside the engine cache' not in str(info.value), 'received {}'.format(info.value)
+    # Empty: the default cache ($DEPTH_ROS_ENGINE_CACHE), where the configured file is outside.
+    values.update(model_path=str(cache / 'e.engine'), engine_cache_dir='')
+    with pytest.raises(StartupError, match='outside the engine cache directory {};'.format(
+            other)):
+        load_model(values)

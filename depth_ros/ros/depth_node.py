@@ -31,6 +31,9 @@ PARAMS = (
     Param('input_height', 0, 'model input height, multiple of 14 (0: the model file\'s or 294)',
           low=0, high=4096, read_only=True),
     Param('device', 'cpu', 'torch backend device (cpu, cuda, cuda:0)', read_only=True),
+    Param('engine_cache_dir', '', 'tensorrt backend: the engine cache directory; engines load '
+          'only from inside it (empty: $DEPTH_ROS_ENGINE_CACHE or ~/.cache/depth_ros/engines)',
+          read_only=True),
     Param('standin_latency_ms', 0.0, 'standin backend: fixed inference time in ms',
           low=0.0, high=10000.0),
     Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
@@ -66,7 +69,11 @@ def load_model(values):
     size = None
     if values['input_width']:
         size = (values['input_width'], values['input_height'])
-    options = {'device': values['device']} if backend == 'torch' else {}
+    options = {}
+    if backend == 'torch':
+        options['device'] = values['device']
+    if backend == 'tensorrt' and values['engine_cache_dir']:
+        options['cache_dir'] = values['engine_cache_dir']
     try:
         from depth_ros.inference import load_depth_model
         return load_depth_model(values['model_path'], backend=backend, input_size=size,
