@@ -470,6 +470,31 @@ def test_position_embedding_patch_is_exact_and_restored_even_on_error(tmp_path, 
     assert torch.equal(after, before), 'the model changed after a failed export'
 
 
+@pytest.mark.slow
+def test_vits_opset16_for_tensorrt85_matches_pytorch_at_518x294(tmp_path):
+    """The full ViT-S (untrained, seeded) as `--target tensorrt8.5` exports it."""
+    net = torch_model.build_model('vits', seed=0)
+    path = str(tmp_path / 'vits16.onnx')
+    export.export_onnx(net, path, opset=16, show_progress=False)
+    proto = onnx.load(path)
+    issues = export.tensorrt85_issues(proto)
+    assert issues == [] and resize_modes(proto) == [('linear', 'align_corners')], \
+        (issues, resize_modes(proto))
+    backbone = net.config.backbone_config
+    want = 2 * backbone.num_hidden_layers + len(backbone.out_indices)  # 28
+    assert len(find_layernorms(proto.graph)) == want
+    x = np.random.default_rng(0).standard_normal((1, 3, 294, 518)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(pixel_values=torch.from_numpy(x)).predicted_depth.numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    got = ort.InferenceSession(path, options, providers=['CPUExecutionProvider']).run(
+        None, {'image': x})[0]
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert got.shape == (1, 294, 518) and err < 1e-3, \
+        'shape {}, max relative error {} (expected < 1e-3)'.format(got.shape, err)
+
+
 # ------------------------------------------------------------------------------------------
 # Hub
 

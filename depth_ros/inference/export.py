@@ -20,7 +20,12 @@ Two opsets, for two kinds of consumer:
 
 In both, the DINOv2 attention is switched to the eager implementation for export so that it
 becomes plain MatMul-Softmax-MatMul, without the IsNaN guards that the scaled-dot-product
-decomposition inserts (TensorRT 8.5 has no IsNaN importer either).
+decomposition inserts (TensorRT 8.5 has no IsNaN importer either). The position embeddings,
+which DINOv2 resizes to the patch grid with a bicubic interpolation (a cubic Resize, which
+TensorRT imports only from 8.6), are precomputed at the fixed size and become a constant
+(constant_position_embeddings). At opset 16 the TorchScript exporter's constant shape
+arithmetic is folded by ONNX Runtime's basic optimiser (fold_constants), and tensorrt85_issues
+lists anything left that TensorRT 8.5's parser rejects.
 """
 from __future__ import annotations
 
