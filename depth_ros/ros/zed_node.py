@@ -16,7 +16,6 @@ backoff, the source is reopened (a camera unplugged and plugged back), and the s
 from __future__ import annotations
 
 import threading
-import time
 
 import cv2
 from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
@@ -221,7 +220,9 @@ def make_node(source=None, **kwargs):
                         ended = True
                     self._stop.wait(0.5)
                     continue
-                self._pace()
+                # Pacing is the source's: the SDK's grab rate, or ReplaySource's rate / fps
+                # (which holds across loop passes, also for the one-frame sample). Frames are
+                # published as soon as they are read, so their stamps are never stale.
                 try:
                     self._publish(frame)
                 except Exception as exc:
@@ -229,20 +230,6 @@ def make_node(source=None, **kwargs):
                         return  # shutting down (Ctrl-C): the publishers are gone
                     self.get_logger().error('publishing a frame failed: {}'.format(exc),
                                             throttle_duration_sec=self.cfg['log_throttle_s'])
-
-        def _pace(self):
-            # Replay sources pace themselves, but a one-frame source (the sample) restarts its
-            # pass every frame; hold the configured rate here as well so it cannot flood the
-            # graph.
-            fps = source_options(self.cfg).get('fps') if self.cfg['source'] not in (
-                'live', 'svo') else None
-            if not fps:
-                return
-            now = time.monotonic()
-            due = getattr(self, '_due', now)
-            if due > now:
-                self._stop.wait(due - now)
-            self._due = max(due, now - 1.0 / fps) + 1.0 / fps
 
         def _publish(self, frame: Frame):
             if self.cfg['source'] not in ('live', 'svo'):
