@@ -187,9 +187,10 @@ def main(argv=None):
                           d.get('input_age_ms_mean', '?'), d.get('output_age_ms_mean', '?'),
                           d.get('inference_ms_mean', '?'), a.get('input_age_ms', '?'),
                           a.get('latency_ms', '?')))
-                print('  alignment_node stages: ' + ', '.join(
-                    '{} {:.1f}'.format(k[len('stage_'):-len('_ms')], float(v))
-                    for k, v in a.items() if k.startswith('stage_')) + ' ms')
+                for name, values in (('depth_node', d), ('alignment_node', a)):
+                    print('  {} stages: '.format(name) + ', '.join(
+                        '{} {:.1f}'.format(k[len('stage_'):-len('_ms')], float(v))
+                        for k, v in values.items() if k.startswith('stage_')) + ' ms')
             if inference_ms * 1e-3 > 1.0 / fps:
                 ok = np.percentile(lat, 90) <= 2 * inference_ms
                 print('  output age p90 {:.1f} ms vs 2x inference {:.0f} ms: {} (frames are '

@@ -15,7 +15,7 @@ from depth_ros.core.encodings import to_bgr8
 from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
     qos_depth_param, reliability_param, StartupError
 from depth_ros.ros.runtime import diagnostic_status, Diagnostics, LatestWorker, main_for, \
-    RateMeter, sensor_qos
+    RateMeter, sensor_qos, StageTimes
 import numpy as np
 
 BACKENDS = ('onnxruntime', 'tensorrt', 'torch', 'standin')
@@ -113,6 +113,7 @@ def make_node(**kwargs):
             self.input_age_ms = collections.deque(maxlen=50)   # stamp -> image callback
             self.age_ms_window = collections.deque(maxlen=50)  # stamp -> disparity published
             self.disp_buffer = conv.MessageBuffer()   # reused by the one worker thread
+            self.stages = StageTimes()
             self.worker = LatestWorker(self._process, 'depth_inference', self._worker_error)
             self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
             self.diag = Diagnostics(self, self._diagnostics)
@@ -134,30 +135,39 @@ def make_node(**kwargs):
                     throttle_duration_sec=self.cfg['log_throttle_s'])
                 return
             self.last_stamp = stamp
-            self.input_age_ms.append((time.time_ns() - stamp) * 1e-6)
-            self.worker.put(msg)
+            now = time.time_ns()
+            self.input_age_ms.append((now - stamp) * 1e-6)
+            self.worker.put((msg, now))
 
         def _drop(self, reason):
             self.bad_frames += 1
             self.get_logger().error('dropped image: ' + reason,
                                     throttle_duration_sec=self.cfg['log_throttle_s'])
 
-        def _process(self, msg):
+        def _process(self, item):
+            msg, t_put = item
+            stages = self.stages
+            stages.add('wait', (time.time_ns() - t_put) * 1e-6)
+            stages.start()
             try:
                 bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
             except ValueError as exc:
                 self._drop(str(exc))
                 return
+            stages.mark('convert')
             disparity = self.model.predict(bgr)          # [H, W] float32 relative
+            stages.mark('inference')
             if not np.all(np.isfinite(disparity)):
                 self._drop('model output has {} non-finite values'.format(
                     int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
                 return
             self.pub_disp.publish(conv.numpy_to_image(disparity, '32FC1', msg.header,
                                                       buffer=self.disp_buffer))
+            stages.mark('publish')
             if self.pub_color.get_subscription_count() > 0:
                 self.pub_color.publish(conv.numpy_to_image(colorize(disparity), 'bgr8',
                                                            msg.header))
+                stages.mark('colorized')
             self.out_rate.tick()
             self.age_ms = (time.time_ns() - conv.stamp_to_ns(msg.header.stamp)) * 1e-6
             self.age_ms_window.append(self.age_ms)
@@ -182,6 +192,8 @@ def make_node(**kwargs):
                 'frames_in': self.worker.received, 'frames_dropped_busy': self.worker.dropped,
                 'frames_bad': self.bad_frames,
             }
+            for stage, ms in self.stages.means().items():
+                values['stage_{}_ms'.format(stage)] = ms
             return [diagnostic_status('depth_node: inference', self.get_fully_qualified_name(),
                                       level, message, values)]
 
