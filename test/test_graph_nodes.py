@@ -357,6 +357,12 @@ def test_diagnostics_report_fit_rates_and_drops(graph):
         int(values['dropped_stamp']) >= 2, 'received {}'.format(values)
     assert abs(float(values['scale']) - SCALE) / SCALE < 0.05, \
         'expected scale near {}, received {}'.format(SCALE, values['scale'])
+    depth = [{kv.key: kv.value for kv in s.values} for m in graph.diag.msgs for s in m.status
+             if s.name.startswith('depth_node')]
+    assert depth, 'no depth_node diagnostics'
+    for key in ('input_age_ms_mean', 'output_age_ms_mean', 'stage_wait_ms', 'stage_convert_ms',
+                'stage_inference_ms', 'stage_publish_ms'):
+        assert key in depth[-1], 'expected key {!r} in {}'.format(key, sorted(depth[-1]))
     assert graph.depth_node.alive() and graph.align_node.alive()
 
 
@@ -404,3 +410,24 @@ def test_depth_node_with_real_onnxruntime_backend(probe, node_processes, tmp_pat
     err = float(np.abs(received - expected).max() / np.abs(expected).max())
     assert err <= 1e-5, 'max relative difference {} to predict() in this process ' \
         '(expected <= 1e-5)'.format(err)
+
+
+def test_lazy_outputs_are_not_computed_without_subscribers(graph, probe):
+    def counts():
+        for msg in reversed(graph.diag.msgs):
+            for status in msg.status:
+                if status.name.startswith('alignment_node'):
+                    v = {kv.key: kv.value for kv in status.values}
+                    return int(v['published_points']), int(v['published_colored'])
+        return None
+    probe.node.destroy_subscription(graph.colored.sub)
+    assert wait_until(lambda: probe.node.count_subscribers('/alignment_node/colored') == 0, 10)
+    time.sleep(1.2)   # a diagnostics period: counts now include every frame sent so far
+    points, colored = counts()
+    assert colored >= 1, 'the colored view was never published while subscribed'
+    graph.send_good(51)
+    graph.send_good(52)
+    time.sleep(1.2)
+    after = counts()
+    assert after == (points + 2, colored), 'expected points {} and colored {} (no subscriber), ' \
+        'received {}'.format(points + 2, colored, after)

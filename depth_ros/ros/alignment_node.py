@@ -168,6 +168,7 @@ def make_node(**kwargs):
             self.input_age_ms = collections.deque(maxlen=50)   # stamp -> set complete
             self.stages = StageTimes()
             # Output bytes reused from frame to frame (one worker thread fills them).
+            self.published = collections.Counter()   # lazy outputs: frames published on each
             self.cloud_buffer = conv.MessageBuffer()
             self.depth_buffer = conv.MessageBuffer()
             self.result = None
@@ -295,6 +296,7 @@ def make_node(**kwargs):
                 colored = colorize(result.depth, vmin=0.0 if vmax else None, vmax=vmax,
                                    reverse=True)
                 self.pub_colored.publish(conv.numpy_to_image(colored, 'bgr8', header))
+                self.published['colored'] += 1
                 stages.mark('colored')
             self.out_rate.tick()
             self.process_ms.append((time.perf_counter() - t0) * 1e3)
@@ -313,6 +315,7 @@ def make_node(**kwargs):
             self.stages.mark('cloud')
             self.pub_points.publish(conv.cloud_to_pointcloud2(cloud, header,
                                                               buffer=self.cloud_buffer))
+            self.published['points'] += 1
             self.stages.mark('publish_cloud')
 
         def _worker_error(self, exc):
@@ -340,6 +343,8 @@ def make_node(**kwargs):
                 else float('nan')
             for stage, ms in self.stages.means().items():
                 values['stage_{}_ms'.format(stage)] = ms
+            values['published_points'] = self.published['points']
+            values['published_colored'] = self.published['colored']
             values['dropped_unpaired'] = self.bad['unpaired']
             values['dropped_busy'] = self.worker.dropped
             for k in ('stamp', 'frame', 'exception'):
