@@ -129,6 +129,22 @@ def test_model_that_fails_to_load_exits_cleanly():
     assert len(lines) == 1 and lines[0].startswith('[FATAL]'), 'received:\n' + out
 
 
+def test_engine_outside_the_configured_cache_exits_cleanly(tmp_path):
+    cache = tmp_path / 'engines'
+    cache.mkdir()
+    engine = tmp_path / 'elsewhere.engine'
+    engine.write_bytes(b'not an engine')
+    proc = NodeProcess('depth_node', params={'backend': 'tensorrt', 'model_path': str(engine),
+                                             'engine_cache_dir': str(cache)})
+    code = proc.wait(60)
+    out = proc.output()
+    proc.stop()
+    assert code == 1, 'expected exit code 1, received {}; output:\n{}'.format(code, out)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('[FATAL]') and \
+        'outside the engine cache directory {};'.format(cache) in lines[0], 'received:\n' + out
+
+
 @pytest.mark.parametrize('module,param,value,text', [
     ('depth_node', 'backend', 'tensorflow',
      'parameter `backend` must be one of onnxruntime|tensorrt|torch|standin'),

@@ -100,6 +100,10 @@ def make_node(**kwargs):
             self.cfg = declare_params(self, PARAMS, validate=lambda v: _validate(v) or None)
             self.add_on_set_parameters_callback(on_set_validator(
                 PARAMS, self.cfg, validate=lambda v: _validate(v) or None, apply=self._apply))
+            if self.cfg['engine_cache_dir'] and self.cfg['backend'] != 'tensorrt':
+                self.get_logger().warn('parameter `engine_cache_dir` ({!r}) is used only by the '
+                                       'tensorrt backend, not {!r}'.format(
+                                           self.cfg['engine_cache_dir'], self.cfg['backend']))
             self.model = load_model(self.cfg)
             self.get_logger().info('backend {}: {}'.format(self.cfg['backend'],
                                                            self.model.name or self.model))
