@@ -361,7 +361,7 @@ def test_diagnostics_report_fit_rates_and_drops(graph):
              if s.name.startswith('depth_node')]
     assert depth, 'no depth_node diagnostics'
     for key in ('input_age_ms_mean', 'output_age_ms_mean', 'stage_wait_ms', 'stage_convert_ms',
-                'stage_inference_ms', 'stage_publish_ms'):
+                'stage_inference_ms', 'stage_check_ms', 'stage_publish_ms'):
         assert key in depth[-1], 'expected key {!r} in {}'.format(key, sorted(depth[-1]))
     assert graph.depth_node.alive() and graph.align_node.alive()
 

@@ -165,6 +165,7 @@ def make_node(**kwargs):
                 self._drop('model output has {} non-finite values'.format(
                     int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
                 return
+            stages.mark('check')
             self.pub_disp.publish(conv.numpy_to_image(disparity, '32FC1', msg.header,
                                                       buffer=self.disp_buffer))
             stages.mark('publish')
