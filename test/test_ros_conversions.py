@@ -377,9 +377,6 @@ def test_replay_source_paces_a_looped_one_frame_source():
         'expected a frame every 0.1 s, received {}'.format(times)
 
 
-@pytest.mark.xfail(strict=True, reason='sources/replay.py resets its pacing only in __init__, '
-                   'so after a reopen it delivers the frames of the outage at once; fix: '
-                   '`self._t_start = None` when ReplaySource.open() reopens the inner source')
 def test_replay_source_paces_from_a_reopen_without_a_burst():
     times = _replay_read_times(drop_after=3, outage_s=1.0)
     gaps = [b - a for a, b in zip(times, times[1:])]

@@ -81,7 +81,6 @@ class ReplaySource(FrameSource):
         self._t_start = None        # (clock s, out stamp ns) of the first paced frame
         self._opened = False
         self._new_pass = True
-        self._t_start = None  # after a reopen, pace from then, not from the old timeline
 
     def _in_outage(self) -> bool:
         if self._outage_until is None:
@@ -99,6 +98,7 @@ class ReplaySource(FrameSource):
             self.inner.open()
             self._opened = True
             self._new_pass = True
+            self._t_start = None  # after a reopen, pace from now, not from the old timeline
 
     def close(self) -> None:
         if self._opened:
