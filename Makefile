@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PY38 ?= $(shell pyenv root 2>/dev/null)/versions/3.8.18/bin/python3.8
+# Python 3.8 (the Jetson's): pyenv's 3.8.18 wherever pyenv lives, else python3.8 on PATH.
+PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin/python3.8 \
+	$(HOME)/.pyenv/versions/3.8*/bin/python3.8 /root/.pyenv/versions/3.8*/bin/python3.8) \
+	$(shell command -v python3.8 2>/dev/null))
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py)

@@ -103,8 +103,10 @@ def test_colcon_build_installs_executables_and_share_files(tmp_path):
 
 
 def test_everything_under_depth_ros_compiles_on_python38():
-    candidates = [os.path.join(os.popen('pyenv root 2>/dev/null').read().strip(),
-                               'versions', '3.8.18', 'bin', 'python3.8'), '/usr/bin/python3.8']
+    roots = [os.popen('pyenv root 2>/dev/null').read().strip(),
+             os.path.expanduser('~/.pyenv'), '/root/.pyenv']
+    candidates = [os.path.join(r, 'versions', '3.8.18', 'bin', 'python3.8') for r in roots if r]
+    candidates += [shutil.which('python3.8') or '', '/usr/bin/python3.8']
     py38 = next((c for c in candidates if os.path.isfile(c)), None)
     if sys.version_info[:2] == (3, 8):
         py38 = sys.executable
