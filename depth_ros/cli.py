@@ -59,4 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # Run the importable module's main: commands raise depth_ros.cli.CommandError, which is
+    # not the class this __main__ copy defines.
+    from depth_ros.cli import main as _main
+    sys.exit(_main())

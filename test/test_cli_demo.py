@@ -153,6 +153,13 @@ def test_demo_cli_trained_model_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "--input-size '500x300': input `width` must be a positive multiple of 14" in err, err
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'not a model\x00\x01\x02')
+    rc = main(['demo', '--model', str(corrupt), '--out', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert '{}: cannot load as an ONNX model'.format(corrupt) in err, err
+    assert 'Traceback' not in err, err
 
 
 def test_untrained_reason_is_fast_offline(tmp_path, monkeypatch):

@@ -112,6 +112,32 @@ def test_mono_that_stereo_does_not_confirm_never_vetoes_trusted_stereo():
     assert np.mean(vetoed.depth[trusted] != st[trusted]) > 0.2
 
 
+def test_sky_near_zero_is_plus_inf_even_with_a_positive_shift():
+    # DA-V2 predicts about 0 for the sky; with the default options and a positive fitted
+    # shift (T_TRUE > 0), 1/(S*0 + T) = 50 m would be a finite phantom wall.
+    rel, st, z = make_frame()
+    rng = np.random.RandomState(5)
+    rel[SKY] = rng.uniform(0.0, 0.002, rel[SKY].shape).astype(np.float32)
+    out = MetricAligner().update(rel, st)
+    assert out.status == 'ok', out.reason
+    assert out.shift > 0, out.shift
+    assert np.isposinf(out.depth[SKY]).all(), 'sky must be +inf, got {}'.format(
+        np.unique(out.depth[SKY])[:5])
+    assert np.isfinite(out.depth[np.isfinite(z)]).all()
+    # The rule can be switched off: then the sky is the fit's finite 1/shift.
+    off = MetricAligner(sky_fraction=0.0).update(rel, st)
+    assert np.isfinite(off.depth[SKY]).all()
+
+
+def test_non_finite_relative_values_give_nan_not_a_depth():
+    rel, st, _ = make_frame()
+    rel[60, 10], rel[61, 10], rel[62, 10] = np.inf, -np.inf, np.nan
+    out = MetricAligner(fuse_stereo=False).update(rel, st)
+    assert out.status == 'ok', out.reason
+    got = out.depth[60:63, 10]
+    assert np.isnan(got).all(), 'expected NaN for +inf, -inf, NaN, received {}'.format(got)
+
+
 def test_sky_is_plus_inf_never_a_phantom_surface():
     rel, st, z = make_frame()
     d = MetricAligner(max_output_depth=50.0).update(rel, st).depth

@@ -68,6 +68,25 @@ def test_cli_help_lists_every_command():
             command, out.stdout)
 
 
+def test_cli_user_errors_are_one_line_also_through_python_m(tmp_path):
+    # `make demo` runs `python -m depth_ros.cli`: user errors (here a CommandError raised by
+    # the fuse command) must stay one line, exit 2.
+    code = ('import cv2, numpy as np, sys; d = sys.argv[1]; '
+            'cv2.imwrite(d + "/x.png", np.zeros((4, 4, 3), np.uint8)); '
+            'np.save(d + "/r.npy", np.ones((3, 3), np.float32)); '
+            'np.save(d + "/d.npy", np.ones((3, 3), np.float32))')
+    subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True, timeout=60)
+    out = subprocess.run([sys.executable, '-m', 'depth_ros.cli', 'fuse', '--image',
+                          str(tmp_path / 'x.png'), '--relative', str(tmp_path / 'r.npy'),
+                          '--stereo-depth', str(tmp_path / 'd.npy'), '--intrinsics',
+                          '1,1,1,1', '--out', str(tmp_path / 'o')], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert 'Traceback' not in out.stderr, out.stderr
+    assert out.stderr.strip() == ('depth-ros fuse: error: --image is 4x4 but --stereo-depth is '
+                                  '3x3 (W x H); they must match'), out.stderr
+
+
 @pytest.mark.slow
 def test_colcon_build_installs_executables_and_share_files(tmp_path):
     colcon = shutil.which('colcon') or os.path.join(os.path.dirname(sys.executable), 'colcon')

@@ -99,6 +99,10 @@ class MetricAligner(object):
     :param confidence_threshold: ZED confidence (1..100, larger = less reliable) above which a
         stereo pixel is not trusted. 100 trusts every pixel.
     :param max_output_depth: plausible range (m); aligned mono beyond it is +inf (too far).
+    :param sky_fraction: 'disparity' only: relative values at or below this fraction of the
+        frame's 99th-percentile relative value are sky, +inf whatever the fit's shift (DA-V2
+        predicts about 0 for the sky; a positive fitted shift would otherwise map it to a finite
+        1/shift wall). 0 disables the rule.
     :param fit_samples: size of the fixed pixel subsample the fit uses.
     :param min_valid_samples: fewer valid stereo samples than this -> 'held' / 'no_fit'.
     :param ransac_iterations: number of two-point hypotheses.
@@ -125,7 +129,8 @@ class MetricAligner(object):
 
     def __init__(self, relative_kind: str = 'disparity', min_depth: float = 0.3,
                  max_depth: float = 20.0, confidence_threshold: float = 50.0,
-                 max_output_depth: float = 100.0, fit_samples: int = 4096,
+                 max_output_depth: float = 100.0, sky_fraction: float = 0.02,
+                 fit_samples: int = 4096,
                  min_valid_samples: int = 64, ransac_iterations: int = 64,
                  inlier_threshold: float = 0.1, min_inlier_ratio: float = 0.3,
                  irls_iterations: int = 3, temporal_alpha: float = 0.3,
@@ -147,6 +152,7 @@ class MetricAligner(object):
                                                   confidence_threshold, 0.0, 100.0)
         self.max_output_depth = _check_number('max_output_depth', max_output_depth, 0.0,
                                               None, low_open=True)
+        self.sky_fraction = _check_number('sky_fraction', sky_fraction, 0.0, 0.5)
         self.fit_samples = _check_number('fit_samples', fit_samples, 16, 10 ** 7,
                                          integer=True)
         self.min_valid_samples = _check_number('min_valid_samples', min_valid_samples, 2,
@@ -189,6 +195,8 @@ class MetricAligner(object):
         self.compute_uncertainty = bool(compute_uncertainty)
         self.seed = _check_number('seed', seed, 0, 2 ** 32 - 1, integer=True)
         self._shape = None
+        self._sky_threshold = None
+        self._rel_invalid = None
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -359,11 +367,22 @@ class MetricAligner(object):
                              dst=self._rel, interpolation=cv2.INTER_LINEAR)
         else:
             rel = relative_disparity.astype(np.float32, copy=False)
+        self._rel_invalid = None
+        if not cv2.checkRange(rel, quiet=True)[0]:
+            # Rare: NaN or +-inf in the prediction. It is unknown there, so the output is NaN
+            # (not depth 0 or +inf; OpenCV 4.5's threshold also turns NaN into 0).
+            self._rel_invalid = ~np.isfinite(rel)
+            rel = np.where(self._rel_invalid, np.float32(np.nan), rel).astype(np.float32)
         stereo = stereo_depth.astype(np.float32, copy=False)
 
         # ---- fit on the subsample; every non-finite input is masked out here.
         lat = self._lattice
         r = rel[lat].astype(np.float64).ravel()
+        self._sky_threshold = None
+        if self.relative_kind == 'disparity' and self.sky_fraction > 0:
+            finite = r[np.isfinite(r)]
+            if finite.size:
+                self._sky_threshold = self.sky_fraction * float(np.percentile(finite, 99))
         d = stereo[lat].astype(np.float64).ravel()
         with np.errstate(invalid='ignore'):
             valid = np.isfinite(r) & (d >= self.min_depth) & (d <= self.max_depth)
@@ -504,11 +523,18 @@ class MetricAligner(object):
         if self.relative_kind == 'disparity':
             if corr is not None:
                 cv2.multiply(buf, corr, dst=buf)
+            if self._sky_threshold is not None and self._sky_threshold > 0:
+                # Sky (relative near 0) -> inverse depth 0; ``out`` is free scratch here.
+                cv2.threshold(rel, self._sky_threshold, 1.0, cv2.THRESH_BINARY, dst=out)
+                cv2.multiply(buf, out, dst=buf)
             # Inverse depth at or below 1/max_output_depth (sky) -> 0 -> 1/0 = +inf; NaN
             # stays NaN through both steps.
             cv2.threshold(buf, 1.0 / self.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=buf)
             with np.errstate(divide='ignore'):
                 np.divide(np.float32(1.0), buf, out=out)
+            if self._rel_invalid is not None:
+                out[self._rel_invalid] = np.nan
+                buf[self._rel_invalid] = np.nan
             return buf
         # 'depth': depth = (s r + t) / c. A non-positive predicted depth means the fit is
         # extrapolated past the near end: unknown, so NaN (not -inf, which claims a reading).
@@ -520,6 +546,8 @@ class MetricAligner(object):
                 out[...] = buf
             out[bad] = np.nan
             out[out > self.max_output_depth] = np.inf
+            if self._rel_invalid is not None:
+                out[self._rel_invalid] = np.nan
         return None
 
 

@@ -463,10 +463,21 @@ def _quiet_exporter():
 
 
 def read_metadata(path: str) -> Dict[str, str]:
-    """Return the metadata_props of an ONNX file."""
+    """
+    Return the metadata_props of an ONNX file.
+
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: naming the file, when it is not a readable ONNX model.
+    """
     import onnx
 
-    proto = onnx.load(path, load_external_data=False)
+    if not os.path.isfile(path):
+        raise FileNotFoundError('ONNX model not found: {}'.format(path))
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise ValueError('{}: cannot load as an ONNX model: {}: {}'.format(
+            path, type(exc).__name__, exc)) from None
     return {p.key: p.value for p in proto.metadata_props}
 
 
