@@ -17,6 +17,17 @@ from typing import List, Optional
 COMMANDS = ('demo', 'fuse', 'model', 'bench', 'eval', 'process_bag')
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something (not None or False, not already in help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or action.default in (None, argparse.SUPPRESS) or 'default' in text:
+            return text
+        return super(HelpFormatter, self)._get_help_string(action)
+
+
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 

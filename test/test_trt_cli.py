@@ -303,3 +303,16 @@ def test_verify_mismatched_engine_names_the_key(tmp_path, capsys):
     with pytest.raises(RuntimeError, match='engine built with TensorRT 8.5.2.2 but this is '
                                            '10.3.0'):
         model_verify.run(args, api=FakeTrtApi(tensorrt_version='10.3.0'))
+
+
+def test_verify_missing_engine_is_named_before_any_gpu_is_touched(tmp_path, capsys):
+    # No pycuda/tensorrt here: the error must be about the file, not the missing GPU stack.
+    cache = tmp_path / 'engines'
+    cache.mkdir()
+    rc, _, err = _main(['model', 'verify', '--engine', 'nope.engine', '--cache-dir', str(cache),
+                        '--reference', 'onnx', '--images', 'sample'], capsys)
+    assert rc == 2, err
+    message = _error_text(err)
+    assert message.startswith('engine file not found: {}'.format(
+        os.path.realpath(str(cache / 'nope.engine')))), message
+    assert 'pycuda' not in message, message

@@ -17,6 +17,8 @@ import logging
 import re
 import sys
 
+from depth_ros.cli import HelpFormatter
+
 LOG = logging.getLogger('depth_ros.commands.model_build')
 
 PRECISION_CHOICES = ('fp16', 'fp32', 'int8')
@@ -62,7 +64,7 @@ def register(subparsers) -> None:
         description='Build a TensorRT engine with the TensorRT Python builder and store it, with '
                     'a JSON record of what it was built for, in the engine cache. FP16 and INT8 '
                     'builds keep LayerNorm and Softmax in FP32.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--onnx', required=True, metavar='FILE.onnx',
                         help='ONNX from `depth-ros model export`')
     parser.add_argument('--precision', choices=PRECISION_CHOICES, default='fp16',

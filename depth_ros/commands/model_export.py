@@ -12,8 +12,9 @@ Examples::
 """
 from __future__ import annotations
 
-import argparse
 import logging
+
+from depth_ros.cli import HelpFormatter
 
 LOG = logging.getLogger('depth_ros.commands.model_export')
 
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
         description='Load a Depth Anything V2 checkpoint (Hugging Face folder, hub id or '
                     'official .pth) and export it to ONNX with one input "image" [1,3,h,w] '
                     'and one output "relative_disparity" [1,h,w].',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--checkpoint', metavar='PATH_OR_ID',
                         help='checkpoint folder (config.json + model.safetensors), hub id '

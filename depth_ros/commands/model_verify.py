@@ -15,13 +15,14 @@ Examples::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
 from typing import Dict, List, Tuple
+
+from depth_ros.cli import HelpFormatter
 
 LOG = logging.getLogger('depth_ros.commands.model_verify')
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
         'verify', help='compare a TensorRT engine with ONNX Runtime or PyTorch on real frames',
         description='Run the engine and a reference on the same frames; report max/mean '
                     'absolute difference, and AbsRel and delta1 after affine alignment.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--engine', required=True, metavar='FILE.engine',
                         help='engine in the cache directory (from `depth-ros model build`)')
     parser.add_argument('--cache-dir', metavar='DIR', default=None,
@@ -214,8 +215,9 @@ def run(args, api=None) -> int:
         raise ValueError('--checkpoint/--random-weights are for --reference torch')
     frames = load_frames(args.images, args.max_images)
     from depth_ros.inference.tensorrt import load_engine_model
+    # verify checks an engine that exists; it never builds one behind the user's back.
     engine = load_engine_model(args.engine, cache_dir=args.cache_dir, device=args.device,
-                               api=api)
+                               api=api, build=False)
     try:
         reference, reference_label = _load_reference(args, engine)
         LOG.info('verifying %s against %s on %d frame(s)', engine.name, reference_label,

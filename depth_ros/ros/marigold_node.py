@@ -65,6 +65,13 @@ PARAMS = [
 ]
 
 
+def load_error_message(checkpoint: str, device: str, exc: BaseException) -> str:
+    """Return the one-line start-up message for a Marigold load that raised ``exc``."""
+    text = str(exc).strip().splitlines()
+    return 'cannot load Marigold {!r} on device {!r}: {}: {}'.format(
+        checkpoint, device, type(exc).__name__, text[0] if text else 'no details')
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; others are passed through."""
     if device != 'auto':
@@ -171,9 +178,12 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
                     self.model = load_marigold(
                         p['checkpoint'], device=device, dtype=dtype, steps=steps,
                         ensemble_size=p['ensemble_size'], processing_resolution=res, seed=seed)
-                except (FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
-                    raise StartupError('cannot load Marigold {!r}: {}'.format(
-                        p['checkpoint'], exc))
+                except Exception as exc:  # noqa: B902 - every load failure is a start-up one
+                    # torch raises AssertionError for cuda on a CPU-only build, diffusers
+                    # ValueError/KeyError on odd folders: all are the user's to fix, so one
+                    # FATAL line (run_node) names the cause instead of a traceback.
+                    raise StartupError(load_error_message(p['checkpoint'], device, exc)) \
+                        from None
             else:
                 self.model = model
             # Depth 1: a keyframe is only worth having on the newest image.

@@ -9,6 +9,7 @@ host buffer the engine copies from. Buffers, the execution context and the strea
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Dict, Optional, Tuple
@@ -63,6 +64,9 @@ class TensorRTDepthModel(DepthModel):
         self._device_buffers = {}
         cache = EngineCache(cache_dir)
         real = cache.resolve(engine_path)  # refuse paths outside the cache before touching a GPU
+        if not os.path.isfile(real):
+            raise FileNotFoundError('engine file not found: {} (engine cache {})'.format(
+                real, cache.cache_dir))
 
         wanted = {}  # type: Dict[str, object]
         if onnx is not None:
