@@ -237,3 +237,25 @@ def test_executable_exits_with_one_line_on_bad_parameter():
     assert 'bad configuration: `ensemble_size` must be 1 or an integer >= 3, got 2' in \
         proc.stderr, proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.graph
+def test_executable_exits_with_one_line_when_the_model_cannot_load():
+    # torch without CUDA raises AssertionError (not RuntimeError) on .to('cuda'): any load
+    # failure must end in one FATAL line and exit 1, never a traceback.
+    import subprocess
+    import sys
+    if torch.cuda.is_available():
+        pytest.skip('this torch has CUDA: device cuda would load')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'depth_ros.ros.marigold_node', '--ros-args', '-p',
+         'checkpoint:=tiny-random', '-p', 'device:=cuda', '-p', 'keyframe_period_s:=0.0'],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, 'expected exit 1, received {}: {}'.format(
+        proc.returncode, proc.stderr)
+    fatal = [line for line in proc.stderr.splitlines() if '[FATAL]' in line]
+    expected = ("cannot load Marigold 'tiny-random' on device 'cuda': AssertionError: Torch not "
+                "compiled with CUDA enabled")
+    assert len(fatal) == 1 and fatal[0].endswith(expected), \
+        'expected one FATAL line ending {!r}, received {}'.format(expected, fatal)
+    assert 'Traceback' not in proc.stderr, proc.stderr

@@ -112,3 +112,48 @@ def test_load_marigold_tiny_random_and_fp32_default_on_cpu():
     assert model.name == 'tiny-random' and model.dtype == 'fp32'
     assert next(model.pipeline.unet.parameters()).dtype == torch.float32
     assert model.predict(_image(16, 24)).shape == (16, 24)
+
+
+def _loads_without_text_encoder(monkeypatch, seen):
+    """Let diffusers load a saved tiny pipeline (it has no text encoder to save)."""
+    import diffusers
+    original = diffusers.MarigoldDepthPipeline.from_pretrained
+
+    def from_pretrained(checkpoint, **kwargs):
+        seen.append(dict(kwargs))
+        pipe = original(checkpoint, text_encoder=None, tokenizer=None, **kwargs)
+        pipe.empty_text_embedding = torch.zeros(1, 2, 8)
+        return pipe
+
+    monkeypatch.setattr(diffusers.MarigoldDepthPipeline, 'from_pretrained',
+                        staticmethod(from_pretrained))
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory, pipe):
+    root = tmp_path_factory.mktemp('marigold')
+    pipe.save_pretrained(str(root / 'safetensors'), safe_serialization=True)
+    pipe.save_pretrained(str(root / 'pickle'), safe_serialization=False)
+    return root
+
+
+def test_from_pretrained_loads_safetensors_folder(saved, monkeypatch):
+    seen = []
+    _loads_without_text_encoder(monkeypatch, seen)
+    model = MarigoldDepth.from_pretrained(str(saved / 'safetensors'), steps=1)
+    assert [k.get('use_safetensors') for k in seen] == [True], 'received {}'.format(seen)
+    ref = build_tiny_pipeline(seed=0)
+    for name, a in model.pipeline.unet.state_dict().items():
+        assert torch.equal(a, ref.unet.state_dict()[name]), 'weight {} differs'.format(name)
+    assert model.predict(_image(16, 24)).shape == (16, 24)
+
+
+def test_from_pretrained_refuses_pickled_weights(saved, monkeypatch):
+    # Security rule: a folder with only pickled .bin weights must not be unpickled.
+    assert list((saved / 'pickle' / 'unet').glob('*.bin')), 'test folder has no .bin weights'
+    seen = []
+    _loads_without_text_encoder(monkeypatch, seen)
+    with pytest.raises(FileNotFoundError) as err:
+        MarigoldDepth.from_pretrained(str(saved / 'pickle'), steps=1)
+    text = str(err.value)
+    assert 'pickle' in text and 'safetensors' in text, 'received {!r}'.format(text)

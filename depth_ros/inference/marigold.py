@@ -55,7 +55,9 @@ def check_settings(steps: Optional[int], ensemble_size: int,
                          'default), got {!r}'.format(steps))
     if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, (int, np.integer)) \
             or ensemble_size < 1 or ensemble_size == 2:
-        # diffusers refuses 2: a median of two is ill-defined for its ensembling.
+        # Our choice, not diffusers': diffusers only warns on 2 ("results are similar to no
+        # ensembling"); two predictions cost twice as much for no real gain and give no
+        # meaningful uncertainty, so we refuse it instead of letting it pass with a warning.
         raise ValueError('`ensemble_size` must be 1 or an integer >= 3, got {!r}'.format(
             ensemble_size))
     if processing_resolution is not None and (
@@ -125,14 +127,18 @@ class MarigoldDepth(object):
         """
         Load a hub id or a local checkpoint folder and move it to ``device``.
 
-        Honours ``HF_HUB_OFFLINE``. Errors name the checkpoint. ``kwargs`` go to the constructor.
+        Weights are read from safetensors files only (no pickled .bin). Honours
+        ``HF_HUB_OFFLINE``. Errors name the checkpoint. ``kwargs`` go to the constructor.
         """
         check_settings(kwargs.get('steps'), kwargs.get('ensemble_size', 1),
                        kwargs.get('processing_resolution'), dtype)
         torch, diffusers = _import_torch_diffusers()
         torch_dtype = torch.float16 if dtype == 'fp16' else torch.float32
         # torch_dtype, not dtype: diffusers < 0.36 (what Jetson/workstation images ship) needs it.
-        load = {'torch_dtype': torch_dtype}
+        # use_safetensors=True: weights come only from safetensors files, never from pickled
+        # .bin files (security rule: unpickling a checkpoint can run arbitrary code). A folder
+        # with only .bin weights is refused with an OSError, reported below.
+        load = {'torch_dtype': torch_dtype, 'use_safetensors': True}
         if dtype == 'fp16':
             load['variant'] = 'fp16'   # the prs-eth checkpoints ship fp16 weight files
         try:
@@ -145,8 +151,8 @@ class MarigoldDepth(object):
                 pipe = diffusers.MarigoldDepthPipeline.from_pretrained(checkpoint, **load)
         except (OSError, ValueError) as exc:
             raise FileNotFoundError('cannot load Marigold checkpoint {!r} (a hub id needs the '
-                                    'network or the HF cache; a folder needs model_index.json): '
-                                    '{}'.format(checkpoint, exc))
+                                    'network or the HF cache; a folder needs model_index.json '
+                                    'and safetensors weights): {}'.format(checkpoint, exc))
         pipe = pipe.to(device)
         kwargs.setdefault('name', checkpoint)
         if kwargs.get('steps') is None and checkpoint in CHECKPOINT_STEPS \
