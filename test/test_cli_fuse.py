@@ -75,6 +75,20 @@ def test_fuse_writes_the_four_outputs_matching_the_core(inputs, capsys):
     assert 'status ok' in capsys.readouterr().out
 
 
+def test_integer_stereo_depth_is_read_as_millimetres(inputs, caplog):
+    # REP 118: 16UC1 depth is millimetres with 0 = no reading.
+    bgr, rel, st, z = scene()
+    mm = np.where(np.isfinite(st), np.round(st * 1000.0), 0).astype(np.uint16)
+    np.save(str(inputs / 'st_mm.npy'), mm)
+    with caplog.at_level('WARNING'):
+        assert main(argv(inputs, **{'--stereo-depth': inputs / 'st_mm.npy'})) == 0
+    assert 'reading it as millimetres' in caplog.text, caplog.text
+    metres = mm.astype(np.float32) / np.float32(1000.0)
+    metres[mm == 0] = np.nan
+    expected = MetricAligner().update(rel, metres)
+    np.testing.assert_array_equal(np.load(str(inputs / 'out' / 'depth.npy')), expected.depth)
+
+
 def test_fuse_and_write_reuses_an_aligner(tmp_path):
     bgr, rel, st, _ = scene()
     cam = PinholeCamera(60, 60, 39.5, 29.5, W, H)

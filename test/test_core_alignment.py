@@ -354,11 +354,6 @@ def test_bad_options_raise_naming_option_and_value(kwargs, message):
         message, str(info.value))
 
 
-def test_unknown_option_is_rejected():
-    with pytest.raises(TypeError):
-        MetricAligner(scael=1.0)
-
-
 @pytest.mark.parametrize('rel, st, conf, message', [
     (np.ones((H, W), np.float32), np.ones((H, W + 40), np.float32), None,
      'aspect ratios must match'),
@@ -390,3 +385,10 @@ def test_float64_and_uint8_confidence_inputs_match_float32():
                                    conf.astype(np.uint8))
     assert other.scale == ref.scale and other.shift == ref.shift
     np.testing.assert_array_equal(other.depth, ref.depth)
+
+
+def test_unknown_option_is_a_value_error_naming_it():
+    with pytest.raises(ValueError) as err:
+        MetricAligner(max_depht=10.0, foo=1)
+    assert str(err.value) == ('unknown MetricAligner option(s) `foo`, `max_depht`; see '
+                              'help(MetricAligner)'), str(err.value)

@@ -71,3 +71,18 @@ def test_bad_k_and_scaled_sizes():
         PinholeCamera.from_K(skew, 10, 10)
     with pytest.raises(ValueError, match='`width` must be an integer > 0, got -2'):
         cam().scaled(-2, 10)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(fx=True), '`fx` must be a finite number > 0, got True'),
+    (dict(fy=np.array([1.0, 2.0])), '`fy` must be a finite number > 0, got array([1., 2.])'),
+    (dict(cx=np.array([1.0, 2.0])), '`cx` must be a finite number, got array([1., 2.])'),
+    (dict(cy=False), '`cy` must be a finite number, got False'),
+])
+def test_bools_and_arrays_are_not_intrinsics(kwargs, message):
+    args = dict(fx=500.0, fy=500.0, cx=320.0, cy=240.0, width=640, height=480)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as err:
+        PinholeCamera(**args)
+    got = str(err.value)
+    assert got == message, 'expected {!r}, received {!r}'.format(message, got)

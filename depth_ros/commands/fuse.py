@@ -84,7 +84,7 @@ def fuse_and_write(bgr, relative, stereo_depth, confidence, camera, out_dir: str
     return {'alignment': report, 'files': files, 'points': n_points, 'depth': depth}
 
 
-def _load_npy(option: str, path: str):
+def _load_npy(option: str, path: str, integer_millimetres: bool = False):
     import numpy as np
     if not os.path.isfile(path):
         raise FileNotFoundError('{} {}: no such file'.format(option, path))
@@ -97,6 +97,13 @@ def _load_npy(option: str, path: str):
     if value.ndim != 2 or value.size == 0 or value.dtype.kind not in 'fiu':
         raise ValueError('{} {}: expected a non-empty HxW numeric array, got shape {} dtype '
                          '{}'.format(option, path, value.shape, value.dtype))
+    if integer_millimetres and value.dtype.kind in 'iu':
+        # REP 118: integer depth (16UC1) is millimetres, 0 = no reading.
+        LOG.warning('%s %s has integer dtype %s: reading it as millimetres (REP 118 16UC1), '
+                    '0 as invalid', option, path, value.dtype)
+        metres = value.astype(np.float32) / np.float32(1000.0)
+        metres[value == 0] = np.nan
+        return metres
     return value.astype(np.float32, copy=False) if value.dtype != np.float32 else value
 
 
@@ -113,7 +120,7 @@ def run(args) -> int:
     if bgr is None:
         raise ValueError('--image {}: not a readable image'.format(args.image))
     relative = _load_npy('--relative', args.relative)
-    stereo = _load_npy('--stereo-depth', args.stereo_depth)
+    stereo = _load_npy('--stereo-depth', args.stereo_depth, integer_millimetres=True)
     confidence = _load_npy('--confidence', args.confidence) if args.confidence else None
     if bgr.shape[:2] != stereo.shape:
         raise CommandError('--image is {}x{} but --stereo-depth is {}x{} (W x H); they must '

@@ -138,7 +138,10 @@ class MetricAligner(object):
                  grid: Tuple[int, int] = (6, 8), grid_min_samples: int = 8,
                  max_correction: float = 0.5, consistency: Optional[float] = 0.15,
                  consistency_min_inliers: float = 0.6, fuse_stereo: bool = True,
-                 compute_uncertainty: bool = True, seed: int = 0):
+                 compute_uncertainty: bool = True, seed: int = 0, **unknown):
+        if unknown:
+            raise ValueError('unknown MetricAligner option(s) {}; see help(MetricAligner)'.format(
+                ', '.join('`{}`'.format(k) for k in sorted(unknown))))
         if relative_kind not in RELATIVE_KINDS:
             raise ValueError('option `relative_kind` must be one of {}, got {!r}'.format(
                 RELATIVE_KINDS, relative_kind))

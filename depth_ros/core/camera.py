@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from depth_ros.core.checks import check_positive
+from depth_ros.core.checks import check_positive, is_real_number
 import numpy as np
 
 
@@ -22,11 +22,7 @@ class PinholeCamera(object):
         for name, value in (('fx', fx), ('fy', fy)):
             check_positive(name, value)
         for name, value in (('cx', cx), ('cy', cy)):
-            try:
-                ok = bool(np.isfinite(value))
-            except TypeError:
-                ok = False
-            if not ok:
+            if not (is_real_number(value) and np.isfinite(value)):
                 raise ValueError('`{}` must be a finite number, got {!r}'.format(name, value))
         for name, value in (('width', width), ('height', height)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:

@@ -49,10 +49,13 @@ def check_positive(name: str, value, allow_none: bool = False):
     """Raise ValueError unless ``value`` is a finite number > 0."""
     if value is None and allow_none:
         return value
-    try:
-        ok = np.isfinite(value) and value > 0
-    except TypeError:
-        ok = False
+    ok = is_real_number(value) and bool(np.isfinite(value)) and value > 0
     if not ok:
         raise ValueError('`{}` must be a finite number > 0, got {!r}'.format(name, value))
     return value
+
+
+def is_real_number(value) -> bool:
+    """Return True for a real scalar (int, float, numpy scalar), False for bools and arrays."""
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, (bool, np.bool_))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from typing import Tuple
 
@@ -59,6 +60,8 @@ class DepthModel(object):
         self.latency = LatencyStats()          # whole predict(), ms
         self.infer_latency = LatencyStats()    # backend call only, ms
         self._input = None                     # [1, 3, h, w] float32, allocated once
+        # predict() reuses the input (and some backends' output) buffers: one call at a time.
+        self._predict_lock = threading.Lock()
 
     def _input_buffer(self) -> np.ndarray:
         """Preallocated input; backends with page-locked memory override this."""
@@ -74,13 +77,14 @@ class DepthModel(object):
     def predict(self, bgr: np.ndarray) -> np.ndarray:
         """[H, W, 3] uint8 BGR -> [H, W] float32 relative inverse depth (larger = nearer)."""
         check_image('bgr', bgr, channels=3, dtypes=(np.uint8,))
-        t0 = time.perf_counter()
-        batch = prepare_input(bgr, self.input_size, out=self._input_buffer())
-        t1 = time.perf_counter()
-        raw = self._infer(batch)
-        t2 = time.perf_counter()
-        out = restore_output(raw, bgr.shape[0], bgr.shape[1])
-        t3 = time.perf_counter()
+        with self._predict_lock:
+            t0 = time.perf_counter()
+            batch = prepare_input(bgr, self.input_size, out=self._input_buffer())
+            t1 = time.perf_counter()
+            raw = self._infer(batch)
+            t2 = time.perf_counter()
+            out = restore_output(raw, bgr.shape[0], bgr.shape[1])   # a new array
+            t3 = time.perf_counter()
         self.infer_latency.add((t2 - t1) * 1e3)
         self.latency.add((t3 - t0) * 1e3)
         LOG.debug('%s predict %.1f ms (pre %.1f, infer %.1f, post %.1f)', self.backend,

@@ -283,8 +283,13 @@ def load_official_pth(path: str):
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # pickle, zip and weights-only errors all mean "not loadable"
+        text = str(exc)
+        if 'Weights only load failed' in text:
+            # torch's message goes on to suggest weights_only=False: we never do that.
+            text = ('it holds pickled objects other than tensors, which are refused '
+                    '(torch.load(weights_only=True))')
         raise ValueError('{}: cannot read as a PyTorch weights file: {}'.format(
-            path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            path, text.splitlines()[0] if text else type(exc).__name__)) from None
     if isinstance(state, dict):
         for wrapper in ('model', 'state_dict'):
             if isinstance(state.get(wrapper), dict) and 'pretrained.pos_embed' not in state:
