@@ -131,6 +131,75 @@ def test_capture_publishes_keyframe_with_source_header_and_stays_responsive(grap
     assert _until(lambda: node.worker.jobs_done == 2) and node.worker.jobs_failed == 0
 
 
+def _status_values(msg):
+    for status in msg.status:
+        if status.name == 'marigold_node: keyframes':
+            return status, {kv.key: kv.value for kv in status.values}
+    return None, None
+
+
+@pytest.mark.graph
+def test_diagnostics_report_jobs_latency_stamps_busy_and_bad_frames(graph):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    node, model, tester, tex = graph
+    diags = []
+    tester.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 50)
+    pub = tester.create_publisher(Image, '/image', qos_profile_sensor_data)
+
+    def latest(cond, timeout):
+        found = []
+
+        def check():
+            for msg in reversed(diags):
+                status, values = _status_values(msg)
+                if status is not None and cond(status, values):
+                    found[:] = [status, values]
+                    return True
+            return False
+        assert _wait(tex, check, timeout), 'no matching diagnostics; last received: {}'.format(
+            _status_values(diags[-1]) if diags else None)
+        return found
+
+    status, values = latest(lambda s, v: True, 5.0)
+    assert status.level == DiagnosticStatus.WARN and status.message == 'no image received yet', \
+        status.message
+    assert values['keyframes_done'] == '0' and values['last_keyframe_stamp'] == 'none', values
+    # A bad frame (32FC1 depth is not an image) fails its job; the node keeps running.
+    bad = _image(50, 0)
+    bad.encoding, bad.step = '32FC1', bad.width * 4
+    bad.data = np.zeros((bad.height, bad.width), np.float32).tobytes()
+    assert _wait(tex, lambda: pub.get_subscription_count() > 0, 5.0)
+    pub.publish(bad)
+    assert _wait(tex, lambda: node.last_rx is not None, 5.0), 'image not received'
+    assert node.worker.request() == 'started'
+    status, values = latest(lambda s, v: v['keyframes_failed'] == '1', 5.0)
+    assert status.level == DiagnosticStatus.WARN, status.message
+    assert status.message.startswith('last keyframe failed: ValueError: encoding'), \
+        status.message
+    assert values['keyframes_done'] == '0'
+    # A good frame: busy while the 1 s job runs, then done with its stamp and latency.
+    pub.publish(_image(60, 250))
+    assert _wait(tex, lambda: node.last_rx_stamp.sec == 60, 5.0)
+    assert node.worker.request() == 'started'
+    status, _ = latest(lambda s, v: v['busy'] == 'True', 5.0)
+    # The failure stays reported until a keyframe succeeds.
+    assert status.message.startswith('last keyframe failed'), status.message
+    status, values = latest(lambda s, v: v['keyframes_done'] == '1', 10.0)
+    assert status.level == DiagnosticStatus.OK and status.message == 'idle', status.message
+    assert values['busy'] == 'False' and values['keyframes_failed'] == '1', values
+    assert values['last_keyframe_stamp'] == '60.000000250', values['last_keyframe_stamp']
+    assert float(values['last_inference_ms']) > 0, values
+    # The job includes the 1 s the wrapped model sleeps; the inference figure does not.
+    assert float(values['last_job_ms']) >= 1000.0, values
+    assert float(values['last_inference_ms']) < float(values['last_job_ms']), values
+    age = float(values['newest_image_received_age_s'])
+    assert 0.0 <= age < 5.0, 'expected a fresh image age, received {}'.format(age)
+    # Stamp 60 s after the epoch: its stamp age is the wall clock (decades of seconds).
+    assert float(values['newest_image_stamp_age_s']) > 1e8, values
+
+
 def test_worker_newest_frame_wins_and_one_job_at_a_time():
     seen, running, peak = [], [0], [0]
     gate = threading.Event()

@@ -11,7 +11,9 @@ Publishes, with the SOURCE image's header (stamp and frame_id), so that a second
 alignment_node with ``relative_kind: depth`` pairs the keyframe with stereo by exact stamp:
 
 * ``~/depth``: 32FC1 affine-invariant depth, 0 near .. 1 far (not metres);
-* ``~/uncertainty``: 32FC1 ensemble spread, only when ``ensemble_size`` >= 3.
+* ``~/uncertainty``: 32FC1 ensemble spread, only when ``ensemble_size`` >= 3;
+* ``/diagnostics``: keyframes done and failed, last inference and job latency, last keyframe
+  stamp, age of the newest received image, busy flag.
 
 The model is Marigold through diffusers (depth_ros.inference.marigold); ``checkpoint:
 tiny-random`` builds an untrained tiny pipeline for tests and dry runs (its output is noise).
@@ -29,6 +31,13 @@ from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, 
     reliability_param, StartupError
 
 LOG = logging.getLogger('depth_ros.ros.marigold_node')
+
+# Fixed per call site, never a parameter: rclpy keys throttle state by call site and raises
+# "Logging filter parameters cannot be changed between calls" if the period ever changes.
+FAILED_JOB_LOG_THROTTLE_S = 5.0
+NO_FRAME_LOG_THROTTLE_S = 30.0
+# /diagnostics warns when the newest image is older than this (the camera feed stopped).
+STALE_INPUT_S = 5.0
 
 
 def _imports():
@@ -87,12 +96,14 @@ class KeyframeWorker(object):
     """
     One worker thread, one job at a time, newest frame wins. ROS-free, so it is testable.
 
-    :param run_job: called in the worker thread with the newest frame; its errors are logged.
+    :param run_job: called in the worker thread with the newest frame.
+    :param on_error: called with the exception of a failed job; by default it is logged.
     """
 
-    def __init__(self, run_job, logger=LOG):
+    def __init__(self, run_job, logger=LOG, on_error=None):
         self._run_job = run_job
         self._log = logger
+        self._on_error = on_error
         self._cond = threading.Condition()
         self._frame = None          # newest frame (depth-1 slot)
         self._requested = False     # a keyframe is wanted (at most one pending)
@@ -138,7 +149,10 @@ class KeyframeWorker(object):
                 self.jobs_done += 1
             except Exception as exc:  # noqa: B902 - a bad frame must not kill the worker
                 self.jobs_failed += 1
-                self._log.error('keyframe failed: {}'.format(exc))
+                if self._on_error is not None:
+                    self._on_error(exc)
+                else:
+                    self._log.error('keyframe failed: {}'.format(exc))
             finally:
                 with self._cond:
                     self._busy = False
@@ -152,6 +166,10 @@ class KeyframeWorker(object):
         self._thread.join(timeout)
 
 
+def _stamp_text(stamp) -> str:
+    return '{}.{:09d}'.format(stamp.sec, stamp.nanosec)
+
+
 def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
     """Build the MarigoldNode (rclpy must be initialised). ``model`` overrides the parameters."""
     m = _imports()
@@ -162,7 +180,7 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
 
         def __init__(self):
             super().__init__('marigold_node', **node_kwargs)
-            from depth_ros.ros.runtime import sensor_qos
+            from depth_ros.ros.runtime import Diagnostics, sensor_qos
             p = self.cfg = declare_params(self, PARAMS)
             steps = p['steps'] or None
             res = None if p['processing_resolution'] < 0 else p['processing_resolution']
@@ -194,7 +212,16 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
                 self.pub_unc = self.create_publisher(m['Image'], '~/uncertainty', qos)
             self.sub = self.create_subscription(m['Image'], 'image', self._on_image, qos)
             self.srv = self.create_service(m['Trigger'], '~/capture', self._on_capture)
-            self.worker = KeyframeWorker(self._job, logger=self.get_logger())
+            # State for /diagnostics, written by the executor (images) and the worker (jobs).
+            self.last_rx = None             # monotonic time the newest image arrived
+            self.last_rx_stamp = None       # its header stamp
+            self.last_keyframe_stamp = None
+            self.last_inference_ms = float('nan')
+            self.last_job_ms = float('nan')
+            self.last_error = ''
+            self.worker = KeyframeWorker(self._job, logger=self.get_logger(),
+                                         on_error=self._job_error)
+            self.diag = Diagnostics(self, self._diagnostics)
             self.timer = None
             if p['keyframe_period_s'] > 0:
                 self.timer = self.create_timer(p['keyframe_period_s'], self._on_timer)
@@ -206,13 +233,14 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
                     self.model, p['keyframe_period_s'] or 'never'))
 
         def _on_image(self, msg) -> None:
+            self.last_rx, self.last_rx_stamp = time.monotonic(), msg.header.stamp
             self.worker.offer(msg)   # newest frame wins; decoding happens in the worker
 
         def _on_timer(self) -> None:
             state = self.worker.request()
             if state == 'no_frame':
                 self.get_logger().warn('no image received yet on {}'.format(
-                    self.sub.topic_name), throttle_duration_sec=30.0)
+                    self.sub.topic_name), throttle_duration_sec=NO_FRAME_LOG_THROTTLE_S)
 
         def _on_capture(self, request, response):
             state = self.worker.request()
@@ -234,9 +262,49 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
             self.pub_depth.publish(numpy_to_image(result.depth, '32FC1', msg.header))
             if self.pub_unc is not None and result.uncertainty is not None:
                 self.pub_unc.publish(numpy_to_image(result.uncertainty, '32FC1', msg.header))
-            self.get_logger().info('keyframe {}.{:09d}: {:.0f} ms'.format(
-                msg.header.stamp.sec, msg.header.stamp.nanosec,
-                (time.perf_counter() - t0) * 1e3))
+            self.last_job_ms = (time.perf_counter() - t0) * 1e3
+            self.last_inference_ms = float(getattr(result, 'latency_ms', float('nan')))
+            self.last_keyframe_stamp = _stamp_text(msg.header.stamp)
+            self.last_error = ''
+            self.get_logger().info('keyframe {}: {:.0f} ms'.format(
+                self.last_keyframe_stamp, self.last_job_ms))
+
+        def _job_error(self, exc) -> None:
+            self.last_error = '{}: {}'.format(type(exc).__name__, exc)
+            self.get_logger().error('keyframe failed, frame dropped: {}'.format(
+                self.last_error), throttle_duration_sec=FAILED_JOB_LOG_THROTTLE_S)
+
+        def _diagnostics(self):
+            from depth_ros.ros.runtime import diagnostic_status
+            w = self.worker
+            now = time.monotonic()
+            rx_age = float('nan') if self.last_rx is None else now - self.last_rx
+            stamp_age = float('nan')
+            if self.last_rx_stamp is not None:
+                stamp_age = (self.get_clock().now().nanoseconds
+                             - self.last_rx_stamp.sec * 10**9
+                             - self.last_rx_stamp.nanosec) * 1e-9
+            level, message = 'ok', 'busy' if w.busy else 'idle'
+            if self.last_rx is None:
+                level, message = 'warn', 'no image received yet'
+            elif rx_age > STALE_INPUT_S:
+                level, message = 'warn', 'no image for {:.0f} s'.format(rx_age)
+            elif self.last_error:
+                level, message = 'warn', 'last keyframe failed: {}'.format(self.last_error)
+            values = {
+                'model': getattr(self.model, 'name', '') or repr(self.model),
+                'busy': w.busy,
+                'keyframes_done': w.jobs_done, 'keyframes_failed': w.jobs_failed,
+                'last_inference_ms': self.last_inference_ms,
+                'last_job_ms': self.last_job_ms,
+                'last_keyframe_stamp': self.last_keyframe_stamp or 'none',
+                # Receipt age works with bag/sim time; stamp age shows camera-to-node delay.
+                'newest_image_received_age_s': rx_age,
+                'newest_image_stamp_age_s': stamp_age,
+                'keyframe_period_s': self.cfg['keyframe_period_s'],
+            }
+            return [diagnostic_status('marigold_node: keyframes', self.get_fully_qualified_name(),
+                                      level, message, values)]
 
         def destroy_node(self):
             worker = getattr(self, 'worker', None)   # absent when start-up failed
