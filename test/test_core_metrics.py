@@ -95,6 +95,44 @@ def test_evaluate_affine_invariant_clips_then_scores_like_by_hand(space):
     assert depth.max() <= 6.0 + 1e-9 and depth.min() >= 2.0 - 1e-9
 
 
+def test_disparity_with_infinite_cap_clips_at_farthest_ground_truth():
+    # ETH3D, Middlebury and folders have no depth cap (max_depth=inf). Aligned disparities
+    # <= 0 must become the farthest valid ground truth, not infinite depth (100 % error).
+    import warnings
+    rng = np.random.RandomState(5)
+    gt = rng.uniform(1.0, 20.0, 300)
+    gt[:3] = [30.0, 40.0, 50.0]             # far pixels; 50 m is the largest ground truth
+    pred = 1.0 / gt + rng.normal(0.0, 0.01, 300)
+    pred[:3] = -0.5                         # aligned disparity of these falls below 0
+    mask = np.ones(300, bool)
+    mask[3] = False                         # a masked pixel never sets the far clip
+    gt[3] = 500.0
+    # Independent path: closed-form least squares, clip by hand.
+    x, y = pred[mask], 1.0 / gt[mask]
+    s = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
+    t = y.mean() - s * x.mean()
+    aligned = s * x + t
+    assert (aligned[:3] <= 0).all(), 'test data must give disparities <= 0, got {}'.format(
+        aligned[:3])
+    depth = 1.0 / np.clip(aligned, 1.0 / 50.0, 1.0 / 1e-3)
+    g = gt[mask]
+    expected_abs_rel = np.mean(np.abs(depth - g) / g)
+    expected_d1 = np.mean(np.maximum(depth / g, g / depth) < 1.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')      # no divide-by-zero RuntimeWarning
+        r = evaluate_affine_invariant(pred, gt, mask, space='disparity', min_depth=1e-3,
+                                      max_depth=float('inf'))
+    assert r['pred_valid'] == 1.0, 'expected every prediction finite, received {}'.format(
+        r['pred_valid'])
+    assert math.isclose(r['abs_rel'], expected_abs_rel, rel_tol=1e-9), \
+        'expected abs_rel {}, received {}'.format(expected_abs_rel, r['abs_rel'])
+    assert math.isclose(r['delta1'], expected_d1, rel_tol=1e-12), (r['delta1'], expected_d1)
+    # Depth space keeps no far clip with an infinite cap (Marigold's protocol): unchanged.
+    r_depth = evaluate_affine_invariant(gt * 2.0 + 1.0, gt, mask, space='depth',
+                                        max_depth=float('inf'))
+    assert r_depth['abs_rel'] < 1e-9, r_depth
+
+
 @pytest.mark.parametrize('call, message', [
     (lambda: compute_metrics(np.ones(3), np.ones(4)),
      '`pred` has shape (3,) but `gt` has shape (4,); they must match'),

@@ -121,7 +121,10 @@ def evaluate_affine_invariant(pred: np.ndarray, gt: np.ndarray,
 
     As in the papers' code the aligned depth is clipped to the evaluation range (a disparity
     at or below 1 / max_depth becomes max_depth) before the metrics. ``max_depth`` None uses
-    the largest valid ground-truth depth. Returns the metrics plus ``scale`` and ``shift``.
+    the largest valid ground-truth depth. An infinite ``max_depth`` (ETH3D, Middlebury, plain
+    folders) leaves the far end of a depth-space result unclipped, as the Marigold code does,
+    and clips a disparity-space result at 1 / (largest valid ground-truth depth). Returns the
+    metrics plus ``scale`` and ``shift``.
     """
     if not (isinstance(min_depth, (int, float)) and min_depth > 0):
         raise ValueError('`min_depth` must be a number > 0, got {!r}'.format(min_depth))
@@ -133,7 +136,13 @@ def evaluate_affine_invariant(pred: np.ndarray, gt: np.ndarray,
         raise ValueError('`max_depth` must be a number > min_depth, got {!r}'.format(max_depth))
     aligned, s, t = align_affine(pred, gt, mask, space)
     if space == 'disparity':
-        disp = np.clip(aligned, 1.0 / max_depth, 1.0 / min_depth)
+        far = max_depth
+        if not np.isfinite(far):
+            # 1 / inf = 0 would keep aligned disparities <= 0 at 0, i.e. infinite depth: a
+            # 100 % error (and a divide-by-zero) for pixels a finite cap would have clipped.
+            # The farthest valid ground truth is the nearest finite stand-in for "no cap".
+            far = float(g[valid].max())
+        disp = np.clip(aligned, 1.0 / far, 1.0 / min_depth)
         depth = 1.0 / disp
     else:
         depth = np.clip(aligned, min_depth, max_depth)
