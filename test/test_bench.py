@@ -84,3 +84,58 @@ def test_cli_torch_tiny_random_network(tmp_path):
     data = json.load(open(os.path.join(out, 'bench.json')))
     assert data['backend'] == 'torch'
     assert all(len(data['samples_ms'][s]) == 2 for s in bench.STAGES)
+
+
+def _count_calls(monkeypatch, module, names):
+    calls = {n: 0 for n in names}
+    for name in names:
+        original = getattr(module, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_conversion_stage_times_the_nodes_message_conversion(monkeypatch):
+    pytest.importorskip('sensor_msgs.msg')
+    from depth_ros.ros import conversions as conv
+    calls = _count_calls(monkeypatch, conv, ['numpy_to_image', 'cloud_to_pointcloud2'])
+    res = bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=3, warmup=1,
+                          progress=False)
+    assert res.conversion == 'ros', 'expected auto -> ros here, received {}'.format(
+        res.conversion)
+    assert calls == {'numpy_to_image': 4, 'cloud_to_pointcloud2': 4}, 'received {}'.format(calls)
+    assert len(res.samples['conversion']) == 3
+    table = bench.markdown_table(res)
+    assert '| conversion (ROS messages) |' in table, table
+    assert res.to_dict()['conversion'] == 'ros'
+    assert 'numpy_to_image + cloud_to_pointcloud2' in res.to_dict()['conversion_label']
+
+
+def test_conversion_stage_without_sensor_msgs_is_labelled_bytes(monkeypatch):
+    import sys
+    from depth_ros.ros import conversions as conv
+    calls = _count_calls(monkeypatch, conv, ['numpy_to_image', 'cloud_to_pointcloud2'])
+    monkeypatch.setitem(sys.modules, 'sensor_msgs.msg', None)   # import raises ImportError
+    assert not bench.ros_messages_available()
+    res = bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=2, warmup=0,
+                          progress=False)
+    assert res.conversion == 'bytes' and calls == {'numpy_to_image': 0,
+                                                   'cloud_to_pointcloud2': 0}, calls
+    table = bench.markdown_table(res)
+    assert '| conversion (bytes only) |' in table, table
+    assert 'sensor_msgs not importable, not the ROS message conversion' in table, table
+    data = res.to_dict()
+    assert data['conversion'] == 'bytes' and 'byte packing only' in data['conversion_label']
+    with pytest.raises(ImportError, match='`conversion` ros needs sensor_msgs'):
+        bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=1,
+                        progress=False, conversion='ros')
+
+
+def test_conversion_value_is_checked():
+    with pytest.raises(ValueError) as err:
+        bench.resolve_conversion('fast')
+    assert str(err.value) == "`conversion` must be one of auto|ros|bytes, got 'fast'", \
+        str(err.value)

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     parser.add_argument('--random-weights', action='store_true',
                         help='torch: build --model (vits, vitb, vitl, tiny) untrained; latency '
                              'is that of the real architecture')
+    parser.add_argument('--conversion', default='auto', choices=('auto', 'ros', 'bytes'),
+                        help='conversion stage: ros = the nodes\' message conversion (needs '
+                             'sensor_msgs), bytes = payload byte packing only, auto = ros '
+                             'when sensor_msgs is importable')
     parser.add_argument('--out', default='out/bench', help='output folder')
     parser.set_defaults(func=run)
 
@@ -44,7 +48,8 @@ def run(args) -> int:
     else:
         model = load_model(args.backend, args.model, args.device,
                            random_weights=args.random_weights)
-    result = bench.run_bench(model, size=size, frames=args.frames, warmup=args.warmup)
+    result = bench.run_bench(model, size=size, frames=args.frames, warmup=args.warmup,
+                             conversion=args.conversion)
     paths = bench.write_report(result, args.out)
     LOG.info('\n%s', bench.markdown_table(result))
     LOG.info('wrote %s, %s, %s', paths['markdown'], paths['json'], paths['plot'])

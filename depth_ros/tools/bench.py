@@ -8,8 +8,11 @@ Stages, in pipeline order, each timed alone on every frame:
 * ``postprocess``: model output -> relative map at the camera size;
 * ``alignment``: ``MetricAligner.update`` (fit, temporal filter, fusion);
 * ``cloud``: ``depth_to_cloud`` with colours at stride 1;
-* ``conversion``: the message payloads: depth image bytes and PointCloud2 data bytes (what the
-  ROS conversion copies into the messages; no rclpy needed).
+* ``conversion``: what alignment_node does to publish, when sensor_msgs is importable
+  (``ros``): ``numpy_to_image`` of the depth into a reused MessageBuffer and
+  ``cloud_to_pointcloud2`` of a cloud written straight into its own MessageBuffer
+  (depth_ros.ros.conversions). Without sensor_msgs (``bytes``) only the payload byte packing
+  (``tobytes`` of depth and cloud) is timed, and the table and JSON say so.
 
 Inputs are a synthetic scene at the camera size (smooth depth, textured image, ZED-like holes
 and confidence); latency does not depend on the picture for these stages.
@@ -34,6 +37,13 @@ LOG = logging.getLogger('depth_ros.bench')
 STAGES = ('preprocess', 'inference', 'postprocess', 'alignment', 'cloud', 'conversion')
 PERCENTILES = (50, 90, 99)
 STAND_IN_LABEL = 'stand-in (no network: channel mean; latency of a real model not included)'
+CONVERSIONS = ('auto', 'ros', 'bytes')
+CONVERSION_LABELS = {
+    'ros': 'ROS messages: numpy_to_image + cloud_to_pointcloud2 into reused MessageBuffers, '
+           'as alignment_node',
+    'bytes': 'byte packing only (depth and cloud tobytes): sensor_msgs not importable, not '
+             'the ROS message conversion',
+}
 
 
 class StandInModel(DepthModel):
@@ -87,6 +97,7 @@ class BenchResult:
     size: Tuple[int, int]
     frames: int
     samples: Dict[str, List[float]]
+    conversion: str = 'bytes'   # what the conversion stage timed: 'ros' or 'bytes'
 
     def summary(self) -> Dict[str, Dict[str, float]]:
         """Stage -> mean, p50, p90, p99, max (ms); 'total' is the per-frame sum."""
@@ -105,19 +116,48 @@ class BenchResult:
         """JSON-ready dict."""
         return {'model': self.model, 'backend': self.backend,
                 'size': '{}x{}'.format(*self.size), 'frames': self.frames,
+                'conversion': self.conversion,
+                'conversion_label': CONVERSION_LABELS[self.conversion],
                 'summary': self.summary(), 'samples_ms': self.samples}
 
 
+def ros_messages_available() -> bool:
+    """Tell whether sensor_msgs (and so depth_ros.ros.conversions) can be used here."""
+    try:
+        import sensor_msgs.msg  # noqa: F401
+        import std_msgs.msg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_conversion(conversion: str) -> str:
+    """'auto' -> 'ros' when sensor_msgs is importable, else 'bytes'; checks the value."""
+    if conversion not in CONVERSIONS:
+        raise ValueError('`conversion` must be one of {}, got {!r}'.format(
+            '|'.join(CONVERSIONS), conversion))
+    if conversion == 'auto':
+        return 'ros' if ros_messages_available() else 'bytes'
+    if conversion == 'ros' and not ros_messages_available():
+        raise ImportError('`conversion` ros needs sensor_msgs: source a ROS 2 install or '
+                          'install depth_ros[ros]')
+    return conversion
+
+
 def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warmup: int = 3,
-              progress: bool = True, relative_kind: Optional[str] = None) -> BenchResult:
+              progress: bool = True, relative_kind: Optional[str] = None,
+              conversion: str = 'auto') -> BenchResult:
     """
     Time every stage on ``frames`` frames after ``warmup`` untimed ones.
 
     :param model: a DepthModel (pre/infer/post timed apart) or anything with ``predict``
         (timed as inference alone, e.g. MarigoldDepth).
+    :param conversion: 'ros' times the nodes' message conversion, 'bytes' only the payload
+        byte packing, 'auto' the first when sensor_msgs is importable.
     """
     from depth_ros.core.alignment import MetricAligner
-    from depth_ros.core.pointcloud import depth_to_cloud
+    from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud
+    conversion = resolve_conversion(conversion)
     check_positive('frames', frames)
     if isinstance(frames, bool) or int(frames) != frames:
         raise ValueError('`frames` must be an integer >= 1, got {!r}'.format(frames))
@@ -134,6 +174,10 @@ def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warm
     if split:
         from depth_ros.core.preprocess import prepare_input, restore_output
         batch = model._input_buffer()
+    if conversion == 'ros':
+        from depth_ros.ros import conversions as conv
+        header = conv.make_header(0, 'bench_optical_frame')
+        depth_buffer, cloud_buffer = conv.MessageBuffer(), conv.MessageBuffer()
     for i in iterator:
         t = [time.perf_counter()]
         if split:
@@ -149,9 +193,17 @@ def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warm
         t.append(time.perf_counter())
         aligned = aligner.update(rel, stereo, confidence)
         t.append(time.perf_counter())
-        cloud = depth_to_cloud(aligned.depth, camera, bgr=bgr)
-        t.append(time.perf_counter())
-        payload = (aligned.depth.tobytes(), cloud.tobytes())   # Image.data, PointCloud2.data
+        if conversion == 'ros':
+            # As alignment_node: the cloud goes straight into the message's byte buffer.
+            out = cloud_buffer.array(aligned.depth.shape, CLOUD_DTYPE)
+            cloud = depth_to_cloud(aligned.depth, camera, bgr=bgr, out=out)
+            t.append(time.perf_counter())
+            payload = (conv.numpy_to_image(aligned.depth, '32FC1', header, buffer=depth_buffer),
+                       conv.cloud_to_pointcloud2(cloud, header, buffer=cloud_buffer))
+        else:
+            cloud = depth_to_cloud(aligned.depth, camera, bgr=bgr)
+            t.append(time.perf_counter())
+            payload = (aligned.depth.tobytes(), cloud.tobytes())   # Image.data, PointCloud2.data
         t.append(time.perf_counter())
         del payload
         if i < warmup:
@@ -163,7 +215,8 @@ def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warm
                 continue
             samples[name].append((b - a) * 1e3)
     return BenchResult(getattr(model, 'name', '') or type(model).__name__,
-                       getattr(model, 'backend', '?'), (width, height), int(frames), samples)
+                       getattr(model, 'backend', '?'), (width, height), int(frames), samples,
+                       conversion)
 
 
 def markdown_table(result: BenchResult) -> str:
@@ -172,8 +225,13 @@ def markdown_table(result: BenchResult) -> str:
                                                 result.size[1], result.frames), '',
              '| stage | mean | p50 | p90 | p99 | max |', '|---|---:|---:|---:|---:|---:|']
     for name, row in result.summary().items():
+        label = name
+        if name == 'conversion':
+            label = 'conversion ({})'.format(
+                'ROS messages' if result.conversion == 'ros' else 'bytes only')
         lines.append('| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |'.format(
-            name, row['mean'], row['p50'], row['p90'], row['p99'], row['max']))
+            label, row['mean'], row['p50'], row['p90'], row['p99'], row['max']))
+    lines += ['', 'conversion: {}'.format(CONVERSION_LABELS[result.conversion])]
     return '\n'.join(lines) + '\n'
 
 
