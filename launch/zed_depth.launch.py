@@ -19,6 +19,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'depth_ros'
+ZED2_BASELINE_M = 0.12   # stereo baseline of the ZED2 (and ZED); the ZED Mini's is 0.063
 
 ARGUMENTS = (
     ('source', 'live', 'frame source: live | svo | sample | folder | bag'),
@@ -33,8 +34,9 @@ ARGUMENTS = (
     ('camera_name', 'zed', 'camera name; frames are <camera_name>_left_camera_optical_frame'),
     ('zed_node', 'true', 'start our zed_node; false when the official zed-ros2-wrapper runs '
      '(its topics have the same names)'),
-    ('publish_tf', 'true', 'publish the static TF <camera>_left_camera_frame -> optical frame '
-     '(false when a wrapper or URDF provides it)'),
+    ('publish_tf', 'true', 'publish the static TFs <camera>_camera_link -> '
+     '<camera>_left_camera_frame -> <camera>_left_camera_optical_frame (false when a wrapper '
+     'or URDF provides them)'),
     ('rviz', 'false', 'open RViz with rviz/zed_depth.rviz'),
     ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
@@ -115,13 +117,25 @@ def _nodes(context):
         actions.append(Node(
             package=PACKAGE, executable='marigold_node', name='marigold_node', output='screen',
             emulate_tty=True, parameters=[params_file, qos], remappings=[('image', image)]))
-        # Keyframes arrive seconds after their camera frame: keep a deep pairing buffer.
+        # Keyframes arrive seconds after their camera frame: pair by age (a 10 s window)
+        # rather than by count, and leave the colour image out of the waiting sets (a third of
+        # their bytes); pairing_max_mb (params file) caps the memory (docs/ros.md).
         actions.append(Node(
             package=PACKAGE, executable='alignment_node', name='alignment_node',
             namespace='marigold', output='screen', emulate_tty=True,
-            parameters=[params_file, dict(qos, relative_kind='depth', buffer_size=100)],
+            parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
+                                          use_image=False)],
             remappings=[('disparity', '/marigold_node/depth')] + inputs))
     if _truthy(arg['publish_tf']):
+        # The ZED2's left camera sits half the 0.12 m baseline left of the camera's centre
+        # (REP 103 body frame: +y is left); the camera link is taken at that centre.
+        actions.append(Node(
+            package='tf2_ros', executable='static_transform_publisher',
+            name='{}_left_camera_tf'.format(camera), output='log',
+            arguments=['--x', '0', '--y', str(ZED2_BASELINE_M / 2.0), '--z', '0',
+                       '--roll', '0', '--pitch', '0', '--yaw', '0',
+                       '--frame-id', '{}_camera_link'.format(camera),
+                       '--child-frame-id', '{}_left_camera_frame'.format(camera)]))
         # REP 103: the optical frame is the camera frame rotated (x right, y down, z forward).
         actions.append(Node(
             package='tf2_ros', executable='static_transform_publisher',

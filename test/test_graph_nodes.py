@@ -300,6 +300,130 @@ def test_out_of_order_and_duplicated_stamps(graph):
     assert graph.depth.by_stamp(older) is None
 
 
+def _set_param(probe, node, name, value):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    client = probe.node.create_client(SetParameters, '/{}/set_parameters'.format(node))
+    try:
+        assert client.wait_for_service(10.0), 'no parameter service on ' + node
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        assert wait_until(future.done, 10), 'set {} on {}: no answer'.format(name, node)
+        result = future.result().results[0]
+        assert result.successful, 'set {}={} on {}: {}'.format(name, value, node, result.reason)
+    finally:
+        probe.node.destroy_client(client)
+
+
+def _diag_values(graph, prefix):
+    for msg in reversed(graph.diag.msgs):
+        for status in msg.status:
+            if status.name.startswith(prefix):
+                return {kv.key: kv.value for kv in status.values}
+    return None
+
+
+def _diag_after(graph, prefix, key, predicate, timeout=8.0):
+    # Diagnostics come once a second; wait for one that satisfies ``predicate``.
+    def ok():
+        values = _diag_values(graph, prefix)
+        return values is not None and predicate(int(values[key]))
+    wait_until(ok, timeout)
+    return int(_diag_values(graph, prefix)[key])
+
+
+def test_bad_frames_are_rate_limited_per_kind_and_throttle_changes_at_runtime(graph, probe):
+    # rclpy's throttle_duration_sec raised ValueError ("... cannot be changed between calls")
+    # on the first bad frame after a runtime change of log_throttle_s, killing the node.
+    n = 6
+    good = graph.send_good(60)
+    graph.send(good, *frame_set(61))                       # a duplicate, logged at throttle 0
+    assert graph.depth_node.wait_for_output(
+        'dropped image: stamp {} is equal to the previous {}'.format(good, good), 5)
+    assert graph.align_node.wait_for_output(
+        'dropped image {}: equal to the previous stamp {}'.format(good, good), 5)
+    assert wait_until(lambda: _diag_values(graph, 'depth_node') is not None, 5)
+    time.sleep(1.2)   # a diagnostics period: the counters include every frame sent so far
+    bad_before = _diag_after(graph, 'depth_node', 'frames_bad', lambda v: v > 0)
+    stamp_before = _diag_after(graph, 'alignment_node', 'dropped_stamp', lambda v: v > 0)
+    for node in ('depth_node', 'alignment_node'):
+        _set_param(probe, node, 'log_throttle_s', 3600.0)
+    try:
+        depth_log, align_log = len(graph.depth_node.output()), len(graph.align_node.output())
+        for i in range(n):
+            graph.send(good - 10000000 * (i + 1), *frame_set(62))   # 10 ms .. 60 ms older
+            time.sleep(0.05)
+        bad = _diag_after(graph, 'depth_node', 'frames_bad', lambda v: v >= bad_before + n)
+        assert bad == bad_before + n, 'expected frames_bad {} + {}, received {}'.format(
+            bad_before, n, bad)
+        # alignment_node drops each of the 5 streams of each set: one kind, 'stamp'.
+        dropped = _diag_after(graph, 'alignment_node', 'dropped_stamp',
+                              lambda v: v >= stamp_before + 5 * n)
+        assert dropped == stamp_before + 5 * n, 'expected dropped_stamp {} + {}, ' \
+            'received {}'.format(stamp_before, 5 * n, dropped)
+        depth_new = graph.depth_node.output()[depth_log:]
+        align_new = graph.align_node.output()[align_log:]
+        lines = [line for line in depth_new.splitlines() if 'dropped image: stamp' in line]
+        assert len(lines) == 1, 'expected exactly one log line for {} bad frames, received ' \
+            '{}:\n{}'.format(n, len(lines), depth_new)
+        lines = [line for line in align_new.splitlines() if 'the previous stamp' in line]
+        assert len(lines) == 1, 'expected one stamp line for {} messages, received:\n{}'.format(
+            5 * n, align_new)
+        # Another kind is not hidden by the stamp window: a bad encoding is still logged.
+        stamp = graph.next_stamp()
+        graph.send(stamp, *frame_set(63), disparity_encoding='16UC1')
+        assert graph.align_node.wait_for_output(
+            'dropped frame {}: disparity has encoding'.format(stamp), 5), \
+            graph.align_node.output()[-3000:]
+        last = graph.send_good(64)
+        assert graph.depth_node.alive() and graph.align_node.alive(), \
+            'a node died after log_throttle_s changed at runtime'
+        assert 'ValueError' not in graph.depth_node.output() + graph.align_node.output()
+        # A shorter period applies at once; the next line counts the ones held back.
+        _set_param(probe, 'depth_node', 'log_throttle_s', 1.0)
+        time.sleep(1.1)
+        graph.send(last - 1000000, *frame_set(65))
+        text = '(out-of-order or duplicated) ({} similar suppressed)'.format(n - 1)
+        assert graph.depth_node.wait_for_output(text, 5), \
+            'expected {!r}; output:\n{}'.format(text, graph.depth_node.output()[-2000:])
+    finally:
+        for node in ('depth_node', 'alignment_node'):
+            _set_param(probe, node, 'log_throttle_s', 0.0)
+
+
+def test_stamps_jumping_back_are_a_source_restart(graph):
+    # rosbag play --loop, a restarted SVO or a sim-time reset: stamps go back by seconds.
+    # Both nodes must start over (warn once) rather than drop the new timeline for good.
+    before = len(graph.depth)
+    graph.send_good(70)
+    restart = graph.stamp - 9 * 10 ** 9
+    graph.stamp = restart
+    stamps = [graph.send_good(71 + i) for i in range(3)]
+    assert len(graph.depth) >= before + 4
+    for node, text in ((graph.depth_node, 'image stamp jumped back'),
+                       (graph.align_node, 'stamp jumped back')):
+        assert node.wait_for_output(text, 5), node.output()[-3000:]
+    assert graph.align_node.output().count('source restarted') == 1, \
+        'expected one restart warning from alignment_node, received:\n' + \
+        graph.align_node.output()[-3000:]
+    assert graph.depth_node.output().count('source restarted') == 1
+    for stamp in stamps:
+        assert graph.disp.by_stamp(stamp) is not None, 'no disparity for {}'.format(stamp)
+    values = _diag_values(graph, 'alignment_node')
+    assert wait_until(lambda: int(_diag_values(graph, 'alignment_node')['stamp_resets']) == 1,
+                      5), 'received {}'.format(_diag_values(graph, 'alignment_node'))
+    assert values is not None
+    # Small steps back are still dropped as out of order.
+    last = stamps[-1]
+    graph.send(last - 50000000, *frame_set(75))
+    assert graph.align_node.wait_for_output(
+        'dropped disparity {}: older than the previous stamp {}'.format(last - 50000000, last), 5)
+    # The restarted timeline goes on past the old one without further resets.
+    graph.stamp = restart + 12 * 10 ** 9
+    graph.send_good(76)
+    assert graph.align_node.output().count('source restarted') == 1
+
+
 def test_runtime_parameter_changes_are_validated(graph, probe):
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter

@@ -12,6 +12,7 @@ every remapping points at a topic the upstream node publishes and every paramete
 file sets is one the node declares.
 """
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ import types
 
 from conftest import ROOT
 import pytest
+import yaml
 
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'zed_depth.launch.py')
 
@@ -190,13 +192,21 @@ def test_launch_wiring_matches_the_nodes(monkeypatch):
     assert 'path' not in _params(by_exe['zed_node'][0]), 'empty path must not be passed'
     # docs/marigold.md: marigold_node on the camera image, and a second alignment_node in
     # namespace marigold that takes its keyframes as relative depth, with the stereo inputs
-    # of the first and a pairing buffer deep enough for keyframes that come seconds late.
+    # of the first, pairing by age (keyframes come seconds late) and without the colour
+    # image in the waiting sets (memory, docs/ros.md).
     assert by_exe['marigold_node'][0].kwargs['remappings'] == [
         ('image', prefix + 'left/image_rect_color')]
     marigold = [n for n in by_exe['alignment_node'] if n.kwargs.get('namespace') == 'marigold']
     assert len(marigold) == 1 and marigold[0].kwargs['name'] == 'alignment_node'
     params = _params(marigold[0])
-    assert (params['relative_kind'], params['buffer_size']) == ('depth', 100), params
+    assert (params['relative_kind'], params['pairing_window_s'], params['use_image']) == \
+        ('depth', 10.0, False), params
+    assert 'buffer_size' not in params, 'keyframes pair by age, not by a count: {}'.format(params)
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        yaml_align = yaml.safe_load(f)['/**/alignment_node']['ros__parameters']
+    assert yaml_align['pairing_window_s'] == 0.0 and yaml_align['pairing_max_mb'] > 0, \
+        'the camera-rate instance pairs by count under a memory cap; received {}'.format(
+            yaml_align)
     first = [n for n in by_exe['alignment_node'] if not n.kwargs.get('namespace')]
     expected = dict(first[0].kwargs['remappings'])
     assert expected['disparity'] == '/depth_node/disparity'
@@ -205,18 +215,39 @@ def test_launch_wiring_matches_the_nodes(monkeypatch):
         'expected {}, received {}'.format(expected, marigold[0].kwargs['remappings'])
     assert set(expected) == {'disparity', 'depth_registered', 'confidence', 'camera_info',
                              'image'}
-    tf = by_exe['static_transform_publisher'][0].kwargs['arguments']
-    assert tf[tf.index('--frame-id') + 1] == 'zed_left_camera_frame' and \
-        tf[tf.index('--child-frame-id') + 1] == 'zed_left_camera_optical_frame'
+    assert _tf_chain(by_exe['static_transform_publisher']) == [
+        ('zed_camera_link', 'zed_left_camera_frame', [0.0, 0.06, 0.0], [0.0, 0.0, 0.0]),
+        ('zed_left_camera_frame', 'zed_left_camera_optical_frame', [0.0, 0.0, 0.0],
+         [-math.pi / 2, 0.0, -math.pi / 2])], 'received {}'.format(
+            _tf_chain(by_exe['static_transform_publisher']))
     rviz = by_exe['rviz2'][0].kwargs['arguments']
     assert rviz == ['-d', '/share/depth_ros/rviz/zed_depth.rviz']
+
+
+def _tf_chain(publishers):
+    # (parent, child, xyz, rpy) of each static_transform_publisher, in launch order.
+    chain = []
+    for node in publishers:
+        a = node.kwargs['arguments']
+
+        def value(flag):
+            return float(a[a.index(flag) + 1])
+        chain.append((a[a.index('--frame-id') + 1], a[a.index('--child-frame-id') + 1],
+                      [value('--x'), value('--y'), value('--z')],
+                      [value('--roll'), value('--pitch'), value('--yaw')]))
+    return chain
 
 
 def test_launch_defaults_and_switches(monkeypatch):
     _, nodes, _ = _evaluate(monkeypatch)
     exes = sorted(n.kwargs['executable'] for n in nodes)
-    assert exes == ['alignment_node', 'depth_node', 'static_transform_publisher', 'zed_node'], \
-        exes
+    assert exes == ['alignment_node', 'depth_node', 'static_transform_publisher',
+                    'static_transform_publisher', 'zed_node'], exes
+    _, nodes, _ = _evaluate(monkeypatch, camera_name='front')
+    frames = [(p, c) for p, c, _, _ in _tf_chain(
+        [n for n in nodes if n.kwargs['executable'] == 'static_transform_publisher'])]
+    assert frames == [('front_camera_link', 'front_left_camera_frame'),
+                      ('front_left_camera_frame', 'front_left_camera_optical_frame')], frames
     _, nodes, env = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
                               fastdds_profile='false')
     exes = sorted(n.kwargs['executable'] for n in nodes)

@@ -238,6 +238,118 @@ def test_pairing_buffer_exact_stamps_bounded():
     assert buf.pending == {} and buf.dropped == 2
 
 
+class _Msg(object):
+    def __init__(self, nbytes):
+        self.data = bytes(nbytes)
+
+
+def test_pairing_buffer_by_age_keeps_late_keyframes_and_caps_bytes():
+    from depth_ros.ros.alignment_node import message_bytes, PairingBuffer
+    drops = []
+
+    def t(ds):                      # stamp in ns of ``ds`` tenths of a second
+        return ds * 10 ** 8
+    buf = PairingBuffer(('disparity', 'depth'), 2, lambda st, m, why: drops.append((st, m, why)),
+                        window_ns=t(25), max_bytes=26)
+    # 26 stereo frames (1.0 .. 3.5 s, 1 byte each) wait although buffer_size is 2: by age.
+    for ds in range(10, 36):
+        assert buf.add('depth', t(ds), _Msg(1)) is None
+    assert drops == [] and len(buf.pending) == 26 and buf.bytes == 26, (drops, buf.bytes)
+    # A keyframe 2 s late pairs with its stereo frame; the older ones go.
+    complete = buf.add('disparity', t(15), _Msg(0))
+    assert complete is not None and set(complete) == {'disparity', 'depth'}
+    assert [d[0] for d in drops] == [t(ds) for ds in range(10, 15)] and \
+        all(d[1:] == (['disparity'], 'a newer frame was complete first') for d in drops), drops
+    assert len(buf.pending) == 20 and buf.bytes == 20, (len(buf.pending), buf.bytes)
+    # Older than the window (newest 3.5 s - 2.5 s): dropped at once, naming the window.
+    del drops[:]
+    assert buf.add('disparity', t(9), _Msg(0)) is None
+    assert drops == [(t(9), ['depth'], 'older than the pairing window of 2.5 s')], drops
+    # The byte cap: 27 bytes waiting > 26, oldest first.
+    del drops[:]
+    buf.add('depth', t(36), _Msg(7))
+    assert drops == [(t(16), ['disparity'], 'pairing buffer over 2.6e-05 MB')], drops
+    assert buf.bytes == 26
+    # The window moves with the newest stamp: 7.2 s drops everything before 4.7 s.
+    del drops[:]
+    buf.add('depth', t(72), _Msg(1))
+    assert [d[0] for d in drops] == [t(ds) for ds in range(17, 37)] and \
+        drops[0][2] == 'older than the pairing window of 2.5 s', drops
+    assert list(buf.pending) == [t(72)] and buf.bytes == 1, (list(buf.pending), buf.bytes)
+    buf.clear()
+    assert (len(buf.pending), buf.bytes, buf.newest) == (0, 0, None)
+    assert message_bytes(_Msg(7)) == 7 and message_bytes(object()) == 0
+
+
+def test_pairing_buffer_by_count_keeps_its_behaviour_under_a_byte_cap():
+    from depth_ros.ros.alignment_node import PairingBuffer
+    drops = []
+    buf = PairingBuffer(('a', 'b'), 3, lambda st, m, why: drops.append((st, why)), max_bytes=4)
+    for stamp in (1, 2, 3, 4):
+        buf.add('a', stamp, _Msg(1))
+    assert drops == [(1, 'pairing buffer full')], drops
+    buf.add('a', 5, _Msg(3))        # count drops 2; then 5 bytes > 4: the byte cap drops 3
+    assert drops[1:] == [(2, 'pairing buffer full'), (3, 'pairing buffer over 4e-06 MB')], drops
+    assert buf.add('b', 5, _Msg(0)) is not None
+    assert drops[3:] == [(4, 'a newer frame was complete first')] and buf.bytes == 0, \
+        (drops, buf.bytes)
+
+
+class _Logger(object):
+    def __init__(self):
+        self.lines = []
+
+    def error(self, text):
+        self.lines.append(('error', text))
+
+    def warn(self, text):
+        self.lines.append(('warn', text))
+
+
+def test_throttled_log_limits_each_kind_on_its_own_and_takes_a_new_period():
+    from depth_ros.ros.runtime import ThrottledLog
+    now = [100.0]
+    logger = _Logger()
+    log = ThrottledLog(logger, clock=lambda: now[0])
+    results = [log.error('stamp', 'dup {}'.format(i), 2.0) for i in range(5)]
+    assert results == [True, False, False, False, False] and log.suppressed('stamp') == 4
+    # Another kind is not hidden by the first one's window.
+    assert log.error('frame', 'bad encoding', 2.0)
+    now[0] += 1.0
+    assert not log.error('stamp', 'dup 5', 2.0)
+    # A period changed at runtime (log_throttle_s) applies at once: no error, no state reset.
+    assert log.error('stamp', 'dup 6', 0.5)
+    assert not log.error('stamp', 'dup 7', 0.5)
+    now[0] += 0.6
+    assert log.warn('stamp', 'dup 8', 0.5)
+    assert log.error('stamp', 'dup 9', 0.0) and log.error('stamp', 'dup 10', 0.0)
+    # Lines logged while throttling was off open no window for a period set afterwards.
+    assert log.error('stamp', 'dup 11', 5.0) and not log.error('stamp', 'dup 12', 5.0)
+    assert logger.lines == [
+        ('error', 'dup 0'), ('error', 'bad encoding'),
+        ('error', 'dup 6 (5 similar suppressed)'), ('warn', 'dup 8 (1 similar suppressed)'),
+        ('error', 'dup 9'), ('error', 'dup 10'), ('error', 'dup 11')], logger.lines
+
+
+def test_throttled_log_is_thread_safe():
+    from depth_ros.ros.runtime import ThrottledLog
+    logger = _Logger()
+    log = ThrottledLog(logger)
+    barrier = threading.Barrier(4)
+
+    def spam():
+        barrier.wait()
+        for i in range(200):
+            log.error('exception', 'failed', 3600.0)
+    threads = [threading.Thread(target=spam) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert logger.lines == [('error', 'failed')] and log.suppressed('exception') == 799, \
+        (logger.lines, log.suppressed('exception'))
+
+
 def test_stereo_depth_units():
     from depth_ros.ros.alignment_node import stereo_depth_metres
     mm = np.array([[0, 1500]], np.uint16)

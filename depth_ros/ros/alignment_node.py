@@ -22,7 +22,7 @@ from depth_ros.core.encodings import to_bgr8
 from depth_ros.ros.params import declare_params, on_set_validator, Param, qos_depth_param, \
     reliability_param
 from depth_ros.ros.runtime import diagnostic_status, Diagnostics, LatestWorker, main_for, \
-    RateMeter, sensor_qos, StageTimes
+    RateMeter, sensor_qos, StageTimes, ThrottledLog
 import numpy as np
 
 THROTTLE_S = 2.0
@@ -33,8 +33,17 @@ PARAMS = (
           read_only=True),
     Param('use_confidence', True, 'pair and use the ZED confidence map', read_only=True),
     Param('use_image', True, 'pair the colour image (coloured cloud)', read_only=True),
-    Param('buffer_size', 8, 'stamps waiting for their partners; older ones are dropped',
-          low=1, high=100),
+    Param('buffer_size', 8, 'stamps waiting for their partners; older ones are dropped (used '
+          'when pairing_window_s is 0)', low=1, high=100),
+    Param('pairing_window_s', 0.0, 'pair by age instead: a stamp waits until it is this many '
+          'seconds older than the newest one (Marigold keyframes; 0: by count, buffer_size)',
+          low=0.0, high=600.0),
+    Param('pairing_max_mb', 512.0, 'hard cap on the message payloads waiting to be paired (MB); '
+          'beyond it the oldest stamps are dropped', low=1.0, high=65536.0),
+    Param('stamp_reset_s', 1.0, 'a stamp older than the previous of its stream by more than '
+          'this is a source restart (bag loop, sim-time reset): pairing and the temporal '
+          'filter start over, with a warning; smaller steps back are dropped as out-of-order',
+          low=0.0, high=1e6),
     Param('min_depth', 0.3, 'stereo depth trusted for the fit from (m)', low=0.01, high=1000.0),
     Param('max_depth', 20.0, 'stereo depth trusted for the fit up to (m)', low=0.01,
           high=1000.0),
@@ -92,42 +101,87 @@ def stereo_depth_metres(array: np.ndarray, encoding: str) -> np.ndarray:
         encoding))
 
 
+def message_bytes(msg) -> int:
+    """Payload bytes of a message: the length of its ``data`` (0 for CameraInfo)."""
+    data = getattr(msg, 'data', None)
+    return len(data) if data is not None else 0
+
+
 class PairingBuffer(object):
     """
-    Exact-stamp pairing of several streams with a bounded number of waiting stamps.
+    Exact-stamp pairing of several streams with a bounded set of waiting stamps.
 
     ``add(kind, stamp, msg)`` returns the complete set {kind: msg} once every required kind
-    has arrived for ``stamp``, else None. Dropped sets are reported through ``on_drop(stamp,
-    missing kinds, why)``. Not thread-safe by itself: the node holds a lock.
+    has arrived for ``stamp``, else None. A waiting stamp is dropped when a newer stamp is
+    complete first, when more than ``size`` stamps wait (``window_ns`` 0: by count), or when it
+    is more than ``window_ns`` older than the newest stamp seen (``window_ns`` > 0: by age,
+    ``size`` unused), and, in both modes, oldest first while the waiting payloads
+    (``sizeof``) exceed ``max_bytes`` (0: no cap). Dropped sets are reported through
+    ``on_drop(stamp, missing kinds, why)``. Not thread-safe by itself: the node holds a lock.
     """
 
-    def __init__(self, kinds, size: int, on_drop):
+    def __init__(self, kinds, size: int, on_drop, window_ns: int = 0, max_bytes: int = 0,
+                 sizeof=message_bytes):
         self.kinds = tuple(kinds)
         self.size = int(size)
+        self.window_ns = int(window_ns)
+        self.max_bytes = int(max_bytes)
+        self.sizeof = sizeof
         self.pending = collections.OrderedDict()   # stamp -> {kind: msg}, oldest first
         self.on_drop = on_drop
         self.dropped = 0
+        self.bytes = 0           # payload bytes waiting
+        self.newest = None       # newest stamp seen (window mode)
+
+    def _bytes_of(self, parts) -> int:
+        return sum(self.sizeof(m) for m in parts.values())
 
     def _drop(self, stamp, why):
         parts = self.pending.pop(stamp)
+        self.bytes -= self._bytes_of(parts)
         self.dropped += 1
         self.on_drop(stamp, [k for k in self.kinds if k not in parts], why)
 
+    def clear(self) -> None:
+        """Forget every waiting stamp without reporting drops (a restarted source)."""
+        self.pending.clear()
+        self.bytes = 0
+        self.newest = None
+
     def add(self, kind: str, stamp: int, msg):
+        """Add one message; return the complete set for ``stamp`` or None."""
         entry = self.pending.get(stamp)
         if entry is None:
+            # Keep the dict ordered by stamp, as streams can deliver in any interleaving
+            # (compared with the newest key before inserting: after it, that is ``stamp``).
+            unordered = bool(self.pending) and stamp < next(reversed(self.pending))
             entry = self.pending[stamp] = {}
-            # Keep the dict ordered by stamp, as streams can deliver in any interleaving.
-            if len(self.pending) > 1 and stamp < next(reversed(self.pending)):
+            if unordered:
                 self.pending = collections.OrderedDict(sorted(self.pending.items()))
+        old = entry.get(kind)
+        if old is not None:
+            self.bytes -= self.sizeof(old)
         entry[kind] = msg
+        self.bytes += self.sizeof(msg)
+        if self.newest is None or stamp > self.newest:
+            self.newest = stamp
         if len(entry) == len(self.kinds):
             complete = self.pending.pop(stamp)
-            for old in [s for s in self.pending if s < stamp]:
-                self._drop(old, 'a newer frame was complete first')
+            self.bytes -= self._bytes_of(complete)
+            for older in [s for s in self.pending if s < stamp]:
+                self._drop(older, 'a newer frame was complete first')
             return complete
-        while len(self.pending) > self.size:
-            self._drop(next(iter(self.pending)), 'pairing buffer full')
+        if self.window_ns > 0:
+            limit = self.newest - self.window_ns
+            while self.pending and next(iter(self.pending)) < limit:
+                self._drop(next(iter(self.pending)), 'older than the pairing window of '
+                           '{:g} s'.format(self.window_ns * 1e-9))
+        else:
+            while len(self.pending) > self.size:
+                self._drop(next(iter(self.pending)), 'pairing buffer full')
+        while self.max_bytes and self.bytes > self.max_bytes and self.pending:
+            self._drop(next(iter(self.pending)), 'pairing buffer over {:g} MB'.format(
+                self.max_bytes / 1e6))
         return None
 
 
@@ -159,8 +213,17 @@ def make_node(**kwargs):
             if self.cfg['use_image']:
                 kinds.append('image')
             self.lock = threading.Lock()
-            self.buffer = PairingBuffer(kinds, self.cfg['buffer_size'], self._on_drop)
+            self.buffer = PairingBuffer(
+                kinds, self.cfg['buffer_size'], self._on_drop,
+                window_ns=int(self.cfg['pairing_window_s'] * 1e9),
+                max_bytes=int(self.cfg['pairing_max_mb'] * 1e6))
             self.last_stamp = {k: None for k in kinds}
+            self.log = ThrottledLog(self.get_logger())
+            # Incremented on a source restart; the worker resets the aligner's temporal state
+            # when it takes the first set of a new epoch (the aligner is the worker's alone).
+            self.epoch = 0
+            self.aligner_epoch = 0
+            self.stamp_resets = 0
             self.bad = collections.Counter()
             self.in_rate, self.out_rate = RateMeter(), RateMeter()
             self.latency_ms = collections.deque(maxlen=50)
@@ -189,29 +252,31 @@ def make_node(**kwargs):
             if any(k in changed for k in ALIGNER_KEYS):
                 new = make_aligner(self.cfg)   # values were validated by the callback
                 self.aligner = new
-            if 'buffer_size' in changed:
-                with self.lock:
-                    self.buffer.size = self.cfg['buffer_size']
+            with self.lock:
+                self.buffer.size = self.cfg['buffer_size']
+                self.buffer.window_ns = int(self.cfg['pairing_window_s'] * 1e9)
+                self.buffer.max_bytes = int(self.cfg['pairing_max_mb'] * 1e6)
 
         def _error(self, kind, text):
             self.bad[kind] += 1
-            self.get_logger().error(text, throttle_duration_sec=self.cfg['log_throttle_s'])
+            self.log.error(kind, text, self.cfg['log_throttle_s'])
 
         def _on_drop(self, stamp, missing, why):
             if missing == ['disparity'] and self.cfg['relative_kind'] == 'depth':
                 # Marigold publishes keyframes only: camera frames without one are normal.
                 self.get_logger().debug('frame {} has no keyframe'.format(stamp))
                 return
-            self.bad['unpaired'] += 1
-            self.get_logger().error('dropped frame {}: missing {} ({})'.format(
-                stamp, ', '.join(missing), why), throttle_duration_sec=self.cfg['log_throttle_s'])
+            self._error('unpaired', 'dropped frame {}: missing {} ({})'.format(
+                stamp, ', '.join(missing), why))
 
         def _callback(self, kind):
             def callback(msg):
                 stamp = conv.stamp_to_ns(msg.header.stamp)
                 with self.lock:
                     last = self.last_stamp[kind]
-                    if last is not None and stamp <= last:
+                    if last is not None and last - stamp > self.cfg['stamp_reset_s'] * 1e9:
+                        self._restart(kind, last, stamp)
+                    elif last is not None and stamp <= last:
                         self._error('stamp', 'dropped {} {}: {} the previous stamp {} '
                                     '(out-of-order or duplicated)'.format(
                                         kind, stamp, 'equal to' if stamp == last
@@ -221,11 +286,27 @@ def make_node(**kwargs):
                     if kind == 'disparity':
                         self.in_rate.tick()
                     complete = self.buffer.add(kind, stamp, msg)
+                    epoch = self.epoch
                 if complete is not None:
                     now = time.time_ns()
                     self.input_age_ms.append((now - stamp) * 1e-6)
-                    self.worker.put((complete, now))
+                    self.worker.put((complete, now, epoch))
             return callback
+
+        def _restart(self, kind, last, stamp):
+            # Called with self.lock held. A jump back by more than stamp_reset_s is a restarted
+            # source (rosbag play --loop, an SVO reopened, sim time reset): comparing with the
+            # old timeline would drop every new frame for good. Sets of the old timeline will
+            # never complete, and the temporal filter must not blend the two recordings.
+            self.stamp_resets += 1
+            self.get_logger().warn(
+                '{} stamp jumped back {:.3f} s (from {} to {}): source restarted; pairing '
+                'and the temporal filter start over'.format(kind, (last - stamp) * 1e-9, last,
+                                                            stamp))
+            for k in self.last_stamp:
+                self.last_stamp[k] = None
+            self.buffer.clear()
+            self.epoch += 1
 
         def _convert(self, msgs):
             """Messages -> arrays and camera; ValueError names what is wrong with the set."""
@@ -263,7 +344,10 @@ def make_node(**kwargs):
             return relative, depth, confidence, bgr, camera
 
         def _process(self, item):
-            msgs, t_complete = item
+            msgs, t_complete, epoch = item
+            if epoch != self.aligner_epoch:
+                self.aligner.reset()
+                self.aligner_epoch = epoch
             stages = self.stages
             stages.add('wait', (time.time_ns() - t_complete) * 1e-6)
             stages.start()
@@ -347,6 +431,9 @@ def make_node(**kwargs):
             values['published_colored'] = self.published['colored']
             values['dropped_unpaired'] = self.bad['unpaired']
             values['dropped_busy'] = self.worker.dropped
+            values['stamp_resets'] = self.stamp_resets
+            values['pairing_waiting'] = len(self.buffer.pending)
+            values['pairing_waiting_mb'] = self.buffer.bytes / 1e6
             for k in ('stamp', 'frame', 'exception'):
                 values['dropped_' + k] = self.bad[k]
             if r is None:
@@ -368,7 +455,7 @@ def make_node(**kwargs):
 
 main = main_for(make_node, 'alignment_node')
 
-__all__ = ['main', 'make_aligner', 'make_node', 'PairingBuffer', 'PARAMS',
+__all__ = ['main', 'make_aligner', 'make_node', 'message_bytes', 'PairingBuffer', 'PARAMS',
            'stereo_depth_metres']
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from depth_ros.core.encodings import to_bgr8
 from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
     qos_depth_param, reliability_param, StartupError
 from depth_ros.ros.runtime import diagnostic_status, Diagnostics, LatestWorker, main_for, \
-    RateMeter, sensor_qos, StageTimes
+    RateMeter, sensor_qos, StageTimes, ThrottledLog
 import numpy as np
 
 BACKENDS = ('onnxruntime', 'tensorrt', 'torch', 'standin')
@@ -40,6 +40,9 @@ PARAMS = (
           'vertical gradient', choices=('intensity', 'gradient'), read_only=True),
     Param('log_throttle_s', THROTTLE_S, 'bad-frame errors of one kind are logged at most once '
           'per this many seconds', low=0.0, high=3600.0),
+    Param('stamp_reset_s', 1.0, 'a stamp older than the previous by more than this is a source '
+          'restart (bag loop, sim-time reset): accepted, with a warning; smaller steps back are '
+          'dropped as out-of-order', low=0.0, high=1e6),
     reliability_param(),
     qos_depth_param(1),
 )
@@ -112,7 +115,9 @@ def make_node(**kwargs):
             self.pub_color = self.create_publisher(Image, '~/colorized', qos)
             self.in_rate, self.out_rate = RateMeter(), RateMeter()
             self.bad_frames = 0
+            self.stamp_resets = 0
             self.last_stamp = None
+            self.log = ThrottledLog(self.get_logger())
             self.age_ms = float('nan')
             self.input_age_ms = collections.deque(maxlen=50)   # stamp -> image callback
             self.age_ms_window = collections.deque(maxlen=50)  # stamp -> disparity published
@@ -130,23 +135,28 @@ def make_node(**kwargs):
             # Only bookkeeping here: the conversion and inference run in the worker.
             self.in_rate.tick()
             stamp = conv.stamp_to_ns(msg.header.stamp)
-            if self.last_stamp is not None and stamp <= self.last_stamp:
-                self.bad_frames += 1
-                self.get_logger().error(
-                    'dropped image: stamp {} is {} the previous {} (out-of-order or '
-                    'duplicated)'.format(stamp, 'equal to' if stamp == self.last_stamp
-                                         else 'older than', self.last_stamp),
-                    throttle_duration_sec=self.cfg['log_throttle_s'])
+            last = self.last_stamp
+            if last is not None and last - stamp > self.cfg['stamp_reset_s'] * 1e9:
+                # A jump back by more than stamp_reset_s is a restarted source (rosbag play
+                # --loop, an SVO reopened, sim time reset), not a late frame: start over, or
+                # every frame of the new timeline would be dropped for good.
+                self.stamp_resets += 1
+                self.get_logger().warn(
+                    'image stamp jumped back {:.3f} s (from {} to {}): source restarted; '
+                    'starting over'.format((last - stamp) * 1e-9, last, stamp))
+            elif last is not None and stamp <= last:
+                self._drop('stamp', 'stamp {} is {} the previous {} (out-of-order or '
+                           'duplicated)'.format(stamp, 'equal to' if stamp == last
+                                                else 'older than', last))
                 return
             self.last_stamp = stamp
             now = time.time_ns()
             self.input_age_ms.append((now - stamp) * 1e-6)
             self.worker.put((msg, now))
 
-        def _drop(self, reason):
+        def _drop(self, kind, reason):
             self.bad_frames += 1
-            self.get_logger().error('dropped image: ' + reason,
-                                    throttle_duration_sec=self.cfg['log_throttle_s'])
+            self.log.error(kind, 'dropped image: ' + reason, self.cfg['log_throttle_s'])
 
         def _process(self, item):
             msg, t_put = item
@@ -156,13 +166,13 @@ def make_node(**kwargs):
             try:
                 bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
             except ValueError as exc:
-                self._drop(str(exc))
+                self._drop('frame', str(exc))
                 return
             stages.mark('convert')
             disparity = self.model.predict(bgr)          # [H, W] float32 relative
             stages.mark('inference')
             if not np.all(np.isfinite(disparity)):
-                self._drop('model output has {} non-finite values'.format(
+                self._drop('output', 'model output has {} non-finite values'.format(
                     int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
                 return
             stages.mark('check')
@@ -179,8 +189,8 @@ def make_node(**kwargs):
 
         def _worker_error(self, exc):
             self.bad_frames += 1
-            self.get_logger().error('inference failed on a frame: {}: {}'.format(
-                type(exc).__name__, exc), throttle_duration_sec=self.cfg['log_throttle_s'])
+            self.log.error('exception', 'inference failed on a frame: {}: {}'.format(
+                type(exc).__name__, exc), self.cfg['log_throttle_s'])
 
         def _diagnostics(self):
             level, message = 'ok', 'running'
@@ -195,7 +205,7 @@ def make_node(**kwargs):
                 'input_age_ms_mean': _mean(self.input_age_ms),
                 'output_age_ms_mean': _mean(self.age_ms_window),
                 'frames_in': self.worker.received, 'frames_dropped_busy': self.worker.dropped,
-                'frames_bad': self.bad_frames,
+                'frames_bad': self.bad_frames, 'stamp_resets': self.stamp_resets,
             }
             for stage, ms in self.stages.means().items():
                 values['stage_{}_ms'.format(stage)] = ms

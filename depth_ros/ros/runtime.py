@@ -163,6 +163,66 @@ class StageTimes(object):
                 (k, sum(v) / len(v)) for k, v in self._ms.items() if v)
 
 
+class ThrottledLog(object):
+    """
+    Rate-limit log lines per kind of error, in our own code (thread-safe).
+
+    rclpy's ``throttle_duration_sec`` keys its state by call site, raises ``ValueError`` when
+    the period changes between calls at one site (a runtime change of ``log_throttle_s``), and
+    one call site shared by several kinds lets one kind hide the others. Here each ``kind`` has
+    its own window, the period is read on every call, and the logger is called without
+    throttling arguments. Lines held back are counted and reported on the next line of the
+    kind: ``... (3 similar suppressed)``. A period of 0 logs every line and keeps no window.
+
+    Usage::
+
+        self.log = ThrottledLog(self.get_logger())
+        self.log.error('stamp', 'dropped image: ...', self.cfg['log_throttle_s'])
+    """
+
+    def __init__(self, logger, clock: Callable[[], float] = time.monotonic):
+        self._logger = logger
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = {}          # kind -> clock time of the last line logged
+        self._suppressed = collections.Counter()
+
+    def _admit(self, kind: str, text: str, period: float) -> Optional[str]:
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(kind)
+            if period <= 0:
+                # Throttling off: nothing is remembered, so when a period is set later its
+                # first line is logged (earlier unthrottled lines do not count against it).
+                self._last.pop(kind, None)
+            elif last is not None and now - last < period:
+                self._suppressed[kind] += 1
+                return None
+            else:
+                self._last[kind] = now
+            held = self._suppressed.pop(kind, 0)
+        return text + (' ({} similar suppressed)'.format(held) if held else '')
+
+    def error(self, kind: str, text: str, period: float) -> bool:
+        """Log ``text`` as an error unless ``kind`` was logged less than ``period`` s ago."""
+        line = self._admit(kind, text, period)
+        if line is not None:
+            self._logger.error(line)
+        return line is not None
+
+    def warn(self, kind: str, text: str, period: float) -> bool:
+        """Log ``text`` as a warning, rate-limited as :meth:`error` (own window per kind)."""
+        line = self._admit(kind, text, period)
+        if line is not None:
+            self._logger.warn(line)
+        return line is not None
+
+    def suppressed(self, kind: str) -> int:
+        """Return how many lines of ``kind`` are held back since its last logged line."""
+        with self._lock:
+            return self._suppressed.get(kind, 0)
+
+
 def diagnostic_status(name: str, hardware_id: str, level: str, message: str,
                       values: Dict[str, object]):
     """diagnostic_msgs/DiagnosticStatus; ``level`` is 'ok', 'warn', 'error' or 'stale'."""

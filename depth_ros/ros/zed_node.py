@@ -21,7 +21,7 @@ import cv2
 from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, Param, \
     qos_depth_param, reliability_param, StartupError
 from depth_ros.ros.runtime import diagnostic_status, Diagnostics, main_for, RateMeter, \
-    sensor_qos
+    sensor_qos, ThrottledLog
 from depth_ros.sources.base import Frame, SourceError
 
 SOURCES = ('live', 'svo', 'sample', 'folder', 'bag')
@@ -157,6 +157,7 @@ def make_node(source=None, **kwargs):
             self.reconnects = 0
             self.state, self.state_msg = 'starting', 'opening source'
             self._stop = threading.Event()
+            self.log = ThrottledLog(self.get_logger())
             self.diag = Diagnostics(self, self._diagnostics)
             self.thread = threading.Thread(target=self._grab_loop, name='zed_grab', daemon=True)
             self.thread.start()
@@ -201,8 +202,8 @@ def make_node(source=None, **kwargs):
                     self.grab_errors += 1
                     self._set_state('error', 'grab failed, retrying in {:.1f} s: {}'.format(
                         wait, exc))
-                    self.get_logger().error('grab failed ({}); retrying in {:.1f} s'.format(
-                        exc, wait), throttle_duration_sec=self.cfg['log_throttle_s'])
+                    self.log.error('grab', 'grab failed ({}); retrying in {:.1f} s'.format(
+                        exc, wait), self.cfg['log_throttle_s'])
                     try:
                         self.source.close()
                     except Exception:  # closing a vanished device may fail too
@@ -228,8 +229,8 @@ def make_node(source=None, **kwargs):
                 except Exception as exc:
                     if not self.context.ok():
                         return  # shutting down (Ctrl-C): the publishers are gone
-                    self.get_logger().error('publishing a frame failed: {}'.format(exc),
-                                            throttle_duration_sec=self.cfg['log_throttle_s'])
+                    self.log.error('publish', 'publishing a frame failed: {}'.format(exc),
+                                   self.cfg['log_throttle_s'])
 
         def _publish(self, frame: Frame):
             if self.cfg['source'] not in ('live', 'svo'):
