@@ -1,4 +1,5 @@
 """`depth-ros process-bag` on a ZED bag written here: topics, stamps, values, cloud bytes."""
+import logging
 import os
 
 import cv2
@@ -131,9 +132,10 @@ def test_cli_process_bag(tmp_path, monkeypatch, capsys):
     assert 'already exists' in capsys.readouterr().err
 
 
-def test_depth_at_half_the_image_resolution(tmp_path):
+def test_depth_at_half_the_image_resolution(tmp_path, caplog):
     # The wrapper can publish depth downscaled: the cloud uses the camera scaled to depth size
-    # and the image resized to it.
+    # and the image resized to it. alignment_node drops such sets; process-bag resizes, counts
+    # and says so once.
     big = PinholeCamera(80.0, 80.0, 47.5, 35.5, 2 * W, 2 * H)
 
     def frames():
@@ -143,8 +145,15 @@ def test_depth_at_half_the_image_resolution(tmp_path):
                         stamp_ns=f.stamp_ns, frame_id=f.frame_id)
 
     src = write_test_bag(str(tmp_path / 'in'), frames(), image_encoding='bgr8')
-    stats = process_bag(src, str(tmp_path / 'out'), GrayModel(), progress=False)
+    with caplog.at_level(logging.WARNING, logger='depth_ros'):
+        stats = process_bag(src, str(tmp_path / 'out'), GrayModel(), progress=False)
     assert stats.frames_out == 5
+    assert stats.images_resized == 5, 'expected 5 resized, received {}'.format(
+        stats.images_resized)
+    want_line = ('image {}x{} resized to the depth size {}x{} (the live alignment_node drops '
+                 'frames whose sizes differ)'.format(2 * W, 2 * H, W, H))
+    lines = [r.getMessage() for r in caplog.records if 'resized' in r.getMessage()]
+    assert lines == [want_line], 'expected [{!r}], received {}'.format(want_line, lines)
     out = _read(str(tmp_path / 'out'))
     aligner = MetricAligner()
     scaled = big.scaled(W, H)

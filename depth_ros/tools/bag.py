@@ -91,6 +91,7 @@ class BagStats:
     frames_out: int = 0
     dropped_incomplete: int = 0
     dropped_bad: int = 0
+    images_resized: int = 0     # image at another size than depth, resized to the depth size
     status_counts: Dict[str, int] = field(default_factory=dict)
     topics_out: Dict[str, str] = field(default_factory=dict)
 
@@ -224,8 +225,9 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
                     msg_cloud, 'sensor_msgs/msg/PointCloud2'))
                 stats.frames_out += 1
     stats.dropped_incomplete += len(pending)
-    LOG.info('process-bag: %d messages copied, %d frames added, %d incomplete stamps dropped, '
-             '%d bad frames dropped', stats.messages_in, stats.frames_out,
+    LOG.info('process-bag: %d messages copied, %d frames added (%d images resized to the '
+             'depth size), %d incomplete stamps dropped, %d bad frames dropped',
+             stats.messages_in, stats.frames_out, stats.images_resized,
              stats.dropped_incomplete, stats.dropped_bad)
     return stats
 
@@ -251,6 +253,15 @@ def frame_inputs(slot: dict, info):
 
 def _run_frame(slot, info, model, aligner, depth_to_cloud, stride, stats):
     bgr, stereo, confidence, camera = frame_inputs(slot, info)
+    img = slot['image']
+    if (int(img.height), int(img.width)) != stereo.shape[:2]:
+        # Unlike alignment_node, which drops such a set (live, a size mismatch is a
+        # configuration to fix), a recording cannot be fixed: resize, and say so once.
+        if not stats.images_resized:
+            LOG.warning('image %dx%d resized to the depth size %dx%d (the live alignment_node '
+                        'drops frames whose sizes differ)', img.width, img.height,
+                        stereo.shape[1], stereo.shape[0])
+        stats.images_resized += 1
     relative = model.predict(bgr)
     aligned = aligner.update(relative, stereo, confidence)
     stats.status_counts[aligned.status] = stats.status_counts.get(aligned.status, 0) + 1
