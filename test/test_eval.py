@@ -49,11 +49,14 @@ def _reference(pred, gt, mask, space, lo, hi):
     """
     Independent protocol: lstsq scale/shift on mask, to depth, clip to range, score.
 
-    Disparity is clipped to [1/hi, 1/lo] before inversion (as in the papers' code); a
-    prediction that is not finite and > 0 then counts as a 100 % error and a delta1 miss.
+    Disparity is clipped to [1/hi, 1/lo] before inversion (as in the papers' code), with hi =
+    the largest ground truth when the cap is infinite (1/inf = 0 would mean infinite depth);
+    a prediction that is not finite and > 0 then counts as a 100 % error and a delta1 miss.
     """
     p = pred[mask].astype(np.float64)
     g = gt[mask].astype(np.float64)
+    if space == 'disparity' and np.isinf(hi):
+        hi = g.max()
     target = 1.0 / g if space == 'disparity' else g
     a = np.stack([p, np.ones_like(p)], axis=1)
     (s, t), *_ = np.linalg.lstsq(a, target, rcond=None)
