@@ -94,8 +94,15 @@ def test_camera_disappears_mid_run_and_zed_node_reconnects(pipeline):
     assert zed.wait_for_output('grab failed', 30), 'no outage reported:\n' + zed.output()
     n_before = len(pipeline.image)
     assert zed.wait_for_output('reconnected', 20), 'no reconnection:\n' + zed.output()[-3000:]
+    points_at_reconnect = len(pipeline.points)
     assert wait_until(lambda: len(pipeline.image) >= n_before + 3, 15), \
         'no images after reconnecting'
+    # The whole graph resumes, not only the camera topics: new clouds of new camera frames.
+    assert wait_until(lambda: len(pipeline.points) >= points_at_reconnect + 2, 15), \
+        'expected >= {} clouds after reconnecting, received {}; alignment_node:\n{}'.format(
+            points_at_reconnect + 2, len(pipeline.points), pipeline.align.output()[-2000:])
+    assert pipeline.points.stamps()[-1] in pipeline.image.stamps()[n_before:], \
+        'the last cloud is not from a frame after the outage'
     stamps = pipeline.image.stamps()
     assert all(b > a for a, b in zip(stamps, stamps[1:])), 'stamps not increasing'
 
