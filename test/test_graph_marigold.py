@@ -167,9 +167,7 @@ def test_diagnostics_report_jobs_latency_stamps_busy_and_bad_frames(graph):
         status.message
     assert values['keyframes_done'] == '0' and values['last_keyframe_stamp'] == 'none', values
     # A bad frame (32FC1 depth is not an image) fails its job; the node keeps running.
-    bad = _image(50, 0)
-    bad.encoding, bad.step = '32FC1', bad.width * 4
-    bad.data = np.zeros((bad.height, bad.width), np.float32).tobytes()
+    bad = _bad_frame(50)
     assert _wait(tex, lambda: pub.get_subscription_count() > 0, 5.0)
     pub.publish(bad)
     assert _wait(tex, lambda: node.last_rx is not None, 5.0), 'image not received'
@@ -198,6 +196,46 @@ def test_diagnostics_report_jobs_latency_stamps_busy_and_bad_frames(graph):
     assert 0.0 <= age < 5.0, 'expected a fresh image age, received {}'.format(age)
     # Stamp 60 s after the epoch: its stamp age is the wall clock (decades of seconds).
     assert float(values['newest_image_stamp_age_s']) > 1e8, values
+
+
+def _bad_frame(sec):
+    bad = _image(sec, 0)
+    bad.encoding, bad.step = '32FC1', bad.width * 4   # depth, not an image: the job fails
+    bad.data = np.zeros((bad.height, bad.width), np.float32).tobytes()
+    return bad
+
+
+@pytest.mark.graph
+def test_log_throttle_changes_at_runtime_without_crashing(graph):
+    # rclpy's throttle_duration_sec raises when one call site's period changes; the node's
+    # ThrottledLog reads log_throttle_s on every call, one window per kind of error.
+    from rclpy.parameter import Parameter
+    node, model, tester, tex = graph
+    kind = 'job_ValueError'
+
+    def fail_one(sec):
+        failed = node.worker.jobs_failed
+        node.worker.offer(_bad_frame(sec))
+        assert node.worker.request() == 'started'
+        assert _until(lambda: node.worker.jobs_failed == failed + 1), 'job did not fail'
+
+    res = node.set_parameters([Parameter('log_throttle_s', value=60.0)])[0]
+    assert res.successful, res.reason
+    fail_one(1)
+    fail_one(2)
+    assert node.log.suppressed(kind) == 1, 'expected 1 held back, received {}'.format(
+        node.log.suppressed(kind))
+    res = node.set_parameters([Parameter('log_throttle_s', value=0.0)])[0]
+    assert res.successful and node.cfg['log_throttle_s'] == 0.0, res.reason
+    fail_one(3)   # period 0: logged at once, with the held-back count
+    assert node.log.suppressed(kind) == 0
+    res = node.set_parameters([Parameter('log_throttle_s', value=-1.0)])[0]
+    assert not res.successful and 'log_throttle_s' in res.reason, res.reason
+    # The worker still runs a good keyframe after all that.
+    node.worker.offer(_image(4, 0))
+    node.worker.request()
+    assert _until(lambda: node.worker.jobs_done == 1, 10.0), 'no keyframe after failures'
+    assert node.worker.jobs_failed == 3
 
 
 def test_worker_newest_frame_wins_and_one_job_at_a_time():

@@ -32,9 +32,10 @@ from depth_ros.ros.params import ConfigError, declare_params, on_set_validator, 
 
 LOG = logging.getLogger('depth_ros.ros.marigold_node')
 
-# Fixed per call site, never a parameter: rclpy keys throttle state by call site and raises
-# "Logging filter parameters cannot be changed between calls" if the period ever changes.
-FAILED_JOB_LOG_THROTTLE_S = 5.0
+# Log rate limits go through runtime.ThrottledLog (one window per kind, period read on every
+# call), never rclpy's throttle_duration_sec: rclpy raises "Logging filter parameters cannot be
+# changed between calls" when the period of one call site changes, as log_throttle_s may.
+THROTTLE_S = 2.0
 NO_FRAME_LOG_THROTTLE_S = 30.0
 # /diagnostics warns when the newest image is older than this (the camera feed stopped).
 STALE_INPUT_S = 5.0
@@ -70,6 +71,8 @@ PARAMS = [
           low=-1, read_only=True),
     Param('keyframe_period_s', 5.0, 'seconds between timed keyframes; 0 = only on ~/capture',
           low=0.0, high=3600.0, read_only=True),
+    Param('log_throttle_s', THROTTLE_S, 'failed keyframes of one kind of error are logged at '
+          'most once per this many seconds (changeable at runtime)', low=0.0, high=3600.0),
     reliability_param(),
 ]
 
@@ -180,7 +183,7 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
 
         def __init__(self):
             super().__init__('marigold_node', **node_kwargs)
-            from depth_ros.ros.runtime import Diagnostics, sensor_qos
+            from depth_ros.ros.runtime import Diagnostics, sensor_qos, ThrottledLog
             p = self.cfg = declare_params(self, PARAMS)
             steps = p['steps'] or None
             res = None if p['processing_resolution'] < 0 else p['processing_resolution']
@@ -219,14 +222,15 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
             self.last_inference_ms = float('nan')
             self.last_job_ms = float('nan')
             self.last_error = ''
+            self.log = ThrottledLog(self.get_logger())
             self.worker = KeyframeWorker(self._job, logger=self.get_logger(),
                                          on_error=self._job_error)
             self.diag = Diagnostics(self, self._diagnostics)
             self.timer = None
             if p['keyframe_period_s'] > 0:
                 self.timer = self.create_timer(p['keyframe_period_s'], self._on_timer)
-            # All parameters are read-only (they configure the loaded model); the validator
-            # answers runtime changes with a message that names the parameter.
+            # All parameters but log_throttle_s are read-only (they configure the loaded
+            # model); the validator answers runtime changes with a message naming the parameter.
             self.add_on_set_parameters_callback(on_set_validator(PARAMS, self.cfg))
             self.get_logger().info(
                 'marigold_node: {!r}, keyframes every {} s and on ~/capture'.format(
@@ -239,8 +243,8 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
         def _on_timer(self) -> None:
             state = self.worker.request()
             if state == 'no_frame':
-                self.get_logger().warn('no image received yet on {}'.format(
-                    self.sub.topic_name), throttle_duration_sec=NO_FRAME_LOG_THROTTLE_S)
+                self.log.warn('no_frame', 'no image received yet on {}'.format(
+                    self.sub.topic_name), NO_FRAME_LOG_THROTTLE_S)
 
         def _on_capture(self, request, response):
             state = self.worker.request()
@@ -271,8 +275,9 @@ def make_node(model: Optional[MarigoldDepth] = None, **node_kwargs):
 
         def _job_error(self, exc) -> None:
             self.last_error = '{}: {}'.format(type(exc).__name__, exc)
-            self.get_logger().error('keyframe failed, frame dropped: {}'.format(
-                self.last_error), throttle_duration_sec=FAILED_JOB_LOG_THROTTLE_S)
+            # One window per exception type: a burst of one error does not hide another.
+            self.log.error('job_' + type(exc).__name__, 'keyframe failed, frame dropped: '
+                           '{}'.format(self.last_error), self.cfg['log_throttle_s'])
 
         def _diagnostics(self):
             from depth_ros.ros.runtime import diagnostic_status
