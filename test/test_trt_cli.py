@@ -309,8 +309,11 @@ def test_verify_missing_engine_is_named_before_any_gpu_is_touched(tmp_path, caps
     # No pycuda/tensorrt here: the error must be about the file, not the missing GPU stack.
     cache = tmp_path / 'engines'
     cache.mkdir()
+    frames = tmp_path / 'frames'
+    frames.mkdir()
+    cv2.imwrite(str(frames / 'f0.png'), np.zeros((28, 42, 3), np.uint8))
     rc, _, err = _main(['model', 'verify', '--engine', 'nope.engine', '--cache-dir', str(cache),
-                        '--reference', 'onnx', '--images', 'sample'], capsys)
+                        '--reference', 'onnx', '--images', str(frames)], capsys)
     assert rc == 2, err
     message = _error_text(err)
     assert message.startswith('engine file not found: {}'.format(
