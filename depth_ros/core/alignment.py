@@ -371,7 +371,9 @@ class MetricAligner(object):
         else:
             rel = relative_disparity.astype(np.float32, copy=False)
         self._rel_invalid = None
-        if not cv2.checkRange(rel, quiet=True)[0]:
+        # NaN and +-inf propagate into a double-precision sum (0.07 ms, against 0.6 ms for
+        # cv2.checkRange at 1280x720); float32 values cannot overflow it.
+        if not np.isfinite(cv2.sumElems(rel)[0]):
             # Rare: NaN or +-inf in the prediction. It is unknown there, so the output is NaN
             # (not depth 0 or +inf; OpenCV 4.5's threshold also turns NaN into 0).
             self._rel_invalid = ~np.isfinite(rel)
