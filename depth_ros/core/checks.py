@@ -59,3 +59,36 @@ def is_real_number(value) -> bool:
     """Return True for a real scalar (int, float, numpy scalar), False for bools and arrays."""
     return isinstance(value, (int, float, np.integer, np.floating)) \
         and not isinstance(value, (bool, np.bool_))
+
+
+def check_number(name: str, value, low=None, high=None, integer: bool = False,
+                 low_open: bool = False, high_open: bool = False, allow_none: bool = False,
+                 kind: str = 'argument'):
+    """
+    Check a real scalar option; return it as ``int`` (``integer``) or ``float``.
+
+    Bools, arrays, NaN and infinities are refused, as are values outside ``[low, high]``
+    (``low_open``/``high_open``: that end excluded; None: unbounded). ``kind`` names what is
+    checked in the message (argument, option, parameter).
+
+    :raises ValueError: ``kind `name` must be ... in [low, high], got value``.
+    """
+    if value is None and allow_none:
+        return None
+    if integer:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = is_real_number(value) and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        what = 'an integer' if integer else 'a finite number'
+        if low is not None or high is not None:
+            what += ' in {}{}, {}{}'.format('(' if low_open or low is None else '[',
+                                            '-inf' if low is None else low,
+                                            'inf' if high is None else high,
+                                            ')' if high_open or high is None else ']')
+        raise ValueError('{} `{}` must be {}, got {!r}'.format(kind, name, what, value))
+    return int(value) if integer else float(value)
