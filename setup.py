@@ -53,7 +53,7 @@ setup(
         'tensorrt': ['pycuda', 'tensorrt'],
         'bag': ['rosbags'],
         'tools': ['matplotlib', 'scikit-image', 'rosbags'],
-        'dev': ['pytest', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
+        'dev': ['pytest<8.4', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
                 'ros-ament-flake8', 'ros-ament-pep257',
                 'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],
     },
