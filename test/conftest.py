@@ -9,6 +9,7 @@ Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a
 - :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
   frames and collects what comes back.
 """
+import logging
 import os
 import signal
 import subprocess
@@ -42,6 +43,15 @@ def _ros_env(env):
 
 
 _ros_env(os.environ)
+
+# Importing `launch` (launch_pytest's plugin does, before any test module) makes every logger
+# created afterwards a LaunchLogger that does not propagate, which hides our library's log
+# records from caplog. Loggers created from here on are plain ones again.
+if logging.getLoggerClass() is not logging.Logger:
+    logging.setLoggerClass(logging.Logger)
+    for _logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(_logger, logging.Logger) and _logger.name.startswith('depth_ros'):
+            _logger.propagate = True
 
 
 def wait_until(predicate, timeout, interval=0.05):
