@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,28 @@ if logging.getLoggerClass() is not logging.Logger:
     for _logger in list(logging.Logger.manager.loggerDict.values()):
         if isinstance(_logger, logging.Logger) and _logger.name.startswith('depth_ros'):
             _logger.propagate = True
+
+
+def decode_cloud(msg):
+    """
+    An independent reader of a PointCloud2: the wire bytes of rclpy's serializer, decoded by
+    rosbags' CDR deserializer, then plain numpy with the offsets the message declares.
+
+    Returns {field name: [rows, cols] float32}. Tests check our cloud writer against this, never
+    against an inverse of the writer.
+    """
+    from rclpy.serialization import serialize_message
+    rosbags = pytest.importorskip('rosbags.typesys', reason='rosbags decodes the wire bytes')
+    store = rosbags.get_typestore(rosbags.Stores.ROS2_HUMBLE)
+    wire = store.deserialize_cdr(serialize_message(msg), 'sensor_msgs/msg/PointCloud2')
+    assert wire.row_step == wire.point_step * wire.width and not wire.is_bigendian
+    raw = np.asarray(wire.data, dtype=np.uint8)
+    raw = raw.reshape(wire.height, wire.width, wire.point_step)
+    out = {}
+    for field in wire.fields:
+        assert field.datatype == 7 and field.count == 1, field   # FLOAT32
+        out[field.name] = raw[:, :, field.offset:field.offset + 4].copy().view('<f4')[..., 0]
+    return out
 
 
 def wait_until(predicate, timeout, interval=0.05):

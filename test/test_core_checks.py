@@ -1,8 +1,7 @@
 """check_number: the one number check of options, arguments and parameters."""
+from depth_ros.core.checks import check_number
 import numpy as np
 import pytest
-
-from depth_ros.core.checks import check_number
 
 
 @pytest.mark.parametrize('value, kwargs, expected', [
@@ -20,13 +19,15 @@ def test_accepts_and_converts(value, kwargs, expected):
 
 
 @pytest.mark.parametrize('value, kwargs, text', [
-    (True, dict(integer=True), 'argument `x` must be an integer, got True'),
-    (np.bool_(True), dict(), 'argument `x` must be a finite number, got'),
+    (True, dict(integer=True), '`x` must be an integer, got True'),
+    (np.bool_(True), dict(), '`x` must be a finite number, got'),
     (0.5, dict(integer=True, low=1, high=5), 'must be an integer in [1, 5], got 0.5'),
+    (6, dict(integer=True, low=1, high=5, high_open=True), 'must be an integer in [1, 5), got 6'),
     (float('nan'), dict(), 'must be a finite number, got nan'),
-    (float('inf'), dict(low=0.0), 'must be a finite number in [0.0, inf), got inf'),
-    (0, dict(low=0, low_open=True), 'in (0, inf), got 0'),
-    (1.0, dict(high=1.0, high_open=True), 'in (-inf, 1.0), got 1.0'),
+    (float('inf'), dict(low=0.0), 'must be a finite number >= 0.0, got inf'),
+    (0, dict(low=0, low_open=True), '`x` must be a finite number > 0, got 0'),
+    (1.0, dict(high=1.0, high_open=True), 'must be a finite number < 1.0, got 1.0'),
+    (0, dict(low=1, integer=True), '`x` must be an integer >= 1, got 0'),
     (np.zeros(2), dict(), 'must be a finite number, got array'),
     ('3', dict(), "got '3'"),
     (None, dict(), 'got None'),

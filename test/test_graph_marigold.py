@@ -8,7 +8,6 @@ import threading
 import time
 
 from depth_ros.core.encodings import array_to_image_fields, image_to_array
-from depth_ros.ros.marigold_node import KeyframeWorker
 import numpy as np
 import pytest
 
@@ -236,58 +235,6 @@ def test_log_throttle_changes_at_runtime_without_crashing(graph):
     node.worker.request()
     assert _until(lambda: node.worker.jobs_done == 1, 10.0), 'no keyframe after failures'
     assert node.worker.jobs_failed == 3
-
-
-def test_worker_newest_frame_wins_and_one_job_at_a_time():
-    seen, running, peak = [], [0], [0]
-    gate = threading.Event()
-
-    def job(frame):
-        running[0] += 1
-        peak[0] = max(peak[0], running[0])
-        gate.wait(5.0)
-        seen.append(frame)
-        running[0] -= 1
-
-    w = KeyframeWorker(job)
-    try:
-        assert w.request() == 'no_frame'
-        w.offer(1)
-        assert w.request() == 'started'
-        assert _until(lambda: w.busy)
-        for f in (2, 3, 4):
-            w.offer(f)
-        assert w.request() == 'queued'
-        assert w.request() == 'queued'    # still one pending request, not two
-        gate.set()
-        assert _until(lambda: len(seen) == 2 and not w.busy)
-        time.sleep(0.1)
-        assert seen == [1, 4], 'expected [1, 4], received {}'.format(seen)
-        assert peak[0] == 1
-    finally:
-        gate.set()
-        w.stop()
-
-
-def test_worker_survives_a_failing_job():
-    calls = []
-
-    def job(frame):
-        calls.append(frame)
-        if frame == 'bad':
-            raise ValueError('bad frame')
-
-    w = KeyframeWorker(job)
-    try:
-        w.offer('bad')
-        w.request()
-        assert _until(lambda: w.jobs_failed == 1)
-        w.offer('good')
-        w.request()
-        assert _until(lambda: w.jobs_done == 1), 'worker died after a failing job'
-        assert calls == ['bad', 'good']
-    finally:
-        w.stop()
 
 
 def _until(cond, timeout=5.0):

@@ -61,17 +61,30 @@ def is_real_number(value) -> bool:
         and not isinstance(value, (bool, np.bool_))
 
 
+def _bounds_text(low, high, low_open, high_open) -> str:
+    if low is not None and high is not None:
+        return ' in {}{}, {}{}'.format('(' if low_open else '[', low, high,
+                                       ')' if high_open else ']')
+    if low is not None:
+        return ' {} {}'.format('>' if low_open else '>=', low)
+    if high is not None:
+        return ' {} {}'.format('<' if high_open else '<=', high)
+    return ''
+
+
 def check_number(name: str, value, low=None, high=None, integer: bool = False,
                  low_open: bool = False, high_open: bool = False, allow_none: bool = False,
-                 kind: str = 'argument'):
+                 kind: str = ''):
     """
-    Check a real scalar option; return it as ``int`` (``integer``) or ``float``.
+    Check a real scalar; return it as ``int`` (``integer``) or ``float``.
 
-    Bools, arrays, NaN and infinities are refused, as are values outside ``[low, high]``
-    (``low_open``/``high_open``: that end excluded; None: unbounded). ``kind`` names what is
-    checked in the message (argument, option, parameter).
+    Bools, arrays, strings, NaN and infinities are refused, as are values outside
+    ``[low, high]`` (``low_open``/``high_open``: that end excluded; None: unbounded).
 
-    :raises ValueError: ``kind `name` must be ... in [low, high], got value``.
+    :param kind: what is checked, as the first word of the message (``'option'``,
+        ``'parameter'``); empty by default.
+    :raises ValueError: ``[kind ]`name` must be an integer >= 1, got 0`` (or ``a finite
+        number in [0.0, 1.0]``...).
     """
     if value is None and allow_none:
         return None
@@ -84,11 +97,8 @@ def check_number(name: str, value, low=None, high=None, integer: bool = False,
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        what = 'an integer' if integer else 'a finite number'
-        if low is not None or high is not None:
-            what += ' in {}{}, {}{}'.format('(' if low_open or low is None else '[',
-                                            '-inf' if low is None else low,
-                                            'inf' if high is None else high,
-                                            ')' if high_open or high is None else ']')
-        raise ValueError('{} `{}` must be {}, got {!r}'.format(kind, name, what, value))
+        what = ('an integer' if integer else 'a finite number') + \
+            _bounds_text(low, high, low_open, high_open)
+        raise ValueError('{}`{}` must be {}, got {!r}'.format(kind + ' ' if kind else '', name,
+                                                              what, value))
     return int(value) if integer else float(value)

@@ -4,8 +4,8 @@ The one conversion boundary between ROS messages and numpy / core objects.
 - Image <-> numpy: cv_bridge where it is installed, otherwise ``depth_ros.core.encodings``
   (same encodings: bgr8, rgb8, bgra8, rgba8, mono8, mono16, 16UC1, 32FC1; 8UC3/8UC4 read as
   bgr8/bgra8). Both raise ValueError naming the encoding or size that does not fit.
-- CameraInfo <-> PinholeCamera: the rectified projection P when it is set (images here are
-  rectified), K otherwise; scaled when the image it describes has another size.
+- CameraInfo <-> PinholeCamera: ``depth_ros.core.messages`` (the rectified projection P when
+  it is set, K otherwise; scaled when the image it describes has another size).
 - PointCloud2 from ``depth_ros.core.pointcloud``'s structured array: fields and offsets from
   ``CLOUD_FIELDS``, organized (height = rows), is_dense false, header copied from the input.
 
@@ -19,7 +19,12 @@ from typing import Optional
 
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.encodings import array_to_image_fields, canonical_encoding, image_to_array
+from depth_ros.core.messages import camera_from_info, camera_info_fields, stamp_to_ns
 import numpy as np
+
+__all__ = ['camera_from_info', 'camera_to_info', 'cloud_to_pointcloud2', 'copy_header',
+           'image_to_numpy', 'make_header', 'MessageBuffer', 'ns_to_stamp', 'numpy_to_image',
+           'stamp_to_ns', 'uses_cv_bridge']
 
 _BRIDGE = []  # [CvBridge or None], resolved once
 
@@ -50,11 +55,6 @@ def _message_types():
         raise ImportError('ROS 2 message types are missing: source a ROS 2 install or '
                           'install depth_ros[ros]') from exc
     return Image, CameraInfo, PointCloud2, PointField
-
-
-def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1000000000 + int(stamp.nanosec)
 
 
 def ns_to_stamp(ns: int):
@@ -145,48 +145,14 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
     return msg
 
 
-def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = None,
-                     use_projection: bool = True) -> PinholeCamera:
-    """
-    sensor_msgs/CameraInfo -> PinholeCamera, optionally for an image of another size.
-
-    :param use_projection: take fx, fy, cx, cy from P (the rectified camera) when P is set;
-        K otherwise. Our images are rectified, for which P is the right model.
-    :param width, height: size of the image the camera is wanted for (default: the info's);
-        the intrinsics are scaled when it differs.
-    :raises ValueError: zero size, or K/P without positive focal lengths (names the field).
-    """
-    if msg.width <= 0 or msg.height <= 0:
-        raise ValueError('camera_info has an invalid size {}x{}'.format(msg.width, msg.height))
-    p = np.asarray(msg.p, dtype=np.float64).reshape(-1)
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if use_projection and p.size == 12 and p[0] > 0 and p[5] > 0:
-        fx, fy, cx, cy, field = float(p[0]), float(p[5]), float(p[2]), float(p[6]), 'p'
-    else:
-        fx, fy, cx, cy, field = float(k[0]), float(k[4]), float(k[2]), float(k[5]), 'k'
-    values = np.array([fx, fy, cx, cy])
-    if not np.all(np.isfinite(values)) or fx <= 0 or fy <= 0:
-        raise ValueError('camera_info.{} has no valid intrinsics: fx={!r} fy={!r} cx={!r} '
-                         'cy={!r}'.format(field, fx, fy, cx, cy))
-    camera = PinholeCamera(fx, fy, cx, cy, int(msg.width), int(msg.height))
-    if width is not None and height is not None and (width, height) != (msg.width, msg.height):
-        camera = camera.scaled(int(width), int(height))
-    return camera
-
-
 def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = 'plumb_bob'):
     """Convert a PinholeCamera to the CameraInfo of a rectified image (D zero, R identity)."""
     CameraInfo = _message_types()[1]
     msg = CameraInfo()
     if header is not None:
         msg.header = copy_header(header)
-    msg.width = camera.width
-    msg.height = camera.height
-    msg.distortion_model = distortion_model
-    msg.d = [0.0] * 5
-    msg.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    msg.p = [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    for name, value in camera_info_fields(camera, distortion_model).items():
+        setattr(msg, name, value)
     return msg
 
 
@@ -263,29 +229,3 @@ def cloud_to_pointcloud2(cloud: np.ndarray, header, buffer: Optional[MessageBuff
         data.frombytes(np.ascontiguousarray(cloud).view(np.uint8).reshape(-1))
         msg.data = data
     return msg
-
-
-def pointcloud2_to_array(msg) -> np.ndarray:
-    """
-    sensor_msgs/PointCloud2 with float32 fields -> organized structured array (a copy).
-
-    The inverse of :func:`cloud_to_pointcloud2`, for tests and tools.
-    """
-    if msg.is_bigendian:
-        raise ValueError('big-endian point clouds are not supported')
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.datatype != 7 or f.count != 1:  # PointField.FLOAT32
-            raise ValueError('field {!r} has datatype {} count {}; only float32 x1 is '
-                             'supported'.format(f.name, f.datatype, f.count))
-        names.append(f.name)
-        formats.append('<f4')
-        offsets.append(f.offset)
-    dtype = np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
-                      'itemsize': msg.point_step})
-    raw = np.frombuffer(msg.data, dtype=np.uint8)
-    if raw.size != msg.row_step * msg.height or msg.row_step != msg.point_step * msg.width:
-        raise ValueError('PointCloud2 data has {} bytes; expected row_step*height = {}*{} with '
-                         'row_step = point_step*width = {}*{}'.format(
-                             raw.size, msg.row_step, msg.height, msg.point_step, msg.width))
-    return raw.view(dtype).reshape(msg.height, msg.width).copy()

@@ -114,6 +114,22 @@ def declare_params(node, specs: Sequence[Param],
     return values
 
 
+def _changes(by_name, parameters):
+    """(changed {name: value}, error reason or None) of a parameter update."""
+    changed = {}
+    for p in parameters:
+        spec = by_name.get(p.name)
+        if spec is None:
+            continue  # parameters this node does not own (use_sim_time ...)
+        if spec.read_only:
+            return None, 'parameter `{}` is read-only'.format(p.name)
+        reason = check_value(spec, p.value)
+        if reason:
+            return None, reason
+        changed[p.name] = float(p.value) if isinstance(spec.default, float) else p.value
+    return changed, None
+
+
 def on_set_validator(specs: Sequence[Param], current: Dict[str, object],
                      validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None,
                      apply: Optional[Callable[[Dict[str, object]], None]] = None):
@@ -121,36 +137,103 @@ def on_set_validator(specs: Sequence[Param], current: Dict[str, object],
     Build an on-set-parameters callback (rclpy Humble ``add_on_set_parameters_callback``).
 
     It checks each changed parameter against its spec and the merged set against ``validate``;
-    when all pass it updates ``current`` in place and calls ``apply(changed)``.
+    when all pass it updates ``current`` in place and calls ``apply(changed)``. Prefer
+    :func:`install_parameter_callbacks`, which applies in the post-set callback where rclpy
+    has one.
     """
+    check = validator(specs, current, validate)
+    by_name = {s.name: s for s in specs}
+
+    def callback(parameters: List) -> object:
+        result = check(parameters)
+        if result.successful:
+            changed, _ = _changes(by_name, parameters)
+            current.update(changed)
+            if apply is not None and changed:
+                apply(changed)
+        return result
+
+    return callback
+
+
+def validator(specs: Sequence[Param], current: Dict[str, object],
+              validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None):
+    """Return an on-set callback that only validates (it changes nothing)."""
     by_name = {s.name: s for s in specs}
 
     def callback(parameters: List) -> object:
         from rcl_interfaces.msg import SetParametersResult
-        changed = {}
-        for p in parameters:
-            spec = by_name.get(p.name)
-            if spec is None:
-                continue  # parameters this node does not own (use_sim_time ...)
-            if spec.read_only:
-                return SetParametersResult(
-                    successful=False, reason='parameter `{}` is read-only'.format(p.name))
-            reason = check_value(spec, p.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            changed[p.name] = float(p.value) if isinstance(spec.default, float) else p.value
-        merged = dict(current)
-        merged.update(changed)
-        if validate is not None:
+        changed, reason = _changes(by_name, parameters)
+        if reason is None and validate is not None:
+            merged = dict(current)
+            merged.update(changed)
             reason = validate(merged)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        current.update(changed)
-        if apply is not None and changed:
-            apply(changed)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
     return callback
+
+
+def install_parameter_callbacks(node, specs: Sequence[Param], current: Dict[str, object],
+                                validate: Optional[Callable[[Dict[str, object]],
+                                                            Optional[str]]] = None,
+                                apply: Optional[Callable[[Dict[str, object]], None]] = None):
+    """
+    Validate runtime changes in the on-set callback and apply them once they are set.
+
+    rclpy from Iron on has ``add_post_set_parameters_callback``: ``current`` is updated and
+    ``apply(changed)`` called there, after every on-set callback accepted the change. Humble
+    has only the on-set callback: there the change is applied at its end, once validated.
+    """
+    by_name = {s.name: s for s in specs}
+    post = getattr(node, 'add_post_set_parameters_callback', None)
+    if post is None:
+        node.add_on_set_parameters_callback(on_set_validator(specs, current, validate, apply))
+        return
+    node.add_on_set_parameters_callback(validator(specs, current, validate))
+
+    def applied(parameters: List) -> None:
+        changed, _ = _changes(by_name, parameters)
+        current.update(changed)
+        if apply is not None and changed:
+            apply(changed)
+
+    post(applied)
+
+
+def unknown_overrides(node, specs: Sequence[Param]) -> List[str]:
+    """
+    Names given to the node (params file, ``-p``) that it does not declare, each with a hint.
+
+    rclpy ignores such overrides without a word, so ``-p cloud_strid:=1`` would change nothing.
+    """
+    import difflib
+    overrides = getattr(node, '_parameter_overrides', None) or {}
+    own = {s.name for s in specs}
+    declared = set(own)
+    try:
+        declared.update(node._parameters)   # use_sim_time and the like
+    except AttributeError:
+        pass
+    out = []
+    for name in sorted(overrides):
+        if name in declared or name.startswith('qos_overrides.'):
+            continue
+        hint = REMOVED.get(name)
+        if hint is None:
+            close = difflib.get_close_matches(name, sorted(own), n=1)
+            hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
+                'this node (`ros2 param list` shows them)'
+        out.append('unknown parameter `{}` ignored: {}'.format(name, hint))
+    return out
+
+
+# Parameters of earlier versions, with what replaces them (reported when a params file has them).
+REMOVED = {
+    'buffer_size': 'removed in 0.2: pairing waits by age (`pairing_window_s`) under a memory '
+                   'cap (`pairing_max_mb`)',
+}
 
 
 def reliability_param(default: str = 'best_effort') -> Param:
@@ -164,3 +247,17 @@ def qos_depth_param(default: int = 2) -> Param:
     """Return the QoS history depth parameter every node shares."""
     return Param('qos_depth', default, 'QoS history depth of image/cloud topics (small: the '
                  'graph works on the newest frame)', low=1, high=100, read_only=True)
+
+
+def throttle_param(default: float = 2.0) -> Param:
+    """Return the log rate-limit parameter every node shares."""
+    return Param('log_throttle_s', default, 'bad-frame errors of one kind are logged at most '
+                 'once per this many seconds', low=0.0, high=3600.0)
+
+
+def stamp_reset_param(default: float = 1.0) -> Param:
+    """Return the source-restart threshold of the nodes that check stamp order."""
+    return Param('stamp_reset_s', default, 'a stamp older than the previous of its stream by '
+                 'more than this is a source restart (bag loop, sim-time reset): accepted, '
+                 'with a warning, and the node starts over; smaller steps back are dropped as '
+                 'out-of-order', low=0.0, high=1e6)

@@ -1,16 +1,32 @@
-"""Shared node plumbing: QoS, the newest-frame worker, diagnostics, rate meters, main()."""
+"""
+Shared node plumbing: the base class of our nodes, QoS, diagnostics, message limits, main().
+
+:class:`DepthRosNode` holds what every node repeats: parameters declared from specs and
+validated at start-up and at runtime, unknown parameter names reported, rate-limited bad-frame
+errors with counters, publishing that stays quiet while the process shuts down, and a way for
+any thread to end the process with one FATAL line. :func:`run_node` creates, spins and tears a
+node down with quiet, ordered shutdown (exit 0 on Ctrl-C, however often it is pressed).
+"""
 from __future__ import annotations
 
 import collections
-import logging
+import os
+import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
+import xml.etree.ElementTree as ElementTree
 
-from depth_ros.ros.params import ConfigError, StartupError
+from depth_ros.ros.params import ConfigError, declare_params, install_parameter_callbacks, \
+    Param, StartupError, unknown_overrides
+from depth_ros.ros.workers import first_line, forward_library_logs, KeyframeWorker, \
+    LatestWorker, RateMeter, StageTimes, ThrottledLog  # noqa: F401 - re-exported
+from rclpy.node import Node
 
-LOG = logging.getLogger('depth_ros.ros')
+__all__ = ['ConfigError', 'DepthRosNode', 'diagnostic_status', 'Diagnostics', 'LatestWorker',
+           'main_for', 'max_message_bytes', 'RateMeter', 'run_node', 'sensor_qos',
+           'StageTimes', 'StartupError', 'ThrottledLog']
 
 
 def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
@@ -28,199 +44,6 @@ def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
                       reliability=(ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
                                    else ReliabilityPolicy.RELIABLE),
                       durability=DurabilityPolicy.VOLATILE)
-
-
-class LatestWorker(object):
-    """
-    Newest-frame slot of depth 1 plus one worker thread.
-
-    ``put`` (from a subscription callback) replaces any frame still waiting, so when the work
-    is slower than the input, frames are dropped, never queued, and the output age stays
-    bounded by about two processing times. The work runs off the executor thread.
-    """
-
-    def __init__(self, work: Callable[[object], None], name: str = 'worker',
-                 on_error: Optional[Callable[[BaseException], None]] = None):
-        self._work = work
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._item = None
-        self._stop = False
-        self.received = 0
-        self.dropped = 0      # replaced before the worker took them
-        self.processed = 0
-        self.busy = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def put(self, item) -> None:
-        """Offer a frame; a frame still waiting is dropped."""
-        with self._cond:
-            self.received += 1
-            if self._item is not None:
-                self.dropped += 1
-            self._item = item
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._item is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                item, self._item = self._item, None
-                self.busy = True
-            try:
-                self._work(item)
-            except Exception as exc:  # a bad frame must not kill the worker
-                if self._on_error is not None:
-                    self._on_error(exc)
-                else:
-                    LOG.exception('worker failed on a frame')
-            finally:
-                with self._cond:
-                    self.busy = False
-                    self.processed += 1
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread after the frame in progress."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout)
-
-
-class RateMeter(object):
-    """Events per second over a sliding window of ``window`` seconds (thread-safe)."""
-
-    def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic):
-        self.window = float(window)
-        self._clock = clock
-        self._times = collections.deque()
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def tick(self) -> None:
-        """Record one event now."""
-        with self._lock:
-            now = self._clock()
-            self._times.append(now)
-            self.count += 1
-            self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while self._times and self._times[0] < now - self.window:
-            self._times.popleft()
-
-    @property
-    def rate(self) -> float:
-        """Events per second in the window (0 when fewer than two)."""
-        with self._lock:
-            self._trim(self._clock())
-            if len(self._times) < 2:
-                return 0.0
-            span = self._times[-1] - self._times[0]
-            return (len(self._times) - 1) / span if span > 0 else 0.0
-
-
-class StageTimes(object):
-    """
-    Per-frame stage durations: mean milliseconds of each named stage over the last frames.
-
-    A node marks the end of each stage with ``mark(name)`` after ``start()``; the means go on
-    /diagnostics so that the time of a frame can be split where it is spent.
-    """
-
-    def __init__(self, window: int = 50):
-        self.window = int(window)
-        self._ms = collections.OrderedDict()   # name -> deque of ms
-        self._lock = threading.Lock()
-        self._t = None
-
-    def start(self) -> None:
-        """Begin a frame (the worker thread's clock)."""
-        self._t = time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        """End stage ``name`` now; the next stage starts here."""
-        now = time.perf_counter()
-        self.add(name, (now - self._t) * 1e3)
-        self._t = now
-
-    def add(self, name: str, ms: float) -> None:
-        """Record ``ms`` for stage ``name``."""
-        with self._lock:
-            values = self._ms.get(name)
-            if values is None:
-                values = self._ms[name] = collections.deque(maxlen=self.window)
-            values.append(float(ms))
-
-    def means(self) -> Dict[str, float]:
-        """Return {stage: mean ms} in the order the stages were first seen."""
-        with self._lock:
-            return collections.OrderedDict(
-                (k, sum(v) / len(v)) for k, v in self._ms.items() if v)
-
-
-class ThrottledLog(object):
-    """
-    Rate-limit log lines per kind of error, in our own code (thread-safe).
-
-    rclpy's ``throttle_duration_sec`` keys its state by call site, raises ``ValueError`` when
-    the period changes between calls at one site (a runtime change of ``log_throttle_s``), and
-    one call site shared by several kinds lets one kind hide the others. Here each ``kind`` has
-    its own window, the period is read on every call, and the logger is called without
-    throttling arguments. Lines held back are counted and reported on the next line of the
-    kind: ``... (3 similar suppressed)``. A period of 0 logs every line and keeps no window.
-
-    Usage::
-
-        self.log = ThrottledLog(self.get_logger())
-        self.log.error('stamp', 'dropped image: ...', self.cfg['log_throttle_s'])
-    """
-
-    def __init__(self, logger, clock: Callable[[], float] = time.monotonic):
-        self._logger = logger
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last = {}          # kind -> clock time of the last line logged
-        self._suppressed = collections.Counter()
-
-    def _admit(self, kind: str, text: str, period: float) -> Optional[str]:
-        with self._lock:
-            now = self._clock()
-            last = self._last.get(kind)
-            if period <= 0:
-                # Throttling off: nothing is remembered, so when a period is set later its
-                # first line is logged (earlier unthrottled lines do not count against it).
-                self._last.pop(kind, None)
-            elif last is not None and now - last < period:
-                self._suppressed[kind] += 1
-                return None
-            else:
-                self._last[kind] = now
-            held = self._suppressed.pop(kind, 0)
-        return text + (' ({} similar suppressed)'.format(held) if held else '')
-
-    def error(self, kind: str, text: str, period: float) -> bool:
-        """Log ``text`` as an error unless ``kind`` was logged less than ``period`` s ago."""
-        line = self._admit(kind, text, period)
-        if line is not None:
-            self._logger.error(line)
-        return line is not None
-
-    def warn(self, kind: str, text: str, period: float) -> bool:
-        """Log ``text`` as a warning, rate-limited as :meth:`error` (own window per kind)."""
-        line = self._admit(kind, text, period)
-        if line is not None:
-            self._logger.warn(line)
-        return line is not None
-
-    def suppressed(self, kind: str) -> int:
-        """Return how many lines of ``kind`` are held back since its last logged line."""
-        with self._lock:
-            return self._suppressed.get(kind, 0)
 
 
 def diagnostic_status(name: str, hardware_id: str, level: str, message: str,
@@ -257,7 +80,217 @@ class Diagnostics(object):
         msg = self._type()
         msg.header.stamp = self._node.get_clock().now().to_msg()
         msg.status = list(self._collect())
-        self.publisher.publish(msg)
+        self._node.publish(self.publisher, msg)
+
+
+# ------------------------------------------------------------------------- message limits
+def _profile_shm_limit(path: str) -> Optional[int]:
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    limits = []
+    for desc in root.iter():
+        if not desc.tag.endswith('transport_descriptor'):
+            continue
+        kind = [c.text for c in desc if c.tag.endswith('type')]
+        size = [c.text for c in desc if c.tag.endswith('maxMessageSize')]
+        if kind and kind[0] and kind[0].strip() == 'SHM' and size and size[0]:
+            try:
+                limits.append(int(size[0].strip()))
+            except ValueError:
+                continue
+    return max(limits) if limits else None
+
+
+def max_message_bytes(environ=None) -> Optional[int]:
+    """
+    The largest message the middleware carries whole, or None when it is not known.
+
+    With Fast DDS and our profile (config/fastdds_large_messages.xml), messages up to the SHM
+    transport's ``maxMessageSize`` (32 MiB) travel in one shared-memory buffer; larger ones
+    are cut into UDP fragments and, best effort, lost now and then without a word. Other
+    middlewares and profiles without an SHM limit: None (no check).
+    """
+    env = os.environ if environ is None else environ
+    rmw = env.get('RMW_IMPLEMENTATION', '') or 'rmw_fastrtps_cpp'
+    if not rmw.startswith('rmw_fastrtps'):
+        return None
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+        path = env.get(var)
+        if path:
+            return _profile_shm_limit(path)
+    return None
+
+
+def too_large_text(what: str, nbytes: int, limit: int, fix: str) -> str:
+    """One line for a message above the middleware's limit, naming the fix."""
+    return '{} is {:.1f} MB, above the {:.1f} MB that Fast DDS carries whole (SHM ' \
+        'maxMessageSize of the profile); it would be lost in UDP fragments: {}'.format(
+            what, nbytes / 1e6, limit / 1e6, fix)
+
+
+# ----------------------------------------------------------------------------- base class
+class DepthRosNode(Node):
+    """
+    The base of our nodes: parameters, error counters, quiet publishing, fatal exits.
+
+    :param name: node name.
+    :param specs: the node's :class:`Param` list, declared here.
+    :param validate: cross-parameter check, ``f(values) -> None | reason``.
+    :param apply: called with ``{name: value}`` after a runtime change was accepted.
+    """
+
+    def __init__(self, name: str, specs: Sequence[Param],
+                 validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None,
+                 apply: Optional[Callable[[Dict[str, object]], None]] = None, **kwargs):
+        super().__init__(name, **kwargs)
+        self.specs = tuple(specs)
+        self.cfg = declare_params(self, self.specs, validate=validate)
+        install_parameter_callbacks(self, self.specs, self.cfg, validate, apply)
+        self.log = ThrottledLog(self.get_logger())
+        for line in unknown_overrides(self, self.specs):
+            self.get_logger().warn(line)
+        self.bad = collections.Counter()      # dropped frames by kind
+        self.shutting_down = False
+        self.fatal_reason = None
+        self._publish_lock = threading.Lock()
+
+    def error(self, kind: str, text: str) -> None:
+        """Count a bad frame of ``kind`` and log ``text`` (rate-limited per kind)."""
+        self.bad[kind] += 1
+        if not self.shutting_down:
+            self.log.error(kind, text, self.cfg.get('log_throttle_s', 2.0))
+
+    def warn(self, kind: str, text: str) -> None:
+        """Log a rate-limited warning of ``kind`` (not counted)."""
+        if not self.shutting_down:
+            self.log.warn(kind, text, self.cfg.get('log_throttle_s', 2.0))
+
+    def publish(self, publisher, msg) -> bool:
+        """
+        Publish ``msg``; False, silently, when the node is shutting down.
+
+        A worker that finishes a frame during Ctrl-C would otherwise log "publisher's context
+        is invalid" as an error.
+        """
+        if self.shutting_down or not self.context.ok():
+            return False
+        try:
+            publisher.publish(msg)
+        except Exception:  # noqa: B902 - rclpy raises RCLError/InvalidHandle at shutdown
+            if self.shutting_down or not self.context.ok():
+                return False
+            raise
+        return True
+
+    def fail(self, reason: str) -> None:
+        """Ask run_node to end the process with one FATAL line (callable from any thread)."""
+        if self.fatal_reason is None:
+            self.fatal_reason = reason
+
+    def health_check(self) -> Optional[str]:
+        """A reason to end the process (a dead worker thread), or None. Overridden by nodes."""
+        return self.fatal_reason
+
+    def close(self) -> None:
+        """Stop the node's threads (before the context shuts down). Overridden by nodes."""
+
+
+# ------------------------------------------------------------------------------ run_node
+class _Signals(object):
+    """SIGINT/SIGTERM -> a stop flag: no KeyboardInterrupt in the middle of a teardown."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.count = 0
+        self.teardown_since = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.count += 1
+        self.stop.set()
+        # A teardown stuck for many seconds (a driver call that never returns) must still
+        # give way to a user who keeps pressing Ctrl-C.
+        if self.teardown_since is not None and time.monotonic() - self.teardown_since > 10.0:
+            os._exit(130)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            try:
+                signal.signal(sig, old)
+            except (TypeError, ValueError):
+                pass
+        return False
+
+
+def _init_rclpy(args):
+    import rclpy
+    try:
+        from rclpy.signals import SignalHandlerOptions
+    except ImportError:  # pragma: no cover - rclpy before Humble
+        rclpy.init(args=args)
+        return
+    # Our handler stops the node in order (workers first, then the context); rclpy's would
+    # shut the context down at once, under a worker that is still publishing a frame.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def _construct(factory, name) -> tuple:
+    """(node, exit code): start-up failures are one FATAL line, Ctrl-C is a quiet exit."""
+    import rclpy
+    logger = rclpy.logging.get_logger(name)
+    try:
+        return factory(), 0
+    except ConfigError as exc:
+        logger.fatal('bad configuration: {}'.format(exc))
+        return None, 2
+    except StartupError as exc:
+        logger.fatal(str(exc))
+        return None, 1
+    except KeyboardInterrupt:
+        return None, 0
+    except Exception as exc:  # noqa: B902 - e.g. rclpy's parameter errors: one line, exit 2
+        text = first_line(exc)
+        if type(exc).__name__ in ('RCLError', 'ParameterException',
+                                  'InvalidParameterValueException'):
+            logger.fatal('bad configuration: {}'.format(text))
+            return None, 2
+        raise
+
+
+def _spin(node, executor, signals) -> int:
+    from rclpy.executors import ExternalShutdownException
+    next_check = 0.0
+    while not signals.stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            return 0
+        now = time.monotonic()
+        if now >= next_check:
+            next_check = now + 0.25
+            reason = node.health_check()
+            if reason:
+                node.get_logger().fatal(reason)
+                return 1
+    return 0
+
+
+def _teardown(node, executor, signals) -> None:
+    signals.teardown_since = time.monotonic()
+    node.shutting_down = True
+    try:
+        node.close()
+    except Exception as exc:  # noqa: B902 - a failing close must not hide the exit
+        node.get_logger().warn('closing failed: {}'.format(first_line(exc)))
+    executor.shutdown(timeout_sec=1.0)
+    node.destroy_node()
 
 
 def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]] = None,
@@ -265,44 +298,35 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     """
     Create (``factory()``), spin and tear down one node; return the process exit code.
 
-    Start-up failures (ConfigError: bad parameter; StartupError: model or camera could not be
-    set up) are logged as one FATAL line naming the cause and give exit code 2 / 1, with no
-    traceback: they are the user's to fix, not a bug.
+    Start-up failures (ConfigError: bad parameter, exit 2; StartupError: model or camera
+    could not be set up, exit 1) are one FATAL line naming the cause, with no traceback. A
+    node whose :meth:`DepthRosNode.health_check` reports a reason ends with that FATAL line
+    (exit 1). SIGINT and SIGTERM stop the node in order: its threads first, then the
+    executor and the context; further signals during that are ignored; the exit code is 0.
+    Python log records of the library reach the node's logger (/rosout).
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     try:
-        from rclpy.executors import ExternalShutdownException
-    except ImportError:  # pragma: no cover - very old rclpy
-        ExternalShutdownException = KeyboardInterrupt
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = factory()
-    except ConfigError as exc:
-        rclpy.logging.get_logger(name).fatal('bad configuration: {}'.format(exc))
-        code = 2
-    except StartupError as exc:
-        rclpy.logging.get_logger(name).fatal(str(exc))
-        code = 1
+        _init_rclpy(args)
+    except Exception as exc:  # noqa: B902 - a bad --params-file, a malformed --ros-args
+        sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, first_line(exc)))
+        return 2
+    forwarder = forward_library_logs(rclpy.logging.get_logger(name))
+    node, code = _construct(factory, name)
     if node is not None:
+        forwarder._logger = node.get_logger()
         # Callbacks only hand frames over (the work runs in the nodes' worker threads), and
         # rclpy's MultiThreadedExecutor costs far more Python time per message than it saves.
         executor = SingleThreadedExecutor() if threads <= 1 else \
             MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            close = getattr(node, 'close', None)
-            if close is not None:
-                close()
-            executor.shutdown()
-            node.destroy_node()
-    if rclpy.ok():
+        with _Signals() as signals:
+            try:
+                code = _spin(node, executor, signals)
+            finally:
+                _teardown(node, executor, signals)
+    if rclpy.ok():   # Humble has no try_shutdown()
         rclpy.shutdown()
     return code
 

@@ -20,12 +20,16 @@ keep camera_info at a lower rate), the latest one of the same image size is used
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 import logging
 import os
 from typing import Dict, Iterable, Optional
 
 from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.checks import check_number
+from depth_ros.core.encodings import image_to_array
+from depth_ros.core.messages import camera_info_fields, decode_set, header_ns
+from depth_ros.core.messages import depth_to_metres  # noqa: F401 - re-exported
+from depth_ros.core.pairing import PairingBuffer
 from depth_ros.sources.base import Frame, FrameSource, SourceError
 import numpy as np
 
@@ -61,19 +65,28 @@ def _rosbags():
     return Reader, Writer, get_typestore, Stores
 
 
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1000000000 + int(header.stamp.nanosec)
+def _bag_problem(path: str) -> Optional[str]:
+    """What makes ``path`` not a rosbag2 folder (None when it looks like one)."""
+    if not os.path.exists(path):
+        return 'bag not found: {!r}'.format(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, 'metadata.yaml')):
+            files = sorted(os.listdir(path))[:5]
+            return '{} is not a rosbag2 folder: it has no metadata.yaml (it has: {})'.format(
+                path, ', '.join(files) or 'nothing')
+        return None
+    if not path.endswith(('.db3', '.mcap')):
+        return '{} is not a rosbag2 folder or .db3/.mcap file'.format(path)
+    return None
 
 
-def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
-    """ZED depth image -> [H, W] float32 metres; 16UC1 (millimetres, 0 = invalid) is converted."""
-    if encoding == '32FC1':
-        return np.asarray(array, dtype=np.float32)
-    if encoding in ('16UC1', 'mono16'):
-        depth = array.astype(np.float32) * np.float32(0.001)
-        depth[array == 0] = np.nan
-        return depth
-    raise ValueError('depth image encoding must be 32FC1 or 16UC1, got {!r}'.format(encoding))
+def bag_error(path: str, exc: BaseException, doing: str) -> SourceError:
+    """One-line SourceError for a bag that rosbags or sqlite cannot read (permanent)."""
+    text = str(exc).strip().splitlines()
+    error = SourceError('cannot {} bag {}: {}: {}'.format(
+        doing, path, type(exc).__name__, text[0] if text else 'no details'))
+    error.permanent = True   # a truncated or corrupt recording does not heal by retrying
+    return error
 
 
 class RosbagSource(FrameSource):
@@ -83,6 +96,7 @@ class RosbagSource(FrameSource):
     :param path: bag folder (metadata.yaml and a .db3 or .mcap file).
     :param topics: overrides of DEFAULT_TOPICS by key (image, camera_info, depth, confidence).
     :param max_pending: bound on incomplete stamps held while pairing.
+    :raises FileNotFoundError: ``path`` does not exist. ``SourceError``: it is not a bag.
     """
 
     name = 'bag'
@@ -97,21 +111,24 @@ class RosbagSource(FrameSource):
                 raise ValueError('`topics` key must be one of {}, got {!r}'.format(
                     ', '.join(DEFAULT_TOPICS), key))
             self.topics[key] = topic
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError('`max_pending` must be an integer >= 1, got {!r}'.format(
-                max_pending))
+        self.max_pending = check_number('max_pending', max_pending, 1, None, integer=True)
+        problem = _bag_problem(path)
+        if problem:
+            error = SourceError(problem)
+            error.permanent = True
+            raise error
         self.path = path
-        self.max_pending = max_pending
-        self.dropped = 0          # incomplete stamps evicted from the pairing buffer
         self.bad_frames = 0       # complete stamps that could not be decoded
         self._reader = None
         self._messages = None
         self._typestore = None
         self._keys = {}
-        self._pending: 'OrderedDict[int, Dict[str, object]]' = OrderedDict()
-        self._infos: 'OrderedDict[int, object]' = OrderedDict()
-        self._latest_info = None
-        self._required = ()
+        self._pairing = None
+
+    @property
+    def dropped(self) -> int:
+        """Incomplete stamps evicted from the pairing buffer or left at the end."""
+        return self._pairing.dropped if self._pairing is not None else 0
 
     def open(self) -> None:
         reader_cls, _, get_typestore, stores = _rosbags()
@@ -119,36 +136,46 @@ class RosbagSource(FrameSource):
         try:
             reader = reader_cls(self.path)
             reader.open()
-        except Exception as exc:  # rosbags raises its own error types; name the file
-            raise SourceError('cannot open bag {}: {}'.format(self.path, exc)) from exc
+        except Exception as exc:  # rosbags/sqlite raise their own types; name the file
+            raise bag_error(self.path, exc, 'open') from None
         self._reader = reader
         self._typestore = get_typestore(stores.ROS2_HUMBLE)
         by_topic = {}
         for conn in reader.connections:
             by_topic.setdefault(conn.topic, []).append(conn)
-        missing = [k for k in ('image', 'depth') if self.topics[k] not in by_topic]
-        if 'camera_info' not in [k for k in self.topics if self.topics[k] in by_topic]:
-            missing.append('camera_info')
-        if missing:
-            self.close()
-            raise SourceError('bag {} has no {} topic(s) {}; it has: {}'.format(
-                self.path, '/'.join(missing),
-                ', '.join(self.topics[k] for k in missing),
-                ', '.join(sorted(by_topic)) or 'nothing'))
+        self._check_topics(by_topic)
         self._keys = {self.topics[k]: k for k in self.topics if self.topics[k] in by_topic}
-        self._required = tuple(k for k in ('image', 'depth', 'confidence')
-                               if self.topics[k] in by_topic)
-        for key in self._keys.values():
-            for conn in by_topic[self.topics[key]]:
-                if conn.msgtype != TOPIC_TYPES[key]:
-                    self.close()
-                    raise SourceError('bag {}: topic {} has type {}, expected {}'.format(
-                        self.path, conn.topic, conn.msgtype, TOPIC_TYPES[key]))
+        required = tuple(k for k in ('image', 'depth', 'confidence')
+                         if self.topics[k] in by_topic)
         conns = [c for t in self._keys for c in by_topic[t]]
         self._messages = reader.messages(connections=conns)
-        self._pending.clear()
-        self._infos.clear()
-        self._latest_info = None
+        self._pairing = PairingBuffer(required, self._on_drop, max_count=self.max_pending,
+                                      latest_kinds=('camera_info',), sizeof=lambda m: 0)
+
+    def _check_topics(self, by_topic) -> None:
+        missing = [k for k in ('image', 'depth') if self.topics[k] not in by_topic]
+        if self.topics['camera_info'] not in by_topic:
+            missing.append('camera_info')
+        problem = None
+        if missing:
+            problem = 'bag {} has no {} topic(s) {}; it has: {}'.format(
+                self.path, '/'.join(missing), ', '.join(self.topics[k] for k in missing),
+                ', '.join(sorted(by_topic)) or 'nothing')
+        for key in [k for k in self.topics if self.topics[k] in by_topic]:
+            for conn in by_topic[self.topics[key]]:
+                if problem is None and conn.msgtype != TOPIC_TYPES[key]:
+                    problem = 'bag {}: topic {} has type {}, expected {}'.format(
+                        self.path, conn.topic, conn.msgtype, TOPIC_TYPES[key])
+        if problem:
+            self.close()
+            error = SourceError(problem)
+            error.permanent = True
+            raise error
+
+    def _on_drop(self, stamp, missing, why, expected):
+        have = sorted(k for k in self._pairing.kinds if k not in missing)
+        LOG.warning('bag %s: dropped stamp %d with only %s (%s)', self.path, stamp,
+                    ', '.join(have) or 'nothing', why)
 
     def close(self) -> None:
         self._messages = None
@@ -158,78 +185,46 @@ class RosbagSource(FrameSource):
             finally:
                 self._reader = None
 
-    def _remember_info(self, stamp: int, msg) -> None:
-        self._infos[stamp] = msg
-        self._latest_info = msg
-        while len(self._infos) > self.max_pending:
-            self._infos.popitem(last=False)
+    def _records(self):
+        try:
+            for record in self._messages:
+                yield record
+        except Exception as exc:  # noqa: B902 - truncated/corrupt storage mid-stream
+            raise bag_error(self.path, exc, 'read') from None
 
     def read(self) -> Optional[Frame]:
         if self._messages is None:
             self.open()
-        for conn, _, raw in self._messages:
+        for conn, _, raw in self._records():
             key = self._keys[conn.topic]
             try:
                 msg = self._typestore.deserialize_cdr(raw, conn.msgtype)
-            except Exception as exc:  # a corrupt record: drop it, keep streaming
+            except Exception as exc:  # noqa: B902 - a corrupt record: drop it, keep going
                 LOG.warning('bag %s: cannot deserialize a %s message: %s', self.path, key, exc)
                 continue
-            stamp = _stamp_ns(msg.header)
-            if key == 'camera_info':
-                self._remember_info(stamp, msg)
-                continue
-            entry = self._pending.get(stamp)
-            if entry is None:
-                entry = self._pending[stamp] = {}
-                while len(self._pending) > self.max_pending:
-                    old, parts = self._pending.popitem(last=False)
-                    self.dropped += 1
-                    LOG.warning('bag %s: dropped stamp %d with only %s', self.path, old,
-                                ', '.join(sorted(parts)))
-            entry[key] = msg
-            if all(k in entry for k in self._required):
-                del self._pending[stamp]
-                frame = self._frame(stamp, entry)
+            complete = self._pairing.add(key, header_ns(msg), msg)
+            if complete is not None:
+                frame = self._frame(header_ns(msg), complete)
                 if frame is not None:
                     return frame
-        if self._pending:  # the end of the bag: what is still incomplete never will be
-            self.dropped += len(self._pending)
-            LOG.warning('bag %s: %d incomplete stamp(s) at the end', self.path,
-                        len(self._pending))
-            self._pending.clear()
+        # The end of the bag: what is still incomplete never will be.
+        self._pairing.flush('end of the bag')
         return None
 
     def _frame(self, stamp: int, entry: Dict[str, object]) -> Optional[Frame]:
-        from depth_ros.core.encodings import image_to_array, to_bgr8
-
-        image = entry['image']
-        info = self._infos.get(stamp, self._latest_info)
         try:
-            if info is None:
+            if 'camera_info' not in entry:
                 raise ValueError('no camera_info received yet')
-            if (info.width, info.height) != (image.width, image.height):
-                raise ValueError('camera_info is {}x{} but the image is {}x{}'.format(
-                    info.width, info.height, image.width, image.height))
-            camera = PinholeCamera.from_K(info.k, int(info.width), int(info.height))
-            left = np.ascontiguousarray(to_bgr8(image_to_array(image, copy=True),
-                                                image.encoding))
-            depth_msg = entry['depth']
-            depth = depth_to_metres(image_to_array(depth_msg, copy=True), depth_msg.encoding)
-            confidence = None
-            if 'confidence' in entry:
-                confidence = np.asarray(image_to_array(entry['confidence'], copy=True),
-                                        dtype=np.float32)
-            for name, arr in (('depth', depth), ('confidence', confidence)):
-                if arr is not None and arr.shape != left.shape[:2]:
-                    raise ValueError('{} is {}x{} but the image is {}x{}'.format(
-                        name, arr.shape[1], arr.shape[0], left.shape[1], left.shape[0]))
+            image = entry['image']
+            decoded = decode_set(entry, 'drop', to_array=lambda m: image_to_array(m, copy=True))
         except ValueError as exc:
             # A bad frame is logged and dropped; the stream goes on.
             self.bad_frames += 1
             LOG.warning('bag %s: dropped frame at stamp %d: %s', self.path, stamp, exc)
             return None
-        return Frame(left=left, depth=depth, confidence=confidence, camera=camera,
-                     stamp_ns=stamp, frame_id=image.header.frame_id)
+        return Frame(left=np.ascontiguousarray(decoded.bgr), depth=decoded.depth,
+                     confidence=decoded.confidence, camera=decoded.camera, stamp_ns=stamp,
+                     frame_id=image.header.frame_id)
 
 
 def _header(typestore, stamp_ns: int, frame_id: str):
@@ -251,15 +246,13 @@ def image_message(typestore, array: np.ndarray, encoding: str, stamp_ns: int, fr
 def camera_info_message(typestore, camera: PinholeCamera, stamp_ns: int, frame_id: str):
     """Build a rosbags CameraInfo for a rectified left camera (zero distortion, Tx = 0)."""
     types = typestore.types
-    k = camera.K.reshape(-1)
-    p = np.array([camera.fx, 0.0, camera.cx, 0.0,
-                  0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+    fields = camera_info_fields(camera)
+    for name in ('d', 'k', 'r', 'p'):
+        fields[name] = np.asarray(fields[name], dtype=np.float64)
     roi_type = types['sensor_msgs/msg/RegionOfInterest']
     roi = roi_type(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-    return types[CAMERA_INFO](
-        header=_header(typestore, stamp_ns, frame_id), height=camera.height, width=camera.width,
-        distortion_model='plumb_bob', d=np.zeros(5), k=k, r=np.eye(3).reshape(-1), p=p,
-        binning_x=0, binning_y=0, roi=roi)
+    return types[CAMERA_INFO](header=_header(typestore, stamp_ns, frame_id), binning_x=0,
+                              binning_y=0, roi=roi, **fields)
 
 
 def write_test_bag(path: str, frames: Iterable[Frame], topics: Optional[Dict[str, str]] = None,

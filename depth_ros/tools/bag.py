@@ -17,15 +17,18 @@ that completed the stamp, so the output stays in log-time order.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 from dataclasses import dataclass, field
 import logging
 import os
+import shutil
 from typing import Dict, List, Optional
 
-import cv2
-from depth_ros.core.encodings import array_to_image_fields, image_to_array, to_bgr8
+from depth_ros.core.checks import check_number
+from depth_ros.core.encodings import array_to_image_fields
+from depth_ros.core.messages import decode_set, header_ns
+from depth_ros.core.pairing import PairingBuffer
+from depth_ros.sources.rosbag import bag_error
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.bag')
@@ -96,8 +99,117 @@ class BagStats:
     topics_out: Dict[str, str] = field(default_factory=dict)
 
 
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1000000000 + int(header.stamp.nanosec)
+class _BagJob(object):
+    """One process_bag run: the reader, the writer into a temporary folder, the pairing."""
+
+    def __init__(self, reader, writer, typestore, model, aligner, names, stride, stats,
+                 max_pending):
+        from depth_ros.core.pointcloud import CLOUD_FIELDS
+        self.reader, self.writer, self.ts = reader, writer, typestore
+        self.model, self.aligner, self.stride, self.stats = model, aligner, stride, stats
+        self.wanted = {v: k for k, v in names.items() if v is not None}
+        required = [k for k, v in names.items() if v is not None and k != 'camera_info']
+        self.pairing = PairingBuffer(required, self._on_drop, max_count=max_pending,
+                                     latest_kinds=('camera_info',), sizeof=lambda m: 0)
+        field_type = typestore.types['sensor_msgs/msg/PointField']
+        self.fields = [field_type(name=f.name, offset=f.offset, datatype=f.datatype,
+                                  count=f.count) for f in CLOUD_FIELDS]
+        self.out_conn = {}
+        self.added = {}
+
+    def _on_drop(self, stamp, missing, why, expected):
+        self.stats.dropped_incomplete += 1
+
+    def add_connections(self, out_ns: str) -> None:
+        """Copy the input's connections and add the three output topics."""
+        for conn in self.reader.connections:
+            ext = conn.ext
+            self.out_conn[conn.id] = self.writer.add_connection(
+                conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
+                serialization_format=getattr(ext, 'serialization_format', 'cdr'),
+                offered_qos_profiles=getattr(ext, 'offered_qos_profiles', ()))
+        for key, msgtype in (('depth', 'sensor_msgs/msg/Image'),
+                             ('camera_info', 'sensor_msgs/msg/CameraInfo'),
+                             ('points', 'sensor_msgs/msg/PointCloud2')):
+            topic = out_ns + '/' + key
+            if topic in self.reader.topics:
+                raise ValueError('output topic {!r} is already in the input bag; choose '
+                                 'another --out-ns'.format(topic))
+            self.added[key] = self.writer.add_connection(topic, msgtype, typestore=self.ts)
+            self.stats.topics_out[key] = topic
+
+    def run(self, messages) -> None:
+        """Copy every message; align and write each complete stamp."""
+        for conn, log_ns, raw in messages:
+            self.stats.messages_in += 1
+            self.writer.write(self.out_conn[conn.id], log_ns, raw)
+            key = self.wanted.get(conn.topic)
+            if key is None:
+                continue
+            msg = self.ts.deserialize_cdr(raw, conn.msgtype)
+            stamp = header_ns(msg)
+            complete = self.pairing.add(key, stamp, msg)
+            if complete is not None:
+                self._frame(stamp, complete, log_ns)
+        self.pairing.flush('end of the bag')
+
+    def _frame(self, stamp, slot, log_ns) -> None:
+        if 'camera_info' not in slot:
+            self.stats.dropped_bad += 1
+            LOG.warning('stamp %d: no camera_info yet; frame dropped', stamp)
+            return
+        try:
+            depth, cloud, header = _run_frame(slot, self.model, self.aligner, self.stride,
+                                              self.stats)
+        except ValueError as exc:   # a bad frame is logged and dropped, not fatal
+            self.stats.dropped_bad += 1
+            LOG.warning('stamp %d: %s; frame dropped', stamp, exc)
+            return
+        self._write(log_ns, header, depth, cloud, slot['camera_info'])
+        self.stats.frames_out += 1
+
+    def _write(self, log_ns, header, depth, cloud, info) -> None:
+        types = self.ts.types
+        image = types['sensor_msgs/msg/Image'](header=header,
+                                               **array_to_image_fields(depth, '32FC1'))
+        self.writer.write(self.added['depth'], log_ns, self.ts.serialize_cdr(
+            image, 'sensor_msgs/msg/Image'))
+        self.writer.write(self.added['camera_info'], log_ns, self.ts.serialize_cdr(
+            dataclasses.replace(info, header=header), 'sensor_msgs/msg/CameraInfo'))
+        data = cloud.reshape(-1).view(np.uint8)
+        msg_cloud = types['sensor_msgs/msg/PointCloud2'](
+            header=header, height=int(cloud.shape[0]), width=int(cloud.shape[1]),
+            fields=self.fields, is_bigendian=False, point_step=cloud.dtype.itemsize,
+            row_step=cloud.dtype.itemsize * int(cloud.shape[1]), data=data, is_dense=False)
+        self.writer.write(self.added['points'], log_ns, self.ts.serialize_cdr(
+            msg_cloud, 'sensor_msgs/msg/PointCloud2'))
+
+
+def _check_paths(in_path: str, out_path: str) -> None:
+    if not os.path.exists(in_path):
+        raise FileNotFoundError('input bag {!r} does not exist'.format(in_path))
+    if os.path.isdir(in_path) and not os.path.isfile(os.path.join(in_path, 'metadata.yaml')):
+        raise ValueError('input {!r} is not a rosbag2 folder: it has no metadata.yaml'.format(
+            in_path))
+    if os.path.exists(out_path):
+        raise FileExistsError('output bag {!r} already exists; choose a new path'.format(
+            out_path))
+
+
+def _storage(in_path: str, plugins):
+    # Keep the input's storage format: an mcap recording gives an mcap output.
+    files = os.listdir(in_path) if os.path.isdir(in_path) else [in_path]
+    return plugins.MCAP if any(f.endswith('.mcap') for f in files) else plugins.SQLITE3
+
+
+def _temporary_sibling(out_path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError('the folder of the output bag {!r} does not exist'.format(
+            out_path))
+    # A folder name of our own next to the output; rosbags creates it (it must not exist).
+    return os.path.join(parent, '.{}.partial-{}'.format(os.path.basename(
+        os.path.abspath(out_path)), os.getpid()))
 
 
 def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] = None,
@@ -107,124 +219,48 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
     """
     Run ``model`` + ``MetricAligner`` + ``depth_to_cloud`` over a ZED bag; write a new bag.
 
+    The output is written into a temporary folder next to ``out_path`` and renamed to it only
+    when the whole bag is done: an error or Ctrl-C leaves no partial bag (and a rerun works).
+
     :param model: anything with ``predict(bgr) -> [H, W] relative``; its ``relative_kind``
         ('disparity' unless set, 'depth' for Marigold) configures the aligner.
     :param out_ns: namespace of the added topics (``/alignment_node`` by default).
     :param max_pending: stamps held while waiting for their other topics (bounded memory).
     :param version: rosbag2 metadata version of the output (rosbags writes 8 or 9).
     :raises FileNotFoundError: ``in_path`` does not exist. ``FileExistsError``: ``out_path`` does.
+        ``SourceError`` (one line): the input is truncated or corrupt.
     """
     from depth_ros.core.alignment import MetricAligner
-    from depth_ros.core.pointcloud import CLOUD_FIELDS, depth_to_cloud
     Reader, Writer, StoragePlugin, typestore = _rosbags()
-    if not os.path.exists(in_path):
-        raise FileNotFoundError('input bag {!r} does not exist'.format(in_path))
-    if os.path.exists(out_path):
-        raise FileExistsError('output bag {!r} already exists; choose a new path'.format(
-            out_path))
-    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-        raise ValueError('`max_pending` must be an integer >= 1, got {!r}'.format(max_pending))
-    if isinstance(cloud_stride, bool) or not isinstance(cloud_stride, int) or cloud_stride < 1:
-        raise ValueError('`cloud_stride` must be an integer >= 1, got {!r}'.format(cloud_stride))
+    _check_paths(in_path, out_path)
+    check_number('max_pending', max_pending, 1, None, integer=True)
+    check_number('cloud_stride', cloud_stride, 1, None, integer=True)
     out_ns = '/' + out_ns.strip('/') if out_ns.strip('/') else ''
     options = dict(aligner_options or {})
     options.setdefault('relative_kind', getattr(model, 'relative_kind', 'disparity'))
     aligner = MetricAligner(**options)
     stats = BagStats()
-    Image = typestore.types['sensor_msgs/msg/Image']
-    Cloud = typestore.types['sensor_msgs/msg/PointCloud2']
-    Field = typestore.types['sensor_msgs/msg/PointField']
-    fields = [Field(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-              for f in CLOUD_FIELDS]
-
-    with Reader(in_path) as reader:
-        names = (topics or BagTopics()).resolve(list(reader.topics))
-        wanted = {v: k for k, v in names.items() if v is not None}
-        required = [k for k, v in names.items() if v is not None and k != 'camera_info']
-        # Keep the input's storage format: an mcap recording gives an mcap output.
-        files = os.listdir(in_path) if os.path.isdir(in_path) else [in_path]
-        storage = StoragePlugin.MCAP if any(f.endswith('.mcap') for f in files) \
-            else StoragePlugin.SQLITE3
-        writer = Writer(out_path, version=version, storage_plugin=storage)
-        with writer:
-            out_conn = {}
-            for conn in reader.connections:
-                ext = conn.ext
-                out_conn[conn.id] = writer.add_connection(
-                    conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
-                    serialization_format=getattr(ext, 'serialization_format', 'cdr'),
-                    offered_qos_profiles=getattr(ext, 'offered_qos_profiles', ()))
-            added = {}
-            for key, msgtype in (('depth', 'sensor_msgs/msg/Image'),
-                                 ('camera_info', 'sensor_msgs/msg/CameraInfo'),
-                                 ('points', 'sensor_msgs/msg/PointCloud2')):
-                topic = out_ns + '/' + key
-                if topic in reader.topics:
-                    raise ValueError('output topic {!r} is already in the input bag; choose '
-                                     'another --out-ns'.format(topic))
-                added[key] = writer.add_connection(topic, msgtype, typestore=typestore)
-                stats.topics_out[key] = topic
-
-            pending = collections.OrderedDict()   # stamp_ns -> {key: msg, '_t': log time}
-            infos = {}                            # stamp_ns -> CameraInfo (bounded like pending)
-            last_info = None
-            iterator = reader.messages()
-            if progress:
-                from tqdm import tqdm
-                iterator = tqdm(iterator, total=reader.message_count, desc='process-bag',
-                                unit='msg')
-            for conn, log_ns, raw in iterator:
-                stats.messages_in += 1
-                writer.write(out_conn[conn.id], log_ns, raw)
-                key = wanted.get(conn.topic)
-                if key is None:
-                    continue
-                msg = typestore.deserialize_cdr(raw, conn.msgtype)
-                stamp = _stamp_ns(msg.header)
-                if key == 'camera_info':
-                    last_info = msg
-                    infos[stamp] = msg
-                    while len(infos) > max_pending:
-                        infos.pop(next(iter(infos)))
-                    continue
-                slot = pending.get(stamp)
-                if slot is None:
-                    slot = pending[stamp] = {}
-                    while len(pending) > max_pending:
-                        pending.popitem(last=False)
-                        stats.dropped_incomplete += 1
-                slot[key] = msg
-                if not all(k in slot for k in required):
-                    continue
-                del pending[stamp]
-                info = infos.get(stamp, last_info)
-                if info is None:
-                    stats.dropped_bad += 1
-                    LOG.warning('stamp %d: no camera_info yet; frame dropped', stamp)
-                    continue
-                try:
-                    depth, cloud, header = _run_frame(slot, info, model, aligner, depth_to_cloud,
-                                                      cloud_stride, stats)
-                except ValueError as exc:   # a bad frame is logged and dropped, not fatal
-                    stats.dropped_bad += 1
-                    LOG.warning('stamp %d: %s; frame dropped', stamp, exc)
-                    continue
-                writer.write(added['depth'], log_ns, typestore.serialize_cdr(
-                    Image(header=header, **array_to_image_fields(depth, '32FC1')),
-                    'sensor_msgs/msg/Image'))
-                info_out = dataclasses.replace(info, header=header)
-                writer.write(added['camera_info'], log_ns, typestore.serialize_cdr(
-                    info_out, 'sensor_msgs/msg/CameraInfo'))
-                data = cloud.reshape(-1).view(np.uint8)
-                msg_cloud = Cloud(header=header, height=int(cloud.shape[0]),
-                                  width=int(cloud.shape[1]), fields=fields, is_bigendian=False,
-                                  point_step=cloud.dtype.itemsize,
-                                  row_step=cloud.dtype.itemsize * int(cloud.shape[1]),
-                                  data=data, is_dense=False)
-                writer.write(added['points'], log_ns, typestore.serialize_cdr(
-                    msg_cloud, 'sensor_msgs/msg/PointCloud2'))
-                stats.frames_out += 1
-    stats.dropped_incomplete += len(pending)
+    partial = _temporary_sibling(out_path)
+    try:
+        try:
+            reader = Reader(in_path)
+            reader.open()
+        except Exception as exc:  # noqa: B902 - rosbags/sqlite errors: one line
+            raise bag_error(in_path, exc, 'open') from None
+        try:
+            names = (topics or BagTopics()).resolve(list(reader.topics))
+            with Writer(partial, version=version,
+                        storage_plugin=_storage(in_path, StoragePlugin)) as writer:
+                job = _BagJob(reader, writer, typestore, model, aligner, names, cloud_stride,
+                              stats, max_pending)
+                job.add_connections(out_ns)
+                job.run(_messages(reader, in_path, progress))
+        finally:
+            reader.close()
+        os.rename(partial, out_path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     LOG.info('process-bag: %d messages copied, %d frames added (%d images resized to the '
              'depth size), %d incomplete stamps dropped, %d bad frames dropped',
              stats.messages_in, stats.frames_out, stats.images_resized,
@@ -232,39 +268,47 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
     return stats
 
 
-def frame_inputs(slot: dict, info):
-    """Decode one paired stamp: (bgr, stereo depth, confidence or None, camera) at depth size."""
-    img = slot['image']
-    bgr = to_bgr8(image_to_array(img), img.encoding)
-    from depth_ros.ros.conversions import camera_from_info
-    from depth_ros.sources.rosbag import depth_to_metres
-    stereo = depth_to_metres(image_to_array(slot['depth']), slot['depth'].encoding)
-    confidence = None
-    if 'confidence' in slot:
-        confidence = image_to_array(slot['confidence']).astype(np.float32, copy=False)
-    h, w = stereo.shape
-    # The live alignment_node's reading of CameraInfo (P for rectified images), scaled to the
-    # depth size when the recording published depth at another resolution.
-    camera = camera_from_info(info, width=w, height=h)
-    if bgr.shape[:2] != (h, w):
-        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-    return bgr, stereo, confidence, camera
+def _messages(reader, path: str, progress: bool):
+    iterator = reader.messages()
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, total=reader.message_count, desc='process-bag', unit='msg')
+    try:
+        for record in iterator:
+            yield record
+    except Exception as exc:  # noqa: B902 - truncated or corrupt storage mid-stream
+        raise bag_error(path, exc, 'read') from None
 
 
-def _run_frame(slot, info, model, aligner, depth_to_cloud, stride, stats):
-    bgr, stereo, confidence, camera = frame_inputs(slot, info)
-    img = slot['image']
-    if (int(img.height), int(img.width)) != stereo.shape[:2]:
+def frame_inputs(slot: dict, info=None):
+    """
+    Decode one paired stamp: (bgr, stereo depth, confidence or None, camera) at depth size.
+
+    The image is resized to the depth size when the recording has them at different sizes
+    (``core.messages.decode_set`` with the 'resize' policy).
+    """
+    parts = dict(slot)
+    if info is not None:
+        parts['camera_info'] = info
+    decoded = decode_set(parts, 'resize')
+    return decoded.bgr, decoded.depth, decoded.confidence, decoded.camera
+
+
+def _run_frame(slot, model, aligner, stride, stats):
+    from depth_ros.core.pointcloud import depth_to_cloud
+    decoded = decode_set(slot, 'resize')
+    if decoded.resized:
         # Unlike alignment_node, which drops such a set (live, a size mismatch is a
         # configuration to fix), a recording cannot be fixed: resize, and say so once.
+        img = slot['image']
         if not stats.images_resized:
             LOG.warning('image %dx%d resized to the depth size %dx%d (the live alignment_node '
                         'drops frames whose sizes differ)', img.width, img.height,
-                        stereo.shape[1], stereo.shape[0])
+                        decoded.depth.shape[1], decoded.depth.shape[0])
         stats.images_resized += 1
-    relative = model.predict(bgr)
-    aligned = aligner.update(relative, stereo, confidence)
+    relative = model.predict(decoded.bgr)
+    aligned = aligner.update(relative, decoded.depth, decoded.confidence)
     stats.status_counts[aligned.status] = stats.status_counts.get(aligned.status, 0) + 1
     depth = np.ascontiguousarray(aligned.depth, dtype=np.float32)   # [H, W] metres
-    cloud = depth_to_cloud(depth, camera, bgr=bgr, stride=stride)
+    cloud = depth_to_cloud(depth, decoded.camera, bgr=decoded.bgr, stride=stride)
     return depth, cloud, slot['image'].header

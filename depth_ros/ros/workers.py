@@ -1,0 +1,438 @@
+"""
+Node plumbing that needs no ROS: worker threads, rate meters, stage timers, throttled logs,
+stamp guards, and the bridge from Python logging to a node's logger.
+
+The nodes use these; the tests run them everywhere (Python 3.8 included) without rclpy.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+LOG = logging.getLogger('depth_ros.ros')
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line logs."""
+    text = str(exc).strip().splitlines()
+    return '{}: {}'.format(type(exc).__name__, text[0] if text else 'no details')
+
+
+class LatestWorker(object):
+    """
+    Newest-frame slot of depth 1 plus one worker thread.
+
+    ``put`` (from a subscription callback) replaces any frame still waiting, so when the work
+    is slower than the input, frames are dropped, never queued, and the output age stays
+    bounded by about two processing times. The work runs off the executor thread.
+
+    :param on_start: called in the worker thread with each item it takes, before the work
+        (depth_node announces the stamp it computes).
+    """
+
+    def __init__(self, work: Callable[[object], None], name: str = 'worker',
+                 on_error: Optional[Callable[[BaseException], None]] = None,
+                 on_start: Optional[Callable[[object], None]] = None):
+        self._work = work
+        self._on_error = on_error
+        self._on_start = on_start
+        self._cond = threading.Condition()
+        self._item = None
+        self._stop = False
+        self.received = 0
+        self.dropped = 0      # replaced before the worker took them
+        self.processed = 0
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it only ends on stop())."""
+        return self._thread.is_alive()
+
+    def put(self, item) -> None:
+        """Offer a frame; a frame still waiting is dropped."""
+        with self._cond:
+            self.received += 1
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+
+    def _take(self):
+        with self._cond:
+            while self._item is None and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            item, self._item = self._item, None
+            self.busy = True
+            return item
+
+    def _run(self) -> None:
+        while True:
+            item = self._take()
+            if item is None:
+                return
+            try:
+                if self._on_start is not None:
+                    self._on_start(item)
+                self._work(item)
+            except Exception as exc:  # a bad frame must not kill the worker
+                if self._on_error is not None:
+                    self._on_error(exc)
+                else:
+                    LOG.exception('worker failed on a frame')
+            finally:
+                with self._cond:
+                    self.busy = False
+                    self.processed += 1
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no frame waits or runs; return whether that happened in time."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.busy or self._item is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the thread after the frame in progress; return whether it ended in time."""
+        with self._cond:
+            self._stop = True
+            self._item = None
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class KeyframeWorker(object):
+    """
+    One worker thread, one job at a time, newest frame wins (marigold_node).
+
+    :param run_job: called in the worker thread with the newest frame.
+    :param on_error: called with the exception of a failed job; by default it is logged.
+    """
+
+    def __init__(self, run_job, logger=LOG, on_error=None):
+        self._run_job = run_job
+        self._log = logger
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._frame = None          # newest frame (depth-1 slot)
+        self._requested = False     # a keyframe is wanted (at most one pending)
+        self._busy = False
+        self._stop = False
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._thread = threading.Thread(target=self._loop, name='marigold-worker', daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it only ends on stop())."""
+        return self._thread.is_alive()
+
+    def offer(self, frame) -> None:
+        """Replace the newest frame (older unprocessed frames are dropped)."""
+        with self._cond:
+            self._frame = frame
+
+    def request(self) -> str:
+        """Ask for a keyframe; returns 'started', 'queued' or 'no_frame'. Never blocks."""
+        with self._cond:
+            if self._frame is None and not self._busy:
+                return 'no_frame'
+            state = 'queued' if self._busy else 'started'
+            self._requested = True
+            self._cond.notify()
+            return state
+
+    @property
+    def busy(self) -> bool:
+        """Tell whether a job is running."""
+        return self._busy
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs or is requested; return whether that happened in time."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._busy or (self._requested and self._frame is not None):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _next(self):
+        with self._cond:
+            while not self._stop and not (self._requested and self._frame is not None):
+                self._cond.wait()
+            if self._stop:
+                return None
+            frame, self._frame = self._frame, None
+            self._requested = False
+            self._busy = True
+            return frame
+
+    def _loop(self) -> None:
+        while True:
+            frame = self._next()
+            if frame is None:
+                return
+            try:
+                self._run_job(frame)
+                self.jobs_done += 1
+            except Exception as exc:  # noqa: B902 - a bad frame must not kill the worker
+                self.jobs_failed += 1
+                if self._on_error is not None:
+                    self._on_error(exc)
+                else:
+                    self._log.error('keyframe failed: {}'.format(exc))
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread after the running job; return whether it ended in time."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class RateMeter(object):
+    """Events per second over a sliding window of ``window`` seconds (thread-safe)."""
+
+    def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.window = float(window)
+        self._clock = clock
+        self._times = collections.deque()
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last = None      # clock time of the last event
+
+    def tick(self) -> None:
+        """Record one event now."""
+        with self._lock:
+            now = self._clock()
+            self._times.append(now)
+            self.count += 1
+            self.last = now
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+
+    @property
+    def rate(self) -> float:
+        """Events per second in the window (0 when fewer than two)."""
+        with self._lock:
+            self._trim(self._clock())
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def age(self) -> float:
+        """Seconds since the last event (inf when there was none)."""
+        with self._lock:
+            return float('inf') if self.last is None else self._clock() - self.last
+
+
+class StageTimes(object):
+    """
+    Per-frame stage durations: mean milliseconds of each named stage over the last frames.
+
+    A node marks the end of each stage with ``mark(name)`` after ``start()``; the means go on
+    /diagnostics so that the time of a frame can be split where it is spent.
+    """
+
+    def __init__(self, window: int = 50):
+        self.window = int(window)
+        self._ms = collections.OrderedDict()   # name -> deque of ms
+        self._lock = threading.Lock()
+        self._t = None
+
+    def start(self) -> None:
+        """Begin a frame (the worker thread's clock)."""
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """End stage ``name`` now; the next stage starts here."""
+        now = time.perf_counter()
+        self.add(name, (now - self._t) * 1e3)
+        self._t = now
+
+    def add(self, name: str, ms: float) -> None:
+        """Record ``ms`` for stage ``name``."""
+        with self._lock:
+            values = self._ms.get(name)
+            if values is None:
+                values = self._ms[name] = collections.deque(maxlen=self.window)
+            values.append(float(ms))
+
+    def means(self) -> Dict[str, float]:
+        """Return {stage: mean ms} in the order the stages were first seen."""
+        with self._lock:
+            return collections.OrderedDict(
+                (k, sum(v) / len(v)) for k, v in self._ms.items() if v)
+
+
+class ThrottledLog(object):
+    """
+    Rate-limit log lines per kind of error, in our own code (thread-safe).
+
+    rclpy's ``throttle_duration_sec`` keys its state by call site, raises ``ValueError`` when
+    the period changes between calls at one site (a runtime change of ``log_throttle_s``), and
+    one call site shared by several kinds lets one kind hide the others. Here each ``kind`` has
+    its own window, the period is read on every call, and the logger is called without
+    throttling arguments. Lines held back are counted and reported on the next line of the
+    kind: ``... (3 similar suppressed)``. A period of 0 logs every line and keeps no window.
+
+    Usage::
+
+        self.log = ThrottledLog(self.get_logger())
+        self.log.error('stamp', 'dropped image: ...', self.cfg['log_throttle_s'])
+    """
+
+    def __init__(self, logger, clock: Callable[[], float] = time.monotonic):
+        self._logger = logger
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = {}          # kind -> clock time of the last line logged
+        self._suppressed = collections.Counter()
+        self._once = set()
+
+    def _admit(self, kind: str, text: str, period: float) -> Optional[str]:
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(kind)
+            if period <= 0:
+                # Throttling off: nothing is remembered, so when a period is set later its
+                # first line is logged (earlier unthrottled lines do not count against it).
+                self._last.pop(kind, None)
+            elif last is not None and now - last < period:
+                self._suppressed[kind] += 1
+                return None
+            else:
+                self._last[kind] = now
+            held = self._suppressed.pop(kind, 0)
+        return text + (' ({} similar suppressed)'.format(held) if held else '')
+
+    def error(self, kind: str, text: str, period: float) -> bool:
+        """Log ``text`` as an error unless ``kind`` was logged less than ``period`` s ago."""
+        line = self._admit(kind, text, period)
+        if line is not None:
+            self._logger.error(line)
+        return line is not None
+
+    def warn(self, kind: str, text: str, period: float) -> bool:
+        """Log ``text`` as a warning, rate-limited as :meth:`error` (own window per kind)."""
+        line = self._admit(kind, text, period)
+        if line is not None:
+            self._logger.warn(line)
+        return line is not None
+
+    def once(self, kind: str, text: str, level: str = 'info') -> bool:
+        """Log ``text`` the first time ``kind`` is seen, never again (``level``: info, warn)."""
+        with self._lock:
+            if kind in self._once:
+                return False
+            self._once.add(kind)
+        getattr(self._logger, level)(text)
+        return True
+
+    def suppressed(self, kind: str) -> int:
+        """Return how many lines of ``kind`` are held back since its last logged line."""
+        with self._lock:
+            return self._suppressed.get(kind, 0)
+
+
+class StampGuard(object):
+    """
+    Order check of one stream's header stamps, with source restarts told apart.
+
+    ``check(stamp)`` returns ``('ok', '')``, ``('restart', text)`` when the stamp jumped back
+    by more than ``reset_ns`` (rosbag play --loop, an SVO reopened, sim time reset: accepted,
+    the caller starts over), or ``('old', text)`` for a smaller step back or a repeat (the
+    caller drops the message).
+    """
+
+    def __init__(self, name: str, reset_ns: int):
+        self.name = name
+        self.reset_ns = int(reset_ns)
+        self.last = None
+
+    def check(self, stamp: int):
+        """Classify ``stamp`` against the previous one and remember it unless it is old."""
+        last = self.last
+        if last is not None and last - stamp > self.reset_ns:
+            self.last = stamp
+            return 'restart', '{} stamp jumped back {:.3f} s (from {} to {}): source ' \
+                'restarted'.format(self.name, (last - stamp) * 1e-9, last, stamp)
+        if last is not None and stamp <= last:
+            return 'old', '{} {}: {} the previous stamp {} (out-of-order or duplicated)'.format(
+                self.name, stamp, 'equal to' if stamp == last else 'older than', last)
+        self.last = stamp
+        return 'ok', ''
+
+    def reset(self) -> None:
+        """Forget the previous stamp (after a restart of another stream)."""
+        self.last = None
+
+
+class LogForwarder(logging.Handler):
+    """
+    A logging.Handler that hands library log records to a node's logger (rclpy's).
+
+    Library code logs with ``logging`` (``depth_ros.*`` loggers); under a node those records
+    would go to stderr without the node's name, or nowhere. Forwarded, they reach /rosout and
+    the console with the node's name and the ROS severity.
+    """
+
+    def __init__(self, logger, level: int = logging.INFO):
+        super().__init__(level)
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Forward one record at its severity."""
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += ' ({})'.format(first_line(record.exc_info[1]))
+            level = record.levelno
+            if level >= logging.CRITICAL:
+                self._logger.fatal(text)
+            elif level >= logging.ERROR:
+                self._logger.error(text)
+            elif level >= logging.WARNING:
+                self._logger.warn(text)
+            elif level >= logging.INFO:
+                self._logger.info(text)
+            else:
+                self._logger.debug(text)
+        except Exception:  # noqa: B902 - logging must never raise into library code
+            self.handleError(record)
+
+
+def forward_library_logs(logger, name: str = 'depth_ros') -> LogForwarder:
+    """Attach a :class:`LogForwarder` to the ``name`` logger; return it (to remove later)."""
+    handler = LogForwarder(logger)
+    library = logging.getLogger(name)
+    library.addHandler(handler)
+    if library.level == logging.NOTSET or library.level > logging.INFO:
+        library.setLevel(logging.INFO)
+    library.propagate = False
+    return handler

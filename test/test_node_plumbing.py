@@ -1,0 +1,462 @@
+"""
+The nodes' ROS-free plumbing: workers, rate meters, stage timers, throttled logs, stamp guards,
+log forwarding, parameter specs and their mappings, the stand-in backend, replay pacing.
+
+None of this needs rclpy, so it runs everywhere, Python 3.8 with the Jetson's numpy included.
+Hand-offs between threads are events and polls with deadlines, never fixed sleeps.
+"""
+import logging
+import threading
+import time
+
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.ros.workers import first_line, KeyframeWorker, LatestWorker, LogForwarder, \
+    RateMeter, StageTimes, StampGuard, ThrottledLog
+from depth_ros.sources.base import Frame, FrameSource
+import numpy as np
+import pytest
+
+
+def _until(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.005)
+    return cond()
+
+
+# ----------------------------------------------------------------------------- StageTimes
+def test_stage_times_split_a_frame():
+    stages = StageTimes(window=2)
+    for ms in (1.0, 3.0, 5.0):
+        stages.add('align', ms)
+    stages.add('cloud', 2.0)
+    assert stages.means() == {'align': 4.0, 'cloud': 2.0}, 'received {}'.format(
+        stages.means())
+    assert list(stages.means()) == ['align', 'cloud']
+    stages.start()
+    time.sleep(0.02)
+    stages.mark('wait')
+    # A sleep lasts at least as long as asked: a lower bound, not a wall-clock race.
+    assert stages.means()['wait'] >= 19.0, 'received {}'.format(stages.means())
+
+
+# ---------------------------------------------------------------------------- LatestWorker
+def test_latest_worker_drops_never_queues():
+    seen = []
+    gate, started = threading.Event(), threading.Event()
+
+    def work(item):
+        gate.wait(5)
+        seen.append(item)
+    worker = LatestWorker(work, on_start=lambda item: started.set())
+    worker.put(0)
+    assert started.wait(5), 'the worker never took item 0'
+    for i in range(1, 6):
+        worker.put(i)       # 1..4 are replaced while waiting: only 5 stays
+    gate.set()
+    assert worker.wait_idle(5.0), 'the worker did not finish'
+    worker.stop()
+    assert seen == [0, 5] and worker.dropped == 4, 'expected [0, 5] and 4 dropped, received ' \
+        '{} and {}'.format(seen, worker.dropped)
+    assert not worker.alive
+
+
+def test_latest_worker_survives_a_failing_frame_and_reports_it():
+    errors, seen = [], []
+
+    def work(item):
+        if item == 'bad':
+            raise RuntimeError('boom\nsecond line')
+        seen.append(item)
+    worker = LatestWorker(work, on_error=errors.append)
+    worker.put('bad')
+    assert worker.wait_idle(5.0)
+    worker.put('good')
+    assert worker.wait_idle(5.0)
+    worker.stop()
+    assert seen == ['good'] and [first_line(e) for e in errors] == ['RuntimeError: boom'], \
+        (seen, errors)
+
+
+def test_latest_worker_stop_finishes_the_frame_in_progress():
+    gate, started, done = threading.Event(), threading.Event(), []
+
+    def work(item):
+        started.set()
+        gate.wait(5)
+        done.append(item)
+    worker = LatestWorker(work)
+    worker.put(1)
+    assert started.wait(5)
+    worker.put(2)                       # waiting: dropped by stop()
+    threading.Timer(0.05, gate.set).start()
+    assert worker.stop(timeout=5.0), 'stop() did not end the thread'
+    assert done == [1], 'expected only the frame in progress, received {}'.format(done)
+
+
+# -------------------------------------------------------------------------- KeyframeWorker
+def test_keyframe_worker_newest_frame_wins_and_one_job_at_a_time():
+    seen, running, peak = [], [0], [0]
+    gate = threading.Event()
+
+    def job(frame):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        gate.wait(5.0)
+        seen.append(frame)
+        running[0] -= 1
+
+    w = KeyframeWorker(job)
+    try:
+        assert w.request() == 'no_frame'
+        w.offer(1)
+        assert w.request() == 'started'
+        assert _until(lambda: w.busy)
+        for f in (2, 3, 4):
+            w.offer(f)
+        assert w.request() == 'queued'
+        assert w.request() == 'queued'    # still one pending request, not two
+        gate.set()
+        assert w.wait_idle(5.0) and _until(lambda: len(seen) == 2)
+        assert seen == [1, 4], 'expected [1, 4], received {}'.format(seen)
+        assert peak[0] == 1
+    finally:
+        gate.set()
+        w.stop()
+
+
+def test_keyframe_worker_survives_a_failing_job():
+    calls = []
+
+    def job(frame):
+        calls.append(frame)
+        if frame == 'bad':
+            raise ValueError('bad frame')
+
+    w = KeyframeWorker(job)
+    try:
+        w.offer('bad')
+        w.request()
+        assert _until(lambda: w.jobs_failed == 1)
+        w.offer('good')
+        w.request()
+        assert _until(lambda: w.jobs_done == 1), 'worker died after a failing job'
+        assert calls == ['bad', 'good']
+    finally:
+        w.stop()
+    assert not w.alive
+
+
+# ------------------------------------------------------------------------------ RateMeter
+def test_rate_meter_with_injected_clock():
+    now = [0.0]
+    meter = RateMeter(window=5.0, clock=lambda: now[0])
+    assert meter.age() == float('inf')
+    for i in range(11):
+        now[0] = i * 0.1
+        meter.tick()
+    assert meter.rate == pytest.approx(10.0)
+    now[0] = 3.0
+    assert meter.age() == pytest.approx(2.0)
+    now[0] = 100.0
+    assert meter.rate == 0.0 and meter.count == 11
+
+
+# ---------------------------------------------------------------------------- ThrottledLog
+class _Logger(object):
+    def __init__(self):
+        self.lines = []
+
+    def error(self, text):
+        self.lines.append(('error', text))
+
+    def warn(self, text):
+        self.lines.append(('warn', text))
+
+    def info(self, text):
+        self.lines.append(('info', text))
+
+    def debug(self, text):
+        self.lines.append(('debug', text))
+
+    def fatal(self, text):
+        self.lines.append(('fatal', text))
+
+
+def test_throttled_log_limits_each_kind_on_its_own_and_takes_a_new_period():
+    now = [100.0]
+    logger = _Logger()
+    log = ThrottledLog(logger, clock=lambda: now[0])
+    results = [log.error('stamp', 'dup {}'.format(i), 2.0) for i in range(5)]
+    assert results == [True, False, False, False, False] and log.suppressed('stamp') == 4
+    # Another kind is not hidden by the first one's window.
+    assert log.error('frame', 'bad encoding', 2.0)
+    now[0] += 1.0
+    assert not log.error('stamp', 'dup 5', 2.0)
+    # A period changed at runtime (log_throttle_s) applies at once: no error, no state reset.
+    assert log.error('stamp', 'dup 6', 0.5)
+    assert not log.error('stamp', 'dup 7', 0.5)
+    now[0] += 0.6
+    assert log.warn('stamp', 'dup 8', 0.5)
+    assert log.error('stamp', 'dup 9', 0.0) and log.error('stamp', 'dup 10', 0.0)
+    # Lines logged while throttling was off open no window for a period set afterwards.
+    assert log.error('stamp', 'dup 11', 5.0) and not log.error('stamp', 'dup 12', 5.0)
+    assert logger.lines == [
+        ('error', 'dup 0'), ('error', 'bad encoding'),
+        ('error', 'dup 6 (5 similar suppressed)'), ('warn', 'dup 8 (1 similar suppressed)'),
+        ('error', 'dup 9'), ('error', 'dup 10'), ('error', 'dup 11')], logger.lines
+
+
+def test_throttled_log_once():
+    logger = _Logger()
+    log = ThrottledLog(logger)
+    assert log.once('resized', 'image resized') and not log.once('resized', 'again')
+    assert log.once('other', 'careful', level='warn')
+    assert logger.lines == [('info', 'image resized'), ('warn', 'careful')]
+
+
+def test_throttled_log_is_thread_safe():
+    logger = _Logger()
+    log = ThrottledLog(logger)
+    barrier = threading.Barrier(4)
+
+    def spam():
+        barrier.wait()
+        for i in range(200):
+            log.error('exception', 'failed', 3600.0)
+    threads = [threading.Thread(target=spam) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert logger.lines == [('error', 'failed')] and log.suppressed('exception') == 799, \
+        (logger.lines, log.suppressed('exception'))
+
+
+# ------------------------------------------------------------------------------ StampGuard
+def test_stamp_guard_tells_restarts_from_out_of_order_stamps():
+    guard = StampGuard('image', reset_ns=10 ** 9)
+    assert guard.check(5 * 10 ** 9) == ('ok', '')
+    verdict, text = guard.check(5 * 10 ** 9)
+    assert verdict == 'old' and 'equal to the previous stamp' in text, text
+    verdict, text = guard.check(4 * 10 ** 9 + 1)       # 0.999999999 s back: out of order
+    assert verdict == 'old' and 'older than the previous stamp 5000000000' in text, text
+    verdict, text = guard.check(2 * 10 ** 9)           # 3 s back: a restarted source
+    assert verdict == 'restart' and 'jumped back 3.000 s' in text, text
+    assert guard.check(2 * 10 ** 9 + 1) == ('ok', ''), 'the new timeline must be accepted'
+    guard.reset()
+    assert guard.check(1) == ('ok', '')
+
+
+# ---------------------------------------------------------------------------- LogForwarder
+def test_library_log_records_reach_the_node_logger_with_their_severity():
+    logger = _Logger()
+    library = logging.getLogger('depth_ros.test_forwarding')
+    handler = LogForwarder(logger)
+    library.addHandler(handler)
+    library.setLevel(logging.DEBUG)
+    try:
+        library.info('engine %s loaded', 'e.engine')
+        library.warning('slow')
+        library.error('bad')
+        library.critical('dead')
+        library.debug('hidden: below the handler level')
+        try:
+            raise ValueError('why\nmore')
+        except ValueError:
+            library.exception('failed')
+    finally:
+        library.removeHandler(handler)
+    assert logger.lines == [('info', 'engine e.engine loaded'), ('warn', 'slow'),
+                            ('error', 'bad'), ('fatal', 'dead'),
+                            ('error', 'failed (ValueError: why)')], logger.lines
+
+
+def test_first_line():
+    assert first_line(KeyError('k')) == "KeyError: 'k'"
+    assert first_line(RuntimeError('')) == 'RuntimeError: no details'
+    assert first_line(OSError('one\ntwo')) == 'OSError: one'
+
+
+# ------------------------------------------------------------------------------ parameters
+def test_param_checks():
+    from depth_ros.ros.params import check_value, Param
+    p = Param('cloud_stride', 2, 'd', low=1, high=32)
+    assert check_value(p, 4) is None
+    assert check_value(p, 0) == 'parameter `cloud_stride` must be in [1, 32], got 0'
+    assert check_value(p, True) == 'parameter `cloud_stride` must be of type int, got True'
+    q = Param('backend', 'onnxruntime', 'd', choices=('onnxruntime', 'standin'))
+    assert check_value(q, 'tf') == \
+        "parameter `backend` must be one of onnxruntime|standin, got 'tf'"
+    f = Param('max_depth', 20.0, 'd', low=0.01)
+    assert check_value(f, 5) is None and check_value(f, float('nan')) == \
+        'parameter `max_depth` must be a number, got nan'
+
+
+def test_every_default_passes_its_own_spec_and_the_node_validator():
+    from depth_ros.ros import config
+    from depth_ros.ros.params import check_value
+    for specs, validate in ((config.ZED_PARAMS, config.validate_zed),
+                            (config.DEPTH_PARAMS, config.validate_depth),
+                            (config.ALIGNMENT_PARAMS, config.validate_alignment),
+                            (config.MARIGOLD_PARAMS, None)):
+        names = [s.name for s in specs]
+        assert len(names) == len(set(names)), 'duplicated parameter in {}'.format(names)
+        values = {s.name: s.default for s in specs}
+        for spec in specs:
+            assert check_value(spec, spec.default) is None, spec
+            assert spec.description, spec.name
+        if validate is config.validate_depth:
+            values['backend'] = 'standin'
+        if validate is not None:
+            assert validate(values) is None, (validate.__name__, validate(values))
+
+
+def test_validators_name_the_parameter_and_value():
+    from depth_ros.ros import config
+    zed = {s.name: s.default for s in config.ZED_PARAMS}
+    assert config.validate_zed(dict(zed, source='bag')) == \
+        "parameter `path` is empty; source 'bag' needs one"
+    assert config.validate_zed(dict(zed, source='sample', path='/x')) == \
+        "parameter `path` must be empty for source 'sample', got '/x'"
+    align = {s.name: s.default for s in config.ALIGNMENT_PARAMS}
+    assert config.validate_alignment(dict(align, min_depth=5.0, max_depth=4.0)) == \
+        'parameter `max_depth` (4.0) must be > `min_depth` (5.0)'
+    depth = {s.name: s.default for s in config.DEPTH_PARAMS}
+    assert config.validate_depth(dict(depth, backend='standin', input_width=518)) == \
+        'parameters `input_width` and `input_height` must both be 0 or both be set, got ' \
+        '518 and 0'
+
+
+def test_yaml_defaults_match_the_declared_defaults():
+    # config/zed_depth.yaml documents the defaults; a value there that differs from the
+    # node's declared default is a drift the user cannot see (except where it is meant to be
+    # the deployment's choice, listed here).
+    import os
+    import yaml
+    from depth_ros.ros import config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, 'config', 'zed_depth.yaml')) as f:
+        data = yaml.safe_load(f)
+    deployment = {('depth_node', 'qos_depth')}
+    for node, specs in (('zed_node', config.ZED_PARAMS), ('depth_node', config.DEPTH_PARAMS),
+                        ('alignment_node', config.ALIGNMENT_PARAMS)):
+        params = data['/**/' + node]['ros__parameters']
+        defaults = {s.name: s.default for s in specs}
+        assert set(params) <= set(defaults), '{}: unknown {}'.format(
+            node, set(params) - set(defaults))
+        for name, value in params.items():
+            if (node, name) in deployment:
+                continue
+            assert value == defaults[name], '{}.{}: yaml {!r}, declared {!r}'.format(
+                node, name, value, defaults[name])
+
+
+# --------------------------------------------------------------------------- stand-in model
+def test_standin_backend_is_deterministic_with_fixed_latency():
+    from depth_ros.inference.standin import standin_disparity, StandInDepthModel
+    bgr = np.zeros((4, 3, 3), np.uint8)
+    bgr[1] = 255
+    model = StandInDepthModel(latency_ms=30.0)
+    t0 = time.perf_counter()
+    out = model.predict(bgr)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    assert elapsed >= 29.0, 'expected at least 30 ms, received {:.1f}'.format(elapsed)
+    assert out.dtype == np.float32 and out.shape == (4, 3)
+    np.testing.assert_allclose(out[0], 0.1)
+    np.testing.assert_allclose(out[1], 1.0)
+    ramp = standin_disparity(bgr, 'gradient')
+    np.testing.assert_allclose(ramp[:, 0], [0.1, 0.4, 0.7, 1.0], rtol=1e-6)
+    assert 'STAND-IN' in model.name and model.latency.count == 1
+    with pytest.raises(ValueError, match=r'`latency_ms` must be a finite number >= 0, got -1'):
+        StandInDepthModel(latency_ms=-1)
+    with pytest.raises(ValueError, match="`mode` must be one of intensity|gradient, got 'x'"):
+        StandInDepthModel(mode='x')
+
+
+# ----------------------------------------------------------------------- zed_node's helpers
+def test_downscale_frame_scales_camera_and_keeps_depth_values():
+    from depth_ros.sources.downscale import downscale_frame
+    camera = PinholeCamera(100.0, 100.0, 39.5, 29.5, 80, 60)
+    depth = np.arange(60 * 80, dtype=np.float32).reshape(60, 80)
+    frame = Frame(left=np.zeros((60, 80, 3), np.uint8), depth=depth, confidence=None,
+                  camera=camera, stamp_ns=7)
+    out = downscale_frame(frame, 0.5)
+    assert out.left.shape == (30, 40, 3) and out.depth.shape == (30, 40)
+    assert out.camera == camera.scaled(40, 30) and out.stamp_ns == 7
+    assert set(np.unique(out.depth)).issubset(set(np.unique(depth))), \
+        'nearest resize must not invent depth values'
+    assert downscale_frame(frame, 1.0) is frame
+
+
+@pytest.mark.parametrize('kind,path', [('live', None), ('svo', '/data/run.svo'),
+                                       ('sample', None)])
+def test_zed_node_parameters_map_onto_make_source(kind, path):
+    # make_source names any option its source does not take, so constructing each kind from
+    # the node's defaults proves the names match (no camera is opened).
+    from depth_ros.ros.config import source_options, ZED_PARAMS
+    from depth_ros.sources import make_source
+    if kind == 'sample':
+        pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+    values = {p.name: p.default for p in ZED_PARAMS}
+    values.update(source=kind, path=path or '')
+    source = make_source(kind, path, **source_options(values))
+    assert source is not None
+    if kind == 'live':
+        assert (source.resolution, source.fps, source.depth_mode) == ('HD720', 30, 'PERFORMANCE')
+    if kind == 'sample':
+        assert source.fps == 10.0 and source.loop, 'expected a looping 10 fps replay'
+
+
+class _OneFrame(FrameSource):
+    """A one-frame FrameSource (the bundled sample's shape, without its SGBM)."""
+
+    name = 'one_frame'
+
+    def open(self):
+        self.left = 1
+
+    def read(self):
+        if not self.left:
+            return None
+        self.left = 0
+        return Frame(left=np.zeros((2, 2, 3), np.uint8), depth=None, confidence=None,
+                     camera=PinholeCamera(1.0, 1.0, 0.5, 0.5, 2, 2), stamp_ns=0)
+
+    def close(self):
+        pass
+
+
+def _replay_read_times(**options):
+    """Return when a ReplaySource over one looped frame delivers, on a fake clock."""
+    from depth_ros.sources.base import SourceError
+    from depth_ros.sources.replay import ReplaySource
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+    source = ReplaySource(_OneFrame(), loop=True, fps=10.0, clock=lambda: now[0], sleep=sleep,
+                          wall_ns=lambda: int(now[0] * 1e9), **options)
+    times = []
+    while len(times) < 8:
+        try:
+            source.open()
+            source.read()
+            times.append(round(now[0], 6))
+        except SourceError:
+            now[0] += 0.25   # zed_node's retry wait
+    return times
+
+
+def test_replay_source_paces_a_looped_one_frame_source():
+    # zed_node publishes frames as soon as the source returns them: the source is the one
+    # pacing mechanism, also when a one-frame source starts a new pass every frame.
+    times = _replay_read_times()
+    assert times == [round(0.1 * i, 6) for i in range(8)], \
+        'expected a frame every 0.1 s, received {}'.format(times)
+
+
+def test_replay_source_paces_from_a_reopen_without_a_burst():
+    times = _replay_read_times(drop_after=3, outage_s=1.0)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 0.1 - 1e-6, 'expected gaps >= 0.1 s, received {}'.format(gaps)
