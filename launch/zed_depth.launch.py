@@ -12,9 +12,13 @@ the entries they name. Written for ROS 2 Humble (launch, launch_ros).
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
+    PackageNotFoundError
+from depth_ros.ros import middleware
+from depth_ros.ros.config import DEPTH_BACKENDS, SOURCES
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
+    SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -36,7 +40,7 @@ ARGUMENTS = (
      '(its topics have the same names)'),
     ('publish_tf', 'true', 'publish the static TFs <camera>_camera_link -> '
      '<camera>_left_camera_frame -> <camera>_left_camera_optical_frame (false when a wrapper '
-     'or URDF provides them)'),
+     'or URDF provides them; skipped with one line where tf2_ros is not installed)'),
     ('rviz', 'false', 'open RViz with rviz/zed_depth.rviz'),
     ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
@@ -44,7 +48,12 @@ ARGUMENTS = (
     ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml)'),
     ('fastdds_profile', 'true', 'use config/fastdds_large_messages.xml (shared-memory segments '
      'for whole images) unless a Fast DDS profile is already set in the environment'),
+    ('clean_shm', 'true', 'remove the Fast DDS shared-memory segments that killed processes '
+     'left in /dev/shm (`fastdds shm clean`: only segments no live process holds)'),
 )
+RELIABILITIES = ('best_effort', 'reliable')
+# The live camera and the replay sources that read a file or folder.
+PATH_SOURCES = ('svo', 'folder', 'bag')
 
 
 def _truthy(value):
@@ -63,6 +72,43 @@ def _nonempty(base, **values):
     return out
 
 
+def _check_arguments(arg):
+    """Refuse argument values the nodes would refuse, before any node starts (one line)."""
+    def one_of(name, choices):
+        if arg[name] not in choices:
+            raise ValueError('launch argument {}:={} must be one of {}'.format(
+                name, arg[name], ' | '.join(choices)))
+    one_of('source', SOURCES)
+    one_of('backend', DEPTH_BACKENDS)
+    one_of('reliability', RELIABILITIES)
+    source, path = arg['source'], arg['path']
+    if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
+        raise ValueError('launch argument source:={} needs path:=<{}>'.format(
+            source, {'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
+    if path and source not in PATH_SOURCES:
+        raise ValueError('launch argument path:={} is only for source:=svo|folder|bag, got '
+                         'source:={}'.format(path, source))
+    if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError('launch argument path:={} does not exist'.format(path))
+    if arg['params_file'] and not os.path.isfile(arg['params_file']):
+        raise ValueError('launch argument params_file:={} is not a file'.format(
+            arg['params_file']))
+    for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm'):
+        try:
+            _truthy(arg[name])
+        except ValueError:
+            raise ValueError('launch argument {}:={} must be true or false'.format(
+                name, arg[name])) from None
+
+
+def _installed(package):
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def _depth_backend(arg):
     """Return (backend, model_path) from the backend, model and engine arguments."""
     engine, backend = arg['engine'], arg['backend']
@@ -77,74 +123,98 @@ def _depth_backend(arg):
     return 'tensorrt', engine
 
 
+def _environment(arg, share):
+    """Fast DDS profile (the variable the installed Fast DDS reads) and stale segments."""
+    actions = []
+    profile = os.path.join(share, 'config', 'fastdds_large_messages.xml')
+    if _truthy(arg['fastdds_profile']) and os.path.exists(profile):
+        actions += [SetEnvironmentVariable(name, value) for name, value in
+                    sorted(middleware.profile_environment(profile).items())]
+    if _truthy(arg['clean_shm']):
+        summary = middleware.clean_shm()
+        if summary:
+            actions.append(LogInfo(msg='shared memory: ' + summary))
+    return actions
+
+
+def _ours(executable, name, namespace=None, **kwargs):
+    """One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it."""
+    label = '/'.join(p for p in (namespace, name) if p)
+    return Node(package=PACKAGE, executable=executable, name=name, namespace=namespace,
+                output='screen', emulate_tty=True,
+                on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
+
+
+def _static_tfs(camera):
+    if not _installed('tf2_ros'):
+        return [LogInfo(msg='publish_tf: package tf2_ros is not installed, so the static TFs '
+                            '{0}_camera_link -> {0}_left_camera_frame -> {0}_left_camera_'
+                            'optical_frame are not published (install tf2_ros, or set '
+                            'publish_tf:=false to silence this)'.format(camera))]
+    # The ZED2's left camera sits half the 0.12 m baseline left of the camera's centre
+    # (REP 103 body frame: +y is left); the camera link is taken at that centre.
+    # REP 103: the optical frame is the camera frame rotated (x right, y down, z forward).
+    chain = [('{}_camera_link', '{}_left_camera_frame', '{}_left_camera_tf',
+              ('0', str(ZED2_BASELINE_M / 2.0), '0'), ('0', '0', '0')),
+             ('{}_left_camera_frame', '{}_left_camera_optical_frame', '{}_optical_frame_tf',
+              ('0', '0', '0'), ('-1.5707963267948966', '0', '-1.5707963267948966'))]
+    actions = []
+    for parent, child, name, xyz, rpy in chain:
+        actions.append(Node(
+            package='tf2_ros', executable='static_transform_publisher',
+            name=name.format(camera), output='log',
+            arguments=['--x', xyz[0], '--y', xyz[1], '--z', xyz[2],
+                       '--roll', rpy[0], '--pitch', rpy[1], '--yaw', rpy[2],
+                       '--frame-id', parent.format(camera),
+                       '--child-frame-id', child.format(camera)]))
+    return actions
+
+
+def _marigold(params_file, qos, image, inputs):
+    # Keyframes arrive seconds after their camera frame: a 10 s latency bound, and the colour
+    # image left out of the waiting sets (a third of their bytes); marigold_node announces the
+    # frame each keyframe starts on, whose stereo set is kept (docs/marigold.md).
+    return [
+        _ours('marigold_node', 'marigold_node', parameters=[params_file, qos],
+              remappings=[('image', image)]),
+        _ours('alignment_node', 'alignment_node', namespace='marigold',
+              parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
+                                            use_image=False)],
+              remappings=[('disparity', '/marigold_node/depth'),
+                          ('inference_started', '/marigold_node/keyframe_started')] + inputs),
+    ]
+
+
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    _check_arguments(arg)
     share = get_package_share_directory(PACKAGE)
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
     camera = arg['camera_name']
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
     qos = {'reliability': arg['reliability']}
-    actions = []
-    profile = os.path.join(share, 'config', 'fastdds_large_messages.xml')
-    if _truthy(arg['fastdds_profile']) and os.path.exists(profile) and not (
-            os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE')
-            or os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')):
-        # Fast DDS 2.x (Humble) reads the first name, Fast DDS 3 the second.
-        actions += [SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', profile),
-                    SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)]
+    actions = _environment(arg, share)
     if _truthy(arg['zed_node']):
-        actions.append(Node(
-            package=PACKAGE, executable='zed_node', name='zed_node', namespace=camera,
-            output='screen', emulate_tty=True,
-            parameters=[params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
-                                               camera_name=camera)]))
+        actions.append(_ours('zed_node', 'zed_node', namespace=camera, parameters=[
+            params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
+                                   camera_name=camera)]))
     backend, model_path = _depth_backend(arg)
-    actions.append(Node(
-        package=PACKAGE, executable='depth_node', name='depth_node', output='screen',
-        emulate_tty=True,
-        parameters=[params_file, _nonempty(qos, backend=backend, model_path=model_path,
-                                           engine_cache_dir=arg['engine_cache_dir'])],
-        remappings=[('image', image)]))
+    depth_params = _nonempty(qos, backend=backend, model_path=model_path,
+                             engine_cache_dir=arg['engine_cache_dir'])
+    actions.append(_ours('depth_node', 'depth_node', parameters=[params_file, depth_params],
+                         remappings=[('image', image)]))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
               ('confidence', zed + '/confidence/confidence_map'),
               ('camera_info', zed + '/left/camera_info'), ('image', image)]
-    actions.append(Node(
-        package=PACKAGE, executable='alignment_node', name='alignment_node', output='screen',
-        emulate_tty=True, parameters=[params_file, qos],
-        remappings=[('disparity', '/depth_node/disparity')] + inputs))
+    actions.append(_ours('alignment_node', 'alignment_node', parameters=[params_file, qos],
+                         remappings=[('disparity', '/depth_node/disparity'),
+                                     ('inference_started', '/depth_node/inference_started')]
+                         + inputs))
     if _truthy(arg['marigold']):
-        actions.append(Node(
-            package=PACKAGE, executable='marigold_node', name='marigold_node', output='screen',
-            emulate_tty=True, parameters=[params_file, qos], remappings=[('image', image)]))
-        # Keyframes arrive seconds after their camera frame: pair by age (a 10 s window)
-        # rather than by count, and leave the colour image out of the waiting sets (a third of
-        # their bytes); pairing_max_mb (params file) caps the memory (docs/ros.md).
-        actions.append(Node(
-            package=PACKAGE, executable='alignment_node', name='alignment_node',
-            namespace='marigold', output='screen', emulate_tty=True,
-            parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
-                                          use_image=False)],
-            remappings=[('disparity', '/marigold_node/depth')] + inputs))
+        actions += _marigold(params_file, qos, image, inputs)
     if _truthy(arg['publish_tf']):
-        # The ZED2's left camera sits half the 0.12 m baseline left of the camera's centre
-        # (REP 103 body frame: +y is left); the camera link is taken at that centre.
-        actions.append(Node(
-            package='tf2_ros', executable='static_transform_publisher',
-            name='{}_left_camera_tf'.format(camera), output='log',
-            arguments=['--x', '0', '--y', str(ZED2_BASELINE_M / 2.0), '--z', '0',
-                       '--roll', '0', '--pitch', '0', '--yaw', '0',
-                       '--frame-id', '{}_camera_link'.format(camera),
-                       '--child-frame-id', '{}_left_camera_frame'.format(camera)]))
-        # REP 103: the optical frame is the camera frame rotated (x right, y down, z forward).
-        actions.append(Node(
-            package='tf2_ros', executable='static_transform_publisher',
-            name='{}_optical_frame_tf'.format(camera), output='log',
-            arguments=['--x', '0', '--y', '0', '--z', '0',
-                       '--roll', '-1.5707963267948966', '--pitch', '0',
-                       '--yaw', '-1.5707963267948966',
-                       '--frame-id', '{}_left_camera_frame'.format(camera),
-                       '--child-frame-id', '{}_left_camera_optical_frame'.format(camera)]))
+        actions += _static_tfs(camera)
     if _truthy(arg['rviz']):
         actions.append(Node(
             package='rviz2', executable='rviz2', name='rviz2', output='log',

@@ -57,8 +57,10 @@ if logging.getLoggerClass() is not logging.Logger:
 
 def decode_cloud(msg):
     """
-    An independent reader of a PointCloud2: the wire bytes of rclpy's serializer, decoded by
-    rosbags' CDR deserializer, then plain numpy with the offsets the message declares.
+    Decode a PointCloud2 independently of our writer.
+
+    The wire bytes of rclpy's serializer are decoded by rosbags' CDR deserializer, then by
+    plain numpy with the offsets the message declares.
 
     Returns {field name: [rows, cols] float32}. Tests check our cloud writer against this, never
     against an inverse of the writer.

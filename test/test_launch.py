@@ -1,234 +1,196 @@
 """
-launch/zed_depth.launch.py: a real launch_pytest test, plus a wiring check that runs anywhere.
+launch/zed_depth.launch.py, evaluated with the real launch library (no process started).
 
-``test_launch_sample_standin_publishes_cloud`` starts the launch file (source:=sample,
-backend:=standin) with launch_pytest and waits for the metric cloud. launch, launch_ros and
-launch_pytest come with a ROS 2 install (``colcon test``); where they are missing the test
-skips and says so.
-
-``test_launch_wiring_matches_the_nodes`` evaluates the launch file's node list with minimal
-stand-ins for the launch classes (they only record their keyword arguments) and checks that
-every remapping points at a topic the upstream node publishes and every parameter the launch
-file sets is one the node declares.
+The launch file's node-building function runs in a real ``LaunchContext`` with the declared
+defaults plus each test's overrides; every launch_ros ``Node`` it returns has its substitutions
+performed, exactly as ``ros2 launch`` does before starting a process, and the tests read the
+result: executables, names, namespaces, remappings and the parameter files the nodes get.
+test_launch_graph.py runs the same file for real.
 """
 import importlib.util
 import math
 import os
-import sys
-import time
-import types
 
-from conftest import ROOT
+from launch_support import LAUNCH_STACK, MISSING, ROOT
 import pytest
 import yaml
 
+needs_launch = pytest.mark.skipif(not LAUNCH_STACK, reason=MISSING or 'launch stack present')
+
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'zed_depth.launch.py')
+# The source tree has the installed share's layout (config/, rviz/, launch/).
+SHARE = ROOT
+PARAMS_FILE = os.path.join(ROOT, 'config', 'zed_depth.yaml')
 
 
-def _launch_file_path():
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        path = os.path.join(get_package_share_directory('depth_ros'), 'launch',
-                            'zed_depth.launch.py')
-        if os.path.exists(path):
-            return path
-    except Exception:  # not installed in a workspace: use the source tree
-        pass
-    return LAUNCH_FILE
+def _console_scripts():
+    import re
+    with open(os.path.join(ROOT, 'setup.py')) as f:
+        text = f.read()
+    return set(re.findall(r"'([a-z_-]+) = depth_ros\.", text))
 
 
-try:
-    import launch_pytest
-except ImportError:
-    launch_pytest = None
+class Evaluated(object):
+    """What the launch file asks launch to do for one set of arguments."""
 
-if launch_pytest is not None:
-    from launch import LaunchDescription
-    from launch.actions import IncludeLaunchDescription
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
-    from launch_pytest.actions import ReadyToTest
+    def __init__(self, actions, context):
+        from launch.actions import LogInfo, SetEnvironmentVariable
+        from launch.utilities import perform_substitutions
+        from launch_ros.actions import Node
+        self.nodes, self.env, self.log = [], [], []
+        for action in actions:
+            if isinstance(action, Node):
+                action._perform_substitutions(context)   # what Node.execute does first
+                self.nodes.append(action)
+            elif isinstance(action, SetEnvironmentVariable):
+                self.env.append((perform_substitutions(context, action.name),
+                                 perform_substitutions(context, action.value)))
+            elif isinstance(action, LogInfo):
+                self.log.append(perform_substitutions(context, action.msg))
 
-    @launch_pytest.fixture
-    def zed_depth_launch():
-        """Launch the product launch file on the bundled sample with the stand-in backend."""
-        return LaunchDescription([
-            IncludeLaunchDescription(
-                PythonLaunchDescriptionSource(_launch_file_path()),
-                launch_arguments={'source': 'sample', 'backend': 'standin',
-                                  'rviz': 'false'}.items()),
-            ReadyToTest(),
-        ])
+    def by_exe(self, exe):
+        return [n for n in self.nodes if n.node_executable == exe]
 
-    @pytest.mark.graph
-    @pytest.mark.launch(fixture=zed_depth_launch)
-    def test_launch_sample_standin_publishes_cloud():
-        import rclpy
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import PointCloud2
-        rclpy.init()
-        node = rclpy.create_node('zed_depth_launch_test')
-        clouds = []
-        node.create_subscription(PointCloud2, '/alignment_node/points', clouds.append,
-                                 qos_profile_sensor_data)
-        try:
-            end = time.monotonic() + 90.0
-            while not clouds and time.monotonic() < end:
-                rclpy.spin_once(node, timeout_sec=0.2)
-        finally:
-            node.destroy_node()
-            rclpy.shutdown()
-        assert clouds, 'no cloud on /alignment_node/points within 90 s'
-        cloud = clouds[0]
-        assert [(f.name, f.offset) for f in cloud.fields] == \
-            [('x', 0), ('y', 4), ('z', 8), ('rgb', 12)] and cloud.point_step == 16
-        assert cloud.header.frame_id == 'zed_left_camera_optical_frame'
-else:
-    def test_launch_sample_standin_publishes_cloud():
-        pytest.importorskip('launch_pytest', reason='launch_pytest is not installed (it comes '
-                            'with a ROS 2 install; `colcon test` runs this test there)')
+    @staticmethod
+    def params(node):
+        """Merge the parameters of the node's params files (the YAML launch_ros writes)."""
+        merged, files = {}, []
+        for value, is_file in node._Node__expanded_parameter_arguments or []:
+            assert is_file, 'parameters are passed as files, got {!r}'.format(value)
+            files.append(value)
+            if value == PARAMS_FILE:
+                continue      # the shipped config/zed_depth.yaml (checked separately)
+            with open(value) as f:
+                data = yaml.safe_load(f)
+            for section in data.values():
+                merged.update(section['ros__parameters'])
+        return merged, files
+
+    @staticmethod
+    def remaps(node):
+        return dict(node.expanded_remapping_rules or [])
 
 
-class _Recorder(object):
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _Env(_Recorder):
-    pass
-
-
-class _Config(object):
-    values = {}
-
-    def __init__(self, name):
-        self.name = name
-
-    def perform(self, context):
-        return self.values[self.name]
-
-
-def _evaluate(monkeypatch, **overrides):
-    """Run the launch file's node-building function with recording stand-ins."""
-    fake = {
-        'launch': types.ModuleType('launch'),
-        'launch.actions': types.ModuleType('launch.actions'),
-        'launch.substitutions': types.ModuleType('launch.substitutions'),
-        'launch_ros': types.ModuleType('launch_ros'),
-        'launch_ros.actions': types.ModuleType('launch_ros.actions'),
-        'ament_index_python': types.ModuleType('ament_index_python'),
-        'ament_index_python.packages': types.ModuleType('ament_index_python.packages'),
-    }
-    fake['launch'].LaunchDescription = _Recorder
-    fake['launch.actions'].DeclareLaunchArgument = _Recorder
-    fake['launch.actions'].OpaqueFunction = _Recorder
-    fake['launch.actions'].SetEnvironmentVariable = _Env
-    fake['launch.substitutions'].LaunchConfiguration = _Config
-    fake['launch_ros.actions'].Node = _Recorder
-    fake['ament_index_python.packages'].get_package_share_directory = lambda pkg: '/share/' + pkg
-    for name, module in fake.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def _evaluate(monkeypatch, tf2_ros=False, **overrides):
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument
     spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module.os.path, 'exists', lambda path: True)
-    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
-    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.setattr(module, 'get_package_share_directory', lambda pkg: SHARE)
+    monkeypatch.setattr(module, '_installed', lambda pkg: tf2_ros)
+    monkeypatch.setattr(module.middleware, 'clean_shm', lambda: 'cleaned 0 segments')
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+        monkeypatch.delenv(var, raising=False)
     description = module.generate_launch_description()
-    declared = {a.args[0]: a.kwargs['default_value'] for a in description.args[0]
-                if isinstance(a, _Recorder) and a.args}
-    values = dict(declared)
-    values.update(overrides)
-    monkeypatch.setattr(_Config, 'values', values)
-    actions = module._nodes(None)
-    env = [a for a in actions if isinstance(a, _Env)]
-    return declared, [a for a in actions if not isinstance(a, _Env)], env
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    context = LaunchContext()
+    for name, action in declared.items():
+        default = ''.join(s.perform(context) for s in action.default_value)
+        context.launch_configurations[name] = overrides.pop(name, default)
+    assert not overrides, 'not launch arguments: {}'.format(sorted(overrides))
+    return declared, Evaluated(module._nodes(context), context)
 
 
-def _params(node):
-    merged = {}
-    for entry in node.kwargs.get('parameters', []):
-        if isinstance(entry, dict):
-            merged.update(entry)
-    return merged
-
-
-def test_launch_wiring_matches_the_nodes(monkeypatch):
+@needs_launch
+def test_every_node_action_starts_a_console_script_with_its_declared_parameters(monkeypatch):
     from depth_ros.ros import alignment_node, depth_node, marigold_node, zed_node
-    declared, nodes, env = _evaluate(monkeypatch, source='sample', backend='standin',
-                                     marigold='true', rviz='true')
-    assert [e.args for e in env] == [
-        ('FASTRTPS_DEFAULT_PROFILES_FILE', '/share/depth_ros/config/fastdds_large_messages.xml'),
-        ('FASTDDS_DEFAULT_PROFILES_FILE', '/share/depth_ros/config/fastdds_large_messages.xml')]
-    assert {'source', 'path', 'backend', 'model', 'rviz', 'marigold', 'publish_tf'} <= \
-        set(declared), 'received launch arguments {}'.format(sorted(declared))
-    by_exe = {}
-    for n in nodes:
-        by_exe.setdefault(n.kwargs['executable'], []).append(n)
-    assert sorted(by_exe) == ['alignment_node', 'depth_node', 'marigold_node', 'rviz2',
-                              'static_transform_publisher', 'zed_node'], sorted(by_exe)
-    zed = by_exe['zed_node'][0]
-    assert (zed.kwargs['namespace'], zed.kwargs['name']) == ('zed', 'zed_node')
+    declared, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold='true',
+                             rviz='true', tf2_ros=True)
+    assert {'source', 'path', 'backend', 'model', 'engine', 'rviz', 'marigold', 'publish_tf',
+            'camera_name', 'reliability', 'params_file', 'zed_node'} <= set(declared), \
+        'received launch arguments {}'.format(sorted(declared))
+    exes = sorted(n.node_executable for n in ev.nodes)
+    assert exes == ['alignment_node', 'alignment_node', 'depth_node', 'marigold_node', 'rviz2',
+                    'static_transform_publisher', 'static_transform_publisher', 'zed_node'], \
+        exes
+    scripts = _console_scripts()
+    specs = {'zed_node': zed_node.PARAMS, 'depth_node': depth_node.PARAMS,
+             'alignment_node': alignment_node.PARAMS, 'marigold_node': marigold_node.PARAMS}
+    for node in ev.nodes:
+        if node.node_package != 'depth_ros':
+            continue
+        assert node.node_executable in scripts, '{} is not a console script of setup.py ' \
+            '{}'.format(node.node_executable, sorted(scripts))
+        params, files = ev.params(node)
+        assert files[0] == PARAMS_FILE, files
+        unknown = set(params) - {p.name for p in specs[node.node_executable]}
+        assert not unknown, '{} gets undeclared parameters {}'.format(node.node_name, unknown)
+
+
+@needs_launch
+def test_remappings_point_at_topics_that_are_published(monkeypatch):
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold='true')
+    zed = ev.by_exe('zed_node')[0]
+    assert zed.node_name == '/zed/zed_node' and zed.expanded_node_namespace == '/zed'
     prefix = '/zed/zed_node/'
-    zed_topics = {prefix + t for t in ('left/image_rect_color', 'left/camera_info',
-                                       'depth/depth_registered', 'confidence/confidence_map')}
-    published = zed_topics | {'/depth_node/disparity', '/marigold_node/depth'}
-    declared_params = {'zed_node': zed_node.PARAMS, 'depth_node': depth_node.PARAMS,
-                       'alignment_node': alignment_node.PARAMS,
-                       'marigold_node': marigold_node.PARAMS}
-    for exe, instances in by_exe.items():
-        for n in instances:
-            assert '/share/depth_ros/config/zed_depth.yaml' in n.kwargs.get(
-                'parameters', ['/share/depth_ros/config/zed_depth.yaml']) or exe in (
-                'rviz2', 'static_transform_publisher'), exe
-            for src, dst in n.kwargs.get('remappings', []):
-                assert dst in published, '{} remaps {} to {}, which nobody publishes'.format(
-                    exe, src, dst)
-            if exe in declared_params:
-                names = {p.name for p in declared_params[exe]}
-                unknown = set(_params(n)) - names
-                assert not unknown, '{} gets undeclared parameters {}'.format(exe, unknown)
-    assert _params(by_exe['depth_node'][0])['backend'] == 'standin'
-    assert _params(by_exe['zed_node'][0])['source'] == 'sample'
-    assert 'path' not in _params(by_exe['zed_node'][0]), 'empty path must not be passed'
-    # docs/marigold.md: marigold_node on the camera image, and a second alignment_node in
-    # namespace marigold that takes its keyframes as relative depth, with the stereo inputs
-    # of the first, pairing by age (keyframes come seconds late) and without the colour
-    # image in the waiting sets (memory, docs/ros.md).
-    assert by_exe['marigold_node'][0].kwargs['remappings'] == [
-        ('image', prefix + 'left/image_rect_color')]
-    marigold = [n for n in by_exe['alignment_node'] if n.kwargs.get('namespace') == 'marigold']
-    assert len(marigold) == 1 and marigold[0].kwargs['name'] == 'alignment_node'
-    params = _params(marigold[0])
+    published = {prefix + t for t in ('left/image_rect_color', 'left/camera_info',
+                                      'depth/depth_registered', 'confidence/confidence_map')}
+    published |= {'/depth_node/disparity', '/depth_node/inference_started',
+                  '/marigold_node/depth', '/marigold_node/keyframe_started'}
+    for node in ev.nodes:
+        for src, dst in ev.remaps(node).items():
+            assert dst in published, '{} remaps {} to {}, which nobody publishes'.format(
+                node.node_name, src, dst)
+    first = [n for n in ev.by_exe('alignment_node')
+             if n.expanded_node_namespace != '/marigold'][0]
+    expected = ev.remaps(first)
+    assert expected['disparity'] == '/depth_node/disparity' and \
+        expected['inference_started'] == '/depth_node/inference_started'
+    assert set(expected) == {'disparity', 'inference_started', 'depth_registered',
+                             'confidence', 'camera_info', 'image'}, expected
+    # docs/marigold.md: the second alignment_node, in namespace marigold, aligns the keyframes
+    # with the stereo inputs of the first, by age (keyframes come seconds late), without the
+    # colour image in the waiting sets, keeping the frame each keyframe started on.
+    marigold = [n for n in ev.by_exe('alignment_node')
+                if n.node_name == '/marigold/alignment_node']
+    assert len(marigold) == 1
+    expected.update(disparity='/marigold_node/depth',
+                    inference_started='/marigold_node/keyframe_started')
+    assert ev.remaps(marigold[0]) == expected, ev.remaps(marigold[0])
+    params, _ = ev.params(marigold[0])
     assert (params['relative_kind'], params['pairing_window_s'], params['use_image']) == \
         ('depth', 10.0, False), params
-    assert 'buffer_size' not in params, 'keyframes pair by age, not by a count: {}'.format(params)
-    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
-        yaml_align = yaml.safe_load(f)['/**/alignment_node']['ros__parameters']
-    assert yaml_align['pairing_window_s'] == 0.0 and yaml_align['pairing_max_mb'] > 0, \
-        'the camera-rate instance pairs by count under a memory cap; received {}'.format(
-            yaml_align)
-    first = [n for n in by_exe['alignment_node'] if not n.kwargs.get('namespace')]
-    expected = dict(first[0].kwargs['remappings'])
-    assert expected['disparity'] == '/depth_node/disparity'
-    expected['disparity'] = '/marigold_node/depth'
-    assert dict(marigold[0].kwargs['remappings']) == expected, \
-        'expected {}, received {}'.format(expected, marigold[0].kwargs['remappings'])
-    assert set(expected) == {'disparity', 'depth_registered', 'confidence', 'camera_info',
-                             'image'}
-    assert _tf_chain(by_exe['static_transform_publisher']) == [
-        ('zed_camera_link', 'zed_left_camera_frame', [0.0, 0.06, 0.0], [0.0, 0.0, 0.0]),
-        ('zed_left_camera_frame', 'zed_left_camera_optical_frame', [0.0, 0.0, 0.0],
-         [-math.pi / 2, 0.0, -math.pi / 2])], 'received {}'.format(
-            _tf_chain(by_exe['static_transform_publisher']))
-    rviz = by_exe['rviz2'][0].kwargs['arguments']
-    assert rviz == ['-d', '/share/depth_ros/rviz/zed_depth.rviz']
+    assert ev.remaps(ev.by_exe('marigold_node')[0]) == {'image': prefix + 'left/image_rect_color'}
+
+
+@needs_launch
+def test_arguments_reach_the_nodes(monkeypatch):
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', reliability='reliable')
+    params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
+    assert params['depth_node']['backend'] == 'standin'
+    assert params['zed_node']['source'] == 'sample' and 'path' not in params['zed_node'], \
+        'an empty path must be left to the params file: {}'.format(params['zed_node'])
+    assert {p['reliability'] for p in params.values()} == {'reliable'}, params
+
+
+@needs_launch
+def test_camera_name_moves_namespaces_topics_and_frames(monkeypatch):
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', camera_name='front',
+                      tf2_ros=True)
+    zed = ev.by_exe('zed_node')[0]
+    assert zed.node_name == '/front/zed_node', zed.node_name
+    assert ev.params(zed)[0]['camera_name'] == 'front'
+    align = ev.by_exe('alignment_node')[0]
+    assert ev.remaps(align)['image'] == '/front/zed_node/left/image_rect_color'
+    assert _tf_chain(ev.by_exe('static_transform_publisher')) == [
+        ('front_camera_link', 'front_left_camera_frame', [0.0, 0.06, 0.0], [0.0, 0.0, 0.0]),
+        ('front_left_camera_frame', 'front_left_camera_optical_frame', [0.0, 0.0, 0.0],
+         [-math.pi / 2, 0.0, -math.pi / 2])]
 
 
 def _tf_chain(publishers):
     # (parent, child, xyz, rpy) of each static_transform_publisher, in launch order.
+    from launch import LaunchContext
+    from launch.utilities import perform_substitutions
     chain = []
     for node in publishers:
-        a = node.kwargs['arguments']
+        a = []
+        for part in node.cmd[1:]:     # the executable, then the arguments, then --ros-args
+            text = perform_substitutions(LaunchContext(), part)
+            if text == '--ros-args':
+                break
+            a.append(text)
 
         def value(flag):
             return float(a[a.index(flag) + 1])
@@ -238,28 +200,51 @@ def _tf_chain(publishers):
     return chain
 
 
-def test_launch_defaults_and_switches(monkeypatch):
-    _, nodes, _ = _evaluate(monkeypatch)
-    exes = sorted(n.kwargs['executable'] for n in nodes)
-    assert exes == ['alignment_node', 'depth_node', 'static_transform_publisher',
-                    'static_transform_publisher', 'zed_node'], exes
-    _, nodes, _ = _evaluate(monkeypatch, camera_name='front')
-    frames = [(p, c) for p, c, _, _ in _tf_chain(
-        [n for n in nodes if n.kwargs['executable'] == 'static_transform_publisher'])]
-    assert frames == [('front_camera_link', 'front_left_camera_frame'),
-                      ('front_left_camera_frame', 'front_left_camera_optical_frame')], frames
-    _, nodes, env = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
-                              fastdds_profile='false')
-    exes = sorted(n.kwargs['executable'] for n in nodes)
-    assert exes == ['alignment_node', 'depth_node'] and env == [], (exes, env)
-    with pytest.raises(ValueError, match="expected true or false, got 'maybe'"):
-        _evaluate(monkeypatch, rviz='maybe')
+def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch):
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=False)
+    assert not ev.by_exe('static_transform_publisher')
+    told = [line for line in ev.log if 'tf2_ros is not installed' in line]
+    assert len(told) == 1 and 'publish_tf:=false' in told[0], ev.log
+    assert sorted(n.node_executable for n in ev.nodes) == \
+        ['alignment_node', 'depth_node', 'zed_node']
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', publish_tf='false')
+    assert not [line for line in ev.log if 'tf2_ros' in line], ev.log
 
 
+@needs_launch
+def test_switches(monkeypatch):
+    _, ev = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
+                      fastdds_profile='false', clean_shm='false', backend='standin')
+    assert sorted(n.node_executable for n in ev.nodes) == ['alignment_node', 'depth_node']
+    assert ev.env == [] and ev.log == []
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=True)
+    assert ev.log == ['shared memory: cleaned 0 segments'], ev.log
+
+
+@needs_launch
+@pytest.mark.parametrize('distro, names', [
+    ('humble', ['FASTRTPS_DEFAULT_PROFILES_FILE']),
+    ('jazzy', ['FASTRTPS_DEFAULT_PROFILES_FILE']),
+    ('kilted', ['FASTDDS_DEFAULT_PROFILES_FILE']),
+])
+def test_the_fastdds_profile_goes_in_the_variable_fast_dds_reads(monkeypatch, distro, names):
+    # Fast DDS 3 (Kilted) warns at every start when it finds the old variable; Fast DDS 2
+    # (Humble, Jazzy) reads only the old one.
+    monkeypatch.setenv('ROS_DISTRO', distro)
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin')
+    profile = os.path.join(SHARE, 'config', 'fastdds_large_messages.xml')
+    assert ev.env == [(n, profile) for n in names], ev.env
+    monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', '/mine.xml')
+    monkeypatch.setattr(os, 'environ', dict(os.environ))
+    from depth_ros.ros import middleware
+    assert middleware.profile_environment('/p.xml') == {}, 'a user profile must be kept'
+
+
+@needs_launch
 def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
     def depth_params(**overrides):
-        _, nodes, _ = _evaluate(monkeypatch, **overrides)
-        return _params([n for n in nodes if n.kwargs['executable'] == 'depth_node'][0])
+        _, ev = _evaluate(monkeypatch, source='sample', **overrides)
+        return ev.params(ev.by_exe('depth_node')[0])[0]
     params = depth_params(engine='da2_vits_fp16.engine')
     assert (params['backend'], params['model_path']) == ('tensorrt', 'da2_vits_fp16.engine'), \
         params
@@ -275,8 +260,32 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
         depth_params(model='m.onnx', engine='e.engine')
 
 
+@needs_launch
+@pytest.mark.parametrize('overrides, text', [
+    (dict(source='foo'), 'launch argument source:=foo must be one of live | svo | sample | '
+                         'folder | bag'),
+    (dict(source='sample', backend='foo'), 'launch argument backend:=foo must be one of '
+                                           'onnxruntime | tensorrt | torch | standin'),
+    (dict(source='svo'), 'launch argument source:=svo needs path:=<file.svo2>'),
+    (dict(source='sample', path='/x'), 'launch argument path:=/x is only for '
+                                       'source:=svo|folder|bag'),
+    (dict(source='folder', path='/nonexistent'), 'launch argument path:=/nonexistent does not '
+                                                 'exist'),
+    (dict(source='sample', reliability='fast'), 'launch argument reliability:=fast must be one '
+                                                'of best_effort | reliable'),
+    (dict(source='sample', marigold='maybe'), 'launch argument marigold:=maybe must be true or '
+                                              'false'),
+    (dict(source='sample', params_file='/nope.yaml'), 'launch argument params_file:=/nope.yaml '
+                                                      'is not a file'),
+])
+def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
+    with pytest.raises(ValueError) as info:
+        _evaluate(monkeypatch, **overrides)
+    assert str(info.value).startswith(text), 'expected {!r}, received {!r}'.format(
+        text, str(info.value))
+
+
 def test_rviz_config_uses_best_effort_and_graph_topics():
-    import yaml
     with open(os.path.join(ROOT, 'rviz', 'zed_depth.rviz')) as f:
         config = yaml.safe_load(f)
     displays = {d['Name']: d for d in config['Visualization Manager']['Displays']}

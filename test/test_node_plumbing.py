@@ -1,6 +1,8 @@
 """
-The nodes' ROS-free plumbing: workers, rate meters, stage timers, throttled logs, stamp guards,
-log forwarding, parameter specs and their mappings, the stand-in backend, replay pacing.
+The nodes' ROS-free plumbing.
+
+Workers, rate meters, stage timers, throttled logs, stamp guards, log forwarding, parameter
+specs and their mappings, the stand-in backend, replay pacing.
 
 None of this needs rclpy, so it runs everywhere, Python 3.8 with the Jetson's numpy included.
 Hand-offs between threads are events and polls with deadlines, never fixed sleeps.

@@ -58,7 +58,7 @@ def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
 def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = None,
                      use_projection: bool = True) -> PinholeCamera:
     """
-    CameraInfo -> PinholeCamera, optionally for an image of another size.
+    Read a PinholeCamera from a CameraInfo, optionally for an image of another size.
 
     :param use_projection: take fx, fy, cx, cy from P (the rectified camera) when P is set;
         K otherwise. Our images are rectified, for which P is the right model.
@@ -107,7 +107,7 @@ def baseline_from_info(msg) -> Optional[float]:
 
 def camera_info_fields(camera: PinholeCamera, distortion_model: str = 'plumb_bob') -> dict:
     """
-    CameraInfo fields of a rectified image (D zero, R identity, P = [K | 0]).
+    Return the CameraInfo fields of a rectified image (D zero, R identity, P = [K | 0]).
 
     Both the rclpy and the rosbags builders fill their message from this dict.
     """
@@ -206,8 +206,10 @@ def _check_relative_shape(relative: np.ndarray, depth: np.ndarray) -> None:
 def decode_set(msgs: Dict[str, object], size_policy: str = 'drop',
                to_array: Callable = image_to_array) -> DecodedSet:
     """
-    Decode one paired set ``{kind: message}`` (kinds: disparity, depth, confidence, image,
-    camera_info; depth and camera_info are required).
+    Decode one paired set ``{kind: message}`` into checked arrays and a camera.
+
+    Kinds: disparity, depth, confidence, image, camera_info; depth and camera_info are
+    required.
 
     Checks what a bad frame can get wrong and raises ValueError naming it: encodings, sizes,
     NaN/inf in the relative map or the confidence, an empty or mixed header.frame_id, a

@@ -182,7 +182,7 @@ class PairingBuffer(object):
             self._drop(victim, 'pairing buffer over {:g} MB'.format(self.max_bytes / 1e6))
 
     def _evictable(self) -> Optional[int]:
-        """The oldest set that is neither pinned nor among the newest ``keep_newest``."""
+        """Return the oldest set that is neither pinned nor among the newest ``keep_newest``."""
         stamps = list(self.pending)
         for stamp in stamps[:max(0, len(stamps) - self.keep_newest)]:
             if stamp not in self._pins:

@@ -270,7 +270,7 @@ class AlignmentNode(DepthRosNode):
 
     # ------------------------------------------------------------------ health
     def health_check(self) -> Optional[str]:
-        """The alignment thread must run (it only ends at shutdown)."""
+        """Report a dead alignment thread (it only ends at shutdown)."""
         if self.fatal_reason:
             return self.fatal_reason
         if not self.worker.alive and not self.shutting_down:

@@ -81,7 +81,7 @@ def validate_zed(values) -> Optional[str]:
 
 
 def source_options(values) -> dict:
-    """make_source keyword arguments for zed_node's parameters."""
+    """Return the make_source keyword arguments for zed_node's parameters."""
     kind = values['source']
     if kind in ('live', 'svo'):
         options = {k: values[k] for k in (
@@ -206,7 +206,7 @@ def validate_alignment(values) -> Optional[str]:
 
 
 def aligner_options(values) -> Dict[str, object]:
-    """MetricAligner keyword arguments for alignment_node's parameters."""
+    """Return the MetricAligner keyword arguments for alignment_node's parameters."""
     options = {k: values[k] for k in ALIGNER_KEYS}
     options['relative_kind'] = values['relative_kind']
     return options
@@ -249,7 +249,7 @@ MARIGOLD_PARAMS = (
 
 
 def marigold_settings(values) -> dict:
-    """steps, resolution and seed of the Marigold pipeline from the node's parameters."""
+    """Return the Marigold steps, resolution and seed from the node's parameters."""
     return {'steps': values['steps'] or None,
             'processing_resolution': (None if values['processing_resolution'] < 0
                                       else values['processing_resolution']),

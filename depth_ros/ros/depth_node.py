@@ -184,7 +184,7 @@ class DepthNode(DepthRosNode):
         self._drop('exception', 'inference failed on a frame: {}'.format(first_line(exc)))
 
     def health_check(self) -> Optional[str]:
-        """The inference thread must run (it only ends at shutdown)."""
+        """Report a dead inference thread (it only ends at shutdown)."""
         if self.fatal_reason:
             return self.fatal_reason
         if not self.worker.alive and not self.shutting_down:

@@ -168,7 +168,7 @@ class MarigoldNode(DepthRosNode):
                        '{}'.format(self.last_error), self.cfg['log_throttle_s'])
 
     def health_check(self) -> Optional[str]:
-        """The keyframe thread must run (it only ends at shutdown)."""
+        """Report a dead keyframe thread (it only ends at shutdown)."""
         if self.fatal_reason:
             return self.fatal_reason
         if not self.worker.alive and not self.shutting_down:

@@ -115,7 +115,7 @@ def declare_params(node, specs: Sequence[Param],
 
 
 def _changes(by_name, parameters):
-    """(changed {name: value}, error reason or None) of a parameter update."""
+    """Return (changed {name: value}, error reason or None) of a parameter update."""
     changed = {}
     for p in parameters:
         spec = by_name.get(p.name)

@@ -105,7 +105,7 @@ def _profile_shm_limit(path: str) -> Optional[int]:
 
 def max_message_bytes(environ=None) -> Optional[int]:
     """
-    The largest message the middleware carries whole, or None when it is not known.
+    Return the largest message the middleware carries whole, or None when unknown.
 
     With Fast DDS and our profile (config/fastdds_large_messages.xml), messages up to the SHM
     transport's ``maxMessageSize`` (32 MiB) travel in one shared-memory buffer; larger ones
@@ -124,7 +124,7 @@ def max_message_bytes(environ=None) -> Optional[int]:
 
 
 def too_large_text(what: str, nbytes: int, limit: int, fix: str) -> str:
-    """One line for a message above the middleware's limit, naming the fix."""
+    """Return the line for a message above the middleware's limit, naming the fix."""
     return '{} is {:.1f} MB, above the {:.1f} MB that Fast DDS carries whole (SHM ' \
         'maxMessageSize of the profile); it would be lost in UDP fragments: {}'.format(
             what, nbytes / 1e6, limit / 1e6, fix)
@@ -190,7 +190,7 @@ class DepthRosNode(Node):
             self.fatal_reason = reason
 
     def health_check(self) -> Optional[str]:
-        """A reason to end the process (a dead worker thread), or None. Overridden by nodes."""
+        """Return a reason to end the process (a dead worker thread), or None."""
         return self.fatal_reason
 
     def close(self) -> None:
@@ -242,7 +242,7 @@ def _init_rclpy(args):
 
 
 def _construct(factory, name) -> tuple:
-    """(node, exit code): start-up failures are one FATAL line, Ctrl-C is a quiet exit."""
+    """Return (node, exit code): start-up failures are one FATAL line, Ctrl-C is quiet."""
     import rclpy
     logger = rclpy.logging.get_logger(name)
     try:

@@ -1,6 +1,8 @@
 """
-Node plumbing that needs no ROS: worker threads, rate meters, stage timers, throttled logs,
-stamp guards, and the bridge from Python logging to a node's logger.
+Node plumbing that needs no ROS.
+
+Worker threads, rate meters, stage timers, throttled logs, stamp guards, and the bridge from
+Python logging to a node's logger.
 
 The nodes use these; the tests run them everywhere (Python 3.8 included) without rclpy.
 """
@@ -16,7 +18,7 @@ LOG = logging.getLogger('depth_ros.ros')
 
 
 def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception, for one-line logs."""
+    """Return ``Type: first line of the message`` of an exception, for one-line logs."""
     text = str(exc).strip().splitlines()
     return '{}: {}'.format(type(exc).__name__, text[0] if text else 'no details')
 
@@ -51,7 +53,7 @@ class LatestWorker(object):
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread runs (it only ends on stop())."""
+        """Tell whether the worker thread runs (it only ends on stop())."""
         return self._thread.is_alive()
 
     def put(self, item) -> None:
@@ -138,7 +140,7 @@ class KeyframeWorker(object):
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread runs (it only ends on stop())."""
+        """Tell whether the worker thread runs (it only ends on stop())."""
         return self._thread.is_alive()
 
     def offer(self, frame) -> None:
@@ -246,7 +248,7 @@ class RateMeter(object):
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def age(self) -> float:
-        """Seconds since the last event (inf when there was none)."""
+        """Return the seconds since the last event (inf when there was none)."""
         with self._lock:
             return float('inf') if self.last is None else self._clock() - self.last
 

@@ -35,7 +35,7 @@ __all__ = ['downscale_frame', 'main', 'PARAMS', 'source_options', 'ZedNode']
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """Whether retrying cannot fix a source error (a missing, corrupt or invalid recording)."""
+    """Tell whether retrying cannot fix a source error (missing, corrupt, invalid input)."""
     if getattr(exc, 'permanent', False):
         return True
     return isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
@@ -201,7 +201,7 @@ class ZedNode(DepthRosNode):
 
     # ------------------------------------------------------------------ health
     def health_check(self) -> Optional[str]:
-        """A dead grab thread ends the process (it would publish nothing for ever)."""
+        """Report a dead grab thread: it ends the process (it would publish nothing)."""
         if self.fatal_reason:
             return self.fatal_reason
         if not self.thread.is_alive() and not self._stop.is_set():

@@ -66,7 +66,7 @@ def _rosbags():
 
 
 def _bag_problem(path: str) -> Optional[str]:
-    """What makes ``path`` not a rosbag2 folder (None when it looks like one)."""
+    """Return what makes ``path`` not a rosbag2 folder (None when it looks like one)."""
     if not os.path.exists(path):
         return 'bag not found: {!r}'.format(path)
     if os.path.isdir(path):

@@ -1,0 +1,294 @@
+"""
+Run ``ros2 launch depth_ros zed_depth.launch.py`` for real.
+
+launch_pytest starts the installed launch file with the argument combinations users rely on,
+and a probe node checks the graph.
+
+The package is the installed one (``colcon test``) or a ``colcon build`` of this checkout in a
+temporary workspace. Every wait goes through :class:`launch_support.LaunchWatch`: when an
+action fails or one of our nodes exits, the test fails at once with the launch's own error and
+the nodes' output, not after its timeout. The bad-argument cases run the ``ros2 launch`` command
+line, as a user would, and check its one-line error and exit status.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import decode_cloud
+from launch_support import LAUNCH_STACK, LaunchWatch, MISSING, overlay_environment
+import pytest
+
+pytestmark = [pytest.mark.graph, pytest.mark.launch_file,
+              pytest.mark.skipif(not LAUNCH_STACK, reason=MISSING or 'launch stack present')]
+
+if LAUNCH_STACK:
+    import launch_pytest
+    from launch import LaunchDescription
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch_pytest.actions import ReadyToTest
+else:  # pragma: no cover - the module is skipped; the decorators need a stand-in
+    class launch_pytest(object):
+        fixture = staticmethod(pytest.fixture)
+
+rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
+pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+
+TIMEOUT = 90.0
+
+
+# --------------------------------------------------------------------------- environment
+@pytest.fixture(scope='module')
+def overlay(tmp_path_factory):
+    """Make depth_ros an installed ROS package for this module (env restored afterwards)."""
+    env, how = overlay_environment(str(tmp_path_factory.mktemp('overlay_ws')))
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            patch.setenv(key, value)
+    yield how
+    patch.undo()
+
+
+@pytest.fixture
+def watch():
+    """Record the launch's output, exits and errors."""
+    w = LaunchWatch()
+    yield w
+    w.close()
+
+
+def _launch_file():
+    from ament_index_python.packages import get_package_share_directory
+    return os.path.join(get_package_share_directory('depth_ros'), 'launch',
+                        'zed_depth.launch.py')
+
+
+def _describe(watch, **arguments):
+    # ReadyToTest first: the test starts at once and watches the launch itself, so a launch
+    # whose actions fail is reported with its error instead of hanging the fixture.
+    return LaunchDescription([ReadyToTest()] + watch.actions() + [
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(_launch_file()),
+                                 launch_arguments=sorted(arguments.items()))])
+
+
+def _stamp(msg):
+    return msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
+
+
+def _common_stamps(*collectors):
+    sets = [set(c.stamps()) for c in collectors]
+    return set.intersection(*sets) if sets else set()
+
+
+def _clean(lines):
+    """Lines of a log that would alarm a user: errors and tracebacks."""
+    return [line for line in lines if '[ERROR]' in line or 'Traceback' in line or
+            '[FATAL]' in line]
+
+
+# ----------------------------------------------------------------- the sample graph
+@launch_pytest.fixture
+def sample_launch(overlay, watch):
+    """Launch the laptop command: the bundled sample, the stand-in network, default TF."""
+    return _describe(watch, source='sample', backend='standin')
+
+
+@pytest.mark.launch(fixture=sample_launch)
+def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe):
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    points = probe.subscribe(PointCloud2, '/alignment_node/points')
+    depth = probe.subscribe(Image, '/alignment_node/depth')
+    info = probe.subscribe(CameraInfo, '/alignment_node/camera_info')
+    watch.wait_for(lambda: len(points) >= 3 and _common_stamps(depth, info), TIMEOUT,
+                   'three clouds and a depth image with its camera_info')
+    cloud = points.msgs[-1]
+    assert [(f.name, f.offset) for f in cloud.fields] == \
+        [('x', 0), ('y', 4), ('z', 8), ('rgb', 12)] and cloud.point_step == 16
+    assert cloud.header.frame_id == 'zed_left_camera_optical_frame'
+    xyz = decode_cloud(cloud)
+    finite = [v for v in xyz['z'].ravel().tolist() if v == v and v != float('inf')]
+    assert finite and min(finite) > 0, 'the cloud has no finite points in front of the camera'
+    stamp = sorted(_common_stamps(depth, info))[-1]
+    d, i = depth.by_stamp(stamp), info.by_stamp(stamp)
+    assert (d.width, d.height) == (i.width, i.height) and d.encoding == '32FC1'
+    assert d.header.frame_id == i.header.frame_id == 'zed_left_camera_optical_frame'
+    # tf2_ros is a C++ package this machine lacks: the launch says so in one line, goes on.
+    if not _has_tf2_ros():
+        told = [line for line in watch.launch_log if 'publish_tf: package tf2_ros is not '
+                'installed' in line]
+        assert len(told) == 1, watch.report()
+    assert not _clean(watch.lines()), 'errors in a clean run:\n' + watch.report()
+
+
+def _has_tf2_ros():
+    try:
+        from ament_index_python.packages import get_package_prefix
+        get_package_prefix('tf2_ros')
+        return True
+    except Exception:  # noqa: B902
+        return False
+
+
+# ----------------------------------------------------------- engine:= (TensorRT backend)
+@launch_pytest.fixture
+def engine_launch(overlay, watch, tmp_path):
+    (tmp_path / 'da2_vits_fp16.engine').write_bytes(b'not an engine')
+    return _describe(watch, source='sample', engine='da2_vits_fp16.engine',
+                     engine_cache_dir=str(tmp_path), publish_tf='false')
+
+
+@pytest.mark.launch(fixture=engine_launch)
+def test_engine_argument_selects_tensorrt_and_ends_the_launch_with_one_fatal_line(watch):
+    # Up to the point where TensorRT itself is needed: the engine is found in the configured
+    # cache, the backend is tensorrt, and without TensorRT depth_node ends with one FATAL line
+    # that names the model; the launch ends with it (no half graph left running).
+    watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
+                   'the launch to end after depth_node failed', allowed_exits=('depth_node',))
+    lines = watch.lines('depth_node')
+    fatal = [line for line in lines if 'FATAL' in line]
+    assert len(fatal) == 1 and "cannot load tensorrt model 'da2_vits_fp16.engine'" in fatal[0], \
+        watch.report()
+    assert 'outside the engine cache' not in fatal[0], fatal[0]
+    assert not [line for line in lines if 'Traceback' in line], watch.report()
+    assert ('depth_node-2', 1) in watch.exits or any(
+        n.startswith('depth_node') and c == 1 for n, c in watch.exits), watch.exits
+    assert 'depth_node exited' in watch.shutdown_reason, watch.shutdown_reason
+
+
+# -------------------------------------------------- zed_node:=false next to the wrapper
+@launch_pytest.fixture
+def upstream_launch(overlay, watch):
+    return _describe(watch, zed_node='false', backend='standin', publish_tf='false')
+
+
+@pytest.mark.launch(fixture=upstream_launch)
+def test_without_zed_node_the_graph_runs_on_the_wrappers_topic_names(watch, probe):
+    import numpy as np
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.ros import conversions as conv
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    base = '/zed/zed_node/'
+    pubs = {k: probe.publisher(t, base + k) for k, t in (
+        ('left/image_rect_color', Image), ('left/camera_info', CameraInfo),
+        ('depth/depth_registered', Image), ('confidence/confidence_map', Image))}
+    points = probe.subscribe(PointCloud2, '/alignment_node/points')
+    depth_out = probe.subscribe(Image, '/alignment_node/depth')
+    watch.wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()), TIMEOUT,
+                   'depth_node and alignment_node to subscribe to the wrapper topics')
+    h, w = 72, 128
+    camera = PinholeCamera(100.0, 100.0, 63.5, 35.5, w, h)
+    yy, xx = np.mgrid[0:h, 0:w]
+    metres = (2.0 + xx / float(w)).astype(np.float32)
+    gray = np.clip(255 * (1.0 / metres - 0.3), 0, 255).astype(np.uint8)
+    bgr = np.dstack([gray, gray, gray])
+    sent = []
+
+    def publish_one():
+        stamp = 1800000000 * 10 ** 9 + len(sent) * 10 ** 8
+        header = conv.make_header(stamp, 'zed_left_camera_optical_frame')
+        pubs['depth/depth_registered'].publish(conv.numpy_to_image(metres, '32FC1', header))
+        pubs['confidence/confidence_map'].publish(conv.numpy_to_image(
+            np.full((h, w), 5.0, np.float32), '32FC1', header))
+        pubs['left/camera_info'].publish(conv.camera_to_info(camera, header))
+        pubs['left/image_rect_color'].publish(conv.numpy_to_image(bgr, 'bgr8', header))
+        sent.append(stamp)
+        return len(points) >= 2
+    end = time.monotonic() + TIMEOUT
+    while not publish_one() and time.monotonic() < end:
+        broken = watch.failure()
+        assert not broken, broken + '\n' + watch.report()
+        time.sleep(0.1)
+    assert len(points) >= 2, 'no clouds from the wrapper topics\n' + watch.report()
+    assert set(points.stamps()) <= set(sent), 'outputs must carry the input stamps'
+    got = depth_out.msgs[-1]
+    assert (got.width, got.height, got.header.frame_id) == \
+        (w, h, 'zed_left_camera_optical_frame')
+
+
+# ------------------------------------------- params_file:=, reliability:=, camera_name:=
+@launch_pytest.fixture
+def configured_launch(overlay, watch, tmp_path):
+    from launch_support import ROOT
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        text = f.read()
+    assert '    cloud_stride: 2\n' in text
+    params = tmp_path / 'robot.yaml'
+    params.write_text(text.replace('    cloud_stride: 2\n', '    cloud_stride: 4\n'))
+    return _describe(watch, source='sample', backend='standin', publish_tf='false',
+                     camera_name='front', reliability='reliable', params_file=str(params))
+
+
+@pytest.mark.launch(fixture=configured_launch)
+def test_params_file_reliability_and_camera_name_are_applied(watch, probe):
+    from sensor_msgs.msg import Image, PointCloud2
+    reliable = probe.qos('reliable', 5)
+    points = probe.subscribe(PointCloud2, '/alignment_node/points', reliable)
+    image = probe.subscribe(Image, '/front/zed_node/left/image_rect_color', reliable)
+    watch.wait_for(lambda: len(points) >= 1 and len(image) >= 1, TIMEOUT,
+                   'a cloud and a camera image over reliable QoS under camera_name front')
+    cloud, img = points.msgs[-1], image.msgs[-1]
+    assert cloud.header.frame_id == 'front_left_camera_optical_frame', cloud.header.frame_id
+    # cloud_stride 4 from the params file: the cloud is a quarter of the image each way.
+    assert (cloud.width, cloud.height) == (img.width // 4, img.height // 4), \
+        ((cloud.width, cloud.height), (img.width, img.height))
+    nodes = probe.node.get_node_names_and_namespaces()
+    assert ('zed_node', '/front') in nodes, nodes
+
+
+# ---------------------------------------------------------------------- marigold:=true
+@launch_pytest.fixture
+def marigold_launch(overlay, watch, tmp_path):
+    from launch_support import ROOT
+    pytest.importorskip('diffusers', reason='marigold:=true needs diffusers (depth_ros[marigold])')
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        text = f.read()
+    params = tmp_path / 'marigold.yaml'
+    params.write_text(text + textwrap.dedent('''
+        /**/marigold_node:
+          ros__parameters:
+            checkpoint: tiny-random
+            device: cpu
+            keyframe_period_s: 1.0
+        '''))
+    return _describe(watch, source='sample', backend='standin', publish_tf='false',
+                     marigold='true', params_file=str(params))
+
+
+@pytest.mark.launch(fixture=marigold_launch)
+def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
+    from sensor_msgs.msg import Image
+    keyframes = probe.subscribe(Image, '/marigold_node/depth')
+    aligned = probe.subscribe(Image, '/marigold/alignment_node/depth')
+    watch.wait_for(lambda: len(aligned) >= 1, 2 * TIMEOUT,
+                   'a Marigold keyframe aligned to metres')
+    assert set(aligned.stamps()) <= set(keyframes.stamps()), \
+        'the metric keyframe must carry the keyframe\'s (camera) stamp'
+    assert aligned.msgs[-1].encoding == '32FC1'
+
+
+# ---------------------------------------------------------- bad arguments: one line
+def _ros2_launch(*arguments, timeout=60):
+    ros2 = os.path.join(os.path.dirname(sys.executable), 'ros2')
+    return subprocess.run([ros2, 'launch', 'depth_ros', 'zed_depth.launch.py'] +
+                          list(arguments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize('arguments, text', [
+    (('source:=foo',), 'launch argument source:=foo must be one of live | svo | sample | '
+                       'folder | bag'),
+    (('source:=sample', 'backend:=foo'), 'launch argument backend:=foo must be one of'),
+    (('source:=bag',), 'launch argument source:=bag needs path:=<rosbag2 folder>'),
+    (('source:=bag', 'path:=/nonexistent/bag'), 'launch argument path:=/nonexistent/bag does '
+                                                'not exist'),
+    (('source:=sample', 'rviz:=maybe'), 'launch argument rviz:=maybe must be true or false'),
+])
+def test_bad_arguments_end_the_launch_with_one_clear_line(overlay, arguments, text):
+    done = _ros2_launch(*arguments)
+    out = done.stdout.decode('utf-8', 'replace')
+    errors = [line for line in out.splitlines() if 'ERROR' in line]
+    assert done.returncode != 0 and len(errors) == 1 and text in errors[0], out
+    assert 'Traceback' not in out and 'process started' not in out, out
