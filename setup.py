@@ -53,6 +53,9 @@ setup(
         'tensorrt': ['pycuda', 'tensorrt'],
         'bag': ['rosbags'],
         'tools': ['matplotlib', 'scikit-image', 'rosbags'],
+        # colcon test runs pytest only for a package that declares it as a test dependency;
+        # the ament_python template's tests_require is dropped by setuptools >= 72.
+        'test': ['pytest'],
         'dev': ['pytest<8.4', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
                 'ros-ament-flake8', 'ros-ament-pep257',
                 'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],

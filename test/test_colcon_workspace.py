@@ -1,0 +1,147 @@
+"""
+The commands a ROS user types, in a fresh colcon workspace holding this checkout.
+
+    colcon build && colcon test && colcon test-result
+    source install/setup.bash
+    ros2 launch depth_ros zed_depth.launch.py source:=sample backend:=standin publish_tf:=false
+    ros2 topic hz /alignment_node/points;  ros2 param get|describe|set /alignment_node ...
+    Ctrl-C
+
+and what the user reads: the test counts, the rate, the parameters, and a log without an error
+line, a traceback or a deprecation warning, shutdown included.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.graph, pytest.mark.launch_file,
+              pytest.mark.skipif(not LAUNCH_STACK, reason=MISSING or 'launch stack present')]
+
+BIN = os.path.dirname(sys.executable)
+# The suite that `colcon test` runs here: the unit tier (the graph tier runs in `make test`).
+SUBSET = 'not slow and not graph'
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    if os.environ.get('DEPTH_ROS_IN_COLCON_TEST'):
+        pytest.skip('running inside `colcon test` of this very test (no recursion)')
+    pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+    ws = str(tmp_path_factory.mktemp('colcon_ws'))
+    built = colcon_build(ws)
+    out = built.stdout.decode('utf-8', 'replace')
+    assert built.returncode == 0 and 'Summary: 1 package finished' in out, out
+    return ws
+
+
+def _clean_env():
+    env = dict(os.environ)
+    # The launch file sets the Fast DDS profile itself (in the variable Fast DDS reads).
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+        env.pop(var, None)
+    return env
+
+
+def test_colcon_test_runs_the_suite_and_test_result_counts_it(workspace):
+    env = _clean_env()
+    env['DEPTH_ROS_IN_COLCON_TEST'] = '1'
+    collected = subprocess.run(
+        [sys.executable, '-m', 'pytest', '--collect-only', '-q', '-m', SUBSET, 'test'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    text = collected.stdout.decode('utf-8', 'replace')
+    found = re.search(r'(\d+)/\d+ tests collected|(\d+) tests collected', text)
+    assert found, text[-2000:]
+    expected = int(found.group(1) or found.group(2))
+    tested = subprocess.run(
+        [os.path.join(BIN, 'colcon'), 'test', '--packages-select', 'depth_ros',
+         '--pytest-args', '-m', SUBSET, '-p', 'no:cacheprovider'],
+        cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    assert tested.returncode == 0, tested.stdout.decode('utf-8', 'replace')[-3000:]
+    result = subprocess.run([os.path.join(BIN, 'colcon'), 'test-result', '--all'],
+                            cwd=workspace, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=60)
+    summary = result.stdout.decode('utf-8', 'replace')
+    match = re.search(r'Summary: (\d+) tests?, (\d+) errors?, (\d+) failures?, (\d+) skipped',
+                      summary)
+    assert match, summary
+    tests, errors, failures, skipped = (int(g) for g in match.groups())
+    assert (tests, errors, failures) == (expected, 0, 0), \
+        'colcon test-result: {}; pytest collects {}'.format(match.group(0), expected)
+    assert result.returncode == 0, summary
+
+
+def _ros2(env, *args, timeout=30):
+    return subprocess.run([os.path.join(BIN, 'ros2')] + list(args), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+
+
+def _until(fn, timeout):
+    end = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(0.2)
+
+
+def _hz(env, topic, seconds=8.0):
+    """Run ``ros2 topic hz`` for ``seconds``, stop it as Ctrl-C does; return the rates read."""
+    proc = subprocess.Popen([os.path.join(BIN, 'ros2'), 'topic', 'hz', topic], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=20)[0].decode('utf-8', 'replace')
+    return [float(x) for x in re.findall(r'average rate: ([0-9.]+)', out)], out
+
+
+def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
+    env = sourced_environment(workspace, _clean_env())
+    log_path = tmp_path / 'launch.log'
+    with open(str(log_path), 'wb') as log:
+        # A terminal's Ctrl-C goes to the whole foreground process group: the launch and, at
+        # the same moment, every node (which then get a second SIGINT from launch).
+        launch = subprocess.Popen(
+            [os.path.join(BIN, 'ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+             'source:=sample', 'backend:=standin', 'publish_tf:=false'],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            nodes = _until(lambda: {'/zed/zed_node', '/depth_node', '/alignment_node'} <= set(
+                _ros2(env, 'node', 'list').stdout.decode().split()), 60)
+            assert nodes, 'the nodes did not come up:\n' + log_path.read_text()
+            rates, hz = _hz(env, '/alignment_node/points')
+            assert rates and 7.0 <= rates[-1] <= 13.0, \
+                'expected about 10 Hz (the sample replays at 10 fps), read {}\n{}'.format(
+                    rates, hz)
+            got = _ros2(env, 'param', 'get', '/alignment_node', 'cloud_stride')
+            assert 'Integer value is: 2' in got.stdout.decode(), got.stdout.decode()
+            described = _ros2(env, 'param', 'describe', '/alignment_node', 'pairing_max_mb')
+            text = described.stdout.decode()
+            assert 'Description: cap on the message payloads' in text and \
+                'Min value: 1.0' in text and 'Max value: 65536.0' in text, text
+            refused = _ros2(env, 'param', 'set', '/alignment_node', 'cloud_stride', '0')
+            assert 'Setting parameter failed: parameter `cloud_stride` must be in [1, 32], ' \
+                'got 0' in refused.stdout.decode(), refused.stdout.decode()
+            changed = _ros2(env, 'param', 'set', '/alignment_node', 'cloud_stride', '4')
+            assert 'Set parameter successful' in changed.stdout.decode(), changed.stdout.decode()
+        finally:
+            os.killpg(launch.pid, signal.SIGINT)
+            try:
+                code = launch.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(launch.pid, signal.SIGKILL)
+                code = launch.wait(10)
+    text = log_path.read_text()
+    assert code == 0, 'ros2 launch exited {}:\n{}'.format(code, text)
+    alarming = [line for line in text.splitlines()
+                if re.search(r'\[ERROR\]|\[FATAL\]|Traceback|deprecated|KeyboardInterrupt',
+                             line)]
+    assert not alarming, 'a clean run printed:\n{}\n\nfull log:\n{}'.format(
+        '\n'.join(alarming), text)
+    finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', text)
+    assert sorted(finished) == ['alignment_node', 'depth_node', 'zed_node'], text
