@@ -13,7 +13,8 @@ import cv2
 from depth_ros import cli
 from depth_ros.commands import model_build, model_verify
 from depth_ros.inference.tensorrt import builder
-from depth_ros.inference.tensorrt.cache import EngineCache, file_sha256, make_key
+from depth_ros.inference.tensorrt.cache import EngineCache, make_key
+from depth_ros.util import file_sha256
 import numpy as np
 import pytest
 from test_trt_double import fake_plan, FakeTrtApi, write_fake_onnx
