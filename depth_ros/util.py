@@ -1,6 +1,8 @@
 """
-Small helpers shared by core, inference, commands and tools: files, cache folders, errors,
-progress, and number checks with a message of their own.
+Small helpers shared by core, inference, commands and tools.
+
+Files (atomic writes, sha256), cache folders, one-line errors, progress heartbeats, and
+number checks with a message of their own.
 
 Standard library only at import (check_number_as imports depth_ros.core.checks when called), so
 that any layer can use them and importing this module costs nothing.

@@ -104,8 +104,7 @@ def test_gpu_is_the_cuda_index_and_device_is_its_deprecated_spelling(action):
         '--device is deprecated, use --gpu (same value)'], vars(args)
 
 
-def test_build_on_the_given_gpu_and_the_deprecation_is_logged(tmp_path, capsys, caplog,
-                                                               monkeypatch):
+def test_build_on_the_given_gpu_and_the_deprecation_is_logged(tmp_path, caplog, monkeypatch):
     onnx = write_fake_onnx(tmp_path / 'm.onnx')
     api = FakeTrtApi()
     opened = []

@@ -101,8 +101,9 @@ def add_model_arguments(parser, model_help: str, model_required: bool = False,
                         random_weights_help: Optional[str] = None,
                         marigold: bool = False) -> None:
     """
-    Add the model arguments: --backend, --model, --device (torch device), and optionally
-    --random-weights and Marigold's --steps, --ensemble, --processing-resolution.
+    Add the model arguments: --backend, --model, --device (a torch device).
+
+    Optionally also --random-weights and Marigold's --steps, --ensemble, --processing-resolution.
 
     :param random_weights_help: help of --random-weights; None: no such option.
     :param marigold: add Marigold's settings.
