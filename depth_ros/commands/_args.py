@@ -10,11 +10,8 @@ process-bag); a CUDA device index for TensorRT is ``--gpu`` (model build, model 
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 from typing import Optional, Tuple
-
-LOG = logging.getLogger('depth_ros')
 
 _SIZE = re.compile(r'^\s*(\d+)\s*[xX,]\s*(\d+)\s*$')
 
