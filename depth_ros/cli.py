@@ -55,6 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')
+    for note in getattr(args, 'deprecations', None) or ():   # old option spellings
+        logging.getLogger('depth_ros').warning(note)
     try:
         return int(args.func(args) or 0)
     except (CommandError, ValueError, OSError, ImportError, RuntimeError) as exc:

@@ -4,6 +4,7 @@ import os
 
 import cv2
 from depth_ros import cli
+from depth_ros.inference.standin import standin_disparity, StandInDepthModel
 from depth_ros.tools import bench
 import numpy as np
 import pytest
@@ -22,16 +23,38 @@ def test_summary_percentiles_match_numpy():
         want, s['total']['p90'])
 
 
+def _stand_in():
+    return StandInDepthModel(input_size=(56, 42), name=bench.STAND_IN_LABEL)
+
+
 def test_run_bench_times_every_stage_with_stand_in():
-    model = bench.StandInModel((56, 42))
+    model = _stand_in()
     res = bench.run_bench(model, size=(64, 48), frames=4, warmup=1, progress=False)
     for stage in bench.STAGES:
         assert len(res.samples[stage]) == 4, '{}: expected 4 samples, received {}'.format(
             stage, len(res.samples[stage]))
         assert all(v >= 0 for v in res.samples[stage])
-    assert res.model == bench.STAND_IN_LABEL and res.backend == 'stand-in'
+    # The bench uses the one stand-in backend (depth_ros.inference.standin).
+    assert res.model == bench.STAND_IN_LABEL and res.backend == 'standin'
     # The stand-in is labelled: its name says it is not a network.
     assert 'no network' in bench.markdown_table(res)
+
+
+def test_stand_in_split_stages_compute_its_function_at_the_model_size():
+    # run_bench times prepare_input, _infer and restore_output apart: _infer must be the
+    # stand-in's function of the image, at the model input size.
+    from depth_ros.core.preprocess import prepare_input
+    rng = np.random.RandomState(3)
+    small = rng.randint(0, 256, (42, 56, 3)).astype(np.uint8)   # already at the model size
+    for mode in ('intensity', 'gradient'):
+        model = StandInDepthModel(input_size=(56, 42), mode=mode)
+        got = model._infer(prepare_input(small, (56, 42)))
+        want = standin_disparity(small, mode)
+        # cv2's gray is rounded to uint8; the batch keeps the fraction: at most 0.5/255 apart.
+        err = float(np.abs(got - want).max())
+        assert got.shape == (42, 56) and err <= 0.9 * 0.5 / 255 + 1e-5, \
+            '{}: expected within {:.5f}, received max error {:.5f}'.format(
+                mode, 0.9 * 0.5 / 255, err)
 
 
 def test_model_without_split_is_timed_as_inference_only():
@@ -56,6 +79,9 @@ def test_cli_writes_table_json_png(tmp_path):
     assert rc == 0
     data = json.load(open(os.path.join(out, 'bench.json')))
     assert data['size'] == '64x48' and data['frames'] == 3
+    assert (data['model'], data['backend']) == (bench.STAND_IN_LABEL, 'standin'), \
+        'without --model the labelled stand-in is timed, received {}'.format(
+            (data['model'], data['backend']))
     assert set(data['summary']) == set(bench.STAGES) | {'total'}
     assert '| alignment |' in open(os.path.join(out, 'bench.md')).read()
     assert cv2.imread(os.path.join(out, 'bench.png')) is not None
@@ -102,7 +128,7 @@ def test_conversion_stage_times_the_nodes_message_conversion(monkeypatch):
     pytest.importorskip('sensor_msgs.msg')
     from depth_ros.ros import conversions as conv
     calls = _count_calls(monkeypatch, conv, ['numpy_to_image', 'cloud_to_pointcloud2'])
-    res = bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=3, warmup=1,
+    res = bench.run_bench(_stand_in(), size=(64, 48), frames=3, warmup=1,
                           progress=False)
     assert res.conversion == 'ros', 'expected auto -> ros here, received {}'.format(
         res.conversion)
@@ -120,7 +146,7 @@ def test_conversion_stage_without_sensor_msgs_is_labelled_bytes(monkeypatch):
     calls = _count_calls(monkeypatch, conv, ['numpy_to_image', 'cloud_to_pointcloud2'])
     monkeypatch.setitem(sys.modules, 'sensor_msgs.msg', None)   # import raises ImportError
     assert not bench.ros_messages_available()
-    res = bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=2, warmup=0,
+    res = bench.run_bench(_stand_in(), size=(64, 48), frames=2, warmup=0,
                           progress=False)
     assert res.conversion == 'bytes' and calls == {'numpy_to_image': 0,
                                                    'cloud_to_pointcloud2': 0}, calls
@@ -130,7 +156,7 @@ def test_conversion_stage_without_sensor_msgs_is_labelled_bytes(monkeypatch):
     data = res.to_dict()
     assert data['conversion'] == 'bytes' and 'byte packing only' in data['conversion_label']
     with pytest.raises(ImportError, match='`conversion` ros needs sensor_msgs'):
-        bench.run_bench(bench.StandInModel((56, 42)), size=(64, 48), frames=1,
+        bench.run_bench(_stand_in(), size=(64, 48), frames=1,
                         progress=False, conversion='ros')
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from depth_ros.cli import main
 from depth_ros.commands.demo import UNTRAINED_LABEL
@@ -169,11 +168,10 @@ def test_untrained_reason_is_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
     monkeypatch.chdir(tmp_path)  # no models/ folder here
-    t0 = time.monotonic()
+    from test_util import forbid_network
+    forbid_network(monkeypatch)   # fast: offline detection tries no connection
     reason = untrained_reason(None)
-    elapsed = time.monotonic() - t0
     assert reason and 'HF_HUB_OFFLINE is set' in reason, reason
-    assert elapsed < 2.0, 'expected < 2 s offline detection, took {:.1f} s'.format(elapsed)
     assert default_input_size(741, 500) == (518, 350)
     assert default_input_size(1280, 720) == (518, 294)
 

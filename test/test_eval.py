@@ -169,8 +169,8 @@ def test_report_files_and_cli(tmp_path, monkeypatch):
         bgr, depth = _scene(20, 24, 30 + i)
         gt = _write_pair(root, 'r%d' % i, bgr, depth)
         model.add(bgr, 1.0 / gt)
-    from depth_ros.commands import eval as eval_cmd
-    monkeypatch.setattr(eval_cmd, 'load_model', lambda *a, **k: model)
+    from depth_ros.commands import _args
+    monkeypatch.setattr(_args, 'load_model', lambda *a, **k: model)
     out = str(tmp_path / 'out')
     rc = cli.main(['eval', root, '--dataset', 'folder', '--out', out])
     assert rc == 0

@@ -13,7 +13,8 @@ onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from depth_ros.inference import export, load_depth_model, torch_model  # noqa: E402,I100
+from depth_ros.inference import (checkpoints, export, load_depth_model,  # noqa: E402,I100
+                                 model_store, onnx_tools, torch_model)
 from depth_ros.inference.onnx_backend import OnnxDepthModel  # noqa: E402,I100
 
 torch.set_num_threads(1)
@@ -146,12 +147,12 @@ def test_vits_onnx_matches_pytorch_at_518x294(tmp_path, monkeypatch):
     match PyTorch with the same weights.
     """
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    path, desc, trained = export.resolve_demo_model(
+    path, desc, trained = model_store.resolve_demo_model(
         cache_dir=str(tmp_path / 'cache'), models_dir=str(tmp_path / 'models'),
         hub_cache_dir=str(tmp_path / 'hf'))
     assert trained is False and desc.startswith('UNTRAINED'), desc
     net = torch_model.build_model('vits', seed=0)
-    assert export.read_metadata(path)['source_sha256'] == torch_model.state_dict_hash(net)
+    assert onnx_tools.read_metadata(path)['source_sha256'] == checkpoints.state_dict_hash(net)
     proto = onnx.load(path)
     n_ln = sum(n.op_type == 'LayerNormalization' for n in proto.graph.node)
     # 12 blocks x 2, plus the output norm on the 4 taps. With fresh weights (all LayerNorms

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+import threading
 
+from conftest import wait_until
 import cv2
-from depth_ros.inference.tensorrt.builder import (build_engine, Heartbeat, keep_fp32,
-                                                  PhaseLogger)
-from depth_ros.inference.tensorrt.cache import (EngineCache, file_sha256, key_digest,
-                                                sidecar_path)
+from depth_ros.inference.tensorrt.builder import build_engine, keep_fp32, PhaseLogger
+from depth_ros.inference.tensorrt.cache import EngineCache, key_digest, sidecar_path
+from depth_ros.util import file_sha256, log_heartbeat
 import numpy as np
 import pytest
 from test_trt_double import FakeTrtApi, write_fake_onnx
@@ -195,14 +195,33 @@ def test_phase_logger_cancel_and_event_order():
 
 
 def test_heartbeat_logs_elapsed_time_until_stopped(caplog):
+    log = logging.getLogger('depth_ros.tensorrt')
     with caplog.at_level(logging.INFO, logger='depth_ros.tensorrt'):
-        with Heartbeat('building fp16 engine', interval_s=0.02) as beat:
-            time.sleep(0.15)
-    beats = beat.beats
-    time.sleep(0.06)
-    assert beats >= 2, 'expected at least 2 heartbeats in 0.15 s at 0.02 s, received {}'.format(
-        beats)
-    assert beat.beats == beats, 'heartbeat kept running after the build'
-    assert 'building fp16 engine: 0 s elapsed' in caplog.text
+        with log_heartbeat(log, 'building fp16 engine', interval_s=0.01) as beat:
+            assert wait_until(lambda: beat.beats >= 2, 10), \
+                'expected 2 heartbeats at 0.01 s within 10 s, received {}'.format(beat.beats)
+    assert not beat.running, 'heartbeat kept running after the build'
+    lines = [r.getMessage() for r in caplog.records if 'elapsed' in r.getMessage()]
+    assert len(lines) == beat.beats and lines[0] == 'building fp16 engine: 0 s elapsed', \
+        'expected {} heartbeat lines, received {}'.format(beat.beats, lines)
     with pytest.raises(ValueError, match='`interval_s` must be > 0, got 0'):
-        Heartbeat('x', interval_s=0)
+        log_heartbeat(log, 'x', interval_s=0)
+
+
+def test_build_without_progress_monitor_runs_under_a_heartbeat(tmp_path, caplog, monkeypatch):
+    # TensorRT < 10 reports nothing while it builds: the heartbeat must run during the build
+    # (and only then).
+    api = FakeTrtApi(progress_monitor=False)
+    real_build = api.build_serialized
+    seen = []
+
+    def slow_build(*args, **kwargs):
+        seen.append(wait_until(lambda: 'building fp16 engine: 0 s elapsed' in caplog.text, 10))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(api, 'build_serialized', slow_build)
+    with caplog.at_level(logging.INFO, logger='depth_ros.tensorrt'):
+        _build(tmp_path, api=api, heartbeat_s=0.01)
+    assert seen == [True], 'no heartbeat while building'
+    left = [t.name for t in threading.enumerate() if t.name.startswith('heartbeat-')]
+    assert left == [], 'heartbeat kept running after the build: {}'.format(left)

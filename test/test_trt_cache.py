@@ -7,8 +7,9 @@ import os
 
 from depth_ros.inference.tensorrt.cache import (compare_key, default_cache_dir,
                                                 engine_filename, EngineCache, EngineCacheError,
-                                                EngineMismatchError, file_sha256, key_digest,
+                                                EngineMismatchError, key_digest,
                                                 KEY_FIELDS, make_key, sidecar_path)
+from depth_ros.util import file_sha256
 import pytest
 
 XAVIER = {'gpu_name': 'Xavier', 'compute_capability': '7.2', 'tensorrt_version': '8.5.2.2'}
@@ -111,7 +112,8 @@ def test_write_then_validate_round_trip(tmp_path):
     assert record['workspace_mb'] == 512, 'the workspace is recorded (but not part of the key)'
     real, got = cache.validate(path, key)
     assert real == os.path.realpath(path) and got == record
-    assert [n for n in os.listdir(cache.cache_dir) if n.startswith('.tmp')] == [], 'temp left'
+    assert sorted(os.listdir(cache.cache_dir)) == sorted(
+        [os.path.basename(path), os.path.basename(path) + '.json']), 'temp left'
 
 
 def test_validate_refuses_a_mismatch_with_the_differing_key(tmp_path):

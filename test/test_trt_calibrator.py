@@ -128,6 +128,22 @@ def test_cache_round_trip_and_empty_cache(tmp_path, caplog):
     assert CalibrationCache(None).read() is None
 
 
+def test_cache_write_that_fails_leaves_the_old_table_and_no_temp_file(tmp_path):
+    path = str(tmp_path / 'vits.calib')
+    cache = CalibrationCache(path)
+    cache.write(b'old table')
+
+    class Unwritable(object):
+        def __bytes__(self):
+            raise KeyboardInterrupt   # e.g. Ctrl-C while TensorRT hands the table over
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.write(Unwritable())
+    assert os.listdir(str(tmp_path)) == ['vits.calib'], 'temp file left: {}'.format(
+        os.listdir(str(tmp_path)))
+    assert cache.read() == b'old table'
+
+
 def test_source_without_images_needs_a_cache(tmp_path):
     with pytest.raises(ValueError, match='`images` is empty and there is no calibration cache'):
         CalibrationSource([], SIZE, cache_path=str(tmp_path / 'none.calib'))

@@ -13,7 +13,8 @@ import cv2
 from depth_ros import cli
 from depth_ros.commands import model_build, model_verify
 from depth_ros.inference.tensorrt import builder
-from depth_ros.inference.tensorrt.cache import EngineCache, file_sha256, make_key
+from depth_ros.inference.tensorrt.cache import EngineCache, make_key
+from depth_ros.util import file_sha256
 import numpy as np
 import pytest
 from test_trt_double import fake_plan, FakeTrtApi, write_fake_onnx
@@ -89,6 +90,32 @@ def test_build_without_tensorrt_says_what_to_install(tmp_path, capsys):
     onnx = write_fake_onnx(tmp_path / 'm.onnx')
     rc, _, err = _main(['model', 'build', '--onnx', onnx, '--cache-dir', str(tmp_path)], capsys)
     assert rc == 2 and 'install depth_ros[tensorrt]' in err, err
+
+
+@pytest.mark.parametrize('action', [['build', '--onnx', 'm.onnx'],
+                                    ['verify', '--engine', 'e.engine', '--reference', 'onnx',
+                                     '--images', 'sample']])
+def test_gpu_is_the_cuda_index_and_device_is_its_deprecated_spelling(action):
+    args = _parse(['model'] + action + ['--gpu', '1'])
+    assert args.gpu == 1 and not getattr(args, 'deprecations', None), vars(args)
+    assert _parse(['model'] + action).gpu == 0
+    args = _parse(['model'] + action + ['--device', '2'])
+    assert args.gpu == 2 and args.deprecations == [
+        '--device is deprecated, use --gpu (same value)'], vars(args)
+
+
+def test_build_on_the_given_gpu_and_the_deprecation_is_logged(tmp_path, caplog, monkeypatch):
+    onnx = write_fake_onnx(tmp_path / 'm.onnx')
+    api = FakeTrtApi()
+    opened = []
+    real_open = api.open_device
+    monkeypatch.setattr(api, 'open_device', lambda index=0: opened.append(index) or
+                        real_open(index))
+    argv = ['model', 'build', '--onnx', onnx, '--cache-dir', str(tmp_path / 'c'), '--gpu', '3']
+    assert model_build.run(_parse(argv), api=api) == 0 and opened == [3], opened
+    monkeypatch.setattr(model_build, 'run', lambda args: 0)   # only the parsing and the warning
+    assert cli.main(['model', 'build', '--onnx', onnx, '--device', '1']) == 0
+    assert '--device is deprecated, use --gpu (same value)' in caplog.text, caplog.text
 
 
 def test_build_prints_the_engine_path_and_reuses_it(tmp_path, capsys):

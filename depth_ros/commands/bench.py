@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-LOG = logging.getLogger('depth_ros.bench')
+from depth_ros.commands import _args
 
-BACKENDS = ('onnxruntime', 'torch', 'tensorrt', 'marigold')
+LOG = logging.getLogger('depth_ros.bench')
 
 
 def register(subparsers) -> None:
@@ -15,18 +15,15 @@ def register(subparsers) -> None:
         description='Times each pipeline stage on synthetic frames at the camera size and '
                     'writes bench.md, bench.json and bench.png. Without --model a labelled '
                     'stand-in replaces the network, so only the other stages mean anything.')
-    parser.add_argument('--backend', default='onnxruntime', choices=BACKENDS)
-    parser.add_argument('--model', default=None,
-                        help='ONNX file, engine, checkpoint or hub id; omitted = stand-in')
+    _args.add_model_arguments(
+        parser, model_help='ONNX file, engine, checkpoint or hub id; omitted = stand-in',
+        random_weights_help='torch: build --model (vits, vitb, vitl, tiny) untrained; latency '
+                            'is that of the real architecture')
     parser.add_argument('--size', default='1280x720', help='camera frame WIDTHxHEIGHT')
     parser.add_argument('--input-size', default='518x294',
                         help='stand-in model input WIDTHxHEIGHT (multiples of 14)')
     parser.add_argument('--frames', type=int, default=50, help='timed frames')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
-    parser.add_argument('--device', default='cpu', help='torch device for torch / marigold')
-    parser.add_argument('--random-weights', action='store_true',
-                        help='torch: build --model (vits, vitb, vitl, tiny) untrained; latency '
-                             'is that of the real architecture')
     parser.add_argument('--conversion', default='auto', choices=('auto', 'ros', 'bytes'),
                         help='conversion stage: ros = the nodes\' message conversion (needs '
                              'sensor_msgs), bytes = payload byte packing only, auto = ros '
@@ -37,17 +34,18 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Entry point of `depth-ros bench`."""
-    from depth_ros.commands.eval import load_model
+    from depth_ros.inference import BACKENDS, load_model
     from depth_ros.tools import bench
-    size = bench.parse_size(args.size)
+    size = _args.parse_size(args.size, '--size', '1280x720')
     if args.frames < 1:
         raise ValueError('`--frames` must be >= 1, got {}'.format(args.frames))
-    if args.model is None and args.backend != 'marigold':
+    if args.model is None and BACKENDS[args.backend].needs_model:
         LOG.warning('no --model: timing a %s', bench.STAND_IN_LABEL)
-        model = bench.StandInModel(bench.parse_size(args.input_size))
+        input_size = _args.parse_size(args.input_size, '--input-size', '518x294',
+                                      model_input=True)
+        model = load_model('standin', input_size=input_size, name=bench.STAND_IN_LABEL)
     else:
-        model = load_model(args.backend, args.model, args.device,
-                           random_weights=args.random_weights)
+        model = _args.load_model(args)
     result = bench.run_bench(model, size=size, frames=args.frames, warmup=args.warmup,
                              conversion=args.conversion)
     paths = bench.write_report(result, args.out)

@@ -21,6 +21,8 @@ import os
 import time
 from typing import Dict, Optional, Tuple
 
+from depth_ros.commands import _args
+
 LOG = logging.getLogger('depth_ros.demo')
 
 UNTRAINED_LABEL = 'UNTRAINED network: numbers show the pipeline runs, not model quality'
@@ -38,21 +40,6 @@ def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple
     return model_width, h
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    """'518x350' -> (518, 350); ValueError naming --input-size otherwise."""
-    from depth_ros.core.preprocess import check_input_size
-
-    try:
-        w, h = (int(v) for v in str(text).lower().split('x'))
-    except ValueError:
-        raise ValueError('--input-size must be WIDTHxHEIGHT (e.g. 518x350), got {!r}'.format(
-            text))
-    try:
-        return check_input_size(w, h)
-    except ValueError as exc:
-        raise ValueError('--input-size {!r}: {}'.format(text, exc))
-
-
 def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
     """
     Why the demo will run an untrained network, or None when a trained one is at hand.
@@ -62,15 +49,15 @@ def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[s
     """
     if model is not None:
         if str(model).endswith('.onnx') and os.path.isfile(model):
-            from depth_ros.inference.export import read_metadata
+            from depth_ros.inference.onnx_tools import read_metadata
             if read_metadata(model).get('trained', 'true') == 'false':
                 return 'the ONNX file holds random weights'
         return None
-    from depth_ros.inference import hub, torch_model
-    from depth_ros.inference.export import _local_vits_candidates
+    from depth_ros.inference import checkpoints, hub
+    from depth_ros.inference.model_store import local_vits_candidates
 
-    if hub.find_cached(torch_model.HUB_IDS['vits']) or any(
-            os.path.exists(c) for c in _local_vits_candidates('models')):
+    if hub.find_cached(checkpoints.HUB_IDS['vits']) or any(
+            os.path.exists(c) for c in local_vits_candidates('models')):
         return None
     ok, why = hub.check_reachable(timeout_s)
     if ok:
@@ -250,7 +237,9 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
 
 def run(args) -> int:
     """Entry point of `depth-ros demo`."""
-    size = parse_size(args.input_size) if args.input_size else None
+    size = None
+    if args.input_size:
+        size = _args.parse_size(args.input_size, '--input-size', '518x350', model_input=True)
     if args.threads is not None and args.threads < 1:
         raise ValueError('--threads must be >= 1, got {}'.format(args.threads))
     run_demo(args.model, args.out, input_size=size, threads=args.threads,

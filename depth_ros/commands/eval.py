@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-LOG = logging.getLogger('depth_ros.eval')
+from depth_ros.commands import _args
 
-BACKENDS = ('onnxruntime', 'torch', 'tensorrt', 'marigold')
+LOG = logging.getLogger('depth_ros.eval')
 
 
 def register(subparsers) -> None:
@@ -23,49 +23,17 @@ def register(subparsers) -> None:
     parser.add_argument('--crop', default=None,
                         help='evaluation crop: nyu eigen (default); kitti garg (default) | eigen')
     parser.add_argument('--no-crop', action='store_true', help='score the whole frame')
-    parser.add_argument('--backend', default='onnxruntime', choices=BACKENDS)
-    parser.add_argument('--model', default=None,
-                        help='ONNX file, engine, checkpoint folder or hub id (Marigold: default '
-                             'prs-eth/marigold-depth-v1-1; tiny-random = untrained tiny one)')
+    _args.add_model_arguments(
+        parser, model_help='ONNX file, engine, checkpoint folder or hub id (Marigold: default '
+                           'prs-eth/marigold-depth-v1-1; tiny-random = untrained tiny one)',
+        random_weights_help='torch: build --model (vits, vitb, vitl, tiny) untrained, to check '
+                            'the pipeline; the figures then mean nothing', marigold=True)
     parser.add_argument('--space', default=None, choices=('depth', 'disparity'),
                         help="alignment space (default: the model's own: disparity for DA-V2, "
                              'depth for Marigold)')
     parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images')
-    parser.add_argument('--device', default='cpu', help='torch device for torch / marigold')
-    parser.add_argument('--steps', type=int, default=None, help='Marigold denoising steps')
-    parser.add_argument('--ensemble', type=int, default=1, help='Marigold ensemble size')
-    parser.add_argument('--processing-resolution', type=int, default=None,
-                        help='Marigold processing resolution (0 = native)')
-    parser.add_argument('--random-weights', action='store_true',
-                        help='torch: build --model (vits, vitb, vitl, tiny) untrained, to check '
-                             'the pipeline; the figures then mean nothing')
     parser.add_argument('--out', default='out/eval', help='output folder')
     parser.set_defaults(func=run)
-
-
-def load_model(backend: str, model, device: str = 'cpu', steps=None, ensemble: int = 1,
-               processing_resolution=None, random_weights: bool = False):
-    """Load the model of ``backend``: Marigold via its wrapper, others via load_depth_model."""
-    if backend == 'marigold':
-        from depth_ros.inference.marigold import DEFAULT_CHECKPOINT, load_marigold
-        return load_marigold(model or DEFAULT_CHECKPOINT, device=device, steps=steps,
-                             ensemble_size=ensemble,
-                             processing_resolution=processing_resolution)
-    if backend not in BACKENDS:
-        raise ValueError('`--backend` must be one of {}, got {!r}'.format(BACKENDS, backend))
-    if not model:
-        raise ValueError('`--model` is required for backend {!r}'.format(backend))
-    from depth_ros import load_depth_model
-    options = {}
-    if backend == 'torch':
-        options['device'] = device
-        if random_weights:
-            LOG.warning('--random-weights: an UNTRAINED %s network; its figures mean nothing',
-                        model)
-            options['random_weights'] = True
-    elif random_weights:
-        raise ValueError('`--random-weights` works with --backend torch only')
-    return load_depth_model(model, backend=backend, **options)
 
 
 def run(args) -> int:
@@ -88,8 +56,7 @@ def run(args) -> int:
         if args.limit is not None:
             total = min(total, args.limit)
         samples = ev.load_pairs(args.root, spec, args.limit)
-    model = load_model(args.backend, args.model, args.device, args.steps, args.ensemble,
-                       args.processing_resolution, args.random_weights)
+    model = _args.load_model(args)
     result = ev.evaluate(model, samples, spec, space=args.space, crop=crop,
                          model_name='{}:{}'.format(args.backend, getattr(model, 'name', '')
                                                    or args.model), total=total)

@@ -12,12 +12,12 @@ reused; ``--force`` rebuilds. The engine path is printed on stdout.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import re
 import sys
 
 from depth_ros.cli import HelpFormatter
+from depth_ros.commands._args import add_gpu_argument, non_negative_int, positive_int, \
+    size_type
 
 LOG = logging.getLogger('depth_ros.commands.model_build')
 
@@ -26,35 +26,6 @@ PRECISION_CHOICES = ('fp16', 'fp32', 'int8')
 # that `depth-ros --help` does not load numpy and OpenCV.
 DEFAULT_WORKSPACE_MB = 1024
 DEFAULT_CALIB_BATCH = 8
-
-
-def parse_size(text: str):
-    """'518x294' -> (518, 294) (width x height)."""
-    match = re.match(r'^\s*(\d+)\s*[xX,]\s*(\d+)\s*$', str(text))
-    if not match:
-        raise argparse.ArgumentTypeError(
-            'size must be WIDTHxHEIGHT, e.g. 518x294, got {!r}'.format(text))
-    return int(match.group(1)), int(match.group(2))
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError('must be an integer >= 0, got {!r}'.format(text))
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError('must be an integer > 0, got {!r}'.format(text))
-    return value
 
 
 def register(subparsers) -> None:
@@ -71,21 +42,21 @@ def register(subparsers) -> None:
                         help='engine precision')
     parser.add_argument('--calib-dir', metavar='DIR', default=None,
                         help='int8: folder of recorded frames (png/jpg) to calibrate on')
-    parser.add_argument('--calib-batch', type=_positive_int, default=DEFAULT_CALIB_BATCH,
+    parser.add_argument('--calib-batch', type=positive_int, default=DEFAULT_CALIB_BATCH,
                         metavar='N', help='int8: frames per calibration batch')
-    parser.add_argument('--calib-max-images', type=_positive_int, default=None, metavar='N',
+    parser.add_argument('--calib-max-images', type=positive_int, default=None, metavar='N',
                         help='int8: use at most N frames (default: all)')
-    parser.add_argument('--workspace-mb', type=_positive_int, default=DEFAULT_WORKSPACE_MB,
+    parser.add_argument('--workspace-mb', type=positive_int, default=DEFAULT_WORKSPACE_MB,
                         metavar='N', help='builder workspace limit in MiB (Xavier NX: 8 GB '
                                           'shared with the CPU)')
-    parser.add_argument('--dla-core', type=_non_negative_int, default=None, metavar='N',
+    parser.add_argument('--dla-core', type=non_negative_int, default=None, metavar='N',
                         help='run on DLA core N with GPU fallback (Xavier/Orin)')
     parser.add_argument('--cache-dir', metavar='DIR', default=None,
                         help='engine cache directory (default $DEPTH_ROS_ENGINE_CACHE or '
                              '~/.cache/depth_ros/engines)')
-    parser.add_argument('--input-size', type=parse_size, default=None, metavar='WxH',
+    parser.add_argument('--input-size', type=size_type('518x294'), default=None, metavar='WxH',
                         help='input size, only for an ONNX with a dynamic input shape')
-    parser.add_argument('--device', type=_non_negative_int, default=0, help='CUDA device')
+    add_gpu_argument(parser)
     parser.add_argument('--force', action='store_true',
                         help='rebuild even when a matching engine is cached')
     parser.add_argument('--heartbeat', type=float, default=15.0, metavar='S',
@@ -104,7 +75,7 @@ def run(args, api=None) -> int:
         args.onnx, precision=args.precision, cache_dir=args.cache_dir,
         workspace_mb=args.workspace_mb, dla_core=args.dla_core, calib_dir=args.calib_dir,
         calib_batch_size=args.calib_batch, calib_max_images=args.calib_max_images,
-        input_size=args.input_size, device=args.device, force=args.force,
+        input_size=args.input_size, device=args.gpu, force=args.force,
         heartbeat_s=args.heartbeat, api=api)
     if result.built:
         LOG.info('built %s engine in %.0f s', args.precision, result.seconds)

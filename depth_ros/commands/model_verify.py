@@ -23,6 +23,8 @@ import time
 from typing import Dict, List, Tuple
 
 from depth_ros.cli import HelpFormatter
+from depth_ros.commands._args import add_gpu_argument
+from depth_ros.util import check_number_as
 
 LOG = logging.getLogger('depth_ros.commands.model_verify')
 
@@ -61,15 +63,15 @@ def register(subparsers) -> None:
                              'Middlebury image')
     parser.add_argument('--max-images', type=int, default=10, metavar='N',
                         help='use at most N frames of --images')
-    parser.add_argument('--device', type=int, default=0, help='CUDA device')
+    add_gpu_argument(parser)
     parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
     parser.set_defaults(func=run)
 
 
 def load_frames(images: str, max_images: int) -> List[Tuple[str, object]]:
     """[(name, bgr uint8)] from a folder (sorted, at most ``max_images``) or 'sample'."""
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images <= 0:
-        raise ValueError('--max-images must be an integer > 0, got {!r}'.format(max_images))
+    check_number_as('{name} must be an integer > 0, got {value!r}', '--max-images', max_images,
+                    low=1, integer=True)
     if images == 'sample':
         from depth_ros.sources.sample import load_sample
         return [('sample', load_sample().left)]
@@ -191,7 +193,7 @@ def _load_reference(args, engine):
         if not os.path.isfile(onnx):
             raise FileNotFoundError('reference ONNX file {} does not exist (give --onnx)'.format(
                 onnx))
-        from depth_ros.inference.tensorrt.cache import file_sha256
+        from depth_ros.util import file_sha256
         if file_sha256(onnx) != engine.record['key']['onnx_sha256']:
             LOG.warning('the reference ONNX %s is not the file the engine was built from '
                         '(sha256 differs): differences include the model change', onnx)
@@ -216,7 +218,7 @@ def run(args, api=None) -> int:
     frames = load_frames(args.images, args.max_images)
     from depth_ros.inference.tensorrt import load_engine_model
     # verify checks an engine that exists; it never builds one behind the user's back.
-    engine = load_engine_model(args.engine, cache_dir=args.cache_dir, device=args.device,
+    engine = load_engine_model(args.engine, cache_dir=args.cache_dir, device=args.gpu,
                                api=api, build=False)
     try:
         reference, reference_label = _load_reference(args, engine)

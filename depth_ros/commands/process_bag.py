@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
+
+from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.bag')
-
-BACKENDS = ('onnxruntime', 'torch', 'tensorrt', 'marigold')
 
 
 def register(subparsers) -> None:
@@ -18,10 +19,9 @@ def register(subparsers) -> None:
                     'stamped like the input images. Needs no ROS install.')
     parser.add_argument('input', help='input bag folder')
     parser.add_argument('output', help='output bag folder (must not exist)')
-    parser.add_argument('--backend', default='onnxruntime', choices=BACKENDS)
-    parser.add_argument('--model', required=True,
-                        help='ONNX file, engine, checkpoint or hub id (Marigold: hub id)')
-    parser.add_argument('--device', default='cpu', help='torch device for torch / marigold')
+    _args.add_model_arguments(
+        parser, model_required=True,
+        model_help='ONNX file, engine, checkpoint or hub id (Marigold: hub id)')
     parser.add_argument('--image-topic', default=None,
                         help='default: the topic ending in left/image_rect_color')
     parser.add_argument('--depth-topic', default=None,
@@ -43,15 +43,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Entry point of `depth-ros process-bag`."""
     from depth_ros.cli import CommandError
-    from depth_ros.commands.eval import load_model
     from depth_ros.tools.bag import BagTopics, process_bag
     topics = BagTopics(image=args.image_topic, depth=args.depth_topic,
                        confidence=args.confidence_topic, camera_info=args.camera_info_topic)
-    import os
     if os.path.exists(args.output):   # before loading a model that may take a minute
         raise CommandError('output bag {!r} already exists; choose a new path'.format(
             args.output))
-    model = load_model(args.backend, args.model, args.device)
+    model = _args.load_model(args)
     try:
         stats = process_bag(args.input, args.output, model, topics, out_ns=args.out_ns,
                             cloud_stride=args.cloud_stride, max_pending=args.max_pending,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from depth_ros.core.checks import check_positive, is_real_number
+from depth_ros.core.checks import check_number
 import numpy as np
 
 
@@ -19,20 +19,12 @@ class PinholeCamera(object):
     __slots__ = ('fx', 'fy', 'cx', 'cy', 'width', 'height')
 
     def __init__(self, fx: float, fy: float, cx: float, cy: float, width: int, height: int):
-        for name, value in (('fx', fx), ('fy', fy)):
-            check_positive(name, value)
-        for name, value in (('cx', cx), ('cy', cy)):
-            if not (is_real_number(value) and np.isfinite(value)):
-                raise ValueError('`{}` must be a finite number, got {!r}'.format(name, value))
-        for name, value in (('width', width), ('height', height)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError('`{}` must be an integer > 0, got {!r}'.format(name, value))
-        self.fx = float(fx)
-        self.fy = float(fy)
-        self.cx = float(cx)
-        self.cy = float(cy)
-        self.width = int(width)
-        self.height = int(height)
+        self.fx = check_number('fx', fx, low=0, low_open=True)
+        self.fy = check_number('fy', fy, low=0, low_open=True)
+        self.cx = check_number('cx', cx)
+        self.cy = check_number('cy', cy)
+        self.width = check_number('width', width, low=0, low_open=True, integer=True)
+        self.height = check_number('height', height, low=0, low_open=True, integer=True)
 
     @property
     def K(self) -> np.ndarray:  # noqa: N802 (the usual name of the intrinsic matrix)
@@ -61,9 +53,8 @@ class PinholeCamera(object):
         Uses the pixel-centre convention that cv2.resize follows: a pixel centre u maps to
         (u + 0.5) * s - 0.5.
         """
-        for name, value in (('width', width), ('height', height)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError('`{}` must be an integer > 0, got {!r}'.format(name, value))
+        width = check_number('width', width, low=0, low_open=True, integer=True)
+        height = check_number('height', height, low=0, low_open=True, integer=True)
         sx = float(width) / self.width
         sy = float(height) / self.height
         return PinholeCamera(self.fx * sx, self.fy * sy,

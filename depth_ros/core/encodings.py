@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import cv2
+from depth_ros.core.checks import check_number
 import numpy as np
 
 # encoding -> (element dtype, channels). The dtype's byte order is set from is_bigendian.
@@ -51,10 +52,7 @@ def canonical_encoding(encoding: str) -> str:
 
 
 def _int_field(msg, name: str) -> int:
-    value = getattr(msg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError('image `{}` must be an integer >= 0, got {!r}'.format(name, value))
-    return int(value)
+    return check_number(name, getattr(msg, name), low=0, integer=True, kind='image')
 
 
 def image_to_array(msg, copy: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from depth_ros.core.checks import describe
+from depth_ros.util import check_number_as
 import numpy as np
 
 SPACES = ('depth', 'disparity')
@@ -126,8 +127,8 @@ def evaluate_affine_invariant(pred: np.ndarray, gt: np.ndarray,
     and clips a disparity-space result at 1 / (largest valid ground-truth depth). Returns the
     metrics plus ``scale`` and ``shift``.
     """
-    if not (isinstance(min_depth, (int, float)) and min_depth > 0):
-        raise ValueError('`min_depth` must be a number > 0, got {!r}'.format(min_depth))
+    min_depth = check_number_as('`{name}` must be a number > 0, got {value!r}', 'min_depth',
+                                min_depth, low=0, low_open=True)
     p, g, valid = _pair(pred, gt, mask)
     _need(valid)
     if max_depth is None:

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import cv2
 from depth_ros.core.checks import check_image, describe
+from depth_ros.util import check_number_as
 import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # RGB
@@ -24,12 +25,13 @@ _OFFSET_BGR = (-IMAGENET_MEAN / IMAGENET_STD)[::-1].copy()
 
 def check_input_size(width: int, height: int) -> Tuple[int, int]:
     """Validate a model input size: positive multiples of the ViT patch size (14)."""
-    for name, value in (('width', width), ('height', height)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 \
-                or value % PATCH:
-            raise ValueError('input `{}` must be a positive multiple of {}, got {!r}'.format(
-                name, PATCH, value))
-    return int(width), int(height)
+    message = 'input `{name}` must be a positive multiple of ' + str(PATCH) + ', got {value!r}'
+    size = tuple(check_number_as(message, name, value, low=1, integer=True)
+                 for name, value in (('width', width), ('height', height)))
+    for name, value in zip(('width', 'height'), size):
+        if value % PATCH:
+            raise ValueError(message.format(name=name, value=value))
+    return size
 
 
 def prepare_input(bgr: np.ndarray, size: Tuple[int, int] = DEFAULT_SIZE,

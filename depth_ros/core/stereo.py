@@ -33,7 +33,8 @@ from typing import Optional, Tuple
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.checks import check_image, check_positive, check_same_size
+from depth_ros.core.checks import check_image, check_number, check_same_size
+from depth_ros.util import check_number_as
 import numpy as np
 
 CONFIDENCE_MIN = 1.0
@@ -51,14 +52,7 @@ def default_num_disparities(width: int) -> int:
     return max(16, int(np.ceil(width / 8.0 / 16.0)) * 16)
 
 
-def _check_int(name: str, value, minimum: int, multiple: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
-            or value % multiple:
-        what = 'an integer >= {}'.format(minimum)
-        if multiple > 1:
-            what += ' and a multiple of {}'.format(multiple)
-        raise ValueError('`{}` must be {}, got {!r}'.format(name, what, value))
-    return int(value)
+_MULTIPLE_OF_16 = '`{name}` must be an integer >= 16 and a multiple of 16, got {value!r}'
 
 
 def sgbm_disparity(left_gray: np.ndarray, right_gray: np.ndarray, num_disparities: int,
@@ -120,22 +114,22 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     if (camera.width, camera.height) != (width, height):
         raise ValueError('`camera` is for {}x{} but the images are {}x{}'.format(
             camera.width, camera.height, width, height))
-    check_positive('baseline_m', baseline_m)
-    _check_finite('doffs', doffs)
+    baseline_m = check_number('baseline_m', baseline_m, low=0, low_open=True)
+    doffs = check_number('doffs', doffs)
     if num_disparities is None:
         num_disparities = default_num_disparities(width)
-    num_disparities = _check_int('num_disparities', num_disparities, 16, 16)
-    if isinstance(min_disparity, bool) or not isinstance(min_disparity, (int, np.integer)):
-        raise ValueError('`min_disparity` must be an integer, got {!r}'.format(min_disparity))
-    block_size = _check_int('block_size', block_size, 1)
+    num_disparities = check_number_as(_MULTIPLE_OF_16, 'num_disparities', num_disparities,
+                                      low=16, integer=True)
+    if num_disparities % 16:
+        raise ValueError(_MULTIPLE_OF_16.format(name='num_disparities', value=num_disparities))
+    min_disparity = check_number('min_disparity', min_disparity, integer=True)
+    block_size = check_number('block_size', block_size, low=1, integer=True)
     if block_size % 2 == 0:
         raise ValueError('`block_size` must be odd, got {!r}'.format(block_size))
-    uniqueness_ratio = _check_int('uniqueness_ratio', uniqueness_ratio, 0)
-    if max_lr_diff is not None:
-        _check_finite('max_lr_diff', max_lr_diff)
-        if max_lr_diff < 0:
-            raise ValueError('`max_lr_diff` must be >= 0 or None, got {!r}'.format(max_lr_diff))
-    check_positive('lr_tolerance', lr_tolerance)
+    uniqueness_ratio = check_number('uniqueness_ratio', uniqueness_ratio, low=0, integer=True)
+    max_lr_diff = check_number_as('`{name}` must be >= 0 or None, got {value!r}', 'max_lr_diff',
+                                  max_lr_diff, low=0, allow_none=True)
+    lr_tolerance = check_number('lr_tolerance', lr_tolerance, low=0, low_open=True)
 
     left_gray = cv2.cvtColor(left_bgr, cv2.COLOR_BGR2GRAY)
     right_gray = cv2.cvtColor(right_bgr, cv2.COLOR_BGR2GRAY)
@@ -178,13 +172,3 @@ def check_sgbm_options(options: dict) -> dict:
         raise ValueError('unknown SGBM option(s) {}; valid: {}'.format(
             ', '.join(unknown), ', '.join(SGBM_OPTIONS)))
     return options
-
-
-def _check_finite(name: str, value) -> float:
-    try:
-        ok = bool(np.isfinite(value))
-    except TypeError:
-        ok = False
-    if not ok or isinstance(value, bool):
-        raise ValueError('`{}` must be a finite number, got {!r}'.format(name, value))
-    return float(value)

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import cv2
 from depth_ros.core.checks import check_image
+from depth_ros.util import check_number_as
 import numpy as np
 
 # The automatic range uses these percentiles of the finite values, on a subsample: one stray
@@ -82,11 +83,9 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
         raise ValueError('`invalid_color` must be 3 integers in [0, 255] (B, G, R), got '
                          '{!r}'.format(invalid_color))
-    for name, value in (('vmin', vmin), ('vmax', vmax)):
-        if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
-                                      and np.isfinite(value)):
-            raise ValueError('`{}` must be a finite number or None, got {!r}'.format(
-                name, value))
+    vmin, vmax = (check_number_as('`{name}` must be a finite number or None, got {value!r}',
+                                  name, value, allow_none=True)
+                  for name, value in (('vmin', vmin), ('vmax', vmax)))
     if vmin is None or vmax is None:
         lo, hi = auto_range(values)
         vmin = lo if vmin is None else vmin

@@ -44,7 +44,21 @@ class LatencyStats(object):
         return float(np.percentile(self._samples, q)) if self._samples else float('nan')
 
 
-class DepthModel(object):
+class Closable(object):
+    """``with model:`` closes the model on exit; subclasses implement ``close``."""
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class DepthModel(Closable):
     """
     Base class of the backends (onnxruntime, tensorrt, torch).
 
@@ -90,16 +104,6 @@ class DepthModel(object):
         LOG.debug('%s predict %.1f ms (pre %.1f, infer %.1f, post %.1f)', self.backend,
                   (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return out
-
-    def close(self) -> None:
-        """Release backend resources."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self) -> str:
         return '{}(name={!r}, input_size={})'.format(type(self).__name__, self.name,

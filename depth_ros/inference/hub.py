@@ -15,6 +15,8 @@ import time
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
+from depth_ros.util import first_line
+
 LOG = logging.getLogger('depth_ros.inference.hub')
 
 DEFAULT_ENDPOINT = 'https://huggingface.co'
@@ -134,5 +136,4 @@ def download(repo_id: str, cache_dir: Optional[str] = None, revision: Optional[s
                                  allow_patterns=CHECKPOINT_FILES, tqdm_class=tqdm,
                                  etag_timeout=timeout_s)
     except Exception as exc:
-        raise HubUnavailable('cannot download {}: {}'.format(
-            repo_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        raise HubUnavailable('cannot download {}: {}'.format(repo_id, first_line(exc)))

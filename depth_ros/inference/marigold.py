@@ -16,7 +16,8 @@ import time
 from typing import Optional
 
 from depth_ros.core.checks import check_image
-from depth_ros.inference.base import LatencyStats
+from depth_ros.inference.base import Closable, LatencyStats
+from depth_ros.util import check_number_as
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.inference.marigold')
@@ -46,26 +47,22 @@ def default_dtype(device: str) -> str:
     return 'fp16' if str(device).startswith('cuda') else 'fp32'
 
 
+_ENSEMBLE = '`{name}` must be 1 or an integer >= 3, got {value!r}'
+
+
 def check_settings(steps: Optional[int], ensemble_size: int,
                    processing_resolution: Optional[int], dtype: str) -> None:
     """Validate the run settings before any compute; errors name the setting and its value."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
-                              or steps < 1):
-        raise ValueError('`steps` must be an integer >= 1 (or None for the checkpoint '
-                         'default), got {!r}'.format(steps))
-    if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, (int, np.integer)) \
-            or ensemble_size < 1 or ensemble_size == 2:
-        # Our choice, not diffusers': diffusers only warns on 2 ("results are similar to no
-        # ensembling"); two predictions cost twice as much for no real gain and give no
-        # meaningful uncertainty, so we refuse it instead of letting it pass with a warning.
-        raise ValueError('`ensemble_size` must be 1 or an integer >= 3, got {!r}'.format(
-            ensemble_size))
-    if processing_resolution is not None and (
-            isinstance(processing_resolution, bool)
-            or not isinstance(processing_resolution, (int, np.integer))
-            or processing_resolution < 0):
-        raise ValueError('`processing_resolution` must be an integer >= 0 (0 = native, None = '
-                         'checkpoint default), got {!r}'.format(processing_resolution))
+    check_number_as('`{name}` must be an integer >= 1 (or None for the checkpoint default), '
+                    'got {value!r}', 'steps', steps, low=1, integer=True, allow_none=True)
+    # 2 is refused: our choice, not diffusers'. diffusers only warns on 2 ("results are
+    # similar to no ensembling"); two predictions cost twice as much for no real gain and give
+    # no meaningful uncertainty, so we refuse it instead of letting it pass with a warning.
+    if check_number_as(_ENSEMBLE, 'ensemble_size', ensemble_size, low=1, integer=True) == 2:
+        raise ValueError(_ENSEMBLE.format(name='ensemble_size', value=ensemble_size))
+    check_number_as('`{name}` must be an integer >= 0 (0 = native, None = checkpoint '
+                    'default), got {value!r}', 'processing_resolution', processing_resolution,
+                    low=0, integer=True, allow_none=True)
     if dtype not in DTYPES:
         raise ValueError('`dtype` must be one of {}, got {!r}'.format(DTYPES, dtype))
 
@@ -79,7 +76,7 @@ class MarigoldPrediction:
     latency_ms: float
 
 
-class MarigoldDepth(object):
+class MarigoldDepth(Closable):
     """
     Marigold depth estimator around a ready ``MarigoldDepthPipeline``.
 
@@ -201,13 +198,6 @@ class MarigoldDepth(object):
     def close(self) -> None:
         """Drop the pipeline (frees GPU memory once no one else holds it)."""
         self.pipeline = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self) -> str:
         return ('MarigoldDepth(name={!r}, device={!r}, dtype={!r}, steps={}, '

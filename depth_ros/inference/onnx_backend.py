@@ -10,15 +10,12 @@ import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
+from depth_ros.core.checks import check_number
 from depth_ros.inference.base import DepthModel
+from depth_ros.util import first_line
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.inference.onnxruntime')
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OnnxDepthModel(DepthModel):
@@ -48,11 +45,8 @@ class OnnxDepthModel(DepthModel):
             raise ValueError('`path` must be an .onnx file path, got {!r}'.format(path))
         if not os.path.isfile(path):
             raise FileNotFoundError('ONNX model not found: {}'.format(path))
-        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not
-                                             isinstance(intra_op_threads, int)
-                                             or intra_op_threads < 0):
-            raise ValueError('`intra_op_threads` must be an integer >= 0, got {!r}'.format(
-                intra_op_threads))
+        intra_op_threads = check_number('intra_op_threads', intra_op_threads, low=0,
+                                        integer=True, allow_none=True)
         providers = list(providers) if providers else ['CPUExecutionProvider']
         available = ort.get_available_providers()
         unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p)
@@ -68,7 +62,7 @@ class OnnxDepthModel(DepthModel):
             session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise ValueError('{}: cannot load as an ONNX model: {}'.format(
-                path, _first_line(exc)))
+                path, first_line(exc)))
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError('{}: expected 1 input and 1 output (Depth Anything V2), got inputs '

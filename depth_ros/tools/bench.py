@@ -20,23 +20,24 @@ and confidence); latency does not depend on the picture for these stages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import json
 import logging
-import os
 import time
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.checks import check_positive
+from depth_ros.core.checks import check_number
 from depth_ros.inference.base import DepthModel
+from depth_ros.tools import write_reports
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.bench')
 
 STAGES = ('preprocess', 'inference', 'postprocess', 'alignment', 'cloud', 'conversion')
 PERCENTILES = (50, 90, 99)
-STAND_IN_LABEL = 'stand-in (no network: channel mean; latency of a real model not included)'
+# The name of the stand-in (depth_ros.inference.standin) when it replaces the network.
+STAND_IN_LABEL = ('stand-in (no network: image intensity; latency of a real model not '
+                  'included)')
 CONVERSIONS = ('auto', 'ros', 'bytes')
 CONVERSION_LABELS = {
     'ros': 'ROS messages: numpy_to_image + cloud_to_pointcloud2 into reused MessageBuffers, '
@@ -44,33 +45,6 @@ CONVERSION_LABELS = {
     'bytes': 'byte packing only (depth and cloud tobytes): sensor_msgs not importable, not '
              'the ROS message conversion',
 }
-
-
-class StandInModel(DepthModel):
-    """
-    Labelled stand-in when no model is given: a cheap deterministic function of the input.
-
-    Its output is not depth; it only lets the other stages run and be timed.
-    """
-
-    backend = 'stand-in'
-
-    def __init__(self, input_size: Tuple[int, int] = (518, 294)):
-        super(StandInModel, self).__init__(input_size, name=STAND_IN_LABEL)
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return batch[0].mean(axis=0) + 3.0   # [h, w], positive like a disparity
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """'1280x720' -> (1280, 720); ValueError names the value."""
-    try:
-        w, h = (int(v) for v in str(text).lower().split('x'))
-    except ValueError:
-        raise ValueError('`--size` must be WIDTHxHEIGHT, e.g. 1280x720, got {!r}'.format(text))
-    if w <= 0 or h <= 0:
-        raise ValueError('`--size` must be positive, got {!r}'.format(text))
-    return w, h
 
 
 def synthetic_frame(width: int, height: int, seed: int = 0):
@@ -158,9 +132,7 @@ def run_bench(model, size: Tuple[int, int] = (1280, 720), frames: int = 50, warm
     from depth_ros.core.alignment import MetricAligner
     from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud
     conversion = resolve_conversion(conversion)
-    check_positive('frames', frames)
-    if isinstance(frames, bool) or int(frames) != frames:
-        raise ValueError('`frames` must be an integer >= 1, got {!r}'.format(frames))
+    frames = check_number('frames', frames, low=1, integer=True)
     width, height = size
     bgr, _, stereo, confidence, camera = synthetic_frame(width, height)
     kind = relative_kind or getattr(model, 'relative_kind', 'disparity')
@@ -237,14 +209,8 @@ def markdown_table(result: BenchResult) -> str:
 
 def write_report(result: BenchResult, out_dir: str) -> Dict[str, str]:
     """Write bench.md, bench.json and bench.png (p50 bars with p90/p99 marks) to ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {'markdown': os.path.join(out_dir, 'bench.md'),
-             'json': os.path.join(out_dir, 'bench.json'),
-             'plot': os.path.join(out_dir, 'bench.png')}
-    with open(paths['markdown'], 'w') as f:
-        f.write(markdown_table(result))
-    with open(paths['json'], 'w') as f:
-        json.dump(result.to_dict(), f, indent=2)
+    paths = write_reports(out_dir, 'bench.md', markdown_table(result), 'bench.json',
+                          result.to_dict(), 'bench.png')
     try:
         import matplotlib
         matplotlib.use('Agg')

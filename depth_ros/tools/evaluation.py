@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import glob
-import json
 import logging
 import os
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 from depth_ros.core.checks import check_image
+from depth_ros.tools import write_reports
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.eval')
@@ -324,14 +324,8 @@ def markdown_table(results: List[EvalResult]) -> str:
 
 def write_report(results: List[EvalResult], out_dir: str) -> Dict[str, str]:
     """Write results.md, results.json and eval.png (per-image AbsRel and delta1) to ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {'markdown': os.path.join(out_dir, 'results.md'),
-             'json': os.path.join(out_dir, 'results.json'),
-             'plot': os.path.join(out_dir, 'eval.png')}
-    with open(paths['markdown'], 'w') as f:
-        f.write(markdown_table(results))
-    with open(paths['json'], 'w') as f:
-        json.dump([r.to_dict() for r in results], f, indent=2, allow_nan=True)
+    paths = write_reports(out_dir, 'results.md', markdown_table(results), 'results.json',
+                          [r.to_dict() for r in results], 'eval.png', allow_nan=True)
     plot_results(results, paths['plot'])
     return paths
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 
 from depth_ros.inference.tensorrt.cache import (compare_key, EngineCache, EngineCacheError,
-                                                EngineMismatchError, file_sha256)
+                                                EngineMismatchError)
+from depth_ros.util import file_sha256
 
 __all__ = ['load_engine_model', 'find_cached_engine', 'EngineCacheError', 'EngineMismatchError']
 

@@ -16,9 +16,9 @@ from typing import Dict, Optional, Tuple
 
 from depth_ros.core.preprocess import check_input_size
 from depth_ros.inference.base import DepthModel
-from depth_ros.inference.tensorrt.builder import check_dla_core
-from depth_ros.inference.tensorrt.cache import (check_precision, EngineCache, EngineCacheError,
-                                                file_sha256)
+from depth_ros.inference.tensorrt.cache import (check_dla_core, check_precision, EngineCache,
+                                                EngineCacheError)
+from depth_ros.util import file_sha256
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.tensorrt')

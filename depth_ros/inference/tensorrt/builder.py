@@ -11,6 +11,7 @@ reduction overflows FP16 (TensorRT 8.5 warns about it), which shows up as flat o
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,10 +20,11 @@ import time
 from typing import Dict, Optional, Tuple
 
 from depth_ros.core.preprocess import check_input_size
-from depth_ros.inference.tensorrt.cache import (check_precision, compare_key, EngineCache,
-                                                EngineCacheError, file_sha256, make_key,
+from depth_ros.inference.tensorrt.cache import (check_dla_core, check_precision, compare_key,
+                                                EngineCache, EngineCacheError, make_key,
                                                 onnx_stem)
 from depth_ros.inference.tensorrt.calibrator import CalibrationCache, CalibrationSource
+from depth_ros.util import check_number_as, file_sha256, log_heartbeat
 
 LOG = logging.getLogger('depth_ros.tensorrt')
 
@@ -54,54 +56,17 @@ def keep_fp32(layer_name: str, layer_type: str) -> bool:
     return False
 
 
+MAX_WORKSPACE_MB = 64 * 1024
+
+
 def check_workspace_mb(workspace_mb) -> int:
     """Validate the builder workspace limit in MiB."""
-    if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb <= 0:
-        raise ValueError('`workspace_mb` must be an integer > 0 (MiB), got {!r}'.format(
-            workspace_mb))
-    if workspace_mb > 64 * 1024:
-        raise ValueError('`workspace_mb` must be at most 65536 MiB, got {!r}'.format(workspace_mb))
+    workspace_mb = check_number_as('`{name}` must be an integer > 0 (MiB), got {value!r}',
+                                   'workspace_mb', workspace_mb, low=1, integer=True)
+    if workspace_mb > MAX_WORKSPACE_MB:
+        raise ValueError('`workspace_mb` must be at most {} MiB, got {!r}'.format(
+            MAX_WORKSPACE_MB, workspace_mb))
     return workspace_mb
-
-
-def check_dla_core(dla_core) -> Optional[int]:
-    """Validate a DLA core index (None = GPU only)."""
-    if dla_core is None:
-        return None
-    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
-        raise ValueError('`dla_core` must be None or an integer >= 0, got {!r}'.format(dla_core))
-    return dla_core
-
-
-class Heartbeat(object):
-    """Logs 'still building, N s elapsed' every ``interval_s`` until stopped (TensorRT 8.5)."""
-
-    def __init__(self, what: str, interval_s: float = 15.0, log=None):
-        if not interval_s > 0:
-            raise ValueError('`interval_s` must be > 0, got {!r}'.format(interval_s))
-        self.what = what
-        self.interval_s = float(interval_s)
-        self.beats = 0
-        self._log = log or LOG
-        self._stop = threading.Event()
-        self._thread = None
-        self._t0 = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.beats += 1
-            self._log.info('%s: %.0f s elapsed', self.what, time.monotonic() - self._t0)
-
-    def __enter__(self):
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name='trt-heartbeat', daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
 
 
 class PhaseLogger(object):
@@ -193,24 +158,9 @@ def _input_shape(parsed, onnx_path: str, input_size: Optional[Tuple[int, int]]):
     return shape
 
 
-def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[str] = None,
-                 workspace_mb: int = DEFAULT_WORKSPACE_MB, dla_core: Optional[int] = None,
-                 calib_dir: Optional[str] = None, calib_batch_size: int = DEFAULT_CALIB_BATCH,
-                 calib_max_images: Optional[int] = None,
-                 input_size: Optional[Tuple[int, int]] = None, device: int = 0,
-                 force: bool = False, heartbeat_s: float = 15.0, api=None) -> BuildResult:
-    """
-    Return the cached engine for ``onnx_path`` and these options, building it if needed.
-
-    :param precision: 'fp16' (default), 'fp32' or 'int8'.
-    :param cache_dir: engine cache directory (default: see cache.default_cache_dir).
-    :param workspace_mb: builder workspace (tactic scratch memory) limit, MiB.
-    :param dla_core: run on this DLA core, with GPU fallback for unsupported layers.
-    :param calib_dir: folder of recorded frames for INT8 calibration.
-    :param input_size: (width, height); needed only when the ONNX input is dynamic.
-    :param force: rebuild even when a matching engine is cached.
-    :param api: trt_api or a test double of it.
-    """
+def _check_request(onnx_path: str, precision: str, workspace_mb: int,
+                   dla_core: Optional[int]) -> None:
+    """Validate build_engine's options before any GPU work."""
     check_precision(precision)
     check_workspace_mb(workspace_mb)
     check_dla_core(dla_core)
@@ -221,6 +171,114 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
     if not os.path.isfile(onnx_path):
         raise FileNotFoundError('ONNX file {} does not exist; export one with `depth-ros model '
                                 'export`'.format(onnx_path))
+
+
+def _reuse_cached(cache: EngineCache, path: str,
+                  key: Dict[str, object]) -> Optional[BuildResult]:
+    """Return the cached engine at ``path`` when it matches ``key``, else None."""
+    if os.path.exists(path):
+        try:
+            real, _ = cache.validate(path, key)
+            LOG.info('cached engine %s matches (TensorRT %s, %s, %s); not rebuilding',
+                     real, key['tensorrt_version'], key['gpu_name'], key['precision'])
+            return BuildResult(real, key, built=False, seconds=0.0)
+        except (EngineCacheError, FileNotFoundError) as exc:
+            LOG.warning('%s; rebuilding', exc)
+    return None
+
+
+def _log_other_engines(cache: EngineCache, onnx_path: str, path: str,
+                       key: Dict[str, object]) -> None:
+    """Log, for every other cached engine of this ONNX, why it is not used."""
+    for other in cache.candidates(onnx_path):
+        if os.path.abspath(other) == os.path.abspath(path):
+            continue
+        try:
+            differences = compare_key(cache.read_record(other)['key'], key)
+        except EngineCacheError as exc:
+            differences = [str(exc)]
+        LOG.info('not reusing %s: %s', other, '; '.join(differences) or 'same key')
+
+
+def _calibration_source(cache: EngineCache, onnx_path: str, key: Dict[str, object],
+                        calib_dir: Optional[str], batch_size: int,
+                        max_images: Optional[int]) -> Optional[CalibrationSource]:
+    """INT8: frames of ``calib_dir``, else the cached table; None for other precisions."""
+    if key['precision'] != 'int8':
+        return None
+    h, w = key['input_shape'][2], key['input_shape'][3]
+    # TensorRT ignores a table written by another version (its header says which), so the
+    # version is part of the name, like the model and the input size.
+    calib_cache = os.path.join(cache.cache_dir, '{}_{}x{}_{}_trt{}.calib'.format(
+        onnx_stem(onnx_path), w, h, key['onnx_sha256'][:12], key['tensorrt_version']))
+    if calib_dir is not None:
+        return CalibrationSource.from_folder(calib_dir, (w, h), batch_size=batch_size,
+                                             cache_path=calib_cache, max_images=max_images)
+    if CalibrationCache(calib_cache).read() is not None:
+        return CalibrationSource([], (w, h), cache_path=calib_cache)
+    raise ValueError('precision int8 needs `calib_dir` (a folder of recorded frames); no '
+                     'calibration cache {} exists'.format(calib_cache))
+
+
+def _run_builder(api, parsed, onnx_path: str, key: Dict[str, object], workspace_mb: int,
+                 source: Optional[CalibrationSource], heartbeat_s: float):
+    """Build the plan, with TensorRT's progress or a heartbeat; returns (plan, pinned, s)."""
+    precision, dla_core, shape = key['precision'], key['dla_core'], key['input_shape']
+    LOG.info('building %s engine from %s (input %s, workspace %d MiB%s); this takes minutes '
+             'on a Jetson', precision, onnx_path, shape, workspace_mb,
+             '' if dla_core is None else ', DLA core {} + GPU fallback'.format(dla_core))
+    t0 = time.monotonic()
+    if api.has_progress_monitor():
+        progress, waiting = PhaseLogger(), contextlib.nullcontext()
+    else:
+        progress = None
+        waiting = log_heartbeat(LOG, 'building {} engine'.format(precision), heartbeat_s)
+    with waiting:
+        plan, pinned = api.build_serialized(
+            parsed, precision, workspace_mb << 20, dla_core, shape, keep_fp32,
+            calibration_source=source, progress=progress)
+    seconds = time.monotonic() - t0
+    if precision != 'fp32':
+        LOG.info('%d LayerNorm/Softmax layers kept in FP32', pinned)
+    return plan, pinned, seconds
+
+
+def _write_engine(cache: EngineCache, path: str, plan: bytes, key: Dict[str, object],
+                  extra: Dict[str, object], source: Optional[CalibrationSource]) -> str:
+    """Write engine and record (with the calibration's figures); returns the engine path."""
+    if source is not None:
+        extra = dict(extra, calibration={'images': len(source.images),
+                                         'batch_size': source.batch_size,
+                                         'cache': source.cache.path})
+    written = cache.write(path, plan, key, extra)
+    LOG.info('built in %.0f s; engine written to %s', extra['build_seconds'], written)
+    return written
+
+
+def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[str] = None,
+                 workspace_mb: int = DEFAULT_WORKSPACE_MB, dla_core: Optional[int] = None,
+                 calib_dir: Optional[str] = None, calib_batch_size: int = DEFAULT_CALIB_BATCH,
+                 calib_max_images: Optional[int] = None,
+                 input_size: Optional[Tuple[int, int]] = None, device: int = 0,
+                 force: bool = False, heartbeat_s: float = 15.0, api=None) -> BuildResult:
+    """
+    Return the cached engine for ``onnx_path`` and these options, building it if needed.
+
+    Steps: check the options, key the cache (GPU, TensorRT, ONNX sha256, input shape,
+    precision, DLA core), reuse a matching engine, set up INT8 calibration, build, write the
+    engine and its record.
+
+    :param precision: 'fp16' (default), 'fp32' or 'int8'.
+    :param cache_dir: engine cache directory (default: see cache.default_cache_dir).
+    :param workspace_mb: builder workspace (tactic scratch memory) limit, MiB.
+    :param dla_core: run on this DLA core, with GPU fallback for unsupported layers.
+    :param calib_dir: folder of recorded frames for INT8 calibration.
+    :param input_size: (width, height); needed only when the ONNX input is dynamic.
+    :param device: CUDA device index.
+    :param force: rebuild even when a matching engine is cached.
+    :param api: trt_api or a test double of it.
+    """
+    _check_request(onnx_path, precision, workspace_mb, dla_core)
     if api is None:
         from depth_ros.inference.tensorrt import trt_api as api
     cache = EngineCache(cache_dir)
@@ -233,66 +291,20 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
             shape = _input_shape(parsed, onnx_path, input_size)
             key = make_key(runtime, onnx_sha, shape, precision, dla_core)
             path = cache.path_for(onnx_path, key)
-            if os.path.exists(path) and not force:
-                try:
-                    real, _ = cache.validate(path, key)
-                    LOG.info('cached engine %s matches (TensorRT %s, %s, %s); not rebuilding',
-                             real, key['tensorrt_version'], key['gpu_name'], precision)
-                    return BuildResult(real, key, built=False, seconds=0.0)
-                except (EngineCacheError, FileNotFoundError) as exc:
-                    LOG.warning('%s; rebuilding', exc)
-            for other in cache.candidates(onnx_path):
-                if os.path.abspath(other) == os.path.abspath(path):
-                    continue
-                try:
-                    differences = compare_key(cache.read_record(other)['key'], key)
-                except EngineCacheError as exc:
-                    differences = [str(exc)]
-                LOG.info('not reusing %s: %s', other, '; '.join(differences) or 'same key')
+            cached = None if force else _reuse_cached(cache, path, key)
+            if cached is not None:
+                return cached
+            _log_other_engines(cache, onnx_path, path, key)
             if dla_core is not None and dla_core >= parsed.num_dla_cores():
                 raise ValueError('`dla_core` {} does not exist: this platform has {} DLA cores'
                                  .format(dla_core, parsed.num_dla_cores()))
-            source = None
-            if precision == 'int8':
-                # TensorRT ignores a table written by another version (its header says which),
-                # so the version is part of the name, like the model and the input size.
-                calib_cache = os.path.join(cache.cache_dir, '{}_{}x{}_{}_trt{}.calib'.format(
-                    onnx_stem(onnx_path), shape[3], shape[2], onnx_sha[:12],
-                    key['tensorrt_version']))
-                if calib_dir is not None:
-                    source = CalibrationSource.from_folder(
-                        calib_dir, (shape[3], shape[2]), batch_size=calib_batch_size,
-                        cache_path=calib_cache, max_images=calib_max_images)
-                elif CalibrationCache(calib_cache).read() is not None:
-                    source = CalibrationSource([], (shape[3], shape[2]), cache_path=calib_cache)
-                else:
-                    raise ValueError('precision int8 needs `calib_dir` (a folder of recorded '
-                                     'frames); no calibration cache {} exists'.format(
-                                         calib_cache))
-            LOG.info('building %s engine from %s (input %s, workspace %d MiB%s); this takes '
-                     'minutes on a Jetson', precision, onnx_path, shape, workspace_mb,
-                     '' if dla_core is None else ', DLA core {} + GPU fallback'.format(dla_core))
-            t0 = time.monotonic()
-            if api.has_progress_monitor():
-                plan, pinned = api.build_serialized(
-                    parsed, precision, workspace_mb << 20, dla_core, shape, keep_fp32,
-                    calibration_source=source, progress=PhaseLogger())
-            else:
-                with Heartbeat('building {} engine'.format(precision), heartbeat_s):
-                    plan, pinned = api.build_serialized(
-                        parsed, precision, workspace_mb << 20, dla_core, shape, keep_fp32,
-                        calibration_source=source, progress=None)
-            seconds = time.monotonic() - t0
-            if precision != 'fp32':
-                LOG.info('%d LayerNorm/Softmax layers kept in FP32', pinned)
+            source = _calibration_source(cache, onnx_path, key, calib_dir, calib_batch_size,
+                                         calib_max_images)
+            plan, pinned, seconds = _run_builder(api, parsed, onnx_path, key, workspace_mb,
+                                                 source, heartbeat_s)
             extra = {'workspace_mb': workspace_mb, 'onnx_path': os.path.abspath(onnx_path),
                      'fp32_layers': pinned, 'build_seconds': round(seconds, 1)}
-            if source is not None:
-                extra['calibration'] = {'images': len(source.images),
-                                        'batch_size': source.batch_size,
-                                        'cache': source.cache.path}
-            written = cache.write(path, plan, key, extra)
-            LOG.info('built in %.0f s; engine written to %s', seconds, written)
+            written = _write_engine(cache, path, plan, key, extra, source)
             return BuildResult(written, key, built=True, seconds=seconds, fp32_layers=pinned)
     finally:
         gpu.close()

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from depth_ros.util import check_number_as, file_sha256, user_cache_dir, write_atomic
 
 LOG = logging.getLogger('depth_ros.tensorrt')
 
@@ -48,23 +49,7 @@ class EngineMismatchError(EngineCacheError):
 
 def default_cache_dir() -> str:
     """$DEPTH_ROS_ENGINE_CACHE, else $XDG_CACHE_HOME/depth_ros/engines (~/.cache/...)."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return env
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'depth_ros', 'engines')
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (engines are tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
+    return user_cache_dir('engines', env_var=ENV_CACHE_DIR)
 
 
 def check_precision(precision: str) -> str:
@@ -73,6 +58,12 @@ def check_precision(precision: str) -> str:
         raise ValueError('`precision` must be one of {}, got {!r}'.format(
             '|'.join(PRECISIONS), precision))
     return precision
+
+
+def check_dla_core(dla_core) -> Optional[int]:
+    """Validate a DLA core index (None = GPU only)."""
+    return check_number_as('`{name}` must be None or an integer >= 0, got {value!r}',
+                           'dla_core', dla_core, low=0, integer=True, allow_none=True)
 
 
 def make_key(runtime: Dict[str, str], onnx_sha256: str, input_shape: Sequence[int],
@@ -87,8 +78,7 @@ def make_key(runtime: Dict[str, str], onnx_sha256: str, input_shape: Sequence[in
     if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or min(shape) <= 0:
         raise ValueError('`input_shape` must be [1, 3, h, w] with h, w > 0, got {!r}'.format(
             list(input_shape)))
-    if dla_core is not None and (isinstance(dla_core, bool) or int(dla_core) < 0):
-        raise ValueError('`dla_core` must be None or an integer >= 0, got {!r}'.format(dla_core))
+    dla_core = check_dla_core(dla_core)
     return {
         'tensorrt_version': str(runtime['tensorrt_version']),
         'gpu_name': str(runtime['gpu_name']),
@@ -96,7 +86,7 @@ def make_key(runtime: Dict[str, str], onnx_sha256: str, input_shape: Sequence[in
         'onnx_sha256': str(onnx_sha256),
         'input_shape': shape,
         'precision': check_precision(precision),
-        'dla_core': None if dla_core is None else int(dla_core),
+        'dla_core': dla_core,
     }
 
 
@@ -167,20 +157,6 @@ def sidecar_path(engine_path: str) -> str:
     return engine_path + '.json'
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    # A build interrupted half-way must never leave a truncated engine under the final name.
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class EngineCache(object):
     """
     A directory of engines with their JSON records.
@@ -236,9 +212,10 @@ class EngineCache(object):
             'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         }
         record.update(extra or {})
-        _atomic_write(engine_path, plan)
-        _atomic_write(sidecar_path(engine_path),
-                      (json.dumps(record, indent=2, sort_keys=True) + '\n').encode('utf-8'))
+        # A build interrupted half-way must never leave a truncated engine under its name.
+        write_atomic(engine_path, plan)
+        write_atomic(sidecar_path(engine_path),
+                     (json.dumps(record, indent=2, sort_keys=True) + '\n').encode('utf-8'))
         LOG.info('engine written to %s (%.1f MB), record %s', engine_path, len(plan) / 1e6,
                  sidecar_path(engine_path))
         return engine_path

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import List, Optional, Tuple
 
 import cv2
+from depth_ros.core.checks import check_number
 from depth_ros.core.preprocess import check_input_size, prepare_input
+from depth_ros.util import write_atomic
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.tensorrt')
@@ -60,12 +61,7 @@ class CalibrationCache(object):
         """Store the table atomically (no half-written cache after an interrupted build)."""
         if not self.path:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=directory)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(bytes(data))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, data)
         LOG.info('calibration cache written to %s (%d bytes)', self.path, len(data))
 
 
@@ -86,8 +82,7 @@ class CalibrationSource(object):
     def __init__(self, images: List[str], input_size: Tuple[int, int], batch_size: int = 8,
                  cache_path: Optional[str] = None):
         self.input_size = check_input_size(*input_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError('`batch_size` must be an integer > 0, got {!r}'.format(batch_size))
+        batch_size = check_number('batch_size', batch_size, low=0, low_open=True, integer=True)
         self.images = list(images)
         if not self.images and not CalibrationCache(cache_path).read():
             raise ValueError('`images` is empty and there is no calibration cache: INT8 needs '
@@ -109,10 +104,9 @@ class CalibrationSource(object):
                     cache_path: Optional[str] = None, max_images: Optional[int] = None):
         """All images of ``folder`` (sorted), at most ``max_images``."""
         images = list_images(folder)
+        max_images = check_number('max_images', max_images, low=0, low_open=True,
+                                  integer=True, allow_none=True)
         if max_images is not None:
-            if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images <= 0:
-                raise ValueError('`max_images` must be an integer > 0, got {!r}'.format(
-                    max_images))
             images = images[:max_images]
         return cls(images, input_size, batch_size=batch_size, cache_path=cache_path)
 

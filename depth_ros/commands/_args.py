@@ -1,0 +1,135 @@
+"""
+Argument helpers shared by the `depth-ros` sub-commands: sizes, integers, the model arguments.
+
+Light on purpose (argparse and re only at import), so that `depth-ros --help` stays fast; the
+model is loaded through depth_ros.inference.load_model only when a command runs.
+
+``--device`` is a torch device ('cpu', 'cuda:0') wherever it appears (eval, bench,
+process-bag); a CUDA device index for TensorRT is ``--gpu`` (model build, model verify).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Optional, Tuple
+
+_SIZE = re.compile(r'^\s*(\d+)\s*[xX,]\s*(\d+)\s*$')
+
+
+def parse_size(text: str, option: Optional[str] = '--size', example: str = '1280x720',
+               model_input: bool = False) -> Tuple[int, int]:
+    """
+    Parse 'WIDTHxHEIGHT' (also 'W,H') into (width, height).
+
+    :param option: the option named in errors (None: 'size', for argparse types, whose
+        messages already name the option).
+    :param model_input: also require multiples of 14 (a model input size).
+    :raises ValueError: naming the option and the text.
+    """
+    what = '`{}`'.format(option) if option else 'size'
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError('{} must be WIDTHxHEIGHT, e.g. {}, got {!r}'.format(what, example, text))
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0:
+        raise ValueError('{} must be positive, got {!r}'.format(what, text))
+    if model_input:
+        from depth_ros.core.preprocess import check_input_size
+        try:
+            check_input_size(width, height)
+        except ValueError as exc:
+            raise ValueError('{} {!r}: {}'.format(option or 'size', text, exc))
+    return width, height
+
+
+def size_type(example: str = '518x294', model_input: bool = False):
+    """Return an argparse ``type`` that parses WIDTHxHEIGHT (see :func:`parse_size`)."""
+    def parse(text: str) -> Tuple[int, int]:
+        try:
+            return parse_size(text, None, example, model_input)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc))
+    return parse
+
+
+def _int_type(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError('must be an integer {}, got {!r}'.format(
+                what, text))
+        return value
+    return parse
+
+
+# argparse types: the message names the value, argparse prefixes the option.
+non_negative_int = _int_type(0, '>= 0')
+positive_int = _int_type(1, '> 0')
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option spelling: stores into the new option's ``dest`` and records a warning."""
+
+    def __init__(self, option_strings, dest, new_option: str = '', **kwargs):
+        self.new_option = new_option
+        kwargs.setdefault('help', argparse.SUPPRESS)
+        super(DeprecatedAlias, self).__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notes = list(getattr(namespace, 'deprecations', None) or [])
+        notes.append('{} is deprecated, use {} (same value)'.format(option_string,
+                                                                    self.new_option))
+        namespace.deprecations = notes
+
+
+def add_gpu_argument(parser) -> None:
+    """Add ``--gpu N`` (CUDA device index for TensorRT); ``--device`` is a deprecated alias."""
+    parser.add_argument('--gpu', type=non_negative_int, default=0, metavar='N',
+                        help='CUDA device index')
+    parser.add_argument('--device', dest='gpu', type=non_negative_int, action=DeprecatedAlias,
+                        new_option='--gpu')
+
+
+def add_model_arguments(parser, model_help: str, model_required: bool = False,
+                        random_weights_help: Optional[str] = None,
+                        marigold: bool = False) -> None:
+    """
+    Add the model arguments: --backend, --model, --device (a torch device).
+
+    Optionally also --random-weights and Marigold's --steps, --ensemble, --processing-resolution.
+
+    :param random_weights_help: help of --random-weights; None: no such option.
+    :param marigold: add Marigold's settings.
+    """
+    from depth_ros.inference.registry import BACKENDS, COMMAND_BACKENDS
+
+    torch_backends = ' / '.join(n for n in COMMAND_BACKENDS if BACKENDS[n].torch_device)
+    parser.add_argument('--backend', default='onnxruntime', choices=COMMAND_BACKENDS)
+    parser.add_argument('--model', default=None, required=model_required, help=model_help)
+    parser.add_argument('--device', default='cpu',
+                        help='torch device for {} (cpu, cuda, cuda:0)'.format(torch_backends))
+    if random_weights_help is not None:
+        parser.add_argument('--random-weights', action='store_true', help=random_weights_help)
+    if marigold:
+        parser.add_argument('--steps', type=int, default=None, help='Marigold denoising steps')
+        parser.add_argument('--ensemble', type=int, default=1, help='Marigold ensemble size')
+        parser.add_argument('--processing-resolution', type=int, default=None,
+                            help='Marigold processing resolution (0 = native)')
+
+
+def load_model(args):
+    """
+    Load the model that the arguments of :func:`add_model_arguments` name.
+
+    Errors: see depth_ros.inference.load_model (ValueError, ModelLoadError: one line each).
+    """
+    from depth_ros.inference import load_model as load
+
+    return load(args.backend, args.model, device=args.device,
+                random_weights=getattr(args, 'random_weights', False),
+                steps=getattr(args, 'steps', None), ensemble_size=getattr(args, 'ensemble', 1),
+                processing_resolution=getattr(args, 'processing_resolution', None))
