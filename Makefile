@@ -10,6 +10,11 @@ VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py)
 
+# The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
+# install: shared/ros2-launch-stack/install.sh next to the checkout (or DEPTH_ROS_LAUNCH_STACK).
+LAUNCH_STACK ?= $(firstword $(DEPTH_ROS_LAUNCH_STACK) $(wildcard ../shared/ros2-launch-stack/install.sh \
+	$(dir $(CURDIR))shared/ros2-launch-stack/install.sh /work/shared/ros2-launch-stack/install.sh))
+
 .PHONY: demo test test-py38 test-unit lint bench venv clean
 
 $(VENV)/.stamp-base: setup.py
@@ -22,16 +27,28 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-base setup.py
 	$(PY) -m pip install -q -e '.[ros,onnx,export,marigold,tools,dev]'
 	touch $@
 
-venv: $(VENV)/.stamp-dev
+# Once: the system's launch stack when a sourced ROS 2 install provides it, else install.sh into
+# the venv, else nothing (the real-launch tests then skip and say why).
+$(VENV)/.stamp-launch: $(VENV)/.stamp-dev
+	@if [ ! -f $(VENV)/.ros2-launch-stack ] && $(PY) -c 'import launch, launch_ros, launch_pytest, ros2cli' 2>/dev/null; then \
+		echo "launch stack: using the installed ROS 2 launch"; \
+	elif [ -n "$(LAUNCH_STACK)" ] && [ -f "$(LAUNCH_STACK)" ]; then \
+		bash "$(LAUNCH_STACK)" $(VENV); \
+	else \
+		echo "launch stack: ../shared/ros2-launch-stack/install.sh not found and no ROS 2 install sourced: the real-launch tests will skip"; \
+	fi
+	touch $@
+
+venv: $(VENV)/.stamp-launch
 
 demo: $(VENV)/.stamp-base
 	$(PY) -m depth_ros.cli demo --out out/demo
 
-test: $(VENV)/.stamp-dev
+test: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q test
 	$(MAKE) test-py38
 
-test-unit: $(VENV)/.stamp-dev
+test-unit: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q -m "not slow and not graph" test
 
 $(VENV38)/.stamp: setup.py

@@ -121,8 +121,8 @@ def test_errors_name_the_problem(tmp_path):
 
 def test_cli_process_bag(tmp_path, monkeypatch, capsys):
     src = write_test_bag(str(tmp_path / 'in'), _frames(), storage='mcap')
-    from depth_ros.commands import eval as eval_cmd
-    monkeypatch.setattr(eval_cmd, 'load_model', lambda *a, **k: GrayModel())
+    from depth_ros.commands import _args
+    monkeypatch.setattr(_args, 'load_model', lambda *a, **k: GrayModel())
     dst = str(tmp_path / 'out')
     assert cli.main(['process-bag', src, dst, '--model', 'x', '--out-ns', '/fused']) == 0
     out = _read(dst)

@@ -37,27 +37,18 @@ def _mean(values) -> float:
 
 
 def load_model(values):
-    """Build the configured backend; StartupError with a one-line reason when it fails."""
-    backend = values['backend']
-    if backend == 'standin':
-        from depth_ros.inference.standin import StandInDepthModel
-        return StandInDepthModel(latency_ms=values['standin_latency_ms'],
-                                 mode=values['standin_mode'])
-    size = None
-    if values['input_width']:
-        size = (values['input_width'], values['input_height'])
-    options = {}
-    if backend == 'torch':
-        options['device'] = values['device']
-    if backend == 'tensorrt' and values['engine_cache_dir']:
-        options['cache_dir'] = values['engine_cache_dir']
+    """Build the configured backend; StartupError/ConfigError with a one-line reason."""
+    from depth_ros.inference import load_model as load, ModelLoadError
+    size = (values['input_width'], values['input_height']) if values['input_width'] else None
     try:
-        from depth_ros.inference import load_depth_model
-        return load_depth_model(values['model_path'], backend=backend, input_size=size,
-                                **options)
-    except Exception as exc:  # noqa: B902 - every failure is a start-up failure
-        raise StartupError('cannot load {} model {!r}: {}'.format(
-            backend, values['model_path'], first_line(exc))) from None
+        return load(values['backend'], values['model_path'] or None, input_size=size,
+                    device=values['device'], engine_cache_dir=values['engine_cache_dir'] or None,
+                    standin_latency_ms=values['standin_latency_ms'],
+                    standin_mode=values['standin_mode'])
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+    except ValueError as exc:   # the request itself is wrong (input size not a multiple of 14)
+        raise ConfigError(str(exc)) from None
 
 
 class FrameHealth(object):

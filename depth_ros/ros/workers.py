@@ -14,13 +14,14 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
+from depth_ros.util import describe_error
+
 LOG = logging.getLogger('depth_ros.ros')
 
 
 def first_line(exc: BaseException) -> str:
     """Return ``Type: first line of the message`` of an exception, for one-line logs."""
-    text = str(exc).strip().splitlines()
-    return '{}: {}'.format(type(exc).__name__, text[0] if text else 'no details')
+    return describe_error(exc)
 
 
 class LatestWorker(object):

@@ -31,6 +31,7 @@ from depth_ros.core.messages import camera_info_fields, decode_set, header_ns
 from depth_ros.core.messages import depth_to_metres  # noqa: F401 - re-exported
 from depth_ros.core.pairing import PairingBuffer
 from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.util import describe_error
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.rosbag')
@@ -82,9 +83,7 @@ def _bag_problem(path: str) -> Optional[str]:
 
 def bag_error(path: str, exc: BaseException, doing: str) -> SourceError:
     """One-line SourceError for a bag that rosbags or sqlite cannot read (permanent)."""
-    text = str(exc).strip().splitlines()
-    error = SourceError('cannot {} bag {}: {}: {}'.format(
-        doing, path, type(exc).__name__, text[0] if text else 'no details'))
+    error = SourceError('cannot {} bag {}: {}'.format(doing, path, describe_error(exc)))
     error.permanent = True   # a truncated or corrupt recording does not heal by retrying
     return error
 
