@@ -57,6 +57,35 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_files(paths) -> Iterator[dict]:
+    """
+    Yield {path: temporary path} for several outputs; all are renamed into place at the end.
+
+    A writer fills every temporary (each keeps its target's extension, so numpy and OpenCV
+    pick the right format); only when the block ends without an exception are they renamed to
+    their targets, one ``os.replace`` each. A failure or Ctrl-C while writing removes every
+    temporary and leaves the old files as they were: never a mix of new and old outputs.
+    """
+    temps = {}
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        stem, ext = os.path.splitext(os.path.basename(path))
+        temps[path] = os.path.join(folder, '.{}.partial-{}{}'.format(stem, os.getpid(), ext))
+    try:
+        yield dict(temps)
+        missing = [t for t in temps.values() if not os.path.exists(t)]
+        if missing:
+            raise RuntimeError('output not written: {}'.format(', '.join(missing)))
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_path` (no half-written file, ever)."""
     with atomic_path(path) as tmp:

@@ -93,7 +93,7 @@ class NodeProcess(object):
     """One node executable in its own process (``python -m depth_ros.ros.<module>``)."""
 
     def __init__(self, module, params=None, remaps=None, params_file=CONFIG, name=None,
-                 extra_ros_args=()):
+                 extra_ros_args=(), env=None):
         self.module = module
         cmd = [sys.executable, '-m', 'depth_ros.ros.' + module, '--ros-args']
         if params_file:
@@ -108,8 +108,10 @@ class NodeProcess(object):
         self.cmd = cmd
         self.log = tempfile.NamedTemporaryFile(prefix='depth_ros_' + module + '_',
                                                suffix='.log', delete=False)
+        run_env = _ros_env(dict(os.environ))
+        run_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=_ros_env(dict(os.environ)), cwd=ROOT)
+                                     env=run_env, cwd=ROOT)
 
     def output(self):
         """Return everything the process wrote so far."""

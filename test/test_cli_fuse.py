@@ -135,3 +135,26 @@ def test_mismatched_sizes_and_shapes(inputs, capsys):
         capsys.readouterr().err
     assert main(argv(inputs, **{'--confidence': inputs / 'small.npy'})) == 2
     assert '--confidence has shape (59, 80)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('failure', [RuntimeError('disk full'), KeyboardInterrupt()])
+def test_a_failed_write_leaves_the_previous_outputs_whole(tmp_path, monkeypatch, failure):
+    # A later write that fails (or Ctrl-C) must not leave a mix of new and old files.
+    from depth_ros.commands import fuse as fuse_cmd
+    from depth_ros.core import ply
+    bgr, rel, st, _ = scene()
+    cam = PinholeCamera(60, 60, 39.5, 29.5, W, H)
+    out = tmp_path / 'out'
+    fuse_and_write(bgr, rel, st, None, cam, str(out))
+    before = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
+
+    def broken(*args, **kwargs):
+        raise failure
+    monkeypatch.setattr(ply, 'write_ply', broken)
+    assert fuse_cmd is not None
+    with pytest.raises(type(failure)):
+        fuse_and_write(bgr, rel * 2.0, st * 0.5, None, cam, str(out))
+    after = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
+    assert after == before, 'an output changed although the run failed'
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES), \
+        'temporary files were left: {}'.format(sorted(p.name for p in out.iterdir()))

@@ -172,7 +172,7 @@ class _Logger(object):
     def error(self, text):
         self.lines.append(('error', text))
 
-    def warn(self, text):
+    def warning(self, text):
         self.lines.append(('warn', text))
 
     def info(self, text):

@@ -153,3 +153,28 @@ def test_progress_heartbeat_disabled_starts_no_thread():
     before = set(threading.enumerate())
     with util.progress_heartbeat('x', enabled=False):
         assert set(threading.enumerate()) == before
+
+
+def test_atomic_files_commit_all_or_none(tmp_path):
+    from depth_ros.util import atomic_files
+    a, b = str(tmp_path / 'a.npy'), str(tmp_path / 'sub' / 'b.png')
+    with atomic_files([a, b]) as tmp:
+        assert tmp[a].endswith('.npy') and tmp[b].endswith('.png'), tmp
+        for path in (a, b):
+            with open(tmp[path], 'w') as f:
+                f.write('new ' + path)
+        assert not os.path.exists(a), 'nothing is renamed before the block ends'
+    assert open(a).read() == 'new ' + a and open(b).read() == 'new ' + b
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_files([a, b]) as tmp:
+            with open(tmp[a], 'w') as f:
+                f.write('half')
+            raise KeyboardInterrupt
+    assert open(a).read() == 'new ' + a, 'the old file must stay whole'
+    with pytest.raises(RuntimeError, match='output not written'):
+        with atomic_files([a, b]) as tmp:
+            with open(tmp[a], 'w') as f:
+                f.write('only one')
+    assert open(a).read() == 'new ' + a
+    assert sorted(os.listdir(str(tmp_path))) == ['a.npy', 'sub'] and \
+        os.listdir(str(tmp_path / 'sub')) == ['b.png'], 'temporaries were left'

@@ -53,6 +53,7 @@ def fuse_and_write(bgr, relative, stereo_depth, confidence, camera, out_dir: str
     from depth_ros.core.ply import write_ply
     from depth_ros.core.pointcloud import depth_to_cloud
     from depth_ros.core.visualize import colorize
+    from depth_ros.util import atomic_files
 
     check_image('bgr', bgr, channels=3, dtypes=(np.uint8,))
     check_image('stereo_depth', stereo_depth)
@@ -62,22 +63,25 @@ def fuse_and_write(bgr, relative, stereo_depth, confidence, camera, out_dir: str
     result = aligner.update(relative, stereo_depth, confidence)
     depth = result.depth
     cloud = depth_to_cloud(depth, camera, bgr=bgr)
-    os.makedirs(out_dir, exist_ok=True)
     files = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
-    np.save(files['depth.npy'], depth)
-    finite = depth[np.isfinite(depth)]
-    vmin, vmax = (None, None) if finite.size else (0.0, 1.0)
-    if not cv2.imwrite(files['depth.png'], colorize(depth, vmin, vmax, reverse=True)):
-        raise RuntimeError('could not write {}'.format(files['depth.png']))
-    n_points = write_ply(files['points.ply'], cloud)
     report = result.to_dict()
     report.update(relative_kind=aligner.relative_kind, width=int(depth.shape[1]),
                   height=int(depth.shape[0]),
                   dense_fraction=float(np.mean(np.isfinite(depth) | np.isposinf(depth))),
-                  too_far_fraction=float(np.mean(np.isposinf(depth))), points=n_points)
-    with open(files['alignment.json'], 'w') as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write('\n')
+                  too_far_fraction=float(np.mean(np.isposinf(depth))))
+    # All four files or none: a failure or Ctrl-C half way leaves the old outputs untouched.
+    with atomic_files(list(files.values())) as tmp:
+        with open(tmp[files['depth.npy']], 'wb') as f:
+            np.save(f, depth)
+        finite = depth[np.isfinite(depth)]
+        vmin, vmax = (None, None) if finite.size else (0.0, 1.0)
+        if not cv2.imwrite(tmp[files['depth.png']], colorize(depth, vmin, vmax, reverse=True)):
+            raise RuntimeError('could not write {}'.format(files['depth.png']))
+        n_points = write_ply(tmp[files['points.ply']], cloud)
+        report['points'] = n_points
+        with open(tmp[files['alignment.json']], 'w') as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+            f.write('\n')
     LOG.info('fuse: status %s, scale %.6g, shift %.6g, inliers %.1f %%, %d points -> %s',
              result.status, result.scale, result.shift, 100.0 * (report['inlier_ratio'] or 0),
              n_points, out_dir)

@@ -164,7 +164,7 @@ class AlignmentNode(DepthRosNode):
             # sets of the old timeline never complete, and the temporal filter must not
             # blend two recordings.
             self.stamp_resets += 1
-            self.get_logger().warn(text + '; pairing and the temporal filter start over')
+            self.get_logger().warning(text + '; pairing and the temporal filter start over')
             for k, guard in self.stamp_guards.items():
                 if k != kind:
                     guard.reset()

@@ -79,9 +79,9 @@ class DepthNode(DepthRosNode):
         super().__init__('depth_node', PARAMS, validate=validate_depth, apply=self._apply,
                          **kwargs)
         if self.cfg['engine_cache_dir'] and self.cfg['backend'] != 'tensorrt':
-            self.get_logger().warn('parameter `engine_cache_dir` ({!r}) is used only by the '
-                                   'tensorrt backend, not {!r}'.format(
-                                       self.cfg['engine_cache_dir'], self.cfg['backend']))
+            self.get_logger().warning(
+                'parameter `engine_cache_dir` ({!r}) is used only by the tensorrt backend, '
+                'not {!r}'.format(self.cfg['engine_cache_dir'], self.cfg['backend']))
         self.model = load_model(self.cfg)
         self.get_logger().info('backend {}: {}'.format(self.cfg['backend'],
                                                        self.model.name or self.model))
@@ -119,7 +119,7 @@ class DepthNode(DepthRosNode):
             # A jump back is a restarted source (rosbag play --loop, an SVO reopened, sim time
             # reset), not a late frame: start over, or every new frame would be dropped.
             self.stamp_resets += 1
-            self.get_logger().warn(text + '; starting over')
+            self.get_logger().warning(text + '; starting over')
         elif verdict == 'old':
             self._drop('stamp', 'stamp {} is {} the previous {} (out-of-order or '
                        'duplicated)'.format(stamp, 'equal to' if stamp == last

@@ -98,7 +98,10 @@ def declare_params(node, specs: Sequence[Param],
         try:
             param = node.declare_parameter(spec.name, spec.default, _descriptor(spec))
         except ParameterException as exc:
-            raise ConfigError('invalid value for parameter `{}`: {}'.format(
+            # rclpy's own range/type check ran first; say it as our checks do when we can.
+            override = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
+            reason = check_value(spec, override.value) if override is not None else None
+            raise ConfigError(reason or 'invalid value for parameter `{}`: {}'.format(
                 spec.name, exc)) from None
         values[spec.name] = param.value
     for spec in specs:

@@ -113,6 +113,10 @@ def max_message_bytes(environ=None) -> Optional[int]:
     middlewares and profiles without an SHM limit: None (no check).
     """
     env = os.environ if environ is None else environ
+    override = env.get('DEPTH_ROS_MAX_MESSAGE_BYTES')
+    if override:
+        # Another middleware's limit, or a test's: the bound the nodes refuse to exceed.
+        return int(override)
     rmw = env.get('RMW_IMPLEMENTATION', '') or 'rmw_fastrtps_cpp'
     if not rmw.startswith('rmw_fastrtps'):
         return None
@@ -150,7 +154,7 @@ class DepthRosNode(Node):
         install_parameter_callbacks(self, self.specs, self.cfg, validate, apply)
         self.log = ThrottledLog(self.get_logger())
         for line in unknown_overrides(self, self.specs):
-            self.get_logger().warn(line)
+            self.get_logger().warning(line)
         self.bad = collections.Counter()      # dropped frames by kind
         self.shutting_down = False
         self.fatal_reason = None
@@ -229,6 +233,42 @@ class _Signals(object):
         return False
 
 
+def _params_files(args: List[str]) -> List[str]:
+    """The ``--params-file`` paths of the ``--ros-args`` sections of ``args``."""
+    files, in_ros = [], False
+    for i, arg in enumerate(args):
+        if arg == '--ros-args':
+            in_ros = True
+        elif arg == '--':
+            in_ros = False
+        elif in_ros and arg == '--params-file' and i + 1 < len(args):
+            files.append(args[i + 1])
+    return files
+
+
+def check_params_files(args: List[str]) -> Optional[str]:
+    """
+    Return what is wrong with a ``--params-file`` of ``args`` (None when they all read).
+
+    rcl would refuse them too, but with a 20-line error and a traceback; this names the file
+    and the problem in one line before rcl sees it.
+    """
+    import yaml
+    for path in _params_files(args):
+        if not os.path.isfile(path):
+            return '--params-file {}: no such file'.format(path)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as exc:
+            return '--params-file {}: not valid YAML: {}'.format(
+                path, first_line(exc).replace('\n', ' '))
+        if data is not None and not isinstance(data, dict):
+            return '--params-file {}: expected node sections (`/**/node: ros__parameters: ' \
+                '...`), got a {}'.format(path, type(data).__name__)
+    return None
+
+
 def _init_rclpy(args):
     import rclpy
     try:
@@ -288,7 +328,7 @@ def _teardown(node, executor, signals) -> None:
     try:
         node.close()
     except Exception as exc:  # noqa: B902 - a failing close must not hide the exit
-        node.get_logger().warn('closing failed: {}'.format(first_line(exc)))
+        node.get_logger().warning('closing failed: {}'.format(first_line(exc)))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
 
@@ -307,6 +347,10 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    problem = check_params_files(list(sys.argv[1:] if args is None else args))
+    if problem:
+        sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
+        return 2
     try:
         _init_rclpy(args)
     except Exception as exc:  # noqa: B902 - a bad --params-file, a malformed --ros-args

@@ -345,7 +345,7 @@ class ThrottledLog(object):
         """Log ``text`` as a warning, rate-limited as :meth:`error` (own window per kind)."""
         line = self._admit(kind, text, period)
         if line is not None:
-            self._logger.warn(line)
+            self._logger.warning(line)
         return line is not None
 
     def once(self, kind: str, text: str, level: str = 'info') -> bool:
@@ -354,7 +354,7 @@ class ThrottledLog(object):
             if kind in self._once:
                 return False
             self._once.add(kind)
-        getattr(self._logger, level)(text)
+        getattr(self._logger, {'warn': 'warning'}.get(level, level))(text)
         return True
 
     def suppressed(self, kind: str) -> int:
@@ -421,7 +421,7 @@ class LogForwarder(logging.Handler):
             elif level >= logging.ERROR:
                 self._logger.error(text)
             elif level >= logging.WARNING:
-                self._logger.warn(text)
+                self._logger.warning(text)
             elif level >= logging.INFO:
                 self._logger.info(text)
             else:

@@ -16,6 +16,7 @@ state is on /diagnostics.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Optional
 
@@ -73,7 +74,9 @@ class ZedNode(DepthRosNode):
 
     def _make_source(self):
         from depth_ros.sources import make_source
-        kind = self.cfg['source']
+        kind, path = self.cfg['source'], self.cfg['path']
+        if path and not os.path.exists(os.path.expanduser(path)):
+            raise ConfigError('source {}: parameter `path` {!r} does not exist'.format(kind, path))
         try:
             if kind in ('live', 'svo'):
                 # pyzed is imported when the camera opens, in the grab thread; check now so
@@ -226,7 +229,7 @@ class ZedNode(DepthRosNode):
         try:
             self.source.close()
         except Exception as exc:  # noqa: B902 - report, but finish the shutdown
-            self.get_logger().warn('closing the source failed: {}'.format(first_line(exc)))
+            self.get_logger().warning('closing the source failed: {}'.format(first_line(exc)))
 
 
 def make_node(source=None, **kwargs):

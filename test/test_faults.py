@@ -1,0 +1,701 @@
+"""
+The fault suite: what robots and users do to the nodes, and what the nodes must do back.
+
+Every frame-level case sends one bad input to running nodes and asserts four things: the log
+line that names the problem, that the node is still alive, the /diagnostics counter of that
+kind of drop, and that a good frame afterwards still produces output. The process-level cases
+(bad configuration, missing or corrupt recordings, messages too large for the middleware,
+Ctrl-C in the middle of a frame, kill -9) assert the one line, the exit status and the absence
+of a traceback.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import CONFIG, NodeProcess, ROOT, wait_until
+from graph_support import FedGraph, FRAME, frame_set, H, make_bgr, now, W
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.graph
+rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
+
+
+@pytest.fixture(scope='module')
+def g(probe, node_processes):
+    """One fed graph for the frame-level cases (log every line: log_throttle_s 0)."""
+    return FedGraph(probe, node_processes, ns='/faults', suffix='_f',
+                    align_params={'stale_after_s': 1.5})
+
+
+def _count(g, node, key, before, timeout=10.0):
+    values = g.diagnostics_until(node, lambda v: int(v[key]) > before, timeout)
+    return int(values[key])
+
+
+def _baseline(g, node, key):
+    values = g.diagnostics(node, since=now())
+    return int(values[key])
+
+
+def _expect_frame_drop(g, node, key, text, send, good='set'):
+    """Run one frame-level case: ``send()`` the bad input; check line, life, counter, recovery."""
+    proc = g.depth_node if node == 'depth' else g.align_node
+    before = _baseline(g, node, key)
+    mark = len(proc.output())
+    stamp = send()
+    assert wait_until(lambda: text in proc.output()[mark:], 10), \
+        'expected the log line {!r}; output:\n{}'.format(text, proc.output()[-3000:])
+    assert proc.alive(), 'the node died on a bad frame:\n' + proc.output()[-3000:]
+    after = _count(g, node, key, before)
+    assert after == before + 1, 'expected {} {} -> {}, received {}'.format(
+        key, before, before + 1, after)
+    if stamp is not None:
+        target = g.disp if node == 'depth' else g.depth
+        assert target.by_stamp(stamp) is None, 'the bad frame {} was published'.format(stamp)
+    if good == 'image':
+        g.send_good_image(900)
+    else:
+        g.send_good(901)
+    assert 'Traceback' not in proc.output()[mark:], proc.output()[mark:]
+
+
+def _bad_set(g, seed=40, **kwargs):
+    def send():
+        stamp = g.next_stamp()
+        bgr, disparity, depth, confidence = frame_set(seed)
+        for name in ('bgr', 'disparity', 'depth', 'confidence'):
+            if name in kwargs:
+                value = kwargs.pop(name)
+                if name == 'bgr':
+                    bgr = value
+                elif name == 'disparity':
+                    disparity = value
+                elif name == 'depth':
+                    depth = value
+                else:
+                    confidence = value
+        g.send(stamp, bgr, disparity, depth, confidence, **kwargs)
+        return stamp
+    return send
+
+
+def _image_only(g, msg_builder):
+    def send():
+        stamp = g.next_stamp()
+        msg = msg_builder(g.conv.make_header(stamp, FRAME))
+        g.pub['image'].publish(msg)
+        return stamp
+    return send
+
+
+# ------------------------------------------------------------------- depth_node: images
+def test_image_with_an_unsupported_encoding(g):
+    def build(header):
+        msg = g.conv.numpy_to_image(make_bgr(1)[:, :, 0].copy(), 'mono8', header)
+        msg.encoding = 'yuv422'
+        return msg
+    _expect_frame_drop(g, 'depth', 'frames_bad_frame', "unsupported image encoding 'yuv422'",
+                       _image_only(g, build), good='image')
+
+
+def test_image_whose_data_is_shorter_than_step_times_height(g):
+    def build(header):
+        msg = g.conv.numpy_to_image(make_bgr(2), 'bgr8', header)
+        msg.data = msg.data[:len(msg.data) // 2]
+        return msg
+    _expect_frame_drop(g, 'depth', 'frames_bad_frame', 'image `data` has',
+                       _image_only(g, build), good='image')
+
+
+def test_image_with_zero_size(g):
+    from sensor_msgs.msg import Image
+
+    def build(header):
+        return Image(header=header, height=0, width=0, encoding='bgr8', step=0, data=b'')
+    _expect_frame_drop(g, 'depth', 'frames_bad_frame', 'image is empty', _image_only(g, build),
+                       good='image')
+
+
+def test_image_that_is_a_depth_map(g):
+    def build(header):
+        return g.conv.numpy_to_image(np.ones((H, W), np.float32), '32FC1', header)
+    _expect_frame_drop(g, 'depth', 'frames_bad_frame', "encoding '32FC1' is not a colour",
+                       _image_only(g, build), good='image')
+
+
+def test_image_with_a_duplicated_stamp(g):
+    stamp = g.send_good_image(3)
+
+    def send():
+        g.pub['image'].publish(g.conv.numpy_to_image(make_bgr(4), 'bgr8',
+                                                     g.conv.make_header(stamp, FRAME)))
+        return None
+    _expect_frame_drop(g, 'depth', 'frames_bad_stamp',
+                       'stamp {} is equal to the previous {}'.format(stamp, stamp), send,
+                       good='image')
+
+
+def test_image_older_than_the_previous_one(g):
+    stamp = g.send_good_image(5)
+
+    def send():
+        g.pub['image'].publish(g.conv.numpy_to_image(make_bgr(6), 'bgr8', g.conv.make_header(
+            stamp - 30000000, FRAME)))
+        return stamp - 30000000
+    _expect_frame_drop(g, 'depth', 'frames_bad_stamp', 'is older than the previous', send,
+                       good='image')
+
+
+def test_a_flood_of_images_is_dropped_not_queued(g):
+    before = _baseline(g, 'depth', 'frames_dropped_busy')
+    for i in range(60):
+        g.pub['image'].publish(g.conv.numpy_to_image(make_bgr(i), 'bgr8', g.conv.make_header(
+            g.next_stamp(), FRAME)))
+    values = g.diagnostics_until('depth', lambda v: int(v['frames_dropped_busy']) > before)
+    assert int(values['frames_dropped_busy']) > before
+    assert g.depth_node.alive()
+    g.send_good_image(7)
+
+
+def test_depth_node_reports_an_error_when_every_frame_is_bad(g):
+    # The input is flowing but nothing comes out: /diagnostics must say so, with the reason.
+    def bad():
+        msg = g.conv.numpy_to_image(make_bgr(8)[:, :, 0].copy(), 'mono8',
+                                    g.conv.make_header(g.next_stamp(), FRAME))
+        msg.encoding = 'yuv422'
+        g.pub['image'].publish(msg)
+    end = time.monotonic() + 15
+    values = None
+    while time.monotonic() < end:
+        bad()
+        values = g.diagnostics('depth')
+        if values and values['_level'] == 2:
+            break
+        time.sleep(0.1)
+    assert values and values['_level'] == 2 and \
+        values['_message'].startswith('every frame of the last') and \
+        "unsupported image encoding 'yuv422'" in values['_message'], values
+    g.send_good_image(9)
+    values = g.diagnostics_until('depth', lambda v: v['_level'] == 0)
+    assert values['_message'] == 'running'
+
+
+# ------------------------------------------------------------- alignment_node: each input
+@pytest.mark.parametrize('case, kwargs, text', [
+    ('disparity_encoding', dict(disparity_encoding='16UC1'),
+     "disparity has encoding '16UC1'; expected 32FC1"),
+    ('disparity_nan', 'nan', 'disparity has 2 NaN/inf values'),
+    ('disparity_inf', 'inf', 'disparity has 1 NaN/inf values'),
+    ('disparity_aspect', 'aspect', 'their aspect ratios must match'),
+    ('depth_encoding', 'depth_bgr', "stereo depth has encoding 'bgr8'"),
+    ('confidence_size', 'conf_size', 'confidence is 32x24 but depth is 64x48'),
+    ('confidence_nan', 'conf_nan', 'confidence has NaN/inf values'),
+    ('image_size', 'image_size', 'depth is 64x48 but image is 32x24; they must match'),
+    ('image_encoding', dict(image_encoding='yuv422'), "unsupported image encoding 'yuv422'"),
+    ('info_aspect', 'info_aspect', 'camera_info is 64x24 but the image is 64x48: their '
+                                   'aspect ratios differ'),
+    ('info_no_intrinsics', 'info_zero', 'camera_info.k has no valid intrinsics'),
+    ('empty_frame_id', dict(frame=''), 'has an empty header.frame_id'),
+    ('mixed_frame_ids', dict(frames={'image': 'other_frame'}),
+     'the set mixes frames: camera_info=zed_left_camera_optical_frame'),
+])
+def test_alignment_drops_a_bad_set_naming_the_problem(g, case, kwargs, text):
+    from depth_ros.core.camera import PinholeCamera
+    bgr, disparity, depth, confidence = frame_set(41)
+    special = {
+        'nan': lambda: dict(disparity=np.where(np.arange(H * W).reshape(H, W) < 2, np.nan,
+                                               disparity).astype(np.float32)),
+        'inf': lambda: dict(disparity=np.where(np.arange(H * W).reshape(H, W) == 5, np.inf,
+                                               disparity).astype(np.float32)),
+        'aspect': lambda: dict(disparity=np.ones((H, W // 4), np.float32)),
+        'depth_bgr': lambda: dict(tamper=_retype('depth', make_bgr(3), 'bgr8', g)),
+        'conf_size': lambda: dict(confidence=np.full((H // 2, W // 2), 5.0, np.float32)),
+        'conf_nan': lambda: dict(confidence=np.full((H, W), np.nan, np.float32)),
+        'image_size': lambda: dict(bgr=make_bgr(4, H // 2, W // 2)),
+        'info_aspect': lambda: dict(camera=PinholeCamera(50.0, 26.0, 31.5, 11.5, W, H // 2)),
+        'info_zero': lambda: dict(tamper=_zero_intrinsics),
+    }
+    options = special[kwargs]() if isinstance(kwargs, str) else dict(kwargs)
+    _expect_frame_drop(g, 'alignment', 'dropped_frame', text, _bad_set(g, **options))
+
+
+def _retype(kind, array, encoding, g):
+    def tamper(k, msg):
+        if k == kind:
+            new = g.conv.numpy_to_image(array, encoding, msg.header)
+            for field in ('height', 'width', 'encoding', 'step', 'data', 'is_bigendian'):
+                setattr(msg, field, getattr(new, field))
+    return tamper
+
+
+def _zero_intrinsics(kind, msg):
+    if kind == 'camera_info':
+        msg.k = [0.0] * 9
+        msg.p = [0.0] * 12
+
+
+@pytest.mark.parametrize('missing', ['camera_info', 'depth', 'confidence', 'image'])
+def test_a_set_missing_one_stereo_stream_is_dropped_when_a_newer_one_completes(g, missing):
+    def send():
+        stamp = g.next_stamp()
+        g.send(stamp, *frame_set(42), skip=(missing,))
+        return stamp
+    # The newer good set (sent by the check) completes first: the partial one is dropped.
+    proc = g.align_node
+    before = _baseline(g, 'alignment', 'dropped_unpaired')
+    mark = len(proc.output())
+    stamp = send()
+    g.send_good(902)
+    text = 'dropped frame {}: missing {}'.format(stamp, missing)
+    assert wait_until(lambda: text in proc.output()[mark:], 10), proc.output()[-3000:]
+    assert _count(g, 'alignment', 'dropped_unpaired', before) == before + 1
+    assert g.depth.by_stamp(stamp) is None and proc.alive()
+
+
+def test_a_set_whose_disparity_never_comes_is_skipped_quietly(g):
+    # The network skipped the frame (newest-frame policy): counted, not logged as an error.
+    before = _baseline(g, 'alignment', 'dropped_skipped')
+    mark = len(g.align_node.output())
+    stamp = g.next_stamp()
+    g.send(stamp, *frame_set(43), skip=('disparity',))
+    g.send_good(903)
+    assert _count(g, 'alignment', 'dropped_skipped', before) == before + 1
+    new = g.align_node.output()[mark:]
+    assert '[ERROR]' not in new and 'dropped frame {}'.format(stamp) not in new, new
+
+
+@pytest.mark.parametrize('stream', ['disparity', 'depth', 'camera_info'])
+def test_a_duplicated_stamp_on_one_stream(g, stream):
+    stamp = g.send_good(44)
+
+    others = tuple(k for k in ('camera_info', 'confidence', 'depth', 'disparity', 'image')
+                   if k != stream)
+
+    def send():
+        g.send(stamp, *frame_set(45), skip=others)
+        return None
+    _expect_frame_drop(g, 'alignment', 'dropped_stamp', 'dropped {} {}: equal to the previous '
+                       'stamp'.format(stream, stamp), send)
+
+
+def test_stamps_out_of_order(g):
+    stamp = g.send_good(46)
+
+    def send():
+        skip = ('camera_info', 'confidence', 'depth', 'image')
+        g.send(stamp - 20000000, *frame_set(47), skip=skip)
+        return stamp - 20000000
+    _expect_frame_drop(g, 'alignment', 'dropped_stamp', 'older than the previous stamp', send)
+
+
+def test_stamps_jumping_back_restart_pairing_and_the_filter(g):
+    before = _baseline(g, 'alignment', 'stamp_resets')
+    g.send_good(48)
+    g.stamp -= 30 * 10 ** 9
+    g.send_good(49)
+    g.send_good(50)
+    assert _count(g, 'alignment', 'stamp_resets', before) == before + 1
+    assert 'source restarted' in g.align_node.output()
+
+
+def test_millimetre_depth_is_read_as_metres(g):
+    stamp = g.next_stamp()
+    bgr, disparity, depth, confidence = frame_set(51)
+    mm = np.where(np.isfinite(depth), np.round(depth * 1000.0), 0).astype(np.uint16)
+    g.send(stamp, bgr, disparity, mm, confidence)
+    assert wait_until(lambda: g.depth.by_stamp(stamp) is not None, 10), g.align_node.output()
+    out = g.conv.image_to_numpy(g.depth.by_stamp(stamp))
+    ok = np.isfinite(depth)
+    assert np.nanmax(np.abs(out[ok] - depth[ok]) / depth[ok]) < 0.01
+
+
+def test_camera_info_of_the_same_aspect_at_another_size_is_scaled(g):
+    stamp = g.next_stamp()
+    bgr, disparity, depth, confidence = frame_set(52)
+    g.send(stamp, bgr, disparity, depth, confidence, camera=g.camera.scaled(W * 2, H * 2))
+    assert wait_until(lambda: g.info.by_stamp(stamp) is not None, 10), g.align_node.output()
+    info = g.info.by_stamp(stamp)
+    assert (info.width, info.height) == (W, H) and abs(info.k[0] - g.camera.fx) < 1e-9, info
+
+
+@pytest.mark.parametrize('values', ['nan', 'zero', 'negative', 'inf'])
+def test_stereo_without_any_valid_pixel_still_gives_dense_output(g, values):
+    stamp = g.next_stamp()
+    bgr, disparity, depth, confidence = frame_set(53)
+    bad = {'nan': np.nan, 'zero': 0.0, 'negative': -1.0, 'inf': np.inf}[values]
+    g.send(stamp, bgr, disparity, np.full((H, W), bad, np.float32), confidence)
+    assert wait_until(lambda: g.depth.by_stamp(stamp) is not None, 10), g.align_node.output()
+    assert g.align_node.alive()
+    status = g.diagnostics_until('alignment', lambda v: v['status'] in ('held', 'no_fit'))
+    assert status['status'] in ('held', 'no_fit'), status
+    g.send_good(904)
+
+
+def test_a_flood_of_sets_is_dropped_not_queued(g):
+    before = _baseline(g, 'alignment', 'dropped_busy')
+    stamps = []
+    for i in range(40):
+        stamps.append(g.next_stamp())
+        g.send(stamps[-1], *frame_set(i))
+    values = g.diagnostics_until('alignment', lambda v: int(v['pairing_waiting']) == 0)
+    assert int(values['pairing_waiting']) == 0
+    assert g.depth.by_stamp(stamps[-1]) is not None or wait_until(
+        lambda: g.depth.by_stamp(stamps[-1]) is not None, 10), 'the newest set was lost'
+    assert int(g.diagnostics('alignment')['dropped_busy']) >= before
+    assert g.align_node.alive()
+
+
+def test_one_pixel_frames(g):
+    stamp = g.next_stamp()
+    one = lambda a: np.ascontiguousarray(a[:1, :1])  # noqa: E731
+    bgr, disparity, depth, confidence = frame_set(54)
+    depth[:] = 2.0
+    from depth_ros.core.camera import PinholeCamera
+    g.send(stamp, one(bgr), one(disparity), one(depth), one(confidence),
+           camera=PinholeCamera(1.0, 1.0, 0.0, 0.0, 1, 1))
+    proc = g.align_node
+    assert wait_until(lambda: g.depth.by_stamp(stamp) is not None or
+                      'dropped frame {}'.format(stamp) in proc.output(), 10), proc.output()
+    assert 'Traceback' not in proc.output() and proc.alive()
+    assert 'failed on a frame' not in proc.output(), \
+        'a 1x1 frame is a frame, not an exception:\n' + proc.output()[-2000:]
+    g.send_good(905)
+
+
+def test_alignment_reports_an_error_when_the_disparity_stops(g):
+    # depth_node killed: stereo keeps coming, nothing is aligned. /diagnostics must say so
+    # within a few seconds (stale_after_s 1.5 here), naming the missing stream.
+    g.send_good(55)
+    end = time.monotonic() + 15
+    values = None
+    while time.monotonic() < end:
+        g.send(g.next_stamp(), *frame_set(56), skip=('disparity',))
+        values = g.diagnostics('alignment')
+        if values and values['_level'] == 2:
+            break
+        time.sleep(0.1)
+    assert values and values['_level'] == 2 and 'no disparity for' in values['_message'], values
+    g.send_good(906)
+    values = g.diagnostics_until('alignment', lambda v: v['_level'] == 0)
+    assert values['_message'] == 'aligned'
+
+
+def test_a_bad_runtime_parameter_change_is_refused_with_the_reason(g, probe):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    client = probe.node.create_client(SetParameters, '/{}/set_parameters'.format(g.align_name))
+    try:
+        assert client.wait_for_service(10.0)
+        future = client.call_async(SetParameters.Request(parameters=[
+            Parameter('cloud_stride', value=0).to_parameter_msg()]))
+        assert wait_until(future.done, 10)
+        result = future.result().results[0]
+        # The descriptor's range refuses it (rclpy), before our validator: either names it.
+        assert not result.successful and 'cloud_stride' in result.reason, result.reason
+    finally:
+        probe.node.destroy_client(client)
+    g.send_good(907)
+
+
+# --------------------------------------------------------------- process-level: start-up
+def _run(module, *ros_args, params_file=CONFIG, timeout=60, env=None):
+    cmd = [sys.executable, '-m', 'depth_ros.ros.' + module, '--ros-args']
+    if params_file:
+        cmd += ['--params-file', params_file]
+    cmd += list(ros_args)
+    run_env = dict(os.environ)
+    run_env.update(env or {})
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=timeout, env=run_env)
+    return done.returncode, done.stdout.decode('utf-8', 'replace')
+
+
+def _one_line(out, text):
+    lines = [line for line in out.splitlines() if line.strip()]
+    fatal = [line for line in lines if 'FATAL' in line]
+    assert len(fatal) == 1 and text in fatal[0], 'expected one FATAL line with {!r}, ' \
+        'received:\n{}'.format(text, out)
+    assert 'Traceback' not in out, out
+
+
+@pytest.mark.parametrize('source', ['bag', 'folder', 'svo'])
+def test_a_missing_path_is_one_line_and_exit_2(source, tmp_path):
+    path = str(tmp_path / 'nope')
+    code, out = _run('zed_node', '-p', 'source:=' + source, '-p', 'path:=' + path)
+    assert code == 2, (code, out)
+    _one_line(out, 'bad configuration: source {}'.format(source))
+    assert 'nope' in out
+
+
+def test_a_folder_that_is_not_a_bag_says_what_is_missing(tmp_path):
+    (tmp_path / 'notes.txt').write_text('')
+    code, out = _run('zed_node', '-p', 'source:=bag', '-p', 'path:=' + str(tmp_path))
+    assert code == 2, (code, out)
+    _one_line(out, 'is not a rosbag2 folder: it has no metadata.yaml')
+
+
+def _write_bag(path, frames=3):
+    pytest.importorskip('rosbags', reason='bags need rosbags (depth_ros[bag])')
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.sources.base import Frame
+    from depth_ros.sources.rosbag import write_test_bag
+    cam = PinholeCamera(50.0, 50.0, 31.5, 23.5, W, H)
+    return write_test_bag(path, [Frame(left=make_bgr(i), depth=frame_set(i)[2], confidence=None,
+                                       camera=cam, stamp_ns=(i + 1) * 10 ** 8,
+                                       frame_id=FRAME) for i in range(frames)])
+
+
+def _corrupt(bag):
+    db = [f for f in os.listdir(bag) if f.endswith('.db3')][0]
+    path = os.path.join(bag, db)
+    size = os.path.getsize(path)
+    with open(path, 'r+b') as f:          # keep the sqlite header, garble the pages
+        f.seek(100)
+        f.write(os.urandom(size - 100))
+
+
+def test_a_corrupt_bag_ends_the_node_with_one_fatal_line(tmp_path):
+    bag = _write_bag(str(tmp_path / 'bag'))
+    _corrupt(bag)
+    code, out = _run('zed_node', '-p', 'source:=bag', '-p', 'path:=' + bag, '-p', 'loop:=false')
+    assert code in (1, 2), (code, out)
+    _one_line(out, 'bag')
+    assert 'cannot' in out and 'CorruptError' in out or 'DatabaseError' in out or \
+        'ReaderError' in out or 'not a database' in out, out
+
+
+@pytest.mark.parametrize('content, text', [
+    (None, 'bad arguments'),
+    ('/**/zed_node:\n  ros__parameters:\n    source: [unclosed\n', 'bad arguments'),
+])
+def test_a_missing_or_malformed_params_file_is_one_line_and_exit_2(tmp_path, content, text):
+    path = str(tmp_path / 'params.yaml')
+    if content is not None:
+        with open(path, 'w') as f:
+            f.write(content)
+    code, out = _run('zed_node', params_file=path)
+    assert code == 2, (code, out)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and text in lines[0] and 'Traceback' not in out, out
+
+
+def test_an_unknown_parameter_name_is_reported_with_a_suggestion():
+    proc = NodeProcess('alignment_node', name='alignment_unknown',
+                       params={'cloud_strid': 1, 'buffer_size': 8})
+    try:
+        assert proc.wait_for_output('unknown parameter `cloud_strid` ignored: did you mean '
+                                    '`cloud_stride`?', 20), proc.output()
+        assert proc.wait_for_output('unknown parameter `buffer_size` ignored: removed in 0.2',
+                                    5), proc.output()
+        assert proc.alive()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize('module, param, text', [
+    ('alignment_node', 'cloud_stride:=0', 'parameter `cloud_stride` must be in [1, 32], got 0'),
+    ('depth_node', 'backend:=tf', "parameter `backend` must be one of"),
+    ('zed_node', 'resolution:=HD4K', "parameter `resolution` must be one of"),
+])
+def test_an_invalid_parameter_value_is_one_line_and_exit_2(module, param, text):
+    code, out = _run(module, '-p', param, '-p', 'backend:=standin' if module == 'depth_node'
+                     and 'backend' not in param else 'log_throttle_s:=1.0')
+    assert code == 2, (code, out)
+    _one_line(out, text)
+
+
+def test_a_frame_too_large_for_the_middleware_stops_zed_node_naming_the_fix():
+    pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+    code, out = _run('zed_node', '-p', 'source:=sample', env={
+        'DEPTH_ROS_MAX_MESSAGE_BYTES': '500000'})
+    assert code == 1, (code, out)
+    _one_line(out, 'MB, above the 0.5 MB that Fast DDS carries whole')
+    assert 'publish_downscale:=' in out, out
+
+
+def test_a_cloud_too_large_for_the_middleware_is_refused_once_naming_cloud_stride(
+        probe, node_processes):
+    # 64x48 points of 16 bytes are 49 kB: a 30 kB limit refuses stride 1, takes stride 2.
+    big = FedGraph(probe, node_processes, ns='/faults_big', suffix='_big',
+                   align_params={'cloud_stride': 1},
+                   align_env={'DEPTH_ROS_MAX_MESSAGE_BYTES': '30000'})
+    env_node = big.align_node
+    big.send_good(1)
+    big.send_good(2)
+    out = env_node.output()
+    lines = [line for line in out.splitlines() if 'cloud is' in line]
+    assert len(lines) == 1 and 'no cloud is published; set cloud_stride:=2 (now 1)' in lines[0], \
+        out
+    values = big.diagnostics_until('alignment', lambda v: v['cloud_refused'] != '')
+    assert 'cloud_stride:=2' in values['cloud_refused'] and int(values['published_points']) == 0
+    assert env_node.alive()
+
+
+# ------------------------------------------------------------ process-level: shutdown
+def _interrupt(proc, times, gap=0.05):
+    for i in range(times):
+        proc.proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+    return proc.proc.wait(20)
+
+
+def test_ctrl_c_during_an_inference_is_quiet_and_exits_0(probe, node_processes):
+    node = NodeProcess('depth_node', name='depth_node_slow', params={
+        'backend': 'standin', 'standin_latency_ms': 1500.0}, remaps={'image': '/slow/image'})
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    pub = probe.publisher(Image, '/slow/image')
+    started = probe.subscribe(Header, '/depth_node_slow/inference_started')
+    assert probe.wait_for_subscribers(pub, 1, 30), node.output()
+    assert wait_until(lambda: probe.node.count_publishers(
+        '/depth_node_slow/inference_started') >= 1, 15)
+    from depth_ros.ros import conversions as conv
+    for i in range(20):
+        pub.publish(conv.numpy_to_image(make_bgr(i), 'bgr8', conv.make_header(
+            10 ** 9 + i, FRAME)))
+        if wait_until(lambda: len(started) > 0, 0.5):
+            break
+    assert len(started), 'the inference never started:\n' + node.output()
+    code = _interrupt(node, 1)           # mid-inference: 1.5 s to go
+    out = node.output()
+    assert code == 0, (code, out)
+    assert '[ERROR]' not in out and 'Traceback' not in out and 'context is invalid' not in out, out
+
+
+_PROBE = []
+
+
+def _probe_of_module():
+    return _PROBE[0]
+
+
+@pytest.fixture(autouse=True)
+def _remember_probe(probe):
+    _PROBE[:] = [probe]
+
+
+@pytest.mark.parametrize('presses', [2, 3])
+def test_repeated_ctrl_c_is_quiet_and_exits_0(presses):
+    pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+    from sensor_msgs.msg import Image
+    node = NodeProcess('zed_node', name='zed_ctrl_c', params={'source': 'sample'},
+                       extra_ros_args=['-r', '__ns:=/ctrl_c'])
+    probe = _probe_of_module()
+    images = probe.subscribe(Image, '/ctrl_c/zed_ctrl_c/left/image_rect_color')
+    try:
+        # Streaming: the grab thread is publishing when the signals come.
+        assert wait_until(lambda: len(images) > 0, 60), node.output()
+        code = _interrupt(node, presses, gap=0.02)
+    finally:
+        node.stop()
+    out = node.output()
+    assert code == 0, (code, out)
+    assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out
+
+
+def test_sigterm_is_a_clean_shutdown(probe):
+    node = NodeProcess('alignment_node', name='alignment_sigterm')
+    try:
+        assert wait_until(lambda: ('alignment_sigterm', '/') in
+                          probe.node.get_node_names_and_namespaces(), 30), node.output()
+        node.proc.send_signal(signal.SIGTERM)
+        code = node.proc.wait(20)
+    finally:
+        node.stop()
+    assert code == 0, (code, node.output())
+    assert 'Traceback' not in node.output()
+
+
+def test_shared_memory_left_by_kill_9_is_cleaned(probe):
+    from depth_ros.ros.middleware import clean_shm, shm_segments
+    if clean_shm() is None:
+        pytest.skip('the fastdds tool (Fast DDS) is not on PATH')
+    before = {name for name, _ in shm_segments()}
+    node = NodeProcess('alignment_node', name='alignment_kill9')
+    try:
+        assert wait_until(lambda: {n for n, _ in shm_segments()} - before, 20), \
+            'the node made no shared-memory segment:\n' + node.output()
+        node.proc.kill()
+        node.proc.wait(10)
+    finally:
+        node.stop()
+    left = {n for n, _ in shm_segments()} - before
+    assert left, 'expected segments left behind by kill -9'
+    summary = clean_shm()
+    remaining = {n for n, _ in shm_segments()} & left
+    assert not remaining, 'fastdds shm clean left {} ({})'.format(sorted(remaining), summary)
+
+
+# ---------------------------------------------------------------- offline tools: bags
+class _Gray(object):
+    relative_kind = 'disparity'
+    name = 'gray'
+
+    def predict(self, bgr):
+        return bgr[..., 1].astype(np.float32) / 255.0 + 0.1
+
+
+def test_process_bag_on_a_truncated_bag_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from depth_ros import cli
+    from depth_ros.commands import _args
+    bag = _write_bag(str(tmp_path / 'in'))
+    db = [f for f in os.listdir(bag) if f.endswith('.db3')][0]
+    with open(os.path.join(bag, db), 'r+b') as f:
+        f.truncate(os.path.getsize(os.path.join(bag, db)) // 3)
+    monkeypatch.setattr(_args, 'load_model', lambda *a, **k: _Gray())
+    assert cli.main(['process-bag', bag, str(tmp_path / 'out'), '--model', 'x']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'bag' in err[0] and 'Traceback' not in err[0], err
+    assert not os.path.exists(str(tmp_path / 'out'))
+    assert not [p for p in os.listdir(str(tmp_path)) if 'partial' in p], os.listdir(str(tmp_path))
+
+
+def test_process_bag_on_a_corrupt_bag_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from depth_ros import cli
+    from depth_ros.commands import _args
+    bag = _write_bag(str(tmp_path / 'in'))
+    _corrupt(bag)
+    monkeypatch.setattr(_args, 'load_model', lambda *a, **k: _Gray())
+    assert cli.main(['process-bag', bag, str(tmp_path / 'out'), '--model', 'x']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'bag' in err[0], err
+    assert not os.path.exists(str(tmp_path / 'out'))
+
+
+def test_process_bag_interrupted_leaves_no_partial_bag_and_reruns(tmp_path):
+    from depth_ros.tools.bag import process_bag
+    bag = _write_bag(str(tmp_path / 'in'), frames=4)
+
+    class Interrupting(_Gray):
+        calls = 0
+
+        def predict(self, bgr):
+            Interrupting.calls += 1
+            if Interrupting.calls == 2:
+                raise KeyboardInterrupt
+            return super().predict(bgr)
+    out = str(tmp_path / 'out')
+    with pytest.raises(KeyboardInterrupt):
+        process_bag(bag, out, Interrupting(), progress=False)
+    assert sorted(os.listdir(str(tmp_path))) == ['in'], os.listdir(str(tmp_path))
+    stats = process_bag(bag, out, _Gray(), progress=False)
+    assert stats.frames_out == 4 and os.path.isfile(os.path.join(out, 'metadata.yaml'))
+
+
+def test_fuse_with_one_pixel_frames(tmp_path):
+    from depth_ros.cli import main
+    import cv2
+    cv2.imwrite(str(tmp_path / 'left.png'), np.zeros((1, 1, 3), np.uint8))
+    np.save(str(tmp_path / 'rel.npy'), np.ones((1, 1), np.float32))
+    np.save(str(tmp_path / 'st.npy'), np.full((1, 1), 2.0, np.float32))
+    np.save(str(tmp_path / 'conf.npy'), np.full((1, 1), 5.0, np.float32))
+    code = main(['fuse', '--image', str(tmp_path / 'left.png'), '--relative',
+                 str(tmp_path / 'rel.npy'), '--stereo-depth', str(tmp_path / 'st.npy'),
+                 '--confidence', str(tmp_path / 'conf.npy'), '--intrinsics', '1,1,0,0',
+                 '--out', str(tmp_path / 'out')])
+    # A 1x1 frame is a frame: fused (one point), or refused with one line, never a crash.
+    assert code == 0, 'fuse of a 1x1 frame exited {}'.format(code)
+    assert np.load(str(tmp_path / 'out' / 'depth.npy')).shape == (1, 1)
