@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from typing import Dict, List, Optional, Tuple
 
 OLD, NEW = 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'
@@ -81,10 +82,18 @@ def clean_shm(timeout: float = 10.0) -> Optional[str]:
     is safe while other ROS 2 processes run.
     """
     tool = shutil.which('fastdds')
+    beside = os.path.join(os.path.dirname(sys.executable), 'fastdds')   # a venv not on PATH
+    if tool is None and os.access(beside, os.X_OK):
+        tool = beside
     if tool is None:
         return None
+    # The `fastdds` wrapper runs tools/fastdds/fastdds.py with whatever `python3` is first on
+    # PATH; run it with this interpreter, whose packages (psutil) are the ROS environment's.
+    script = os.path.join(os.path.dirname(os.path.realpath(tool)), os.pardir, 'tools',
+                          'fastdds', 'fastdds.py')
+    cmd = [sys.executable, os.path.normpath(script)] if os.path.isfile(script) else [tool]
     try:
-        out = subprocess.run([tool, 'shm', 'clean'], stdout=subprocess.PIPE,
+        out = subprocess.run(cmd + ['shm', 'clean'], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 'fastdds shm clean failed: {}'.format(exc)
