@@ -199,3 +199,16 @@ def test_the_old_count_bound_starved_a_slow_network_and_pins_fix_it():
     pinned, drops = _simulate(0.3, pins=True, max_age_s=1000.0, max_count=8)
     assert len(starved) <= 1 and len(pinned) >= 30, (len(starved), len(pinned))
     assert not [d for d in drops if not d[3]]
+
+
+def test_an_answer_for_a_set_the_cap_dropped_names_the_cap():
+    drops, on_drop = _recorder()
+    buf = PairingBuffer(('disparity', 'depth'), on_drop, driver='disparity', max_bytes=15,
+                        keep_newest=1)
+    buf.add('depth', 1, _Msg(10))
+    buf.add('depth', 2, _Msg(10))          # 20 bytes > 15: set 1 goes for memory
+    assert drops[-1][:2] == (1, ['disparity'])
+    buf.add('disparity', 1, _Msg(0))       # its answer comes, alone
+    buf.add('disparity', 2, _Msg(0))       # set 2 completes: the lone answer 1 is dropped
+    assert drops[-1] == (1, ['depth'], 'its stereo set was dropped earlier to stay under the '
+                         'pairing cap of 1.5e-05 MB', False), drops

@@ -17,7 +17,8 @@ disparity. So a waiting set is dropped only when
 * more than ``max_count`` sets wait (bags: bounded memory whatever the interleaving);
 * the waiting payloads exceed ``max_bytes``: oldest first, but never a *pinned* set (one the
   driver announced it is computing, see :meth:`pin`) and never the ``keep_newest`` newest
-  sets, so no cap inside its range can starve the output.
+  sets, so no cap inside its range can starve the output. When the driver's answer then comes
+  for a set the cap dropped, the drop says so (the cap is too small, no message was lost).
 
 Drops are reported to ``on_drop(stamp, missing_kinds, why, expected)``. Not thread-safe: the
 caller holds a lock. No ROS import: messages are opaque objects here.
@@ -46,7 +47,8 @@ class PairingBuffer(object):
     :param on_drop: ``f(stamp, missing kinds, why, expected)`` for every dropped set.
     :param max_age_ns: latency bound: a set older than the newest stamp by more than this is
         dropped (0: no bound).
-    :param max_count: at most this many sets wait (0: no bound); the oldest unpinned goes.
+    :param max_count: at most this many sets wait (0: no bound); the oldest unpinned goes
+        (only the set just added is exempt).
     :param max_bytes: cap on the waiting payloads (``sizeof``; 0: none), see the module
         docstring for what it never drops.
     :param driver: the slowest kind (disparity): a set missing only it, dropped because a newer
@@ -60,7 +62,7 @@ class PairingBuffer(object):
     def __init__(self, kinds: Iterable[str], on_drop: Optional[Callable] = None,
                  max_age_ns: int = 0, max_count: int = 0, max_bytes: int = 0,
                  driver: Optional[str] = None, latest_kinds: Iterable[str] = (),
-                 keep_newest: int = 2, sizeof: Callable[[object], int] = message_bytes):
+                 keep_newest: int = 3, sizeof: Callable[[object], int] = message_bytes):
         self.kinds = tuple(kinds)
         if not self.kinds:
             raise ValueError('`kinds` must name at least one kind, got {!r}'.format(kinds))
@@ -81,6 +83,7 @@ class PairingBuffer(object):
         self.dropped = 0
         self.dropped_expected = 0
         self._pins = collections.OrderedDict()     # stamps announced by the driver
+        self._capped = collections.deque(maxlen=64)  # stamps dropped for the byte cap
         self._latest = collections.OrderedDict()   # stamp -> message of a latest kind
         self._latest_newest = {}                   # kind -> newest message
 
@@ -128,6 +131,7 @@ class PairingBuffer(object):
         """Forget everything without reporting drops (a restarted source, a new timeline)."""
         self.pending.clear()
         self._pins.clear()
+        self._capped.clear()
         self._latest.clear()
         self._latest_newest.clear()
         self.bytes = 0
@@ -171,7 +175,7 @@ class PairingBuffer(object):
                            '{:g} s'.format(self.max_age_ns * 1e-9))
         if self.max_count:
             while len(self.pending) > self.max_count:
-                victim = self._evictable()
+                victim = self._evictable(keep=1)
                 if victim is None:
                     break
                 self._drop(victim, 'pairing buffer full ({} sets)'.format(self.max_count))
@@ -179,12 +183,14 @@ class PairingBuffer(object):
             victim = self._evictable()
             if victim is None:
                 break
+            self._capped.append(victim)
             self._drop(victim, 'pairing buffer over {:g} MB'.format(self.max_bytes / 1e6))
 
-    def _evictable(self) -> Optional[int]:
-        """Return the oldest set that is neither pinned nor among the newest ``keep_newest``."""
+    def _evictable(self, keep: Optional[int] = None) -> Optional[int]:
+        """Return the oldest set that is neither pinned nor among the newest ``keep``."""
         stamps = list(self.pending)
-        for stamp in stamps[:max(0, len(stamps) - self.keep_newest)]:
+        keep = self.keep_newest if keep is None else keep
+        for stamp in stamps[:max(0, len(stamps) - keep)]:
             if stamp not in self._pins:
                 return stamp
         return None
@@ -194,6 +200,11 @@ class PairingBuffer(object):
         self.bytes -= sum(self.sizeof(m) for m in parts.values())
         pinned = self._pins.pop(stamp, None) is not None
         missing = [k for k in self.kinds if k not in parts]
+        if list(parts) == [self.driver] and stamp in self._capped:
+            # The driver's answer came for a set the byte cap had dropped: say so, it is the
+            # cap (a configuration), not a lost message.
+            why = 'its stereo set was dropped earlier to stay under the pairing cap of ' \
+                '{:g} MB'.format(self.max_bytes / 1e6)
         # The newest-frame policy upstream skips frames on purpose: a set that lacks only the
         # driver's part and was not announced is not a fault.
         expected = (self.driver is not None and missing == [self.driver] and not pinned)

@@ -131,6 +131,11 @@ class AlignmentNode(DepthRosNode):
             # matched a moment after its publisher's first message): counted, not logged.
             self.bad['unpaired_startup'] += 1
             return
+        if why.startswith('its stereo set was dropped earlier'):
+            self.bad['unpaired'] += 1
+            self.warn('capped', 'dropped frame {}: {}; raise pairing_max_mb (now {:g})'.format(
+                stamp, why, self.cfg['pairing_max_mb']))
+            return
         self.error('unpaired', 'dropped frame {}: {}'.format(stamp, self.last_drop))
 
     def _on_started(self, header):
