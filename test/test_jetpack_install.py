@@ -8,7 +8,8 @@ and setuptools < 47 writes console scripts that resolve every ``install_requires
 pkg_resources before the module loads: a requirement without metadata ends the executable with
 ``pkg_resources.DistributionNotFound`` before any of our code runs.
 
-The test builds that interpreter once (a Python 3.8 venv, cached under ``build/`` with a stamp),
+The test builds that interpreter once (a Python 3.8 venv, cached with a stamp in
+``$XDG_CACHE_HOME/depth_ros`` (``~/.cache/depth_ros``) or ``$DEPTH_ROS_JETPACK_VENV``),
 installs the package as colcon does, and runs the five executables. The nodes must get as far as
 their ``main()``, where the missing rclpy (no ROS in the venv) stops them; ``depth-ros --help``
 must succeed. It skips, saying why, without a Python 3.8 or when pip cannot reach the registry.
@@ -44,7 +45,7 @@ NETWORK_ERRORS = ('NewConnectionError', 'Max retries exceeded', 'Temporary failu
 
 
 def _setup_kwargs():
-    """The keyword arguments that setup.py passes to setup(), without running setuptools."""
+    """Return the keyword arguments that setup.py passes to setup(), without setuptools."""
     import setuptools
 
     captured = {}
@@ -109,7 +110,7 @@ def _run(cmd, **kwargs):
 
 
 def _build_venv(python, path):
-    """A venv with JETPACK's packages, OpenCV without metadata; skips when pip is offline."""
+    """Build a venv of JETPACK's packages, OpenCV without metadata; skip if pip is offline."""
     tmp = path + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     out = _run([python, '-m', 'venv', tmp], timeout=120)
@@ -136,11 +137,12 @@ def _build_venv(python, path):
 
 @pytest.fixture(scope='module')
 def jetpack_python():
-    """bin/python of the cached JetPack-like venv (built once; `make clean` removes it)."""
+    """Return bin/python of the cached JetPack-like venv (built once, outside the tree)."""
     python = _python38()
     if python is None:
         pytest.skip('no Python 3.8 interpreter found (pyenv 3.8.x, $PY38 or python3.8 on PATH)')
-    default = os.path.join(ROOT, 'build', 'test-jetpack5-py38')
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    default = os.path.join(cache, 'depth_ros', 'test-jetpack5-py38')
     path = os.environ.get('DEPTH_ROS_JETPACK_VENV') or default
     stamp = os.path.join(path, 'depth_ros.stamp')
     want = {'python': os.path.realpath(python), 'packages': list(JETPACK),
