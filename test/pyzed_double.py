@@ -371,7 +371,7 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
                 return code('INVALID_RESOLUTION')
             bgra = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
             bgra[:, :, 0] = (np.arange(WIDTH)[None, :] * 3) % 256
-            bgra[:, :, 1] = self._i
+            bgra[:, :, 1] = self._i % 256
             bgra[:, :, 2] = np.arange(HEIGHT)[:, None]
             bgra[:, :, 3] = 255
             py_mat._fill(cv2.resize(bgra, (w, h), interpolation=cv2.INTER_AREA))
