@@ -78,6 +78,11 @@ def test_sample_source_rejects_bad_options():
         SampleSource(num_disparity=64)
     want = 'unknown SGBM option(s) num_disparity; valid: num_disparities'
     assert _msg(err).startswith(want), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        SampleSource(num_disparities=736, min_disparity=5)  # would end the process (OpenCV 4.5)
+    assert _msg(err) == ("source `sample`: num_disparities + min_disparity = 741 must be below "
+                         "the sample's width, 741 px"), _msg(err)
+    SampleSource(num_disparities=736, min_disparity=4)  # the widest range that works
 
 
 # --------------------------------------------------------------------------- folder
@@ -218,6 +223,20 @@ def test_folder_bad_frame_is_a_frame_error_and_the_next_read_goes_on(tmp_path, m
     assert source.read() is None
     # Iterating drops the bad frame (logged) and goes on.
     assert [f.stamp_ns for f in FolderSource(root, num_disparities=32)] == [1, 3]
+    # Images too narrow for the disparity range: OpenCV 4.5.4 would end the process.
+    for name, width in (('2.png', 1), ('3.png', 32)):
+        cv2.imwrite(os.path.join(root, 'left', name), _texture(width=width, height=120))
+        cv2.imwrite(os.path.join(root, 'right', name), _texture(width=width, height=120))
+    source = FolderSource(root, num_disparities=32)
+    source.read()
+    for name, width in (('2.png', 1), ('3.png', 32)):
+        with pytest.raises(FrameError) as err:
+            source.read()
+        want = '{}: {} px wide, but SGBM needs more than num_disparities + min_disparity = 32 ' \
+            'px'.format(name, width)
+        assert _msg(err) == want, 'expected {!r}, received {!r}'.format(want, _msg(err))
+    for view in ('left', 'right'):
+        cv2.imwrite(os.path.join(root, view, '3.png'), _texture())
     # Whatever the stereo step raises for a pair is a FrameError too, in one line.
     import depth_ros.sources.folder as folder_module
 
@@ -226,7 +245,7 @@ def test_folder_bad_frame_is_a_frame_error_and_the_next_read_goes_on(tmp_path, m
     source = FolderSource(root, num_disparities=32)
     source.read()
     with pytest.raises(FrameError):
-        source.read()  # 2.png, unreadable
+        source.read()  # 2.png, too narrow
     monkeypatch.setattr(folder_module, 'sgbm_depth', broken)
     with pytest.raises(FrameError) as err:
         source.read()

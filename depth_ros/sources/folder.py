@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.stereo import check_sgbm_options, sgbm_depth
+from depth_ros.core.stereo import check_sgbm_options, default_num_disparities, sgbm_depth
 from depth_ros.sources.base import Frame, FrameError, FrameSource, one_line, \
     SourceConfigError
 import numpy as np
@@ -208,6 +208,7 @@ class FolderSource(FrameSource):
         if left.shape != right.shape:
             raise FrameError('{}: left is {}x{} but right is {}x{}'.format(
                 name, left.shape[1], left.shape[0], right.shape[1], right.shape[0]))
+        self._check_width(name, left.shape[1])
         camera = self.calibration.camera
         if (camera.width, camera.height) != (left.shape[1], left.shape[0]):
             # Images saved at another resolution than calibrated (e.g. downscaled): the
@@ -221,6 +222,16 @@ class FolderSource(FrameSource):
         return Frame(left=left, depth=depth, confidence=confidence, camera=camera,
                      stamp_ns=stamp, frame_id=self.frame_id, right=right,
                      baseline_m=self.calibration.baseline_m)
+
+    def _check_width(self, name: str, width: int) -> None:
+        # OpenCV's StereoSGBM needs width > num_disparities + max(min_disparity, 0); below that
+        # OpenCV 4.5.4 (JetPack 5) ends the whole process with std::terminate or a segfault
+        # instead of raising, so a folder of small images would kill the node.
+        disparities = self.sgbm_options.get('num_disparities') or default_num_disparities(width)
+        reach = disparities + max(int(self.sgbm_options.get('min_disparity', 0)), 0)
+        if width <= reach:
+            raise FrameError('{}: {} px wide, but SGBM needs more than num_disparities + '
+                             'min_disparity = {} px'.format(name, width, reach))
 
     def close(self) -> None:
         self._t0 = 0
