@@ -147,6 +147,279 @@ def _params(name, fields, defaults, enums, methods=None):
     return type(name, (object,), namespace)
 
 
+class Resolution(object):
+    """sl.Resolution (the same in every layout)."""
+
+    __slots__ = ('width', 'height')
+
+    def __init__(self, width=0, height=0):
+        self.width, self.height = width, height
+
+    def area(self):
+        return self.width * self.height
+
+
+class Timestamp(object):
+    """sl.Timestamp (the same in every layout)."""
+
+    __slots__ = ('data_ns',)
+
+    def __init__(self, ns=0):
+        self.data_ns = ns
+
+    def get_nanoseconds(self):
+        return self.data_ns
+
+    def get_milliseconds(self):
+        return self.data_ns // 1000000
+
+
+class Mat(object):
+    """sl.Mat on the CPU: get_data() views a buffer that the next retrieve overwrites."""
+
+    __slots__ = ('_data',)
+
+    def __init__(self):
+        self._data = np.zeros((0, 0), np.float32)
+
+    def _fill(self, array):
+        if self._data.shape == array.shape and self._data.dtype == array.dtype:
+            self._data[...] = array  # the SDK reuses its buffer: views see the new frame
+        else:
+            self._data = array.copy()
+
+    def get_data(self, memory_type=None, deep_copy=False):
+        return self._data.copy() if deep_copy else self._data
+
+    def get_width(self):
+        return self._data.shape[1]
+
+    def get_height(self):
+        return self._data.shape[0]
+
+
+def _set_from_svo_file(self, path):
+    self._v['_input'] = ('svo', path)
+
+
+def _set_from_serial_number(self, serial, *bus_type):
+    self._v['_input'] = ('serial', serial)
+
+
+def _enums(sl, layout, spec):
+    sl.ERROR_CODE = _enum('ERROR_CODE', spec['errors'])
+    sl.RESOLUTION = _enum('RESOLUTION', spec['resolutions'] + ('LAST',))
+    sl.DEPTH_MODE = _enum('DEPTH_MODE', spec['depth_modes'] + ('LAST',))
+    sl.UNIT = _enum('UNIT', ('MILLIMETER', 'CENTIMETER', 'METER', 'INCH', 'FOOT', 'LAST'))
+    sl.MEASURE = _enum('MEASURE', ('DISPARITY', 'DEPTH', 'CONFIDENCE', 'XYZ', 'LAST'))
+    sl.VIEW = _enum('VIEW', ('LEFT', 'RIGHT', 'LEFT_GRAY', 'RIGHT_GRAY', 'LAST'))
+    sl.MEM = _enum('MEM', ('CPU',) if layout != 'v5.0' else ('CPU', 'GPU', 'BOTH'))
+    sl.TIME_REFERENCE = _enum('TIME_REFERENCE', ('IMAGE', 'CURRENT', 'LAST'))
+    if spec['sensing_mode']:
+        sl.SENSING_MODE = _enum('SENSING_MODE', ('STANDARD', 'FILL', 'LAST'))
+
+
+def _parameter_classes(sl, spec):
+    init_defaults = {f: None for f in spec['init']}
+    init_defaults.update(
+        camera_resolution=sl.RESOLUTION[spec['default_resolution']], camera_fps=0,
+        depth_mode=sl.DEPTH_MODE[spec['default_depth']], coordinate_units=sl.UNIT.MILLIMETER,
+        depth_minimum_distance=-1.0, depth_maximum_distance=-1.0, svo_real_time_mode=False,
+        _input=('camera', 0))
+    sl.InitParameters = _params(
+        'InitParameters', spec['init'], init_defaults,
+        {'camera_resolution': sl.RESOLUTION, 'depth_mode': sl.DEPTH_MODE,
+         'coordinate_units': sl.UNIT},
+        {'set_from_svo_file': _set_from_svo_file,
+         'set_from_serial_number': _set_from_serial_number})
+    fields = ['confidence_threshold', 'enable_depth', 'measure3D_reference_frame',
+              'remove_saturated_areas', 'texture_confidence_threshold']
+    defaults = dict(confidence_threshold=spec['default_confidence'], enable_depth=True,
+                    measure3D_reference_frame=None, remove_saturated_areas=True,
+                    texture_confidence_threshold=100)
+    enums = {}
+    if spec['sensing_mode']:
+        fields += ['sensing_mode', 'textureness_confidence_threshold']
+        defaults.update(sensing_mode=sl.SENSING_MODE.STANDARD,
+                        textureness_confidence_threshold=100)
+        enums['sensing_mode'] = sl.SENSING_MODE
+    else:
+        fields += ['enable_fill_mode']
+        defaults['enable_fill_mode'] = False
+    sl.RuntimeParameters = _params('RuntimeParameters', fields, defaults, enums)
+
+
+def _information_classes(sl, spec):
+    sl.CameraParameters = _record('CameraParameters', [
+        'cx', 'cy', 'd_fov', 'disto', 'fx', 'fy', 'h_fov', 'image_size', 'v_fov'])
+    calib = _record('CalibrationParameters', ['left_cam', 'right_cam', 'stereo_transform']
+                    + ([] if spec['new_info'] else ['R', 'T']))
+    calib.get_camera_baseline = lambda self: self._v['_baseline']
+    sl.CalibrationParameters = calib
+    if spec['new_info']:
+        sl.CameraConfiguration = _record('CameraConfiguration', [
+            'calibration_parameters', 'calibration_parameters_raw', 'firmware_version', 'fps',
+            'resolution'])
+        sl.CameraInformation = _record('CameraInformation', [
+            'camera_configuration', 'camera_model', 'input_type', 'sensors_configuration',
+            'serial_number'])
+    else:
+        sl.CameraConfiguration = _record('CameraConfiguration', [
+            'calibration_parameters', 'calibration_parameters_raw', 'camera_fps',
+            'camera_resolution', 'firmware_version'])
+        sl.CameraInformation = _record('CameraInformation', [
+            'calibration_parameters', 'calibration_parameters_raw', 'camera_configuration',
+            'camera_firmware_version', 'camera_fps', 'camera_imu_transform', 'camera_model',
+            'camera_resolution', 'input_type', 'sensors_configuration',
+            'sensors_firmware_version', 'serial_number'])
+
+
+def _information(sl, spec, units, fps):
+    """Build the information that this layout's get_camera_information returns."""
+    size = Resolution(WIDTH, HEIGHT)
+    left = sl.CameraParameters(fx=FX, fy=FY, cx=CX, cy=CY, image_size=size, disto=[0.0] * 5,
+                               h_fov=0.0, v_fov=0.0, d_fov=0.0)
+    baseline = BASELINE_M * units
+    calib = {'left_cam': left, 'right_cam': left, 'stereo_transform': None,
+             '_baseline': baseline}
+    if not spec['new_info']:
+        calib.update(R=[0.0, 0.0, 0.0], T=[-baseline, 0.0, 0.0])
+    calib = sl.CalibrationParameters(**calib)
+    if spec['new_info']:
+        config = sl.CameraConfiguration(calibration_parameters=calib,
+                                        calibration_parameters_raw=calib,
+                                        firmware_version=1523, fps=fps, resolution=size)
+        return sl.CameraInformation(camera_configuration=config, camera_model='ZED2',
+                                    input_type='USB', sensors_configuration=None,
+                                    serial_number=12345)
+    config = sl.CameraConfiguration(calibration_parameters=calib,
+                                    calibration_parameters_raw=calib, camera_fps=fps,
+                                    camera_resolution=size, firmware_version=1523)
+    return sl.CameraInformation(
+        calibration_parameters=calib, calibration_parameters_raw=calib,
+        camera_configuration=config, camera_firmware_version=1523, camera_fps=fps,
+        camera_imu_transform=None, camera_model='ZED2', camera_resolution=size,
+        input_type='USB', sensors_configuration=None, sensors_firmware_version=777,
+        serial_number=12345)
+
+
+def _measure(sl, init, runtime, measure, i):
+    """Compute a full-size MEASURE array as the SDK would (module docstring)."""
+    conf = true_confidence()
+    if measure == sl.MEASURE.CONFIDENCE:
+        return conf
+    depth = true_depth(i)
+    out = depth * np.float32(UNIT_SCALE[init['coordinate_units'].name])
+    if init['depth_minimum_distance'] > 0:
+        out[depth < init['depth_minimum_distance']] = -np.inf
+    if init['depth_maximum_distance'] > 0:
+        out[depth > init['depth_maximum_distance']] = np.inf
+    out[conf > runtime['confidence_threshold']] = np.nan
+    return out
+
+
+def _image(i):
+    bgra = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    bgra[:, :, 0] = (np.arange(WIDTH)[None, :] * 3) % 256
+    bgra[:, :, 1] = i % 256
+    bgra[:, :, 2] = np.arange(HEIGHT)[:, None]
+    bgra[:, :, 3] = 255
+    return bgra
+
+
+class _Camera(object):
+    """sl.Camera; make_sl() subclasses it with the layout and the scenario as class attributes."""
+
+    __slots__ = ('_init', '_i', '_open')
+    sl = spec = double = None
+    frames, grab_codes, open_code, fail = 0, {}, 'SUCCESS', {}
+
+    def __init__(self):
+        self._init, self._i, self._open = None, -1, False
+
+    @classmethod
+    def get_sdk_version(cls):
+        return cls.spec['sdk']
+
+    def _code(self, name):
+        return self.sl.ERROR_CODE[name]
+
+    def _check_fail(self, name):
+        if name in self.fail:
+            raise self.fail[name]
+
+    def open(self, py_init=None):
+        self._check_fail('open')
+        if not isinstance(py_init, self.sl.InitParameters):
+            raise TypeError('Argument must be of InitParameters type.')
+        self.double.opens.append(dict(py_init._v))
+        self._init = dict(py_init._v)
+        self._open = self.open_code in ('SUCCESS', 'CONFIGURATION_FALLBACK')
+        return self._code(self.open_code)
+
+    def close(self):
+        self.double.closes += 1
+        self._open = False
+
+    def get_camera_information(self, resizer=None):
+        self._check_fail('get_camera_information')
+        units = UNIT_SCALE[self._init['coordinate_units'].name]
+        return _information(self.sl, self.spec, units, float(self._init['camera_fps'] or 30))
+
+    def grab(self, py_runtime=None):
+        self._check_fail('grab')
+        if not isinstance(py_runtime, self.sl.RuntimeParameters):
+            raise TypeError('Argument must be of RuntimeParameters type.')
+        if not self._open:
+            return self._code('CAMERA_NOT_INITIALIZED')
+        self.double.runtime = dict(py_runtime._v)
+        self.double.grabs += 1
+        nxt = self._i + 1
+        if nxt in self.grab_codes:
+            return self._code(self.grab_codes.pop(nxt))
+        if nxt >= self.frames:
+            return self._code('END_OF_SVOFILE_REACHED')
+        self._i = nxt
+        return self._code('SUCCESS')
+
+    def set_svo_position(self, frame_number):
+        self._i = frame_number - 1
+        return self._code('SUCCESS') if self.double.layout == 'v5.0' else None
+
+    def _size(self, resolution):
+        if resolution is None or (resolution.width, resolution.height) == (0, 0):
+            return WIDTH, HEIGHT
+        return resolution.width, resolution.height
+
+    def _retrieve(self, method, kind, value, mem, resolution, enum_cls):
+        self._check_fail(method)
+        if not isinstance(value, enum_cls) or not isinstance(mem, self.sl.MEM):
+            raise TypeError('Argument is not of {} or MEM type.'.format(kind))
+        w, h = self._size(resolution)
+        return None if w > WIDTH or h > HEIGHT else (w, h)
+
+    def retrieve_image(self, py_mat, view=None, type=None, resolution=None):
+        size = self._retrieve('retrieve_image', 'VIEW', view, type, resolution, self.sl.VIEW)
+        if size is None:
+            return self._code('INVALID_RESOLUTION')
+        py_mat._fill(cv2.resize(_image(self._i), size, interpolation=cv2.INTER_AREA))
+        return self._code('SUCCESS')
+
+    def retrieve_measure(self, py_mat, measure=None, type=None, resolution=None):
+        size = self._retrieve('retrieve_measure', 'MEASURE', measure, type, resolution,
+                              self.sl.MEASURE)
+        if size is None:
+            return self._code('INVALID_RESOLUTION')
+        value = _measure(self.sl, self._init, self.double.runtime, measure, self._i)
+        py_mat._fill(cv2.resize(value, size, interpolation=cv2.INTER_NEAREST))
+        return self._code('SUCCESS')
+
+    def get_timestamp(self, time_reference):
+        if not isinstance(time_reference, self.sl.TIME_REFERENCE):
+            raise TypeError('Argument is not of TIME_REFERENCE type.')
+        return Timestamp(STAMP0_NS + PERIOD_NS * self._i)
+
+
 def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=None):
     """
     Build the module (see the module docstring).
@@ -159,253 +432,12 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
     """
     spec = LAYOUTS[layout]
     sl = types.ModuleType('pyzed.sl')
-    sl.ERROR_CODE = _enum('ERROR_CODE', spec['errors'])
-    sl.RESOLUTION = _enum('RESOLUTION', spec['resolutions'] + ('LAST',))
-    sl.DEPTH_MODE = _enum('DEPTH_MODE', spec['depth_modes'] + ('LAST',))
-    sl.UNIT = _enum('UNIT', ('MILLIMETER', 'CENTIMETER', 'METER', 'INCH', 'FOOT', 'LAST'))
-    sl.MEASURE = _enum('MEASURE', ('DISPARITY', 'DEPTH', 'CONFIDENCE', 'XYZ', 'LAST'))
-    sl.VIEW = _enum('VIEW', ('LEFT', 'RIGHT', 'LEFT_GRAY', 'RIGHT_GRAY', 'LAST'))
-    sl.MEM = _enum('MEM', ('CPU',) if layout != 'v5.0' else ('CPU', 'GPU', 'BOTH'))
-    sl.TIME_REFERENCE = _enum('TIME_REFERENCE', ('IMAGE', 'CURRENT', 'LAST'))
-    if spec['sensing_mode']:
-        sl.SENSING_MODE = _enum('SENSING_MODE', ('STANDARD', 'FILL', 'LAST'))
-    grab_codes = dict(grab_codes or {})
-    fail = dict(fail or {})
-    double = types.SimpleNamespace(opens=[], closes=0, runtime=None, grabs=0, layout=layout)
-    sl.double = double
-    code = sl.ERROR_CODE.__getitem__
-
-    class Resolution(object):
-        __slots__ = ('width', 'height')
-
-        def __init__(self, width=0, height=0):
-            self.width, self.height = width, height
-
-        def area(self):
-            return self.width * self.height
-
-    class Timestamp(object):
-        __slots__ = ('data_ns',)
-
-        def __init__(self, ns=0):
-            self.data_ns = ns
-
-        def get_nanoseconds(self):
-            return self.data_ns
-
-        def get_milliseconds(self):
-            return self.data_ns // 1000000
-
-    def set_from_svo_file(self, path):
-        self._v['_input'] = ('svo', path)
-
-    def set_from_serial_number(self, serial, *bus_type):
-        self._v['_input'] = ('serial', serial)
-
-    init_defaults = {f: None for f in spec['init']}
-    init_defaults.update(
-        camera_resolution=sl.RESOLUTION[spec['default_resolution']], camera_fps=0,
-        depth_mode=sl.DEPTH_MODE[spec['default_depth']], coordinate_units=sl.UNIT.MILLIMETER,
-        depth_minimum_distance=-1.0, depth_maximum_distance=-1.0, svo_real_time_mode=False,
-        _input=('camera', 0))
-    InitParameters = _params(
-        'InitParameters', spec['init'], init_defaults,
-        {'camera_resolution': sl.RESOLUTION, 'depth_mode': sl.DEPTH_MODE,
-         'coordinate_units': sl.UNIT},
-        {'set_from_svo_file': set_from_svo_file,
-         'set_from_serial_number': set_from_serial_number})
-    runtime_fields = ['confidence_threshold', 'enable_depth', 'measure3D_reference_frame',
-                      'remove_saturated_areas', 'texture_confidence_threshold']
-    runtime_defaults = dict(confidence_threshold=spec['default_confidence'], enable_depth=True,
-                            measure3D_reference_frame=None, remove_saturated_areas=True,
-                            texture_confidence_threshold=100)
-    runtime_enums = {}
-    if spec['sensing_mode']:
-        runtime_fields += ['sensing_mode', 'textureness_confidence_threshold']
-        runtime_defaults.update(sensing_mode=sl.SENSING_MODE.STANDARD,
-                                textureness_confidence_threshold=100)
-        runtime_enums['sensing_mode'] = sl.SENSING_MODE
-    else:
-        runtime_fields += ['enable_fill_mode']
-        runtime_defaults['enable_fill_mode'] = False
-    RuntimeParameters = _params('RuntimeParameters', runtime_fields, runtime_defaults,
-                                runtime_enums)
-
-    camera_fields = ['cx', 'cy', 'd_fov', 'disto', 'fx', 'fy', 'h_fov', 'image_size', 'v_fov']
-    CameraParameters = _record('CameraParameters', camera_fields)
-    calib_fields = ['left_cam', 'right_cam', 'stereo_transform'] + \
-        ([] if spec['new_info'] else ['R', 'T'])
-    CalibrationParameters = _record('CalibrationParameters', calib_fields)
-    CalibrationParameters.get_camera_baseline = lambda self: self._v['_baseline']
-    if spec['new_info']:
-        CameraConfiguration = _record('CameraConfiguration', [
-            'calibration_parameters', 'calibration_parameters_raw', 'firmware_version', 'fps',
-            'resolution'])
-        CameraInformation = _record('CameraInformation', [
-            'camera_configuration', 'camera_model', 'input_type', 'sensors_configuration',
-            'serial_number'])
-    else:
-        CameraConfiguration = _record('CameraConfiguration', [
-            'calibration_parameters', 'calibration_parameters_raw', 'camera_fps',
-            'camera_resolution', 'firmware_version'])
-        CameraInformation = _record('CameraInformation', [
-            'calibration_parameters', 'calibration_parameters_raw', 'camera_configuration',
-            'camera_firmware_version', 'camera_fps', 'camera_imu_transform', 'camera_model',
-            'camera_resolution', 'input_type', 'sensors_configuration',
-            'sensors_firmware_version', 'serial_number'])
-
-    class Mat(object):
-        __slots__ = ('_data',)
-
-        def __init__(self):
-            self._data = np.zeros((0, 0), np.float32)
-
-        def _fill(self, array):
-            if self._data.shape == array.shape and self._data.dtype == array.dtype:
-                self._data[...] = array  # the SDK reuses its buffer: views see the new frame
-            else:
-                self._data = array.copy()
-
-        def get_data(self, memory_type=None, deep_copy=False):
-            return self._data.copy() if deep_copy else self._data
-
-        def get_width(self):
-            return self._data.shape[1]
-
-        def get_height(self):
-            return self._data.shape[0]
-
-    def _check_fail(name):
-        if name in fail:
-            raise fail[name]
-
-    class Camera(object):
-        __slots__ = ('_init', '_i', '_open')
-
-        def __init__(self):
-            self._init, self._i, self._open = None, -1, False
-
-        @staticmethod
-        def get_sdk_version():
-            return spec['sdk']
-
-        def open(self, py_init=None):
-            _check_fail('open')
-            if not isinstance(py_init, InitParameters):
-                raise TypeError('Argument must be of InitParameters type.')
-            double.opens.append(dict(py_init._v))
-            self._init = dict(py_init._v)
-            self._open = open_code in ('SUCCESS', 'CONFIGURATION_FALLBACK')
-            return code(open_code)
-
-        def close(self):
-            double.closes += 1
-            self._open = False
-
-        def _units(self):
-            return UNIT_SCALE[self._init['coordinate_units'].name]
-
-        def get_camera_information(self, resizer=None):
-            _check_fail('get_camera_information')
-            size = Resolution(WIDTH, HEIGHT)
-            left = CameraParameters(fx=FX, fy=FY, cx=CX, cy=CY, image_size=size, disto=[0.0] * 5,
-                                    h_fov=0.0, v_fov=0.0, d_fov=0.0)
-            baseline = BASELINE_M * self._units()
-            calib = {'left_cam': left, 'right_cam': left, 'stereo_transform': None,
-                     '_baseline': baseline}
-            if not spec['new_info']:
-                calib.update(R=[0.0, 0.0, 0.0], T=[-baseline, 0.0, 0.0])
-            calib = CalibrationParameters(**calib)
-            fps = float(self._init['camera_fps'] or 30)
-            if spec['new_info']:
-                config = CameraConfiguration(calibration_parameters=calib,
-                                             calibration_parameters_raw=calib,
-                                             firmware_version=1523, fps=fps, resolution=size)
-                return CameraInformation(camera_configuration=config, camera_model='ZED2',
-                                         input_type='USB', sensors_configuration=None,
-                                         serial_number=12345)
-            config = CameraConfiguration(calibration_parameters=calib,
-                                         calibration_parameters_raw=calib, camera_fps=fps,
-                                         camera_resolution=size, firmware_version=1523)
-            return CameraInformation(
-                calibration_parameters=calib, calibration_parameters_raw=calib,
-                camera_configuration=config, camera_firmware_version=1523, camera_fps=fps,
-                camera_imu_transform=None, camera_model='ZED2', camera_resolution=size,
-                input_type='USB', sensors_configuration=None, sensors_firmware_version=777,
-                serial_number=12345)
-
-        def grab(self, py_runtime=None):
-            _check_fail('grab')
-            if not isinstance(py_runtime, RuntimeParameters):
-                raise TypeError('Argument must be of RuntimeParameters type.')
-            if not self._open:
-                return code('CAMERA_NOT_INITIALIZED')
-            double.runtime = dict(py_runtime._v)
-            double.grabs += 1
-            nxt = self._i + 1
-            if nxt in grab_codes:
-                return code(grab_codes.pop(nxt))
-            if nxt >= frames:
-                return code('END_OF_SVOFILE_REACHED')
-            self._i = nxt
-            return code('SUCCESS')
-
-        def set_svo_position(self, frame_number):
-            self._i = frame_number - 1
-            return code('SUCCESS') if layout == 'v5.0' else None
-
-        def _size(self, resolution):
-            if resolution is None or (resolution.width, resolution.height) == (0, 0):
-                return WIDTH, HEIGHT
-            return resolution.width, resolution.height
-
-        def _check_retrieve(self, kind, value, mem, enum_cls):
-            if not isinstance(value, enum_cls) or not isinstance(mem, sl.MEM):
-                raise TypeError('Argument is not of {} or MEM type.'.format(kind))
-
-        def retrieve_image(self, py_mat, view=None, type=None, resolution=None):
-            _check_fail('retrieve_image')
-            self._check_retrieve('VIEW', view, type, sl.VIEW)
-            w, h = self._size(resolution)
-            if w > WIDTH or h > HEIGHT:
-                return code('INVALID_RESOLUTION')
-            bgra = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
-            bgra[:, :, 0] = (np.arange(WIDTH)[None, :] * 3) % 256
-            bgra[:, :, 1] = self._i % 256
-            bgra[:, :, 2] = np.arange(HEIGHT)[:, None]
-            bgra[:, :, 3] = 255
-            py_mat._fill(cv2.resize(bgra, (w, h), interpolation=cv2.INTER_AREA))
-            return code('SUCCESS')
-
-        def retrieve_measure(self, py_mat, measure=None, type=None, resolution=None):
-            _check_fail('retrieve_measure')
-            self._check_retrieve('MEASURE', measure, type, sl.MEASURE)
-            w, h = self._size(resolution)
-            if w > WIDTH or h > HEIGHT:
-                return code('INVALID_RESOLUTION')
-            conf = true_confidence()
-            if measure == sl.MEASURE.CONFIDENCE:
-                value = conf
-            else:
-                depth = true_depth(self._i)
-                init, runtime = self._init, double.runtime
-                out = depth * np.float32(self._units())
-                if init['depth_minimum_distance'] > 0:
-                    out[depth < init['depth_minimum_distance']] = -np.inf
-                if init['depth_maximum_distance'] > 0:
-                    out[depth > init['depth_maximum_distance']] = np.inf
-                out[conf > runtime['confidence_threshold']] = np.nan
-                value = out
-            py_mat._fill(cv2.resize(value, (w, h), interpolation=cv2.INTER_NEAREST))
-            return code('SUCCESS')
-
-        def get_timestamp(self, time_reference):
-            if not isinstance(time_reference, sl.TIME_REFERENCE):
-                raise TypeError('Argument is not of TIME_REFERENCE type.')
-            return Timestamp(STAMP0_NS + PERIOD_NS * self._i)
-
-    sl.Resolution, sl.Timestamp, sl.Mat, sl.Camera = Resolution, Timestamp, Mat, Camera
-    sl.InitParameters, sl.RuntimeParameters = InitParameters, RuntimeParameters
-    sl.CameraParameters, sl.CalibrationParameters = CameraParameters, CalibrationParameters
-    sl.CameraConfiguration, sl.CameraInformation = CameraConfiguration, CameraInformation
+    _enums(sl, layout, spec)
+    _parameter_classes(sl, spec)
+    _information_classes(sl, spec)
+    sl.double = types.SimpleNamespace(opens=[], closes=0, runtime=None, grabs=0, layout=layout)
+    sl.Resolution, sl.Timestamp, sl.Mat = Resolution, Timestamp, Mat
+    sl.Camera = type('Camera', (_Camera,), {
+        '__slots__': (), 'sl': sl, 'spec': spec, 'double': sl.double, 'frames': frames,
+        'grab_codes': dict(grab_codes or {}), 'open_code': open_code, 'fail': dict(fail or {})})
     return sl
