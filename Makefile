@@ -8,7 +8,8 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 	$(shell command -v python3.8 2>/dev/null))
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
-PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py)
+PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
+	test/test_jetpack_install.py)
 
 # The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
 # install: shared/ros2-launch-stack/install.sh next to the checkout (or DEPTH_ROS_LAUNCH_STACK).
@@ -56,7 +57,8 @@ $(VENV38)/.stamp: setup.py
 	$(PY38) -m venv $(VENV38)
 	$(VENV38)/bin/python -m pip install -q --upgrade pip
 	# The Jetson's own versions: Ubuntu 20.04 numpy 1.17.4, JetPack 5.1 OpenCV 4.5.4.
-	$(VENV38)/bin/python -m pip install -q -e . pytest pytest-timeout 'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
+	$(VENV38)/bin/python -m pip install -q -e '.[base]' 'pytest<8.4' pytest-timeout \
+		'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
 	touch $@
 
 test-py38: $(VENV38)/.stamp

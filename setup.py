@@ -13,6 +13,19 @@ from setuptools import find_packages, setup
 PACKAGE = 'depth_ros'
 TORCH = 'torch==2.13.0'
 
+# What an installed executable checks before its module loads. The console-script wrapper that
+# setuptools < 47 writes (Ubuntu 20.04 / JetPack 5: setuptools 45.2, as colcon runs
+# `setup.py install --single-version-externally-managed`) resolves every install_requires entry
+# through pip metadata, and so does any later `import pkg_resources` in that process (its
+# `__requires__` check). JetPack's OpenCV (apt) has no pip metadata, nor has anything that is not
+# installed at all: on the ROS path the dependencies are package.xml's rosdep keys, and only
+# numpy stays here, which has metadata from every channel (apt's egg-info, pip, conda).
+INSTALL_REQUIRES = ['setuptools', 'numpy']
+# The pip names of package.xml's python3-numpy, python3-opencv, python3-yaml, python3-tqdm. Every
+# extra for a machine without ROS or JetPack pulls them; `onnx`, `tensorrt` and `bag` do not, so
+# that `pip install -e '.[onnx]'` on a Jetson never shadows JetPack's OpenCV with a pip one.
+BASE = ['numpy', 'opencv-python-headless', 'PyYAML', 'tqdm']
+
 
 def _files(pattern):
     return sorted(f for f in glob(pattern) if os.path.isfile(f))
@@ -31,34 +44,29 @@ setup(
         ('share/' + PACKAGE + '/models', ['models/README.md']),
     ],
     python_requires='>=3.8',
-    install_requires=[
-        'setuptools',
-        'numpy',
-        'opencv-python-headless; python_version >= "3.8"',
-        'PyYAML',
-        'tqdm',
-    ],
+    install_requires=INSTALL_REQUIRES,
     extras_require={
+        'base': BASE,
         # ROS 2 wheels from PyPI, for machines without a ROS install (tests, laptops).
-        'ros': [
+        'ros': BASE + [
             'ros-rclpy', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-std-srvs',
             'ros-diagnostic-msgs', 'ros-rmw-fastrtps-cpp',
         ],
         'onnx': ['onnxruntime', 'onnx'],
-        'export': [TORCH, 'transformers', 'huggingface_hub', 'safetensors', 'onnx',
-                   'onnxscript'],
-        'marigold': [TORCH, 'diffusers', 'transformers', 'huggingface_hub', 'safetensors',
-                     'scipy'],
+        'export': BASE + [TORCH, 'transformers', 'huggingface_hub', 'safetensors', 'onnx',
+                          'onnxscript'],
+        'marigold': BASE + [TORCH, 'diffusers', 'transformers', 'huggingface_hub',
+                            'safetensors', 'scipy'],
         # On a Jetson, TensorRT and its Python bindings come with JetPack (apt), not pip.
         'tensorrt': ['pycuda', 'tensorrt'],
         'bag': ['rosbags'],
-        'tools': ['matplotlib', 'scikit-image', 'rosbags'],
+        'tools': BASE + ['matplotlib', 'scikit-image', 'rosbags'],
         # colcon test runs pytest only for a package that declares it as a test dependency;
         # the ament_python template's tests_require is dropped by setuptools >= 72.
         'test': ['pytest'],
-        'dev': ['pytest<8.4', 'pytest-timeout', 'flake8', 'flake8-import-order', 'pydocstyle',
-                'ros-ament-flake8', 'ros-ament-pep257',
-                'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],
+        'dev': BASE + ['pytest<8.4', 'pytest-timeout', 'flake8', 'flake8-import-order',
+                       'pydocstyle', 'ros-ament-flake8', 'ros-ament-pep257',
+                       'colcon-common-extensions', 'matplotlib', 'scikit-image', 'rosbags'],
     },
     zip_safe=True,
     maintainer='depth_ros maintainers',

@@ -1,4 +1,4 @@
-"""Frame sources: sample, folder, replay, make_source (rosbag and zed: their own sections)."""
+"""Frame sources: sample, folder, replay, make_source, rosbag (zed: test_sources_zed.py)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import sgbm_depth
 from depth_ros.sources import make_source
-from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.base import Frame, FrameError, FrameSource, SourceConfigError, \
+    SourceError
 from depth_ros.sources.folder import FolderSource, load_calibration
 from depth_ros.sources.replay import ReplaySource
 import numpy as np
@@ -21,7 +22,7 @@ def _msg(err) -> str:
 # --------------------------------------------------------------------------- sample
 
 def test_load_sample_ground_truth_matches_docstring_calibration():
-    from skimage import data as skdata
+    skdata = pytest.importorskip('skimage.data', reason='the sample needs scikit-image')
     from depth_ros.sources.sample import load_sample
 
     sample = load_sample()
@@ -47,6 +48,7 @@ def test_load_sample_ground_truth_matches_docstring_calibration():
 
 
 def test_sample_source_stereo_depth_against_ground_truth():
+    pytest.importorskip('skimage', reason='the sample needs scikit-image')
     from depth_ros.sources.sample import load_sample, SampleSource
 
     source = SampleSource(count=2, fps=20.0)
@@ -76,6 +78,11 @@ def test_sample_source_rejects_bad_options():
         SampleSource(num_disparity=64)
     want = 'unknown SGBM option(s) num_disparity; valid: num_disparities'
     assert _msg(err).startswith(want), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        SampleSource(num_disparities=736, min_disparity=5)  # would end the process (OpenCV 4.5)
+    assert _msg(err) == ("source `sample`: num_disparities + min_disparity = 741 must be below "
+                         "the sample's width, 741 px"), _msg(err)
+    SampleSource(num_disparities=736, min_disparity=4)  # the widest range that works
 
 
 # --------------------------------------------------------------------------- folder
@@ -161,21 +168,88 @@ def test_folder_source_layout_errors(tmp_path):
     with pytest.raises(ValueError) as err:
         FolderSource(root)
     assert _msg(err).endswith('images without a partner in the other view: y.png'), _msg(err)
-    with pytest.raises(FileNotFoundError) as err:
-        FolderSource(str(tmp_path / 'missing'))
-    assert 'stereo folder not found' in _msg(err), _msg(err)
-    root = _write_folder(tmp_path / 'b', ['x.png'], calib=None)
-    with pytest.raises(FileNotFoundError) as err:
-        FolderSource(root)
-    assert _msg(err) == 'calibration file not found: {}'.format(
+    # A missing path names the parameter and the value, in one line (a SourceConfigError is a
+    # ValueError, which zed_node turns into its one-line configuration error).
+    missing = str(tmp_path / 'missing')
+    with pytest.raises(SourceConfigError) as err:
+        FolderSource(missing)
+    assert _msg(err) == "source `folder`: `path` {!r} does not exist".format(missing), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        FolderSource(os.path.join(root, 'calibration.yaml'))
+    assert _msg(err) == "source `folder`: `path` {!r} is not a folder".format(
         os.path.join(root, 'calibration.yaml')), _msg(err)
-    root = _write_folder(tmp_path / 'c', ['x.png'])
-    with open(os.path.join(root, 'left', 'x.png'), 'wb') as f:
+    root = _write_folder(tmp_path / 'b', ['x.png'], calib=None)
+    with pytest.raises(SourceConfigError) as err:
+        FolderSource(root)
+    want = ("stereo folder {!r} has no calibration.yaml (it needs left/, right/ and "
+            "calibration.yaml; see docs/sources.md)".format(root))
+    assert _msg(err) == want, 'expected {!r}, received {!r}'.format(want, _msg(err))
+    # Everything that is missing, at once.
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SourceConfigError) as err:
+        FolderSource(str(tmp_path / 'empty'))
+    assert 'has no left/, right/, calibration.yaml (' in _msg(err), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        FolderSource(root, calibration=str(tmp_path / 'other.yaml'))
+    assert _msg(err) == "source `folder`: `calibration` file {!r} does not exist".format(
+        str(tmp_path / 'other.yaml')), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        load_calibration(str(tmp_path / 'other.yaml'))
+    assert _msg(err) == 'calibration file not found: {}'.format(tmp_path / 'other.yaml')
+    with pytest.raises(SourceConfigError) as err:
+        make_source('folder', missing)
+    assert '`path` {!r} does not exist'.format(missing) in _msg(err), _msg(err)
+
+
+def test_calibration_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / 'calibration.yaml'
+    path.write_text('fx: [1, 2\nfy: 3\n')
+    with pytest.raises(SourceConfigError) as err:
+        load_calibration(str(path))
+    assert _msg(err).startswith('calibration {}: not valid YAML: '.format(path)), _msg(err)
+    assert '\n' not in _msg(err), _msg(err)
+
+
+def test_folder_bad_frame_is_a_frame_error_and_the_next_read_goes_on(tmp_path, monkeypatch):
+    root = _write_folder(tmp_path / 'c', ['1.png', '2.png', '3.png'])
+    with open(os.path.join(root, 'left', '2.png'), 'wb') as f:
         f.write(b'not a png')
-    source = FolderSource(root)
-    with pytest.raises(SourceError) as err:
+    source = FolderSource(root, num_disparities=32)
+    assert source.read().stamp_ns == 1
+    with pytest.raises(FrameError) as err:
         source.read()
-    assert _msg(err) == 'cannot read image {}'.format(os.path.join(root, 'left', 'x.png'))
+    assert _msg(err) == 'cannot read image {}'.format(os.path.join(root, 'left', '2.png'))
+    assert source.read().stamp_ns == 3, 'the pair after the bad one comes next, no reopen'
+    assert source.read() is None
+    # Iterating drops the bad frame (logged) and goes on.
+    assert [f.stamp_ns for f in FolderSource(root, num_disparities=32)] == [1, 3]
+    # Images too narrow for the disparity range: OpenCV 4.5.4 would end the process.
+    for name, width in (('2.png', 1), ('3.png', 32)):
+        cv2.imwrite(os.path.join(root, 'left', name), _texture(width=width, height=120))
+        cv2.imwrite(os.path.join(root, 'right', name), _texture(width=width, height=120))
+    source = FolderSource(root, num_disparities=32)
+    source.read()
+    for name, width in (('2.png', 1), ('3.png', 32)):
+        with pytest.raises(FrameError) as err:
+            source.read()
+        want = '{}: {} px wide, but SGBM needs more than num_disparities + min_disparity = 32 ' \
+            'px'.format(name, width)
+        assert _msg(err) == want, 'expected {!r}, received {!r}'.format(want, _msg(err))
+    for view in ('left', 'right'):
+        cv2.imwrite(os.path.join(root, view, '3.png'), _texture())
+    # Whatever the stereo step raises for a pair is a FrameError too, in one line.
+    import depth_ros.sources.folder as folder_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('SGBM failed\n  second line')
+    source = FolderSource(root, num_disparities=32)
+    source.read()
+    with pytest.raises(FrameError):
+        source.read()  # 2.png, too narrow
+    monkeypatch.setattr(folder_module, 'sgbm_depth', broken)
+    with pytest.raises(FrameError) as err:
+        source.read()
+    assert _msg(err) == '3.png: RuntimeError: SGBM failed', _msg(err)
 
 
 # --------------------------------------------------------------------------- replay
@@ -291,6 +365,49 @@ def test_replay_bad_options():
     with pytest.raises(ValueError) as err:
         ReplaySource(ListSource([1]), fps=0)
     assert _msg(err) == '`fps` must be a finite number > 0, got 0'
+
+
+class FaultySource(ListSource):
+    """ListSource whose read() raises ``faults[i]`` (an exception) at read number i."""
+
+    def __init__(self, stamps, faults):
+        super().__init__(stamps)
+        self.faults = dict(faults)
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        fault = self.faults.pop(self.reads, None)
+        if fault is not None:
+            if isinstance(fault, FrameError):
+                self._i += 1  # the bad frame is consumed, as FolderSource does
+            raise fault
+        return super().read()
+
+
+def test_replay_passes_frame_errors_and_wraps_foreign_exceptions():
+    class CorruptError(Exception):
+        """Stands in for apsw.CorruptError from a damaged bag."""
+
+    inner = FaultySource([10, 20, 30, 40], {2: FrameError('frame 20: bad'),
+                                            4: CorruptError('database disk image is malformed\n'
+                                                            'more')})
+    replay = ReplaySource(inner, rate=0)
+    assert replay.read().stamp_ns == 10
+    with pytest.raises(FrameError) as err:
+        replay.read()
+    assert _msg(err) == 'frame 20: bad'
+    assert replay.read().stamp_ns == 30, 'after a FrameError the next frame comes, no reopen'
+    with pytest.raises(SourceError) as err:
+        replay.read()
+    assert type(err.value) is SourceError
+    assert _msg(err) == 'list read() failed: CorruptError: database disk image is malformed', \
+        _msg(err)
+    assert inner.opens == 1
+    replay.close()
+    replay.open()
+    # Reopened, the inner source starts again at 10: shifted one period (the last, 20) on.
+    assert inner.opens == 2 and replay.read().stamp_ns == 50, 'stamps keep increasing'
 
 
 # --------------------------------------------------------------------------- make_source
@@ -419,254 +536,3 @@ def test_rosbag_errors_and_depth_units(tmp_path):
     got = depth_to_metres(mm, '16UC1')
     want = np.array([[np.nan, 1.5], [65.535, 0.25]], np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-6)
-
-
-# --------------------------------------------------------------------------- zed (pyzed double)
-
-class _Enum(object):
-    """Members compare by name, print as the SDK prints them (e.g. 'SUCCESS')."""
-
-    def __init__(self, *names):
-        for name in names:
-            setattr(self, name, name)
-
-
-def _fake_sl(sdk=4, frames=3, fail_at=None, open_error=None):
-    """
-    Build a pyzed.sl stand-in following the documented API (SDK 4.x or 3.x layout).
-
-    The camera serves ``frames`` synthetic frames (image stamp 1e9 + 33.3 ms * i), BGRA images,
-    depth = 1 + i metres, confidence = 10; resizes to the requested Resolution like the SDK.
-    """
-    import types
-
-    sl = types.ModuleType('pyzed.sl')
-    sl.ERROR_CODE = _Enum('SUCCESS', 'END_OF_SVOFILE_REACHED', 'CAMERA_NOT_DETECTED',
-                          'CAMERA_FAILED_TO_SETUP')
-    sl.VIEW = _Enum('LEFT', 'RIGHT')
-    sl.MEASURE = _Enum('DEPTH', 'CONFIDENCE')
-    sl.MEM = _Enum('CPU', 'GPU')
-    sl.UNIT = _Enum('METER', 'MILLIMETER')
-    sl.TIME_REFERENCE = _Enum('IMAGE', 'CURRENT')
-    sl.RESOLUTION = _Enum('HD2K', 'HD1080', 'HD720', 'VGA')
-    sl.DEPTH_MODE = _Enum('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL')
-    if sdk == 3:
-        sl.SENSING_MODE = _Enum('STANDARD', 'FILL')
-    width, height = 64, 36
-    state = {'opened': [], 'closed': 0, 'init': None, 'runtime': None}
-    sl.state = state
-
-    class Resolution(object):
-        def __init__(self, width=0, height=0):
-            self.width, self.height = width, height
-
-    class InitParameters(object):
-        def __init__(self):
-            self.svo = None
-            self.serial = None
-
-        def set_from_svo_file(self, path):
-            self.svo = path
-
-        def set_from_serial_number(self, serial):
-            self.serial = serial
-
-    class RuntimeParameters(object):
-        def __init__(self):
-            self.confidence_threshold = 95
-            self.texture_confidence_threshold = 100
-            if sdk == 4:
-                self.enable_fill_mode = False
-            else:
-                self.sensing_mode = sl.SENSING_MODE.STANDARD
-
-    class Mat(object):
-        def __init__(self):
-            self.data = None
-
-        def get_data(self):
-            return self.data
-
-    class Timestamp(object):
-        def __init__(self, ns):
-            self.ns = ns
-
-        def get_nanoseconds(self):
-            return self.ns
-
-    left_cam = types.SimpleNamespace(fx=350.0, fy=351.0, cx=31.5, cy=17.5)
-    calib = types.SimpleNamespace(left_cam=left_cam, T=[-0.12, 0.0, 0.0])
-    if sdk == 4:
-        calib.get_camera_baseline = lambda: 0.12
-        info = types.SimpleNamespace(camera_configuration=types.SimpleNamespace(
-            calibration_parameters=calib, resolution=Resolution(width, height), fps=30))
-    else:
-        info = types.SimpleNamespace(calibration_parameters=calib,
-                                     camera_resolution=Resolution(width, height))
-
-    class Camera(object):
-        def __init__(self):
-            self.i = -1
-
-        def open(self, init):
-            state['opened'].append(init)
-            state['init'] = init
-            return open_error or sl.ERROR_CODE.SUCCESS
-
-        def close(self):
-            state['closed'] += 1
-
-        def get_camera_information(self):
-            return info
-
-        def grab(self, runtime):
-            state['runtime'] = runtime
-            if fail_at is not None and self.i + 1 == fail_at:
-                return sl.ERROR_CODE.CAMERA_NOT_DETECTED
-            if self.i + 1 >= frames:
-                return sl.ERROR_CODE.END_OF_SVOFILE_REACHED
-            self.i += 1
-            return sl.ERROR_CODE.SUCCESS
-
-        def set_svo_position(self, pos):
-            self.i = pos - 1
-
-        def _size(self, res):
-            return (res.width or width, res.height or height)
-
-        def retrieve_image(self, mat, view, mem, res):
-            w, h = self._size(res)
-            bgra = np.zeros((height, width, 4), np.uint8)
-            bgra[:, :, 0] = np.arange(width)[None, :] * 3
-            bgra[:, :, 1] = self.i
-            bgra[:, :, 3] = 255
-            mat.data = cv2.resize(bgra, (w, h), interpolation=cv2.INTER_AREA)
-
-        def retrieve_measure(self, mat, measure, mem, res):
-            w, h = self._size(res)
-            value = 1.0 + self.i if measure == sl.MEASURE.DEPTH else 10.0
-            mat.data = np.full((h, w), value, np.float32)
-
-        def get_timestamp(self, ref):
-            return Timestamp(1000000000 + 33333333 * self.i)
-
-    sl.Resolution, sl.InitParameters, sl.RuntimeParameters = Resolution, InitParameters, \
-        RuntimeParameters
-    sl.Mat, sl.Camera = Mat, Camera
-    return sl
-
-
-@pytest.fixture
-def fake_pyzed(monkeypatch):
-    import types
-
-    def install(**kwargs):
-        sl = _fake_sl(**kwargs)
-        package = types.ModuleType('pyzed')
-        package.sl = sl
-        monkeypatch.setitem(__import__('sys').modules, 'pyzed', package)
-        monkeypatch.setitem(__import__('sys').modules, 'pyzed.sl', sl)
-        return sl
-    return install
-
-
-@pytest.mark.parametrize('sdk', [3, 4])
-def test_zed_source_live_frames_and_parameters(fake_pyzed, sdk):
-    from depth_ros.sources.zed import ZedSource
-
-    sl = fake_pyzed(sdk=sdk, frames=2)
-    source = ZedSource(resolution='VGA', fps=15, depth_mode='QUALITY', min_depth=0.5,
-                       max_depth=12.0, confidence_threshold=80, texture_confidence_threshold=90,
-                       fill_mode=True, camera_name='zed2')
-    source.open()
-    init, runtime = sl.state['init'], None
-    assert (init.depth_mode, init.coordinate_units, init.camera_resolution, init.camera_fps) == \
-        ('QUALITY', 'METER', 'VGA', 15)
-    assert (init.depth_minimum_distance, init.depth_maximum_distance) == (0.5, 12.0)
-    frame = source.read()
-    runtime = sl.state['runtime']
-    assert (runtime.confidence_threshold, runtime.texture_confidence_threshold) == (80, 90)
-    if sdk == 4:
-        assert runtime.enable_fill_mode is True
-    else:
-        assert runtime.sensing_mode == 'FILL'
-    assert frame.left.shape == (36, 64, 3) and frame.left.dtype == np.uint8
-    assert frame.left[0, 5, 0] == 15, 'expected BGRA->BGR keeping blue, received {}'.format(
-        frame.left[0, 5])
-    assert frame.camera == PinholeCamera(350.0, 351.0, 31.5, 17.5, 64, 36), frame.camera
-    assert frame.baseline_m == 0.12
-    assert frame.stamp_ns == 1000000000 and frame.frame_id == 'zed2_left_camera_optical_frame'
-    assert float(frame.depth[0, 0]) == 1.0 and float(frame.confidence[0, 0]) == 10.0
-    assert source.read().stamp_ns == 1033333333
-    # The live camera has no end: the SDK reports an error, which is a SourceError to retry.
-    with pytest.raises(SourceError) as err:
-        source.read()
-    assert _msg(err) == 'ZED grab failed: END_OF_SVOFILE_REACHED'
-    source.close()
-    assert sl.state['closed'] == 1
-
-
-def test_zed_source_svo_loop_downscale_and_errors(fake_pyzed):
-    from depth_ros.sources.zed import ZedSource
-
-    sl = fake_pyzed(frames=2)
-    source = make_source('svo', 'rec.svo', loop=True, publish_downscale=0.5)
-    assert isinstance(source, ZedSource) and source.loop
-    frames = [source.read() for _ in range(5)]
-    assert sl.state['init'].svo == 'rec.svo' and sl.state['init'].svo_real_time_mode is False
-    stamps = [f.stamp_ns for f in frames]
-    want = [1000000000, 1033333333, 1066666666, 1099999999, 1133333332]
-    assert stamps == want, 'expected {}, received {}'.format(want, stamps)
-    assert [float(f.depth[0, 0]) for f in frames] == [1.0, 2.0, 1.0, 2.0, 1.0]
-    assert frames[0].left.shape == (18, 32, 3) and frames[0].depth.shape == (18, 32)
-    want_cam = PinholeCamera(350.0, 351.0, 31.5, 17.5, 64, 36).scaled(32, 18)
-    assert frames[0].camera == want_cam, 'expected {}, received {}'.format(want_cam,
-                                                                           frames[0].camera)
-    assert list(ZedSource(svo_path='rec.svo')) != []  # without loop it ends
-    assert len(list(ZedSource(svo_path='rec.svo'))) == 2
-
-    fake_pyzed(frames=5, fail_at=1)
-    source = ZedSource()
-    source.read()
-    with pytest.raises(SourceError) as err:
-        source.read()
-    assert _msg(err) == 'ZED grab failed: CAMERA_NOT_DETECTED'
-    fake_pyzed(open_error='CAMERA_NOT_DETECTED')
-    with pytest.raises(SourceError) as err:
-        ZedSource().open()
-    assert _msg(err) == 'cannot open ZED camera: CAMERA_NOT_DETECTED'
-
-
-def test_zed_source_without_pyzed_and_bad_options(monkeypatch):
-    import sys
-
-    from depth_ros.sources.zed import ZedSource
-
-    monkeypatch.setitem(sys.modules, 'pyzed', None)  # import fails as if not installed
-    monkeypatch.setitem(sys.modules, 'pyzed.sl', None)
-    with pytest.raises(ImportError) as err:
-        ZedSource().open()
-    assert _msg(err).startswith('pyzed not installed: install the ZED SDK'), _msg(err)
-    assert _msg(err).endswith('or use source:=sample|folder|bag'), _msg(err)
-    for kwargs, message in (
-            (dict(depth_mode='FAST'), '`depth_mode` must be one of NONE|PERFORMANCE|QUALITY|'
-                                      "ULTRA|NEURAL|NEURAL_PLUS, got 'FAST'"),
-            (dict(resolution='4K'), '`resolution` must be one of HD2K|HD1080|HD1200|HD720|'
-                                    "SVGA|VGA|AUTO, got '4K'"),
-            (dict(publish_downscale=0), '`publish_downscale` must be in (0, 1], got 0'),
-            (dict(min_depth=5.0, max_depth=2.0),
-             '`max_depth` (2.0) must be larger than `min_depth` (5.0)'),
-            (dict(confidence_threshold=0), '`confidence_threshold` must be a number in '
-                                           '[1, 100], got 0')):
-        with pytest.raises(ValueError) as err:
-            ZedSource(**kwargs)
-        assert _msg(err) == message, 'expected {!r}, received {!r}'.format(message, _msg(err))
-    with pytest.raises(ValueError) as err:
-        make_source('live', loop=True)
-    assert _msg(err) == 'source `live` takes no replay option(s) loop'
-    # For the ZED kinds `fps` is the camera's frame rate, as zed_node passes it.
-    live = make_source('live', fps=15, resolution='VGA')
-    assert isinstance(live, ZedSource) and live.fps == 15
-    svo = make_source('svo', 'a.svo', fps=15, rate=2.0, loop=True)
-    assert isinstance(svo, ReplaySource) and svo.rate == 2.0 and svo.fps is None
-    assert svo.inner.loop and svo.inner.fps == 15

@@ -14,17 +14,24 @@ Replay options (``loop``, ``rate``, ``fps``, ``drop_after``, ``outage_s``, ``out
 wrap the replay kinds in a ReplaySource; ``live`` takes none of them and ``svo`` loops
 itself (the SDK rewinds the file). For ``live`` and ``svo``, ``fps`` is the camera frame
 rate. Sources import their heavy dependencies only on use.
+
+Errors (depth_ros/sources/base.py): construction raises ValueError for a bad option and
+SourceConfigError (also a ValueError) for a path or a layout that cannot work; ``open()`` and
+``read()`` raise only SourceError and its subclasses SourceConfigError (stop), FrameError
+(skip the frame) and SourceError itself (close, back off, reopen).
 """
 from __future__ import annotations
 
 import inspect
 
-from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.base import Frame, FrameError, FrameSource, SourceConfigError, \
+    SourceError
 
 KINDS = ('live', 'svo', 'sample', 'folder', 'bag')
 REPLAY_OPTIONS = ('loop', 'rate', 'fps', 'drop_after', 'outage_s', 'outage_repeat')
 
-__all__ = ['Frame', 'FrameSource', 'SourceError', 'KINDS', 'make_source']
+__all__ = ['Frame', 'FrameError', 'FrameSource', 'SourceConfigError', 'SourceError', 'KINDS',
+           'make_source']
 
 
 def _source_class(kind: str):
@@ -62,7 +69,8 @@ def make_source(kind: str, path=None, **options) -> FrameSource:
     Build a frame source by kind (see the module docstring).
 
     :raises ValueError: unknown kind, a path missing or given where none is taken, an unknown
-        option.
+        option; SourceConfigError (a ValueError) for a path that does not exist or a folder
+        without its files.
     :raises ImportError: the kind's optional dependency (pyzed, rosbags, scikit-image) is missing.
     """
     if kind not in KINDS:

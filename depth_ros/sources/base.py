@@ -3,14 +3,27 @@ The frame-source interface: every camera source yields the same `Frame`.
 
 Sources: zed (pyzed, live or SVO), sample (bundled Middlebury pair), folder (stereo pairs +
 calibration YAML, SGBM depth), rosbag (rosbag2 of ZED topics, read with `rosbags`).
+
+Errors, by what the caller should do (each message is one line):
+
+- ``SourceConfigError`` (a SourceError and a ValueError): the configuration or the installation
+  is wrong (a path that does not exist, a folder without its calibration, a resolution that the
+  installed ZED SDK lacks). Retrying cannot help: report it and stop.
+- ``FrameError`` (a SourceError): this frame is bad (an unreadable image, a corrupted ZED
+  frame); the source is fine. Log it, count it, call ``read()`` again; no reopen.
+- ``SourceError``: the device or file failed (camera unplugged, grab failed). ``close()``,
+  wait with backoff, ``open()`` again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import logging
 from typing import Iterator, Optional
 
 from depth_ros.core.camera import PinholeCamera
 import numpy as np
+
+LOG = logging.getLogger('depth_ros.sources')
 
 
 @dataclass
@@ -31,12 +44,28 @@ class SourceError(RuntimeError):
     """The source cannot deliver frames (device gone, file unreadable). May be retried."""
 
 
+class SourceConfigError(SourceError, ValueError):
+    """The source cannot work as configured or installed; retrying cannot help."""
+
+
+class FrameError(SourceError):
+    """One frame could not be delivered; the source goes on with the next ``read()``."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``'<Type>: <first line of the message>'``, for wrapping an unexpected exception."""
+    lines = str(exc).strip().splitlines()
+    text = type(exc).__name__
+    return text + ': ' + lines[0] if lines else text
+
+
 class FrameSource(object):
     """
     Base class. Subclasses implement `open`, `read` and `close`.
 
     `read()` returns the next Frame, or None at the end of a finite source. It raises
-    SourceError when the device or file fails; callers may `close()` and `open()` again.
+    SourceError (or a subclass, see the module docstring) and nothing else when the device,
+    file or frame fails; callers may `close()` and `open()` again.
     """
 
     name = 'source'
@@ -60,8 +89,13 @@ class FrameSource(object):
         return False
 
     def __iter__(self) -> Iterator[Frame]:
+        """Frames until the end; a FrameError is logged and the frame skipped."""
         while True:
-            frame = self.read()
+            try:
+                frame = self.read()
+            except FrameError as exc:
+                LOG.warning('%s: frame dropped: %s', self.name, exc)
+                continue
             if frame is None:
                 return
             yield frame

@@ -13,6 +13,11 @@ Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate 
   ``drop_after`` frames, ``read()`` and ``open()`` raise SourceError for ``outage_s`` seconds
   (as a ZED unplugged mid-run does); afterwards the source delivers again. Once per run, or
   every ``drop_after`` frames with ``outage_repeat``. The zed_node reconnect test uses this.
+
+Errors: the inner source's SourceErrors pass through (a FrameError skips that frame only; the
+next ``read()`` goes on). Anything else that the inner ``open()`` or ``read()`` raises (a corrupt
+bag's database error, a decoder's exception) becomes a SourceError with a one-line message that
+names the inner source, so callers handle one exception family.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.base import Frame, FrameSource, one_line, SourceError
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.replay')
@@ -91,27 +96,36 @@ class ReplaySource(FrameSource):
         self._outage_until = None
         return False
 
+    def _inner_call(self, method):
+        try:
+            return method()
+        except SourceError:
+            raise
+        except Exception as exc:  # the contract of base.py: only SourceErrors leave a source
+            raise SourceError('{} {}() failed: {}'.format(
+                self.inner.name, method.__name__, one_line(exc))) from None
+
     def open(self) -> None:
         if self._in_outage():
             raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
         if not self._opened:
-            self.inner.open()
+            self._inner_call(self.inner.open)
             self._opened = True
             self._new_pass = True
             self._t_start = None  # after a reopen, pace from now, not from the old timeline
 
     def close(self) -> None:
-        if self._opened:
-            self.inner.close()
-        self._opened = False
+        opened, self._opened = self._opened, False
+        if opened:
+            self._inner_call(self.inner.close)
 
     def _next_inner(self) -> Optional[Frame]:
-        frame = self.inner.read()
+        frame = self._inner_call(self.inner.read)
         if frame is None and self.loop:
-            self.inner.close()
-            self.inner.open()
+            self._inner_call(self.inner.close)
+            self._inner_call(self.inner.open)
             self._new_pass = True
-            frame = self.inner.read()
+            frame = self._inner_call(self.inner.read)
         if frame is not None and self._new_pass:
             self._new_pass = False
             self._last_in = None

@@ -16,7 +16,7 @@ from typing import Optional
 import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.stereo import check_sgbm_options, sgbm_depth
-from depth_ros.sources.base import Frame, FrameSource
+from depth_ros.sources.base import Frame, FrameSource, SourceConfigError
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.sample')
@@ -28,6 +28,7 @@ DOFFS_PX = 31.086
 BASELINE_M = 0.193001
 # Largest ground-truth disparity is ~60 px; 64 covers it with room for SGBM's border.
 NUM_DISPARITIES = 64
+WIDTH = 741  # of the pair that scikit-image ships
 
 
 @dataclass
@@ -105,6 +106,13 @@ class SampleSource(FrameSource):
         self.fps = float(fps)
         self.frame_id = frame_id
         self.sgbm_options = check_sgbm_options(sgbm_options)
+        # StereoSGBM needs width > num_disparities + max(min_disparity, 0); OpenCV 4.5.4 ends
+        # the process instead of raising.
+        reach = int(self.sgbm_options.get('num_disparities') or NUM_DISPARITIES) + \
+            max(int(self.sgbm_options.get('min_disparity', 0)), 0)
+        if reach >= WIDTH:
+            raise SourceConfigError('source `sample`: num_disparities + min_disparity = {} must '
+                                    'be below the sample\'s width, {} px'.format(reach, WIDTH))
         self._sample: Optional[SampleData] = None
         self._depth = None
         self._confidence = None

@@ -1,33 +1,60 @@
 """
-A ZED / ZED2 camera through pyzed (ZED SDK 3.8+ and 4.x), live or from an SVO file.
+A ZED / ZED2 camera through pyzed (ZED SDK 3.8, 4.x and 5.x), live or from an SVO file.
 
 Depth comes in metres (``coordinate_units = METER``) as the SDK gives it: NaN where there is no
 match, -inf too close, +inf too far (REP 117). The confidence map is the SDK's (1..100, larger =
 less reliable). ``publish_downscale`` asks the SDK for smaller image, depth and confidence
 (it resizes on the GPU) and scales the intrinsics with PinholeCamera.scaled.
 
-SDK differences handled here:
-- calibration: ``get_camera_information().camera_configuration.calibration_parameters`` (4.x)
-  vs ``get_camera_information().calibration_parameters`` (3.x);
-- camera resolution: ``camera_configuration.resolution`` (4.x) vs ``camera_resolution`` (3.x);
-- fill mode: ``RuntimeParameters.enable_fill_mode`` (4.x) vs ``sensing_mode = FILL`` (3.x).
+SDK differences, as zed-python-api's ``sl.pyx`` has them at tags v3.8, v4.0, v4.1, v4.2 and
+v5.0, handled by looking at what the installed pyzed has, not at its version string:
+
+- ``get_camera_information().camera_configuration`` exists in both; its size and rate are
+  ``camera_resolution`` / ``camera_fps`` on 3.8 and ``resolution`` / ``fps`` from 4.0 (3.8's
+  CameraInformation also has ``calibration_parameters`` itself; 4.0 moved everything into
+  ``camera_configuration``, whose ``calibration_parameters`` both have);
+- fill mode: ``RuntimeParameters.sensing_mode = SENSING_MODE.FILL`` on 3.8,
+  ``RuntimeParameters.enable_fill_mode`` from 4.0 (SENSING_MODE is gone);
+- RESOLUTION HD1200, SVGA and AUTO came with 4.0, DEPTH_MODE NEURAL_PLUS with 4.1 (NEURAL is in
+  3.8). A value that the installed SDK lacks is refused at open with SourceConfigError, one
+  line naming the parameter, the value, the SDK version and the choices that SDK has;
+- ERROR_CODE: 4.0 added CAMERA_REBOOTING, 5.x warnings such as CONFIGURATION_FALLBACK (open
+  succeeded with a fallback) and CORRUPTED_FRAME (this frame is bad). Codes are read by name.
+
+Errors (see depth_ros/sources/base.py): a configuration or installation that cannot work raises
+SourceConfigError; a bad frame FrameError; anything else in open() or read(), whatever pyzed
+raised, SourceError with a one-line message.
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.base import Frame, FrameError, FrameSource, one_line, \
+    SourceConfigError, SourceError
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.zed')
 
 RESOLUTIONS = ('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO')
 DEPTH_MODES = ('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL', 'NEURAL_PLUS')
+# The first zed-python-api tag whose sl.pyx has the value (for the refusal message).
+ADDED_IN = {'HD1200': '4.0', 'SVGA': '4.0', 'AUTO': '4.0', 'NEURAL_PLUS': '4.1'}
 NO_PYZED = ('pyzed not installed: install the ZED SDK (3.8+ or 4.x) and its Python API '
             '(python3 /usr/local/zed/get_python_api.py), or use source:=sample|folder|bag')
+# open() codes that no retry can fix: the file, the SDK install, the GPU or a parameter.
+FATAL_OPEN_CODES = ('INVALID_SVO_FILE', 'SVO_UNSUPPORTED_COMPRESSION',
+                    'CORRUPTED_SDK_INSTALLATION', 'INCOMPATIBLE_SDK_VERSION',
+                    'NVIDIA_DRIVER_OUT_OF_DATE', 'NO_GPU_COMPATIBLE',
+                    'INVALID_FUNCTION_PARAMETERS', 'INVALID_RESOLUTION',
+                    'MODULE_NOT_COMPATIBLE_WITH_CUDA_VERSION')
+# SDK 5 warnings: the call worked (open: with a fallback configuration; grab: the frame is good).
+OPEN_WARNINGS = ('CONFIGURATION_FALLBACK', 'POTENTIAL_CALIBRATION_ISSUE')
+GRAB_WARNINGS = ('POTENTIAL_CALIBRATION_ISSUE', 'SENSORS_DATA_REQUIRED',
+                 'CONFIGURATION_FALLBACK')
 
 
 def import_sl():
@@ -48,20 +75,61 @@ def _check_range(name: str, value, low: float, high: float):
     return value
 
 
+def sdk_version(sl) -> str:
+    """Return the installed ZED SDK's version (from Camera.get_sdk_version), or 'unknown'."""
+    try:
+        return str(sl.Camera.get_sdk_version())
+    except Exception:  # an SDK without it, or one that fails without a GPU
+        return 'unknown'
+
+
+def code_name(code) -> str:
+    """Return an ERROR_CODE's name ('SUCCESS'); str() of one is the SDK's prose."""
+    name = getattr(code, 'name', None)
+    return name if isinstance(name, str) else str(code)
+
+
+def sdk_choices(sl, enum_name: str, ours) -> list:
+    """Return the values of ``ours`` that the SDK's ``sl.<enum_name>`` has, in our order."""
+    members = getattr(sl, enum_name, None)
+    return [v for v in ours if hasattr(members, v)]
+
+
+def check_sdk(sl, resolution: Optional[str], depth_mode: str) -> None:
+    """
+    Refuse a resolution or depth mode that the installed SDK lacks.
+
+    :param resolution: None to skip (an SVO has the resolution it was recorded at).
+    :raises SourceConfigError: one line with the parameter, the value, the SDK version and the
+        values this SDK has.
+    """
+    for param, value, enum_name, ours in (('resolution', resolution, 'RESOLUTION', RESOLUTIONS),
+                                          ('depth_mode', depth_mode, 'DEPTH_MODE', DEPTH_MODES)):
+        if value is None:
+            continue
+        have = sdk_choices(sl, enum_name, ours)
+        if value not in have:
+            since = ' (it came with SDK {})'.format(ADDED_IN[value]) if value in ADDED_IN else ''
+            raise SourceConfigError('`{}` {} is not available in ZED SDK {}{}; choose one of '
+                                    '{}'.format(param, value, sdk_version(sl), since,
+                                                '|'.join(have)))
+
+
 def read_calibration(info):
-    """(left-camera calibration, (width, height) it is for, baseline in coordinate units)."""
-    config = getattr(info, 'camera_configuration', None)
-    if config is not None and hasattr(config, 'calibration_parameters'):  # SDK 4.x
-        calib = config.calibration_parameters
-        size = config.resolution
-    else:  # SDK 3.x
-        calib = info.calibration_parameters
-        size = info.camera_resolution
-    if hasattr(calib, 'get_camera_baseline'):
-        baseline = float(calib.get_camera_baseline())
-    else:  # the translation of the right camera, in coordinate units
-        baseline = abs(float(calib.T[0]))
-    return calib.left_cam, (int(size.width), int(size.height)), baseline
+    """
+    (left-camera calibration, (width, height) it is for, baseline, fps) of a CameraInformation.
+
+    Either layout: 3.8's ``camera_configuration.camera_resolution`` / ``camera_fps`` or 4.0+'s
+    ``camera_configuration.resolution`` / ``fps``. The baseline is in the coordinate units.
+    """
+    config = info.camera_configuration
+    if hasattr(config, 'resolution'):  # SDK 4.0+
+        size, fps = config.resolution, config.fps
+    else:  # SDK 3.8
+        size, fps = config.camera_resolution, config.camera_fps
+    calib = config.calibration_parameters
+    baseline = float(calib.get_camera_baseline())
+    return calib.left_cam, (int(size.width), int(size.height)), baseline, float(fps)
 
 
 class ZedSource(FrameSource):
@@ -69,9 +137,9 @@ class ZedSource(FrameSource):
     ZED camera frames (see the module docstring).
 
     :param svo_path: an SVO file to play instead of the live camera.
-    :param resolution: one of RESOLUTIONS (live only).
+    :param resolution: one of RESOLUTIONS (live only; the installed SDK may have fewer).
     :param fps: camera frame rate (live only).
-    :param depth_mode: one of DEPTH_MODES.
+    :param depth_mode: one of DEPTH_MODES (the installed SDK may have fewer).
     :param min_depth, max_depth: depth range in metres.
     :param confidence_threshold: SDK confidence threshold (1..100; 100 keeps everything).
     :param texture_confidence_threshold: SDK texture threshold (1..100).
@@ -80,6 +148,8 @@ class ZedSource(FrameSource):
     :param loop: restart an SVO at its end (stamps keep increasing).
     :param serial_number: which camera, 0 = the first found.
     :param camera_name: for the frame id ``<camera_name>_left_camera_optical_frame``.
+    :raises ValueError: a bad option; SourceConfigError (a ValueError) for an SVO path that is
+        not a file.
     """
 
     live = True
@@ -108,8 +178,15 @@ class ZedSource(FrameSource):
         if not (isinstance(publish_downscale, (int, float)) and 0 < publish_downscale <= 1):
             raise ValueError('`publish_downscale` must be in (0, 1], got {!r}'.format(
                 publish_downscale))
+        if svo_path:
+            if not os.path.exists(svo_path):
+                raise SourceConfigError('source `svo`: `path` {!r} does not exist'.format(
+                    svo_path))
+            if not os.path.isfile(svo_path):
+                raise SourceConfigError('source `svo`: `path` {!r} is not a file'.format(
+                    svo_path))
         self.svo_path = svo_path
-        self.live = svo_path is None
+        self.live = not svo_path
         self.name = 'svo' if svo_path else 'live'
         self.resolution = resolution
         self.fps = fps
@@ -123,20 +200,67 @@ class ZedSource(FrameSource):
         self.loop = bool(loop)
         self.serial_number = int(serial_number)
         self.frame_id = '{}_left_camera_optical_frame'.format(camera_name)
+        self.sdk_version = None   # the installed SDK's, once opened
         self._sl = None
         self._zed = None
         self._runtime = None
         self._mats = None
         self._camera = None       # intrinsics at the output size
-        self._out_size = None     # sl.Resolution of the output, or None for full size
+        self._out_size = None     # sl.Resolution of the output, (0, 0) for full size
         self._baseline_m = None
         self._offset_ns = 0       # added to SVO stamps after a loop
         self._last_ns = None
         self._period_ns = None
+        self._warned = set()      # SDK warning codes already logged
+
+    def _what(self) -> str:
+        return 'SVO {}'.format(self.svo_path) if self.svo_path else 'ZED camera'
+
+    def check_sdk(self) -> None:
+        """
+        Import pyzed and refuse options that the installed SDK lacks, without opening anything.
+
+        :raises ImportError: no pyzed. SourceConfigError: see ``check_sdk(sl, ...)``.
+        """
+        check_sdk(import_sl(), None if self.svo_path else self.resolution, self.depth_mode)
 
     def open(self) -> None:
+        """
+        Open the camera or SVO.
+
+        :raises ImportError: no pyzed. SourceConfigError: an option the SDK lacks, or an open
+            error that no retry fixes (INVALID_SVO_FILE, the SDK install, the GPU).
+            SourceError: anything else (no camera yet, USB trouble), with one line.
+        """
         sl = import_sl()
         self.close()
+        check_sdk(sl, None if self.svo_path else self.resolution, self.depth_mode)
+        self.sdk_version = sdk_version(sl)
+        try:
+            zed = sl.Camera()
+            err = zed.open(self._init_parameters(sl))
+        except Exception as exc:  # pyzed raising, not returning a code
+            raise SourceError('cannot open {}: {}'.format(self._what(), one_line(exc))) from None
+        name = code_name(err)
+        if name in OPEN_WARNINGS:
+            LOG.warning('%s opened with SDK warning %s', self._what(), name)
+        elif name in FATAL_OPEN_CODES:
+            raise SourceConfigError('cannot open {}: {} (ZED SDK {})'.format(
+                self._what(), name, self.sdk_version))
+        elif name != 'SUCCESS':
+            raise SourceError('cannot open {}: {}'.format(self._what(), name))
+        try:
+            self._configure(sl, zed)
+        except Exception as exc:
+            try:
+                zed.close()
+            except Exception:  # closing a half-open camera may fail too
+                pass
+            raise SourceError('{} opened, but reading its configuration failed (ZED SDK {}): '
+                              '{}'.format(self._what(), self.sdk_version, one_line(exc))) \
+                from None
+
+    def _init_parameters(self, sl):
         init = sl.InitParameters()
         init.depth_mode = getattr(sl.DEPTH_MODE, self.depth_mode)
         init.coordinate_units = sl.UNIT.METER
@@ -150,20 +274,26 @@ class ZedSource(FrameSource):
             init.camera_fps = self.fps
             if self.serial_number:
                 init.set_from_serial_number(self.serial_number)
-        zed = sl.Camera()
-        err = zed.open(init)
-        if err != sl.ERROR_CODE.SUCCESS:
-            what = 'SVO {}'.format(self.svo_path) if self.svo_path else 'ZED camera'
-            raise SourceError('cannot open {}: {}'.format(what, err))
+        return init
+
+    def _runtime_parameters(self, sl):
         runtime = sl.RuntimeParameters()
         runtime.confidence_threshold = self.confidence_threshold
         runtime.texture_confidence_threshold = self.texture_confidence_threshold
-        if hasattr(runtime, 'enable_fill_mode'):  # SDK 4.x
+        runtime.enable_depth = self.depth_mode != 'NONE'
+        if hasattr(runtime, 'enable_fill_mode'):  # SDK 4.0+
             runtime.enable_fill_mode = self.fill_mode
-        elif hasattr(sl, 'SENSING_MODE'):  # SDK 3.x
+        elif hasattr(sl, 'SENSING_MODE'):  # SDK 3.8
             runtime.sensing_mode = sl.SENSING_MODE.FILL if self.fill_mode \
                 else sl.SENSING_MODE.STANDARD
-        left_cam, (width, height), baseline = read_calibration(zed.get_camera_information())
+        elif self.fill_mode:
+            LOG.warning('ZED SDK %s has neither enable_fill_mode nor SENSING_MODE: fill_mode '
+                        'ignored', self.sdk_version)
+        return runtime
+
+    def _configure(self, sl, zed) -> None:
+        runtime = self._runtime_parameters(sl)
+        left_cam, (width, height), baseline, fps = read_calibration(zed.get_camera_information())
         camera = PinholeCamera(left_cam.fx, left_cam.fy, left_cam.cx, left_cam.cy, width, height)
         if self.publish_downscale < 1.0:
             out_w = max(1, int(round(width * self.publish_downscale)))
@@ -175,54 +305,91 @@ class ZedSource(FrameSource):
         self._sl, self._zed, self._runtime, self._camera = sl, zed, runtime, camera
         self._baseline_m = baseline
         self._mats = (sl.Mat(), sl.Mat(), sl.Mat())  # allocated once, reused every frame
-        LOG.info('opened %s: %dx%d, output %dx%d, depth %s, baseline %.4f m',
-                 self.svo_path or 'ZED camera', width, height, camera.width, camera.height,
-                 self.depth_mode, baseline)
+        LOG.info('opened %s with ZED SDK %s: %dx%d at %.0f fps, output %dx%d, depth %s, '
+                 'baseline %.4f m', self._what(), self.sdk_version, width, height, fps,
+                 camera.width, camera.height, self.depth_mode, baseline)
 
     def close(self) -> None:
         if self._zed is not None:
-            try:
-                self._zed.close()
-            finally:
-                self._zed = None
+            zed, self._zed = self._zed, None
+            zed.close()
 
     def read(self) -> Optional[Frame]:
-        if self._zed is None:
-            self.open()
-        sl, zed = self._sl, self._zed
-        err = zed.grab(self._runtime)
-        if err == sl.ERROR_CODE.END_OF_SVOFILE_REACHED and self.svo_path:
+        """
+        Return the next frame; None at the end of an SVO without ``loop``.
+
+        :raises SourceError: (or a subclass, module docstring) and nothing else, one line.
+        """
+        try:
+            return self._read()
+        except SourceError:
+            raise
+        except ImportError as exc:
+            raise SourceConfigError(str(exc)) from None
+        except Exception as exc:  # whatever pyzed or the layout raised: the node retries
+            raise SourceError('ZED grab failed: {}'.format(one_line(exc))) from None
+
+    def _grab(self):
+        """Grab; return 'SUCCESS' (after rewinding a looping SVO), None at the SVO's end."""
+        name = code_name(self._zed.grab(self._runtime))
+        self._first = False
+        if name == 'END_OF_SVOFILE_REACHED' and self.svo_path:
             if not self.loop:
                 return None
-            zed.set_svo_position(0)
-            first = True
-            err = zed.grab(self._runtime)
-        else:
-            first = False
-        if err != sl.ERROR_CODE.SUCCESS:
-            raise SourceError('ZED grab failed: {}'.format(err))
+            self._zed.set_svo_position(0)
+            self._first = True
+            name = code_name(self._zed.grab(self._runtime))
+        if name in GRAB_WARNINGS:
+            if name not in self._warned:
+                self._warned.add(name)
+                LOG.warning('ZED grab reports %s (logged once); frames go on', name)
+            return 'SUCCESS'
+        if name == 'CORRUPTED_FRAME':
+            raise FrameError('ZED grab: CORRUPTED_FRAME (frame dropped)')
+        if name != 'SUCCESS':
+            raise SourceError('ZED grab failed: {}'.format(name))
+        return name
+
+    def _retrieve(self):
+        sl, zed = self._sl, self._zed
         image, depth, confidence = self._mats
         res = self._out_size
-        zed.retrieve_image(image, sl.VIEW.LEFT, sl.MEM.CPU, res)
-        zed.retrieve_measure(depth, sl.MEASURE.DEPTH, sl.MEM.CPU, res)
-        zed.retrieve_measure(confidence, sl.MEASURE.CONFIDENCE, sl.MEM.CPU, res)
-        stamp = int(zed.get_timestamp(sl.TIME_REFERENCE.IMAGE).get_nanoseconds())
-        if first and self._last_ns is not None:
+        calls = [('retrieve_image', image, sl.VIEW.LEFT)]
+        if self.depth_mode != 'NONE':
+            calls += [('retrieve_measure', depth, sl.MEASURE.DEPTH),
+                      ('retrieve_measure', confidence, sl.MEASURE.CONFIDENCE)]
+        for method, mat, what in calls:
+            name = code_name(getattr(zed, method)(mat, what, sl.MEM.CPU, res))
+            if name != 'SUCCESS':
+                raise SourceError('ZED {}({}) failed: {}'.format(method, code_name(what), name))
+        # get_data() views SDK memory that the next grab overwrites: copy out.
+        bgra = image.get_data()
+        left = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR) if bgra.ndim == 3 and bgra.shape[2] == 4 \
+            else np.array(bgra, copy=True)
+        if self.depth_mode == 'NONE':
+            return left, None, None
+        depth_m = np.array(depth.get_data(), dtype=np.float32, copy=True)
+        conf = np.array(confidence.get_data(), dtype=np.float32, copy=True)
+        return left, depth_m, conf
+
+    def _read(self) -> Optional[Frame]:
+        if self._zed is None:
+            self.open()
+        if self._grab() is None:
+            return None
+        left, depth_m, conf = self._retrieve()
+        stamp = int(self._zed.get_timestamp(self._sl.TIME_REFERENCE.IMAGE).get_nanoseconds())
+        if self._first and self._last_ns is not None:
             # An SVO replayed again: shift its stamps to go on after the last one.
             self._offset_ns = self._last_ns + (self._period_ns or 1) - stamp
         stamp += self._offset_ns
         if self._last_ns is not None and stamp > self._last_ns:
             self._period_ns = stamp - self._last_ns
         self._last_ns = stamp
-        # get_data() views SDK memory that the next grab overwrites: copy out.
-        bgra = image.get_data()
-        left = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR) if bgra.ndim == 3 and bgra.shape[2] == 4 \
-            else np.array(bgra, copy=True)
-        depth_m = np.array(depth.get_data(), dtype=np.float32, copy=True)
-        conf = np.array(confidence.get_data(), dtype=np.float32, copy=True)
         camera = self._camera
-        if (left.shape[1], left.shape[0]) != (camera.width, camera.height):
-            raise SourceError('ZED returned a {}x{} image, expected {}x{}'.format(
-                left.shape[1], left.shape[0], camera.width, camera.height))
+        for what, array in (('image', left), ('depth', depth_m), ('confidence', conf)):
+            if array is not None and array.shape[:2] != (camera.height, camera.width):
+                raise SourceError('ZED returned a {}x{} {}, expected {}x{}'.format(
+                    array.shape[1], array.shape[0], what, camera.width, camera.height))
         return Frame(left=left, depth=depth_m, confidence=conf, camera=camera, stamp_ns=stamp,
                      frame_id=self.frame_id, baseline_m=self._baseline_m)

@@ -1,0 +1,443 @@
+"""
+A stand-in for ``pyzed.sl`` in the layouts of zed-python-api's sl.pyx at v3.8, v4.0, v4.1, v5.0.
+
+The layouts are those that src/pyzed/sl.pyx has at these tags (v5.0.2 for v5.0). No ZED and no
+GPU are needed.
+
+It covers only what depth_ros.sources.zed touches, but with each tag's attribute sets:
+
+- a class has exactly the properties that sl.pyx gives it at that tag. Assigning any other
+  attribute raises AttributeError, as it does on a cdef class; the information containers are
+  read-only;
+- enum-typed properties and arguments refuse values of another type with TypeError, as the
+  setters and ``retrieve_*`` do;
+- enums are ``enum.Enum`` with that tag's members (RESOLUTION HD1200/SVGA/AUTO from v4.0,
+  DEPTH_MODE NEURAL_PLUS from v4.1, SENSING_MODE only in v3.8, ERROR_CODE CAMERA_REBOOTING from
+  v4.0, and the v5 warnings).
+
+The scene, for independent checks in the tests (``true_depth``, ``true_confidence``):
+
+- depth in metres at pixel (x, y) of frame i: ``0.25 * (x + 1) + 0.5 * i``;
+- confidence ``1 + 99 * y / (H - 1)``.
+
+As the SDK documents, a depth is returned in ``InitParameters.coordinate_units`` (default
+MILLIMETER). It is -inf below ``depth_minimum_distance``, +inf beyond
+``depth_maximum_distance``, and NaN where the confidence exceeds
+``RuntimeParameters.confidence_threshold``. Images are BGRA uint8: B = 3x mod 256, G = i,
+R = y. ``Mat.get_data()`` returns a view of a buffer that the next retrieve overwrites in place,
+as the SDK's CPU memory is.
+
+``make_sl(layout, frames=3, grab_codes=None, open_code='SUCCESS', fail=None)`` returns a module.
+``sl.double`` records what the code under test did: the init and runtime values it passed,
+opens, closes.
+"""
+from __future__ import annotations
+
+import enum
+import types
+
+import cv2
+import numpy as np
+
+WIDTH, HEIGHT = 64, 36
+FX, FY, CX, CY = 350.0, 351.0, 31.5, 17.5
+BASELINE_M = 0.12
+STAMP0_NS, PERIOD_NS = 1000000000, 33333333
+
+_ERRORS_38 = (
+    'SUCCESS', 'FAILURE', 'NO_GPU_COMPATIBLE', 'NOT_ENOUGH_GPU_MEMORY', 'CAMERA_NOT_DETECTED',
+    'SENSORS_NOT_INITIALIZED', 'SENSORS_NOT_AVAILABLE', 'INVALID_RESOLUTION',
+    'LOW_USB_BANDWIDTH', 'CALIBRATION_FILE_NOT_AVAILABLE', 'INVALID_CALIBRATION_FILE',
+    'INVALID_SVO_FILE', 'SVO_RECORDING_ERROR', 'END_OF_SVOFILE_REACHED',
+    'SVO_UNSUPPORTED_COMPRESSION', 'INVALID_COORDINATE_SYSTEM', 'INVALID_FIRMWARE',
+    'INVALID_FUNCTION_PARAMETERS', 'CUDA_ERROR', 'CAMERA_NOT_INITIALIZED',
+    'NVIDIA_DRIVER_OUT_OF_DATE', 'INVALID_FUNCTION_CALL', 'CORRUPTED_SDK_INSTALLATION',
+    'INCOMPATIBLE_SDK_VERSION', 'INVALID_AREA_FILE', 'INCOMPATIBLE_AREA_FILE',
+    'CAMERA_FAILED_TO_SETUP', 'CAMERA_DETECTION_ISSUE', 'CANNOT_START_CAMERA_STREAM',
+    'NO_GPU_DETECTED', 'PLANE_NOT_FOUND', 'MODULE_NOT_COMPATIBLE_WITH_CAMERA',
+    'MOTION_SENSORS_REQUIRED', 'MODULE_NOT_COMPATIBLE_WITH_CUDA_VERSION', 'LAST')
+_ERRORS_40 = ('CAMERA_REBOOTING',) + _ERRORS_38
+_ERRORS_50 = ('CONFIGURATION_FALLBACK', 'SENSORS_DATA_REQUIRED', 'CORRUPTED_FRAME') + _ERRORS_40
+
+_INIT_FIELDS = (
+    'camera_disable_self_calib', 'camera_fps', 'camera_image_flip', 'camera_resolution',
+    'coordinate_system', 'coordinate_units', 'depth_maximum_distance', 'depth_minimum_distance',
+    'depth_mode', 'depth_stabilization', 'enable_image_enhancement', 'enable_right_side_measure',
+    'open_timeout_sec', 'optional_opencv_calibration_file', 'optional_settings_path',
+    'sdk_gpu_id', 'sdk_verbose', 'sdk_verbose_log_file', 'sensors_required',
+    'svo_real_time_mode')
+_INIT_FIELDS_41 = _INIT_FIELDS + ('async_grab_camera_recovery', 'async_image_retrieval',
+                                  'enable_image_validity_check', 'grab_compute_capping_fps')
+
+LAYOUTS = {
+    'v3.8': dict(
+        sdk='3.8.2', resolutions=('HD2K', 'HD1080', 'HD720', 'VGA'),
+        depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL'),
+        errors=_ERRORS_38, sensing_mode=True, init=_INIT_FIELDS, new_info=False,
+        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100),
+    'v4.0': dict(
+        sdk='4.0.8', resolutions=('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO'),
+        depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL'),
+        errors=_ERRORS_40, sensing_mode=False, init=_INIT_FIELDS + ('async_grab_camera_recovery',),
+        new_info=True, default_resolution='HD720', default_depth='PERFORMANCE',
+        default_confidence=100),
+    'v4.1': dict(
+        sdk='4.1.4', resolutions=('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO'),
+        depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL', 'NEURAL_PLUS'),
+        errors=_ERRORS_40, sensing_mode=False, init=_INIT_FIELDS_41, new_info=True,
+        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100),
+    'v5.0': dict(
+        sdk='5.0.2', resolutions=('HD4K', 'QHDPLUS', 'HD2K', 'HD1080', 'HD1200', 'HD1536', 'HD720',
+                                  'SVGA', 'VGA', 'AUTO'),
+        depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL_LIGHT', 'NEURAL',
+                     'NEURAL_PLUS'),
+        errors=_ERRORS_50, sensing_mode=False, init=_INIT_FIELDS_41 + (
+            'maximum_working_resolution',), new_info=True, default_resolution='AUTO',
+        default_depth='NEURAL', default_confidence=95),
+}
+
+UNIT_SCALE = {'MILLIMETER': 1000.0, 'CENTIMETER': 100.0, 'METER': 1.0, 'INCH': 1 / 0.0254,
+              'FOOT': 1 / 0.3048}
+
+
+def true_depth(i: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """[H, W] float32 metres of frame i at full size (before range and confidence rules)."""
+    x = np.arange(width, dtype=np.float32)[None, :]
+    return np.repeat(0.25 * (x + 1) + 0.5 * i, height, axis=0).astype(np.float32)
+
+
+def true_confidence(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """[H, W] float32 in 1..100, larger = less reliable, as MEASURE.CONFIDENCE."""
+    y = np.arange(height, dtype=np.float32)[:, None]
+    return np.repeat(1 + 99 * y / (height - 1), width, axis=1).astype(np.float32)
+
+
+def _enum(name, members):
+    return enum.Enum(name, [(m, k) for k, m in enumerate(members)])
+
+
+def _record(name, fields):
+    """Make a read-only container class with exactly ``fields`` (a cdef class's getters)."""
+    def getter(field):
+        return property(lambda self: self._v[field])
+    namespace = {'__slots__': ('_v',), '__init__': lambda self, **v: setattr(self, '_v', v)}
+    namespace.update({f: getter(f) for f in fields})
+    cls = type(name, (object,), namespace)
+    return cls
+
+
+def _params(name, fields, defaults, enums, methods=None):
+    """Make a parameters class of exactly ``fields``; enum fields refuse other types."""
+    def prop(field):
+        def get(self):
+            return self._v[field]
+
+        def put(self, value):
+            kind = enums.get(field)
+            if kind is not None and not isinstance(value, kind):
+                raise TypeError('Argument must be of {} type.'.format(kind.__name__))
+            self._v[field] = value
+        return property(get, put)
+
+    def init(self):
+        object.__setattr__(self, '_v', dict(defaults))
+    namespace = {'__slots__': ('_v',), '__init__': init}
+    namespace.update({f: prop(f) for f in fields})
+    namespace.update(methods or {})
+    return type(name, (object,), namespace)
+
+
+class Resolution(object):
+    """sl.Resolution (the same in every layout)."""
+
+    __slots__ = ('width', 'height')
+
+    def __init__(self, width=0, height=0):
+        self.width, self.height = width, height
+
+    def area(self):
+        return self.width * self.height
+
+
+class Timestamp(object):
+    """sl.Timestamp (the same in every layout)."""
+
+    __slots__ = ('data_ns',)
+
+    def __init__(self, ns=0):
+        self.data_ns = ns
+
+    def get_nanoseconds(self):
+        return self.data_ns
+
+    def get_milliseconds(self):
+        return self.data_ns // 1000000
+
+
+class Mat(object):
+    """sl.Mat on the CPU: get_data() views a buffer that the next retrieve overwrites."""
+
+    __slots__ = ('_data',)
+
+    def __init__(self):
+        self._data = np.zeros((0, 0), np.float32)
+
+    def _fill(self, array):
+        if self._data.shape == array.shape and self._data.dtype == array.dtype:
+            self._data[...] = array  # the SDK reuses its buffer: views see the new frame
+        else:
+            self._data = array.copy()
+
+    def get_data(self, memory_type=None, deep_copy=False):
+        return self._data.copy() if deep_copy else self._data
+
+    def get_width(self):
+        return self._data.shape[1]
+
+    def get_height(self):
+        return self._data.shape[0]
+
+
+def _set_from_svo_file(self, path):
+    self._v['_input'] = ('svo', path)
+
+
+def _set_from_serial_number(self, serial, *bus_type):
+    self._v['_input'] = ('serial', serial)
+
+
+def _enums(sl, layout, spec):
+    sl.ERROR_CODE = _enum('ERROR_CODE', spec['errors'])
+    sl.RESOLUTION = _enum('RESOLUTION', spec['resolutions'] + ('LAST',))
+    sl.DEPTH_MODE = _enum('DEPTH_MODE', spec['depth_modes'] + ('LAST',))
+    sl.UNIT = _enum('UNIT', ('MILLIMETER', 'CENTIMETER', 'METER', 'INCH', 'FOOT', 'LAST'))
+    sl.MEASURE = _enum('MEASURE', ('DISPARITY', 'DEPTH', 'CONFIDENCE', 'XYZ', 'LAST'))
+    sl.VIEW = _enum('VIEW', ('LEFT', 'RIGHT', 'LEFT_GRAY', 'RIGHT_GRAY', 'LAST'))
+    sl.MEM = _enum('MEM', ('CPU',) if layout != 'v5.0' else ('CPU', 'GPU', 'BOTH'))
+    sl.TIME_REFERENCE = _enum('TIME_REFERENCE', ('IMAGE', 'CURRENT', 'LAST'))
+    if spec['sensing_mode']:
+        sl.SENSING_MODE = _enum('SENSING_MODE', ('STANDARD', 'FILL', 'LAST'))
+
+
+def _parameter_classes(sl, spec):
+    init_defaults = {f: None for f in spec['init']}
+    init_defaults.update(
+        camera_resolution=sl.RESOLUTION[spec['default_resolution']], camera_fps=0,
+        depth_mode=sl.DEPTH_MODE[spec['default_depth']], coordinate_units=sl.UNIT.MILLIMETER,
+        depth_minimum_distance=-1.0, depth_maximum_distance=-1.0, svo_real_time_mode=False,
+        _input=('camera', 0))
+    sl.InitParameters = _params(
+        'InitParameters', spec['init'], init_defaults,
+        {'camera_resolution': sl.RESOLUTION, 'depth_mode': sl.DEPTH_MODE,
+         'coordinate_units': sl.UNIT},
+        {'set_from_svo_file': _set_from_svo_file,
+         'set_from_serial_number': _set_from_serial_number})
+    fields = ['confidence_threshold', 'enable_depth', 'measure3D_reference_frame',
+              'remove_saturated_areas', 'texture_confidence_threshold']
+    defaults = dict(confidence_threshold=spec['default_confidence'], enable_depth=True,
+                    measure3D_reference_frame=None, remove_saturated_areas=True,
+                    texture_confidence_threshold=100)
+    enums = {}
+    if spec['sensing_mode']:
+        fields += ['sensing_mode', 'textureness_confidence_threshold']
+        defaults.update(sensing_mode=sl.SENSING_MODE.STANDARD,
+                        textureness_confidence_threshold=100)
+        enums['sensing_mode'] = sl.SENSING_MODE
+    else:
+        fields += ['enable_fill_mode']
+        defaults['enable_fill_mode'] = False
+    sl.RuntimeParameters = _params('RuntimeParameters', fields, defaults, enums)
+
+
+def _information_classes(sl, spec):
+    sl.CameraParameters = _record('CameraParameters', [
+        'cx', 'cy', 'd_fov', 'disto', 'fx', 'fy', 'h_fov', 'image_size', 'v_fov'])
+    calib = _record('CalibrationParameters', ['left_cam', 'right_cam', 'stereo_transform']
+                    + ([] if spec['new_info'] else ['R', 'T']))
+    calib.get_camera_baseline = lambda self: self._v['_baseline']
+    sl.CalibrationParameters = calib
+    if spec['new_info']:
+        sl.CameraConfiguration = _record('CameraConfiguration', [
+            'calibration_parameters', 'calibration_parameters_raw', 'firmware_version', 'fps',
+            'resolution'])
+        sl.CameraInformation = _record('CameraInformation', [
+            'camera_configuration', 'camera_model', 'input_type', 'sensors_configuration',
+            'serial_number'])
+    else:
+        sl.CameraConfiguration = _record('CameraConfiguration', [
+            'calibration_parameters', 'calibration_parameters_raw', 'camera_fps',
+            'camera_resolution', 'firmware_version'])
+        sl.CameraInformation = _record('CameraInformation', [
+            'calibration_parameters', 'calibration_parameters_raw', 'camera_configuration',
+            'camera_firmware_version', 'camera_fps', 'camera_imu_transform', 'camera_model',
+            'camera_resolution', 'input_type', 'sensors_configuration',
+            'sensors_firmware_version', 'serial_number'])
+
+
+def _information(sl, spec, units, fps):
+    """Build the information that this layout's get_camera_information returns."""
+    size = Resolution(WIDTH, HEIGHT)
+    left = sl.CameraParameters(fx=FX, fy=FY, cx=CX, cy=CY, image_size=size, disto=[0.0] * 5,
+                               h_fov=0.0, v_fov=0.0, d_fov=0.0)
+    baseline = BASELINE_M * units
+    calib = {'left_cam': left, 'right_cam': left, 'stereo_transform': None,
+             '_baseline': baseline}
+    if not spec['new_info']:
+        calib.update(R=[0.0, 0.0, 0.0], T=[-baseline, 0.0, 0.0])
+    calib = sl.CalibrationParameters(**calib)
+    if spec['new_info']:
+        config = sl.CameraConfiguration(calibration_parameters=calib,
+                                        calibration_parameters_raw=calib,
+                                        firmware_version=1523, fps=fps, resolution=size)
+        return sl.CameraInformation(camera_configuration=config, camera_model='ZED2',
+                                    input_type='USB', sensors_configuration=None,
+                                    serial_number=12345)
+    config = sl.CameraConfiguration(calibration_parameters=calib,
+                                    calibration_parameters_raw=calib, camera_fps=fps,
+                                    camera_resolution=size, firmware_version=1523)
+    return sl.CameraInformation(
+        calibration_parameters=calib, calibration_parameters_raw=calib,
+        camera_configuration=config, camera_firmware_version=1523, camera_fps=fps,
+        camera_imu_transform=None, camera_model='ZED2', camera_resolution=size,
+        input_type='USB', sensors_configuration=None, sensors_firmware_version=777,
+        serial_number=12345)
+
+
+def _measure(sl, init, runtime, measure, i):
+    """Compute a full-size MEASURE array as the SDK would (module docstring)."""
+    conf = true_confidence()
+    if measure == sl.MEASURE.CONFIDENCE:
+        return conf
+    depth = true_depth(i)
+    out = depth * np.float32(UNIT_SCALE[init['coordinate_units'].name])
+    if init['depth_minimum_distance'] > 0:
+        out[depth < init['depth_minimum_distance']] = -np.inf
+    if init['depth_maximum_distance'] > 0:
+        out[depth > init['depth_maximum_distance']] = np.inf
+    out[conf > runtime['confidence_threshold']] = np.nan
+    return out
+
+
+def _image(i):
+    bgra = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    bgra[:, :, 0] = (np.arange(WIDTH)[None, :] * 3) % 256
+    bgra[:, :, 1] = i % 256
+    bgra[:, :, 2] = np.arange(HEIGHT)[:, None]
+    bgra[:, :, 3] = 255
+    return bgra
+
+
+class _Camera(object):
+    """sl.Camera; make_sl() subclasses it with the layout and the scenario as class attributes."""
+
+    __slots__ = ('_init', '_i', '_open')
+    sl = spec = double = None
+    frames, grab_codes, open_code, fail = 0, {}, 'SUCCESS', {}
+
+    def __init__(self):
+        self._init, self._i, self._open = None, -1, False
+
+    @classmethod
+    def get_sdk_version(cls):
+        return cls.spec['sdk']
+
+    def _code(self, name):
+        return self.sl.ERROR_CODE[name]
+
+    def _check_fail(self, name):
+        if name in self.fail:
+            raise self.fail[name]
+
+    def open(self, py_init=None):
+        self._check_fail('open')
+        if not isinstance(py_init, self.sl.InitParameters):
+            raise TypeError('Argument must be of InitParameters type.')
+        self.double.opens.append(dict(py_init._v))
+        self._init = dict(py_init._v)
+        self._open = self.open_code in ('SUCCESS', 'CONFIGURATION_FALLBACK')
+        return self._code(self.open_code)
+
+    def close(self):
+        self.double.closes += 1
+        self._open = False
+
+    def get_camera_information(self, resizer=None):
+        self._check_fail('get_camera_information')
+        units = UNIT_SCALE[self._init['coordinate_units'].name]
+        return _information(self.sl, self.spec, units, float(self._init['camera_fps'] or 30))
+
+    def grab(self, py_runtime=None):
+        self._check_fail('grab')
+        if not isinstance(py_runtime, self.sl.RuntimeParameters):
+            raise TypeError('Argument must be of RuntimeParameters type.')
+        if not self._open:
+            return self._code('CAMERA_NOT_INITIALIZED')
+        self.double.runtime = dict(py_runtime._v)
+        self.double.grabs += 1
+        nxt = self._i + 1
+        if nxt in self.grab_codes:
+            return self._code(self.grab_codes.pop(nxt))
+        if nxt >= self.frames:
+            return self._code('END_OF_SVOFILE_REACHED')
+        self._i = nxt
+        return self._code('SUCCESS')
+
+    def set_svo_position(self, frame_number):
+        self._i = frame_number - 1
+        return self._code('SUCCESS') if self.double.layout == 'v5.0' else None
+
+    def _size(self, resolution):
+        if resolution is None or (resolution.width, resolution.height) == (0, 0):
+            return WIDTH, HEIGHT
+        return resolution.width, resolution.height
+
+    def _retrieve(self, method, kind, value, mem, resolution, enum_cls):
+        self._check_fail(method)
+        if not isinstance(value, enum_cls) or not isinstance(mem, self.sl.MEM):
+            raise TypeError('Argument is not of {} or MEM type.'.format(kind))
+        w, h = self._size(resolution)
+        return None if w > WIDTH or h > HEIGHT else (w, h)
+
+    def retrieve_image(self, py_mat, view=None, type=None, resolution=None):
+        size = self._retrieve('retrieve_image', 'VIEW', view, type, resolution, self.sl.VIEW)
+        if size is None:
+            return self._code('INVALID_RESOLUTION')
+        py_mat._fill(cv2.resize(_image(self._i), size, interpolation=cv2.INTER_AREA))
+        return self._code('SUCCESS')
+
+    def retrieve_measure(self, py_mat, measure=None, type=None, resolution=None):
+        size = self._retrieve('retrieve_measure', 'MEASURE', measure, type, resolution,
+                              self.sl.MEASURE)
+        if size is None:
+            return self._code('INVALID_RESOLUTION')
+        value = _measure(self.sl, self._init, self.double.runtime, measure, self._i)
+        py_mat._fill(cv2.resize(value, size, interpolation=cv2.INTER_NEAREST))
+        return self._code('SUCCESS')
+
+    def get_timestamp(self, time_reference):
+        if not isinstance(time_reference, self.sl.TIME_REFERENCE):
+            raise TypeError('Argument is not of TIME_REFERENCE type.')
+        return Timestamp(STAMP0_NS + PERIOD_NS * self._i)
+
+
+def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=None):
+    """
+    Build the module (see the module docstring).
+
+    :param frames: frames in the recording; grab() then returns END_OF_SVOFILE_REACHED.
+    :param grab_codes: {frame index: ERROR_CODE name} that grab() returns instead of a frame
+        (the frame is not consumed, so a later grab delivers it).
+    :param open_code: what Camera.open() returns.
+    :param fail: {method name: exception} raised by that Camera method (a pyzed that throws).
+    """
+    spec = LAYOUTS[layout]
+    sl = types.ModuleType('pyzed.sl')
+    _enums(sl, layout, spec)
+    _parameter_classes(sl, spec)
+    _information_classes(sl, spec)
+    sl.double = types.SimpleNamespace(opens=[], closes=0, runtime=None, grabs=0, layout=layout)
+    sl.Resolution, sl.Timestamp, sl.Mat = Resolution, Timestamp, Mat
+    sl.Camera = type('Camera', (_Camera,), {
+        '__slots__': (), 'sl': sl, 'spec': spec, 'double': sl.double, 'frames': frames,
+        'grab_codes': dict(grab_codes or {}), 'open_code': open_code, 'fail': dict(fail or {})})
+    return sl

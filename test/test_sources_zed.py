@@ -1,0 +1,375 @@
+"""
+ZedSource end to end against the pyzed double, in each SDK layout.
+
+The double (test/pyzed_double.py) has the layouts of zed-python-api's sl.pyx at v3.8, v4.0,
+v4.1 and v5.0.2. Also: the refusals that depend on the installed SDK, and the error contract of
+depth_ros/sources/base.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.sources import make_source
+from depth_ros.sources.base import FrameError, SourceConfigError, SourceError
+from depth_ros.sources.replay import ReplaySource
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pyzed_double as pd  # noqa: E402  (a test helper next to this file, not a package)
+
+LAYOUTS = ('v3.8', 'v4.0', 'v4.1', 'v5.0')
+FULL = PinholeCamera(pd.FX, pd.FY, pd.CX, pd.CY, pd.WIDTH, pd.HEIGHT)
+
+
+def _msg(err) -> str:
+    return str(err.value)
+
+
+@pytest.fixture
+def fake_pyzed(monkeypatch):
+    import types
+
+    def install(layout='v4.0', **kwargs):
+        sl = pd.make_sl(layout, **kwargs)
+        package = types.ModuleType('pyzed')
+        package.sl = sl
+        monkeypatch.setitem(sys.modules, 'pyzed', package)
+        monkeypatch.setitem(sys.modules, 'pyzed.sl', sl)
+        return sl
+    return install
+
+
+@pytest.fixture
+def zed_log():
+    """
+    Collect the messages that depth_ros.sources.zed logs.
+
+    launch's logger class stops propagation, so caplog sees nothing once launch_pytest loads.
+    """
+    import logging
+
+    messages = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+    logger = logging.getLogger('depth_ros.sources.zed')
+    handler = Handler(logging.DEBUG)
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def svo(tmp_path):
+    path = tmp_path / 'rec.svo2'
+    path.write_bytes(b'not read by the double')
+    return str(path)
+
+
+# --------------------------------------------------------------------------- the double itself
+
+def test_double_has_each_tags_layout_and_nothing_more():
+    old, new = pd.make_sl('v3.8'), pd.make_sl('v4.0')
+    info_old = old.Camera()
+    info_old.open(old.InitParameters())
+    info_old = info_old.get_camera_information()
+    cam = new.Camera()
+    cam.open(new.InitParameters())
+    info_new = cam.get_camera_information()
+    # 3.8: size and rate as camera_resolution / camera_fps, also on CameraInformation itself.
+    assert info_old.camera_configuration.camera_resolution.width == pd.WIDTH
+    assert info_old.calibration_parameters.T[0] == -pd.BASELINE_M * 1000.0  # default mm
+    for obj, name in ((info_old.camera_configuration, 'resolution'),
+                      (info_old.camera_configuration, 'fps'),
+                      (info_new.camera_configuration, 'camera_resolution'),
+                      (info_new.camera_configuration, 'camera_fps'),
+                      (info_new, 'calibration_parameters'), (info_new, 'camera_resolution'),
+                      (info_new.camera_configuration.calibration_parameters, 'T'),
+                      (old.RuntimeParameters(), 'enable_fill_mode'),
+                      (new.RuntimeParameters(), 'sensing_mode')):
+        assert not hasattr(obj, name), '{} must not have {}'.format(type(obj).__name__, name)
+    assert not hasattr(new, 'SENSING_MODE') and hasattr(old, 'SENSING_MODE')
+    names = {t: [m.name for m in pd.make_sl(t).RESOLUTION] for t in LAYOUTS}
+    assert names['v3.8'] == ['HD2K', 'HD1080', 'HD720', 'VGA', 'LAST'], names['v3.8']
+    assert {'HD1200', 'SVGA', 'AUTO'} <= set(names['v4.0'])
+    modes = {t: hasattr(pd.make_sl(t).DEPTH_MODE, 'NEURAL_PLUS') for t in LAYOUTS}
+    assert modes == {'v3.8': False, 'v4.0': False, 'v4.1': True, 'v5.0': True}, modes
+    assert all(hasattr(pd.make_sl(t).DEPTH_MODE, 'NEURAL') for t in LAYOUTS)
+    # cdef classes: no new attributes, read-only containers, typed enum setters.
+    init = new.InitParameters()
+    with pytest.raises(AttributeError):
+        init.camera_resolutions = new.RESOLUTION.HD720
+    with pytest.raises(AttributeError):
+        info_new.camera_configuration.fps = 15.0
+    with pytest.raises(TypeError) as err:
+        init.depth_mode = 'QUALITY'
+    assert _msg(err) == 'Argument must be of DEPTH_MODE type.'
+    assert init.coordinate_units == new.UNIT.MILLIMETER, 'the SDK default is millimetres'
+    assert new.Camera.get_sdk_version() == '4.0.8'
+
+
+# --------------------------------------------------------------------------- end to end
+
+def _expected_depth(i, min_depth, max_depth, threshold):
+    depth = pd.true_depth(i)
+    want = depth.copy()
+    want[depth < min_depth] = -np.inf
+    want[depth > max_depth] = np.inf
+    want[pd.true_confidence() > threshold] = np.nan
+    return want
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_live_frames_parameters_intrinsics_stamps_depth_units(fake_pyzed, layout):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(layout, frames=2)
+    source = ZedSource(resolution='VGA', fps=15, depth_mode='QUALITY', min_depth=0.5,
+                       max_depth=12.0, confidence_threshold=80, texture_confidence_threshold=90,
+                       fill_mode=True, camera_name='zed2')
+    source.open()
+    init = sl.double.opens[-1]
+    got = (init['depth_mode'].name, init['coordinate_units'].name, init['camera_resolution'].name,
+           init['camera_fps'], init['depth_minimum_distance'], init['depth_maximum_distance'])
+    assert got == ('QUALITY', 'METER', 'VGA', 15, 0.5, 12.0), got
+    assert source.sdk_version == pd.LAYOUTS[layout]['sdk']
+    first = source.read()
+    runtime = sl.double.runtime
+    assert (runtime['confidence_threshold'], runtime['texture_confidence_threshold'],
+            runtime['enable_depth']) == (80, 90, True), runtime
+    if layout == 'v3.8':
+        assert runtime['sensing_mode'] == sl.SENSING_MODE.FILL, runtime
+    else:
+        assert runtime['enable_fill_mode'] is True, runtime
+    assert first.left.shape == (36, 64, 3) and first.left.dtype == np.uint8
+    assert tuple(first.left[7, 5]) == (15, 0, 7), \
+        'expected BGRA->BGR (B=3x, G=frame, R=y), received {}'.format(first.left[7, 5])
+    assert first.camera == FULL, 'expected {}, received {}'.format(FULL, first.camera)
+    assert first.baseline_m == pytest.approx(pd.BASELINE_M), 'expected metres, received {}'.format(
+        first.baseline_m)
+    assert first.stamp_ns == pd.STAMP0_NS and first.frame_id == 'zed2_left_camera_optical_frame'
+    # Depth in metres with the SDK's -inf / +inf / NaN, independent of the double's code path.
+    want = _expected_depth(0, 0.5, 12.0, 80)
+    np.testing.assert_array_equal(first.depth, want)
+    assert first.depth.dtype == np.float32
+    assert np.isneginf(first.depth).any() and np.isposinf(first.depth).any() \
+        and np.isnan(first.depth).any(), 'the scene must exercise all three invalid kinds'
+    np.testing.assert_array_equal(first.confidence, pd.true_confidence())
+    second = source.read()
+    assert second.stamp_ns == pd.STAMP0_NS + pd.PERIOD_NS
+    np.testing.assert_array_equal(second.depth, _expected_depth(1, 0.5, 12.0, 80))
+    # Frames are copies: the SDK's buffers were overwritten by the second frame.
+    np.testing.assert_array_equal(first.depth, want)
+    assert first.left[0, 0, 1] == 0 and second.left[0, 0, 1] == 1
+    # The live camera has no end: an SDK error is a SourceError, to retry.
+    with pytest.raises(SourceError) as err:
+        source.read()
+    assert _msg(err) == 'ZED grab failed: END_OF_SVOFILE_REACHED'
+    source.close()
+    source.close()
+    assert sl.double.closes == 1
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_svo_loop_downscale(fake_pyzed, svo, layout):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(layout, frames=2)
+    source = make_source('svo', svo, loop=True, publish_downscale=0.5)
+    assert isinstance(source, ZedSource) and source.loop
+    frames = [source.read() for _ in range(5)]
+    init = sl.double.opens[-1]
+    assert init['_input'] == ('svo', svo) and init['svo_real_time_mode'] is False
+    assert init['camera_resolution'].name == pd.LAYOUTS[layout]['default_resolution'], \
+        'an SVO keeps its recorded resolution'
+    stamps = [f.stamp_ns for f in frames]
+    want = [1000000000, 1033333333, 1066666666, 1099999999, 1133333332]
+    assert stamps == want, 'expected {}, received {}'.format(want, stamps)
+    assert [float(f.depth[0, 20]) for f in frames] == [10.25, 10.75, 10.25, 10.75, 10.25]
+    assert frames[0].left.shape == (18, 32, 3) and frames[0].depth.shape == (18, 32)
+    assert frames[0].confidence.shape == (18, 32)
+    want_cam = FULL.scaled(32, 18)
+    assert frames[0].camera == want_cam, 'expected {}, received {}'.format(want_cam,
+                                                                           frames[0].camera)
+    assert len(list(ZedSource(svo_path=svo))) == 2  # without loop it ends
+
+
+def test_depth_mode_none_gives_images_only(fake_pyzed):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed('v3.8', frames=1)
+    frame = ZedSource(depth_mode='NONE').read()
+    assert frame.depth is None and frame.confidence is None and frame.left.shape == (36, 64, 3)
+    assert sl.double.runtime['enable_depth'] is False
+
+
+# --------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize('layout,kwargs,message', [
+    ('v3.8', dict(resolution='HD1200'),
+     '`resolution` HD1200 is not available in ZED SDK 3.8.2 (it came with SDK 4.0); choose one '
+     'of HD2K|HD1080|HD720|VGA'),
+    ('v3.8', dict(resolution='SVGA'),
+     '`resolution` SVGA is not available in ZED SDK 3.8.2 (it came with SDK 4.0); choose one '
+     'of HD2K|HD1080|HD720|VGA'),
+    ('v3.8', dict(resolution='AUTO'),
+     '`resolution` AUTO is not available in ZED SDK 3.8.2 (it came with SDK 4.0); choose one '
+     'of HD2K|HD1080|HD720|VGA'),
+    ('v3.8', dict(depth_mode='NEURAL_PLUS'),
+     '`depth_mode` NEURAL_PLUS is not available in ZED SDK 3.8.2 (it came with SDK 4.1); '
+     'choose one of NONE|PERFORMANCE|QUALITY|ULTRA|NEURAL'),
+    ('v4.0', dict(depth_mode='NEURAL_PLUS'),
+     '`depth_mode` NEURAL_PLUS is not available in ZED SDK 4.0.8 (it came with SDK 4.1); '
+     'choose one of NONE|PERFORMANCE|QUALITY|ULTRA|NEURAL'),
+])
+def test_values_the_installed_sdk_lacks_are_refused_at_open(fake_pyzed, layout, kwargs,
+                                                            message):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(layout)
+    source = ZedSource(**kwargs)
+    for call in (source.check_sdk, source.open, source.read):
+        with pytest.raises(SourceConfigError) as err:
+            call()
+        assert _msg(err) == message, 'expected {!r}, received {!r}'.format(message, _msg(err))
+    assert isinstance(err.value, ValueError), 'a config error is a ValueError too'
+    assert sl.double.opens == [], 'nothing may be opened with a refused value'
+
+
+@pytest.mark.parametrize('layout', ('v4.1', 'v5.0'))
+def test_newer_sdks_take_the_newer_values(fake_pyzed, layout):
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(layout, frames=1)
+    frame = ZedSource(resolution='HD1200', depth_mode='NEURAL_PLUS').read()
+    init = sl.double.opens[-1]
+    assert (init['camera_resolution'].name, init['depth_mode'].name) == ('HD1200', 'NEURAL_PLUS')
+    assert frame.camera == FULL
+
+
+def test_an_svo_is_not_refused_for_the_resolution_it_was_recorded_at(fake_pyzed, svo):
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v3.8', frames=1)
+    assert ZedSource(svo_path=svo, resolution='HD1200').read() is not None
+
+
+# --------------------------------------------------------------------------- error contract
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_grab_failures_surface_as_one_line_source_errors(fake_pyzed, layout):
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed(layout, frames=5, grab_codes={1: 'CAMERA_NOT_DETECTED'})
+    source = ZedSource()
+    source.read()
+    with pytest.raises(SourceError) as err:
+        source.read()
+    assert type(err.value) is SourceError and _msg(err) == 'ZED grab failed: CAMERA_NOT_DETECTED'
+    assert source.read().stamp_ns == pd.STAMP0_NS + pd.PERIOD_NS, 'the next grab goes on'
+    for method, exc, want in (
+            ('retrieve_measure', RuntimeError('CUDA error 700\n  at line 2'),
+             'ZED grab failed: RuntimeError: CUDA error 700'),
+            ('grab', AttributeError("'CameraConfiguration' object has no attribute 'x'"),
+             "ZED grab failed: AttributeError: 'CameraConfiguration' object has no attribute "
+             "'x'"),
+            ('get_camera_information', KeyError('fx'),
+             "ZED camera opened, but reading its configuration failed (ZED SDK {}): KeyError: "
+             "'fx'".format(pd.LAYOUTS[layout]['sdk'])),
+            ('open', OSError('no /dev/video0'),
+             'cannot open ZED camera: OSError: no /dev/video0')):
+        fake_pyzed(layout, fail={method: exc})
+        with pytest.raises(SourceError) as err:
+            ZedSource().read()
+        assert _msg(err) == want, 'expected {!r}, received {!r}'.format(want, _msg(err))
+        assert '\n' not in _msg(err)
+
+
+@pytest.mark.parametrize('code,kind,message', [
+    ('CAMERA_NOT_DETECTED', SourceError, 'cannot open ZED camera: CAMERA_NOT_DETECTED'),
+    ('CAMERA_REBOOTING', SourceError, 'cannot open ZED camera: CAMERA_REBOOTING'),
+    ('CORRUPTED_SDK_INSTALLATION', SourceConfigError,
+     'cannot open ZED camera: CORRUPTED_SDK_INSTALLATION (ZED SDK 4.0.8)'),
+])
+def test_open_codes_are_sorted_by_whether_a_retry_can_help(fake_pyzed, code, kind, message):
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v4.0', open_code=code)
+    with pytest.raises(SourceError) as err:
+        ZedSource().open()
+    assert type(err.value) is kind, 'expected {}, received {!r}'.format(kind.__name__, err.value)
+    assert _msg(err) == message, 'expected {!r}, received {!r}'.format(message, _msg(err))
+
+
+def test_invalid_svo_file_is_a_config_error(fake_pyzed, svo):
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v3.8', open_code='INVALID_SVO_FILE')
+    with pytest.raises(SourceConfigError) as err:
+        ZedSource(svo_path=svo).open()
+    assert _msg(err) == 'cannot open SVO {}: INVALID_SVO_FILE (ZED SDK 3.8.2)'.format(svo)
+
+
+def test_sdk5_warnings_keep_frames_and_a_corrupted_frame_is_a_frame_error(fake_pyzed, zed_log):
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v5.0', frames=3, open_code='CONFIGURATION_FALLBACK',
+               grab_codes={1: 'CORRUPTED_FRAME'})
+    source = ZedSource()
+    assert source.read().stamp_ns == pd.STAMP0_NS
+    assert 'ZED camera opened with SDK warning CONFIGURATION_FALLBACK' in zed_log, zed_log
+    with pytest.raises(FrameError) as err:
+        source.read()
+    assert _msg(err) == 'ZED grab: CORRUPTED_FRAME (frame dropped)'
+    assert source.read().stamp_ns == pd.STAMP0_NS + pd.PERIOD_NS, 'no reopen needed'
+
+
+def test_missing_svo_path_is_one_line_naming_path(tmp_path, fake_pyzed):
+    fake_pyzed('v4.0')
+    missing = str(tmp_path / 'nope.svo2')
+    with pytest.raises(SourceConfigError) as err:
+        make_source('svo', missing)
+    assert _msg(err) == "source `svo`: `path` {!r} does not exist".format(missing)
+    with pytest.raises(SourceConfigError) as err:
+        make_source('svo', str(tmp_path))
+    assert _msg(err) == "source `svo`: `path` {!r} is not a file".format(str(tmp_path))
+
+
+def test_without_pyzed_and_bad_options(monkeypatch, svo):
+    from depth_ros.sources.zed import ZedSource
+
+    monkeypatch.setitem(sys.modules, 'pyzed', None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, 'pyzed.sl', None)
+    with pytest.raises(ImportError) as err:
+        ZedSource().open()
+    assert _msg(err).startswith('pyzed not installed: install the ZED SDK'), _msg(err)
+    assert _msg(err).endswith('or use source:=sample|folder|bag'), _msg(err)
+    with pytest.raises(SourceConfigError) as err:
+        ZedSource().read()  # the grab path raises only SourceErrors
+    assert _msg(err).startswith('pyzed not installed'), _msg(err)
+    for kwargs, message in (
+            (dict(depth_mode='FAST'), '`depth_mode` must be one of NONE|PERFORMANCE|QUALITY|'
+                                      "ULTRA|NEURAL|NEURAL_PLUS, got 'FAST'"),
+            (dict(resolution='4K'), '`resolution` must be one of HD2K|HD1080|HD1200|HD720|'
+                                    "SVGA|VGA|AUTO, got '4K'"),
+            (dict(publish_downscale=0), '`publish_downscale` must be in (0, 1], got 0'),
+            (dict(min_depth=5.0, max_depth=2.0),
+             '`max_depth` (2.0) must be larger than `min_depth` (5.0)'),
+            (dict(confidence_threshold=0), '`confidence_threshold` must be a number in '
+                                           '[1, 100], got 0')):
+        with pytest.raises(ValueError) as err:
+            ZedSource(**kwargs)
+        assert _msg(err) == message, 'expected {!r}, received {!r}'.format(message, _msg(err))
+    with pytest.raises(ValueError) as err:
+        make_source('live', loop=True)
+    assert _msg(err) == 'source `live` takes no replay option(s) loop'
+    # For the ZED kinds `fps` is the camera's frame rate, as zed_node passes it.
+    live = make_source('live', fps=15, resolution='VGA')
+    assert isinstance(live, ZedSource) and live.fps == 15
+    source = make_source('svo', svo, fps=15, rate=2.0, loop=True)
+    assert isinstance(source, ReplaySource) and source.rate == 2.0 and source.fps is None
+    assert source.inner.loop and source.inner.fps == 15
