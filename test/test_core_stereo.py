@@ -172,3 +172,14 @@ def test_bad_images():
         sgbm_depth(image, image, _camera(100, 60), BASELINE)
     want = '`camera` is for 100x60 but the images are 200x120'
     assert str(err.value) == want, 'expected {!r}, received {!r}'.format(want, str(err.value))
+
+
+@pytest.mark.parametrize('width', [1, 16, 17])
+def test_images_narrower_than_the_search_range_are_refused_not_crashing(width):
+    # OpenCV 4.5.4 (JetPack 5) ends the whole process with std::terminate on these.
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.core.stereo import sgbm_depth
+    img = np.zeros((4, width, 3), np.uint8)
+    cam = PinholeCamera(10.0, 10.0, width / 2.0, 2.0, width, 4)
+    with pytest.raises(ValueError, match='px wide but `num_disparities` 16'):
+        sgbm_depth(img, img, cam, 0.1, num_disparities=16, min_disparity=1)

@@ -391,15 +391,18 @@ def test_downscale_frame_scales_camera_and_keeps_depth_values():
     assert downscale_frame(frame, 1.0) is frame
 
 
-@pytest.mark.parametrize('kind,path', [('live', None), ('svo', '/data/run.svo'),
+@pytest.mark.parametrize('kind,path', [('live', None), ('svo', 'run.svo2'),
                                        ('sample', None)])
-def test_zed_node_parameters_map_onto_make_source(kind, path):
+def test_zed_node_parameters_map_onto_make_source(kind, path, tmp_path):
     # make_source names any option its source does not take, so constructing each kind from
     # the node's defaults proves the names match (no camera is opened).
     from depth_ros.ros.config import source_options, ZED_PARAMS
     from depth_ros.sources import make_source
     if kind == 'sample':
         pytest.importorskip('skimage', reason='the sample source needs scikit-image')
+    if path:
+        path = str(tmp_path / path)
+        open(path, 'wb').close()      # the source checks that the recording exists
     values = {p.name: p.default for p in ZED_PARAMS}
     values.update(source=kind, path=path or '')
     source = make_source(kind, path, **source_options(values))

@@ -527,11 +527,11 @@ def test_rosbag_errors_and_depth_units(tmp_path):
     with pytest.raises(SourceError, match=r'x is not a rosbag2 folder: it has no metadata.yaml '
                                           r'\(it has: notes.txt\)') as err:
         RosbagSource(str(tmp_path / 'x'))
-    assert err.value.permanent
+    assert isinstance(err.value, SourceConfigError)
     (tmp_path / 'x' / 'metadata.yaml').write_text('not: a bag')
     with pytest.raises(SourceError, match='cannot open bag .*x: ') as err:
         RosbagSource(str(tmp_path / 'x')).open()
-    assert err.value.permanent and '\n' not in str(err.value)
+    assert isinstance(err.value, SourceConfigError) and '\n' not in str(err.value)
     mm = np.array([[0, 1500], [65535, 250]], np.uint16)
     got = depth_to_metres(mm, '16UC1')
     want = np.array([[np.nan, 1.5], [65.535, 0.25]], np.float32)

@@ -130,6 +130,13 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     max_lr_diff = check_number_as('`{name}` must be >= 0 or None, got {value!r}', 'max_lr_diff',
                                   max_lr_diff, low=0, allow_none=True)
     lr_tolerance = check_number('lr_tolerance', lr_tolerance, low=0, low_open=True)
+    # StereoSGBM needs the image wider than its search range: below that OpenCV 4.5 (the
+    # Jetson's) ends the process with std::terminate and OpenCV 5 raises or crashes.
+    needed = num_disparities + max(int(min_disparity), 0)
+    if width <= needed:
+        raise ValueError('the images are {} px wide but `num_disparities` {} (+ `min_disparity` '
+                         '{}) needs more than {} px'.format(
+                             width, num_disparities, min_disparity, needed))
 
     left_gray = cv2.cvtColor(left_bgr, cv2.COLOR_BGR2GRAY)
     right_gray = cv2.cvtColor(right_bgr, cv2.COLOR_BGR2GRAY)

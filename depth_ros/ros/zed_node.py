@@ -26,7 +26,7 @@ from depth_ros.ros.params import ConfigError, StartupError
 from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
     max_message_bytes, RateMeter, sensor_qos, too_large_text
 from depth_ros.ros.workers import first_line
-from depth_ros.sources.base import Frame, SourceError
+from depth_ros.sources.base import Frame, FrameError, SourceConfigError, SourceError
 from depth_ros.sources.downscale import downscale_frame
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -37,10 +37,8 @@ __all__ = ['downscale_frame', 'main', 'PARAMS', 'source_options', 'ZedNode']
 
 def is_permanent(exc: BaseException) -> bool:
     """Tell whether retrying cannot fix a source error (missing, corrupt, invalid input)."""
-    if getattr(exc, 'permanent', False):
-        return True
-    return isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                            PermissionError, ValueError))
+    return isinstance(exc, (SourceConfigError, FileNotFoundError, NotADirectoryError,
+                            IsADirectoryError, PermissionError, ValueError))
 
 
 class ZedNode(DepthRosNode):
@@ -78,12 +76,13 @@ class ZedNode(DepthRosNode):
         if path and not os.path.exists(os.path.expanduser(path)):
             raise ConfigError('source {}: parameter `path` {!r} does not exist'.format(kind, path))
         try:
+            source = make_source(kind, self.cfg['path'] or None, **source_options(self.cfg))
             if kind in ('live', 'svo'):
                 # pyzed is imported when the camera opens, in the grab thread; check now so
-                # that a missing SDK is one clear start-up message, not a retry loop.
-                from depth_ros.sources.zed import import_sl
-                import_sl()
-            return make_source(kind, self.cfg['path'] or None, **source_options(self.cfg))
+                # that a missing SDK, or a resolution or depth mode it lacks, is one clear
+                # start-up line, not a retry loop.
+                source.check_sdk()
+            return source
         except (ValueError, OSError) as exc:
             raise ConfigError('source {}: {}'.format(kind, exc)) from None
         except SourceError as exc:
@@ -102,6 +101,11 @@ class ZedNode(DepthRosNode):
                     self._open()
                     opened = True
                 frame = self.source.read()
+            except FrameError as exc:
+                # One bad frame (SDK 5 corrupted frame, an unreadable file of a folder): the
+                # source goes on; no reopen, which would start a recording over.
+                self.error('frame', 'dropped frame: {}'.format(exc))
+                continue
             except Exception as exc:  # noqa: B902 - every grab failure is handled here
                 opened = False
                 if not self._grab_failed(exc, wait):
@@ -214,6 +218,7 @@ class ZedNode(DepthRosNode):
     def _diagnostics(self):
         values = {'source': self.source.name, 'frame_id': self.frame_id,
                   'frames': self.frames, 'rate_hz': self.rate.rate,
+                  'dropped_frame': self.bad['frame'],
                   'grab_errors': self.grab_errors, 'reconnects': self.reconnects,
                   'grab_thread_alive': self.thread.is_alive()}
         level, message = self.state, self.state_msg

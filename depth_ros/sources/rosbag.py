@@ -30,7 +30,7 @@ from depth_ros.core.encodings import image_to_array
 from depth_ros.core.messages import camera_info_fields, decode_set, header_ns
 from depth_ros.core.messages import depth_to_metres  # noqa: F401 - re-exported
 from depth_ros.core.pairing import PairingBuffer
-from depth_ros.sources.base import Frame, FrameSource, SourceError
+from depth_ros.sources.base import Frame, FrameSource, SourceConfigError, SourceError
 from depth_ros.util import describe_error
 import numpy as np
 
@@ -81,11 +81,14 @@ def _bag_problem(path: str) -> Optional[str]:
     return None
 
 
+class BagNotFoundError(SourceConfigError, FileNotFoundError):
+    """The bag path does not exist (a configuration error, and a FileNotFoundError)."""
+
+
 def bag_error(path: str, exc: BaseException, doing: str) -> SourceError:
     """One-line SourceError for a bag that rosbags or sqlite cannot read (permanent)."""
-    error = SourceError('cannot {} bag {}: {}'.format(doing, path, describe_error(exc)))
-    error.permanent = True   # a truncated or corrupt recording does not heal by retrying
-    return error
+    # A truncated or corrupt recording does not heal by retrying.
+    return SourceConfigError('cannot {} bag {}: {}'.format(doing, path, describe_error(exc)))
 
 
 class RosbagSource(FrameSource):
@@ -95,7 +98,8 @@ class RosbagSource(FrameSource):
     :param path: bag folder (metadata.yaml and a .db3 or .mcap file).
     :param topics: overrides of DEFAULT_TOPICS by key (image, camera_info, depth, confidence).
     :param max_pending: bound on incomplete stamps held while pairing.
-    :raises FileNotFoundError: ``path`` does not exist. ``SourceError``: it is not a bag.
+    :raises BagNotFoundError: ``path`` does not exist (a FileNotFoundError and a
+        SourceConfigError). ``SourceConfigError``: it is not a bag.
     """
 
     name = 'bag'
@@ -103,7 +107,7 @@ class RosbagSource(FrameSource):
     def __init__(self, path: str, topics: Optional[Dict[str, str]] = None,
                  max_pending: int = 30):
         if not path or not os.path.exists(path):
-            raise FileNotFoundError('bag not found: {!r}'.format(path))
+            raise BagNotFoundError('bag not found: {!r}'.format(path))
         self.topics = dict(DEFAULT_TOPICS)
         for key, topic in (topics or {}).items():
             if key not in DEFAULT_TOPICS:
@@ -113,9 +117,7 @@ class RosbagSource(FrameSource):
         self.max_pending = check_number('max_pending', max_pending, 1, None, integer=True)
         problem = _bag_problem(path)
         if problem:
-            error = SourceError(problem)
-            error.permanent = True
-            raise error
+            raise SourceConfigError(problem)
         self.path = path
         self.bad_frames = 0       # complete stamps that could not be decoded
         self._reader = None
@@ -167,9 +169,7 @@ class RosbagSource(FrameSource):
                         self.path, conn.topic, conn.msgtype, TOPIC_TYPES[key])
         if problem:
             self.close()
-            error = SourceError(problem)
-            error.permanent = True
-            raise error
+            raise SourceConfigError(problem)
 
     def _on_drop(self, stamp, missing, why, expected):
         have = sorted(k for k in self._pairing.kinds if k not in missing)
