@@ -1,7 +1,7 @@
 """
 Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_cloud + colorize.
 
-Prints the median of repeated runs and two ratios (issue 2, section 7):
+Prints the median of repeated runs and two ratios:
 
 * total (update + cloud with colours at stride 1 + colorize) against the 10 ms budget;
 * depth_to_cloud against one copy of its output bytes, measured in the same run.

@@ -1,5 +1,5 @@
 """
-The ROS install path on JetPack 5 (issue 9, item 1), with the real setuptools 45.2 wrapper.
+The ROS install path on JetPack 5, with the real setuptools 45.2 wrapper.
 
 JetPack 5.1 is Ubuntu 20.04: Python 3.8, setuptools 45.2, numpy 1.17.4 from apt (with
 egg-info metadata) and NVIDIA's OpenCV from apt (a ``cv2`` module with no pip metadata). colcon
