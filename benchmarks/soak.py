@@ -24,6 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'test'))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 from conftest import NodeProcess, Probe, wait_until  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,22 +34,15 @@ FRAME = 'zed_left_camera_optical_frame'
 
 
 def write_bag(path, frames):
-    """A loopable rosbag2 of ``frames`` synthetic 1280x720 ZED frames."""
+    """A loopable rosbag2 of ``frames`` synthetic 1280x720 ZED frames (bench_graph's scene)."""
+    from bench_graph import synthetic_frame
     from depth_ros.core.camera import PinholeCamera
     from depth_ros.sources.base import Frame
     from depth_ros.sources.rosbag import write_test_bag
     camera = PinholeCamera(700.0, 700.0, 639.5, 359.5, W, H)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
 
     def frame(i):
-        rng = np.random.RandomState(i)
-        base = 60 + 0.1 * ((xx + 8 * i) % W) + 0.15 * yy
-        bgr = np.clip(np.stack([base, base * 0.9, 255 - base], 2)
-                      + rng.uniform(-10, 10, (H, W, 3)), 0, 255).astype(np.uint8)
-        gray = bgr.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
-        depth = (1.0 / (2.0 * (0.1 + 0.9 * gray / 255.0) + 0.1)).astype(np.float32)
-        depth[rng.rand(H, W) < 0.1] = np.nan
-        conf = rng.uniform(1, 60, (H, W)).astype(np.float32)
+        bgr, depth, conf = synthetic_frame(i)
         return Frame(left=bgr, depth=depth, confidence=conf, camera=camera,
                      stamp_ns=(i + 1) * 66666666, frame_id=FRAME)
     return write_test_bag(path, (frame(i) for i in range(frames)))
@@ -117,10 +111,11 @@ def main():
                             'rss_mb': {n: rss_mb(p.proc.pid) for n, p in procs.items()},
                             'align': latest_diag(diag, 'alignment_node'),
                             'depth': latest_diag(diag, 'depth_node')})
-            print('{:6.0f} s  clouds {:6d}  RSS {}'.format(
-                samples[-1]['t'], samples[-1]['clouds'], '  '.join(
-                    '{} {:.0f} MB'.format(n, v) for n, v in samples[-1]['rss_mb'].items())),
-                flush=True)
+            rss = '  '.join('{} {:.0f} MB'.format(n, v)
+                            for n, v in samples[-1]['rss_mb'].items())
+            print('{:6.0f} s  clouds {:6d}  RSS {}'.format(samples[-1]['t'],
+                                                           samples[-1]['clouds'], rss),
+                  flush=True)
     finally:
         for proc in procs.values():
             proc.stop()
@@ -158,8 +153,8 @@ def report(samples, args):
     print('\n| node | RSS after 1 min (MB) | RSS at end (MB) | growth |')
     print('|---|---|---|---|')
     for n in last['rss_mb']:
-        print('| {} | {:.1f} | {:.1f} | {:+.2f} % |'.format(n, first['rss_mb'][n],
-                                                         last['rss_mb'][n], growth[n]))
+        print('| {} | {:.1f} | {:.1f} | {:+.2f} % |'.format(
+            n, first['rss_mb'][n], last['rss_mb'][n], growth[n]))
     print('\nper-minute rate: median {:.2f}/s, largest deviation {:.1f} % (goal <= 10 %)'.format(
         median, spread))
     print('RSS growth goal < 5 %: {}'.format(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Optional
 
 from depth_ros.core.messages import decode_set, depth_to_metres
 from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer
@@ -274,13 +273,9 @@ class AlignmentNode(DepthRosNode):
         self.error('exception', 'alignment failed on a frame: {}'.format(first_line(exc)))
 
     # ------------------------------------------------------------------ health
-    def health_check(self) -> Optional[str]:
-        """Report a dead alignment thread (it only ends at shutdown)."""
-        if self.fatal_reason:
-            return self.fatal_reason
-        if not self.worker.alive and not self.shutting_down:
-            return 'the alignment thread ended unexpectedly'
-        return None
+    def watched_threads(self):
+        """Watch the alignment thread: it runs for the node's life (it ends only at shutdown)."""
+        return [('alignment', lambda: self.worker.alive)]
 
     def _why_no_output(self, stale: float) -> str:
         silent = [k for k in self.kinds if self.arrivals[k].age() > stale]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Optional
 
 from depth_ros.core.encodings import to_bgr8
 from depth_ros.core.visualize import colorize
@@ -174,13 +173,9 @@ class DepthNode(DepthRosNode):
             return
         self._drop('exception', 'inference failed on a frame: {}'.format(first_line(exc)))
 
-    def health_check(self) -> Optional[str]:
-        """Report a dead inference thread (it only ends at shutdown)."""
-        if self.fatal_reason:
-            return self.fatal_reason
-        if not self.worker.alive and not self.shutting_down:
-            return 'the inference thread ended unexpectedly'
-        return None
+    def watched_threads(self):
+        """Watch the inference thread: it runs for the node's life (it ends only at shutdown)."""
+        return [('inference', lambda: self.worker.alive)]
 
     def _diagnostics(self):
         level, message = self.health.status(self.in_rate, 3.0)

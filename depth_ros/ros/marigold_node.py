@@ -167,13 +167,9 @@ class MarigoldNode(DepthRosNode):
         self.log.error('job_' + type(exc).__name__, 'keyframe failed, frame dropped: '
                        '{}'.format(self.last_error), self.cfg['log_throttle_s'])
 
-    def health_check(self) -> Optional[str]:
-        """Report a dead keyframe thread (it only ends at shutdown)."""
-        if self.fatal_reason:
-            return self.fatal_reason
-        if not self.worker.alive and not self.shutting_down:
-            return 'the keyframe thread ended unexpectedly'
-        return None
+    def watched_threads(self):
+        """Watch the keyframe thread: it runs for the node's life (it ends only at shutdown)."""
+        return [('keyframe', lambda: self.worker.alive)]
 
     def _status(self, rx_age: float):
         if self.last_rx is None:

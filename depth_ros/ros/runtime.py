@@ -195,7 +195,17 @@ class DepthRosNode(Node):
 
     def health_check(self) -> Optional[str]:
         """Return a reason to end the process (a dead worker thread), or None."""
-        return self.fatal_reason
+        if self.fatal_reason:
+            return self.fatal_reason
+        if not self.shutting_down:
+            for what, alive in self.watched_threads():
+                if not alive():
+                    return 'the {} thread ended unexpectedly'.format(what)
+        return None
+
+    def watched_threads(self):
+        """Return (name, is-alive callable) of the threads that run for the node's life."""
+        return ()
 
     def close(self) -> None:
         """Stop the node's threads (before the context shuts down). Overridden by nodes."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
 
 from depth_ros.ros import conversions as conv
 from depth_ros.ros.config import source_options, validate_zed, ZED_PARAMS
@@ -207,13 +206,9 @@ class ZedNode(DepthRosNode):
         self.rate.tick()
 
     # ------------------------------------------------------------------ health
-    def health_check(self) -> Optional[str]:
-        """Report a dead grab thread: it ends the process (it would publish nothing)."""
-        if self.fatal_reason:
-            return self.fatal_reason
-        if not self.thread.is_alive() and not self._stop.is_set():
-            return 'the grab thread of source {} ended unexpectedly'.format(self.source.name)
-        return None
+    def watched_threads(self):
+        """Watch the grab thread: dead before close(), it would publish nothing."""
+        return [('grab', lambda: self.thread.is_alive() or self._stop.is_set())]
 
     def _diagnostics(self):
         values = {'source': self.source.name, 'frame_id': self.frame_id,
