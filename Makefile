@@ -8,8 +8,9 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 	$(shell command -v python3.8 2>/dev/null))
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
+# Core, TensorRT layer, ZED source, the nodes' ROS-free plumbing, util, and the JetPack install.
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
-	test/test_jetpack_install.py)
+	test/test_node_plumbing.py test/test_util.py test/test_jetpack_install.py)
 
 # The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
 # install: shared/ros2-launch-stack/install.sh next to the checkout (or DEPTH_ROS_LAUNCH_STACK).
