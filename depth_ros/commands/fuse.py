@@ -105,9 +105,8 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
         # REP 118: integer depth (16UC1) is millimetres, 0 = no reading.
         LOG.warning('%s %s has integer dtype %s: reading it as millimetres (REP 118 16UC1), '
                     '0 as invalid', option, path, value.dtype)
-        metres = value.astype(np.float32) / np.float32(1000.0)
-        metres[value == 0] = np.nan
-        return metres
+        from depth_ros.core.messages import depth_to_metres
+        return depth_to_metres(value, '16UC1')   # the one mm -> m conversion
     return value.astype(np.float32, copy=False) if value.dtype != np.float32 else value
 
 
