@@ -34,7 +34,7 @@ FRAME = 'zed_left_camera_optical_frame'
 
 
 def write_bag(path, frames):
-    """A loopable rosbag2 of ``frames`` synthetic 1280x720 ZED frames (bench_graph's scene)."""
+    """Write a loopable rosbag2 of ``frames`` synthetic 1280x720 ZED frames (bench_graph's)."""
     from bench_graph import synthetic_frame
     from depth_ros.core.camera import PinholeCamera
     from depth_ros.sources.base import Frame
@@ -49,7 +49,7 @@ def write_bag(path, frames):
 
 
 def rss_mb(pid):
-    """Resident memory of a process in MB (Linux /proc)."""
+    """Return the resident memory of a process in MB (Linux /proc)."""
     with open('/proc/{}/status'.format(pid)) as f:
         for line in f:
             if line.startswith('VmRSS:'):
@@ -141,7 +141,8 @@ def report(samples, args):
     median = float(np.median(per_minute)) if per_minute else float('nan')
     spread = max(abs(r - median) / median for r in per_minute) * 100 if per_minute else 0.0
     drops = {k: last['align'].get(k, '?') for k in (
-        'dropped_skipped', 'dropped_unpaired', 'dropped_unpaired_startup', 'dropped_busy',
+        'dropped_skipped', 'dropped_capped', 'dropped_unpaired', 'dropped_unpaired_startup',
+        'dropped_busy',
         'dropped_frame', 'dropped_exception', 'dropped_stamp')}
     drops.update({'depth_' + k: last['depth'].get(k, '?') for k in (
         'frames_dropped_busy', 'frames_bad')})

@@ -17,8 +17,10 @@ disparity. So a waiting set is dropped only when
 * more than ``max_count`` sets wait (bags: bounded memory whatever the interleaving);
 * the waiting payloads exceed ``max_bytes``: oldest first, but never a *pinned* set (one the
   driver announced it is computing, see :meth:`pin`) and never the ``keep_newest`` newest
-  sets, so no cap inside its range can starve the output. When the driver's answer then comes
-  for a set the cap dropped, the drop says so (the cap is too small, no message was lost).
+  sets, so no cap inside its range can starve the output. Such drops, and the drops of what
+  arrives for a set after the cap took it, are the policy's (``expected``), except when the
+  driver's answer comes for a set the cap took: that is reported as unexpected, naming the cap
+  (it is too small; no message was lost).
 
 Drops are reported to ``on_drop(stamp, missing_kinds, why, expected)``. Not thread-safe: the
 caller holds a lock. No ROS import: messages are opaque objects here.
@@ -31,6 +33,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 from depth_ros.core.checks import check_number
 
 SUPERSEDED = 'a newer frame was complete first'
+CAPPED = 'pairing buffer over'          # + ' <cap> MB'
+CAPPED_EARLIER = 'its set was dropped earlier to stay under the pairing cap'
 
 
 def message_bytes(msg) -> int:
@@ -184,7 +188,7 @@ class PairingBuffer(object):
             if victim is None:
                 break
             self._capped.append(victim)
-            self._drop(victim, 'pairing buffer over {:g} MB'.format(self.max_bytes / 1e6))
+            self._drop(victim, '{} {:g} MB'.format(CAPPED, self.max_bytes / 1e6))
 
     def _evictable(self, keep: Optional[int] = None) -> Optional[int]:
         """Return the oldest set that is neither pinned nor among the newest ``keep``."""
@@ -200,14 +204,16 @@ class PairingBuffer(object):
         self.bytes -= sum(self.sizeof(m) for m in parts.values())
         pinned = self._pins.pop(stamp, None) is not None
         missing = [k for k in self.kinds if k not in parts]
-        if list(parts) == [self.driver] and stamp in self._capped:
-            # The driver's answer came for a set the byte cap had dropped: say so, it is the
-            # cap (a configuration), not a lost message.
-            why = 'its stereo set was dropped earlier to stay under the pairing cap of ' \
-                '{:g} MB'.format(self.max_bytes / 1e6)
+        capped = why.startswith(CAPPED)
+        if stamp in self._capped and not capped:
+            # What came after the byte cap dropped this set (the driver's answer, late parts):
+            # say so, it is the cap (a configuration), not a lost message.
+            why = '{} of {:g} MB'.format(CAPPED_EARLIER, self.max_bytes / 1e6)
+            capped = self.driver not in parts      # an answer lost to the cap is worth a word
         # The newest-frame policy upstream skips frames on purpose: a set that lacks only the
         # driver's part and was not announced is not a fault.
-        expected = (self.driver is not None and missing == [self.driver] and not pinned)
+        expected = capped or (self.driver is not None and missing == [self.driver] and
+                              not pinned)
         self.dropped += 1
         if expected:
             self.dropped_expected += 1

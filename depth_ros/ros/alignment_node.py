@@ -120,8 +120,12 @@ class AlignmentNode(DepthRosNode):
     def _on_drop(self, stamp, missing, why, expected):
         # Called with self.lock held, from PairingBuffer.
         if expected:
-            self.bad['skipped'] += 1
-            self.get_logger().debug('frame {} skipped: no {} ({})'.format(
+            # The network skipped the frame (newest-frame policy), or the memory cap took it:
+            # the policy's drops, counted, not errors.
+            kind = 'capped' if why.startswith(('pairing buffer over', 'its set was')) \
+                else 'skipped'
+            self.bad[kind] += 1
+            self.get_logger().debug('frame {} dropped: no {} ({})'.format(
                 stamp, missing_text(missing), why))
             return
         self.last_drop = 'missing {} ({})'.format(missing_text(missing), why)
@@ -130,7 +134,7 @@ class AlignmentNode(DepthRosNode):
             # matched a moment after its publisher's first message): counted, not logged.
             self.bad['unpaired_startup'] += 1
             return
-        if why.startswith('its stereo set was dropped earlier'):
+        if why.startswith('its set was dropped earlier'):
             self.bad['unpaired'] += 1
             self.warn('capped', 'dropped frame {}: {}; raise pairing_max_mb (now {:g})'.format(
                 stamp, why, self.cfg['pairing_max_mb']))
@@ -329,6 +333,7 @@ class AlignmentNode(DepthRosNode):
         values['published_colored'] = self.published['colored']
         values['cloud_refused'] = self.cloud_refused
         values['dropped_skipped'] = self.bad['skipped']       # newest-frame policy, expected
+        values['dropped_capped'] = self.bad['capped']         # the memory cap, expected
         values['dropped_unpaired'] = self.bad['unpaired']
         values['dropped_unpaired_startup'] = self.bad['unpaired_startup']
         values['dropped_busy'] = self.worker.dropped

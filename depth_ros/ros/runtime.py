@@ -244,7 +244,7 @@ class _Signals(object):
 
 
 def _params_files(args: List[str]) -> List[str]:
-    """The ``--params-file`` paths of the ``--ros-args`` sections of ``args``."""
+    """Return the ``--params-file`` paths of the ``--ros-args`` sections of ``args``."""
     files, in_ros = [], False
     for i, arg in enumerate(args):
         if arg == '--ros-args':
