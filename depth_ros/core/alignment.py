@@ -44,7 +44,7 @@ LOG = logging.getLogger('depth_ros.alignment')
 
 STATUSES = ('ok', 'held', 'no_fit')
 MIN_SIZE = 16             # smallest stereo frame (pixels, each side)
-ANCHOR_KAPPA = 1.25       # the sky anchor may widen the stereo residuals by this factor
+ANCHOR_KAPPA = 2.5        # the sky anchor may widen the stereo residuals by this factor
 _FLOATS = (np.float32, np.float64, np.float16)
 _CHI2_MEDIAN = 0.4549     # median of a chi-square with one degree of freedom
 _MAD_TO_SIGMA = 1.4826
@@ -436,10 +436,15 @@ class MetricAligner(object):
             why = self._jumped(fit, s)
             if why is None:
                 return fit, 'ok', ''
-            fit, reason = None, why
+            prev = self._fit_previous(s)
+            if prev is None or prev.inlier_ratio < self.options.consistency_min_inliers:
+                # The new frame does not agree with the previous output either: a new scene,
+                # followed at once.
+                self._pending = 0
+                return fit, 'ok', ''
             self._stereo_suspect = True       # inconsistent with the metric history
-        else:
-            self._pending = 0
+            return prev, 'held', why + '; aligned to the previous output'
+        self._pending = 0
         prev = self._fit_previous(s)
         if prev is not None:
             return prev, 'held', reason + '; aligned to the previous output'
@@ -608,7 +613,9 @@ class MetricAligner(object):
             corr.valid = False
             small = mono
         else:
-            band = o.consistency if o.consistency is not None else 1.0
+            # Twice the fusion's band: the correction must see object-scale mono errors
+            # that are larger than the band the fusion accepts stereo in.
+            band = 2.0 * o.consistency if o.consistency is not None else 1.0
             p, wgt, ya_low, range_guide = corr.cell_means(mono, ys, guide, sigma_s, band,
                                                           max(self.rho_post, 0.01))
             self._ya_low = ya_low

@@ -225,7 +225,10 @@ class LocalCorrection(object):
         pc = _coarse(w * p, 2 * self.r) / np.maximum(wc, _EPS)
         prior = 0.02 * w_typ
         fallback = (wc * pc + prior) / (wc + prior)
-        lam = den / (den + 0.1 * w_typ)
+        # Support from the information in the window (its sum, not its mean): two cells of
+        # typical precision on the same surface are as good as the fallback.
+        info = den * float((2 * self.r + 1) ** 2)
+        lam = info / (info + 2.0 * w_typ)
         q = lam * q + (1.0 - lam) * fallback
         self.factor = np.clip(q, np.exp(-max_correction), np.exp(max_correction)).astype(
             np.float32)
