@@ -378,3 +378,17 @@ def test_bad_edge_threshold_raises(value, message):
     with pytest.raises(ValueError) as info:
         depth_to_cloud(np.ones((H, W), np.float32), CAM, edge_threshold=value)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize('stride', [2, 3])
+def test_strided_cloud_colours_and_depths_are_the_strided_pixels(stride):
+    rng = np.random.RandomState(stride)
+    d = rng.uniform(4.0, 4.2, (H + 1, W + 2)).astype(np.float32)
+    bgr = rng.randint(0, 256, (H + 1, W + 2, 3)).astype(np.uint8)
+    cam = PinholeCamera(50.0, 50.0, W / 2.0, H / 2.0, W + 2, H + 1)
+    cloud = depth_to_cloud(d, cam, bgr=bgr, stride=stride)
+    h, w = (H + 1) // stride, (W + 2) // stride
+    np.testing.assert_array_equal(cloud['z'], d[:h * stride:stride, :w * stride:stride])
+    packed = cloud['rgb'].copy().view('<u4')
+    sub = bgr[:h * stride:stride, :w * stride:stride].astype(np.uint32)
+    np.testing.assert_array_equal(packed, (sub[..., 2] << 16) | (sub[..., 1] << 8) | sub[..., 0])

@@ -169,7 +169,13 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         lo = float(np.nextafter(np.float32(min_depth), np.float32(-np.inf)))  # keep z == min
     if out is None:
         out = np.empty((h, w), dtype)
-    colours = bgr[:h * stride:stride, :w * stride:stride] if bgr is not None else None
+    colours = None
+    if bgr is not None:
+        colours = bgr[:h * stride, :w * stride]
+        if stride > 1:
+            # Nearest-neighbour resize by an integer factor takes pixel (i s, j s), as the
+            # strided view does, several times faster than gathering the view.
+            colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
     _fill(z, colours, out, _SCRATCH.get(camera, stride, h, w), lo, hi,
           (1.0 + edge) ** stride if edge else None)
     return out
