@@ -141,9 +141,9 @@ class MetricAligner(object):
             raise ValueError('option(s) {} cannot change while running; build a new '
                              'MetricAligner'.format(', '.join('`{}`'.format(n) for n in fixed)))
         new = self.options.replace(**changes)
-        if (new.correction_downsample, new.correction_radius_px) != (
-                self.options.correction_downsample, self.options.correction_radius_px):
-            self._shape = None
+        keys = ('correction_downsample', 'correction_radius_px', 'fit_samples')
+        if any(getattr(new, k) != getattr(self.options, k) for k in keys):
+            self._shape = None          # lattice and buffers are rebuilt on the next frame
         self.options = new
         return new
 
@@ -677,7 +677,7 @@ class MetricAligner(object):
         """
         corr = self._correction
         if corr.valid:
-            rho2_low = self.rho_post ** 2 + corr.local_var + (1.0 - corr.support) * \
+            rho2_low = self.rho_post ** 2 + corr.local_var + (1.0 - corr.support) ** 2 * \
                 self.rho_pre ** 2
             y_low = self._ya_low * corr.factor
             return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32))

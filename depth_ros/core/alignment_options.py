@@ -96,8 +96,9 @@ class AlignerOptions(object):
     irls_iterations: int = _opt(3, 'Tukey-weighted refinements after RANSAC', 0, 100,
                                 integer=True)
     temporal_alpha: float = _opt(
-        1.0, 'weight of the new frame against the previous metric output in the local '
-        'correction, where the two agree (1: no temporal filter)', 0.0, 1.0, low_open=True)
+        1.0, 'weight of this frame against the previous metric output in the local '
+        'correction, where they agree (1: off; the default, see docs/core.md)', 0.0, 1.0,
+        low_open=True)
     jump_threshold: float = _opt(
         0.25, 'a stereo fit whose metric depth differs from the previous output by more '
         'than this (median relative change) is not trusted ...', 0.0, None, low_open=True)
@@ -109,15 +110,13 @@ class AlignerOptions(object):
     correction_downsample: int = _opt(
         8, 'the local correction is computed at 1/this of the output size', 1, 64,
         integer=True)
-    correction_eps: float = _opt(
-        0.01, 'regularisation of the guided filter (larger: less edge-following)', 0.0,
-        10.0, low_open=True)
     max_correction: float = _opt(0.5, 'bound on |log| of the local correction factor', 0.0,
                                  5.0)
     consistency: Optional[float] = _opt(
-        0.15, 'stereo that differs from the aligned mono by more than this relative factor '
-        'is an outlier; None: only the statistical test', 0.0, None, low_open=True,
-        allow_none=True)
+        0.15, 'stereo further from the aligned mono than this fraction of its inverse depth '
+        '(plus 2 sigma of the stereo noise) is an outlier, however uncertain the mono is '
+        '(the local correction uses twice this band); None: only the statistical test', 0.0,
+        None, low_open=True, allow_none=True)
     outlier_sigma: float = _opt(
         4.0, 'stereo further than this many combined sigmas from the aligned mono is an '
         'outlier (not fused)', 0.0, None, low_open=True)

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 _EPS = 1e-12
-EDGE_GAIN = 1.0      # the mono's relative error at a bend, per unit of relative bend
+EDGE_GAIN = 0.85     # the mono's relative error at a bend, per unit of relative bend
 BEND_MAX = 0.03      # stereo where the mono bends more than this is not used as a target
 RANGE_SIGMA_DEPTH = 0.15     # range kernel on log inverse depth
 RANGE_SIGMA_IMAGE = 0.08     # range kernel on intensity (0..1)
