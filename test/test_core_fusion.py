@@ -392,3 +392,32 @@ def test_strided_cloud_colours_and_depths_are_the_strided_pixels(stride):
     packed = cloud['rgb'].copy().view('<u4')
     sub = bgr[:h * stride:stride, :w * stride:stride].astype(np.uint32)
     np.testing.assert_array_equal(packed, (sub[..., 2] << 16) | (sub[..., 1] << 8) | sub[..., 0])
+
+
+def test_marigold_keyframes_get_the_same_fusion():
+    # relative_kind='depth' (0 near, 1 far): the fit is in depth, everything after it (local
+    # correction, fusion, self-alignment, uncertainty) is the same as for DA-V2.
+    rng = np.random.RandomState(7)
+    z = true_depth()
+    z[~np.isfinite(z)] = 60.0                    # Marigold's far end is finite
+    v = np.linspace(0.0, 1.0, H)[:, None]
+    warp = 1.0 + 0.08 * np.sin(3.0 * v) + np.zeros((1, W))     # a smooth error of the mono
+    rel = ((z * warp - 1.0) / 60.0).astype(np.float32)
+    with np.errstate(divide='ignore'):
+        st = (1.0 / (1.0 / z + 0.002 * rng.randn(H, W))).astype(np.float32)
+    st[z > 20] = np.inf
+    hole = (slice(int(H * .6), int(H * .75)), slice(int(W * .1), int(W * .4)))
+    st[hole] = np.nan
+    ok = np.isfinite(z) & (z < 20)
+    errs = {}
+    for radius in (0, 32):
+        al = MetricAligner(relative_kind='depth', correction_radius_px=radius)
+        out = al.update(rel, st, focal_px=500.0)
+        assert out.status == 'ok', out.reason
+        errs[radius] = np.median(np.abs(out.depth[hole] - z[hole]) / z[hole])
+    assert errs[32] < 0.5 * errs[0], errs
+    assert np.median(np.abs(out.depth[ok] - z[ok]) / z[ok]) < 0.01
+    assert np.isfinite(out.uncertainty[ok]).all() and (out.uncertainty[ok] > 0).all()
+    held = al.update(rel, np.full((H, W), np.nan, np.float32), focal_px=500.0)
+    assert held.status == 'held' and 'previous output' in held.reason
+    assert np.median(np.abs(held.depth[ok] - z[ok]) / z[ok]) < 0.02
