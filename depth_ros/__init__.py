@@ -5,6 +5,8 @@ The public API (names fixed; outside tools depend on them)::
 
     PinholeCamera, MetricAligner, AlignedDepth, depth_to_cloud, colorize, load_depth_model
 
+and ``AlignerOptions`` (MetricAligner's options, with ranges and descriptions).
+
 Core names import numpy and OpenCV only. ``load_depth_model`` imports its backend lazily.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ _EXPORTS = {
     'PinholeCamera': 'depth_ros.core.camera',
     'MetricAligner': 'depth_ros.core.alignment',
     'AlignedDepth': 'depth_ros.core.alignment',
+    'AlignerOptions': 'depth_ros.core.alignment_options',
     'depth_to_cloud': 'depth_ros.core.pointcloud',
     'colorize': 'depth_ros.core.visualize',
     'load_depth_model': 'depth_ros.inference',

@@ -76,19 +76,30 @@ def test_output_dense_holes_filled_and_outliers_replaced():
     assert d.dtype == np.float32 and d.shape == (H, W)
     assert not np.isnan(d).any(), 'mono is valid everywhere, so the output must be dense'
     hole_err = rel_err(d[HOLE], z[HOLE])
-    assert hole_err.max() < 0.01, 'hole filled with aligned mono: max rel err {}'.format(
+    # The dense local correction follows the noisy stereo around the hole a little (the
+    # 6x8 grid it replaced allowed 1 %; this mono is exact, so all of it is that noise).
+    assert hole_err.max() < 0.015, 'hole filled with aligned mono: max rel err {}'.format(
         hole_err.max())
+    assert hole_err.mean() < 0.01, hole_err.mean()
     finite = np.isfinite(z)
     err = rel_err(d[finite], z[finite])
-    # Stereo within the 15 % consistency band is kept; gross outliers beyond it are not.
-    assert err.max() < 0.16, 'expected no gross outlier in output, max rel err {}'.format(
+    # Stereo within the 15 % consistency band of inverse depth (plus 2 sigma of the stereo
+    # noise model: here the default, no focal length given; up to 24 % in depth) is fused;
+    # gross outliers beyond it are not.
+    assert err.max() < 0.25, 'expected no gross outlier in output, max rel err {}'.format(
         err.max())
     assert np.median(err) < 0.01
-    # Stereo is trusted where reliable: consistent stereo pixels are output unchanged.
+    # Consistent stereo is fused, not copied (behaviour changed with issue 10): each such
+    # pixel lies between the stereo and the aligned mono, and on average nearer the truth
+    # than the stereo (1 % noise) alone.
     _, st_clean, _ = make_frame(outliers=0.0)
     kept = np.isfinite(st) & (st == st_clean) & finite
-    assert np.mean(d[kept] == st[kept]) > 0.99
-    assert 0.5 < out.stereo_fraction < 0.8
+    mono = MetricAligner(fuse_stereo=False).update(rel, st).depth
+    lo, hi = np.minimum(st, mono), np.maximum(st, mono)
+    between = (d[kept] >= lo[kept] * (1 - 1e-5)) & (d[kept] <= hi[kept] * (1 + 1e-5))
+    assert np.mean(between) > 0.99, np.mean(between)
+    assert np.mean(rel_err(d[kept], z[kept])) < 0.8 * np.mean(rel_err(st[kept], z[kept]))
+    assert 0.5 < out.stereo_fraction < 0.8, out.stereo_fraction
 
 
 def test_mono_that_stereo_does_not_confirm_never_vetoes_trusted_stereo():
@@ -100,16 +111,17 @@ def test_mono_that_stereo_does_not_confirm_never_vetoes_trusted_stereo():
     wrong = rng.rand(H, W) < 0.45
     rel_bad[wrong] *= rng.uniform(0.3, 3.0, wrong.sum()).astype(np.float32)
     _, st, _ = make_frame(outliers=0.0)
-    aligner = MetricAligner(grid=(0, 0), min_inlier_ratio=0.2)
+    aligner = MetricAligner(correction_radius_px=0, min_inlier_ratio=0.2)
     out = aligner.update(rel_bad, st)
     assert out.status == 'ok', out.reason
     assert out.inlier_ratio < aligner.consistency_min_inliers, out.inlier_ratio
     trusted = np.isfinite(st) & (st >= 0.3) & (st <= 20)
     assert np.array_equal(out.depth[trusted], st[trusted]), 'stereo was overwritten by mono'
     # The same data with the gate at 0 lets the (wrong) mono veto stereo: the gate matters.
-    vetoed = MetricAligner(grid=(0, 0), min_inlier_ratio=0.2,
+    vetoed = MetricAligner(correction_radius_px=0, min_inlier_ratio=0.2,
                            consistency_min_inliers=0.0).update(rel_bad, st)
-    assert np.mean(vetoed.depth[trusted] != st[trusted]) > 0.2
+    moved = rel_err(vetoed.depth[trusted], st[trusted]) > 0.05
+    assert np.mean(moved) > 0.2, np.mean(moved)
 
 
 def test_sky_near_zero_is_plus_inf_even_with_a_positive_shift():
@@ -155,14 +167,24 @@ def test_beyond_plausible_range_is_inf():
     assert np.isposinf(d[30:, :10]).all()
 
 
-def test_static_scene_scale_jitter_is_low_and_filter_helps():
-    def run(alpha):
-        al = MetricAligner(temporal_alpha=alpha, grid=(0, 0))
-        scales = [al.update(*make_frame(seed=i, noise=0.03)[:2]).scale for i in range(20)]
-        return np.std(scales[5:]) / np.mean(scales[5:])
-    filtered, raw = run(0.2), run(1.0)
-    assert filtered < 0.003, 'relative scale jitter {}'.format(filtered)
-    assert filtered < 0.7 * raw, 'filtered {} vs unfiltered {}'.format(filtered, raw)
+def test_flickering_network_affine_is_fitted_per_frame():
+    # Behaviour changed with issue 10: the network's affine changes every frame (affine-
+    # invariant training), so each frame's scale and shift are its own fit, never a filtered
+    # mix of earlier frames' (which cost a 10 %-flickering network 5x its AbsRel).
+    al = MetricAligner()
+    rng = np.random.RandomState(11)
+    z = true_depth()
+    for k in range(8):
+        a, b = 1.0 + 0.1 * rng.randn(), 0.01 * rng.randn()
+        rel0, st, _ = make_frame(seed=k, noise=0.01)
+        rel = (a * rel0 + b).astype(np.float32)     # the same scene, another affine
+        out = al.update(rel, st)
+        s_true, t_true = S_TRUE / a, T_TRUE - S_TRUE * b / a
+        assert out.status == 'ok', out.reason
+        assert abs(out.scale - s_true) < 0.01 * s_true, (k, out.scale, s_true)
+        assert abs(out.shift - t_true) < 0.002, (k, out.shift, t_true)
+        finite = np.isfinite(z)
+        assert np.median(rel_err(out.depth[finite], z[finite])) < 0.01
 
 
 def test_jump_is_rejected_then_accepted_when_it_persists():
@@ -172,9 +194,11 @@ def test_jump_is_rejected_then_accepted_when_it_persists():
     jumped = st / 1.6          # e.g. wrong stereo calibration for a moment
     states = [al.update(rel, jumped) for _ in range(3)]
     assert [r.status for r in states] == ['held', 'held', 'ok'], [r.reason for r in states]
-    assert states[0].scale == s0 and states[1].scale == s0
+    # Held frames are aligned to the previous metric output (the same relative map here,
+    # so about the same affine; no earlier affine is reused as is).
+    assert abs(states[0].scale - s0) < 0.01 * s0 and abs(states[1].scale - s0) < 0.01 * s0
     assert abs(states[2].scale - 1.6 * S_TRUE) < 0.02 * 1.6 * S_TRUE, states[2].scale
-    assert 'jumped' in states[0].reason
+    assert 'jumped' in states[0].reason and 'previous output' in states[0].reason
 
 
 def test_no_fit_then_ok_then_held():
@@ -196,9 +220,12 @@ def test_no_fit_then_ok_then_held():
                 np.full((H, W), 50.0, np.float32)):
         held = al.update(rel, bad)
         assert held.status == 'held', held.status
-        assert held.scale == good.scale and held.shift == good.shift
+        # Aligned to the previous output (the same relative map: about the same fit).
+        assert abs(held.scale - good.scale) < 0.01 * good.scale, (held.scale, good.scale)
+        assert abs(held.shift - good.shift) < 0.002, (held.shift, good.shift)
         assert 'too few valid' in held.reason
-        np.testing.assert_allclose(held.depth[HOLE], good.depth[HOLE], rtol=1e-6)
+        np.testing.assert_allclose(held.depth[HOLE], good.depth[HOLE], rtol=0.02)
+        assert np.max(rel_err(held.depth[HOLE], z[HOLE])) < 0.02
     conf_all_bad = np.full((H, W), 100.0, np.float32)
     assert al.update(rel, st, conf_all_bad).status == 'held'
 
@@ -255,11 +282,15 @@ def test_spatial_correction_reduces_error_of_a_smooth_bias():
     st[HOLE] = np.nan
     st[~np.isfinite(z)] = np.nan
     errs = {}
-    for grid in ((0, 0), (6, 8)):
-        out = MetricAligner(grid=grid, consistency=None).update(rel, st)
-        errs[grid] = np.mean(rel_err(out.depth[HOLE], z[HOLE]))
-    assert errs[(6, 8)] < 0.5 * errs[(0, 0)], errs
-    assert errs[(6, 8)] < 0.04, errs
+    for radius in (0, 32):
+        out = MetricAligner(correction_radius_px=radius, consistency=None).update(rel, st)
+        errs[radius] = np.mean(rel_err(out.depth[HOLE], z[HOLE]))
+    # The dense local correction (zeroth-order normalised convolution within 32 px, issue
+    # 10) recovers less of such a steep, frame-wide gradient next to a hole than the 6x8
+    # grid did (which halved it): measured 0.033 -> 0.024 here. It is tuned on the fusion
+    # benchmark, where it is better than the grid (docs/core.md).
+    assert errs[32] < 0.8 * errs[0], errs
+    assert errs[32] < 0.03, errs
 
 
 def test_relative_kind_depth_marigold_convention():
@@ -301,16 +332,46 @@ def test_returned_arrays_are_not_overwritten_by_the_next_update():
     np.testing.assert_array_equal(first.uncertainty, unc)
 
 
-def test_uncertainty_is_first_order_propagation():
-    al = MetricAligner()
-    out = al.update(*make_frame()[:2])
+def test_uncertainty_is_per_pixel_and_follows_the_noise_models():
+    # Behaviour changed with issue 10: one sigma per pixel from the stereo noise model
+    # (constant in inverse depth) fused with the mono's, instead of one global level.
+    rel, st, z = make_frame(noise=0.0, outliers=0.0)
+    al = MetricAligner(baseline_m=0.1, disparity_noise_px=0.5, correction_radius_px=0)
+    out = al.update(rel, st, focal_px=100.0)
     u = out.uncertainty
     assert u.dtype == np.float32 and u.shape == (H, W)
-    finite = np.isfinite(out.depth)
-    expected = out.depth[finite].astype(np.float64) ** 2 * al.sigma_inv
-    np.testing.assert_allclose(u[finite], expected, rtol=1e-5)
     assert np.isposinf(u[SKY]).all()
-    assert 0 < al.sigma_inv < 0.01
+    sigma_s = 0.5 / (100.0 * 0.1)                       # inverse depth, 1/m
+    assert al.sigma_inv == pytest.approx(sigma_s)
+    fused = np.isfinite(st) & np.isfinite(z)
+    d = out.depth[fused].astype(np.float64)
+    # Fused pixels: below the stereo's own sigma_z = z^2 sigma_s (both sources count).
+    stereo_sigma = d * d * sigma_s
+    assert np.all(u[fused] <= stereo_sigma * (1 + 1e-4))
+    # Mono-only pixels (the hole): sigma_z = rho z with one relative rho in this scene.
+    ratio = u[HOLE] / out.depth[HOLE]
+    assert np.ptp(ratio) < 1e-3 * ratio.mean() + 1e-6, (ratio.min(), ratio.max())
+    assert u[HOLE].mean() > 0
+
+
+def test_uncertainty_is_calibrated_on_noisy_stereo():
+    # 1.5 % depth noise at 1 m means sigma_inv = 0.015 1/m of disparity noise: with the
+    # stereo noise model given, |error| < 1 sigma for about 68 % of the pixels.
+    z = true_depth()
+    rel = ((1.0 / z - T_TRUE) / S_TRUE).astype(np.float32)
+    rng = np.random.RandomState(4)
+    sigma_inv = 0.015
+    with np.errstate(divide='ignore'):
+        st = (1.0 / (1.0 / z + sigma_inv * rng.randn(H, W))).astype(np.float32)
+    st[HOLE] = np.nan
+    st[~np.isfinite(z)] = np.nan
+    al = MetricAligner(baseline_m=0.1, disparity_noise_px=1.5, confidence_noise_gain=0.0)
+    frac = []
+    for k in range(3):
+        out = al.update(rel, st, focal_px=1.0)
+        ok = np.isfinite(z) & np.isfinite(st)
+        frac.append(np.mean(np.abs(out.depth[ok] - z[ok]) < out.uncertainty[ok]))
+    assert 0.55 < frac[-1] < 0.95, frac
 
 
 def test_reset_forgets_the_fit():
@@ -325,14 +386,15 @@ def test_fuse_stereo_false_outputs_mono_only():
     rel, st, z = make_frame()
     out = MetricAligner(fuse_stereo=False).update(rel, st)
     finite = np.isfinite(z)
-    assert rel_err(out.depth[finite], z[finite]).max() < 0.01
+    # The local correction follows the noisy stereo a little (this mono is exact).
+    assert rel_err(out.depth[finite], z[finite]).max() < 0.015
     assert out.stereo_fraction == 0.0
 
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(relative_kind='inverse'), "option `relative_kind` must be one of ('disparity', "
                                     "'depth'), got 'inverse'"),
-    (dict(min_depth=-1.0), 'option `min_depth` must be a finite number in (0.0, None], got -1.0'),
+    (dict(min_depth=-1.0), 'option `min_depth` must be a finite number in (0.0, inf), got -1.0'),
     (dict(max_depth=0.2), 'option `max_depth` (0.2) must be > `min_depth` (0.3)'),
     (dict(confidence_threshold=101), 'option `confidence_threshold` must be a finite number in '
                                      '[0.0, 100.0], got 101'),
@@ -340,11 +402,16 @@ def test_fuse_stereo_false_outputs_mono_only():
                             'got 2.5'),
     (dict(temporal_alpha=0.0), 'option `temporal_alpha` must be a finite number in '
                                '(0.0, 1.0], got 0.0'),
-    (dict(grid=(3,)), 'option `grid` must be (rows, cols), got (3,)'),
-    (dict(grid=(0, 4)), 'option `grid` must be two integers in [1, 256] (or (0, 0) to '
-                        'disable), got (0, 4)'),
+    (dict(correction_radius_px=3.5), 'option `correction_radius_px` must be an integer in '
+                                     '[0, 4096], got 3.5'),
     (dict(consistency=float('nan')), 'option `consistency` must be a finite number in '
-                                     '(0.0, None], got nan'),
+                                     '(0.0, inf), got nan'),
+    (dict(baseline_m=0.0), 'option `baseline_m` must be a finite number in (0.0, 10.0], '
+                           'got 0.0'),
+    (dict(disparity_noise_px=-0.1), 'option `disparity_noise_px` must be a finite number in '
+                                    '(0.0, 100.0], got -0.1'),
+    (dict(outlier_sigma=True), 'option `outlier_sigma` must be a finite number in (0.0, '
+                               'inf), got True'),
     (dict(fuse_stereo='yes'), "option `fuse_stereo` must be a bool, got 'yes'"),
 ])
 def test_bad_options_raise_naming_option_and_value(kwargs, message):

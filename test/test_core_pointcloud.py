@@ -16,6 +16,12 @@ import pytest
 CAM = PinholeCamera(50.0, 60.0, 3.5, 2.25, 8, 6)
 
 
+def plain_cloud(*args, **kwargs):
+    """depth_to_cloud without the edge test: these random maps are all discontinuities."""
+    kwargs.setdefault('edge_threshold', None)
+    return depth_to_cloud(*args, **kwargs)
+
+
 def depth_map():
     rng = np.random.RandomState(0)
     return rng.uniform(1.0, 9.0, (6, 8)).astype(np.float32)
@@ -35,7 +41,7 @@ def test_fields_match_pointcloud2_layout():
 
 def test_xyz_matches_the_pinhole_formula_by_hand():
     d = depth_map()
-    cloud = depth_to_cloud(d, CAM, bgr=colours())
+    cloud = plain_cloud(d, CAM, bgr=colours())
     assert cloud.shape == (6, 8) and cloud.dtype == CLOUD_DTYPE
     for v, u in [(0, 0), (2, 3), (5, 7), (4, 1)]:
         z = float(d[v, u])
@@ -49,7 +55,7 @@ def test_rgb_packing_is_byte_exact():
     bgr = np.zeros((6, 8, 3), np.uint8)
     bgr[0, 0] = (0x11, 0x22, 0x33)      # B, G, R
     bgr[5, 7] = (255, 0, 128)
-    cloud = depth_to_cloud(depth_map(), CAM, bgr=bgr)
+    cloud = plain_cloud(depth_map(), CAM, bgr=bgr)
     raw = cloud.tobytes()
     first = struct.unpack_from('<I', raw, 12)[0]
     assert first == 0x00332211, 'expected 0x00332211, received {:#010x}'.format(first)
@@ -57,7 +63,7 @@ def test_rgb_packing_is_byte_exact():
     assert last == 0x008000FF, 'expected 0x008000ff, received {:#010x}'.format(last)
     # Every pixel: the uint32 equals (R << 16) | (G << 8) | B, computed independently.
     bgr = colours()
-    packed = depth_to_cloud(depth_map(), CAM, bgr=bgr)['rgb'].copy().view('<u4')
+    packed = plain_cloud(depth_map(), CAM, bgr=bgr)['rgb'].copy().view('<u4')
     expected = (bgr[:, :, 2].astype(np.uint32) << 16) | (bgr[:, :, 1].astype(np.uint32) << 8) \
         | bgr[:, :, 0].astype(np.uint32)
     np.testing.assert_array_equal(packed, expected)
@@ -73,7 +79,7 @@ def test_invalid_and_out_of_range_points_are_nan():
     d[0, 4] = -1.0
     d[1, 0] = 0.4       # below min_depth
     d[1, 1] = 9.9       # above max_depth
-    cloud = depth_to_cloud(d, CAM, bgr=colours(), min_depth=0.45, max_depth=9.5)
+    cloud = plain_cloud(d, CAM, bgr=colours(), min_depth=0.45, max_depth=9.5)
     bad = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1)]
     for v, u in bad:
         for f in 'xyz':
@@ -87,16 +93,16 @@ def test_invalid_and_out_of_range_points_are_nan():
     # The limits are inclusive.
     d2 = depth_map()
     d2[0, 0], d2[0, 1] = 0.45, 9.5
-    edge = depth_to_cloud(d2, CAM, min_depth=0.45, max_depth=9.5)
+    edge = plain_cloud(d2, CAM, min_depth=0.45, max_depth=9.5)
     assert edge['z'][0, 0] == np.float32(0.45) and edge['z'][0, 1] == np.float32(9.5)
     # Without limits only non-finite and non-positive depths are invalid.
-    free = depth_to_cloud(d, CAM)
+    free = plain_cloud(d, CAM)
     assert free['z'][1, 0] == np.float32(0.4) and free['z'][1, 1] == np.float32(9.9)
 
 
 def test_c_contiguous_and_bytes_length():
     for bgr, step in ((colours(), 16), (None, 12)):
-        cloud = depth_to_cloud(depth_map(), CAM, bgr=bgr)
+        cloud = plain_cloud(depth_map(), CAM, bgr=bgr)
         assert cloud.flags.c_contiguous
         assert len(cloud.tobytes()) == 6 * 8 * step
         assert cloud.dtype.itemsize == step
@@ -105,7 +111,7 @@ def test_c_contiguous_and_bytes_length():
 @pytest.mark.parametrize('stride', [1, 2, 3, 5])
 def test_stride_shape_and_pixels(stride):
     d = depth_map()
-    cloud = depth_to_cloud(d, CAM, bgr=colours(), stride=stride)
+    cloud = plain_cloud(d, CAM, bgr=colours(), stride=stride)
     assert cloud.shape == (6 // stride, 8 // stride)
     v, u = cloud.shape[0] - 1, cloud.shape[1] - 1   # maps to pixel (v*stride, u*stride)
     z = d[v * stride, u * stride]
@@ -116,10 +122,10 @@ def test_stride_shape_and_pixels(stride):
 
 def test_out_buffer_is_reused_and_other_results_kept():
     d = depth_map()
-    first = depth_to_cloud(d, CAM, bgr=colours())
+    first = plain_cloud(d, CAM, bgr=colours())
     snapshot = first.tobytes()
     buf = np.empty_like(first)
-    got = depth_to_cloud(d * 2, CAM, bgr=colours(), out=buf)
+    got = plain_cloud(d * 2, CAM, bgr=colours(), out=buf)
     assert got is buf
     assert first.tobytes() == snapshot, 'an earlier result must not be overwritten'
     np.testing.assert_allclose(buf['z'], d * 2)
@@ -131,7 +137,7 @@ def test_threads_do_not_share_scratch():
     def work(k):
         cam = PinholeCamera(40.0 + k, 40.0, 3.0, 2.0, 8, 6)
         for _ in range(50):
-            c = depth_to_cloud(depth_map() * (k + 1), cam, bgr=colours())
+            c = plain_cloud(depth_map() * (k + 1), cam, bgr=colours())
         results[k] = c
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
@@ -162,7 +168,7 @@ def test_bad_input_raises_naming_argument(kwargs, message):
     args = dict(depth=depth_map(), camera=CAM)
     args.update(kwargs)
     with pytest.raises(ValueError) as info:
-        depth_to_cloud(**args)
+        plain_cloud(**args)
     assert message in str(info.value), 'expected {!r} in {!r}'.format(message, str(info.value))
 
 
@@ -171,7 +177,7 @@ def test_ply_round_trip_skips_nan_points(tmp_path):
     d[2, 3] = np.nan
     d[4, 4] = np.inf
     bgr = colours()
-    cloud = depth_to_cloud(d, CAM, bgr=bgr)
+    cloud = plain_cloud(d, CAM, bgr=bgr)
     path = tmp_path / 'points.ply'
     n = write_ply(str(path), cloud)
     assert n == 6 * 8 - 2

@@ -1,39 +1,56 @@
 """
-Metric alignment of relative (affine-invariant) depth to stereo depth, and fusion.
+Metric alignment of relative (affine-invariant) depth to stereo depth, and noise-aware fusion.
 
-``MetricAligner.update(relative, stereo_depth, confidence)`` fits the affine that maps the
-relative prediction to metric inverse depth, robustly (RANSAC then IRLS with Tukey weights) on a
-fixed subsample of trustworthy stereo pixels, filters it over time, adds a smooth spatially
-varying correction, and fuses: stereo where it is trustworthy, aligned mono elsewhere.
+``MetricAligner.update(relative, stereo_depth, confidence, guide=..., camera=...)`` per frame:
+
+1. **Fit** the affine of this frame (the network's affine holds for one frame only) robustly
+   (RANSAC, then Tukey IRLS) on a fixed lattice of trusted stereo samples, weighted by the
+   inverse-depth noise of stereo (constant in inverse depth: ``sigma_d / (f B)``) and of the mono
+   (relative), with the sky as an infinite-depth anchor of the shift when a large sky region
+   is present. A frame with too little stereo, or whose fit jumps against the previous metric
+   output, is fitted to the previous metric output instead (self-alignment, status 'held'):
+   no affine is ever carried from one frame to the next.
+2. **Local correction** (core/guided.py): a weighted guided filter of ``stereo_inv / mono_inv``
+   at 1/``correction_downsample`` resolution, guided by the image (or the mono itself), applied
+   at full resolution; filtered over time in metric space against the previous output.
+3. **Fusion** (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, with
+   stereo outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out.
+4. **Output**: depth float32 metres, NaN unknown, +inf too far (REP 117: the sky and anything
+   beyond ``max_output_depth``); ``uncertainty`` the per-pixel 1-sigma in metres.
 
 Conventions (see docs/core.md):
 
 * ``relative_kind='disparity'`` (Depth Anything V2): ``1/depth = scale * relative + shift``.
-* ``relative_kind='depth'`` (Marigold, 0 near, 1 far): ``depth = scale * relative + shift``.
-  The residuals of the fit are still weighted as inverse-depth residuals (first order:
-  ``d(1/z) = dz / z**2``), so both kinds are fitted in inverse-depth space.
-* The spatial correction multiplies the aligned inverse depth by a smooth factor map
-  ``c(u, v)`` built from per-cell medians of ``log(stereo_inv / aligned_inv)``.
-* Output depth is float32 metres: NaN invalid, +inf "too far" (REP 117: sky and anything the
-  fit places beyond ``max_output_depth``).
+* ``relative_kind='depth'`` (Marigold, 0 near, 1 far): ``depth = scale * relative + shift``,
+  fitted with inverse-depth noise weights (first order: ``d(1/z) = dz / z**2``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional
 
 import cv2
-from depth_ros.core.checks import check_image, check_same_size
+from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTION_NAMES, \
+    option_specs, RELATIVE_KINDS
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.checks import check_image, check_number, check_same_size, describe
+from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
+from depth_ros.core.guided import LocalCorrection
+from depth_ros.core.robust_fit import Anchor, robust_affine
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
 
-RELATIVE_KINDS = ('disparity', 'depth')
 STATUSES = ('ok', 'held', 'no_fit')
+MIN_SIZE = 16             # smallest stereo frame (pixels, each side)
+ANCHOR_KAPPA = 2.5        # the sky anchor may widen the stereo residuals by this factor
 _FLOATS = (np.float32, np.float64, np.float16)
-_TUKEY_C = 4.685      # 95 % efficiency under Gaussian noise
+_CHI2_MEDIAN = 0.4549     # median of a chi-square with one degree of freedom
 _MAD_TO_SIGMA = 1.4826
+_RHO_DEFAULT = 0.05       # relative mono noise assumed before any frame measured it
+_RHO_FLOOR = 0.003
+_SIGMA_INV_DEFAULT = 0.003   # stereo inverse-depth noise (1/m) when no focal length is known
 
 
 @dataclass
@@ -41,11 +58,12 @@ class AlignedDepth:
     """
     Result of one ``MetricAligner.update``.
 
-    ``depth`` [H, W] float32 metres (NaN invalid, +inf too far); ``scale``/``shift`` of the
-    global affine (NaN when no fit exists); ``inlier_ratio`` of the valid fit samples;
+    ``depth`` [H, W] float32 metres (NaN unknown, +inf too far); ``scale``/``shift`` of this
+    frame's global affine (NaN when no fit exists); ``inlier_ratio`` of the valid fit samples;
     ``valid_fraction`` of fit samples whose stereo passed the trust tests; ``uncertainty``
-    [H, W] float32 metres (1-sigma, first order) or None; ``status`` 'ok', 'held' (this frame
-    could not be fitted or its fit was rejected, the last good fit was reused) or 'no_fit'.
+    [H, W] float32 metres (1 sigma per pixel) or None; ``status`` 'ok' (fitted to this frame's
+    stereo), 'held' (too little or untrusted stereo: fitted to the previous output) or
+    'no_fit' (nothing to fit to yet: trusted stereo only).
     """
 
     depth: np.ndarray
@@ -56,7 +74,7 @@ class AlignedDepth:
     uncertainty: Optional[np.ndarray]
     status: str
     reason: str = ''           # why the status is not 'ok' ('' when it is)
-    stereo_fraction: float = 0.0   # fraction of output pixels that took the stereo value
+    stereo_fraction: float = 0.0   # fraction of output pixels that fused a stereo value
 
     def to_dict(self) -> Dict[str, object]:
         """Return the scalar fields, JSON-ready (NaN becomes None)."""
@@ -69,151 +87,85 @@ class AlignedDepth:
                 'reason': self.reason, 'stereo_fraction': num(self.stereo_fraction)}
 
 
-def _check_number(name, value, low=None, high=None, low_open=False, integer=False,
-                  allow_none=False):
-    if value is None and allow_none:
-        return None
-    ok = not isinstance(value, bool) and isinstance(
-        value, (int, np.integer) if integer else (int, float, np.integer, np.floating))
-    if ok:
-        ok = bool(np.isfinite(value))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        rng = '{}{}, {}]'.format('(' if low_open else '[', low, high)
-        raise ValueError('option `{}` must be {} in {}, got {!r}'.format(
-            name, 'an integer' if integer else 'a finite number', rng, value))
-    return int(value) if integer else float(value)
+class _Samples(NamedTuple):
+    """The fit lattice of one frame (float64)."""
+
+    r: np.ndarray            # relative values of the valid samples
+    d: np.ndarray            # stereo depth of the valid samples (m)
+    var_s: np.ndarray        # stereo inverse-depth variance of the valid samples
+    n_total: int
+    n_valid: int
+    valid: np.ndarray        # bool over the lattice
+    sky_r: Optional[float]   # median relative value of the sky samples (anchor), or None
+    r_all: np.ndarray        # relative values of every lattice sample
+
+
+class _FitResult(NamedTuple):
+    scale: float
+    shift: float
+    inlier_ratio: float
+    source: str              # 'stereo' or 'previous'
 
 
 class MetricAligner(object):
     """
-    Robust, temporally filtered metric alignment of relative depth to stereo depth.
+    Per-frame robust metric alignment of relative depth to stereo depth, fused per pixel.
 
-    All options are keyword arguments, validated here (ValueError names option and value):
-
-    :param relative_kind: 'disparity' (DA-V2, default) or 'depth' (Marigold, 0 near 1 far).
-    :param min_depth, max_depth: stereo range (m) trusted for the fit and the fusion.
-    :param confidence_threshold: ZED confidence (1..100, larger = less reliable) above which a
-        stereo pixel is not trusted. 100 trusts every pixel.
-    :param max_output_depth: plausible range (m); aligned mono beyond it is +inf (too far).
-    :param sky_fraction: 'disparity' only: relative values at or below this fraction of the
-        frame's 99th-percentile relative value are sky, +inf whatever the fit's shift (DA-V2
-        predicts about 0 for the sky; a positive fitted shift would otherwise map it to a finite
-        1/shift wall). 0 disables the rule.
-    :param fit_samples: size of the fixed pixel subsample the fit uses.
-    :param min_valid_samples: fewer valid stereo samples than this -> 'held' / 'no_fit'.
-    :param ransac_iterations: number of two-point hypotheses.
-    :param inlier_threshold: relative inverse-depth error below which a sample is an inlier.
-    :param min_inlier_ratio: a fit with fewer inliers (of the valid samples) is rejected.
-    :param irls_iterations: Tukey-weighted least-squares refinements after RANSAC.
-    :param temporal_alpha: EMA weight of the new fit (1.0 disables filtering).
-    :param jump_threshold: a new fit whose median relative change of predicted depth against
-        the filtered fit exceeds this is rejected ('held') ...
-    :param jump_frames: ... unless it persists this many consecutive frames (scene change).
-    :param grid: (rows, cols) of the spatial correction grid; (0, 0) disables it.
-    :param grid_min_samples: inlier samples a cell needs to carry full weight.
-    :param max_correction: bound on |log| of the spatial correction factor.
-    :param consistency: stereo that differs from the aligned mono by more than this relative
-        factor is treated as an outlier and replaced by mono; None disables the test.
-    :param consistency_min_inliers: the consistency test runs only while the fit explains at
-        least this fraction of the stereo samples (inlier ratio): a mono prediction that
-        stereo does not confirm (a poor or untrained model, an unusual scene) never vetoes
-        trusted stereo.
-    :param fuse_stereo: if False the output is aligned mono only.
-    :param compute_uncertainty: whether to fill ``AlignedDepth.uncertainty``.
-    :param seed: RANDOM seed of the RANSAC sampler and the subsample (reproducible runs).
+    ``MetricAligner(**options)`` or ``MetricAligner(AlignerOptions(...))``: every option is a
+    field of :class:`~depth_ros.core.alignment_options.AlignerOptions` (defaults, ranges and
+    descriptions there and in docs/core.md); values are checked (ValueError names option and
+    value). ``aligner.options`` is the frozen options object; ``aligner.<option>`` reads one.
     """
 
-    def __init__(self, relative_kind: str = 'disparity', min_depth: float = 0.3,
-                 max_depth: float = 20.0, confidence_threshold: float = 50.0,
-                 max_output_depth: float = 100.0, sky_fraction: float = 0.02,
-                 fit_samples: int = 4096,
-                 min_valid_samples: int = 64, ransac_iterations: int = 64,
-                 inlier_threshold: float = 0.1, min_inlier_ratio: float = 0.3,
-                 irls_iterations: int = 3, temporal_alpha: float = 0.3,
-                 jump_threshold: float = 0.25, jump_frames: int = 3,
-                 grid: Tuple[int, int] = (6, 8), grid_min_samples: int = 8,
-                 max_correction: float = 0.5, consistency: Optional[float] = 0.15,
-                 consistency_min_inliers: float = 0.6, fuse_stereo: bool = True,
-                 compute_uncertainty: bool = True, seed: int = 0, **unknown):
-        if unknown:
-            raise ValueError('unknown MetricAligner option(s) {}; see help(MetricAligner)'.format(
-                ', '.join('`{}`'.format(k) for k in sorted(unknown))))
-        if relative_kind not in RELATIVE_KINDS:
-            raise ValueError('option `relative_kind` must be one of {}, got {!r}'.format(
-                RELATIVE_KINDS, relative_kind))
-        self.relative_kind = relative_kind
-        self.min_depth = _check_number('min_depth', min_depth, 0.0, None, low_open=True)
-        self.max_depth = _check_number('max_depth', max_depth, 0.0, None, low_open=True)
-        if self.max_depth <= self.min_depth:
-            raise ValueError('option `max_depth` ({!r}) must be > `min_depth` ({!r})'.format(
-                max_depth, min_depth))
-        self.confidence_threshold = _check_number('confidence_threshold',
-                                                  confidence_threshold, 0.0, 100.0)
-        self.max_output_depth = _check_number('max_output_depth', max_output_depth, 0.0,
-                                              None, low_open=True)
-        self.sky_fraction = _check_number('sky_fraction', sky_fraction, 0.0, 0.5)
-        self.fit_samples = _check_number('fit_samples', fit_samples, 16, 10 ** 7,
-                                         integer=True)
-        self.min_valid_samples = _check_number('min_valid_samples', min_valid_samples, 2,
-                                               10 ** 7, integer=True)
-        self.ransac_iterations = _check_number('ransac_iterations', ransac_iterations, 1,
-                                               10 ** 5, integer=True)
-        self.inlier_threshold = _check_number('inlier_threshold', inlier_threshold, 0.0, 10.0,
-                                              low_open=True)
-        self.min_inlier_ratio = _check_number('min_inlier_ratio', min_inlier_ratio, 0.0, 1.0)
-        self.irls_iterations = _check_number('irls_iterations', irls_iterations, 0, 100,
-                                             integer=True)
-        self.temporal_alpha = _check_number('temporal_alpha', temporal_alpha, 0.0, 1.0,
-                                            low_open=True)
-        self.jump_threshold = _check_number('jump_threshold', jump_threshold, 0.0, None,
-                                            low_open=True)
-        self.jump_frames = _check_number('jump_frames', jump_frames, 1, 10 ** 6,
-                                         integer=True)
-        try:
-            rows, cols = grid
-        except (TypeError, ValueError):
-            raise ValueError('option `grid` must be (rows, cols), got {!r}'.format(grid))
-        for value in (rows, cols):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                    or value < 0 or value > 256 or (value == 0) != (rows == 0 and cols == 0):
-                raise ValueError('option `grid` must be two integers in [1, 256] '
-                                 '(or (0, 0) to disable), got {!r}'.format(grid))
-        self.grid = (int(rows), int(cols))
-        self.grid_min_samples = _check_number('grid_min_samples', grid_min_samples, 1,
-                                              10 ** 6, integer=True)
-        self.max_correction = _check_number('max_correction', max_correction, 0.0, 5.0)
-        self.consistency = _check_number('consistency', consistency, 0.0, None,
-                                         low_open=True, allow_none=True)
-        self.consistency_min_inliers = _check_number(
-            'consistency_min_inliers', consistency_min_inliers, 0.0, 1.0)
-        for name, value in (('fuse_stereo', fuse_stereo),
-                            ('compute_uncertainty', compute_uncertainty)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError('option `{}` must be a bool, got {!r}'.format(name, value))
-        self.fuse_stereo = bool(fuse_stereo)
-        self.compute_uncertainty = bool(compute_uncertainty)
-        self.seed = _check_number('seed', seed, 0, 2 ** 32 - 1, integer=True)
+    def __init__(self, options: Optional[AlignerOptions] = None, **kwargs):
+        self.options = make_options(options, **kwargs)
         self._shape = None
-        self._sky_threshold = None
-        self._rel_invalid = None
         self.reset()
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: options read as attributes.
+        if name in OPTION_NAMES and 'options' in self.__dict__:
+            return getattr(self.__dict__['options'], name)
+        raise AttributeError('{!r} object has no attribute {!r}'.format(
+            type(self).__name__, name))
+
+    def set_options(self, **changes) -> AlignerOptions:
+        """
+        Change options while running (keeps the temporal state); return the new options.
+
+        Options marked not runtime-changeable (``relative_kind``, ``seed``) raise ValueError.
+        """
+        fixed = [s.name for s in option_specs() if not s.runtime and s.name in changes
+                 and changes[s.name] != getattr(self.options, s.name)]
+        if fixed:
+            raise ValueError('option(s) {} cannot change while running; build a new '
+                             'MetricAligner'.format(', '.join('`{}`'.format(n) for n in fixed)))
+        new = self.options.replace(**changes)
+        keys = ('correction_downsample', 'correction_radius_px', 'fit_samples')
+        if any(getattr(new, k) != getattr(self.options, k) for k in keys):
+            self._shape = None          # lattice and buffers are rebuilt on the next frame
+        self.options = new
+        return new
 
     # ------------------------------------------------------------------ state
 
     def reset(self) -> None:
-        """Forget the fit history (next update starts from 'no_fit')."""
-        self._rng = np.random.RandomState(self.seed)
-        self.scale = float('nan')      # filtered global affine in use
+        """Forget the history (the next update fits from scratch, or is 'no_fit')."""
+        self._rng = np.random.RandomState(self.options.seed)
+        self.scale = float('nan')       # affine of the last frame
         self.shift = float('nan')
-        self.sigma_inv = float('nan')  # robust inverse-depth residual spread of the last fit
-        self.fit_inlier_ratio = float('nan')  # inlier ratio of the last accepted fit
-        self._log_grid = None          # [rows, cols] float32 filtered log correction
-        self._pending = 0              # consecutive frames whose fit jumped
+        self.fit_inlier_ratio = float('nan')
+        self.rho_pre = _RHO_DEFAULT     # relative mono noise before the local correction
+        self.rho_post = _RHO_DEFAULT    # ... and after it
+        self.sigma_inv = float('nan')   # stereo inverse-depth noise model (1/m), last frame
+        self.beta = 1.0                 # variance calibration of the stereo noise model
+        self._noise_frames = 0
+        self._prev_inv = None           # previous output inverse depth on the lattice
+        self._prev_var = None           # ... and its variance
+        self._pending = 0               # consecutive frames whose stereo fit jumped
         self.frames = 0
+        if getattr(self, '_correction', None) is not None:
+            self._correction.reset()
 
     @property
     def has_fit(self) -> bool:
@@ -221,41 +173,48 @@ class MetricAligner(object):
         return bool(np.isfinite(self.scale))
 
     def _prepare_shape(self, height: int, width: int) -> None:
-        """Per-shape subsample indices, grid cells and scratch buffers (allocated once)."""
+        """Per-shape lattice, correction and fusion buffers (allocated once)."""
         if self._shape == (height, width):
             return
         self._shape = (height, width)
+        o = self.options
         n = height * width
-        # A regular lattice read through strided views: cheap to gather (no cache-missing
-        # random reads of full frames) and every grid cell gets samples.
-        step = max(1.0, np.sqrt(n / float(self.fit_samples)))
+        # A regular lattice read through strided views: cheap to gather.
+        step = max(1.0, np.sqrt(n / float(o.fit_samples)))
         sy = max(1, int(round(step)))
-        sx = max(1, int(round(n / float(self.fit_samples) / sy)))
+        sx = max(1, int(round(n / float(o.fit_samples) / sy)))
         self._lattice = (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
-        ys = np.arange(height)[self._lattice[0]]
-        xs = np.arange(width)[self._lattice[1]]
-        yy, xx = np.meshgrid(ys, xs, indexing='ij')
-        self._rows = yy.ravel()
-        self._cols = xx.ravel()
-        rows, cols = self.grid
-        if rows:
-            self._cells = (self._rows * rows // height) * cols + self._cols * cols // width
-        self._buf = np.empty((height, width), np.float32)
-        self._buf2 = np.empty((height, width), np.float32)
-        self._rel = np.empty((height, width), np.float32)
-        self._mask = np.empty((height, width), np.uint8)
-        self._mask2 = np.empty((height, width), np.uint8)
-        self._log_grid = None
+        self._buf = np.empty((height, width), np.float32)      # mono inverse depth
+        self._ys = np.empty((height, width), np.float32)       # stereo inverse depth
+        self._yc = np.empty((height, width), np.float32)       # corrected mono
+        self._scratch = np.empty((height, width), np.float32)
+        self._rho_full = np.empty((height, width), np.float32)
+        self._lattice_maps = None
+        self._fusion = Fusion(height, width)
+        self._correction = LocalCorrection(height, width, o.correction_downsample,
+                                           max(1, o.correction_radius_px))
+        self._prev_inv = None
+        self._prev_var = None
 
     # ------------------------------------------------------------------ checks
 
-    def _check_inputs(self, relative, stereo_depth, confidence):
+    def _check_inputs(self, relative, stereo_depth, confidence, guide, camera, focal_px):
         check_image('relative_disparity', relative, dtypes=_FLOATS)
         check_image('stereo_depth', stereo_depth, dtypes=_FLOATS)
         if confidence is not None:
             check_image('confidence', confidence, dtypes=_FLOATS + (np.uint8,))
             check_same_size('confidence', confidence, 'stereo_depth', stereo_depth)
+        if guide is not None:
+            if not (isinstance(guide, np.ndarray) and guide.ndim == 3):
+                check_image('guide', guide, dtypes=(np.uint8,))
+            else:
+                check_image('guide', guide, channels=3, dtypes=(np.uint8,))
+            check_same_size('guide', guide, 'stereo_depth', stereo_depth)
         h, w = stereo_depth.shape
+        if h < MIN_SIZE or w < MIN_SIZE:
+            # OpenCV takes arrays of a few elements for scalars: tiny frames cannot be fused.
+            raise ValueError('`stereo_depth` must be at least {0}x{0} pixels, got {1}x{2} (W x H)'
+                             .format(MIN_SIZE, w, h))
         hr, wr = relative.shape
         # Resizing between very different aspect ratios would silently misalign pixels.
         if abs(float(wr) / hr - float(w) / h) > 0.02 * float(w) / h:
@@ -263,96 +222,242 @@ class MetricAligner(object):
                 '`relative_disparity` has size {} but `stereo_depth` has size {}; their aspect '
                 'ratios must match (the relative map is resized to the stereo size)'.format(
                     relative.shape, stereo_depth.shape))
+        if camera is not None and focal_px is not None:
+            raise ValueError('give `camera` or `focal_px`, not both')
+        if camera is not None:
+            if not isinstance(camera, PinholeCamera):
+                raise ValueError('`camera` must be a PinholeCamera, got {}'.format(
+                    describe(camera)))
+            # The focal length at the stereo size (the camera may be for another size).
+            return camera.fx * float(w) / camera.width
+        if focal_px is not None:
+            return check_number('focal_px', focal_px, 0.0, None, low_open=True)
+        return None
+
+    # ------------------------------------------------------------------ frame inputs
+
+    def _relative(self, relative):
+        """The relative map (float32, at its own size), NaN where it is not finite."""
+        rel = relative.astype(np.float32, copy=False)
+        self._rel_invalid = False
+        # NaN and +-inf propagate into a double-precision sum (cheap at the network size).
+        if not np.isfinite(cv2.sumElems(rel)[0]):
+            # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
+            self._rel_invalid = True
+            rel = np.where(np.isfinite(rel), rel, np.float32(np.nan)).astype(np.float32)
+        return rel
+
+    def _lattice_values(self, rel):
+        """The relative map at the lattice pixels (bilinear, as cv2.resize would give)."""
+        if rel.shape == self._shape:
+            return rel[self._lattice].astype(np.float64).ravel()
+        key = rel.shape
+        if self._lattice_maps is None or self._lattice_maps[0] != key:
+            h, w = self._shape
+            hr, wr = rel.shape
+            ys = np.arange(h, dtype=np.float64)[self._lattice[0]]
+            xs = np.arange(w, dtype=np.float64)[self._lattice[1]]
+            my, mx = np.meshgrid((ys + 0.5) * hr / h - 0.5, (xs + 0.5) * wr / w - 0.5,
+                                 indexing='ij')
+            self._lattice_maps = (key, mx.astype(np.float32), my.astype(np.float32))
+        _, mx, my = self._lattice_maps
+        return cv2.remap(rel, mx, my, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
+
+    def _confidence(self, confidence):
+        """The confidence as float32, NaN replaced by +inf (never trusted); or None."""
+        if confidence is None:
+            return None
+        conf = confidence.astype(np.float32, copy=False)
+        if not np.isfinite(cv2.sumElems(conf)[0]):
+            conf = np.where(np.isnan(conf), np.float32(np.inf), conf).astype(np.float32)
+        return conf
+
+    def _stereo_inverse(self, stereo, conf):
+        """Stereo inverse depth (``self._ys``): finite, 0 where not trusted."""
+        o = self.options
+        ys = self._ys
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.divide(np.float32(1.0), stereo, out=ys)
+        lo = float(np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0)))
+        cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)
+        cv2.threshold(ys, lo, 0.0, cv2.THRESH_TOZERO, dst=ys)
+        cv2.patchNaNs(ys, 0.0)
+        if conf is not None:
+            ok = cv2.threshold(conf, o.confidence_threshold, 1.0, cv2.THRESH_BINARY_INV,
+                               dst=self._scratch)[1]
+            cv2.multiply(ys, ok, dst=ys)
+        return ys
+
+    def _samples(self, rel, stereo, confidence, sigma_s) -> _Samples:
+        """The fit lattice: valid stereo samples, their noise, and the sky."""
+        o = self.options
+        lat = self._lattice
+        r_all = self._lattice_values(rel)
+        d = stereo[lat].astype(np.float64).ravel()
+        finite_r = np.isfinite(r_all)
+        with np.errstate(invalid='ignore'):
+            valid = finite_r & (d >= o.min_depth) & (d <= o.max_depth)
+            c = None
+            if confidence is not None:
+                c = confidence[lat].astype(np.float64).ravel()
+                valid &= c <= o.confidence_threshold   # NaN compares False
+        self._sky_threshold = None
+        if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
+            self._sky_threshold = o.sky_fraction * float(np.percentile(r_all[finite_r], 99))
+        sky_r = self._sky_anchor(r_all, finite_r, valid)
+        var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
+        if c is not None and o.confidence_noise_gain > 0:
+            var_s *= (1.0 + o.confidence_noise_gain * (c[valid] - 1.0) / 99.0) ** 2
+        return _Samples(r_all[valid], d[valid], var_s, r_all.size, int(valid.sum()), valid,
+                        sky_r, r_all)
+
+    def _sky_anchor(self, r_all, finite_r, valid) -> Optional[float]:
+        """Median relative value of a large sky region without stereo, or None."""
+        o = self.options
+        if self._sky_threshold is None or o.sky_anchor_weight <= 0:
+            return None
+        with np.errstate(invalid='ignore'):
+            sky = finite_r & (r_all <= self._sky_threshold)
+        n_sky = int(sky.sum())
+        if n_sky < o.sky_anchor_min_fraction * r_all.size or \
+                (sky & valid).sum() > 0.1 * n_sky:
+            return None
+        return float(np.median(r_all[sky]))
 
     # ------------------------------------------------------------------ fit
 
-    def _fit(self, r, y, base_w):
-        """RANSAC + IRLS of ``y ~ s*r + t`` (r, y float64 samples). Returns a dict or None."""
-        n = r.size
-        ref = y if self.relative_kind == 'disparity' else 1.0 / y   # inverse depth
-        # Two-point hypotheses, vectorised. Score on at most 1024 samples (speed).
-        m = self.ransac_iterations
-        i = self._rng.randint(0, n, m)
-        j = self._rng.randint(0, n, m)
-        dr = r[i] - r[j]
-        with np.errstate(divide='ignore', invalid='ignore'):
-            s = (y[i] - y[j]) / dr
-            t = y[i] - s * r[i]
-            good = np.isfinite(s) & (s > 0) & (np.abs(dr) > 1e-12)
-        if not good.any():
-            return None
-        s, t = s[good], t[good]
-        sub = slice(None) if n <= 1024 else self._rng.randint(0, n, 1024)
-        rs, ys = r[sub], y[sub]
-        # Inlier: relative error of y below the threshold (y = inverse depth or depth).
-        res = np.abs(s[:, None] * rs[None, :] + t[:, None] - ys[None, :])
-        counts = (res <= self.inlier_threshold * ys[None, :]).sum(axis=1)
-        best = int(np.argmax(counts))
-        s0, t0 = float(s[best]), float(t[best])
-        inl = np.abs(s0 * r + t0 - y) <= self.inlier_threshold * y
-        if inl.sum() < 2:
-            return None
-        # IRLS on the inverse-depth residual e = (s r + t - y) * sqrt(base_w).
-        sq = np.sqrt(base_w)
-        w = inl.astype(np.float64)
-        sigma = float('nan')
-        st = (s0, t0)
-        for _ in range(self.irls_iterations + 1):
-            st2 = _weighted_affine(r, y, w * base_w)
-            if st2 is None or not st2[0] > 0:
-                break
-            st = st2
-            e = (st[0] * r + st[1] - y) * sq
-            sigma = _MAD_TO_SIGMA * float(np.median(np.abs(e[inl]))) if inl.any() else 0.0
-            # Floor: a noise-free synthetic fit must not divide by zero.
-            sigma = max(sigma, 1e-4 * float(np.median(ref)))
-            u = e / (_TUKEY_C * sigma)
-            w = np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
-            inl = np.abs(st[0] * r + st[1] - y) <= self.inlier_threshold * y
-        return {'scale': st[0], 'shift': st[1], 'inliers': inl, 'sigma_inv': sigma}
-
-    def _spatial(self, r, y, inliers, s, t, fresh):
-        """Update the filtered log-correction grid from inlier samples."""
-        rows, cols = self.grid
-        pred = s * r + t
-        with np.errstate(divide='ignore', invalid='ignore'):
-            if self.relative_kind == 'disparity':
-                lr = np.log(y / pred)          # log(stereo_inv / aligned_inv)
-            else:
-                lr = np.log(pred / y)          # same quantity from depths
-        ok = inliers & np.isfinite(lr)
-        cells = self._cells_valid[ok]
-        lr = lr[ok]
-        ncell = rows * cols
-        med = np.zeros(ncell)
-        cnt = np.bincount(cells, minlength=ncell).astype(np.float64)
-        if lr.size:
-            order = np.lexsort((lr, cells))
-            sorted_lr = lr[order]
-            starts = np.concatenate(([0], np.cumsum(cnt)[:-1])).astype(np.intp)
-            has = cnt > 0
-            lo = starts + ((cnt.astype(np.intp) - 1) // 2)
-            hi = starts + (cnt.astype(np.intp) // 2)
-            med[has] = 0.5 * (sorted_lr[lo[has]] + sorted_lr[hi[has]])
-        weight = np.minimum(cnt / self.grid_min_samples, 1.0)
-        # Normalised convolution: cells without support borrow from their neighbours; the
-        # smoothing also keeps the correction low-frequency.
-        num = _smooth3((weight * med).reshape(rows, cols))
-        den = _smooth3(weight.reshape(rows, cols))
-        grid = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
-        # Shrink poorly supported cells toward "no correction".
-        grid *= np.minimum(den / 0.5, 1.0)
-        np.clip(grid, -self.max_correction, self.max_correction, out=grid)
-        if self._log_grid is None or fresh:
-            self._log_grid = grid
+    def _fit_arrays(self, r, target_depth, var_inv, anchor_r):
+        """Targets, variances and tolerances of the fit in the kind's space; then the fit."""
+        o = self.options
+        inv = 1.0 / target_depth
+        rho2 = self.rho_pre * self.rho_pre
+        var = var_inv + rho2 * inv * inv
+        tol = np.maximum(o.inlier_threshold * inv, 3.0 * np.sqrt(var_inv))
+        anchor = None
+        if o.relative_kind == 'disparity':
+            y = inv
+            if anchor_r is not None:
+                anchor = Anchor(anchor_r, 0.0, o.sky_anchor_weight)
         else:
-            a = self.temporal_alpha
-            self._log_grid = ((1.0 - a) * self._log_grid + a * grid).astype(np.float32)
+            y = target_depth
+            d2 = target_depth * target_depth
+            var, tol = var * d2 * d2, tol * d2
+        self.anchored = False
+        fit = robust_affine(r, y, var, tol, self._rng, o.ransac_iterations,
+                            o.irls_iterations, anchor=anchor)
+        if fit is not None and anchor is not None:
+            free = robust_affine(r, y, var, tol, self._rng, 1, 2,
+                                 start=(fit.scale, fit.shift))
+            # The anchor must not contradict the stereo (a network whose sky is not at its
+            # own infinity): keep it only if the stereo residuals stay about as small.
+            if free is not None and (fit.kappa > ANCHOR_KAPPA * free.kappa or
+                                     fit.inliers.mean() < 0.98 * free.inliers.mean()):
+                LOG.debug('sky anchor dropped: kappa %.3f vs %.3f, inliers %.3f vs %.3f',
+                          fit.kappa, free.kappa, fit.inliers.mean(), free.inliers.mean())
+                fit = free
+            self.anchored = fit is not free
+        return fit
+
+    def _fit_stereo(self, s: _Samples):
+        """This frame's affine from its stereo; (fit or None, reason)."""
+        o = self.options
+        if s.n_valid < o.min_valid_samples:
+            return None, 'too few valid stereo samples ({} < {})'.format(
+                s.n_valid, o.min_valid_samples)
+        fit = self._fit_arrays(s.r, s.d, s.var_s, s.sky_r)
+        if fit is None:
+            return None, 'no consistent fit'
+        ratio = float(fit.inliers.mean())
+        if ratio < o.min_inlier_ratio:
+            return None, 'inlier ratio {:.3f} < {}'.format(ratio, o.min_inlier_ratio)
+        self._update_rho_pre(s, fit)
+        return _FitResult(fit.scale, fit.shift, ratio, 'stereo'), ''
+
+    def _update_rho_pre(self, s: _Samples, fit):
+        """Relative mono noise before correction, from this fit's inlier residuals."""
+        pred = self._predict_inv(fit.scale, fit.shift, s.r)
+        inv = 1.0 / s.d
+        ok = fit.inliers & (pred > 0)
+        if ok.sum() >= 8:
+            u2 = ((inv[ok] - pred[ok]) / pred[ok]) ** 2
+            self.rho_pre = float(np.sqrt(_robust_rho2(u2, s.var_s[ok] / pred[ok] ** 2)))
+            self.rho_pre = min(max(self.rho_pre, _RHO_FLOOR), 1.0)
+
+    def _predict_inv(self, scale, shift, r):
+        with np.errstate(divide='ignore', invalid='ignore'):
+            if self.options.relative_kind == 'disparity':
+                return scale * r + shift
+            return 1.0 / (scale * r + shift)
+
+    def _jumped(self, fit: _FitResult, s: _Samples) -> Optional[str]:
+        """Why a stereo fit is not trusted against the previous metric output, or None."""
+        o = self.options
+        if self._prev_inv is None:
+            return None
+        prev = self._prev_inv
+        new = self._predict_inv(fit.scale, fit.shift, s.r_all)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
+            if ok.sum() < o.min_valid_samples:
+                return None
+            change = float(np.median(np.abs(new[ok] / prev[ok] - 1.0)))
+        if change <= o.jump_threshold:
+            self._pending = 0
+            return None
+        self._pending += 1
+        if self._pending >= o.jump_frames:
+            self._pending = 0
+            return None
+        return 'fit jumped by {:.3f} (> {}), frame {} of {}'.format(
+            change, o.jump_threshold, self._pending, o.jump_frames)
+
+    def _fit_previous(self, s: _Samples):
+        """Self-alignment: this frame's affine fitted to the previous output; or None."""
+        o = self.options
+        if self._prev_inv is None:
+            return None
+        prev = self._prev_inv
+        with np.errstate(invalid='ignore'):
+            ok = np.isfinite(s.r_all) & np.isfinite(prev) & (prev > 1.0 / o.max_output_depth)
+        if ok.sum() < o.min_valid_samples:
+            return None
+        var = np.maximum(self._prev_var[ok], 1e-12)
+        fit = self._fit_arrays(s.r_all[ok], 1.0 / prev[ok], var, s.sky_r)
+        if fit is None or fit.inliers.mean() < o.min_inlier_ratio:
+            return None
+        return _FitResult(fit.scale, fit.shift, float(fit.inliers.mean()), 'previous')
+
+    def _fit(self, s: _Samples):
+        """The frame's fit and status: stereo, else the previous output, else none."""
+        self._stereo_suspect = False
+        fit, reason = self._fit_stereo(s)
+        if fit is not None:
+            why = self._jumped(fit, s)
+            if why is None:
+                return fit, 'ok', ''
+            prev = self._fit_previous(s)
+            if prev is None or prev.inlier_ratio < self.options.consistency_min_inliers:
+                # The new frame does not agree with the previous output either: a new scene,
+                # followed at once.
+                self._pending = 0
+                return fit, 'ok', ''
+            self._stereo_suspect = True       # inconsistent with the metric history
+            return prev, 'held', why + '; aligned to the previous output'
+        self._pending = 0
+        prev = self._fit_previous(s)
+        if prev is not None:
+            return prev, 'held', reason + '; aligned to the previous output'
+        if self.has_fit:
+            return None, 'held', reason + '; no previous output to align to'
+        return None, 'no_fit', reason
 
     # ------------------------------------------------------------------ update
 
     def update(self, relative_disparity: np.ndarray, stereo_depth: np.ndarray,
-               confidence: Optional[np.ndarray] = None) -> AlignedDepth:
+               confidence: Optional[np.ndarray] = None, guide: Optional[np.ndarray] = None,
+               camera: Optional[PinholeCamera] = None,
+               focal_px: Optional[float] = None) -> AlignedDepth:
         """
         Align one frame. Returns a new AlignedDepth whose arrays the aligner never reuses.
 
@@ -360,222 +465,304 @@ class MetricAligner(object):
             the name follows the default kind), resized to the stereo size when different.
         :param stereo_depth: [H, W] float metres; NaN, +-inf and 0 are invalid.
         :param confidence: optional [H, W] ZED confidence, 1..100, larger = less reliable.
+        :param guide: optional [H, W] or [H, W, 3] uint8 image (gray or BGR) registered to the
+            stereo depth: the local correction follows its edges.
+        :param camera: PinholeCamera of the images (its fx, scaled to the stereo width, is the
+            focal length of the stereo noise model) ...
+        :param focal_px: ... or the focal length in pixels at the stereo size. Without either,
+            the stereo noise is estimated from the fit residuals.
         """
-        self._check_inputs(relative_disparity, stereo_depth, confidence)
+        focal = self._check_inputs(relative_disparity, stereo_depth, confidence, guide,
+                                   camera, focal_px)
         h, w = stereo_depth.shape
         self._prepare_shape(h, w)
         self.frames += 1
-        if relative_disparity.shape != (h, w):
-            rel = cv2.resize(relative_disparity.astype(np.float32, copy=False), (w, h),
-                             dst=self._rel, interpolation=cv2.INTER_LINEAR)
-        else:
-            rel = relative_disparity.astype(np.float32, copy=False)
-        self._rel_invalid = None
-        # NaN and +-inf propagate into a double-precision sum (0.07 ms, against 0.6 ms for
-        # cv2.checkRange at 1280x720); float32 values cannot overflow it.
-        if not np.isfinite(cv2.sumElems(rel)[0]):
-            # Rare: NaN or +-inf in the prediction. It is unknown there, so the output is NaN
-            # (not depth 0 or +inf; OpenCV 4.5's threshold also turns NaN into 0).
-            self._rel_invalid = ~np.isfinite(rel)
-            rel = np.where(self._rel_invalid, np.float32(np.nan), rel).astype(np.float32)
+        o = self.options
+        # Without a focal length the model has the right shape (constant in inverse depth)
+        # and beta calibrates its level from the data.
+        sigma_s = stereo_inverse_sigma(o.disparity_noise_px, focal, o.baseline_m) \
+            if focal is not None else _SIGMA_INV_DEFAULT
+        self.sigma_inv = sigma_s
+        rel = self._relative(relative_disparity)
         stereo = stereo_depth.astype(np.float32, copy=False)
-
-        # ---- fit on the subsample; every non-finite input is masked out here.
-        lat = self._lattice
-        r = rel[lat].astype(np.float64).ravel()
-        self._sky_threshold = None
-        if self.relative_kind == 'disparity' and self.sky_fraction > 0:
-            finite = r[np.isfinite(r)]
-            if finite.size:
-                self._sky_threshold = self.sky_fraction * float(np.percentile(finite, 99))
-        d = stereo[lat].astype(np.float64).ravel()
-        with np.errstate(invalid='ignore'):
-            valid = np.isfinite(r) & (d >= self.min_depth) & (d <= self.max_depth)
-            if confidence is not None:
-                c = confidence[lat].astype(np.float64).ravel()
-                valid &= c <= self.confidence_threshold   # NaN compares False
-        n_samples = r.size
-        n_valid = int(valid.sum())
-        valid_fraction = n_valid / float(n_samples)
-        r, d = r[valid], d[valid]
-        if self.grid[0]:
-            self._cells_valid = self._cells[valid]
-        inlier_ratio = float('nan')
-        status, reason = 'ok', ''
-        fit = None
-        if n_valid < self.min_valid_samples:
-            reason = 'too few valid stereo samples ({} < {})'.format(
-                n_valid, self.min_valid_samples)
-        else:
-            if self.relative_kind == 'disparity':
-                y, base_w = 1.0 / d, np.ones_like(d)
-            else:
-                y, base_w = d, d ** -4.0
-            fit = self._fit(r, y, base_w)
-            if fit is None:
-                reason = 'no consistent fit'
-            else:
-                inlier_ratio = float(fit['inliers'].mean())
-                if inlier_ratio < self.min_inlier_ratio:
-                    reason = 'inlier ratio {:.3f} < {}'.format(inlier_ratio,
-                                                               self.min_inlier_ratio)
-                    fit = None
-        fresh = False
+        samples = self._samples(rel, stereo, confidence, sigma_s)
+        fit, status, reason = self._fit(samples)
         if fit is not None:
-            s_new, t_new = fit['scale'], fit['shift']
-            if not self.has_fit:
-                accept, fresh = True, True
-            else:
-                old = self.scale * r + self.shift
-                new = s_new * r + t_new
-                with np.errstate(divide='ignore', invalid='ignore'):
-                    change = float(np.median(np.abs(new - old) / np.abs(old)))
-                if not change <= self.jump_threshold:
-                    self._pending += 1
-                    accept = self._pending >= self.jump_frames
-                    fresh = accept
-                    if not accept:
-                        reason = 'fit jumped by {:.3f} (> {}), frame {} of {}'.format(
-                            change, self.jump_threshold, self._pending, self.jump_frames)
-                else:
-                    accept = True
-            if accept:
-                self._pending = 0
-                if fresh:
-                    self.scale, self.shift = s_new, t_new
-                else:
-                    a = self.temporal_alpha
-                    self.scale = (1.0 - a) * self.scale + a * s_new
-                    self.shift = (1.0 - a) * self.shift + a * t_new
-                self.sigma_inv = fit['sigma_inv']
-                self.fit_inlier_ratio = inlier_ratio
-                if self.grid[0]:
-                    self._spatial(r, y, fit['inliers'], self.scale, self.shift, fresh)
-            else:
-                fit = None
-        if fit is None:
-            status = 'held' if self.has_fit else 'no_fit'
+            self.scale, self.shift = fit.scale, fit.shift
+            if fit.source == 'stereo':
+                self.fit_inlier_ratio = fit.inlier_ratio
+        if status != 'ok':
             LOG.debug('frame %d: %s (%s)', self.frames, status, reason)
-
-        depth, stereo_fraction = self._render(rel, stereo, confidence)
-        uncertainty = None
-        if self.compute_uncertainty and self.has_fit:
-            uncertainty = cv2.multiply(depth, depth, scale=self.sigma_inv)
-        return AlignedDepth(depth=depth, scale=float(self.scale), shift=float(self.shift),
-                            inlier_ratio=inlier_ratio, valid_fraction=valid_fraction,
-                            uncertainty=uncertainty, status=status, reason=reason,
-                            stereo_fraction=stereo_fraction)
-
-    def _render(self, rel, stereo, confidence):
-        """
-        Full-frame output: aligned mono (+inf too far), stereo where trusted.
-
-        Few full-frame passes (about a dozen cv2 calls): this runs on every frame at the
-        camera resolution on the Jetson's slow cores.
-        """
-        h, w = stereo.shape
-        out = np.empty((h, w), np.float32)
-        if self.has_fit:
-            inv = self._mono(rel, out)
+        conf = self._confidence(confidence)
+        ys = self._stereo_inverse(stereo, conf)
+        if fit is None:
+            depth, unc, frac = self._stereo_only(ys, sigma_s)
         else:
-            out.fill(np.nan)
-            inv = None
-        if not self.fuse_stereo and self.has_fit:
-            return out, 0.0
-        trusted = cv2.inRange(stereo, self.min_depth, self.max_depth, dst=self._mask)
-        if confidence is not None:
-            conf = confidence.astype(np.float32, copy=False)
-            ok = cv2.compare(conf, self.confidence_threshold, cv2.CMP_LE, dst=self._mask2)
-            cv2.bitwise_and(trusted, ok, dst=trusted)      # NaN confidence compares false
-        if self.has_fit and self.consistency is not None \
-                and self.fit_inlier_ratio >= self.consistency_min_inliers:
-            # Stereo that disagrees with the aligned mono is a gross outlier (edges,
-            # reflections); where mono is +inf (inverse 0) or NaN the ratio fails too.
-            if inv is not None:
-                ratio = cv2.multiply(stereo, inv, dst=self._buf2)    # stereo / mono depth
-            else:
-                with np.errstate(divide='ignore', invalid='ignore'):
-                    ratio = np.divide(stereo, out, out=self._buf2)
-            lim = 1.0 + self.consistency
-            ok = cv2.inRange(ratio, 1.0 / lim, lim, dst=self._mask2)
-            cv2.bitwise_and(trusted, ok, dst=trusted)
-        cv2.copyTo(stereo, trusted, out)
-        frac = cv2.countNonZero(trusted) / float(h * w)
-        return out, frac
+            depth, unc, frac = self._render(rel, stereo, ys, guide, sigma_s, conf, fit)
+        return AlignedDepth(depth=depth, scale=float(self.scale) if fit else float('nan'),
+                            shift=float(self.shift) if fit else float('nan'),
+                            inlier_ratio=fit.inlier_ratio if fit and fit.source == 'stereo'
+                            else float('nan'),
+                            valid_fraction=samples.n_valid / float(samples.n_total),
+                            uncertainty=unc, status=status, reason=reason,
+                            stereo_fraction=frac)
 
-    def _correction(self, h, w):
-        """Return the smooth correction factor at full size (in ``self._buf2``), or None."""
-        if not self.grid[0] or self._log_grid is None:
-            return None
-        factor = np.exp(self._log_grid).astype(np.float32)
-        # Two bilinear steps: a direct 6x8 -> 1280x720 resize is about twice as slow, and
-        # the result is as smooth.
-        mid = cv2.resize(factor, (max(1, w // 8), max(1, h // 8)),
-                         interpolation=cv2.INTER_LINEAR)
-        return cv2.resize(mid, (w, h), dst=self._buf2, interpolation=cv2.INTER_LINEAR)
+    # ------------------------------------------------------------------ rendering
 
-    def _mono(self, rel, out):
+    def _stereo_only(self, ys, sigma_s):
+        """No fit: trusted stereo, NaN elsewhere (never a guess)."""
+        h, w = ys.shape
+        trusted = ys > 0
+        depth = np.full((h, w), np.nan, np.float32)
+        np.divide(np.float32(1.0), ys, out=depth, where=trusted)
+        unc = None
+        if self.options.compute_uncertainty and self.has_fit:
+            unc = np.full((h, w), np.nan, np.float32)
+            np.multiply(depth, depth, out=unc, where=trusted)
+            unc *= np.float32(sigma_s)
+        self._remember(depth, None)
+        return depth, unc, int(trusted.sum()) / float(h * w)
+
+    def _mono_inverse(self, rel, scale, shift):
         """
-        Aligned monocular depth into ``out``.
+        Aligned mono inverse depth at the relative map's own size (0 sky, NaN unknown).
 
-        Returns the aligned inverse depth buffer for 'disparity' (0 where +inf), else None.
+        At the network's size (518 x 294 for a 1280 x 720 camera) this costs little; it is
+        resized once, after the local correction. The sky rule ``relative <= sky_threshold``
+        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
-        h, w = rel.shape
-        buf = self._buf
-        affine = np.array([[self.scale, self.shift]], np.float64)
-        cv2.transform(rel, affine, dst=buf)          # s * rel + t in one pass
-        corr = self._correction(h, w)
-        if self.relative_kind == 'disparity':
-            if corr is not None:
-                cv2.multiply(buf, corr, dst=buf)
+        o = self.options
+        affine = np.array([[scale, shift]], np.float64)
+        out = self._buf if rel.shape == self._shape else None
+        y = cv2.transform(rel, affine, dst=out)          # s * rel + t in one pass
+        if o.relative_kind == 'disparity':
             if self._sky_threshold is not None and self._sky_threshold > 0:
-                # Sky (relative near 0) -> inverse depth 0; ``out`` is free scratch here.
-                cv2.threshold(rel, self._sky_threshold, 1.0, cv2.THRESH_BINARY, dst=out)
-                cv2.multiply(buf, out, dst=buf)
-            # Inverse depth at or below 1/max_output_depth (sky) -> 0 -> 1/0 = +inf; NaN
-            # stays NaN through both steps.
-            cv2.threshold(buf, 1.0 / self.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=buf)
-            with np.errstate(divide='ignore'):
-                np.divide(np.float32(1.0), buf, out=out)
-            if self._rel_invalid is not None:
-                out[self._rel_invalid] = np.nan
-                buf[self._rel_invalid] = np.nan
-            return buf
-        # 'depth': depth = (s r + t) / c. A non-positive predicted depth means the fit is
-        # extrapolated past the near end: unknown, so NaN (not -inf, which claims a reading).
-        with np.errstate(invalid='ignore', divide='ignore'):
-            bad = buf <= 0
-            if corr is not None:
-                np.divide(buf, corr, out=out)
+                cv2.threshold(y, scale * self._sky_threshold + shift, 0.0,
+                              cv2.THRESH_TOZERO, dst=y)
+                if self._rel_invalid:
+                    y[~np.isfinite(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
+            return y
+        with np.errstate(divide='ignore', invalid='ignore'):
+            z = y.copy()
+            np.divide(np.float32(1.0), z, out=y)
+            y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
+        return y
+
+    def _render(self, rel, stereo, ys, guide, sigma_s, conf, fit):
+        """Aligned, corrected and fused output: (depth, uncertainty, stereo fraction)."""
+        o = self.options
+        h, w = self._shape
+        mono = self._mono_inverse(rel, fit.scale, fit.shift)
+        if self._stereo_suspect:
+            # Stereo that jumped against the metric history informs nothing this frame.
+            ys = self._ys
+            ys.fill(0.0)
+        corrected = self._correct(mono, ys, guide, sigma_s * np.sqrt(self.beta))
+        vm_small = self._noise(corrected, ys, sigma_s, conf)
+        sigma_s = sigma_s * np.sqrt(self.beta)      # the calibrated stereo noise
+        out_inv = np.empty((h, w), np.float32)
+        confirmed = fit.source == 'previous' or (
+            self.fit_inlier_ratio >= o.consistency_min_inliers)
+        fusion = self._fusion
+        var = keep = None
+        fuse = o.fuse_stereo and not self._stereo_suspect
+        if fuse and confirmed:
+            conf_small = None if conf is None else self._correction.stats(conf)
+            vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
+            y_small = self._correction.stats(corrected) if o.consistency is not None else None
+            _, n = fusion.fuse(corrected, ys, vm_small, vs_small, o.outlier_sigma, out_inv,
+                               y_small, o.consistency)
+            if o.compute_uncertainty:
+                var = fusion.variance(fusion.tmp)
+        else:
+            out_inv[...] = corrected
+            n = 0
+            if o.compute_uncertainty:
+                var = self._correction.upsample(vm_small, fusion.tmp)
+            if fuse:
+                # A mono prediction the stereo does not confirm never vetoes trusted stereo.
+                keep = ys > 0
+                out_inv[keep] = ys[keep]
+                n = int(keep.sum())
+                if var is not None:
+                    var[keep] = sigma_s * sigma_s
+        if self._unknown is not None and fuse:
+            # Unknown mono, trusted stereo: the stereo value.
+            use = self._unknown & (ys > 0)
+            out_inv[use] = ys[use]
+            if var is not None:
+                var[use] = sigma_s * sigma_s
+        self._fused = fuse
+        depth, unc = self._output(out_inv, var)
+        if keep is not None:
+            depth[keep] = stereo[keep]          # exactly the stereo (1 / (1 / z) may not be)
+        self._remember(depth, unc)
+        self._remember_low()
+        return depth, unc, n / float(h * w)
+
+    def _correct(self, mono, ys, guide, sigma_s):
+        """
+        The locally corrected mono at the output size (``self._yc``): the correction is
+        applied at the mono's own size, then resized (one full-resolution pass); inverse
+        depth at or below 1/max_output_depth becomes 0 (+inf depth).
+        """
+        o = self.options
+        corr = self._correction
+        h, w = self._shape
+        if o.correction_radius_px == 0:
+            corr.valid = False
+            small = mono
+        else:
+            # Twice the fusion's band: the correction must see object-scale mono errors
+            # that are larger than the band the fusion accepts stereo in.
+            band = 2.0 * o.consistency if o.consistency is not None else 1.0
+            p, wgt, ya_low, range_guide = corr.cell_means(mono, ys, guide, sigma_s, band,
+                                                          max(self.rho_post, 0.01))
+            self._ya_low = ya_low
+            corr.compute(p, wgt, ya_low, range_guide, o.max_correction, o.temporal_alpha)
+            small = corr.apply(mono)
+        out = self._yc
+        if small.shape == (h, w):
+            out[...] = small
+        else:
+            cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+        self._unknown = None
+        if self._rel_invalid or o.relative_kind == 'depth':
+            unknown = ~np.isfinite(out)
+            self._unknown = unknown if unknown.any() else None
+        # OpenCV 4.5 turns NaN into 0 here: unknown pixels are set to NaN again.
+        cv2.threshold(out, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=out)
+        if self._unknown is not None:
+            out[self._unknown] = np.nan
+        return out
+
+    def _noise(self, corrected, ys, sigma_s, confidence):
+        """
+        Estimate the noise of this frame from the lattice residuals; return the mono map.
+
+        Relative residuals ``u = y_s / y_c - 1`` of trusted stereo against the corrected mono
+        have variance ``beta * (sigma_s / y)^2 + rho^2``: stereo noise grows with depth, the
+        mono's relative error does not, so near and far samples tell the two apart. ``beta``
+        calibrates the stereo noise model, ``rho`` is the mono's relative error.
+        """
+        o = self.options
+        lat = self._lattice
+        yc = corrected[lat].ravel().astype(np.float64)
+        y = ys[lat].ravel().astype(np.float64)
+        ok = (y > 0) & np.isfinite(yc) & (yc > 0)
+        if ok.sum() >= 32:
+            u = y[ok] / yc[ok] - 1.0
+            band = o.consistency if o.consistency is not None else 1.0
+            keep = np.abs(u) <= band + 4.0 * sigma_s * np.sqrt(self.beta) / yc[ok]
+            u, ycs = u[keep], yc[ok][keep]
+            var_s = np.full(u.size, sigma_s * sigma_s)
+            if confidence is not None and o.confidence_noise_gain > 0:
+                c = confidence[lat].ravel()[ok][keep].astype(np.float64)
+                var_s *= (1.0 + o.confidence_noise_gain * (c - 1.0) / 99.0) ** 2
+            if u.size >= 32:
+                beta, rho2 = _noise_regression(u, var_s / (ycs * ycs))
+                a = 0.3 if self._noise_frames else 1.0      # smooth over frames
+                self.beta = (1.0 - a) * self.beta + a * beta
+                self.rho_post = (1.0 - a) * self.rho_post + a * float(np.sqrt(rho2))
+                self._noise_frames += 1
+        return self._mono_variance(corrected)
+
+    def _mono_variance(self, corrected):
+        """
+        The corrected mono's inverse-depth variance at the statistics size (smooth).
+
+        ``rho^2 y^2`` with the relative variance ``rho^2`` = the residual spread, plus the
+        local excess at the mono's bends (edges), plus the uncorrected mono's where the
+        correction had little stereo support.
+        """
+        corr = self._correction
+        if corr.valid:
+            rho2_low = self.rho_post ** 2 + corr.local_var + (1.0 - corr.support) ** 2 * \
+                self.rho_pre ** 2
+            y_low = self._ya_low * corr.factor
+            return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32))
+        y = corr.stats(corrected)
+        cv2.patchNaNs(y, 0.0)
+        return cv2.multiply(y, y, scale=self.rho_pre ** 2)
+
+    def _output(self, out_inv, var):
+        """Depth (+inf at or below 1/max_output_depth) and its 1-sigma uncertainty."""
+        depth = out_inv
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.divide(np.float32(1.0), out_inv, out=depth)
+        if self._unknown is not None:
+            # Unknown mono and no fused stereo: unknown (OpenCV 4.5's threshold made it 0).
+            unknown = self._unknown if not self._fused else self._unknown & (self._ys <= 0)
+            depth[unknown] = np.nan
+        unc = None
+        if var is not None:
+            unc = np.empty_like(depth)
+            # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.
+            cv2.sqrt(cv2.max(var, 1e-20, dst=var), dst=unc)
+            cv2.multiply(unc, depth, dst=unc)
+            cv2.multiply(unc, depth, dst=unc)        # sigma_y * z^2 (+inf sky, NaN unknown)
+        return depth, unc
+
+    def _remember(self, depth, unc):
+        """Keep the output on the lattice for the next frame's jump test / self-alignment."""
+        lat = self._lattice
+        with np.errstate(divide='ignore', invalid='ignore'):
+            self._prev_inv = (1.0 / depth[lat].astype(np.float64)).ravel()
+            if unc is not None:
+                u = unc[lat].astype(np.float64).ravel() * self._prev_inv ** 2
+                self._prev_var = u * u
             else:
-                out[...] = buf
-            out[bad] = np.nan
-            out[out > self.max_output_depth] = np.inf
-            if self._rel_invalid is not None:
-                out[self._rel_invalid] = np.nan
-        return None
+                self._prev_var = (self.rho_post * self._prev_inv) ** 2
+
+    def _remember_low(self):
+        if self._correction.valid:
+            self._correction.remember(self._ya_low)
 
 
-def _smooth3(a):
-    """Separable [1, 2, 1] / 4 smoothing with replicated borders, for a tiny grid."""
-    p = np.pad(a, 1, mode='edge')
-    a = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
-    return 0.25 * a[:, :-2] + 0.5 * a[:, 1:-1] + 0.25 * a[:, 2:]
+def _robust_rho2(u2, base):
+    """
+    Relative variance rho^2 >= the floor of residuals with variance ``base + rho^2``.
+
+    ``u2``: squared relative residuals; ``base``: their known variance part (stereo noise).
+    The median of a chi-square with one degree of freedom is 0.455: ``rho^2 = median(u2) /
+    0.455 - median(base)``, robust to outliers (one sort instead of an iterative solve).
+    """
+    rho2 = float(np.median(u2)) / _CHI2_MEDIAN - float(np.median(base))
+    return max(rho2, _RHO_FLOOR ** 2)
 
 
-def _weighted_affine(r, y, w):
-    """Closed-form weighted least squares of y ~ s*r + t; None when degenerate."""
-    sw = w.sum()
-    if not sw > 0:
-        return None
-    mr = (w * r).sum() / sw
-    my = (w * y).sum() / sw
-    dr = r - mr
-    var = (w * dr * dr).sum()
-    if not var > 0:
-        return None
-    s = (w * dr * (y - my)).sum() / var
-    return float(s), float(my - s * mr)
+def _noise_regression(u, a, fixed_beta=None, bins=6):
+    """
+    (beta, rho^2) of ``var(u) = beta * a + rho^2`` from robust variances in quantile bins of a.
+
+    beta is ``fixed_beta`` when given, else fitted and kept in [0.5, 2] (the stereo model is
+    roughly right; without a focal length its level is a default the data corrects);
+    rho^2 >= the floor.
+    """
+    order = np.argsort(a)
+    chunks = np.array_split(order, bins)
+    av = np.array([float(np.mean(a[c])) for c in chunks])
+    # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
+    vv = np.array([(_MAD_TO_SIGMA * float(np.median(np.abs(u[c])))) ** 2 for c in chunks])
+    wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
+    # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
+    sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()
+    saa, sav = (wv * av * av).sum(), (wv * av * vv).sum()
+    det = sw * saa - sa * sa
+    if det > 1e-30:
+        beta = (sw * sav - sa * sv) / det
+        rho2 = (sv - beta * sa) / sw
+    else:
+        beta, rho2 = 1.0, float(np.median(vv))
+    # beta is identifiable only when the stereo term varies enough across the bins (a range
+    # of depths): otherwise the stereo model is taken as given.
+    if fixed_beta is None and av[-1] < 10.0 * av[0]:
+        fixed_beta = 1.0
+    if fixed_beta is not None or not 0.5 <= beta <= 2.0:
+        beta = fixed_beta if fixed_beta is not None else min(max(beta, 0.5), 2.0)
+        rho2 = float(((vv - beta * av) * wv).sum() / sw)
+    return float(beta), max(float(rho2), _RHO_FLOOR ** 2)
 
 
-__all__ = ['AlignedDepth', 'MetricAligner', 'RELATIVE_KINDS']
+__all__ = ['AlignedDepth', 'AlignerOptions', 'MetricAligner', 'RELATIVE_KINDS', 'STATUSES',
+           'option_specs']

@@ -1,0 +1,117 @@
+"""
+Robust weighted fit of ``y ~ scale * r + shift`` on samples with a per-sample noise model.
+
+RANSAC (two-point hypotheses, scale > 0) finds the inliers, then iteratively reweighted least
+squares with Tukey's biweight on the standardised residuals ``(s r + t - y) / sqrt(var)``
+refines the fit. An optional anchor (a pseudo-sample with a fixed total weight, e.g. the sky
+at inverse depth 0) enters every least-squares step and is never down-weighted.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+TUKEY_C = 4.685        # 95 % efficiency under Gaussian noise
+MAD_TO_SIGMA = 1.4826
+SCORE_SAMPLES = 1024   # RANSAC scores hypotheses on at most this many samples
+
+
+class Fit(NamedTuple):
+    """Result of ``robust_affine``."""
+
+    scale: float
+    shift: float
+    inliers: np.ndarray     # bool, per sample: |residual| <= tolerance
+    kappa: float            # robust spread of the standardised residuals (1: model holds)
+    weights: np.ndarray     # final per-sample weights (Tukey / var)
+
+
+class Anchor(NamedTuple):
+    """A pseudo-sample: ``scale * r + shift ~ y`` with weight ``weight`` x the samples' sum."""
+
+    r: float
+    y: float
+    weight: float
+
+
+def weighted_affine(r, y, w, anchor: Optional[Anchor] = None) -> Optional[Tuple[float, float]]:
+    """Closed-form weighted least squares of y ~ s*r + t; None when degenerate."""
+    sw = float(w.sum())
+    if not sw > 0:
+        return None
+    sr, sy = float((w * r).sum()), float((w * y).sum())
+    srr, sry = float((w * r * r).sum()), float((w * r * y).sum())
+    if anchor is not None and anchor.weight > 0:
+        wa = anchor.weight * sw
+        sw, sr, sy = sw + wa, sr + wa * anchor.r, sy + wa * anchor.y
+        srr, sry = srr + wa * anchor.r * anchor.r, sry + wa * anchor.r * anchor.y
+    mr, my = sr / sw, sy / sw
+    var = srr - sw * mr * mr
+    if not var > 1e-300:
+        return None
+    s = (sry - sw * mr * my) / var
+    return float(s), float(my - s * mr)
+
+
+def ransac_affine(r, y, tol, rng, iterations) -> Optional[Tuple[float, float]]:
+    """Best two-point hypothesis (scale > 0) by inlier count, ``|s r + t - y| <= tol``."""
+    n = r.size
+    i = rng.randint(0, n, iterations)
+    j = rng.randint(0, n, iterations)
+    dr = r[i] - r[j]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        s = (y[i] - y[j]) / dr
+        t = y[i] - s * r[i]
+        good = np.isfinite(s) & np.isfinite(t) & (s > 0) & (np.abs(dr) > 1e-12)
+    if not good.any():
+        return None
+    s, t = s[good], t[good]
+    sub = slice(None) if n <= SCORE_SAMPLES else rng.randint(0, n, SCORE_SAMPLES)
+    rs, ys, ts = r[sub], y[sub], tol[sub]
+    res = np.abs(s[:, None] * rs[None, :] + t[:, None] - ys[None, :])
+    best = int(np.argmax((res <= ts[None, :]).sum(axis=1)))
+    return float(s[best]), float(t[best])
+
+
+def robust_affine(r, y, var, tol, rng, iterations: int, irls_iterations: int,
+                  anchor: Optional[Anchor] = None, start=None) -> Optional[Fit]:
+    """
+    RANSAC + Tukey IRLS fit of ``y ~ s r + t``.
+
+    :param r, y: float64 samples.
+    :param var: per-sample noise variance of ``y`` (its scale is re-estimated: ``kappa``).
+    :param tol: per-sample inlier tolerance on ``|s r + t - y|``.
+    :param start: optional (s, t) used instead of RANSAC (e.g. a previous fit to refine).
+    :returns: Fit, or None when no hypothesis with a positive scale exists.
+    """
+    if r.size < 2:
+        return None
+    st = start if start is not None else ransac_affine(r, y, tol, rng, iterations)
+    if st is None:
+        return None
+    inl = np.abs(st[0] * r + st[1] - y) <= tol
+    if inl.sum() < 2:
+        return None
+    inv_var = 1.0 / var
+    inv_sd = np.sqrt(inv_var)
+    w = inl * inv_var
+    kappa = 1.0
+    for _ in range(irls_iterations + 1):
+        st2 = weighted_affine(r, y, w, anchor)
+        if st2 is None or not st2[0] > 0:
+            break
+        st = st2
+        e = np.abs(st[0] * r + st[1] - y)          # |residual|
+        inl = e <= tol
+        if not inl.any():
+            break
+        u = e * inv_sd                             # |standardised residual|
+        kappa = max(MAD_TO_SIGMA * float(np.median(u[inl])), 1e-6)
+        x = np.minimum(u * (1.0 / (TUKEY_C * kappa)), 1.0)
+        x *= x
+        w = (1.0 - x) ** 2 * inv_var               # Tukey's biweight (0 beyond c)
+    return Fit(st[0], st[1], inl, kappa, w)
+
+
+__all__ = ['Anchor', 'Fit', 'robust_affine', 'ransac_affine', 'weighted_affine']

@@ -1,0 +1,423 @@
+"""
+Issue 10's pieces one by one: the options dataclass, the noise-aware fusion, the local
+correction's range kernel, the sky anchor, self-alignment, scene changes, edge-clean clouds.
+
+Runs on Python 3.8 with numpy, OpenCV and pytest only.
+"""
+import dataclasses
+
+from depth_ros.core.alignment import MetricAligner
+from depth_ros.core.alignment_options import AlignerOptions, option_specs
+from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.edges import jump_mask
+from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
+from depth_ros.core.guided import bilateral_nc
+from depth_ros.core.pointcloud import depth_to_cloud, EDGE_THRESHOLD
+import numpy as np
+import pytest
+
+H, W = 96, 128
+
+
+# ---------------------------------------------------------------------------- options
+
+def test_options_are_one_dataclass_with_specs():
+    specs = {s.name: s for s in option_specs()}
+    fields = {f.name: f for f in dataclasses.fields(AlignerOptions)}
+    assert list(specs) == list(fields), 'option_specs must list every field in order'
+    defaults = AlignerOptions()
+    for name, spec in specs.items():
+        assert spec.default == getattr(defaults, name), name
+        assert spec.description and len(spec.description.splitlines()) == 1, name
+        if isinstance(spec.default, bool) or spec.choices:
+            continue
+        if spec.default is not None:
+            assert spec.integer == isinstance(spec.default, int), name
+        lo_ok = spec.low is None or (spec.default > spec.low if spec.low_open
+                                     else spec.default >= spec.low)
+        hi_ok = spec.high is None or spec.default <= spec.high
+        assert spec.default is None or (lo_ok and hi_ok), (name, spec)
+    assert specs['relative_kind'].choices == ('disparity', 'depth')
+    assert not specs['relative_kind'].runtime and not specs['seed'].runtime
+    assert specs['baseline_m'].default == 0.12 and specs['consistency'].allow_none
+
+
+def test_aligner_exposes_and_checks_its_options():
+    al = MetricAligner(baseline_m=0.2, fit_samples=1024)
+    assert isinstance(al.options, AlignerOptions)
+    assert al.options == AlignerOptions(baseline_m=0.2, fit_samples=1024)
+    assert al.baseline_m == 0.2 and al.options.fit_samples == 1024
+    assert type(al.options.min_depth) is float          # ints become floats
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        al.options.baseline_m = 1.0
+    same = MetricAligner(AlignerOptions(baseline_m=0.2), fit_samples=1024)
+    assert same.options == al.options
+    with pytest.raises(ValueError) as info:
+        MetricAligner('disparity')
+    assert '`options` must be an AlignerOptions' in str(info.value)
+    with pytest.raises(AttributeError):
+        al.not_an_option
+
+
+def test_set_options_changes_runtime_options_only():
+    al = MetricAligner()
+    al.update(*frame()[:2])
+    new = al.set_options(outlier_sigma=3.0, correction_radius_px=16)
+    assert al.options is new and new.outlier_sigma == 3.0 and al.has_fit
+    with pytest.raises(ValueError) as info:
+        al.set_options(relative_kind='depth')
+    assert str(info.value) == ('option(s) `relative_kind` cannot change while running; '
+                               'build a new MetricAligner')
+    with pytest.raises(ValueError) as info:
+        al.set_options(outlier_sigma=-1.0)
+    assert 'option `outlier_sigma` must be a finite number in (0.0, inf), got -1.0' == \
+        str(info.value)
+    with pytest.raises(ValueError, match='unknown MetricAligner option'):
+        al.set_options(nope=1)
+    assert al.update(*frame()[:2]).status == 'ok'        # the new shape is prepared
+
+
+# ---------------------------------------------------------------------------- scenes
+
+def true_depth(h=H, w=W):
+    """Ground plane from 2 m to the horizon, a wall at 12 m, a box at 4 m, sky on top."""
+    v = np.arange(h, dtype=np.float64)[:, None] + np.zeros((1, w))
+    z = np.full((h, w), np.inf)
+    ground = v > h * 0.45
+    z[ground] = np.minimum(1.2 * 110.0 / (v[ground] - h * 0.4), 40.0)
+    z[int(h * .3):int(h * .5), int(w * .1):int(w * .6)] = 12.0
+    z[int(h * .5):int(h * .8), int(w * .6):int(w * .8)] = 4.0
+    return z
+
+
+def frame(seed=0, scale=1.0, shift=0.0, z=None, sigma_inv=0.002, outliers=0.02):
+    """DA-V2-like relative map (sky 0 = its own infinity), stereo with z^2 noise < 20 m."""
+    rng = np.random.RandomState(seed)
+    z = true_depth() if z is None else z
+    inv = np.where(np.isfinite(z), 1.0 / z, 0.0)
+    rel = (20.0 * scale * inv + shift).astype(np.float32)
+    with np.errstate(divide='ignore'):
+        st = 1.0 / (inv + sigma_inv * rng.randn(*z.shape))
+    st[~np.isfinite(z) | (z > 20.0)] = np.inf
+    bad = rng.rand(*z.shape) < outliers
+    st[bad] = rng.uniform(1.0, 20.0, bad.sum())
+    return rel, st.astype(np.float32), z
+
+
+# ---------------------------------------------------------------------------- fusion
+
+def test_fusion_is_inverse_variance_weighting_with_a_gate():
+    rng = np.random.RandomState(1)
+    ym = rng.uniform(0.05, 0.5, (H, W)).astype(np.float32)
+    ys = (ym * (1.0 + rng.normal(0.0, 0.02, (H, W)))).astype(np.float32)
+    ys[:10] = ym[:10] * 3.0                   # gross outliers
+    ys[10:20] = 0.0                           # untrusted
+    vm = (0.03 * ym) ** 2                     # 3 % relative mono noise
+    vs = 0.004 ** 2
+    out = np.empty_like(ym)
+    fusion = Fusion(H, W)
+    # The variances are smooth: given at full size here (the aligner passes a quarter).
+    _, n = fusion.fuse(ym, ys, vm.astype(np.float32), vs, 4.0, out)
+    k = vm / (vm + vs)
+    fused = (ys - ym) ** 2 <= 16.0 * (vm + vs)
+    fused &= ys > 0
+    expected = np.where(fused, ym + k * (ys - ym), ym)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=1e-7)
+    assert n == fused.sum() and not fused[:20].any()
+    var = fusion.variance(np.empty_like(ym))
+    np.testing.assert_allclose(var, np.where(fused, vm * vs / (vm + vs), vm), rtol=1e-4)
+
+
+def test_stereo_noise_model():
+    assert stereo_inverse_sigma(0.3, 500.0, 0.12) == pytest.approx(0.3 / 60.0)
+    assert stereo_variance(0.01, None, 1.0) == pytest.approx(1e-4)
+    conf = np.array([[1.0, 50.0, 100.0]] * 8, np.float32)
+    v = stereo_variance(0.01, conf, 1.0)
+    np.testing.assert_allclose(v[0], (0.01 * (1.0 + (conf[0] - 1.0) / 99.0)) ** 2, rtol=1e-5)
+
+
+def test_far_stereo_counts_less_than_near_stereo():
+    # Stereo noise is constant in inverse depth, so relative to depth it grows with z: the
+    # fused value follows near stereo more than far stereo.
+    rel, st, z = frame(outliers=0.0, sigma_inv=0.004)
+    kw = dict(correction_radius_px=0, consistency=None, outlier_sigma=100.0)
+    out = MetricAligner(**kw).update(rel, st, focal_px=500.0).depth
+    mono = MetricAligner(fuse_stereo=False, **kw).update(rel, st, focal_px=500.0).depth
+    with np.errstate(invalid='ignore'):
+        ok = np.isfinite(st) & np.isfinite(z) & (np.abs(st - mono) > 0.01 * z)
+        pull = (out - mono) / (st - mono)                  # 1: all stereo, 0: all mono
+    near = ok & (z < 3.0)
+    far = ok & (z > 10.0)
+    assert np.median(pull[near]) > 5.0 * np.median(pull[far]), (
+        np.median(pull[near]), np.median(pull[far]))
+    # And the fused depth beats the stereo where the stereo is noisy.
+    err = lambda d: np.median(np.abs(d[far] - z[far]) / z[far])  # noqa: E731
+    assert err(out) < 0.5 * err(st), (err(out), err(st))
+
+
+# ---------------------------------------------------------------------------- correction
+
+def test_bilateral_normalised_convolution_does_not_bleed_across_the_guide():
+    p = np.ones((30, 40), np.float32)
+    p[:, 20:] = 1.2                           # two surfaces, different corrections
+    w = np.ones_like(p)
+    w[:, 17:23] = 0.0                         # no stereo near the boundary
+    guide = np.where(np.arange(40)[None, :] < 20, 0.0, 1.0).astype(np.float32) + \
+        np.zeros((30, 1), np.float32)
+    est, den = bilateral_nc(p, w, guide, 4, 0.1)
+    assert np.allclose(est[:, 16:20], 1.0, atol=1e-3), est[0, 15:25]
+    assert np.allclose(est[:, 20:24], 1.2, atol=1e-3), est[0, 15:25]
+    plain, _ = bilateral_nc(p, w, np.zeros_like(guide), 4, 0.1)
+    assert plain[0, 19] > 1.05 and plain[0, 20] < 1.15, 'without a guide it blends'
+    assert den[:, :10].min() > den[:, 19].max()
+
+
+def test_local_correction_removes_an_object_scale_bias_guided_by_the_image():
+    # The box is 15 % too near in the mono; stereo sees its top half only. By depth the box
+    # is like the ground around it; in the image it is darker: the guide tells them apart.
+    z = true_depth()
+    box = (slice(int(H * .45), int(H * .95)), slice(int(W * .3), int(W * .8)))
+    hole = (slice(int(H * .7), int(H * .95)), slice(int(W * .3), int(W * .8)))
+    z[box] = 4.0
+    rel, st, z = frame(outliers=0.0, z=z)
+    rel[box] *= 1.15
+    st[hole] = np.nan
+    image = np.full((H, W, 3), 180, np.uint8)
+    image[box] = 60
+    image[:int(H * .45)] = 230                              # sky
+    errs = {}
+    for name, kw, guide in (('none', dict(correction_radius_px=0), None),
+                            ('mono', {}, None), ('image', {}, image)):
+        out = MetricAligner(**kw).update(rel, st, focal_px=500.0, guide=guide)
+        errs[name] = np.mean(np.abs(out.depth[hole] - z[hole]) / z[hole])
+    assert errs['none'] > 0.1, errs
+    assert errs['image'] < 0.3 * errs['none'], errs
+    assert errs['mono'] < errs['none'], errs
+
+
+# ---------------------------------------------------------------------------- fit
+
+def test_sky_anchors_the_shift_and_the_far_range():
+    # The mono has a warp that grows toward the bottom of the image: a fit on near stereo
+    # alone extrapolates a wrong shift to the far range; the sky (DA-V2's 0) fixes it.
+    rel, st, z = frame(outliers=0.0)
+    v = np.linspace(0.0, 1.0, H)[:, None]
+    rel = (rel * (1.0 + 0.25 * v ** 2)).astype(np.float32)
+    far = np.isfinite(z) & (z > 20.0)
+    errs = {}
+    for weight in (0.0, 1.0):
+        al = MetricAligner(sky_anchor_weight=weight, correction_radius_px=0)
+        out = al.update(rel, st, focal_px=500.0)
+        errs[weight] = np.median(np.abs(out.depth[far] - z[far]) / z[far])
+        assert al.anchored == (weight > 0)
+    assert errs[1.0] < 0.5 * errs[0.0], errs
+    assert np.isposinf(out.depth[~np.isfinite(z)]).all()
+
+
+def test_sky_anchor_is_dropped_when_the_stereo_contradicts_it():
+    # A network whose sky is not at its own infinity (here a shift of 1): stereo wins.
+    rel, st, z = frame(outliers=0.0)
+    rel = rel + np.float32(1.0)
+    al = MetricAligner(sky_fraction=0.1)
+    out = al.update(rel, st, focal_px=500.0)
+    assert not al.anchored
+    near = np.isfinite(z) & (z < 10)
+    assert np.median(np.abs(out.depth[near] - z[near]) / z[near]) < 0.01
+
+
+def test_no_stereo_frame_is_aligned_to_the_previous_output_not_to_the_old_affine():
+    al = MetricAligner()
+    rel, st, z = frame()
+    al.update(rel, st, focal_px=500.0)
+    # The network's affine changes by 20 % and the stereo is gone for this frame.
+    rel2, _, _ = frame(seed=1, scale=1.2, shift=0.05)
+    empty = np.full((H, W), np.nan, np.float32)
+    held = al.update(rel2, empty, focal_px=500.0)
+    assert held.status == 'held' and 'previous output' in held.reason
+    ok = np.isfinite(z)
+    err = np.median(np.abs(held.depth[ok] - z[ok]) / z[ok])
+    assert err < 0.02, err
+    # Reusing the old affine would be 20 % off.
+    old = MetricAligner()
+    old_fit = old.update(rel, st, focal_px=500.0)
+    stale = 1.0 / (old_fit.scale * rel2[ok] + old_fit.shift)
+    assert np.median(np.abs(stale - z[ok]) / z[ok]) > 0.1
+    assert np.mean(np.isnan(held.depth)) == 0.0
+
+
+def test_a_scene_change_is_followed_at_once():
+    al = MetricAligner()
+    rel, st, z = frame()
+    for _ in range(3):
+        al.update(rel, st, focal_px=500.0)
+    # Another scene: a wall 3 m away with a post at 1.5 m, no sky.
+    z2 = np.full((H, W), 3.0)
+    z2[:, 40:60] = 1.5
+    rel2, st2, _ = frame(seed=2, z=z2)
+    out = al.update(rel2, st2, focal_px=500.0)
+    assert out.status == 'ok', out.reason
+    assert np.median(np.abs(out.depth - z2) / z2) < 0.02
+
+
+def test_the_same_scene_with_all_stereo_scaled_is_held_as_a_glitch():
+    # Everything 1.6 x farther in the stereo alone (a calibration glitch) while the network
+    # sees the same scene: held (aligned to the previous output) for jump_frames - 1 frames.
+    al = MetricAligner(jump_frames=2)
+    rel, st, z = frame()
+    al.update(rel, st, focal_px=500.0)
+    held = al.update(rel, st * np.float32(1.6), focal_px=500.0)
+    assert held.status == 'held' and 'jumped' in held.reason
+    ok = np.isfinite(z)
+    assert np.median(np.abs(held.depth[ok] - z[ok]) / z[ok]) < 0.02
+    assert al.update(rel, st * np.float32(1.6), focal_px=500.0).status == 'ok'
+
+
+def test_camera_or_focal_length_sets_the_stereo_noise():
+    rel, st, _ = frame()
+    cam = PinholeCamera(500.0, 500.0, W / 2.0, H / 2.0, W, H)
+    a = MetricAligner()
+    a.update(rel, st, camera=cam)
+    b = MetricAligner()
+    b.update(rel, st, focal_px=500.0)
+    assert a.sigma_inv == b.sigma_inv == pytest.approx(0.3 / (500.0 * 0.12))
+    # A camera for another size is scaled to the stereo's.
+    c = MetricAligner()
+    c.update(rel, st, camera=cam.scaled(2 * W, 2 * H))
+    assert c.sigma_inv == pytest.approx(a.sigma_inv)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(camera=(500.0, 500.0)), '`camera` must be a PinholeCamera, got tuple'),
+    (dict(focal_px=0.0), 'argument `focal_px` must be a finite number in (0.0, inf), got 0.0'),
+    (dict(focal_px=500.0, camera=PinholeCamera(5.0, 5.0, 1.0, 1.0, W, H)),
+     'give `camera` or `focal_px`, not both'),
+    (dict(guide=np.zeros((H, W, 3), np.float32)), '`guide` must have dtype uint8'),
+    (dict(guide=np.zeros((H, W - 1), np.uint8)), '`guide` has size (96, 127) but '
+                                                 '`stereo_depth` has size (96, 128)'),
+    (dict(guide=np.zeros((H, W, 4), np.uint8)), '`guide` must be HxWx3'),
+])
+def test_bad_update_keywords_raise_naming_them(kwargs, message):
+    rel, st, _ = frame()
+    with pytest.raises(ValueError) as info:
+        MetricAligner().update(rel, st, **kwargs)
+    assert message in str(info.value), 'expected {!r} in {!r}'.format(message, str(info.value))
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (1, 2), (2, 1), (15, 40), (40, 15)])
+def test_tiny_frames_raise_a_value_error(shape):
+    rel = np.ones(shape, np.float32)
+    with pytest.raises(ValueError) as info:
+        MetricAligner().update(rel, np.ones(shape, np.float32))
+    assert str(info.value) == '`stereo_depth` must be at least 16x16 pixels, got {}x{} ' \
+        '(W x H)'.format(shape[1], shape[0])
+
+
+@pytest.mark.parametrize('shape, rel_shape', [((16, 16), (16, 16)), ((16, 16), (4, 4)),
+                                              ((16, 40), (8, 20)), ((33, 17), (33, 17))])
+def test_small_frames_work(shape, rel_shape):
+    import cv2
+    rng = np.random.RandomState(0)
+    rel = rng.uniform(0.5, 1.5, rel_shape).astype(np.float32)
+    full = cv2.resize(rel, shape[::-1], interpolation=cv2.INTER_LINEAR)
+    st = (1.0 / (0.5 * full + 0.02)).astype(np.float32)
+    al = MetricAligner(min_valid_samples=4)
+    for guide in (None, np.zeros(shape + (3,), np.uint8)):
+        out = al.update(rel, st, np.full(shape, 10.0, np.float32), guide=guide)
+        assert out.depth.shape == shape and out.status == "ok", out.reason
+
+
+# ---------------------------------------------------------------------------- clouds
+
+CAM = PinholeCamera(50.0, 50.0, W / 2.0, H / 2.0, W, H)
+
+
+def test_cloud_edges_match_the_reference_test():
+    rng = np.random.RandomState(3)
+    d = (5.0 + rng.uniform(-0.3, 0.3, (H, W))).astype(np.float32)
+    d[20:40, 30:60] = 2.0                                  # an object
+    d[50:60, 10:20] = np.nan
+    d[70:, 100:] = np.inf
+    cloud = depth_to_cloud(d, CAM)
+    expected = np.where(jump_mask(d, EDGE_THRESHOLD) | ~np.isfinite(d), np.nan, d)
+    np.testing.assert_array_equal(cloud['z'], expected.astype(np.float32))
+    assert np.isnan(cloud['z']).sum() > np.isnan(d).sum()
+
+
+def test_cloud_keeps_the_near_side_of_an_edge_and_removes_a_veil():
+    d = np.full((H, W), 10.0, np.float32)
+    d[:, 64:] = 2.0                                        # sharp step at column 64
+    sharp = depth_to_cloud(d, CAM)['z']
+    assert np.isfinite(sharp[:, 64]).all(), 'the obstacle edge stays'
+    assert np.isnan(sharp[:, 63]).all(), 'the background pixel next to it goes'
+    assert np.isfinite(sharp[:, :63]).all() and np.isfinite(sharp[:, 65:]).all()
+    # A blurred edge: a ramp of interpolated depths between 2 and 10 m, flying points.
+    ramp = d.copy()
+    ramp[:, 58:64] = np.linspace(10.0, 2.0, 8)[1:-1]
+    z = depth_to_cloud(ramp, CAM)['z']
+    assert np.isnan(z[:, 57:64]).all(), 'the veil between the surfaces goes'
+    assert np.isfinite(z[:, 64:]).all()
+    assert depth_to_cloud(ramp, CAM, edge_threshold=None)['z'][:, 58:64].size == 6 * H
+    np.testing.assert_array_equal(depth_to_cloud(ramp, CAM, edge_threshold=0.0)['z'], ramp)
+    assert ramp[0, 60] == np.float32(np.linspace(10.0, 2.0, 8)[3]), 'the depth is unchanged'
+
+
+def test_cloud_edge_threshold_compounds_with_the_stride():
+    # A plane at a grazing angle: 5 % per pixel, 10.25 % between points two pixels apart.
+    v = np.arange(H, dtype=np.float64)[:, None] + np.zeros((1, W))
+    d = (2.0 * 1.05 ** v).astype(np.float32)
+    assert np.isfinite(depth_to_cloud(d, CAM, edge_threshold=0.06)['z']).all()
+    assert np.isfinite(depth_to_cloud(d, CAM, stride=2, edge_threshold=0.06)['z']).all()
+    assert np.isnan(depth_to_cloud(d, CAM, edge_threshold=0.04)['z'][1:]).all()
+
+
+@pytest.mark.parametrize('value, message', [
+    (-0.1, 'argument `edge_threshold` must be a finite number in [0.0, 100.0], got -0.1'),
+    ('0.1', "argument `edge_threshold` must be a finite number in [0.0, 100.0], got '0.1'"),
+])
+def test_bad_edge_threshold_raises(value, message):
+    with pytest.raises(ValueError) as info:
+        depth_to_cloud(np.ones((H, W), np.float32), CAM, edge_threshold=value)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize('stride', [2, 3])
+def test_strided_cloud_colours_and_depths_are_the_strided_pixels(stride):
+    rng = np.random.RandomState(stride)
+    d = rng.uniform(4.0, 4.2, (H + 1, W + 2)).astype(np.float32)
+    bgr = rng.randint(0, 256, (H + 1, W + 2, 3)).astype(np.uint8)
+    cam = PinholeCamera(50.0, 50.0, W / 2.0, H / 2.0, W + 2, H + 1)
+    cloud = depth_to_cloud(d, cam, bgr=bgr, stride=stride)
+    h, w = (H + 1) // stride, (W + 2) // stride
+    np.testing.assert_array_equal(cloud['z'], d[:h * stride:stride, :w * stride:stride])
+    packed = cloud['rgb'].copy().view('<u4')
+    sub = bgr[:h * stride:stride, :w * stride:stride].astype(np.uint32)
+    np.testing.assert_array_equal(packed, (sub[..., 2] << 16) | (sub[..., 1] << 8) | sub[..., 0])
+
+
+def test_marigold_keyframes_get_the_same_fusion():
+    # relative_kind='depth' (0 near, 1 far): the fit is in depth, everything after it (local
+    # correction, fusion, self-alignment, uncertainty) is the same as for DA-V2.
+    rng = np.random.RandomState(7)
+    z = true_depth()
+    z[~np.isfinite(z)] = 60.0                    # Marigold's far end is finite
+    v = np.linspace(0.0, 1.0, H)[:, None]
+    warp = 1.0 + 0.08 * np.sin(3.0 * v) + np.zeros((1, W))     # a smooth error of the mono
+    rel = ((z * warp - 1.0) / 60.0).astype(np.float32)
+    with np.errstate(divide='ignore'):
+        st = (1.0 / (1.0 / z + 0.002 * rng.randn(H, W))).astype(np.float32)
+    st[z > 20] = np.inf
+    hole = (slice(int(H * .6), int(H * .75)), slice(int(W * .1), int(W * .4)))
+    st[hole] = np.nan
+    ok = np.isfinite(z) & (z < 20)
+    errs = {}
+    for radius in (0, 32):
+        al = MetricAligner(relative_kind='depth', correction_radius_px=radius)
+        out = al.update(rel, st, focal_px=500.0)
+        assert out.status == 'ok', out.reason
+        errs[radius] = np.median(np.abs(out.depth[hole] - z[hole]) / z[hole])
+    assert errs[32] < 0.5 * errs[0], errs
+    assert np.median(np.abs(out.depth[ok] - z[ok]) / z[ok]) < 0.01
+    assert np.isfinite(out.uncertainty[ok]).all() and (out.uncertainty[ok] > 0).all()
+    held = al.update(rel, np.full((H, W), np.nan, np.float32), focal_px=500.0)
+    assert held.status == 'held' and 'previous output' in held.reason
+    assert np.median(np.abs(held.depth[ok] - z[ok]) / z[ok]) < 0.02
