@@ -206,7 +206,8 @@ def _nodes(context):
                          remappings=[('image', image)]))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
               ('confidence', zed + '/confidence/confidence_map'),
-              ('camera_info', zed + '/left/camera_info'), ('image', image)]
+              ('camera_info', zed + '/left/camera_info'),
+              ('right_camera_info', zed + '/right/camera_info'), ('image', image)]
     actions.append(_ours('alignment_node', 'alignment_node', parameters=[params_file, qos],
                          remappings=[('disparity', '/depth_node/disparity'),
                                      ('inference_started', '/depth_node/inference_started')]

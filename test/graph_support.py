@@ -98,7 +98,8 @@ class FedGraph(object):
         self.align_node = NodeProcess('alignment_node', name=align_name, params=params, remaps={
             'disparity': ns + '/disparity', 'depth_registered': ns + '/depth',
             'confidence': ns + '/confidence', 'camera_info': ns + '/camera_info',
-            'image': ns + '/image', 'inference_started': ns + '/inference_started'},
+            'image': ns + '/image', 'inference_started': ns + '/inference_started',
+            'right_camera_info': ns + '/right_camera_info'},
             env=align_env)
         node_processes.extend([self.depth_node, self.align_node])
         self.depth_name, self.align_name = depth_name, align_name

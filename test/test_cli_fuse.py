@@ -70,7 +70,10 @@ def test_fuse_writes_the_four_outputs_matching_the_core(inputs, capsys):
     cam = PinholeCamera(60, 60, 39.5, 29.5, W, H)
     cloud = depth_to_cloud(expected.depth, cam, bgr=bgr)
     keep = np.isfinite(cloud['z']).ravel()
-    assert xyz.shape == (keep.sum(), 3) == (H * W - 10 * W, 3)
+    # Every finite point but the 10 sky rows and the far side of the box's edge: the one-pixel
+    # ring of the 5 m plane around the 20x20 box at 2 m (22*22 - 20*20 = 84 points, the
+    # flying points of an interpolated cloud) is NaN in the cloud.
+    assert xyz.shape == (keep.sum(), 3) == (H * W - 10 * W - 84, 3)
     np.testing.assert_array_equal(rgb, bgr.reshape(-1, 3)[keep][:, ::-1])
     assert 'status ok' in capsys.readouterr().out
 
@@ -97,7 +100,7 @@ def test_fuse_and_write_reuses_an_aligner(tmp_path):
     r = fuse_and_write(bgr, rel, np.full((H, W), np.nan, np.float32), None, cam,
                        str(tmp_path / 'b'), aligner=aligner)
     assert r['alignment']['status'] == 'held'
-    assert r['points'] == H * W - 10 * W
+    assert r['points'] == H * W - 10 * W - 84     # sky rows and the box's far-side ring
 
 
 def test_fuse_without_any_stereo_reports_no_fit(inputs):

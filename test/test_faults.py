@@ -357,11 +357,12 @@ def test_one_pixel_frames(g):
     g.send(stamp, one(bgr), one(disparity), one(depth), one(confidence),
            camera=PinholeCamera(1.0, 1.0, 0.0, 0.0, 1, 1))
     proc = g.align_node
-    assert wait_until(lambda: g.depth.by_stamp(stamp) is not None or
-                      'dropped frame {}'.format(stamp) in proc.output(), 10), proc.output()
+    text = 'dropped frame {}: `stereo_depth` must be at least 16x16 pixels, got 1x1'.format(
+        stamp)
+    assert wait_until(lambda: text in proc.output(), 10), proc.output()[-3000:]
     assert 'Traceback' not in proc.output() and proc.alive()
     assert 'failed on a frame' not in proc.output(), \
-        'a 1x1 frame is a frame, not an exception:\n' + proc.output()[-2000:]
+        'a 1x1 frame is a bad frame, not an exception:\n' + proc.output()[-2000:]
     g.send_good(905)
 
 
@@ -685,7 +686,7 @@ def test_process_bag_interrupted_leaves_no_partial_bag_and_reruns(tmp_path):
     assert stats.frames_out == 4 and os.path.isfile(os.path.join(out, 'metadata.yaml'))
 
 
-def test_fuse_with_one_pixel_frames(tmp_path):
+def test_fuse_with_one_pixel_frames(tmp_path, capsys):
     from depth_ros.cli import main
     import cv2
     cv2.imwrite(str(tmp_path / 'left.png'), np.zeros((1, 1, 3), np.uint8))
@@ -696,6 +697,8 @@ def test_fuse_with_one_pixel_frames(tmp_path):
                  str(tmp_path / 'rel.npy'), '--stereo-depth', str(tmp_path / 'st.npy'),
                  '--confidence', str(tmp_path / 'conf.npy'), '--intrinsics', '1,1,0,0',
                  '--out', str(tmp_path / 'out')])
-    # A 1x1 frame is a frame: fused (one point), or refused with one line, never a crash.
-    assert code == 0, 'fuse of a 1x1 frame exited {}'.format(code)
-    assert np.load(str(tmp_path / 'out' / 'depth.npy')).shape == (1, 1)
+    # Refused with one line naming the argument (the aligner needs 16x16), never a crash.
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and '`stereo_depth` must be at least 16x16' in err[0], \
+        (code, err)
+    assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())

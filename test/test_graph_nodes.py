@@ -61,7 +61,9 @@ def test_alignment_outputs_match_core_on_same_inputs(graph):
     for seed in (10, 11, 12):
         bgr, disparity, depth, confidence = frame_set(seed)
         stamp = graph.send_good(seed)
-        expected = aligner.update(disparity, depth, confidence)
+        # As the node calls it: the colour image guides the local correction, the camera
+        # gives the focal length of the stereo noise model.
+        expected = aligner.update(disparity, depth, confidence, guide=bgr, camera=graph.camera)
         msg = graph.depth.by_stamp(stamp)
         assert (msg.encoding, msg.header.frame_id, msg.width, msg.height) == \
             ('32FC1', FRAME, W, H), 'received {} {} {}x{}'.format(
@@ -366,3 +368,35 @@ def test_lazy_outputs_are_not_computed_without_subscribers(graph, probe):
     after = (int(values['published_points']), int(values['published_colored']))
     assert after[0] >= points + 2 and after[1] <= colored + 1, 'expected points >= {} and ' \
         'colored <= {} (no subscriber), received {}'.format(points + 2, colored + 1, after)
+
+
+def test_the_right_camera_info_gives_the_baseline_and_uncertainty_is_published(graph, probe):
+    from sensor_msgs.msg import CameraInfo, Image
+    values = graph.diagnostics('alignment', now())
+    assert (float(values['baseline_m']), values['baseline_source']) == (0.12, 'parameter'), values
+    right = probe.publisher(CameraInfo, T + '/right_camera_info')
+    unc = probe.subscribe(Image, '/alignment_node/uncertainty')
+    assert probe.wait_for_subscribers(right, 1, 15)
+    assert wait_until(lambda: probe.node.count_publishers('/alignment_node/uncertainty') >= 1,
+                      15)
+    info = graph.conv.camera_to_info(graph.camera, graph.conv.make_header(1, FRAME),
+                                     baseline_m=0.063)           # a ZED Mini
+    assert abs(-info.p[3] / info.p[0] - 0.063) < 1e-12
+    values = None
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        right.publish(info)
+        stamp = graph.send_good(80)
+        values = graph.diagnostics('alignment')
+        if values['baseline_source'] == 'right_camera_info' and unc.by_stamp(stamp):
+            break
+    assert values['baseline_source'] == 'right_camera_info' and \
+        abs(float(values['baseline_m']) - 0.063) < 1e-9, values
+    msg = unc.by_stamp(stamp)
+    assert msg is not None and (msg.encoding, msg.width, msg.height) == ('32FC1', W, H)
+    sigma = graph.conv.image_to_numpy(msg)
+    depth = graph.conv.image_to_numpy(graph.depth.by_stamp(stamp))
+    finite = np.isfinite(depth)
+    assert np.all(np.isfinite(sigma[finite])) and np.all(sigma[finite] >= 0), \
+        'the 1-sigma map must be finite and >= 0 wherever the depth is'
+    probe.node.destroy_subscription(unc.sub)

@@ -125,7 +125,8 @@ def test_remappings_point_at_topics_that_are_published(monkeypatch):
     assert zed.node_name == '/zed/zed_node' and zed.expanded_node_namespace == '/zed'
     prefix = '/zed/zed_node/'
     published = {prefix + t for t in ('left/image_rect_color', 'left/camera_info',
-                                      'depth/depth_registered', 'confidence/confidence_map')}
+                                      'right/camera_info', 'depth/depth_registered',
+                                      'confidence/confidence_map')}
     published |= {'/depth_node/disparity', '/depth_node/inference_started',
                   '/marigold_node/depth', '/marigold_node/keyframe_started'}
     for node in ev.nodes:
@@ -138,7 +139,7 @@ def test_remappings_point_at_topics_that_are_published(monkeypatch):
     assert expected['disparity'] == '/depth_node/disparity' and \
         expected['inference_started'] == '/depth_node/inference_started'
     assert set(expected) == {'disparity', 'inference_started', 'depth_registered',
-                             'confidence', 'camera_info', 'image'}, expected
+                             'confidence', 'camera_info', 'right_camera_info', 'image'}, expected
     # docs/marigold.md: the second alignment_node, in namespace marigold, aligns the keyframes
     # with the stereo inputs of the first, by age (keyframes come seconds late), without the
     # colour image in the waiting sets, keeping the frame each keyframe started on.

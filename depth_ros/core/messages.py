@@ -105,19 +105,23 @@ def baseline_from_info(msg) -> Optional[float]:
     return float(-p[3] / p[0])
 
 
-def camera_info_fields(camera: PinholeCamera, distortion_model: str = 'plumb_bob') -> dict:
+def camera_info_fields(camera: PinholeCamera, distortion_model: str = 'plumb_bob',
+                       baseline_m: Optional[float] = None) -> dict:
     """
     Return the CameraInfo fields of a rectified image (D zero, R identity, P = [K | 0]).
 
-    Both the rclpy and the rosbags builders fill their message from this dict.
+    With ``baseline_m`` it is the RIGHT camera of a rectified pair: P[0,3] = -fx * baseline
+    (the ROS stereo convention, as zed-ros2-wrapper's ``right/camera_info``). Both the rclpy and
+    the rosbags builders fill their message from this dict.
     """
+    tx = 0.0 if baseline_m is None else -camera.fx * float(baseline_m)
     return {
         'height': int(camera.height), 'width': int(camera.width),
         'distortion_model': distortion_model,
         'd': [0.0] * 5,
         'k': [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0],
         'r': [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-        'p': [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0,
+        'p': [camera.fx, 0.0, camera.cx, tx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0,
               0.0],
     }
 

@@ -21,13 +21,13 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import decode_set, depth_to_metres
+from depth_ros.core.messages import baseline_from_info, decode_set, depth_to_metres
 from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import ALIGNER_KEYS, ALIGNMENT_PARAMS, make_aligner, \
-    validate_alignment
+from depth_ros.ros.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
+    make_aligner, validate_alignment
 from depth_ros.ros.params import ConfigError
 from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
     max_message_bytes, RateMeter, sensor_qos, StageTimes, too_large_text
@@ -91,23 +91,36 @@ class AlignmentNode(DepthRosNode):
         self.limit = max_message_bytes()
         self.cloud_refused = ''
         self.result = None
+        # Aligner option changes (parameters, the right camera's baseline) are handed to the
+        # worker, which owns the aligner and applies them between two frames.
+        self.pending_options = {}
+        self.baseline_source = 'parameter'
+        self.unc_buffer = conv.MessageBuffer()
         qos = sensor_qos(self.cfg['reliability'], self.cfg['qos_depth'])
         self.pub_depth = self.create_publisher(Image, '~/depth', qos)
         self.pub_info = self.create_publisher(CameraInfo, '~/camera_info', qos)
         self.pub_points = self.create_publisher(PointCloud2, '~/points', qos)
         self.pub_colored = self.create_publisher(Image, '~/colored', qos)
+        self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
         self.worker = LatestWorker(self._process, 'alignment', self._worker_error)
         self.subs = [self.create_subscription(TOPICS[k][1], TOPICS[k][0], self._callback(k),
                                               qos) for k in kinds]
         if self.cfg['use_inference_stamps']:
             self.subs.append(self.create_subscription(Header, 'inference_started',
                                                       self._on_started, qos))
+        if self.cfg['use_right_camera_info']:
+            self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
+                                                      self._on_right_info, qos))
         self.diag = Diagnostics(self, self._diagnostics)
 
     # ------------------------------------------------------------------ parameters
     def _apply(self, changed):
         if any(k in changed for k in ALIGNER_KEYS):
-            self.aligner = make_aligner(self.cfg)   # values were validated by the callback
+            # Validated by the callback; the worker applies them (the aligner keeps its state).
+            options = aligner_options(self.cfg)
+            with self.lock:
+                self.pending_options.update({k: options[k] for k in changed
+                                             if k in ALIGNER_KEYS})
         if 'cloud_stride' in changed:
             self.cloud_refused = ''                 # check the new size on the next frame
         with self.lock:
@@ -140,6 +153,18 @@ class AlignmentNode(DepthRosNode):
                 stamp, why, self.cfg['pairing_max_mb']))
             return
         self.error('unpaired', 'dropped frame {}: {}'.format(stamp, self.last_drop))
+
+    def _on_right_info(self, info):
+        baseline = baseline_from_info(info)
+        if baseline is None or not 0.0 < baseline < 10.0:
+            self.warn('right_info', 'right camera_info without a stereo baseline (P[0,3] = {}); '
+                      'keeping baseline_m {:g}'.format(list(info.p)[3:4], self.cfg['baseline_m']))
+            return
+        with self.lock:
+            if self.baseline_source != 'right_camera_info' or \
+                    abs(baseline - self.aligner.options.baseline_m) > 1e-6:
+                self.pending_options['baseline_m'] = baseline
+                self.baseline_source = 'right_camera_info'
 
     def _on_started(self, header):
         with self.lock:
@@ -191,6 +216,7 @@ class AlignmentNode(DepthRosNode):
         if epoch != self.aligner_epoch:
             self.aligner.reset()
             self.aligner_epoch = epoch
+        self._apply_pending_options()
         stages = self.stages
         stages.add('wait', (time.time_ns() - t_complete) * 1e-6)
         stages.start()
@@ -203,7 +229,13 @@ class AlignmentNode(DepthRosNode):
                 conv.stamp_to_ns(msgs['depth'].header.stamp), exc))
             return
         stages.mark('convert')
-        result = self.aligner.update(frame.relative, frame.depth, frame.confidence)
+        try:
+            result = self.aligner.update(frame.relative, frame.depth, frame.confidence,
+                                         guide=frame.bgr, camera=frame.camera)
+        except ValueError as exc:     # the aligner's input checks (a frame below 16x16 ...)
+            self.last_drop = str(exc)
+            self.error('frame', 'dropped frame {}: {}'.format(frame.stamp_ns, exc))
+            return
         self.result = result
         stages.mark('align')
         header = msgs['depth'].header
@@ -218,9 +250,28 @@ class AlignmentNode(DepthRosNode):
             self._publish_cloud(result.depth, frame.camera, frame.bgr, header)
         if self.pub_colored.get_subscription_count() > 0:
             self._publish_colored(result.depth, header)
+        if result.uncertainty is not None and self.pub_unc.get_subscription_count() > 0:
+            # [H, W] float32 metres, 1 sigma of ~/depth (calibrated on the fusion benchmark).
+            self.publish(self.pub_unc, conv.numpy_to_image(
+                result.uncertainty.astype('float32', copy=False), '32FC1', header,
+                buffer=self.unc_buffer))
         self.out_rate.tick()
         self.process_ms.append((time.perf_counter() - t0) * 1e3)
         self.latency_ms.append((time.time_ns() - conv.stamp_to_ns(header.stamp)) * 1e-6)
+
+    def _apply_pending_options(self):
+        # Worker thread: option changes between two frames; the uncertainty is computed only
+        # while someone subscribes to ~/uncertainty (it costs a few full-frame passes).
+        with self.lock:
+            changes, self.pending_options = self.pending_options, {}
+        want = self.pub_unc.get_subscription_count() > 0
+        if want != self.aligner.options.compute_uncertainty:
+            changes['compute_uncertainty'] = want
+        if changes:
+            try:
+                self.aligner.set_options(**changes)
+            except ValueError as exc:     # validated already; a rejected baseline stays out
+                self.warn('options', 'aligner options not applied: {}'.format(exc))
 
     @staticmethod
     def _camera_info(info, camera, header):
@@ -256,7 +307,8 @@ class AlignmentNode(DepthRosNode):
         out = self.cloud_buffer.array(shape, CLOUD_DTYPE if bgr is not None else XYZ_DTYPE)
         cloud = depth_to_cloud(depth, camera, bgr=bgr, stride=stride,
                                min_depth=cfg['cloud_min_range'] or None,
-                               max_depth=cfg['cloud_max_range'] or None, out=out)
+                               max_depth=cfg['cloud_max_range'] or None, out=out,
+                               edge_threshold=cfg['cloud_edge_threshold'] or None)
         self.stages.mark('cloud')
         if self.publish(self.pub_points, conv.cloud_to_pointcloud2(cloud, header,
                                                                    buffer=self.cloud_buffer)):
@@ -314,6 +366,8 @@ class AlignmentNode(DepthRosNode):
         nan = float('nan')
         values = collections.OrderedDict()
         values['relative_kind'] = self.cfg['relative_kind']
+        values['baseline_m'] = self.aligner.options.baseline_m
+        values['baseline_source'] = self.baseline_source
         values['status'] = r.status if r else 'no_input'
         values['reason'] = r.reason if r else ''
         values['scale'] = r.scale if r else nan

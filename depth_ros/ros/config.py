@@ -147,42 +147,58 @@ def validate_depth(values) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- alignment_node
-# Parameters that configure the MetricAligner (rebuilt when one changes at runtime).
-ALIGNER_KEYS = ('min_depth', 'max_depth', 'confidence_threshold', 'max_output_depth',
-                'temporal_alpha', 'fuse_stereo')
+def _aligner_params():
+    """
+    The MetricAligner options as ROS parameters: one source of truth (core.alignment_options).
 
-ALIGNMENT_PARAMS = (
-    Param('relative_kind', 'disparity', 'convention of the relative input: disparity (Depth '
-          'Anything V2) or depth (Marigold, 0 near 1 far)', choices=('disparity', 'depth'),
-          read_only=True),
+    Names, defaults, ranges and descriptions come from ``option_specs()``. An option that takes
+    None (off) is 0.0 here ("0: off"). ``relative_kind`` and ``seed`` are read-only; every other
+    option can change at runtime (the aligner keeps its temporal state).
+    """
+    from depth_ros.core.alignment_options import option_specs
+    params = []
+    for spec in option_specs():
+        default = spec.default
+        description = spec.description
+        if spec.allow_none:
+            default = 0.0 if default is None else default
+            description += ' (0: off)'
+        params.append(Param(spec.name, default, description, choices=spec.choices,
+                            low=spec.low, high=spec.high, read_only=not spec.runtime))
+    return tuple(params)
+
+
+ALIGNER_PARAMS = _aligner_params()
+# Parameters that configure the MetricAligner (applied with set_options when one changes).
+ALIGNER_KEYS = tuple(p.name for p in ALIGNER_PARAMS)
+_NONE_WHEN_ZERO = tuple(p.name for p in ALIGNER_PARAMS if p.description.endswith('(0: off)'))
+
+ALIGNMENT_PARAMS = ALIGNER_PARAMS + (
     Param('use_confidence', True, 'pair and use the ZED confidence map', read_only=True),
-    Param('use_image', True, 'pair the colour image (coloured cloud)', read_only=True),
+    Param('use_image', True, 'pair the colour image (coloured cloud, edge-aware correction)',
+          read_only=True),
     Param('use_inference_stamps', True, 'subscribe `inference_started` (depth_node\'s '
           '~/inference_started): the stereo set of the frame being inferred is kept until its '
           'disparity arrives, whatever the memory cap', read_only=True),
+    Param('use_right_camera_info', True, 'subscribe `right_camera_info` (the right camera\'s '
+          'CameraInfo): its baseline -P[0,3]/P[0,0] replaces `baseline_m` in the stereo noise '
+          'model', read_only=True),
     Param('pairing_window_s', 1.0, 'latency bound: a stereo set waits for its disparity until '
           'it is this many seconds older than the newest input (Marigold keyframes: 10)',
           low=0.05, high=600.0),
     Param('pairing_max_mb', 512.0, 'cap on the message payloads waiting to be paired (MB); '
-          'beyond it the oldest sets are dropped, never the newest two nor the one being '
+          'beyond it the oldest sets are dropped, never the newest three nor the one being '
           'inferred', low=1.0, high=65536.0),
     stamp_reset_param(),
-    Param('min_depth', 0.3, 'stereo depth trusted for the fit from (m)', low=0.01, high=1000.0),
-    Param('max_depth', 20.0, 'stereo depth trusted for the fit up to (m)', low=0.01,
-          high=1000.0),
-    Param('confidence_threshold', 50.0, 'ZED confidence above which stereo is not trusted '
-          '(1..100, larger = less reliable)', low=0.0, high=100.0),
-    Param('max_output_depth', 100.0, 'aligned depth beyond this is +inf (too far, sky)',
-          low=0.1, high=10000.0),
-    Param('temporal_alpha', 0.3, 'weight of a new fit in the temporal filter (1: no filter)',
-          low=0.01, high=1.0),
-    Param('fuse_stereo', True, 'keep trusted stereo pixels; false: aligned mono only'),
     Param('cloud_stride', 2, 'keep every n-th pixel of the cloud in both directions',
           low=1, high=32),
     Param('cloud_min_range', 0.0, 'cloud points nearer than this are NaN (m; 0: off)',
           low=0.0, high=1000.0),
     Param('cloud_max_range', 0.0, 'cloud points farther than this are NaN (m; 0: off)',
           low=0.0, high=10000.0),
+    Param('cloud_edge_threshold', 0.1, 'cloud points on the far side of a depth jump of more '
+          'than this fraction per pixel are NaN (flying points; ~/depth keeps them; 0: off)',
+          low=0.0, high=10.0),
     Param('colored_max_depth', 10.0, 'far end of the ~/colored colour scale (m; 0: auto)',
           low=0.0, high=10000.0),
     Param('stale_after_s', 3.0, '/diagnostics reports an error when no output was published '
@@ -195,20 +211,27 @@ ALIGNMENT_PARAMS = (
 
 
 def validate_alignment(values) -> Optional[str]:
-    """Cross-parameter checks of alignment_node."""
+    """Cross-parameter checks of alignment_node (the aligner's own checks included)."""
     if values['max_depth'] <= values['min_depth']:
         return 'parameter `max_depth` ({}) must be > `min_depth` ({})'.format(
             values['max_depth'], values['min_depth'])
     if values['cloud_max_range'] and values['cloud_max_range'] <= values['cloud_min_range']:
         return 'parameter `cloud_max_range` ({}) must be > `cloud_min_range` ({}) or 0'.format(
             values['cloud_max_range'], values['cloud_min_range'])
+    from depth_ros.core.alignment_options import AlignerOptions
+    try:
+        AlignerOptions(**aligner_options(values))
+    except ValueError as exc:
+        return 'parameter {}'.format(str(exc).replace('option ', '', 1))
     return None
 
 
 def aligner_options(values) -> Dict[str, object]:
     """Return the MetricAligner keyword arguments for alignment_node's parameters."""
     options = {k: values[k] for k in ALIGNER_KEYS}
-    options['relative_kind'] = values['relative_kind']
+    for name in _NONE_WHEN_ZERO:
+        if not options[name]:
+            options[name] = None
     return options
 
 

@@ -145,13 +145,18 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
     return msg
 
 
-def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = 'plumb_bob'):
-    """Convert a PinholeCamera to the CameraInfo of a rectified image (D zero, R identity)."""
+def camera_to_info(camera: PinholeCamera, header=None, distortion_model: str = 'plumb_bob',
+                   baseline_m: Optional[float] = None):
+    """
+    Convert a PinholeCamera to the CameraInfo of a rectified image (D zero, R identity).
+
+    ``baseline_m``: the right camera of the pair (P[0,3] = -fx * baseline).
+    """
     CameraInfo = _message_types()[1]
     msg = CameraInfo()
     if header is not None:
         msg.header = copy_header(header)
-    for name, value in camera_info_fields(camera, distortion_model).items():
+    for name, value in camera_info_fields(camera, distortion_model, baseline_m).items():
         setattr(msg, name, value)
     return msg
 

@@ -5,6 +5,8 @@ Publishes, in namespace ``zed`` by default, with the SDK image timestamp and the
 ``<camera_name>_left_camera_optical_frame``:
 
 - ``~/left/image_rect_color`` (bgr8), ``~/left/camera_info`` (K and P at the published size),
+  ``~/right/camera_info`` (the rectified right camera: P[0,3] = -fx * baseline; the baseline of
+  the stereo noise model downstream),
 - ``~/depth/depth_registered`` (32FC1 metres, REP 117/118), ``~/confidence/confidence_map``
   (32FC1, 1..100, larger = less reliable).
 
@@ -48,10 +50,13 @@ class ZedNode(DepthRosNode):
         super().__init__('zed_node', PARAMS, validate=validate_zed, **kwargs)
         self.frame_id = self.cfg['frame_id'] or \
             self.cfg['camera_name'] + '_left_camera_optical_frame'
+        self.right_frame_id = self.cfg['camera_name'] + '_right_camera_optical_frame'
         self.source = source if source is not None else self._make_source()
         qos = sensor_qos(self.cfg['reliability'], self.cfg['qos_depth'])
         self.pub_image = self.create_publisher(Image, '~/left/image_rect_color', qos)
         self.pub_info = self.create_publisher(CameraInfo, '~/left/camera_info', qos)
+        # The right camera's info carries the baseline (P[0,3] = -fx * B), as the wrapper's.
+        self.pub_right_info = self.create_publisher(CameraInfo, '~/right/camera_info', qos)
         self.pub_depth = self.create_publisher(Image, '~/depth/depth_registered', qos)
         self.pub_conf = self.create_publisher(Image, '~/confidence/confidence_map', qos)
         self.rate = RateMeter()
@@ -194,6 +199,10 @@ class ZedNode(DepthRosNode):
         self.publish(self.pub_image, conv.numpy_to_image(frame.left, 'bgr8', header,
                                                          buffer=self.buffers['image']))
         self.publish(self.pub_info, conv.camera_to_info(frame.camera, header))
+        if frame.baseline_m:
+            right = conv.make_header(frame.stamp_ns, self.right_frame_id)
+            self.publish(self.pub_right_info, conv.camera_to_info(frame.camera, right,
+                                                                  baseline_m=frame.baseline_m))
         if frame.depth is not None:
             depth = frame.depth.astype('float32', copy=False)
             self.publish(self.pub_depth, conv.numpy_to_image(depth, '32FC1', header,
