@@ -11,8 +11,8 @@ slowest stream: at 30 fps with a 300 ms network, a stereo set waits ~10 newer se
 disparity. So a waiting set is dropped only when
 
 * a newer set is complete first (the driver delivers in stamp order: the older set's answer
-  will never come) - an *expected* drop when only the driver's part is missing, since the
-  newest-frame policy upstream skips frames on purpose;
+  will never come) - an *expected* drop when the driver's part is missing (and the driver did
+  not announce the set), since the newest-frame policy upstream skips frames on purpose;
 * it is more than ``max_age_ns`` older than the newest stamp seen (the latency bound);
 * more than ``max_count`` sets wait (bags: bounded memory whatever the interleaving);
 * the waiting payloads exceed ``max_bytes``: oldest first, but never a *pinned* set (one the
@@ -210,9 +210,10 @@ class PairingBuffer(object):
             # say so, it is the cap (a configuration), not a lost message.
             why = '{} of {:g} MB'.format(CAPPED_EARLIER, self.max_bytes / 1e6)
             capped = self.driver not in parts      # an answer lost to the cap is worth a word
-        # The newest-frame policy upstream skips frames on purpose: a set that lacks only the
-        # driver's part and was not announced is not a fault.
-        expected = capped or (self.driver is not None and missing == [self.driver] and
+        # The newest-frame policy upstream skips frames on purpose: a set without the driver's
+        # part that was not announced would never have been output, whatever else it lacks
+        # (a stereo part lost in transport with it is no loss of output): not a fault.
+        expected = capped or (self.driver is not None and self.driver in missing and
                               not pinned)
         self.dropped += 1
         if expected:
