@@ -37,9 +37,10 @@ def _ros_env(env):
     env['PYTHONUNBUFFERED'] = '1'
     # The deployment's Fast DDS profile: shared-memory segments big enough for whole images.
     # Without it, best-effort messages over ~0.5 MB travel as UDP fragments and get lost
-    # whenever the machine is busy.
-    if not env.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
-        env.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', FASTDDS_PROFILE)
+    # whenever the machine is busy. Set in the variable the installed Fast DDS reads (Humble's
+    # Fast DDS 2 reads FASTRTPS_..., Kilted's Fast DDS 3 FASTDDS_... and warns at the other).
+    from depth_ros.ros.middleware import profile_environment
+    env.update(profile_environment(FASTDDS_PROFILE, env))
     return env
 
 
