@@ -149,12 +149,14 @@ class LocalCorrection(object):
     def _to_low(self, x):
         return cv2.resize(x, self.low_size, interpolation=cv2.INTER_AREA)
 
-    def cell_means(self, mono_inv, stereo_inv, image, sigma_inv, band, rho=0.01):
+    def cell_means(self, mono_inv, stereo_inv, image, sigma_inv, band, rho=0.01,
+                   trusted=None):
         """
         Per-cell target ratio and precision, mean mono inverse depth, and the range guide.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, 0 where not trusted.
+        :param stereo_inv: [H, W] float32 stereo inverse depth, 0 where not trusted ...
+        :param trusted: ... and, when given, where this [H, W] uint8 mask is 0.
         :param image: optional [H, W] or [H, W, 3] uint8 guide image.
         :param sigma_inv: stereo inverse-depth noise (1 sigma).
         :param band: relative band of gross stereo outliers against the mono.
@@ -162,6 +164,8 @@ class LocalCorrection(object):
         """
         ya = self.stats(mono_inv)
         ys = self.stats(stereo_inv)
+        if trusted is not None:
+            ys[self.stats(trusted) == 0] = 0.0
         cv2.patchNaNs(ya, 0.0)                           # unknown mono: no target
         # |ys - ya| <= band ya + 4 sigma: gross outliers out; 0 (untrusted) falls out too.
         tol = cv2.addWeighted(ya, band, ya, 0.0, 4.0 * sigma_inv)
