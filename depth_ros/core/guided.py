@@ -55,22 +55,46 @@ def bilateral_nc(p, w, guide, radius, range_sigma, max_levels=4):
     ok = w > 0
     if not ok.any():
         return np.ones_like(p), np.zeros_like(p)
-    lo, hi = float(np.min(guide[ok])), float(np.max(guide[ok]))
+    g_ok = guide[ok]
+    lo, hi = float(g_ok.min()), float(g_ok.max())
     n = int(min(max_levels, max(2, np.ceil((hi - lo) / range_sigma) + 1)))
     step = max((hi - lo) / (n - 1), 1e-9)
     sigma = max(range_sigma, 0.5 * step)       # levels never further apart than 2 sigma
-    wp = w * p
-    est = np.zeros_like(p)
-    den = np.zeros_like(p)
-    pos = np.clip((guide - lo) / step, 0.0, n - 1.0)
+    # All levels at once, stacked on a leading axis (the same float32 operations, element
+    # for element, as level by level; a few calls instead of twenty per level).
+    shape = (n,) + p.shape
+    levels = np.array([lo + i * step for i in range(n)], np.float32).reshape(n, 1, 1)
+    kr = np.subtract(guide, levels)
+    np.square(kr, out=kr)
+    kr *= np.float32(-0.5 / (sigma * sigma))
+    cv2.exp(kr.reshape(n * p.shape[0], p.shape[1]), dst=kr.reshape(n * p.shape[0], p.shape[1]))
+    num = np.multiply(kr, w * p)
+    den = np.multiply(kr, w, out=kr)
     for i in range(n):
-        kr = cv2.exp((guide - (lo + i * step)) ** 2 * (-0.5 / (sigma * sigma)))
-        num_i = _box(wp * kr, radius)
-        den_i = _box(w * kr, radius)
-        t = np.maximum(0.0, 1.0 - np.abs(pos - i))      # linear interpolation weight
-        est += t * np.where(den_i > _EPS, num_i / np.maximum(den_i, _EPS), 1.0)
-        den += t * den_i
-    return est.astype(np.float32), den.astype(np.float32)
+        _box_into(num[i], radius)
+        _box_into(den[i], radius)
+    pos = np.clip((guide - lo) / step, 0.0, n - 1.0)
+    t = np.subtract(pos, np.arange(n, dtype=np.float32).reshape(n, 1, 1))
+    np.abs(t, out=t)
+    np.subtract(np.float32(1.0), t, out=t)
+    np.maximum(t, np.float32(0.0), out=t)       # linear interpolation weight of each level
+    ratio = np.maximum(den, np.float32(_EPS))
+    np.divide(num, ratio, out=ratio)
+    ratio = np.where(den > _EPS, ratio, np.float32(1.0))
+    ratio *= t
+    den *= t
+    # Summed level by level, in order (the rounding of accumulating them one by one).
+    est, wsum = ratio[0], den[0]
+    for i in range(1, n):
+        est += ratio[i]
+        wsum += den[i]
+    assert est.shape == shape[1:]
+    return est, wsum
+
+
+def _box_into(x, r):
+    k = 2 * r + 1
+    cv2.boxFilter(x, cv2.CV_32F, (k, k), dst=x, normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
 def _coarse(x, factor):
@@ -156,7 +180,7 @@ class LocalCorrection(object):
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
         :param stereo_inv: [H, W] float32 stereo inverse depth, 0 where not trusted ...
-        :param trusted: ... and, when given, where this [H, W] uint8 mask is 0.
+        :param trusted: ... and, when given, where this [H, W] uint8 mask (0 or 255) is 0.
         :param image: optional [H, W] or [H, W, 3] uint8 guide image.
         :param sigma_inv: stereo inverse-depth noise (1 sigma).
         :param band: relative band of gross stereo outliers against the mono.
@@ -164,8 +188,6 @@ class LocalCorrection(object):
         """
         ya = self.stats(mono_inv)
         ys = self.stats(stereo_inv)
-        if trusted is not None:
-            ys[self.stats(trusted) == 0] = 0.0
         cv2.patchNaNs(ya, 0.0)                           # unknown mono: no target
         # |ys - ya| <= band ya + 4 sigma: gross outliers out; 0 (untrusted) falls out too.
         tol = cv2.addWeighted(ya, band, ya, 0.0, 4.0 * sigma_inv)
@@ -173,6 +195,9 @@ class LocalCorrection(object):
         hi = cv2.add(ya, tol)
         ok = cv2.compare(ys, lo, cv2.CMP_GE) & cv2.compare(ys, hi, cv2.CMP_LE) & \
             cv2.compare(ys, 0.0, cv2.CMP_GT)
+        if trusted is not None:
+            # Every use of ys below is masked by ok: as good as ys = 0 there.
+            ok &= self.stats(trusted)
         # Where the mono bends (|Laplacian| of inverse depth, 0 on any plane) its detail loss
         # makes pixel errors: their variance is larger, and they do not inform the target
         # (the whole ramp of an edge: dilated).

@@ -105,8 +105,11 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     # cv2 rather than np.clip: several times faster on the Jetson's numpy 1.17. TRUNC caps at
     # vmax (+inf too), max() lifts to vmin (-inf too); NaN stays NaN through both.
     cv2.threshold(v, vmax, 0.0, cv2.THRESH_TRUNC, dst=buf.clipped)
-    cv2.max(buf.clipped, vmin, dst=buf.clipped)
     alpha = 255.0 / span
+    # After TRUNC the sum is NaN iff a value is NaN, -inf iff one is -inf (and no NaN).
+    total = cv2.sumElems(buf.clipped)[0]
+    if not _lift_is_redundant(reverse and vmax > vmin, total, values.size, vmax, alpha):
+        cv2.max(buf.clipped, vmin, dst=buf.clipped)
     if reverse:
         cv2.convertScaleAbs(buf.clipped, buf.gray, -alpha, vmax * alpha)
     else:
@@ -117,11 +120,24 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     cv2.LUT(buf.gray, _table(cmap), dst=buf.bgra)
     out = cv2.cvtColor(buf.bgra.view(np.uint8).reshape(values.shape + (4,)),
                        cv2.COLOR_BGRA2BGR, dst=np.empty(values.shape + (3,), np.uint8))
-    if v.dtype.kind == 'f':
+    if total != total:
         nan = cv2.compare(v, v, cv2.CMP_NE)     # 255 where NaN
-        if cv2.countNonZero(nan):
-            out[nan != 0] = colour
+        out[nan != 0] = colour
     return out
+
+
+def _lift_is_redundant(reverse, total, n, vmax, alpha):
+    """
+    Whether ``max(values, vmin)`` changes no pixel of a reversed map with vmax > vmin: there
+    every value below vmin saturates to 255 in convertScaleAbs as vmin itself does (alpha
+    (vmax - vmin) = 255), unless ``alpha (vmax - v)`` leaves the int range (or v is -inf or
+    NaN). Every value is <= vmax after TRUNC, so
+    the smallest is >= ``total - (n - 1) vmax``: the sum bounds it without another pass.
+    """
+    if not reverse or not np.isfinite(total):
+        return False
+    smallest = total - (n - 1) * float(vmax)
+    return alpha * (vmax - smallest) < 2.0 ** 30
 
 
 __all__ = ['AUTO_PERCENTILES', 'auto_range', 'colorize']
