@@ -618,7 +618,7 @@ class MetricAligner(object):
         such stereo is never trusted). Not +inf: its variance would be inf and NaN (0 * inf)
         in the smooth planes the fusion interpolates, which vetoed the whole frame's stereo.
         """
-        c = self._correction.stats(conf)
+        c = self._correction.stats(conf, 'confidence')
         if not np.isfinite(cv2.sumElems(c)[0]):
             c[~np.isfinite(c)] = 100.0
         return c
