@@ -71,8 +71,9 @@ def weighted_affine(r, y, w, anchor: Optional[Anchor] = None) -> Optional[Tuple[
     sw = float(w.sum())
     if not sw > 0:
         return None
-    sr, sy = float((w * r).sum()), float((w * y).sum())
-    srr, sry = float((w * r * r).sum()), float((w * r * y).sum())
+    wr = w * r
+    sr, sy = float(wr.sum()), float((w * y).sum())
+    srr, sry = float((wr * r).sum()), float((wr * y).sum())     # (w r) r = w r r
     if anchor is not None and anchor.weight > 0:
         wa = anchor.weight * sw
         sw, sr, sy = sw + wa, sr + wa * anchor.r, sy + wa * anchor.y
@@ -125,7 +126,7 @@ def robust_affine(r, y, var, tol, rng, iterations: int, irls_iterations: int,
     st = start if start is not None else ransac_affine(r, y, tol, rng, iterations)
     if st is None:
         return None
-    inl = np.abs(st[0] * r + st[1] - y) <= tol
+    inl = _abs_residual(st, r, y) <= tol
     if inl.sum() < 2:
         return None
     inv_var = 1.0 / var
@@ -137,16 +138,28 @@ def robust_affine(r, y, var, tol, rng, iterations: int, irls_iterations: int,
         if st2 is None or not st2[0] > 0:
             break
         st = st2
-        e = np.abs(st[0] * r + st[1] - y)          # |residual|
+        e = _abs_residual(st, r, y)
         inl = e <= tol
         if not inl.any():
             break
-        u = e * inv_sd                             # |standardised residual|
+        u = np.multiply(e, inv_sd, out=e)          # |standardised residual|
         kappa = max(MAD_TO_SIGMA * float(median(u[inl])), 1e-6)
-        x = np.minimum(u * (1.0 / (TUKEY_C * kappa)), 1.0)
+        # Tukey's biweight (0 beyond c): (1 - min(u / (c kappa), 1)^2)^2 / var, in place.
+        x = np.multiply(u, 1.0 / (TUKEY_C * kappa), out=u)
+        np.minimum(x, 1.0, out=x)
         x *= x
-        w = (1.0 - x) ** 2 * inv_var               # Tukey's biweight (0 beyond c)
+        np.subtract(1.0, x, out=x)
+        np.square(x, out=x)
+        w = np.multiply(x, inv_var, out=x)
     return Fit(st[0], st[1], inl, kappa, w)
+
+
+def _abs_residual(st, r, y):
+    """|s r + t - y| (float64, the same operations in the same order, in one buffer)."""
+    e = np.multiply(r, st[0])
+    e += st[1]
+    e -= y
+    return np.abs(e, out=e)
 
 
 __all__ = ['Anchor', 'Fit', 'median', 'percentile', 'robust_affine', 'ransac_affine',
