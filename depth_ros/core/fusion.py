@@ -43,6 +43,13 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     return cv2.multiply(s, s)
 
 
+def _smallest(v) -> float:
+    """The smallest value of a number or a plane (cv2.minMaxLoc: numpy 1.17's min is slow)."""
+    if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype == np.float32 and v.size > 4:
+        return float(cv2.minMaxLoc(v)[0])
+    return float(np.min(v))
+
+
 class Fusion(object):
     """Full-resolution buffers of the fusion, allocated once per shape (three float planes)."""
 
@@ -90,7 +97,7 @@ class Fusion(object):
         self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32), bound)
         if consistency is not None:
             # Per pixel (edges): bound = min(bound, (consistency y + 2 sigma_s)^2).
-            s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
+            s2 = 2.0 * np.sqrt(_smallest(stereo_var_small))
             cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=tmp)
             cv2.multiply(tmp, tmp, dst=tmp)
             cv2.min(bound, tmp, dst=bound)

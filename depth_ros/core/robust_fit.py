@@ -50,11 +50,12 @@ def median(x: np.ndarray):
     if n % 2:
         return np.partition(x, k)[k]
     part = np.partition(x, (k - 1, k))
-    return (part[k - 1] + part[k]) / 2
+    # The pair's sum in the array's precision, halved (exact), as np.median's mean does.
+    return x.dtype.type((part[k - 1] + part[k]) / 2)
 
 
 def percentile(x: np.ndarray, q: float) -> float:
-    """``np.percentile(x, q)`` (linear) of a 1-D array without NaN, by one partition."""
+    """``np.percentile(x, q)`` (linear) of a 1-D float64 array without NaN, by one partition."""
     n = x.size
     pos = q / 100.0 * (n - 1)
     lo = int(np.floor(pos))

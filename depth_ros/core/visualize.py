@@ -121,8 +121,9 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     out = cv2.cvtColor(buf.bgra.view(np.uint8).reshape(values.shape + (4,)),
                        cv2.COLOR_BGRA2BGR, dst=np.empty(values.shape + (3,), np.uint8))
     if total != total:
-        nan = cv2.compare(v, v, cv2.CMP_NE)     # 255 where NaN
-        out[nan != 0] = colour
+        # np.isnan, not cv2.compare(v, v, CMP_NE): OpenCV answers that for the same array
+        # without looking at the values (no NaN found, beyond a few pixels).
+        out[np.isnan(v)] = colour
     return out
 
 
