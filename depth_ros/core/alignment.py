@@ -35,6 +35,7 @@ from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTIO
     option_specs, RELATIVE_KINDS
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
+from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
 from depth_ros.core.guided import LocalCorrection
 from depth_ros.core.robust_fit import Anchor, median, percentile, robust_affine
@@ -51,9 +52,6 @@ _MAD_TO_SIGMA = 1.4826
 _RHO_DEFAULT = 0.05       # relative mono noise assumed before any frame measured it
 _RHO_FLOOR = 0.003
 _SIGMA_INV_DEFAULT = 0.003   # stereo inverse-depth noise (1/m) when no focal length is known
-# OpenCV 4.5's THRESH_TOZERO turns NaN into 0 (5.0 keeps it): patchNaNs is then redundant.
-_TOZERO_ZEROES_NAN = bool(cv2.threshold(np.full((2, 40), np.nan, np.float32), 0.0, 0.0,
-                                        cv2.THRESH_TOZERO)[1].max() == 0.0)
 
 
 @dataclass
@@ -289,7 +287,7 @@ class MetricAligner(object):
         lo = float(np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0)))
         cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)
         cv2.threshold(ys, lo, 0.0, cv2.THRESH_TOZERO, dst=ys)
-        if not _TOZERO_ZEROES_NAN:
+        if not TOZERO_ZEROES_NAN:       # OpenCV 4.5's TOZERO made NaN 0 already
             cv2.patchNaNs(ys, 0.0)
         cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
         if conf is not None:
