@@ -670,7 +670,8 @@ class MetricAligner(object):
         lat = self._lattice
         yc = corrected[lat].ravel().astype(np.float64)
         y = ys[lat].ravel().astype(np.float64)
-        ok = (self._trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
+        with np.errstate(invalid='ignore'):      # unknown mono (NaN) fails, as meant
+            ok = (self._trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
         if ok.sum() >= 32:
             u = y[ok] / yc[ok] - 1.0
             band = o.consistency if o.consistency is not None else 1.0
