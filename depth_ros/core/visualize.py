@@ -21,9 +21,11 @@ class _Scratch(threading.local):
 
     def get(self, shape):
         if shape != self.shape:
-            self.clipped = np.empty(shape, np.float32)
+            # One plane for the clipped values and, after them, the packed B, G, R, 0 bytes
+            # per pixel: a frame's working set streams one plane less through the cache.
+            self.bgra = np.empty(shape, np.int32)
+            self.clipped = self.bgra.view(np.float32)
             self.gray = np.empty(shape, np.uint8)
-            self.bgra = np.empty(shape, np.int32)      # packed B, G, R, 0 bytes per pixel
             self.shape = shape
         return self
 
