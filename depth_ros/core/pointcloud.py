@@ -112,25 +112,8 @@ class _Scratch(threading.local):
             self.mx = np.empty((rows + 2, w), np.float32)
             self.edge = np.empty((rows, w), np.uint8)
             self.zs = np.empty((h, w), np.float32) if stride > 1 else None
-            self.rgb = np.empty((h, w), '<u4') if stride > 1 else None
-            self.bgra_full = None
             self.key = key
         return self
-
-    def strided_rgb(self, bgr, stride):
-        """
-        Packed colours of pixel (i s, j s): one BGRA conversion of the full image, then a
-        strided gather of 4-byte pixels (faster than a nearest resize of the BGR image and a
-        conversion per strip).
-        """
-        shape = bgr.shape[:2] + (4,)
-        if self.bgra_full is None or self.bgra_full.shape != shape:
-            self.bgra_full = np.empty(shape, np.uint8)
-        cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA, dst=self.bgra_full)
-        h, w = self.rgb.shape
-        np.copyto(self.rgb, self.bgra_full.view('<u4')[:h * stride:stride, :w * stride:stride, 0])
-        np.bitwise_and(self.rgb, np.uint32(0x00FFFFFF), out=self.rgb)   # alpha (top byte) 0
-        return self.rgb.view('<f4')
 
 
 _SCRATCH = _Scratch()
@@ -193,8 +176,13 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         out = np.empty((h, w), dtype)
     colours = None
     if bgr is not None:
-        # Stride 1: BGR, packed per strip; stride > 1: packed once here (float32 plane).
-        colours = buf.strided_rgb(bgr, stride) if stride > 1 else bgr
+        colours = bgr[:h * stride, :w * stride]
+        if stride > 1:
+            # Nearest-neighbour resize by an integer factor takes pixel (i s, j s), as the
+            # strided view does, several times faster than gathering the view (and, in the
+            # whole stage, faster than converting the full image to BGRA and gathering
+            # 4-byte pixels: 1.9 against 2.4-2.6 ms on OpenCV 4.5, the same on 5.0).
+            colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
     _fill(z, colours, out, buf, lo, hi, (1.0 + edge) ** stride if edge else None)
     return out
 
@@ -249,9 +237,7 @@ def _fill(z, colours, out, buf, lo, hi, edge_factor):
             cv2.multiply(zs, buf.xr[:n], dst=xs)
             np.multiply(zs, buf.yr[r0:r1], out=ys)
             planes = [xs, ys, zs]
-            if colours is not None and colours.ndim == 2:
-                planes.append(colours[r0:r1])           # already packed
-            elif colours is not None:
+            if colours is not None:
                 c = colours[r0:r1]
                 if not c.flags.c_contiguous:
                     c = np.ascontiguousarray(c)
