@@ -3,7 +3,9 @@ Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_clo
 
 Prints the median of repeated runs and two ratios:
 
-* total (update + cloud with colours at stride 1 + colorize) against the 10 ms budget;
+* total (update + cloud with colours at stride 1 + colorize) against the 10 ms budget, and
+  the same stage with alignment_node's settings (no uncertainty, the image as guide, the
+  camera for the stereo noise model, cloud at stride 2);
 * depth_to_cloud against one copy of its output bytes, measured in the same run.
 
 Usage: python benchmarks/bench_core.py [--repeats N] [--width W --height H]
@@ -69,6 +71,7 @@ def main(argv=None):
     cam = PinholeCamera(700.0 * w / 1280, 700.0 * w / 1280, (w - 1) / 2.0, (h - 1) / 2.0, w, h)
     frames = [scene(h, w, s) for s in range(4)]
     aligner = MetricAligner()
+    node = MetricAligner(compute_uncertainty=False)
     state = {'i': 0, 'result': None}
 
     def update():
@@ -90,7 +93,14 @@ def main(argv=None):
         depth_to_cloud(d, cam, bgr=bgr)
         colorize(d, 0.3, 20.0, reverse=True)
 
-    for fn in (update, whole):     # warm-up: buffers, caches, page faults
+    def node_stage():
+        rel, st, conf, image = frames[state['i'] % len(frames)]
+        state['i'] += 1
+        d = node.update(rel, st, conf, guide=image, camera=cam).depth
+        depth_to_cloud(d, cam, bgr=image, stride=2)
+        colorize(d, 0.3, 20.0, reverse=True)
+
+    for fn in (update, whole, node_stage):     # warm-up: buffers, caches, page faults
         for _ in range(5):
             fn()
     r = args.repeats
@@ -101,6 +111,7 @@ def main(argv=None):
     t_copy_into = median_ms(lambda: np.copyto(raw_out, raw), r)
     t_colorize = median_ms(lambda: colorize(depth, 0.3, 20.0, reverse=True), r)
     t_whole = median_ms(whole, r)
+    t_node = median_ms(node_stage, r)
     print('post-inference core at {}x{}, 1 thread, median of {} runs (ms)'.format(w, h, r))
     print('  MetricAligner.update          {:7.3f}'.format(t_update))
     print('  depth_to_cloud (rgb, new)     {:7.3f}'.format(t_cloud))
@@ -109,6 +120,9 @@ def main(argv=None):
     print('  sum of the three              {:7.3f}'.format(t_update + t_cloud + t_colorize))
     print('  measured together             {:7.3f}   budget 10 ms: {}'.format(
         t_whole, 'met' if t_whole <= 10.0 else 'NOT met'))
+    print('  node settings, together       {:7.3f}   budget 10 ms: {}'.format(
+        t_node, 'met' if t_node <= 10.0 else 'NOT met'))
+    print('    (no uncertainty, image guide, camera, cloud stride 2)')
     print('baseline: copy of the cloud bytes ({:.1f} MB)'.format(raw.nbytes / 1e6))
     print('  new array (ndarray.copy)      {:7.3f}'.format(t_copy))
     print('  into a buffer (np.copyto)     {:7.3f}'.format(t_copy_into))

@@ -4,6 +4,7 @@ MetricAligner on synthetic scenes whose true depth, scale and shift are known.
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
 from depth_ros.core.alignment import AlignedDepth, MetricAligner
+from depth_ros.core.robust_fit import median, percentile, ransac_affine
 import numpy as np
 import pytest
 
@@ -459,3 +460,48 @@ def test_unknown_option_is_a_value_error_naming_it():
         MetricAligner(max_depht=10.0, foo=1)
     assert str(err.value) == ('unknown MetricAligner option(s) `foo`, `max_depht`; see '
                               'help(MetricAligner)'), str(err.value)
+
+
+# ---------------------------------------------------------------------------- fast statistics
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4, 101, 4096, 4081])
+def test_median_and_percentile_are_numpys_to_the_last_bit(n):
+    rng = np.random.RandomState(n)
+    for dtype in (np.float64, np.float32):
+        x = rng.randn(n).astype(dtype)
+        got, expected = median(x), np.median(x)
+        assert got == expected and np.asarray(got).dtype == expected.dtype, (got, expected)
+    x = rng.randn(n)
+    for q in (0.0, 1.0, 37.3, 50.0, 99.0, 100.0):
+        got, expected = percentile(x, q), float(np.percentile(x, q))
+        assert got == expected, (n, q, got, expected)
+    assert median(np.arange(10.0)) == 4.5 and percentile(np.arange(11.0), 99.0) == 9.9
+
+
+def ransac_reference(r, y, tol, rng, iterations):
+    """RANSAC as first written: two draws, inlier counts by numpy."""
+    n = r.size
+    i, j = rng.randint(0, n, iterations), rng.randint(0, n, iterations)
+    dr = r[i] - r[j]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        s = (y[i] - y[j]) / dr
+        t = y[i] - s * r[i]
+        good = np.isfinite(s) & np.isfinite(t) & (s > 0) & (np.abs(dr) > 1e-12)
+    s, t = s[good], t[good]
+    sub = slice(None) if n <= 1024 else rng.randint(0, n, 1024)
+    res = np.abs(s[:, None] * r[sub][None, :] + t[:, None] - y[sub][None, :])
+    best = int(np.argmax((res <= tol[sub][None, :]).sum(axis=1)))
+    return float(s[best]), float(t[best])
+
+
+@pytest.mark.parametrize('n', [50, 1024, 3000])
+def test_ransac_draws_and_scores_as_the_plain_version(n):
+    rng = np.random.RandomState(n)
+    r = rng.rand(n) * 2.0
+    y = 0.05 * r + 0.002 + rng.randn(n) * 0.002
+    y[: n // 10] += rng.rand(n // 10)               # 10 % gross outliers
+    tol = np.maximum(0.1 * y, 0.006)
+    for seed in range(5):
+        a, b = np.random.RandomState(seed), np.random.RandomState(seed)
+        assert ransac_affine(r, y, tol, a, 64) == ransac_reference(r, y, tol, b, 64)
+        assert a.randint(0, 1000) == b.randint(0, 1000), 'the stream continues alike'

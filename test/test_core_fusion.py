@@ -6,12 +6,13 @@ Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
 import dataclasses
 
+import cv2
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.alignment_options import AlignerOptions, option_specs
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.edges import jump_mask
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.guided import bilateral_nc
+from depth_ros.core.guided import bilateral_nc, LocalCorrection
 from depth_ros.core.pointcloud import depth_to_cloud, EDGE_THRESHOLD
 import numpy as np
 import pytest
@@ -421,3 +422,114 @@ def test_marigold_keyframes_get_the_same_fusion():
     held = al.update(rel, np.full((H, W), np.nan, np.float32), focal_px=500.0)
     assert held.status == 'held' and 'previous output' in held.reason
     assert np.median(np.abs(held.depth[ok] - z[ok]) / z[ok]) < 0.02
+
+
+# ---------------------------------------------------------------------------- fast paths
+# The speed work (issue 10 follow-up) replaced operations by cheaper ones that must give the
+# same values: each test below checks one against a plain computation.
+
+def test_fusion_with_a_trust_mask_and_in_place_difference_matches_the_plain_call():
+    rng = np.random.RandomState(3)
+    ym = rng.uniform(0.05, 0.5, (H, W)).astype(np.float32)
+    ys = (ym * (1.0 + rng.normal(0.0, 0.03, (H, W)))).astype(np.float32)
+    ys[:10] = ym[:10] * 3.0
+    ys[10:20] = 0.0
+    vm = ((0.03 * ym) ** 2).astype(np.float32)
+    vs = np.full((H, W), 0.004 ** 2, np.float32)
+    plain = np.empty_like(ym)
+    _, n_plain = Fusion(H, W).fuse(ym, ys, vm, vs, 4.0, plain, None, 0.15)
+    # The caller's mask instead of ys > 0: the untrusted values no longer matter (finite).
+    trusted = np.where(ys > 0, 255, 0).astype(np.uint8)
+    ys2 = ys.copy()
+    ys2[10:20] = ym[10:20]              # would be fused if it were trusted
+    out = ym.copy()
+    _, n = Fusion(H, W).fuse(out, ys2, vm, vs, 4.0, out, None, 0.15, trusted=trusted,
+                             diff=ys2)
+    assert n == n_plain, (n, n_plain)
+    np.testing.assert_array_equal(out, plain)
+
+
+def nan_and_zero_frame():
+    rel, st, z = frame(seed=4)
+    conf = np.random.RandomState(5).uniform(1.0, 40.0, (H, W)).astype(np.float32)
+    return rel, st, z, conf
+
+
+def test_nan_confidence_is_untrusted_stereo_and_does_not_stop_the_fusion():
+    # A NaN confidence used to turn the smooth stereo variance into NaN (0 * inf), which
+    # vetoed every stereo pixel of the frame. Now it is the least reliable value, 100.
+    rel, st, _, conf = nan_and_zero_frame()
+    block = (slice(10, 40), slice(20, 70))
+    with_nan, with_100 = conf.copy(), conf.copy()
+    with_nan[block] = np.nan
+    with_100[block] = 100.0
+    a = MetricAligner().update(rel, st, with_nan, focal_px=500.0)
+    b = MetricAligner().update(rel, st, with_100, focal_px=500.0)
+    assert a.status == 'ok' and a.stereo_fraction > 0.3, (a.status, a.stereo_fraction)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+
+
+def test_zero_and_infinite_stereo_are_untrusted_like_nan():
+    # The fusion's masked products multiply by the mask: 1 / 0 = inf must never reach them.
+    rel, st, _, conf = nan_and_zero_frame()
+    bad = st.copy()
+    bad[50:60] = 0.0
+    bad[60:64] = -0.0
+    bad[64:66] = -np.inf
+    nan = st.copy()
+    nan[50:66] = np.nan
+    a = MetricAligner().update(rel, bad, conf, focal_px=500.0)
+    b = MetricAligner().update(rel, nan, conf, focal_px=500.0)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    assert not np.isnan(a.depth).any(), 'the mono is known everywhere'
+
+
+def bilateral_level_by_level(p, w, guide, radius, range_sigma, max_levels=4):
+    """The normalised convolution as first written, one guide level at a time."""
+    ok = w > 0
+    lo, hi = float(np.min(guide[ok])), float(np.max(guide[ok]))
+    n = int(min(max_levels, max(2, np.ceil((hi - lo) / range_sigma) + 1)))
+    step = max((hi - lo) / (n - 1), 1e-9)
+    sigma = max(range_sigma, 0.5 * step)
+    wp = w * p
+    est, den = np.zeros_like(p), np.zeros_like(p)
+    pos = np.clip((guide - lo) / step, 0.0, n - 1.0)
+    k = 2 * radius + 1
+
+    def box(x):
+        return cv2.boxFilter(x, cv2.CV_32F, (k, k), normalize=True,
+                             borderType=cv2.BORDER_REFLECT)
+    for i in range(n):
+        kr = cv2.exp((guide - (lo + i * step)) ** 2 * (-0.5 / (sigma * sigma)))
+        num_i, den_i = box(wp * kr), box(w * kr)
+        t = np.maximum(0.0, 1.0 - np.abs(pos - i))
+        est += t * np.where(den_i > 1e-12, num_i / np.maximum(den_i, 1e-12), 1.0)
+        den += t * den_i
+    return est, den
+
+
+@pytest.mark.parametrize('range_sigma', [0.08, 0.15, 0.6])
+def test_bilateral_levels_stacked_match_level_by_level(range_sigma):
+    rng = np.random.RandomState(6)
+    p = (1.0 + 0.05 * rng.randn(30, 40)).astype(np.float32)
+    w = np.where(rng.rand(30, 40) > 0.3, rng.rand(30, 40) * 1e4, 0.0).astype(np.float32)
+    guide = cv2.GaussianBlur(rng.rand(30, 40).astype(np.float32), (0, 0), 2.0)
+    guide = ((guide - guide.min()) / (guide.max() - guide.min())).astype(np.float32)
+    est, den = bilateral_nc(p, w, guide, 3, range_sigma)
+    ref_est, ref_den = bilateral_level_by_level(p, w, guide, 3, range_sigma)
+    np.testing.assert_array_equal(est, ref_est)
+    np.testing.assert_array_equal(den, ref_den)
+
+
+@pytest.mark.parametrize('shape', [(96, 128), (97, 130)])
+def test_statistics_planes_by_strided_copy_match_the_nearest_resize(shape):
+    corr = LocalCorrection(shape[0], shape[1], 8, 32)
+    rng = np.random.RandomState(7)
+    for dtype in (np.float32, np.uint8):
+        plane = (rng.rand(*shape) * 200).astype(dtype)
+        expected = cv2.resize(plane, corr.stats_size, interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(corr.stats(plane, 'p'), expected)
+        np.testing.assert_array_equal(corr.stats(plane), expected)
+    again = corr.stats(np.zeros(shape, np.float32), 'p')
+    assert not again.any(), 'the kept buffer holds the latest plane'

@@ -204,3 +204,55 @@ def test_ply_plain_points_without_colours(tmp_path):
         write_ply(path, pts, np.zeros((2, 3), np.uint8))
     with pytest.raises(ValueError, match=r'`points` must be a float array \[N, 3\]'):
         write_ply(path, np.zeros((3, 2), np.float32))
+
+
+@pytest.mark.parametrize('stride', [2, 3])
+def test_strided_cloud_takes_every_pixel_i_s_j_s_and_keeps_earlier_results(stride):
+    rng = np.random.RandomState(stride)
+    h, w = 40, 64
+    cam = PinholeCamera(50.0, 50.0, 31.5, 19.5, w, h)
+    depth = rng.uniform(1.0, 9.0, (h, w)).astype(np.float32)
+    bgr = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    cloud = plain_cloud(depth, cam, bgr=bgr, stride=stride)
+    snapshot = cloud.tobytes()
+    hs, ws = h // stride, w // stride
+    np.testing.assert_array_equal(cloud['z'], depth[:hs * stride:stride, :ws * stride:stride])
+    np.testing.assert_array_equal(unpack_rgb(cloud['rgb']),
+                                  bgr[:hs * stride:stride, :ws * stride:stride, ::-1])
+    plain_cloud(depth[::-1].copy(), cam, bgr=bgr[::-1].copy(), stride=stride)
+    assert cloud.tobytes() == snapshot, 'kept buffers must not alias an earlier result'
+
+
+def colorize_reference(values, vmin, vmax, reverse, invalid=(0, 0, 0)):
+    """colorize as first written: clip to [vmin, vmax], scale, applyColorMap, repaint NaN."""
+    import cv2
+    v = values.astype(np.float32)
+    clipped = np.clip(np.nan_to_num(v, nan=vmin, posinf=vmax, neginf=vmin), vmin, vmax)
+    span = vmax - vmin if vmax > vmin else 1.0
+    a = 255.0 / span
+    gray = cv2.convertScaleAbs(clipped, None, -a if reverse else a,
+                               vmax * a if reverse else -vmin * a)
+    out = cv2.applyColorMap(gray, cv2.COLORMAP_TURBO)
+    out[np.isnan(v)] = invalid
+    return out
+
+
+@pytest.mark.parametrize('special', ['none', 'nan', 'inf', '-inf', 'huge'])
+@pytest.mark.parametrize('reverse', [True, False])
+def test_colorize_matches_the_clipped_reference(special, reverse):
+    # The reversed map skips the lift to vmin where convertScaleAbs saturates anyway: the
+    # same pixels, including values far below vmin, -inf and NaN.
+    from depth_ros.core.visualize import colorize
+    v = np.random.RandomState(2).uniform(-5.0, 40.0, (48, 64)).astype(np.float32)
+    v[0, :4] = (0.3, 20.0, 0.0, -1.0)
+    if special == 'nan':
+        v[5:9, 3:30] = np.nan
+    elif special == 'inf':
+        v[10:12] = np.inf
+    elif special == '-inf':
+        v[20, :7] = -np.inf
+    elif special == 'huge':
+        v[30, 3], v[31, 4] = 1e30, -1e12
+    for vmin, vmax in ((0.3, 20.0), (5.0, 5.0)):
+        np.testing.assert_array_equal(colorize(v, vmin, vmax, reverse=reverse),
+                                      colorize_reference(v, vmin, vmax, reverse))

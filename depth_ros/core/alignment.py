@@ -35,9 +35,10 @@ from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTIO
     option_specs, RELATIVE_KINDS
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
+from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
 from depth_ros.core.guided import LocalCorrection
-from depth_ros.core.robust_fit import Anchor, robust_affine
+from depth_ros.core.robust_fit import Anchor, median, percentile, robust_affine
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
@@ -186,9 +187,8 @@ class MetricAligner(object):
         self._lattice = (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
         self._buf = np.empty((height, width), np.float32)      # mono inverse depth
         self._ys = np.empty((height, width), np.float32)       # stereo inverse depth
-        self._yc = np.empty((height, width), np.float32)       # corrected mono
-        self._scratch = np.empty((height, width), np.float32)
-        self._rho_full = np.empty((height, width), np.float32)
+        self._trust = np.empty((height, width), np.uint8)      # 255: trusted stereo
+        self._mask = np.empty((height, width), np.uint8)
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
         self._correction = LocalCorrection(height, width, o.correction_downsample,
@@ -265,28 +265,34 @@ class MetricAligner(object):
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
 
     def _confidence(self, confidence):
-        """The confidence as float32, NaN replaced by +inf (never trusted); or None."""
+        """The confidence as float32 (NaN is never trusted: see ``_stereo_inverse``); or None."""
         if confidence is None:
             return None
-        conf = confidence.astype(np.float32, copy=False)
-        if not np.isfinite(cv2.sumElems(conf)[0]):
-            conf = np.where(np.isnan(conf), np.float32(np.inf), conf).astype(np.float32)
-        return conf
+        return confidence.astype(np.float32, copy=False)
 
     def _stereo_inverse(self, stereo, conf):
-        """Stereo inverse depth (``self._ys``): finite, 0 where not trusted."""
+        """
+        Stereo inverse depth ``self._ys`` and its trust mask ``self._trust``.
+
+        ``self._ys`` is finite everywhere (the fusion's masked products multiply by the mask:
+        0 * inf or 0 * NaN would leak into the output), 0 outside 1/max_depth <= 1/z <=
+        1/min_depth (float32) and where z is NaN. ``self._trust`` (uint8) is 255 where that
+        range holds and the confidence is at most the threshold (NaN is never trusted);
+        readers of ``self._ys`` go through it (the confidence does not zero ``self._ys``).
+        """
         o = self.options
-        ys = self._ys
+        ys, trust = self._ys, self._trust
         with np.errstate(divide='ignore', invalid='ignore'):
             np.divide(np.float32(1.0), stereo, out=ys)
         lo = float(np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0)))
         cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)
         cv2.threshold(ys, lo, 0.0, cv2.THRESH_TOZERO, dst=ys)
-        cv2.patchNaNs(ys, 0.0)
+        if not TOZERO_ZEROES_NAN:       # OpenCV 4.5's TOZERO made NaN 0 already
+            cv2.patchNaNs(ys, 0.0)
+        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
         if conf is not None:
-            ok = cv2.threshold(conf, o.confidence_threshold, 1.0, cv2.THRESH_BINARY_INV,
-                               dst=self._scratch)[1]
-            cv2.multiply(ys, ok, dst=ys)
+            cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE, dst=self._mask)
+            cv2.bitwise_and(trust, self._mask, dst=trust)
         return ys
 
     def _samples(self, rel, stereo, confidence, sigma_s) -> _Samples:
@@ -304,7 +310,7 @@ class MetricAligner(object):
                 valid &= c <= o.confidence_threshold   # NaN compares False
         self._sky_threshold = None
         if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
-            self._sky_threshold = o.sky_fraction * float(np.percentile(r_all[finite_r], 99))
+            self._sky_threshold = o.sky_fraction * percentile(r_all[finite_r], 99.0)
         sky_r = self._sky_anchor(r_all, finite_r, valid)
         var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
         if c is not None and o.confidence_noise_gain > 0:
@@ -323,7 +329,7 @@ class MetricAligner(object):
         if n_sky < o.sky_anchor_min_fraction * r_all.size or \
                 (sky & valid).sum() > 0.1 * n_sky:
             return None
-        return float(np.median(r_all[sky]))
+        return float(median(r_all[sky]))
 
     # ------------------------------------------------------------------ fit
 
@@ -401,7 +407,7 @@ class MetricAligner(object):
             ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
             if ok.sum() < o.min_valid_samples:
                 return None
-            change = float(np.median(np.abs(new[ok] / prev[ok] - 1.0)))
+            change = float(median(np.abs(new[ok] / prev[ok] - 1.0)))
         if change <= o.jump_threshold:
             self._pending = 0
             return None
@@ -512,7 +518,7 @@ class MetricAligner(object):
     def _stereo_only(self, ys, sigma_s):
         """No fit: trusted stereo, NaN elsewhere (never a guess)."""
         h, w = ys.shape
-        trusted = ys > 0
+        trusted = self._trust != 0
         depth = np.full((h, w), np.nan, np.float32)
         np.divide(np.float32(1.0), ys, out=depth, where=trusted)
         unc = None
@@ -552,43 +558,47 @@ class MetricAligner(object):
         """Aligned, corrected and fused output: (depth, uncertainty, stereo fraction)."""
         o = self.options
         h, w = self._shape
+        trust = self._trust
         mono = self._mono_inverse(rel, fit.scale, fit.shift)
         if self._stereo_suspect:
             # Stereo that jumped against the metric history informs nothing this frame.
-            ys = self._ys
+            trust.fill(0)
             ys.fill(0.0)
-        corrected = self._correct(mono, ys, guide, sigma_s * np.sqrt(self.beta))
+        # The output array (new every frame): the corrected mono, then fused in place.
+        out_inv = np.empty((h, w), np.float32)
+        corrected = self._correct(mono, ys, guide, sigma_s * np.sqrt(self.beta), out_inv)
         vm_small = self._noise(corrected, ys, sigma_s, conf)
         sigma_s = sigma_s * np.sqrt(self.beta)      # the calibrated stereo noise
-        out_inv = np.empty((h, w), np.float32)
         confirmed = fit.source == 'previous' or (
             self.fit_inlier_ratio >= o.consistency_min_inliers)
         fusion = self._fusion
         var = keep = None
         fuse = o.fuse_stereo and not self._stereo_suspect
+        if o.compute_uncertainty:
+            var = np.empty((h, w), np.float32)     # becomes the uncertainty (new array)
         if fuse and confirmed:
-            conf_small = None if conf is None else self._correction.stats(conf)
+            conf_small = None if conf is None else self._stats_confidence(conf)
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
-            y_small = self._correction.stats(corrected) if o.consistency is not None else None
+            # The stereo inverse is spent after this (but where unknown mono takes it).
             _, n = fusion.fuse(corrected, ys, vm_small, vs_small, o.outlier_sigma, out_inv,
-                               y_small, o.consistency)
-            if o.compute_uncertainty:
-                var = fusion.variance(fusion.tmp)
+                               None, o.consistency, trusted=trust,
+                               diff=ys if self._unknown is None else None)
+            if var is not None:
+                fusion.variance(var)
         else:
-            out_inv[...] = corrected
             n = 0
-            if o.compute_uncertainty:
-                var = self._correction.upsample(vm_small, fusion.tmp)
+            if var is not None:
+                self._correction.upsample(vm_small, var)
             if fuse:
                 # A mono prediction the stereo does not confirm never vetoes trusted stereo.
-                keep = ys > 0
+                keep = trust != 0
                 out_inv[keep] = ys[keep]
                 n = int(keep.sum())
                 if var is not None:
                     var[keep] = sigma_s * sigma_s
         if self._unknown is not None and fuse:
             # Unknown mono, trusted stereo: the stereo value.
-            use = self._unknown & (ys > 0)
+            use = self._unknown & (trust != 0)
             out_inv[use] = ys[use]
             if var is not None:
                 var[use] = sigma_s * sigma_s
@@ -600,11 +610,22 @@ class MetricAligner(object):
         self._remember_low()
         return depth, unc, n / float(h * w)
 
-    def _correct(self, mono, ys, guide, sigma_s):
+    def _stats_confidence(self, conf):
         """
-        The locally corrected mono at the output size (``self._yc``): the correction is
-        applied at the mono's own size, then resized (one full-resolution pass); inverse
-        depth at or below 1/max_output_depth becomes 0 (+inf depth).
+        The confidence at the statistics size, a non-finite value as 100 (the least reliable:
+        such stereo is never trusted). Not +inf: its variance would be inf and NaN (0 * inf)
+        in the smooth planes the fusion interpolates, which vetoed the whole frame's stereo.
+        """
+        c = self._correction.stats(conf, 'confidence')
+        if not np.isfinite(cv2.sumElems(c)[0]):
+            c[~np.isfinite(c)] = 100.0
+        return c
+
+    def _correct(self, mono, ys, guide, sigma_s, out):
+        """
+        The locally corrected mono at the output size, in ``out``: the correction is applied
+        at the mono's own size, then resized (one full-resolution pass); inverse depth at or
+        below 1/max_output_depth becomes 0 (+inf depth).
         """
         o = self.options
         corr = self._correction
@@ -617,11 +638,11 @@ class MetricAligner(object):
             # that are larger than the band the fusion accepts stereo in.
             band = 2.0 * o.consistency if o.consistency is not None else 1.0
             p, wgt, ya_low, range_guide = corr.cell_means(mono, ys, guide, sigma_s, band,
-                                                          max(self.rho_post, 0.01))
+                                                          max(self.rho_post, 0.01),
+                                                          trusted=self._trust)
             self._ya_low = ya_low
             corr.compute(p, wgt, ya_low, range_guide, o.max_correction, o.temporal_alpha)
             small = corr.apply(mono)
-        out = self._yc
         if small.shape == (h, w):
             out[...] = small
         else:
@@ -649,7 +670,8 @@ class MetricAligner(object):
         lat = self._lattice
         yc = corrected[lat].ravel().astype(np.float64)
         y = ys[lat].ravel().astype(np.float64)
-        ok = (y > 0) & np.isfinite(yc) & (yc > 0)
+        with np.errstate(invalid='ignore'):      # unknown mono (NaN) fails, as meant
+            ok = (self._trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
         if ok.sum() >= 32:
             u = y[ok] / yc[ok] - 1.0
             band = o.consistency if o.consistency is not None else 1.0
@@ -692,11 +714,12 @@ class MetricAligner(object):
             np.divide(np.float32(1.0), out_inv, out=depth)
         if self._unknown is not None:
             # Unknown mono and no fused stereo: unknown (OpenCV 4.5's threshold made it 0).
-            unknown = self._unknown if not self._fused else self._unknown & (self._ys <= 0)
+            unknown = self._unknown if not self._fused else \
+                self._unknown & (self._trust == 0)
             depth[unknown] = np.nan
         unc = None
         if var is not None:
-            unc = np.empty_like(depth)
+            unc = var           # a new array: the variance becomes the uncertainty in place
             # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.
             cv2.sqrt(cv2.max(var, 1e-20, dst=var), dst=unc)
             cv2.multiply(unc, depth, dst=unc)
@@ -727,7 +750,7 @@ def _robust_rho2(u2, base):
     The median of a chi-square with one degree of freedom is 0.455: ``rho^2 = median(u2) /
     0.455 - median(base)``, robust to outliers (one sort instead of an iterative solve).
     """
-    rho2 = float(np.median(u2)) / _CHI2_MEDIAN - float(np.median(base))
+    rho2 = float(median(u2)) / _CHI2_MEDIAN - float(median(base))
     return max(rho2, _RHO_FLOOR ** 2)
 
 
@@ -740,10 +763,18 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     rho^2 >= the floor.
     """
     order = np.argsort(a)
-    chunks = np.array_split(order, bins)
-    av = np.array([float(np.mean(a[c])) for c in chunks])
+    a_sorted, u_sorted = a[order], np.abs(u[order])
+    # The bins of np.array_split: the first n % bins one longer.
+    size, extra = divmod(a.size, bins)
+    bounds, start = [], 0
+    for b in range(bins):
+        end = start + size + (1 if b < extra else 0)
+        bounds.append((start, end))
+        start = end
+    # np.add.reduce / count is ndarray.mean's own arithmetic, without its overhead.
+    av = np.array([float(np.add.reduce(a_sorted[i:j])) / (j - i) for i, j in bounds])
     # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
-    vv = np.array([(_MAD_TO_SIGMA * float(np.median(np.abs(u[c])))) ** 2 for c in chunks])
+    vv = np.array([(_MAD_TO_SIGMA * float(median(u_sorted[i:j]))) ** 2 for i, j in bounds])
     wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
     # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
     sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()
@@ -753,7 +784,7 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
         beta = (sw * sav - sa * sv) / det
         rho2 = (sv - beta * sa) / sw
     else:
-        beta, rho2 = 1.0, float(np.median(vv))
+        beta, rho2 = 1.0, float(median(vv))
     # beta is identifiable only when the stereo term varies enough across the bins (a range
     # of depths): otherwise the stereo model is taken as given.
     if fixed_beta is None and av[-1] < 10.0 * av[0]:

@@ -16,6 +16,10 @@ import cv2
 import numpy as np
 
 _KERNEL = np.ones((3, 3), np.uint8)
+# OpenCV 4.5's THRESH_TOZERO turns NaN into 0 (5.0 keeps it): after ``_range`` a patchNaNs
+# is then redundant.
+TOZERO_ZEROES_NAN = bool(cv2.threshold(np.full((2, 40), np.nan, np.float32), 0.0, 0.0,
+                                       cv2.THRESH_TOZERO)[1].max() == 0.0)
 
 
 def _range(src, dst, lo, hi):
@@ -37,7 +41,8 @@ def far_side_of_jumps(z, r0, r1, lo, hi, factor, buf):
     e0, e1 = max(r0 - 1, 0), min(r1 + 1, h)
     ne, n, top = e1 - e0, r1 - r0, r0 - e0
     ext = _range(z[e0:e1], buf.ext[:ne], lo, hi)
-    cv2.patchNaNs(ext, 0.0)
+    if not TOZERO_ZEROES_NAN:
+        cv2.patchNaNs(ext, 0.0)
     inv = buf.inv[:ne]
     with np.errstate(divide='ignore'):
         np.divide(np.float32(1.0), ext, out=inv)
@@ -57,7 +62,8 @@ def jump_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
 
     A reference implementation of the cloud's edge test for one image (numpy, not tuned).
     """
-    z = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float64)
+    with np.errstate(invalid='ignore'):         # NaN > 0 is False, as meant
+        z = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float64)
     with np.errstate(divide='ignore'):
         inv = np.where(z > 0, 1.0 / np.where(z > 0, z, 1.0), 0.0)
     p = np.pad(inv, 1, mode='constant')

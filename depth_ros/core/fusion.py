@@ -16,9 +16,10 @@ sigma_s^2)``; elsewhere ``y = y_m``. The fused variance is ``sigma_m^2 (1 - k)``
 
 The variances are smooth (the mono's from its low-resolution map, the stereo's from the
 confidence), so ``k`` and the gate's bound are computed at a quarter of the resolution and
-upsampled; the difference, the gate and the blend are per pixel. Eleven full-resolution
-OpenCV passes (three more for the variance), no masks on float planes (masked operations
-are several times slower): the gate is a 0/1 float plane from ``cv2.threshold``.
+upsampled; the difference, the gate and the blend are per pixel. The gate is a uint8 mask
+(``cv2.compare``, ANDed with the stereo trust mask), and the blend one masked
+``cv2.accumulateProduct`` (``y += k d`` where gated) in place: eight float passes and two
+uint8 ones at full resolution (two more for the variance).
 """
 from __future__ import annotations
 
@@ -42,18 +43,24 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     return cv2.multiply(s, s)
 
 
+def _smallest(v) -> float:
+    """The smallest value of a number or a plane (cv2.minMaxLoc: numpy 1.17's min is slow)."""
+    if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype == np.float32 and v.size > 4:
+        return float(cv2.minMaxLoc(v)[0])
+    return float(np.min(v))
+
+
 class Fusion(object):
-    """Full-resolution buffers of the fusion, allocated once per shape."""
+    """Full-resolution buffers of the fusion, allocated once per shape (three float planes)."""
 
     def __init__(self, height: int, width: int):
         shape = (height, width)
         self.shape = shape
-        self.k = np.empty(shape, np.float32)       # weight of the stereo, then gated
-        self.bound = np.empty(shape, np.float32)   # outlier_sigma^2 (vm + vs)
-        self.vm = np.empty(shape, np.float32)      # mono variance (for the fused variance)
+        self.k = np.empty(shape, np.float32)       # the bound, then the weight of the stereo
         self.diff = np.empty(shape, np.float32)
         self.tmp = np.empty(shape, np.float32)
-        self.gate = np.empty(shape, np.float32)    # 1 where stereo is fused, else 0
+        self.gate = np.empty(shape, np.uint8)      # 255 where stereo is fused, else 0
+        self.trust = np.empty(shape, np.uint8)
         self._vm_small = None
 
     def _up(self, small, out):
@@ -62,8 +69,9 @@ class Fusion(object):
 
     def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, mono_var_small: np.ndarray,
              stereo_var_small, outlier_sigma: float, out_inv: np.ndarray,
-             mono_small: Optional[np.ndarray] = None,
-             consistency: Optional[float] = None) -> Tuple[np.ndarray, int]:
+             mono_small: Optional[np.ndarray] = None, consistency: Optional[float] = None,
+             trusted: Optional[np.ndarray] = None,
+             diff: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
         """
         Fuse into ``out_inv``; return (out_inv, number of pixels that fused stereo).
 
@@ -71,38 +79,48 @@ class Fusion(object):
         :param stereo_inv: [H, W] float32 stereo inverse depth, finite; 0 where untrusted.
         :param mono_var_small: [h, w] float32 mono inverse-depth variance at a lower size.
         :param stereo_var_small: the stereo variance, a number or an [h, w] plane.
-        :param mono_small, consistency: the mono inverse depth at the lower size, and the
-            relative band that caps the mono's share of the outlier test: stereo further
-            than ``consistency * y + 2 sigma_s`` from the mono is an outlier even where the
-            mono is very uncertain (its edges).
+        :param out_inv: [H, W] float32 result; may be ``mono_inv`` itself (in place).
+        :param mono_small: unused (kept for callers of the earlier signature).
+        :param consistency: the relative band that caps the mono's share of the outlier
+            test: stereo further than ``consistency * y + 2 sigma_s`` from the mono is an
+            outlier even where the mono is very uncertain (its edges).
+        :param trusted: optional [H, W] uint8 mask, nonzero where the stereo is trusted (the
+            caller's, if it has one; else ``stereo_inv > 0``).
+        :param diff: optional [H, W] float32 buffer for ``stereo_inv - mono_inv``; may be
+            ``stereo_inv`` itself when the caller no longer needs it (one plane less to
+            stream through the cache).
         """
         den = mono_var_small + stereo_var_small
         self._vm_small = mono_var_small
-        self._up((mono_var_small / den).astype(np.float32), self.k)
-        self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32), self.bound)
+        bound, tmp = self.k, self.tmp
+        diff = self.diff if diff is None else diff
+        self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32), bound)
         if consistency is not None:
             # Per pixel (edges): bound = min(bound, (consistency y + 2 sigma_s)^2).
-            s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
-            cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=self.tmp)
-            cv2.multiply(self.tmp, self.tmp, dst=self.tmp)
-            cv2.min(self.bound, self.tmp, dst=self.bound)
-        cv2.subtract(stereo_inv, mono_inv, dst=self.diff)
-        # Gate: diff^2 <= bound, and trusted stereo (> 0); NaN fails.
-        cv2.multiply(self.diff, self.diff, dst=self.tmp)
-        cv2.subtract(self.bound, self.tmp, dst=self.tmp)
-        cv2.threshold(self.tmp, 0.0, 1.0, cv2.THRESH_BINARY, dst=self.gate)
-        cv2.threshold(stereo_inv, 0.0, 1.0, cv2.THRESH_BINARY, dst=self.tmp)
-        cv2.multiply(self.gate, self.tmp, dst=self.gate)
-        cv2.multiply(self.k, self.gate, dst=self.k)
-        cv2.multiply(self.k, self.diff, dst=self.tmp)
-        cv2.add(mono_inv, self.tmp, dst=out_inv)
+            s2 = 2.0 * np.sqrt(_smallest(stereo_var_small))
+            cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=tmp)
+            cv2.multiply(tmp, tmp, dst=tmp)
+            cv2.min(bound, tmp, dst=bound)
+        if trusted is None:
+            trusted = cv2.compare(stereo_inv, 0.0, cv2.CMP_GT, dst=self.trust)
+        cv2.subtract(stereo_inv, mono_inv, dst=diff)
+        # Gate: diff^2 < bound (NaN fails), and trusted stereo.
+        cv2.multiply(diff, diff, dst=tmp)
+        cv2.compare(tmp, bound, cv2.CMP_LT, dst=self.gate)
+        cv2.bitwise_and(self.gate, trusted, dst=self.gate)
+        if out_inv is not mono_inv:
+            np.copyto(out_inv, mono_inv)
+        k = self._up((mono_var_small / den).astype(np.float32), self.k)   # the bound is spent
+        # y = y_m + k (y_s - y_m) where gated; elsewhere y_m, untouched.
+        cv2.accumulateProduct(k, diff, out_inv, mask=self.gate)
         return out_inv, cv2.countNonZero(self.gate)
 
     def variance(self, out_var: np.ndarray) -> np.ndarray:
         """Fused inverse-depth variance ``vm (1 - k)`` of the last ``fuse`` (>= 0)."""
-        self._up(self._vm_small, self.vm)
-        cv2.multiply(self.vm, self.k, dst=self.tmp)
-        return cv2.subtract(self.vm, self.tmp, dst=out_var)
+        self._up(self._vm_small, out_var)
+        cv2.multiply(out_var, self.k, dst=self.tmp, scale=-1.0)
+        cv2.accumulate(self.tmp, out_var, mask=self.gate)
+        return out_var
 
 
 __all__ = ['Fusion', 'stereo_inverse_sigma', 'stereo_variance']

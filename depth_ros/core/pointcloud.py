@@ -111,6 +111,7 @@ class _Scratch(threading.local):
             self.inv = np.empty((rows + 2, w), np.float32)
             self.mx = np.empty((rows + 2, w), np.float32)
             self.edge = np.empty((rows, w), np.uint8)
+            self.zs = np.empty((h, w), np.float32) if stride > 1 else None
             self.key = key
         return self
 
@@ -157,8 +158,12 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
                             or out.shape != (h, w) or not out.flags.c_contiguous):
         raise ValueError('`out` must be a C-contiguous array of shape {} and the cloud dtype, '
                          'got {}'.format((h, w), describe(out)))
+    buf = _SCRATCH.get(camera, stride, h, w)
     z = depth[:h * stride:stride, :w * stride:stride]
-    if stride > 1 or z.dtype != np.float32:
+    if stride > 1:
+        np.copyto(buf.zs, z)        # into a kept buffer: faster than a new contiguous copy
+        z = buf.zs
+    elif z.dtype != np.float32:
         z = np.ascontiguousarray(z, dtype=np.float32)
     # Range test without masks: TOZERO_INV zeroes z > hi (and +inf), TOZERO zeroes z <= lo
     # (0, negatives, -inf); patchNaNs zeroes NaN. Then z / z is 1, or NaN where z is 0, and
@@ -174,10 +179,11 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         colours = bgr[:h * stride, :w * stride]
         if stride > 1:
             # Nearest-neighbour resize by an integer factor takes pixel (i s, j s), as the
-            # strided view does, several times faster than gathering the view.
+            # strided view does, several times faster than gathering the view (and, in the
+            # whole stage, faster than converting the full image to BGRA and gathering
+            # 4-byte pixels: 1.9 against 2.4-2.6 ms on OpenCV 4.5, the same on 5.0).
             colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
-    _fill(z, colours, out, _SCRATCH.get(camera, stride, h, w), lo, hi,
-          (1.0 + edge) ** stride if edge else None)
+    _fill(z, colours, out, buf, lo, hi, (1.0 + edge) ** stride if edge else None)
     return out
 
 
