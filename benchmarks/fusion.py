@@ -140,7 +140,7 @@ def _texture(shape, rng, scale):
 
 
 def shade_driving(world, camera, depth, ids, ego_z, rng):
-    """A plausible colour image: sky gradient, textured road with lane marks, coloured cars."""
+    """Shade a plausible colour image: sky gradient, textured road with lane marks, cars."""
     hgt, wid = depth.shape
     dx, dy = _rays(camera)
     img = np.zeros((hgt, wid, 3), np.float32)
@@ -346,7 +346,7 @@ def _fill_holes(inv):
 
 def middlebury_frames(seeds=(0, 1, 2), flicker=0.1, warp=0.06):
     """
-    The Middlebury Motorcycle pair with real SGBM stereo and a simulated DA-V2 output.
+    Build the Middlebury Motorcycle pair with real SGBM stereo and a simulated DA-V2 output.
 
     One frame per seed (different warps, biases and affine). The object-scale bias is a
     smooth function of depth (surfaces at different depths are off by different factors),
@@ -391,7 +391,7 @@ CALIBRATION_TOLERANCE = 0.08     # |fraction within 1 sigma - 0.68| counted as m
 # ---------------------------------------------------------------------------- methods
 
 def trusted_stereo(frame):
-    """The stereo pixels every method trusts: in [0.3, 20] m and confidence <= 50."""
+    """Return the stereo pixels every method trusts: in [0.3, 20] m, confidence <= 50."""
     st, conf = frame['stereo'], frame['confidence']
     with np.errstate(invalid='ignore'):
         return np.isfinite(st) & (st >= TRUST['min_depth']) & (st <= TRUST['max_depth']) & \
@@ -466,7 +466,7 @@ def make_method(name, frame):
 
 
 def edge_threshold_default():
-    """The default edge threshold of depth_to_cloud (None where it has none)."""
+    """Return the default edge threshold of depth_to_cloud (None where it has none)."""
     import inspect
     p = inspect.signature(depth_to_cloud).parameters.get('edge_threshold')
     return None if p is None else p.default
@@ -661,6 +661,8 @@ def run_single_frames(frames, methods, edge_threshold):
 
 def driving_set(seeds, n_frames, width):
     """
+    Build the driving sequences.
+
     Per seed: a drive with a scene change at the middle, two frames with 0.3 % of the stereo
     and one with none just before it; and a static camera (no ego-motion).
     """
@@ -685,6 +687,8 @@ def _scene(seqs, methods, edge, runner=run_sequence):
 
 def time_post_inference(repeats=20, width=1280):
     """
+    Time the post-inference stage.
+
     Median ms of update + depth_to_cloud (rgb) + colorize at ``width`` (1280 x 720), one
     thread, for today's aligner and the legacy one in the same rounds (interleaved, so that
     both see the same load), in two configurations: every output at full resolution (the
@@ -786,7 +790,7 @@ def _get(report, scene, method, *keys):
 
 
 def goals(report, method='fused'):
-    """The issue's goals on this run: {name: {value, goal, met}}; NaN where not measured."""
+    """Return the goals on this run: {name: {value, goal, met}}; NaN where not measured."""
     g = {}
 
     def put(name, value, higher_is_better=False, met=None):
@@ -858,7 +862,7 @@ def _scene_lines(scene, table, methods):
 
 
 def markdown(report):
-    """The report as markdown lines."""
+    """Return the report as markdown lines."""
     methods = report['methods']
     lines = ['# Fusion benchmark (issue 10)', '',
              '{} run: driving at {} px wide, {} frames per sequence, seeds {}; cloud '

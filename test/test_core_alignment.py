@@ -395,7 +395,7 @@ def test_fuse_stereo_false_outputs_mono_only():
 @pytest.mark.parametrize('kwargs, message', [
     (dict(relative_kind='inverse'), "option `relative_kind` must be one of ('disparity', "
                                     "'depth'), got 'inverse'"),
-    (dict(min_depth=-1.0), 'option `min_depth` must be a finite number in (0.0, inf), got -1.0'),
+    (dict(min_depth=-1.0), 'option `min_depth` must be a finite number > 0.0, got -1.0'),
     (dict(max_depth=0.2), 'option `max_depth` (0.2) must be > `min_depth` (0.3)'),
     (dict(confidence_threshold=101), 'option `confidence_threshold` must be a finite number in '
                                      '[0.0, 100.0], got 101'),
@@ -405,14 +405,14 @@ def test_fuse_stereo_false_outputs_mono_only():
                                '(0.0, 1.0], got 0.0'),
     (dict(correction_radius_px=3.5), 'option `correction_radius_px` must be an integer in '
                                      '[0, 4096], got 3.5'),
-    (dict(consistency=float('nan')), 'option `consistency` must be a finite number in '
-                                     '(0.0, inf), got nan'),
+    (dict(consistency=float('nan')), 'option `consistency` must be a finite number > 0.0, '
+                                     'got nan'),
     (dict(baseline_m=0.0), 'option `baseline_m` must be a finite number in (0.0, 10.0], '
                            'got 0.0'),
     (dict(disparity_noise_px=-0.1), 'option `disparity_noise_px` must be a finite number in '
                                     '(0.0, 100.0], got -0.1'),
-    (dict(outlier_sigma=True), 'option `outlier_sigma` must be a finite number in (0.0, '
-                               'inf), got True'),
+    (dict(outlier_sigma=True), 'option `outlier_sigma` must be a finite number > 0.0, '
+                               'got True'),
     (dict(fuse_stereo='yes'), "option `fuse_stereo` must be a bool, got 'yes'"),
 ])
 def test_bad_options_raise_naming_option_and_value(kwargs, message):

@@ -1,6 +1,8 @@
 """
-Issue 10's pieces one by one: the options dataclass, the noise-aware fusion, the local
-correction's range kernel, the sky anchor, self-alignment, scene changes, edge-clean clouds.
+The pieces of the metric alignment, one by one.
+
+The options dataclass, the noise-aware fusion, the local correction's range kernel, the sky
+anchor, self-alignment, scene changes, edge-clean clouds.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
@@ -71,7 +73,7 @@ def test_set_options_changes_runtime_options_only():
                                'build a new MetricAligner')
     with pytest.raises(ValueError) as info:
         al.set_options(outlier_sigma=-1.0)
-    assert 'option `outlier_sigma` must be a finite number in (0.0, inf), got -1.0' == \
+    assert 'option `outlier_sigma` must be a finite number > 0.0, got -1.0' == \
         str(info.value)
     with pytest.raises(ValueError, match='unknown MetricAligner option'):
         al.set_options(nope=1)
@@ -289,7 +291,7 @@ def test_camera_or_focal_length_sets_the_stereo_noise():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(camera=(500.0, 500.0)), '`camera` must be a PinholeCamera, got tuple'),
-    (dict(focal_px=0.0), 'argument `focal_px` must be a finite number in (0.0, inf), got 0.0'),
+    (dict(focal_px=0.0), '`focal_px` must be a finite number > 0.0, got 0.0'),
     (dict(focal_px=500.0, camera=PinholeCamera(5.0, 5.0, 1.0, 1.0, W, H)),
      'give `camera` or `focal_px`, not both'),
     (dict(guide=np.zeros((H, W, 3), np.float32)), '`guide` must have dtype uint8'),
@@ -372,8 +374,8 @@ def test_cloud_edge_threshold_compounds_with_the_stride():
 
 
 @pytest.mark.parametrize('value, message', [
-    (-0.1, 'argument `edge_threshold` must be a finite number in [0.0, 100.0], got -0.1'),
-    ('0.1', "argument `edge_threshold` must be a finite number in [0.0, 100.0], got '0.1'"),
+    (-0.1, '`edge_threshold` must be a finite number in [0.0, 100.0], got -0.1'),
+    ('0.1', "`edge_threshold` must be a finite number in [0.0, 100.0], got '0.1'"),
 ])
 def test_bad_edge_threshold_raises(value, message):
     with pytest.raises(ValueError) as info:
@@ -486,7 +488,7 @@ def test_zero_and_infinite_stereo_are_untrusted_like_nan():
 
 
 def bilateral_level_by_level(p, w, guide, radius, range_sigma, max_levels=4):
-    """The normalised convolution as first written, one guide level at a time."""
+    """Compute the normalised convolution as first written, one guide level at a time."""
     ok = w > 0
     lo, hi = float(np.min(guide[ok])), float(np.max(guide[ok]))
     n = int(min(max_levels, max(2, np.ceil((hi - lo) / range_sigma) + 1)))

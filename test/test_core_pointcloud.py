@@ -224,7 +224,7 @@ def test_strided_cloud_takes_every_pixel_i_s_j_s_and_keeps_earlier_results(strid
 
 
 def colorize_reference(values, vmin, vmax, reverse, invalid=(0, 0, 0)):
-    """colorize as first written: clip to [vmin, vmax], scale, applyColorMap, repaint NaN."""
+    """Colorize as first written: clip to [vmin, vmax], scale, applyColorMap, repaint NaN."""
     import cv2
     v = values.astype(np.float32)
     clipped = np.clip(np.nan_to_num(v, nan=vmin, posinf=vmax, neginf=vmin), vmin, vmax)

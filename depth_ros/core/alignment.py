@@ -237,7 +237,7 @@ class MetricAligner(object):
     # ------------------------------------------------------------------ frame inputs
 
     def _relative(self, relative):
-        """The relative map (float32, at its own size), NaN where it is not finite."""
+        """Return the relative map (float32, at its own size), NaN where it is not finite."""
         rel = relative.astype(np.float32, copy=False)
         self._rel_invalid = False
         # NaN and +-inf propagate into a double-precision sum (cheap at the network size).
@@ -248,7 +248,7 @@ class MetricAligner(object):
         return rel
 
     def _lattice_values(self, rel):
-        """The relative map at the lattice pixels (bilinear, as cv2.resize would give)."""
+        """Return the relative map at the lattice pixels (bilinear, as cv2.resize gives)."""
         if rel.shape == self._shape:
             return rel[self._lattice].astype(np.float64).ravel()
         key = rel.shape
@@ -265,7 +265,7 @@ class MetricAligner(object):
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
 
     def _confidence(self, confidence):
-        """The confidence as float32 (NaN is never trusted: see ``_stereo_inverse``); or None."""
+        """Return the confidence as float32 (NaN is never trusted), or None."""
         if confidence is None:
             return None
         return confidence.astype(np.float32, copy=False)
@@ -296,7 +296,7 @@ class MetricAligner(object):
         return ys
 
     def _samples(self, rel, stereo, confidence, sigma_s) -> _Samples:
-        """The fit lattice: valid stereo samples, their noise, and the sky."""
+        """Gather the fit lattice: valid stereo samples, their noise, and the sky."""
         o = self.options
         lat = self._lattice
         r_all = self._lattice_values(rel)
@@ -366,7 +366,7 @@ class MetricAligner(object):
         return fit
 
     def _fit_stereo(self, s: _Samples):
-        """This frame's affine from its stereo; (fit or None, reason)."""
+        """Fit this frame's affine to its stereo; return (fit or None, reason)."""
         o = self.options
         if s.n_valid < o.min_valid_samples:
             return None, 'too few valid stereo samples ({} < {})'.format(
@@ -435,7 +435,7 @@ class MetricAligner(object):
         return _FitResult(fit.scale, fit.shift, float(fit.inliers.mean()), 'previous')
 
     def _fit(self, s: _Samples):
-        """The frame's fit and status: stereo, else the previous output, else none."""
+        """Return the frame's fit and status: stereo, else the previous output, else none."""
         self._stereo_suspect = False
         fit, reason = self._fit_stereo(s)
         if fit is not None:
@@ -612,7 +612,9 @@ class MetricAligner(object):
 
     def _stats_confidence(self, conf):
         """
-        The confidence at the statistics size, a non-finite value as 100 (the least reliable:
+        Return the confidence at the statistics size.
+
+        A non-finite value counts as 100 (the least reliable:
         such stereo is never trusted). Not +inf: its variance would be inf and NaN (0 * inf)
         in the smooth planes the fusion interpolates, which vetoed the whole frame's stereo.
         """
@@ -623,7 +625,9 @@ class MetricAligner(object):
 
     def _correct(self, mono, ys, guide, sigma_s, out):
         """
-        The locally corrected mono at the output size, in ``out``: the correction is applied
+        Write the locally corrected mono at the output size into ``out``.
+
+        The correction is applied
         at the mono's own size, then resized (one full-resolution pass); inverse depth at or
         below 1/max_output_depth becomes 0 (+inf depth).
         """
@@ -691,7 +695,7 @@ class MetricAligner(object):
 
     def _mono_variance(self, corrected):
         """
-        The corrected mono's inverse-depth variance at the statistics size (smooth).
+        Return the corrected mono's inverse-depth variance at the statistics size (smooth).
 
         ``rho^2 y^2`` with the relative variance ``rho^2`` = the residual spread, plus the
         local excess at the mono's bends (edges), plus the uncorrected mono's where the

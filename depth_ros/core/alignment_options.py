@@ -180,7 +180,7 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(AlignerOptions))
 
 
 def make_options(options: Optional[AlignerOptions] = None, **kwargs) -> AlignerOptions:
-    """AlignerOptions from an instance and/or keyword arguments (unknown names: ValueError)."""
+    """Make AlignerOptions from an instance and/or keyword arguments (unknown: ValueError)."""
     unknown = sorted(set(kwargs) - set(OPTION_NAMES))
     if unknown:
         raise ValueError(_unknown_message(unknown))

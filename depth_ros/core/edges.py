@@ -23,7 +23,7 @@ TOZERO_ZEROES_NAN = bool(cv2.threshold(np.full((2, 40), np.nan, np.float32), 0.0
 
 
 def _range(src, dst, lo, hi):
-    """dst = src inside (lo, hi], else 0 (NaN stays NaN on OpenCV 5, becomes 0 on 4.5)."""
+    """Set dst = src inside (lo, hi], else 0 (NaN stays NaN on OpenCV 5, is 0 on 4.5)."""
     cv2.threshold(src, hi, 0.0, cv2.THRESH_TOZERO_INV, dst=dst)
     cv2.threshold(dst, lo, 0.0, cv2.THRESH_TOZERO, dst=dst)
     return dst

@@ -44,7 +44,7 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
 
 
 def _smallest(v) -> float:
-    """The smallest value of a number or a plane (cv2.minMaxLoc: numpy 1.17's min is slow)."""
+    """Return the smallest value of a number or a plane (minMaxLoc: numpy 1.17's is slow)."""
     if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype == np.float32 and v.size > 4:
         return float(cv2.minMaxLoc(v)[0])
     return float(np.min(v))

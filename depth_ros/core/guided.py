@@ -47,7 +47,9 @@ def _box(x, r):
 
 def bilateral_nc(p, w, guide, radius, range_sigma, max_levels=4):
     """
-    Normalised convolution of ``p`` (weights ``w``) with a spatial box of ``radius`` cells
+    Joint-bilateral normalised convolution.
+
+    Of ``p`` (weights ``w``) with a spatial box of ``radius`` cells
     and a Gaussian range kernel of ``range_sigma`` on ``guide``,
     piecewise-linear over at most ``max_levels`` guide levels.
 
@@ -148,7 +150,9 @@ class LocalCorrection(object):
 
     def stats(self, plane, key=None):
         """
-        A plane at the statistics resolution: output pixel (i, j) is the plane at the output
+        Return a plane at the statistics resolution.
+
+        Output pixel (i, j) is the plane at the output
         pixel (step i, step j). A full-size plane is subsampled (nearest, a copy); a plane of
         another size (the mono at the network's size) is interpolated there (bilinear).
 
@@ -264,7 +268,7 @@ class LocalCorrection(object):
 
     def compute(self, p, w, ya_low, guide, max_correction: float,
                 temporal_alpha: float) -> None:
-        """The low-resolution factor map, its support and the cells' weights."""
+        """Return the low-resolution factor map, its support and the cells' weights."""
         self.cell_w = w      # this frame's stereo precision: the next frame's prior weight
         p, w = self._temporal(p, w, ya_low, temporal_alpha, max_correction)
         g, range_sigma = guide

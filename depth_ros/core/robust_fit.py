@@ -41,7 +41,9 @@ class Anchor(NamedTuple):
 
 def median(x: np.ndarray):
     """
-    ``np.median`` of a 1-D array without NaN, the same value (in the array's precision) by
+    Return ``np.median`` of a 1-D array without NaN.
+
+    The same value (in the array's precision), by
     one partition: np.median's checks and dispatch cost several times the partition itself
     on the few thousand samples of a fit.
     """
@@ -55,7 +57,7 @@ def median(x: np.ndarray):
 
 
 def percentile(x: np.ndarray, q: float) -> float:
-    """``np.percentile(x, q)`` (linear) of a 1-D float64 array without NaN, by one partition."""
+    """Return the linear-interpolation percentile ``q`` of a 1-D float64 array without NaN."""
     n = x.size
     pos = q / 100.0 * (n - 1)
     lo = int(np.floor(pos))

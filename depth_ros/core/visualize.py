@@ -35,7 +35,9 @@ _TABLES = {}
 
 def _table(cmap):
     """
-    The lookup table of an OpenCV colour map as [1, 256] int32: each entry holds the bytes
+    Return the lookup table of an OpenCV colour map as [1, 256] int32.
+
+    Each entry holds the bytes
     B, G, R, 0 of one colour (one 8u -> 32s LUT gives BGRA pixels, a cvtColor drops A).
     """
     table = _TABLES.get(cmap)
@@ -131,7 +133,9 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
 
 def _lift_is_redundant(reverse, total, n, vmax, alpha):
     """
-    Whether ``max(values, vmin)`` changes no pixel of a reversed map with vmax > vmin: there
+    Tell whether ``max(values, vmin)`` changes no pixel of a reversed map with vmax > vmin.
+
+    There
     every value below vmin saturates to 255 in convertScaleAbs as vmin itself does (alpha
     (vmax - vmin) = 255), unless ``alpha (vmax - v)`` leaves the int range (or v is -inf or
     NaN). Every value is <= vmax after TRUNC, so

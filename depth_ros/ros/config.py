@@ -149,7 +149,7 @@ def validate_depth(values) -> Optional[str]:
 # --------------------------------------------------------------------------- alignment_node
 def _aligner_params():
     """
-    The MetricAligner options as ROS parameters: one source of truth (core.alignment_options).
+    Return the MetricAligner options as ROS parameters (core.alignment_options).
 
     Names, defaults, ranges and descriptions come from ``option_specs()``. An option that takes
     None (off) is 0.0 here ("0: off"). ``relative_kind`` and ``seed`` are read-only; every other
