@@ -1,5 +1,5 @@
 """
-FROZEN copy of depth_ros/core/alignment.py as of commit d8d36e1 (before issue 10's rework).
+FROZEN copy of depth_ros/core/alignment.py as of commit d8d36e1 (before its rework).
 
 benchmarks/fusion.py measures it as the "current MetricAligner" baseline, so that the baseline
 stays measurable after the rework. Do not edit or improve it: its job is to stay the same.

@@ -1,5 +1,5 @@
 """
-Fusion benchmark (issue 10): metric depth a planner can trust, against baselines of the same run.
+Fusion benchmark: metric depth a planner can trust, against baselines of the same run.
 
 Scenes (all seeded, generated offline, below):
 
@@ -12,7 +12,7 @@ Scenes (all seeded, generated offline, below):
   a scene change; and a static sequence.
 
 Methods: ``stereo`` (stereo alone), ``stereo_lsq`` (stereo, else the mono aligned by one global
-least-squares affine), ``legacy`` (the MetricAligner before issue 10, frozen in
+least-squares affine), ``legacy`` (the MetricAligner before the rework, frozen in
 benchmarks/_legacy_aligner.py), ``fused`` (today's MetricAligner with the camera, the baseline
 and the image as guide) and ``fused_noguide`` (no guide image); in full runs the ablations
 ``fused_noanchor`` (no sky anchor) and ``fused_nocorrection`` (no local correction).
@@ -864,7 +864,7 @@ def _scene_lines(scene, table, methods):
 def markdown(report):
     """Return the report as markdown lines."""
     methods = report['methods']
-    lines = ['# Fusion benchmark (issue 10)', '',
+    lines = ['# Fusion benchmark', '',
              '{} run: driving at {} px wide, {} frames per sequence, seeds {}; cloud '
              'edge_threshold {}; {:.0f} s.'.format(
                  'quick' if report['quick'] else 'full', report['width'],

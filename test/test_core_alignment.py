@@ -90,7 +90,7 @@ def test_output_dense_holes_filled_and_outliers_replaced():
     assert err.max() < 0.25, 'expected no gross outlier in output, max rel err {}'.format(
         err.max())
     assert np.median(err) < 0.01
-    # Consistent stereo is fused, not copied (behaviour changed with issue 10): each such
+    # Consistent stereo is fused, not copied (changed in the rework): each such
     # pixel lies between the stereo and the aligned mono, and on average nearer the truth
     # than the stereo (1 % noise) alone.
     _, st_clean, _ = make_frame(outliers=0.0)
@@ -169,7 +169,7 @@ def test_beyond_plausible_range_is_inf():
 
 
 def test_flickering_network_affine_is_fitted_per_frame():
-    # Behaviour changed with issue 10: the network's affine changes every frame (affine-
+    # Changed in the rework: the network's affine changes every frame (affine-
     # invariant training), so each frame's scale and shift are its own fit, never a filtered
     # mix of earlier frames' (which cost a 10 %-flickering network 5x its AbsRel).
     al = MetricAligner()
@@ -334,7 +334,7 @@ def test_returned_arrays_are_not_overwritten_by_the_next_update():
 
 
 def test_uncertainty_is_per_pixel_and_follows_the_noise_models():
-    # Behaviour changed with issue 10: one sigma per pixel from the stereo noise model
+    # Changed in the rework: one sigma per pixel from the stereo noise model
     # (constant in inverse depth) fused with the mono's, instead of one global level.
     rel, st, z = make_frame(noise=0.0, outliers=0.0)
     al = MetricAligner(baseline_m=0.1, disparity_noise_px=0.5, correction_radius_px=0)

@@ -427,7 +427,7 @@ def test_marigold_keyframes_get_the_same_fusion():
 
 
 # ---------------------------------------------------------------------------- fast paths
-# The speed work (issue 10 follow-up) replaced operations by cheaper ones that must give the
+# The speed work (after the rework) replaced operations by cheaper ones that must give the
 # same values: each test below checks one against a plain computation.
 
 def test_fusion_with_a_trust_mask_and_in_place_difference_matches_the_plain_call():

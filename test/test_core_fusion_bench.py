@@ -1,5 +1,5 @@
 """
-A tiny run of the fusion benchmark (benchmarks/fusion.py): issue 10's goals, with margins.
+A tiny run of the fusion benchmark (benchmarks/fusion.py): its goals, with margins.
 
 Small frames (320 px: the network's detail loss covers four times more of the image than at
 1280 px) and one short sequence, so the margins are wider than the goals; no timings (those

@@ -1,7 +1,7 @@
 """
 Pure core: numpy and OpenCV only. Never imports rclpy, torch, tensorrt, pycuda or pyzed.
 
-Alignment and fusion (issue 10): alignment.py (MetricAligner), alignment_options.py (its
+Alignment and fusion: alignment.py (MetricAligner), alignment_options.py (its
 options), robust_fit.py (the robust affine fit), guided.py (the local correction),
 fusion.py (the noise models and the inverse-variance fusion), edges.py (depth
 discontinuities of clouds), pointcloud.py (depth_to_cloud).
