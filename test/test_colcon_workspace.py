@@ -137,6 +137,8 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(launch.pid, signal.SIGKILL)
                 code = launch.wait(10)
+            # `ros2 node list` and `ros2 param` started the ros2 daemon: leave no process behind.
+            _ros2(env, 'daemon', 'stop')
     text = log_path.read_text()
     assert code == 0, 'ros2 launch exited {}:\n{}'.format(code, text)
     alarming = [line for line in text.splitlines()

@@ -546,6 +546,7 @@ def _interrupt(proc, times, gap=0.05):
 def test_ctrl_c_during_an_inference_is_quiet_and_exits_0(probe, node_processes):
     node = NodeProcess('depth_node', name='depth_node_slow', params={
         'backend': 'standin', 'standin_latency_ms': 1500.0}, remaps={'image': '/slow/image'})
+    node_processes.append(node)     # stopped at the end of the module even if this fails
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
     pub = probe.publisher(Image, '/slow/image')
