@@ -611,6 +611,55 @@ def test_sigterm_is_a_clean_shutdown(probe):
     assert 'Traceback' not in node.output()
 
 
+_SIGNAL_IN_STARTUP = r"""
+import os, signal, sys, time
+import rclpy
+from depth_ros.ros import runtime
+
+where, signame = sys.argv[1], sys.argv[2]
+sig = getattr(signal, signame)
+init = runtime._init_rclpy
+
+
+def signalled_init(args):
+    if where == 'init':
+        os.kill(os.getpid(), sig)   # delivered as the init call returns
+    init(args)
+
+
+def factory():
+    node = rclpy.create_node('startup_signal')
+    if where in ('constructor', 'end_of_constructor'):
+        os.kill(os.getpid(), sig)
+    if where == 'constructor':
+        time.sleep(30)              # a model load: the signal must cut it short
+    return node
+
+
+runtime._init_rclpy = signalled_init
+started = time.monotonic()
+code = runtime.run_node(factory, 'startup_signal', args=[])
+print('exit', code, 'after', round(time.monotonic() - started, 1), 'ok', rclpy.ok())
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize('signame', ['SIGTERM', 'SIGINT'])
+@pytest.mark.parametrize('where', ['init', 'constructor', 'end_of_constructor'])
+def test_a_signal_during_start_up_is_a_clean_exit_0(where, signame):
+    # A launch shut down while a node still loads its model (or just after it registered on
+    # the graph, where the CI once caught SIGTERM meeting the default action: exit -15).
+    done = subprocess.run([sys.executable, '-c', _SIGNAL_IN_STARTUP, where, signame],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=60, universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    assert 'Traceback' not in done.stdout and 'KeyboardInterrupt' not in done.stdout, \
+        done.stdout
+    seconds = float(done.stdout.split('after ')[1].split()[0])
+    assert seconds < 10.0, done.stdout          # the 30 s "model load" was cut short
+    assert done.stdout.rstrip().endswith('ok False'), done.stdout   # context shut down
+
+
 def test_shared_memory_left_by_kill_9_is_cleaned(probe):
     from depth_ros.ros.middleware import clean_shm, shm_segments
     if clean_shm() is None:

@@ -213,12 +213,20 @@ class DepthRosNode(Node):
 
 # ------------------------------------------------------------------------------ run_node
 class _Signals(object):
-    """SIGINT/SIGTERM -> a stop flag: no KeyboardInterrupt in the middle of a teardown."""
+    """
+    SIGINT/SIGTERM -> a stop flag: no KeyboardInterrupt in the middle of a teardown.
+
+    Installed before ``rclpy.init`` so that no signal ever meets the default SIGTERM action
+    (death with -15, no teardown). While ``interrupting`` (start-up: rclpy.init, the node's
+    constructor, which may block on a model load or a camera) a signal also raises
+    KeyboardInterrupt, so that a slow start-up can still be stopped.
+    """
 
     def __init__(self):
         self.stop = threading.Event()
         self.count = 0
         self.teardown_since = None
+        self.interrupting = False
         self._old = {}
 
     def __enter__(self):
@@ -229,6 +237,9 @@ class _Signals(object):
     def _handler(self, signum, frame):
         self.count += 1
         self.stop.set()
+        if self.interrupting:
+            self.interrupting = False
+            raise KeyboardInterrupt
         # A teardown stuck for many seconds (a driver call that never returns) must still
         # give way to a user who keeps pressing Ctrl-C.
         if self.teardown_since is not None and time.monotonic() - self.teardown_since > 10.0:
@@ -291,20 +302,26 @@ def _init_rclpy(args):
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
 
 
-def _construct(factory, name) -> tuple:
+def _construct(factory, name, signals) -> tuple:
     """Return (node, exit code): start-up failures are one FATAL line, Ctrl-C is quiet."""
     import rclpy
     logger = rclpy.logging.get_logger(name)
+    node = None
     try:
-        return factory(), 0
+        node = factory()
+        signals.interrupting = False
+        return node, 0
+    except KeyboardInterrupt:
+        # Either inside the constructor (no node: nothing to tear down) or in the instant
+        # after it (a node, and signals.stop is set: the spin loop ends at once).
+        signals.interrupting = False
+        return node, 0
     except ConfigError as exc:
         logger.fatal('bad configuration: {}'.format(exc))
         return None, 2
     except StartupError as exc:
         logger.fatal(str(exc))
         return None, 1
-    except KeyboardInterrupt:
-        return None, 0
     except Exception as exc:  # noqa: B902 - e.g. rclpy's parameter errors: one line, exit 2
         text = first_line(exc)
         if type(exc).__name__ in ('RCLError', 'ParameterException',
@@ -361,27 +378,37 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     if problem:
         sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
         return 2
-    try:
-        _init_rclpy(args)
-    except Exception as exc:  # noqa: B902 - a bad --params-file, a malformed --ros-args
-        sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, first_line(exc)))
-        return 2
-    forwarder = forward_library_logs(rclpy.logging.get_logger(name))
-    node, code = _construct(factory, name)
-    if node is not None:
-        forwarder._logger = node.get_logger()
-        # Callbacks only hand frames over (the work runs in the nodes' worker threads), and
-        # rclpy's MultiThreadedExecutor costs far more Python time per message than it saves.
-        executor = SingleThreadedExecutor() if threads <= 1 else \
-            MultiThreadedExecutor(num_threads=threads)
-        executor.add_node(node)
-        with _Signals() as signals:
+    with _Signals() as signals:
+        node, code = None, 0
+        try:
+            signals.interrupting = not signals.stop.is_set()
+            try:
+                _init_rclpy(args)
+            except Exception as exc:  # noqa: B902 - a bad --params-file, malformed --ros-args
+                signals.interrupting = False
+                sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(
+                    name, first_line(exc)))
+                return 2
+            forwarder = forward_library_logs(rclpy.logging.get_logger(name))
+            if signals.interrupting:
+                node, code = _construct(factory, name, signals)
+        except KeyboardInterrupt:
+            pass   # stopped during start-up: nothing (or only the context) to tear down
+        signals.interrupting = False
+        if node is not None:
+            forwarder._logger = node.get_logger()
+            # Callbacks only hand frames over (the work runs in the nodes' worker threads),
+            # and rclpy's MultiThreadedExecutor costs far more Python time per message than
+            # it saves.
+            executor = SingleThreadedExecutor() if threads <= 1 else \
+                MultiThreadedExecutor(num_threads=threads)
+            executor.add_node(node)
             try:
                 code = _spin(node, executor, signals)
             finally:
                 _teardown(node, executor, signals)
-    if rclpy.ok():   # Humble has no try_shutdown()
-        rclpy.shutdown()
+        if rclpy.ok():   # Humble has no try_shutdown()
+            rclpy.shutdown()
     return code
 
 
