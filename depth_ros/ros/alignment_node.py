@@ -152,7 +152,13 @@ class AlignmentNode(DepthRosNode):
             self.warn('capped', 'dropped frame {}: {}; raise pairing_max_mb (now {:g})'.format(
                 stamp, why, self.cfg['pairing_max_mb']))
             return
-        self.error('unpaired', 'dropped frame {}: {}'.format(stamp, self.last_drop))
+        # A message lost in transport, or overwritten in the subscription's queue while the
+        # process was starved of CPU: one frame's output is lost and the node goes on. A
+        # warning (rate-limited, counted in dropped_unpaired) that says what to change.
+        self.bad['unpaired'] += 1
+        self.warn('unpaired', 'dropped frame {}: {}: lost in transport or in a full queue; if '
+                  'this repeats, raise qos_depth (now {}) or use reliability:=reliable'.format(
+                      stamp, self.last_drop, self.cfg['qos_depth']))
 
     def _on_right_info(self, info):
         baseline = baseline_from_info(info)
