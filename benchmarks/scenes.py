@@ -26,7 +26,9 @@ Families:
   on thin poles, bright windows and lamps), a camera moving slowly, the same stereo model at
   640 x 360 (ZED VGA-like); nothing beyond the room.
 
-Each frame is a dict: ``rel`` (the simulated DA-V2 output at 518 px wide), ``stereo``,
+Each frame is a dict: ``rel`` (the simulated DA-V2 output, computed at 518 px wide and
+upsampled to the image size as depth_node publishes it: ``core.preprocess.restore_output``),
+``stereo``,
 ``confidence``, ``bgr``, ``gt`` (+inf sky, NaN unknown), ``sky``, ``road`` (ground pixels,
 road only), ``camera``, ``baseline_m``, ``disparity_noise_px``, ``family``, ``seed``,
 ``index``, ``full_stereo`` (False for the frames with little or no stereo).
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
+from depth_ros.core.preprocess import restore_output
 import numpy as np
 from sim_network import FAMILY_ERRORS, SimNetwork
 
@@ -243,6 +246,12 @@ def simulate_stereo(gt, ids, camera, rng, baseline_m, disparity_noise_px, keep=1
     return depth.astype(np.float32), conf.astype(np.float32)
 
 
+def _network(net, inv, ids, bgr, k, frng):
+    """The network's output at the image size, as depth_node publishes it, and its affine."""
+    rel, affine = net(inv, ids, bgr, k, frng)
+    return restore_output(rel, inv.shape[0], inv.shape[1]), affine
+
+
 def _inverse(gt):
     with np.errstate(divide='ignore'):
         return np.where(np.isfinite(gt), 1.0 / gt, 0.0)
@@ -343,7 +352,7 @@ def road_scene(seed, n_frames=6, width=1280, errors=None, speed_m=0.5):
         if empty:
             stereo[...] = np.nan
             conf[...] = 100.0
-        rel, affine = net(_inverse(gt), ids, bgr, k, frng)
+        rel, affine = _network(net, _inverse(gt), ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo, confidence=conf, bgr=bgr, gt=gt,
                            sky=ids == -2, road=ids == -1, camera=camera,
                            baseline_m=ZED_BASELINE_M, disparity_noise_px=noise_px,
@@ -459,7 +468,7 @@ def indoor_scene(seed, n_frames=4, width=640, errors=None):
         gt, ids = raycast(camera, room.boxes, origin=origin, rot=rot, room=room.box)
         bgr = _indoor_image(room, camera, gt, ids, origin, rot, frng)
         stereo, conf = simulate_stereo(gt, ids, camera, frng, ZED_BASELINE_M, noise_px)
-        rel, affine = net(_inverse(gt), ids, bgr, k, frng)
+        rel, affine = _network(net, _inverse(gt), ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo, confidence=conf, bgr=bgr, gt=gt,
                            sky=ids == -2, road=None, camera=camera,
                            baseline_m=ZED_BASELINE_M, disparity_noise_px=noise_px,
@@ -558,7 +567,7 @@ def middlebury_scene(seed, n_frames=3, errors=None):
     frames = []
     for k in range(n_frames):
         frng = scene_rng('middlebury', seed, 100 + k)
-        rel, affine = net(inv, ids, bgr, k, frng)
+        rel, affine = _network(net, inv, ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo.copy(), confidence=conf.copy(), bgr=bgr,
                            gt=gt, sky=np.zeros(gt.shape, bool), road=None, camera=camera,
                            baseline_m=baseline, disparity_noise_px=0.26,
