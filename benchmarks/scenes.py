@@ -55,7 +55,7 @@ STEREO_MAX_M = 20.0          # the ZED's default maximum range: beyond it depth 
 
 
 def scene_rng(family, seed, salt):
-    """The random stream ``salt`` of one scene (disjoint per family and seed)."""
+    """Return the random stream ``salt`` of one scene (disjoint per family and seed)."""
     return np.random.RandomState((FAMILY_CODE[family] * 1000003 + seed * 101 + salt) % 2 ** 31)
 
 
@@ -175,7 +175,7 @@ def _texture(shape, rng, scale):
 
 
 def shade(ids, colours, rng, texture=None, extra=None):
-    """A BGR image: a flat colour per id (dict id -> BGR), shaded by ``texture``, plus noise."""
+    """Shade a BGR image: a flat colour per id (dict id -> BGR), times ``texture``, noise."""
     hgt, wid = ids.shape
     lut_ids = np.unique(ids)
     img = np.zeros((hgt, wid, 3), np.float32)
@@ -247,7 +247,7 @@ def simulate_stereo(gt, ids, camera, rng, baseline_m, disparity_noise_px, keep=1
 
 
 def _network(net, inv, ids, bgr, k, frng):
-    """The network's output at the image size, as depth_node publishes it, and its affine."""
+    """Return the network's output at the image size (as depth_node publishes it), affine."""
     rel, affine = net(inv, ids, bgr, k, frng)
     return restore_output(rel, inv.shape[0], inv.shape[1]), affine
 
@@ -296,7 +296,7 @@ class DrivingWorld(object):
                 z += rng.uniform(10.0, 30.0)
 
     def at(self, ego_z, frame):
-        """The boxes in the camera frame of this frame."""
+        """Return the boxes in the camera frame of this frame."""
         out = []
         for b in self.boxes:
             z0 = b[4] + b[6] * frame - ego_z
@@ -577,7 +577,7 @@ def middlebury_scene(seed, n_frames=3, errors=None):
 
 
 def make_scene(family, seed, n_frames=None, width=None, errors=None):
-    """The frames of one scene of ``family`` (see the module docstring)."""
+    """Return the frames of one scene of ``family`` (see the module docstring)."""
     n = n_frames or DEFAULT_FRAMES[family]
     if family == 'road':
         return road_scene(seed, n, width or DEFAULT_WIDTH['road'], errors)

@@ -73,7 +73,7 @@ class NetworkErrors(object):
     noise: float = 0.0
 
     def scaled(self, gain):
-        """The same errors with the amplitudes of the continuous families times ``gain``."""
+        """Return the same errors, the amplitudes of the continuous families times ``gain``."""
         return dataclasses.replace(
             self, warp=self.warp * gain, object_bias=self.object_bias * gain,
             far_compression=min(self.far_compression * gain, 0.95), halo=self.halo * gain,
@@ -110,13 +110,13 @@ BAND = 0.15            # the calibration band: within 15 % of the paper's AbsRel
 
 
 def network_size(width, height):
-    """The network's input size (w, h) for an image: 518 px wide, height a multiple of 14."""
+    """Return the network's input size (w, h): 518 px wide, the height a multiple of 14."""
     h = int(round(NETWORK_WIDTH * height / float(width) / 14.0)) * 14
     return NETWORK_WIDTH, max(14, h)
 
 
 def _blobs(shape, rng, sigma, fraction):
-    """A random smooth blob mask covering about ``fraction`` of ``shape``."""
+    """Return a random smooth blob mask covering about ``fraction`` of ``shape``."""
     if fraction <= 0:
         return np.zeros(shape, bool)
     n = cv2.GaussianBlur(rng.randn(*shape).astype(np.float32), (0, 0), sigma)
@@ -164,7 +164,7 @@ class SimNetwork(object):
         return table[index.reshape(ids.shape)]
 
     def affine(self, frame_rng):
-        """This frame's (a, b): the scale and shift flicker by ``flicker``."""
+        """Return this frame's (a, b): the scale and shift flicker by ``flicker``."""
         f = self.e.flicker
         a = self.A0 * (1.0 + f * frame_rng.randn())
         b = self.A0 * (0.002 + f * frame_rng.randn() / 50.0)
@@ -229,14 +229,14 @@ class SimNetwork(object):
         return (a * x + b).astype(np.float32), (a, b)
 
     def rng_scene(self, salt):
-        """A generator fixed for the scene (the same blobs in every frame)."""
+        """Return a generator fixed for the scene (the same blobs in every frame)."""
         return np.random.RandomState((self.seed * 7 + salt) % (2 ** 31))
 
 
 # ---------------------------------------------------------------------------- calibration
 
 def affine_invariant(frame):
-    """AbsRel and delta1 of a frame's network output after the optimal affine (the protocol)."""
+    """Return AbsRel and delta1 of a frame's network output after the optimal affine."""
     gt = frame['gt']
     hgt, wid = gt.shape
     rel = cv2.resize(frame['rel'], (wid, hgt), interpolation=cv2.INTER_LINEAR)
@@ -256,7 +256,7 @@ def scene_calibration(frames):
 
 
 def calibration_row(family, per_scene):
-    """The calibration table's row of ``family`` from its scenes' (AbsRel, delta1)."""
+    """Return the calibration table's row of ``family`` from its scenes' (AbsRel, delta1)."""
     absrel, d1 = (float(v) for v in np.mean(per_scene, axis=0))
     name, t_abs, t_d1, _ = PAPER[family]
     return {'family': family, 'abs_rel': absrel, 'delta1': d1, 'dataset': name,

@@ -102,7 +102,7 @@ def test_middlebury_views_are_real_sgbm_and_calibrated(bench):
 
 
 def _pole_scene():
-    """A far wall with a 2 px pole in front: inverse depth and ids at 518 x 294."""
+    """Return a far wall with a 2 px pole in front: inverse depth and ids at 518 x 294."""
     inv = np.full((294, 518), 0.1)
     ids = np.zeros((294, 518), np.int32)
     inv[40:260, 200:202] = 1.0
