@@ -38,7 +38,7 @@ from depth_ros.core.checks import check_image, check_number, check_same_size, de
 from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
 from depth_ros.core.guided import LocalCorrection
-from depth_ros.core.robust_fit import Anchor, median, percentile, robust_affine
+from depth_ros.core.robust_fit import Anchor, robust_affine
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
@@ -310,7 +310,7 @@ class MetricAligner(object):
                 valid &= c <= o.confidence_threshold   # NaN compares False
         self._sky_threshold = None
         if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
-            self._sky_threshold = o.sky_fraction * percentile(r_all[finite_r], 99.0)
+            self._sky_threshold = o.sky_fraction * float(np.percentile(r_all[finite_r], 99.0))
         sky_r = self._sky_anchor(r_all, finite_r, valid)
         var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
         if c is not None and o.confidence_noise_gain > 0:
@@ -329,7 +329,7 @@ class MetricAligner(object):
         if n_sky < o.sky_anchor_min_fraction * r_all.size or \
                 (sky & valid).sum() > 0.1 * n_sky:
             return None
-        return float(median(r_all[sky]))
+        return float(np.median(r_all[sky]))
 
     # ------------------------------------------------------------------ fit
 
@@ -407,7 +407,7 @@ class MetricAligner(object):
             ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
             if ok.sum() < o.min_valid_samples:
                 return None
-            change = float(median(np.abs(new[ok] / prev[ok] - 1.0)))
+            change = float(np.median(np.abs(new[ok] / prev[ok] - 1.0)))
         if change <= o.jump_threshold:
             self._pending = 0
             return None
@@ -754,7 +754,7 @@ def _robust_rho2(u2, base):
     The median of a chi-square with one degree of freedom is 0.455: ``rho^2 = median(u2) /
     0.455 - median(base)``, robust to outliers (one sort instead of an iterative solve).
     """
-    rho2 = float(median(u2)) / _CHI2_MEDIAN - float(median(base))
+    rho2 = float(np.median(u2)) / _CHI2_MEDIAN - float(np.median(base))
     return max(rho2, _RHO_FLOOR ** 2)
 
 
@@ -767,18 +767,11 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     rho^2 >= the floor.
     """
     order = np.argsort(a)
-    a_sorted, u_sorted = a[order], np.abs(u[order])
-    # The bins of np.array_split: the first n % bins one longer.
-    size, extra = divmod(a.size, bins)
-    bounds, start = [], 0
-    for b in range(bins):
-        end = start + size + (1 if b < extra else 0)
-        bounds.append((start, end))
-        start = end
-    # np.add.reduce / count is ndarray.mean's own arithmetic, without its overhead.
-    av = np.array([float(np.add.reduce(a_sorted[i:j])) / (j - i) for i, j in bounds])
+    a_bins = np.array_split(a[order], bins)             # bins of similar stereo noise
+    u_bins = np.array_split(np.abs(u[order]), bins)
+    av = np.array([b.mean() for b in a_bins])
     # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
-    vv = np.array([(_MAD_TO_SIGMA * float(median(u_sorted[i:j]))) ** 2 for i, j in bounds])
+    vv = np.array([(_MAD_TO_SIGMA * float(np.median(b))) ** 2 for b in u_bins])
     wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
     # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
     sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()
@@ -788,7 +781,7 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
         beta = (sw * sav - sa * sv) / det
         rho2 = (sv - beta * sa) / sw
     else:
-        beta, rho2 = 1.0, float(median(vv))
+        beta, rho2 = 1.0, float(np.median(vv))
     # beta is identifiable only when the stereo term varies enough across the bins (a range
     # of depths): otherwise the stereo model is taken as given.
     if fixed_beta is None and av[-1] < 10.0 * av[0]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 
 import cv2
-from depth_ros.core.robust_fit import median
 import numpy as np
 
 _EPS = 1e-12
@@ -274,7 +273,7 @@ class LocalCorrection(object):
         g, range_sigma = guide
         q, den = bilateral_nc(p, w, g, self.r, range_sigma)
         pos = w[w > 0]
-        w_typ = float(median(pos)) if pos.size else 1.0
+        w_typ = float(np.median(pos)) if pos.size else 1.0
         wc = _coarse(w, 2 * self.r)
         pc = _coarse(w * p, 2 * self.r) / cv2.max(wc, _EPS)
         prior = 0.02 * w_typ
