@@ -11,10 +11,10 @@ import dataclasses
 import cv2
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.alignment_options import AlignerOptions, option_specs
+from depth_ros.core.bilateral_correction import bilateral_nc, BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.edges import jump_mask
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.guided import bilateral_nc, LocalCorrection
 from depth_ros.core.pointcloud import depth_to_cloud, EDGE_THRESHOLD
 import numpy as np
 import pytest
@@ -526,7 +526,7 @@ def test_bilateral_levels_stacked_match_level_by_level(range_sigma):
 
 @pytest.mark.parametrize('shape', [(96, 128), (97, 130)])
 def test_statistics_planes_by_strided_copy_match_the_nearest_resize(shape):
-    corr = LocalCorrection(shape[0], shape[1], 8, 32)
+    corr = BilateralCorrection(shape[0], shape[1], 8, 32)
     rng = np.random.RandomState(7)
     for dtype in (np.float32, np.uint8):
         plane = (rng.rand(*shape) * 200).astype(dtype)

@@ -10,9 +10,9 @@ Metric alignment of relative (affine-invariant) depth to stereo depth, and noise
    is present. A frame with too little stereo, or whose fit jumps against the previous metric
    output, is fitted to the previous metric output instead (self-alignment, status 'held'):
    no affine is ever carried from one frame to the next.
-2. **Local correction** (core/guided.py): a weighted guided filter of ``stereo_inv / mono_inv``
-   at 1/``correction_downsample`` resolution, guided by the image (or the mono itself), applied
-   at full resolution; filtered over time in metric space against the previous output.
+2. **Local correction** (core/bilateral_correction.py): a joint-bilateral normalised
+   convolution of ``stereo_inv / mono_inv`` at 1/``correction_downsample`` resolution, its range
+   kernel on the image (or the mono itself), applied at full resolution.
 3. **Fusion** (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, with
    stereo outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out.
 4. **Output**: depth float32 metres, NaN unknown, +inf too far (REP 117: the sky and anything
@@ -33,11 +33,11 @@ from typing import Dict, NamedTuple, Optional
 import cv2
 from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTION_NAMES, \
     option_specs, RELATIVE_KINDS
+from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
 from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.guided import LocalCorrection
 from depth_ros.core.robust_fit import Anchor, robust_affine
 import numpy as np
 
@@ -191,8 +191,8 @@ class MetricAligner(object):
         self._mask = np.empty((height, width), np.uint8)
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
-        self._correction = LocalCorrection(height, width, o.correction_downsample,
-                                           max(1, o.correction_radius_px))
+        self._correction = BilateralCorrection(height, width, o.correction_downsample,
+                                               max(1, o.correction_radius_px))
         self._prev_inv = None
         self._prev_var = None
 

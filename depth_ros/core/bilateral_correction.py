@@ -109,7 +109,7 @@ def _coarse(x, factor):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-class LocalCorrection(object):
+class BilateralCorrection(object):
     """
     Per-shape state and buffers of the local correction (see the module docstring).
 
@@ -332,4 +332,4 @@ class LocalCorrection(object):
         return cv2.resize(low, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
-__all__ = ['LocalCorrection', 'bilateral_nc']
+__all__ = ['BilateralCorrection', 'bilateral_nc']
