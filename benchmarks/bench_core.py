@@ -88,15 +88,23 @@ class Stage(object):
 
 
 def interleaved(stages, rounds):
-    """Median ms of each stage, one call of each per round, the order rotated every round."""
-    times = {name: [] for name in stages}
+    """
+    Median ms of each stage, one call of each per round, the order rotated every round.
+
+    Returns ({name: wall-clock ms}, {name: CPU ms of this thread}): on a shared machine the
+    CPU time leaves out the time the process waited for a core.
+    """
+    wall = {name: [] for name in stages}
+    cpu = {name: [] for name in stages}
     names = list(stages)
     for k in range(rounds):
         for name in names[k % len(names):] + names[:k % len(names)]:
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             stages[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+    return ({name: 1e3 * float(np.median(t)) for name, t in wall.items()},
+            {name: 1e3 * float(np.median(t)) for name, t in cpu.items()})
 
 
 def output_difference(new, old):
@@ -121,17 +129,19 @@ def compare(frames, baseline, rounds):
     for stage in stages.values():       # warm-up: buffers, caches, page faults
         for _ in range(2 * len(frames)):
             stage()
-    med = interleaved(stages, rounds)
+    wall, cpu = interleaved(stages, rounds)
     h, w = frames[0][1].shape
-    print('post-inference stage at {}x{}, 1 thread, median of {} interleaved rounds '
-          '(ms)'.format(w, h, rounds))
+    print('post-inference stage at {}x{}, 1 thread, median of {} interleaved rounds, ms '
+          '(wall clock; CPU time of the thread)'.format(w, h, rounds))
     for full, what in ((False, "alignment_node's settings (no uncertainty, cloud stride 2)"),
                        (True, 'full resolution (uncertainty, cloud stride 1)')):
-        line = '  {:58s} today {:7.3f}'.format(what, med[('today', full)])
-        if baseline is not None:
-            line += '   baseline {:7.3f}   ratio {:5.3f}'.format(
-                med[('baseline', full)], med[('today', full)] / med[('baseline', full)])
-        print(line)
+        print('  ' + what)
+        for clock, med in (('wall', wall), ('CPU ', cpu)):
+            line = '    {}  today {:7.3f}'.format(clock, med[('today', full)])
+            if baseline is not None:
+                line += '   baseline {:7.3f}   ratio {:5.3f}'.format(
+                    med[('baseline', full)], med[('today', full)] / med[('baseline', full)])
+            print(line)
     if baseline is not None:
         for full in (False, True):
             # The same frame count on both: the last results are of the same frame.
