@@ -151,6 +151,19 @@ def test_non_finite_relative_values_give_nan_not_a_depth():
     assert np.isnan(got).all(), 'expected NaN for +inf, -inf, NaN, received {}'.format(got)
 
 
+def test_unknown_mono_takes_the_trusted_stereo():
+    rel, _, z = make_frame()
+    _, st, _ = make_frame(outliers=0.0)
+    rel[60:64, 5:60] = np.nan
+    out = MetricAligner().update(rel, st)
+    trusted = np.isfinite(st[60:64, 5:60])
+    assert trusted.mean() > 0.5
+    np.testing.assert_allclose(out.depth[60:64, 5:60][trusted], st[60:64, 5:60][trusted],
+                               rtol=1e-6)
+    assert np.isnan(out.depth[60:64, 5:60][~trusted]).all()
+    assert out.status == 'ok' and np.isfinite(out.uncertainty[60:64, 5:60][trusted]).all()
+
+
 def test_sky_is_plus_inf_never_a_phantom_surface():
     rel, st, z = make_frame()
     d = MetricAligner(max_output_depth=50.0).update(rel, st).depth

@@ -120,7 +120,8 @@ def test_fusion_is_inverse_variance_weighting_with_a_gate():
     out, var = np.empty_like(ym), np.empty_like(ym)
     trusted = np.where(ys > 0, 255, 0).astype(np.uint8)
     # The variances are smooth: given at full size here (the aligner passes a quarter).
-    n = Fusion(H, W).fuse(ym, ys, trusted, vm.astype(np.float32), vs, 4.0, None, out, var)
+    diff = ys.copy()
+    n = Fusion(H, W).fuse(ym, diff, trusted, vm.astype(np.float32), vs, 4.0, None, out, var)
     k = vm / (vm + vs)
     fused = (ys - ym) ** 2 <= 16.0 * (vm + vs)
     fused &= ys > 0
@@ -128,6 +129,7 @@ def test_fusion_is_inverse_variance_weighting_with_a_gate():
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=1e-7)
     assert n == fused.sum() and not fused[:20].any()
     np.testing.assert_allclose(var, np.where(fused, vm * vs / (vm + vs), vm), rtol=1e-4)
+    np.testing.assert_array_equal(diff, ys - ym)         # the stereo's plane is spent
 
 
 def test_stereo_noise_model():
@@ -437,7 +439,7 @@ def test_untrusted_stereo_is_never_fused_and_the_fusion_may_work_in_place():
     trusted = np.full((H, W), 255, np.uint8)
     trusted[10:20] = 0                  # consistent with the mono, but not trusted
     apart = np.empty_like(ym)
-    n = Fusion(H, W).fuse(ym, ys, trusted, vm, vs, 4.0, 0.15, apart)
+    n = Fusion(H, W).fuse(ym, ys.copy(), trusted, vm, vs, 4.0, 0.15, apart)
     np.testing.assert_array_equal(apart[10:20], ym[10:20])
     assert not np.array_equal(apart[20:], ym[20:]), 'trusted, consistent stereo is fused'
     assert n == H * W - 20 * W, n           # neither the outliers nor the untrusted rows

@@ -673,7 +673,8 @@ class MetricAligner(object):
 
     def _fuse(self, inv, ys, trust, unknown, mono_var, sigma_s, conf, fit):
         """
-        Fuse the trusted stereo into ``inv`` in place; return (variance, stereo pixels, kept).
+        Fuse the trusted stereo into ``inv`` in place (ys is spent); return (variance, stereo
+        pixels, kept).
 
         The variance [H, W] float32 (1/m)^2, a new array, or None without uncertainty; kept:
         [H, W] bool where the stereo was taken as is (the mono not confirmed), or None.
@@ -684,6 +685,12 @@ class MetricAligner(object):
         # The mono is fused with, and may veto, stereo only while the fit explains enough of
         # the stereo samples.
         confirmed = fit.source == 'previous' or fit.inlier_ratio >= o.consistency_min_inliers
+        use = None
+        if unknown is not None and fuse:
+            # Unknown mono, trusted stereo: the stereo value (kept aside: the fusion
+            # overwrites ys).
+            use = unknown & (trust != 0)
+            stereo_where_unknown = ys[use]
         kept, n = None, 0
         if fuse and confirmed:
             conf_small = None if conf is None else self._stats_confidence(conf)
@@ -700,10 +707,8 @@ class MetricAligner(object):
                 n = int(kept.sum())
                 if var is not None:
                     var[kept] = sigma_s * sigma_s
-        if unknown is not None and fuse:
-            # Unknown mono, trusted stereo: the stereo value.
-            use = unknown & (trust != 0)
-            inv[use] = ys[use]
+        if use is not None:
+            inv[use] = stereo_where_unknown
             if var is not None:
                 var[use] = sigma_s * sigma_s
         return var, n, kept

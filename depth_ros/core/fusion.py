@@ -46,11 +46,12 @@ class Fusion(object):
     def __init__(self, height: int, width: int):
         shape = (height, width)
         self.shape = shape
-        self.bound = np.empty(shape, np.float32)   # largest squared difference fused
-        self.gain = np.empty(shape, np.float32)    # k, the stereo's weight
-        self.diff = np.empty(shape, np.float32)    # y_s - y_m
-        self.sq = np.empty(shape, np.float32)      # scratch
-        self.gate = np.empty(shape, np.uint8)      # 255 where stereo is fused, else 0
+        # Three float planes pass through the cache instead of five: the bound's plane takes
+        # the gain once the gate is made, and the difference overwrites the stereo's plane
+        # (5 % of the stage with alignment_node's settings, bench_core on both Pythons).
+        self.bound_gain = np.empty(shape, np.float32)   # the gate's bound, then the gain k
+        self.sq = np.empty(shape, np.float32)           # squares, products
+        self.gate = np.empty(shape, np.uint8)           # 255 where stereo is fused, else 0
 
     def _up(self, small, out):
         h, w = self.shape
@@ -64,7 +65,8 @@ class Fusion(object):
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, finite ...
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite; it holds the
+            difference ``stereo_inv - mono_inv`` afterwards ...
         :param trusted: ... fused only where this [H, W] uint8 mask is nonzero.
         :param mono_var_small: [h, w] float32 mono inverse-depth variance at a lower size.
         :param stereo_var_small: the stereo variance, a number or an [h, w] plane.
@@ -77,27 +79,28 @@ class Fusion(object):
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
         # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
-        self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32), self.bound)
+        bound = self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32),
+                         self.bound_gain)
         if consistency is not None:
             # ... and at most (consistency y + 2 sigma_s)^2 per pixel (edges).
             s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
             cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=self.sq)  # c y + s2
             cv2.multiply(self.sq, self.sq, dst=self.sq)
-            cv2.min(self.bound, self.sq, dst=self.bound)
+            cv2.min(bound, self.sq, dst=bound)
         # 2. The gate: trusted stereo within the bound (NaN fails).
-        cv2.subtract(stereo_inv, mono_inv, dst=self.diff)
-        cv2.multiply(self.diff, self.diff, dst=self.sq)
-        cv2.compare(self.sq, self.bound, cv2.CMP_LT, dst=self.gate)
+        diff = cv2.subtract(stereo_inv, mono_inv, dst=stereo_inv)         # y_s - y_m
+        cv2.multiply(diff, diff, dst=self.sq)
+        cv2.compare(self.sq, bound, cv2.CMP_LT, dst=self.gate)
         cv2.bitwise_and(self.gate, trusted, dst=self.gate)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
-        self._up((mono_var_small / den).astype(np.float32), self.gain)
+        gain = self._up((mono_var_small / den).astype(np.float32), self.bound_gain)
         if out_inv is not mono_inv:
             np.copyto(out_inv, mono_inv)
-        cv2.accumulateProduct(self.gain, self.diff, out_inv, mask=self.gate)
+        cv2.accumulateProduct(gain, diff, out_inv, mask=self.gate)
         if out_var is not None:
             # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
             self._up(mono_var_small, out_var)
-            cv2.multiply(out_var, self.gain, dst=self.sq)
+            cv2.multiply(out_var, gain, dst=self.sq)
             cv2.subtract(out_var, self.sq, dst=out_var, mask=self.gate)
         return cv2.countNonZero(self.gate)
 
