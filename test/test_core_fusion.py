@@ -24,25 +24,66 @@ H, W = 96, 128
 
 # ---------------------------------------------------------------------------- options
 
-def test_options_are_one_dataclass_with_specs():
-    specs = {s.name: s for s in option_specs()}
-    fields = {f.name: f for f in dataclasses.fields(AlignerOptions)}
-    assert list(specs) == list(fields), 'option_specs must list every field in order'
-    defaults = AlignerOptions()
-    for name, spec in specs.items():
-        assert spec.default == getattr(defaults, name), name
-        assert spec.description and len(spec.description.splitlines()) == 1, name
-        if isinstance(spec.default, bool) or spec.choices:
+def refused_values(spec):
+    """Values the spec says are out of range: just past each bound, a fraction, None."""
+    if spec.choices:
+        return ['not-a-choice']
+    if isinstance(spec.default, bool):
+        return ['yes', 1]
+    step = 1 if spec.integer else 1e-6
+    bad = [] if spec.allow_none else [None]
+    if spec.low is not None:
+        bad.append(spec.low if spec.low_open else spec.low - step)
+    if spec.high is not None:
+        bad.append(spec.high if spec.high_open else spec.high + step)
+    if spec.integer:
+        bad.append(spec.default + 0.5)
+    return bad
+
+
+def accepted_values(spec):
+    """Values the spec says are allowed: the default, every choice, the closed bounds."""
+    good = [spec.default] + list(spec.choices or [])
+    if isinstance(spec.default, bool):
+        good.append(not spec.default)
+    good += [v for v, open_ in ((spec.low, spec.low_open), (spec.high, spec.high_open))
+             if v is not None and not open_]
+    return good + ([None] if spec.allow_none else [])
+
+
+def test_option_specs_describe_what_the_aligner_accepts():
+    # alignment_node declares its parameters from option_specs(): each spec's range, choices
+    # and integer-ness must be what MetricAligner itself accepts and refuses.
+    specs = option_specs()
+    assert len(specs) == len(set(s.name for s in specs)) > 20
+    for spec in specs:
+        assert spec.description and len(spec.description.splitlines()) == 1, spec.name
+        for value in accepted_values(spec):
+            al = MetricAligner(**{spec.name: value})
+            assert getattr(al, spec.name) == value, (spec.name, value)
+        for value in refused_values(spec):
+            with pytest.raises(ValueError, match='option `{}` must be'.format(spec.name)):
+                MetricAligner(**{spec.name: value})
+    assert MetricAligner().options == AlignerOptions(**{s.name: s.default for s in specs})
+    named = {s.name: s for s in specs}
+    assert named['relative_kind'].choices == ('disparity', 'depth')
+    assert named['baseline_m'].default == 0.12 and named['consistency'].allow_none
+
+
+def test_only_options_marked_runtime_change_while_running():
+    other = {'relative_kind': 'depth', 'seed': 1}
+    for spec in option_specs():
+        al = MetricAligner()
+        value = other.get(spec.name, next(
+            (v for v in accepted_values(spec) if v != spec.default), None))
+        if value is None or value == spec.default:
             continue
-        if spec.default is not None:
-            assert spec.integer == isinstance(spec.default, int), name
-        lo_ok = spec.low is None or (spec.default > spec.low if spec.low_open
-                                     else spec.default >= spec.low)
-        hi_ok = spec.high is None or spec.default <= spec.high
-        assert spec.default is None or (lo_ok and hi_ok), (name, spec)
-    assert specs['relative_kind'].choices == ('disparity', 'depth')
-    assert not specs['relative_kind'].runtime and not specs['seed'].runtime
-    assert specs['baseline_m'].default == 0.12 and specs['consistency'].allow_none
+        if spec.runtime:
+            assert getattr(al.set_options(**{spec.name: value}), spec.name) == value
+        else:
+            with pytest.raises(ValueError, match='cannot change while running'):
+                al.set_options(**{spec.name: value})
+    assert [s.name for s in option_specs() if not s.runtime] == ['relative_kind', 'seed']
 
 
 def test_aligner_exposes_and_checks_its_options():
