@@ -77,8 +77,8 @@ def test_output_dense_holes_filled_and_outliers_replaced():
     assert d.dtype == np.float32 and d.shape == (H, W)
     assert not np.isnan(d).any(), 'mono is valid everywhere, so the output must be dense'
     hole_err = rel_err(d[HOLE], z[HOLE])
-    # The dense local correction follows the noisy stereo around the hole a little (the
-    # 6x8 grid it replaced allowed 1 %; this mono is exact, so all of it is that noise).
+    # The dense local correction follows the noisy stereo around the hole a little (this
+    # mono is exact, so all of the error is that noise).
     assert hole_err.max() < 0.015, 'hole filled with aligned mono: max rel err {}'.format(
         hole_err.max())
     assert hole_err.mean() < 0.01, hole_err.mean()
@@ -90,9 +90,8 @@ def test_output_dense_holes_filled_and_outliers_replaced():
     assert err.max() < 0.25, 'expected no gross outlier in output, max rel err {}'.format(
         err.max())
     assert np.median(err) < 0.01
-    # Consistent stereo is fused, not copied (changed in the rework): each such
-    # pixel lies between the stereo and the aligned mono, and on average nearer the truth
-    # than the stereo (1 % noise) alone.
+    # Consistent stereo is fused, not copied: each such pixel lies between the stereo and
+    # the aligned mono, and on average nearer the truth than the stereo (1 % noise) alone.
     _, st_clean, _ = make_frame(outliers=0.0)
     kept = np.isfinite(st) & (st == st_clean) & finite
     mono = MetricAligner(fuse_stereo=False).update(rel, st).depth
@@ -182,9 +181,9 @@ def test_beyond_plausible_range_is_inf():
 
 
 def test_flickering_network_affine_is_fitted_per_frame():
-    # Changed in the rework: the network's affine changes every frame (affine-
-    # invariant training), so each frame's scale and shift are its own fit, never a filtered
-    # mix of earlier frames' (which cost a 10 %-flickering network 5x its AbsRel).
+    # The network's affine changes every frame (affine-invariant training), so each frame's
+    # scale and shift are its own fit, never a filtered mix of earlier frames' (which would
+    # cost a 10 %-flickering network 5x its AbsRel).
     al = MetricAligner()
     rng = np.random.RandomState(11)
     z = true_depth()
@@ -299,10 +298,9 @@ def test_spatial_correction_reduces_error_of_a_smooth_bias():
     for radius in (0, 32):
         out = MetricAligner(correction_radius_px=radius, consistency=None).update(rel, st)
         errs[radius] = np.mean(rel_err(out.depth[HOLE], z[HOLE]))
-    # The dense local correction (zeroth-order normalised convolution within 32 px, issue
-    # 10) recovers less of such a steep, frame-wide gradient next to a hole than the 6x8
-    # grid did (which halved it): measured 0.033 -> 0.024 here. It is tuned on the fusion
-    # benchmark, where it is better than the grid (docs/core.md).
+    # The dense local correction (a normalised convolution within 32 px) recovers part of
+    # such a steep, frame-wide gradient next to a hole: measured 0.033 -> 0.024 here. It is
+    # tuned on the fusion benchmark (docs/core.md).
     assert errs[32] < 0.8 * errs[0], errs
     assert errs[32] < 0.03, errs
 
@@ -347,8 +345,8 @@ def test_returned_arrays_are_not_overwritten_by_the_next_update():
 
 
 def test_uncertainty_is_per_pixel_and_follows_the_noise_models():
-    # Changed in the rework: one sigma per pixel from the stereo noise model
-    # (constant in inverse depth) fused with the mono's, instead of one global level.
+    # One sigma per pixel from the stereo noise model (constant in inverse depth) fused with
+    # the mono's.
     rel, st, z = make_frame(noise=0.0, outliers=0.0)
     al = MetricAligner(baseline_m=0.1, disparity_noise_px=0.5, correction_radius_px=0)
     out = al.update(rel, st, focal_px=100.0)

@@ -496,8 +496,8 @@ def nan_and_zero_frame():
 
 
 def test_nan_confidence_is_untrusted_stereo_and_does_not_stop_the_fusion():
-    # A NaN confidence used to turn the smooth stereo variance into NaN (0 * inf), which
-    # vetoed every stereo pixel of the frame. Now it is the least reliable value, 100.
+    # A NaN confidence is the least reliable value, 100: as NaN it would make the smooth
+    # stereo variance NaN (0 * inf) and veto every stereo pixel of the frame.
     rel, st, _, conf = nan_and_zero_frame()
     block = (slice(10, 40), slice(20, 70))
     with_nan, with_100 = conf.copy(), conf.copy()
