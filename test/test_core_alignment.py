@@ -476,7 +476,7 @@ def test_unknown_option_is_a_value_error_naming_it():
 # ---------------------------------------------------------------------------- robust fit
 
 def line_with_outliers(n, outliers, seed):
-    """Samples of y = 0.05 r + 0.002 with 0.1 % noise, the first ``outliers`` of them gross."""
+    """Return samples of y = 0.05 r + 0.002, noisy, the first ``outliers`` of them gross."""
     rng = np.random.RandomState(seed)
     r = rng.rand(n) * 2.0
     y = 0.05 * r + 0.002 + rng.randn(n) * 0.0001

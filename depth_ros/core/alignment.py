@@ -448,7 +448,7 @@ class MetricAligner(object):
                     anchored, False)
 
     def _robust_fit(self, r, target_depth, var_inv, anchor_r):
-        """The robust fit in the kind's space, with the sky anchor if it holds: (fit, anchored)."""
+        """Fit robustly in the kind's space, with the sky anchor if it holds: (fit, anchored)."""
         o = self.options
         inv = 1.0 / target_depth
         rho2 = self.rho_pre * self.rho_pre
@@ -678,11 +678,11 @@ class MetricAligner(object):
 
     def _fuse(self, inv, ys, trust, unknown, mono_var, sigma_s, conf, fit):
         """
-        Fuse the trusted stereo into ``inv`` in place (ys is spent); return (variance, stereo
-        pixels, kept).
+        Fuse the trusted stereo into ``inv`` in place (ys is spent).
 
-        The variance [H, W] float32 (1/m)^2, a new array, or None without uncertainty; kept:
-        [H, W] bool where the stereo was taken as is (the mono not confirmed), or None.
+        Returns (variance, stereo pixels, kept): the variance [H, W] float32 (1/m)^2, a new
+        array, or None without uncertainty; kept: [H, W] bool where the stereo was taken as is
+        (the mono not confirmed), or None.
         """
         o = self.options
         var = np.empty(inv.shape, np.float32) if o.compute_uncertainty else None
