@@ -89,10 +89,10 @@ class Stage(object):
 
 def interleaved(stages, rounds):
     """
-    Median ms of each stage, one call of each per round, the order rotated every round.
+    Time each stage once per round, the order rotated every round; return the samples.
 
-    Returns ({name: wall-clock ms}, {name: CPU ms of this thread}): on a shared machine the
-    CPU time leaves out the time the process waited for a core.
+    Returns ({name: [wall-clock s per round]}, {name: [CPU s of this thread per round]}): on a
+    shared machine the CPU time leaves out the time the process waited for a core.
     """
     wall = {name: [] for name in stages}
     cpu = {name: [] for name in stages}
@@ -103,8 +103,16 @@ def interleaved(stages, rounds):
             stages[name]()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.thread_time() - c0)
-    return ({name: 1e3 * float(np.median(t)) for name, t in wall.items()},
-            {name: 1e3 * float(np.median(t)) for name, t in cpu.items()})
+    return wall, cpu
+
+
+def _ratio_line(today, baseline):
+    """'today ms  baseline ms  ratio of the medians  median [quartiles] of per-round ratios'."""
+    per_round = np.array(today) / np.array(baseline)
+    q1, q2, q3 = np.percentile(per_round, (25, 50, 75))
+    return 'today {:7.3f}   baseline {:7.3f}   ratio {:5.3f}   per round {:5.3f} [{:5.3f}, ' \
+        '{:5.3f}]'.format(1e3 * np.median(today), 1e3 * np.median(baseline),
+                          np.median(today) / np.median(baseline), q2, q1, q3)
 
 
 def output_difference(new, old):
@@ -131,17 +139,18 @@ def compare(frames, baseline, rounds):
             stage()
     wall, cpu = interleaved(stages, rounds)
     h, w = frames[0][1].shape
-    print('post-inference stage at {}x{}, 1 thread, median of {} interleaved rounds, ms '
-          '(wall clock; CPU time of the thread)'.format(w, h, rounds))
+    print('post-inference stage at {}x{}, 1 thread, {} interleaved rounds: medians in ms '
+          '(wall clock; CPU time of the thread), their ratio, and the median [quartiles] of '
+          'the ratios within each round'.format(w, h, rounds))
     for full, what in ((False, "alignment_node's settings (no uncertainty, cloud stride 2)"),
                        (True, 'full resolution (uncertainty, cloud stride 1)')):
         print('  ' + what)
-        for clock, med in (('wall', wall), ('CPU ', cpu)):
-            line = '    {}  today {:7.3f}'.format(clock, med[('today', full)])
-            if baseline is not None:
-                line += '   baseline {:7.3f}   ratio {:5.3f}'.format(
-                    med[('baseline', full)], med[('today', full)] / med[('baseline', full)])
-            print(line)
+        for clock, times in (('wall', wall), ('CPU ', cpu)):
+            today = times[('today', full)]
+            if baseline is None:
+                print('    {}  today {:7.3f}'.format(clock, 1e3 * np.median(today)))
+            else:
+                print('    {}  {}'.format(clock, _ratio_line(today, times[('baseline', full)])))
     if baseline is not None:
         for full in (False, True):
             # The same frame count on both: the last results are of the same frame.
