@@ -207,7 +207,6 @@ class MetricAligner(object):
         sx = max(1, int(round(n / float(o.fit_samples) / sy)))
         self._lattice = (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
         self._lattice_maps = None
-        self._mono = np.empty((height, width), np.float32)     # aligned mono inverse depth
         self._ys = np.empty((height, width), np.float32)       # stereo inverse depth
         self._trust = np.empty((height, width), np.uint8)      # 255: trusted stereo
         self._confident = np.empty((height, width), np.uint8)  # 255: confidence passes
@@ -558,15 +557,14 @@ class MetricAligner(object):
 
     def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
         """
-        Return the aligned mono inverse depth at the relative map's own size.
+        Return the aligned mono inverse depth at the relative map's own size (new array).
 
         0 on the sky, NaN where unknown. At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
         is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
         # s * rel + t in one pass, in double precision (rounded once to float32).
-        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64),
-                          dst=self._mono if rel.shape == self._shape else None)
+        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64))
         if self.options.relative_kind == 'disparity':
             if sky_threshold is not None and sky_threshold > 0:
                 cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
@@ -593,9 +591,8 @@ class MetricAligner(object):
         """
         o = self.options
         h, w = self._shape
-        inv = np.empty((h, w), np.float32)      # the output's array, new every frame
         cells = None
-        corrected = mono
+        inv = mono
         if o.correction_radius_px > 0:
             # Twice the fusion's band: the correction must see object-scale mono errors
             # that are larger than the band the fusion accepts stereo in.
@@ -604,12 +601,10 @@ class MetricAligner(object):
             targets = corr.cell_means(mono, ys, trust, guide, sigma_s, band,
                                       max(self.rho_post, 0.01))
             correction = corr.compute(targets, o.max_correction, o.temporal_alpha)
-            corrected = corr.apply(mono, correction, out=inv if mono.shape == (h, w) else None)
+            inv = corr.apply(mono, correction)
             cells = (targets, correction)
-        if corrected.shape != (h, w):
-            cv2.resize(corrected, (w, h), dst=inv, interpolation=cv2.INTER_LINEAR)
-        elif corrected is not inv:
-            np.copyto(inv, corrected)
+        if inv.shape != (h, w):
+            inv = cv2.resize(inv, (w, h), interpolation=cv2.INTER_LINEAR)
         unknown = None
         if not rel_finite or o.relative_kind == 'depth':
             unknown = ~np.isfinite(inv)

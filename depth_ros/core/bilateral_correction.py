@@ -129,7 +129,6 @@ class BilateralCorrection(object):
         self.prev_inv = None        # [lh, lw] previous output inverse depth (cell means)
         self.prev_w = None          # [lh, lw] stereo precision the previous frame had
         self._maps = {}
-        self._factor_full = None    # the factor at the mono's size (a kept buffer)
 
     def reset(self) -> None:
         """Forget the temporal state."""
@@ -284,15 +283,11 @@ class BilateralCorrection(object):
 
     # ------------------------------------------------------------------ full resolution
 
-    def apply(self, mono_inv: np.ndarray, correction: Correction,
-              out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Return ``mono_inv`` times the factor upsampled bilinearly to its size (into ``out``)."""
+    def apply(self, mono_inv: np.ndarray, correction: Correction) -> np.ndarray:
+        """Return ``mono_inv`` times the factor, upsampled bilinearly to its size (new array)."""
         h, w = mono_inv.shape
-        if self._factor_full is None or self._factor_full.shape != (h, w):
-            self._factor_full = np.empty((h, w), np.float32)
-        full = cv2.resize(correction.factor, (w, h), dst=self._factor_full,
-                          interpolation=cv2.INTER_LINEAR)
-        return cv2.multiply(mono_inv, full, dst=out)
+        full = cv2.resize(correction.factor, (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.multiply(mono_inv, full, dst=full)
 
     def upsample(self, low: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Bilinear upsampling of a low-resolution map to the output size."""
