@@ -105,7 +105,12 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
     planes = _PLANES.get(values.shape)
     # Clipped first, so that the scaled values lie in [0, 255] (+inf depth, "too far", takes
     # the far colour). NaN is painted over at the end, whatever OpenCV made of it.
-    clipped = np.clip(v, vmin, vmax, out=planes.clipped)                  # [H, W] float32
+    if v.size > 4:
+        # cv2.max / cv2.min, not np.clip: the Jetson's numpy 1.17 clips 2.5x slower (5 % of
+        # the stage). OpenCV reads an array of 1 or 4 values as a scalar: those take np.clip.
+        clipped = cv2.min(cv2.max(v, vmin, dst=planes.clipped), vmax, dst=planes.clipped)
+    else:
+        clipped = np.clip(v, vmin, vmax, out=planes.clipped)              # [H, W] float32
     if reverse:
         gray = cv2.convertScaleAbs(clipped, dst=planes.gray, alpha=-alpha, beta=vmax * alpha)
     else:
