@@ -279,7 +279,8 @@ class MetricAligner(object):
             ys.fill(0.0)
 
         # 7. The aligned mono, at the relative map's size (0 sky, NaN unknown).
-        mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)  # [h, w] 1/m
+        mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
+        # mono: [h, w] float32 1/m
 
         # 8. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth. The cells are None without a correction.
@@ -292,7 +293,8 @@ class MetricAligner(object):
         mono_var = self._noise(inv, ys, trust, sigma_s, conf, cells)  # [sh, sw] float32 1/m^2
         sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
 
-        # 10. Fuse the trusted stereo into inv, in place; its variance when asked for.
+        # 10. Fuse the trusted stereo into inv, in place, and its variance when asked for;
+        #     ys is spent (the fusion writes y_s - y_m into its plane).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, sigma_s, conf, fit)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
