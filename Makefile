@@ -67,6 +67,7 @@ test-py38: $(VENV38)/.stamp
 
 lint: $(VENV)/.stamp-dev
 	$(PY) -m flake8 depth_ros launch test benchmarks setup.py
+	$(PY) -m flake8 --max-complexity 10 depth_ros/core
 	$(PY) -m pytest -q -p no:cacheprovider test/test_flake8.py test/test_pep257.py
 
 bench: $(VENV)/.stamp-dev

@@ -1,31 +1,36 @@
 """
 Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_cloud + colorize.
 
-Prints the median of repeated runs and two ratios:
+Times the whole stage as alignment_node runs it (update with the image as guide and the camera,
+no uncertainty; the cloud at stride 2 with the edge test; colorize) and at full resolution
+(the same with uncertainty and the cloud at stride 1), for today's core and, in the same rounds
+(interleaved, so that a noisy machine moves both alike), for the core of a baseline commit read
+from git history (benchmarks/git_baseline.py). Prints the medians, their ratio, and how far the
+two cores' outputs are apart on the same frames. Then the parts alone, and depth_to_cloud
+against one copy of its output bytes.
 
-* total (update + cloud with colours at stride 1 + colorize) against the 10 ms budget, and
-  the same stage with alignment_node's settings (no uncertainty, the image as guide, the
-  camera for the stereo noise model, cloud at stride 2);
-* depth_to_cloud against one copy of its output bytes, measured in the same run.
-
-Usage: python benchmarks/bench_core.py [--repeats N] [--width W --height H]
+Usage: python benchmarks/bench_core.py [--baseline COMMIT | --no-baseline] [--rounds N]
+                                       [--width W --height H]
 This is a benchmark that prints figures, not a timed test.
 """
 import argparse
 import os
 import sys
 import time
+import types
 
 # One thread, before numpy / OpenCV load their thread pools.
 for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[_var] = '1'
 
 import cv2  # noqa: E402
-from depth_ros.core.alignment import MetricAligner  # noqa: E402
-from depth_ros.core.camera import PinholeCamera  # noqa: E402
-from depth_ros.core.pointcloud import depth_to_cloud  # noqa: E402
-from depth_ros.core.visualize import colorize  # noqa: E402
+from depth_ros.core import alignment, camera, pointcloud, visualize  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from git_baseline import BaselineUnavailable, load_core  # noqa: E402, I100
+
+BASELINE = 'a6bfff9'     # main before the core was rewritten as numbered steps in plain form
 
 
 def scene(h, w, seed):
@@ -60,92 +65,173 @@ def median_ms(fn, repeats, before=None):
     return 1e3 * float(np.median(times))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--width', type=int, default=1280)
-    parser.add_argument('--height', type=int, default=720)
-    parser.add_argument('--repeats', type=int, default=50)
-    args = parser.parse_args(argv)
-    cv2.setNumThreads(1)
-    h, w = args.height, args.width
-    cam = PinholeCamera(700.0 * w / 1280, 700.0 * w / 1280, (w - 1) / 2.0, (h - 1) / 2.0, w, h)
-    frames = [scene(h, w, s) for s in range(4)]
-    aligner = MetricAligner()
-    node = MetricAligner(compute_uncertainty=False)
-    state = {'i': 0, 'result': None}
+class Stage(object):
+    """The post-inference stage of one core (a module namespace) with one setting."""
 
-    def update():
-        rel, st, conf, _ = frames[state['i'] % len(frames)]
-        state['i'] += 1
-        state['result'] = aligner.update(rel, st, conf)
+    def __init__(self, core, frames, full):
+        h, w = frames[0][1].shape
+        self.core, self.frames, self.full = core, frames, full
+        self.cam = core.camera.PinholeCamera(700.0 * w / 1280, 700.0 * w / 1280,
+                                             (w - 1) / 2.0, (h - 1) / 2.0, w, h)
+        self.aligner = core.alignment.MetricAligner(compute_uncertainty=full)
+        self.i = 0
+        self.last = None
 
-    update()
-    depth = state['result'].depth
-    bgr = frames[0][3]
-    cloud = depth_to_cloud(depth, cam, bgr=bgr)
+    def __call__(self):
+        rel, st, conf, image = self.frames[self.i % len(self.frames)]
+        self.i += 1
+        res = self.aligner.update(rel, st, conf, guide=image, camera=self.cam)
+        self.core.pointcloud.depth_to_cloud(res.depth, self.cam, bgr=image,
+                                            stride=1 if self.full else 2)
+        self.core.visualize.colorize(res.depth, 0.3, 20.0, reverse=True)
+        self.last = res
+
+
+def interleaved(stages, rounds):
+    """
+    Time each stage once per round, the order rotated every round; return the samples.
+
+    Returns ({name: [wall-clock s per round]}, {name: [CPU s of this thread per round]}): on a
+    shared machine the CPU time leaves out the time the process waited for a core.
+    """
+    wall = {name: [] for name in stages}
+    cpu = {name: [] for name in stages}
+    names = list(stages)
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            stages[name]()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+    return wall, cpu
+
+
+def _ratio_line(today, baseline):
+    """'today ms  baseline ms  ratio of the medians  median [quartiles] of per-round ratios'."""
+    per_round = np.array(today) / np.array(baseline)
+    q1, q2, q3 = np.percentile(per_round, (25, 50, 75))
+    return 'today {:7.3f}   baseline {:7.3f}   ratio {:5.3f}   per round {:5.3f} [{:5.3f}, ' \
+        '{:5.3f}]'.format(1e3 * np.median(today), 1e3 * np.median(baseline),
+                          np.median(today) / np.median(baseline), q2, q1, q3)
+
+
+def output_difference(new, old):
+    """Largest relative difference of the finite depths; whether NaN and inf agree."""
+    a, b = new.depth.astype(np.float64), old.depth.astype(np.float64)
+    same = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
+        a[np.isinf(a)], b[np.isinf(b)]) and np.array_equal(np.isinf(a), np.isinf(b))
+    f = np.isfinite(a) & np.isfinite(b)
+    rel = np.abs(a[f] - b[f]) / np.abs(b[f])
+    return (float(rel.max()) if rel.size else 0.0), same
+
+
+def compare(frames, baseline, rounds):
+    """Time today's stage against the baseline's, interleaved; print figures and ratios."""
+    core = types.SimpleNamespace(alignment=alignment, camera=camera, pointcloud=pointcloud,
+                                 visualize=visualize)
+    stages = {}
+    for full in (False, True):
+        stages[('today', full)] = Stage(core, frames, full)
+        if baseline is not None:
+            stages[('baseline', full)] = Stage(baseline, frames, full)
+    for stage in stages.values():       # warm-up: buffers, caches, page faults
+        for _ in range(2 * len(frames)):
+            stage()
+    wall, cpu = interleaved(stages, rounds)
+    h, w = frames[0][1].shape
+    print('post-inference stage at {}x{}, 1 thread, {} interleaved rounds: medians in ms '
+          '(wall clock; CPU time of the thread), their ratio, and the median [quartiles] of '
+          'the ratios within each round'.format(w, h, rounds))
+    for full, what in ((False, "alignment_node's settings (no uncertainty, cloud stride 2)"),
+                       (True, 'full resolution (uncertainty, cloud stride 1)')):
+        print('  ' + what)
+        for clock, times in (('wall', wall), ('CPU ', cpu)):
+            today = times[('today', full)]
+            if baseline is None:
+                print('    {}  today {:7.3f}'.format(clock, 1e3 * np.median(today)))
+            else:
+                print('    {}  {}'.format(clock, _ratio_line(today, times[('baseline', full)])))
+    if baseline is not None:
+        for full in (False, True):
+            # The same frame count on both: the last results are of the same frame.
+            diff, same = output_difference(stages[('today', full)].last,
+                                           stages[('baseline', full)].last)
+            print('  output vs baseline ({}): max relative depth difference {:.2e}, '
+                  'NaN/inf {}'.format('full' if full else 'node', diff,
+                                      'the same' if same else 'DIFFERENT'))
+
+
+def parts(frames, r):
+    """Each part alone (today's core), and depth_to_cloud against a copy of its bytes."""
+    h, w = frames[0][1].shape
+    cam = camera.PinholeCamera(700.0 * w / 1280, 700.0 * w / 1280, (w - 1) / 2.0,
+                               (h - 1) / 2.0, w, h)
+    aligner = alignment.MetricAligner()
+    rel, st, conf, bgr = frames[0]
+    depth = aligner.update(rel, st, conf).depth
+    cloud = pointcloud.depth_to_cloud(depth, cam, bgr=bgr)
     out = np.empty_like(cloud)
     raw = cloud.view(np.uint8).reshape(-1)
     raw_out = np.empty_like(raw)
-
-    def whole():
-        update()
-        d = state['result'].depth
-        depth_to_cloud(d, cam, bgr=bgr)
-        colorize(d, 0.3, 20.0, reverse=True)
-
-    def node_stage():
-        rel, st, conf, image = frames[state['i'] % len(frames)]
-        state['i'] += 1
-        d = node.update(rel, st, conf, guide=image, camera=cam).depth
-        depth_to_cloud(d, cam, bgr=image, stride=2)
-        colorize(d, 0.3, 20.0, reverse=True)
-
-    for fn in (update, whole, node_stage):     # warm-up: buffers, caches, page faults
-        for _ in range(5):
-            fn()
-    r = args.repeats
-    t_update = median_ms(update, r)
-    t_cloud = median_ms(lambda: depth_to_cloud(depth, cam, bgr=bgr), r)
-    t_cloud_out = median_ms(lambda: depth_to_cloud(depth, cam, bgr=bgr, out=out), r)
+    t_update = median_ms(lambda: aligner.update(rel, st, conf), r)
+    t_cloud = median_ms(lambda: pointcloud.depth_to_cloud(depth, cam, bgr=bgr), r)
+    t_cloud_out = median_ms(lambda: pointcloud.depth_to_cloud(depth, cam, bgr=bgr, out=out), r)
     t_copy = median_ms(lambda: raw.copy(), r)
     t_copy_into = median_ms(lambda: np.copyto(raw_out, raw), r)
-    t_colorize = median_ms(lambda: colorize(depth, 0.3, 20.0, reverse=True), r)
-    t_whole = median_ms(whole, r)
-    t_node = median_ms(node_stage, r)
-    print('post-inference core at {}x{}, 1 thread, median of {} runs (ms)'.format(w, h, r))
-    print('  MetricAligner.update          {:7.3f}'.format(t_update))
-    print('  depth_to_cloud (rgb, new)     {:7.3f}'.format(t_cloud))
-    print('  depth_to_cloud (rgb, out=)    {:7.3f}'.format(t_cloud_out))
-    print('  colorize                      {:7.3f}'.format(t_colorize))
-    print('  sum of the three              {:7.3f}'.format(t_update + t_cloud + t_colorize))
-    print('  measured together             {:7.3f}   budget 10 ms: {}'.format(
-        t_whole, 'met' if t_whole <= 10.0 else 'NOT met'))
-    print('  node settings, together       {:7.3f}   budget 10 ms: {}'.format(
-        t_node, 'met' if t_node <= 10.0 else 'NOT met'))
-    print('    (no uncertainty, image guide, camera, cloud stride 2)')
-    print('baseline: copy of the cloud bytes ({:.1f} MB)'.format(raw.nbytes / 1e6))
-    print('  new array (ndarray.copy)      {:7.3f}'.format(t_copy))
-    print('  into a buffer (np.copyto)     {:7.3f}'.format(t_copy_into))
-    print('ratios (goal <= 1.5)')
-    print('  depth_to_cloud / copy         {:7.2f}'.format(t_cloud / t_copy))
-    print('  depth_to_cloud(out=) / copyto {:7.2f}'.format(t_cloud_out / t_copy_into))
-    res = state['result']
+    t_colorize = median_ms(lambda: visualize.colorize(depth, 0.3, 20.0, reverse=True), r)
+    print('parts alone, median of {} runs (ms)'.format(r))
+    print('  MetricAligner.update (confidence, uncertainty, no guide)  {:7.3f}'.format(
+        t_update))
+    print('  depth_to_cloud (rgb, stride 1, new array)                 {:7.3f}'.format(t_cloud))
+    print('  depth_to_cloud (rgb, stride 1, out=)                      {:7.3f}'.format(
+        t_cloud_out))
+    print('  colorize                                                  {:7.3f}'.format(
+        t_colorize))
+    print('  copy of the cloud bytes ({:.1f} MB): new {:.3f}, into a buffer {:.3f}'.format(
+        raw.nbytes / 1e6, t_copy, t_copy_into))
+    print('  depth_to_cloud / copy {:.2f}, depth_to_cloud(out=) / copyto {:.2f} '
+          '(goal <= 1.5)'.format(t_cloud / t_copy, t_cloud_out / t_copy_into))
     # The same two operations with cold caches: a 64 MB write evicts inputs and outputs first
-    # (untimed). On this machine the 14.7 MB copy otherwise runs from the 32 MB L3; on the
-    # Jetson (4 MB L3), and in the node, where the depth arrives from DDS, it cannot.
+    # (untimed). Here the 14.7 MB copy otherwise runs from the 32 MB L3; on the Jetson (4 MB
+    # L3), and in the node, where the depth arrives from DDS, it cannot.
     evict = np.zeros(64 * 1024 * 1024 // 8)
 
     def flush():
         np.add(evict, 1.0, out=evict)
 
-    t_cloud_cold = median_ms(lambda: depth_to_cloud(depth, cam, bgr=bgr, out=out), r, flush)
+    t_cloud_cold = median_ms(lambda: pointcloud.depth_to_cloud(depth, cam, bgr=bgr, out=out),
+                             r, flush)
     t_copy_cold = median_ms(lambda: np.copyto(raw_out, raw), r, flush)
-    print('cold caches (64 MB evicted before each call, untimed)')
-    print('  depth_to_cloud(out=)          {:7.3f}'.format(t_cloud_cold))
-    print('  copy into a buffer            {:7.3f}'.format(t_copy_cold))
-    print('  ratio (goal <= 1.5)           {:7.2f}'.format(t_cloud_cold / t_copy_cold))
-    print('last fit: status {}, scale {:.5g}, shift {:.5g}, inliers {:.3f}'.format(
-        res.status, res.scale, res.shift, res.inlier_ratio))
+    print('  cold caches: depth_to_cloud(out=) {:.3f}, copy {:.3f}, ratio {:.2f}'.format(
+        t_cloud_cold, t_copy_cold, t_cloud_cold / t_copy_cold))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument('--width', type=int, default=1280)
+    parser.add_argument('--height', type=int, default=720)
+    parser.add_argument('--rounds', type=int, default=60,
+                        help='interleaved rounds of the stage comparison')
+    parser.add_argument('--repeats', type=int, default=30, help='runs of each part alone')
+    parser.add_argument('--baseline', default=BASELINE,
+                        help='commit whose core is timed in the same rounds')
+    parser.add_argument('--no-baseline', action='store_true')
+    parser.add_argument('--no-parts', action='store_true', help='only the stage comparison')
+    args = parser.parse_args(argv)
+    cv2.setNumThreads(1)
+    baseline = None
+    if not args.no_baseline:
+        try:
+            baseline = load_core(args.baseline)
+        except BaselineUnavailable as exc:
+            print('no baseline: {}'.format(exc))
+    print('Python {}, numpy {}, OpenCV {}{}'.format(
+        sys.version.split()[0], np.__version__, cv2.__version__,
+        '' if baseline is None else ', baseline {}'.format(baseline.commit[:10])))
+    frames = [scene(args.height, args.width, s) for s in range(4)]
+    compare(frames, baseline, args.rounds)
+    if not args.no_parts:
+        parts(frames, args.repeats)
     return 0
 
 

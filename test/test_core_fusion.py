@@ -11,10 +11,10 @@ import dataclasses
 import cv2
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.alignment_options import AlignerOptions, option_specs
+from depth_ros.core.bilateral_correction import bilateral_nc, BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.edges import jump_mask
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.guided import bilateral_nc, LocalCorrection
 from depth_ros.core.pointcloud import depth_to_cloud, EDGE_THRESHOLD
 import numpy as np
 import pytest
@@ -24,25 +24,66 @@ H, W = 96, 128
 
 # ---------------------------------------------------------------------------- options
 
-def test_options_are_one_dataclass_with_specs():
-    specs = {s.name: s for s in option_specs()}
-    fields = {f.name: f for f in dataclasses.fields(AlignerOptions)}
-    assert list(specs) == list(fields), 'option_specs must list every field in order'
-    defaults = AlignerOptions()
-    for name, spec in specs.items():
-        assert spec.default == getattr(defaults, name), name
-        assert spec.description and len(spec.description.splitlines()) == 1, name
-        if isinstance(spec.default, bool) or spec.choices:
+def refused_values(spec):
+    """Values the spec says are out of range: just past each bound, a fraction, None."""
+    if spec.choices:
+        return ['not-a-choice']
+    if isinstance(spec.default, bool):
+        return ['yes', 1]
+    step = 1 if spec.integer else 1e-6
+    bad = [] if spec.allow_none else [None]
+    if spec.low is not None:
+        bad.append(spec.low if spec.low_open else spec.low - step)
+    if spec.high is not None:
+        bad.append(spec.high if spec.high_open else spec.high + step)
+    if spec.integer:
+        bad.append(spec.default + 0.5)
+    return bad
+
+
+def accepted_values(spec):
+    """Values the spec says are allowed: the default, every choice, the closed bounds."""
+    good = [spec.default] + list(spec.choices or [])
+    if isinstance(spec.default, bool):
+        good.append(not spec.default)
+    good += [v for v, open_ in ((spec.low, spec.low_open), (spec.high, spec.high_open))
+             if v is not None and not open_]
+    return good + ([None] if spec.allow_none else [])
+
+
+def test_option_specs_describe_what_the_aligner_accepts():
+    # alignment_node declares its parameters from option_specs(): each spec's range, choices
+    # and integer-ness must be what MetricAligner itself accepts and refuses.
+    specs = option_specs()
+    assert len(specs) == len(set(s.name for s in specs)) > 20
+    for spec in specs:
+        assert spec.description and len(spec.description.splitlines()) == 1, spec.name
+        for value in accepted_values(spec):
+            al = MetricAligner(**{spec.name: value})
+            assert getattr(al, spec.name) == value, (spec.name, value)
+        for value in refused_values(spec):
+            with pytest.raises(ValueError, match='option `{}` must be'.format(spec.name)):
+                MetricAligner(**{spec.name: value})
+    assert MetricAligner().options == AlignerOptions(**{s.name: s.default for s in specs})
+    named = {s.name: s for s in specs}
+    assert named['relative_kind'].choices == ('disparity', 'depth')
+    assert named['baseline_m'].default == 0.12 and named['consistency'].allow_none
+
+
+def test_only_options_marked_runtime_change_while_running():
+    other = {'relative_kind': 'depth', 'seed': 1}
+    for spec in option_specs():
+        al = MetricAligner()
+        value = other.get(spec.name, next(
+            (v for v in accepted_values(spec) if v != spec.default), None))
+        if value is None or value == spec.default:
             continue
-        if spec.default is not None:
-            assert spec.integer == isinstance(spec.default, int), name
-        lo_ok = spec.low is None or (spec.default > spec.low if spec.low_open
-                                     else spec.default >= spec.low)
-        hi_ok = spec.high is None or spec.default <= spec.high
-        assert spec.default is None or (lo_ok and hi_ok), (name, spec)
-    assert specs['relative_kind'].choices == ('disparity', 'depth')
-    assert not specs['relative_kind'].runtime and not specs['seed'].runtime
-    assert specs['baseline_m'].default == 0.12 and specs['consistency'].allow_none
+        if spec.runtime:
+            assert getattr(al.set_options(**{spec.name: value}), spec.name) == value
+        else:
+            with pytest.raises(ValueError, match='cannot change while running'):
+                al.set_options(**{spec.name: value})
+    assert [s.name for s in option_specs() if not s.runtime] == ['relative_kind', 'seed']
 
 
 def test_aligner_exposes_and_checks_its_options():
@@ -117,18 +158,19 @@ def test_fusion_is_inverse_variance_weighting_with_a_gate():
     ys[10:20] = 0.0                           # untrusted
     vm = (0.03 * ym) ** 2                     # 3 % relative mono noise
     vs = 0.004 ** 2
-    out = np.empty_like(ym)
-    fusion = Fusion(H, W)
+    out, var = np.empty_like(ym), np.empty_like(ym)
+    trusted = np.where(ys > 0, 255, 0).astype(np.uint8)
     # The variances are smooth: given at full size here (the aligner passes a quarter).
-    _, n = fusion.fuse(ym, ys, vm.astype(np.float32), vs, 4.0, out)
+    diff = ys.copy()
+    n = Fusion(H, W).fuse(ym, diff, trusted, vm.astype(np.float32), vs, 4.0, None, out, var)
     k = vm / (vm + vs)
     fused = (ys - ym) ** 2 <= 16.0 * (vm + vs)
     fused &= ys > 0
     expected = np.where(fused, ym + k * (ys - ym), ym)
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=1e-7)
     assert n == fused.sum() and not fused[:20].any()
-    var = fusion.variance(np.empty_like(ym))
     np.testing.assert_allclose(var, np.where(fused, vm * vs / (vm + vs), vm), rtol=1e-4)
+    np.testing.assert_array_equal(diff, ys - ym)         # the stereo's plane is spent
 
 
 def test_stereo_noise_model():
@@ -212,7 +254,7 @@ def test_sky_anchors_the_shift_and_the_far_range():
         al = MetricAligner(sky_anchor_weight=weight, correction_radius_px=0)
         out = al.update(rel, st, focal_px=500.0)
         errs[weight] = np.median(np.abs(out.depth[far] - z[far]) / z[far])
-        assert al.anchored == (weight > 0)
+        assert out.anchored == (weight > 0)
     assert errs[1.0] < 0.5 * errs[0.0], errs
     assert np.isposinf(out.depth[~np.isfinite(z)]).all()
 
@@ -223,7 +265,7 @@ def test_sky_anchor_is_dropped_when_the_stereo_contradicts_it():
     rel = rel + np.float32(1.0)
     al = MetricAligner(sky_fraction=0.1)
     out = al.update(rel, st, focal_px=500.0)
-    assert not al.anchored
+    assert not out.anchored
     near = np.isfinite(z) & (z < 10)
     assert np.median(np.abs(out.depth[near] - z[near]) / z[near]) < 0.01
 
@@ -426,29 +468,25 @@ def test_marigold_keyframes_get_the_same_fusion():
     assert np.median(np.abs(held.depth[ok] - z[ok]) / z[ok]) < 0.02
 
 
-# ---------------------------------------------------------------------------- fast paths
-# The speed work (after the rework) replaced operations by cheaper ones that must give the
-# same values: each test below checks one against a plain computation.
+# ---------------------------------------------------------------------------- edge cases
 
-def test_fusion_with_a_trust_mask_and_in_place_difference_matches_the_plain_call():
+def test_untrusted_stereo_is_never_fused_and_the_fusion_may_work_in_place():
     rng = np.random.RandomState(3)
     ym = rng.uniform(0.05, 0.5, (H, W)).astype(np.float32)
     ys = (ym * (1.0 + rng.normal(0.0, 0.03, (H, W)))).astype(np.float32)
     ys[:10] = ym[:10] * 3.0
-    ys[10:20] = 0.0
     vm = ((0.03 * ym) ** 2).astype(np.float32)
     vs = np.full((H, W), 0.004 ** 2, np.float32)
-    plain = np.empty_like(ym)
-    _, n_plain = Fusion(H, W).fuse(ym, ys, vm, vs, 4.0, plain, None, 0.15)
-    # The caller's mask instead of ys > 0: the untrusted values no longer matter (finite).
-    trusted = np.where(ys > 0, 255, 0).astype(np.uint8)
-    ys2 = ys.copy()
-    ys2[10:20] = ym[10:20]              # would be fused if it were trusted
-    out = ym.copy()
-    _, n = Fusion(H, W).fuse(out, ys2, vm, vs, 4.0, out, None, 0.15, trusted=trusted,
-                             diff=ys2)
-    assert n == n_plain, (n, n_plain)
-    np.testing.assert_array_equal(out, plain)
+    trusted = np.full((H, W), 255, np.uint8)
+    trusted[10:20] = 0                  # consistent with the mono, but not trusted
+    apart = np.empty_like(ym)
+    n = Fusion(H, W).fuse(ym, ys.copy(), trusted, vm, vs, 4.0, 0.15, apart)
+    np.testing.assert_array_equal(apart[10:20], ym[10:20])
+    assert not np.array_equal(apart[20:], ym[20:]), 'trusted, consistent stereo is fused'
+    assert n == H * W - 20 * W, n           # neither the outliers nor the untrusted rows
+    in_place = ym.copy()
+    assert Fusion(H, W).fuse(in_place, ys, trusted, vm, vs, 4.0, 0.15, in_place) == n
+    np.testing.assert_array_equal(in_place, apart)
 
 
 def nan_and_zero_frame():
@@ -458,8 +496,8 @@ def nan_and_zero_frame():
 
 
 def test_nan_confidence_is_untrusted_stereo_and_does_not_stop_the_fusion():
-    # A NaN confidence used to turn the smooth stereo variance into NaN (0 * inf), which
-    # vetoed every stereo pixel of the frame. Now it is the least reliable value, 100.
+    # A NaN confidence is the least reliable value, 100: as NaN it would make the smooth
+    # stereo variance NaN (0 * inf) and veto every stereo pixel of the frame.
     rel, st, _, conf = nan_and_zero_frame()
     block = (slice(10, 40), slice(20, 70))
     with_nan, with_100 = conf.copy(), conf.copy()
@@ -487,51 +525,26 @@ def test_zero_and_infinite_stereo_are_untrusted_like_nan():
     assert not np.isnan(a.depth).any(), 'the mono is known everywhere'
 
 
-def bilateral_level_by_level(p, w, guide, radius, range_sigma, max_levels=4):
-    """Compute the normalised convolution as first written, one guide level at a time."""
-    ok = w > 0
-    lo, hi = float(np.min(guide[ok])), float(np.max(guide[ok]))
-    n = int(min(max_levels, max(2, np.ceil((hi - lo) / range_sigma) + 1)))
-    step = max((hi - lo) / (n - 1), 1e-9)
-    sigma = max(range_sigma, 0.5 * step)
-    wp = w * p
-    est, den = np.zeros_like(p), np.zeros_like(p)
-    pos = np.clip((guide - lo) / step, 0.0, n - 1.0)
-    k = 2 * radius + 1
-
-    def box(x):
-        return cv2.boxFilter(x, cv2.CV_32F, (k, k), normalize=True,
-                             borderType=cv2.BORDER_REFLECT)
-    for i in range(n):
-        kr = cv2.exp((guide - (lo + i * step)) ** 2 * (-0.5 / (sigma * sigma)))
-        num_i, den_i = box(wp * kr), box(w * kr)
-        t = np.maximum(0.0, 1.0 - np.abs(pos - i))
-        est += t * np.where(den_i > 1e-12, num_i / np.maximum(den_i, 1e-12), 1.0)
-        den += t * den_i
-    return est, den
-
-
-@pytest.mark.parametrize('range_sigma', [0.08, 0.15, 0.6])
-def test_bilateral_levels_stacked_match_level_by_level(range_sigma):
+def test_bilateral_with_a_flat_guide_is_the_normalised_convolution():
     rng = np.random.RandomState(6)
     p = (1.0 + 0.05 * rng.randn(30, 40)).astype(np.float32)
     w = np.where(rng.rand(30, 40) > 0.3, rng.rand(30, 40) * 1e4, 0.0).astype(np.float32)
-    guide = cv2.GaussianBlur(rng.rand(30, 40).astype(np.float32), (0, 0), 2.0)
-    guide = ((guide - guide.min()) / (guide.max() - guide.min())).astype(np.float32)
-    est, den = bilateral_nc(p, w, guide, 3, range_sigma)
-    ref_est, ref_den = bilateral_level_by_level(p, w, guide, 3, range_sigma)
-    np.testing.assert_array_equal(est, ref_est)
-    np.testing.assert_array_equal(den, ref_den)
+    est, den = bilateral_nc(p, w, np.full((30, 40), 0.5, np.float32), 3, 0.1)
+
+    def box(x):
+        return cv2.blur(x.astype(np.float64), (7, 7), borderType=cv2.BORDER_REFLECT)
+    np.testing.assert_allclose(est, box(w * p) / box(w), rtol=1e-5)
+    np.testing.assert_allclose(den, box(w), rtol=1e-5)
 
 
-@pytest.mark.parametrize('shape', [(96, 128), (97, 130)])
-def test_statistics_planes_by_strided_copy_match_the_nearest_resize(shape):
-    corr = LocalCorrection(shape[0], shape[1], 8, 32)
+def test_statistics_planes_take_every_step_th_output_pixel():
+    corr = BilateralCorrection(96, 128, 8, 32)
+    assert corr.step == 4 and corr.stats_size == (32, 24)
     rng = np.random.RandomState(7)
     for dtype in (np.float32, np.uint8):
-        plane = (rng.rand(*shape) * 200).astype(dtype)
-        expected = cv2.resize(plane, corr.stats_size, interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(corr.stats(plane, 'p'), expected)
-        np.testing.assert_array_equal(corr.stats(plane), expected)
-    again = corr.stats(np.zeros(shape, np.float32), 'p')
-    assert not again.any(), 'the kept buffer holds the latest plane'
+        plane = (rng.rand(96, 128) * 200).astype(dtype)
+        np.testing.assert_array_equal(corr.stats(plane), plane[::4, ::4])
+    # A plane at another size (the network's) is interpolated at the same points.
+    ramp = np.arange(64, dtype=np.float32)[None, :] + np.zeros((48, 1), np.float32)
+    np.testing.assert_allclose(corr.stats(ramp)[0],
+                               np.maximum((np.arange(32) * 4 + 0.5) / 2 - 0.5, 0.0))

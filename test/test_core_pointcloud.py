@@ -224,7 +224,7 @@ def test_strided_cloud_takes_every_pixel_i_s_j_s_and_keeps_earlier_results(strid
 
 
 def colorize_reference(values, vmin, vmax, reverse, invalid=(0, 0, 0)):
-    """Colorize as first written: clip to [vmin, vmax], scale, applyColorMap, repaint NaN."""
+    """Colorize by hand: clip to [vmin, vmax], scale, applyColorMap, repaint NaN."""
     import cv2
     v = values.astype(np.float32)
     clipped = np.clip(np.nan_to_num(v, nan=vmin, posinf=vmax, neginf=vmin), vmin, vmax)
@@ -240,8 +240,8 @@ def colorize_reference(values, vmin, vmax, reverse, invalid=(0, 0, 0)):
 @pytest.mark.parametrize('special', ['none', 'nan', 'inf', '-inf', 'huge'])
 @pytest.mark.parametrize('reverse', [True, False])
 def test_colorize_matches_the_clipped_reference(special, reverse):
-    # The reversed map skips the lift to vmin where convertScaleAbs saturates anyway: the
-    # same pixels, including values far below vmin, -inf and NaN.
+    # The same pixels as applyColorMap of the clipped values, including values far outside
+    # the range, -inf and NaN.
     from depth_ros.core.visualize import colorize
     v = np.random.RandomState(2).uniform(-5.0, 40.0, (48, 64)).astype(np.float32)
     v[0, :4] = (0.3, 20.0, 0.0, -1.0)

@@ -52,6 +52,17 @@ def test_integer_input_and_constant_image():
     assert (out == out[0, 0]).all()
 
 
+@pytest.mark.parametrize('shape', [(1, 1), (4, 1), (1, 4), (2, 2)])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_images_of_a_few_pixels_are_not_read_as_a_scalar(shape, reverse):
+    # OpenCV's binary operations take an array of up to 4 values for a scalar.
+    v = np.array([-1.0, 5.0, 30.0, 12.5][:shape[0] * shape[1]], np.float32).reshape(shape)
+    out = colorize(v, 0.0, 20.0, reverse=reverse)
+    levels = np.clip(v, 0.0, 20.0) * 255.0 / 20.0
+    levels = np.rint(255.0 - levels if reverse else levels).astype(int)
+    np.testing.assert_array_equal(out, lut()[levels])
+
+
 def test_result_is_new_each_call():
     v = np.random.RandomState(0).rand(8, 8).astype(np.float32)
     a = colorize(v, 0, 1)

@@ -10,7 +10,9 @@ Hand-offs between threads are events and polls with deadlines, never fixed sleep
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
+import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.ros.workers import first_line, KeyframeWorker, LatestWorker, LogForwarder, \
     RateMeter, StageTimes, StampGuard, ThrottledLog
@@ -389,6 +391,25 @@ def test_downscale_frame_scales_camera_and_keeps_depth_values():
     assert set(np.unique(out.depth)).issubset(set(np.unique(depth))), \
         'nearest resize must not invent depth values'
     assert downscale_frame(frame, 1.0) is frame
+
+
+def test_downscale_frame_keeps_the_right_image_and_the_baseline():
+    # Without the baseline zed_node published no right/camera_info, and the aligner's stereo
+    # noise model fell back to the baseline_m parameter.
+    from depth_ros.core.messages import baseline_from_info, camera_info_fields
+    from depth_ros.sources.downscale import downscale_frame
+    camera = PinholeCamera(100.0, 100.0, 39.5, 29.5, 80, 60)
+    right = np.random.RandomState(0).randint(0, 256, (60, 80, 3)).astype(np.uint8)
+    frame = Frame(left=np.zeros((60, 80, 3), np.uint8), depth=None, confidence=None,
+                  camera=camera, stamp_ns=7, frame_id='zed_left', right=right,
+                  baseline_m=0.12)
+    out = downscale_frame(frame, 0.5)
+    assert out.baseline_m == 0.12 and out.frame_id == 'zed_left'
+    np.testing.assert_array_equal(out.right, cv2.resize(right, (40, 30),
+                                                        interpolation=cv2.INTER_AREA))
+    info = SimpleNamespace(**camera_info_fields(out.camera, baseline_m=out.baseline_m))
+    assert info.p[3] == pytest.approx(-out.camera.fx * 0.12) and out.camera.fx == 50.0
+    assert baseline_from_info(info) == pytest.approx(0.12)
 
 
 @pytest.mark.parametrize('kind,path', [('live', None), ('svo', 'run.svo2'),

@@ -317,6 +317,32 @@ def test_replay_rate_paces_by_recorded_stamps():
     assert clock.sleeps == [0.05, 0.1], 'expected [0.05, 0.1], received {}'.format(clock.sleeps)
 
 
+S = 1000000000
+RESTARTED = [10 * S, 11 * S, 12 * S, 5 * S, 6 * S, 7 * S]   # the recorder restarted at 5 s
+
+
+def test_replay_passes_a_restart_inside_a_recording_through_and_paces_from_there():
+    clock = FakeClock()
+    replay = ReplaySource(ListSource(RESTARTED), rate=1.0, clock=clock, sleep=clock.sleep)
+    stamps = [f.stamp_ns for f in replay]
+    assert stamps == RESTARTED, 'expected the recorded stamps, received {}'.format(stamps)
+    # Real time on both sides of the restart: no second of the recording is lost.
+    assert clock.sleeps == [1.0, 1.0, 1.0, 1.0], clock.sleeps
+
+
+def test_a_restart_inside_a_recording_reaches_the_nodes_stamp_guard():
+    from depth_ros.ros.workers import StampGuard
+    guard = StampGuard('image', reset_ns=S)          # stamp_reset_s, its default 1.0
+    verdicts = [guard.check(f.stamp_ns)[0] for f in ReplaySource(ListSource(RESTARTED), rate=0)]
+    assert verdicts == ['ok', 'ok', 'ok', 'restart', 'ok', 'ok'], verdicts
+    # A step back under stamp_reset_s, or a repeated stamp, is out of order there: dropped.
+    guard = StampGuard('image', reset_ns=S)
+    ms = 1000000
+    jitter = [0, 100 * ms, 50 * ms, 200 * ms, 200 * ms, 300 * ms]
+    verdicts = [guard.check(f.stamp_ns)[0] for f in ReplaySource(ListSource(jitter), rate=0)]
+    assert verdicts == ['ok', 'ok', 'old', 'ok', 'old', 'ok'], verdicts
+
+
 def test_replay_fixed_fps_stamps_with_wall_clock():
     clock = FakeClock()
     walls = iter([10, 20, 30])

@@ -1,22 +1,28 @@
 """
 Metric alignment of relative (affine-invariant) depth to stereo depth, and noise-aware fusion.
 
-``MetricAligner.update(relative, stereo_depth, confidence, guide=..., camera=...)`` per frame:
+``MetricAligner.update(relative, stereo_depth, confidence, guide=..., camera=...)`` takes one
+frame through numbered steps (the comments in ``update`` carry the same numbers):
 
-1. **Fit** the affine of this frame (the network's affine holds for one frame only) robustly
-   (RANSAC, then Tukey IRLS) on a fixed lattice of trusted stereo samples, weighted by the
-   inverse-depth noise of stereo (constant in inverse depth: ``sigma_d / (f B)``) and of the mono
-   (relative), with the sky as an infinite-depth anchor of the shift when a large sky region
-   is present. A frame with too little stereo, or whose fit jumps against the previous metric
-   output, is fitted to the previous metric output instead (self-alignment, status 'held'):
-   no affine is ever carried from one frame to the next.
-2. **Local correction** (core/guided.py): a weighted guided filter of ``stereo_inv / mono_inv``
-   at 1/``correction_downsample`` resolution, guided by the image (or the mono itself), applied
-   at full resolution; filtered over time in metric space against the previous output.
-3. **Fusion** (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, with
-   stereo outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out.
-4. **Output**: depth float32 metres, NaN unknown, +inf too far (REP 117: the sky and anything
-   beyond ``max_output_depth``); ``uncertainty`` the per-pixel 1-sigma in metres.
+1. check the inputs;
+2. the stereo noise model, constant in inverse depth (``sigma_d / (f B)``);
+3. the inputs as float32 (a non-finite relative value is unknown);
+4. sample a fixed lattice: trusted stereo, its noise, the sky;
+5. fit this frame's affine robustly (RANSAC, then Tukey IRLS; the sky as an infinite-depth
+   anchor of the shift). A frame with too little stereo, or whose fit jumps against the
+   previous metric output, is fitted to the previous output instead (status 'held'): no
+   affine is carried from one frame to the next;
+6. the stereo in inverse depth and where it is trusted (without a fit: the output);
+7. the aligned mono in inverse depth (the sky 0);
+8. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
+   convolution of ``stereo_inv / mono_inv`` per cell, its range kernel on the image (or the
+   mono), applied to the mono and resized to the output size;
+9. this frame's noise: the stereo model's calibration ``beta`` and the mono's relative error;
+10. the fusion (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, stereo
+    outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
+11. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
+    ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres);
+12. remember the output on the lattice for the next frame.
 
 Conventions (see docs/core.md):
 
@@ -33,12 +39,11 @@ from typing import Dict, NamedTuple, Optional
 import cv2
 from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTION_NAMES, \
     option_specs, RELATIVE_KINDS
+from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
-from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.guided import LocalCorrection
-from depth_ros.core.robust_fit import Anchor, median, percentile, robust_affine
+from depth_ros.core.robust_fit import Anchor, median, robust_affine
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
@@ -76,6 +81,7 @@ class AlignedDepth:
     status: str
     reason: str = ''           # why the status is not 'ok' ('' when it is)
     stereo_fraction: float = 0.0   # fraction of output pixels that fused a stereo value
+    anchored: bool = False     # the sky anchored this frame's fit
 
     def to_dict(self) -> Dict[str, object]:
         """Return the scalar fields, JSON-ready (NaN becomes None)."""
@@ -89,23 +95,33 @@ class AlignedDepth:
 
 
 class _Samples(NamedTuple):
-    """The fit lattice of one frame (float64)."""
+    """The fit lattice of one frame (float64, 1-D over the lattice or its valid samples)."""
 
     r: np.ndarray            # relative values of the valid samples
     d: np.ndarray            # stereo depth of the valid samples (m)
-    var_s: np.ndarray        # stereo inverse-depth variance of the valid samples
+    var_s: np.ndarray        # stereo inverse-depth variance of the valid samples (1/m^2)
     n_total: int
     n_valid: int
-    valid: np.ndarray        # bool over the lattice
-    sky_r: Optional[float]   # median relative value of the sky samples (anchor), or None
     r_all: np.ndarray        # relative values of every lattice sample
+    sky_threshold: Optional[float]   # relative values at or below it are sky (None: no rule)
+    sky_r: Optional[float]   # median relative value of the sky samples (anchor), or None
 
 
-class _FitResult(NamedTuple):
-    scale: float
+class _Fit(NamedTuple):
+    """This frame's affine and how it was found."""
+
+    scale: float             # NaN: no fit
     shift: float
-    inlier_ratio: float
-    source: str              # 'stereo' or 'previous'
+    inlier_ratio: float      # of the samples it was fitted to
+    source: str              # 'stereo', 'previous' (the previous output) or '' (none)
+    status: str              # 'ok', 'held' or 'no_fit' (AlignedDepth.status)
+    reason: str              # why the status is not 'ok'
+    anchored: bool           # the sky anchored the fit
+    stereo_suspect: bool     # the stereo jumped against the metric history: not used
+
+
+def _no_fit(status, reason):
+    return _Fit(float('nan'), float('nan'), float('nan'), '', status, reason, False, False)
 
 
 class MetricAligner(object):
@@ -116,6 +132,12 @@ class MetricAligner(object):
     field of :class:`~depth_ros.core.alignment_options.AlignerOptions` (defaults, ranges and
     descriptions there and in docs/core.md); values are checked (ValueError names option and
     value). ``aligner.options`` is the frozen options object; ``aligner.<option>`` reads one.
+
+    Between frames the aligner keeps the last affine (``scale``, ``shift``), the noise
+    estimates (``rho_pre``, ``rho_post``, ``beta``, ``sigma_inv``), the previous output on the
+    fit lattice (jump test, self-alignment), the count of jumped frames, the RANSAC generator,
+    the correction's temporal state and per-shape buffers. Everything else is local to
+    ``update``.
     """
 
     def __init__(self, options: Optional[AlignerOptions] = None, **kwargs):
@@ -155,7 +177,6 @@ class MetricAligner(object):
         self._rng = np.random.RandomState(self.options.seed)
         self.scale = float('nan')       # affine of the last frame
         self.shift = float('nan')
-        self.fit_inlier_ratio = float('nan')
         self.rho_pre = _RHO_DEFAULT     # relative mono noise before the local correction
         self.rho_post = _RHO_DEFAULT    # ... and after it
         self.sigma_inv = float('nan')   # stereo inverse-depth noise model (1/m), last frame
@@ -185,278 +206,15 @@ class MetricAligner(object):
         sy = max(1, int(round(step)))
         sx = max(1, int(round(n / float(o.fit_samples) / sy)))
         self._lattice = (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
-        self._buf = np.empty((height, width), np.float32)      # mono inverse depth
+        self._lattice_maps = None
         self._ys = np.empty((height, width), np.float32)       # stereo inverse depth
         self._trust = np.empty((height, width), np.uint8)      # 255: trusted stereo
-        self._mask = np.empty((height, width), np.uint8)
-        self._lattice_maps = None
+        self._confident = np.empty((height, width), np.uint8)  # 255: confidence passes
         self._fusion = Fusion(height, width)
-        self._correction = LocalCorrection(height, width, o.correction_downsample,
-                                           max(1, o.correction_radius_px))
+        self._correction = BilateralCorrection(height, width, o.correction_downsample,
+                                               max(1, o.correction_radius_px))
         self._prev_inv = None
         self._prev_var = None
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_inputs(self, relative, stereo_depth, confidence, guide, camera, focal_px):
-        check_image('relative_disparity', relative, dtypes=_FLOATS)
-        check_image('stereo_depth', stereo_depth, dtypes=_FLOATS)
-        if confidence is not None:
-            check_image('confidence', confidence, dtypes=_FLOATS + (np.uint8,))
-            check_same_size('confidence', confidence, 'stereo_depth', stereo_depth)
-        if guide is not None:
-            if not (isinstance(guide, np.ndarray) and guide.ndim == 3):
-                check_image('guide', guide, dtypes=(np.uint8,))
-            else:
-                check_image('guide', guide, channels=3, dtypes=(np.uint8,))
-            check_same_size('guide', guide, 'stereo_depth', stereo_depth)
-        h, w = stereo_depth.shape
-        if h < MIN_SIZE or w < MIN_SIZE:
-            # OpenCV takes arrays of a few elements for scalars: tiny frames cannot be fused.
-            raise ValueError('`stereo_depth` must be at least {0}x{0} pixels, got {1}x{2} (W x H)'
-                             .format(MIN_SIZE, w, h))
-        hr, wr = relative.shape
-        # Resizing between very different aspect ratios would silently misalign pixels.
-        if abs(float(wr) / hr - float(w) / h) > 0.02 * float(w) / h:
-            raise ValueError(
-                '`relative_disparity` has size {} but `stereo_depth` has size {}; their aspect '
-                'ratios must match (the relative map is resized to the stereo size)'.format(
-                    relative.shape, stereo_depth.shape))
-        if camera is not None and focal_px is not None:
-            raise ValueError('give `camera` or `focal_px`, not both')
-        if camera is not None:
-            if not isinstance(camera, PinholeCamera):
-                raise ValueError('`camera` must be a PinholeCamera, got {}'.format(
-                    describe(camera)))
-            # The focal length at the stereo size (the camera may be for another size).
-            return camera.fx * float(w) / camera.width
-        if focal_px is not None:
-            return check_number('focal_px', focal_px, 0.0, None, low_open=True)
-        return None
-
-    # ------------------------------------------------------------------ frame inputs
-
-    def _relative(self, relative):
-        """Return the relative map (float32, at its own size), NaN where it is not finite."""
-        rel = relative.astype(np.float32, copy=False)
-        self._rel_invalid = False
-        # NaN and +-inf propagate into a double-precision sum (cheap at the network size).
-        if not np.isfinite(cv2.sumElems(rel)[0]):
-            # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
-            self._rel_invalid = True
-            rel = np.where(np.isfinite(rel), rel, np.float32(np.nan)).astype(np.float32)
-        return rel
-
-    def _lattice_values(self, rel):
-        """Return the relative map at the lattice pixels (bilinear, as cv2.resize gives)."""
-        if rel.shape == self._shape:
-            return rel[self._lattice].astype(np.float64).ravel()
-        key = rel.shape
-        if self._lattice_maps is None or self._lattice_maps[0] != key:
-            h, w = self._shape
-            hr, wr = rel.shape
-            ys = np.arange(h, dtype=np.float64)[self._lattice[0]]
-            xs = np.arange(w, dtype=np.float64)[self._lattice[1]]
-            my, mx = np.meshgrid((ys + 0.5) * hr / h - 0.5, (xs + 0.5) * wr / w - 0.5,
-                                 indexing='ij')
-            self._lattice_maps = (key, mx.astype(np.float32), my.astype(np.float32))
-        _, mx, my = self._lattice_maps
-        return cv2.remap(rel, mx, my, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
-
-    def _confidence(self, confidence):
-        """Return the confidence as float32 (NaN is never trusted), or None."""
-        if confidence is None:
-            return None
-        return confidence.astype(np.float32, copy=False)
-
-    def _stereo_inverse(self, stereo, conf):
-        """
-        Stereo inverse depth ``self._ys`` and its trust mask ``self._trust``.
-
-        ``self._ys`` is finite everywhere (the fusion's masked products multiply by the mask:
-        0 * inf or 0 * NaN would leak into the output), 0 outside 1/max_depth <= 1/z <=
-        1/min_depth (float32) and where z is NaN. ``self._trust`` (uint8) is 255 where that
-        range holds and the confidence is at most the threshold (NaN is never trusted);
-        readers of ``self._ys`` go through it (the confidence does not zero ``self._ys``).
-        """
-        o = self.options
-        ys, trust = self._ys, self._trust
-        with np.errstate(divide='ignore', invalid='ignore'):
-            np.divide(np.float32(1.0), stereo, out=ys)
-        lo = float(np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0)))
-        cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)
-        cv2.threshold(ys, lo, 0.0, cv2.THRESH_TOZERO, dst=ys)
-        if not TOZERO_ZEROES_NAN:       # OpenCV 4.5's TOZERO made NaN 0 already
-            cv2.patchNaNs(ys, 0.0)
-        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
-        if conf is not None:
-            cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE, dst=self._mask)
-            cv2.bitwise_and(trust, self._mask, dst=trust)
-        return ys
-
-    def _samples(self, rel, stereo, confidence, sigma_s) -> _Samples:
-        """Gather the fit lattice: valid stereo samples, their noise, and the sky."""
-        o = self.options
-        lat = self._lattice
-        r_all = self._lattice_values(rel)
-        d = stereo[lat].astype(np.float64).ravel()
-        finite_r = np.isfinite(r_all)
-        with np.errstate(invalid='ignore'):
-            valid = finite_r & (d >= o.min_depth) & (d <= o.max_depth)
-            c = None
-            if confidence is not None:
-                c = confidence[lat].astype(np.float64).ravel()
-                valid &= c <= o.confidence_threshold   # NaN compares False
-        self._sky_threshold = None
-        if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
-            self._sky_threshold = o.sky_fraction * percentile(r_all[finite_r], 99.0)
-        sky_r = self._sky_anchor(r_all, finite_r, valid)
-        var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
-        if c is not None and o.confidence_noise_gain > 0:
-            var_s *= (1.0 + o.confidence_noise_gain * (c[valid] - 1.0) / 99.0) ** 2
-        return _Samples(r_all[valid], d[valid], var_s, r_all.size, int(valid.sum()), valid,
-                        sky_r, r_all)
-
-    def _sky_anchor(self, r_all, finite_r, valid) -> Optional[float]:
-        """Median relative value of a large sky region without stereo, or None."""
-        o = self.options
-        if self._sky_threshold is None or o.sky_anchor_weight <= 0:
-            return None
-        with np.errstate(invalid='ignore'):
-            sky = finite_r & (r_all <= self._sky_threshold)
-        n_sky = int(sky.sum())
-        if n_sky < o.sky_anchor_min_fraction * r_all.size or \
-                (sky & valid).sum() > 0.1 * n_sky:
-            return None
-        return float(median(r_all[sky]))
-
-    # ------------------------------------------------------------------ fit
-
-    def _fit_arrays(self, r, target_depth, var_inv, anchor_r):
-        """Targets, variances and tolerances of the fit in the kind's space; then the fit."""
-        o = self.options
-        inv = 1.0 / target_depth
-        rho2 = self.rho_pre * self.rho_pre
-        var = var_inv + rho2 * inv * inv
-        tol = np.maximum(o.inlier_threshold * inv, 3.0 * np.sqrt(var_inv))
-        anchor = None
-        if o.relative_kind == 'disparity':
-            y = inv
-            if anchor_r is not None:
-                anchor = Anchor(anchor_r, 0.0, o.sky_anchor_weight)
-        else:
-            y = target_depth
-            d2 = target_depth * target_depth
-            var, tol = var * d2 * d2, tol * d2
-        self.anchored = False
-        fit = robust_affine(r, y, var, tol, self._rng, o.ransac_iterations,
-                            o.irls_iterations, anchor=anchor)
-        if fit is not None and anchor is not None:
-            free = robust_affine(r, y, var, tol, self._rng, 1, 2,
-                                 start=(fit.scale, fit.shift))
-            # The anchor must not contradict the stereo (a network whose sky is not at its
-            # own infinity): keep it only if the stereo residuals stay about as small.
-            if free is not None and (fit.kappa > ANCHOR_KAPPA * free.kappa or
-                                     fit.inliers.mean() < 0.98 * free.inliers.mean()):
-                LOG.debug('sky anchor dropped: kappa %.3f vs %.3f, inliers %.3f vs %.3f',
-                          fit.kappa, free.kappa, fit.inliers.mean(), free.inliers.mean())
-                fit = free
-            self.anchored = fit is not free
-        return fit
-
-    def _fit_stereo(self, s: _Samples):
-        """Fit this frame's affine to its stereo; return (fit or None, reason)."""
-        o = self.options
-        if s.n_valid < o.min_valid_samples:
-            return None, 'too few valid stereo samples ({} < {})'.format(
-                s.n_valid, o.min_valid_samples)
-        fit = self._fit_arrays(s.r, s.d, s.var_s, s.sky_r)
-        if fit is None:
-            return None, 'no consistent fit'
-        ratio = float(fit.inliers.mean())
-        if ratio < o.min_inlier_ratio:
-            return None, 'inlier ratio {:.3f} < {}'.format(ratio, o.min_inlier_ratio)
-        self._update_rho_pre(s, fit)
-        return _FitResult(fit.scale, fit.shift, ratio, 'stereo'), ''
-
-    def _update_rho_pre(self, s: _Samples, fit):
-        """Relative mono noise before correction, from this fit's inlier residuals."""
-        pred = self._predict_inv(fit.scale, fit.shift, s.r)
-        inv = 1.0 / s.d
-        ok = fit.inliers & (pred > 0)
-        if ok.sum() >= 8:
-            u2 = ((inv[ok] - pred[ok]) / pred[ok]) ** 2
-            self.rho_pre = float(np.sqrt(_robust_rho2(u2, s.var_s[ok] / pred[ok] ** 2)))
-            self.rho_pre = min(max(self.rho_pre, _RHO_FLOOR), 1.0)
-
-    def _predict_inv(self, scale, shift, r):
-        with np.errstate(divide='ignore', invalid='ignore'):
-            if self.options.relative_kind == 'disparity':
-                return scale * r + shift
-            return 1.0 / (scale * r + shift)
-
-    def _jumped(self, fit: _FitResult, s: _Samples) -> Optional[str]:
-        """Why a stereo fit is not trusted against the previous metric output, or None."""
-        o = self.options
-        if self._prev_inv is None:
-            return None
-        prev = self._prev_inv
-        new = self._predict_inv(fit.scale, fit.shift, s.r_all)
-        with np.errstate(divide='ignore', invalid='ignore'):
-            ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
-            if ok.sum() < o.min_valid_samples:
-                return None
-            change = float(median(np.abs(new[ok] / prev[ok] - 1.0)))
-        if change <= o.jump_threshold:
-            self._pending = 0
-            return None
-        self._pending += 1
-        if self._pending >= o.jump_frames:
-            self._pending = 0
-            return None
-        return 'fit jumped by {:.3f} (> {}), frame {} of {}'.format(
-            change, o.jump_threshold, self._pending, o.jump_frames)
-
-    def _fit_previous(self, s: _Samples):
-        """Self-alignment: this frame's affine fitted to the previous output; or None."""
-        o = self.options
-        if self._prev_inv is None:
-            return None
-        prev = self._prev_inv
-        with np.errstate(invalid='ignore'):
-            ok = np.isfinite(s.r_all) & np.isfinite(prev) & (prev > 1.0 / o.max_output_depth)
-        if ok.sum() < o.min_valid_samples:
-            return None
-        var = np.maximum(self._prev_var[ok], 1e-12)
-        fit = self._fit_arrays(s.r_all[ok], 1.0 / prev[ok], var, s.sky_r)
-        if fit is None or fit.inliers.mean() < o.min_inlier_ratio:
-            return None
-        return _FitResult(fit.scale, fit.shift, float(fit.inliers.mean()), 'previous')
-
-    def _fit(self, s: _Samples):
-        """Return the frame's fit and status: stereo, else the previous output, else none."""
-        self._stereo_suspect = False
-        fit, reason = self._fit_stereo(s)
-        if fit is not None:
-            why = self._jumped(fit, s)
-            if why is None:
-                return fit, 'ok', ''
-            prev = self._fit_previous(s)
-            if prev is None or prev.inlier_ratio < self.options.consistency_min_inliers:
-                # The new frame does not agree with the previous output either: a new scene,
-                # followed at once.
-                self._pending = 0
-                return fit, 'ok', ''
-            self._stereo_suspect = True       # inconsistent with the metric history
-            return prev, 'held', why + '; aligned to the previous output'
-        self._pending = 0
-        prev = self._fit_previous(s)
-        if prev is not None:
-            return prev, 'held', reason + '; aligned to the previous output'
-        if self.has_fit:
-            return None, 'held', reason + '; no previous output to align to'
-        return None, 'no_fit', reason
 
     # ------------------------------------------------------------------ update
 
@@ -478,212 +236,413 @@ class MetricAligner(object):
         :param focal_px: ... or the focal length in pixels at the stereo size. Without either,
             the stereo noise is estimated from the fit residuals.
         """
+        o = self.options
+        # 1. Check the inputs, before any compute; the focal length (px) at the stereo size.
         focal = self._check_inputs(relative_disparity, stereo_depth, confidence, guide,
                                    camera, focal_px)
-        h, w = stereo_depth.shape
-        self._prepare_shape(h, w)
+        self._prepare_shape(*stereo_depth.shape)
         self.frames += 1
-        o = self.options
-        # Without a focal length the model has the right shape (constant in inverse depth)
-        # and beta calibrates its level from the data.
-        sigma_s = stereo_inverse_sigma(o.disparity_noise_px, focal, o.baseline_m) \
-            if focal is not None else _SIGMA_INV_DEFAULT
+
+        # 2. The stereo noise model: constant in inverse depth (1/m, 1 sigma). Without a focal
+        #    length it has the right shape and beta calibrates its level from the data.
+        sigma_s = _SIGMA_INV_DEFAULT if focal is None else stereo_inverse_sigma(
+            o.disparity_noise_px, focal, o.baseline_m)
         self.sigma_inv = sigma_s
-        rel = self._relative(relative_disparity)
-        stereo = stereo_depth.astype(np.float32, copy=False)
-        samples = self._samples(rel, stereo, confidence, sigma_s)
-        fit, status, reason = self._fit(samples)
-        if fit is not None:
+
+        # 3. The inputs as float32; a non-finite relative value is unknown (NaN).
+        rel, rel_finite = _finite_or_nan(relative_disparity)    # [h, w] float32 relative
+        stereo = stereo_depth.astype(np.float32, copy=False)    # [H, W] float32 metres
+        conf = None if confidence is None else \
+            confidence.astype(np.float32, copy=False)           # [H, W] float32 1..100
+
+        # 4. Sample the fit lattice: valid stereo, its noise, the sky.
+        samples = self._samples(rel, stereo, conf, sigma_s)
+
+        # 5. Fit this frame's affine to its stereo, else to the previous output.
+        fit = self._fit(samples)
+        if fit.source:
             self.scale, self.shift = fit.scale, fit.shift
-            if fit.source == 'stereo':
-                self.fit_inlier_ratio = fit.inlier_ratio
-        if status != 'ok':
-            LOG.debug('frame %d: %s (%s)', self.frames, status, reason)
-        conf = self._confidence(confidence)
-        ys = self._stereo_inverse(stereo, conf)
-        if fit is None:
-            depth, unc, frac = self._stereo_only(ys, sigma_s)
-        else:
-            depth, unc, frac = self._render(rel, stereo, ys, guide, sigma_s, conf, fit)
-        return AlignedDepth(depth=depth, scale=float(self.scale) if fit else float('nan'),
-                            shift=float(self.shift) if fit else float('nan'),
-                            inlier_ratio=fit.inlier_ratio if fit and fit.source == 'stereo'
-                            else float('nan'),
-                            valid_fraction=samples.n_valid / float(samples.n_total),
-                            uncertainty=unc, status=status, reason=reason,
-                            stereo_fraction=frac)
+        if fit.status != 'ok':
+            LOG.debug('frame %d: %s (%s)', self.frames, fit.status, fit.reason)
 
-    # ------------------------------------------------------------------ rendering
-
-    def _stereo_only(self, ys, sigma_s):
-        """No fit: trusted stereo, NaN elsewhere (never a guess)."""
-        h, w = ys.shape
-        trusted = self._trust != 0
-        depth = np.full((h, w), np.nan, np.float32)
-        np.divide(np.float32(1.0), ys, out=depth, where=trusted)
-        unc = None
-        if self.options.compute_uncertainty and self.has_fit:
-            unc = np.full((h, w), np.nan, np.float32)
-            np.multiply(depth, depth, out=unc, where=trusted)
-            unc *= np.float32(sigma_s)
-        self._remember(depth, None)
-        return depth, unc, int(trusted.sum()) / float(h * w)
-
-    def _mono_inverse(self, rel, scale, shift):
-        """
-        Aligned mono inverse depth at the relative map's own size (0 sky, NaN unknown).
-
-        At the network's size (518 x 294 for a 1280 x 720 camera) this costs little; it is
-        resized once, after the local correction. The sky rule ``relative <= sky_threshold``
-        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
-        """
-        o = self.options
-        affine = np.array([[scale, shift]], np.float64)
-        out = self._buf if rel.shape == self._shape else None
-        y = cv2.transform(rel, affine, dst=out)          # s * rel + t in one pass
-        if o.relative_kind == 'disparity':
-            if self._sky_threshold is not None and self._sky_threshold > 0:
-                cv2.threshold(y, scale * self._sky_threshold + shift, 0.0,
-                              cv2.THRESH_TOZERO, dst=y)
-                if self._rel_invalid:
-                    y[~np.isfinite(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
-            return y
-        with np.errstate(divide='ignore', invalid='ignore'):
-            z = y.copy()
-            np.divide(np.float32(1.0), z, out=y)
-            y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
-        return y
-
-    def _render(self, rel, stereo, ys, guide, sigma_s, conf, fit):
-        """Aligned, corrected and fused output: (depth, uncertainty, stereo fraction)."""
-        o = self.options
-        h, w = self._shape
-        trust = self._trust
-        mono = self._mono_inverse(rel, fit.scale, fit.shift)
-        if self._stereo_suspect:
+        # 6. The stereo in inverse depth (0 where untrusted), and where it is trusted.
+        ys, trust = self._stereo_inverse(stereo, conf)  # [H, W] float32 1/m, [H, W] uint8 255
+        if not fit.source:
+            # No fit: the trusted stereo alone, NaN elsewhere (never a guess). Remembered
+            # (step 12) with the mono's relative noise.
+            depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
+            self._remember(depth, None)
+            return _result(fit, samples, depth, unc, n_stereo)
+        if fit.stereo_suspect:
             # Stereo that jumped against the metric history informs nothing this frame.
             trust.fill(0)
             ys.fill(0.0)
-        # The output array (new every frame): the corrected mono, then fused in place.
-        out_inv = np.empty((h, w), np.float32)
-        corrected = self._correct(mono, ys, guide, sigma_s * np.sqrt(self.beta), out_inv)
-        vm_small = self._noise(corrected, ys, sigma_s, conf)
-        sigma_s = sigma_s * np.sqrt(self.beta)      # the calibrated stereo noise
-        confirmed = fit.source == 'previous' or (
-            self.fit_inlier_ratio >= o.consistency_min_inliers)
-        fusion = self._fusion
-        var = keep = None
-        fuse = o.fuse_stereo and not self._stereo_suspect
-        if o.compute_uncertainty:
-            var = np.empty((h, w), np.float32)     # becomes the uncertainty (new array)
-        if fuse and confirmed:
-            conf_small = None if conf is None else self._stats_confidence(conf)
-            vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
-            # The stereo inverse is spent after this (but where unknown mono takes it).
-            _, n = fusion.fuse(corrected, ys, vm_small, vs_small, o.outlier_sigma, out_inv,
-                               None, o.consistency, trusted=trust,
-                               diff=ys if self._unknown is None else None)
-            if var is not None:
-                fusion.variance(var)
-        else:
-            n = 0
-            if var is not None:
-                self._correction.upsample(vm_small, var)
-            if fuse:
-                # A mono prediction the stereo does not confirm never vetoes trusted stereo.
-                keep = trust != 0
-                out_inv[keep] = ys[keep]
-                n = int(keep.sum())
-                if var is not None:
-                    var[keep] = sigma_s * sigma_s
-        if self._unknown is not None and fuse:
-            # Unknown mono, trusted stereo: the stereo value.
-            use = self._unknown & (trust != 0)
-            out_inv[use] = ys[use]
-            if var is not None:
-                var[use] = sigma_s * sigma_s
-        self._fused = fuse
-        depth, unc = self._output(out_inv, var)
-        if keep is not None:
-            depth[keep] = stereo[keep]          # exactly the stereo (1 / (1 / z) may not be)
+
+        # 7. The aligned mono, at the relative map's size (0 sky, NaN unknown).
+        mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
+        # mono: [h, w] float32 1/m
+
+        # 8. The local correction, applied to the mono and resized to the output size; 0 at
+        #    or beyond max_output_depth. The cells are None without a correction.
+        inv, unknown, cells = self._correct(mono, ys, trust, guide, rel_finite,
+                                            sigma_s * np.sqrt(self.beta))
+        # inv: [H, W] float32 1/m (becomes the output); unknown: [H, W] bool or None
+
+        # 9. This frame's noise: the stereo model's calibration beta and the mono's relative
+        #    error rho_post (from the lattice), and the mono's variance map.
+        mono_var = self._noise(inv, ys, trust, sigma_s, conf, cells)  # [sh, sw] float32 1/m^2
+        sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
+
+        # 10. Fuse the trusted stereo into inv, in place, and its variance when asked for;
+        #     ys is spent (the fusion writes y_s - y_m into its plane).
+        var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, sigma_s, conf, fit)
+        # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
+
+        # 11. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
+        depth, unc = _depth_and_sigma(inv, var)         # [H, W] float32 metres each
+        if kept is not None:
+            depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
+
+        # 12. Remember for the next frame: the output on the lattice (jump test,
+        #     self-alignment) and the cells (the correction's temporal filter).
         self._remember(depth, unc)
-        self._remember_low()
-        return depth, unc, n / float(h * w)
+        if cells is not None:
+            self._correction.remember(*cells)
+        return _result(fit, samples, depth, unc, n_stereo)
 
-    def _stats_confidence(self, conf):
+    # ------------------------------------------------------------------ 1. checks
+
+    def _check_inputs(self, relative, stereo_depth, confidence, guide, camera, focal_px):
+        check_image('relative_disparity', relative, dtypes=_FLOATS)
+        check_image('stereo_depth', stereo_depth, dtypes=_FLOATS)
+        if confidence is not None:
+            check_image('confidence', confidence, dtypes=_FLOATS + (np.uint8,))
+            check_same_size('confidence', confidence, 'stereo_depth', stereo_depth)
+        if guide is not None:
+            _check_guide(guide, stereo_depth)
+        h, w = stereo_depth.shape
+        if h < MIN_SIZE or w < MIN_SIZE:
+            # OpenCV takes arrays of a few elements for scalars: tiny frames cannot be fused.
+            raise ValueError('`stereo_depth` must be at least {0}x{0} pixels, got {1}x{2} (W x H)'
+                             .format(MIN_SIZE, w, h))
+        hr, wr = relative.shape
+        # Resizing between very different aspect ratios would silently misalign pixels.
+        if abs(float(wr) / hr - float(w) / h) > 0.02 * float(w) / h:
+            raise ValueError(
+                '`relative_disparity` has size {} but `stereo_depth` has size {}; their aspect '
+                'ratios must match (the relative map is resized to the stereo size)'.format(
+                    relative.shape, stereo_depth.shape))
+        return _focal_length(camera, focal_px, w)
+
+    # ------------------------------------------------------------------ 4. fit lattice
+
+    def _lattice_values(self, rel):
+        """Return the relative map at the lattice pixels (bilinear, as cv2.resize gives)."""
+        if rel.shape == self._shape:
+            return rel[self._lattice].astype(np.float64).ravel()
+        key = rel.shape
+        if self._lattice_maps is None or self._lattice_maps[0] != key:
+            h, w = self._shape
+            hr, wr = rel.shape
+            ys = np.arange(h, dtype=np.float64)[self._lattice[0]]
+            xs = np.arange(w, dtype=np.float64)[self._lattice[1]]
+            my, mx = np.meshgrid((ys + 0.5) * hr / h - 0.5, (xs + 0.5) * wr / w - 0.5,
+                                 indexing='ij')
+            self._lattice_maps = (key, mx.astype(np.float32), my.astype(np.float32))
+        _, mx, my = self._lattice_maps
+        return cv2.remap(rel, mx, my, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
+
+    def _samples(self, rel, stereo, conf, sigma_s) -> _Samples:
+        """Gather the fit lattice: valid stereo samples, their noise, and the sky."""
+        o = self.options
+        lat = self._lattice
+        r_all = self._lattice_values(rel)
+        d = stereo[lat].astype(np.float64).ravel()
+        finite_r = np.isfinite(r_all)
+        with np.errstate(invalid='ignore'):
+            valid = finite_r & (d >= o.min_depth) & (d <= o.max_depth)
+            c = None
+            if conf is not None:
+                c = conf[lat].astype(np.float64).ravel()
+                valid &= c <= o.confidence_threshold   # NaN compares False
+        sky_threshold = None
+        if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
+            sky_threshold = o.sky_fraction * float(np.percentile(r_all[finite_r], 99.0))
+        sky_r = self._sky_anchor(r_all, finite_r, valid, sky_threshold)
+        var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
+        if c is not None and o.confidence_noise_gain > 0:
+            var_s *= (1.0 + o.confidence_noise_gain * (c[valid] - 1.0) / 99.0) ** 2
+        return _Samples(r_all[valid], d[valid], var_s, r_all.size, int(valid.sum()), r_all,
+                        sky_threshold, sky_r)
+
+    def _sky_anchor(self, r_all, finite_r, valid, sky_threshold) -> Optional[float]:
+        """Median relative value of a large sky region without stereo, or None."""
+        o = self.options
+        if sky_threshold is None or o.sky_anchor_weight <= 0:
+            return None
+        with np.errstate(invalid='ignore'):
+            sky = finite_r & (r_all <= sky_threshold)
+        n_sky = int(sky.sum())
+        if n_sky < o.sky_anchor_min_fraction * r_all.size or \
+                (sky & valid).sum() > 0.1 * n_sky:
+            return None
+        return float(median(r_all[sky]))
+
+    # ------------------------------------------------------------------ 5. fit
+
+    def _fit(self, s: _Samples) -> _Fit:
+        """Return the frame's fit: to its stereo, else to the previous output, else none."""
+        fit, reason = self._fit_stereo(s)
+        if fit is None:
+            self._pending = 0
+            prev = self._fit_previous(s)
+            if prev is not None:
+                return prev._replace(status='held',
+                                     reason=reason + '; aligned to the previous output')
+            if self.has_fit:
+                return _no_fit('held', reason + '; no previous output to align to')
+            return _no_fit('no_fit', reason)
+        why = self._jumped(fit, s)
+        if why is None:
+            return fit
+        prev = self._fit_previous(s)
+        if prev is None or prev.inlier_ratio < self.options.consistency_min_inliers:
+            # The new frame does not agree with the previous output either: a new scene,
+            # followed at once.
+            self._pending = 0
+            return fit
+        # The stereo is inconsistent with the metric history: held, the stereo unused.
+        return prev._replace(status='held', reason=why + '; aligned to the previous output',
+                             stereo_suspect=True)
+
+    def _fit_stereo(self, s: _Samples):
+        """Fit this frame's affine to its stereo; return (fit or None, reason)."""
+        o = self.options
+        if s.n_valid < o.min_valid_samples:
+            return None, 'too few valid stereo samples ({} < {})'.format(
+                s.n_valid, o.min_valid_samples)
+        fit, anchored = self._robust_fit(s.r, s.d, s.var_s, s.sky_r)
+        if fit is None:
+            return None, 'no consistent fit'
+        ratio = float(fit.inliers.mean())
+        if ratio < o.min_inlier_ratio:
+            return None, 'inlier ratio {:.3f} < {}'.format(ratio, o.min_inlier_ratio)
+        self._update_rho_pre(s, fit)
+        return _Fit(fit.scale, fit.shift, ratio, 'stereo', 'ok', '', anchored, False), ''
+
+    def _fit_previous(self, s: _Samples) -> Optional[_Fit]:
+        """Self-alignment: this frame's affine fitted to the previous output; or None."""
+        o = self.options
+        if self._prev_inv is None:
+            return None
+        prev = self._prev_inv
+        with np.errstate(invalid='ignore'):
+            ok = np.isfinite(s.r_all) & np.isfinite(prev) & (prev > 1.0 / o.max_output_depth)
+        if ok.sum() < o.min_valid_samples:
+            return None
+        var = np.maximum(self._prev_var[ok], 1e-12)
+        fit, anchored = self._robust_fit(s.r_all[ok], 1.0 / prev[ok], var, s.sky_r)
+        if fit is None or fit.inliers.mean() < o.min_inlier_ratio:
+            return None
+        return _Fit(fit.scale, fit.shift, float(fit.inliers.mean()), 'previous', 'held', '',
+                    anchored, False)
+
+    def _robust_fit(self, r, target_depth, var_inv, anchor_r):
+        """Fit robustly in the kind's space, with the sky anchor if it holds: (fit, anchored)."""
+        o = self.options
+        inv = 1.0 / target_depth
+        rho2 = self.rho_pre * self.rho_pre
+        var = var_inv + rho2 * inv * inv
+        tol = np.maximum(o.inlier_threshold * inv, 3.0 * np.sqrt(var_inv))
+        anchor = None
+        if o.relative_kind == 'disparity':
+            y = inv
+            if anchor_r is not None:
+                anchor = Anchor(anchor_r, 0.0, o.sky_anchor_weight)
+        else:
+            y = target_depth
+            d2 = target_depth * target_depth
+            var, tol = var * d2 * d2, tol * d2
+        fit = robust_affine(r, y, var, tol, self._rng, o.ransac_iterations,
+                            o.irls_iterations, anchor=anchor)
+        if fit is None or anchor is None:
+            return fit, False
+        free = robust_affine(r, y, var, tol, self._rng, 1, 2, start=(fit.scale, fit.shift))
+        # The anchor must not contradict the stereo (a network whose sky is not at its own
+        # infinity): keep it only if the stereo residuals stay about as small.
+        if free is not None and (fit.kappa > ANCHOR_KAPPA * free.kappa or
+                                 fit.inliers.mean() < 0.98 * free.inliers.mean()):
+            LOG.debug('sky anchor dropped: kappa %.3f vs %.3f, inliers %.3f vs %.3f',
+                      fit.kappa, free.kappa, fit.inliers.mean(), free.inliers.mean())
+            return free, False
+        return fit, True
+
+    def _update_rho_pre(self, s: _Samples, fit):
+        """Relative mono noise before correction, from this fit's inlier residuals."""
+        pred = self._predict_inv(fit.scale, fit.shift, s.r)
+        inv = 1.0 / s.d
+        ok = fit.inliers & (pred > 0)
+        if ok.sum() >= 8:
+            u2 = ((inv[ok] - pred[ok]) / pred[ok]) ** 2
+            rho_pre = float(np.sqrt(_robust_rho2(u2, s.var_s[ok] / pred[ok] ** 2)))
+            self.rho_pre = min(max(rho_pre, _RHO_FLOOR), 1.0)
+
+    def _predict_inv(self, scale, shift, r):
+        with np.errstate(divide='ignore', invalid='ignore'):
+            if self.options.relative_kind == 'disparity':
+                return scale * r + shift
+            return 1.0 / (scale * r + shift)
+
+    def _jumped(self, fit: _Fit, s: _Samples) -> Optional[str]:
+        """Why a stereo fit is not trusted against the previous metric output, or None."""
+        o = self.options
+        if self._prev_inv is None:
+            return None
+        prev = self._prev_inv
+        new = self._predict_inv(fit.scale, fit.shift, s.r_all)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ok = np.isfinite(new) & np.isfinite(prev) & (prev > 0) & (new > 0)
+            if ok.sum() < o.min_valid_samples:
+                return None
+            change = float(median(np.abs(new[ok] / prev[ok] - 1.0)))
+        if change <= o.jump_threshold:
+            self._pending = 0
+            return None
+        self._pending += 1
+        if self._pending >= o.jump_frames:
+            self._pending = 0
+            return None
+        return 'fit jumped by {:.3f} (> {}), frame {} of {}'.format(
+            change, o.jump_threshold, self._pending, o.jump_frames)
+
+    # ------------------------------------------------------------------ 6. stereo
+
+    def _stereo_inverse(self, stereo, conf):
         """
-        Return the confidence at the statistics size.
+        Return the stereo inverse depth and its trust mask (per-shape buffers).
 
-        A non-finite value counts as 100 (the least reliable:
-        such stereo is never trusted). Not +inf: its variance would be inf and NaN (0 * inf)
-        in the smooth planes the fusion interpolates, which vetoed the whole frame's stereo.
-        """
-        c = self._correction.stats(conf, 'confidence')
-        if not np.isfinite(cv2.sumElems(c)[0]):
-            c[~np.isfinite(c)] = 100.0
-        return c
-
-    def _correct(self, mono, ys, guide, sigma_s, out):
-        """
-        Write the locally corrected mono at the output size into ``out``.
-
-        The correction is applied
-        at the mono's own size, then resized (one full-resolution pass); inverse depth at or
-        below 1/max_output_depth becomes 0 (+inf depth).
+        Inverse depth [H, W] float32 1/m: finite everywhere (the correction sums products
+        with masks: 0 * inf would be NaN), 0 outside [1/max_depth, 1/min_depth] (float32
+        bounds) and where the depth is NaN. Trust [H, W] uint8: 255 where that range holds
+        and the confidence is at most the threshold (NaN is never trusted); the confidence
+        does not zero the inverse depth.
         """
         o = self.options
-        corr = self._correction
+        ys, trust = self._ys, self._trust
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.divide(np.float32(1.0), stereo, out=ys)
+        far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
+        cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
+        cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
+        cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
+        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
+        if conf is not None:
+            confident = cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE,
+                                    dst=self._confident)    # NaN fails
+            cv2.bitwise_and(trust, confident, dst=trust)
+        return ys, trust
+
+    def _stereo_only(self, ys, trust, sigma_s):
+        """Return depth, uncertainty and the stereo pixel count of a frame without a fit."""
+        trusted = trust != 0
+        depth = np.full(ys.shape, np.nan, np.float32)
+        np.divide(np.float32(1.0), ys, out=depth, where=trusted)
+        unc = None
+        if self.options.compute_uncertainty and self.has_fit:
+            unc = np.full(ys.shape, np.nan, np.float32)
+            np.multiply(depth, depth, out=unc, where=trusted)
+            unc *= np.float32(sigma_s)
+        return depth, unc, int(trusted.sum())
+
+    # ------------------------------------------------------------------ 7. aligned mono
+
+    def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
+        """
+        Return the aligned mono inverse depth at the relative map's own size (new array).
+
+        0 on the sky, NaN where unknown. At the network's size this costs little; it is
+        resized once, after the local correction. The sky rule ``relative <= sky_threshold``
+        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
+        """
+        # s * rel + t in one pass, in double precision (rounded once to float32).
+        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64))
+        if self.options.relative_kind == 'disparity':
+            if sky_threshold is not None and sky_threshold > 0:
+                cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
+                              cv2.THRESH_TOZERO, dst=y)
+                if not rel_finite:
+                    y[np.isnan(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
+            return y
+        z = y                                   # depth kind: the fit is in metres
+        with np.errstate(divide='ignore', invalid='ignore'):
+            y = np.float32(1.0) / z
+            y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
+        return y
+
+    # ------------------------------------------------------------------ 8. correction
+
+    def _correct(self, mono, ys, trust, guide, rel_finite, sigma_s):
+        """
+        Return the corrected mono at the output size, where it is unknown, and the cells.
+
+        The corrected inverse depth [H, W] float32 1/m (a new array, the output's) is 0 at or
+        below 1/max_output_depth (+inf depth) and NaN where unknown; the unknown mask [H, W]
+        bool, or None when every pixel is known; the cells (CellTargets, Correction) for the
+        temporal filter and the noise, or None without a local correction.
+        """
+        o = self.options
         h, w = self._shape
-        if o.correction_radius_px == 0:
-            corr.valid = False
-            small = mono
-        else:
+        cells = None
+        inv = mono
+        if o.correction_radius_px > 0:
             # Twice the fusion's band: the correction must see object-scale mono errors
             # that are larger than the band the fusion accepts stereo in.
             band = 2.0 * o.consistency if o.consistency is not None else 1.0
-            p, wgt, ya_low, range_guide = corr.cell_means(mono, ys, guide, sigma_s, band,
-                                                          max(self.rho_post, 0.01),
-                                                          trusted=self._trust)
-            self._ya_low = ya_low
-            corr.compute(p, wgt, ya_low, range_guide, o.max_correction, o.temporal_alpha)
-            small = corr.apply(mono)
-        if small.shape == (h, w):
-            out[...] = small
-        else:
-            cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
-        self._unknown = None
-        if self._rel_invalid or o.relative_kind == 'depth':
-            unknown = ~np.isfinite(out)
-            self._unknown = unknown if unknown.any() else None
-        # OpenCV 4.5 turns NaN into 0 here: unknown pixels are set to NaN again.
-        cv2.threshold(out, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=out)
-        if self._unknown is not None:
-            out[self._unknown] = np.nan
-        return out
+            corr = self._correction
+            targets = corr.cell_means(mono, ys, trust, guide, sigma_s, band,
+                                      max(self.rho_post, 0.01))
+            correction = corr.compute(targets, o.max_correction, o.temporal_alpha)
+            inv = corr.apply(mono, correction)
+            cells = (targets, correction)
+        if inv.shape != (h, w):
+            inv = cv2.resize(inv, (w, h), interpolation=cv2.INTER_LINEAR)
+        unknown = None
+        if not rel_finite or o.relative_kind == 'depth':
+            unknown = ~np.isfinite(inv)
+            unknown = unknown if unknown.any() else None
+        # At or below 1/max_output_depth: 0 (+inf depth). OpenCV 4.5 makes NaN 0 here too:
+        # unknown pixels are set to NaN again.
+        cv2.threshold(inv, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=inv)
+        if unknown is not None:
+            inv[unknown] = np.nan
+        return inv, unknown, cells
 
-    def _noise(self, corrected, ys, sigma_s, confidence):
+    # ------------------------------------------------------------------ 9. noise
+
+    def _noise(self, inv, ys, trust, sigma_s, conf, cells):
         """
-        Estimate the noise of this frame from the lattice residuals; return the mono map.
+        Estimate the noise of this frame from the lattice residuals; return the mono's map.
 
         Relative residuals ``u = y_s / y_c - 1`` of trusted stereo against the corrected mono
         have variance ``beta * (sigma_s / y)^2 + rho^2``: stereo noise grows with depth, the
         mono's relative error does not, so near and far samples tell the two apart. ``beta``
-        calibrates the stereo noise model, ``rho`` is the mono's relative error.
+        calibrates the stereo noise model, ``rho`` (``rho_post``) is the mono's relative error.
         """
         o = self.options
         lat = self._lattice
-        yc = corrected[lat].ravel().astype(np.float64)
+        yc = inv[lat].ravel().astype(np.float64)
         y = ys[lat].ravel().astype(np.float64)
         with np.errstate(invalid='ignore'):      # unknown mono (NaN) fails, as meant
-            ok = (self._trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
+            ok = (trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
         if ok.sum() >= 32:
             u = y[ok] / yc[ok] - 1.0
             band = o.consistency if o.consistency is not None else 1.0
             keep = np.abs(u) <= band + 4.0 * sigma_s * np.sqrt(self.beta) / yc[ok]
             u, ycs = u[keep], yc[ok][keep]
             var_s = np.full(u.size, sigma_s * sigma_s)
-            if confidence is not None and o.confidence_noise_gain > 0:
-                c = confidence[lat].ravel()[ok][keep].astype(np.float64)
+            if conf is not None and o.confidence_noise_gain > 0:
+                c = conf[lat].ravel()[ok][keep].astype(np.float64)
                 var_s *= (1.0 + o.confidence_noise_gain * (c - 1.0) / 99.0) ** 2
             if u.size >= 32:
                 beta, rho2 = _noise_regression(u, var_s / (ycs * ycs))
@@ -691,9 +650,9 @@ class MetricAligner(object):
                 self.beta = (1.0 - a) * self.beta + a * beta
                 self.rho_post = (1.0 - a) * self.rho_post + a * float(np.sqrt(rho2))
                 self._noise_frames += 1
-        return self._mono_variance(corrected)
+        return self._mono_variance(inv, cells)
 
-    def _mono_variance(self, corrected):
+    def _mono_variance(self, inv, cells):
         """
         Return the corrected mono's inverse-depth variance at the statistics size (smooth).
 
@@ -702,33 +661,73 @@ class MetricAligner(object):
         correction had little stereo support.
         """
         corr = self._correction
-        if corr.valid:
-            rho2_low = self.rho_post ** 2 + corr.local_var + (1.0 - corr.support) ** 2 * \
-                self.rho_pre ** 2
-            y_low = self._ya_low * corr.factor
-            return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32))
-        y = corr.stats(corrected)
-        cv2.patchNaNs(y, 0.0)
-        return cv2.multiply(y, y, scale=self.rho_pre ** 2)
+        if cells is None:
+            y = corr.stats(inv)                                  # [sh, sw] float32 1/m
+            cv2.patchNaNs(y, 0.0)
+            return cv2.multiply(y, y, scale=self.rho_pre ** 2)
+        targets, correction = cells
+        rho2_low = self.rho_post ** 2 + targets.bend_var + \
+            (1.0 - correction.support) ** 2 * self.rho_pre ** 2  # [lh, lw] relative variance
+        y_low = targets.mono_inv * correction.factor             # [lh, lw] 1/m
+        return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32))
 
-    def _output(self, out_inv, var):
-        """Depth (+inf at or below 1/max_output_depth) and its 1-sigma uncertainty."""
-        depth = out_inv
-        with np.errstate(divide='ignore', invalid='ignore'):
-            np.divide(np.float32(1.0), out_inv, out=depth)
-        if self._unknown is not None:
-            # Unknown mono and no fused stereo: unknown (OpenCV 4.5's threshold made it 0).
-            unknown = self._unknown if not self._fused else \
-                self._unknown & (self._trust == 0)
-            depth[unknown] = np.nan
-        unc = None
-        if var is not None:
-            unc = var           # a new array: the variance becomes the uncertainty in place
-            # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.
-            cv2.sqrt(cv2.max(var, 1e-20, dst=var), dst=unc)
-            cv2.multiply(unc, depth, dst=unc)
-            cv2.multiply(unc, depth, dst=unc)        # sigma_y * z^2 (+inf sky, NaN unknown)
-        return depth, unc
+    # ------------------------------------------------------------------ 10. fusion
+
+    def _fuse(self, inv, ys, trust, unknown, mono_var, sigma_s, conf, fit):
+        """
+        Fuse the trusted stereo into ``inv`` in place (ys is spent).
+
+        Returns (variance, stereo pixels, kept): the variance [H, W] float32 (1/m)^2, a new
+        array, or None without uncertainty; kept: [H, W] bool where the stereo was taken as is
+        (the mono not confirmed), or None.
+        """
+        o = self.options
+        var = np.empty(inv.shape, np.float32) if o.compute_uncertainty else None
+        fuse = o.fuse_stereo and not fit.stereo_suspect
+        # The mono is fused with, and may veto, stereo only while the fit explains enough of
+        # the stereo samples.
+        confirmed = fit.source == 'previous' or fit.inlier_ratio >= o.consistency_min_inliers
+        use = None
+        if unknown is not None and fuse:
+            # Unknown mono, trusted stereo: the stereo value (kept aside: the fusion
+            # overwrites ys).
+            use = unknown & (trust != 0)
+            stereo_where_unknown = ys[use]
+        kept, n = None, 0
+        if fuse and confirmed:
+            conf_small = None if conf is None else self._stats_confidence(conf)
+            vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
+            n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
+                                  o.consistency, inv, var)
+        else:
+            if var is not None:
+                self._correction.upsample(mono_var, var)
+            if fuse:
+                # A mono prediction the stereo does not confirm never vetoes trusted stereo.
+                kept = trust != 0
+                inv[kept] = ys[kept]
+                n = int(kept.sum())
+                if var is not None:
+                    var[kept] = sigma_s * sigma_s
+        if use is not None:
+            inv[use] = stereo_where_unknown
+            if var is not None:
+                var[use] = sigma_s * sigma_s
+        return var, n, kept
+
+    def _stats_confidence(self, conf):
+        """
+        Return the confidence at the statistics size.
+
+        A non-finite value counts as 100 (the least reliable: such stereo is never trusted).
+        Not +inf: its variance would be inf, and NaN (0 * inf) in the smooth planes the fusion
+        interpolates, which vetoed the whole frame's stereo.
+        """
+        c = self._correction.stats(conf)                       # [sh, sw] float32 1..100
+        c[~np.isfinite(c)] = 100.0
+        return c
+
+    # ------------------------------------------------------------------ 12. history
 
     def _remember(self, depth, unc):
         """Keep the output on the lattice for the next frame's jump test / self-alignment."""
@@ -741,9 +740,65 @@ class MetricAligner(object):
             else:
                 self._prev_var = (self.rho_post * self._prev_inv) ** 2
 
-    def _remember_low(self):
-        if self._correction.valid:
-            self._correction.remember(self._ya_low)
+
+def _check_guide(guide, stereo_depth):
+    if isinstance(guide, np.ndarray) and guide.ndim == 3:
+        check_image('guide', guide, channels=3, dtypes=(np.uint8,))
+    else:
+        check_image('guide', guide, dtypes=(np.uint8,))
+    check_same_size('guide', guide, 'stereo_depth', stereo_depth)
+
+
+def _focal_length(camera, focal_px, width):
+    """Return the focal length (px) at the stereo width from ``camera`` or ``focal_px``."""
+    if camera is not None and focal_px is not None:
+        raise ValueError('give `camera` or `focal_px`, not both')
+    if camera is not None:
+        if not isinstance(camera, PinholeCamera):
+            raise ValueError('`camera` must be a PinholeCamera, got {}'.format(
+                describe(camera)))
+        # The camera may be for another size.
+        return camera.fx * float(width) / camera.width
+    if focal_px is not None:
+        return check_number('focal_px', focal_px, 0.0, None, low_open=True)
+    return None
+
+
+def _finite_or_nan(relative):
+    """Return the relative map as float32, NaN where it is not finite, and whether all is."""
+    rel = relative.astype(np.float32, copy=False)
+    if np.isfinite(rel).all():
+        return rel, True
+    # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
+    return np.where(np.isfinite(rel), rel, np.float32(np.nan)), False
+
+
+def _result(fit, samples, depth, unc, n_stereo):
+    return AlignedDepth(depth=depth, scale=fit.scale, shift=fit.shift,
+                        inlier_ratio=fit.inlier_ratio if fit.source == 'stereo'
+                        else float('nan'),
+                        valid_fraction=samples.n_valid / float(samples.n_total),
+                        uncertainty=unc, status=fit.status, reason=fit.reason,
+                        stereo_fraction=n_stereo / float(depth.size), anchored=fit.anchored)
+
+
+def _depth_and_sigma(inv, var):
+    """
+    Return depth (metres, in ``inv``'s array) and its 1-sigma uncertainty (in ``var``'s).
+
+    Inverse depth 0 (at or below 1/max_output_depth, the sky) is +inf depth; NaN stays NaN.
+    The uncertainty is ``sigma_y z^2`` (+inf on the sky, NaN where unknown); None without
+    ``var``.
+    """
+    with np.errstate(divide='ignore', invalid='ignore'):
+        depth = np.divide(np.float32(1.0), inv, out=inv)      # [H, W] float32 metres
+    if var is None:
+        return depth, None
+    # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.
+    unc = cv2.sqrt(cv2.max(var, 1e-20, dst=var), dst=var)     # [H, W] float32 1/m
+    cv2.multiply(unc, depth, dst=unc)
+    cv2.multiply(unc, depth, dst=unc)                         # [H, W] float32 metres
+    return depth, unc
 
 
 def _robust_rho2(u2, base):
@@ -767,18 +822,11 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     rho^2 >= the floor.
     """
     order = np.argsort(a)
-    a_sorted, u_sorted = a[order], np.abs(u[order])
-    # The bins of np.array_split: the first n % bins one longer.
-    size, extra = divmod(a.size, bins)
-    bounds, start = [], 0
-    for b in range(bins):
-        end = start + size + (1 if b < extra else 0)
-        bounds.append((start, end))
-        start = end
-    # np.add.reduce / count is ndarray.mean's own arithmetic, without its overhead.
-    av = np.array([float(np.add.reduce(a_sorted[i:j])) / (j - i) for i, j in bounds])
+    a_bins = np.array_split(a[order], bins)             # bins of similar stereo noise
+    u_bins = np.array_split(np.abs(u[order]), bins)
+    av = np.array([b.mean() for b in a_bins])
     # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
-    vv = np.array([(_MAD_TO_SIGMA * float(median(u_sorted[i:j]))) ** 2 for i, j in bounds])
+    vv = np.array([(_MAD_TO_SIGMA * float(median(b))) ** 2 for b in u_bins])
     wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
     # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
     sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()

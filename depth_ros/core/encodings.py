@@ -55,6 +55,21 @@ def _int_field(msg, name: str) -> int:
     return check_number(name, getattr(msg, name), low=0, integer=True, kind='image')
 
 
+def _byte_buffer(data) -> np.ndarray:
+    """Return an Image's ``data`` (bytes, array.array, a list of ints, an array) as uint8 1-D."""
+    if isinstance(data, np.ndarray):
+        buf = data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data
+    else:
+        try:
+            buf = np.frombuffer(data, dtype=np.uint8)
+        except TypeError:  # a plain list of ints
+            buf = np.asarray(data, dtype=np.uint8)
+    if buf.dtype != np.uint8 or buf.ndim != 1:
+        raise ValueError('image `data` must be a flat byte buffer, got {} {}'.format(
+            type(data).__name__, getattr(buf, 'dtype', '')))
+    return buf
+
+
 def image_to_array(msg, copy: bool = False) -> np.ndarray:
     """
     Decode an Image-like message into an HxW or HxWxC array in native byte order.
@@ -81,17 +96,7 @@ def image_to_array(msg, copy: bool = False) -> np.ndarray:
         raise ValueError('image `step` {} is smaller than width*channels*bytes = {}*{}*{} = {} '
                          'for encoding {!r}'.format(step, width, channels, dtype.itemsize,
                                                     row_bytes, msg.encoding))
-    data = msg.data
-    if isinstance(data, np.ndarray):
-        buf = data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else data
-    else:
-        try:
-            buf = np.frombuffer(data, dtype=np.uint8)
-        except TypeError:  # a plain list of ints
-            buf = np.asarray(data, dtype=np.uint8)
-    if buf.dtype != np.uint8 or buf.ndim != 1:
-        raise ValueError('image `data` must be a flat byte buffer, got {} {}'.format(
-            type(data).__name__, getattr(buf, 'dtype', '')))
+    buf = _byte_buffer(msg.data)
     if buf.size != step * height:
         raise ValueError('image `data` has {} bytes but step*height = {}*{} = {} for a {}x{} {} '
                          'image'.format(buf.size, step, height, step * height, width, height,

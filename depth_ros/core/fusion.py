@@ -15,15 +15,13 @@ Where stereo is trusted and consistent with the mono (``(y_s - y_m)^2 <= outlier
 sigma_s^2)``; elsewhere ``y = y_m``. The fused variance is ``sigma_m^2 (1 - k)``.
 
 The variances are smooth (the mono's from its low-resolution map, the stereo's from the
-confidence), so ``k`` and the gate's bound are computed at a quarter of the resolution and
-upsampled; the difference, the gate and the blend are per pixel. The gate is a uint8 mask
-(``cv2.compare``, ANDed with the stereo trust mask), and the blend one masked
-``cv2.accumulateProduct`` (``y += k d`` where gated) in place: eight float passes and two
-uint8 ones at full resolution (two more for the variance).
+confidence), so ``k`` and the gate's bound are computed at the statistics size and upsampled;
+the difference, the gate and the blend are per pixel. The gate is a uint8 mask (255: fused),
+and the blend a masked ``cv2.accumulateProduct`` (``y += k d`` where gated) in place.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -38,89 +36,73 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     """Stereo inverse-depth variance: a number, or a plane from the ZED confidence."""
     if confidence is None or gain <= 0:
         return sigma_s * sigma_s
-    g = gain / 99.0
-    s = cv2.addWeighted(confidence, sigma_s * g, confidence, 0.0, sigma_s * (1.0 - g))
-    return cv2.multiply(s, s)
-
-
-def _smallest(v) -> float:
-    """Return the smallest value of a number or a plane (minMaxLoc: numpy 1.17's is slow)."""
-    if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype == np.float32 and v.size > 4:
-        return float(cv2.minMaxLoc(v)[0])
-    return float(np.min(v))
+    s = sigma_s * (1.0 + gain * (confidence - 1.0) / 99.0)     # 1 sigma, 1/m
+    return s * s
 
 
 class Fusion(object):
-    """Full-resolution buffers of the fusion, allocated once per shape (three float planes)."""
+    """Full-resolution scratch planes of the fusion, allocated once per shape."""
 
     def __init__(self, height: int, width: int):
         shape = (height, width)
         self.shape = shape
-        self.k = np.empty(shape, np.float32)       # the bound, then the weight of the stereo
-        self.diff = np.empty(shape, np.float32)
-        self.tmp = np.empty(shape, np.float32)
-        self.gate = np.empty(shape, np.uint8)      # 255 where stereo is fused, else 0
-        self.trust = np.empty(shape, np.uint8)
-        self._vm_small = None
+        # Three float planes pass through the cache instead of five: the bound's plane takes
+        # the gain once the gate is made, and the difference overwrites the stereo's plane
+        # (5 % of the stage with alignment_node's settings, bench_core on both Pythons).
+        self.bound_gain = np.empty(shape, np.float32)   # the gate's bound, then the gain k
+        self.sq = np.empty(shape, np.float32)           # squares, products
+        self.gate = np.empty(shape, np.uint8)           # 255 where stereo is fused, else 0
 
     def _up(self, small, out):
         h, w = self.shape
         return cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
-    def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, mono_var_small: np.ndarray,
-             stereo_var_small, outlier_sigma: float, out_inv: np.ndarray,
-             mono_small: Optional[np.ndarray] = None, consistency: Optional[float] = None,
-             trusted: Optional[np.ndarray] = None,
-             diff: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
+    def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, trusted: np.ndarray,
+             mono_var_small: np.ndarray, stereo_var_small, outlier_sigma: float,
+             consistency: Optional[float], out_inv: np.ndarray,
+             out_var: Optional[np.ndarray] = None) -> int:
         """
-        Fuse into ``out_inv``; return (out_inv, number of pixels that fused stereo).
+        Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, finite; 0 where untrusted.
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite; it holds the
+            difference ``stereo_inv - mono_inv`` afterwards ...
+        :param trusted: ... fused only where this [H, W] uint8 mask is nonzero.
         :param mono_var_small: [h, w] float32 mono inverse-depth variance at a lower size.
         :param stereo_var_small: the stereo variance, a number or an [h, w] plane.
-        :param out_inv: [H, W] float32 result; may be ``mono_inv`` itself (in place).
-        :param mono_small: unused (kept for callers of the earlier signature).
+        :param outlier_sigma: stereo further than this many combined sigmas is an outlier.
         :param consistency: the relative band that caps the mono's share of the outlier
             test: stereo further than ``consistency * y + 2 sigma_s`` from the mono is an
-            outlier even where the mono is very uncertain (its edges).
-        :param trusted: optional [H, W] uint8 mask, nonzero where the stereo is trusted (the
-            caller's, if it has one; else ``stereo_inv > 0``).
-        :param diff: optional [H, W] float32 buffer for ``stereo_inv - mono_inv``; may be
-            ``stereo_inv`` itself when the caller no longer needs it (one plane less to
-            stream through the cache).
+            outlier even where the mono is very uncertain (its edges); None: no cap.
+        :param out_inv: [H, W] float32 result; may be ``mono_inv`` itself (in place).
+        :param out_var: optional [H, W] float32 result, the fused variance ``vm (1 - k)``.
         """
-        den = mono_var_small + stereo_var_small
-        self._vm_small = mono_var_small
-        bound, tmp = self.k, self.tmp
-        diff = self.diff if diff is None else diff
-        self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32), bound)
+        den = mono_var_small + stereo_var_small          # [h, w] combined variance
+        # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
+        bound = self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32),
+                         self.bound_gain)
         if consistency is not None:
-            # Per pixel (edges): bound = min(bound, (consistency y + 2 sigma_s)^2).
-            s2 = 2.0 * np.sqrt(_smallest(stereo_var_small))
-            cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=tmp)
-            cv2.multiply(tmp, tmp, dst=tmp)
-            cv2.min(bound, tmp, dst=bound)
-        if trusted is None:
-            trusted = cv2.compare(stereo_inv, 0.0, cv2.CMP_GT, dst=self.trust)
-        cv2.subtract(stereo_inv, mono_inv, dst=diff)
-        # Gate: diff^2 < bound (NaN fails), and trusted stereo.
-        cv2.multiply(diff, diff, dst=tmp)
-        cv2.compare(tmp, bound, cv2.CMP_LT, dst=self.gate)
+            # ... and at most (consistency y + 2 sigma_s)^2 per pixel (edges).
+            s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
+            cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=self.sq)  # c y + s2
+            cv2.multiply(self.sq, self.sq, dst=self.sq)
+            cv2.min(bound, self.sq, dst=bound)
+        # 2. The gate: trusted stereo within the bound (NaN fails).
+        diff = cv2.subtract(stereo_inv, mono_inv, dst=stereo_inv)         # y_s - y_m
+        cv2.multiply(diff, diff, dst=self.sq)
+        cv2.compare(self.sq, bound, cv2.CMP_LT, dst=self.gate)
         cv2.bitwise_and(self.gate, trusted, dst=self.gate)
+        # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
+        gain = self._up((mono_var_small / den).astype(np.float32), self.bound_gain)
         if out_inv is not mono_inv:
             np.copyto(out_inv, mono_inv)
-        k = self._up((mono_var_small / den).astype(np.float32), self.k)   # the bound is spent
-        # y = y_m + k (y_s - y_m) where gated; elsewhere y_m, untouched.
-        cv2.accumulateProduct(k, diff, out_inv, mask=self.gate)
-        return out_inv, cv2.countNonZero(self.gate)
-
-    def variance(self, out_var: np.ndarray) -> np.ndarray:
-        """Fused inverse-depth variance ``vm (1 - k)`` of the last ``fuse`` (>= 0)."""
-        self._up(self._vm_small, out_var)
-        cv2.multiply(out_var, self.k, dst=self.tmp, scale=-1.0)
-        cv2.accumulate(self.tmp, out_var, mask=self.gate)
-        return out_var
+        cv2.accumulateProduct(gain, diff, out_inv, mask=self.gate)
+        if out_var is not None:
+            # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
+            self._up(mono_var_small, out_var)
+            cv2.multiply(out_var, gain, dst=self.sq)
+            cv2.subtract(out_var, self.sq, dst=out_var, mask=self.gate)
+        return cv2.countNonZero(self.gate)
 
 
 __all__ = ['Fusion', 'stereo_inverse_sigma', 'stereo_variance']

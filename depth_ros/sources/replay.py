@@ -7,6 +7,12 @@ Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate 
   increasing: each new pass is shifted to start one frame period after the last stamp.
 - ``rate``: playback speed relative to the recorded stamps (1.0 real time, 2.0 twice as fast,
   0 as fast as possible).
+- Recorded stamps pass through as recorded (plus a loop's shift). One that goes back inside a
+  pass is the source restarting (a camera or recorder restarted mid-recording): the pacing
+  starts over from that frame, and the nodes' stamp guards see the restart (a step back of
+  more than their ``stamp_reset_s``: accepted, they start over; a smaller one, or a repeated
+  stamp, is dropped there as out of order). With ``fps`` the wall-clock stamps are kept
+  strictly increasing.
 - ``fps``: for sources whose stamps mean nothing (the sample): deliver at a fixed rate and
   stamp each frame with the wall clock at delivery. Overrides ``rate``.
 - ``drop_after`` / ``outage_s``: simulate a camera that disappears and comes back. After
@@ -158,20 +164,30 @@ class ReplaySource(FrameSource):
         if self._last_in is not None and frame.stamp_ns > self._last_in:
             self._period_ns = frame.stamp_ns - self._last_in
         self._last_in = frame.stamp_ns
-        if self.fps is not None:
-            self._pace_fixed()
-            stamp = self._wall_ns()
-        else:
-            stamp = frame.stamp_ns + self._offset_ns
-            self._pace_recorded(stamp)
-        if self._last_out is not None and stamp <= self._last_out:
-            stamp = self._last_out + 1  # out-of-order input or a coarse clock: keep increasing
+        stamp = self._stamp(frame)
         frame.stamp_ns = stamp
         self._last_out = stamp
         self.delivered += 1
         return frame
 
     _outage_mark = -1
+
+    def _stamp(self, frame: Frame) -> int:
+        """Pace the frame and return the stamp it is delivered with (module docstring)."""
+        last = self._last_out
+        if self.fps is not None:
+            self._pace_fixed()
+            stamp = self._wall_ns()
+            if last is not None and stamp <= last:
+                stamp = last + 1        # a coarse or stepped wall clock: keep increasing
+            return stamp
+        stamp = frame.stamp_ns + self._offset_ns
+        if last is not None and stamp < last:
+            LOG.info('%s: the stamp goes back %.3f s (from %d to %d): the source restarted',
+                     self.name, (last - stamp) * 1e-9, last, stamp)
+            self._t_start = None        # pace the rest of the recording from this frame
+        self._pace_recorded(stamp)
+        return stamp
 
     def _pace_fixed(self) -> None:
         now = self._clock()

@@ -19,6 +19,12 @@ the estimate is shrunk toward a coarse normalised convolution, and that toward 1
 correction) far from any stereo. The factor is bounded by ``max_correction`` and upsampled
 bilinearly: two full-resolution passes.
 
+One frame: ``cell_means(...)`` gathers the per-cell targets (:class:`CellTargets`),
+``compute(targets, ...)`` spreads them into the factor map (:class:`Correction`),
+``apply(mono_inv, correction)`` multiplies it onto the mono, and ``remember(targets,
+correction)`` keeps what the temporal filter of the next frame needs. The object holds only
+the per-shape sizes and that temporal state.
+
 Temporal filter (metric space): the previous output's inverse depth per cell is a second
 observation of the same target (``p_prev = prev_inv / mono_inv``), weighted by
 ``1 - temporal_alpha`` times the stereo precision the previous frame had there (not
@@ -28,6 +34,8 @@ changed is not smoothed.
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple, Optional
 
 import cv2
 from depth_ros.core.robust_fit import median
@@ -38,6 +46,24 @@ EDGE_GAIN = 0.85     # the mono's relative error at a bend, per unit of relative
 BEND_MAX = 0.03      # stereo where the mono bends more than this is not used as a target
 RANGE_SIGMA_DEPTH = 0.15     # range kernel on log inverse depth
 RANGE_SIGMA_IMAGE = 0.08     # range kernel on intensity (0..1)
+
+
+class CellTargets(NamedTuple):
+    """This frame's target of the correction, one value per cell ([lh, lw] float32 each)."""
+
+    ratio: np.ndarray        # stereo_inv / mono_inv over the cell's usable stereo (1: none)
+    weight: np.ndarray       # precision of the ratio (0: no usable stereo)
+    mono_inv: np.ndarray     # mean aligned mono inverse depth (1/m)
+    bend_var: np.ndarray     # the mono's relative variance from its bends (edges)
+    guide: np.ndarray        # range guide: intensity 0..1, or log inverse depth
+    range_sigma: float       # range kernel width on the guide
+
+
+class Correction(NamedTuple):
+    """The correction of one frame ([lh, lw] float32 each)."""
+
+    factor: np.ndarray       # multiplies the mono inverse depth, within max_correction
+    support: np.ndarray      # 0..1: how much local stereo the factor rests on
 
 
 def _box(x, r):
@@ -58,47 +84,21 @@ def bilateral_nc(p, w, guide, radius, range_sigma, max_levels=4):
     ok = w > 0
     if not ok.any():
         return np.ones_like(p), np.zeros_like(p)
-    g_ok = guide[ok]
-    lo, hi = float(g_ok.min()), float(g_ok.max())
+    lo, hi = float(guide[ok].min()), float(guide[ok].max())
     n = int(min(max_levels, max(2, np.ceil((hi - lo) / range_sigma) + 1)))
     step = max((hi - lo) / (n - 1), 1e-9)
     sigma = max(range_sigma, 0.5 * step)       # levels never further apart than 2 sigma
-    # All levels at once, stacked on a leading axis (the same float32 operations, element
-    # for element, as level by level; a few calls instead of twenty per level). Clipping
-    # by cv2.max / cv2.min: numpy 1.17's maximum and clip are 5x slower (no NaN here).
-    h, w_ = p.shape
-    levels = np.array([lo + i * step for i in range(n)], np.float32).reshape(n, 1, 1)
-    kr = np.subtract(guide, levels)
-    flat = kr.reshape(n * h, w_)                # a 2-D view for OpenCV
-    np.square(kr, out=kr)
-    kr *= np.float32(-0.5 / (sigma * sigma))
-    cv2.exp(flat, dst=flat)
-    num = np.multiply(kr, w * p)
-    den = np.multiply(kr, w, out=kr)
+    pos = np.clip((guide - lo) / step, 0.0, n - 1.0)     # the guide in level units
+    wp = w * p
+    est, den = np.zeros_like(p), np.zeros_like(p)
     for i in range(n):
-        _box_into(num[i], radius)
-        _box_into(den[i], radius)
-    pos = cv2.min(cv2.max((guide - lo) / step, 0.0), n - 1.0)
-    t = np.subtract(pos, np.arange(n, dtype=np.float32).reshape(n, 1, 1))
-    np.abs(t, out=t)
-    np.subtract(np.float32(1.0), t, out=t)
-    cv2.max(t.reshape(n * h, w_), 0.0, dst=t.reshape(n * h, w_))   # interpolation weights
-    ratio = cv2.max(flat, _EPS).reshape(n, h, w_)
-    np.divide(num, ratio, out=ratio)
-    ratio[den <= _EPS] = 1.0
-    ratio *= t
-    den *= t
-    # Summed level by level, in order (the rounding of accumulating them one by one).
-    est, wsum = ratio[0], den[0]
-    for i in range(1, n):
-        est += ratio[i]
-        wsum += den[i]
-    return est, wsum
-
-
-def _box_into(x, r):
-    k = 2 * r + 1
-    cv2.boxFilter(x, cv2.CV_32F, (k, k), dst=x, normalize=True, borderType=cv2.BORDER_REFLECT)
+        kr = cv2.exp((guide - (lo + i * step)) ** 2 * (-0.5 / (sigma * sigma)))   # range kernel
+        num_i, den_i = _box(wp * kr, radius), _box(w * kr, radius)
+        t = np.maximum(0.0, 1.0 - np.abs(pos - i))       # linear interpolation weight
+        with np.errstate(divide='ignore', invalid='ignore'):
+            est += t * np.where(den_i > _EPS, num_i / den_i, 1.0)
+        den += t * den_i
+    return est, den
 
 
 def _coarse(x, factor):
@@ -110,12 +110,12 @@ def _coarse(x, factor):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-class LocalCorrection(object):
+class BilateralCorrection(object):
     """
-    Per-shape state and buffers of the local correction (see the module docstring).
+    Sizes and temporal state of the local correction (see the module docstring).
 
-    ``cell_means(...)`` builds the low-resolution target, ``compute(...)`` the factor map,
-    ``apply(mono_inv, out)`` multiplies its bilinear upsampling onto ``mono_inv``.
+    Sizes: the output ``shape`` (H, W); the statistics grid (every ``step``-th output pixel,
+    ``stats_size`` (w, h)); the cells (``downsample`` output pixels, ``low_size`` (w, h)).
     """
 
     def __init__(self, height: int, width: int, downsample: int, radius_px: int):
@@ -127,52 +127,27 @@ class LocalCorrection(object):
         self.low_size = (max(3, int(np.ceil(width / float(self.d)))),
                          max(3, int(np.ceil(height / float(self.d)))))
         self.r = max(1, int(round(radius_px / float(self.d))))
-        lw, lh = self.low_size
-        self.factor = np.ones((lh, lw), np.float32)
-        self.support = np.zeros((lh, lw), np.float32)    # 0..1: local stereo support
-        self.local_var = np.zeros((lh, lw), np.float32)  # mono variance from its bends
-        self.cell_w = np.zeros((lh, lw), np.float32)
         self.prev_inv = None        # [lh, lw] previous output inverse depth (cell means)
         self.prev_w = None          # [lh, lw] stereo precision the previous frame had
-        self.full = np.empty((height, width), np.float32)
-        self.valid = False
-        self._kernel = np.ones((3, 3), np.uint8)
         self._maps = {}
-        self._buffers = {}
 
     def reset(self) -> None:
         """Forget the temporal state."""
         self.prev_inv = None
         self.prev_w = None
-        self.valid = False
 
     # ------------------------------------------------------------------ low resolution
 
-    def stats(self, plane, key=None):
+    def stats(self, plane):
         """
         Return a plane at the statistics resolution.
 
-        Output pixel (i, j) is the plane at the output
-        pixel (step i, step j). A full-size plane is subsampled (nearest, a copy); a plane of
-        another size (the mono at the network's size) is interpolated there (bilinear).
-
-        ``key``: a full-size single-channel plane is copied into a buffer kept under this
-        name (overwritten by the next call with the same key), not a new array.
+        Output pixel (i, j) is the plane at the output pixel (step i, step j): a full-size
+        plane is subsampled (nearest); a plane of another size (the mono at the network's
+        size) is interpolated there (bilinear).
         """
         h, w = self.shape
         if plane.shape[:2] == (h, w):
-            if self.step == 1:
-                return plane.copy()
-            s = self.step
-            if key is not None and plane.ndim == 2 and h % s == 0 and w % s == 0:
-                # The nearest resize by an integer factor is the strided view; copied into a
-                # kept buffer it is several times faster (no fresh pages, no resize setup).
-                out = self._buffers.get(key)
-                if out is None or out.dtype != plane.dtype:
-                    sw, sh = self.stats_size
-                    out = self._buffers[key] = np.empty((sh, sw), plane.dtype)
-                np.copyto(out, plane[::s, ::s])
-                return out
             return cv2.resize(plane, self.stats_size, interpolation=cv2.INTER_NEAREST)
         key = plane.shape[:2]
         maps = self._maps.get(key)
@@ -193,39 +168,36 @@ class LocalCorrection(object):
     def _to_low(self, x):
         return cv2.resize(x, self.low_size, interpolation=cv2.INTER_AREA)
 
-    def cell_means(self, mono_inv, stereo_inv, image, sigma_inv, band, rho=0.01,
-                   trusted=None):
+    def cell_means(self, mono_inv, stereo_inv, trusted, image, sigma_inv, band,
+                   rho=0.01) -> CellTargets:
         """
-        Per-cell target ratio and precision, mean mono inverse depth, and the range guide.
+        Per-cell target ratio and precision, mean mono inverse depth, bends and range guide.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, 0 where not trusted ...
-        :param trusted: ... and, when given, where this [H, W] uint8 mask (0 or 255) is 0.
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite ...
+        :param trusted: ... trusted where this [H, W] uint8 mask is 255.
         :param image: optional [H, W] or [H, W, 3] uint8 guide image.
         :param sigma_inv: stereo inverse-depth noise (1 sigma).
         :param band: relative band of gross stereo outliers against the mono.
         :param rho: the mono's relative pixel noise.
         """
-        ya = self.stats(mono_inv)
-        ys = self.stats(stereo_inv, 'stereo')
+        ya = self.stats(mono_inv)                        # [sh, sw] float32 1/m
+        ys = self.stats(stereo_inv)
         cv2.patchNaNs(ya, 0.0)                           # unknown mono: no target
         # |ys - ya| <= band ya + 4 sigma: gross outliers out; 0 (untrusted) falls out too.
         tol = cv2.addWeighted(ya, band, ya, 0.0, 4.0 * sigma_inv)
         lo = cv2.subtract(ya, tol)
         hi = cv2.add(ya, tol)
         ok = cv2.compare(ys, lo, cv2.CMP_GE) & cv2.compare(ys, hi, cv2.CMP_LE) & \
-            cv2.compare(ys, 0.0, cv2.CMP_GT)
-        if trusted is not None:
-            # Every use of ys below is masked by ok: as good as ys = 0 there.
-            ok &= self.stats(trusted, 'trusted')
+            cv2.compare(ys, 0.0, cv2.CMP_GT) & self.stats(trusted)   # [sh, sw] uint8 255: usable
         # Where the mono bends (|Laplacian| of inverse depth, 0 on any plane) its detail loss
         # makes pixel errors: their variance is larger, and they do not inform the target
         # (the whole ramp of an edge: dilated).
         lap = cv2.Laplacian(ya, cv2.CV_32F, ksize=1)
         bend = cv2.divide(cv2.absdiff(lap, 0.0), cv2.max(ya, 1e-9), scale=0.25)
         cv2.min(bend, 1.0, dst=bend)
-        self.local_var = self._to_low(cv2.multiply(bend, bend, scale=EDGE_GAIN * EDGE_GAIN))
-        ok &= cv2.compare(cv2.dilate(bend, self._kernel), BEND_MAX, cv2.CMP_LE)
+        bend_var = self._to_low(cv2.multiply(bend, bend, scale=EDGE_GAIN * EDGE_GAIN))
+        ok &= cv2.compare(cv2.dilate(bend, np.ones((3, 3), np.uint8)), BEND_MAX, cv2.CMP_LE)
         p, c, sya = self._ratio(ok, ys, ya)
         # Second pass: stereo further than 3 sigma (its noise and the mono's relative
         # ``rho``) from the first pass's smooth estimate is left out (outliers in the band).
@@ -244,17 +216,17 @@ class LocalCorrection(object):
             # (var is float64 under numpy 2's promotion of sigma_inv, float32 under 1.17's.)
             w = (1.0 / var).astype(np.float32)
             w[(c <= 0) | (sya <= _EPS)] = 0.0
-        return p, w, ya_low, self._range_guide(image, ya_low)
+        guide, range_sigma = self._range_guide(image, ya_low)
+        return CellTargets(p, w, ya_low, bend_var, guide, range_sigma)
 
     def _ratio(self, ok, ys, ya):
         """Cell ratio of the sums of stereo and mono inverse depth over ``ok``; counts; sums."""
-        mf = cv2.threshold(ok, 0, 1, cv2.THRESH_BINARY)[1].astype(np.float32)
+        mf = (ok > 0).astype(np.float32)                  # [sh, sw] 1: usable
         c = self._to_low(mf)
-        sys_ = self._to_low(cv2.multiply(ys, mf))
-        sya = self._to_low(cv2.multiply(ya, mf))
-        p = cv2.max(sya, _EPS)
-        np.divide(sys_, p, out=p)
-        p[sya <= _EPS] = 1.0
+        sys_ = self._to_low(ys * mf)
+        sya = self._to_low(ya * mf)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            p = np.where(sya > _EPS, sys_ / sya, 1.0).astype(np.float32)
         return p, c, sya
 
     def _range_guide(self, image, ya_low):
@@ -263,16 +235,13 @@ class LocalCorrection(object):
             return np.log(np.maximum(ya_low, 1e-6)).astype(np.float32), RANGE_SIGMA_DEPTH
         small = self.stats(image)
         gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        return self._to_low(gray.astype(np.float32) * np.float32(1.0 / 255.0)), \
-            RANGE_SIGMA_IMAGE
+        return self._to_low(gray.astype(np.float32) * (1.0 / 255.0)), RANGE_SIGMA_IMAGE
 
-    def compute(self, p, w, ya_low, guide, max_correction: float,
-                temporal_alpha: float) -> None:
-        """Return the low-resolution factor map, its support and the cells' weights."""
-        self.cell_w = w      # this frame's stereo precision: the next frame's prior weight
-        p, w = self._temporal(p, w, ya_low, temporal_alpha, max_correction)
-        g, range_sigma = guide
-        q, den = bilateral_nc(p, w, g, self.r, range_sigma)
+    def compute(self, targets: CellTargets, max_correction: float,
+                temporal_alpha: float) -> Correction:
+        """Spread the targets into the factor map (bounded) and its support."""
+        p, w = self._temporal(targets, temporal_alpha, max_correction)
+        q, den = bilateral_nc(p, w, targets.guide, self.r, targets.range_sigma)
         pos = w[w > 0]
         w_typ = float(median(pos)) if pos.size else 1.0
         wc = _coarse(w, 2 * self.r)
@@ -284,17 +253,15 @@ class LocalCorrection(object):
         info = den * float((2 * self.r + 1) ** 2)
         lam = info / (info + 2.0 * w_typ)
         q = lam * q + (1.0 - lam) * fallback
-        # = np.clip(q, ...).astype(np.float32) (q float32, no NaN), several times faster.
-        self.factor = cv2.min(cv2.max(q.astype(np.float32, copy=False),
-                                      float(np.exp(-max_correction))),
-                              float(np.exp(max_correction)))
-        self.support = lam.astype(np.float32)
-        self.valid = True
+        factor = np.clip(q, math.exp(-max_correction), math.exp(max_correction))
+        return Correction(factor.astype(np.float32), lam.astype(np.float32))
 
-    def _temporal(self, p, w, ya_low, alpha, max_correction):
+    def _temporal(self, targets, alpha, max_correction):
         """Combine this frame's target with the previous output's where they agree."""
+        p, w = targets.ratio, targets.weight
         if self.prev_inv is None or alpha >= 1.0 or self.prev_inv.shape != p.shape:
             return p, w
+        ya_low = targets.mono_inv
         with np.errstate(invalid='ignore', divide='ignore'):
             pp = np.where(ya_low > _EPS, self.prev_inv / np.maximum(ya_low, _EPS), np.nan)
             wp = (1.0 - alpha) * self.prev_w
@@ -310,27 +277,23 @@ class LocalCorrection(object):
         # accumulated over frames (content moves; an old estimate must not linger in holes).
         return pt, wt.astype(np.float32)
 
-    def remember(self, ya_low: np.ndarray) -> None:
+    def remember(self, targets: CellTargets, correction: Correction) -> None:
         """Keep this frame's corrected inverse depth per cell and its stereo precision."""
-        self.prev_inv = (ya_low * self.factor).astype(np.float32)
-        self.prev_w = self.cell_w
+        self.prev_inv = (targets.mono_inv * correction.factor).astype(np.float32)
+        self.prev_w = targets.weight
 
     # ------------------------------------------------------------------ full resolution
 
-    def apply(self, mono_inv: np.ndarray) -> np.ndarray:
-        """``mono_inv * factor``, the factor upsampled bilinearly to ``mono_inv``'s size."""
+    def apply(self, mono_inv: np.ndarray, correction: Correction) -> np.ndarray:
+        """Return ``mono_inv`` times the factor, upsampled bilinearly to its size (new array)."""
         h, w = mono_inv.shape
-        if mono_inv.shape == self.shape:
-            full = self.full
-        else:
-            full = None
-        full = cv2.resize(self.factor, (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(correction.factor, (w, h), interpolation=cv2.INTER_LINEAR)
         return cv2.multiply(mono_inv, full, dst=full)
 
-    def upsample(self, low: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def upsample(self, low: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Bilinear upsampling of a low-resolution map to the output size."""
         h, w = self.shape
         return cv2.resize(low, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
-__all__ = ['LocalCorrection', 'bilateral_nc']
+__all__ = ['BilateralCorrection', 'CellTargets', 'Correction', 'bilateral_nc']
