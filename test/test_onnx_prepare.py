@@ -330,6 +330,7 @@ def test_cache_is_keyed_by_source_hash_and_size_and_reused(source, tmp_path, cap
 
 def test_a_failed_preparation_leaves_no_file(source, tmp_path, monkeypatch):
     _ort()
+    from depth_ros.util import file_sha256
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -337,7 +338,10 @@ def test_a_failed_preparation_leaves_no_file(source, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         onnx_prepare.ensure_prepared(source, (98, 56), cache_dir=str(tmp_path))
     left = sorted(os.listdir(str(tmp_path / 'onnx')))
-    assert [n for n in left if not n.endswith('.lock')] == [], left
+    # Only the (empty) lock file: no temporary, no half-written model.
+    stem = os.path.splitext(os.path.basename(source))[0]
+    assert left == ['.' + onnx_prepare.prepared_name(stem, file_sha256(source), (98, 56),
+                                                     'default') + '.lock'], left
 
 
 def test_parity_failure_refuses_the_file(source, tmp_path, monkeypatch):
@@ -364,7 +368,7 @@ def test_two_processes_preparing_at_once_share_one_file(source, tmp_path):
             'done = onnx_prepare.ensure_prepared(sys.argv[1], (98, 56), cache_dir=sys.argv[2],'
             ' label="m")\n'
             'print("RESULT", done.path, done.reused)\n')
-    hold = FileLock(target + '.lock')
+    hold = FileLock(onnx_prepare.lock_path(target))
     hold.acquire()
     procs = []
     try:

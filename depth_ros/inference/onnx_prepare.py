@@ -51,6 +51,7 @@ LOG = logging.getLogger('depth_ros.inference.prepare')
 
 PROFILES = ('default', 'tensorrt8.5')
 PROFILE_SUFFIX = {'default': 'default', 'tensorrt8.5': 'trt85'}
+PROFILE_TEXT = {'default': 'ONNX Runtime and TensorRT >= 8.6', 'tensorrt8.5': 'TensorRT 8.5'}
 TRT85_OPSET = 16
 PARITY_TOLERANCE = 1e-4  # max |prepared - original| / max |original|
 PREPARED_BY = 'depth_ros'
@@ -250,7 +251,8 @@ def prepare_if_needed(path: str, input_size: Optional[Tuple[int, int]] = None,
     if not reasons:
         return path
     size = tuple(input_size) if input_size else (static_input_size(path) or DEFAULT_SIZE)
-    LOG.info('%s needs preparing for %s: %s', path, profile, '; '.join(reasons[:3]))
+    LOG.info('%s needs preparing for %s: %s', path, PROFILE_TEXT[profile],
+             '; '.join(reasons[:3]))
     return ensure_prepared(path, size, profile, cache_dir=cache_dir).path
 
 
@@ -578,7 +580,7 @@ def prepare_onnx(source: str, destination: str, input_size: Tuple[int, int],
         save_atomic(proto, destination)
     seconds = time.monotonic() - t0
     LOG.info('prepared %s for %s at %dx%d: %d -> %d nodes%s, parity %s, %.1f s -> %s',
-             source, profile, width, height, nodes_before, len(proto.graph.node),
+             source, PROFILE_TEXT[profile], width, height, nodes_before, len(proto.graph.node),
              ', {} LayerNorms decomposed'.format(layernorms) if layernorms else '',
              'not checked' if error is None else 'max rel err {:.1e}'.format(error), seconds,
              destination)
@@ -609,6 +611,11 @@ def is_prepared(path: str, source_sha256: Optional[str], input_size: Tuple[int, 
         and meta.get('trained', 'true') != 'false'
 
 
+def lock_path(path: str) -> str:
+    """Return the lock file of a prepared file: '.<name>.lock' next to it (0 bytes, kept)."""
+    return os.path.join(os.path.dirname(path), '.' + os.path.basename(path) + '.lock')
+
+
 def ensure_prepared(source: str, input_size: Tuple[int, int], profile: str = 'default',
                     cache_dir: Optional[str] = None, label: Optional[str] = None,
                     source_sha256: Optional[str] = None,
@@ -619,7 +626,7 @@ def ensure_prepared(source: str, input_size: Tuple[int, int], profile: str = 'de
 
     The file lives in ``out_dir`` (default <cache_dir>/onnx), named by ``label`` (hub id or
     the file's stem), the source's sha256, the size and the profile. A process that finds it
-    being prepared by another (the lock file ``<file>.lock``) waits, then reuses it.
+    being prepared by another (the lock file ``.<file>.lock``) waits, then reuses it.
     """
     from filelock import FileLock, Timeout
 
@@ -634,7 +641,7 @@ def ensure_prepared(source: str, input_size: Tuple[int, int], profile: str = 'de
     if is_prepared(path, sha, (width, height), profile):
         return Prepared(path, profile, (width, height), 0, 0, 0, None, 0.0, reused=True)
     os.makedirs(folder, exist_ok=True)
-    lock = FileLock(path + '.lock')
+    lock = FileLock(lock_path(path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -643,8 +650,8 @@ def ensure_prepared(source: str, input_size: Tuple[int, int], profile: str = 'de
     try:
         if is_prepared(path, sha, (width, height), profile):
             return Prepared(path, profile, (width, height), 0, 0, 0, None, 0.0, reused=True)
-        LOG.info('preparing %s for %s at %dx%d (once; later starts reuse %s)', source, profile,
-                 width, height, path)
+        LOG.info('preparing %s for %s at %dx%d (once; later starts reuse %s)', source,
+                 PROFILE_TEXT[profile], width, height, path)
         meta = {'source': label, 'source_sha256': sha}
         meta.update(metadata or {})
         return prepare_onnx(source, path, (width, height), profile, metadata=meta)
