@@ -389,3 +389,74 @@ def test_the_record_of_a_build_names_its_model(tmp_path):
         record = json.load(f)
     assert (record['model_id'], record['source_sha256']) == (REPO, 'ab' * 32)
     assert record['key']['onnx_sha256'] == file_sha256(onnx_path)
+
+
+# ------------------------------------------------------------- depth-ros model setup
+def _setup(argv, api=None):
+    from depth_ros import cli
+    from depth_ros.commands import model_setup
+    args = cli.build_parser().parse_args(['model', 'setup'] + argv)
+    return model_setup.run(args, api=api)
+
+
+def test_setup_download_only_writes_what_an_offline_robot_needs(places, local_hub, source,
+                                                                tmp_path, capsys,
+                                                                monkeypatch):
+    _ort()
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    out = tmp_path / 'robot-cache'
+    assert _setup(['--download-only', '--out', str(out), '--size', '98x56']) == 0
+    printed = capsys.readouterr().out
+    sha = file_sha256(source)
+    names = sorted(os.listdir(str(out / 'depth_ros' / 'onnx')))
+    want = ['onnx-community--depth-anything-v2-small-{}-98x56-{}.onnx'.format(sha[:12], p)
+            for p in ('default', 'trt85')]
+    assert [n for n in names if not n.startswith('.')] == want, names
+    snapshot = out / 'huggingface' / 'hub' / 'models--onnx-community--depth-anything-v2-small'
+    assert (snapshot / 'refs' / 'main').read_text() == _Hub.commit
+    assert 'on the robot: copy {}/ into ~/.cache/'.format(out) in printed, printed
+    # The robot: that folder as its ~/.cache, the hub offline; nothing else.
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('DEPTH_ROS_CACHE', str(out / 'depth_ros'))
+    for profile in onnx_prepare.PROFILES:
+        found = DefaultModelResolver(input_size=SIZE, profile=profile,
+                                     hub_cache_dir=str(out / 'huggingface' / 'hub'),
+                                     folders=[]).resolve()
+        assert found.where == 'prepared ONNX on disk' and found.path.startswith(str(out)), \
+            found.where
+
+
+def test_setup_offline_with_nothing_says_how_to_get_the_files(places, capsys):
+    from depth_ros import cli
+    code = cli.main(['model', 'setup', '--hub-cache-dir', places['hub']])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith('depth-ros model setup: error: no Depth Anything V2 Small model'), err
+    assert 'fix: run `depth-ros model setup` again with internet access, or run `depth-ros ' \
+        'model setup --download-only --out DIR` on a machine that has it' in err, err
+
+
+def test_setup_builds_the_engine_ahead_and_says_where_it_is(places, source, capsys):
+    _ort()
+    make_hub_cache(places['hub'], source)
+    api = FakeTrtApi()
+    assert _setup(['--backend', 'tensorrt', '--size', '98x56', '--hub-cache-dir',
+                   places['hub']], api=api) == 0
+    printed = capsys.readouterr().out.splitlines()
+    engine = [line for line in printed if line.startswith('engine: ')]
+    assert len(engine) == 1 and engine[0].startswith('engine: ' + places['engines']) and \
+        engine[0].endswith('(built now)'), printed
+    assert any(line.startswith('prepared ONNX: ') and line.endswith('-98x56-trt85.onnx')
+               for line in printed), printed
+    assert 'source: {} (sha256 {})'.format(
+        os.path.join(places['hub'], 'models--onnx-community--depth-anything-v2-small',
+                     'snapshots', '0123456789abcdef0123456789abcdef01234567', 'onnx',
+                     'model.onnx'), file_sha256(source)) in printed, printed
+    # depth_node's start: the same engine, from the cache, no build.
+    opened = auto.open_depth_model(input_size=SIZE, hub_cache_dir=places['hub'], api=api)
+    assert api.calls['build'] == 1 and engine[0].split()[1] == opened.path
+    with pytest.raises(ValueError, match='--download-only needs --out DIR'):
+        _setup(['--download-only'])
+    with pytest.raises(ValueError, match='--calib-dir is only used with --precision int8'):
+        _setup(['--calib-dir', places['models']])

@@ -96,14 +96,18 @@ class Opened(object):
     """A loaded model and why: ``summary()`` is the node's one INFO line."""
 
     def __init__(self, model, backend: str, path: str, input_size: Tuple[int, int],
-                 backend_reason: str, model_reason: str, warnings: Optional[List[str]] = None):
+                 backend_reason: str, model_reason: str, warnings: Optional[List[str]] = None,
+                 found=None, onnx: Optional[str] = None, built: bool = False):
         self.model = model
         self.backend = backend
-        self.path = path
+        self.path = path                  # what the backend loaded (ONNX file or engine)
         self.input_size = tuple(input_size)
         self.backend_reason = backend_reason
         self.model_reason = model_reason
         self.warnings = list(warnings or [])
+        self.found = found                # default_model.Found, for model auto and hub ids
+        self.onnx = onnx                  # the ONNX file used (the engine's source for TensorRT)
+        self.built = built                # a TensorRT engine was built by this call
 
     def summary(self) -> str:
         """'depth model: backend B (why); model FILE (why); input WxH'."""
@@ -208,7 +212,7 @@ def _open_onnxruntime(req, kind: str, choice: BackendChoice) -> Opened:
         reason = 'auto: ' + why
         warnings = [cpu_warning(why)]
     return Opened(model, 'onnxruntime', path, model.input_size, reason,
-                  _why_model(kind, found), warnings)
+                  _why_model(kind, found), warnings, found=found, onnx=path)
 
 
 def _build(req, onnx_path: str, size: Tuple[int, int], record: dict, api):
@@ -218,9 +222,9 @@ def _build(req, onnx_path: str, size: Tuple[int, int], record: dict, api):
     t0 = time.monotonic()
     try:
         return build_engine(onnx_path, precision=req.precision, cache_dir=req.engine_cache_dir,
-                            workspace_mb=req.workspace_mb, input_size=size, device=req.gpu,
-                            heartbeat_s=req.heartbeat_s, heartbeat_what=BUILD_NOTE,
-                            record=record, api=api)
+                            workspace_mb=req.workspace_mb, calib_dir=req.calib_dir,
+                            input_size=size, device=req.gpu, heartbeat_s=req.heartbeat_s,
+                            heartbeat_what=BUILD_NOTE, record=record, api=api)
     except Exception as exc:  # noqa: B902 - TensorRT, CUDA and option errors, one line each
         from depth_ros.util import first_line
         raise EngineBuildError(
@@ -248,19 +252,22 @@ def _open_tensorrt(req, kind: str, choice: BackendChoice, api) -> Opened:
         or DEFAULT_SIZE
     found, path = _resolve_onnx(req, kind, profile, size,
                                 runtime if kind in ('auto', 'onnx_repo') else None)
+    built, onnx = False, None
     if found is not None and found.kind == 'engine':
         engine, how = path, _why_model(kind, found)
     else:
+        onnx = path
         record = {'model_id': found.model_id, 'source_sha256': found.source_sha256} \
             if found is not None else {}
         result = _build(req, path, size, record, api)
-        engine = result.engine_path
+        engine, built = result.engine_path, result.built
         how = '{}; engine {} in {:.0f} s from {}'.format(
             _why_model(kind, found), 'built' if result.built else 'found in the engine cache',
             result.seconds, path)
     model = TensorRTDepthModel(engine, cache_dir=req.engine_cache_dir, precision=req.precision,
                                input_size=size, device=req.gpu, api=api)
-    return Opened(model, 'tensorrt', engine, model.input_size, choice.reason, how)
+    return Opened(model, 'tensorrt', engine, model.input_size, choice.reason, how, found=found,
+                  onnx=onnx, built=built)
 
 
 def open_depth_model(backend: str = AUTO, model: str = AUTO,
@@ -268,7 +275,8 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
                      workspace_mb: int = 1024, engine_cache_dir: Optional[str] = None,
                      cache_dir: Optional[str] = None, hub_cache_dir: Optional[str] = None,
                      device: str = 'cpu', gpu: int = 0, allow_download: bool = True,
-                     fix: str = default_model.SETUP_COMMAND, heartbeat_s: float = 10.0,
+                     calib_dir: Optional[str] = None,
+                     fix: str = default_model.FIX, heartbeat_s: float = 10.0,
                      standin_latency_ms: float = 0.0, standin_mode: str = 'intensity',
                      api=None) -> Opened:
     """
@@ -279,7 +287,8 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
         engine cache, a checkpoint folder/.pth, or a hub id.
     :param input_size: (width, height); None: the file's own, else 518x294.
     :param precision, workspace_mb: TensorRT engine precision and builder workspace (MiB).
-    :param fix: the command named when no model is found.
+    :param calib_dir: int8: recorded frames to calibrate on (see builder.build_engine).
+    :param fix: what the error says to do when no model is found ('run `<command>`').
     :raises ValueError: a wrong request (nothing loaded).
     :raises default_model.ModelUnavailable: no model found (one line).
     :raises EngineBuildError: the engine build failed (one line).
@@ -321,7 +330,8 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
     req = _Request(model=model, input_size=input_size, precision=precision,
                    workspace_mb=workspace_mb, engine_cache_dir=engine_cache_dir,
                    cache_dir=cache_dir, hub_cache_dir=hub_cache_dir, gpu=gpu,
-                   allow_download=allow_download, fix=fix, heartbeat_s=heartbeat_s)
+                   allow_download=allow_download, fix=fix, heartbeat_s=heartbeat_s,
+                   calib_dir=calib_dir)
     try:
         if choice.backend == 'tensorrt':
             return _open_tensorrt(req, kind, choice, api)

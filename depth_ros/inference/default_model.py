@@ -32,6 +32,7 @@ DEFAULT_FILE = 'onnx/model.onnx'
 CHECKPOINT_REPO = 'depth-anything/Depth-Anything-V2-Small-hf'
 ENV_MODELS_DIR = 'DEPTH_ROS_MODELS'
 SETUP_COMMAND = 'depth-ros model setup'
+FIX = 'run `{}`'.format(SETUP_COMMAND)
 AUTO = ('', 'auto')
 
 
@@ -43,7 +44,7 @@ class ModelUnavailable(RuntimeError):
         self.places = list(places)
         self.fix = fix
         super(ModelUnavailable, self).__init__(
-            'no {} on this machine: looked in {}; fix: run `{}`'.format(
+            'no {} on this machine: looked in {}; fix: {}'.format(
                 model, '; '.join(self.places), fix))
 
 
@@ -171,7 +172,7 @@ class DefaultModelResolver(object):
     :param allow_download: try the hub when nothing local is found (HF_HUB_OFFLINE is always
         honoured).
     :param allow_export: try the checkpoint + export step where torch is installed.
-    :param fix: the command named in the error.
+    :param fix: what the error says to do ('run `<command>`').
     """
 
     def __init__(self, model_id: str = DEFAULT_REPO, filename: str = DEFAULT_FILE,
@@ -179,7 +180,7 @@ class DefaultModelResolver(object):
                  cache_dir: Optional[str] = None, hub_cache_dir: Optional[str] = None,
                  folders: Optional[List[str]] = None, allow_download: bool = True,
                  allow_export: bool = True, timeout_s: float = hub.CONNECT_TIMEOUT_S,
-                 fix: str = SETUP_COMMAND):
+                 fix: str = FIX):
         self.model_id = model_id
         self.filename = filename
         self.input_size = check_input_size(*input_size)

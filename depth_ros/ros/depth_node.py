@@ -63,7 +63,8 @@ def load_model(values):
             values['backend'], values['model_path'], input_size=size,
             precision=values['precision'], workspace_mb=values['workspace_mb'],
             engine_cache_dir=values['engine_cache_dir'] or None, device=values['device'],
-            fix=setup_command(values), standin_latency_ms=values['standin_latency_ms'],
+            fix='run `{}`'.format(setup_command(values)),
+            standin_latency_ms=values['standin_latency_ms'],
             standin_mode=values['standin_mode'])
     except (ModelLoadError, ModelUnavailable, EngineBuildError) as exc:
         raise StartupError(str(exc)) from None
