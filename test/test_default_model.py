@@ -167,6 +167,62 @@ def test_a_matching_engine_comes_first_and_must_match_everything(places, source)
     assert found.kind == 'onnx', 'no engine matches now: the ONNX is the next step'
 
 
+def _fake_prepared(folder, model_id=REPO, size=SIZE, profile='default', sha='c' * 64,
+                   **meta):
+    """Write a prepared file's metadata on a one-node graph (no ONNX Runtime needed)."""
+    from onnx import helper, TensorProto
+    graph = helper.make_graph(
+        [helper.make_node('ReduceMean', ['pixel_values'], ['predicted_depth'], axes=[1],
+                          keepdims=0)], 'g',
+        [helper.make_tensor_value_info('pixel_values', TensorProto.FLOAT,
+                                       [1, 3, size[1], size[0]])],
+        [helper.make_tensor_value_info('predicted_depth', TensorProto.FLOAT,
+                                       [1, size[1], size[0]])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 16)])
+    props = {'prepared_by': 'depth_ros', 'profile': profile, 'model_id': model_id,
+             'input_size': '{}x{}'.format(*size), 'source_sha256': sha}
+    props.update(meta)
+    helper.set_model_props(proto, props)
+    path = os.path.join(folder, onnx_prepare.prepared_name(model_id, sha, size, profile))
+    onnx.save(proto, path)
+    return path
+
+
+def test_resolution_order_engine_then_prepared_files_and_never_an_untrained_one(places):
+    # Runs without ONNX Runtime too (the Python 3.8 tier): nothing here is prepared anew.
+    runtime = FakeTrtApi().open_device().info()
+    untrained = _fake_prepared(places['models'], sha='d' * 64, trained='false')
+    with pytest.raises(ModelUnavailable):
+        _resolver(places).resolve()
+    other_size = _fake_prepared(places['models'], size=(70, 42))
+    other_model = _fake_prepared(places['models'], model_id='someone/else')
+    trt85 = _fake_prepared(places['models'], profile='tensorrt8.5')
+    assert _resolver(places, profile='tensorrt8.5').resolve().path == trt85
+    os.makedirs(os.path.join(places['cache'], 'onnx'))   # the depth_ros cache's folder
+    prepared = _fake_prepared(os.path.join(places['cache'], 'onnx'))
+    found = _resolver(places).resolve(runtime, places['engines'])
+    assert (found.kind, found.path, found.where, found.source_sha256) == \
+        ('onnx', prepared, 'prepared ONNX on disk', 'c' * 64)
+    engine = _fake_engine(places, runtime, SIZE, source_sha256='c' * 64)
+    found = _resolver(places).resolve(runtime, places['engines'])
+    assert (found.kind, found.path) == ('engine', engine)
+    # Without a runtime (ONNX Runtime backend) engines are not looked at.
+    assert _resolver(places).resolve().path == prepared
+    assert {untrained, other_size, other_model} & {prepared, trt85} == set()
+
+
+def test_without_onnxruntime_preparing_is_one_line_naming_the_package(places, source):
+    try:
+        import onnxruntime  # noqa: F401
+        pytest.skip('onnxruntime is installed here (the Python 3.8 tier has none)')
+    except ImportError:
+        pass
+    make_hub_cache(places['hub'], source)
+    with pytest.raises(ImportError, match=r'folding constants needs onnxruntime: install '
+                                          r'depth_ros\[onnx\]'):
+        _resolver(places).resolve()
+
+
 # ------------------------------------------------------------------------- the download
 class _Hub(http.server.BaseHTTPRequestHandler):
     """huggingface.co's resolve endpoint for one file: HEAD (metadata) and GET (slowly)."""
@@ -429,7 +485,8 @@ def test_setup_download_only_writes_what_an_offline_robot_needs(places, local_hu
 
 def test_setup_offline_with_nothing_says_how_to_get_the_files(places, capsys):
     from depth_ros import cli
-    code = cli.main(['model', 'setup', '--hub-cache-dir', places['hub']])
+    code = cli.main(['model', 'setup', '--backend', 'onnxruntime', '--hub-cache-dir',
+                     places['hub']])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith('depth-ros model setup: error: no Depth Anything V2 Small model'), err
