@@ -223,6 +223,50 @@ def test_without_onnxruntime_preparing_is_one_line_naming_the_package(places, so
         _resolver(places).resolve()
 
 
+def test_a_hub_id_of_another_onnx_repo_goes_through_the_same_steps(places, source):
+    _ort()
+    make_hub_cache(places['hub'], source, repo='someone/depth-anything-v2-small-onnx')
+    opened = auto.open_depth_model('onnxruntime', 'someone/depth-anything-v2-small-onnx',
+                                   input_size=SIZE, hub_cache_dir=places['hub'])
+    assert os.path.basename(opened.path).startswith('someone--depth-anything-v2-small-onnx-')
+    assert opened.found.model_id == 'someone/depth-anything-v2-small-onnx'
+    with pytest.raises(ModelUnavailable, match=r'^no someone/other \(onnx/model.onnx\) on '):
+        auto.open_depth_model('onnxruntime', 'someone/other', input_size=SIZE,
+                              hub_cache_dir=places['hub'])
+
+
+def _checkpoint_folder(folder, variant):
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    from depth_ros.inference import torch_model
+    torch.set_num_threads(1)
+    torch_model.build_model(variant, seed=0).save_pretrained(folder)
+    return folder
+
+
+def test_a_local_checkpoint_is_exported_only_when_it_is_vit_s(places):
+    _ort()
+    _checkpoint_folder(os.path.join(places['models'], 'Depth-Anything-V2-Small-hf'), 'tiny')
+    with pytest.raises(ModelUnavailable) as info:
+        _resolver(places).resolve()
+    assert 'holds tiny, not ViT-S' in str(info.value), str(info.value)
+
+
+@pytest.mark.slow  # a random-weight ViT-S checkpoint written and exported: ~20 s
+def test_the_checkpoint_step_exports_a_local_vit_s(places):
+    _ort()
+    folder = _checkpoint_folder(os.path.join(places['models'], 'Depth-Anything-V2-Small-hf'),
+                                'vits')
+    found = _resolver(places).resolve()
+    assert (found.where, found.model_id, found.source) == \
+        ('checkpoint export', 'depth-anything/Depth-Anything-V2-Small-hf', folder)
+    sha = file_sha256(os.path.join(folder, 'model.safetensors'))
+    assert found.source_sha256 == sha and os.path.basename(found.path) == \
+        'da2-vits-{}-98x56-op17.onnx'.format(sha[:16])
+    t0 = time.monotonic()
+    assert _resolver(places).resolve().path == found.path and time.monotonic() - t0 < 5.0
+
+
 # ------------------------------------------------------------------------- the download
 class _Hub(http.server.BaseHTTPRequestHandler):
     """huggingface.co's resolve endpoint for one file: HEAD (metadata) and GET (slowly)."""
