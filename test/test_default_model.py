@@ -76,7 +76,8 @@ def test_offline_with_nothing_cached_is_one_line_naming_model_places_and_fix(pla
                            'small, onnx/model.onnx) on this machine: looked in '), text
     for place in ('the engine cache {} (fp16 98x56 engines for TensorRT 8.5.2.2 on Xavier)'
                   .format(places['engines']),
-                  'prepared ONNX files (98x56, default) in {}, {}'.format(
+                  'prepared ONNX files (98x56, for ONNX Runtime and TensorRT >= 8.6) in {}, {}'
+                  .format(
                       os.path.join(places['cache'], 'onnx'), places['models']),
                   'the Hugging Face cache {} (onnx-community/depth-anything-v2-small onnx/'
                   'model.onnx)'.format(places['hub']),

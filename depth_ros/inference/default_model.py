@@ -228,8 +228,9 @@ class DefaultModelResolver(object):
 
     def prepared(self) -> Optional[Found]:
         """Step 2: a prepared file on disk (of the Hugging Face cache's copy, if there is one)."""
-        self.places.append('prepared ONNX files ({}x{}, {}) in {}'.format(
-            self.input_size[0], self.input_size[1], self.profile, ', '.join(self.folders)))
+        self.places.append('prepared ONNX files ({}x{}, for {}) in {}'.format(
+            self.input_size[0], self.input_size[1], onnx_prepare.PROFILE_TEXT[self.profile],
+            ', '.join(self.folders)))
         sha = self.local_source_sha256()
         path = find_prepared(self.folders, self.model_id, self.input_size, self.profile, sha)
         if path is None:
@@ -272,10 +273,11 @@ class DefaultModelResolver(object):
         """Step 4: the PyTorch checkpoint exported by depth_ros (where torch is installed)."""
         if not self.allow_export or self.model_id != DEFAULT_REPO:
             return None
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
+        import importlib.util
+        # Only asked whether they are installed: importing torch takes seconds, and the
+        # offline case must answer in seconds.
+        if importlib.util.find_spec('torch') is None or \
+                importlib.util.find_spec('transformers') is None:
             self.places.append('the checkpoint {} (torch/transformers not installed, so it '
                                'cannot be exported here)'.format(CHECKPOINT_REPO))
             return None
