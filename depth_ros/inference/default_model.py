@@ -115,7 +115,7 @@ def find_prepared(folders: List[str], model_id: str, input_size: Tuple[int, int]
                 continue
             meta = onnx_prepare.read_prepared_metadata(path)
             if meta.get('model_id') == model_id and onnx_prepare.is_prepared(
-                    path, source_sha256, input_size, profile):
+                    path, source_sha256, input_size, profile, meta):
                 found.append((os.path.getmtime(path), path))
     return max(found)[1] if found else None
 
@@ -196,6 +196,7 @@ class DefaultModelResolver(object):
         self.places = []  # type: List[str]
         self._hub_file = None
         self._hub_checked = False
+        self._hub_sha = None
 
     # -- the steps --------------------------------------------------------------------------
     def hub_file(self) -> Optional[str]:
@@ -206,10 +207,12 @@ class DefaultModelResolver(object):
         return self._hub_file
 
     def local_source_sha256(self) -> Optional[str]:
-        """sha256 of the copy in the Hugging Face cache, when there is one (the current one)."""
+        """Return the sha256 of the Hugging Face cache's copy (hashed once), or None."""
         from depth_ros.util import file_sha256
         path = self.hub_file()
-        return file_sha256(path) if path else None
+        if path and self._hub_sha is None:
+            self._hub_sha = file_sha256(path)
+        return self._hub_sha if path else None
 
     def engine(self, runtime: Dict[str, str], engine_cache_dir: Optional[str],
                precision: str) -> Optional[Found]:
@@ -241,7 +244,7 @@ class DefaultModelResolver(object):
 
     def _prepare(self, source: str, where: str) -> Found:
         from depth_ros.util import file_sha256
-        sha = file_sha256(source)
+        sha = self.local_source_sha256() if source == self.hub_file() else file_sha256(source)
         done = onnx_prepare.ensure_prepared(
             source, self.input_size, self.profile, cache_dir=self.cache_dir,
             label=self.model_id, source_sha256=sha,
@@ -266,7 +269,7 @@ class DefaultModelResolver(object):
         except (hub.HubUnavailable, ImportError) as exc:
             self.places.append('the hub ({})'.format(str(exc).split(': ', 1)[-1]))
             return None
-        self._hub_file, self._hub_checked = path, True
+        self._hub_file, self._hub_checked, self._hub_sha = path, True, None
         return self._prepare(path, 'downloaded from {}'.format(hub.endpoint()))
 
     def checkpoint_export(self) -> Optional[Found]:

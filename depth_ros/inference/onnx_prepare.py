@@ -601,9 +601,14 @@ def read_prepared_metadata(path: str) -> Dict[str, str]:
 
 
 def is_prepared(path: str, source_sha256: Optional[str], input_size: Tuple[int, int],
-                profile: str) -> bool:
-    """Tell whether ``path`` is a complete prepared file for this source, size and profile."""
-    meta = read_prepared_metadata(path) if os.path.isfile(path) else {}
+                profile: str, meta: Optional[Dict[str, str]] = None) -> bool:
+    """
+    Tell whether ``path`` is a complete prepared file for this source, size and profile.
+
+    :param meta: its metadata when already read (read_prepared_metadata), else it is read.
+    """
+    if meta is None:
+        meta = read_prepared_metadata(path) if os.path.isfile(path) else {}
     want = {'input_size': '{}x{}'.format(*input_size), 'profile': profile}
     if source_sha256 is not None:
         want['source_sha256'] = source_sha256
