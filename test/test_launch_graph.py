@@ -202,29 +202,6 @@ def test_no_model_argument_runs_the_default_model_from_the_hub_cache(watch, prob
     assert not _clean(watch.lines()), 'errors in a clean run:\n' + watch.report()
 
 
-@launch_pytest.fixture
-def empty_cache_launch(overlay, watch, hub_environment):
-    watch.t0 = time.monotonic()
-    return _describe(watch, source='sample', publish_tf='false')
-
-
-@pytest.mark.launch(fixture=empty_cache_launch)
-def test_no_model_anywhere_ends_the_launch_with_one_fatal_line(watch):
-    watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
-                   'the launch to end without a model', allowed_exits=('depth_node',))
-    seconds = time.monotonic() - watch.t0
-    lines = [_plain(line) for line in watch.lines('depth_node')]
-    fatal = [line for line in lines if 'FATAL' in line]
-    assert len(fatal) == 1 and 'no Depth Anything V2 Small model (onnx-community/depth-' \
-        'anything-v2-small, onnx/model.onnx) on this machine: looked in ' in fatal[0] and \
-        fatal[0].endswith('; fix: run `ros2 run depth_ros depth-ros model setup`'), \
-        watch.report()
-    assert 'the hub (HF_HUB_OFFLINE is set)' in fatal[0], fatal[0]
-    assert not [line for line in watch.lines() if 'Traceback' in line], watch.report()
-    assert 'depth_node exited' in watch.shutdown_reason, watch.shutdown_reason
-    assert seconds < 30.0, 'took {:.1f} s'.format(seconds)
-
-
 # -------------------------------------------------- zed_node:=false next to the wrapper
 @launch_pytest.fixture
 def upstream_launch(overlay, watch):

@@ -173,6 +173,8 @@ class DefaultModelResolver(object):
         honoured).
     :param allow_export: try the checkpoint + export step where torch is installed.
     :param fix: what the error says to do ('run `<command>`').
+    :param checkpoint_variants: the variants the checkpoint step takes (ViT-S, the default
+        model's; tests pass the tiny test architecture).
     """
 
     def __init__(self, model_id: str = DEFAULT_REPO, filename: str = DEFAULT_FILE,
@@ -180,7 +182,7 @@ class DefaultModelResolver(object):
                  cache_dir: Optional[str] = None, hub_cache_dir: Optional[str] = None,
                  folders: Optional[List[str]] = None, allow_download: bool = True,
                  allow_export: bool = True, timeout_s: float = hub.CONNECT_TIMEOUT_S,
-                 fix: str = FIX):
+                 fix: str = FIX, checkpoint_variants: Tuple[str, ...] = ('vits',)):
         self.model_id = model_id
         self.filename = filename
         self.input_size = check_input_size(*input_size)
@@ -193,6 +195,7 @@ class DefaultModelResolver(object):
         self.allow_export = allow_export
         self.timeout_s = timeout_s
         self.fix = fix
+        self.checkpoint_variants = tuple(checkpoint_variants)
         self.places = []  # type: List[str]
         self._hub_file = None
         self._hub_checked = False
@@ -305,11 +308,12 @@ class DefaultModelResolver(object):
         opset = 16 if self.profile == 'tensorrt8.5' else export.DEFAULT_OPSET
         weights = checkpoints.weights_file(source)
         sha = file_sha256(weights) if weights else None
-        path = model_store.cached_onnx_path(self.cache_dir, 'vits', sha, self.input_size,
-                                            opset) if sha else None
-        if path is None or not os.path.isfile(path):
+        cached = [model_store.cached_onnx_path(self.cache_dir, v, sha, self.input_size, opset)
+                  for v in self.checkpoint_variants] if sha else []
+        path = next((p for p in cached if os.path.isfile(p)), None)
+        if path is None:
             net, info = checkpoints.load_checkpoint(source, cache_dir=self.hub_cache_dir)
-            if info['variant'] != 'vits':
+            if info['variant'] not in self.checkpoint_variants:
                 self.places.append('the checkpoint {} ({} holds {}, not ViT-S)'.format(
                     CHECKPOINT_REPO, source, info['variant']))
                 return None
