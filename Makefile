@@ -8,9 +8,11 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 	$(shell command -v python3.8 2>/dev/null))
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
-# Core, TensorRT layer, ZED source, the nodes' ROS-free plumbing, util, and the JetPack install.
+# Core, TensorRT layer, ZED source, the nodes' ROS-free plumbing, util, the JetPack install, and
+# the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below).
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
-	test/test_node_plumbing.py test/test_util.py test/test_jetpack_install.py)
+	test/test_node_plumbing.py test/test_util.py test/test_jetpack_install.py \
+	test/test_onnx_prepare.py test/test_default_model.py)
 
 # The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
 # install: shared/ros2-launch-stack/install.sh next to the checkout (or DEPTH_ROS_LAUNCH_STACK).
@@ -57,9 +59,13 @@ $(VENV38)/.stamp: setup.py
 	@test -x "$(PY38)" || { echo "Python 3.8 not found at $(PY38): set PY38=/path/to/python3.8"; exit 1; }
 	$(PY38) -m venv $(VENV38)
 	$(VENV38)/bin/python -m pip install -q --upgrade pip
-	# The Jetson's own versions: Ubuntu 20.04 numpy 1.17.4, JetPack 5.1 OpenCV 4.5.4.
+	# The Jetson's own versions: Ubuntu 20.04 numpy 1.17.4, JetPack 5.1 OpenCV 4.5.4. onnx 1.15.0
+	# is the last onnx that installs with numpy 1.17.4; no onnxruntime that reads opset 17 does
+	# (1.13+ need numpy >= 1.21.6, 1.10 reads opset <= 15), so the tests that run ONNX Runtime
+	# skip here and say why.
 	$(VENV38)/bin/python -m pip install -q -e '.[base]' 'pytest<8.4' pytest-timeout \
-		'numpy==1.17.4' 'opencv-python-headless==4.5.4.60'
+		'numpy==1.17.4' 'opencv-python-headless==4.5.4.60' 'onnx==1.15.0' huggingface_hub \
+		filelock
 	touch $@
 
 test-py38: $(VENV38)/.stamp

@@ -52,7 +52,9 @@ setup(
             'ros-rclpy', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-std-srvs',
             'ros-diagnostic-msgs', 'ros-rmw-fastrtps-cpp',
         ],
-        'onnx': ['onnxruntime', 'onnx'],
+        # ONNX Runtime, and what model: auto needs on a robot without torch: the hub client
+        # (the community ONNX file) and filelock (preparing it once across processes).
+        'onnx': ['onnxruntime', 'onnx', 'huggingface_hub', 'filelock'],
         'export': BASE + [TORCH, 'transformers', 'huggingface_hub', 'safetensors', 'onnx',
                           'onnxscript'],
         'marigold': BASE + [TORCH, 'diffusers', 'transformers', 'huggingface_hub',

@@ -1,7 +1,7 @@
 """
 Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ options).
 
-    ros2 launch depth_ros zed_depth.launch.py                       # live ZED2, ONNX Runtime
+    ros2 launch depth_ros zed_depth.launch.py                       # live ZED2, backend/model auto
     ros2 launch depth_ros zed_depth.launch.py engine:=da2_vits_518x294_fp16_<key>.engine
     ros2 launch depth_ros zed_depth.launch.py source:=sample backend:=standin rviz:=true
     ros2 launch depth_ros zed_depth.launch.py source:=bag path:=/data/zed_bag model:=vits.onnx
@@ -28,9 +28,11 @@ ZED2_BASELINE_M = 0.12   # stereo baseline of the ZED2 (and ZED); the ZED Mini's
 ARGUMENTS = (
     ('source', 'live', 'frame source: live | svo | sample | folder | bag'),
     ('path', '', 'SVO file, stereo folder or rosbag2 path (source svo, folder, bag)'),
-    ('backend', 'onnxruntime', 'depth backend: tensorrt | onnxruntime | torch | standin '
-     '(standin is a fixed-latency stand-in for tests, not a model)'),
-    ('model', '', 'ONNX file, TensorRT engine or torch checkpoint for the backend'),
+    ('backend', 'auto', 'depth backend: auto | tensorrt | onnxruntime | torch | standin '
+     '(auto: tensorrt where TensorRT and a GPU answer, else onnxruntime; standin is a '
+     'fixed-latency stand-in for tests, not a model)'),
+    ('model', 'auto', 'auto (Depth Anything V2 Small: engine cache, prepared ONNX, Hugging Face '
+     'cache or download, once), or an ONNX file, TensorRT engine, checkpoint or hub id'),
     ('engine', '', 'TensorRT engine inside the engine cache (a path or a bare file name); '
      'implies backend tensorrt and becomes depth_node\'s model_path'),
     ('engine_cache_dir', '', 'engine cache directory of the tensorrt backend (empty: '
@@ -114,11 +116,11 @@ def _depth_backend(arg):
     engine, backend = arg['engine'], arg['backend']
     if not engine:
         return backend, arg['model']
-    if arg['model'] and arg['model'] != engine:
+    if arg['model'] not in ('', 'auto', engine):
         raise ValueError('give either model:= or engine:=, got model:={} engine:={}'.format(
             arg['model'], engine))
-    # backend keeps its default (onnxruntime) unless set: engine:= alone means tensorrt.
-    if backend not in ('tensorrt', 'onnxruntime'):
+    # engine:= alone (backend auto) means tensorrt.
+    if backend not in ('tensorrt', 'auto'):
         raise ValueError('engine:= needs backend tensorrt, got backend:={}'.format(backend))
     return 'tensorrt', engine
 

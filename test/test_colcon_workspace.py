@@ -148,3 +148,74 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
         '\n'.join(alarming), text)
     finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', text)
     assert sorted(finished) == ['alignment_node', 'depth_node', 'zed_node'], text
+
+
+def _launch_default(env, log_path):
+    # The user's command: no backend, no model argument.
+    log = open(str(log_path), 'wb')
+    proc = subprocess.Popen(
+        [os.path.join(BIN, 'ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+         'source:=sample', 'publish_tf:=false'],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _stop(proc, env):
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait(10)
+    finally:
+        proc.log.close()
+        _ros2(env, 'daemon', 'stop')
+    return code
+
+
+def _plain(text):
+    return re.sub(r'\x1b\[[0-9;]*m', '', text)
+
+
+def test_no_model_argument_offline_one_fatal_line_then_clouds_from_the_hub_cache(
+        workspace, tmp_path):
+    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
+    from model_files import community_onnx, make_hub_cache
+    env = sourced_environment(workspace, _clean_env())
+    env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub'),
+               DEPTH_ROS_CACHE=str(tmp_path / 'cache'),
+               DEPTH_ROS_ENGINE_CACHE=str(tmp_path / 'engines'))
+    # 1. Nothing cached: the launch ends within seconds with one line that says what to do.
+    t0 = time.monotonic()
+    done = subprocess.run([os.path.join(BIN, 'ros2'), 'launch', 'depth_ros',
+                           'zed_depth.launch.py', 'source:=sample', 'publish_tf:=false'],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=120)
+    seconds = time.monotonic() - t0
+    out = _plain(done.stdout.decode('utf-8', 'replace'))
+    fatal = [line for line in out.splitlines() if '[FATAL]' in line]
+    assert len(fatal) == 1 and 'no Depth Anything V2 Small model' in fatal[0] and \
+        fatal[0].rstrip().endswith('fix: run `ros2 run depth_ros depth-ros model setup`'), out
+    assert 'Traceback' not in out and seconds < 30.0, (seconds, out)
+    # 2. The hub cache holds the community file (a random-weight stand-in with its layout and
+    # its dynamic sizes; the tiny config, as ViT-S on this shared CPU takes longer per frame
+    # than alignment_node's 1 s pairing window), the hub is offline: prepared once, clouds.
+    make_hub_cache(str(tmp_path / 'hub'), community_onnx('tiny'))
+    launch = _launch_default(env, tmp_path / 'launch.log')
+    try:
+        echo = _ros2(env, 'topic', 'echo', '--once', '--field', 'header.frame_id',
+                     '/alignment_node/points', 'sensor_msgs/msg/PointCloud2', timeout=180)
+        text = echo.stdout.decode('utf-8', 'replace')
+        assert 'zed_left_camera_optical_frame' in text, text + \
+            (tmp_path / 'launch.log').read_text()
+    finally:
+        code = _stop(launch, env)
+    log = _plain((tmp_path / 'launch.log').read_text())
+    assert code == 0, log
+    summary = [line for line in log.splitlines() if 'depth model: backend onnxruntime' in line]
+    assert len(summary) == 1 and '-518x294-default.onnx (Hugging Face cache' in summary[0], log
+    alarming = [line for line in log.splitlines()
+                if re.search(r'\[ERROR\]|\[FATAL\]|Traceback', line)]
+    assert not alarming, log

@@ -19,6 +19,7 @@ pytest.importorskip('onnxscript')
 from depth_ros.inference import (checkpoints, export, hub, model_store,  # noqa: E402,I100,I202
                                  onnx_tools, torch_model)
 from depth_ros.util import file_sha256  # noqa: E402
+from model_files import find_layernorms  # noqa: E402
 from test_util import forbid_network  # noqa: E402
 
 torch.set_num_threads(1)
@@ -180,40 +181,6 @@ def tiny_export16(tmp_path_factory, tiny_export):
     path = str(tmp_path_factory.mktemp('export16') / 'tiny16.onnx')
     export.export_onnx(model, path, input_size=SIZE, opset=16, show_progress=False)
     return model, path
-
-
-def find_layernorms(graph):
-    """
-    Find decomposed LayerNorms by their data flow alone (node names are not looked at).
-
-    x -> ReduceMean -> Sub(x, mean) -> Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div(Sub, Sqrt)
-    -> Mul(weight) -> Add(bias). Returns one list of 9 nodes per LayerNorm.
-    """
-    consumers = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-
-    def only(tensor, op_type):
-        found = [n for n in consumers[tensor] if n.op_type == op_type]
-        return found[0] if len(found) == 1 else None
-
-    norms = []
-    for mean in (n for n in graph.node if n.op_type == 'ReduceMean'):
-        sub = only(mean.output[0], 'Sub')
-        if sub is None or list(sub.input) != [mean.input[0], mean.output[0]]:
-            continue
-        chain = [mean, sub]
-        tensor = sub.output[0]
-        for op_type in ('Pow', 'ReduceMean', 'Add', 'Sqrt', 'Div', 'Mul', 'Add'):
-            node = only(tensor, op_type)
-            if node is None:
-                break
-            chain.append(node)
-            tensor = node.output[0]
-        if len(chain) == 9 and list(chain[6].input) == [sub.output[0], chain[5].output[0]]:
-            norms.append(chain)
-    return norms
 
 
 def test_opset16_graph_has_decomposed_layernorm_pinned_to_fp32(tiny_export16):

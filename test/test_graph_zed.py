@@ -166,7 +166,7 @@ def test_engine_outside_the_configured_cache_exits_cleanly(tmp_path):
 
 @pytest.mark.parametrize('module,param,value,text', [
     ('depth_node', 'backend', 'tensorflow',
-     'parameter `backend` must be one of onnxruntime|tensorrt|torch|standin'),
+     'parameter `backend` must be one of auto|onnxruntime|tensorrt|torch|standin'),
     ('zed_node', 'source', 'svo', 'parameter `path` is empty; source \'svo\' needs one'),
     ('alignment_node', 'cloud_stride', '0', 'parameter `cloud_stride`'),
 ])

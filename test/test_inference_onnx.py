@@ -3,6 +3,7 @@ ONNX Runtime backend: load_depth_model(..., backend='onnxruntime'), parity with 
 
 Untrained networks: outputs are compared with the PyTorch reference, never read as depth.
 """
+import os
 import time
 
 import numpy as np
@@ -93,7 +94,8 @@ def _save(graph_inputs, graph_outputs, nodes, path):
     return path
 
 
-def test_wrong_architecture_is_named(tmp_path):
+def test_wrong_architecture_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv('DEPTH_ROS_CACHE', str(tmp_path / 'cache'))
     f32 = onnx.TensorProto.FLOAT
     vi = onnx.helper.make_tensor_value_info
     ident = onnx.helper.make_node('Identity', ['x'], ['y'])
@@ -104,12 +106,21 @@ def test_wrong_architecture_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"{}: output 'y' must be \[1, h, w\] at the input "
                                          r"size 28x28, got \[1, 2352\]".format(p)):
         load_depth_model(p)
-    # Dynamic input shape.
+    # Dynamic input shape: the file is prepared at 518x294 (onnx_prepare), and then its
+    # output is seen not to be a depth map.
     p = _save([vi('x', f32, [1, 3, 'h', 'w'])], [vi('y', f32, [1, 3, 'h', 'w'])], [ident],
               str(tmp_path / 'dynamic.onnx'))
+    with pytest.raises(ValueError, match=r"{}: output 'y' must be \[1, 294, 518\] \(or "
+                                         r"\[1, 1, 294, 518\]\) at the input size 518x294, got "
+                                         r"\[1, 3, 294, 518\]".format(p)):
+        load_depth_model(p)
+    assert not [n for n in os.listdir(str(tmp_path / 'cache' / 'onnx'))
+                if n.endswith('.onnx')], 'a failed preparation must leave no file'
+    # A static input of another type is still refused by the backend itself.
+    p = _save([vi('x', onnx.TensorProto.INT64, [1, 3, 28, 28])], [vi('y', f32, [1, 28, 28])],
+              [onnx.helper.make_node('Cast', ['x'], ['y'], to=f32)], str(tmp_path / 'int.onnx'))
     with pytest.raises(ValueError, match=r"{}: input 'x' must be a fixed \[1, 3, h, w\] float "
-                                         r"tensor, got tensor\(float\) \[1, 3, 'h', 'w'\]"
-                                         .format(p)):
+                                         r"tensor, got tensor\(int64\)".format(p)):
         load_depth_model(p)
     # Two inputs.
     p = _save([vi('x', f32, [1, 3, 28, 28]), vi('z', f32, [1, 3, 28, 28])],

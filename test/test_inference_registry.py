@@ -32,7 +32,7 @@ def test_the_node_and_the_cli_take_their_choices_from_the_registry():
 
     from depth_ros.commands import _args
     from depth_ros.ros.config import DEPTH_BACKENDS
-    assert DEPTH_BACKENDS == NODE_BACKENDS
+    assert DEPTH_BACKENDS == ('auto',) + NODE_BACKENDS
     parser = argparse.ArgumentParser()
     _args.add_model_arguments(parser, 'm')
     choices = [a.choices for a in parser._actions if a.dest == 'backend'][0]

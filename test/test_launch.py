@@ -266,7 +266,7 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
     (dict(source='foo'), 'launch argument source:=foo must be one of live | svo | sample | '
                          'folder | bag'),
     (dict(source='sample', backend='foo'), 'launch argument backend:=foo must be one of '
-                                           'onnxruntime | tensorrt | torch | standin'),
+                                           'auto | onnxruntime | tensorrt | torch | standin'),
     (dict(source='svo'), 'launch argument source:=svo needs path:=<file.svo2>'),
     (dict(source='sample', path='/x'), 'launch argument path:=/x is only for '
                                        'source:=svo|folder|bag'),

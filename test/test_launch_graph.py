@@ -11,6 +11,7 @@ the nodes' output, not after its timeout. The bad-argument cases run the ``ros2 
 line, as a user would, and check its one-line error and exit status.
 """
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,11 @@ def _stamp(msg):
 def _common_stamps(*collectors):
     sets = [set(c.stamps()) for c in collectors]
     return set.intersection(*sets) if sets else set()
+
+
+def _plain(line):
+    """Return a log line without its colour codes."""
+    return re.sub(r'\x1b\[[0-9;]*m', '', line).strip()
 
 
 def _clean(lines):
@@ -156,6 +162,44 @@ def test_engine_argument_selects_tensorrt_and_ends_the_launch_with_one_fatal_lin
     assert ('depth_node-2', 1) in watch.exits or any(
         n.startswith('depth_node') and c == 1 for n, c in watch.exits), watch.exits
     assert 'depth_node exited' in watch.shutdown_reason, watch.shutdown_reason
+
+
+# ------------------------------------------- no backend, no model: the default model
+@pytest.fixture
+def hub_environment(tmp_path, monkeypatch):
+    """Give this test a Hugging Face cache and a depth_ros cache of its own, the hub offline."""
+    for name in ('hub', 'cache', 'engines'):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('DEPTH_ROS_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setenv('DEPTH_ROS_ENGINE_CACHE', str(tmp_path / 'engines'))
+    return tmp_path
+
+
+@launch_pytest.fixture
+def default_model_launch(overlay, watch, hub_environment):
+    from model_files import community_onnx, make_hub_cache
+    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
+    make_hub_cache(str(hub_environment / 'hub'), community_onnx('tiny'))
+    return _describe(watch, source='sample', publish_tf='false')
+
+
+@pytest.mark.launch(fixture=default_model_launch)
+def test_no_model_argument_runs_the_default_model_from_the_hub_cache(watch, probe):
+    # The user's first command: no backend, no model. The hub is offline, its cache holds the
+    # community file (a random-weight stand-in with its layout): prepared once, then clouds.
+    from sensor_msgs.msg import PointCloud2
+    points = probe.subscribe(PointCloud2, '/alignment_node/points')
+    watch.wait_for(lambda: len(points) >= 3, TIMEOUT, 'three clouds from the default model')
+    lines = [_plain(line) for line in watch.lines('depth_node')]
+    warn = [line for line in lines if 'backend auto: ONNX Runtime on the CPU' in line]
+    assert len(warn) == 1 and '[WARN]' in warn[0] and 'onnxruntime-gpu' in warn[0], \
+        watch.report()
+    info = [line for line in lines if 'depth model: backend onnxruntime (auto: ' in line]
+    assert len(info) == 1 and '-518x294-default.onnx (Hugging Face cache, source sha256 ' in \
+        info[0] and info[0].endswith('; input 518x294'), watch.report()
+    assert not _clean(watch.lines()), 'errors in a clean run:\n' + watch.report()
 
 
 # -------------------------------------------------- zed_node:=false next to the wrapper

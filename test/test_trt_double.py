@@ -13,7 +13,10 @@ the code under test relies on:
   until it returns None, then write_calibration_cache.
 
 The fake "engine" computes ``out[0, y, x] = sum_c w[c] * in[0, c, y, x] + b``: simple enough to
-compute independently in the tests. A fake "ONNX" file is JSON (inputs, layers, weights).
+compute independently in the tests. A fake "ONNX" file is JSON (inputs, layers, weights). A real
+ONNX file is parsed too (its input shape, and one layer per node, named after the node, of the
+type TensorRT's ONNX importer makes), and refused as TensorRT's parser refuses it: before 8.6
+there is no importer for LayerNormalization, and no cubic Resize.
 """
 from __future__ import annotations
 
@@ -133,13 +136,57 @@ class FakeParsed(object):
         return self.dla_cores
 
 
+# ONNX op -> the TensorRT layer type its importer creates (the ops of a DA-V2 graph).
+ONNX_LAYER_TYPES = {
+    'ReduceMean': 'REDUCE', 'Sub': 'ELEMENTWISE', 'Pow': 'ELEMENTWISE', 'Add': 'ELEMENTWISE',
+    'Div': 'ELEMENTWISE', 'Mul': 'ELEMENTWISE', 'Sqrt': 'UNARY', 'Erf': 'UNARY',
+    'Softmax': 'SOFTMAX', 'LayerNormalization': 'NORMALIZATION', 'MatMul': 'MATRIX_MULTIPLY',
+    'Conv': 'CONVOLUTION', 'ConvTranspose': 'DECONVOLUTION', 'Relu': 'ACTIVATION',
+    'Resize': 'RESIZE', 'Reshape': 'SHUFFLE', 'Transpose': 'SHUFFLE', 'Squeeze': 'SHUFFLE',
+    'Unsqueeze': 'SHUFFLE', 'Slice': 'SLICE', 'Concat': 'CONCATENATION', 'Gather': 'GATHER'}
+
+
+def _parse_real_onnx(path, version):
+    """Parse a real ONNX file as TensorRT's ONNX parser would, into the double's document."""
+    import onnx
+    from onnx import helper
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: B902 - TensorRT's parser: one error for any bad file
+        raise RuntimeError('TensorRT could not parse ONNX file {}: {}'.format(path, exc))
+    older = tuple(int(p) for p in version.split('.')[:2]) < (8, 6)
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if older and node.op_type == 'LayerNormalization':
+            raise RuntimeError('TensorRT could not parse ONNX file {}: In node {} ({}): '
+                               'UNSUPPORTED_NODE: No importer registered for op: '
+                               'LayerNormalization'.format(path, node.name, node.op_type))
+        if older and node.op_type == 'Resize' and attrs.get('mode') == b'cubic':
+            raise RuntimeError('TensorRT could not parse ONNX file {}: In node {} (importResize):'
+                               ' UNSUPPORTED_NODE: Assertion failed: mode != "cubic"'.format(
+                                   path, node.name))
+    inits = {i.name for i in proto.graph.initializer}
+    image = [v for v in proto.graph.input if v.name not in inits][0]
+    shape = [d.dim_value if d.HasField('dim_value') else -1
+             for d in image.type.tensor_type.shape.dim]
+    layers = [[n.name, ONNX_LAYER_TYPES.get(n.op_type, 'PLUGIN')] for n in proto.graph.node]
+    return {'inputs': [[image.name, shape]], 'layers': layers, 'weights': [0.5, -0.25, 1.0],
+            'bias': 0.125, 'onnx_nodes': len(proto.graph.node)}
+
+
 class FakeTrtApi(object):
     """Stands in for the trt_api module (same function names and semantics)."""
 
     def __init__(self, tensorrt_version='8.5.2.2', gpu_name='Xavier', compute_capability='7.2',
-                 progress_monitor=False, dla_cores=0):
+                 progress_monitor=False, dla_cores=0, available=True, build_seconds=0.0,
+                 build_error=None):
         self.runtime = {'gpu_name': gpu_name, 'compute_capability': compute_capability,
                         'tensorrt_version': tensorrt_version}
+        # probe(): whether TensorRT, pycuda and the GPU answer ('' or the reason they do not).
+        self.available = available
+        self.build_seconds = build_seconds   # a build takes this long (heartbeat tests)
+        self.build_error = build_error       # build_serialized raises this (failed builds)
         self.progress_monitor = progress_monitor
         self.dla_cores = dla_cores
         self._memory = {}
@@ -167,6 +214,13 @@ class FakeTrtApi(object):
 
     def open_device(self, index=0):
         return FakeDevice(self, index)
+
+    def probe(self, index=0):
+        if self.available is not True:
+            return False, self.available
+        return True, 'TensorRT {} and GPU {!r} (compute capability {})'.format(
+            self.runtime['tensorrt_version'], self.runtime['gpu_name'],
+            self.runtime['compute_capability'])
 
     # -- runtime ---------------------------------------------------------------------------
     def deserialize_engine(self, data, dla_core=None):
@@ -273,11 +327,16 @@ class FakeTrtApi(object):
 
     # -- builder ---------------------------------------------------------------------------
     def parse_onnx(self, path):
-        try:
-            with open(str(path)) as f:
-                doc = json.load(f)
-        except ValueError as exc:
-            raise RuntimeError('TensorRT could not parse ONNX file {}: {}'.format(path, exc))
+        with open(str(path), 'rb') as f:
+            head = f.read(1)
+        if head != b'{':
+            doc = _parse_real_onnx(path, self.runtime['tensorrt_version'])
+        else:
+            try:
+                with open(str(path)) as f:
+                    doc = json.load(f)
+            except ValueError as exc:
+                raise RuntimeError('TensorRT could not parse ONNX file {}: {}'.format(path, exc))
         parsed = FakeParsed(doc)
         parsed.dla_cores = self.dla_cores
         return parsed
@@ -289,6 +348,11 @@ class FakeTrtApi(object):
                          fp32_layer, calibration_source=None, progress=None):
         self._require_context('build_serialized_network')
         self.calls['build'] += 1
+        if self.build_seconds:
+            import time
+            time.sleep(self.build_seconds)
+        if self.build_error is not None:
+            raise self.build_error
         pinned = 0
         if precision in ('fp16', 'int8'):
             pinned = sum(1 for name, kind in parsed.layers() if fp32_layer(name, kind))

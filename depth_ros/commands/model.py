@@ -1,10 +1,10 @@
-"""`depth-ros model export|build|verify`."""
+"""`depth-ros model export|build|verify|setup`."""
 from __future__ import annotations
 
 import importlib
 import logging
 
-ACTIONS = ('model_export', 'model_build', 'model_verify')
+ACTIONS = ('model_export', 'model_build', 'model_verify', 'model_setup')
 
 
 def register(subparsers) -> None:

@@ -137,3 +137,99 @@ def download(repo_id: str, cache_dir: Optional[str] = None, revision: Optional[s
                                  etag_timeout=timeout_s)
     except Exception as exc:
         raise HubUnavailable('cannot download {}: {}'.format(repo_id, first_line(exc)))
+
+
+# ----------------------------------------------------------------------- single files (ONNX)
+def cached_file(repo_id: str, filename: str, cache_dir: Optional[str] = None) -> Optional[str]:
+    """
+    Return the path of ``filename`` of ``repo_id`` in the local hub cache, or None.
+
+    The revision is what the cache's ``refs/main`` names (huggingface_hub's
+    ``try_to_load_from_cache``). Never touches the network; None also when huggingface_hub
+    is not installed.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    return found if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def hub_cache_dir(cache_dir: Optional[str] = None) -> str:
+    """Return the hub cache folder in use: ``cache_dir``, else huggingface_hub's (HF_HUB_CACHE)."""
+    if cache_dir:
+        return cache_dir
+    try:
+        from huggingface_hub import constants
+        return constants.HF_HUB_CACHE
+    except ImportError:
+        home = os.environ.get('HF_HOME') or os.path.join(
+            os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'huggingface')
+        return os.environ.get('HF_HUB_CACHE') or os.path.join(home, 'hub')
+
+
+def _partial_bytes(repo_id: str, cache_dir: Optional[str]) -> int:
+    """Bytes of the downloads in progress (``*.incomplete`` blobs) of ``repo_id``."""
+    folder = os.path.join(hub_cache_dir(cache_dir), 'models--' + repo_id.replace('/', '--'),
+                          'blobs')
+    total = 0
+    try:
+        for name in os.listdir(folder):
+            if name.endswith('.incomplete'):
+                total += os.path.getsize(os.path.join(folder, name))
+    except OSError:
+        pass
+    return total
+
+
+def _remote_size(repo_id: str, filename: str, timeout_s: float) -> Optional[int]:
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, endpoint=endpoint()),
+                                    timeout=timeout_s)
+        return int(meta.size) if meta.size else None
+    except Exception as exc:  # noqa: B902 - only for the progress lines
+        LOG.debug('size of %s/%s unknown: %s', repo_id, filename, exc)
+        return None
+
+
+def download_file(repo_id: str, filename: str, cache_dir: Optional[str] = None,
+                  timeout_s: float = CONNECT_TIMEOUT_S, interval_s: float = 10.0) -> str:
+    """
+    Return a local path of one file of a hub repo: cached, else downloaded.
+
+    The download goes into the hub cache (huggingface_hub's ``hf_hub_download``). While it
+    runs, a line with the bytes received, the size and the elapsed time is logged every
+    ``interval_s`` (a ROS node has no terminal for a progress bar).
+
+    :raises HubUnavailable: offline mode or unreachable hub, and the file is not cached.
+    """
+    from depth_ros.util import Heartbeat
+
+    cached = cached_file(repo_id, filename, cache_dir)
+    if cached:
+        return cached
+    ok, reason = check_reachable(timeout_s)
+    if not ok:
+        raise HubUnavailable('cannot download {} ({}): {}'.format(repo_id, filename, reason))
+    _require_hub()
+    from huggingface_hub import hf_hub_download
+
+    size = _remote_size(repo_id, filename, timeout_s)
+    of = ' of {:.1f} MB'.format(size / 1e6) if size else ''
+    LOG.info('downloading %s (%s%s) from %s into the Hugging Face cache %s', repo_id,
+             filename, of, endpoint(), hub_cache_dir(cache_dir))
+
+    def beat(elapsed):
+        LOG.info('downloading %s: %.1f MB%s, %.0f s elapsed', filename,
+                 _partial_bytes(repo_id, cache_dir) / 1e6, of, elapsed)
+    try:
+        with Heartbeat(beat, interval_s, name='download-progress'):
+            path = hf_hub_download(repo_id, filename, cache_dir=cache_dir,
+                                   etag_timeout=timeout_s, endpoint=endpoint())
+    except Exception as exc:  # noqa: B902 - the hub raises many error types; one line here
+        raise HubUnavailable('cannot download {} ({}): {}'.format(
+            repo_id, filename, first_line(exc)))
+    LOG.info('downloaded %s (%.1f MB)', path, os.path.getsize(path) / 1e6)
+    return path

@@ -24,7 +24,7 @@ LOG = logging.getLogger('depth_ros.inference.export')
 _FOLD_DISABLED = ('MatMulAddFusion', 'CommonSubexpressionElimination')
 
 
-def fold_constants(proto):
+def fold_constants(proto, required: bool = False):
     """
     Fold constant subgraphs (shape arithmetic) with ONNX Runtime's basic optimiser.
 
@@ -35,12 +35,18 @@ def fold_constants(proto):
     Conv+Add/Mul fusion. Node names are kept, so LayerNorm nodes still name their module.
     Returns the folded ModelProto, or ``proto`` unchanged (with a warning) when onnxruntime is
     missing or the result holds a non-standard op or other inputs/outputs.
+
+    :param required: raise instead (ImportError without onnxruntime, ValueError for a result
+        that cannot be kept), for callers that cannot go on with the unfolded graph.
     """
     import onnx
 
     try:
         import onnxruntime as ort
     except ImportError as exc:
+        if required:
+            raise ImportError('folding constants needs onnxruntime: install depth_ros[onnx] '
+                              '({})'.format(exc))
         LOG.warning('constant folding skipped, onnxruntime is missing (%s): install '
                     'depth_ros[export]', exc)
         return proto
@@ -57,6 +63,10 @@ def fold_constants(proto):
         folded = onnx.load(dst)
     foreign = sorted({n.domain for n in folded.graph.node} - {'', 'ai.onnx'})
     if foreign or _graph_io(folded) != _graph_io(proto):
+        if required:
+            raise ValueError('constant folding gave ops of domains {} or other inputs/outputs '
+                             '({} instead of {})'.format(foreign, _graph_io(folded),
+                                                         _graph_io(proto)))
         LOG.warning('constant folding skipped: the folded graph holds ops of domains %s or '
                     'other inputs/outputs', foreign)
         return proto
@@ -71,8 +81,15 @@ def fold_constants(proto):
 
 
 def _graph_io(proto) -> List[List[tuple]]:
-    """[(name, type)] of a graph's inputs and of its outputs."""
-    return [[(v.name, str(v.type)) for v in g] for g in (proto.graph.input, proto.graph.output)]
+    """
+    [(name, element type)] of a graph's inputs and of its outputs.
+
+    Shapes are left out: the optimiser may write an output shape it inferred where the graph
+    had none (or a symbolic one), which is the same output.
+    """
+    inits = {i.name for i in proto.graph.initializer}
+    return [[(v.name, v.type.tensor_type.elem_type) for v in g if v.name not in inits]
+            for g in (proto.graph.input, proto.graph.output)]
 
 
 # TensorRT 8.5's ONNX parser (importResize): modes and coordinate transformations it imports.

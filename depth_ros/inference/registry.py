@@ -132,8 +132,13 @@ class ModelLoadError(RuntimeError):
 
 def _load_onnxruntime(path: str, input_size, **options):
     from depth_ros.inference.onnx_backend import OnnxDepthModel
+    from depth_ros.inference.onnx_prepare import prepare_if_needed
     _check_options('onnxruntime', options, ('providers', 'intra_op_threads', 'name'))
-    return OnnxDepthModel(path, input_size=input_size, **options)
+    # A file with dynamic sizes (the public Depth Anything V2 ONNX) is fixed to the size once.
+    prepared = prepare_if_needed(path, input_size, 'default')
+    if prepared != path:
+        options.setdefault('name', '{} (prepared: {})'.format(path, prepared))
+    return OnnxDepthModel(prepared, input_size=input_size, **options)
 
 
 def _load_tensorrt(path: str, input_size, engine_cache_dir: Optional[str] = None, **options):

@@ -109,13 +109,19 @@ def _backends():
         return ('onnxruntime', 'tensorrt', 'torch', 'standin')
 
 
-DEPTH_BACKENDS = _backends()
+# auto: TensorRT where it runs, else ONNX Runtime with CUDA, else on the CPU (inference.auto).
+DEPTH_BACKENDS = ('auto',) + _backends()
+PRECISIONS = ('fp16', 'fp32', 'int8')
 
 DEPTH_PARAMS = (
-    Param('backend', 'onnxruntime', 'inference backend; standin is a fixed-latency stand-in for '
-          'tests and benchmarks, not a model', choices=DEPTH_BACKENDS, read_only=True),
-    Param('model_path', '', '.onnx file (onnxruntime), serialized engine (tensorrt), checkpoint '
-          'folder, .pth or hub id (torch); unused by standin', read_only=True),
+    Param('backend', 'auto', 'inference backend: auto (tensorrt where TensorRT, pycuda and a GPU '
+          'answer, else onnxruntime with CUDA, else on the CPU), or one of them; standin is a '
+          'fixed-latency stand-in for tests and benchmarks, not a model',
+          choices=DEPTH_BACKENDS, read_only=True),
+    Param('model_path', 'auto', 'auto (or empty): Depth Anything V2 Small, found or fetched '
+          'once (engine cache, prepared ONNX, Hugging Face cache or download); else an .onnx '
+          'file, an engine in the engine cache, a checkpoint folder or .pth (torch) or a hub '
+          'id; unused by standin', read_only=True),
     Param('input_width', 0, 'model input width, multiple of 14 (0: the model file\'s or 518)',
           low=0, high=4096, read_only=True),
     Param('input_height', 0, 'model input height, multiple of 14 (0: the model file\'s or 294)',
@@ -124,6 +130,12 @@ DEPTH_PARAMS = (
     Param('engine_cache_dir', '', 'tensorrt backend: the engine cache directory; engines load '
           'only from inside it (empty: $DEPTH_ROS_ENGINE_CACHE or ~/.cache/depth_ros/engines)',
           read_only=True),
+    Param('precision', 'fp16', 'tensorrt backend: precision of the engine built at the first '
+          'start (int8 needs a calibration table from `depth-ros model setup --calib-dir`)',
+          choices=PRECISIONS, read_only=True),
+    Param('workspace_mb', 1024, 'tensorrt backend: builder workspace limit in MiB for the '
+          'first-start build (the Xavier NX shares 8 GB between CPU and GPU)', low=1,
+          high=65536, read_only=True),
     Param('standin_latency_ms', 30.0, 'standin backend: fixed inference time in ms',
           low=0.0, high=10000.0),
     Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
@@ -136,10 +148,11 @@ DEPTH_PARAMS = (
 
 
 def validate_depth(values) -> Optional[str]:
-    """Cross-parameter checks of depth_node."""
-    if values['backend'] != 'standin' and not values['model_path']:
-        return ('parameter `model_path` is empty; backend {!r} needs a model file or id'
-                .format(values['backend']))
+    """Cross-parameter checks of depth_node (an empty model_path means auto)."""
+    model = values['model_path'].strip().lower()
+    if model.endswith(('.engine', '.plan')) and values['backend'] not in ('auto', 'tensorrt'):
+        return 'parameter `model_path` {!r} is a TensorRT engine; it needs backend tensorrt ' \
+               '(or auto), got {!r}'.format(values['model_path'], values['backend'])
     if (values['input_width'] == 0) != (values['input_height'] == 0):
         return 'parameters `input_width` and `input_height` must both be 0 or both be set, ' \
                'got {} and {}'.format(values['input_width'], values['input_height'])

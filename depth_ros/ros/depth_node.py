@@ -35,16 +35,38 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float('nan')
 
 
+def setup_command(values) -> str:
+    """Return the one command that puts the model this node looks for on the machine."""
+    command = 'ros2 run depth_ros depth-ros model setup'
+    if values['backend'] in ('tensorrt', 'onnxruntime'):
+        command += ' --backend ' + values['backend']
+    if values['input_width']:
+        command += ' --size {}x{}'.format(values['input_width'], values['input_height'])
+    if values['backend'] in ('auto', 'tensorrt') and values['precision'] != 'fp16':
+        command += ' --precision ' + values['precision']
+    return command
+
+
 def load_model(values):
-    """Build the configured backend; StartupError/ConfigError with a one-line reason."""
-    from depth_ros.inference import load_model as load, ModelLoadError
+    """
+    Open the configured model (inference.auto.open_depth_model); returns its ``Opened``.
+
+    StartupError (the model cannot be found, built or loaded) or ConfigError (the request
+    itself is wrong), each with a one-line reason.
+    """
+    from depth_ros.inference import ModelLoadError
+    from depth_ros.inference.auto import EngineBuildError, open_depth_model
+    from depth_ros.inference.default_model import ModelUnavailable
     size = (values['input_width'], values['input_height']) if values['input_width'] else None
     try:
-        return load(values['backend'], values['model_path'] or None, input_size=size,
-                    device=values['device'], engine_cache_dir=values['engine_cache_dir'] or None,
-                    standin_latency_ms=values['standin_latency_ms'],
-                    standin_mode=values['standin_mode'])
-    except ModelLoadError as exc:
+        return open_depth_model(
+            values['backend'], values['model_path'], input_size=size,
+            precision=values['precision'], workspace_mb=values['workspace_mb'],
+            engine_cache_dir=values['engine_cache_dir'] or None, device=values['device'],
+            fix='run `{}`'.format(setup_command(values)),
+            standin_latency_ms=values['standin_latency_ms'],
+            standin_mode=values['standin_mode'])
+    except (ModelLoadError, ModelUnavailable, EngineBuildError) as exc:
         raise StartupError(str(exc)) from None
     except ValueError as exc:   # the request itself is wrong (input size not a multiple of 14)
         raise ConfigError(str(exc)) from None
@@ -77,13 +99,17 @@ class DepthNode(DepthRosNode):
     def __init__(self, **kwargs):
         super().__init__('depth_node', PARAMS, validate=validate_depth, apply=self._apply,
                          **kwargs)
-        if self.cfg['engine_cache_dir'] and self.cfg['backend'] != 'tensorrt':
+        if self.cfg['engine_cache_dir'] and self.cfg['backend'] not in ('tensorrt', 'auto'):
             self.get_logger().warning(
                 'parameter `engine_cache_dir` ({!r}) is used only by the tensorrt backend, '
                 'not {!r}'.format(self.cfg['engine_cache_dir'], self.cfg['backend']))
-        self.model = load_model(self.cfg)
-        self.get_logger().info('backend {}: {}'.format(self.cfg['backend'],
-                                                       self.model.name or self.model))
+        opened = load_model(self.cfg)
+        self.model = opened.model
+        self.backend = opened.backend
+        for warning in opened.warnings:
+            self.get_logger().warning(warning)
+        # Once: which backend, file and input size run, and why.
+        self.get_logger().info(opened.summary())
         qos = sensor_qos(self.cfg['reliability'], self.cfg['qos_depth'])
         self.pub_disp = self.create_publisher(Image, '~/disparity', qos)
         self.pub_color = self.create_publisher(Image, '~/colorized', qos)
@@ -103,7 +129,7 @@ class DepthNode(DepthRosNode):
         self.diag = Diagnostics(self, self._diagnostics)
 
     def _apply(self, changed):
-        if 'standin_latency_ms' in changed and self.cfg['backend'] == 'standin':
+        if 'standin_latency_ms' in changed and self.backend == 'standin':
             self.model.latency_ms = changed['standin_latency_ms']
         if 'stamp_reset_s' in changed:
             self.guard.reset_ns = int(changed['stamp_reset_s'] * 1e9)
@@ -180,7 +206,7 @@ class DepthNode(DepthRosNode):
     def _diagnostics(self):
         level, message = self.health.status(self.in_rate, 3.0)
         values = collections.OrderedDict([
-            ('backend', self.cfg['backend']), ('model', self.model.name),
+            ('backend', self.backend), ('model', self.model.name),
             ('input_rate_hz', self.in_rate.rate), ('output_rate_hz', self.out_rate.rate),
             ('inference_ms_mean', self.model.latency.mean_ms),
             ('output_age_ms', self.age_ms),
@@ -200,7 +226,9 @@ class DepthNode(DepthRosNode):
 
     def close(self):
         """Finish the frame in progress, then release the model."""
-        self.worker.stop()
+        # A CPU inference can take seconds: wait for it (within launch's 5 s before SIGTERM),
+        # or the process would exit with ONNX Runtime still running in the worker thread.
+        self.worker.stop(timeout=4.5)
         self.model.close()
 
 

@@ -19,7 +19,8 @@ from depth_ros.util import file_sha256
 __all__ = ['load_engine_model', 'find_cached_engine', 'EngineCacheError', 'EngineMismatchError']
 
 _OPTIONS = ('cache_dir', 'onnx', 'precision', 'input_size', 'dla_core', 'device', 'verify_hash',
-            'api', 'build', 'workspace_mb', 'calib_dir')
+            'api', 'build', 'workspace_mb', 'calib_dir', 'heartbeat_s', 'heartbeat_what',
+            'record')
 
 
 def find_cached_engine(onnx_path: str, cache_dir=None, precision: str = 'fp16',
@@ -67,9 +68,12 @@ def load_engine_model(path: str, **options):
     Load a TensorRTDepthModel.
 
     :param path: an engine file in the cache directory, or an ONNX file: then the matching cached
-        engine is used, and built first when missing and ``build`` is true (the default).
+        engine is used, and built first when missing and ``build`` is true (the default). An
+        ONNX that this TensorRT cannot take as it is (dynamic sizes; on 8.5, LayerNormalization
+        or a cubic Resize) is prepared first (depth_ros.inference.onnx_prepare, cached).
     :param options: cache_dir, onnx, precision, input_size (width, height), dla_core, device,
-        verify_hash, build, workspace_mb, calib_dir, api (a trt_api test double).
+        verify_hash, build, workspace_mb, calib_dir, heartbeat_s, heartbeat_what, record
+        (build_engine's), api (a trt_api test double).
     """
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
@@ -80,7 +84,15 @@ def load_engine_model(path: str, **options):
     build = options.pop('build', True)
     workspace_mb = options.pop('workspace_mb', None)
     calib_dir = options.pop('calib_dir', None)
+    progress = {k: options.pop(k) for k in ('heartbeat_s', 'heartbeat_what', 'record')
+                if k in options}
     if path.lower().endswith('.onnx'):
+        from depth_ros.inference.onnx_prepare import prepare_if_needed, profile_for_tensorrt
+        api = options.get('api')
+        if api is None:
+            from depth_ros.inference.tensorrt import trt_api as api
+        path = prepare_if_needed(path, options.get('input_size'),
+                                 profile_for_tensorrt(api.tensorrt_version()))
         precision = options.get('precision') or 'fp16'
         if build:
             from depth_ros.inference.tensorrt.builder import build_engine, DEFAULT_WORKSPACE_MB
@@ -89,7 +101,7 @@ def load_engine_model(path: str, **options):
                 workspace_mb=workspace_mb or DEFAULT_WORKSPACE_MB,
                 dla_core=options.get('dla_core'), calib_dir=calib_dir,
                 input_size=options.get('input_size'), device=options.get('device', 0),
-                api=options.get('api'))
+                api=options.get('api'), **progress)
             engine = result.engine_path
         else:
             engine = find_cached_engine(

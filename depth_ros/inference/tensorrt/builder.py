@@ -221,17 +221,22 @@ def _calibration_source(cache: EngineCache, onnx_path: str, key: Dict[str, objec
 
 
 def _run_builder(api, parsed, onnx_path: str, key: Dict[str, object], workspace_mb: int,
-                 source: Optional[CalibrationSource], heartbeat_s: float):
+                 source: Optional[CalibrationSource], heartbeat_s: float,
+                 heartbeat_what: Optional[str] = None):
     """Build the plan, with TensorRT's progress or a heartbeat; returns (plan, pinned, s)."""
     precision, dla_core, shape = key['precision'], key['dla_core'], key['input_shape']
     LOG.info('building %s engine from %s (input %s, workspace %d MiB%s); this takes minutes '
              'on a Jetson', precision, onnx_path, shape, workspace_mb,
              '' if dla_core is None else ', DLA core {} + GPU fallback'.format(dla_core))
     t0 = time.monotonic()
-    if api.has_progress_monitor():
-        progress, waiting = PhaseLogger(), contextlib.nullcontext()
+    progress = PhaseLogger() if api.has_progress_monitor() else None
+    if heartbeat_what:
+        # A caller that waits on the build (a node at its first start) wants a line every
+        # heartbeat_s whatever TensorRT reports.
+        waiting = log_heartbeat(LOG, heartbeat_what, heartbeat_s)
+    elif progress is not None:
+        waiting = contextlib.nullcontext()
     else:
-        progress = None
         waiting = log_heartbeat(LOG, 'building {} engine'.format(precision), heartbeat_s)
     with waiting:
         plan, pinned = api.build_serialized(
@@ -260,7 +265,9 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
                  calib_dir: Optional[str] = None, calib_batch_size: int = DEFAULT_CALIB_BATCH,
                  calib_max_images: Optional[int] = None,
                  input_size: Optional[Tuple[int, int]] = None, device: int = 0,
-                 force: bool = False, heartbeat_s: float = 15.0, api=None) -> BuildResult:
+                 force: bool = False, heartbeat_s: float = 15.0,
+                 heartbeat_what: Optional[str] = None,
+                 record: Optional[Dict[str, object]] = None, api=None) -> BuildResult:
     """
     Return the cached engine for ``onnx_path`` and these options, building it if needed.
 
@@ -276,6 +283,12 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
     :param input_size: (width, height); needed only when the ONNX input is dynamic.
     :param device: CUDA device index.
     :param force: rebuild even when a matching engine is cached.
+    :param heartbeat_s: seconds between progress lines.
+    :param heartbeat_what: text of a progress line logged every ``heartbeat_s`` with the
+        elapsed time, also where TensorRT reports its own progress; None: TensorRT's progress,
+        or 'building <precision> engine: N s elapsed' where it has none.
+    :param record: extra fields for the engine's JSON record (e.g. the model id and the
+        sha256 of the ONNX the prepared file was made from); not part of the key.
     :param api: trt_api or a test double of it.
     """
     _check_request(onnx_path, precision, workspace_mb, dla_core)
@@ -301,9 +314,11 @@ def build_engine(onnx_path: str, precision: str = 'fp16', cache_dir: Optional[st
             source = _calibration_source(cache, onnx_path, key, calib_dir, calib_batch_size,
                                          calib_max_images)
             plan, pinned, seconds = _run_builder(api, parsed, onnx_path, key, workspace_mb,
-                                                 source, heartbeat_s)
-            extra = {'workspace_mb': workspace_mb, 'onnx_path': os.path.abspath(onnx_path),
-                     'fp32_layers': pinned, 'build_seconds': round(seconds, 1)}
+                                                 source, heartbeat_s, heartbeat_what)
+            extra = dict(record or {})
+            extra.update({'workspace_mb': workspace_mb,
+                          'onnx_path': os.path.abspath(onnx_path), 'fp32_layers': pinned,
+                          'build_seconds': round(seconds, 1)})
             written = _write_engine(cache, path, plan, key, extra, source)
             return BuildResult(written, key, built=True, seconds=seconds, fp32_layers=pinned)
     finally:

@@ -108,6 +108,33 @@ def tensorrt_version() -> str:
     return str(_trt().__version__)
 
 
+def probe(index: int = 0) -> Tuple[bool, str]:
+    """
+    Tell whether TensorRT can run here: (True, what was found) or (False, why not).
+
+    True when the tensorrt and pycuda modules import, CUDA initialises and device ``index``
+    exists; nothing is allocated. For ``backend: auto``.
+    """
+    try:
+        trt = _trt()
+    except ImportError:
+        return False, 'the tensorrt Python module is not installed'
+    try:
+        cuda = _cuda()
+        count = cuda.Device.count()
+    except ImportError:
+        return False, 'pycuda is not installed'
+    except Exception as exc:  # noqa: B902 - pycuda's driver errors (no driver, no device)
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return False, 'CUDA does not answer: {}'.format(text)
+    if not 0 <= int(index) < count:
+        return False, 'no CUDA device {} ({} found)'.format(index, count)
+    device = cuda.Device(int(index))
+    major, minor = device.compute_capability()
+    return True, 'TensorRT {} and GPU {!r} (compute capability {}.{})'.format(
+        trt.__version__, str(device.name()), major, minor)
+
+
 class CudaDevice(object):
     """
     The primary CUDA context of one GPU, made current only inside ``activate()``.
