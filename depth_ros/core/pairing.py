@@ -13,7 +13,11 @@ disparity. So a waiting set is dropped only when
 * a newer set is complete first (the driver delivers in stamp order: the older set's answer
   will never come) - an *expected* drop when the driver's part is missing (and the driver did
   not announce the set), since the newest-frame policy upstream skips frames on purpose;
-* it is more than ``max_age_ns`` older than the newest stamp seen (the latency bound);
+* it is more than ``max_age_ns`` older than the newest stamp seen (the latency bound), unless
+  it is the set the driver announced last: a network slower than the window (ViT-S on a CPU:
+  seconds per frame) still gets its answer paired. An announced set waits until its answer or
+  the driver's next announcement (the driver answers in order, so an older pin's answer has
+  come or never will);
 * more than ``max_count`` sets wait (bags: bounded memory whatever the interleaving);
 * the waiting payloads exceed ``max_bytes``: oldest first, but never a *pinned* set (one the
   driver announced it is computing, see :meth:`pin`) and never the ``keep_newest`` newest
@@ -50,7 +54,7 @@ class PairingBuffer(object):
     :param kinds: the kinds a set needs to be complete.
     :param on_drop: ``f(stamp, missing kinds, why, expected)`` for every dropped set.
     :param max_age_ns: latency bound: a set older than the newest stamp by more than this is
-        dropped (0: no bound).
+        dropped (0: no bound), except the set the driver announced last.
     :param max_count: at most this many sets wait (0: no bound); the oldest unpinned goes
         (only the set just added is exempt).
     :param max_bytes: cap on the waiting payloads (``sizeof``; 0: none), see the module
@@ -87,6 +91,7 @@ class PairingBuffer(object):
         self.dropped = 0
         self.dropped_expected = 0
         self._pins = collections.OrderedDict()     # stamps announced by the driver
+        self._newest_pin = None                    # the set the driver computes now
         self._capped = collections.deque(maxlen=64)  # stamps dropped for the byte cap
         self._latest = collections.OrderedDict()   # stamp -> message of a latest kind
         self._latest_newest = {}                   # kind -> newest message
@@ -117,12 +122,14 @@ class PairingBuffer(object):
         """
         Mark ``stamp`` as the one the driver is computing (depth_node announces it).
 
-        A pinned set is never dropped by the byte or count cap, only by age or a newer
-        complete set. A pin may come before the set's first message.
+        A pinned set is never dropped by the byte or count cap, and the newest pin not by age
+        either: only by a newer complete set. A pin may come before the set's first message.
         """
         self._pins[stamp] = True
         while len(self._pins) > 16:
             self._pins.popitem(last=False)
+        self._newest_pin = max(stamp, self._newest_pin) if self._newest_pin is not None \
+            else stamp
 
     def flush(self, why: str = 'end of the input') -> int:
         """Drop every waiting set (the input ended: they will never complete); return how many."""
@@ -135,6 +142,7 @@ class PairingBuffer(object):
         """Forget everything without reporting drops (a restarted source, a new timeline)."""
         self.pending.clear()
         self._pins.clear()
+        self._newest_pin = None
         self._capped.clear()
         self._latest.clear()
         self._latest_newest.clear()
@@ -174,9 +182,9 @@ class PairingBuffer(object):
     def _evict(self) -> None:
         if self.max_age_ns:
             limit = self.newest - self.max_age_ns
-            while self.pending and next(iter(self.pending)) < limit:
-                self._drop(next(iter(self.pending)), 'older than the pairing window of '
-                           '{:g} s'.format(self.max_age_ns * 1e-9))
+            for stamp in [s for s in self.pending if s < limit and s != self._newest_pin]:
+                self._drop(stamp, 'older than the pairing window of {:g} s'.format(
+                    self.max_age_ns * 1e-9))
         if self.max_count:
             while len(self.pending) > self.max_count:
                 victim = self._evictable(keep=1)
