@@ -618,11 +618,11 @@ def test_sigterm_is_a_clean_shutdown(probe):
 _SIGNAL_IN_STARTUP = r"""
 import os, signal, sys, time
 import rclpy
-from depth_ros.ros import runtime
+from depth_ros.ros import compat, runtime
 
 where, signame = sys.argv[1], sys.argv[2]
 sig = getattr(signal, signame)
-init = runtime._init_rclpy
+init = compat.init
 
 
 def signalled_init(args):
@@ -640,7 +640,7 @@ def factory():
     return node
 
 
-runtime._init_rclpy = signalled_init
+compat.init = signalled_init
 started = time.monotonic()
 code = runtime.run_node(factory, 'startup_signal', args=[])
 print('exit', code, 'after', round(time.monotonic() - started, 1), 'ok', rclpy.ok())

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 import xml.etree.ElementTree as ElementTree
 
+from depth_ros.ros import compat
 from depth_ros.ros.params import ConfigError, declare_params, install_parameter_callbacks, \
     Param, StartupError, unknown_overrides
 from depth_ros.ros.workers import first_line, forward_library_logs, KeyframeWorker, \
@@ -290,18 +291,6 @@ def check_params_files(args: List[str]) -> Optional[str]:
     return None
 
 
-def _init_rclpy(args):
-    import rclpy
-    try:
-        from rclpy.signals import SignalHandlerOptions
-    except ImportError:  # pragma: no cover - rclpy before Humble
-        rclpy.init(args=args)
-        return
-    # Our handler stops the node in order (workers first, then the context); rclpy's would
-    # shut the context down at once, under a worker that is still publishing a frame.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-
-
 def _construct(factory, name, signals) -> tuple:
     """Return (node, exit code): start-up failures are one FATAL line, Ctrl-C is quiet."""
     import rclpy
@@ -383,7 +372,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
         try:
             signals.interrupting = not signals.stop.is_set()
             try:
-                _init_rclpy(args)
+                compat.init(args)   # without rclpy's signal handlers: ours
             except Exception as exc:  # noqa: B902 - a bad --params-file, malformed --ros-args
                 signals.interrupting = False
                 sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(
@@ -407,8 +396,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
                 code = _spin(node, executor, signals)
             finally:
                 _teardown(node, executor, signals)
-        if rclpy.ok():   # Humble has no try_shutdown()
-            rclpy.shutdown()
+        compat.shutdown()
     return code
 
 
