@@ -55,7 +55,7 @@ def shutdown() -> None:
 
 
 def overrides(node) -> Dict[str, object]:
-    """Return the parameter overrides (params file, ``-p``) given to ``node``, by name."""
+    """Return the parameter values given to ``node`` by a params file or ``-p``, by name."""
     return dict(getattr(node, '_parameter_overrides', None) or {})
 
 
