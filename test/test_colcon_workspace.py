@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 
-from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment
+from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment, \
+    tool
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.graph, pytest.mark.launch_file,
               pytest.mark.skipif(not LAUNCH_STACK, reason=MISSING or 'launch stack present')]
 
-BIN = os.path.dirname(sys.executable)
 # The suite that `colcon test` runs here: the unit tier (the graph tier runs in `make test`).
 SUBSET = 'not slow and not graph'
 
@@ -59,11 +59,11 @@ def test_colcon_test_runs_the_suite_and_test_result_counts_it(workspace):
     assert found, text[-2000:]
     expected = int(found.group(1) or found.group(2))
     tested = subprocess.run(
-        [os.path.join(BIN, 'colcon'), 'test', '--packages-select', 'depth_ros',
+        [tool('colcon'), 'test', '--packages-select', 'depth_ros',
          '--pytest-args', '-m', SUBSET, '-p', 'no:cacheprovider'],
         cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     assert tested.returncode == 0, tested.stdout.decode('utf-8', 'replace')[-3000:]
-    result = subprocess.run([os.path.join(BIN, 'colcon'), 'test-result', '--all'],
+    result = subprocess.run([tool('colcon'), 'test-result', '--all'],
                             cwd=workspace, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=60)
     summary = result.stdout.decode('utf-8', 'replace')
@@ -77,7 +77,7 @@ def test_colcon_test_runs_the_suite_and_test_result_counts_it(workspace):
 
 
 def _ros2(env, *args, timeout=30):
-    return subprocess.run([os.path.join(BIN, 'ros2')] + list(args), env=env,
+    return subprocess.run([tool('ros2')] + list(args), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
@@ -92,7 +92,7 @@ def _until(fn, timeout):
 
 def _hz(env, topic, seconds=8.0):
     """Run ``ros2 topic hz`` for ``seconds``, stop it as Ctrl-C does; return the rates read."""
-    proc = subprocess.Popen([os.path.join(BIN, 'ros2'), 'topic', 'hz', topic], env=env,
+    proc = subprocess.Popen([tool('ros2'), 'topic', 'hz', topic], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(seconds)
     proc.send_signal(signal.SIGINT)
@@ -107,7 +107,7 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
         # A terminal's Ctrl-C goes to the whole foreground process group: the launch and, at
         # the same moment, every node (which then get a second SIGINT from launch).
         launch = subprocess.Popen(
-            [os.path.join(BIN, 'ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+            [tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
              'source:=sample', 'backend:=standin', 'publish_tf:=false'],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
