@@ -42,8 +42,10 @@ def workspace(tmp_path_factory):
 
 def _clean_env():
     env = dict(os.environ)
-    # The launch file sets the Fast DDS profile itself (in the variable Fast DDS reads).
-    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+    # The launch file sets the Fast DDS profile itself (in the variable Fast DDS reads), and
+    # the Cyclone DDS configuration.
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                'CYCLONEDDS_URI'):
         env.pop(var, None)
     return env
 
@@ -146,5 +148,16 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
                              line)]
     assert not alarming, 'a clean run printed:\n{}\n\nfull log:\n{}'.format(
         '\n'.join(alarming), text)
+    # With Cyclone DDS, one line when the kernel caps the receive buffer of our configuration.
+    from depth_ros.ros import middleware
+    config = os.path.join(workspace, 'install', 'depth_ros', 'share', 'depth_ros', 'config',
+                          middleware.CYCLONEDDS_CONFIG)
+    wanted, limit = middleware.cyclonedds_receive_buffer(config), middleware.rmem_max()
+    told = [line for line in text.splitlines() if 'net.core.rmem_max' in line]
+    if middleware.rmw(env) == 'rmw_cyclonedds_cpp' and limit is not None and limit < wanted:
+        assert len(told) == 1 and 'sudo sysctl -w net.core.rmem_max={}'.format(wanted) in \
+            told[0], text
+    else:
+        assert not told, text
     finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', text)
     assert sorted(finished) == ['alignment_node', 'depth_node', 'zed_node'], text
