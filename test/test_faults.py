@@ -21,13 +21,21 @@ import pytest
 
 pytestmark = pytest.mark.graph
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
+DIAGNOSTICS_PERIOD_S = 0.2
 
 
 @pytest.fixture(scope='module')
 def g(probe, node_processes):
-    """One fed graph for the frame-level cases (log every line: log_throttle_s 0)."""
+    """
+    One fed graph for the frame-level cases (log every line: log_throttle_s 0).
+
+    Each case reads a counter of /diagnostics before and after its bad frame: a 0.2 s period
+    (not the default 1 s) keeps a case about half a second long.
+    """
     return FedGraph(probe, node_processes, ns='/faults', suffix='_f',
-                    align_params={'stale_after_s': 1.5})
+                    depth_params={'diagnostics_period_s': DIAGNOSTICS_PERIOD_S},
+                    align_params={'stale_after_s': 1.5,
+                                  'diagnostics_period_s': DIAGNOSTICS_PERIOD_S})
 
 
 def _count(g, node, key, before, timeout=10.0):
@@ -525,7 +533,8 @@ def test_a_cloud_too_large_for_the_middleware_is_refused_once_naming_cloud_strid
         probe, node_processes):
     # 64x48 points of 16 bytes are 49 kB: a 30 kB limit refuses stride 1, takes stride 2.
     big = FedGraph(probe, node_processes, ns='/faults_big', suffix='_big',
-                   align_params={'cloud_stride': 1},
+                   align_params={'cloud_stride': 1,
+                                 'diagnostics_period_s': DIAGNOSTICS_PERIOD_S},
                    align_env={'DEPTH_ROS_MAX_MESSAGE_BYTES': '30000'})
     env_node = big.align_node
     big.send_good(1)

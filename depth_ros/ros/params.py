@@ -256,6 +256,12 @@ def throttle_param(default: float = 2.0) -> Param:
                  'once per this many seconds', low=0.0, high=3600.0)
 
 
+def diagnostics_period_param(default: float = 1.0) -> Param:
+    """Return the /diagnostics period parameter every node shares."""
+    return Param('diagnostics_period_s', default, 'seconds between two /diagnostics messages '
+                 'of this node', low=0.05, high=60.0, read_only=True)
+
+
 def stamp_reset_param(default: float = 1.0) -> Param:
     """Return the source-restart threshold of the nodes that check stamp order."""
     return Param('stamp_reset_s', default, 'a stamp older than the previous of its stream by '

@@ -66,10 +66,16 @@ def _fmt(value) -> str:
 
 
 class Diagnostics(object):
-    """Publishes the node's DiagnosticStatus list on /diagnostics every ``period`` seconds."""
+    """
+    Publishes the node's DiagnosticStatus list on /diagnostics every ``period`` seconds.
 
-    def __init__(self, node, collect: Callable[[], List], period: float = 1.0):
+    ``period`` None: the node's ``diagnostics_period_s`` parameter (1 s by default).
+    """
+
+    def __init__(self, node, collect: Callable[[], List], period: Optional[float] = None):
         from diagnostic_msgs.msg import DiagnosticArray
+        if period is None:
+            period = float(node.cfg.get('diagnostics_period_s', 1.0))
         self._node = node
         self._collect = collect
         self._type = DiagnosticArray
