@@ -624,6 +624,29 @@ def test_sigterm_is_a_clean_shutdown(probe):
     assert 'Traceback' not in node.output()
 
 
+def test_a_signal_after_the_teardown_is_still_ignored():
+    # Ctrl-C in a terminal reaches the node and `ros2 launch` together; launch then forwards
+    # a second SIGINT, which may arrive after the node finished its teardown. Once stopped by
+    # a signal, the handlers stay until the process exits (no KeyboardInterrupt, no exit -2);
+    # without a signal they are given back.
+    from depth_ros.ros.runtime import _Signals
+    original = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _Signals() as quiet:
+            pass
+        assert signal.getsignal(signal.SIGINT) is original[signal.SIGINT]
+        with _Signals() as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert wait_until(lambda: stopped.count == 1, 2)
+        os.kill(os.getpid(), signal.SIGINT)           # the late one: no KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert wait_until(lambda: stopped.count == 3, 2), stopped.count
+        assert quiet.count == 0
+    finally:
+        for sig, handler in original.items():
+            signal.signal(sig, handler)
+
+
 _SIGNAL_IN_STARTUP = r"""
 import os, signal, sys, time
 import rclpy

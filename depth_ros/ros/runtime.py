@@ -253,6 +253,14 @@ class _Signals(object):
             os._exit(130)
 
     def __exit__(self, *exc):
+        if self.count:
+            # Asked to stop: the process is on its way out, and a late signal must not undo
+            # the clean exit. A terminal's Ctrl-C reaches the node and `ros2 launch` at once,
+            # and launch forwards another SIGINT; arriving after Python's handler was back,
+            # it would end the process with KeyboardInterrupt, exit -2 ("process has died").
+            self.interrupting = False
+            self.teardown_since = None
+            return False
         for sig, old in self._old.items():
             try:
                 signal.signal(sig, old)
