@@ -148,7 +148,7 @@ def cyclonedds_receive_buffer(path: str) -> Optional[int]:
 
 
 def rmem_max(path: str = RMEM_MAX) -> Optional[int]:
-    """Return the kernel's net.core.rmem_max (bytes), or None where it cannot be read."""
+    """Return the kernel's largest socket receive buffer (bytes), or None if unreadable."""
     try:
         with open(path) as f:
             return int(f.read().split()[0])
