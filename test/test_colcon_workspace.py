@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment, \
@@ -92,13 +93,26 @@ def _until(fn, timeout):
         time.sleep(0.2)
 
 
-def _hz(env, topic, seconds=8.0):
-    """Run ``ros2 topic hz`` for ``seconds``, stop it as Ctrl-C does; return the rates read."""
-    proc = subprocess.Popen([tool('ros2'), 'topic', 'hz', topic], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=20)[0].decode('utf-8', 'replace')
+def _hz(env, topic, reports=3, timeout=20.0):
+    """
+    Run ``ros2 topic hz`` until it printed ``reports`` rates; return them and its output.
+
+    It prints one a second; it is stopped as Ctrl-C does.
+    """
+    out_path = tempfile.NamedTemporaryFile(prefix='depth_ros_hz_', suffix='.log', delete=False)
+    with out_path:
+        proc = subprocess.Popen([tool('ros2'), 'topic', 'hz', topic], env=env,
+                                stdout=out_path, stderr=subprocess.STDOUT)
+
+        def read():
+            with open(out_path.name, errors='replace') as f:
+                return f.read()
+        _until(lambda: read().count('average rate:') >= reports or proc.poll() is not None,
+               timeout)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    out = read()
+    os.unlink(out_path.name)
     return [float(x) for x in re.findall(r'average rate: ([0-9.]+)', out)], out
 
 

@@ -22,6 +22,9 @@ import pytest
 pytestmark = pytest.mark.graph
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 DIAGNOSTICS_PERIOD_S = 0.2
+# rmw_independent: the frame-level cases (the nodes' checks on 64x48 frames) and the offline
+# tools; a tier that runs several RMWs runs them on one (conftest.py). The process-level cases
+# (start-up lines, signals, shutdown) depend on the RMW and run on every one.
 
 
 @pytest.fixture(scope='module')
@@ -100,6 +103,7 @@ def _image_only(g, msg_builder):
 
 
 # ------------------------------------------------------------------- depth_node: images
+@pytest.mark.rmw_independent
 def test_image_with_an_unsupported_encoding(g):
     def build(header):
         msg = g.conv.numpy_to_image(make_bgr(1)[:, :, 0].copy(), 'mono8', header)
@@ -109,6 +113,7 @@ def test_image_with_an_unsupported_encoding(g):
                        _image_only(g, build), good='image')
 
 
+@pytest.mark.rmw_independent
 def test_image_whose_data_is_shorter_than_step_times_height(g):
     def build(header):
         msg = g.conv.numpy_to_image(make_bgr(2), 'bgr8', header)
@@ -118,6 +123,7 @@ def test_image_whose_data_is_shorter_than_step_times_height(g):
                        _image_only(g, build), good='image')
 
 
+@pytest.mark.rmw_independent
 def test_image_with_zero_size(g):
     from sensor_msgs.msg import Image
 
@@ -127,6 +133,7 @@ def test_image_with_zero_size(g):
                        good='image')
 
 
+@pytest.mark.rmw_independent
 def test_image_that_is_a_depth_map(g):
     def build(header):
         return g.conv.numpy_to_image(np.ones((H, W), np.float32), '32FC1', header)
@@ -134,6 +141,7 @@ def test_image_that_is_a_depth_map(g):
                        _image_only(g, build), good='image')
 
 
+@pytest.mark.rmw_independent
 def test_image_with_a_duplicated_stamp(g):
     stamp = g.send_good_image(3)
 
@@ -146,6 +154,7 @@ def test_image_with_a_duplicated_stamp(g):
                        good='image')
 
 
+@pytest.mark.rmw_independent
 def test_image_older_than_the_previous_one(g):
     stamp = g.send_good_image(5)
 
@@ -157,6 +166,7 @@ def test_image_older_than_the_previous_one(g):
                        good='image')
 
 
+@pytest.mark.rmw_independent
 def test_a_flood_of_images_is_dropped_not_queued(g):
     before = _baseline(g, 'depth', 'frames_dropped_busy')
     for i in range(60):
@@ -168,6 +178,7 @@ def test_a_flood_of_images_is_dropped_not_queued(g):
     g.send_good_image(7)
 
 
+@pytest.mark.rmw_independent
 def test_depth_node_reports_an_error_when_every_frame_is_bad(g):
     # The input is flowing but nothing comes out: /diagnostics must say so, with the reason.
     def bad():
@@ -210,6 +221,7 @@ def test_depth_node_reports_an_error_when_every_frame_is_bad(g):
     ('mixed_frame_ids', dict(frames={'image': 'other_frame'}),
      'the set mixes frames: camera_info=zed_left_camera_optical_frame'),
 ])
+@pytest.mark.rmw_independent
 def test_alignment_drops_a_bad_set_naming_the_problem(g, case, kwargs, text):
     from depth_ros.core.camera import PinholeCamera
     bgr, disparity, depth, confidence = frame_set(41)
@@ -245,6 +257,7 @@ def _zero_intrinsics(kind, msg):
         msg.p = [0.0] * 12
 
 
+@pytest.mark.rmw_independent
 @pytest.mark.parametrize('missing', ['camera_info', 'depth', 'confidence', 'image'])
 def test_a_set_missing_one_stereo_stream_is_dropped_when_a_newer_one_completes(g, missing):
     def send():
@@ -267,6 +280,7 @@ def test_a_set_missing_one_stereo_stream_is_dropped_when_a_newer_one_completes(g
     assert g.depth.by_stamp(stamp) is None and proc.alive()
 
 
+@pytest.mark.rmw_independent
 def test_a_set_whose_disparity_never_comes_is_skipped_quietly(g):
     # The network skipped the frame (newest-frame policy): counted, not logged as an error.
     before = _baseline(g, 'alignment', 'dropped_skipped')
@@ -279,6 +293,7 @@ def test_a_set_whose_disparity_never_comes_is_skipped_quietly(g):
     assert '[ERROR]' not in new and 'dropped frame {}'.format(stamp) not in new, new
 
 
+@pytest.mark.rmw_independent
 @pytest.mark.parametrize('stream', ['disparity', 'depth', 'camera_info'])
 def test_a_duplicated_stamp_on_one_stream(g, stream):
     stamp = g.send_good(44)
@@ -293,6 +308,7 @@ def test_a_duplicated_stamp_on_one_stream(g, stream):
                        'stamp'.format(stream, stamp), send)
 
 
+@pytest.mark.rmw_independent
 def test_stamps_out_of_order(g):
     stamp = g.send_good(46)
 
@@ -303,6 +319,7 @@ def test_stamps_out_of_order(g):
     _expect_frame_drop(g, 'alignment', 'dropped_stamp', 'older than the previous stamp', send)
 
 
+@pytest.mark.rmw_independent
 def test_stamps_jumping_back_restart_pairing_and_the_filter(g):
     before = _baseline(g, 'alignment', 'stamp_resets')
     g.send_good(48)
@@ -313,6 +330,7 @@ def test_stamps_jumping_back_restart_pairing_and_the_filter(g):
     assert 'source restarted' in g.align_node.output()
 
 
+@pytest.mark.rmw_independent
 def test_millimetre_depth_is_read_as_metres(g):
     stamp = g.next_stamp()
     bgr, disparity, depth, confidence = frame_set(51)
@@ -324,6 +342,7 @@ def test_millimetre_depth_is_read_as_metres(g):
     assert np.nanmax(np.abs(out[ok] - depth[ok]) / depth[ok]) < 0.01
 
 
+@pytest.mark.rmw_independent
 def test_camera_info_of_the_same_aspect_at_another_size_is_scaled(g):
     stamp = g.next_stamp()
     bgr, disparity, depth, confidence = frame_set(52)
@@ -333,6 +352,7 @@ def test_camera_info_of_the_same_aspect_at_another_size_is_scaled(g):
     assert (info.width, info.height) == (W, H) and abs(info.k[0] - g.camera.fx) < 1e-9, info
 
 
+@pytest.mark.rmw_independent
 @pytest.mark.parametrize('values', ['nan', 'zero', 'negative', 'inf'])
 def test_stereo_without_any_valid_pixel_still_gives_dense_output(g, values):
     stamp = g.next_stamp()
@@ -346,6 +366,7 @@ def test_stereo_without_any_valid_pixel_still_gives_dense_output(g, values):
     g.send_good(904)
 
 
+@pytest.mark.rmw_independent
 def test_a_flood_of_sets_is_dropped_not_queued(g):
     before = _baseline(g, 'alignment', 'dropped_busy')
     stamps = []
@@ -360,6 +381,7 @@ def test_a_flood_of_sets_is_dropped_not_queued(g):
     assert g.align_node.alive()
 
 
+@pytest.mark.rmw_independent
 def test_one_pixel_frames(g):
     stamp = g.next_stamp()
     one = lambda a: np.ascontiguousarray(a[:1, :1])  # noqa: E731
@@ -378,6 +400,7 @@ def test_one_pixel_frames(g):
     g.send_good(905)
 
 
+@pytest.mark.rmw_independent
 def test_alignment_reports_an_error_when_the_disparity_stops(g):
     # depth_node killed: stereo keeps coming, nothing is aligned. /diagnostics must say so
     # within a few seconds (stale_after_s 1.5 here), naming the missing stream.
@@ -396,6 +419,7 @@ def test_alignment_reports_an_error_when_the_disparity_stops(g):
     assert values['_message'] == 'aligned'
 
 
+@pytest.mark.rmw_independent
 def test_a_bad_runtime_parameter_change_is_refused_with_the_reason(g, probe):
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
@@ -529,6 +553,7 @@ def test_a_frame_too_large_for_the_middleware_stops_zed_node_naming_the_fix():
     assert 'publish_downscale:=' in out, out
 
 
+@pytest.mark.rmw_independent
 def test_a_cloud_too_large_for_the_middleware_is_refused_once_naming_cloud_stride(
         probe, node_processes):
     # 64x48 points of 16 bytes are 49 kB: a 30 kB limit refuses stride 1, takes stride 2.
@@ -728,6 +753,7 @@ class _Gray(object):
         return bgr[..., 1].astype(np.float32) / 255.0 + 0.1
 
 
+@pytest.mark.rmw_independent
 def test_process_bag_on_a_truncated_bag_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     from depth_ros import cli
     from depth_ros.commands import _args
@@ -743,6 +769,7 @@ def test_process_bag_on_a_truncated_bag_is_one_line_and_exit_2(tmp_path, monkeyp
     assert not [p for p in os.listdir(str(tmp_path)) if 'partial' in p], os.listdir(str(tmp_path))
 
 
+@pytest.mark.rmw_independent
 def test_process_bag_on_a_corrupt_bag_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     from depth_ros import cli
     from depth_ros.commands import _args
@@ -755,6 +782,7 @@ def test_process_bag_on_a_corrupt_bag_is_one_line_and_exit_2(tmp_path, monkeypat
     assert not os.path.exists(str(tmp_path / 'out'))
 
 
+@pytest.mark.rmw_independent
 def test_process_bag_interrupted_leaves_no_partial_bag_and_reruns(tmp_path):
     from depth_ros.tools.bag import process_bag
     bag = _write_bag(str(tmp_path / 'in'), frames=4)
@@ -775,6 +803,7 @@ def test_process_bag_interrupted_leaves_no_partial_bag_and_reruns(tmp_path):
     assert stats.frames_out == 4 and os.path.isfile(os.path.join(out, 'metadata.yaml'))
 
 
+@pytest.mark.rmw_independent
 def test_fuse_with_one_pixel_frames(tmp_path, capsys):
     from depth_ros.cli import main
     import cv2

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.graph
+# Node logic on 64x48 frames: run on one RMW per tier (see conftest.py).
+pytestmark = [pytest.mark.graph, pytest.mark.rmw_independent]
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 T = '/t'                         # test input namespace
 

@@ -11,7 +11,8 @@ import time
 from conftest import NodeProcess, wait_until
 import pytest
 
-pytestmark = [pytest.mark.graph, pytest.mark.slow]
+# The pairing's timing (node logic): run on one RMW per tier (see conftest.py).
+pytestmark = [pytest.mark.graph, pytest.mark.slow, pytest.mark.rmw_independent]
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 pytest.importorskip('skimage', reason='the sample source needs scikit-image')
 

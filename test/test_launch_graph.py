@@ -285,6 +285,7 @@ def _ros2_launch(*arguments, timeout=60):
                                                 'not exist'),
     (('source:=sample', 'rviz:=maybe'), 'launch argument rviz:=maybe must be true or false'),
 ])
+@pytest.mark.rmw_independent   # the launch ends before any node starts
 def test_bad_arguments_end_the_launch_with_one_clear_line(overlay, arguments, text):
     done = _ros2_launch(*arguments)
     out = done.stdout.decode('utf-8', 'replace')
