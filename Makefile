@@ -26,19 +26,21 @@ LAUNCH_STACK ?= $(firstword $(DEPTH_ROS_LAUNCH_STACK) \
 # The robot's stack: ROS 2 Humble built for Python 3.8 (shared/ros2-humble-py38, or
 # DEPTH_ROS_HUMBLE=/path/to/its/install.sh), in a Python 3.8 venv with the Jetson's numpy and
 # OpenCV. `make test-humble` runs the ROS tests there, once per RMW (the RMW-independent ones,
-# node logic on small frames, on the first only).
+# node logic on small frames, with the first only).
 HUMBLE_TREE ?= $(firstword $(DEPTH_ROS_HUMBLE) \
 	$(wildcard $(addsuffix /ros2-humble-py38/install.sh,$(SHARED_DIRS))))
 VENV_HUMBLE ?= .venv-humble
 HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
-HUMBLE_TESTS ?= test/test_node_plumbing.py test/test_ros_conversions.py test/test_graph_nodes.py \
-	test/test_graph_zed.py test/test_graph_timing.py test/test_faults.py test/test_launch.py \
-	test/test_launch_graph.py test/test_colcon_workspace.py
+HUMBLE_TESTS ?= test/test_node_plumbing.py test/test_ros_conversions.py test/test_graph_zed.py \
+	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py
+HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/test_faults.py \
+	test/test_launch_graph.py
 # `colcon test` of the unit suite runs on Kilted (it needs torch and onnxruntime, which the
 # Humble venv does not have); the Humble tier builds, launches and drives the workspace.
 HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suite_and_test_result_counts_it
 
-.PHONY: demo test test-py38 test-humble test-unit lint bench venv clean
+.PHONY: demo test test-py38 test-humble test-humble-transport test-humble-logic test-unit \
+	lint bench venv clean
 
 $(VENV)/.stamp-base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -104,33 +106,44 @@ $(VENV_HUMBLE)/.stamp: setup.py $(HUMBLE_TREE)
 	bash $(HUMBLE_TREE) $(abspath $(VENV_HUMBLE))/ros2-humble
 	touch $@
 
+# $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS): pytest with Humble sourced and the venv's
+# python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
+# what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
+define humble_pytest
+	@bash -c 'export PATH="$(abspath $(VENV_HUMBLE))/bin:$$PATH"; \
+		. "$(abspath $(VENV_HUMBLE))/ros2-humble/setup.bash" && \
+		export RMW_IMPLEMENTATION=$(1) && SECONDS=0 && \
+		python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; code=$$?; \
+		echo "== ROS 2 Humble, Python 3.8, $(2): $${SECONDS} s (log: $(3))"; \
+		if [ $$code -ne 0 ]; then cat $(3); else \
+			sed -n "s/^SKIPPED \[\([0-9]*\)\] [^ ]*: /\1 /p" $(3) | \
+			awk "{n=\$$1; \$$1=\"\"; c[\$$0]+=n} END {for (r in c) print \"  skipped\", c[r] \":\" r}"; \
+			tail -n 1 $(3); fi; exit $$code'
+endef
+
 ifeq ($(HUMBLE_TREE),)
 test-humble:
 	@echo "test-humble: skipped: no shared/ros2-humble-py38 next to the checkout, next to its origin or in /work/shared (set DEPTH_ROS_HUMBLE=/path/to/ros2-humble-py38/install.sh)"
 else
-# One RMW after the other: run at once (HUMBLE_JOBS=2) they share this machine's two cores with
-# two graphs at 10 fps, and Cyclone DDS's socket buffers overflowed (5 clouds/s instead of 10).
-# Each one's output goes to $(VENV_HUMBLE)/<rmw>.log, of which the summary (the skip reasons
-# with it) is printed, or all of it when that RMW failed.
-HUMBLE_JOBS ?= 1
+# Two lanes at once. The transport lane runs what depends on the RMW (real images through the
+# graph and the launch file, the colcon workspace, start-up lines, shutdown) with each RMW in
+# turn; two of those at once overflowed Cyclone DDS's socket buffers on two shared cores (5
+# clouds/s instead of 10). The logic lane runs the RMW-independent tests (marker
+# rmw_independent: node logic on 64x48 frames, the offline tools, the pairing's timing) once,
+# with the first RMW; it mostly waits on /diagnostics. Its 30 fps timing test comes first, so
+# that it meets the start of the transport lane, not the rate check at its end.
 test-humble: $(VENV_HUMBLE)/.stamp
-	@$(MAKE) --no-print-directory -j$(HUMBLE_JOBS) $(addprefix test-humble-,$(HUMBLE_RMWS))
+	@$(MAKE) --no-print-directory -j2 test-humble-transport test-humble-logic
 endif
 
-# One RMW: Humble sourced, the venv's python3.8 first on PATH (the tree's console scripts run
-# `python3.8`).
+test-humble-transport: $(VENV_HUMBLE)/.stamp
+	@$(MAKE) --no-print-directory $(addprefix test-humble-,$(HUMBLE_RMWS))
+
+test-humble-logic: $(VENV_HUMBLE)/.stamp
+	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent $(HUMBLE_LOGIC_TESTS))
+
 test-humble-%: $(VENV_HUMBLE)/.stamp
-	@bash -c 'export PATH="$(abspath $(VENV_HUMBLE))/bin:$$PATH"; \
-		. "$(abspath $(VENV_HUMBLE))/ros2-humble/setup.bash" && \
-		export RMW_IMPLEMENTATION=$* DEPTH_ROS_RMW_INDEPENDENT_ON=$(firstword $(HUMBLE_RMWS)) && \
-		SECONDS=0 && \
-		python -m pytest -q -rs -p no:cacheprovider --deselect $(HUMBLE_DESELECT) \
-			$(HUMBLE_TESTS) > $(VENV_HUMBLE)/$*.log 2>&1; code=$$?; \
-		echo "== ROS 2 Humble, Python 3.8, $*: $${SECONDS} s (log: $(VENV_HUMBLE)/$*.log)"; \
-		if [ $$code -ne 0 ]; then cat $(VENV_HUMBLE)/$*.log; else \
-			sed -n "s/^SKIPPED \[\([0-9]*\)\] [^ ]*: /\1 /p" $(VENV_HUMBLE)/$*.log | \
-			awk "{n=\$$1; \$$1=\"\"; c[\$$0]+=n} END {for (r in c) print \"  skipped\", c[r] \":\" r}"; \
-			tail -n 1 $(VENV_HUMBLE)/$*.log; fi; exit $$code'
+	$(call humble_pytest,$*,$*,$(VENV_HUMBLE)/$*.log,-m "not rmw_independent" --deselect $(HUMBLE_DESELECT) $(HUMBLE_TESTS))
 
 lint: $(VENV)/.stamp-dev
 	$(PY) -m flake8 depth_ros launch test benchmarks setup.py

@@ -61,26 +61,6 @@ if logging.getLoggerClass() is not logging.Logger:
             _logger.propagate = True
 
 
-def pytest_collection_modifyitems(config, items):
-    """
-    Where a tier runs its tests once per RMW, the RMW-independent ones run on one of them.
-
-    ``DEPTH_ROS_RMW_INDEPENDENT_ON=<rmw>`` (the Makefile's Humble tier sets it to its first RMW):
-    with another RMW, tests marked ``rmw_independent`` (node logic on small frames, offline
-    tools) are skipped, with one line naming where they ran. Everything that depends on the
-    transport, the launch or the shutdown runs on every RMW.
-    """
-    once = os.environ.get('DEPTH_ROS_RMW_INDEPENDENT_ON')
-    from depth_ros.ros.middleware import rmw
-    if not once or rmw() == once:
-        return
-    skip = pytest.mark.skip(reason='RMW-independent (node logic on small frames, offline '
-                            'tools): this tier runs it with {}'.format(once))
-    for item in items:
-        if item.get_closest_marker('rmw_independent'):
-            item.add_marker(skip)
-
-
 def decode_cloud(msg):
     """
     Decode a PointCloud2 independently of our writer.

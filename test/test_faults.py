@@ -23,7 +23,7 @@ pytestmark = pytest.mark.graph
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 DIAGNOSTICS_PERIOD_S = 0.2
 # rmw_independent: the frame-level cases (the nodes' checks on 64x48 frames) and the offline
-# tools; a tier that runs several RMWs runs them on one (conftest.py). The process-level cases
+# tools; a tier that runs several RMWs runs them with one (Makefile). The process-level cases
 # (start-up lines, signals, shutdown) depend on the RMW and run on every one.
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-# Node logic on 64x48 frames: run on one RMW per tier (see conftest.py).
+# Node logic on 64x48 frames: a tier with several RMWs runs it with one (Makefile, setup.cfg).
 pytestmark = [pytest.mark.graph, pytest.mark.rmw_independent]
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 T = '/t'                         # test input namespace
