@@ -1,6 +1,7 @@
 """
-Benchmark of the middleware: clouds per second of the sample graph, and whole 720p frame sets
-per second, for each RMW with and without our configuration.
+Benchmark of the middleware: clouds/s of the sample graph, and 720p frame sets/s, per RMW.
+
+Each RMW runs with and without our configuration.
 
 Run it in a sourced ROS 2 environment (Humble: both rmw_fastrtps_cpp and rmw_cyclonedds_cpp).
 
@@ -21,8 +22,7 @@ the RMW's defaults; ``capped`` is ours with Cyclone DDS's receive buffer request
 bytes (``--capped``), which is what a stock Ubuntu or JetPack kernel (net.core.rmem_max =
 212992) grants.
 
-    python benchmarks/bench_rmw.py graph transport --rmw rmw_cyclonedds_cpp rmw_fastrtps_cpp \\
-        --config none ours capped --seconds 15
+    python benchmarks/bench_rmw.py graph transport --config none ours capped --seconds 15
 
 The numbers depend on the machine and its load: compare rows of one run.
 """
