@@ -142,11 +142,9 @@ def _environment(arg, share):
                     sorted(middleware.profile_environment(profile).items())]
     cyclone = os.path.join(config, middleware.CYCLONEDDS_CONFIG)
     if _truthy(arg['cyclonedds_config']) and os.path.exists(cyclone):
-        env = dict(os.environ)
-        env.update(middleware.cyclonedds_environment(config, env))
-        actions += [SetEnvironmentVariable(name, value) for name, value in
-                    sorted(middleware.cyclonedds_environment(config).items())]
-        note = middleware.receive_buffer_note(cyclone, env)
+        uri = middleware.cyclonedds_environment(config)
+        actions += [SetEnvironmentVariable(name, value) for name, value in sorted(uri.items())]
+        note = middleware.receive_buffer_note(cyclone, dict(os.environ, **uri))
         if note:
             actions.append(LogInfo(msg=note))
     if _truthy(arg['clean_shm']):
