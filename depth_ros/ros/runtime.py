@@ -256,10 +256,12 @@ class _Signals(object):
         if self.count:
             # Asked to stop: the process is on its way out, and a late signal must not undo
             # the clean exit. A terminal's Ctrl-C reaches the node and `ros2 launch` at once,
-            # and launch forwards another SIGINT; arriving after Python's handler was back,
-            # it would end the process with KeyboardInterrupt, exit -2 ("process has died").
-            self.interrupting = False
-            self.teardown_since = None
+            # and launch forwards another SIGINT a moment later. While Python finalizes (the
+            # DDS participant goes away then: 0.1 s and more) it resets its own handlers to
+            # the default action, and that SIGINT ended the node with exit -2 ("process has
+            # died"); an ignored signal stays ignored.
+            for sig in self._old:
+                signal.signal(sig, signal.SIG_IGN)
             return False
         for sig, old in self._old.items():
             try:
