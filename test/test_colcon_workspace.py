@@ -38,6 +38,10 @@ def workspace(tmp_path_factory):
     built = colcon_build(ws)
     out = built.stdout.decode('utf-8', 'replace')
     assert built.returncode == 0 and 'Summary: 1 package finished' in out, out
+    # colcon of this Python: the package lands where this Python (Humble's: 3.8) imports from.
+    site = os.path.join(ws, 'install', 'depth_ros', 'lib', 'python{}.{}'.format(
+        *sys.version_info[:2]), 'site-packages', 'depth_ros')
+    assert os.path.isdir(site), 'not installed into {}:\n{}'.format(site, out)
     return ws
 
 
