@@ -14,12 +14,35 @@ PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_source
 	test/test_node_plumbing.py test/test_util.py test/test_jetpack_install.py \
 	test/test_onnx_prepare.py test/test_default_model.py)
 
-# The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
-# install: shared/ros2-launch-stack/install.sh next to the checkout (or DEPTH_ROS_LAUNCH_STACK).
-LAUNCH_STACK ?= $(firstword $(DEPTH_ROS_LAUNCH_STACK) $(wildcard ../shared/ros2-launch-stack/install.sh \
-	$(dir $(CURDIR))shared/ros2-launch-stack/install.sh /work/shared/ros2-launch-stack/install.sh))
+# shared/ (the ROS 2 trees built for this machine): next to the checkout, next to the repository
+# this checkout was cloned from (a clone in /tmp), or /work/shared.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+SHARED_DIRS := ../shared $(dir $(CURDIR))shared \
+	$(if $(filter /%,$(ORIGIN)),$(dir $(patsubst %/,%,$(ORIGIN)))shared) /work/shared
 
-.PHONY: demo test test-py38 test-unit lint bench venv clean
+# The ROS 2 launch stack (launch, launch_ros, launch_pytest, ros2cli) for machines without a ROS
+# install: shared/ros2-launch-stack/install.sh (or DEPTH_ROS_LAUNCH_STACK).
+LAUNCH_STACK ?= $(firstword $(DEPTH_ROS_LAUNCH_STACK) \
+	$(wildcard $(addsuffix /ros2-launch-stack/install.sh,$(SHARED_DIRS))))
+
+# The robot's stack: ROS 2 Humble built for Python 3.8 (shared/ros2-humble-py38, or
+# DEPTH_ROS_HUMBLE=/path/to/its/install.sh), in a Python 3.8 venv with the Jetson's numpy and
+# OpenCV. `make test-humble` runs the ROS tests there, once per RMW (the RMW-independent ones,
+# node logic on small frames, with the first only).
+HUMBLE_TREE ?= $(firstword $(DEPTH_ROS_HUMBLE) \
+	$(wildcard $(addsuffix /ros2-humble-py38/install.sh,$(SHARED_DIRS))))
+VENV_HUMBLE ?= .venv-humble
+HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
+HUMBLE_TESTS ?= test/test_node_plumbing.py test/test_ros_conversions.py test/test_graph_zed.py \
+	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py
+HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/test_faults.py \
+	test/test_launch_graph.py
+# `colcon test` of the unit suite runs on Kilted (it needs torch and onnxruntime, which the
+# Humble venv does not have); the Humble tier builds, launches and drives the workspace.
+HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suite_and_test_result_counts_it
+
+.PHONY: demo test test-py38 test-humble test-humble-transport test-humble-logic test-unit \
+	lint bench venv clean
 
 $(VENV)/.stamp-base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +74,7 @@ demo: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q test
 	$(MAKE) test-py38
+	$(MAKE) test-humble
 
 test-unit: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q -m "not slow and not graph" test
@@ -71,6 +95,62 @@ $(VENV38)/.stamp: setup.py
 test-py38: $(VENV38)/.stamp
 	$(VENV38)/bin/python -m pytest -q -p no:cacheprovider $(PY38_TESTS)
 
+# The tree's runtime requirements, the Jetson's numpy 1.17.4 and OpenCV 4.5.4, colcon for this
+# Python (a workspace on the Humble underlay installs into lib/python3.8), and what the tests use
+# (the bundled sample needs scikit-image; bags, rosbags). The tree is unpacked inside the venv.
+# pip runs outside the checkout: Python 3.8's pip reads ./setup.cfg's [install] section (our
+# scripts go to lib/depth_ros) and would install colcon's and pytest's scripts there too.
+$(VENV_HUMBLE)/.stamp: setup.py $(HUMBLE_TREE)
+	@test -x "$(PY38)" || { echo "Python 3.8 not found at $(PY38): set PY38=/path/to/python3.8"; exit 1; }
+	rm -rf $(VENV_HUMBLE)
+	$(PY38) -m venv $(VENV_HUMBLE)
+	cd $(VENV_HUMBLE) && bin/python -m pip install -q --upgrade pip
+	cd $(VENV_HUMBLE) && bin/python -m pip install -q \
+		-r $(abspath $(dir $(HUMBLE_TREE)))/requirements-runtime.txt \
+		'numpy==1.17.4' 'opencv-python-headless==4.5.4.60' 'pytest<8.4' pytest-timeout PyYAML \
+		tqdm scikit-image rosbags colcon-common-extensions
+	bash $(HUMBLE_TREE) $(abspath $(VENV_HUMBLE))/ros2-humble
+	touch $@
+
+# $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS): pytest with Humble sourced and the venv's
+# python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
+# what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
+define humble_pytest
+	@bash -c 'export PATH="$(abspath $(VENV_HUMBLE))/bin:$$PATH"; \
+		. "$(abspath $(VENV_HUMBLE))/ros2-humble/setup.bash" && \
+		export RMW_IMPLEMENTATION=$(1) && SECONDS=0 && \
+		python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; code=$$?; \
+		echo "== ROS 2 Humble, Python 3.8, $(2): $${SECONDS} s (log: $(3))"; \
+		if [ $$code -ne 0 ]; then cat $(3); else \
+			sed -n "s/^SKIPPED \[\([0-9]*\)\] [^ ]*: /\1 /p" $(3) | \
+			awk "{n=\$$1; \$$1=\"\"; c[\$$0]+=n} END {for (r in c) print \"  skipped\", c[r] \":\" r}"; \
+			tail -n 1 $(3); fi; exit $$code'
+endef
+
+ifeq ($(HUMBLE_TREE),)
+test-humble:
+	@echo "test-humble: skipped: no shared/ros2-humble-py38 next to the checkout, next to its origin or in /work/shared (set DEPTH_ROS_HUMBLE=/path/to/ros2-humble-py38/install.sh)"
+else
+# Two lanes at once. The transport lane runs what depends on the RMW (real images through the
+# graph and the launch file, the colcon workspace, start-up lines, shutdown) with each RMW in
+# turn; two of those at once overflowed Cyclone DDS's socket buffers on two shared cores (5
+# clouds/s instead of 10). The logic lane runs the RMW-independent tests (marker
+# rmw_independent: node logic on 64x48 frames, the offline tools, the pairing's timing) once,
+# with the first RMW; it mostly waits on /diagnostics. Its 30 fps timing test comes first, so
+# that it meets the start of the transport lane, not the rate check at its end.
+test-humble: $(VENV_HUMBLE)/.stamp
+	@$(MAKE) --no-print-directory -j2 test-humble-transport test-humble-logic
+endif
+
+test-humble-transport: $(VENV_HUMBLE)/.stamp
+	@$(MAKE) --no-print-directory $(addprefix test-humble-,$(HUMBLE_RMWS))
+
+test-humble-logic: $(VENV_HUMBLE)/.stamp
+	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent $(HUMBLE_LOGIC_TESTS))
+
+test-humble-%: $(VENV_HUMBLE)/.stamp
+	$(call humble_pytest,$*,$*,$(VENV_HUMBLE)/$*.log,-m "not rmw_independent" --deselect $(HUMBLE_DESELECT) $(HUMBLE_TESTS))
+
 lint: $(VENV)/.stamp-dev
 	$(PY) -m flake8 depth_ros launch test benchmarks setup.py
 	$(PY) -m flake8 --max-complexity 10 depth_ros/core
@@ -80,4 +160,4 @@ bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) $(VENV38) build install log *.egg-info out
+	rm -rf $(VENV) $(VENV38) $(VENV_HUMBLE) build install log *.egg-info out

@@ -52,6 +52,9 @@ ARGUMENTS = (
      'for whole images) unless a Fast DDS profile is already set in the environment'),
     ('clean_shm', 'true', 'remove the Fast DDS shared-memory segments that killed processes '
      'left in /dev/shm (`fastdds shm clean`: only segments no live process holds)'),
+    ('cyclonedds_config', 'true', 'use config/cyclonedds_large_messages.xml (socket receive '
+     'buffer and message size for whole images; with ROS_LOCALHOST_ONLY=1 also '
+     'config/cyclonedds_localhost.xml) unless CYCLONEDDS_URI is already set'),
 )
 RELIABILITIES = ('best_effort', 'reliable')
 # The live camera and the replay sources that read a file or folder.
@@ -95,7 +98,8 @@ def _check_arguments(arg):
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
-    for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm'):
+    for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm',
+                 'cyclonedds_config'):
         try:
             _truthy(arg[name])
         except ValueError:
@@ -126,12 +130,25 @@ def _depth_backend(arg):
 
 
 def _environment(arg, share):
-    """Fast DDS profile (the variable the installed Fast DDS reads) and stale segments."""
+    """
+    Each RMW's configuration for whole images, and stale Fast DDS segments.
+
+    Fast DDS: the profile, in the variable the installed Fast DDS reads. Cyclone DDS:
+    CYCLONEDDS_URI, and one line when the kernel caps the receive buffer it asks for.
+    """
     actions = []
-    profile = os.path.join(share, 'config', 'fastdds_large_messages.xml')
+    config = os.path.join(share, 'config')
+    profile = os.path.join(config, 'fastdds_large_messages.xml')
     if _truthy(arg['fastdds_profile']) and os.path.exists(profile):
         actions += [SetEnvironmentVariable(name, value) for name, value in
                     sorted(middleware.profile_environment(profile).items())]
+    cyclone = os.path.join(config, middleware.CYCLONEDDS_CONFIG)
+    if _truthy(arg['cyclonedds_config']) and os.path.exists(cyclone):
+        uri = middleware.cyclonedds_environment(config)
+        actions += [SetEnvironmentVariable(name, value) for name, value in sorted(uri.items())]
+        note = middleware.receive_buffer_note(cyclone, dict(os.environ, **uri))
+        if note:
+            actions.append(LogInfo(msg=note))
     if _truthy(arg['clean_shm']):
         summary = middleware.clean_shm()
         if summary:

@@ -3,7 +3,8 @@ Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a
 
 - Every pytest session picks its own ROS_DOMAIN_ID (from the process id) and localhost-only
   discovery, so parallel runs on one machine and other machines on the network never see each
-  other's topics, and config/fastdds_large_messages.xml. Child processes inherit them.
+  other's topics, config/fastdds_large_messages.xml, and with Cyclone DDS
+  config/cyclonedds_large_messages.xml. Child processes inherit them.
 - :class:`NodeProcess` starts a node executable as a separate process with the same params file
   as the launch file, and keeps its output for assertions.
 - :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
@@ -39,8 +40,12 @@ def _ros_env(env):
     # Without it, best-effort messages over ~0.5 MB travel as UDP fragments and get lost
     # whenever the machine is busy. Set in the variable the installed Fast DDS reads (Humble's
     # Fast DDS 2 reads FASTRTPS_..., Kilted's Fast DDS 3 FASTDDS_... and warns at the other).
-    from depth_ros.ros.middleware import profile_environment
+    from depth_ros.ros.middleware import cyclonedds_environment, profile_environment
     env.update(profile_environment(FASTDDS_PROFILE, env))
+    # The deployment's Cyclone DDS configuration, as the launch file sets it: a socket receive
+    # buffer for whole images, and unicast discovery on the loopback interface (localhost-only)
+    # without Cyclone's warning line in every process's output.
+    env.update(cyclonedds_environment(os.path.join(ROOT, 'config'), env))
     return env
 
 
@@ -126,6 +131,11 @@ class NodeProcess(object):
     def wait(self, timeout=30.0):
         """Return the exit code, waiting up to ``timeout`` seconds."""
         return self.proc.wait(timeout)
+
+    def interrupt(self):
+        """Send SIGINT (a clean shutdown) without waiting; :meth:`stop` then waits."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
 
     def stop(self):
         """SIGINT (clean shutdown), then kill if it hangs."""
@@ -241,5 +251,7 @@ def node_processes():
     """Provide a list for NodeProcess objects; all are stopped at the end of the module."""
     procs = []
     yield procs
+    for p in procs:      # all at once: each shuts down in its own time
+        p.interrupt()
     for p in procs:
         p.stop()

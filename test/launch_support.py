@@ -3,6 +3,7 @@ Support for the tests that run the launch file for real (launch, launch_ros, lau
 
 - :data:`LAUNCH_STACK` / :data:`MISSING`: whether the launch stack is importable, and the skip
   reason when it is not.
+- :func:`tool`: the ``ros2`` or ``colcon`` command of this environment.
 - :func:`overlay_environment`: the environment in which ``depth_ros`` is an installed ROS
   package (``ros2 launch`` finds its executables in ``lib/depth_ros``): the current one when it
   already is (``colcon test``, a sourced overlay), else a ``colcon build`` of this checkout in a
@@ -14,6 +15,7 @@ Support for the tests that run the launch file for real (launch, launch_ros, lau
 import collections
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -54,6 +56,20 @@ def _underlay(env):
     return os.pathsep.join(paths)
 
 
+def tool(name):
+    """
+    Return the path of a ROS command-line program: ``ros2`` or ``colcon``.
+
+    Next to this interpreter where it is there (a venv with the PyPI wheels and the launch
+    stack, or colcon installed for this Python), else the one on PATH (a sourced ROS install:
+    /opt/ros/<distro>/bin/ros2).
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(name) or beside
+
+
 def colcon_build(workspace, env=None, timeout=300):
     """``colcon build`` of this checkout in ``workspace``/src/depth_ros; return the process."""
     src = os.path.join(workspace, 'src')
@@ -63,10 +79,9 @@ def colcon_build(workspace, env=None, timeout=300):
         os.symlink(ROOT, link)
     env = dict(os.environ if env is None else env)
     env['AMENT_PREFIX_PATH'] = _underlay(env)
-    colcon = os.path.join(os.path.dirname(sys.executable), 'colcon')
-    return subprocess.run([colcon, 'build', '--packages-select', 'depth_ros'], cwd=workspace,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=timeout)
+    return subprocess.run([tool('colcon'), 'build', '--packages-select', 'depth_ros'],
+                          cwd=workspace, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout)
 
 
 def sourced_environment(workspace, env=None):

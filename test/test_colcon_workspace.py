@@ -15,15 +15,16 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment
+from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment, \
+    tool
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.graph, pytest.mark.launch_file,
               pytest.mark.skipif(not LAUNCH_STACK, reason=MISSING or 'launch stack present')]
 
-BIN = os.path.dirname(sys.executable)
 # The suite that `colcon test` runs here: the unit tier (the graph tier runs in `make test`).
 SUBSET = 'not slow and not graph'
 
@@ -37,13 +38,19 @@ def workspace(tmp_path_factory):
     built = colcon_build(ws)
     out = built.stdout.decode('utf-8', 'replace')
     assert built.returncode == 0 and 'Summary: 1 package finished' in out, out
+    # colcon of this Python: the package lands where this Python (Humble's: 3.8) imports from.
+    site = os.path.join(ws, 'install', 'depth_ros', 'lib', 'python{}.{}'.format(
+        *sys.version_info[:2]), 'site-packages', 'depth_ros')
+    assert os.path.isdir(site), 'not installed into {}:\n{}'.format(site, out)
     return ws
 
 
 def _clean_env():
     env = dict(os.environ)
-    # The launch file sets the Fast DDS profile itself (in the variable Fast DDS reads).
-    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+    # The launch file sets the Fast DDS profile itself (in the variable Fast DDS reads), and
+    # the Cyclone DDS configuration.
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                'CYCLONEDDS_URI'):
         env.pop(var, None)
     return env
 
@@ -59,11 +66,11 @@ def test_colcon_test_runs_the_suite_and_test_result_counts_it(workspace):
     assert found, text[-2000:]
     expected = int(found.group(1) or found.group(2))
     tested = subprocess.run(
-        [os.path.join(BIN, 'colcon'), 'test', '--packages-select', 'depth_ros',
+        [tool('colcon'), 'test', '--packages-select', 'depth_ros',
          '--pytest-args', '-m', SUBSET, '-p', 'no:cacheprovider'],
         cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     assert tested.returncode == 0, tested.stdout.decode('utf-8', 'replace')[-3000:]
-    result = subprocess.run([os.path.join(BIN, 'colcon'), 'test-result', '--all'],
+    result = subprocess.run([tool('colcon'), 'test-result', '--all'],
                             cwd=workspace, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=60)
     summary = result.stdout.decode('utf-8', 'replace')
@@ -77,7 +84,7 @@ def test_colcon_test_runs_the_suite_and_test_result_counts_it(workspace):
 
 
 def _ros2(env, *args, timeout=30):
-    return subprocess.run([os.path.join(BIN, 'ros2')] + list(args), env=env,
+    return subprocess.run([tool('ros2')] + list(args), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
 
 
@@ -90,13 +97,26 @@ def _until(fn, timeout):
         time.sleep(0.2)
 
 
-def _hz(env, topic, seconds=8.0):
-    """Run ``ros2 topic hz`` for ``seconds``, stop it as Ctrl-C does; return the rates read."""
-    proc = subprocess.Popen([os.path.join(BIN, 'ros2'), 'topic', 'hz', topic], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=20)[0].decode('utf-8', 'replace')
+def _hz(env, topic, reports=3, timeout=20.0):
+    """
+    Run ``ros2 topic hz`` until it printed ``reports`` rates; return them and its output.
+
+    It prints one a second; it is stopped as Ctrl-C does.
+    """
+    out_path = tempfile.NamedTemporaryFile(prefix='depth_ros_hz_', suffix='.log', delete=False)
+    with out_path:
+        proc = subprocess.Popen([tool('ros2'), 'topic', 'hz', topic], env=env,
+                                stdout=out_path, stderr=subprocess.STDOUT)
+
+        def read():
+            with open(out_path.name, errors='replace') as f:
+                return f.read()
+        _until(lambda: read().count('average rate:') >= reports or proc.poll() is not None,
+               timeout)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    out = read()
+    os.unlink(out_path.name)
     return [float(x) for x in re.findall(r'average rate: ([0-9.]+)', out)], out
 
 
@@ -107,7 +127,7 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
         # A terminal's Ctrl-C goes to the whole foreground process group: the launch and, at
         # the same moment, every node (which then get a second SIGINT from launch).
         launch = subprocess.Popen(
-            [os.path.join(BIN, 'ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+            [tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
              'source:=sample', 'backend:=standin', 'publish_tf:=false'],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -146,6 +166,17 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
                              line)]
     assert not alarming, 'a clean run printed:\n{}\n\nfull log:\n{}'.format(
         '\n'.join(alarming), text)
+    # With Cyclone DDS, one line when the kernel caps the receive buffer of our configuration.
+    from depth_ros.ros import middleware
+    config = os.path.join(workspace, 'install', 'depth_ros', 'share', 'depth_ros', 'config',
+                          middleware.CYCLONEDDS_CONFIG)
+    wanted, limit = middleware.cyclonedds_receive_buffer(config), middleware.rmem_max()
+    told = [line for line in text.splitlines() if 'net.core.rmem_max' in line]
+    if middleware.rmw(env) == 'rmw_cyclonedds_cpp' and limit is not None and limit < wanted:
+        assert len(told) == 1 and 'sudo sysctl -w net.core.rmem_max={}'.format(wanted) in \
+            told[0], text
+    else:
+        assert not told, text
     finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', text)
     assert sorted(finished) == ['alignment_node', 'depth_node', 'zed_node'], text
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.graph
+# Node logic on 64x48 frames: a tier with several RMWs runs it with one (Makefile, setup.cfg).
+pytestmark = [pytest.mark.graph, pytest.mark.rmw_independent]
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 T = '/t'                         # test input namespace
 
@@ -219,8 +220,9 @@ def test_stamps_jumping_back_are_a_source_restart(graph):
     for stamp in stamps:
         assert graph.disp.by_stamp(stamp) is not None, 'no disparity for {}'.format(stamp)
     values = _diag_values(graph, 'alignment_node')
-    assert wait_until(lambda: int(_diag_values(graph, 'alignment_node')['stamp_resets']) == 1,
-                      5), 'received {}'.format(_diag_values(graph, 'alignment_node'))
+    # (Polled: this may be the first test of the module to read alignment's diagnostics.)
+    assert wait_until(lambda: int((_diag_values(graph, 'alignment_node') or {}).get(
+        'stamp_resets', -1)) == 1, 5), 'received {}'.format(_diag_values(graph, 'alignment_node'))
     assert values is not None
     # Small steps back are still dropped as out of order.
     last = stamps[-1]

@@ -11,7 +11,8 @@ import time
 from conftest import NodeProcess, wait_until
 import pytest
 
-pytestmark = [pytest.mark.graph, pytest.mark.slow]
+# The pairing's timing (node logic): a tier with several RMWs runs it with one (Makefile).
+pytestmark = [pytest.mark.graph, pytest.mark.slow, pytest.mark.rmw_independent]
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (depth_ros[ros])')
 pytest.importorskip('skimage', reason='the sample source needs scikit-image')
 

@@ -71,10 +71,16 @@ def test_zed_node_topics_types_encodings_frames(pipeline):
     assert finite.size > 0.3 * depth.size and 0.5 < np.median(finite) < 20, \
         'expected metric SGBM depth, received median {} over {} pixels'.format(
             np.median(finite), finite.size)
-    # Every stream of one frame carries the same stamp (the pairing relies on it).
-    stamp = pipeline.stereo.stamps()[-1]
-    for collector in (pipeline.image, pipeline.conf, pipeline.info):
-        assert stamp in collector.stamps(), 'stamp {} missing from a stream'.format(stamp)
+    # Every stream of one frame carries the same stamp (the pairing relies on it). The streams
+    # of the newest frame may still be on their way (confidence is published after depth):
+    # wait for a frame that all four streams have delivered.
+
+    def common():
+        return set(pipeline.stereo.stamps()).intersection(
+            *(c.stamps() for c in (pipeline.image, pipeline.conf, pipeline.info)))
+    assert wait_until(common, 10), 'no stamp common to the four streams: {}'.format(
+        [c.stamps()[-3:] for c in (pipeline.stereo, pipeline.image, pipeline.conf,
+                                   pipeline.info)])
 
 
 def test_cloud_carries_the_camera_stamp_and_frame(pipeline):

@@ -80,7 +80,8 @@ def _evaluate(monkeypatch, tf2_ros=False, **overrides):
     monkeypatch.setattr(module, 'get_package_share_directory', lambda pkg: SHARE)
     monkeypatch.setattr(module, '_installed', lambda pkg: tf2_ros)
     monkeypatch.setattr(module.middleware, 'clean_shm', lambda: 'cleaned 0 segments')
-    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
+    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                'CYCLONEDDS_URI'):
         monkeypatch.delenv(var, raising=False)
     description = module.generate_launch_description()
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
@@ -214,8 +215,10 @@ def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch)
 
 @needs_launch
 def test_switches(monkeypatch):
+    monkeypatch.setenv('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     _, ev = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
-                      fastdds_profile='false', clean_shm='false', backend='standin')
+                      fastdds_profile='false', clean_shm='false', cyclonedds_config='false',
+                      backend='standin')
     assert sorted(n.node_executable for n in ev.nodes) == ['alignment_node', 'depth_node']
     assert ev.env == [] and ev.log == []
     _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=True)
@@ -232,13 +235,66 @@ def test_the_fastdds_profile_goes_in_the_variable_fast_dds_reads(monkeypatch, di
     # Fast DDS 3 (Kilted) warns at every start when it finds the old variable; Fast DDS 2
     # (Humble, Jazzy) reads only the old one.
     monkeypatch.setenv('ROS_DISTRO', distro)
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin')
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', cyclonedds_config='false')
     profile = os.path.join(SHARE, 'config', 'fastdds_large_messages.xml')
     assert ev.env == [(n, profile) for n in names], ev.env
     monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', '/mine.xml')
     monkeypatch.setattr(os, 'environ', dict(os.environ))
     from depth_ros.ros import middleware
     assert middleware.profile_environment('/p.xml') == {}, 'a user profile must be kept'
+
+
+@needs_launch
+@pytest.mark.parametrize('localhost', ['1', '0'])
+def test_the_cyclonedds_config_goes_in_cyclonedds_uri_unless_one_is_set(monkeypatch, localhost):
+    monkeypatch.setenv('ROS_LOCALHOST_ONLY', localhost)
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', fastdds_profile='false')
+    config = os.path.join(SHARE, 'config')
+    expected = 'file://' + os.path.join(config, 'cyclonedds_large_messages.xml')
+    if localhost == '1':   # unicast discovery on lo, without Cyclone's warning in every node
+        expected += ',file://' + os.path.join(config, 'cyclonedds_localhost.xml')
+    assert ev.env == [('CYCLONEDDS_URI', expected)], ev.env
+    monkeypatch.setattr(os, 'environ', dict(os.environ, CYCLONEDDS_URI='/mine.xml'))
+    from depth_ros.ros import middleware
+    assert middleware.cyclonedds_environment(config) == {}, 'a user configuration must be kept'
+
+
+@needs_launch
+@pytest.mark.parametrize('rmw, rmem_max, told', [
+    ('rmw_cyclonedds_cpp', 212992, True),      # a stock Ubuntu / JetPack kernel
+    ('rmw_cyclonedds_cpp', 16777216, False),
+    ('rmw_fastrtps_cpp', 212992, False),       # Fast DDS carries images in shared memory
+])
+def test_one_line_says_when_rmem_max_caps_the_cyclonedds_buffer(monkeypatch, rmw, rmem_max,
+                                                                told):
+    from depth_ros.ros import middleware
+    monkeypatch.setenv('RMW_IMPLEMENTATION', rmw)
+    monkeypatch.setattr(middleware, 'rmem_max', lambda: rmem_max)
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', clean_shm='false')
+    lines = [line for line in ev.log if 'rmem_max' in line]
+    if not told:
+        assert lines == [], ev.log
+        return
+    assert lines == ['Cyclone DDS: net.core.rmem_max (212992 bytes) caps the 16777216-byte socket '
+                     'receive buffer of cyclonedds_large_messages.xml, and best-effort images '
+                     'may be lost: sudo sysctl -w net.core.rmem_max=16777216 (and in '
+                     '/etc/sysctl.d/ to keep it)'], ev.log
+    # Not when the user's own Cyclone DDS configuration is in use, or ours is switched off.
+    monkeypatch.setenv('CYCLONEDDS_URI', '/mine.xml')
+    assert middleware.receive_buffer_note(os.path.join(
+        SHARE, 'config', 'cyclonedds_large_messages.xml')) is None
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', clean_shm='false',
+                      cyclonedds_config='false')
+    assert not [line for line in ev.log if 'rmem_max' in line], ev.log
+
+
+def test_cyclonedds_memsize_units_are_cyclones():
+    from depth_ros.ros import middleware
+    # Cyclone DDS's kB and MB are 1024-based, as its KiB and MiB.
+    assert [middleware._memsize(t) for t in ('16MiB', '16MB', '64 kB', '1GB', '4096', 'x',
+                                             'default')] == \
+        [16 << 20, 16 << 20, 64 << 10, 1 << 30, 4096, None, None]
+    assert middleware.rmem_max('/nonexistent/rmem_max') is None
 
 
 @needs_launch

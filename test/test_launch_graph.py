@@ -13,12 +13,11 @@ line, as a user would, and check its one-line error and exit status.
 import os
 import re
 import subprocess
-import sys
 import textwrap
 import time
 
 from conftest import decode_cloud
-from launch_support import LAUNCH_STACK, LaunchWatch, MISSING, overlay_environment
+from launch_support import LAUNCH_STACK, LaunchWatch, MISSING, overlay_environment, tool
 import pytest
 
 pytestmark = [pytest.mark.graph, pytest.mark.launch_file,
@@ -315,7 +314,7 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
 
 # ---------------------------------------------------------- bad arguments: one line
 def _ros2_launch(*arguments, timeout=60):
-    ros2 = os.path.join(os.path.dirname(sys.executable), 'ros2')
+    ros2 = tool('ros2')
     return subprocess.run([ros2, 'launch', 'depth_ros', 'zed_depth.launch.py'] +
                           list(arguments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=timeout)
@@ -330,6 +329,7 @@ def _ros2_launch(*arguments, timeout=60):
                                                 'not exist'),
     (('source:=sample', 'rviz:=maybe'), 'launch argument rviz:=maybe must be true or false'),
 ])
+@pytest.mark.rmw_independent   # the launch ends before any node starts
 def test_bad_arguments_end_the_launch_with_one_clear_line(overlay, arguments, text):
     done = _ros2_launch(*arguments)
     out = done.stdout.decode('utf-8', 'replace')

@@ -161,6 +161,34 @@ def test_on_set_validator_rejects_and_applies():
     assert applied == [{'a': 2}]
 
 
+def test_compat_names_the_rclpy_that_has_the_post_set_callback():
+    # depth_ros.ros.compat: the post-set parameter callback exists from rclpy 3.7 (Iron);
+    # Humble's rclpy 3.3 has only the on-set one, and the nodes apply changes there.
+    from importlib.metadata import version
+    import rclpy
+    from depth_ros.ros import compat
+    from depth_ros.ros.params import install_parameter_callbacks, Param
+    from rclpy.parameter import Parameter
+    rclpy_version = tuple(int(x) for x in version('rclpy').split('.')[:2])
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node('compat_probe', context=context)
+        assert compat.has_post_set_parameters_callback(node) == (rclpy_version >= (3, 7)), \
+            'rclpy {}'.format(rclpy_version)
+        # Either way a runtime change is validated, then applied once.
+        specs = (Param('a', 1, 'd', low=0, high=5),)
+        current, applied = {'a': 1}, []
+        node.declare_parameter('a', 1)
+        install_parameter_callbacks(node, specs, current, apply=applied.append)
+        assert not node.set_parameters([Parameter('a', value=9)])[0].successful
+        assert node.set_parameters([Parameter('a', value=2)])[0].successful
+        assert current == {'a': 2} and applied == [{'a': 2}], (current, applied)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 def test_depth_node_engine_cache_dir_is_the_cache_engines_load_from(tmp_path, monkeypatch):
     from depth_ros.ros.depth_node import load_model, PARAMS
     from depth_ros.ros.params import StartupError

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from depth_ros.ros.params import Param, qos_depth_param, reliability_param, \
-    stamp_reset_param, throttle_param
+from depth_ros.ros.params import diagnostics_period_param, Param, qos_depth_param, \
+    reliability_param, stamp_reset_param, throttle_param
 from depth_ros.sources.zed import DEPTH_MODES, RESOLUTIONS
 
 # --------------------------------------------------------------------------------- zed_node
@@ -59,6 +59,7 @@ ZED_PARAMS = (
           'one FATAL line (0: retry for ever, as a camera that is plugged back is found again)',
           low=0, high=10 ** 6),
     throttle_param(),
+    diagnostics_period_param(),
     reliability_param(),
     qos_depth_param(2),
 )
@@ -141,6 +142,7 @@ DEPTH_PARAMS = (
     Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
           'vertical gradient', choices=('intensity', 'gradient'), read_only=True),
     throttle_param(),
+    diagnostics_period_param(),
     stamp_reset_param(),
     reliability_param(),
     qos_depth_param(1),
@@ -218,6 +220,7 @@ ALIGNMENT_PARAMS = ALIGNER_PARAMS + (
           'for this long while inputs arrive (and a warning without inputs)', low=0.1,
           high=3600.0),
     throttle_param(),
+    diagnostics_period_param(),
     reliability_param(),
     qos_depth_param(5),
 )
@@ -280,6 +283,7 @@ MARIGOLD_PARAMS = (
           low=0.0, high=3600.0, read_only=True),
     Param('log_throttle_s', 2.0, 'failed keyframes of one kind of error are logged at most once '
           'per this many seconds (changeable at runtime)', low=0.0, high=3600.0),
+    diagnostics_period_param(),
     reliability_param(),
 )
 

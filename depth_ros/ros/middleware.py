@@ -1,5 +1,5 @@
 """
-Fast DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
+DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
 
 - :func:`profile_variables`: the environment variable(s) through which the installed Fast DDS
   reads an XML profile. Fast DDS 2 (Humble, Iron, Jazzy) reads ``FASTRTPS_DEFAULT_PROFILES_FILE``;
@@ -8,6 +8,10 @@ Fast DDS set-up shared by the launch file, the tests and the nodes (no ROS impor
 - :func:`stale_shm_segments` and :func:`clean_shm`: shared-memory segments that a killed
   process (``kill -9``, a crash) leaves in /dev/shm are never reclaimed by Fast DDS itself;
   ``fastdds shm clean`` (Fast DDS's own tool) removes the ones no live process holds.
+- :func:`cyclonedds_environment`: ``CYCLONEDDS_URI`` naming config/cyclonedds_large_messages.xml
+  (and config/cyclonedds_localhost.xml with ``ROS_LOCALHOST_ONLY=1``), unless the user set one.
+- :func:`receive_buffer_note`: the one line that says when the kernel's ``net.core.rmem_max``
+  caps the socket receive buffer that the Cyclone DDS configuration asks for, and what to set.
 """
 from __future__ import annotations
 
@@ -16,9 +20,15 @@ import shutil
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
+import xml.etree.ElementTree as ElementTree
+
+from depth_ros.ros.compat import FAST_DDS_2_DISTROS
 
 OLD, NEW = 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'
-_FAST_DDS_2 = ('foxy', 'galactic', 'humble', 'iron', 'jazzy')
+CYCLONEDDS_URI = 'CYCLONEDDS_URI'
+CYCLONEDDS_CONFIG = 'cyclonedds_large_messages.xml'
+CYCLONEDDS_LOCALHOST = 'cyclonedds_localhost.xml'
+RMEM_MAX = '/proc/sys/net/core/rmem_max'
 
 
 def _installed_fastdds_major(environ) -> Optional[int]:
@@ -49,7 +59,7 @@ def profile_variables(environ=None) -> Tuple[str, ...]:
     """Return the profile variable name(s) the installed Fast DDS reads (both if unknown)."""
     env = os.environ if environ is None else environ
     distro = env.get('ROS_DISTRO', '').lower()
-    if distro in _FAST_DDS_2:
+    if distro in FAST_DDS_2_DISTROS:
         return (OLD,)
     if distro:
         return (NEW,)
@@ -72,6 +82,101 @@ def profile_environment(profile: str, environ=None) -> Dict[str, str]:
     if profile_in_use(environ):
         return {}
     return {name: profile for name in profile_variables(environ)}
+
+
+def rmw(environ=None) -> str:
+    """Return the RMW implementation the environment selects (Fast DDS when unset)."""
+    env = os.environ if environ is None else environ
+    return env.get('RMW_IMPLEMENTATION', '') or 'rmw_fastrtps_cpp'
+
+
+def localhost_only(environ=None) -> bool:
+    """Return whether ROS_LOCALHOST_ONLY=1 (Humble's switch; later distros still read it)."""
+    env = os.environ if environ is None else environ
+    return env.get('ROS_LOCALHOST_ONLY', '') == '1'
+
+
+def cyclonedds_environment(config_dir: str, environ=None) -> Dict[str, str]:
+    """
+    Return {'CYCLONEDDS_URI': ...} naming our Cyclone DDS configuration in ``config_dir``.
+
+    Empty when the environment already sets CYCLONEDDS_URI: a user's configuration (a network
+    interface, peers, a bigger buffer) is kept as it is. With ROS_LOCALHOST_ONLY=1 the
+    localhost file follows (unicast discovery on the loopback interface, see its comment).
+    Harmless where another RMW runs: only Cyclone DDS reads the variable.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(CYCLONEDDS_URI):
+        return {}
+    files = [CYCLONEDDS_CONFIG] + ([CYCLONEDDS_LOCALHOST] if localhost_only(env) else [])
+    return {CYCLONEDDS_URI: ','.join('file://' + os.path.join(config_dir, f) for f in files)}
+
+
+_MEMSIZE = {'B': 1, 'KiB': 1024, 'kB': 1024, 'MiB': 1 << 20, 'MB': 1 << 20, 'GiB': 1 << 30,
+            'GB': 1 << 30}   # Cyclone DDS's units (its kB and MB are 1024-based too)
+
+
+def _memsize(text: str) -> Optional[int]:
+    text = text.strip()
+    for unit in sorted(_MEMSIZE, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[:-len(unit)].strip()
+            try:
+                return int(float(number) * _MEMSIZE[unit])
+            except ValueError:
+                return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def cyclonedds_receive_buffer(path: str) -> Optional[int]:
+    """Return the socket receive buffer (bytes) a Cyclone DDS XML file asks for, or None."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    for element in root.iter():
+        if element.tag.split('}')[-1] == 'SocketReceiveBufferSize':
+            # max is what Cyclone requests; min alone is requested when max is "default".
+            for attribute in ('max', 'min'):
+                size = _memsize(element.get(attribute, 'default'))
+                if size is not None:
+                    return size
+    return None
+
+
+def rmem_max(path: str = RMEM_MAX) -> Optional[int]:
+    """Return the kernel's largest socket receive buffer (bytes), or None if unreadable."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def receive_buffer_note(config: str, environ=None, limit: Optional[int] = None
+                        ) -> Optional[str]:
+    """
+    Return one line when net.core.rmem_max caps the receive buffer ``config`` asks for.
+
+    Only with Cyclone DDS as the RMW and ``config`` in use (CYCLONEDDS_URI names it). Linux
+    grants ``min(request, rmem_max)`` (doubled for its own bookkeeping); Cyclone DDS goes on
+    with what it got, silently, and best-effort images larger than the buffer then get lost.
+    """
+    env = os.environ if environ is None else environ
+    if rmw(env) != 'rmw_cyclonedds_cpp' or os.path.basename(config) not in \
+            env.get(CYCLONEDDS_URI, ''):
+        return None
+    wanted = cyclonedds_receive_buffer(config)
+    limit = rmem_max() if limit is None else limit
+    if wanted is None or limit is None or limit >= wanted:
+        return None
+    return 'Cyclone DDS: net.core.rmem_max ({} bytes) caps the {}-byte socket receive buffer ' \
+        'of {}, and best-effort images may be lost: sudo sysctl -w net.core.rmem_max={} ' \
+        '(and in /etc/sysctl.d/ to keep it)'.format(limit, wanted, os.path.basename(config),
+                                                    wanted)
 
 
 def clean_shm(timeout: float = 10.0) -> Optional[str]:

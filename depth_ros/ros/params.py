@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
+from depth_ros.ros import compat
+
 
 class ConfigError(ValueError):
     """Bad configuration: the node refuses to start. The message names the parameter."""
@@ -99,7 +101,7 @@ def declare_params(node, specs: Sequence[Param],
             param = node.declare_parameter(spec.name, spec.default, _descriptor(spec))
         except ParameterException as exc:
             # rclpy's own range/type check ran first; say it as our checks do when we can.
-            override = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
+            override = compat.overrides(node).get(spec.name)
             reason = check_value(spec, override.value) if override is not None else None
             raise ConfigError(reason or 'invalid value for parameter `{}`: {}'.format(
                 spec.name, exc)) from None
@@ -187,11 +189,11 @@ def install_parameter_callbacks(node, specs: Sequence[Param], current: Dict[str,
 
     rclpy from Iron on has ``add_post_set_parameters_callback``: ``current`` is updated and
     ``apply(changed)`` called there, after every on-set callback accepted the change. Humble
-    has only the on-set callback: there the change is applied at its end, once validated.
+    has only the on-set callback: there the change is applied at its end, once validated
+    (:mod:`depth_ros.ros.compat` says which rclpy has which).
     """
     by_name = {s.name: s for s in specs}
-    post = getattr(node, 'add_post_set_parameters_callback', None)
-    if post is None:
+    if not compat.has_post_set_parameters_callback(node):
         node.add_on_set_parameters_callback(on_set_validator(specs, current, validate, apply))
         return
     node.add_on_set_parameters_callback(validator(specs, current, validate))
@@ -202,7 +204,7 @@ def install_parameter_callbacks(node, specs: Sequence[Param], current: Dict[str,
         if apply is not None and changed:
             apply(changed)
 
-    post(applied)
+    node.add_post_set_parameters_callback(applied)
 
 
 def unknown_overrides(node, specs: Sequence[Param]) -> List[str]:
@@ -212,13 +214,9 @@ def unknown_overrides(node, specs: Sequence[Param]) -> List[str]:
     rclpy ignores such overrides without a word, so ``-p cloud_strid:=1`` would change nothing.
     """
     import difflib
-    overrides = getattr(node, '_parameter_overrides', None) or {}
+    overrides = compat.overrides(node)
     own = {s.name for s in specs}
-    declared = set(own)
-    try:
-        declared.update(node._parameters)   # use_sim_time and the like
-    except AttributeError:
-        pass
+    declared = set(own) | (compat.declared_names(node) or set())   # use_sim_time and the like
     out = []
     for name in sorted(overrides):
         if name in declared or name.startswith('qos_overrides.'):
@@ -256,6 +254,12 @@ def throttle_param(default: float = 2.0) -> Param:
     """Return the log rate-limit parameter every node shares."""
     return Param('log_throttle_s', default, 'bad-frame errors of one kind are logged at most '
                  'once per this many seconds', low=0.0, high=3600.0)
+
+
+def diagnostics_period_param(default: float = 1.0) -> Param:
+    """Return the /diagnostics period parameter every node shares."""
+    return Param('diagnostics_period_s', default, 'seconds between two /diagnostics messages '
+                 'of this node', low=0.05, high=60.0, read_only=True)
 
 
 def stamp_reset_param(default: float = 1.0) -> Param:

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 import xml.etree.ElementTree as ElementTree
 
+from depth_ros.ros import compat
 from depth_ros.ros.params import ConfigError, declare_params, install_parameter_callbacks, \
     Param, StartupError, unknown_overrides
 from depth_ros.ros.workers import first_line, forward_library_logs, KeyframeWorker, \
@@ -65,10 +66,16 @@ def _fmt(value) -> str:
 
 
 class Diagnostics(object):
-    """Publishes the node's DiagnosticStatus list on /diagnostics every ``period`` seconds."""
+    """
+    Publishes the node's DiagnosticStatus list on /diagnostics every ``period`` seconds.
 
-    def __init__(self, node, collect: Callable[[], List], period: float = 1.0):
+    ``period`` None: the node's ``diagnostics_period_s`` parameter (1 s by default).
+    """
+
+    def __init__(self, node, collect: Callable[[], List], period: Optional[float] = None):
         from diagnostic_msgs.msg import DiagnosticArray
+        if period is None:
+            period = float(node.cfg.get('diagnostics_period_s', 1.0))
         self._node = node
         self._collect = collect
         self._type = DiagnosticArray
@@ -246,6 +253,16 @@ class _Signals(object):
             os._exit(130)
 
     def __exit__(self, *exc):
+        if self.count:
+            # Asked to stop: the process is on its way out, and a late signal must not undo
+            # the clean exit. A terminal's Ctrl-C reaches the node and `ros2 launch` at once,
+            # and launch forwards another SIGINT a moment later. While Python finalizes (the
+            # DDS participant goes away then: 0.1 s and more) it resets its own handlers to
+            # the default action, and that SIGINT ended the node with exit -2 ("process has
+            # died"); an ignored signal stays ignored.
+            for sig in self._old:
+                signal.signal(sig, signal.SIG_IGN)
+            return False
         for sig, old in self._old.items():
             try:
                 signal.signal(sig, old)
@@ -288,18 +305,6 @@ def check_params_files(args: List[str]) -> Optional[str]:
             return '--params-file {}: expected node sections (`/**/node: ros__parameters: ' \
                 '...`), got a {}'.format(path, type(data).__name__)
     return None
-
-
-def _init_rclpy(args):
-    import rclpy
-    try:
-        from rclpy.signals import SignalHandlerOptions
-    except ImportError:  # pragma: no cover - rclpy before Humble
-        rclpy.init(args=args)
-        return
-    # Our handler stops the node in order (workers first, then the context); rclpy's would
-    # shut the context down at once, under a worker that is still publishing a frame.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
 
 
 def _construct(factory, name, signals) -> tuple:
@@ -383,7 +388,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
         try:
             signals.interrupting = not signals.stop.is_set()
             try:
-                _init_rclpy(args)
+                compat.init(args)   # without rclpy's signal handlers: ours
             except Exception as exc:  # noqa: B902 - a bad --params-file, malformed --ros-args
                 signals.interrupting = False
                 sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(
@@ -407,8 +412,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
                 code = _spin(node, executor, signals)
             finally:
                 _teardown(node, executor, signals)
-        if rclpy.ok():   # Humble has no try_shutdown()
-            rclpy.shutdown()
+        compat.shutdown()
     return code
 
 

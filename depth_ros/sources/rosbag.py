@@ -66,6 +66,32 @@ def _rosbags():
     return Reader, Writer, get_typestore, Stores
 
 
+STORAGES = ('sqlite3', 'mcap')
+
+
+def open_writer(path: str, storage: str = 'sqlite3', version: int = 8):
+    """
+    Return a rosbags ``Writer`` of a new bag at ``path`` (use it as a context manager).
+
+    rosbags 0.10 and later choose the storage and the metadata version; rosbags 0.9 (the last
+    for Python 3.8, JetPack 5's) writes sqlite3 bags of metadata version 8 only, and asking it
+    for anything else is a ValueError naming what to install.
+    """
+    if storage not in STORAGES:
+        raise ValueError('`storage` must be sqlite3 or mcap, got {!r}'.format(storage))
+    _, writer_cls, _, _ = _rosbags()
+    try:
+        from rosbags.rosbag2 import StoragePlugin
+    except ImportError:   # rosbags < 0.10
+        if (storage, version) != ('sqlite3', 8):
+            raise ValueError('writing a {} bag of version {} needs rosbags >= 0.10 (Python '
+                             '>= 3.10); this rosbags writes sqlite3 bags of version 8 '
+                             'only'.format(storage, version)) from None
+        return writer_cls(path)
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    return writer_cls(path, version=version, storage_plugin=plugin)
+
+
 def _bag_problem(path: str) -> Optional[str]:
     """Return what makes ``path`` not a rosbag2 folder (None when it looks like one)."""
     if not os.path.exists(path):
@@ -274,11 +300,8 @@ def write_test_bag(path: str, frames: Iterable[Frame], topics: Optional[Dict[str
     """
     import cv2
 
-    _, writer_cls, get_typestore, stores = _rosbags()
-    from rosbags.rosbag2 import StoragePlugin
-
-    plugins = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
-    if storage not in plugins:
+    _, _, get_typestore, stores = _rosbags()
+    if storage not in STORAGES:
         raise ValueError('`storage` must be sqlite3 or mcap, got {!r}'.format(storage))
     conversions = {'bgra8': cv2.COLOR_BGR2BGRA, 'bgr8': None, 'rgb8': cv2.COLOR_BGR2RGB}
     if image_encoding not in conversions:
@@ -288,7 +311,7 @@ def write_test_bag(path: str, frames: Iterable[Frame], topics: Optional[Dict[str
     names.update(topics or {})
     skip = {k: set(v) for k, v in (skip or {}).items()}
     typestore = get_typestore(stores.ROS2_HUMBLE)
-    with writer_cls(path, version=8, storage_plugin=plugins[storage]) as writer:
+    with open_writer(path, storage) as writer:
         conns = {}
         for index, frame in enumerate(frames):
             fid = frame.frame_id or frame_id

@@ -28,7 +28,7 @@ from depth_ros.core.checks import check_number
 from depth_ros.core.encodings import array_to_image_fields
 from depth_ros.core.messages import decode_set, header_ns
 from depth_ros.core.pairing import PairingBuffer
-from depth_ros.sources.rosbag import bag_error
+from depth_ros.sources.rosbag import bag_error, open_writer
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.bag')
@@ -47,11 +47,11 @@ DEFAULT_OUT_NS = '/alignment_node'
 
 def _rosbags():
     try:
-        from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+        from rosbags.rosbag2 import Reader
         from rosbags.typesys import get_typestore, Stores
     except ImportError as exc:
         raise ImportError('{}: {}'.format(_INSTALL, exc))
-    return Reader, Writer, StoragePlugin, get_typestore(Stores.ROS2_HUMBLE)
+    return Reader, get_typestore(Stores.ROS2_HUMBLE)
 
 
 @dataclass
@@ -124,8 +124,10 @@ class _BagJob(object):
         """Copy the input's connections and add the three output topics."""
         for conn in self.reader.connections:
             ext = conn.ext
+            # rosbags 0.10+: msgdef is a MessageDefinition; 0.9 (Python 3.8): the text itself.
+            msgdef = getattr(conn.msgdef, 'data', conn.msgdef)
             self.out_conn[conn.id] = self.writer.add_connection(
-                conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
+                conn.topic, conn.msgtype, msgdef=msgdef, rihs01=conn.digest,
                 serialization_format=getattr(ext, 'serialization_format', 'cdr'),
                 offered_qos_profiles=getattr(ext, 'offered_qos_profiles', ()))
         for key, msgtype in (('depth', 'sensor_msgs/msg/Image'),
@@ -196,10 +198,10 @@ def _check_paths(in_path: str, out_path: str) -> None:
             out_path))
 
 
-def _storage(in_path: str, plugins):
+def _storage(in_path: str) -> str:
     # Keep the input's storage format: an mcap recording gives an mcap output.
     files = os.listdir(in_path) if os.path.isdir(in_path) else [in_path]
-    return plugins.MCAP if any(f.endswith('.mcap') for f in files) else plugins.SQLITE3
+    return 'mcap' if any(f.endswith('.mcap') for f in files) else 'sqlite3'
 
 
 def _temporary_sibling(out_path: str) -> str:
@@ -231,7 +233,7 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
         ``SourceError`` (one line): the input is truncated or corrupt.
     """
     from depth_ros.core.alignment import MetricAligner
-    Reader, Writer, StoragePlugin, typestore = _rosbags()
+    Reader, typestore = _rosbags()
     _check_paths(in_path, out_path)
     check_number('max_pending', max_pending, 1, None, integer=True)
     check_number('cloud_stride', cloud_stride, 1, None, integer=True)
@@ -249,8 +251,7 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
             raise bag_error(in_path, exc, 'open') from None
         try:
             names = (topics or BagTopics()).resolve(list(reader.topics))
-            with Writer(partial, version=version,
-                        storage_plugin=_storage(in_path, StoragePlugin)) as writer:
+            with open_writer(partial, _storage(in_path), version) as writer:
                 job = _BagJob(reader, writer, typestore, model, aligner, names, cloud_stride,
                               stats, max_pending)
                 job.add_connections(out_ns)
