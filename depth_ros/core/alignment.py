@@ -522,21 +522,17 @@ class MetricAligner(object):
         """
         Return the stereo inverse depth and its trust mask (per-shape buffers).
 
-        Inverse depth [H, W] float32 1/m: finite everywhere (the correction sums products
-        with masks: 0 * inf would be NaN), 0 outside [1/max_depth, 1/min_depth] (float32
-        bounds) and where the depth is NaN. Trust [H, W] uint8: 255 where that range holds
-        and the confidence is at most the threshold (NaN is never trusted); the confidence
-        does not zero the inverse depth.
+        Inverse depth [H, W] float32 1/m, ``1 / stereo`` everywhere: 0 where the stereo says
+        too far (+inf), and any value (NaN, inf, out of range) where it is not trusted; every
+        use reads it through the trust mask. Trust [H, W] uint8: 255 where the depth is in
+        [min_depth, max_depth] (NaN fails) and the confidence is at most the threshold (NaN
+        fails).
         """
         o = self.options
         ys, trust = self._ys, self._trust
         with np.errstate(divide='ignore', invalid='ignore'):
             np.divide(np.float32(1.0), stereo, out=ys)
-        far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
-        cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
-        cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
-        cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
-        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
+        cv2.inRange(stereo, o.min_depth, o.max_depth, dst=trust)
         if conf is not None:
             confident = cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE,
                                     dst=self._confident)    # NaN fails
@@ -587,21 +583,22 @@ class MetricAligner(object):
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
         The corrected inverse depth [H, W] float32 1/m (a new array, the output's) is 0 at or
-        below 1/max_output_depth (+inf depth) and NaN where unknown; the unknown mask [H, W]
-        bool, or None when every pixel is known; the cells (CellTargets, Correction) for the
-        temporal filter and the noise, or None without a local correction.
+        below 1/max_output_depth and on the sky's patches (+inf depth), and NaN where
+        unknown; the unknown mask [H, W] bool, or None when every pixel is known; the cells
+        (CellTargets, Correction) for the temporal filter and the noise, or None without a
+        local correction.
         """
         o = self.options
         h, w = self._shape
+        corr = self._correction
+        grid = corr.sample(mono, ys, trust, guide)   # the frame on the statistics grid
         cells = None
         inv = mono
         if o.correction_radius_px > 0:
             # Twice the fusion's band: the correction must see object-scale mono errors
             # that are larger than the band the fusion accepts stereo in.
             band = 2.0 * o.consistency if o.consistency is not None else 1.0
-            corr = self._correction
-            targets = corr.cell_means(mono, ys, trust, guide, sigma_s, band,
-                                      max(self.rho_post, 0.01))
+            targets = corr.cell_means(grid, sigma_s, band, max(self.rho_post, 0.01))
             correction = corr.compute(targets, o.max_correction, o.temporal_alpha)
             inv = corr.apply(mono, correction)
             cells = (targets, correction)
@@ -698,7 +695,7 @@ class MetricAligner(object):
             conf_small = None if conf is None else self._stats_confidence(conf)
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
-                                  o.consistency, inv, var)
+                                  o.consistency, inv, var, self._correction.stats(inv))
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)
