@@ -44,6 +44,7 @@ from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
+from depth_ros.core.sky import sky_patches
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.alignment')
@@ -368,7 +369,7 @@ class MetricAligner(object):
                 valid &= c <= o.confidence_threshold   # NaN compares False
         sky_threshold = None
         if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
-            sky_threshold = o.sky_fraction * float(np.percentile(r_all[finite_r], 99.0))
+            sky_threshold = o.sky_fraction * _percentile_99(r_all[finite_r])
         sky_r = self._sky_anchor(r_all, finite_r, valid, sky_threshold)
         var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
         if c is not None and o.confidence_noise_gain > 0:
