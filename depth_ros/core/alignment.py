@@ -291,18 +291,20 @@ class MetricAligner(object):
 
         # 8. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth. The cells are None without a correction.
-        inv, unknown, cells = self._correct(mono, ys, trust, guide, rel_finite,
+        inv, unknown, cells = self._correct(mono, ys, trust, stereo, guide, rel_finite,
                                             sigma_s * np.sqrt(self.beta))
         # inv: [H, W] float32 1/m (becomes the output); unknown: [H, W] bool or None
 
         # 9. This frame's noise: the stereo model's calibration beta and the mono's relative
         #    error rho_post (from the lattice), and the mono's variance map.
-        mono_var = self._noise(inv, ys, trust, sigma_s, conf, cells)  # [sh, sw] float32 1/m^2
+        mono_var, mono_s = self._noise(inv, ys, trust, sigma_s, conf, cells)
+        # mono_var: [sh, sw] float32 1/m^2; mono_s: [sh, sw] float32 1/m, the corrected mono
         sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
 
         # 10. Fuse the trusted stereo into inv, in place, and its variance when asked for;
         #     ys is spent (the fusion writes y_s - y_m into its plane).
-        var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, sigma_s, conf, fit)
+        var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
+                                         conf, fit)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
         # 11. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
@@ -529,17 +531,21 @@ class MetricAligner(object):
         """
         Return the stereo inverse depth and its trust mask (per-shape buffers).
 
-        Inverse depth [H, W] float32 1/m, ``1 / stereo`` everywhere: 0 where the stereo says
-        too far (+inf), and any value (NaN, inf, out of range) where it is not trusted; every
-        use reads it through the trust mask. Trust [H, W] uint8: 255 where the depth is in
-        [min_depth, max_depth] (NaN fails) and the confidence is at most the threshold (NaN
-        fails).
+        Inverse depth [H, W] float32 1/m: finite everywhere (the correction sums products
+        with masks: 0 * inf would be NaN), 0 outside [1/max_depth, 1/min_depth] (float32
+        bounds) and where the depth is NaN. Trust [H, W] uint8: 255 where that range holds
+        and the confidence is at most the threshold (NaN is never trusted); the confidence
+        does not zero the inverse depth.
         """
         o = self.options
         ys, trust = self._ys, self._trust
         with np.errstate(divide='ignore', invalid='ignore'):
             np.divide(np.float32(1.0), stereo, out=ys)
-        cv2.inRange(stereo, o.min_depth, o.max_depth, dst=trust)
+        far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
+        cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
+        cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
+        cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
+        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
         if conf is not None:
             confident = cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE,
                                     dst=self._confident)    # NaN fails
@@ -585,7 +591,7 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 8. correction
 
-    def _correct(self, mono, ys, trust, guide, rel_finite, sigma_s):
+    def _correct(self, mono, ys, trust, stereo, guide, rel_finite, sigma_s):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
@@ -620,14 +626,14 @@ class MetricAligner(object):
         cv2.threshold(inv, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=inv)
         if unknown is not None:
             inv[unknown] = np.nan
-        patches = self._sky_patches(grid)          # [sh, sw] uint8 255, or None
+        patches = self._sky_patches(grid, stereo)   # [lh, lw] uint8 1, or None
         if patches is not None:
             _clear_sky_patches(inv, patches, corr.d)
         return inv, unknown, cells
 
-    def _sky_patches(self, grid):
+    def _sky_patches(self, grid, stereo):
         """
-        Return the sky's patches on the statistics grid ([sh, sw] uint8 255), or None.
+        Return the sky's patches on the cells grid ([lh, lw] uint8, 1), or None.
 
         Disparity kind with a colour image only (core/sky.py).
         """
@@ -639,14 +645,14 @@ class MetricAligner(object):
 
         def sub(x):
             return cv2.resize(x, size, interpolation=cv2.INTER_NEAREST)
-        return sky_patches(sub(grid.mono_inv), sub(grid.too_far), sub(grid.image),
-                           1.0 / o.max_depth)
+        too_far = cv2.compare(sub(stereo), np.inf, cv2.CMP_EQ)   # the ZED's +inf
+        return sky_patches(sub(grid.mono_inv), too_far, sub(grid.image), 1.0 / o.max_depth)
 
     # ------------------------------------------------------------------ 9. noise
 
     def _noise(self, inv, ys, trust, sigma_s, conf, cells):
         """
-        Estimate the noise of this frame from the lattice residuals; return the mono's map.
+        Estimate the noise of this frame from the lattice residuals; return the mono's maps.
 
         Relative residuals ``u = y_s / y_c - 1`` of trusted stereo against the corrected mono
         have variance ``beta * (sigma_s / y)^2 + rho^2``: stereo noise grows with depth, the
@@ -678,26 +684,28 @@ class MetricAligner(object):
 
     def _mono_variance(self, inv, cells):
         """
-        Return the corrected mono's inverse-depth variance at the statistics size (smooth).
+        Return the corrected mono's inverse-depth variance and the mono, at the statistics size.
 
         ``rho^2 y^2`` with the relative variance ``rho^2`` = the residual spread, plus the
         local excess at the mono's bends (edges), plus the uncorrected mono's where the
-        correction had little stereo support.
+        correction had little stereo support. Both planes are smooth (from the cells) with a
+        correction; without one the mono is sampled (NaN is 0).
         """
         corr = self._correction
         if cells is None:
             y = corr.stats(inv)                                  # [sh, sw] float32 1/m
             cv2.patchNaNs(y, 0.0)
-            return cv2.multiply(y, y, scale=self.rho_pre ** 2)
+            return cv2.multiply(y, y, scale=self.rho_pre ** 2), y
         targets, correction = cells
         rho2_low = self.rho_post ** 2 + targets.bend_var + \
             (1.0 - correction.support) ** 2 * self.rho_pre ** 2  # [lh, lw] relative variance
         y_low = targets.mono_inv * correction.factor             # [lh, lw] 1/m
-        return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32))
+        return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32)), \
+            corr.to_stats(y_low.astype(np.float32))
 
     # ------------------------------------------------------------------ 10. fusion
 
-    def _fuse(self, inv, ys, trust, unknown, mono_var, sigma_s, conf, fit):
+    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf, fit):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
 
@@ -722,7 +730,7 @@ class MetricAligner(object):
             conf_small = None if conf is None else self._stats_confidence(conf)
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
-                                  o.consistency, inv, var, self._correction.stats(inv))
+                                  o.consistency, inv, var, mono_s)
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)
@@ -866,6 +874,15 @@ def _robust_rho2(u2, base):
     return max(rho2, _RHO_FLOOR ** 2)
 
 
+def _row_medians(x):
+    """Return ``np.median(x, axis=1)`` of a 2-D array by one partition."""
+    k = x.shape[1] // 2
+    if x.shape[1] % 2:
+        return np.partition(x, k, axis=1)[:, k]
+    part = np.partition(x, (k - 1, k), axis=1)
+    return (part[:, k - 1] + part[:, k]) / 2
+
+
 def _noise_regression(u, a, fixed_beta=None, bins=6):
     """
     (beta, rho^2) of ``var(u) = beta * a + rho^2`` from robust variances in quantile bins of a.
@@ -875,11 +892,12 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     rho^2 >= the floor.
     """
     order = np.argsort(a)
-    a_bins = np.array_split(a[order], bins)             # bins of similar stereo noise
-    u_bins = np.array_split(np.abs(u[order]), bins)
-    av = np.array([b.mean() for b in a_bins])
+    n = a.size // bins * bins              # bins of similar stereo noise, equal sizes
+    a_bins = a[order[:n]].reshape(bins, -1)
+    u_bins = np.abs(u[order[:n]]).reshape(bins, -1)
+    av = a_bins.mean(axis=1)
     # Robust variances of zero-mean residuals: (1.4826 median |u|)^2 per bin.
-    vv = np.array([(_MAD_TO_SIGMA * float(median(b))) ** 2 for b in u_bins])
+    vv = (_MAD_TO_SIGMA * _row_medians(u_bins)) ** 2
     wv = 1.0 / np.maximum(vv, 1e-12)        # relative precision of each bin's variance
     # Weighted least squares of vv ~ beta * av + rho2, then the bounds.
     sw, sa, sv = wv.sum(), (wv * av).sum(), (wv * vv).sum()

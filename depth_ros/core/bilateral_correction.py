@@ -63,9 +63,8 @@ class Grid(NamedTuple):
     """One frame on the statistics grid (every ``step``-th output pixel), sampled once."""
 
     mono_inv: np.ndarray     # [sh, sw] float32 aligned mono inverse depth (0 sky, NaN unknown)
-    stereo_inv: np.ndarray   # [sh, sw] float32 stereo inverse depth, 0 where not trusted
-    trusted: np.ndarray      # [sh, sw] uint8, 255 where the stereo is trusted
-    too_far: np.ndarray      # [sh, sw] uint8, 255 where the stereo is +inf (too far)
+    stereo_inv: np.ndarray   # [sh, sw] float32 stereo inverse depth (finite) ...
+    trusted: np.ndarray      # [sh, sw] uint8 ... trusted where 255
     image: Optional[np.ndarray]   # [sh, sw] or [sh, sw, 3] uint8 guide image, or None
 
 
@@ -185,15 +184,11 @@ class BilateralCorrection(object):
 
         :param mono_inv: [h, w] float32 aligned mono inverse depth (0 sky, NaN unknown), at
             the output size or another (the network's).
-        :param stereo_inv: [H, W] float32 ``1 / stereo depth`` (0: +inf, too far), used ...
-        :param trusted: ... where this [H, W] uint8 mask is 255; any value elsewhere.
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite ...
+        :param trusted: ... trusted where this [H, W] uint8 mask is 255.
         :param image: optional [H, W] or [H, W, 3] uint8 guide image.
         """
-        t = self.stats(trusted)
-        ys = self.stats(stereo_inv)
-        too_far = cv2.compare(ys, 0.0, cv2.CMP_EQ)      # 1 / +inf; 1 / -inf is -0: not
-        too_far[np.signbit(ys)] = 0
-        return Grid(self.stats(mono_inv), np.where(t > 0, ys, np.float32(0.0)), t, too_far,
+        return Grid(self.stats(mono_inv), self.stats(stereo_inv), self.stats(trusted),
                     None if image is None else self.stats(image))
 
     def cell_means(self, grid: Grid, sigma_inv, band, rho=0.01) -> CellTargets:

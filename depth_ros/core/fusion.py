@@ -69,8 +69,9 @@ class Fusion(object):
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth (any value where not trusted:
-            NaN, inf); it holds the difference ``stereo_inv - mono_inv`` afterwards ...
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite (accumulateProduct
+            reads NaN and inf outside its mask); it holds the difference ``stereo_inv -
+            mono_inv`` afterwards ...
         :param trusted: ... fused only where this [H, W] uint8 mask is nonzero.
         :param mono_var_small: [h, w] float32 mono inverse-depth variance at a lower size.
         :param stereo_var_small: the stereo variance, a number or an [h, w] plane.
@@ -103,12 +104,11 @@ class Fusion(object):
         cv2.multiply(diff, diff, dst=self.sq)
         cv2.compare(self.sq, bound, cv2.CMP_LT, dst=self.gate)
         cv2.bitwise_and(self.gate, trusted, dst=self.gate)
-        # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m. A masked add,
-        #    not accumulateProduct: that one leaks NaN and inf from outside its mask.
+        # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
         gain = self._up((mono_var_small / den).astype(np.float32), self.bound_gain)
         if out_inv is not mono_inv:
             np.copyto(out_inv, mono_inv)
-        cv2.add(out_inv, cv2.multiply(gain, diff, dst=self.sq), dst=out_inv, mask=self.gate)
+        cv2.accumulateProduct(gain, diff, out_inv, mask=self.gate)
         if out_var is not None:
             # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
             self._up(mono_var_small, out_var)
