@@ -16,12 +16,14 @@ frame through numbered steps (the comments in ``update`` carry the same numbers)
 7. the aligned mono in inverse depth (the sky 0);
 8. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
    convolution of ``stereo_inv / mono_inv`` per cell, its range kernel on the image (or the
-   mono), applied to the mono and resized to the output size;
+   mono), applied to the mono and resized to the output size; the sky's patches that the
+   network gave a finite depth (core/sky.py) become 0;
 9. this frame's noise: the stereo model's calibration ``beta`` and the mono's relative error;
 10. the fusion (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, stereo
     outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
 11. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
-    ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres);
+    ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres, the model's sigma
+    times ``SIGMA_CALIBRATION``);
 12. remember the output on the lattice for the next frame.
 
 Conventions (see docs/core.md):
@@ -290,7 +292,8 @@ class MetricAligner(object):
         # mono: [h, w] float32 1/m
 
         # 8. The local correction, applied to the mono and resized to the output size; 0 at
-        #    or beyond max_output_depth. The cells are None without a correction.
+        #    or beyond max_output_depth and on the sky's patches. The cells are None without
+        #    a correction.
         inv, unknown, cells = self._correct(mono, ys, trust, stereo, guide, rel_finite,
                                             sigma_s * np.sqrt(self.beta))
         # inv: [H, W] float32 1/m (becomes the output); unknown: [H, W] bool or None

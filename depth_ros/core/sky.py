@@ -34,6 +34,10 @@ def sky_patches(mono_s: np.ndarray, too_far_s: np.ndarray, image_s: np.ndarray,
     """
     Return the sky patches on the grid as a uint8 mask (1), or None when there are none.
 
+    The mask marks grid pixels (each standing for a block of output pixels) to be cleared:
+    the patches, the sky's blocks around them, and never a block next to a grid pixel whose
+    mono is within the stereo's range.
+
     :param mono_s: [sh, sw] float32 aligned mono inverse depth (1/m) on a grid of the output:
         0 where the sky rule found sky, NaN where unknown.
     :param too_far_s: [sh, sw] uint8, 255 where the stereo says +inf (too far).
@@ -65,7 +69,7 @@ def sky_patches(mono_s: np.ndarray, too_far_s: np.ndarray, image_s: np.ndarray,
     patches |= cv2.dilate(patches, _KERNEL) & (sky >> 7)
     near = cv2.compare(mono_s, far_inv, cv2.CMP_GE)      # NaN fails
     patches &= 1 - (cv2.dilate(near, _KERNEL) >> 7)
-    return patches
+    return patches if cv2.countNonZero(patches) else None
 
 
 def _sky_colour_near(image_s, sky):
