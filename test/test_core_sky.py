@@ -1,6 +1,8 @@
 """
-The sky's patches (core/sky.py and MetricAligner step 8), the uncertainty's calibration and
-the small numeric helpers of the aligner, against independent computations.
+The sky's patches, the uncertainty's calibration and the aligner's numeric helpers.
+
+The sky's patches of core/sky.py and MetricAligner step 8, the reported sigma's calibration,
+and the small helpers of the aligner, against independent computations.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
@@ -16,7 +18,7 @@ FAR_INV = 1.0 / 20.0
 
 def grid_scene():
     """
-    A 40 x 60 grid: sky (rows 0-14) with a patch, a far building, a sky-coloured far sign.
+    Make a 40 x 60 grid: sky (rows 0-14) with a patch, a far building, a sky-coloured sign.
 
     Returns mono [40, 60] float32 (0 sky), too_far uint8, image uint8, and the regions.
     """
@@ -76,7 +78,7 @@ def test_sky_patches_need_the_colour_the_too_far_stereo_and_a_sky():
 
 
 def aligner_frame(h=96, w=160):
-    """Ground to 18 m, sky with a finite patch in the network, a pole in front of the sky."""
+    """Make ground to 18 m, sky with a finite patch in the network, a pole before the sky."""
     v = np.arange(h, dtype=np.float64)[:, None] + np.zeros((1, w))
     z = np.where(v > 0.4 * h, 100.0 / np.maximum(v - 0.4 * h, 1e-3), np.inf)
     z = np.minimum(z, 18.0)
