@@ -26,7 +26,8 @@ this report use them, and nothing is tuned on them. ``--dev`` runs the developme
      ``max_output_depth``. Where even it misses a goal, the network's errors beyond the
      stereo's reach make the goal unreachable for any correction learnt from the stereo;
    * ``baseline`` (``--baseline-accuracy COMMIT``): the MetricAligner of an earlier commit,
-     read from git history (benchmarks/git_baseline.py), with the same options. Stored
+     read from git history (benchmarks/git_baseline.py), with the options alignment_node had
+     at that commit (its option defaults and config/zed_depth.yaml). Stored
      figures of today's aligner (commit a6bfff9) are in benchmarks/baseline_a6bfff9.json.
 
    Each goal is the mean over the held-out scenes of a per-scene value; the worst decile
@@ -82,24 +83,45 @@ TIME_NOISE = 0.05                # the time ratio of identical code varies this 
 
 # ============================================================================ methods
 
-def node_options(frame, **overrides):
+def node_options(frame, core=None, **overrides):
     """
     Return the MetricAligner options as alignment_node builds them for this scene's camera.
 
     config/zed_depth.yaml's alignment_node section over the parameter defaults
     (``ros.config.ALIGNMENT_PARAMS``), mapped by ``ros.config.aligner_options``; the baseline
-    replaced by the right camera_info's (the scene's), as the node does.
+    replaced by the right camera_info's (the scene's), as the node does. For the core of an
+    earlier commit (``core.commit``), that commit's option defaults and YAML: the node as it
+    ran then.
     """
-    import yaml
     from depth_ros.ros import config
     values = {p.name: p.default for p in config.ALIGNMENT_PARAMS}
-    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
-        section = yaml.safe_load(f)['/**/alignment_node']['ros__parameters']
-    values.update(section)
+    values.update(_yaml_section())
+    commit = getattr(core, 'commit', 'this tree')
+    if commit != 'this tree':
+        values.update({s.name: s.default for s in core.alignment_options.option_specs()})
+        values.update(_yaml_section(commit))
     values['baseline_m'] = frame['baseline_m']
     options = config.aligner_options(values)
     options.update(overrides)
     return options
+
+
+_YAML = {}
+
+
+def _yaml_section(commit=None):
+    """config/zed_depth.yaml's alignment_node parameters, of this tree or of ``commit``."""
+    if commit not in _YAML:
+        import subprocess
+        import yaml
+        if commit is None:
+            with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+                text = f.read()
+        else:
+            text = subprocess.run(('git', 'show', commit + ':config/zed_depth.yaml'), cwd=ROOT,
+                                  check=True, stdout=subprocess.PIPE).stdout.decode()
+        _YAML[commit] = yaml.safe_load(text)['/**/alignment_node']['ros__parameters']
+    return _YAML[commit]
 
 
 def trusted_stereo(frame, o=None):
@@ -218,7 +240,7 @@ class Aligner(object):
 
     def __init__(self, frame, core, **overrides):
         self.core = core
-        self.aligner = core.alignment.MetricAligner(**node_options(frame, **overrides))
+        self.aligner = core.alignment.MetricAligner(**node_options(frame, core, **overrides))
 
     def process(self, frame):
         res = self.aligner.update(frame['rel'], frame['stereo'], frame['confidence'],
@@ -508,9 +530,10 @@ def time_post_inference(repeats=20, width=1280, baseline_commit=BASELINE_COMMIT)
     except Exception as exc:       # BaselineUnavailable, or an old core that fails to load
         return {'skipped': '{}: {}'.format(type(exc).__name__, exc), 'repeats': repeats}
     cores['today_again'] = cores['today']
-    opts = node_options(frames[0], compute_uncertainty=False)
     edge = node_edge_threshold()
-    stages = {k: (c.alignment.MetricAligner(**opts), camera_of(c, frames[0]['camera']),
+    stages = {k: (c.alignment.MetricAligner(**node_options(frames[0], c,
+                                                           compute_uncertainty=False)),
+                  camera_of(c, frames[0]['camera']),
                   c.pointcloud.depth_to_cloud, c.visualize.colorize) for k, c in cores.items()}
     times = {k: [] for k in stages}
     names = list(stages)

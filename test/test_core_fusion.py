@@ -472,7 +472,9 @@ def test_marigold_keyframes_get_the_same_fusion():
 
 def test_untrusted_stereo_is_never_fused_and_the_fusion_may_work_in_place():
     rng = np.random.RandomState(3)
-    ym = rng.uniform(0.05, 0.5, (H, W)).astype(np.float32)
+    # A smooth mono (its consistency band is taken from the smallest mono nearby, on the
+    # variances' grid: here the full size).
+    ym = (0.05 + 0.45 * np.linspace(0.0, 1.0, W)[None, :] + np.zeros((H, 1))).astype(np.float32)
     ys = (ym * (1.0 + rng.normal(0.0, 0.03, (H, W)))).astype(np.float32)
     ys[:10] = ym[:10] * 3.0
     vm = ((0.03 * ym) ** 2).astype(np.float32)
@@ -483,7 +485,14 @@ def test_untrusted_stereo_is_never_fused_and_the_fusion_may_work_in_place():
     n = Fusion(H, W).fuse(ym, ys.copy(), trusted, vm, vs, 4.0, 0.15, apart)
     np.testing.assert_array_equal(apart[10:20], ym[10:20])
     assert not np.array_equal(apart[20:], ym[20:]), 'trusted, consistent stereo is fused'
-    assert n == H * W - 20 * W, n           # neither the outliers nor the untrusted rows
+    # The gate, computed here independently: 4 combined sigmas, and at most 0.15 y + 2
+    # sigma_s with y the smallest mono of the 3 x 3 neighbourhood.
+    pad = np.pad(ym, 1, mode='edge')
+    ymin = np.min([pad[i:i + H, j:j + W] for i in range(3) for j in range(3)], axis=0)
+    bound = np.minimum(16.0 * (vm + vs), (0.15 * ymin + 2.0 * 0.004) ** 2)
+    gate = (trusted > 0) & ((ys.astype(np.float64) - ym) ** 2 < bound)
+    assert not gate[:20].any()              # neither the outliers nor the untrusted rows
+    assert n == gate.sum() and n > 0.99 * (H - 20) * W, (n, gate.sum())
     in_place = ym.copy()
     assert Fusion(H, W).fuse(in_place, ys, trusted, vm, vs, 4.0, 0.15, in_place) == n
     np.testing.assert_array_equal(in_place, apart)

@@ -8,8 +8,9 @@ benchmark's job). It checks:
 * the simulated DA-V2 stays calibrated to the paper (AbsRel after the optimal affine in
   inverse depth), so a simulation made easier fails here;
 * each error family of the simulation does what its knob says;
-* the goals today's aligner meets, with margins, against the baselines of the same run, and
-  that the oracle bound is below every method.
+* the goals the aligner meets, with margins, against the baselines of the same run (the sky's
+  +inf rate and the uncertainty's calibration among them), and that the oracle bound is below
+  every method.
 
 Runs on Python 3.8 with numpy, OpenCV, PyYAML and pytest; the Middlebury family needs
 scikit-image and is skipped without it.
@@ -190,10 +191,14 @@ def test_better_than_stereo_and_least_squares_and_above_the_oracle(report):
 
 
 def test_sky_and_uncertainty(report):
+    # The sky's patches (5 % of the sky given a finite depth by the network) are found: at
+    # these small sizes 96.5 % of the sky is +inf (a6bfff9's aligner: 94.7 %).
     sky = report['goals']['fused']['sky_inf']
-    assert sky['mean'] >= 0.85, sky
+    assert sky['mean'] >= 0.955 and sky['worst_decile'] >= 0.95, sky
+    # About 68 % of the errors within 1 sigma (59 % at these small sizes; the goal's +-8 % on
+    # the benchmark's scenes); a6bfff9's aligner: 53.8 %.
     cal = report['goals']['fused']['calibration_1sigma']
-    assert 0.45 <= cal['mean'] <= 0.9, cal
+    assert 0.57 <= cal['mean'] <= 0.76, cal
 
 
 def test_report_prints_calibration_first_and_goals_with_baselines(bench, report):

@@ -67,7 +67,7 @@ class AlignerOptions(object):
         0.02, "disparity kind: relative values at or below this fraction of the frame's "
         '99th percentile are sky, +inf (DA-V2 predicts about 0 there); 0 disables', 0.0, 0.5)
     sky_anchor_weight: float = _opt(
-        1.0, 'weight of the sky as an infinite-depth sample in the fit, relative to all '
+        0.3, 'weight of the sky as an infinite-depth sample in the fit, relative to all '
         'stereo samples together (anchors the shift, hence the far range); 0 disables',
         0.0, 100.0)
     sky_anchor_min_fraction: float = _opt(

@@ -59,6 +59,15 @@ class CellTargets(NamedTuple):
     range_sigma: float       # range kernel width on the guide
 
 
+class Grid(NamedTuple):
+    """One frame on the statistics grid (every ``step``-th output pixel), sampled once."""
+
+    mono_inv: np.ndarray     # [sh, sw] float32 aligned mono inverse depth (0 sky, NaN unknown)
+    stereo_inv: np.ndarray   # [sh, sw] float32 stereo inverse depth (finite) ...
+    trusted: np.ndarray      # [sh, sw] uint8 ... trusted where 255
+    image: Optional[np.ndarray]   # [sh, sw] or [sh, sw, 3] uint8 guide image, or None
+
+
 class Correction(NamedTuple):
     """The correction of one frame ([lh, lw] float32 each)."""
 
@@ -165,38 +174,47 @@ class BilateralCorrection(object):
         """Bilinear upsampling of a cell map to the statistics resolution."""
         return cv2.resize(low, self.stats_size, interpolation=cv2.INTER_LINEAR)
 
-    def _to_low(self, x):
+    def to_low(self, x):
+        """Area average of a statistics-size plane over the cells."""
         return cv2.resize(x, self.low_size, interpolation=cv2.INTER_AREA)
 
-    def cell_means(self, mono_inv, stereo_inv, trusted, image, sigma_inv, band,
-                   rho=0.01) -> CellTargets:
+    def sample(self, mono_inv, stereo_inv, trusted, image=None) -> Grid:
         """
-        Per-cell target ratio and precision, mean mono inverse depth, bends and range guide.
+        Return the frame on the statistics grid (:class:`Grid`).
 
-        :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
+        :param mono_inv: [h, w] float32 aligned mono inverse depth (0 sky, NaN unknown), at
+            the output size or another (the network's).
         :param stereo_inv: [H, W] float32 stereo inverse depth, finite ...
         :param trusted: ... trusted where this [H, W] uint8 mask is 255.
         :param image: optional [H, W] or [H, W, 3] uint8 guide image.
+        """
+        return Grid(self.stats(mono_inv), self.stats(stereo_inv), self.stats(trusted),
+                    None if image is None else self.stats(image))
+
+    def cell_means(self, grid: Grid, sigma_inv, band, rho=0.01) -> CellTargets:
+        """
+        Per-cell target ratio and precision, mean mono inverse depth, bends and range guide.
+
+        :param grid: the frame on the statistics grid (``sample``).
         :param sigma_inv: stereo inverse-depth noise (1 sigma).
         :param band: relative band of gross stereo outliers against the mono.
         :param rho: the mono's relative pixel noise.
         """
-        ya = self.stats(mono_inv)                        # [sh, sw] float32 1/m
-        ys = self.stats(stereo_inv)
-        cv2.patchNaNs(ya, 0.0)                           # unknown mono: no target
+        ya = cv2.patchNaNs(grid.mono_inv.copy(), 0.0)  # [sh, sw] float32 1/m; unknown: no target
+        ys = grid.stereo_inv
         # |ys - ya| <= band ya + 4 sigma: gross outliers out; 0 (untrusted) falls out too.
         tol = cv2.addWeighted(ya, band, ya, 0.0, 4.0 * sigma_inv)
         lo = cv2.subtract(ya, tol)
         hi = cv2.add(ya, tol)
         ok = cv2.compare(ys, lo, cv2.CMP_GE) & cv2.compare(ys, hi, cv2.CMP_LE) & \
-            cv2.compare(ys, 0.0, cv2.CMP_GT) & self.stats(trusted)   # [sh, sw] uint8 255: usable
+            cv2.compare(ys, 0.0, cv2.CMP_GT) & grid.trusted   # [sh, sw] uint8 255: usable
         # Where the mono bends (|Laplacian| of inverse depth, 0 on any plane) its detail loss
         # makes pixel errors: their variance is larger, and they do not inform the target
         # (the whole ramp of an edge: dilated).
         lap = cv2.Laplacian(ya, cv2.CV_32F, ksize=1)
         bend = cv2.divide(cv2.absdiff(lap, 0.0), cv2.max(ya, 1e-9), scale=0.25)
         cv2.min(bend, 1.0, dst=bend)
-        bend_var = self._to_low(cv2.multiply(bend, bend, scale=EDGE_GAIN * EDGE_GAIN))
+        bend_var = self.to_low(cv2.multiply(bend, bend, scale=EDGE_GAIN * EDGE_GAIN))
         ok &= cv2.compare(cv2.dilate(bend, np.ones((3, 3), np.uint8)), BEND_MAX, cv2.CMP_LE)
         p, c, sya = self._ratio(ok, ys, ya)
         # Second pass: stereo further than 3 sigma (its noise and the mono's relative
@@ -205,7 +223,7 @@ class BilateralCorrection(object):
         dev = cv2.absdiff(ys, cv2.multiply(ya, smooth))
         tol = cv2.addWeighted(ya, 3.0 * rho, ya, 0.0, 3.0 * sigma_inv)
         p, c, sya = self._ratio(ok & cv2.compare(dev, tol, cv2.CMP_LE), ys, ya)
-        ya_low = self._to_low(ya)
+        ya_low = self.to_low(ya)
         n_cell = (self.d / float(self.step)) ** 2       # statistics samples per cell
         with np.errstate(invalid='ignore', divide='ignore'):
             ybar = sya / cv2.max(c, _EPS)
@@ -216,26 +234,25 @@ class BilateralCorrection(object):
             # (var is float64 under numpy 2's promotion of sigma_inv, float32 under 1.17's.)
             w = (1.0 / var).astype(np.float32)
             w[(c <= 0) | (sya <= _EPS)] = 0.0
-        guide, range_sigma = self._range_guide(image, ya_low)
+        guide, range_sigma = self._range_guide(grid.image, ya_low)
         return CellTargets(p, w, ya_low, bend_var, guide, range_sigma)
 
     def _ratio(self, ok, ys, ya):
         """Cell ratio of the sums of stereo and mono inverse depth over ``ok``; counts; sums."""
         mf = (ok > 0).astype(np.float32)                  # [sh, sw] 1: usable
-        c = self._to_low(mf)
-        sys_ = self._to_low(ys * mf)
-        sya = self._to_low(ya * mf)
+        c = self.to_low(mf)
+        sys_ = self.to_low(ys * mf)
+        sya = self.to_low(ya * mf)
         with np.errstate(invalid='ignore', divide='ignore'):
             p = np.where(sya > _EPS, sys_ / sya, 1.0).astype(np.float32)
         return p, c, sya
 
-    def _range_guide(self, image, ya_low):
+    def _range_guide(self, small, ya_low):
         """(guide, range sigma) at low resolution: intensity 0..1, or log inverse depth."""
-        if image is None:
+        if small is None:
             return np.log(np.maximum(ya_low, 1e-6)).astype(np.float32), RANGE_SIGMA_DEPTH
-        small = self.stats(image)
         gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        return self._to_low(gray.astype(np.float32) * (1.0 / 255.0)), RANGE_SIGMA_IMAGE
+        return self.to_low(gray.astype(np.float32) * (1.0 / 255.0)), RANGE_SIGMA_IMAGE
 
     def compute(self, targets: CellTargets, max_correction: float,
                 temporal_alpha: float) -> Correction:
@@ -296,4 +313,4 @@ class BilateralCorrection(object):
         return cv2.resize(low, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
-__all__ = ['BilateralCorrection', 'CellTargets', 'Correction', 'bilateral_nc']
+__all__ = ['BilateralCorrection', 'CellTargets', 'Correction', 'Grid', 'bilateral_nc']

@@ -16,33 +16,44 @@ import cv2
 import numpy as np
 
 _KERNEL = np.ones((3, 3), np.uint8)
+# OpenCV 4.5's THRESH_TOZERO turns NaN into 0 (5.0 keeps it): after ``_range`` a patchNaNs
+# is then redundant.
+TOZERO_ZEROES_NAN = bool(cv2.threshold(np.full((2, 40), np.nan, np.float32), 0.0, 0.0,
+                                       cv2.THRESH_TOZERO)[1].max() == 0.0)
 
 
-def not_far_side(z, r0, r1, lo, hi, factor, buf):
+def _range(src, dst, lo, hi):
+    """Set dst = src inside (lo, hi], else 0 (NaN stays NaN on OpenCV 5, is 0 on 4.5)."""
+    cv2.threshold(src, hi, 0.0, cv2.THRESH_TOZERO_INV, dst=dst)
+    cv2.threshold(dst, lo, 0.0, cv2.THRESH_TOZERO, dst=dst)
+    return dst
+
+
+def far_side_of_jumps(z, r0, r1, lo, hi, factor, buf):
     """
-    Return the points of rows [r0, r1) of ``z`` that are in range and not behind a jump.
+    Range-tested depth of rows [r0, r1) of ``z`` with far-side-of-jump points set to 0.
 
-    A uint8 mask [r1 - r0, W] (a view of ``buf.keep``): 255 where ``lo <= z <= hi`` (NaN
-    fails) and no 8-neighbour in range is nearer by more than ``factor``. Rows r0 - 1 and r1 are
-    read for the neighbours. ``buf`` holds the strip planes ``valid``, ``ext``, ``inv``, ``mx``
-    (strip rows + 2) and ``q``, ``keep`` (strip rows).
+    Rows r0 - 1 and r1 are read for the neighbours. ``buf`` holds ``ext``, ``inv``, ``mx``
+    (strip rows + 2) and ``edge`` (strip rows) scratch planes; ``q`` is used as scratch.
+    Returns a view of ``buf.ext`` (contiguous rows).
     """
     h = z.shape[0]
     e0, e1 = max(r0 - 1, 0), min(r1 + 1, h)
     ne, n, top = e1 - e0, r1 - r0, r0 - e0
-    valid = cv2.inRange(z[e0:e1], lo, hi, dst=buf.valid[:ne])      # [ne, W] 255: in range
-    ext = buf.ext[:ne]                       # [ne, W] float32 metres, 0 out of range
-    ext.fill(0.0)
-    cv2.copyTo(z[e0:e1], valid, ext)
-    inv = buf.inv[:ne]                       # [ne, W] float32 1/m, 0 out of range
+    ext = _range(z[e0:e1], buf.ext[:ne], lo, hi)
+    if not TOZERO_ZEROES_NAN:
+        cv2.patchNaNs(ext, 0.0)
+    inv = buf.inv[:ne]
     with np.errstate(divide='ignore'):
         np.divide(np.float32(1.0), ext, out=inv)
     cv2.threshold(inv, 1e30, 0.0, cv2.THRESH_TOZERO_INV, dst=inv)    # 1/0 = inf -> 0
-    mx = cv2.dilate(inv, _KERNEL, dst=buf.mx[:ne])   # the nearest neighbour's inverse depth
+    mx = cv2.dilate(inv, _KERNEL, dst=buf.mx[:ne])
     # numpy, not cv2.multiply: OpenCV reads a 4 x 1 plane next to a number as a scalar.
     scaled = np.multiply(inv[top:top + n], np.float32(factor), out=buf.q[:n])
-    keep = cv2.compare(scaled, mx[top:top + n], cv2.CMP_GE, dst=buf.keep[:n])
-    return cv2.bitwise_and(keep, valid[top:top + n], dst=keep)
+    edge = cv2.compare(scaled, mx[top:top + n], cv2.CMP_LT, dst=buf.edge[:n])
+    out = ext[top:top + n]
+    cv2.subtract(out, out, dst=out, mask=edge)
+    return out
 
 
 def jump_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
@@ -66,4 +77,4 @@ def jump_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
     return (z > 0) & (inv * (1.0 + threshold) < mx)
 
 
-__all__ = ['jump_mask', 'not_far_side']
+__all__ = ['far_side_of_jumps', 'jump_mask']

@@ -15,9 +15,10 @@ Where stereo is trusted and consistent with the mono (``(y_s - y_m)^2 <= outlier
 sigma_s^2)``; elsewhere ``y = y_m``. The fused variance is ``sigma_m^2 (1 - k)``.
 
 The variances are smooth (the mono's from its low-resolution map, the stereo's from the
-confidence), so ``k`` and the gate's bound are computed at the statistics size and upsampled;
-the difference, the gate and the blend are per pixel. The gate is a uint8 mask (255: fused),
-and the blend a masked ``cv2.accumulateProduct`` (``y += k d`` where gated) in place.
+confidence), so ``k`` and the gate's bound, with its consistency cap from the mono sampled at
+the same size, are computed at the statistics size and upsampled; the difference, the gate
+and the blend are per pixel. The gate is a uint8 mask (255: fused),
+and the blend a masked add of ``k d`` in place.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from typing import Optional
 
 import cv2
 import numpy as np
+
+_KERNEL = np.ones((3, 3), np.uint8)
 
 
 def stereo_inverse_sigma(disparity_noise_px: float, focal_px: float, baseline_m: float) -> float:
@@ -60,13 +63,15 @@ class Fusion(object):
     def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, trusted: np.ndarray,
              mono_var_small: np.ndarray, stereo_var_small, outlier_sigma: float,
              consistency: Optional[float], out_inv: np.ndarray,
-             out_var: Optional[np.ndarray] = None) -> int:
+             out_var: Optional[np.ndarray] = None,
+             mono_inv_small: Optional[np.ndarray] = None) -> int:
         """
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
         :param mono_inv: [H, W] float32 aligned mono inverse depth (0 sky, NaN unknown).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, finite; it holds the
-            difference ``stereo_inv - mono_inv`` afterwards ...
+        :param stereo_inv: [H, W] float32 stereo inverse depth, finite (accumulateProduct
+            reads NaN and inf outside its mask); it holds the difference ``stereo_inv -
+            mono_inv`` afterwards ...
         :param trusted: ... fused only where this [H, W] uint8 mask is nonzero.
         :param mono_var_small: [h, w] float32 mono inverse-depth variance at a lower size.
         :param stereo_var_small: the stereo variance, a number or an [h, w] plane.
@@ -76,17 +81,24 @@ class Fusion(object):
             outlier even where the mono is very uncertain (its edges); None: no cap.
         :param out_inv: [H, W] float32 result; may be ``mono_inv`` itself (in place).
         :param out_var: optional [H, W] float32 result, the fused variance ``vm (1 - k)``.
+        :param mono_inv_small: [h, w] float32 the mono inverse depth at the variances' size
+            (the consistency band's ``y``; NaN is 0); default: ``mono_inv`` resized.
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
         # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
-        bound = self._up((den * (outlier_sigma * outlier_sigma)).astype(np.float32),
-                         self.bound_gain)
+        bound = den * (outlier_sigma * outlier_sigma)
         if consistency is not None:
-            # ... and at most (consistency y + 2 sigma_s)^2 per pixel (edges).
+            # ... and at most (consistency y + 2 sigma_s)^2 (edges), from the mono at the
+            # variances' size, upsampled with them.
+            if mono_inv_small is None:
+                mono_inv_small = cv2.resize(mono_inv, den.shape[::-1],
+                                            interpolation=cv2.INTER_NEAREST)
             s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
-            cv2.addWeighted(mono_inv, consistency, mono_inv, 0.0, s2, dst=self.sq)  # c y + s2
-            cv2.multiply(self.sq, self.sq, dst=self.sq)
-            cv2.min(bound, self.sq, dst=bound)
+            # The smallest y around: never a wider band than the pixels' own (edges).
+            y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
+            cap = y * np.float32(consistency) + np.float32(s2)
+            bound = np.minimum(bound, cap * cap)
+        bound = self._up(bound.astype(np.float32), self.bound_gain)
         # 2. The gate: trusted stereo within the bound (NaN fails).
         diff = cv2.subtract(stereo_inv, mono_inv, dst=stereo_inv)         # y_s - y_m
         cv2.multiply(diff, diff, dst=self.sq)

@@ -19,7 +19,7 @@ from typing import List, NamedTuple, Optional
 import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, describe
-from depth_ros.core.edges import not_far_side
+from depth_ros.core.edges import _range, far_side_of_jumps
 import numpy as np
 
 FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
@@ -106,12 +106,11 @@ class _Scratch(threading.local):
             self.y = np.empty((rows, w), np.float32)
             self.z = np.empty((rows, w), np.float32)
             self.q = np.empty((rows, w), np.float32)
-            self.keep = np.empty((rows, w), np.uint8)
             self.bgra = np.empty((rows, w, 4), np.uint8)
-            self.valid = np.empty((rows + 2, w), np.uint8)     # strip plus one row each side
-            self.ext = np.empty((rows + 2, w), np.float32)
+            self.ext = np.empty((rows + 2, w), np.float32)     # strip plus one row each side
             self.inv = np.empty((rows + 2, w), np.float32)
             self.mx = np.empty((rows + 2, w), np.float32)
+            self.edge = np.empty((rows, w), np.uint8)
             self.zs = np.empty((h, w), np.float32) if stride > 1 else None
             self.key = key
         return self
@@ -166,12 +165,13 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         z = buf.zs
     elif z.dtype != np.float32:
         z = np.ascontiguousarray(z, dtype=np.float32)
-    # The range [lo, hi] of the points kept (float32 bounds); at least the smallest normal
-    # float32 without min_depth (0, negatives, -inf and NaN are never points).
-    lo = float(np.finfo(np.float32).tiny)
-    if min_depth is not None and min_depth > 0:
-        lo = float(np.float32(min_depth))
+    # Range test without masks: TOZERO_INV zeroes z > hi (and +inf), TOZERO zeroes z <= lo
+    # (0, negatives, -inf); patchNaNs zeroes NaN. Then z / z is 1, or NaN where z is 0, and
+    # z * (z / z) is z or NaN, so x and y follow as NaN.
     hi = float(max_depth) if max_depth is not None else float(np.finfo(np.float32).max)
+    lo = 0.0
+    if min_depth is not None and min_depth > 0:
+        lo = float(np.nextafter(np.float32(min_depth), np.float32(-np.inf)))  # keep z == min
     if out is None:
         out = np.empty((h, w), dtype)
     colours = None
@@ -223,26 +223,27 @@ def _fill(z, colours, out, buf, lo, hi, edge_factor):
     h, w = z.shape
     nch = 4 if colours is not None else 3
     out_planes = out.view(np.float32).reshape(h, w, nch)
-    for r0 in range(0, h, buf.rows):
-        r1 = min(h, r0 + buf.rows)
-        n = r1 - r0
-        zs, xs, ys = buf.z[:n], buf.x[:n], buf.y[:n]
-        if edge_factor is None:
-            keep = cv2.inRange(z[r0:r1], lo, hi, dst=buf.keep[:n])     # NaN fails
-        else:
-            keep = not_far_side(z, r0, r1, lo, hi, edge_factor, buf)
-        zs.fill(np.nan)                     # [n, w] float32 metres, NaN where not kept ...
-        cv2.copyTo(z[r0:r1], keep, zs)
-        cv2.multiply(zs, buf.xr[:n], dst=xs)              # ... and so are x and y
-        np.multiply(zs, buf.yr[r0:r1], out=ys)
-        planes = [xs, ys, zs]
-        if colours is not None:
-            c = colours[r0:r1]
-            if not c.flags.c_contiguous:
-                c = np.ascontiguousarray(c)
-            planes.append(_pack_into(c, buf.bgra[:n]))
-        # One interleaving pass straight into the result.
-        cv2.merge(planes, out_planes[r0:r1])
+    with np.errstate(invalid='ignore', divide='ignore'):
+        for r0 in range(0, h, buf.rows):
+            r1 = min(h, r0 + buf.rows)
+            n = r1 - r0
+            zs, qs, xs, ys = buf.z[:n], buf.q[:n], buf.x[:n], buf.y[:n]
+            if edge_factor is None:
+                _range(z[r0:r1], zs, lo, hi)
+            else:
+                zs = far_side_of_jumps(z, r0, r1, lo, hi, edge_factor, buf)
+            np.divide(zs, zs, out=qs)
+            cv2.multiply(zs, qs, dst=zs)
+            cv2.multiply(zs, buf.xr[:n], dst=xs)
+            np.multiply(zs, buf.yr[r0:r1], out=ys)
+            planes = [xs, ys, zs]
+            if colours is not None:
+                c = colours[r0:r1]
+                if not c.flags.c_contiguous:
+                    c = np.ascontiguousarray(c)
+                planes.append(_pack_into(c, buf.bgra[:n]))
+            # One interleaving pass straight into the result.
+            cv2.merge(planes, out_planes[r0:r1])
 
 
 def _pack_into(bgr, bgra):
