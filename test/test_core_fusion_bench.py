@@ -190,6 +190,21 @@ def test_better_than_stereo_and_least_squares_and_above_the_oracle(report):
     assert goals['oracle']['stereo_valid_ratio']['mean'] < 1e-5     # float32 rounding
 
 
+def test_selection_bounds_lie_between_the_oracle_and_the_aligner(report):
+    goals = report['goals']
+    for name in ('abs_rel_road', 'abs_rel_indoor'):
+        o, sg, ss, f = (goals[m][name]['mean'] for m in ('oracle', 'select_gt',
+                                                         'select_stereo', 'fused'))
+        # Exact where stereo reaches < the best smooth correction < learnt from the stereo.
+        assert o < sg < ss, (name, o, sg, ss)
+        assert sg < f, (name, sg, f)
+    for m in ('select_gt', 'select_stereo'):
+        # The per-pixel choice is never worse than the stereo on its own pixels, and is not
+        # the ground truth there either.
+        g = goals[m]['stereo_valid_ratio']
+        assert 0.02 < g['mean'] < 1.0 and g['worst_decile'] <= 1.0, (m, g)
+
+
 def test_sky_and_uncertainty(report):
     # The sky's patches (5 % of the sky given a finite depth by the network) are found: at
     # these small sizes 96.5 % of the sky is +inf (a6bfff9's aligner: 94.7 %).
@@ -207,7 +222,7 @@ def test_report_prints_calibration_first_and_goals_with_baselines(bench, report)
     assert text.index('## Calibration') < text.index('## Goals')
     assert '| road (development) | KITTI |' in text
     header = [ln for ln in lines if ln.startswith('| goal |')][0]
-    for m in ('stereo', 'stereo_lsq', 'fused', 'oracle'):
+    for m in ('stereo', 'stereo_lsq', 'fused', 'oracle', 'select_gt', 'select_stereo'):
         assert ' {} '.format(m) in header
 
 
@@ -222,3 +237,64 @@ def test_oracle_is_exact_where_stereo_reaches_and_spreads_beyond(bench):
     h, w = reach.shape
     img = cv2.resize(frame['rel'], (w, h))
     assert img.shape == depth.shape
+
+
+def _plane_frame(bench, warp=0.0, outliers=()):
+    """
+    Return a frame of a slanted floor seen by a 160 px camera.
+
+    The stereo is exact but for ``outliers`` (row, column, factor) and a hole at the left;
+    the network is exact up to an affine and, with ``warp``, a horizontal ramp of its log.
+    """
+    cam = bench.scenes.zed_camera(160)
+    h, w = cam.height, cam.width
+    v = np.arange(h, dtype=np.float64)[:, None] + np.zeros((1, w))
+    gt = 2.0 + 6.0 * v / h                                   # 2..8 m, no sky
+    u = np.zeros((h, w)) + np.linspace(-1.0, 1.0, w)[None, :]
+    rel = (3.0 / gt * np.exp(warp * u) + 0.5).astype(np.float32)
+    stereo = gt.astype(np.float32).copy()
+    for (r, c, f) in outliers:
+        stereo[r, c] *= f
+    stereo[:, :20] = np.nan                                  # a hole at the left
+    conf = np.where(np.isfinite(stereo), 10.0, 100.0).astype(np.float32)
+    return dict(gt=gt, stereo=stereo, confidence=conf, rel=rel, camera=cam,
+                baseline_m=0.12, disparity_noise_px=0.1)
+
+
+def test_selection_bound_picks_the_better_source_per_pixel(bench):
+    outliers = [(30, 80, 1.3), (50, 100, 0.8), (60, 40, 1.05)]
+    frame = _plane_frame(bench, outliers=outliers)
+    gt = frame['gt']
+    for learn in ('ground_truth', 'stereo'):
+        depth, _, _ = bench.SelectionBound(learn).process(frame)
+        err = np.abs(depth - gt) / gt
+        # The network is exact up to its affine: the smooth correction is 1, and the
+        # corrected mono is the ground truth to float32 rounding, in the hole as well.
+        assert err[:, :20].max() < 1e-5, (learn, err[:, :20].max())
+        # The stereo's wrong pixels take the mono: exact with the exact correction; learnt
+        # from the stereo, the 5 % outlier is within the noise of the 7 m stereo and moves
+        # the correction near it a little.
+        tol = 1e-5 if learn == 'ground_truth' else 3e-3
+        for (r, c, f) in outliers:
+            assert err[r, c] < tol and depth[r, c] != frame['stereo'][r, c], (learn, r, c)
+    with pytest.raises(ValueError, match='learn_from'):
+        bench.SelectionBound('oracle')
+
+
+def test_selection_bounds_learn_a_smooth_network_error(bench):
+    # The network's log inverse depth is off by a ramp of +-0.1 across the image; the exact
+    # stereo (no outliers) teaches the stereo-learnt bound as much as the ground truth.
+    frame = _plane_frame(bench, warp=0.1)
+    gt = frame['gt']
+    rel = cv2.resize(frame['rel'], (gt.shape[1], gt.shape[0])).astype(np.float64)
+    s, t = bench._lstsq_affine(rel[:, 20:].ravel(), 1.0 / gt[:, 20:].ravel())
+    affine_only = np.abs(1.0 / (s * rel + t) - gt) / gt
+    for learn in ('ground_truth', 'stereo'):
+        depth, _, _ = bench.SelectionBound(learn).process(frame)
+        err = np.abs(depth - gt) / gt
+        # Where the stereo is: the stereo (exact) or a mono as good; in the hole (up to 20
+        # px from the stereo) the correction extrapolated, far better than the affine alone.
+        assert err[:, 20:].max() < 1e-5, learn
+        hole = err[:, :20].mean()
+        assert hole < 0.25 * affine_only[:, :20].mean(), (learn, hole,
+                                                          affine_only[:, :20].mean())

@@ -73,6 +73,8 @@ class Correction(NamedTuple):
 
     factor: np.ndarray       # multiplies the mono inverse depth, within max_correction
     support: np.ndarray      # 0..1: how much local stereo the factor rests on
+    weight: np.ndarray       # the precision per cell it was spread from (this frame's stereo,
+    #                          plus the previous output's where the temporal filter took it)
 
 
 def _box(x, r):
@@ -271,7 +273,7 @@ class BilateralCorrection(object):
         lam = info / (info + 2.0 * w_typ)
         q = lam * q + (1.0 - lam) * fallback
         factor = np.clip(q, math.exp(-max_correction), math.exp(max_correction))
-        return Correction(factor.astype(np.float32), lam.astype(np.float32))
+        return Correction(factor.astype(np.float32), lam.astype(np.float32), w)
 
     def _temporal(self, targets, alpha, max_correction):
         """Combine this frame's target with the previous output's where they agree."""
@@ -294,10 +296,16 @@ class BilateralCorrection(object):
         # accumulated over frames (content moves; an old estimate must not linger in holes).
         return pt, wt.astype(np.float32)
 
-    def remember(self, targets: CellTargets, correction: Correction) -> None:
-        """Keep this frame's corrected inverse depth per cell and its stereo precision."""
+    def remember(self, targets: CellTargets, correction: Correction, held: bool = False) -> None:
+        """
+        Keep this frame's corrected inverse depth per cell and its stereo precision.
+
+        A held frame (no usable stereo of its own) passes on the precision it took from the
+        previous output, times ``1 - alpha`` (so it fades over held frames): a run of held
+        frames keeps the last stereo's local correction instead of losing it after one.
+        """
         self.prev_inv = (targets.mono_inv * correction.factor).astype(np.float32)
-        self.prev_w = targets.weight
+        self.prev_w = correction.weight if held else targets.weight
 
     # ------------------------------------------------------------------ full resolution
 

@@ -39,8 +39,14 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     """Stereo inverse-depth variance: a number, or a plane from the ZED confidence."""
     if confidence is None or gain <= 0:
         return sigma_s * sigma_s
-    s = sigma_s * (1.0 + gain * (confidence - 1.0) / 99.0)     # 1 sigma, 1/m
-    return s * s
+    # sigma_s (1 + gain (c - 1) / 99), squared, in one buffer (1/m^2).
+    s = confidence - 1.0
+    s *= gain
+    s /= 99.0
+    s += 1.0
+    s *= sigma_s
+    s *= s
+    return s
 
 
 class Fusion(object):
@@ -98,14 +104,14 @@ class Fusion(object):
             y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
             cap = y * np.float32(consistency) + np.float32(s2)
             bound = np.minimum(bound, cap * cap)
-        bound = self._up(bound.astype(np.float32), self.bound_gain)
+        bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain)
         # 2. The gate: trusted stereo within the bound (NaN fails).
         diff = cv2.subtract(stereo_inv, mono_inv, dst=stereo_inv)         # y_s - y_m
         cv2.multiply(diff, diff, dst=self.sq)
         cv2.compare(self.sq, bound, cv2.CMP_LT, dst=self.gate)
         cv2.bitwise_and(self.gate, trusted, dst=self.gate)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
-        gain = self._up((mono_var_small / den).astype(np.float32), self.bound_gain)
+        gain = self._up((mono_var_small / den).astype(np.float32, copy=False), self.bound_gain)
         if out_inv is not mono_inv:
             np.copyto(out_inv, mono_inv)
         cv2.accumulateProduct(gain, diff, out_inv, mask=self.gate)

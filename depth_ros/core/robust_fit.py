@@ -84,7 +84,12 @@ def ransac_affine(r, y, tol, rng, iterations) -> Optional[Tuple[float, float]]:
     s, t = s[good], t[good]
     sub = slice(None) if n <= SCORE_SAMPLES else rng.randint(0, n, SCORE_SAMPLES)
     rs, ys, ts = r[sub], y[sub], tol[sub]
-    res = np.abs(s[:, None] * rs[None, :] + t[:, None] - ys[None, :])   # [hypotheses, samples]
+    # |s r + t - y| per hypothesis and sample, in one [hypotheses, samples] buffer (three
+    # temporaries of it cost 0.2 ms per frame).
+    res = np.multiply.outer(s, rs)
+    res += t[:, None]
+    res -= ys[None, :]
+    np.abs(res, out=res)
     best = int(np.argmax(np.count_nonzero(res <= ts[None, :], axis=1)))
     return float(s[best]), float(t[best])
 
