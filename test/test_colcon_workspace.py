@@ -185,7 +185,7 @@ def _launch_default(env, log_path):
     # The user's command: no backend, no model argument.
     log = open(str(log_path), 'wb')
     proc = subprocess.Popen(
-        [os.path.join(BIN, 'ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+        [tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
          'source:=sample', 'publish_tf:=false'],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
@@ -220,7 +220,7 @@ def test_no_model_argument_offline_one_fatal_line_then_clouds_from_the_hub_cache
                DEPTH_ROS_ENGINE_CACHE=str(tmp_path / 'engines'))
     # 1. Nothing cached: the launch ends within seconds with one line that says what to do.
     t0 = time.monotonic()
-    done = subprocess.run([os.path.join(BIN, 'ros2'), 'launch', 'depth_ros',
+    done = subprocess.run([tool('ros2'), 'launch', 'depth_ros',
                            'zed_depth.launch.py', 'source:=sample', 'publish_tf:=false'],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=120)
