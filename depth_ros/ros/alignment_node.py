@@ -22,7 +22,7 @@ import threading
 import time
 
 from depth_ros.core.messages import baseline_from_info, decode_set, depth_to_metres
-from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer
+from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
 from depth_ros.ros import conversions as conv
@@ -130,24 +130,24 @@ class AlignmentNode(DepthRosNode):
                 guard.reset_ns = int(self.cfg['stamp_reset_s'] * 1e9)
 
     # ------------------------------------------------------------------ inputs
-    def _on_drop(self, stamp, missing, why, expected):
+    def _on_drop(self, drop):
         # Called with self.lock held, from PairingBuffer.
-        if expected:
+        stamp, why = drop.stamp, drop.why
+        if drop.expected:
             # The network skipped the frame (newest-frame policy), or the memory cap took it:
             # the policy's drops, counted, not errors.
-            kind = 'capped' if why.startswith(('pairing buffer over', 'its set was')) \
-                else 'skipped'
-            self.bad[kind] += 1
+            capped = drop.reason in (Reason.CAPPED, Reason.CAPPED_EARLIER)
+            self.bad['capped' if capped else 'skipped'] += 1
             self.get_logger().debug('frame {} dropped: no {} ({})'.format(
-                stamp, missing_text(missing), why))
+                stamp, missing_text(drop.missing), why))
             return
-        self.last_drop = 'missing {} ({})'.format(missing_text(missing), why)
+        self.last_drop = 'missing {} ({})'.format(missing_text(drop.missing), why)
         if not self.paired_once:
             # Before the first complete set, partial sets are discovery races (a subscription
             # matched a moment after its publisher's first message): counted, not logged.
             self.bad['unpaired_startup'] += 1
             return
-        if why.startswith('its set was dropped earlier'):
+        if drop.reason is Reason.CAPPED_EARLIER:
             self.bad['unpaired'] += 1
             self.warn('capped', 'dropped frame {}: {}; raise pairing_max_mb (now {:g})'.format(
                 stamp, why, self.cfg['pairing_max_mb']))

@@ -197,10 +197,10 @@ class RosbagSource(FrameSource):
             self.close()
             raise SourceConfigError(problem)
 
-    def _on_drop(self, stamp, missing, why, expected):
-        have = sorted(k for k in self._pairing.kinds if k not in missing)
-        LOG.warning('bag %s: dropped stamp %d with only %s (%s)', self.path, stamp,
-                    ', '.join(have) or 'nothing', why)
+    def _on_drop(self, drop):
+        have = sorted(k for k in self._pairing.kinds if k not in drop.missing)
+        LOG.warning('bag %s: dropped stamp %d with only %s (%s)', self.path, drop.stamp,
+                    ', '.join(have) or 'nothing', drop.why)
 
     def close(self) -> None:
         self._messages = None
