@@ -21,31 +21,22 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import baseline_from_info, decode_set, depth_to_metres
-from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
+from depth_ros.core.messages import baseline_from_info, decode_set
+from depth_ros.core.pairing import missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
-from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
+from depth_ros.nodes_core.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
     make_aligner, validate_alignment
-from depth_ros.ros.params import ConfigError
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
-    max_message_bytes, RateMeter, sensor_qos, StageTimes, too_large_text
-from depth_ros.ros.workers import first_line, LatestWorker, StampGuard
+from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
+from depth_ros.nodes_core.params import ConfigError
+from depth_ros.nodes_core.workers import RateMeter, StageTimes, StampGuard, Worker
+from depth_ros.ros import conversions as conv
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+    sensor_qos
+from depth_ros.util import describe_error
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-
-PARAMS = ALIGNMENT_PARAMS
-
-__all__ = ['AlignmentNode', 'main', 'make_aligner', 'message_bytes', 'PairingBuffer', 'PARAMS',
-           'stereo_depth_metres']
-
-
-def stereo_depth_metres(array: np.ndarray, encoding: str) -> np.ndarray:
-    """32FC1 metres as is; 16UC1 / mono16 millimetres -> float32 metres with 0 -> NaN."""
-    return depth_to_metres(array, encoding)
-
 
 TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image),
           'confidence': ('confidence', Image), 'camera_info': ('camera_info', CameraInfo),
@@ -56,7 +47,7 @@ class AlignmentNode(DepthRosNode):
     """The metric alignment node (module docstring)."""
 
     def __init__(self, **kwargs):
-        super().__init__('alignment_node', PARAMS, validate=validate_alignment,
+        super().__init__('alignment_node', ALIGNMENT_PARAMS, validate=validate_alignment,
                          apply=self._apply, **kwargs)
         try:
             self.aligner = make_aligner(self.cfg)
@@ -102,7 +93,7 @@ class AlignmentNode(DepthRosNode):
         self.pub_points = self.create_publisher(PointCloud2, '~/points', qos)
         self.pub_colored = self.create_publisher(Image, '~/colored', qos)
         self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
-        self.worker = LatestWorker(self._process, 'alignment', self._worker_error)
+        self.worker = Worker(self._process, 'alignment', self._worker_error)
         self.subs = [self.create_subscription(TOPICS[k][1], TOPICS[k][0], self._callback(k),
                                               qos) for k in kinds]
         if self.cfg['use_inference_stamps']:
@@ -111,7 +102,6 @@ class AlignmentNode(DepthRosNode):
         if self.cfg['use_right_camera_info']:
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
-        self.diag = Diagnostics(self, self._diagnostics)
 
     # ------------------------------------------------------------------ parameters
     def _apply(self, changed):
@@ -331,8 +321,8 @@ class AlignmentNode(DepthRosNode):
     def _worker_error(self, exc):
         if self.shutting_down:
             return
-        self.last_drop = first_line(exc)
-        self.error('exception', 'alignment failed on a frame: {}'.format(first_line(exc)))
+        self.last_drop = describe_error(exc)
+        self.error('exception', 'alignment failed on a frame: {}'.format(self.last_drop))
 
     # ------------------------------------------------------------------ health
     def watched_threads(self):
@@ -367,7 +357,8 @@ class AlignmentNode(DepthRosNode):
             return 'warn', 'holding last fit: ' + r.reason
         return 'error', 'no fit: ' + r.reason
 
-    def _diagnostics(self):
+    def diagnostics(self):
+        """Return this node's status for /diagnostics."""
         r = self.result
         nan = float('nan')
         values = collections.OrderedDict()
@@ -411,11 +402,6 @@ class AlignmentNode(DepthRosNode):
     def close(self):
         """Finish the set in progress."""
         self.worker.stop()
-
-
-def make_node(**kwargs):
-    """Create the alignment_node (kept for callers of the earlier factory)."""
-    return AlignmentNode(**kwargs)
 
 
 main = main_for(AlignmentNode, 'alignment_node')

@@ -28,7 +28,6 @@ from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_number
 from depth_ros.core.encodings import image_to_array
 from depth_ros.core.messages import camera_info_fields, decode_set, header_ns
-from depth_ros.core.messages import depth_to_metres  # noqa: F401 - re-exported
 from depth_ros.core.pairing import PairingBuffer
 from depth_ros.sources.base import Frame, FrameSource, SourceConfigError, SourceError
 from depth_ros.util import describe_error
