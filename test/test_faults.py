@@ -854,3 +854,44 @@ def test_fuse_with_one_pixel_frames(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and '`stereo_depth` must be at least 16x16' in err[0], \
         (code, err)
     assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
+
+
+# ------------------------------------------------- alignment_node: a burst of 720p messages
+@pytest.mark.rmw_independent
+def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(probe):
+    # 200 colour images on the depth topic at 100 Hz (1280x720, 550 MB): each is refused
+    # when it arrives (never held while its set waits: pairing_waiting_mb stays 0), counted
+    # as a bad frame, logged rate-limited. Then sets whose disparity never comes fill the
+    # pairing buffer (hundreds of MB) and drain: the freed heap goes back to the system.
+    # Before: the flood waited whole in the pairing buffer (279 MB) as dropped_skipped, and
+    # the node kept up to 272 MB after it; glibc kept up to 360 MB of a drained buffer.
+    from burst_support import BurstGraph, rss_anon_mb
+    graph = BurstGraph(cwd=ROOT, probe=probe)
+    try:
+        graph.send_good(3)
+        start = graph.diagnostics()
+        before = rss_anon_mb(graph.pid)
+        mark = len(graph.output())
+        sent = graph.burst(100.0, 2.0)
+        values = graph.diagnostics_until(
+            lambda v: int(v['dropped_frame']) >= int(start['dropped_frame']) + sent * 0.8)
+        assert float(values['pairing_waiting_mb']) == 0.0, values
+        assert int(values['dropped_skipped']) == int(start['dropped_skipped']), values
+        lines = [x for x in graph.output()[mark:].splitlines() if 'dropped frame' in x]
+        assert lines and all("stereo depth has encoding 'bgr8'" in x for x in lines), lines
+        assert len(lines) <= 4 and any('similar suppressed' in x for x in lines[1:]), \
+            'expected at most one line a second (log_throttle_s 1.0), received {}'.format(lines)
+        graph.send_good(3)
+        after_refused = rss_anon_mb(graph.pid)
+        graph.burst(100.0, 2.0, wrong=False)        # 740 MB of sets waiting for a disparity
+        graph.send_good(6)
+        values = graph.diagnostics_until(lambda v: float(v['pairing_waiting_mb']) == 0.0 and
+                                         int(v['heap_trims']) >= 1)
+        after_waiting = rss_anon_mb(graph.pid)
+        assert graph.proc.poll() is None, graph.output()[-3000:]
+    finally:
+        graph.close()
+    # After a trim: +9 ... +47 MB on Humble, -5 ... +2 MB on Kilted (docs/ros.md).
+    assert after_refused - before < 96 and after_waiting - before < 96, \
+        'anonymous RSS {:.0f} MB before, {:.0f} MB after the refused burst, {:.0f} MB after ' \
+        'the drained buffer'.format(before, after_refused, after_waiting)

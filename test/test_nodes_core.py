@@ -269,6 +269,23 @@ def test_library_log_records_reach_the_node_logger_with_their_severity():
                             ('error', 'failed (ValueError: why)')], logger.lines
 
 
+def test_heap_trim_runs_once_after_a_burst_never_on_a_steady_stream():
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=100)
+    calls = []
+    trim._trim = calls.append              # malloc_trim stand-in: records its argument
+    for _ in range(50):                    # a steady stream: 60 bytes held, freed, held ...
+        trim.held(60)
+        assert not trim.maybe_trim(0)
+    trim.held(400)                         # a burst: the buffer holds 400, then drains
+    assert not trim.maybe_trim(150), 'trimmed while a quarter of the burst is still held'
+    assert trim.maybe_trim(90) and calls == [0] and trim.trims == 1
+    assert not trim.maybe_trim(0), 'trimmed twice for one burst'
+    for _ in range(30):                    # a flood refused on arrival, 10 bytes each
+        trim.refuse(10)
+    assert trim.maybe_trim(0) and trim.trims == 2 and not trim.maybe_trim(0)
+
+
 # ------------------------------------------------------------------------------ parameters
 def test_choices_are_checked_here_and_ranges_left_to_rclpy():
     from depth_ros.nodes_core.params import choice_error, Param

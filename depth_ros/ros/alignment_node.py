@@ -5,7 +5,10 @@ Inputs (relative names; remap them): ``disparity`` (32FC1 relative, from depth_n
 Marigold keyframes with ``relative_kind: depth``), ``depth_registered`` (32FC1 metres, or 16UC1
 millimetres), ``confidence`` (32FC1 1..100, optional), ``camera_info``, ``image`` (colours,
 optional), and ``inference_started`` (std_msgs/Header, optional: the stamps depth_node is
-computing). They are paired by exact stamp (depth_ros.core.pairing): a stereo set waits for its
+computing). A message is checked when it arrives, from its fields (core.messages.check_message
+and check_parts: encoding, layout, sizes against the other messages of its stamp and the last
+camera_info): a wrong one is refused at once, with the rest of its set, and counted as a bad
+frame. The others are paired by exact stamp (depth_ros.core.pairing): a stereo set waits for its
 disparity up to ``pairing_window_s`` under the ``pairing_max_mb`` cap, and the set being
 inferred is never dropped for memory. Sets skipped by the newest-frame policy upstream are
 counted (``dropped_skipped``), not logged as errors.
@@ -21,15 +24,15 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import baseline_from_info, decode_set
-from depth_ros.core.pairing import missing_text, PairingBuffer, Reason
+from depth_ros.core.messages import baseline_from_info, check_message, check_parts, decode_set
+from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
 from depth_ros.nodes_core.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
     make_aligner, validate_alignment
 from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError
-from depth_ros.nodes_core.workers import RateMeter, StageTimes, StampGuard, Worker
+from depth_ros.nodes_core.workers import HeapTrim, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
 from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
     sensor_qos
@@ -70,6 +73,8 @@ class AlignmentNode(DepthRosNode):
         self.aligner_epoch = 0
         self.stamp_resets = 0
         self.paired_once = False
+        self.last_camera_info = None   # of the last complete set: arrivals are checked on it
+        self.heap = HeapTrim()
         self.last_drop = ''
         self.in_rate, self.out_rate = RateMeter(), RateMeter()
         self.latency_ms = collections.deque(maxlen=50)
@@ -102,6 +107,14 @@ class AlignmentNode(DepthRosNode):
         if self.cfg['use_right_camera_info']:
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
+        # After a burst (the pairing buffer drained, or a flood refused), the freed heap goes
+        # back to the system (nodes_core.workers.HeapTrim says why).
+        self.create_timer(self.cfg['diagnostics_period_s'], self._trim_heap)
+
+    def _trim_heap(self):
+        with self.lock:
+            held = self.buffer.bytes
+        self.heap.maybe_trim(held)
 
     # ------------------------------------------------------------------ parameters
     def _apply(self, changed):
@@ -171,19 +184,45 @@ class AlignmentNode(DepthRosNode):
             stamp = conv.stamp_to_ns(msg.header.stamp)
             self.arrivals[kind].tick()
             with self.lock:
-                if not self._stamp_ok(kind, stamp):
-                    return
+                if not self._stamp_ok(kind, stamp) or self.buffer.refused(stamp):
+                    return     # a message of a set refused already goes with it
                 if kind == 'disparity':
                     self.in_rate.tick()
-                complete = self.buffer.add(kind, stamp, msg)
+                problem = self._arrival_problem(kind, stamp, msg)
+                complete = None if problem else self.buffer.add(kind, stamp, msg)
+                self.heap.held(self.buffer.bytes)
                 if complete is not None:
                     self.paired_once = True
+                    self.last_camera_info = complete['camera_info']
                 epoch = self.epoch
-            if complete is not None:
+            if problem:
+                self.error('frame', 'dropped frame {}: {}'.format(stamp, problem))
+            elif complete is not None:
                 now = time.time_ns()
                 self.input_age_ms.append((now - stamp) * 1e-6)
                 self.worker.put((complete, now, epoch))
         return callback
+
+    def _arrival_problem(self, kind, stamp, msg):
+        """
+        Refuse a wrong message when it arrives, with the rest of its set (lock held).
+
+        Never held while its set waits: a flood of wrong messages costs no memory. The checks
+        read fields only (core.messages): the message alone, then with what its stamp has so
+        far and the last complete set's camera_info. decode_set repeats them, then checks the
+        values (NaN, inf) of the complete set.
+        """
+        parts = dict(self.buffer.parts(stamp))
+        parts[kind] = msg
+        try:
+            check_message(kind, msg)
+            check_parts(parts, camera_info=self.last_camera_info)
+        except ValueError as exc:
+            self.buffer.refuse(stamp)
+            self.heap.refuse(message_bytes(msg))
+            self.last_drop = str(exc)
+            return str(exc)
+        return None
 
     def _stamp_ok(self, kind, stamp) -> bool:
         # Called with self.lock held.
@@ -199,6 +238,7 @@ class AlignmentNode(DepthRosNode):
                     guard.reset()
             self.buffer.clear()
             self.paired_once = False
+            self.last_camera_info = None
             self.epoch += 1
             return True
         if verdict == 'old':
@@ -392,6 +432,7 @@ class AlignmentNode(DepthRosNode):
         with self.lock:
             values['pairing_waiting'] = len(self.buffer.pending)
             values['pairing_waiting_mb'] = self.buffer.bytes / 1e6
+        values['heap_trims'] = self.heap.trims
         for k in ('stamp', 'frame', 'exception'):
             values['dropped_' + k] = self.bad[k]
         values['last_drop_reason'] = self.last_drop
