@@ -19,6 +19,9 @@ import numpy as np
 W, H = 1280, 720
 FRAME = 'zed_left_camera_optical_frame'
 NAME = 'align_burst'
+NO_TRIM = ('import sys; from depth_ros.nodes_core.workers import HeapTrim; '
+           'HeapTrim.maybe_trim = lambda self, held_now: False; '
+           'from depth_ros.ros.alignment_node import main; sys.exit(main())')
 
 
 def rss_anon_mb(pid):
@@ -30,33 +33,37 @@ def rss_anon_mb(pid):
     raise RuntimeError('no RssAnon in /proc/{}/status'.format(pid))
 
 
-def _frame(seed):
+def make_frame(seed, w=W, h=H):
+    """Return (bgr, disparity, depth, confidence) of one consistent ``w`` x ``h`` scene."""
     rng = np.random.RandomState(seed)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    base = 60 + 0.1 * xx + 0.15 * yy
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 60 + 0.1 * xx * (W / w) + 0.15 * yy * (H / h)
     bgr = np.clip(np.stack([base, base * 0.9, 255 - base], 2)
-                  + rng.uniform(-10, 10, (H, W, 3)), 0, 255).astype(np.uint8)
+                  + rng.uniform(-10, 10, (h, w, 3)), 0, 255).astype(np.uint8)
     gray = bgr.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
     disparity = (0.1 + 0.9 * gray / 255.0).astype(np.float32)
     depth = (1.0 / (2.0 * disparity + 0.1)).astype(np.float32)
-    confidence = np.full((H, W), 10.0, np.float32)
+    confidence = np.full((h, w), 10.0, np.float32)
     return bgr, disparity, depth, confidence
 
 
 class BurstGraph(object):
     """One alignment_node (``/align_burst``) fed by a probe under namespace /burst."""
 
-    def __init__(self, cwd, probe=None, params=None):
+    def __init__(self, cwd, probe=None, params=None, clouds=False, trim=True):
         from depth_ros.core.camera import PinholeCamera
         from depth_ros.ros import conversions as conv
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         self.conv = conv
         self.own_probe = probe is None
         self.probe = probe or Probe('burst_probe')
-        cmd = [sys.executable, '-m', 'depth_ros.ros.alignment_node', '--ros-args',
-               '--params-file', CONFIG, '-r', '__node:=' + NAME, '-p', 'log_throttle_s:=1.0',
-               '-p', 'diagnostics_period_s:=0.2', '-p', 'use_inference_stamps:=false']
+        # trim=False: the node as it is, but HeapTrim never trims (the benchmark's baseline).
+        run = ['-m', 'depth_ros.ros.alignment_node'] if trim else ['-c', NO_TRIM]
+        cmd = [sys.executable] + run + [
+            '--ros-args', '--params-file', CONFIG, '-r', '__node:=' + NAME,
+            '-p', 'log_throttle_s:=1.0', '-p', 'diagnostics_period_s:=0.2',
+            '-p', 'use_inference_stamps:=false']
         for key, value in (params or {}).items():
             cmd += ['-p', '{}:={}'.format(key, value)]
         for src, dst in (('disparity', 'disparity'), ('depth_registered', 'depth'),
@@ -73,12 +80,16 @@ class BurstGraph(object):
             ('image', Image), ('disparity', Image), ('depth', Image), ('confidence', Image),
             ('camera_info', CameraInfo))}
         self.out = self.probe.subscribe(Image, '/{}/depth'.format(NAME))
+        # The cloud is computed while subscribed (14.7 MB a frame at 1280x720).
+        self.clouds = self.probe.subscribe(PointCloud2, '/{}/points'.format(NAME)) \
+            if clouds else None
         self.diag = self.probe.subscribe(DiagnosticArray, '/diagnostics',
                                          self.probe.qos('reliable', 50))
         for pub in self.pub.values():
             assert self.probe.wait_for_subscribers(pub, 1, 30), self.output()
         self.stamp = 1700000000 * 10 ** 9
-        self.frame = _frame(0)
+        self.frame = make_frame(0)
+        self.order = ('camera_info', 'image', 'confidence', 'depth', 'disparity')
 
     def output(self):
         """Return what the node printed so far."""
@@ -90,15 +101,22 @@ class BurstGraph(object):
         return self.stamp
 
     def send_set(self, stamp):
-        """Publish one good set with ``stamp``."""
+        """Publish one good set (``self.frame``, ``self.camera``) with ``stamp``.
+
+        In ``self.order``: camera_info first by default (as zed_node publishes), the depth
+        first with ``depth_first`` (its size is then checked on the camera_info of an earlier
+        stamp).
+        """
         conv = self.conv
         bgr, disparity, depth, confidence = self.frame
         header = conv.make_header(stamp, FRAME)
-        self.pub['camera_info'].publish(conv.camera_to_info(self.camera, header))
-        self.pub['image'].publish(conv.numpy_to_image(bgr, 'bgr8', header))
-        self.pub['confidence'].publish(conv.numpy_to_image(confidence, '32FC1', header))
-        self.pub['depth'].publish(conv.numpy_to_image(depth, '32FC1', header))
-        self.pub['disparity'].publish(conv.numpy_to_image(disparity, '32FC1', header))
+        msgs = {'camera_info': conv.camera_to_info(self.camera, header),
+                'image': conv.numpy_to_image(bgr, 'bgr8', header),
+                'confidence': conv.numpy_to_image(confidence, '32FC1', header),
+                'depth': conv.numpy_to_image(depth, '32FC1', header),
+                'disparity': conv.numpy_to_image(disparity, '32FC1', header)}
+        for kind in self.order:
+            self.pub[kind].publish(msgs[kind])
 
     def send_good(self, count, period=0.3, timeout=20.0):
         """Send ``count`` good sets ``period`` s apart; wait until the last one comes out."""
@@ -114,16 +132,26 @@ class BurstGraph(object):
             self.send_set(stamp)
         return stamp
 
-    def burst(self, rate, seconds, wrong=True):
+    def burst(self, rate, seconds, what='encoding'):
         """
-        Publish depth images at ``rate`` Hz for ``seconds``; return how many.
+        Publish depth images alone at ``rate`` Hz for ``seconds``; return how many.
 
-        ``wrong``: a colour image on the depth topic (refused on arrival); else good 32FC1
-        depth whose sets never get a disparity (they wait in the pairing buffer).
+        ``what``: 'encoding', a colour image (bgr8) on the depth topic; 'size', a 32FC1 depth
+        of 960x720, whose aspect ratio disagrees with the 1280x720 camera_info (both refused
+        on arrival); 'waiting', good 32FC1 depth whose sets never get a disparity (they wait
+        in the pairing buffer).
         """
         conv = self.conv
-        msg = conv.numpy_to_image(self.frame[0], 'bgr8', conv.make_header(0, FRAME)) if wrong \
-            else conv.numpy_to_image(self.frame[2], '32FC1', conv.make_header(0, FRAME))
+        header = conv.make_header(0, FRAME)
+        if what == 'encoding':
+            msg = conv.numpy_to_image(self.frame[0], 'bgr8', header)
+        elif what == 'size':
+            msg = conv.numpy_to_image(np.ascontiguousarray(self.frame[2][:, :960]), '32FC1',
+                                      header)
+        elif what == 'waiting':
+            msg = conv.numpy_to_image(self.frame[2], '32FC1', header)
+        else:
+            raise ValueError('`what` must be encoding|size|waiting, got {!r}'.format(what))
         count, t_next, end = 0, time.monotonic(), time.monotonic() + seconds
         while time.monotonic() < end:
             msg.header = conv.make_header(self._next(), FRAME)
@@ -139,6 +167,17 @@ class BurstGraph(object):
         assert wait_until(lambda: diag_values(self.diag, NAME, since) is not None, timeout), \
             'no diagnostics:\n' + self.output()[-3000:]
         return diag_values(self.diag, NAME, since)
+
+    def diagnostics_since(self, since):
+        """Return the values of every /diagnostics report of the node stamped after ``since``."""
+        series = []
+        for msg in list(self.diag.msgs):
+            if msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 <= since:
+                continue
+            for status in msg.status:
+                if status.hardware_id == '/' + NAME:
+                    series.append({kv.key: kv.value for kv in status.values})
+        return series
 
     def diagnostics_until(self, predicate, timeout=15.0):
         """Poll the node's /diagnostics until ``predicate(values)``; return the values."""

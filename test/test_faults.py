@@ -859,39 +859,63 @@ def test_fuse_with_one_pixel_frames(tmp_path, capsys):
 # ------------------------------------------------- alignment_node: a burst of 720p messages
 @pytest.mark.rmw_independent
 def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(probe):
-    # 200 colour images on the depth topic at 100 Hz (1280x720, 550 MB): each is refused
-    # when it arrives (never held while its set waits: pairing_waiting_mb stays 0), counted
-    # as a bad frame, logged rate-limited. Then sets whose disparity never comes fill the
-    # pairing buffer (hundreds of MB) and drain: the freed heap goes back to the system.
+    # 200 colour images on the depth topic at 100 Hz (1280x720, 550 MB), then 100 depth
+    # images of 960x720 (a size the 1280x720 camera_info refuses, 276 MB): each is refused
+    # when it arrives (never held while its set waits: pairing_waiting_mb stays 0 in every
+    # report during the burst), counted as a bad frame, logged rate-limited; good sets still
+    # give depth and clouds. Then sets whose disparity never comes fill the pairing buffer
+    # (hundreds of MB) and drain: the freed heap goes back to the system (HeapTrim).
     # Before: the flood waited whole in the pairing buffer (279 MB) as dropped_skipped, and
     # the node kept up to 272 MB after it; glibc kept up to 360 MB of a drained buffer.
-    from burst_support import BurstGraph, rss_anon_mb
-    graph = BurstGraph(cwd=ROOT, probe=probe)
+    from burst_support import BurstGraph, make_frame, rss_anon_mb
+    from depth_ros.core.camera import PinholeCamera
+    graph = BurstGraph(cwd=ROOT, probe=probe, clouds=True)
     try:
         graph.send_good(3)
         start = graph.diagnostics()
         before = rss_anon_mb(graph.pid)
-        mark = len(graph.output())
-        sent = graph.burst(100.0, 2.0)
-        values = graph.diagnostics_until(
-            lambda v: int(v['dropped_frame']) >= int(start['dropped_frame']) + sent * 0.8)
-        assert float(values['pairing_waiting_mb']) == 0.0, values
-        assert int(values['dropped_skipped']) == int(start['dropped_skipped']), values
-        lines = [x for x in graph.output()[mark:].splitlines() if 'dropped frame' in x]
-        assert lines and all("stereo depth has encoding 'bgr8'" in x for x in lines), lines
-        assert len(lines) <= 4 and any('similar suppressed' in x for x in lines[1:]), \
-            'expected at most one line a second (log_throttle_s 1.0), received {}'.format(lines)
-        graph.send_good(3)
+        dropped = int(start['dropped_frame'])
+        for what, seconds, text in (
+                ('encoding', 2.0, "stereo depth has encoding 'bgr8'; expected 32FC1"),
+                ('size', 1.0, 'camera_info is 1280x720 but the image is 960x720')):
+            mark, since = len(graph.output()), time.time()
+            sent = graph.burst(100.0, seconds, what)
+            values = graph.diagnostics_until(
+                lambda v: int(v['dropped_frame']) >= dropped + sent * 0.8)
+            series = graph.diagnostics_since(since)
+            assert len(series) >= 5 and all(float(v['pairing_waiting_mb']) == 0.0
+                                            for v in series), (what, series)
+            assert int(values['dropped_skipped']) == int(start['dropped_skipped']), values
+            assert int(values['dropped_frame']) <= dropped + sent, (what, sent, values)
+            assert text in values['last_drop_reason'], values
+            lines = [x for x in graph.output()[mark:].splitlines() if 'dropped frame' in x]
+            assert lines and all(text in x for x in lines), lines
+            # One line a second (log_throttle_s 1.0), each saying how many it stands for.
+            assert len(lines) <= seconds + 2 and any('similar suppressed' in x for x in lines), \
+                'expected at most one line a second, received {}'.format(lines)
+            dropped = int(values['dropped_frame'])
+            stamp = graph.send_good(3)
+            assert graph.clouds.by_stamp(stamp) is not None or wait_until(
+                lambda: graph.clouds.by_stamp(stamp) is not None, 5.0), \
+                'no cloud for a good set after the {} burst'.format(what)
         after_refused = rss_anon_mb(graph.pid)
-        graph.burst(100.0, 2.0, wrong=False)        # 740 MB of sets waiting for a disparity
+        graph.burst(100.0, 2.0, 'waiting')        # 740 MB of sets waiting for a disparity
         graph.send_good(6)
         values = graph.diagnostics_until(lambda v: float(v['pairing_waiting_mb']) == 0.0 and
                                          int(v['heap_trims']) >= 1)
         after_waiting = rss_anon_mb(graph.pid)
+        # The camera changes resolution (and aspect ratio) and its depth comes before its
+        # camera_info: refused for one set at most, checked on the newest camera_info.
+        graph.frame = make_frame(1, 640, 480)
+        graph.camera = PinholeCamera(350.0, 350.0, 319.5, 239.5, 640, 480)
+        graph.order = ('depth', 'disparity', 'confidence', 'image', 'camera_info')
+        stamp = graph.send_good(2)
+        out = graph.out.by_stamp(stamp)
+        assert (out.width, out.height) == (640, 480), (out.width, out.height)
         assert graph.proc.poll() is None, graph.output()[-3000:]
     finally:
         graph.close()
     # After a trim: +9 ... +47 MB on Humble, -5 ... +2 MB on Kilted (docs/ros.md).
     assert after_refused - before < 96 and after_waiting - before < 96, \
-        'anonymous RSS {:.0f} MB before, {:.0f} MB after the refused burst, {:.0f} MB after ' \
+        'anonymous RSS {:.0f} MB before, {:.0f} MB after the refused bursts, {:.0f} MB after ' \
         'the drained buffer'.format(before, after_refused, after_waiting)

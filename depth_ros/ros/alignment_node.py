@@ -6,7 +6,7 @@ Marigold keyframes with ``relative_kind: depth``), ``depth_registered`` (32FC1 m
 millimetres), ``confidence`` (32FC1 1..100, optional), ``camera_info``, ``image`` (colours,
 optional), and ``inference_started`` (std_msgs/Header, optional: the stamps depth_node is
 computing). A message is checked when it arrives, from its fields (core.messages.check_message
-and check_parts: encoding, layout, sizes against the other messages of its stamp and the last
+and check_parts: encoding, layout, sizes against the other messages of its stamp and the newest
 camera_info): a wrong one is refused at once, with the rest of its set, and counted as a bad
 frame. The others are paired by exact stamp (depth_ros.core.pairing): a stereo set waits for its
 disparity up to ``pairing_window_s`` under the ``pairing_max_mb`` cap, and the set being
@@ -73,7 +73,7 @@ class AlignmentNode(DepthRosNode):
         self.aligner_epoch = 0
         self.stamp_resets = 0
         self.paired_once = False
-        self.last_camera_info = None   # of the last complete set: arrivals are checked on it
+        self.last_camera_info = None   # the newest valid one: arrivals are checked on it
         self.heap = HeapTrim()
         self.last_drop = ''
         self.in_rate, self.out_rate = RateMeter(), RateMeter()
@@ -184,7 +184,11 @@ class AlignmentNode(DepthRosNode):
             stamp = conv.stamp_to_ns(msg.header.stamp)
             self.arrivals[kind].tick()
             with self.lock:
-                if not self._stamp_ok(kind, stamp) or self.buffer.refused(stamp):
+                if not self._stamp_ok(kind, stamp):
+                    return
+                if kind == 'camera_info':
+                    self._note_camera_info(msg)
+                if self.buffer.refused(stamp):
                     return     # a message of a set refused already goes with it
                 if kind == 'disparity':
                     self.in_rate.tick()
@@ -193,7 +197,6 @@ class AlignmentNode(DepthRosNode):
                 self.heap.held(self.buffer.bytes)
                 if complete is not None:
                     self.paired_once = True
-                    self.last_camera_info = complete['camera_info']
                 epoch = self.epoch
             if problem:
                 self.error('frame', 'dropped frame {}: {}'.format(stamp, problem))
@@ -203,14 +206,29 @@ class AlignmentNode(DepthRosNode):
                 self.worker.put((complete, now, epoch))
         return callback
 
+    def _note_camera_info(self, msg):
+        """
+        Keep the newest valid camera_info (lock held): arrivals are checked on it.
+
+        Any camera_info that passes check_message, even one of a refused set: the camera says
+        what the size is. A resolution or frame change (a camera reopened with other settings)
+        is then refused for one set at most; checked on the last complete set's camera_info
+        instead, a set whose depth comes before its camera_info would be refused for ever.
+        """
+        try:
+            check_message('camera_info', msg)
+        except ValueError:
+            return      # refused with its set by _arrival_problem (or its set was already)
+        self.last_camera_info = msg
+
     def _arrival_problem(self, kind, stamp, msg):
         """
         Refuse a wrong message when it arrives, with the rest of its set (lock held).
 
         Never held while its set waits: a flood of wrong messages costs no memory. The checks
         read fields only (core.messages): the message alone, then with what its stamp has so
-        far and the last complete set's camera_info. decode_set repeats them, then checks the
-        values (NaN, inf) of the complete set.
+        far and the newest valid camera_info (_note_camera_info). decode_set repeats them,
+        then checks the values (NaN, inf) of the complete set.
         """
         parts = dict(self.buffer.parts(stamp))
         parts[kind] = msg
