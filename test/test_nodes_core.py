@@ -284,6 +284,45 @@ def test_heap_trim_runs_once_after_a_burst_never_on_a_steady_stream():
     for _ in range(30):                    # a flood refused on arrival, 10 bytes each
         trim.refuse(10)
     assert trim.maybe_trim(0) and trim.trims == 2 and not trim.maybe_trim(0)
+    assert calls == [0, 0]
+
+
+def test_heap_trim_counts_from_what_is_still_held_after_a_trim():
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=100)
+    trim._trim = lambda pad: 1
+    trim.held(99)                          # under min_bytes: not a burst
+    assert not trim.maybe_trim(0) and trim.trims == 0
+    trim.held(100)                         # min_bytes exactly, then a quarter exactly: no
+    assert not trim.maybe_trim(25) and trim.maybe_trim(24) and trim.trims == 1
+    # The next burst is measured from what was held at the trim (24) upward: 24 + 80 refused
+    # bytes reach min_bytes, 24 + 70 do not.
+    trim.refuse(70)
+    assert not trim.maybe_trim(24)
+    trim.refuse(10)
+    assert trim.maybe_trim(24) and trim.trims == 2
+    # Refused and held add up: 60 held while 50 were refused is a burst of 110.
+    trim.held(60 - 24)
+    trim.refuse(50)
+    trim.held(60)
+    assert trim.high >= 110 and trim.maybe_trim(0) and trim.trims == 3
+
+
+def test_heap_trim_is_a_no_op_without_malloc_trim_and_real_with_glibc():
+    import platform
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=10)
+    trim._trim = None                      # musl, macOS: no malloc_trim
+    trim.refuse(1000)
+    assert not trim.maybe_trim(0) and trim.trims == 0
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        pytest.skip('malloc_trim is glibc\'s; this C library is {}'.format(platform.libc_ver()))
+    trim = HeapTrim(min_bytes=10)
+    assert trim._trim is not None, 'glibc has malloc_trim'
+    blocks = [bytearray(1 << 20) for _ in range(32)]   # 32 MB on the heap, then freed
+    trim.held(sum(len(b) for b in blocks))
+    del blocks
+    assert trim.maybe_trim(0) and trim.trims == 1      # the real malloc_trim(0) ran
 
 
 # ------------------------------------------------------------------------------ parameters

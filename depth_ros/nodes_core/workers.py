@@ -349,33 +349,38 @@ class HeapTrim(object):
     held hundreds of MB and let them go, the process kept most of it (measured: 261 MB of 372
     MB on Python 3.8; at times on 3.11, benchmarks/bench_burst_memory.py). ``malloc_trim(0)``
     returns the free pages (about 10 ms for 350 MB, 0.15 ms with nothing to return). It runs
-    here only after a burst: once the bytes held (or refused) since the last trim reached
-    ``min_bytes`` and what is held now is under a quarter of that, so a steady stream never
-    pays for pages it would fault in again.
+    here only after a burst. The rule: ``high`` is the most of (bytes held now + bytes refused
+    since the last trim) seen since the last trim; :meth:`maybe_trim` trims when ``high``
+    reached ``min_bytes`` and what is held now is under a quarter of ``high``, then counts
+    again from what is held. A stream whose buffer stays under ``min_bytes`` (64 MB: six
+    1280x720 sets) never pays for pages it would fault in again.
     """
 
     def __init__(self, min_bytes: int = 64 << 20):
         self.min_bytes = int(min_bytes)
-        self.high = 0          # most bytes held, plus the bytes refused, since the last trim
-        self.refused = 0
+        self.high = 0          # most of (bytes held + bytes refused) since the last trim
+        self.refused = 0       # bytes refused since the last trim
         self.trims = 0
+        self._held = 0         # bytes held at the last note
         self._trim = _malloc_trim()
 
     def held(self, nbytes: int) -> None:
         """Note the bytes held now (the pairing buffer's payloads)."""
-        self.high = max(self.high, nbytes + self.refused)
+        self._held = int(nbytes)
+        self.high = max(self.high, self._held + self.refused)
 
     def refuse(self, nbytes: int) -> None:
         """Note a message of ``nbytes`` let go at once (refused on arrival)."""
-        self.refused += nbytes
-        self.high = max(self.high, self.refused)
+        self.refused += int(nbytes)
+        self.high = max(self.high, self._held + self.refused)
 
     def maybe_trim(self, held_now: int) -> bool:
         """Trim when a burst is over (see the class docstring); return whether it did."""
-        if self._trim is None or self.high < self.min_bytes or held_now * 4 > self.high:
+        if self._trim is None or self.high < self.min_bytes or held_now * 4 >= self.high:
             return False
         self._trim(0)
-        self.high, self.refused = held_now, 0
+        self._held = self.high = int(held_now)
+        self.refused = 0
         self.trims += 1
         return True
 
