@@ -31,6 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'test'))
+sys.path.append(ROOT)      # depth_ros where it is not installed (last: resource/ is no module)
 
 from burst_support import BurstGraph, rss_anon_mb  # noqa: E402
 
