@@ -242,7 +242,7 @@ def check_parts(msgs: Dict[str, object], size_policy: str = 'drop',
     :func:`check_message`.
 
     :param camera_info: the camera_info that ``msgs`` are checked against when they have none
-        (alignment_node: the last complete set's), frame and sizes.
+        (alignment_node: the newest valid one), frame and sizes.
     :raises ValueError: naming the messages that disagree.
     """
     info = msgs.get('camera_info', camera_info)

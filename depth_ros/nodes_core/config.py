@@ -4,6 +4,12 @@ The nodes' parameters, their checks and what they map to, without ROS.
 Each node declares its specs from here; the launch file, the docs and the tests read them from
 here too. Validators return None when the values are fine, else the reason (naming the
 parameter and its value). Nothing here imports rclpy.
+
+A new runtime parameter is three edits: its :class:`Param` in the node's tuple here (name,
+default, range or choices, description; an aligner option comes from ``option_specs()``
+instead), the line of the node that reads ``self.cfg[name]`` where it is used (the base node
+keeps ``cfg`` current on every accepted change), and its row in docs/ros.md. A line in
+config/zed_depth.yaml is optional (a test holds its values equal to the defaults).
 """
 from __future__ import annotations
 
