@@ -101,7 +101,8 @@ class BurstGraph(object):
         return self.stamp
 
     def send_set(self, stamp):
-        """Publish one good set (``self.frame``, ``self.camera``) with ``stamp``.
+        """
+        Publish one good set (``self.frame``, ``self.camera``) with ``stamp``.
 
         In ``self.order``: camera_info first by default (as zed_node publishes), the depth
         first with ``depth_first`` (its size is then checked on the camera_info of an earlier
