@@ -102,7 +102,7 @@ def test_capture_publishes_keyframe_with_source_header_and_stays_responsive(grap
     assert _wait(tex, lambda: pub.get_subscription_count() > 0, 5.0)
     first = _image(100, 123456789)
     pub.publish(first)
-    assert _wait(tex, lambda: node.worker._frame is not None, 5.0), 'image not received'
+    assert _wait(tex, lambda: node.worker.received == 1, 5.0), 'image not received'
     res, _ = call()
     assert res.success and res.message == 'keyframe started on the newest image', res.message
     assert model.started.wait(5.0)
