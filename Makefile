@@ -8,10 +8,10 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 	$(shell command -v python3.8 2>/dev/null))
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
-# Core, TensorRT layer, ZED source, the nodes' ROS-free plumbing, util, the JetPack install, and
+# Core, TensorRT layer, ZED source, the nodes' ROS-free logic (nodes_core), util, the JetPack install, and
 # the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below).
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
-	test/test_node_plumbing.py test/test_util.py test/test_jetpack_install.py \
+	test/test_nodes_core.py test/test_util.py test/test_jetpack_install.py \
 	test/test_onnx_prepare.py test/test_default_model.py)
 
 # shared/ (the ROS 2 trees built for this machine): next to the checkout, next to the repository
@@ -33,7 +33,7 @@ HUMBLE_TREE ?= $(firstword $(DEPTH_ROS_HUMBLE) \
 	$(wildcard $(addsuffix /ros2-humble-py38/install.sh,$(SHARED_DIRS))))
 VENV_HUMBLE ?= .venv-humble
 HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
-HUMBLE_TESTS ?= test/test_node_plumbing.py test/test_ros_conversions.py test/test_graph_zed.py \
+HUMBLE_TESTS ?= test/test_nodes_core.py test/test_ros_conversions.py test/test_graph_zed.py \
 	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py
 HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/test_faults.py \
 	test/test_launch_graph.py

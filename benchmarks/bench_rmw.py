@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'test'))
 sys.path.insert(0, ROOT)
 
-from depth_ros.ros import middleware  # noqa: E402
+from depth_ros.nodes_core import middleware  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'config')
 CAPPED = '<CycloneDDS><Domain Id="any"><Internal><SocketReceiveBufferSize min="default" ' \

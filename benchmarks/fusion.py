@@ -16,10 +16,10 @@ this report use them, and nothing is tuned on them. ``--dev`` runs the developme
    * ``stereo`` (trusted stereo alone, +inf where it says too far);
    * ``stereo_lsq`` (stereo, else the mono aligned by one plain least-squares affine);
    * ``fused``: today's MetricAligner called as alignment_node calls it: the options from
-     config/zed_depth.yaml's alignment_node section through ``ros.config.make_aligner``, the
-     baseline of the right camera_info (the scene's), ``update(relative, depth, confidence,
-     guide=bgr, camera=camera)``; the uncertainty on (the node computes it while
-     ~/uncertainty has a subscriber);
+     config/zed_depth.yaml's alignment_node section through
+     ``nodes_core.config.make_aligner``, the baseline of the right camera_info (the scene's),
+     ``update(relative, depth, confidence, guide=bgr, camera=camera)``; the uncertainty on
+     (the node computes it while ~/uncertainty has a subscriber);
    * ``oracle``: a bound, not a method. It knows the true per-pixel correction of the mono
      (after a least-squares affine to the ground truth) wherever trusted stereo reaches, and
      interpolates it (in log, by normalised convolution) everywhere else; +inf beyond
@@ -99,12 +99,12 @@ def node_options(frame, core=None, **overrides):
     Return the MetricAligner options as alignment_node builds them for this scene's camera.
 
     config/zed_depth.yaml's alignment_node section over the parameter defaults
-    (``ros.config.ALIGNMENT_PARAMS``), mapped by ``ros.config.aligner_options``; the baseline
-    replaced by the right camera_info's (the scene's), as the node does. For the core of an
-    earlier commit (``core.commit``), that commit's option defaults and YAML: the node as it
-    ran then.
+    (``nodes_core.config.ALIGNMENT_PARAMS``), mapped by ``nodes_core.config.aligner_options``;
+    the baseline replaced by the right camera_info's (the scene's), as the node does. For the
+    core of an earlier commit (``core.commit``), that commit's option defaults and YAML: the
+    node as it ran then.
     """
-    from depth_ros.ros import config
+    from depth_ros.nodes_core import config
     values = {p.name: p.default for p in config.ALIGNMENT_PARAMS}
     values.update(_yaml_section())
     commit = getattr(core, 'commit', 'this tree')

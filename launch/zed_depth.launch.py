@@ -14,8 +14,8 @@ import os
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
     PackageNotFoundError
-from depth_ros.ros import middleware
-from depth_ros.ros.config import DEPTH_BACKENDS, SOURCES
+from depth_ros.nodes_core import middleware
+from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown

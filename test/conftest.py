@@ -40,7 +40,7 @@ def _ros_env(env):
     # Without it, best-effort messages over ~0.5 MB travel as UDP fragments and get lost
     # whenever the machine is busy. Set in the variable the installed Fast DDS reads (Humble's
     # Fast DDS 2 reads FASTRTPS_..., Kilted's Fast DDS 3 FASTDDS_... and warns at the other).
-    from depth_ros.ros.middleware import cyclonedds_environment, profile_environment
+    from depth_ros.nodes_core.middleware import cyclonedds_environment, profile_environment
     env.update(profile_environment(FASTDDS_PROFILE, env))
     # The deployment's Cyclone DDS configuration, as the launch file sets it: a socket receive
     # buffer for whole images, and unicast discovery on the loopback interface (localhost-only)

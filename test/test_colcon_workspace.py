@@ -167,7 +167,7 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
     assert not alarming, 'a clean run printed:\n{}\n\nfull log:\n{}'.format(
         '\n'.join(alarming), text)
     # With Cyclone DDS, one line when the kernel caps the receive buffer of our configuration.
-    from depth_ros.ros import middleware
+    from depth_ros.nodes_core import middleware
     config = os.path.join(workspace, 'install', 'depth_ros', 'share', 'depth_ros', 'config',
                           middleware.CYCLONEDDS_CONFIG)
     wanted, limit = middleware.cyclonedds_receive_buffer(config), middleware.rmem_max()

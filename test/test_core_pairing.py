@@ -18,8 +18,8 @@ class _Msg(object):
 
 def _recorder():
     drops = []
-    return drops, lambda stamp, missing, why, expected: drops.append(
-        (stamp, missing, why, expected))
+    # (stamp, missing kinds, why, expected) of each Drop
+    return drops, lambda drop: drops.append(tuple(drop[:4]))
 
 
 def test_complete_set_is_returned_and_older_sets_are_superseded():

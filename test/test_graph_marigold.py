@@ -48,12 +48,12 @@ def _image(stamp_sec, nanosec, h=24, w=32):
 @pytest.fixture
 def graph():
     from depth_ros.inference.marigold import build_tiny_pipeline, MarigoldDepth
-    from depth_ros.ros.marigold_node import make_node
+    from depth_ros.ros.marigold_node import MarigoldNode
     from rclpy.executors import SingleThreadedExecutor
     context = rclpy.Context()
     rclpy.init(context=context)
     model = SlowModel(MarigoldDepth(build_tiny_pipeline(), steps=1, ensemble_size=3), 1.0)
-    node = make_node(model=model, context=context, parameter_overrides=[
+    node = MarigoldNode(model=model, context=context, parameter_overrides=[
         rclpy.parameter.Parameter('keyframe_period_s', value=0.0)])
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(node)
@@ -102,7 +102,7 @@ def test_capture_publishes_keyframe_with_source_header_and_stays_responsive(grap
     assert _wait(tex, lambda: pub.get_subscription_count() > 0, 5.0)
     first = _image(100, 123456789)
     pub.publish(first)
-    assert _wait(tex, lambda: node.worker._frame is not None, 5.0), 'image not received'
+    assert _wait(tex, lambda: node.worker.received == 1, 5.0), 'image not received'
     res, _ = call()
     assert res.success and res.message == 'keyframe started on the newest image', res.message
     assert model.started.wait(5.0)
@@ -127,7 +127,7 @@ def test_capture_publishes_keyframe_with_source_header_and_stays_responsive(grap
     assert np.isfinite(depth).all() and depth.min() >= 0 and depth.max() <= 1
     u = got['uncertainty'][0]
     assert (u.header.stamp.sec, u.header.stamp.nanosec) == (100, 123456789)
-    assert _until(lambda: node.worker.jobs_done == 2) and node.worker.jobs_failed == 0
+    assert _until(lambda: node.worker.done == 2) and node.worker.failed == 0
 
 
 def _status_values(msg):
@@ -213,10 +213,10 @@ def test_log_throttle_changes_at_runtime_without_crashing(graph):
     kind = 'job_ValueError'
 
     def fail_one(sec):
-        failed = node.worker.jobs_failed
+        failed = node.worker.failed
         node.worker.offer(_bad_frame(sec))
         assert node.worker.request() == 'started'
-        assert _until(lambda: node.worker.jobs_failed == failed + 1), 'job did not fail'
+        assert _until(lambda: node.worker.failed == failed + 1), 'job did not fail'
 
     res = node.set_parameters([Parameter('log_throttle_s', value=60.0)])[0]
     assert res.successful, res.reason
@@ -233,8 +233,8 @@ def test_log_throttle_changes_at_runtime_without_crashing(graph):
     # The worker still runs a good keyframe after all that.
     node.worker.offer(_image(4, 0))
     node.worker.request()
-    assert _until(lambda: node.worker.jobs_done == 1, 10.0), 'no keyframe after failures'
-    assert node.worker.jobs_failed == 3
+    assert _until(lambda: node.worker.done == 1, 10.0), 'no keyframe after failures'
+    assert node.worker.failed == 3
 
 
 def _until(cond, timeout=5.0):
@@ -246,12 +246,12 @@ def _until(cond, timeout=5.0):
 
 @pytest.mark.graph
 def test_parameters_build_tiny_model_and_bad_values_raise_at_startup():
-    from depth_ros.ros.marigold_node import make_node
+    from depth_ros.ros.marigold_node import MarigoldNode
     from rclpy.parameter import Parameter
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        node = make_node(context=context, parameter_overrides=[
+        node = MarigoldNode(context=context, parameter_overrides=[
             Parameter('checkpoint', value='tiny-random'), Parameter('device', value='cpu'),
             Parameter('ensemble_size', value=3), Parameter('keyframe_period_s', value=0.0)])
         try:
@@ -264,14 +264,14 @@ def test_parameters_build_tiny_model_and_bad_values_raise_at_startup():
         finally:
             node.destroy_node()
         with pytest.raises(ValueError) as err:
-            make_node(context=context, parameter_overrides=[
+            MarigoldNode(context=context, parameter_overrides=[
                 Parameter('checkpoint', value='tiny-random'),
                 Parameter('reliability', value='sometimes')])
         assert str(err.value) == ("parameter `reliability` must be one of best_effort|reliable, "
                                   "got 'sometimes'"), str(err.value)
         with pytest.raises(ValueError, match='`ensemble_size` must be 1 or an integer >= 3, '
                                              'got 2'):
-            make_node(context=context, parameter_overrides=[
+            MarigoldNode(context=context, parameter_overrides=[
                 Parameter('checkpoint', value='tiny-random'), Parameter('device', value='cpu'),
                 Parameter('ensemble_size', value=2)])
     finally:

@@ -54,8 +54,8 @@ def test_depth_node_publishes_standin_disparity_with_image_header(graph):
 
 def test_alignment_outputs_match_core_on_same_inputs(graph):
     from depth_ros.core.pointcloud import depth_to_cloud, unpack_rgb
-    from depth_ros.ros.alignment_node import make_aligner, PARAMS
-    params = {p.name: p.default for p in PARAMS}
+    from depth_ros.nodes_core.config import ALIGNMENT_PARAMS, make_aligner
+    params = {p.name: p.default for p in ALIGNMENT_PARAMS}
     params.update(yaml_params('alignment_node'))
     aligner = make_aligner(params)
     # The node's aligner has seen no frame yet (this is the first set sent to it).

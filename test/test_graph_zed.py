@@ -174,7 +174,9 @@ def test_engine_outside_the_configured_cache_exits_cleanly(tmp_path):
     ('depth_node', 'backend', 'tensorflow',
      'parameter `backend` must be one of auto|onnxruntime|tensorrt|torch|standin'),
     ('zed_node', 'source', 'svo', 'parameter `path` is empty; source \'svo\' needs one'),
-    ('alignment_node', 'cloud_stride', '0', 'parameter `cloud_stride`'),
+    # A range is rclpy's check, and its text (Humble and Kilted alike).
+    ('alignment_node', 'cloud_stride', '0',
+     'Parameter cloud_stride out of range. Min: 1, Max: 32, value: 0'),
 ])
 def test_invalid_parameter_rejected_at_startup(module, param, value, text):
     proc = NodeProcess(module, params={param: value})

@@ -31,7 +31,7 @@ def test_the_node_and_the_cli_take_their_choices_from_the_registry():
     import argparse
 
     from depth_ros.commands import _args
-    from depth_ros.ros.config import DEPTH_BACKENDS
+    from depth_ros.nodes_core.config import DEPTH_BACKENDS
     assert DEPTH_BACKENDS == ('auto',) + NODE_BACKENDS
     parser = argparse.ArgumentParser()
     _args.add_model_arguments(parser, 'm')

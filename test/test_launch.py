@@ -95,7 +95,7 @@ def _evaluate(monkeypatch, tf2_ros=False, **overrides):
 
 @needs_launch
 def test_every_node_action_starts_a_console_script_with_its_declared_parameters(monkeypatch):
-    from depth_ros.ros import alignment_node, depth_node, marigold_node, zed_node
+    from depth_ros.nodes_core import config
     declared, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold='true',
                              rviz='true', tf2_ros=True)
     assert {'source', 'path', 'backend', 'model', 'engine', 'rviz', 'marigold', 'publish_tf',
@@ -106,8 +106,8 @@ def test_every_node_action_starts_a_console_script_with_its_declared_parameters(
                     'static_transform_publisher', 'static_transform_publisher', 'zed_node'], \
         exes
     scripts = _console_scripts()
-    specs = {'zed_node': zed_node.PARAMS, 'depth_node': depth_node.PARAMS,
-             'alignment_node': alignment_node.PARAMS, 'marigold_node': marigold_node.PARAMS}
+    specs = {'zed_node': config.ZED_PARAMS, 'depth_node': config.DEPTH_PARAMS,
+             'alignment_node': config.ALIGNMENT_PARAMS, 'marigold_node': config.MARIGOLD_PARAMS}
     for node in ev.nodes:
         if node.node_package != 'depth_ros':
             continue
@@ -240,7 +240,7 @@ def test_the_fastdds_profile_goes_in_the_variable_fast_dds_reads(monkeypatch, di
     assert ev.env == [(n, profile) for n in names], ev.env
     monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', '/mine.xml')
     monkeypatch.setattr(os, 'environ', dict(os.environ))
-    from depth_ros.ros import middleware
+    from depth_ros.nodes_core import middleware
     assert middleware.profile_environment('/p.xml') == {}, 'a user profile must be kept'
 
 
@@ -255,7 +255,7 @@ def test_the_cyclonedds_config_goes_in_cyclonedds_uri_unless_one_is_set(monkeypa
         expected += ',file://' + os.path.join(config, 'cyclonedds_localhost.xml')
     assert ev.env == [('CYCLONEDDS_URI', expected)], ev.env
     monkeypatch.setattr(os, 'environ', dict(os.environ, CYCLONEDDS_URI='/mine.xml'))
-    from depth_ros.ros import middleware
+    from depth_ros.nodes_core import middleware
     assert middleware.cyclonedds_environment(config) == {}, 'a user configuration must be kept'
 
 
@@ -267,7 +267,7 @@ def test_the_cyclonedds_config_goes_in_cyclonedds_uri_unless_one_is_set(monkeypa
 ])
 def test_one_line_says_when_rmem_max_caps_the_cyclonedds_buffer(monkeypatch, rmw, rmem_max,
                                                                 told):
-    from depth_ros.ros import middleware
+    from depth_ros.nodes_core import middleware
     monkeypatch.setenv('RMW_IMPLEMENTATION', rmw)
     monkeypatch.setattr(middleware, 'rmem_max', lambda: rmem_max)
     _, ev = _evaluate(monkeypatch, source='sample', backend='standin', clean_shm='false')
@@ -289,7 +289,7 @@ def test_one_line_says_when_rmem_max_caps_the_cyclonedds_buffer(monkeypatch, rmw
 
 
 def test_cyclonedds_memsize_units_are_cyclones():
-    from depth_ros.ros import middleware
+    from depth_ros.nodes_core import middleware
     # Cyclone DDS's kB and MB are 1024-based, as its KiB and MiB.
     assert [middleware._memsize(t) for t in ('16MiB', '16MB', '64 kB', '1GB', '4096', 'x',
                                              'default')] == \

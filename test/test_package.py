@@ -47,19 +47,25 @@ def test_setup_cfg_installs_scripts_where_ros2_run_looks():
     assert 'install_scripts=$base/lib/depth_ros' in text
 
 
-def test_core_imports_neither_ros_nor_heavy_frameworks():
-    # The robot's core must import with numpy and OpenCV alone; the public API is lazy.
+def test_core_and_nodes_core_import_neither_ros_nor_heavy_frameworks():
+    # The robot's core must import with numpy and OpenCV alone; the public API is lazy. The
+    # nodes' ROS-free logic (nodes_core) imports no rclpy either: only depth_ros.ros does.
+    import glob
+    modules = sorted('depth_ros.{}.{}'.format(package, os.path.basename(path)[:-3])
+                     for package in ('core', 'nodes_core')
+                     for path in glob.glob(os.path.join(ROOT, 'depth_ros', package, '*.py')))
+    assert 'depth_ros.nodes_core.workers' in modules and 'depth_ros.core.pairing' in modules
     code = (
-        'import sys, depth_ros\n'
+        'import sys, depth_ros, importlib\n'
         'from depth_ros import PinholeCamera, MetricAligner, depth_to_cloud, colorize\n'
-        'import depth_ros.core.metrics, depth_ros.core.preprocess\n'
+        'for name in {!r}: importlib.import_module(name)\n'.format(modules) +
         'heavy = [m for m in ("rclpy", "torch", "tensorrt", "pycuda", "pyzed", "onnxruntime",'
         ' "transformers", "diffusers") if m in sys.modules]\n'
         'print(",".join(heavy))\n')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == '', 'core pulled in: ' + out.stdout.strip()
+    assert out.stdout.strip() == '', 'core or nodes_core pulled in: ' + out.stdout.strip()
 
 
 def test_cli_help_lists_every_command():

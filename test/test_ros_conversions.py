@@ -2,7 +2,7 @@
 ros.conversions and the parameter callbacks with the real rclpy message classes, without a graph.
 
 Clouds are checked against an independent decoder (rosbags' CDR reader and numpy), never the
-writer's own inverse. The ROS-free plumbing is tested in test_node_plumbing.py.
+writer's own inverse. The ROS-free plumbing is tested in test_nodes_core.py.
 """
 import struct
 
@@ -146,74 +146,137 @@ def test_ns_stamp_round_trip():
         conv.ns_to_stamp(-1)
 
 
-def test_on_set_validator_rejects_and_applies():
-    from depth_ros.ros.params import on_set_validator, Param
-    from rclpy.parameter import Parameter
-    specs = (Param('a', 1, 'd', low=0, high=5), Param('b', 'x', 'd', read_only=True))
-    current = {'a': 1, 'b': 'x'}
-    applied = []
-    cb = on_set_validator(specs, current, validate=lambda v: 'too big' if v['a'] > 3 else None,
-                          apply=applied.append)
-    assert cb([Parameter('a', value=9)]).reason == 'parameter `a` must be in [0, 5], got 9'
-    assert cb([Parameter('a', value=4)]).reason == 'too big'
-    assert cb([Parameter('b', value='y')]).reason == 'parameter `b` is read-only'
-    assert cb([Parameter('a', value=2)]).successful and current['a'] == 2
-    assert applied == [{'a': 2}]
-
-
-def test_compat_names_the_rclpy_that_has_the_post_set_callback():
-    # depth_ros.ros.compat: the post-set parameter callback exists from rclpy 3.7 (Iron);
-    # Humble's rclpy 3.3 has only the on-set one, and the nodes apply changes there.
-    from importlib.metadata import version
+def _node_with(specs, overrides=(), validate=None, args=None, name='params_probe'):
+    """Make a DepthRosNode with ``specs`` on its own context; return (node, context, applied)."""
     import rclpy
-    from depth_ros.ros import compat
-    from depth_ros.ros.params import install_parameter_callbacks, Param
+    from depth_ros.ros.runtime import DepthRosNode
     from rclpy.parameter import Parameter
-    rclpy_version = tuple(int(x) for x in version('rclpy').split('.')[:2])
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, args=args)
+    applied = []
     try:
-        node = rclpy.create_node('compat_probe', context=context)
-        assert compat.has_post_set_parameters_callback(node) == (rclpy_version >= (3, 7)), \
-            'rclpy {}'.format(rclpy_version)
-        # Either way a runtime change is validated, then applied once.
-        specs = (Param('a', 1, 'd', low=0, high=5),)
-        current, applied = {'a': 1}, []
-        node.declare_parameter('a', 1)
-        install_parameter_callbacks(node, specs, current, apply=applied.append)
-        assert not node.set_parameters([Parameter('a', value=9)])[0].successful
-        assert node.set_parameters([Parameter('a', value=2)])[0].successful
-        assert current == {'a': 2} and applied == [{'a': 2}], (current, applied)
+        node = DepthRosNode(name, specs, validate=validate, apply=applied.append,
+                            context=context, parameter_overrides=[
+                                Parameter(k, value=v) for k, v in overrides])
+    except BaseException:
+        rclpy.shutdown(context=context)
+        raise
+    return node, context, applied
+
+
+def _specs():
+    from depth_ros.nodes_core.params import DIAGNOSTICS_PERIOD, LOG_THROTTLE, Param
+    return (Param('a', 1, 'd', low=0, high=5), Param('b', 'x', 'd', read_only=True),
+            Param('mode', 'fast', 'd', choices=('fast', 'slow')),
+            Param('gain', 0.5, 'd', low=0.0, high=1.0), LOG_THROTTLE, DIAGNOSTICS_PERIOD)
+
+
+def test_runtime_changes_are_checked_by_rclpy_and_by_the_node_then_applied_once():
+    # rclpy enforces the descriptor (type, range, read-only) before our on-set callback, which
+    # adds the choices and the cross-parameter check; a change is applied once, after it is
+    # set (Humble: at the end of the on-set callback; rclpy >= 3.7: the post-set callback,
+    # depth_ros.ros.compat).
+    import rclpy
+    from rclpy.parameter import Parameter
+    node, context, applied = _node_with(
+        _specs(), validate=lambda v: 'parameter `a` too big for slow' if v['a'] > 3 and
+        v['mode'] == 'slow' else None)
+    try:
+        def reason(name, value):
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            return '' if result.successful else result.reason
+        assert 'a' in reason('a', 9) and '9' in reason('a', 9), reason('a', 9)
+        assert 'read-only' in reason('b', 'y'), reason('b', 'y')
+        assert reason('gain', 1) != '', 'an integer for a double parameter was accepted'
+        assert reason('mode', 'medium') == \
+            "parameter `mode` must be one of fast|slow, got 'medium'"
+        assert reason('a', 4) == '' and reason('mode', 'slow') == \
+            'parameter `a` too big for slow'
+        assert applied == [{'a': 4}] and node.cfg['a'] == 4 and node.cfg['mode'] == 'fast', \
+            (applied, node.cfg)
+        assert reason('a', 2) == '' and reason('mode', 'slow') == ''
+        assert applied == [{'a': 4}, {'a': 2}, {'mode': 'slow'}], applied
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
 
 
+@pytest.mark.parametrize('overrides, text', [
+    # rclpy's own text for its range and type checks names the parameter and the value.
+    ((('a', 9),), 'Parameter a out of range. Min: 0, Max: 5, value: 9'),
+    ((('gain', 2),), "Trying to set parameter 'gain' to '2' of type 'INTEGER', expecting "
+                     "type 'DOUBLE'"),
+    ((('gain', float('nan')),), 'value: nan'),
+    ((('mode', 'medium'),), "parameter `mode` must be one of fast|slow, got 'medium'"),
+])
+def test_a_bad_start_up_value_is_a_config_error_naming_parameter_and_value(overrides, text):
+    from depth_ros.nodes_core.params import ConfigError
+    with pytest.raises(ConfigError) as info:
+        _node_with(_specs(), overrides)
+    assert text in str(info.value), 'expected {!r} in {!r}'.format(text, str(info.value))
+
+
+def test_given_parameter_names_are_the_ones_rclpy_applies(tmp_path):
+    # nodes_core.params.given_names reads --params-file and -p as rcl does, without rclpy's
+    # private attributes; rclpy itself, told to declare every override it applies to a node
+    # (a public option), is the reference.
+    import rclpy
+    from depth_ros.nodes_core.params import given_names
+    from rclpy.node import Node
+    path = tmp_path / 'p.yaml'
+    path.write_text(
+        '/**/probe:\n  ros__parameters:\n    cloud_stride: 7\n    nested: {a: 1, b: {c: 2}}\n'
+        '/*/probe:\n  ros__parameters:\n    seed: 3\n'
+        '/ns/*:\n  ros__parameters:\n    max_depth: 9.0\n'
+        'probe:\n  ros__parameters:\n    flag: false\n'
+        '/other:\n  ros__parameters:\n    not_mine: 1\n'
+        '/**:\n  ros__parameters:\n    everyone: 1\n'
+        'ns:\n  probe:\n    ros__parameters:\n      nested_key: 1\n')
+    for extra in ([], ['-r', '__ns:=/ns'], ['-r', '__node:=other']):
+        args = ['prog', '--ros-args', '--params-file', str(path), '-p', 'probe:x:=1',
+                '-p', 'y:=2'] + extra
+        context = rclpy.Context()
+        rclpy.init(context=context, args=args)
+        try:
+            plain = Node('plain_probe', context=context)
+            node = Node('probe', context=context,
+                        automatically_declare_parameters_from_overrides=True)
+            expected = set(node.get_parameters_by_prefix('')) - \
+                set(plain.get_parameters_by_prefix(''))
+            got = given_names(args, node.get_fully_qualified_name())
+            assert set(got) == expected, '{}: expected {}, received {}'.format(
+                node.get_fully_qualified_name(), sorted(expected), got)
+            node.destroy_node()
+            plain.destroy_node()
+        finally:
+            rclpy.shutdown(context=context)
+
+
 def test_depth_node_engine_cache_dir_is_the_cache_engines_load_from(tmp_path, monkeypatch):
-    from depth_ros.ros.depth_node import load_model, PARAMS
-    from depth_ros.ros.params import StartupError
+    from depth_ros.nodes_core.config import DEPTH_PARAMS, open_model
+    from depth_ros.nodes_core.params import StartupError
     cache, other = tmp_path / 'cache', tmp_path / 'other'
     cache.mkdir()
     other.mkdir()
     (cache / 'e.engine').write_bytes(b'not an engine')
     (other / 'e.engine').write_bytes(b'not an engine')
     monkeypatch.setenv('DEPTH_ROS_ENGINE_CACHE', str(other))
-    values = {p.name: p.default for p in PARAMS}
+    values = {p.name: p.default for p in DEPTH_PARAMS}
     values.update(backend='tensorrt', model_path=str(other / 'e.engine'),
                   engine_cache_dir=str(cache))
     with pytest.raises(StartupError) as info:
-        load_model(values)
+        open_model(values)
     assert 'outside the engine cache directory {};'.format(cache) in str(info.value), \
         'received {}'.format(info.value)
     # A bare name is looked up in the configured cache: it gets past the cache check (and
     # fails later here, where TensorRT is missing).
     values['model_path'] = 'e.engine'
     with pytest.raises(StartupError) as info:
-        load_model(values)
+        open_model(values)
     assert str(info.value).startswith("cannot load tensorrt model 'e.engine': ") and \
         'outside the engine cache' not in str(info.value), 'received {}'.format(info.value)
     # Empty: the default cache ($DEPTH_ROS_ENGINE_CACHE), where the configured file is outside.
     values.update(model_path=str(cache / 'e.engine'), engine_cache_dir='')
     with pytest.raises(StartupError, match='outside the engine cache directory {};'.format(
             other)):
-        load_model(values)
+        open_model(values)

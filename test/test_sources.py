@@ -331,7 +331,7 @@ def test_replay_passes_a_restart_inside_a_recording_through_and_paces_from_there
 
 
 def test_a_restart_inside_a_recording_reaches_the_nodes_stamp_guard():
-    from depth_ros.ros.workers import StampGuard
+    from depth_ros.nodes_core.workers import StampGuard
     guard = StampGuard('image', reset_ns=S)          # stamp_reset_s, its default 1.0
     verdicts = [guard.check(f.stamp_ns)[0] for f in ReplaySource(ListSource(RESTARTED), rate=0)]
     assert verdicts == ['ok', 'ok', 'ok', 'restart', 'ok', 'ok'], verdicts
@@ -538,7 +538,8 @@ def test_rosbag_bad_frame_is_dropped(tmp_path):
 
 
 def test_rosbag_errors_and_depth_units(tmp_path):
-    from depth_ros.sources.rosbag import depth_to_metres, RosbagSource
+    from depth_ros.core.messages import depth_to_metres
+    from depth_ros.sources.rosbag import RosbagSource
 
     with pytest.raises(FileNotFoundError) as err:
         RosbagSource(str(tmp_path / 'nope'))

@@ -116,6 +116,8 @@ def test_first_line(exc, default, expected):
 def test_describe_error_is_type_and_first_line():
     assert util.describe_error(FileNotFoundError('x.onnx\nmore')) == 'FileNotFoundError: x.onnx'
     assert util.describe_error(AssertionError()) == 'AssertionError: no details'
+    assert util.describe_error(KeyError('k')) == "KeyError: 'k'"
+    assert util.describe_error(OSError('one\ntwo')) == 'OSError: one'
 
 
 # ----------------------------------------------------------------------------- heartbeat

@@ -34,6 +34,8 @@ ENCODINGS = {
 ALIASES = {'8UC3': 'bgr8', '8UC4': 'bgra8', '8UC1': 'mono8'}
 
 SUPPORTED = tuple(sorted(ENCODINGS)) + tuple(sorted(ALIASES))
+# What to_bgr8 turns into a network input (16-bit mono is intensity here, not depth).
+COLOUR_ENCODINGS = ('bgr8', 'rgb8', 'bgra8', 'rgba8', 'mono8', 'mono16', '16UC1')
 
 _NATIVE = '<' if sys.byteorder == 'little' else '>'
 
@@ -70,21 +72,22 @@ def _byte_buffer(data) -> np.ndarray:
     return buf
 
 
-def image_to_array(msg, copy: bool = False) -> np.ndarray:
-    """
-    Decode an Image-like message into an HxW or HxWxC array in native byte order.
+def _data_bytes(data) -> int:
+    try:
+        return memoryview(data).nbytes   # bytes, array.array, a numpy array: no copy
+    except TypeError:
+        return len(data)                 # a plain list of ints
 
-    Channel order is kept as the encoding says (an ``rgb8`` image stays RGB; see
-    :func:`to_bgr8`). Padding bytes at the end of each row (``step``) are skipped.
 
-    :param msg: object with height, width, encoding, step, is_bigendian and data.
-    :param copy: when False the result may share memory with ``msg.data``.
-    :returns: uint8, uint16 or float32 array; HxW for one channel, HxWxC otherwise.
-    :raises ValueError: unsupported encoding, inconsistent step, or a data size that does not
-        match ``step * height``.
+def check_layout(msg) -> tuple:
     """
-    encoding = canonical_encoding(msg.encoding)
-    base, channels = ENCODINGS[encoding]
+    Check an Image-like message's fields against each other, reading no pixel.
+
+    :returns: (dtype with the message's byte order, channels, height, width, step).
+    :raises ValueError: unsupported encoding, an empty image, a ``step`` shorter than a row,
+        or ``data`` that is not ``step * height`` bytes.
+    """
+    base, channels = ENCODINGS[canonical_encoding(msg.encoding)]
     height = _int_field(msg, 'height')
     width = _int_field(msg, 'width')
     step = _int_field(msg, 'step')
@@ -96,11 +99,29 @@ def image_to_array(msg, copy: bool = False) -> np.ndarray:
         raise ValueError('image `step` {} is smaller than width*channels*bytes = {}*{}*{} = {} '
                          'for encoding {!r}'.format(step, width, channels, dtype.itemsize,
                                                     row_bytes, msg.encoding))
-    buf = _byte_buffer(msg.data)
-    if buf.size != step * height:
+    size = _data_bytes(msg.data)
+    if size != step * height:
         raise ValueError('image `data` has {} bytes but step*height = {}*{} = {} for a {}x{} {} '
-                         'image'.format(buf.size, step, height, step * height, width, height,
+                         'image'.format(size, step, height, step * height, width, height,
                                         msg.encoding))
+    return dtype, channels, height, width, step
+
+
+def image_to_array(msg, copy: bool = False) -> np.ndarray:
+    """
+    Decode an Image-like message into an HxW or HxWxC array in native byte order.
+
+    Channel order is kept as the encoding says (an ``rgb8`` image stays RGB; see
+    :func:`to_bgr8`). Padding bytes at the end of each row (``step``) are skipped.
+
+    :param msg: object with height, width, encoding, step, is_bigendian and data.
+    :param copy: when False the result may share memory with ``msg.data``.
+    :returns: uint8, uint16 or float32 array; HxW for one channel, HxWxC otherwise.
+    :raises ValueError: as :func:`check_layout`.
+    """
+    dtype, channels, height, width, step = check_layout(msg)
+    row_bytes = width * channels * dtype.itemsize
+    buf = _byte_buffer(msg.data)
     if step == row_bytes:
         rows = buf  # unpadded: zero-copy
     else:
@@ -159,16 +180,28 @@ def array_to_image_fields(array: np.ndarray, encoding: str, bigendian: bool = Fa
     }
 
 
+def colour_encoding(encoding: str) -> str:
+    """
+    Return the internal name of a colour or mono image encoding (one :func:`to_bgr8` takes).
+
+    :raises ValueError: for an unsupported encoding, or 32FC1 (depth, not an image).
+    """
+    name = canonical_encoding(encoding)
+    if name not in COLOUR_ENCODINGS:
+        raise ValueError('encoding {!r} is not a colour or mono image; expected one of '
+                         'bgr8, rgb8, bgra8, rgba8, mono8, mono16'.format(encoding))
+    return name
+
+
 def to_bgr8(array: np.ndarray, encoding: str) -> np.ndarray:
     """
     Convert a decoded colour or mono image to HxWx3 bgr8, the network input.
 
-    mono16/16UC1 are scaled down by 256 (16-bit intensity, not depth). 32FC1 is refused: it is
-    depth, not an image.
+    mono16/16UC1 are scaled down by 256 (16-bit intensity, not depth).
 
-    :raises ValueError: for encodings that are not images.
+    :raises ValueError: as :func:`colour_encoding`.
     """
-    name = canonical_encoding(encoding)
+    name = colour_encoding(encoding)
     if name == 'bgr8':
         return array
     if name == 'rgb8':
@@ -180,7 +213,4 @@ def to_bgr8(array: np.ndarray, encoding: str) -> np.ndarray:
         return cv2.cvtColor(array, cv2.COLOR_RGBA2BGR)
     if name == 'mono8':
         return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
-    if name in ('mono16', '16UC1'):
-        return cv2.cvtColor((array >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    raise ValueError('encoding {!r} is not a colour or mono image; expected one of '
-                     'bgr8, rgb8, bgra8, rgba8, mono8, mono16'.format(encoding))
+    return cv2.cvtColor((array >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR)   # mono16, 16UC1

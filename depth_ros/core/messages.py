@@ -8,8 +8,12 @@ here imports ROS; a message is any object with the sensor_msgs field names.
 - :func:`stamp_to_ns`: builtin_interfaces/Time -> integer nanoseconds.
 - :func:`depth_to_metres`: 32FC1 metres as is; 16UC1/mono16 millimetres -> float32 metres.
 - :func:`camera_from_info` / :func:`camera_info_fields`: CameraInfo <-> PinholeCamera.
-- :func:`decode_set`: one paired set of messages -> arrays and camera, checked, with the
-  size policy as an argument ('drop' live, 'resize' offline).
+- :func:`check_message` and :func:`check_parts`: what can be checked of a message, and of the
+  messages of one stamp, from their fields alone (no pixel is read): alignment_node refuses a
+  wrong message when it arrives with them.
+- :func:`decode_set`: one paired set of messages -> arrays and camera, checked (the same two
+  checks, then the values), with the size policy as an argument ('drop' live, 'resize'
+  offline).
 """
 from __future__ import annotations
 
@@ -17,13 +21,25 @@ from typing import Callable, Dict, Optional
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.encodings import image_to_array, to_bgr8
+from depth_ros.core.encodings import check_layout, colour_encoding, image_to_array, to_bgr8
 import numpy as np
 
 SIZE_POLICIES = ('drop', 'resize')
 _MM_PER_M = np.float32(1000.0)
 # Relative tolerance on aspect ratios between a set's images and its camera_info.
 _ASPECT_TOLERANCE = 0.02
+# kind -> (encodings it takes, its name in errors, what is expected)
+_ENCODINGS = {
+    'disparity': (('32FC1',), 'disparity', '32FC1'),
+    'depth': (('32FC1', '16UC1', 'mono16'), 'stereo depth', '32FC1 (m) or 16UC1 (mm)'),
+    'confidence': (('32FC1',), 'confidence', '32FC1'),
+}
+
+
+def _check_encoding(kind: str, encoding: str) -> None:
+    accepted, name, expected = _ENCODINGS[kind]
+    if encoding not in accepted:
+        raise ValueError('{} has encoding {!r}; expected {}'.format(name, encoding, expected))
 
 
 def stamp_to_ns(stamp) -> int:
@@ -45,14 +61,12 @@ def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
 
     :raises ValueError: for any other encoding, naming it.
     """
+    _check_encoding('depth', encoding)
     if encoding == '32FC1':
         return np.asarray(array, dtype=np.float32)
-    if encoding in ('16UC1', 'mono16'):
-        out = array.astype(np.float32) / _MM_PER_M
-        out[array == 0] = np.nan
-        return out
-    raise ValueError('stereo depth has encoding {!r}; expected 32FC1 (m) or 16UC1 (mm)'.format(
-        encoding))
+    out = array.astype(np.float32) / _MM_PER_M      # 16UC1, mono16
+    out[array == 0] = np.nan
+    return out
 
 
 def camera_from_info(msg, width: Optional[int] = None, height: Optional[int] = None,
@@ -144,10 +158,6 @@ class DecodedSet(object):
         self.resized = False
 
 
-def _size_text(a) -> str:
-    return '{}x{}'.format(a.shape[1], a.shape[0])
-
-
 def _check_frames(msgs: Dict[str, object]) -> str:
     frames = {k: m.header.frame_id for k, m in msgs.items() if hasattr(m, 'header')}
     if not frames:
@@ -164,8 +174,6 @@ def _check_frames(msgs: Dict[str, object]) -> str:
 
 
 def _decode_relative(msg, to_array) -> np.ndarray:
-    if msg.encoding != '32FC1':
-        raise ValueError('disparity has encoding {!r}; expected 32FC1'.format(msg.encoding))
     relative = to_array(msg)
     bad = relative.size - int(np.count_nonzero(np.isfinite(relative)))
     if bad:
@@ -173,38 +181,89 @@ def _decode_relative(msg, to_array) -> np.ndarray:
     return relative
 
 
-def _decode_confidence(msg, to_array, depth: np.ndarray) -> np.ndarray:
-    if msg.encoding != '32FC1':
-        raise ValueError('confidence has encoding {!r}; expected 32FC1'.format(msg.encoding))
+def _decode_confidence(msg, to_array) -> np.ndarray:
     confidence = np.asarray(to_array(msg), dtype=np.float32)
-    if confidence.shape != depth.shape:
-        raise ValueError('confidence is {} but depth is {}'.format(
-            _size_text(confidence), _size_text(depth)))
     if not np.all(np.isfinite(confidence)):
         raise ValueError('confidence has NaN/inf values')
     return confidence
 
 
-def _decode_image(msg, to_array, depth: np.ndarray, size_policy: str, out: DecodedSet):
+def _decode_image(msg, to_array, depth: np.ndarray, out: DecodedSet):
     bgr = to_bgr8(to_array(msg), msg.encoding)
-    if bgr.shape[:2] != depth.shape:
-        if size_policy == 'drop':
-            raise ValueError('depth is {} but image is {}; they must match'.format(
-                _size_text(depth), _size_text(bgr)))
+    if bgr.shape[:2] != depth.shape:    # the 'resize' policy (check_parts refuses it else)
         h, w = depth.shape
         bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
         out.resized = True
     return bgr
 
 
-def _check_relative_shape(relative: np.ndarray, depth: np.ndarray) -> None:
+def _size(msg) -> str:
+    return '{}x{}'.format(msg.width, msg.height)
+
+
+def _check_relative_shape(relative, depth) -> None:
     # The aligner resizes the relative map to the stereo size; very different aspect ratios
     # would misalign pixels. A bad frame, not an exception of the node.
-    h, w = depth.shape
-    hr, wr = relative.shape[:2]
-    if relative.ndim != 2 or abs(float(wr) / hr - float(w) / h) > _ASPECT_TOLERANCE * w / h:
+    if abs(float(relative.width) / relative.height - float(depth.width) / depth.height) > \
+            _ASPECT_TOLERANCE * depth.width / depth.height:
         raise ValueError('disparity is {} but depth is {}: their aspect ratios must '
-                         'match'.format(_size_text(relative), _size_text(depth)))
+                         'match'.format(_size(relative), _size(depth)))
+
+
+def check_message(kind: str, msg) -> None:
+    """
+    Check one message of a set on its own, from its fields (no pixel is read).
+
+    An image kind (disparity, depth, confidence, image): the encodings the kind takes, and a
+    layout that holds together (a size, a ``step``, ``step * height`` bytes of data). A
+    camera_info: a size and intrinsics.
+
+    :raises ValueError: naming the kind and what is wrong.
+    """
+    if kind == 'camera_info':
+        camera_from_info(msg)
+        return
+    if kind == 'image':
+        colour_encoding(msg.encoding)
+    else:
+        _check_encoding(kind, msg.encoding)
+    check_layout(msg)
+
+
+def check_parts(msgs: Dict[str, object], size_policy: str = 'drop',
+                camera_info=None) -> str:
+    """
+    Check that the messages of one stamp agree, from their fields; return their frame id.
+
+    Checked: one non-empty header.frame_id; confidence (and, with the 'drop' size policy,
+    the image) of the depth's size; a disparity of the depth's aspect ratio; images of the
+    camera_info's aspect ratio (another size of the same aspect is scaled). Any subset of a
+    set can be checked (the messages of a stamp so far). Each message passed
+    :func:`check_message`.
+
+    :param camera_info: the camera_info that ``msgs`` are checked against when they have none
+        (alignment_node: the newest valid one), frame and sizes.
+    :raises ValueError: naming the messages that disagree.
+    """
+    info = msgs.get('camera_info', camera_info)
+    frame_id = _check_frames(msgs if info is None else dict(msgs, camera_info=info))
+    depth = msgs.get('depth')
+    for kind, msg in msgs.items():
+        if kind == 'camera_info':
+            continue
+        if depth is not None and (msg.width, msg.height) != (depth.width, depth.height):
+            if kind == 'confidence':
+                raise ValueError('confidence is {} but depth is {}'.format(
+                    _size(msg), _size(depth)))
+            if kind == 'image' and size_policy == 'drop':
+                raise ValueError('depth is {} but image is {}; they must match'.format(
+                    _size(depth), _size(msg)))
+        if kind == 'disparity':
+            if depth is not None:
+                _check_relative_shape(msg, depth)
+        elif info is not None and (kind != 'image' or size_policy == 'drop'):
+            camera_from_info(info, msg.width, msg.height)
+    return frame_id
 
 
 def decode_set(msgs: Dict[str, object], size_policy: str = 'drop',
@@ -231,21 +290,19 @@ def decode_set(msgs: Dict[str, object], size_policy: str = 'drop',
     for key in ('depth', 'camera_info'):
         if key not in msgs:
             raise ValueError('the set has no {} message'.format(key))
+    for kind, msg in msgs.items():
+        check_message(kind, msg)
     out = DecodedSet()
-    out.frame_id = _check_frames(msgs)
+    out.frame_id = check_parts(msgs, size_policy)
     depth_msg = msgs['depth']
     out.stamp_ns = header_ns(depth_msg)
-    out.depth = depth_to_metres(to_array(depth_msg), depth_msg.encoding)
-    if out.depth.ndim != 2 or out.depth.size == 0:
-        raise ValueError('depth must be a non-empty HxW image, got shape {}'.format(
-            out.depth.shape))
+    out.depth = depth_to_metres(to_array(depth_msg), depth_msg.encoding)   # [H, W] float32 m
     h, w = out.depth.shape
     if 'disparity' in msgs:
-        out.relative = _decode_relative(msgs['disparity'], to_array)
-        _check_relative_shape(out.relative, out.depth)
+        out.relative = _decode_relative(msgs['disparity'], to_array)   # [h, w] float32
     if 'confidence' in msgs:
-        out.confidence = _decode_confidence(msgs['confidence'], to_array, out.depth)
+        out.confidence = _decode_confidence(msgs['confidence'], to_array)   # [H, W] float32
     if 'image' in msgs:
-        out.bgr = _decode_image(msgs['image'], to_array, out.depth, size_policy, out)
+        out.bgr = _decode_image(msgs['image'], to_array, out.depth, out)   # [H, W, 3] uint8
     out.camera = camera_from_info(msgs['camera_info'], w, h)
     return out

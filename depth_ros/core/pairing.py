@@ -26,19 +26,41 @@ disparity. So a waiting set is dropped only when
   driver's answer comes for a set the cap took: that is reported as unexpected, naming the cap
   (it is too small; no message was lost).
 
-Drops are reported to ``on_drop(stamp, missing_kinds, why, expected)``. Not thread-safe: the
-caller holds a lock. No ROS import: messages are opaque objects here.
+Drops are reported to ``on_drop(drop)`` as a :class:`Drop`: its ``reason`` (a :class:`Reason`)
+is for the caller's decisions, its ``why`` text for logs. A set refused by the caller (a bad
+message, :meth:`PairingBuffer.refuse`) is dropped at once and its later messages are not kept.
+Not thread-safe: the caller holds a lock. No ROS import: messages are opaque objects here.
 """
 from __future__ import annotations
 
 import collections
-from typing import Callable, Dict, Iterable, List, Optional
+import enum
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
 
 from depth_ros.core.checks import check_number
 
 SUPERSEDED = 'a newer frame was complete first'
-CAPPED = 'pairing buffer over'          # + ' <cap> MB'
-CAPPED_EARLIER = 'its set was dropped earlier to stay under the pairing cap'
+
+
+class Reason(enum.Enum):
+    """Why a waiting set was dropped."""
+
+    SUPERSEDED = 'a newer set completed first'
+    AGE = 'older than the latency bound'
+    COUNT = 'too many sets waiting'
+    CAPPED = 'the byte cap took it'
+    CAPPED_EARLIER = 'a part came after the byte cap took its set'
+    FLUSHED = 'the input ended'
+
+
+class Drop(NamedTuple):
+    """One dropped set: its stamp, the kinds it lacked, the line's text, whether expected."""
+
+    stamp: int
+    missing: List[str]
+    why: str
+    expected: bool
+    reason: Reason
 
 
 def message_bytes(msg) -> int:
@@ -52,7 +74,7 @@ class PairingBuffer(object):
     Group messages by exact stamp until every required kind has arrived (module docstring).
 
     :param kinds: the kinds a set needs to be complete.
-    :param on_drop: ``f(stamp, missing kinds, why, expected)`` for every dropped set.
+    :param on_drop: ``f(drop)`` with a :class:`Drop` for every dropped set.
     :param max_age_ns: latency bound: a set older than the newest stamp by more than this is
         dropped (0: no bound), except the set the driver announced last.
     :param max_count: at most this many sets wait (0: no bound); the oldest unpinned goes
@@ -93,6 +115,7 @@ class PairingBuffer(object):
         self._pins = collections.OrderedDict()     # stamps announced by the driver
         self._newest_pin = None                    # the set the driver computes now
         self._capped = collections.deque(maxlen=64)  # stamps dropped for the byte cap
+        self._refused = collections.deque(maxlen=64)  # stamps the caller refused
         self._latest = collections.OrderedDict()   # stamp -> message of a latest kind
         self._latest_newest = {}                   # kind -> newest message
 
@@ -105,6 +128,8 @@ class PairingBuffer(object):
         if kind not in self.kinds:
             raise ValueError('`kind` must be one of {}, got {!r}'.format(
                 self.kinds + self.latest_kinds, kind))
+        if stamp in self._refused:
+            return None
         entry = self._entry(stamp)
         old = entry.get(kind)
         if old is not None:
@@ -131,11 +156,33 @@ class PairingBuffer(object):
         self._newest_pin = max(stamp, self._newest_pin) if self._newest_pin is not None \
             else stamp
 
+    def refuse(self, stamp: int) -> None:
+        """
+        Drop the set of ``stamp`` now, unreported, and keep none of its later messages.
+
+        The caller refused one of its messages (and counted the frame): the set can never
+        be complete, so nothing of it waits.
+        """
+        parts = self.pending.pop(stamp, None)
+        if parts:
+            self.bytes -= sum(self.sizeof(m) for m in parts.values())
+        self._pins.pop(stamp, None)
+        if stamp not in self._refused:
+            self._refused.append(stamp)
+
+    def refused(self, stamp: int) -> bool:
+        """Return whether :meth:`refuse` was called for ``stamp``: none of its messages is kept."""
+        return stamp in self._refused
+
+    def parts(self, stamp: int) -> Dict[str, object]:
+        """Return the messages waiting for ``stamp`` (empty when none), not a copy."""
+        return self.pending.get(stamp, {})
+
     def flush(self, why: str = 'end of the input') -> int:
         """Drop every waiting set (the input ended: they will never complete); return how many."""
         count = len(self.pending)
         while self.pending:
-            self._drop(next(iter(self.pending)), why)
+            self._drop(next(iter(self.pending)), Reason.FLUSHED, why)
         return count
 
     def clear(self) -> None:
@@ -144,6 +191,7 @@ class PairingBuffer(object):
         self._pins.clear()
         self._newest_pin = None
         self._capped.clear()
+        self._refused.clear()
         self._latest.clear()
         self._latest_newest.clear()
         self.bytes = 0
@@ -172,7 +220,7 @@ class PairingBuffer(object):
         self.bytes -= sum(self.sizeof(m) for m in complete.values())
         self._pins.pop(stamp, None)
         for older in [s for s in self.pending if s < stamp]:
-            self._drop(older, SUPERSEDED)
+            self._drop(older, Reason.SUPERSEDED, SUPERSEDED)
         for kind in self.latest_kinds:
             msg = self._latest.get((kind, stamp), self._latest_newest.get(kind))
             if msg is not None:
@@ -183,20 +231,22 @@ class PairingBuffer(object):
         if self.max_age_ns:
             limit = self.newest - self.max_age_ns
             for stamp in [s for s in self.pending if s < limit and s != self._newest_pin]:
-                self._drop(stamp, 'older than the pairing window of {:g} s'.format(
+                self._drop(stamp, Reason.AGE, 'older than the pairing window of {:g} s'.format(
                     self.max_age_ns * 1e-9))
         if self.max_count:
             while len(self.pending) > self.max_count:
                 victim = self._evictable(keep=1)
                 if victim is None:
                     break
-                self._drop(victim, 'pairing buffer full ({} sets)'.format(self.max_count))
+                self._drop(victim, Reason.COUNT, 'pairing buffer full ({} sets)'.format(
+                    self.max_count))
         while self.max_bytes and self.bytes > self.max_bytes:
             victim = self._evictable()
             if victim is None:
                 break
             self._capped.append(victim)
-            self._drop(victim, '{} {:g} MB'.format(CAPPED, self.max_bytes / 1e6))
+            self._drop(victim, Reason.CAPPED, 'pairing buffer over {:g} MB'.format(
+                self.max_bytes / 1e6))
 
     def _evictable(self, keep: Optional[int] = None) -> Optional[int]:
         """Return the oldest set that is neither pinned nor among the newest ``keep``."""
@@ -207,16 +257,18 @@ class PairingBuffer(object):
                 return stamp
         return None
 
-    def _drop(self, stamp: int, why: str) -> None:
+    def _drop(self, stamp: int, reason: Reason, why: str) -> None:
         parts = self.pending.pop(stamp)
         self.bytes -= sum(self.sizeof(m) for m in parts.values())
         pinned = self._pins.pop(stamp, None) is not None
         missing = [k for k in self.kinds if k not in parts]
-        capped = why.startswith(CAPPED)
+        capped = reason is Reason.CAPPED
         if stamp in self._capped and not capped:
             # What came after the byte cap dropped this set (the driver's answer, late parts):
             # say so, it is the cap (a configuration), not a lost message.
-            why = '{} of {:g} MB'.format(CAPPED_EARLIER, self.max_bytes / 1e6)
+            reason = Reason.CAPPED_EARLIER
+            why = 'its set was dropped earlier to stay under the pairing cap of {:g} MB'.format(
+                self.max_bytes / 1e6)
             capped = self.driver not in parts      # an answer lost to the cap is worth a word
         # The newest-frame policy upstream skips frames on purpose: a set without the driver's
         # part that was not announced would never have been output, whatever else it lacks
@@ -227,7 +279,7 @@ class PairingBuffer(object):
         if expected:
             self.dropped_expected += 1
         if self.on_drop is not None:
-            self.on_drop(stamp, missing, why, expected)
+            self.on_drop(Drop(stamp, missing, why, expected, reason))
 
     def _remember_latest(self, kind: str, stamp: int, msg) -> None:
         self._latest[(kind, stamp)] = msg

@@ -5,7 +5,10 @@ Inputs (relative names; remap them): ``disparity`` (32FC1 relative, from depth_n
 Marigold keyframes with ``relative_kind: depth``), ``depth_registered`` (32FC1 metres, or 16UC1
 millimetres), ``confidence`` (32FC1 1..100, optional), ``camera_info``, ``image`` (colours,
 optional), and ``inference_started`` (std_msgs/Header, optional: the stamps depth_node is
-computing). They are paired by exact stamp (depth_ros.core.pairing): a stereo set waits for its
+computing). A message is checked when it arrives, from its fields (core.messages.check_message
+and check_parts: encoding, layout, sizes against the other messages of its stamp and the newest
+camera_info): a wrong one is refused at once, with the rest of its set, and counted as a bad
+frame. The others are paired by exact stamp (depth_ros.core.pairing): a stereo set waits for its
 disparity up to ``pairing_window_s`` under the ``pairing_max_mb`` cap, and the set being
 inferred is never dropped for memory. Sets skipped by the newest-frame policy upstream are
 counted (``dropped_skipped``), not logged as errors.
@@ -21,31 +24,22 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import baseline_from_info, decode_set, depth_to_metres
-from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer
+from depth_ros.core.messages import baseline_from_info, check_message, check_parts, decode_set
+from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
-from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
+from depth_ros.nodes_core.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
     make_aligner, validate_alignment
-from depth_ros.ros.params import ConfigError
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
-    max_message_bytes, RateMeter, sensor_qos, StageTimes, too_large_text
-from depth_ros.ros.workers import first_line, LatestWorker, StampGuard
+from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
+from depth_ros.nodes_core.params import ConfigError
+from depth_ros.nodes_core.workers import HeapTrim, RateMeter, StageTimes, StampGuard, Worker
+from depth_ros.ros import conversions as conv
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+    sensor_qos
+from depth_ros.util import describe_error
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
-
-PARAMS = ALIGNMENT_PARAMS
-
-__all__ = ['AlignmentNode', 'main', 'make_aligner', 'message_bytes', 'PairingBuffer', 'PARAMS',
-           'stereo_depth_metres']
-
-
-def stereo_depth_metres(array: np.ndarray, encoding: str) -> np.ndarray:
-    """32FC1 metres as is; 16UC1 / mono16 millimetres -> float32 metres with 0 -> NaN."""
-    return depth_to_metres(array, encoding)
-
 
 TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image),
           'confidence': ('confidence', Image), 'camera_info': ('camera_info', CameraInfo),
@@ -56,7 +50,7 @@ class AlignmentNode(DepthRosNode):
     """The metric alignment node (module docstring)."""
 
     def __init__(self, **kwargs):
-        super().__init__('alignment_node', PARAMS, validate=validate_alignment,
+        super().__init__('alignment_node', ALIGNMENT_PARAMS, validate=validate_alignment,
                          apply=self._apply, **kwargs)
         try:
             self.aligner = make_aligner(self.cfg)
@@ -79,6 +73,8 @@ class AlignmentNode(DepthRosNode):
         self.aligner_epoch = 0
         self.stamp_resets = 0
         self.paired_once = False
+        self.last_camera_info = None   # the newest valid one: arrivals are checked on it
+        self.heap = HeapTrim()
         self.last_drop = ''
         self.in_rate, self.out_rate = RateMeter(), RateMeter()
         self.latency_ms = collections.deque(maxlen=50)
@@ -102,7 +98,7 @@ class AlignmentNode(DepthRosNode):
         self.pub_points = self.create_publisher(PointCloud2, '~/points', qos)
         self.pub_colored = self.create_publisher(Image, '~/colored', qos)
         self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
-        self.worker = LatestWorker(self._process, 'alignment', self._worker_error)
+        self.worker = Worker(self._process, 'alignment', self._worker_error)
         self.subs = [self.create_subscription(TOPICS[k][1], TOPICS[k][0], self._callback(k),
                                               qos) for k in kinds]
         if self.cfg['use_inference_stamps']:
@@ -111,7 +107,14 @@ class AlignmentNode(DepthRosNode):
         if self.cfg['use_right_camera_info']:
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
-        self.diag = Diagnostics(self, self._diagnostics)
+        # After a burst (the pairing buffer drained, or a flood refused), the freed heap goes
+        # back to the system (nodes_core.workers.HeapTrim says why).
+        self.create_timer(self.cfg['diagnostics_period_s'], self._trim_heap)
+
+    def _trim_heap(self):
+        with self.lock:
+            held = self.buffer.bytes
+        self.heap.maybe_trim(held)
 
     # ------------------------------------------------------------------ parameters
     def _apply(self, changed):
@@ -130,24 +133,24 @@ class AlignmentNode(DepthRosNode):
                 guard.reset_ns = int(self.cfg['stamp_reset_s'] * 1e9)
 
     # ------------------------------------------------------------------ inputs
-    def _on_drop(self, stamp, missing, why, expected):
+    def _on_drop(self, drop):
         # Called with self.lock held, from PairingBuffer.
-        if expected:
+        stamp, why = drop.stamp, drop.why
+        if drop.expected:
             # The network skipped the frame (newest-frame policy), or the memory cap took it:
             # the policy's drops, counted, not errors.
-            kind = 'capped' if why.startswith(('pairing buffer over', 'its set was')) \
-                else 'skipped'
-            self.bad[kind] += 1
+            capped = drop.reason in (Reason.CAPPED, Reason.CAPPED_EARLIER)
+            self.bad['capped' if capped else 'skipped'] += 1
             self.get_logger().debug('frame {} dropped: no {} ({})'.format(
-                stamp, missing_text(missing), why))
+                stamp, missing_text(drop.missing), why))
             return
-        self.last_drop = 'missing {} ({})'.format(missing_text(missing), why)
+        self.last_drop = 'missing {} ({})'.format(missing_text(drop.missing), why)
         if not self.paired_once:
             # Before the first complete set, partial sets are discovery races (a subscription
             # matched a moment after its publisher's first message): counted, not logged.
             self.bad['unpaired_startup'] += 1
             return
-        if why.startswith('its set was dropped earlier'):
+        if drop.reason is Reason.CAPPED_EARLIER:
             self.bad['unpaired'] += 1
             self.warn('capped', 'dropped frame {}: {}; raise pairing_max_mb (now {:g})'.format(
                 stamp, why, self.cfg['pairing_max_mb']))
@@ -183,17 +186,61 @@ class AlignmentNode(DepthRosNode):
             with self.lock:
                 if not self._stamp_ok(kind, stamp):
                     return
+                if kind == 'camera_info':
+                    self._note_camera_info(msg)
+                if self.buffer.refused(stamp):
+                    return     # a message of a set refused already goes with it
                 if kind == 'disparity':
                     self.in_rate.tick()
-                complete = self.buffer.add(kind, stamp, msg)
+                problem = self._arrival_problem(kind, stamp, msg)
+                complete = None if problem else self.buffer.add(kind, stamp, msg)
+                self.heap.held(self.buffer.bytes)
                 if complete is not None:
                     self.paired_once = True
                 epoch = self.epoch
-            if complete is not None:
+            if problem:
+                self.error('frame', 'dropped frame {}: {}'.format(stamp, problem))
+            elif complete is not None:
                 now = time.time_ns()
                 self.input_age_ms.append((now - stamp) * 1e-6)
                 self.worker.put((complete, now, epoch))
         return callback
+
+    def _note_camera_info(self, msg):
+        """
+        Keep the newest valid camera_info (lock held): arrivals are checked on it.
+
+        Any camera_info that passes check_message, even one of a refused set: the camera says
+        what the size is. A resolution or frame change (a camera reopened with other settings)
+        is then refused for one set at most; checked on the last complete set's camera_info
+        instead, a set whose depth comes before its camera_info would be refused for ever.
+        """
+        try:
+            check_message('camera_info', msg)
+        except ValueError:
+            return      # refused with its set by _arrival_problem (or its set was already)
+        self.last_camera_info = msg
+
+    def _arrival_problem(self, kind, stamp, msg):
+        """
+        Refuse a wrong message when it arrives, with the rest of its set (lock held).
+
+        Never held while its set waits: a flood of wrong messages costs no memory. The checks
+        read fields only (core.messages): the message alone, then with what its stamp has so
+        far and the newest valid camera_info (_note_camera_info). decode_set repeats them,
+        then checks the values (NaN, inf) of the complete set.
+        """
+        parts = dict(self.buffer.parts(stamp))
+        parts[kind] = msg
+        try:
+            check_message(kind, msg)
+            check_parts(parts, camera_info=self.last_camera_info)
+        except ValueError as exc:
+            self.buffer.refuse(stamp)
+            self.heap.refuse(message_bytes(msg))
+            self.last_drop = str(exc)
+            return str(exc)
+        return None
 
     def _stamp_ok(self, kind, stamp) -> bool:
         # Called with self.lock held.
@@ -209,6 +256,7 @@ class AlignmentNode(DepthRosNode):
                     guard.reset()
             self.buffer.clear()
             self.paired_once = False
+            self.last_camera_info = None
             self.epoch += 1
             return True
         if verdict == 'old':
@@ -331,8 +379,8 @@ class AlignmentNode(DepthRosNode):
     def _worker_error(self, exc):
         if self.shutting_down:
             return
-        self.last_drop = first_line(exc)
-        self.error('exception', 'alignment failed on a frame: {}'.format(first_line(exc)))
+        self.last_drop = describe_error(exc)
+        self.error('exception', 'alignment failed on a frame: {}'.format(self.last_drop))
 
     # ------------------------------------------------------------------ health
     def watched_threads(self):
@@ -367,7 +415,8 @@ class AlignmentNode(DepthRosNode):
             return 'warn', 'holding last fit: ' + r.reason
         return 'error', 'no fit: ' + r.reason
 
-    def _diagnostics(self):
+    def diagnostics(self):
+        """Return this node's status for /diagnostics."""
         r = self.result
         nan = float('nan')
         values = collections.OrderedDict()
@@ -401,6 +450,7 @@ class AlignmentNode(DepthRosNode):
         with self.lock:
             values['pairing_waiting'] = len(self.buffer.pending)
             values['pairing_waiting_mb'] = self.buffer.bytes / 1e6
+        values['heap_trims'] = self.heap.trims
         for k in ('stamp', 'frame', 'exception'):
             values['dropped_' + k] = self.bad[k]
         values['last_drop_reason'] = self.last_drop
@@ -411,11 +461,6 @@ class AlignmentNode(DepthRosNode):
     def close(self):
         """Finish the set in progress."""
         self.worker.stop()
-
-
-def make_node(**kwargs):
-    """Create the alignment_node (kept for callers of the earlier factory)."""
-    return AlignmentNode(**kwargs)
 
 
 main = main_for(AlignmentNode, 'alignment_node')

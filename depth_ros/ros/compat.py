@@ -14,8 +14,8 @@ post-set parameter callback                 rclpy >= 3.7 (Iron and later); Humbl
 (``add_post_set_parameters_callback``)      only the on-set callback
 ``rclpy.signals.SignalHandlerOptions``      rclpy >= 3.1 (Humble and later)
 ``rclpy.try_shutdown()``                    rclpy >= 1.0 (every supported distro)
-parameter overrides of a node               ``Node._parameter_overrides`` (3.3 .. 9.x: no public
-                                            getter), read only through :func:`overrides`
+parameter exception text                    ``str()`` of InvalidParameterValueException is a
+                                            tuple on Humble; ``args[0]`` is the message on both
 Fast DDS profile variable                   Fast DDS 2 (Humble, Iron, Jazzy):
                                             ``FASTRTPS_DEFAULT_PROFILES_FILE``; Fast DDS 3
                                             (Kilted and later): ``FASTDDS_DEFAULT_PROFILES_FILE``
@@ -23,8 +23,6 @@ Fast DDS profile variable                   Fast DDS 2 (Humble, Iron, Jazzy):
 ==========================================  ===================================================
 """
 from __future__ import annotations
-
-from typing import Dict, Optional
 
 # Distributions whose Fast DDS is 2.x (reads FASTRTPS_DEFAULT_PROFILES_FILE only).
 FAST_DDS_2_DISTROS = ('foxy', 'galactic', 'humble', 'iron', 'jazzy')
@@ -39,9 +37,7 @@ def init(args=None) -> None:
     """
     ``rclpy.init`` without rclpy's own signal handlers (SignalHandlerOptions: rclpy >= 3.1).
 
-    Our nodes install their own SIGINT/SIGTERM handling (runtime.run_node), which stops the
-    worker threads before the context; rclpy's handler would shut the context down at once,
-    under a worker that is still publishing a frame.
+    run_node handles SIGINT/SIGTERM itself (runtime._Signals says why and which test shows it).
     """
     import rclpy
     from rclpy.signals import SignalHandlerOptions
@@ -52,14 +48,3 @@ def shutdown() -> None:
     """Shut the default context down unless that already happened (``rclpy.try_shutdown``)."""
     import rclpy
     rclpy.try_shutdown()
-
-
-def overrides(node) -> Dict[str, object]:
-    """Return the parameter values given to ``node`` by a params file or ``-p``, by name."""
-    return dict(getattr(node, '_parameter_overrides', None) or {})
-
-
-def declared_names(node) -> Optional[set]:
-    """Return the names of the parameters ``node`` has declared (use_sim_time ...), or None."""
-    params = getattr(node, '_parameters', None)
-    return set(params) if params is not None else None

@@ -15,95 +15,32 @@ import time
 
 from depth_ros.core.encodings import to_bgr8
 from depth_ros.core.visualize import colorize
+from depth_ros.nodes_core.config import DEPTH_PARAMS, open_model, validate_depth
+from depth_ros.nodes_core.workers import FrameHealth, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import DEPTH_BACKENDS, DEPTH_PARAMS, validate_depth
-from depth_ros.ros.params import ConfigError, StartupError
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
-    RateMeter, sensor_qos, StageTimes
-from depth_ros.ros.workers import first_line, LatestWorker, StampGuard
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+    sensor_qos
+from depth_ros.util import describe_error
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-
-BACKENDS = DEPTH_BACKENDS
-PARAMS = DEPTH_PARAMS
-
-__all__ = ['ConfigError', 'DepthNode', 'load_model', 'main', 'PARAMS']
 
 
 def _mean(values) -> float:
     return float(np.mean(values)) if values else float('nan')
 
 
-def setup_command(values) -> str:
-    """Return the one command that puts the model this node looks for on the machine."""
-    command = 'ros2 run depth_ros depth-ros model setup'
-    if values['backend'] in ('tensorrt', 'onnxruntime'):
-        command += ' --backend ' + values['backend']
-    if values['input_width']:
-        command += ' --size {}x{}'.format(values['input_width'], values['input_height'])
-    if values['backend'] in ('auto', 'tensorrt') and values['precision'] != 'fp16':
-        command += ' --precision ' + values['precision']
-    return command
-
-
-def load_model(values):
-    """
-    Open the configured model (inference.auto.open_depth_model); returns its ``Opened``.
-
-    StartupError (the model cannot be found, built or loaded) or ConfigError (the request
-    itself is wrong), each with a one-line reason.
-    """
-    from depth_ros.inference import ModelLoadError
-    from depth_ros.inference.auto import EngineBuildError, open_depth_model
-    from depth_ros.inference.default_model import ModelUnavailable
-    size = (values['input_width'], values['input_height']) if values['input_width'] else None
-    try:
-        return open_depth_model(
-            values['backend'], values['model_path'], input_size=size,
-            precision=values['precision'], workspace_mb=values['workspace_mb'],
-            engine_cache_dir=values['engine_cache_dir'] or None, device=values['device'],
-            fix='run `{}`'.format(setup_command(values)),
-            standin_latency_ms=values['standin_latency_ms'],
-            standin_mode=values['standin_mode'])
-    except (ModelLoadError, ModelUnavailable, EngineBuildError) as exc:
-        raise StartupError(str(exc)) from None
-    except ValueError as exc:   # the request itself is wrong (input size not a multiple of 14)
-        raise ConfigError(str(exc)) from None
-
-
-class FrameHealth(object):
-    """Good and bad frames over the last seconds, for a /diagnostics level that tells the truth."""
-
-    def __init__(self, window: float = 5.0):
-        self.good = RateMeter(window)
-        self.bad = RateMeter(window)
-        self.last_reason = ''
-
-    def status(self, inputs: RateMeter, stale_s: float):
-        """(level, message) from the recent inputs, good outputs and bad frames."""
-        if inputs.age() > stale_s:
-            return 'warn', 'no input images' if inputs.count == 0 else \
-                'no input image for {:.1f} s'.format(inputs.age())
-        if self.good.age() > stale_s and self.bad.age() <= stale_s:
-            return 'error', 'every frame of the last {:.0f} s was dropped: {}'.format(
-                stale_s, self.last_reason)
-        if self.good.count == 0:
-            return 'warn', 'waiting for the first result'
-        return 'ok', 'running'
-
-
 class DepthNode(DepthRosNode):
     """The inference node (module docstring)."""
 
     def __init__(self, **kwargs):
-        super().__init__('depth_node', PARAMS, validate=validate_depth, apply=self._apply,
+        super().__init__('depth_node', DEPTH_PARAMS, validate=validate_depth, apply=self._apply,
                          **kwargs)
         if self.cfg['engine_cache_dir'] and self.cfg['backend'] not in ('tensorrt', 'auto'):
             self.get_logger().warning(
                 'parameter `engine_cache_dir` ({!r}) is used only by the tensorrt backend, '
                 'not {!r}'.format(self.cfg['engine_cache_dir'], self.cfg['backend']))
-        opened = load_model(self.cfg)
+        opened = open_model(self.cfg)
         self.model = opened.model
         self.backend = opened.backend
         for warning in opened.warnings:
@@ -123,10 +60,9 @@ class DepthNode(DepthRosNode):
         self.age_ms_window = collections.deque(maxlen=50)  # stamp -> disparity published
         self.disp_buffer = conv.MessageBuffer()   # reused by the one worker thread
         self.stages = StageTimes()
-        self.worker = LatestWorker(self._process, 'depth_inference', self._worker_error,
-                                   on_start=self._announce)
+        self.worker = Worker(self._process, 'depth_inference', self._worker_error,
+                             on_start=self._announce)
         self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
-        self.diag = Diagnostics(self, self._diagnostics)
 
     def _apply(self, changed):
         if 'standin_latency_ms' in changed and self.backend == 'standin':
@@ -197,13 +133,14 @@ class DepthNode(DepthRosNode):
     def _worker_error(self, exc):
         if self.shutting_down:
             return
-        self._drop('exception', 'inference failed on a frame: {}'.format(first_line(exc)))
+        self._drop('exception', 'inference failed on a frame: {}'.format(describe_error(exc)))
 
     def watched_threads(self):
         """Watch the inference thread: it runs for the node's life (it ends only at shutdown)."""
         return [('inference', lambda: self.worker.alive)]
 
-    def _diagnostics(self):
+    def diagnostics(self):
+        """Return this node's status for /diagnostics."""
         level, message = self.health.status(self.in_rate, 3.0)
         values = collections.OrderedDict([
             ('backend', self.backend), ('model', self.model.name),
@@ -230,11 +167,6 @@ class DepthNode(DepthRosNode):
         # or the process would exit with ONNX Runtime still running in the worker thread.
         self.worker.stop(timeout=4.5)
         self.model.close()
-
-
-def make_node(**kwargs):
-    """Create the depth_node (kept for callers of the earlier factory)."""
-    return DepthNode(**kwargs)
 
 
 main = main_for(DepthNode, 'depth_node')

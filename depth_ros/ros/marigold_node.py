@@ -28,29 +28,25 @@ from typing import Optional
 from depth_ros.core.encodings import to_bgr8
 from depth_ros.inference.marigold import check_settings, default_dtype, load_marigold, \
     MarigoldDepth
+from depth_ros.nodes_core.config import MARIGOLD_PARAMS, marigold_settings
+from depth_ros.nodes_core.params import ConfigError, StartupError
+from depth_ros.nodes_core.workers import Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import MARIGOLD_PARAMS, marigold_settings
-from depth_ros.ros.params import ConfigError, StartupError
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
     sensor_qos
-from depth_ros.ros.workers import first_line, KeyframeWorker
+from depth_ros.util import describe_error
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
-
-PARAMS = MARIGOLD_PARAMS
 NO_FRAME_LOG_THROTTLE_S = 30.0
 # /diagnostics warns when the newest image is older than this (the camera feed stopped).
 STALE_INPUT_S = 5.0
-
-__all__ = ['KeyframeWorker', 'load_error_message', 'main', 'MarigoldNode', 'PARAMS',
-           'resolve_device']
 
 
 def load_error_message(checkpoint: str, device: str, exc: BaseException) -> str:
     """Return the one-line start-up message for a Marigold load that raised ``exc``."""
     return 'cannot load Marigold {!r} on device {!r}: {}'.format(
-        checkpoint, device, first_line(exc))
+        checkpoint, device, describe_error(exc))
 
 
 def resolve_device(device: str) -> str:
@@ -72,7 +68,7 @@ class MarigoldNode(DepthRosNode):
     """Marigold keyframes (module docstring); ``model`` overrides the parameters (tests)."""
 
     def __init__(self, model: Optional[MarigoldDepth] = None, **kwargs):
-        super().__init__('marigold_node', PARAMS, **kwargs)
+        super().__init__('marigold_node', MARIGOLD_PARAMS, **kwargs)
         self.model = model if model is not None else self._load()
         p = self.cfg
         # Depth 1: a keyframe is only worth having on the newest image.
@@ -91,9 +87,7 @@ class MarigoldNode(DepthRosNode):
         self.last_inference_ms = float('nan')
         self.last_job_ms = float('nan')
         self.last_error = ''
-        self.worker = KeyframeWorker(self._job, logger=self.get_logger(),
-                                     on_error=self._job_error)
-        self.diag = Diagnostics(self, self._diagnostics)
+        self.worker = Worker(self._job, 'marigold_keyframes', self._job_error)
         self.timer = None
         if p['keyframe_period_s'] > 0:
             self.timer = self.create_timer(p['keyframe_period_s'], self._on_timer)
@@ -162,7 +156,7 @@ class MarigoldNode(DepthRosNode):
     def _job_error(self, exc) -> None:
         if self.shutting_down:
             return
-        self.last_error = first_line(exc)
+        self.last_error = describe_error(exc)
         # One window per exception type: a burst of one error does not hide another.
         self.log.error('job_' + type(exc).__name__, 'keyframe failed, frame dropped: '
                        '{}'.format(self.last_error), self.cfg['log_throttle_s'])
@@ -180,7 +174,8 @@ class MarigoldNode(DepthRosNode):
             return 'warn', 'last keyframe failed: {}'.format(self.last_error)
         return 'ok', 'busy' if self.worker.busy else 'idle'
 
-    def _diagnostics(self):
+    def diagnostics(self):
+        """Return this node's status for /diagnostics."""
         w = self.worker
         rx_age = float('nan') if self.last_rx is None else time.monotonic() - self.last_rx
         stamp_age = float('nan')
@@ -191,7 +186,7 @@ class MarigoldNode(DepthRosNode):
         values = {
             'model': getattr(self.model, 'name', '') or repr(self.model),
             'busy': w.busy,
-            'keyframes_done': w.jobs_done, 'keyframes_failed': w.jobs_failed,
+            'keyframes_done': w.done, 'keyframes_failed': w.failed,
             'last_inference_ms': self.last_inference_ms,
             'last_job_ms': self.last_job_ms,
             'last_keyframe_stamp': self.last_keyframe_stamp or 'none',
@@ -206,11 +201,6 @@ class MarigoldNode(DepthRosNode):
     def close(self):
         """Finish the running keyframe (its publish is skipped if shutdown started)."""
         self.worker.stop()
-
-
-def make_node(model: Optional[MarigoldDepth] = None, **kwargs):
-    """Create the marigold_node (kept for callers of the earlier factory)."""
-    return MarigoldNode(model=model, **kwargs)
 
 
 main = main_for(MarigoldNode, 'marigold_node')

@@ -1,33 +1,29 @@
 """
-Shared node plumbing: the base class of our nodes, QoS, diagnostics, message limits, main().
+What every node of ours does the same way with rclpy: parameters, QoS, diagnostics, main().
 
-:class:`DepthRosNode` holds what every node repeats: parameters declared from specs and
-validated at start-up and at runtime, unknown parameter names reported, rate-limited bad-frame
-errors with counters, publishing that stays quiet while the process shuts down, and a way for
-any thread to end the process with one FATAL line. :func:`run_node` creates, spins and tears a
-node down with quiet, ordered shutdown (exit 0 on Ctrl-C, however often it is pressed).
+:class:`DepthRosNode` declares the node's parameters from their specs with ParameterDescriptors
+(rclpy enforces type, range and read-only), adds the checks a descriptor cannot express,
+counts and logs bad frames (rate-limited), publishes quietly while the process shuts down, and
+lets any thread end the process with one FATAL line. :func:`run_node` creates, spins and tears
+a node down: start-up failures are one FATAL line, a stop signal an ordered shutdown, exit 0.
 """
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import sys
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
-import xml.etree.ElementTree as ElementTree
 
+from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
+    params_file_error, StartupError, unknown_lines
+from depth_ros.nodes_core.workers import forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
-from depth_ros.ros.params import ConfigError, declare_params, install_parameter_callbacks, \
-    Param, StartupError, unknown_overrides
-from depth_ros.ros.workers import first_line, forward_library_logs, KeyframeWorker, \
-    LatestWorker, RateMeter, StageTimes, ThrottledLog  # noqa: F401 - re-exported
+from depth_ros.util import describe_error
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
-
-__all__ = ['ConfigError', 'DepthRosNode', 'diagnostic_status', 'Diagnostics', 'LatestWorker',
-           'main_for', 'max_message_bytes', 'RateMeter', 'run_node', 'sensor_qos',
-           'StageTimes', 'StartupError', 'ThrottledLog']
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 
 def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
@@ -37,10 +33,6 @@ def sensor_qos(reliability: str = 'best_effort', depth: int = 2):
     best_effort is the sensor-data profile: a late frame is worth nothing. A best-effort
     publisher does not match a reliable subscriber (RViz on Humble), hence the parameter.
     """
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    if reliability not in ('best_effort', 'reliable'):
-        raise ValueError('`reliability` must be best_effort or reliable, got {!r}'.format(
-            reliability))
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
                       reliability=(ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
                                    else ReliabilityPolicy.RELIABLE),
@@ -55,128 +47,134 @@ def diagnostic_status(name: str, hardware_id: str, level: str, message: str,
               'error': DiagnosticStatus.ERROR, 'stale': DiagnosticStatus.STALE}
     status = DiagnosticStatus(name=name, hardware_id=hardware_id, message=message)
     status.level = levels[level]
-    status.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    status.values = [KeyValue(key=str(k), value='{:.6g}'.format(v) if isinstance(v, float)
+                              else str(v)) for k, v in values.items()]
     return status
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return '{:.6g}'.format(value)
-    return str(value)
+def _descriptor(spec):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    desc = ParameterDescriptor(name=spec.name, description=spec.description,
+                               read_only=spec.read_only)
+    if spec.choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.low is None and spec.high is None:
+        return desc
+    low = -1e300 if spec.low is None else spec.low
+    high = 1e300 if spec.high is None else spec.high
+    if type(spec.default) is int:
+        desc.integer_range = [IntegerRange(from_value=int(max(low, -2 ** 62)),
+                                           to_value=int(min(high, 2 ** 62)), step=1)]
+    elif type(spec.default) is float:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                        to_value=float(high), step=0.0)]
+    return desc
 
 
-class Diagnostics(object):
-    """
-    Publishes the node's DiagnosticStatus list on /diagnostics every ``period`` seconds.
-
-    ``period`` None: the node's ``diagnostics_period_s`` parameter (1 s by default).
-    """
-
-    def __init__(self, node, collect: Callable[[], List], period: Optional[float] = None):
-        from diagnostic_msgs.msg import DiagnosticArray
-        if period is None:
-            period = float(node.cfg.get('diagnostics_period_s', 1.0))
-        self._node = node
-        self._collect = collect
-        self._type = DiagnosticArray
-        self.publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.timer = node.create_timer(period, self.publish)
-
-    def publish(self) -> None:
-        """Collect and publish now."""
-        msg = self._type()
-        msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.status = list(self._collect())
-        self._node.publish(self.publisher, msg)
-
-
-# ------------------------------------------------------------------------- message limits
-def _profile_shm_limit(path: str) -> Optional[int]:
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (OSError, ElementTree.ParseError):
-        return None
-    limits = []
-    for desc in root.iter():
-        if not desc.tag.endswith('transport_descriptor'):
-            continue
-        kind = [c.text for c in desc if c.tag.endswith('type')]
-        size = [c.text for c in desc if c.tag.endswith('maxMessageSize')]
-        if kind and kind[0] and kind[0].strip() == 'SHM' and size and size[0]:
-            try:
-                limits.append(int(size[0].strip()))
-            except ValueError:
-                continue
-    return max(limits) if limits else None
-
-
-def max_message_bytes(environ=None) -> Optional[int]:
-    """
-    Return the largest message the middleware carries whole, or None when unknown.
-
-    With Fast DDS and our profile (config/fastdds_large_messages.xml), messages up to the SHM
-    transport's ``maxMessageSize`` (32 MiB) travel in one shared-memory buffer; larger ones
-    are cut into UDP fragments and, best effort, lost now and then without a word. Other
-    middlewares and profiles without an SHM limit: None (no check).
-    """
-    env = os.environ if environ is None else environ
-    override = env.get('DEPTH_ROS_MAX_MESSAGE_BYTES')
-    if override:
-        # Another middleware's limit, or a test's: the bound the nodes refuse to exceed.
-        return int(override)
-    rmw = env.get('RMW_IMPLEMENTATION', '') or 'rmw_fastrtps_cpp'
-    if not rmw.startswith('rmw_fastrtps'):
-        return None
-    for var in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE'):
-        path = env.get(var)
-        if path:
-            return _profile_shm_limit(path)
-    return None
-
-
-def too_large_text(what: str, nbytes: int, limit: int, fix: str) -> str:
-    """Return the line for a message above the middleware's limit, naming the fix."""
-    return '{} is {:.1f} MB, above the {:.1f} MB that Fast DDS carries whole (SHM ' \
-        'maxMessageSize of the profile); it would be lost in UDP fragments: {}'.format(
-            what, nbytes / 1e6, limit / 1e6, fix)
-
-
-# ----------------------------------------------------------------------------- base class
 class DepthRosNode(Node):
     """
     The base of our nodes: parameters, error counters, quiet publishing, fatal exits.
 
     :param name: node name.
-    :param specs: the node's :class:`Param` list, declared here.
-    :param validate: cross-parameter check, ``f(values) -> None | reason``.
-    :param apply: called with ``{name: value}`` after a runtime change was accepted.
+    :param specs: the node's :class:`~depth_ros.nodes_core.params.Param` list, declared here.
+    :param validate: cross-parameter check, ``f(values) -> None | reason``, at start-up and
+        on every change.
+    :param apply: called with ``{name: value}`` once a runtime change is set (``self.cfg``
+        holds the new values by then).
+
+    A node overrides :meth:`diagnostics`: its statuses go on /diagnostics every
+    ``diagnostics_period_s``.
     """
 
-    def __init__(self, name: str, specs: Sequence[Param],
+    def __init__(self, name: str, specs: Sequence,
                  validate: Optional[Callable[[Dict[str, object]], Optional[str]]] = None,
                  apply: Optional[Callable[[Dict[str, object]], None]] = None, **kwargs):
         super().__init__(name, **kwargs)
-        self.specs = tuple(specs)
-        self.cfg = declare_params(self, self.specs, validate=validate)
-        install_parameter_callbacks(self, self.specs, self.cfg, validate, apply)
+        self.specs = collections.OrderedDict((s.name, s) for s in specs)
+        self._validate = validate
+        self._apply = apply
+        self.cfg = self._declare()
+        if compat.has_post_set_parameters_callback(self):
+            self.add_on_set_parameters_callback(self._check_change)
+            self.add_post_set_parameters_callback(self._take_change)
+        else:   # Humble: the on-set callback is the only one; take the change once checked
+            self.add_on_set_parameters_callback(self._check_and_take_change)
         self.log = ThrottledLog(self.get_logger())
-        for line in unknown_overrides(self, self.specs):
-            self.get_logger().warning(line)
         self.bad = collections.Counter()      # dropped frames by kind
         self.shutting_down = False
         self.fatal_reason = None
-        self._publish_lock = threading.Lock()
+        from diagnostic_msgs.msg import DiagnosticArray
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(self.cfg['diagnostics_period_s'], self._publish_diagnostics)
 
+    def diagnostics(self) -> List:
+        """Return the node's DiagnosticStatus list (diagnostic_status); overridden by nodes."""
+        return []
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        msg = DiagnosticArray(status=list(self.diagnostics()))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.publish(self._diagnostics_pub, msg)
+
+    # ------------------------------------------------------------------ parameters
+    def _declare(self) -> Dict[str, object]:
+        values = {}
+        for spec in self.specs.values():
+            try:
+                param = self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                # rclpy's type and range checks: its text names the parameter and the value
+                # (args[0]: Humble's str() of this exception is a tuple).
+                raise ConfigError(exc.args[0]) from None
+            values[spec.name] = param.value
+        reason = self._change_error(values, values)
+        if reason:
+            raise ConfigError(reason)
+        return values
+
+    def _change_error(self, changed: Dict[str, object], merged: Dict[str, object]):
+        for name, value in changed.items():
+            reason = choice_error(self.specs[name], value)
+            if reason:
+                return reason
+        return self._validate(merged) if self._validate is not None else None
+
+    def _own(self, parameters) -> Dict[str, object]:
+        # use_sim_time and the like are rclpy's, not ours.
+        return {p.name: p.value for p in parameters if p.name in self.specs}
+
+    def _check_change(self, parameters):
+        """On-set callback: rclpy checked type, range and read-only; check the rest."""
+        from rcl_interfaces.msg import SetParametersResult
+        changed = self._own(parameters)
+        reason = self._change_error(changed, dict(self.cfg, **changed)) if changed else None
+        return SetParametersResult(successful=not reason, reason=reason or '')
+
+    def _take_change(self, parameters) -> None:
+        """Post-set callback (rclpy >= 3.7): the change is set; apply it."""
+        changed = self._own(parameters)
+        self.cfg.update(changed)
+        if self._apply is not None and changed:
+            self._apply(changed)
+
+    def _check_and_take_change(self, parameters):
+        result = self._check_change(parameters)
+        if result.successful:
+            self._take_change(parameters)
+        return result
+
+    # ------------------------------------------------------------------ frames and faults
     def error(self, kind: str, text: str) -> None:
         """Count a bad frame of ``kind`` and log ``text`` (rate-limited per kind)."""
         self.bad[kind] += 1
         if not self.shutting_down:
-            self.log.error(kind, text, self.cfg.get('log_throttle_s', 2.0))
+            self.log.error(kind, text, self.cfg['log_throttle_s'])
 
     def warn(self, kind: str, text: str) -> None:
         """Log a rate-limited warning of ``kind`` (not counted)."""
         if not self.shutting_down:
-            self.log.warn(kind, text, self.cfg.get('log_throttle_s', 2.0))
+            self.log.warn(kind, text, self.cfg['log_throttle_s'])
 
     def publish(self, publisher, msg) -> bool:
         """
@@ -221,18 +219,29 @@ class DepthRosNode(Node):
 # ------------------------------------------------------------------------------ run_node
 class _Signals(object):
     """
-    SIGINT/SIGTERM -> a stop flag: no KeyboardInterrupt in the middle of a teardown.
+    SIGINT/SIGTERM -> a stop flag, in place of rclpy's signal handlers (compat.init).
 
-    Installed before ``rclpy.init`` so that no signal ever meets the default SIGTERM action
-    (death with -15, no teardown). While ``interrupting`` (start-up: rclpy.init, the node's
-    constructor, which may block on a model load or a camera) a signal also raises
-    KeyboardInterrupt, so that a slow start-up can still be stopped.
+    Measured with rclpy's own handlers (``rclpy.init`` with its default SignalHandlerOptions)
+    on Humble (rclpy 3.3.15) and Kilted (rclpy 9.1.2), both alike; test_faults.py holds each:
+
+    - a SIGTERM before or during ``rclpy.init`` meets the default action: exit -15
+      (``test_a_signal_during_start_up_is_a_clean_exit_0[init-SIGTERM]``);
+    - a SIGTERM during the node's constructor (a model load, a camera) shuts the context down
+      without interrupting Python: the load goes on, then the executor fails on the dead
+      context with a traceback (``...[constructor-SIGTERM]``, ``...[end_of_constructor-SIGTERM]``);
+    - a second SIGINT (a user's repeated Ctrl-C; `ros2 launch` forwards one after the
+      terminal's) raises KeyboardInterrupt inside the teardown: a traceback and exit -2
+      (``test_repeated_ctrl_c_is_quiet_and_exits_0``,
+      ``test_sigints_until_the_node_has_exited_still_give_exit_0``).
+
+    Here a signal sets the stop flag, which ends the spin loop; run_node stops the node's
+    threads, then the context. While ``interrupting`` (start-up: rclpy.init and the
+    constructor) a signal also raises KeyboardInterrupt, so that a slow start-up is cut short.
     """
 
     def __init__(self):
         self.stop = threading.Event()
         self.count = 0
-        self.teardown_since = None
         self.interrupting = False
         self._old = {}
 
@@ -247,64 +256,16 @@ class _Signals(object):
         if self.interrupting:
             self.interrupting = False
             raise KeyboardInterrupt
-        # A teardown stuck for many seconds (a driver call that never returns) must still
-        # give way to a user who keeps pressing Ctrl-C.
-        if self.teardown_since is not None and time.monotonic() - self.teardown_since > 10.0:
-            os._exit(130)
 
     def __exit__(self, *exc):
-        if self.count:
-            # Asked to stop: the process is on its way out, and a late signal must not undo
-            # the clean exit. A terminal's Ctrl-C reaches the node and `ros2 launch` at once,
-            # and launch forwards another SIGINT a moment later. While Python finalizes (the
-            # DDS participant goes away then: 0.1 s and more) it resets its own handlers to
-            # the default action, and that SIGINT ended the node with exit -2 ("process has
-            # died"); an ignored signal stays ignored.
-            for sig in self._old:
-                signal.signal(sig, signal.SIG_IGN)
-            return False
         for sig, old in self._old.items():
-            try:
-                signal.signal(sig, old)
-            except (TypeError, ValueError):
-                pass
+            # Asked to stop: a late signal must not undo the clean exit. A terminal's Ctrl-C
+            # reaches the node and `ros2 launch` at once, and launch forwards another SIGINT
+            # a moment later. While Python finalizes (the DDS participant goes away then:
+            # 0.1 s and more) it puts the default actions back, and that SIGINT ended the
+            # node with exit -2 on Humble; an ignored signal stays ignored.
+            signal.signal(sig, signal.SIG_IGN if self.count else old)
         return False
-
-
-def _params_files(args: List[str]) -> List[str]:
-    """Return the ``--params-file`` paths of the ``--ros-args`` sections of ``args``."""
-    files, in_ros = [], False
-    for i, arg in enumerate(args):
-        if arg == '--ros-args':
-            in_ros = True
-        elif arg == '--':
-            in_ros = False
-        elif in_ros and arg == '--params-file' and i + 1 < len(args):
-            files.append(args[i + 1])
-    return files
-
-
-def check_params_files(args: List[str]) -> Optional[str]:
-    """
-    Return what is wrong with a ``--params-file`` of ``args`` (None when they all read).
-
-    rcl would refuse them too, but with a 20-line error and a traceback; this names the file
-    and the problem in one line before rcl sees it.
-    """
-    import yaml
-    for path in _params_files(args):
-        if not os.path.isfile(path):
-            return '--params-file {}: no such file'.format(path)
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as exc:
-            return '--params-file {}: not valid YAML: {}'.format(
-                path, first_line(exc).replace('\n', ' '))
-        if data is not None and not isinstance(data, dict):
-            return '--params-file {}: expected node sections (`/**/node: ros__parameters: ' \
-                '...`), got a {}'.format(path, type(data).__name__)
-    return None
 
 
 def _construct(factory, name, signals) -> tuple:
@@ -314,12 +275,10 @@ def _construct(factory, name, signals) -> tuple:
     node = None
     try:
         node = factory()
-        signals.interrupting = False
         return node, 0
     except KeyboardInterrupt:
         # Either inside the constructor (no node: nothing to tear down) or in the instant
         # after it (a node, and signals.stop is set: the spin loop ends at once).
-        signals.interrupting = False
         return node, 0
     except ConfigError as exc:
         logger.fatal('bad configuration: {}'.format(exc))
@@ -327,13 +286,8 @@ def _construct(factory, name, signals) -> tuple:
     except StartupError as exc:
         logger.fatal(str(exc))
         return None, 1
-    except Exception as exc:  # noqa: B902 - e.g. rclpy's parameter errors: one line, exit 2
-        text = first_line(exc)
-        if type(exc).__name__ in ('RCLError', 'ParameterException',
-                                  'InvalidParameterValueException'):
-            logger.fatal('bad configuration: {}'.format(text))
-            return None, 2
-        raise
+    finally:
+        signals.interrupting = False
 
 
 def _spin(node, executor, signals) -> int:
@@ -354,32 +308,32 @@ def _spin(node, executor, signals) -> int:
     return 0
 
 
-def _teardown(node, executor, signals) -> None:
-    signals.teardown_since = time.monotonic()
+def _teardown(node, executor) -> None:
     node.shutting_down = True
     try:
         node.close()
     except Exception as exc:  # noqa: B902 - a failing close must not hide the exit
-        node.get_logger().warning('closing failed: {}'.format(first_line(exc)))
+        node.get_logger().warning('closing failed: {}'.format(describe_error(exc)))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
 
 
-def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]] = None,
-             threads: int = 1) -> int:
+def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]] = None) -> int:
     """
     Create (``factory()``), spin and tear down one node; return the process exit code.
 
     Start-up failures (ConfigError: bad parameter, exit 2; StartupError: model or camera
-    could not be set up, exit 1) are one FATAL line naming the cause, with no traceback. A
-    node whose :meth:`DepthRosNode.health_check` reports a reason ends with that FATAL line
-    (exit 1). SIGINT and SIGTERM stop the node in order: its threads first, then the
-    executor and the context; further signals during that are ignored; the exit code is 0.
-    Python log records of the library reach the node's logger (/rosout).
+    could not be set up, exit 1) are one FATAL line naming the cause, with no traceback.
+    Parameter names the node was given but does not declare are one warning each. A node
+    whose :meth:`DepthRosNode.health_check` reports a reason ends with that FATAL line (exit
+    1). SIGINT and SIGTERM stop the node in order: its threads first, then the executor and
+    the context; further signals are ignored; the exit code is 0. Python log records of the
+    library reach the node's logger (/rosout).
     """
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-    problem = check_params_files(list(sys.argv[1:] if args is None else args))
+    from rclpy.executors import SingleThreadedExecutor
+    argv = list(sys.argv if args is None else args)
+    problem = params_file_error(argv)
     if problem:
         sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
         return 2
@@ -388,11 +342,11 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
         try:
             signals.interrupting = not signals.stop.is_set()
             try:
-                compat.init(args)   # without rclpy's signal handlers: ours
-            except Exception as exc:  # noqa: B902 - a bad --params-file, malformed --ros-args
+                compat.init(args)
+            except RuntimeError as exc:   # rclpy's RCLError: malformed --ros-args
                 signals.interrupting = False
                 sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(
-                    name, first_line(exc)))
+                    name, describe_error(exc)))
                 return 2
             forwarder = forward_library_logs(rclpy.logging.get_logger(name))
             if signals.interrupting:
@@ -401,17 +355,20 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             pass   # stopped during start-up: nothing (or only the context) to tear down
         signals.interrupting = False
         if node is not None:
-            forwarder._logger = node.get_logger()
+            forwarder.logger = node.get_logger()
+            if isinstance(node, DepthRosNode):
+                for line in unknown_lines(given_names(argv, node.get_fully_qualified_name()),
+                                          node.has_parameter, list(node.specs)):
+                    node.get_logger().warning(line)
             # Callbacks only hand frames over (the work runs in the nodes' worker threads),
             # and rclpy's MultiThreadedExecutor costs far more Python time per message than
             # it saves.
-            executor = SingleThreadedExecutor() if threads <= 1 else \
-                MultiThreadedExecutor(num_threads=threads)
+            executor = SingleThreadedExecutor()
             executor.add_node(node)
             try:
                 code = _spin(node, executor, signals)
             finally:
-                _teardown(node, executor, signals)
+                _teardown(node, executor)
         compat.shutdown()
     return code
 

@@ -21,19 +21,17 @@ from __future__ import annotations
 import os
 import threading
 
+from depth_ros.nodes_core.config import source_options, validate_zed, ZED_PARAMS
+from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
+from depth_ros.nodes_core.params import ConfigError, StartupError
+from depth_ros.nodes_core.workers import RateMeter
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.config import source_options, validate_zed, ZED_PARAMS
-from depth_ros.ros.params import ConfigError, StartupError
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, Diagnostics, main_for, \
-    max_message_bytes, RateMeter, sensor_qos, too_large_text
-from depth_ros.ros.workers import first_line
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+    sensor_qos
 from depth_ros.sources.base import Frame, FrameError, SourceConfigError, SourceError
 from depth_ros.sources.downscale import downscale_frame
+from depth_ros.util import describe_error
 from sensor_msgs.msg import CameraInfo, Image
-
-PARAMS = ZED_PARAMS
-
-__all__ = ['downscale_frame', 'main', 'PARAMS', 'source_options', 'ZedNode']
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -47,7 +45,7 @@ class ZedNode(DepthRosNode):
 
     def __init__(self, source=None, **kwargs):
         kwargs.setdefault('namespace', 'zed')
-        super().__init__('zed_node', PARAMS, validate=validate_zed, **kwargs)
+        super().__init__('zed_node', ZED_PARAMS, validate=validate_zed, **kwargs)
         self.frame_id = self.cfg['frame_id'] or \
             self.cfg['camera_name'] + '_left_camera_optical_frame'
         self.right_frame_id = self.cfg['camera_name'] + '_right_camera_optical_frame'
@@ -70,7 +68,6 @@ class ZedNode(DepthRosNode):
         self.limit = max_message_bytes()
         self._size_checked = False
         self._stop = threading.Event()
-        self.diag = Diagnostics(self, self._diagnostics)
         self.thread = threading.Thread(target=self._grab_loop, name='zed_grab', daemon=True)
         self.thread.start()
 
@@ -138,7 +135,7 @@ class ZedNode(DepthRosNode):
         self.grab_errors += 1
         self.failures_in_a_row += 1
         self._close_source()
-        text = first_line(exc) if not isinstance(exc, SourceError) else str(exc)
+        text = describe_error(exc) if not isinstance(exc, SourceError) else str(exc)
         limit = self.cfg['max_retries']
         if is_permanent(exc) or (limit and self.failures_in_a_row > limit):
             why = 'cannot be fixed by retrying' if is_permanent(exc) else \
@@ -172,7 +169,7 @@ class ZedNode(DepthRosNode):
         except Exception as exc:  # noqa: B902 - a frame that cannot be sent is dropped
             if self.shutting_down or not self.context.ok():
                 return
-            self.error('publish', 'publishing a frame failed: {}'.format(first_line(exc)))
+            self.error('publish', 'publishing a frame failed: {}'.format(describe_error(exc)))
 
     def _check_size(self, frame: Frame) -> bool:
         """Refuse, once, frames the middleware cannot carry whole (False: stop)."""
@@ -219,7 +216,8 @@ class ZedNode(DepthRosNode):
         """Watch the grab thread: dead before close(), it would publish nothing."""
         return [('grab', lambda: self.thread.is_alive() or self._stop.is_set())]
 
-    def _diagnostics(self):
+    def diagnostics(self):
+        """Return this node's status for /diagnostics."""
         values = {'source': self.source.name, 'frame_id': self.frame_id,
                   'frames': self.frames, 'rate_hz': self.rate.rate,
                   'dropped_frame': self.bad['frame'],
@@ -238,12 +236,7 @@ class ZedNode(DepthRosNode):
         try:
             self.source.close()
         except Exception as exc:  # noqa: B902 - report, but finish the shutdown
-            self.get_logger().warning('closing the source failed: {}'.format(first_line(exc)))
-
-
-def make_node(source=None, **kwargs):
-    """Create the zed_node (kept for callers of the earlier factory)."""
-    return ZedNode(source=source, **kwargs)
+            self.get_logger().warning('closing the source failed: {}'.format(describe_error(exc)))
 
 
 main = main_for(ZedNode, 'zed_node')

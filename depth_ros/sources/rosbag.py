@@ -28,7 +28,6 @@ from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_number
 from depth_ros.core.encodings import image_to_array
 from depth_ros.core.messages import camera_info_fields, decode_set, header_ns
-from depth_ros.core.messages import depth_to_metres  # noqa: F401 - re-exported
 from depth_ros.core.pairing import PairingBuffer
 from depth_ros.sources.base import Frame, FrameSource, SourceConfigError, SourceError
 from depth_ros.util import describe_error
@@ -197,10 +196,10 @@ class RosbagSource(FrameSource):
             self.close()
             raise SourceConfigError(problem)
 
-    def _on_drop(self, stamp, missing, why, expected):
-        have = sorted(k for k in self._pairing.kinds if k not in missing)
-        LOG.warning('bag %s: dropped stamp %d with only %s (%s)', self.path, stamp,
-                    ', '.join(have) or 'nothing', why)
+    def _on_drop(self, drop):
+        have = sorted(k for k in self._pairing.kinds if k not in drop.missing)
+        LOG.warning('bag %s: dropped stamp %d with only %s (%s)', self.path, drop.stamp,
+                    ', '.join(have) or 'nothing', drop.why)
 
     def close(self) -> None:
         self._messages = None

@@ -117,7 +117,7 @@ class _BagJob(object):
         self.out_conn = {}
         self.added = {}
 
-    def _on_drop(self, stamp, missing, why, expected):
+    def _on_drop(self, drop):
         self.stats.dropped_incomplete += 1
 
     def add_connections(self, out_ns: str) -> None:

@@ -12,6 +12,8 @@ DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
   (and config/cyclonedds_localhost.xml with ``ROS_LOCALHOST_ONLY=1``), unless the user set one.
 - :func:`receive_buffer_note`: the one line that says when the kernel's ``net.core.rmem_max``
   caps the socket receive buffer that the Cyclone DDS configuration asks for, and what to set.
+- :func:`max_message_bytes` and :func:`too_large_text`: the largest message Fast DDS carries
+  whole with our profile, and the line for a frame or cloud above it.
 """
 from __future__ import annotations
 
@@ -220,3 +222,50 @@ def shm_segments(root: str = '/dev/shm') -> List[Tuple[str, int]]:
             except OSError:
                 continue
     return out
+
+
+# ------------------------------------------------------------------------- message limits
+def _profile_shm_limit(path: str) -> Optional[int]:
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    limits = []
+    for desc in root.iter():
+        if not desc.tag.endswith('transport_descriptor'):
+            continue
+        kind = [c.text for c in desc if c.tag.endswith('type')]
+        size = [c.text for c in desc if c.tag.endswith('maxMessageSize')]
+        if kind and kind[0] and kind[0].strip() == 'SHM' and size and size[0]:
+            try:
+                limits.append(int(size[0].strip()))
+            except ValueError:
+                continue
+    return max(limits) if limits else None
+
+
+def max_message_bytes(environ=None) -> Optional[int]:
+    """
+    Return the largest message the middleware carries whole, or None when unknown.
+
+    With Fast DDS and our profile (config/fastdds_large_messages.xml), messages up to the SHM
+    transport's ``maxMessageSize`` (32 MiB) travel in one shared-memory buffer; larger ones
+    are cut into UDP fragments and, best effort, lost now and then without a word. Other
+    middlewares and profiles without an SHM limit: None (no check).
+    """
+    env = os.environ if environ is None else environ
+    override = env.get('DEPTH_ROS_MAX_MESSAGE_BYTES')
+    if override:
+        # Another middleware's limit, or a test's: the bound the nodes refuse to exceed.
+        return int(override)
+    if not rmw(env).startswith('rmw_fastrtps'):
+        return None
+    path = profile_in_use(env)
+    return _profile_shm_limit(path) if path else None
+
+
+def too_large_text(what: str, nbytes: int, limit: int, fix: str) -> str:
+    """Return the line for a message above the middleware's limit, naming the fix."""
+    return '{} is {:.1f} MB, above the {:.1f} MB that Fast DDS carries whole (SHM ' \
+        'maxMessageSize of the profile); it would be lost in UDP fragments: {}'.format(
+            what, nbytes / 1e6, limit / 1e6, fix)

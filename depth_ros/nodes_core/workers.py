@@ -1,14 +1,14 @@
 """
-Node plumbing that needs no ROS.
+What the nodes do between their callbacks and their publishers, without ROS.
 
-Worker threads, rate meters, stage timers, throttled logs, stamp guards, and the bridge from
-Python logging to a node's logger.
-
-The nodes use these; the tests run them everywhere (Python 3.8 included) without rclpy.
+The worker thread with its newest-frame slot, rate meters, stage timers, rate-limited logs,
+stamp order checks, frame health for /diagnostics, and the bridge from Python logging to a
+node's logger. The tests run them everywhere (Python 3.8 included) without rclpy.
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import threading
 import time
@@ -16,21 +16,20 @@ from typing import Callable, Dict, Optional
 
 from depth_ros.util import describe_error
 
-LOG = logging.getLogger('depth_ros.ros')
+LOG = logging.getLogger(__name__)
 
 
-def first_line(exc: BaseException) -> str:
-    """Return ``Type: first line of the message`` of an exception, for one-line logs."""
-    return describe_error(exc)
-
-
-class LatestWorker(object):
+class Worker(object):
     """
-    Newest-frame slot of depth 1 plus one worker thread.
+    One worker thread fed through a newest-frame slot of depth 1 (DESIGN.md, "Latency").
 
-    ``put`` (from a subscription callback) replaces any frame still waiting, so when the work
-    is slower than the input, frames are dropped, never queued, and the output age stays
-    bounded by about two processing times. The work runs off the executor thread.
+    ``put(item)`` (from a subscription callback) replaces any item still waiting and asks for
+    it to be worked on: when the work is slower than the input, items are dropped, never
+    queued, and the output age stays bounded by about two processing times (depth_node,
+    alignment_node). ``offer(item)`` only replaces the waiting item; ``request()`` asks for a
+    job on the newest item, now or when the running job ends (marigold_node's keyframes on a
+    timer or a service call). The work runs off the executor thread; a failing item is
+    reported to ``on_error`` (else logged) and the thread goes on.
 
     :param on_start: called in the worker thread with each item it takes, before the work
         (depth_node announces the stamp it computes).
@@ -44,10 +43,12 @@ class LatestWorker(object):
         self._on_start = on_start
         self._cond = threading.Condition()
         self._item = None
+        self._wanted = False    # a job is requested on the item in the slot (or the next one)
         self._stop = False
         self.received = 0
-        self.dropped = 0      # replaced before the worker took them
-        self.processed = 0
+        self.dropped = 0        # requested items replaced before the worker took them
+        self.done = 0
+        self.failed = 0
         self.busy = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -57,22 +58,42 @@ class LatestWorker(object):
         """Tell whether the worker thread runs (it only ends on stop())."""
         return self._thread.is_alive()
 
-    def put(self, item) -> None:
-        """Offer a frame; a frame still waiting is dropped."""
+    def offer(self, item) -> None:
+        """Put ``item`` in the slot, replacing the one waiting there; start nothing."""
         with self._cond:
             self.received += 1
-            if self._item is not None:
+            if self._item is not None and self._wanted:
                 self.dropped += 1
             self._item = item
             self._cond.notify()
 
+    def request(self) -> str:
+        """
+        Ask for a job on the newest item; return 'started', 'queued' or 'no_frame'.
+
+        'queued': it starts when the running job ends, on the newest item then. Never blocks;
+        requests made while one is pending count once.
+        """
+        with self._cond:
+            if self._item is None and not self.busy:
+                return 'no_frame'
+            self._wanted = True
+            self._cond.notify()
+            return 'queued' if self.busy else 'started'
+
+    def put(self, item) -> None:
+        """Offer ``item`` and request a job on it (the newest-frame policy)."""
+        with self._cond:
+            self.offer(item)
+            self._wanted = True
+
     def _take(self):
         with self._cond:
-            while self._item is None and not self._stop:
+            while not self._stop and not (self._wanted and self._item is not None):
                 self._cond.wait()
             if self._stop:
                 return None
-            item, self._item = self._item, None
+            item, self._item, self._wanted = self._item, None, False
             self.busy = True
             return item
 
@@ -81,11 +102,13 @@ class LatestWorker(object):
             item = self._take()
             if item is None:
                 return
+            ok = False
             try:
                 if self._on_start is not None:
                     self._on_start(item)
                 self._work(item)
-            except Exception as exc:  # a bad frame must not kill the worker
+                ok = True
+            except Exception as exc:  # noqa: B902 - a bad frame must not kill the worker
                 if self._on_error is not None:
                     self._on_error(exc)
                 else:
@@ -93,14 +116,15 @@ class LatestWorker(object):
             finally:
                 with self._cond:
                     self.busy = False
-                    self.processed += 1
+                    self.done += ok
+                    self.failed += not ok
                     self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no frame waits or runs; return whether that happened in time."""
+        """Wait until no job runs or is requested; return whether that happened in time."""
         end = time.monotonic() + timeout
         with self._cond:
-            while self.busy or self._item is not None:
+            while self.busy or (self._wanted and self._item is not None):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -108,107 +132,10 @@ class LatestWorker(object):
         return True
 
     def stop(self, timeout: float = 2.0) -> bool:
-        """Stop the thread after the frame in progress; return whether it ended in time."""
+        """Stop the thread after the job in progress; return whether it ended in time."""
         with self._cond:
             self._stop = True
             self._item = None
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
-class KeyframeWorker(object):
-    """
-    One worker thread, one job at a time, newest frame wins (marigold_node).
-
-    :param run_job: called in the worker thread with the newest frame.
-    :param on_error: called with the exception of a failed job; by default it is logged.
-    """
-
-    def __init__(self, run_job, logger=LOG, on_error=None):
-        self._run_job = run_job
-        self._log = logger
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._frame = None          # newest frame (depth-1 slot)
-        self._requested = False     # a keyframe is wanted (at most one pending)
-        self._busy = False
-        self._stop = False
-        self.jobs_done = 0
-        self.jobs_failed = 0
-        self._thread = threading.Thread(target=self._loop, name='marigold-worker', daemon=True)
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        """Tell whether the worker thread runs (it only ends on stop())."""
-        return self._thread.is_alive()
-
-    def offer(self, frame) -> None:
-        """Replace the newest frame (older unprocessed frames are dropped)."""
-        with self._cond:
-            self._frame = frame
-
-    def request(self) -> str:
-        """Ask for a keyframe; returns 'started', 'queued' or 'no_frame'. Never blocks."""
-        with self._cond:
-            if self._frame is None and not self._busy:
-                return 'no_frame'
-            state = 'queued' if self._busy else 'started'
-            self._requested = True
-            self._cond.notify()
-            return state
-
-    @property
-    def busy(self) -> bool:
-        """Tell whether a job is running."""
-        return self._busy
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs or is requested; return whether that happened in time."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self._busy or (self._requested and self._frame is not None):
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def _next(self):
-        with self._cond:
-            while not self._stop and not (self._requested and self._frame is not None):
-                self._cond.wait()
-            if self._stop:
-                return None
-            frame, self._frame = self._frame, None
-            self._requested = False
-            self._busy = True
-            return frame
-
-    def _loop(self) -> None:
-        while True:
-            frame = self._next()
-            if frame is None:
-                return
-            try:
-                self._run_job(frame)
-                self.jobs_done += 1
-            except Exception as exc:  # noqa: B902 - a bad frame must not kill the worker
-                self.jobs_failed += 1
-                if self._on_error is not None:
-                    self._on_error(exc)
-                else:
-                    self._log.error('keyframe failed: {}'.format(exc))
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the thread after the running job; return whether it ended in time."""
-        with self._cond:
-            self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -252,6 +179,27 @@ class RateMeter(object):
         """Return the seconds since the last event (inf when there was none)."""
         with self._lock:
             return float('inf') if self.last is None else self._clock() - self.last
+
+
+class FrameHealth(object):
+    """Good and bad frames over the last seconds, for a /diagnostics level that tells the truth."""
+
+    def __init__(self, window: float = 5.0):
+        self.good = RateMeter(window)
+        self.bad = RateMeter(window)
+        self.last_reason = ''
+
+    def status(self, inputs: RateMeter, stale_s: float):
+        """(level, message) from the recent inputs, good outputs and bad frames."""
+        if inputs.age() > stale_s:
+            return 'warn', 'no input images' if inputs.count == 0 else \
+                'no input image for {:.1f} s'.format(inputs.age())
+        if self.good.age() > stale_s and self.bad.age() <= stale_s:
+            return 'error', 'every frame of the last {:.0f} s was dropped: {}'.format(
+                stale_s, self.last_reason)
+        if self.good.count == 0:
+            return 'warn', 'waiting for the first result'
+        return 'ok', 'running'
 
 
 class StageTimes(object):
@@ -316,7 +264,6 @@ class ThrottledLog(object):
         self._lock = threading.Lock()
         self._last = {}          # kind -> clock time of the last line logged
         self._suppressed = collections.Counter()
-        self._once = set()
 
     def _admit(self, kind: str, text: str, period: float) -> Optional[str]:
         with self._lock:
@@ -347,15 +294,6 @@ class ThrottledLog(object):
         if line is not None:
             self._logger.warning(line)
         return line is not None
-
-    def once(self, kind: str, text: str, level: str = 'info') -> bool:
-        """Log ``text`` the first time ``kind`` is seen, never again (``level``: info, warn)."""
-        with self._lock:
-            if kind in self._once:
-                return False
-            self._once.add(kind)
-        getattr(self._logger, {'warn': 'warning'}.get(level, level))(text)
-        return True
 
     def suppressed(self, kind: str) -> int:
         """Return how many lines of ``kind`` are held back since its last logged line."""
@@ -396,6 +334,57 @@ class StampGuard(object):
         self.last = None
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim    # glibc; absent elsewhere (musl, macOS)
+    except (AttributeError, OSError):
+        return None
+
+
+class HeapTrim(object):
+    """
+    Give the heap back to the system after a burst of large messages.
+
+    glibc keeps freed blocks in its heap unless they lie at its top: after the pairing buffer
+    held hundreds of MB and let them go, the process kept most of it (measured: 261 MB of 372
+    MB on Python 3.8; at times on 3.11, benchmarks/bench_burst_memory.py). ``malloc_trim(0)``
+    returns the free pages (about 10 ms for 350 MB, 0.15 ms with nothing to return). It runs
+    here only after a burst. The rule: ``high`` is the most of (bytes held now + bytes refused
+    since the last trim) seen since the last trim; :meth:`maybe_trim` trims when ``high``
+    reached ``min_bytes`` and what is held now is under a quarter of ``high``, then counts
+    again from what is held. A stream whose buffer stays under ``min_bytes`` (64 MB: six
+    1280x720 sets) never pays for pages it would fault in again.
+    """
+
+    def __init__(self, min_bytes: int = 64 << 20):
+        self.min_bytes = int(min_bytes)
+        self.high = 0          # most of (bytes held + bytes refused) since the last trim
+        self.refused = 0       # bytes refused since the last trim
+        self.trims = 0
+        self._held = 0         # bytes held at the last note
+        self._trim = _malloc_trim()
+
+    def held(self, nbytes: int) -> None:
+        """Note the bytes held now (the pairing buffer's payloads)."""
+        self._held = int(nbytes)
+        self.high = max(self.high, self._held + self.refused)
+
+    def refuse(self, nbytes: int) -> None:
+        """Note a message of ``nbytes`` let go at once (refused on arrival)."""
+        self.refused += int(nbytes)
+        self.high = max(self.high, self._held + self.refused)
+
+    def maybe_trim(self, held_now: int) -> bool:
+        """Trim when a burst is over (see the class docstring); return whether it did."""
+        if self._trim is None or self.high < self.min_bytes or held_now * 4 >= self.high:
+            return False
+        self._trim(0)
+        self._held = self.high = int(held_now)
+        self.refused = 0
+        self.trims += 1
+        return True
+
+
 class LogForwarder(logging.Handler):
     """
     A logging.Handler that hands library log records to a node's logger (rclpy's).
@@ -405,27 +394,21 @@ class LogForwarder(logging.Handler):
     the console with the node's name and the ROS severity.
     """
 
+    _LEVELS = ((logging.CRITICAL, 'fatal'), (logging.ERROR, 'error'), (logging.WARNING, 'warning'),
+               (logging.INFO, 'info'), (0, 'debug'))
+
     def __init__(self, logger, level: int = logging.INFO):
         super().__init__(level)
-        self._logger = logger
+        self.logger = logger   # run_node points it at the node's logger once there is a node
 
     def emit(self, record: logging.LogRecord) -> None:
         """Forward one record at its severity."""
         try:
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
-                text += ' ({})'.format(first_line(record.exc_info[1]))
-            level = record.levelno
-            if level >= logging.CRITICAL:
-                self._logger.fatal(text)
-            elif level >= logging.ERROR:
-                self._logger.error(text)
-            elif level >= logging.WARNING:
-                self._logger.warning(text)
-            elif level >= logging.INFO:
-                self._logger.info(text)
-            else:
-                self._logger.debug(text)
+                text += ' ({})'.format(describe_error(record.exc_info[1]))
+            level = next(name for threshold, name in self._LEVELS if record.levelno >= threshold)
+            getattr(self.logger, level)(text)
         except Exception:  # noqa: B902 - logging must never raise into library code
             self.handleError(record)
 

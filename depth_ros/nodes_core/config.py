@@ -1,16 +1,23 @@
 """
 The nodes' parameters, their checks and what they map to, without ROS.
 
-Each node module declares ``PARAMS`` from here; the launch file, the docs and the tests read them
-from here too. Validators return None when the values are fine, else the reason (naming the
+Each node declares its specs from here; the launch file, the docs and the tests read them from
+here too. Validators return None when the values are fine, else the reason (naming the
 parameter and its value). Nothing here imports rclpy.
+
+A new runtime parameter is three edits: its :class:`Param` in the node's tuple here (name,
+default, range or choices, description; an aligner option comes from ``option_specs()``
+instead), the line of the node that reads ``self.cfg[name]`` where it is used (the base node
+keeps ``cfg`` current on every accepted change), and its row in docs/ros.md. A line in
+config/zed_depth.yaml is optional (a test holds its values equal to the defaults).
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
-from depth_ros.ros.params import diagnostics_period_param, Param, qos_depth_param, \
-    reliability_param, stamp_reset_param, throttle_param
+from depth_ros.inference.registry import NODE_BACKENDS
+from depth_ros.nodes_core.params import ConfigError, DIAGNOSTICS_PERIOD, LOG_THROTTLE, Param, \
+    qos_depth, RELIABILITY, STAMP_RESET, StartupError
 from depth_ros.sources.zed import DEPTH_MODES, RESOLUTIONS
 
 # --------------------------------------------------------------------------------- zed_node
@@ -58,10 +65,10 @@ ZED_PARAMS = (
     Param('max_retries', 0, 'consecutive failed opens/grabs after which the node gives up with '
           'one FATAL line (0: retry for ever, as a camera that is plugged back is found again)',
           low=0, high=10 ** 6),
-    throttle_param(),
-    diagnostics_period_param(),
-    reliability_param(),
-    qos_depth_param(2),
+    LOG_THROTTLE,
+    DIAGNOSTICS_PERIOD,
+    RELIABILITY,
+    qos_depth(2),
 )
 
 
@@ -102,16 +109,8 @@ def source_options(values) -> dict:
 
 
 # ------------------------------------------------------------------------------- depth_node
-def _backends():
-    try:
-        from depth_ros.inference import NODE_BACKENDS
-        return tuple(NODE_BACKENDS)
-    except ImportError:  # pragma: no cover - the registry is in inference/__init__.py
-        return ('onnxruntime', 'tensorrt', 'torch', 'standin')
-
-
 # auto: TensorRT where it runs, else ONNX Runtime with CUDA, else on the CPU (inference.auto).
-DEPTH_BACKENDS = ('auto',) + _backends()
+DEPTH_BACKENDS = ('auto',) + tuple(NODE_BACKENDS)
 PRECISIONS = ('fp16', 'fp32', 'int8')
 
 DEPTH_PARAMS = (
@@ -141,11 +140,11 @@ DEPTH_PARAMS = (
           low=0.0, high=10000.0),
     Param('standin_mode', 'intensity', 'standin backend: output from image intensity or a '
           'vertical gradient', choices=('intensity', 'gradient'), read_only=True),
-    throttle_param(),
-    diagnostics_period_param(),
-    stamp_reset_param(),
-    reliability_param(),
-    qos_depth_param(1),
+    LOG_THROTTLE,
+    DIAGNOSTICS_PERIOD,
+    STAMP_RESET,
+    RELIABILITY,
+    qos_depth(1),
 )
 
 
@@ -161,32 +160,63 @@ def validate_depth(values) -> Optional[str]:
     return None
 
 
+def setup_command(values) -> str:
+    """Return the one command that puts the model depth_node looks for on the machine."""
+    command = 'ros2 run depth_ros depth-ros model setup'
+    if values['backend'] in ('tensorrt', 'onnxruntime'):
+        command += ' --backend ' + values['backend']
+    if values['input_width']:
+        command += ' --size {}x{}'.format(values['input_width'], values['input_height'])
+    if values['backend'] in ('auto', 'tensorrt') and values['precision'] != 'fp16':
+        command += ' --precision ' + values['precision']
+    return command
+
+
+def open_model(values):
+    """
+    Open depth_node's model (inference.auto.open_depth_model); return its ``Opened``.
+
+    StartupError (the model cannot be found, built or loaded) or ConfigError (the request
+    itself is wrong), each with a one-line reason.
+    """
+    from depth_ros.inference import ModelLoadError
+    from depth_ros.inference.auto import EngineBuildError, open_depth_model
+    from depth_ros.inference.default_model import ModelUnavailable
+    size = (values['input_width'], values['input_height']) if values['input_width'] else None
+    try:
+        return open_depth_model(
+            values['backend'], values['model_path'], input_size=size,
+            precision=values['precision'], workspace_mb=values['workspace_mb'],
+            engine_cache_dir=values['engine_cache_dir'] or None, device=values['device'],
+            fix='run `{}`'.format(setup_command(values)),
+            standin_latency_ms=values['standin_latency_ms'],
+            standin_mode=values['standin_mode'])
+    except (ModelLoadError, ModelUnavailable, EngineBuildError) as exc:
+        raise StartupError(str(exc)) from None
+    except ValueError as exc:   # the request itself is wrong (input size not a multiple of 14)
+        raise ConfigError(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- alignment_node
 def _aligner_params():
     """
     Return the MetricAligner options as ROS parameters (core.alignment_options).
 
     Names, defaults, ranges and descriptions come from ``option_specs()``. An option that takes
-    None (off) is 0.0 here ("0: off"). ``relative_kind`` and ``seed`` are read-only; every other
-    option can change at runtime (the aligner keeps its temporal state).
+    None (off) is 0.0 here (``zero_is_off``). ``relative_kind`` and ``seed`` are read-only;
+    every other option can change at runtime (the aligner keeps its temporal state).
     """
     from depth_ros.core.alignment_options import option_specs
-    params = []
-    for spec in option_specs():
-        default = spec.default
-        description = spec.description
-        if spec.allow_none:
-            default = 0.0 if default is None else default
-            description += ' (0: off)'
-        params.append(Param(spec.name, default, description, choices=spec.choices,
-                            low=spec.low, high=spec.high, read_only=not spec.runtime))
-    return tuple(params)
+    return tuple(Param(spec.name, 0.0 if spec.default is None else spec.default,
+                       spec.description + (' (0: off)' if spec.allow_none else ''),
+                       choices=spec.choices, low=spec.low, high=spec.high,
+                       read_only=not spec.runtime, zero_is_off=spec.allow_none)
+                 for spec in option_specs())
 
 
 ALIGNER_PARAMS = _aligner_params()
 # Parameters that configure the MetricAligner (applied with set_options when one changes).
 ALIGNER_KEYS = tuple(p.name for p in ALIGNER_PARAMS)
-_NONE_WHEN_ZERO = tuple(p.name for p in ALIGNER_PARAMS if p.description.endswith('(0: off)'))
 
 ALIGNMENT_PARAMS = ALIGNER_PARAMS + (
     Param('use_confidence', True, 'pair and use the ZED confidence map', read_only=True),
@@ -204,7 +234,7 @@ ALIGNMENT_PARAMS = ALIGNER_PARAMS + (
     Param('pairing_max_mb', 512.0, 'cap on the message payloads waiting to be paired (MB); '
           'beyond it the oldest sets are dropped, never the newest three nor the one being '
           'inferred', low=1.0, high=65536.0),
-    stamp_reset_param(),
+    STAMP_RESET,
     Param('cloud_stride', 2, 'keep every n-th pixel of the cloud in both directions',
           low=1, high=32),
     Param('cloud_min_range', 0.0, 'cloud points nearer than this are NaN (m; 0: off)',
@@ -219,10 +249,10 @@ ALIGNMENT_PARAMS = ALIGNER_PARAMS + (
     Param('stale_after_s', 3.0, '/diagnostics reports an error when no output was published '
           'for this long while inputs arrive (and a warning without inputs)', low=0.1,
           high=3600.0),
-    throttle_param(),
-    diagnostics_period_param(),
-    reliability_param(),
-    qos_depth_param(5),
+    LOG_THROTTLE,
+    DIAGNOSTICS_PERIOD,
+    RELIABILITY,
+    qos_depth(5),
 )
 
 
@@ -244,11 +274,8 @@ def validate_alignment(values) -> Optional[str]:
 
 def aligner_options(values) -> Dict[str, object]:
     """Return the MetricAligner keyword arguments for alignment_node's parameters."""
-    options = {k: values[k] for k in ALIGNER_KEYS}
-    for name in _NONE_WHEN_ZERO:
-        if not options[name]:
-            options[name] = None
-    return options
+    return {p.name: None if p.zero_is_off and not values[p.name] else values[p.name]
+            for p in ALIGNER_PARAMS}
 
 
 def make_aligner(values):
@@ -283,8 +310,8 @@ MARIGOLD_PARAMS = (
           low=0.0, high=3600.0, read_only=True),
     Param('log_throttle_s', 2.0, 'failed keyframes of one kind of error are logged at most once '
           'per this many seconds (changeable at runtime)', low=0.0, high=3600.0),
-    diagnostics_period_param(),
-    reliability_param(),
+    DIAGNOSTICS_PERIOD,
+    RELIABILITY,
 )
 
 

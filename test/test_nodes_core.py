@@ -1,8 +1,8 @@
 """
-The nodes' ROS-free plumbing.
+depth_ros.nodes_core: the nodes' logic that needs no ROS.
 
 Workers, rate meters, stage timers, throttled logs, stamp guards, log forwarding, parameter
-specs and their mappings, the stand-in backend, replay pacing.
+specs, the names a node was given and their mappings, the stand-in backend, replay pacing.
 
 None of this needs rclpy, so it runs everywhere, Python 3.8 with the Jetson's numpy included.
 Hand-offs between threads are events and polls with deadlines, never fixed sleeps.
@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.ros.workers import first_line, KeyframeWorker, LatestWorker, LogForwarder, \
-    RateMeter, StageTimes, StampGuard, ThrottledLog
+from depth_ros.nodes_core.workers import LogForwarder, RateMeter, StageTimes, StampGuard, \
+    ThrottledLog, Worker
 from depth_ros.sources.base import Frame, FrameSource
+from depth_ros.util import describe_error
 import numpy as np
 import pytest
 
@@ -44,7 +45,7 @@ def test_stage_times_split_a_frame():
     assert stages.means()['wait'] >= 19.0, 'received {}'.format(stages.means())
 
 
-# ---------------------------------------------------------------------------- LatestWorker
+# ----------------------------------------------------------------- Worker: put (newest frame)
 def test_latest_worker_drops_never_queues():
     seen = []
     gate, started = threading.Event(), threading.Event()
@@ -52,7 +53,7 @@ def test_latest_worker_drops_never_queues():
     def work(item):
         gate.wait(5)
         seen.append(item)
-    worker = LatestWorker(work, on_start=lambda item: started.set())
+    worker = Worker(work, on_start=lambda item: started.set())
     worker.put(0)
     assert started.wait(5), 'the worker never took item 0'
     for i in range(1, 6):
@@ -72,13 +73,13 @@ def test_latest_worker_survives_a_failing_frame_and_reports_it():
         if item == 'bad':
             raise RuntimeError('boom\nsecond line')
         seen.append(item)
-    worker = LatestWorker(work, on_error=errors.append)
+    worker = Worker(work, on_error=errors.append)
     worker.put('bad')
     assert worker.wait_idle(5.0)
     worker.put('good')
     assert worker.wait_idle(5.0)
     worker.stop()
-    assert seen == ['good'] and [first_line(e) for e in errors] == ['RuntimeError: boom'], \
+    assert seen == ['good'] and [describe_error(e) for e in errors] == ['RuntimeError: boom'], \
         (seen, errors)
 
 
@@ -89,7 +90,7 @@ def test_latest_worker_stop_finishes_the_frame_in_progress():
         started.set()
         gate.wait(5)
         done.append(item)
-    worker = LatestWorker(work)
+    worker = Worker(work)
     worker.put(1)
     assert started.wait(5)
     worker.put(2)                       # waiting: dropped by stop()
@@ -98,7 +99,7 @@ def test_latest_worker_stop_finishes_the_frame_in_progress():
     assert done == [1], 'expected only the frame in progress, received {}'.format(done)
 
 
-# -------------------------------------------------------------------------- KeyframeWorker
+# ------------------------------------------------------ Worker: offer + request (keyframes)
 def test_keyframe_worker_newest_frame_wins_and_one_job_at_a_time():
     seen, running, peak = [], [0], [0]
     gate = threading.Event()
@@ -110,7 +111,7 @@ def test_keyframe_worker_newest_frame_wins_and_one_job_at_a_time():
         seen.append(frame)
         running[0] -= 1
 
-    w = KeyframeWorker(job)
+    w = Worker(job)
     try:
         assert w.request() == 'no_frame'
         w.offer(1)
@@ -137,14 +138,14 @@ def test_keyframe_worker_survives_a_failing_job():
         if frame == 'bad':
             raise ValueError('bad frame')
 
-    w = KeyframeWorker(job)
+    w = Worker(job)
     try:
         w.offer('bad')
         w.request()
-        assert _until(lambda: w.jobs_failed == 1)
+        assert _until(lambda: w.failed == 1)
         w.offer('good')
         w.request()
-        assert _until(lambda: w.jobs_done == 1), 'worker died after a failing job'
+        assert _until(lambda: w.done == 1), 'worker died after a failing job'
         assert calls == ['bad', 'good']
     finally:
         w.stop()
@@ -211,14 +212,6 @@ def test_throttled_log_limits_each_kind_on_its_own_and_takes_a_new_period():
         ('error', 'dup 9'), ('error', 'dup 10'), ('error', 'dup 11')], logger.lines
 
 
-def test_throttled_log_once():
-    logger = _Logger()
-    log = ThrottledLog(logger)
-    assert log.once('resized', 'image resized') and not log.once('resized', 'again')
-    assert log.once('other', 'careful', level='warn')
-    assert logger.lines == [('info', 'image resized'), ('warn', 'careful')]
-
-
 def test_throttled_log_is_thread_safe():
     logger = _Logger()
     log = ThrottledLog(logger)
@@ -276,30 +269,102 @@ def test_library_log_records_reach_the_node_logger_with_their_severity():
                             ('error', 'failed (ValueError: why)')], logger.lines
 
 
-def test_first_line():
-    assert first_line(KeyError('k')) == "KeyError: 'k'"
-    assert first_line(RuntimeError('')) == 'RuntimeError: no details'
-    assert first_line(OSError('one\ntwo')) == 'OSError: one'
+def test_heap_trim_runs_once_after_a_burst_never_on_a_steady_stream():
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=100)
+    calls = []
+    trim._trim = calls.append              # malloc_trim stand-in: records its argument
+    for _ in range(50):                    # a steady stream: 60 bytes held, freed, held ...
+        trim.held(60)
+        assert not trim.maybe_trim(0)
+    trim.held(400)                         # a burst: the buffer holds 400, then drains
+    assert not trim.maybe_trim(150), 'trimmed while a quarter of the burst is still held'
+    assert trim.maybe_trim(90) and calls == [0] and trim.trims == 1
+    assert not trim.maybe_trim(0), 'trimmed twice for one burst'
+    for _ in range(30):                    # a flood refused on arrival, 10 bytes each
+        trim.refuse(10)
+    assert trim.maybe_trim(0) and trim.trims == 2 and not trim.maybe_trim(0)
+    assert calls == [0, 0]
+
+
+def test_heap_trim_counts_from_what_is_still_held_after_a_trim():
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=100)
+    trim._trim = lambda pad: 1
+    trim.held(99)                          # under min_bytes: not a burst
+    assert not trim.maybe_trim(0) and trim.trims == 0
+    trim.held(100)                         # min_bytes exactly, then a quarter exactly: no
+    assert not trim.maybe_trim(25) and trim.maybe_trim(24) and trim.trims == 1
+    # The next burst is measured from what was held at the trim (24) upward: 24 + 80 refused
+    # bytes reach min_bytes, 24 + 70 do not.
+    trim.refuse(70)
+    assert not trim.maybe_trim(24)
+    trim.refuse(10)
+    assert trim.maybe_trim(24) and trim.trims == 2
+    # Refused and held add up: 60 held while 50 were refused is a burst of 110.
+    trim.held(60 - 24)
+    trim.refuse(50)
+    trim.held(60)
+    assert trim.high >= 110 and trim.maybe_trim(0) and trim.trims == 3
+
+
+def test_heap_trim_is_a_no_op_without_malloc_trim_and_real_with_glibc():
+    import platform
+    from depth_ros.nodes_core.workers import HeapTrim
+    trim = HeapTrim(min_bytes=10)
+    trim._trim = None                      # musl, macOS: no malloc_trim
+    trim.refuse(1000)
+    assert not trim.maybe_trim(0) and trim.trims == 0
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        pytest.skip('malloc_trim is glibc\'s; this C library is {}'.format(platform.libc_ver()))
+    trim = HeapTrim(min_bytes=10)
+    assert trim._trim is not None, 'glibc has malloc_trim'
+    blocks = [bytearray(1 << 20) for _ in range(32)]   # 32 MB on the heap, then freed
+    trim.held(sum(len(b) for b in blocks))
+    del blocks
+    assert trim.maybe_trim(0) and trim.trims == 1      # the real malloc_trim(0) ran
 
 
 # ------------------------------------------------------------------------------ parameters
-def test_param_checks():
-    from depth_ros.ros.params import check_value, Param
-    p = Param('cloud_stride', 2, 'd', low=1, high=32)
-    assert check_value(p, 4) is None
-    assert check_value(p, 0) == 'parameter `cloud_stride` must be in [1, 32], got 0'
-    assert check_value(p, True) == 'parameter `cloud_stride` must be of type int, got True'
+def test_choices_are_checked_here_and_ranges_left_to_rclpy():
+    from depth_ros.nodes_core.params import choice_error, Param
     q = Param('backend', 'onnxruntime', 'd', choices=('onnxruntime', 'standin'))
-    assert check_value(q, 'tf') == \
+    assert choice_error(q, 'tf') == \
         "parameter `backend` must be one of onnxruntime|standin, got 'tf'"
-    f = Param('max_depth', 20.0, 'd', low=0.01)
-    assert check_value(f, 5) is None and check_value(f, float('nan')) == \
-        'parameter `max_depth` must be a number, got nan'
+    assert choice_error(q, 'standin') is None
+    # Ranges and types are the descriptor's: rclpy refuses them (test_ros_conversions.py).
+    assert choice_error(Param('cloud_stride', 2, 'd', low=1, high=32), 0) is None
+
+
+def test_unknown_parameter_names_get_a_hint_and_bad_params_files_one_line(tmp_path):
+    from depth_ros.nodes_core.params import given_names, params_file_error, unknown_lines
+    good = tmp_path / 'good.yaml'
+    good.write_text('/**/alignment_node:\n  ros__parameters:\n    cloud_strid: 1\n'
+                    '/other_node:\n  ros__parameters:\n    elsewhere: 1\n')
+    args = ['alignment_node', '--ros-args', '--params-file', str(good), '-p', 'buffer_size:=8',
+            '-p', 'use_sim_time:=true', '-p', 'qos_overrides./x.publisher.depth:=3', '--',
+            '-p', 'not_ros:=1']
+    names = given_names(args, '/alignment_node')
+    assert names == ['buffer_size', 'cloud_strid', 'qos_overrides./x.publisher.depth',
+                     'use_sim_time'], names
+    lines = unknown_lines(names, {'use_sim_time', 'cloud_stride'}.__contains__,
+                          ['cloud_stride', 'pairing_max_mb'])
+    assert lines == ['unknown parameter `buffer_size` ignored: removed in 0.2: pairing waits '
+                     'by age (`pairing_window_s`) under a memory cap (`pairing_max_mb`)',
+                     'unknown parameter `cloud_strid` ignored: did you mean `cloud_stride`?'], \
+        lines
+    assert params_file_error(args) is None
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('/**/zed_node:\n  ros__parameters:\n    source: [unclosed\n')
+    assert params_file_error(['x', '--ros-args', '--params-file', str(bad)]).startswith(
+        '--params-file {}: not valid YAML: '.format(bad))
+    assert params_file_error(['x', '--ros-args', '--params-file', '/nope.yaml']) == \
+        '--params-file /nope.yaml: no such file'
 
 
 def test_every_default_passes_its_own_spec_and_the_node_validator():
-    from depth_ros.ros import config
-    from depth_ros.ros.params import check_value
+    from depth_ros.nodes_core import config
+    from depth_ros.nodes_core.params import choice_error
     for specs, validate in ((config.ZED_PARAMS, config.validate_zed),
                             (config.DEPTH_PARAMS, config.validate_depth),
                             (config.ALIGNMENT_PARAMS, config.validate_alignment),
@@ -308,7 +373,9 @@ def test_every_default_passes_its_own_spec_and_the_node_validator():
         assert len(names) == len(set(names)), 'duplicated parameter in {}'.format(names)
         values = {s.name: s.default for s in specs}
         for spec in specs:
-            assert check_value(spec, spec.default) is None, spec
+            assert choice_error(spec, spec.default) is None, spec
+            assert (spec.low is None or spec.default >= spec.low) and \
+                (spec.high is None or spec.default <= spec.high), spec
             assert spec.description, spec.name
         if validate is config.validate_depth:
             values['backend'] = 'standin'
@@ -317,7 +384,7 @@ def test_every_default_passes_its_own_spec_and_the_node_validator():
 
 
 def test_validators_name_the_parameter_and_value():
-    from depth_ros.ros import config
+    from depth_ros.nodes_core import config
     zed = {s.name: s.default for s in config.ZED_PARAMS}
     assert config.validate_zed(dict(zed, source='bag')) == \
         "parameter `path` is empty; source 'bag' needs one"
@@ -338,7 +405,7 @@ def test_yaml_defaults_match_the_declared_defaults():
     # the deployment's choice, listed here).
     import os
     import yaml
-    from depth_ros.ros import config
+    from depth_ros.nodes_core import config
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, 'config', 'zed_depth.yaml')) as f:
         data = yaml.safe_load(f)
@@ -417,7 +484,7 @@ def test_downscale_frame_keeps_the_right_image_and_the_baseline():
 def test_zed_node_parameters_map_onto_make_source(kind, path, tmp_path):
     # make_source names any option its source does not take, so constructing each kind from
     # the node's defaults proves the names match (no camera is opened).
-    from depth_ros.ros.config import source_options, ZED_PARAMS
+    from depth_ros.nodes_core.config import source_options, ZED_PARAMS
     from depth_ros.sources import make_source
     if kind == 'sample':
         pytest.importorskip('skimage', reason='the sample source needs scikit-image')

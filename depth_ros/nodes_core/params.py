@@ -1,0 +1,206 @@
+"""
+Parameters: one spec each, and the checks rclpy does not make for us.
+
+A node lists its parameters as :class:`Param` specs. ``depth_ros.ros.runtime`` declares each one
+with a ParameterDescriptor (description, range, read-only), and rclpy enforces type, range and
+read-only, at start-up and on every change. Here is what a descriptor cannot say:
+
+- the allowed values of a string parameter (:func:`choice_error`);
+- the names given to a node (``--params-file``, ``-p``) that it does not declare: rclpy ignores
+  them without a word, so ``-p cloud_strid:=1`` would change nothing (:func:`given_names`,
+  :func:`unknown_lines`);
+- a ``--params-file`` that is missing or not YAML, in one line instead of rcl's 20-line error
+  (:func:`params_file_error`).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+from depth_ros.util import describe_error
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the node refuses to start. The message names the parameter."""
+
+
+class StartupError(RuntimeError):
+    """A resource the node needs (model, camera driver) could not be set up."""
+
+
+class Param(NamedTuple):
+    """
+    One parameter: name, default (its type is the parameter's type), description.
+
+    ``choices``: allowed values (strings); ``low``/``high``: inclusive numeric range (rclpy
+    enforces it through the descriptor); ``read_only``: fixed after start-up (topics, backend,
+    model path); ``zero_is_off``: 0 stands for None (the feature off) in what the value
+    configures (an aligner option that takes None).
+    """
+
+    name: str
+    default: object
+    description: str
+    choices: Optional[Sequence[str]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    read_only: bool = False
+    zero_is_off: bool = False
+
+
+def choice_error(spec: Param, value) -> Optional[str]:
+    """Return why ``value`` is not one of ``spec.choices`` (None when it is, or free)."""
+    if spec.choices and value not in spec.choices:
+        return 'parameter `{}` must be one of {}, got {!r}'.format(
+            spec.name, '|'.join(spec.choices), value)
+    return None
+
+
+# ------------------------------------------------------------------- shared by the nodes
+RELIABILITY = Param('reliability', 'best_effort', 'QoS reliability of image/cloud topics: '
+                    'best_effort (sensor data, default) or reliable (RViz on Humble subscribes '
+                    'reliable)', choices=('best_effort', 'reliable'), read_only=True)
+LOG_THROTTLE = Param('log_throttle_s', 2.0, 'bad-frame errors of one kind are logged at most '
+                     'once per this many seconds', low=0.0, high=3600.0)
+DIAGNOSTICS_PERIOD = Param('diagnostics_period_s', 1.0, 'seconds between two /diagnostics '
+                           'messages of this node', low=0.05, high=60.0, read_only=True)
+STAMP_RESET = Param('stamp_reset_s', 1.0, 'a stamp older than the previous of its stream by '
+                    'more than this is a source restart (bag loop, sim-time reset): accepted, '
+                    'with a warning, and the node starts over; smaller steps back are dropped '
+                    'as out-of-order', low=0.0, high=1e6)
+
+
+def qos_depth(default: int) -> Param:
+    """Return the QoS history depth parameter with this node's default."""
+    return Param('qos_depth', default, 'QoS history depth of image/cloud topics (small: the '
+                 'graph works on the newest frame)', low=1, high=100, read_only=True)
+
+
+# Parameters of earlier versions, with what replaces them (reported when a params file has them).
+REMOVED = {
+    'buffer_size': 'removed in 0.2: pairing waits by age (`pairing_window_s`) under a memory '
+                   'cap (`pairing_max_mb`)',
+}
+
+
+# --------------------------------------------------------------- what the node was given
+def _ros_options(args: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """Yield (option, value) of the ``--params-file`` and ``-p`` of ``--ros-args`` sections."""
+    in_ros = False
+    for i, arg in enumerate(args):
+        if arg == '--ros-args':
+            in_ros = True
+        elif arg == '--':
+            in_ros = False
+        elif in_ros and arg in ('--params-file', '-p', '--param') and i + 1 < len(args):
+            yield arg, args[i + 1]
+
+
+def _load_yaml(path: str):
+    import yaml
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def params_file_error(args: Sequence[str]) -> Optional[str]:
+    """
+    Return what is wrong with a ``--params-file`` of ``args`` (None when they all read).
+
+    rcl would refuse them too, but with a 20-line error and a traceback; this names the file
+    and the problem in one line before rcl sees it.
+    """
+    import yaml
+    for option, path in _ros_options(args):
+        if option != '--params-file':
+            continue
+        if not os.path.isfile(path):
+            return '--params-file {}: no such file'.format(path)
+        try:
+            data = _load_yaml(path)
+        except (OSError, yaml.YAMLError) as exc:
+            return '--params-file {}: not valid YAML: {}'.format(
+                path, describe_error(exc).replace('\n', ' '))
+        if data is not None and not isinstance(data, dict):
+            return '--params-file {}: expected node sections (`/**/node: ros__parameters: ' \
+                '...`), got a {}'.format(path, type(data).__name__)
+    return None
+
+
+def _flatten(params: dict, prefix: str = '') -> Iterator[str]:
+    for key, value in params.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, '{}{}.'.format(prefix, key))
+        else:
+            yield prefix + str(key)
+
+
+def _yaml_names(data: dict, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, str]]:
+    """Yield (node key, parameter name) of a params file (nested node keys are joined)."""
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            continue
+        if key == 'ros__parameters':
+            for name in _flatten(value):
+                yield '/'.join(path), name
+        else:
+            yield from _yaml_names(value, path + (str(key),))
+
+
+def node_key_matches(key: str, node_fqn: str) -> bool:
+    """
+    Tell whether a params-file node key (or a ``-p node:name`` prefix) applies to ``node_fqn``.
+
+    As rcl resolves them: a leading ``/`` is implied, ``/**`` stands for any number of
+    namespace levels (none included) and ``*`` for one name.
+    """
+    key = key if key.startswith('/') else '/' + key
+    pattern = ''.join('(/[^/]+)*' if part == '/**' else '[^/]+' if part == '*' else
+                      re.escape(part) for part in re.split(r'(/\*\*|\*)', key))
+    return re.fullmatch(pattern, node_fqn) is not None
+
+
+def given_names(args: Sequence[str], node_fqn: str) -> List[str]:
+    """
+    Return the parameter names that ``args`` give the node ``node_fqn``, sorted.
+
+    ``--params-file`` sections whose node key matches, and ``-p [node:]name:=value`` rules. A
+    file that does not read gives nothing here (:func:`params_file_error` reports it).
+    """
+    names = set()
+    for option, value in _ros_options(args):
+        if option == '--params-file':
+            try:
+                data = _load_yaml(value)
+            except Exception:  # noqa: B902 - reported by params_file_error, not here
+                continue
+            pairs = _yaml_names(data) if isinstance(data, dict) else ()
+        elif ':=' in value:
+            node, _, name = value.split(':=', 1)[0].rpartition(':')
+            pairs = [(node or '/**', name)]
+        else:
+            continue
+        names.update(name for key, name in pairs if node_key_matches(key, node_fqn))
+    return sorted(names)
+
+
+def unknown_lines(given: Iterable[str], is_declared: Callable[[str], bool],
+                  own: Sequence[str]) -> List[str]:
+    """
+    One warning per given name that the node does not declare, with a hint.
+
+    :param is_declared: the node's ``has_parameter`` (rclpy's own, such as use_sim_time, count).
+    :param own: the node's parameter names, for "did you mean".
+    """
+    out = []
+    for name in given:
+        if is_declared(name) or name.startswith('qos_overrides.'):
+            continue
+        hint = REMOVED.get(name)
+        if hint is None:
+            close = difflib.get_close_matches(name, sorted(own), n=1)
+            hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
+                'this node (`ros2 param list` shows them)'
+        out.append('unknown parameter `{}` ignored: {}'.format(name, hint))
+    return out
