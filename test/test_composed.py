@@ -28,7 +28,7 @@ FAULTS = os.path.join(ROOT, 'test', 'composed_faults.py')
 
 
 def composed_arguments(zed=None, depth=None, align=None, params_file=CONFIG):
-    """The ``--node`` sections of the launch file's composed process, with ``-p`` overrides."""
+    """Return the ``--node`` sections the launch file gives composed_nodes, ``-p`` overrides."""
     def section(kind, source, params, extra=()):
         args = ['--node', kind] + (['--from', source] if source else []) + ['--ros-args']
         args += list(extra) + ['--params-file', params_file]
