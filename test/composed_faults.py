@@ -16,7 +16,12 @@ FAULT:
 Everything else is the real composed_nodes: the patched functions are the sample source's
 ``read``, the stand-in network's ``predict`` and the aligner's ``update``.
 """
+import os
 import sys
+
+# As ``python -m depth_ros.ros.composed`` from the checkout finds the package (the Humble tier
+# runs the tree uninstalled).
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _nth(function, n, action):
