@@ -215,7 +215,7 @@ class AlignmentNode(DepthRosNode):
         out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
             frame.camera
         if frame.depth is None:
-            raise ValueError('the set has no depth message')
+            raise ValueError('the frame has no stereo depth')
         out.depth = np.asarray(frame.depth, dtype=np.float32)
         h, w = out.depth.shape
         rh, rw = disparity.shape[:2]
