@@ -225,10 +225,16 @@ class AlignmentNode(DepthRosNode):
         out.relative = disparity     # finite: depth_node drops an output that is not
         if 'confidence' in self.kinds and frame.confidence is not None:
             out.confidence = np.asarray(frame.confidence, dtype=np.float32)
+            if out.confidence.shape != out.depth.shape:
+                raise ValueError('confidence is {}x{} but depth is {}x{}'.format(
+                    out.confidence.shape[1], out.confidence.shape[0], w, h))
             if not np.all(np.isfinite(out.confidence)):
                 raise ValueError('confidence has NaN/inf values')
         if 'image' in self.kinds:
             out.bgr = frame.left
+            if out.bgr.shape[:2] != out.depth.shape:
+                raise ValueError('depth is {}x{} but image is {}x{}; they must match'.format(
+                    w, h, out.bgr.shape[1], out.bgr.shape[0]))
         return out
 
     def _on_started(self, header):
