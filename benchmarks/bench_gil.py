@@ -19,12 +19,13 @@ The network is Depth Anything V2 ViT-S with RANDOM weights (seed 0), exported on
 518x294 (the node's default input): an UNTRAINED network, used here for its timings only; its
 output is not depth and nothing here reads it as such.
 
-    .venv/bin/python benchmarks/bench_gil.py [--rounds 2] [--seconds 30]
+    .venv/bin/python benchmarks/bench_gil.py [--rounds 2] [--seconds 30] [--variant vits|tiny]
 
 A benchmark that prints figures, not a test: run it on an otherwise idle machine.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -36,17 +37,18 @@ from conftest import NodeProcess, Probe, wait_until  # noqa: E402
 from graph_support import diag_values  # noqa: E402
 from test_composed import composed_arguments, ComposedProcess  # noqa: E402
 
-UNTRAINED = 'UNTRAINED random-weight ViT-S (timings only; its output is not depth)'
+UNTRAINED = 'UNTRAINED random-weight {} (timings only; its output is not depth)'
 
 
-def untrained_vits(path):
-    """Export the random-weight ViT-S once (labelled untrained in its metadata)."""
+def untrained(path, variant):
+    """Export the random-weight network once (labelled untrained in its metadata)."""
     if not os.path.isfile(path):
         from depth_ros.inference.export import export_onnx
         from depth_ros.inference.torch_model import build_model
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        export_onnx(build_model('vits', seed=0), path, input_size=(518, 294), opset=16,
-                    metadata={'trained': 'false', 'note': UNTRAINED}, show_progress=False)
+        export_onnx(build_model(variant, seed=0), path, input_size=(518, 294), opset=16,
+                    metadata={'trained': 'false', 'note': UNTRAINED.format(variant)},
+                    show_progress=False)
     return path
 
 
@@ -96,11 +98,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--seconds', type=float, default=30.0)
-    parser.add_argument('--model', default=os.path.join(ROOT, 'out', 'bench_gil',
-                                                        'vits_untrained_518x294.onnx'))
+    parser.add_argument('--variant', default='vits', help='vits (the deployed size) or tiny '
+                        '(a few ms: the Python around ONNX Runtime weighs more)')
     args = parser.parse_args()
-    print('*** {} ***'.format(UNTRAINED))
-    model = untrained_vits(args.model)
+    label = UNTRAINED.format(args.variant)
+    print('*** {} ***'.format(label))
+    model = untrained(os.path.join(ROOT, 'out', 'bench_gil', '{}_untrained_518x294.onnx'.format(
+        args.variant)), args.variant)
     from diagnostic_msgs.msg import DiagnosticArray
     probe = Probe('bench_gil_probe')
     diag = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 50))
@@ -116,19 +120,25 @@ def main():
                       flush=True)
     finally:
         probe.close()
-    print('\nmean over {} rounds ({})'.format(args.rounds, UNTRAINED))
-    mean = {}
+    # Medians: on a shared machine one round can meet a burst of other work.
+    print('\nmedian over {} rounds ({})'.format(args.rounds, label))
+    med = {}
     for mode, rows in results.items():
-        mean[mode] = {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]}
+        med[mode] = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
         print('{:9s} inference {inference_ms:7.1f} ms (ONNX Runtime {backend_ms:7.1f} ms), '
-              'alignment {align_ms:6.1f} ms'.format(mode, **mean[mode]))
-    s, c = mean['separate'], mean['composed']
-    print('composed / separate: inference x{:.3f}, ONNX Runtime call x{:.3f}, non-ORT part of '
-          'predict x{:.3f}, alignment x{:.3f}'.format(
+              'alignment {align_ms:6.1f} ms'.format(mode, **med[mode]))
+    s, c = med['separate'], med['composed']
+    print('composed / separate (medians): inference x{:.3f}, ONNX Runtime call x{:.3f}, the '
+          'rest of predict x{:.3f}, alignment x{:.3f}'.format(
               c['inference_ms'] / s['inference_ms'], c['backend_ms'] / s['backend_ms'],
               (c['inference_ms'] - c['backend_ms']) / max(1e-9, s['inference_ms'] -
                                                           s['backend_ms']),
               c['align_ms'] / s['align_ms']))
+    pairs = [(c_['inference_ms'] / s_['inference_ms'], c_['align_ms'] / s_['align_ms'])
+             for s_, c_ in zip(results['separate'], results['composed'])]
+    print('per round (composed / the separate run just before): inference {}, alignment '
+          '{}'.format(' '.join('x{:.2f}'.format(p[0]) for p in pairs),
+                      ' '.join('x{:.2f}'.format(p[1]) for p in pairs)))
 
 
 if __name__ == '__main__':
