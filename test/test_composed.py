@@ -304,3 +304,13 @@ def test_bad_sections_are_one_line_and_exit_2(started, arguments, text):
     out = proc.output()
     fatal = _fatal_lines(out)
     assert code == 2 and len(fatal) == 1 and text in fatal[0], (code, out)
+
+
+@pytest.mark.rmw_independent
+def test_an_unknown_parameter_name_is_one_warning_of_the_node_it_was_given_to(started):
+    proc = started(composed_arguments(align={'cloud_strid': 3}))
+    assert proc.wait_for_output('did you mean', 60), proc.output()
+    lines = [line for line in proc.output().splitlines() if 'unknown parameter' in line]
+    assert len(lines) == 1 and '[alignment_node]: unknown parameter `cloud_strid` ignored: ' \
+        'did you mean `cloud_stride`?' in lines[0], lines
+    assert proc.alive(), proc.output()
