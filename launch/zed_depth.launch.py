@@ -245,14 +245,15 @@ def _static_tfs(camera):
     return actions
 
 
-def _marigold(params_file, qos, image, inputs):
+def _marigold(params_file, qos, image, inputs, composed):
     # Keyframes arrive seconds after their camera frame: a 10 s latency bound, and the colour
     # image left out of the waiting sets (a third of their bytes); marigold_node announces the
     # frame each keyframe starts on, whose stereo set is kept (docs/marigold.md). Composed,
-    # both still read topics: the keyframes are paired by stamp.
+    # marigold_node takes zed_node's frames in-process; its alignment_node reads topics: the
+    # keyframes are paired by stamp.
     return [
         _spec('marigold_node', 'marigold_node', parameters=[params_file, qos],
-              remappings=[('image', image)]),
+              remappings=[('image', image)], source=composed and 'zed_node'),
         _spec('alignment_node', 'alignment_node', namespace='marigold',
               parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
                                             use_image=False)],
@@ -297,7 +298,7 @@ def _nodes(context):
                                    ('inference_started', '/depth_node/inference_started')]
                        + inputs, source=composed and 'depth_node'))
     if _truthy(arg['marigold']):
-        specs += _marigold(params_file, qos, image, inputs)
+        specs += _marigold(params_file, qos, image, inputs, composed)
     if composed:
         actions.append(_composed(specs))
     else:

@@ -454,7 +454,7 @@ def test_composed_is_one_process_whose_nodes_get_what_separate_processes_get(
     sources = {n.node_name: n.source for n in ev.nodes if isinstance(n, InProcess)}
     assert sources == dict({'/front/zed_node': None, '/depth_node': 'zed_node',
                             '/alignment_node': 'depth_node'},
-                           **({'/marigold_node': None, '/marigold/alignment_node': None}
+                           **({'/marigold_node': 'zed_node', '/marigold/alignment_node': None}
                               if marigold == 'true' else {})), sources
 
 

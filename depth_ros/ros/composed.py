@@ -17,11 +17,13 @@ sections are global (``--log-level``).
   confidence, camera: numpy arrays) by reference into depth_node's newest-frame slot;
 - alignment_node ``--from`` a depth_node: depth_node's inference worker hands (frame,
   disparity) by reference into alignment_node's newest-frame slot. The set is known: nothing is
-  paired by stamp, nothing is serialized or copied.
+  paired by stamp, nothing is serialized or copied;
+- marigold_node ``--from`` a zed_node: as depth_node, into its keyframe slot.
 
 Such a node creates no subscription for those inputs, so its producer's topics count outside
 readers only: each is built only while one subscribes (RViz, a planner, ``ros2 bag``). Nodes
-without ``--from`` subscribe to topics as usual (marigold_node and its alignment_node).
+without ``--from`` subscribe to topics as usual (Marigold's alignment_node: its keyframes come
+seconds after their frame and are paired by stamp).
 
 The inference and alignment workers keep their own threads; the single-threaded executor only
 runs timers (diagnostics), services and parameter callbacks. Start-up failures are one FATAL
@@ -44,7 +46,8 @@ from depth_ros.util import describe_error
 
 KINDS = ('zed_node', 'depth_node', 'alignment_node', 'marigold_node')
 # (consumer kind, producer kind) wirings that exist in-process.
-WIRES = {('depth_node', 'zed_node'), ('alignment_node', 'depth_node')}
+WIRES = {('depth_node', 'zed_node'), ('marigold_node', 'zed_node'),
+         ('alignment_node', 'depth_node')}
 USAGE = ('usage: composed_nodes [--ros-args ... --] --node KIND [--from NAME] '
          '[--ros-args ... --] ...  (KIND: {})'.format(' | '.join(KINDS)))
 
@@ -133,7 +136,7 @@ def _wire(nodes, sections) -> None:
             if pair not in WIRES:
                 raise ConfigError('--from {}: a {} cannot be fed by a {} in-process'.format(
                     section.source, section.kind, producer[1].kind))
-            take = node.take_frame if section.kind == 'depth_node' else node.take_set
+            take = node.take_set if section.kind == 'alignment_node' else node.take_frame
             producer[0].hand_over_to(take)
         made[node.get_name()] = (node, section)
 

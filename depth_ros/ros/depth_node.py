@@ -24,7 +24,7 @@ from depth_ros.core.visualize import colorize
 from depth_ros.nodes_core.config import DEPTH_PARAMS, open_model, validate_depth
 from depth_ros.nodes_core.workers import FrameHealth, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -34,15 +34,6 @@ from std_msgs.msg import Header
 
 def _mean(values) -> float:
     return float(np.mean(values)) if values else float('nan')
-
-
-class LocalFrame(object):
-    """A frame handed over in-process: zed_node's Frame (arrays by reference) and its header."""
-
-    __slots__ = ('frame', 'header')
-
-    def __init__(self, frame, header):
-        self.frame, self.header = frame, header
 
 
 class DepthNode(DepthRosNode):

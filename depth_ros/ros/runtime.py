@@ -71,6 +71,15 @@ def _descriptor(spec):
     return desc
 
 
+class LocalFrame(object):
+    """A frame handed over in-process: zed_node's Frame (arrays by reference) and its header."""
+
+    __slots__ = ('frame', 'header')
+
+    def __init__(self, frame, header):
+        self.frame, self.header = frame, header
+
+
 class DepthRosNode(Node):
     """
     The base of our nodes: parameters, error counters, quiet publishing, fatal exits.
