@@ -7,6 +7,12 @@ only computed while someone subscribes) and ``~/inference_started`` (std_msgs/He
 header of each image the worker starts on, so that alignment_node keeps that frame's stereo
 set until its disparity arrives). Inference runs in a worker thread on the newest frame;
 frames that arrive meanwhile replace the waiting one (dropped, never queued).
+
+In the composed process (``composed.py``, ``local_input=True``) there is no ``image``
+subscription: zed_node hands each frame over by reference (:meth:`DepthNode.take_frame`), and
+the worker hands ``(frame, header, disparity)`` to the nodes registered with
+:meth:`DepthNode.hand_over_to` (alignment_node). Every output topic is built only while someone
+subscribes to it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from depth_ros.core.visualize import colorize
 from depth_ros.nodes_core.config import DEPTH_PARAMS, open_model, validate_depth
 from depth_ros.nodes_core.workers import FrameHealth, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -31,9 +37,9 @@ def _mean(values) -> float:
 
 
 class DepthNode(DepthRosNode):
-    """The inference node (module docstring)."""
+    """The inference node (module docstring); ``local_input``: frames come in-process."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, local_input: bool = False, **kwargs):
         super().__init__('depth_node', DEPTH_PARAMS, validate=validate_depth, apply=self._apply,
                          **kwargs)
         if self.cfg['engine_cache_dir'] and self.cfg['backend'] not in ('tensorrt', 'auto'):
@@ -62,7 +68,18 @@ class DepthNode(DepthRosNode):
         self.stages = StageTimes()
         self.worker = Worker(self._process, 'depth_inference', self._worker_error,
                              on_start=self._announce)
-        self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        self.consumers = []      # in-process: callables (LocalFrame, disparity), worker thread
+        self.built = collections.Counter()   # messages built per output (lazy: subscribed)
+        self.sub = None if local_input else \
+            self.create_subscription(Image, 'image', self._on_image, qos)
+
+    def hand_over_to(self, consumer) -> None:
+        """Hand each result to ``consumer(local_frame, disparity)`` by reference (composed.py)."""
+        self.consumers.append(consumer)
+
+    def take_frame(self, frame, header) -> None:
+        """Take zed_node's frame by reference (its grab thread; composed.py): newest-frame slot."""
+        self._accept(LocalFrame(frame, header), frame.stamp_ns)
 
     def _apply(self, changed):
         if 'standin_latency_ms' in changed and self.backend == 'standin':
@@ -71,9 +88,11 @@ class DepthNode(DepthRosNode):
             self.guard.reset_ns = int(changed['stamp_reset_s'] * 1e9)
 
     def _on_image(self, msg):
+        self._accept(msg, conv.stamp_to_ns(msg.header.stamp))
+
+    def _accept(self, msg, stamp):
         # Only bookkeeping here: the conversion and inference run in the worker.
         self.in_rate.tick()
-        stamp = conv.stamp_to_ns(msg.header.stamp)
         last = self.guard.last
         verdict, text = self.guard.check(stamp)
         if verdict == 'restart':
@@ -97,7 +116,14 @@ class DepthNode(DepthRosNode):
 
     def _announce(self, item):
         # The stamp this inference will answer: alignment_node keeps its stereo set.
-        self.publish(self.pub_started, conv.copy_header(item[0].header))
+        if self._wanted(self.pub_started, 'inference_started'):
+            self.publish(self.pub_started, conv.copy_header(item[0].header))
+
+    def _wanted(self, publisher, kind) -> bool:
+        if publisher.get_subscription_count() > 0:
+            self.built[kind] += 1
+            return True
+        return False
 
     def _process(self, item):
         msg, t_put = item
@@ -105,7 +131,10 @@ class DepthNode(DepthRosNode):
         stages.add('wait', (time.time_ns() - t_put) * 1e-6)
         stages.start()
         try:
-            bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
+            if isinstance(msg, LocalFrame):   # by reference: zed_node's bgr8 array
+                bgr = to_bgr8(msg.frame.left, 'bgr8')
+            else:
+                bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
         except ValueError as exc:
             self._drop('frame', str(exc))
             return
@@ -117,11 +146,16 @@ class DepthNode(DepthRosNode):
                 int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
             return
         stages.mark('check')
-        if not self.publish(self.pub_disp, conv.numpy_to_image(disparity, '32FC1', msg.header,
-                                                               buffer=self.disp_buffer)):
+        if isinstance(msg, LocalFrame):
+            for consumer in self.consumers:
+                consumer(msg, disparity)
+            stages.mark('hand_over')
+        if self._wanted(self.pub_disp, 'disparity') and not self.publish(
+                self.pub_disp, conv.numpy_to_image(disparity, '32FC1', msg.header,
+                                                   buffer=self.disp_buffer)):
             return
         stages.mark('publish')
-        if self.pub_color.get_subscription_count() > 0:
+        if self._wanted(self.pub_color, 'colorized'):
             self.publish(self.pub_color, conv.numpy_to_image(colorize(disparity), 'bgr8',
                                                              msg.header))
             stages.mark('colorized')
@@ -146,6 +180,8 @@ class DepthNode(DepthRosNode):
             ('backend', self.backend), ('model', self.model.name),
             ('input_rate_hz', self.in_rate.rate), ('output_rate_hz', self.out_rate.rate),
             ('inference_ms_mean', self.model.latency.mean_ms),
+            # The backend call alone (ONNX Runtime, TensorRT: the GIL is released there).
+            ('backend_ms_mean', self.model.infer_latency.mean_ms),
             ('output_age_ms', self.age_ms),
             # Means over the last frames: stamp -> image received -> disparity published.
             ('input_age_ms_mean', _mean(self.input_age_ms)),
@@ -153,7 +189,11 @@ class DepthNode(DepthRosNode):
             ('frames_in', self.worker.received), ('frames_dropped_busy', self.worker.dropped),
             ('frames_bad', sum(self.bad.values())), ('stamp_resets', self.stamp_resets),
             ('last_drop_reason', self.health.last_reason),
+            ('input', 'in-process' if self.sub is None else 'topic'),
+            ('handed_over_to', len(self.consumers)),
         ])
+        for kind in ('disparity', 'colorized', 'inference_started'):
+            values['built_' + kind] = self.built[kind]
         for kind in ('stamp', 'frame', 'output', 'exception'):
             values['frames_bad_' + kind] = self.bad[kind]
         for stage, ms in self.stages.means().items():

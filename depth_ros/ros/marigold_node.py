@@ -17,6 +17,9 @@ alignment_node with ``relative_kind: depth`` pairs the keyframe with stereo by e
 * ``/diagnostics``: keyframes done and failed, last inference and job latency, last keyframe
   stamp, age of the newest received image, busy flag.
 
+In the composed process (``composed.py``, ``local_input=True``) there is no ``image``
+subscription: zed_node hands each frame over by reference (:meth:`MarigoldNode.take_frame`).
+
 The model is Marigold through diffusers (depth_ros.inference.marigold); ``checkpoint:
 tiny-random`` builds an untrained tiny pipeline for tests and dry runs (its output is noise).
 """
@@ -32,7 +35,7 @@ from depth_ros.nodes_core.config import MARIGOLD_PARAMS, marigold_settings
 from depth_ros.nodes_core.params import ConfigError, StartupError
 from depth_ros.nodes_core.workers import Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 from sensor_msgs.msg import Image
@@ -67,7 +70,8 @@ def _stamp_text(stamp) -> str:
 class MarigoldNode(DepthRosNode):
     """Marigold keyframes (module docstring); ``model`` overrides the parameters (tests)."""
 
-    def __init__(self, model: Optional[MarigoldDepth] = None, **kwargs):
+    def __init__(self, model: Optional[MarigoldDepth] = None, local_input: bool = False,
+                 **kwargs):
         super().__init__('marigold_node', MARIGOLD_PARAMS, **kwargs)
         self.model = model if model is not None else self._load()
         p = self.cfg
@@ -78,7 +82,8 @@ class MarigoldNode(DepthRosNode):
         self.pub_unc = None
         if self.model.ensemble_size > 1:
             self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
-        self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        self.sub = None if local_input else \
+            self.create_subscription(Image, 'image', self._on_image, qos)
         self.srv = self.create_service(Trigger, '~/capture', self._on_capture)
         # State for /diagnostics, written by the executor (images) and the worker (jobs).
         self.last_rx = None             # monotonic time the newest image arrived
@@ -118,11 +123,19 @@ class MarigoldNode(DepthRosNode):
         self.last_rx, self.last_rx_stamp = time.monotonic(), msg.header.stamp
         self.worker.offer(msg)   # newest frame wins; decoding happens in the worker
 
+    def take_frame(self, frame, header) -> None:
+        """Take zed_node's frame by reference (its grab thread; composed.py): newest wins."""
+        self.last_rx, self.last_rx_stamp = time.monotonic(), header.stamp
+        self.worker.offer(LocalFrame(frame, header))
+
+    def _input_name(self) -> str:
+        return self.sub.topic_name if self.sub is not None else 'zed_node (in-process)'
+
     def _on_timer(self) -> None:
         state = self.worker.request()
         if state == 'no_frame':
             self.log.warn('no_frame', 'no image received yet on {}'.format(
-                self.sub.topic_name), NO_FRAME_LOG_THROTTLE_S)
+                self._input_name()), NO_FRAME_LOG_THROTTLE_S)
 
     def _on_capture(self, request, response):
         state = self.worker.request()
@@ -130,14 +143,17 @@ class MarigoldNode(DepthRosNode):
         response.message = {
             'started': 'keyframe started on the newest image',
             'queued': 'a keyframe is running; the next starts on the newest image after it',
-            'no_frame': 'no image received yet on {}'.format(self.sub.topic_name),
+            'no_frame': 'no image received yet on {}'.format(self._input_name()),
         }[state]
         return response
 
     def _job(self, msg) -> None:
         t0 = time.perf_counter()
         self.publish(self.pub_started, conv.copy_header(msg.header))
-        bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
+        if isinstance(msg, LocalFrame):   # by reference: zed_node's bgr8 array
+            bgr = msg.frame.left
+        else:
+            bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
         result = self.model.infer(bgr)
         # The SOURCE image's header, so alignment pairs the keyframe by exact stamp.
         if not self.publish(self.pub_depth, conv.numpy_to_image(result.depth, '32FC1',
