@@ -117,12 +117,14 @@ def tree_cpu(before, after):
 
     Returns (total, {name: seconds}). The total is the difference of the sums, so a process
     that exited and was reaped inside the tree moves into its parent's children time and still
-    counts; one that started in between counts from zero.
+    counts (under the parent's name in the breakdown); one that started in between counts from
+    zero.
     """
     total = sum(c for _, c in after.values()) - sum(c for _, c in before.values())
     by_name = {}
-    for pid, (name, cpu) in after.items():
-        by_name[name] = by_name.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    for snapshot, sign in ((after, 1.0), (before, -1.0)):
+        for name, cpu in snapshot.values():
+            by_name[name] = by_name.get(name, 0.0) + sign * cpu
     return total, by_name
 
 
