@@ -82,6 +82,7 @@ setup(
             'depth_node = depth_ros.ros.depth_node:main',
             'alignment_node = depth_ros.ros.alignment_node:main',
             'marigold_node = depth_ros.ros.marigold_node:main',
+            'composed_nodes = depth_ros.ros.composed:main',
         ],
     },
 )

@@ -6,11 +6,18 @@ Launch the ZED2 metric-depth graph: zed_node -> depth_node -> alignment_node (+ 
     ros2 launch depth_ros zed_depth.launch.py source:=sample backend:=standin rviz:=true
     ros2 launch depth_ros zed_depth.launch.py source:=bag path:=/data/zed_bag model:=vits.onnx
     ros2 launch depth_ros zed_depth.launch.py zed_node:=false    # next to the official wrapper
+    ros2 launch depth_ros zed_depth.launch.py composed:=false    # one process per node
+
+composed:=true (the default) runs our nodes as Node objects in one process (composed_nodes),
+where zed_node hands its frames to depth_node, and depth_node (frame, disparity) to
+alignment_node, by reference; composed:=false starts one process per node, joined by topics.
+zed_node:=false (the official wrapper's topics) runs separate processes.
 
 Every node reads config/zed_depth.yaml (override with params_file:=); launch arguments override
 the entries they name. Written for ROS 2 Humble (launch, launch_ros).
 """
 import os
+import tempfile
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
     PackageNotFoundError
@@ -21,6 +28,7 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+import yaml
 
 PACKAGE = 'depth_ros'
 ZED2_BASELINE_M = 0.12   # stereo baseline of the ZED2 (and ZED); the ZED Mini's is 0.063
@@ -43,6 +51,10 @@ ARGUMENTS = (
     ('publish_tf', 'true', 'publish the static TFs <camera>_camera_link -> '
      '<camera>_left_camera_frame -> <camera>_left_camera_optical_frame (false when a wrapper '
      'or URDF provides them; skipped with one line where tf2_ros is not installed)'),
+    ('composed', 'true', 'run our nodes in one process (composed_nodes: arrays handed over by '
+     'reference between zed_node, depth_node and alignment_node, topics still published for '
+     'outside subscribers); false: one process per node. zed_node:=false runs separate '
+     'processes'),
     ('rviz', 'false', 'open RViz with rviz/zed_depth.rviz'),
     ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
@@ -99,7 +111,7 @@ def _check_arguments(arg):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
     for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm',
-                 'cyclonedds_config'):
+                 'cyclonedds_config', 'composed'):
         try:
             _truthy(arg[name])
         except ValueError:
@@ -164,6 +176,48 @@ def _ours(executable, name, namespace=None, **kwargs):
                 on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
 
 
+def _spec(executable, name, namespace=None, parameters=(), remappings=(), source=None):
+    """One of our nodes, to start as a process (_ours) or inside composed_nodes (_composed)."""
+    return {'executable': executable, 'name': name, 'namespace': namespace,
+            'parameters': list(parameters), 'remappings': list(remappings), 'source': source}
+
+
+def _params_file(fqn, values):
+    """Write ``values`` as a parameters file for the node ``fqn`` (as launch_ros does)."""
+    handle, path = tempfile.mkstemp(prefix='depth_ros_{}_'.format(fqn.strip('/').replace(
+        '/', '_')), suffix='.yaml')
+    with os.fdopen(handle, 'w') as f:
+        yaml.safe_dump({fqn: {'ros__parameters': dict(values)}}, f, default_flow_style=False)
+    return path
+
+
+def _composed(specs):
+    """
+    One composed_nodes process running ``specs``: a ``--node`` section each, whose node-local
+    ROS arguments are the name, namespace, parameter files and remappings the node would get
+    as a process of its own; ``--from`` wires it in-process to its producer.
+    """
+    arguments = []
+    for spec in specs:
+        fqn = '/'.join([''] + [p for p in (spec['namespace'], spec['name']) if p])
+        arguments += ['--node', spec['executable']]
+        if spec['source']:
+            arguments += ['--from', spec['source']]
+        arguments += ['--ros-args', '-r', '__node:=' + spec['name']]
+        if spec['namespace']:
+            arguments += ['-r', '__ns:=/' + spec['namespace']]
+        for item in spec['parameters']:
+            path = item if isinstance(item, str) else _params_file(fqn, item)
+            arguments += ['--params-file', path]
+        for src, dst in spec['remappings']:
+            arguments += ['-r', '{}:={}'.format(src, dst)]
+        arguments.append('--')
+    return Node(package=PACKAGE, executable='composed_nodes', output='screen',
+                emulate_tty=True, arguments=arguments,
+                on_exit=Shutdown(reason='composed_nodes ({}) exited'.format(
+                    ', '.join(s['name'] for s in specs))))
+
+
 def _static_tfs(camera):
     if not _installed('tf2_ros'):
         return [LogInfo(msg='publish_tf: package tf2_ros is not installed, so the static TFs '
@@ -192,11 +246,12 @@ def _static_tfs(camera):
 def _marigold(params_file, qos, image, inputs):
     # Keyframes arrive seconds after their camera frame: a 10 s latency bound, and the colour
     # image left out of the waiting sets (a third of their bytes); marigold_node announces the
-    # frame each keyframe starts on, whose stereo set is kept (docs/marigold.md).
+    # frame each keyframe starts on, whose stereo set is kept (docs/marigold.md). Composed,
+    # both still read topics: the keyframes are paired by stamp.
     return [
-        _ours('marigold_node', 'marigold_node', parameters=[params_file, qos],
+        _spec('marigold_node', 'marigold_node', parameters=[params_file, qos],
               remappings=[('image', image)]),
-        _ours('alignment_node', 'alignment_node', namespace='marigold',
+        _spec('alignment_node', 'alignment_node', namespace='marigold',
               parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
                                             use_image=False)],
               remappings=[('disparity', '/marigold_node/depth'),
@@ -214,25 +269,38 @@ def _nodes(context):
     image = zed + '/left/image_rect_color'
     qos = {'reliability': arg['reliability']}
     actions = _environment(arg, share)
-    if _truthy(arg['zed_node']):
-        actions.append(_ours('zed_node', 'zed_node', namespace=camera, parameters=[
+    with_zed = _truthy(arg['zed_node'])
+    composed = _truthy(arg['composed'])
+    if composed and not with_zed:
+        actions.append(LogInfo(msg='composed:=true runs our nodes in one process with our '
+                                   'zed_node; with zed_node:=false they run as separate '
+                                   'processes on the camera topics'))
+        composed = False
+    specs = []
+    if with_zed:
+        specs.append(_spec('zed_node', 'zed_node', namespace=camera, parameters=[
             params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
                                    camera_name=camera)]))
     backend, model_path = _depth_backend(arg)
     depth_params = _nonempty(qos, backend=backend, model_path=model_path,
                              engine_cache_dir=arg['engine_cache_dir'])
-    actions.append(_ours('depth_node', 'depth_node', parameters=[params_file, depth_params],
-                         remappings=[('image', image)]))
+    specs.append(_spec('depth_node', 'depth_node', parameters=[params_file, depth_params],
+                       remappings=[('image', image)], source=composed and 'zed_node'))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
               ('confidence', zed + '/confidence/confidence_map'),
               ('camera_info', zed + '/left/camera_info'),
               ('right_camera_info', zed + '/right/camera_info'), ('image', image)]
-    actions.append(_ours('alignment_node', 'alignment_node', parameters=[params_file, qos],
-                         remappings=[('disparity', '/depth_node/disparity'),
-                                     ('inference_started', '/depth_node/inference_started')]
-                         + inputs))
+    specs.append(_spec('alignment_node', 'alignment_node', parameters=[params_file, qos],
+                       remappings=[('disparity', '/depth_node/disparity'),
+                                   ('inference_started', '/depth_node/inference_started')]
+                       + inputs, source=composed and 'depth_node'))
     if _truthy(arg['marigold']):
-        actions += _marigold(params_file, qos, image, inputs)
+        specs += _marigold(params_file, qos, image, inputs)
+    if composed:
+        actions.append(_composed(specs))
+    else:
+        actions += [_ours(s['executable'], s['name'], s['namespace'], parameters=s['parameters'],
+                          remappings=s['remappings']) for s in specs]
     if _truthy(arg['publish_tf']):
         actions += _static_tfs(camera)
     if _truthy(arg['rviz']):

@@ -6,6 +6,10 @@ defaults plus each test's overrides; every launch_ros ``Node`` it returns has it
 performed, exactly as ``ros2 launch`` does before starting a process, and the tests read the
 result: executables, names, namespaces, remappings and the parameter files the nodes get.
 test_launch_graph.py runs the same file for real.
+
+With ``composed:=true`` (the default) our nodes are ``--node`` sections of one composed_nodes
+process; :class:`Evaluated` reads each section as the node it makes (:class:`InProcess`), so
+the same assertions hold in both modes, and the tests that matter run in both.
 """
 import importlib.util
 import math
@@ -30,18 +34,56 @@ def _console_scripts():
     return set(re.findall(r"'([a-z_-]+) = depth_ros\.", text))
 
 
+MODES = pytest.mark.parametrize('composed', ['true', 'false'])
+
+
+class InProcess(object):
+    """
+    A node that a composed_nodes process makes: one ``--node`` section of its arguments.
+
+    Read with the composed executable's own parser; its attributes are those of a launch_ros
+    Node that the tests read (name, namespace, remappings, parameter files).
+    """
+
+    def __init__(self, section):
+        self.node_package = 'depth_ros'
+        self.node_executable = section.kind
+        self.source = section.source
+        args = section.ros_args
+        assert args[0] == '--ros-args' and args[-1] == '--', args
+        rules = [args[i + 1] for i, a in enumerate(args) if a == '-r']
+        self.files = [args[i + 1] for i, a in enumerate(args) if a == '--params-file']
+        assert len(rules) + len(self.files) == (len(args) - 2) // 2, \
+            'only -r and --params-file expected: {}'.format(args)
+        remaps = [tuple(r.split(':=', 1)) for r in rules]
+        special = dict(r for r in remaps if r[0].startswith('__'))
+        self.expanded_remapping_rules = [r for r in remaps if not r[0].startswith('__')]
+        self.expanded_node_namespace = special.get('__ns', '/')
+        self.node_name = self.expanded_node_namespace.rstrip('/') + '/' + special['__node']
+
+
 class Evaluated(object):
     """What the launch file asks launch to do for one set of arguments."""
 
     def __init__(self, actions, context):
+        from depth_ros.ros.composed import parse
         from launch.actions import LogInfo, SetEnvironmentVariable
         from launch.utilities import perform_substitutions
         from launch_ros.actions import Node
-        self.nodes, self.env, self.log = [], [], []
+        self.nodes, self.env, self.log, self.processes = [], [], [], []
         for action in actions:
             if isinstance(action, Node):
                 action._perform_substitutions(context)   # what Node.execute does first
-                self.nodes.append(action)
+                self.processes.append(action)
+                if action.node_executable != 'composed_nodes':
+                    self.nodes.append(action)
+                    continue
+                arguments = [perform_substitutions(context, a) for a in action.cmd[1:]]
+                glob, sections = parse(arguments)
+                # launch_ros ends the command with an empty --ros-args block.
+                assert glob in ([], ['--ros-args', '--']), \
+                    'composed_nodes gets no global ROS arguments: {}'.format(glob)
+                self.nodes += [InProcess(section) for section in sections]
             elif isinstance(action, SetEnvironmentVariable):
                 self.env.append((perform_substitutions(context, action.name),
                                  perform_substitutions(context, action.value)))
@@ -55,14 +97,18 @@ class Evaluated(object):
     def params(node):
         """Merge the parameters of the node's params files (the YAML launch_ros writes)."""
         merged, files = {}, []
-        for value, is_file in node._Node__expanded_parameter_arguments or []:
+        expanded = [(f, True) for f in node.files] if isinstance(node, InProcess) else \
+            node._Node__expanded_parameter_arguments or []
+        for value, is_file in expanded:
             assert is_file, 'parameters are passed as files, got {!r}'.format(value)
             files.append(value)
             if value == PARAMS_FILE:
                 continue      # the shipped config/zed_depth.yaml (checked separately)
             with open(value) as f:
                 data = yaml.safe_load(f)
-            for section in data.values():
+            for key, section in data.items():
+                assert key in ('/**', node.node_name), \
+                    '{} gets a parameters section for {}'.format(node.node_name, key)
                 merged.update(section['ros__parameters'])
         return merged, files
 
@@ -94,9 +140,12 @@ def _evaluate(monkeypatch, tf2_ros=False, **overrides):
 
 
 @needs_launch
-def test_every_node_action_starts_a_console_script_with_its_declared_parameters(monkeypatch):
+@MODES
+def test_every_node_action_starts_a_console_script_with_its_declared_parameters(
+        monkeypatch, composed):
     from depth_ros.nodes_core import config
-    declared, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold='true',
+    declared, ev = _evaluate(monkeypatch, composed=composed,
+                             source='sample', backend='standin', marigold='true',
                              rviz='true', tf2_ros=True)
     assert {'source', 'path', 'backend', 'model', 'engine', 'rviz', 'marigold', 'publish_tf',
             'camera_name', 'reliability', 'params_file', 'zed_node'} <= set(declared), \
@@ -120,8 +169,10 @@ def test_every_node_action_starts_a_console_script_with_its_declared_parameters(
 
 
 @needs_launch
-def test_remappings_point_at_topics_that_are_published(monkeypatch):
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold='true')
+@MODES
+def test_remappings_point_at_topics_that_are_published(monkeypatch, composed):
+    _, ev = _evaluate(monkeypatch, composed=composed,
+                      source='sample', backend='standin', marigold='true')
     zed = ev.by_exe('zed_node')[0]
     assert zed.node_name == '/zed/zed_node' and zed.expanded_node_namespace == '/zed'
     prefix = '/zed/zed_node/'
@@ -157,8 +208,10 @@ def test_remappings_point_at_topics_that_are_published(monkeypatch):
 
 
 @needs_launch
-def test_arguments_reach_the_nodes(monkeypatch):
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', reliability='reliable')
+@MODES
+def test_arguments_reach_the_nodes(monkeypatch, composed):
+    _, ev = _evaluate(monkeypatch, composed=composed,
+                      source='sample', backend='standin', reliability='reliable')
     params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
     assert params['depth_node']['backend'] == 'standin'
     assert params['zed_node']['source'] == 'sample' and 'path' not in params['zed_node'], \
@@ -167,8 +220,10 @@ def test_arguments_reach_the_nodes(monkeypatch):
 
 
 @needs_launch
-def test_camera_name_moves_namespaces_topics_and_frames(monkeypatch):
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', camera_name='front',
+@MODES
+def test_camera_name_moves_namespaces_topics_and_frames(monkeypatch, composed):
+    _, ev = _evaluate(monkeypatch, composed=composed,
+                      source='sample', backend='standin', camera_name='front',
                       tf2_ros=True)
     zed = ev.by_exe('zed_node')[0]
     assert zed.node_name == '/front/zed_node', zed.node_name
@@ -202,14 +257,17 @@ def _tf_chain(publishers):
     return chain
 
 
-def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch):
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=False)
+@MODES
+def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch, composed):
+    _, ev = _evaluate(monkeypatch, composed=composed,
+                      source='sample', backend='standin', tf2_ros=False)
     assert not ev.by_exe('static_transform_publisher')
     told = [line for line in ev.log if 'tf2_ros is not installed' in line]
     assert len(told) == 1 and 'publish_tf:=false' in told[0], ev.log
     assert sorted(n.node_executable for n in ev.nodes) == \
         ['alignment_node', 'depth_node', 'zed_node']
-    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', publish_tf='false')
+    _, ev = _evaluate(monkeypatch, composed=composed,
+                      source='sample', backend='standin', publish_tf='false')
     assert not [line for line in ev.log if 'tf2_ros' in line], ev.log
 
 
@@ -218,7 +276,7 @@ def test_switches(monkeypatch):
     monkeypatch.setenv('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     _, ev = _evaluate(monkeypatch, zed_node='false', publish_tf='false',
                       fastdds_profile='false', clean_shm='false', cyclonedds_config='false',
-                      backend='standin')
+                      backend='standin', composed='false')
     assert sorted(n.node_executable for n in ev.nodes) == ['alignment_node', 'depth_node']
     assert ev.env == [] and ev.log == []
     _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=True)
@@ -298,9 +356,10 @@ def test_cyclonedds_memsize_units_are_cyclones():
 
 
 @needs_launch
-def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
+@MODES
+def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
     def depth_params(**overrides):
-        _, ev = _evaluate(monkeypatch, source='sample', **overrides)
+        _, ev = _evaluate(monkeypatch, composed=composed, source='sample', **overrides)
         return ev.params(ev.by_exe('depth_node')[0])[0]
     params = depth_params(engine='da2_vits_fp16.engine')
     assert (params['backend'], params['model_path']) == ('tensorrt', 'da2_vits_fp16.engine'), \
@@ -334,6 +393,8 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch):
                                               'false'),
     (dict(source='sample', params_file='/nope.yaml'), 'launch argument params_file:=/nope.yaml '
                                                       'is not a file'),
+    (dict(source='sample', composed='yes please'), 'launch argument composed:=yes please must '
+                                                   'be true or false'),
 ])
 def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
     with pytest.raises(ValueError) as info:
@@ -355,3 +416,53 @@ def test_rviz_config_uses_best_effort_and_graph_topics():
                       '/alignment_node/depth': 'Best Effort',
                       '/alignment_node/colored': 'Best Effort',
                       '/zed/zed_node/left/image_rect_color': 'Best Effort'}, topics
+
+
+@needs_launch
+@pytest.mark.parametrize('marigold', ['false', 'true'])
+def test_composed_is_one_process_whose_nodes_get_what_separate_processes_get(
+        monkeypatch, marigold):
+    declared, ev = _evaluate(monkeypatch, source='sample', backend='standin', marigold=marigold,
+                             camera_name='front', reliability='reliable')
+    default = declared['composed'].default_value[0].perform(None)
+    assert default == 'true', default
+    ours = [p for p in ev.processes if p.node_package == 'depth_ros']
+    assert [p.node_executable for p in ours] == ['composed_nodes'], ours
+    _, separate = _evaluate(monkeypatch, source='sample', backend='standin', marigold=marigold,
+                            camera_name='front', reliability='reliable', composed='false')
+    assert all(p.node_executable != 'composed_nodes' for p in separate.processes)
+
+    def described(evaluated):
+        out = {}
+        for node in evaluated.nodes:
+            if node.node_package == 'depth_ros':
+                params, files = evaluated.params(node)
+                # launch_ros spells the root namespace of a Node without one as a placeholder.
+                unset = '<node_namespace_unspecified>'
+                out[node.node_name.replace(unset, '')] = (
+                    node.node_executable, node.expanded_node_namespace.replace(unset, '/'),
+                    sorted(evaluated.remaps(node).items()), params, files[0])
+        return out
+    composed, apart = described(ev), described(separate)
+    assert composed == apart, (composed, apart)
+    expected = {'/front/zed_node', '/depth_node', '/alignment_node'}
+    if marigold == 'true':
+        expected |= {'/marigold_node', '/marigold/alignment_node'}
+    assert set(composed) == expected, sorted(composed)
+    # In-process inputs on the camera -> network -> alignment edges; Marigold's keyframes
+    # are paired by stamp on topics (docs/ros.md, Composed mode).
+    sources = {n.node_name: n.source for n in ev.nodes if isinstance(n, InProcess)}
+    assert sources == dict({'/front/zed_node': None, '/depth_node': 'zed_node',
+                            '/alignment_node': 'depth_node'},
+                           **({'/marigold_node': None, '/marigold/alignment_node': None}
+                              if marigold == 'true' else {})), sources
+
+
+@needs_launch
+def test_without_zed_node_the_nodes_run_as_separate_processes_and_the_launch_says_so(
+        monkeypatch):
+    _, ev = _evaluate(monkeypatch, zed_node='false', backend='standin', publish_tf='false')
+    assert sorted(p.node_executable for p in ev.processes) == ['alignment_node', 'depth_node']
+    told = [line for line in ev.log if 'composed:=true' in line]
+    assert len(told) == 1 and 'zed_node:=false' in told[0] and 'separate processes' in \
+        told[0], ev.log

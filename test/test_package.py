@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXECUTABLES = ('depth-ros', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node')
+EXECUTABLES = ('depth-ros', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node',
+               'composed_nodes')
 IGNORE = shutil.ignore_patterns('.venv*', '.git', 'build', 'install', 'log', 'out',
                                 '__pycache__', '*.egg-info', '.pytest_cache', '.whl',
                                 '*.onnx', '*.engine', '*.pth', '*.safetensors')

@@ -17,6 +17,11 @@ Outputs (the inputs' header): ``~/depth`` (32FC1 metres, NaN invalid, +inf too f
 ``~/camera_info``, ``~/points`` (PointCloud2 x, y, z, rgb float32, organized, is_dense false;
 computed while subscribed), ``~/colored`` (bgr8, while subscribed), and /diagnostics (fit,
 rates, latency, drop counts, and an error when the output stopped, with the reason).
+
+In the composed process (``composed.py``, ``local_input=True``) the node has no input
+subscriptions: depth_node's worker hands each set over by reference (:meth:`take_set`: zed_node's
+frame with its image, stereo depth, confidence and camera, and the disparity computed on it), so
+nothing is paired by stamp and no message is decoded.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import baseline_from_info, check_message, check_parts, decode_set
+from depth_ros.core.messages import baseline_from_info, check_message, check_parts, \
+    decode_set, DecodedSet
 from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
@@ -47,9 +53,9 @@ TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image
 
 
 class AlignmentNode(DepthRosNode):
-    """The metric alignment node (module docstring)."""
+    """The metric alignment node (module docstring); ``local_input``: sets come in-process."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, local_input: bool = False, **kwargs):
         super().__init__('alignment_node', ALIGNMENT_PARAMS, validate=validate_alignment,
                          apply=self._apply, **kwargs)
         try:
@@ -99,12 +105,13 @@ class AlignmentNode(DepthRosNode):
         self.pub_colored = self.create_publisher(Image, '~/colored', qos)
         self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
         self.worker = Worker(self._process, 'alignment', self._worker_error)
-        self.subs = [self.create_subscription(TOPICS[k][1], TOPICS[k][0], self._callback(k),
-                                              qos) for k in kinds]
-        if self.cfg['use_inference_stamps']:
+        self.local_input = local_input
+        self.subs = [] if local_input else [self.create_subscription(
+            TOPICS[k][1], TOPICS[k][0], self._callback(k), qos) for k in kinds]
+        if self.cfg['use_inference_stamps'] and not local_input:
             self.subs.append(self.create_subscription(Header, 'inference_started',
                                                       self._on_started, qos))
-        if self.cfg['use_right_camera_info']:
+        if self.cfg['use_right_camera_info'] and not local_input:
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
         # After a burst (the pairing buffer drained, or a flood refused), the freed heap goes
@@ -169,11 +176,60 @@ class AlignmentNode(DepthRosNode):
             self.warn('right_info', 'right camera_info without a stereo baseline (P[0,3] = {}); '
                       'keeping baseline_m {:g}'.format(list(info.p)[3:4], self.cfg['baseline_m']))
             return
+        self._take_baseline(baseline)
+
+    def _take_baseline(self, baseline):
         with self.lock:
             if self.baseline_source != 'right_camera_info' or \
                     abs(baseline - self.aligner.options.baseline_m) > 1e-6:
                 self.pending_options['baseline_m'] = baseline
                 self.baseline_source = 'right_camera_info'
+
+    def take_set(self, local, disparity) -> None:
+        """
+        Take a set by reference from depth_node's worker (composed.py): no pairing, no copy.
+
+        ``local``: depth_node's LocalFrame (zed_node's Frame and header); ``disparity``: the
+        network's output on it. The stamp guard still tells a restarted source apart.
+        """
+        frame = local.frame
+        stamp = frame.stamp_ns
+        for kind in self.kinds:
+            self.arrivals[kind].tick()
+        if self.cfg['use_right_camera_info'] and frame.baseline_m and \
+                0.0 < frame.baseline_m < 10.0:
+            self._take_baseline(frame.baseline_m)     # the right camera_info's baseline
+        with self.lock:
+            if not self._stamp_ok('disparity', stamp):
+                return
+            self.in_rate.tick()
+            self.paired_once = True
+            epoch = self.epoch
+        now = time.time_ns()
+        self.input_age_ms.append((now - stamp) * 1e-6)
+        self.worker.put(((local, disparity), now, epoch))
+
+    def _local_set(self, local, disparity) -> DecodedSet:
+        """The handed-over arrays as decode_set gives them (no copy); ValueError: a bad set."""
+        frame, out = local.frame, DecodedSet()
+        out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
+            frame.camera
+        if frame.depth is None:
+            raise ValueError('the set has no depth message')
+        out.depth = np.asarray(frame.depth, dtype=np.float32)
+        h, w = out.depth.shape
+        rh, rw = disparity.shape[:2]
+        if abs(float(rw) / rh - float(w) / h) > 0.02 * w / h:
+            raise ValueError('disparity is {}x{} but depth is {}x{}: their aspect ratios must '
+                             'match'.format(rw, rh, w, h))
+        out.relative = disparity     # finite: depth_node drops an output that is not
+        if 'confidence' in self.kinds and frame.confidence is not None:
+            out.confidence = np.asarray(frame.confidence, dtype=np.float32)
+            if not np.all(np.isfinite(out.confidence)):
+                raise ValueError('confidence has NaN/inf values')
+        if 'image' in self.kinds:
+            out.bgr = frame.left
+        return out
 
     def _on_started(self, header):
         with self.lock:
@@ -257,11 +313,14 @@ class AlignmentNode(DepthRosNode):
         stages.add('wait', (time.time_ns() - t_complete) * 1e-6)
         stages.start()
         t0 = time.perf_counter()
+        local = isinstance(msgs, tuple)     # (LocalFrame, disparity), handed over in-process
         try:
-            frame = decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
+            frame = self._local_set(*msgs) if local else \
+                decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
         except ValueError as exc:
             self.last_drop = str(exc)
             self.error('frame', 'dropped frame {}: {}'.format(
+                msgs[0].frame.stamp_ns if local else
                 conv.stamp_to_ns(msgs['depth'].header.stamp), exc))
             return
         stages.mark('convert')
@@ -274,12 +333,12 @@ class AlignmentNode(DepthRosNode):
             return
         self.result = result
         stages.mark('align')
-        header = msgs['depth'].header
+        header = msgs[0].header if local else msgs['depth'].header
         if not self.publish(self.pub_depth, conv.numpy_to_image(
                 result.depth, '32FC1', header, buffer=self.depth_buffer)):
             return
-        self.publish(self.pub_info, self._camera_info(msgs['camera_info'], frame.camera,
-                                                      header))
+        self.publish(self.pub_info, conv.camera_to_info(frame.camera, header) if local else
+                     self._camera_info(msgs['camera_info'], frame.camera, header))
         stages.mark('publish_depth')
         # Lazy outputs, as depth_image_proc: nothing is computed for a topic nobody reads.
         if self.pub_points.get_subscription_count() > 0:
@@ -436,6 +495,7 @@ class AlignmentNode(DepthRosNode):
         for k in ('stamp', 'frame', 'exception'):
             values['dropped_' + k] = self.bad[k]
         values['last_drop_reason'] = self.last_drop
+        values['input'] = 'in-process' if self.local_input else 'topics'
         level, message = self._level()
         return [diagnostic_status('alignment_node: metric alignment',
                                   self.get_fully_qualified_name(), level, message, values)]

@@ -7,6 +7,12 @@ only computed while someone subscribes) and ``~/inference_started`` (std_msgs/He
 header of each image the worker starts on, so that alignment_node keeps that frame's stereo
 set until its disparity arrives). Inference runs in a worker thread on the newest frame;
 frames that arrive meanwhile replace the waiting one (dropped, never queued).
+
+In the composed process (``composed.py``, ``local_input=True``) there is no ``image``
+subscription: zed_node hands each frame over by reference (:meth:`DepthNode.take_frame`), and
+the worker hands ``(frame, header, disparity)`` to the nodes registered with
+:meth:`DepthNode.hand_over_to` (alignment_node). Every output topic is built only while someone
+subscribes to it.
 """
 from __future__ import annotations
 
@@ -30,10 +36,19 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float('nan')
 
 
-class DepthNode(DepthRosNode):
-    """The inference node (module docstring)."""
+class LocalFrame(object):
+    """A frame handed over in-process: zed_node's Frame (arrays by reference) and its header."""
 
-    def __init__(self, **kwargs):
+    __slots__ = ('frame', 'header')
+
+    def __init__(self, frame, header):
+        self.frame, self.header = frame, header
+
+
+class DepthNode(DepthRosNode):
+    """The inference node (module docstring); ``local_input``: frames come in-process."""
+
+    def __init__(self, local_input: bool = False, **kwargs):
         super().__init__('depth_node', DEPTH_PARAMS, validate=validate_depth, apply=self._apply,
                          **kwargs)
         if self.cfg['engine_cache_dir'] and self.cfg['backend'] not in ('tensorrt', 'auto'):
@@ -62,7 +77,18 @@ class DepthNode(DepthRosNode):
         self.stages = StageTimes()
         self.worker = Worker(self._process, 'depth_inference', self._worker_error,
                              on_start=self._announce)
-        self.sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        self.consumers = []      # in-process: callables (LocalFrame, disparity), worker thread
+        self.built = collections.Counter()   # messages built per output (lazy: subscribed)
+        self.sub = None if local_input else \
+            self.create_subscription(Image, 'image', self._on_image, qos)
+
+    def hand_over_to(self, consumer) -> None:
+        """Hand each result to ``consumer(local_frame, disparity)`` by reference (composed.py)."""
+        self.consumers.append(consumer)
+
+    def take_frame(self, frame, header) -> None:
+        """Take zed_node's frame by reference (its grab thread; composed.py): newest-frame slot."""
+        self._accept(LocalFrame(frame, header), frame.stamp_ns)
 
     def _apply(self, changed):
         if 'standin_latency_ms' in changed and self.backend == 'standin':
@@ -71,9 +97,11 @@ class DepthNode(DepthRosNode):
             self.guard.reset_ns = int(changed['stamp_reset_s'] * 1e9)
 
     def _on_image(self, msg):
+        self._accept(msg, conv.stamp_to_ns(msg.header.stamp))
+
+    def _accept(self, msg, stamp):
         # Only bookkeeping here: the conversion and inference run in the worker.
         self.in_rate.tick()
-        stamp = conv.stamp_to_ns(msg.header.stamp)
         last = self.guard.last
         verdict, text = self.guard.check(stamp)
         if verdict == 'restart':
@@ -97,7 +125,14 @@ class DepthNode(DepthRosNode):
 
     def _announce(self, item):
         # The stamp this inference will answer: alignment_node keeps its stereo set.
-        self.publish(self.pub_started, conv.copy_header(item[0].header))
+        if self._wanted(self.pub_started, 'inference_started'):
+            self.publish(self.pub_started, conv.copy_header(item[0].header))
+
+    def _wanted(self, publisher, kind) -> bool:
+        if publisher.get_subscription_count() > 0:
+            self.built[kind] += 1
+            return True
+        return False
 
     def _process(self, item):
         msg, t_put = item
@@ -105,7 +140,10 @@ class DepthNode(DepthRosNode):
         stages.add('wait', (time.time_ns() - t_put) * 1e-6)
         stages.start()
         try:
-            bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
+            if isinstance(msg, LocalFrame):   # by reference: zed_node's bgr8 array
+                bgr = to_bgr8(msg.frame.left, 'bgr8')
+            else:
+                bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
         except ValueError as exc:
             self._drop('frame', str(exc))
             return
@@ -117,11 +155,16 @@ class DepthNode(DepthRosNode):
                 int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
             return
         stages.mark('check')
-        if not self.publish(self.pub_disp, conv.numpy_to_image(disparity, '32FC1', msg.header,
-                                                               buffer=self.disp_buffer)):
+        if isinstance(msg, LocalFrame):
+            for consumer in self.consumers:
+                consumer(msg, disparity)
+            stages.mark('hand_over')
+        if self._wanted(self.pub_disp, 'disparity') and not self.publish(
+                self.pub_disp, conv.numpy_to_image(disparity, '32FC1', msg.header,
+                                                   buffer=self.disp_buffer)):
             return
         stages.mark('publish')
-        if self.pub_color.get_subscription_count() > 0:
+        if self._wanted(self.pub_color, 'colorized'):
             self.publish(self.pub_color, conv.numpy_to_image(colorize(disparity), 'bgr8',
                                                              msg.header))
             stages.mark('colorized')
@@ -153,7 +196,11 @@ class DepthNode(DepthRosNode):
             ('frames_in', self.worker.received), ('frames_dropped_busy', self.worker.dropped),
             ('frames_bad', sum(self.bad.values())), ('stamp_resets', self.stamp_resets),
             ('last_drop_reason', self.health.last_reason),
+            ('input', 'in-process' if self.sub is None else 'topic'),
+            ('handed_over_to', len(self.consumers)),
         ])
+        for kind in ('disparity', 'colorized', 'inference_started'):
+            values['built_' + kind] = self.built[kind]
         for kind in ('stamp', 'frame', 'output', 'exception'):
             values['frames_bad_' + kind] = self.bad[kind]
         for stage, ms in self.stages.means().items():

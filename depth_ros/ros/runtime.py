@@ -290,7 +290,8 @@ def _construct(factory, name, signals) -> tuple:
         signals.interrupting = False
 
 
-def _spin(node, executor, signals) -> int:
+def _spin(nodes, executor, signals) -> int:
+    """Spin until a stop signal (0) or a node's health check gives a reason (FATAL line, 1)."""
     from rclpy.executors import ExternalShutdownException
     next_check = 0.0
     while not signals.stop.is_set():
@@ -301,21 +302,27 @@ def _spin(node, executor, signals) -> int:
         now = time.monotonic()
         if now >= next_check:
             next_check = now + 0.25
-            reason = node.health_check()
-            if reason:
-                node.get_logger().fatal(reason)
-                return 1
+            for node in nodes:
+                reason = node.health_check()
+                if reason:
+                    node.get_logger().fatal(reason)
+                    return 1
     return 0
 
 
-def _teardown(node, executor) -> None:
-    node.shutting_down = True
-    try:
-        node.close()
-    except Exception as exc:  # noqa: B902 - a failing close must not hide the exit
-        node.get_logger().warning('closing failed: {}'.format(describe_error(exc)))
-    executor.shutdown(timeout_sec=1.0)
-    node.destroy_node()
+def _teardown(nodes, executor) -> None:
+    """Stop the nodes' threads in order (producers first), then the executor and the nodes."""
+    for node in nodes:
+        node.shutting_down = True
+    for node in nodes:
+        try:
+            node.close()
+        except Exception as exc:  # noqa: B902 - a failing close must not hide the exit
+            node.get_logger().warning('closing failed: {}'.format(describe_error(exc)))
+    if executor is not None:
+        executor.shutdown(timeout_sec=1.0)
+    for node in nodes:
+        node.destroy_node()
 
 
 def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]] = None) -> int:
@@ -366,9 +373,9 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             try:
-                code = _spin(node, executor, signals)
+                code = _spin([node], executor, signals)
             finally:
-                _teardown(node, executor)
+                _teardown([node], executor)
         compat.shutdown()
     return code
 

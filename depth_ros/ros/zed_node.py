@@ -15,9 +15,15 @@ Sources come from ``depth_ros.sources.make_source``: live | svo (pyzed) or sampl
 backoff and the source is reopened (a camera unplugged and plugged back); an error that
 retrying cannot fix (a corrupt or missing recording) ends the node with one FATAL line. The
 state is on /diagnostics.
+
+In the composed process (``composed.py``) the nodes fed by this one register with
+:meth:`ZedNode.hand_over_to`: each frame is handed to them by reference (no message is built
+for them). Every topic is published only while someone subscribes to it; separately, depth_node
+and alignment_node are those subscribers.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 
@@ -58,6 +64,10 @@ class ZedNode(DepthRosNode):
         self.pub_depth = self.create_publisher(Image, '~/depth/depth_registered', qos)
         self.pub_conf = self.create_publisher(Image, '~/confidence/confidence_map', qos)
         self.rate = RateMeter()
+        # In-process consumers (composed.py): callables taking (frame, header), called in the
+        # grab thread with each frame as published. They only hand the frame over.
+        self.consumers = []
+        self.built = collections.Counter()   # messages built per output (lazy: subscribed)
         # Message bytes reused from frame to frame (only the grab thread publishes).
         self.buffers = {k: conv.MessageBuffer() for k in ('image', 'depth', 'confidence')}
         self.frames = 0
@@ -91,6 +101,10 @@ class ZedNode(DepthRosNode):
         except ImportError as exc:
             raise StartupError('source {!r} is not available: {}'.format(kind, exc)) \
                 from None
+
+    def hand_over_to(self, consumer) -> None:
+        """Hand every frame, by reference, to ``consumer(frame, header)`` (composed.py)."""
+        self.consumers.append(consumer)
 
     # ------------------------------------------------------------------ grab thread
     def _grab_loop(self):
@@ -193,23 +207,35 @@ class ZedNode(DepthRosNode):
         if not self._size_checked and not self._check_size(frame):
             return
         header = conv.make_header(frame.stamp_ns, self.frame_id)
-        self.publish(self.pub_image, conv.numpy_to_image(frame.left, 'bgr8', header,
-                                                         buffer=self.buffers['image']))
-        self.publish(self.pub_info, conv.camera_to_info(frame.camera, header))
-        if frame.baseline_m:
+        for consumer in self.consumers:
+            consumer(frame, header)
+        # Each message is built only for a topic someone subscribes to (separately run,
+        # depth_node and alignment_node do; composed, only outside readers count).
+        if self._wanted(self.pub_image, 'image'):
+            self.publish(self.pub_image, conv.numpy_to_image(frame.left, 'bgr8', header,
+                                                             buffer=self.buffers['image']))
+        if self._wanted(self.pub_info, 'camera_info'):
+            self.publish(self.pub_info, conv.camera_to_info(frame.camera, header))
+        if frame.baseline_m and self._wanted(self.pub_right_info, 'right_camera_info'):
             right = conv.make_header(frame.stamp_ns, self.right_frame_id)
             self.publish(self.pub_right_info, conv.camera_to_info(frame.camera, right,
                                                                   baseline_m=frame.baseline_m))
-        if frame.depth is not None:
+        if frame.depth is not None and self._wanted(self.pub_depth, 'depth'):
             depth = frame.depth.astype('float32', copy=False)
             self.publish(self.pub_depth, conv.numpy_to_image(depth, '32FC1', header,
                                                              buffer=self.buffers['depth']))
-        if frame.confidence is not None:
+        if frame.confidence is not None and self._wanted(self.pub_conf, 'confidence'):
             conf = frame.confidence.astype('float32', copy=False)
             self.publish(self.pub_conf, conv.numpy_to_image(conf, '32FC1', header,
                                                             buffer=self.buffers['confidence']))
         self.frames += 1
         self.rate.tick()
+
+    def _wanted(self, publisher, kind) -> bool:
+        if publisher.get_subscription_count() > 0:
+            self.built[kind] += 1
+            return True
+        return False
 
     # ------------------------------------------------------------------ health
     def watched_threads(self):
@@ -222,7 +248,11 @@ class ZedNode(DepthRosNode):
                   'frames': self.frames, 'rate_hz': self.rate.rate,
                   'dropped_frame': self.bad['frame'],
                   'grab_errors': self.grab_errors, 'reconnects': self.reconnects,
-                  'grab_thread_alive': self.thread.is_alive()}
+                  'grab_thread_alive': self.thread.is_alive(),
+                  # In-process consumers (composed), and the messages built for subscribers.
+                  'handed_over_to': len(self.consumers)}
+        for kind in ('image', 'camera_info', 'right_camera_info', 'depth', 'confidence'):
+            values['built_' + kind] = self.built[kind]
         level, message = self.state, self.state_msg
         if level == 'ok' and self.rate.age() > 3.0:
             level, message = 'warn', 'no frame for {:.1f} s'.format(self.rate.age())
