@@ -70,7 +70,10 @@ XAVIER_NX = {'7zip_single_mips': 2201.0, 'mhz': 1890.0, 'six_core_mhz': 1400.0,
              'source': 'sbc-bench Results.md (github.com/ThomasKaiser/sbc-bench), '
                        'Jetson Xavier NX, results/3YWp.txt: 7-zip single-threaded 2201 MIPS '
                        'at 1890 MHz'}
-X86_7ZIP_SINGLE_MIPS = None   # set from a measurement on this machine; see --x86-7zip-mips
+# This machine's core (Intel Xeon, Sapphire Rapids class, 2.6 GHz, KVM), measured 2026-12-06
+# with 7zz 26.01 under load from other users (usage 35 %): R/U 3450, rating 1232 MIPS.
+# --measure-7zip measures it again in the run.
+X86_7ZIP_SINGLE_MIPS = 3450.0
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -169,7 +172,13 @@ def combine(rounds):
     lat = [x for r in rounds for x in r['latency_ms']]
     inference = (sum(r['inference_ms'] * r['clouds'] for r in rounds) / clouds
                  if clouds else float('nan'))
+    by_process = {}
+    for r in rounds:
+        for name, cpu_s in r.get('cpu_s_by_process', {}).items():
+            by_process[name] = by_process.get(name, 0.0) + cpu_s
     out = {'rounds': len(rounds), 'seconds': seconds, 'clouds': clouds,
+           'cpu_ms_per_cloud_by_process': {n: 1e3 * c / clouds if clouds else float('nan')
+                                           for n, c in sorted(by_process.items())},
            'rate_hz': clouds / seconds if seconds else float('nan'),
            'cpu_ms_per_cloud': 1e3 * cpu / clouds if clouds else float('nan'),
            'cpu_pct_core': 100.0 * cpu / seconds if seconds else float('nan'),
@@ -454,6 +463,16 @@ def report(rounds, args, machine):
           'timed, its output is not depth)'.format(args.rounds, args.seconds, args.warmup_s,
                                                    args.fps, args.standin_ms, args.ort_label))
     print(table(summary))
+    print('\nCPU ms per cloud by process (the launch\'s tree; `ros2` is ros2 launch itself):')
+    for (size, backend), entry in summary.items():
+        for mode in MODES:
+            if mode in entry:
+                print('  {} {} {}: {}'.format(size, backend, mode, ', '.join(
+                    '{} {:.1f}'.format(n, v) for n, v in
+                    entry[mode]['cpu_ms_per_cloud_by_process'].items())))
+    if 'onnxruntime' in args.backends:
+        print('Where inference takes longer than a camera period, the latency beyond inference '
+              'also holds the wait of the newest frame for the busy worker (up to one period).')
     busy = [r['machine_busy_cores'] for r in rounds]
     others = [r['machine_busy_cores'] - r['cpu_s'] / r['seconds'] for r in rounds]
     loads = [x for r in rounds for x in r['loadavg']]
