@@ -62,14 +62,15 @@ BEYOND_INFERENCE_GOAL_MS = 8.0
 # publishes for many boards (github.com/ThomasKaiser/sbc-bench, Results.md, column "7-zip
 # single"). Jetson Xavier NX: 2201 at 1890 MHz (results/3YWp.txt: Bionic, kernel 4.9, p7zip
 # 16.02). This machine's core: ``7zz b -mmt1`` (7-Zip 26.01, Debian bookworm), the rating per
-# 100 % of a core (R/U), measured here; --x86-7zip-mips overrides it. NX's 6-core power modes
-# run the cores at 1.4 GHz (NVIDIA's nvpmodel table for JetPack 5): scaled by clock, 2201 *
-# 1400 / 1890. A ratio of two integer benchmarks, not of our workload (numpy copies,
-# serialization, Python): an estimate.
-XAVIER_NX = {'7zip_single_mips': 2201.0, 'mhz': 1890.0, 'six_core_mhz': 1400.0,
+# 100 % of a core (R/U), measured here; --x86-7zip-mips overrides it. The NX's default power
+# mode, MODE_15W_6CORE, caps the six cores at 1420.8 MHz (NVIDIA's nvpmodel_t194_p3668.conf;
+# 1907.2 MHz only with two cores online): scaled by clock, 2201 * 1420.8 / 1890. A ratio of two
+# integer benchmarks, not of our workload (numpy copies, serialization, Python): an estimate.
+XAVIER_NX = {'7zip_single_mips': 2201.0, 'mhz': 1890.0, 'six_core_mhz': 1420.8,
              'source': 'sbc-bench Results.md (github.com/ThomasKaiser/sbc-bench), '
                        'Jetson Xavier NX, results/3YWp.txt: 7-zip single-threaded 2201 MIPS '
-                       'at 1890 MHz'}
+                       'at 1890 MHz; six-core clock: NVIDIA nvpmodel_t194_p3668.conf, '
+                       'MODE_15W_6CORE (the default) CPU max 1420800 kHz'}
 # This machine's core (Intel Xeon, Sapphire Rapids class, 2.6 GHz, KVM), measured 2026-12-06
 # with 7zz 26.01 under load from other users (usage 35 %): R/U 3450, rating 1232 MIPS.
 # --measure-7zip measures it again in the run.
@@ -427,13 +428,13 @@ def xavier_estimate(summary, x86_mips):
                 '--measure-7zip)'], data
     ratio_19 = carmel_ratio(x86_mips, six_core=False)
     ratio_14 = carmel_ratio(x86_mips)
-    data.update(ratio_1890mhz=ratio_19, ratio_1400mhz=ratio_14)
+    data.update(ratio_1890mhz=ratio_19, ratio_1421mhz=ratio_14)
     lines = ['ESTIMATE (not measured on a Jetson) of the graph\'s CPU on a Xavier NX, from the '
              '720p stand-in rows (the graph without a network: on the NX, TensorRT runs the '
              'network on the GPU):',
              '  single-core ratio: this core {:.0f} MIPS (7-Zip single-thread, R/U) vs. Carmel '
-             '{:.0f} MIPS at 1890 MHz -> {:.2f}x slower; at 1400 MHz (6-core power modes, '
-             'scaled by clock) {:.2f}x slower'.format(
+             '{:.0f} MIPS at 1890 MHz -> {:.2f}x slower; at 1421 MHz (the default 6-core power '
+             'mode, scaled by clock) {:.2f}x slower'.format(
                  x86_mips, XAVIER_NX['7zip_single_mips'], ratio_19, ratio_14),
              '  source: ' + XAVIER_NX['source']]
     for (size, backend), entry in summary.items():
@@ -444,14 +445,14 @@ def xavier_estimate(summary, x86_mips):
                 continue
             ms = entry[mode]['cpu_ms_per_cloud']
             rate = entry[mode]['rate_hz']
-            row = {'x86_ms': ms, 'carmel_ms_1890': ms * ratio_19, 'carmel_ms_1400': ms * ratio_14,
-                   'carmel_cores_at_rate_1400': ms * ratio_14 * rate / 1e3, 'rate_hz': rate}
+            row = {'x86_ms': ms, 'carmel_ms_1890': ms * ratio_19, 'carmel_ms_1421': ms * ratio_14,
+                   'carmel_cores_at_rate_1421': ms * ratio_14 * rate / 1e3, 'rate_hz': rate}
             data['rows'][mode] = row
             lines.append('  {}: {:.1f} ms per frame here -> about {:.0f} ms per frame on a '
-                         'Carmel core at 1.9 GHz, {:.0f} ms at 1.4 GHz: {:.1f} of the NX\'s 6 '
+                         'Carmel core at 1.9 GHz, {:.0f} ms at 1.42 GHz: {:.2f} of the NX\'s 6 '
                          'cores at {:.1f} clouds/s (ESTIMATE)'.format(
-                             mode, ms, row['carmel_ms_1890'], row['carmel_ms_1400'],
-                             row['carmel_cores_at_rate_1400'], rate))
+                             mode, ms, row['carmel_ms_1890'], row['carmel_ms_1421'],
+                             row['carmel_cores_at_rate_1421'], rate))
     return lines, data
 
 
