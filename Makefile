@@ -33,10 +33,13 @@ HUMBLE_TREE ?= $(firstword $(DEPTH_ROS_HUMBLE) \
 	$(wildcard $(addsuffix /ros2-humble-py38/install.sh,$(SHARED_DIRS))))
 VENV_HUMBLE ?= .venv-humble
 HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
+# Both modes (composed:=true|false): test_launch*.py, and test_composed.py (the composed
+# process: its same-output and Ctrl-C cases per RMW, its faults in the logic lane).
 HUMBLE_TESTS ?= test/test_nodes_core.py test/test_ros_conversions.py test/test_graph_zed.py \
-	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py
+	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py \
+	test/test_composed.py
 HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/test_faults.py \
-	test/test_launch_graph.py
+	test/test_launch_graph.py test/test_composed.py
 # `colcon test` of the unit suite runs on Kilted (it needs torch and onnxruntime, which the
 # Humble venv does not have); the Humble tier builds, launches and drives the workspace.
 HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suite_and_test_result_counts_it

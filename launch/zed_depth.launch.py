@@ -193,9 +193,11 @@ def _params_file(fqn, values):
 
 def _composed(specs):
     """
-    One composed_nodes process running ``specs``: a ``--node`` section each, whose node-local
-    ROS arguments are the name, namespace, parameter files and remappings the node would get
-    as a process of its own; ``--from`` wires it in-process to its producer.
+    Return one composed_nodes process running ``specs``.
+
+    A ``--node`` section each, whose node-local ROS arguments are the name, namespace,
+    parameter files and remappings the node would get as a process of its own; ``--from``
+    wires it in-process to its producer.
     """
     arguments = []
     for spec in specs:

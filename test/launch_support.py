@@ -123,6 +123,7 @@ class LaunchWatch(object):
         self.lock = threading.Lock()
         self.output = collections.defaultdict(list)    # process name -> lines
         self.exits = []                                 # (process name, return code)
+        self.started = []                               # process names, as launch names them
         self.shutdown_reason = None
         self.launch_log = []                            # lines of the launch's own logger
         self._handler = _Records(self.launch_log)
@@ -131,8 +132,10 @@ class LaunchWatch(object):
     def actions(self):
         """Event handlers to put in the launch description, before the include."""
         from launch.actions import RegisterEventHandler
-        from launch.event_handlers import OnProcessExit, OnProcessIO, OnShutdown
-        return [RegisterEventHandler(OnProcessIO(on_stdout=self._io, on_stderr=self._io)),
+        from launch.event_handlers import OnProcessExit, OnProcessIO, OnProcessStart, \
+            OnShutdown
+        return [RegisterEventHandler(OnProcessStart(on_start=self._start)),
+                RegisterEventHandler(OnProcessIO(on_stdout=self._io, on_stderr=self._io)),
                 RegisterEventHandler(OnProcessExit(on_exit=self._exit)),
                 RegisterEventHandler(OnShutdown(on_shutdown=self._shutdown))]
 
@@ -140,6 +143,10 @@ class LaunchWatch(object):
         text = event.text.decode('utf-8', 'replace')
         with self.lock:
             self.output[event.process_name].extend(text.splitlines())
+
+    def _start(self, event, context):
+        with self.lock:
+            self.started.append(event.action.name)
 
     def _exit(self, event, context):
         with self.lock:

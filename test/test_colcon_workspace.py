@@ -177,8 +177,9 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
             told[0], text
     else:
         assert not told, text
+    # composed:=true (the default): the three nodes are one process.
     finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', text)
-    assert sorted(finished) == ['alignment_node', 'depth_node', 'zed_node'], text
+    assert sorted(finished) == ['composed_nodes'], text
 
 
 def _launch_default(env, log_path):

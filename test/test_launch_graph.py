@@ -9,6 +9,10 @@ temporary workspace. Every wait goes through :class:`launch_support.LaunchWatch`
 action fails or one of our nodes exits, the test fails at once with the launch's own error and
 the nodes' output, not after its timeout. The bad-argument cases run the ``ros2 launch`` command
 line, as a user would, and check its one-line error and exit status.
+
+The sample graph, the start-up failure and the configured launch run in both modes
+(``composed:=true``, the default: one composed_nodes process; ``composed:=false``: a process
+per node); the other cases run in the default mode.
 """
 import os
 import re
@@ -94,21 +98,76 @@ def _clean(lines):
             '[FATAL]' in line]
 
 
+@pytest.fixture(params=['true', 'false'], ids=['composed', 'separate'])
+def composed(request):
+    """Give the launch argument composed:= of a test that runs in both modes."""
+    return request.param
+
+
+# Our processes in each mode, by the names launch gives them.
+PROCESSES = {'true': ['composed_nodes'], 'false': ['alignment_node', 'depth_node', 'zed_node']}
+# What the graph publishes, in both modes (and the types).
+TOPICS = {
+    '/zed/zed_node/left/image_rect_color': 'sensor_msgs/msg/Image',
+    '/zed/zed_node/left/camera_info': 'sensor_msgs/msg/CameraInfo',
+    '/zed/zed_node/right/camera_info': 'sensor_msgs/msg/CameraInfo',
+    '/zed/zed_node/depth/depth_registered': 'sensor_msgs/msg/Image',
+    '/zed/zed_node/confidence/confidence_map': 'sensor_msgs/msg/Image',
+    '/depth_node/disparity': 'sensor_msgs/msg/Image',
+    '/depth_node/colorized': 'sensor_msgs/msg/Image',
+    '/depth_node/inference_started': 'std_msgs/msg/Header',
+    '/alignment_node/depth': 'sensor_msgs/msg/Image',
+    '/alignment_node/camera_info': 'sensor_msgs/msg/CameraInfo',
+    '/alignment_node/points': 'sensor_msgs/msg/PointCloud2',
+    '/alignment_node/colored': 'sensor_msgs/msg/Image',
+    '/alignment_node/uncertainty': 'sensor_msgs/msg/Image',
+    '/diagnostics': 'diagnostic_msgs/msg/DiagnosticArray',
+}
+
+
+def _processes(watch):
+    ours = ('composed_nodes', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node')
+    with watch.lock:
+        names = [re.sub(r'-\d+$', '', name) for name in watch.started]
+    return sorted(name for name in names if name in ours)
+
+
 # ----------------------------------------------------------------- the sample graph
 @launch_pytest.fixture
-def sample_launch(overlay, watch):
+def sample_launch(overlay, watch, composed):
     """Launch the laptop command: the bundled sample, the stand-in network, default TF."""
-    return _describe(watch, source='sample', backend='standin')
+    return _describe(watch, source='sample', backend='standin', composed=composed)
 
 
 @pytest.mark.launch(fixture=sample_launch)
-def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe):
+def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe, composed):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from graph_support import diag_until
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     points = probe.subscribe(PointCloud2, '/alignment_node/points')
     depth = probe.subscribe(Image, '/alignment_node/depth')
     info = probe.subscribe(CameraInfo, '/alignment_node/camera_info')
-    watch.wait_for(lambda: len(points) >= 3 and _common_stamps(depth, info), TIMEOUT,
-                   'three clouds and a depth image with its camera_info')
+    # An outside subscriber of an edge that is internal when composed: still published.
+    disparity = probe.subscribe(Image, '/depth_node/disparity')
+    diagnostics = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 50))
+    watch.wait_for(lambda: len(points) >= 3 and _common_stamps(depth, info) and
+                   _common_stamps(depth, disparity), TIMEOUT,
+                   'three clouds and a depth image with its camera_info and disparity')
+    assert _processes(watch) == PROCESSES[composed], watch.report()
+    # The same topics and types in both modes, and the same nodes.
+    topics = {name: types for name, types in probe.node.get_topic_names_and_types()
+              if name in TOPICS}
+    assert topics == {name: [kind] for name, kind in TOPICS.items()}, topics
+    nodes = set(probe.node.get_node_names_and_namespaces())
+    assert {('zed_node', '/zed'), ('depth_node', '/'), ('alignment_node', '/')} <= nodes, nodes
+    # The rate: every frame of the 10 fps sample gives a cloud (the stand-in takes 30 ms).
+    zed = diag_until(diagnostics, 'zed/zed_node', lambda v: float(v['rate_hz']) > 5.0, 30)
+    align = diag_until(diagnostics, 'alignment_node',
+                       lambda v: float(v['output_rate_hz']) > 0.7 * float(zed['rate_hz']), 30)
+    assert align['input'] == ('in-process' if composed == 'true' else 'topics'), align
+    # The disparity published for us is the one the cloud was computed from: its stamp.
+    stamp = sorted(_common_stamps(depth, disparity))[-1]
+    assert disparity.by_stamp(stamp).header.frame_id == 'zed_left_camera_optical_frame'
     cloud = points.msgs[-1]
     assert [(f.name, f.offset) for f in cloud.fields] == \
         [('x', 0), ('y', 4), ('z', 8), ('rgb', 12)] and cloud.point_step == 16
@@ -139,28 +198,32 @@ def _has_tf2_ros():
 
 # ----------------------------------------------------------- engine:= (TensorRT backend)
 @launch_pytest.fixture
-def engine_launch(overlay, watch, tmp_path):
+def engine_launch(overlay, watch, tmp_path, composed):
     (tmp_path / 'da2_vits_fp16.engine').write_bytes(b'not an engine')
     return _describe(watch, source='sample', engine='da2_vits_fp16.engine',
-                     engine_cache_dir=str(tmp_path), publish_tf='false')
+                     engine_cache_dir=str(tmp_path), publish_tf='false', composed=composed)
 
 
 @pytest.mark.launch(fixture=engine_launch)
-def test_engine_argument_selects_tensorrt_and_ends_the_launch_with_one_fatal_line(watch):
+def test_engine_argument_selects_tensorrt_and_ends_the_launch_with_one_fatal_line(watch,
+                                                                                  composed):
     # Up to the point where TensorRT itself is needed: the engine is found in the configured
     # cache, the backend is tensorrt, and without TensorRT depth_node ends with one FATAL line
     # that names the model; the launch ends with it (no half graph left running).
+    process = 'depth_node' if composed == 'false' else 'composed_nodes'
     watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
-                   'the launch to end after depth_node failed', allowed_exits=('depth_node',))
-    lines = watch.lines('depth_node')
+                   'the launch to end after depth_node failed', allowed_exits=(process,))
+    lines = watch.lines(process)
     fatal = [line for line in lines if 'FATAL' in line]
     assert len(fatal) == 1 and "cannot load tensorrt model 'da2_vits_fp16.engine'" in fatal[0], \
         watch.report()
     assert 'outside the engine cache' not in fatal[0], fatal[0]
     assert not [line for line in lines if 'Traceback' in line], watch.report()
-    assert ('depth_node-2', 1) in watch.exits or any(
-        n.startswith('depth_node') and c == 1 for n, c in watch.exits), watch.exits
-    assert 'depth_node exited' in watch.shutdown_reason, watch.shutdown_reason
+    assert '[depth_node]' in fatal[0], fatal
+    assert any(n.startswith(process) and c == 1 for n, c in watch.exits), watch.exits
+    assert ('depth_node exited' if composed == 'false' else
+            'composed_nodes (zed_node, depth_node, alignment_node) exited') in \
+        watch.shutdown_reason, watch.shutdown_reason
 
 
 # ------------------------------------------- no backend, no model: the default model
@@ -191,9 +254,13 @@ def test_no_model_argument_runs_the_default_model_from_the_hub_cache(watch, prob
     from sensor_msgs.msg import PointCloud2
     points = probe.subscribe(PointCloud2, '/alignment_node/points')
     watch.wait_for(lambda: len(points) >= 3, TIMEOUT, 'three clouds from the default model')
-    lines = [_plain(line) for line in watch.lines('depth_node')]
+    # depth_node's lines (composed:=true, the default: in the composed_nodes process).
+    lines = [_plain(line) for line in watch.lines() if '[depth_node]' in line]
     warn = [line for line in lines if 'backend auto: ONNX Runtime on the CPU' in line]
     assert len(warn) == 1 and '[WARN]' in warn[0] and 'onnxruntime-gpu' in warn[0], \
+        watch.report()
+    # The library's lines while depth_node starts are depth_node's, not the process's.
+    assert [line for line in watch.lines() if 'prepared ' in line and '[depth_node]' in line], \
         watch.report()
     info = [line for line in lines if 'depth model: backend onnxruntime (auto: ' in line]
     assert len(info) == 1 and '-518x294-default.onnx (Hugging Face cache, source sha256 ' in \
@@ -253,7 +320,7 @@ def test_without_zed_node_the_graph_runs_on_the_wrappers_topic_names(watch, prob
 
 # ------------------------------------------- params_file:=, reliability:=, camera_name:=
 @launch_pytest.fixture
-def configured_launch(overlay, watch, tmp_path):
+def configured_launch(overlay, watch, tmp_path, composed):
     from launch_support import ROOT
     with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
         text = f.read()
@@ -261,11 +328,12 @@ def configured_launch(overlay, watch, tmp_path):
     params = tmp_path / 'robot.yaml'
     params.write_text(text.replace('    cloud_stride: 2\n', '    cloud_stride: 4\n'))
     return _describe(watch, source='sample', backend='standin', publish_tf='false',
-                     camera_name='front', reliability='reliable', params_file=str(params))
+                     camera_name='front', reliability='reliable', params_file=str(params),
+                     composed=composed)
 
 
 @pytest.mark.launch(fixture=configured_launch)
-def test_params_file_reliability_and_camera_name_are_applied(watch, probe):
+def test_params_file_reliability_and_camera_name_are_applied(watch, probe, composed):
     from sensor_msgs.msg import Image, PointCloud2
     reliable = probe.qos('reliable', 5)
     points = probe.subscribe(PointCloud2, '/alignment_node/points', reliable)
@@ -279,6 +347,21 @@ def test_params_file_reliability_and_camera_name_are_applied(watch, probe):
         ((cloud.width, cloud.height), (img.width, img.height))
     nodes = probe.node.get_node_names_and_namespaces()
     assert ('zed_node', '/front') in nodes, nodes
+    assert _processes(watch) == PROCESSES[composed], watch.report()
+    if composed == 'false':
+        return      # test_colcon_workspace.py runs `ros2 param` on separate processes
+    # `ros2 param get` / `set` reach each node as with a process of its own.
+    assert _ros2('param', 'get', '/alignment_node', 'cloud_stride').endswith(
+        'Integer value is: 4'), 'ros2 param get'
+    done = _ros2('param', 'set', '/alignment_node', 'cloud_stride', '2')
+    assert 'Set parameter successful' in done, done
+    end = time.monotonic() + 20
+    while time.monotonic() < end and (points.msgs[-1].width, points.msgs[-1].height) != \
+            (img.width // 2, img.height // 2):
+        time.sleep(0.1)
+    assert (points.msgs[-1].width, points.msgs[-1].height) == (img.width // 2, img.height // 2)
+    assert _ros2('param', 'get', '/front/zed_node', 'camera_name').endswith(
+        'String value is: front')
 
 
 # ---------------------------------------------------------------------- marigold:=true
@@ -312,7 +395,48 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
     assert aligned.msgs[-1].encoding == '32FC1'
 
 
+# --------------------------------------- a node that dies mid-run ends the launch
+@launch_pytest.fixture
+def dying_camera_launch(overlay, watch, tmp_path):
+    from launch_support import ROOT
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        text = f.read()
+    params = tmp_path / 'dying.yaml'
+    # The replay source's simulated outage: after 10 frames the camera is gone for 30 s, and
+    # zed_node gives up after its first retry (max_retries 1): one FATAL line, mid-run.
+    params.write_text(text + textwrap.dedent('''
+        /**/zed_node:
+          ros__parameters:
+            drop_after: 10
+            outage_s: 30.0
+            max_retries: 1
+            retry_initial_s: 0.1
+        '''))
+    return _describe(watch, source='sample', backend='standin', publish_tf='false',
+                     params_file=str(params))
+
+
+@pytest.mark.launch(fixture=dying_camera_launch)
+def test_a_node_that_dies_in_the_composed_process_ends_the_launch_with_one_fatal_line(watch):
+    watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
+                   'the launch to end after zed_node gave up', allowed_exits=('composed_nodes',))
+    lines = [_plain(line) for line in watch.lines('composed_nodes')]
+    fatal = [line for line in lines if 'FATAL' in line]
+    assert len(fatal) == 1 and '[zed.zed_node]' in fatal[0] and \
+        'failed 2 times in a row (max_retries)' in fatal[0], watch.report()
+    assert not [line for line in lines if 'Traceback' in line], watch.report()
+    assert [c for n, c in watch.exits if n.startswith('composed_nodes')] == [1], watch.exits
+    assert 'composed_nodes (zed_node, depth_node, alignment_node) exited' in \
+        watch.shutdown_reason, watch.shutdown_reason
+
+
 # ---------------------------------------------------------- bad arguments: one line
+def _ros2(*arguments, timeout=60):
+    done = subprocess.run([tool('ros2')] + list(arguments), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout)
+    return done.stdout.decode('utf-8', 'replace').strip()
+
+
 def _ros2_launch(*arguments, timeout=60):
     ros2 = tool('ros2')
     return subprocess.run([ros2, 'launch', 'depth_ros', 'zed_depth.launch.py'] +

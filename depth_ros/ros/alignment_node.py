@@ -210,7 +210,7 @@ class AlignmentNode(DepthRosNode):
         self.worker.put(((local, disparity), now, epoch))
 
     def _local_set(self, local, disparity) -> DecodedSet:
-        """The handed-over arrays as decode_set gives them (no copy); ValueError: a bad set."""
+        """Return the handed-over arrays as decode_set would (no copy); ValueError: a bad set."""
         frame, out = local.frame, DecodedSet()
         out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
             frame.camera

@@ -1,9 +1,9 @@
-"""
+r"""
 composed_nodes: our nodes as Node objects in one process, one executor (``composed:=true``).
 
-    composed_nodes --node zed_node --ros-args -r __ns:=/zed --params-file cfg.yaml -- \\
-                   --node depth_node --from zed_node --ros-args --params-file cfg.yaml -- \\
-                   --node alignment_node --from depth_node --ros-args --params-file cfg.yaml --
+    composed_nodes --node zed_node --ros-args -r __ns:=/zed --params-file cfg.yaml -- \
+        --node depth_node --from zed_node --ros-args --params-file cfg.yaml -- \
+        --node alignment_node --from depth_node --ros-args --params-file cfg.yaml --
 
 Each ``--node KIND`` section makes one node (zed_node, depth_node, alignment_node,
 marigold_node) with the ROS arguments of its own ``--ros-args ... --`` block as node-local
@@ -32,6 +32,7 @@ producers first, then the consumers (exit 0), as :func:`runtime.run_node` does f
 from __future__ import annotations
 
 import sys
+import threading
 from typing import List, Optional
 
 from depth_ros.nodes_core.params import ConfigError, given_names, params_file_error, \
@@ -137,15 +138,39 @@ def _wire(nodes, sections) -> None:
         made[node.get_name()] = (node, section)
 
 
+class ThreadLoggers(object):
+    """
+    The node logger for a library log record, by the thread that logs it.
+
+    One process, several nodes: a record of ``depth_ros.*`` (Python logging, forwarded to
+    /rosout) goes to the node that started the thread it comes from (its worker, its grab
+    thread), else to ``default``: the node being made during start-up, composed_nodes after.
+    """
+
+    def __init__(self, default):
+        self.default = default
+        self.by_thread = {}
+
+    def own(self, threads, logger) -> None:
+        """Attribute the records of ``threads`` to ``logger``."""
+        for thread in threads:
+            self.by_thread[thread] = logger
+
+    def __getattr__(self, level):
+        """Return the chosen logger's method ``level`` (info, warning, ...)."""
+        logger = self.by_thread.get(threading.current_thread(), self.default)
+        return getattr(logger, level)
+
+
 def _argument_error(text: str) -> int:
     sys.stderr.write('[FATAL] [composed_nodes]: bad arguments: {}\n'.format(text))
     return 2
 
 
 def _start(argv, glob, sections, signals):
-    """rclpy.init, then make and wire the nodes; return (nodes, exit code, log forwarder)."""
+    """rclpy.init, then make and wire the nodes; return (nodes, exit code)."""
     import rclpy
-    nodes, code, forwarder = [], 0, None
+    nodes, code = [], 0
     logger = rclpy.logging.get_logger('composed_nodes')
     try:
         signals.interrupting = not signals.stop.is_set()
@@ -153,14 +178,20 @@ def _start(argv, glob, sections, signals):
             compat.init(argv[:1] + glob)
         except RuntimeError as exc:   # rclpy's RCLError: malformed --ros-args
             signals.interrupting = False
-            return nodes, _argument_error(describe_error(exc)), None
+            return nodes, _argument_error(describe_error(exc))
+        loggers = ThreadLoggers(logger)
         forwarder = forward_library_logs(logger)
+        forwarder.logger = loggers
         classes = _classes()
         for section in sections:
             if not signals.interrupting:
                 break
-            logger = rclpy.logging.get_logger(section.kind)
+            logger = loggers.default = rclpy.logging.get_logger(section.kind)
+            before = set(threading.enumerate())
             nodes.append(_make(section, classes))
+            loggers.own(set(threading.enumerate()) - before, nodes[-1].get_logger())
+            loggers.default = nodes[-1].get_logger()
+        loggers.default = rclpy.logging.get_logger('composed_nodes')
         if signals.interrupting:
             _wire(nodes, sections)
     except KeyboardInterrupt:
@@ -176,7 +207,7 @@ def _start(argv, glob, sections, signals):
         code = 2
     finally:
         signals.interrupting = False
-    return nodes, code, forwarder
+    return nodes, code
 
 
 def _warn_unknown(argv, glob, nodes, sections) -> None:
@@ -200,13 +231,12 @@ def run(args: Optional[List[str]] = None) -> int:
     if problem:
         return _argument_error(problem)
     with _Signals() as signals:
-        nodes, code, forwarder = _start(argv, glob, sections, signals)
+        nodes, code = _start(argv, glob, sections, signals)
         if code or signals.stop.is_set() or len(nodes) < len(sections):
             if nodes:
                 _teardown(nodes, None)
             compat.shutdown()
             return code
-        forwarder.logger = nodes[0].get_logger()
         _warn_unknown(argv, glob, nodes, sections)
         executor = SingleThreadedExecutor()
         for node in nodes:

@@ -189,6 +189,8 @@ class DepthNode(DepthRosNode):
             ('backend', self.backend), ('model', self.model.name),
             ('input_rate_hz', self.in_rate.rate), ('output_rate_hz', self.out_rate.rate),
             ('inference_ms_mean', self.model.latency.mean_ms),
+            # The backend call alone (ONNX Runtime, TensorRT: the GIL is released there).
+            ('backend_ms_mean', self.model.infer_latency.mean_ms),
             ('output_age_ms', self.age_ms),
             # Means over the last frames: stamp -> image received -> disparity published.
             ('input_age_ms_mean', _mean(self.input_age_ms)),
