@@ -472,8 +472,12 @@ def report(rounds, args, machine):
                     '{} {:.1f}'.format(n, v) for n, v in
                     entry[mode]['cpu_ms_per_cloud_by_process'].items())))
     if 'onnxruntime' in args.backends:
-        print('Where inference takes longer than a camera period, the latency beyond inference '
-              'also holds the wait of the newest frame for the busy worker (up to one period).')
+        print('onnxruntime rows: inference is depth_node\'s mean over its last 100 inferences '
+              '(at these rates that reaches back before the window, and it varies 2x with the '
+              'load of this shared machine), so latency minus it is rough and can go below '
+              'zero; where inference takes longer than a camera period, it also holds the wait '
+              'of the newest frame for the busy worker (up to one period). The latency goal is '
+              'read on the stand-in rows, whose inference time is fixed.')
     busy = [r['machine_busy_cores'] for r in rounds]
     others = [r['machine_busy_cores'] - r['cpu_s'] / r['seconds'] for r in rounds]
     loads = [x for r in rounds for x in r['loadavg']]
