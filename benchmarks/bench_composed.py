@@ -188,12 +188,13 @@ def combine(rounds):
     return out
 
 
-def verdicts(separate, composed, size):
+def verdicts(separate, composed, size, backend='standin'):
     """
     Goals of issue 18 for one (size, backend): the CPU ratio and the latency beyond inference.
 
     Returns {'ratio', 'cpu_goal', 'latency_goal'}: 'met', 'missed' or '-' (not applicable: the
-    latency goal is for 720p; nothing measured).
+    latency goal is for 720p, and read where the inference time is fixed, the stand-in's;
+    nothing measured).
     """
     ratio = composed['cpu_ms_per_cloud'] / separate['cpu_ms_per_cloud'] \
         if separate['clouds'] and composed['clouds'] else float('nan')
@@ -203,7 +204,7 @@ def verdicts(separate, composed, size):
         same_rate = composed['rate_hz'] >= SAME_RATE * separate['rate_hz']
         cpu_goal = 'met' if ratio <= CPU_GOAL and same_rate else 'missed'
     latency_goal = '-'
-    if size == '720p' and composed['clouds']:
+    if size == '720p' and backend == 'standin' and composed['clouds']:
         latency_goal = 'met' if composed['beyond_inference']['median'] \
             <= BEYOND_INFERENCE_GOAL_MS else 'missed'
     return {'ratio': ratio, 'cpu_goal': cpu_goal, 'latency_goal': latency_goal}
@@ -386,7 +387,8 @@ def summarize(rounds, sizes, backends, modes):
                     entry[mode] = combine(mine)
             if entry:
                 if set(MODES) <= set(entry):
-                    entry['verdicts'] = verdicts(entry['separate'], entry['composed'], size)
+                    entry['verdicts'] = verdicts(entry['separate'], entry['composed'], size,
+                                                 backend)
                 out[(size, backend)] = entry
     return out
 
@@ -406,7 +408,7 @@ def table(summary):
             v = entry.get('verdicts') if mode == 'composed' else None
             lat, beyond = f['latency'], f['beyond_inference']
             latency_goal = '-'
-            if size == '720p' and f['clouds']:
+            if size == '720p' and backend == 'standin' and f['clouds']:
                 latency_goal = 'met' if beyond['median'] <= BEYOND_INFERENCE_GOAL_MS \
                     else 'missed'
             lines.append(
