@@ -10,8 +10,9 @@ FAULT:
   does when something that is not an Exception leaves it (SystemExit here; a C extension's
   abort of the thread alike): the nodes catch every Exception of a frame, so only this kills
   the thread.
-- ``bad_frames``: every 3rd frame of the camera has a confidence map with NaN (alignment_node
-  refuses the set) and every 4th network output has NaN (depth_node drops it).
+- ``bad_frames``: every 3rd frame of the camera has a confidence map with NaN, every 5th one
+  two rows short (alignment_node refuses the set), and every 4th network output has NaN
+  (depth_node drops it).
 
 Everything else is the real composed_nodes: the patched functions are the sample source's
 ``read``, the stand-in network's ``predict`` and the aligner's ``update``.
@@ -64,7 +65,11 @@ def _bad_frames():
         disparity = disparity.copy()
         disparity[:2, :] = np.nan
         return disparity
-    SampleSource.read = _nth(SampleSource.read, 3, nan_confidence)
+
+    def small_confidence(count, frame):
+        frame.confidence = frame.confidence[:-2]
+        return frame
+    SampleSource.read = _nth(_nth(SampleSource.read, 3, nan_confidence), 5, small_confidence)
     StandInDepthModel.predict = _nth(StandInDepthModel.predict, 4, nan_output)
 
 

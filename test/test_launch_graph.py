@@ -348,20 +348,48 @@ def test_params_file_reliability_and_camera_name_are_applied(watch, probe, compo
     nodes = probe.node.get_node_names_and_namespaces()
     assert ('zed_node', '/front') in nodes, nodes
     assert _processes(watch) == PROCESSES[composed], watch.report()
-    if composed == 'false':
-        return      # test_colcon_workspace.py runs `ros2 param` on separate processes
-    # `ros2 param get` / `set` reach each node as with a process of its own.
-    assert _ros2('param', 'get', '/alignment_node', 'cloud_stride').endswith(
-        'Integer value is: 4'), 'ros2 param get'
-    done = _ros2('param', 'set', '/alignment_node', 'cloud_stride', '2')
-    assert 'Set parameter successful' in done, done
+    # The parameter services `ros2 param` calls (test_colcon_workspace.py runs the command on
+    # the default launch) reach each node of the process as a process of its own.
+    assert _parameters(probe, '/alignment_node', ['cloud_stride']) == [4]
+    assert _parameters(probe, '/front/zed_node', ['camera_name', 'source']) == ['front', 'sample']
+    assert _set_parameter(probe, '/alignment_node', 'cloud_stride', 2) == (True, '')
+    ok, reason = _set_parameter(probe, '/alignment_node', 'cloud_stride', 0)
+    assert not ok and 'Parameter cloud_stride out of range' in reason, reason
     end = time.monotonic() + 20
     while time.monotonic() < end and (points.msgs[-1].width, points.msgs[-1].height) != \
             (img.width // 2, img.height // 2):
         time.sleep(0.1)
     assert (points.msgs[-1].width, points.msgs[-1].height) == (img.width // 2, img.height // 2)
-    assert _ros2('param', 'get', '/front/zed_node', 'camera_name').endswith(
-        'String value is: front')
+
+
+def _call(probe, node, service, srv_type, request):
+    client = probe.node.create_client(srv_type, node + '/' + service)
+    try:
+        assert client.wait_for_service(timeout_sec=15.0), node + '/' + service
+        future = client.call_async(request)
+        end = time.monotonic() + 15
+        while not future.done() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert future.done(), 'no answer from ' + node + '/' + service
+        return future.result()
+    finally:
+        probe.node.destroy_client(client)
+
+
+def _parameters(probe, node, names):
+    from rclpy.parameter import parameter_value_to_python
+    from rcl_interfaces.srv import GetParameters
+    answer = _call(probe, node, 'get_parameters', GetParameters, GetParameters.Request(
+        names=names))
+    return [parameter_value_to_python(v) for v in answer.values]
+
+
+def _set_parameter(probe, node, name, value):
+    from rclpy.parameter import Parameter
+    from rcl_interfaces.srv import SetParameters
+    answer = _call(probe, node, 'set_parameters', SetParameters, SetParameters.Request(
+        parameters=[Parameter(name, value=value).to_parameter_msg()]))
+    return answer.results[0].successful, answer.results[0].reason
 
 
 # ---------------------------------------------------------------------- marigold:=true
@@ -431,11 +459,6 @@ def test_a_node_that_dies_in_the_composed_process_ends_the_launch_with_one_fatal
 
 
 # ---------------------------------------------------------- bad arguments: one line
-def _ros2(*arguments, timeout=60):
-    done = subprocess.run([tool('ros2')] + list(arguments), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout)
-    return done.stdout.decode('utf-8', 'replace').strip()
-
 
 def _ros2_launch(*arguments, timeout=60):
     ros2 = tool('ros2')

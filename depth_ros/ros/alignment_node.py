@@ -215,7 +215,7 @@ class AlignmentNode(DepthRosNode):
         out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
             frame.camera
         if frame.depth is None:
-            raise ValueError('the set has no depth message')
+            raise ValueError('the frame has no stereo depth')
         out.depth = np.asarray(frame.depth, dtype=np.float32)
         h, w = out.depth.shape
         rh, rw = disparity.shape[:2]
@@ -225,10 +225,16 @@ class AlignmentNode(DepthRosNode):
         out.relative = disparity     # finite: depth_node drops an output that is not
         if 'confidence' in self.kinds and frame.confidence is not None:
             out.confidence = np.asarray(frame.confidence, dtype=np.float32)
+            if out.confidence.shape != out.depth.shape:
+                raise ValueError('confidence is {}x{} but depth is {}x{}'.format(
+                    out.confidence.shape[1], out.confidence.shape[0], w, h))
             if not np.all(np.isfinite(out.confidence)):
                 raise ValueError('confidence has NaN/inf values')
         if 'image' in self.kinds:
             out.bgr = frame.left
+            if out.bgr.shape[:2] != out.depth.shape:
+                raise ValueError('depth is {}x{} but image is {}x{}; they must match'.format(
+                    w, h, out.bgr.shape[1], out.bgr.shape[0]))
         return out
 
     def _on_started(self, header):
