@@ -165,3 +165,154 @@ def test_conversion_value_is_checked():
         bench.resolve_conversion('fast')
     assert str(err.value) == "`conversion` must be one of auto|ros|bytes, got 'fast'", \
         str(err.value)
+
+
+# --------------------------------------------------------------------------- bench_composed
+def _bench_composed():
+    import importlib.util
+    import sys
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'benchmarks', 'bench_composed.py')
+    spec = importlib.util.spec_from_file_location('bench_composed', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.setdefault('bench_composed', module)
+    return module
+
+
+# A child that burns CPU, with a grandchild that burns CPU and exits inside the window (the
+# child reaps it), and an idle grandchild. Each reports its own CPU seconds (os.times: user +
+# system) at the start and the end of the window.
+_CHILD = r'''
+import os, subprocess, sys, time
+GRAND = """
+import os, sys, time
+t = os.times(); print(t.user + t.system, flush=True)
+sys.stdin.readline()
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+t = os.times(); print(t.user + t.system, flush=True)
+"""
+g = subprocess.Popen([sys.executable, '-c', GRAND], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, universal_newlines=True)
+idle = subprocess.Popen([sys.executable, '-c', 'import sys; print(1, flush=True); '
+                         'sys.stdin.read()'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+g_start = float(g.stdout.readline())
+idle.stdout.readline()   # started: idle from here on
+t = os.times()
+print('ready', g.pid, idle.pid, t.user + t.system, g_start, flush=True)
+sys.stdin.readline()
+g.stdin.write('go\n'); g.stdin.flush()
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+g_end = float(g.stdout.readline())
+g.wait()
+t = os.times()
+print('done', t.user + t.system, g_end, flush=True)
+sys.stdin.readline()
+idle.stdin.close(); idle.wait()
+'''
+
+
+def test_process_tree_cpu_of_a_busy_child_and_its_grandchildren():
+    import subprocess
+    import sys
+    bc = _bench_composed()
+    child = subprocess.Popen([sys.executable, '-c', _CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        ready = child.stdout.readline().split()
+        assert ready and ready[0] == 'ready', ready
+        grand, idle = int(ready[1]), int(ready[2])
+        child_start, grand_start = float(ready[3]), float(ready[4])
+        before = bc.process_tree(child.pid)
+        assert set(before) == {child.pid, grand, idle}, \
+            'expected the child and its two children, received {}'.format(before)
+        child.stdin.write('go\n')
+        child.stdin.flush()
+        done = child.stdout.readline().split()
+        assert done and done[0] == 'done', done
+        after = bc.process_tree(child.pid)
+        # The busy grandchild has exited and was reaped: its time is in the child's cutime.
+        assert set(after) == {child.pid, idle}, after
+        assert os.getpid() not in after
+        total, by_name = bc.tree_cpu(before, after)
+        want = (float(done[1]) - child_start) + (float(done[2]) - grand_start)
+        assert want >= 0.55, 'the processes did not burn their 0.6 s: {}'.format(want)
+        # /proc and os.times count the same clock ticks (10 ms): a few ticks apart at most.
+        assert abs(total - want) <= 0.04, \
+            'expected {:.3f} s of CPU in the window, /proc says {:.3f} s'.format(want, total)
+        assert abs(sum(by_name.values()) - total) < 1e-9, by_name
+        assert bc.read_stat(child.pid)[0] == os.getpid()   # its parent: this process
+    finally:
+        if child.poll() is None:
+            child.stdin.write('end\n')
+            child.stdin.flush()
+        child.wait(30)
+
+
+def test_latency_statistics_rates_and_goal_verdicts():
+    bc = _bench_composed()
+    lat = [float(x) for x in range(1, 11)]
+    s = bc.latency_stats(lat)
+    assert (s['n'], s['median'], s['p90']) == (10, 5.5, float(np.percentile(lat, 90))), s
+    assert abs(s['p90'] - 9.1) < 1e-12
+    empty = bc.latency_stats([])
+    assert empty['n'] == 0 and np.isnan(empty['median'])
+    separate = bc.combine([
+        {'seconds': 10.0, 'clouds': 100, 'cpu_s': 3.0, 'latency_ms': [40.0, 50.0],
+         'inference_ms': 30.0},
+        {'seconds': 10.0, 'clouds': 100, 'cpu_s': 5.0, 'latency_ms': [60.0],
+         'inference_ms': 32.0}])
+    assert abs(separate['rate_hz'] - 10.0) < 1e-12
+    assert abs(separate['cpu_ms_per_cloud'] - 40.0) < 1e-9, separate   # 8 s / 200 clouds
+    assert abs(separate['cpu_pct_core'] - 40.0) < 1e-9                 # 8 s in 20 s
+    assert abs(separate['inference_ms'] - 31.0) < 1e-9
+    assert separate['latency']['median'] == 50.0
+    assert abs(separate['beyond_inference']['median'] - 19.0) < 1e-9
+    half = bc.combine([{'seconds': 20.0, 'clouds': 200, 'cpu_s': 3.6,
+                        'latency_ms': [36.0, 37.0, 45.0], 'inference_ms': 31.0}])
+    v = bc.verdicts(separate, half, '720p')
+    assert abs(v['ratio'] - 0.45) < 1e-9 and v['cpu_goal'] == 'met', v
+    assert v['latency_goal'] == 'met', v                    # 37 - 31 = 6 ms <= 8 ms
+    assert bc.verdicts(separate, half, 'sample')['latency_goal'] == '-'
+    # Read where inference is fixed (the stand-in's), not on a rolling mean of a real backend's.
+    v = bc.verdicts(separate, half, '720p', 'onnxruntime')
+    assert (v['cpu_goal'], v['latency_goal']) == ('met', '-'), v
+    # Half the CPU per cloud, but fewer clouds: not "at the same output rate".
+    slow = bc.combine([{'seconds': 20.0, 'clouds': 150, 'cpu_s': 2.7,
+                        'latency_ms': [50.0], 'inference_ms': 31.0}])
+    v = bc.verdicts(separate, slow, '720p')
+    assert abs(v['ratio'] - 0.45) < 1e-9 and v['cpu_goal'] == 'missed', v
+    assert v['latency_goal'] == 'missed', v                 # 19 ms beyond inference
+    nothing = bc.combine([{'seconds': 20.0, 'clouds': 0, 'cpu_s': 2.0, 'latency_ms': [],
+                           'inference_ms': float('nan')}])
+    v = bc.verdicts(separate, nothing, '720p')
+    assert np.isnan(v['ratio']) and (v['cpu_goal'], v['latency_goal']) == ('-', '-'), v
+
+
+def test_cloud_stamp_read_from_the_serialized_bytes():
+    pytest.importorskip('rclpy', reason='rclpy serializes the message')
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import PointCloud2
+    bc = _bench_composed()
+    msg = PointCloud2()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1700000123, 456789012
+    msg.header.frame_id = 'zed_left_camera_optical_frame'
+    msg.data = bytes(range(200))
+    assert bc.cdr_stamp_ns(serialize_message(msg)) == 1700000123 * 10 ** 9 + 456789012
+
+
+def test_seven_zip_rating_and_carmel_ratio():
+    bc = _bench_composed()
+    out = ('Dict     Speed Usage    R/U Rating  |      Speed Usage    R/U Rating\n'
+           'Avr:       918    31   3113    970  |      17072    40   3787   1493\n'
+           'Tot:              35   3450   1232\n')
+    assert bc.parse_7zip(out) == (35.0, 3450.0, 1232.0)
+    with pytest.raises(ValueError, match='no "Tot:" line'):
+        bc.parse_7zip('Avr: 1 2 3')
+    nx = bc.XAVIER_NX['7zip_single_mips']
+    assert abs(bc.carmel_ratio(2 * nx, six_core=False) - 2.0) < 1e-12
+    assert abs(bc.carmel_ratio(2 * nx) - 2.0 * 1890.0 / 1420.8) < 1e-12

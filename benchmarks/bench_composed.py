@@ -1,0 +1,607 @@
+"""
+CPU per output frame of the whole graph, ``composed:=true`` against ``composed:=false``.
+
+Runs ``ros2 launch depth_ros zed_depth.launch.py publish_tf:=false composed:=<mode>`` (a colcon
+build of this checkout in a temporary workspace) in rounds that alternate the two modes (A B A
+B ...), for each frame size and backend:
+
+- sizes: ``sample`` (the bundled 741x500 pair, source:=sample) and ``720p`` (a rosbag2 of
+  synthetic 1280x720 ZED frames, source:=bag, written here as benchmarks/soak.py does); zed_node
+  delivers at ``--fps`` with wall-clock stamps (its ``fps`` parameter, through a params file).
+- backends: ``standin`` (fixed latency, not a model) and ``onnxruntime`` (CPU): a random-weight
+  Depth Anything V2 ONNX in the public file's layout (test/model_files.py; ViT-S by default, the
+  public file's architecture and size). Its output is NOT depth: it is run for its cost only,
+  as test_graph_nodes runs one; the clouds are counted and timed, never looked at.
+
+Per round, after ``--warmup-s`` past the first cloud, over ``--seconds``:
+
+- CPU: the user + system time of every process of the launch's tree (``ros2 launch`` and all
+  its descendants, read from /proc/<pid>/stat, reaped children included), divided by the
+  clouds that an outside subscriber (this process) received on /alignment_node/points;
+- latency: cloud arrival (wall clock) minus the camera stamp, median and p90; beyond inference:
+  that minus the inference time depth_node reports on /diagnostics (``inference_ms_mean``;
+  the stand-in: its fixed ``standin_latency_ms``);
+- output rate, and how busy the machine was (/proc/stat, load average).
+
+Goals (issue 18): CPU per cloud composed <= 0.5x separate at the same output rate; latency
+beyond inference <= 8 ms at 720p. Also an ESTIMATE of the 720p CPU per frame on a Xavier NX
+Carmel core, from a stated single-core ratio (see XAVIER_NX below).
+
+    .venv/bin/python benchmarks/bench_composed.py [--rounds 2] [--seconds 20] \
+        [--sizes sample 720p] [--backends standin onnxruntime] [--quick]
+
+A benchmark that prints figures and ratios measured in one run, not a test. Results also go to
+``--out`` (JSON).
+"""
+import argparse
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'test'))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+import numpy as np  # noqa: E402
+
+MODES = ('separate', 'composed')
+SIZES = ('sample', '720p')
+BACKENDS = ('standin', 'onnxruntime')
+CPU_GOAL = 0.5              # composed / separate CPU per cloud
+SAME_RATE = 0.95            # "at the same output rate": composed delivers >= 95 % of separate's
+BEYOND_INFERENCE_GOAL_MS = 8.0
+
+# The Xavier NX estimate: single-thread 7-zip ratings (MIPS), the CPU figure sbc-bench
+# publishes for many boards (github.com/ThomasKaiser/sbc-bench, Results.md, column "7-zip
+# single"). Jetson Xavier NX: 2201 at 1890 MHz (results/3YWp.txt: Bionic, kernel 4.9, p7zip
+# 16.02). This machine's core: ``7zz b -mmt1`` (7-Zip 26.01, Debian bookworm), the rating per
+# 100 % of a core (R/U), measured here; --x86-7zip-mips overrides it. The NX's default power
+# mode, MODE_15W_6CORE, caps the six cores at 1420.8 MHz (NVIDIA's nvpmodel_t194_p3668.conf;
+# 1907.2 MHz only with two cores online): scaled by clock, 2201 * 1420.8 / 1890. A ratio of two
+# integer benchmarks, not of our workload (numpy copies, serialization, Python): an estimate.
+XAVIER_NX = {'7zip_single_mips': 2201.0, 'mhz': 1890.0, 'six_core_mhz': 1420.8,
+             'source': 'sbc-bench Results.md (github.com/ThomasKaiser/sbc-bench), '
+                       'Jetson Xavier NX, results/3YWp.txt: 7-zip single-threaded 2201 MIPS '
+                       'at 1890 MHz; six-core clock: NVIDIA nvpmodel_t194_p3668.conf, '
+                       'MODE_15W_6CORE (the default) CPU max 1420800 kHz'}
+# This machine's core (Intel Xeon, Sapphire Rapids class, 2.6 GHz, KVM), measured 2026-12-06
+# with 7zz 26.01 under load from other users (usage 35 %): R/U 3450, rating 1232 MIPS.
+# --measure-7zip measures it again in the run.
+X86_7ZIP_SINGLE_MIPS = 3450.0
+
+
+# --------------------------------------------------------------------------- pure functions
+def read_stat(pid, proc='/proc'):
+    """
+    Return (ppid, name, cpu seconds) of one process from ``/proc/<pid>/stat``.
+
+    cpu seconds = utime + stime + cutime + cstime: the process's threads, and its children that
+    it has waited for (so that a child which exits inside a window still counts).
+    """
+    with open(os.path.join(proc, str(pid), 'stat')) as f:
+        stat = f.read()
+    name = stat[stat.index('(') + 1:stat.rindex(')')]
+    fields = stat[stat.rindex(')') + 2:].split()
+    # fields[0] is field 3 (state) of proc(5): ppid is 4, utime..cstime are 14..17.
+    ticks = sum(int(v) for v in fields[11:15])
+    return int(fields[1]), name, ticks / float(os.sysconf('SC_CLK_TCK'))
+
+
+def process_tree(root, proc='/proc'):
+    """Return {pid: (name, cpu seconds)} of ``root`` and all its descendants (one /proc walk)."""
+    stats = {}
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = read_stat(entry, proc)
+            except (OSError, ValueError, IndexError):
+                continue   # exited meanwhile
+    children = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats and pid not in tree:
+            tree[pid] = stats[pid][1:]
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu(before, after):
+    """
+    CPU seconds a process tree spent between two :func:`process_tree` snapshots.
+
+    Returns (total, {name: seconds}). The total is the difference of the sums, so a process
+    that exited and was reaped inside the tree moves into its parent's children time and still
+    counts (under the parent's name in the breakdown); one that started in between counts from
+    zero.
+    """
+    total = sum(c for _, c in after.values()) - sum(c for _, c in before.values())
+    by_name = {}
+    for snapshot, sign in ((after, 1.0), (before, -1.0)):
+        for name, cpu in snapshot.values():
+            by_name[name] = by_name.get(name, 0.0) + sign * cpu
+    return total, by_name
+
+
+def machine_busy(proc='/proc'):
+    """Return (busy, total) CPU seconds of the whole machine so far (/proc/stat, all cores)."""
+    with open(os.path.join(proc, 'stat')) as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)   # idle + iowait
+    # guest and guest_nice (fields 9, 10) are already inside user and nice.
+    total = sum(values[:8])
+    tick = float(os.sysconf('SC_CLK_TCK'))
+    return (total - idle) / tick, total / tick
+
+
+def cdr_stamp_ns(raw):
+    """Return the header stamp (ns) of a serialized message whose first field is a Header."""
+    little = raw[1] == 1   # encapsulation: 0x0000 CDR_BE, 0x0001 CDR_LE
+    sec, nanosec = struct.unpack('<iI' if little else '>iI', bytes(raw[4:12]))
+    return sec * 1000000000 + nanosec
+
+
+def latency_stats(latencies_ms):
+    """Return {'n', 'median', 'p90'} (ms) of a list of latencies; NaN where there are none."""
+    v = np.asarray(latencies_ms, dtype=np.float64)
+    if v.size == 0:
+        return {'n': 0, 'median': float('nan'), 'p90': float('nan')}
+    return {'n': int(v.size), 'median': float(np.median(v)),
+            'p90': float(np.percentile(v, 90))}
+
+
+def combine(rounds):
+    """
+    Figures of one (size, backend, mode) over its rounds.
+
+    Each round: {'seconds', 'clouds', 'cpu_s', 'latency_ms': [...], 'inference_ms'}. Rate and
+    CPU are the sums over the rounds (clouds / seconds, CPU / clouds); latencies are pooled; the
+    inference time is the mean of the rounds' weighted by their clouds.
+    """
+    seconds = sum(r['seconds'] for r in rounds)
+    clouds = sum(r['clouds'] for r in rounds)
+    cpu = sum(r['cpu_s'] for r in rounds)
+    lat = [x for r in rounds for x in r['latency_ms']]
+    inference = (sum(r['inference_ms'] * r['clouds'] for r in rounds) / clouds
+                 if clouds else float('nan'))
+    by_process = {}
+    for r in rounds:
+        for name, cpu_s in r.get('cpu_s_by_process', {}).items():
+            by_process[name] = by_process.get(name, 0.0) + cpu_s
+    out = {'rounds': len(rounds), 'seconds': seconds, 'clouds': clouds,
+           'cpu_ms_per_cloud_by_process': {n: 1e3 * c / clouds if clouds else float('nan')
+                                           for n, c in sorted(by_process.items())},
+           'rate_hz': clouds / seconds if seconds else float('nan'),
+           'cpu_ms_per_cloud': 1e3 * cpu / clouds if clouds else float('nan'),
+           'cpu_pct_core': 100.0 * cpu / seconds if seconds else float('nan'),
+           'inference_ms': inference, 'latency': latency_stats(lat),
+           'beyond_inference': latency_stats([x - inference for x in lat])}
+    return out
+
+
+def verdicts(separate, composed, size, backend='standin'):
+    """
+    Goals of issue 18 for one (size, backend): the CPU ratio and the latency beyond inference.
+
+    Returns {'ratio', 'cpu_goal', 'latency_goal'}: 'met', 'missed' or '-' (not applicable: the
+    latency goal is for 720p, and read where the inference time is fixed, the stand-in's;
+    nothing measured).
+    """
+    ratio = composed['cpu_ms_per_cloud'] / separate['cpu_ms_per_cloud'] \
+        if separate['clouds'] and composed['clouds'] else float('nan')
+    if ratio != ratio:
+        cpu_goal = '-'
+    else:
+        same_rate = composed['rate_hz'] >= SAME_RATE * separate['rate_hz']
+        cpu_goal = 'met' if ratio <= CPU_GOAL and same_rate else 'missed'
+    latency_goal = '-'
+    if size == '720p' and backend == 'standin' and composed['clouds']:
+        latency_goal = 'met' if composed['beyond_inference']['median'] \
+            <= BEYOND_INFERENCE_GOAL_MS else 'missed'
+    return {'ratio': ratio, 'cpu_goal': cpu_goal, 'latency_goal': latency_goal}
+
+
+def carmel_ratio(x86_mips, nx=XAVIER_NX, six_core=True):
+    """Return how many times slower one Carmel core is than this one (7-zip single ratings)."""
+    nx_mips = nx['7zip_single_mips'] * (nx['six_core_mhz'] / nx['mhz'] if six_core else 1.0)
+    return x86_mips / nx_mips
+
+
+def parse_7zip(text):
+    """Return (usage %, R/U MIPS, rating MIPS) from the ``Tot:`` line of ``7z b`` output."""
+    for line in text.splitlines():
+        if line.startswith('Tot:'):
+            usage, per_usage, rating = (float(v) for v in line.split()[1:4])
+            return usage, per_usage, rating
+    raise ValueError('no "Tot:" line in the 7-Zip benchmark output:\n' + text[-500:])
+
+
+def measure_7zip():
+    """Run 7-Zip's single-thread benchmark; return its R/U rating (MIPS per 100 % of a core)."""
+    import shutil
+    exe = next((shutil.which(n) for n in ('7zz', '7z', '7za', '7zr') if shutil.which(n)), None)
+    if exe is None:
+        raise SystemExit('--measure-7zip: no 7-Zip here (apt-get install 7zip, or pass '
+                         '--x86-7zip-mips)')
+    out = subprocess.run([exe, 'b', '-mmt1'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True, timeout=600).stdout
+    return parse_7zip(out)[1]
+
+
+# --------------------------------------------------------------------------- the graph
+class Listener(object):
+    """The outside subscriber: cloud arrivals (raw, never deserialized) and /diagnostics."""
+
+    def __init__(self, probe):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import PointCloud2
+        self.lock = threading.Lock()
+        self.clouds = []       # (monotonic arrival, latency ms)
+        self.sub = probe.node.create_subscription(
+            PointCloud2, '/alignment_node/points', self._on_cloud,
+            probe.qos('best_effort', 5), raw=True)
+        self.diag = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 50))
+
+    def _on_cloud(self, raw):
+        wall, mono = time.time_ns(), time.monotonic()
+        with self.lock:
+            self.clouds.append((mono, (wall - cdr_stamp_ns(raw)) * 1e-6))
+
+    def reset(self):
+        """Forget what the previous round received."""
+        with self.lock:
+            self.clouds = []
+        with self.diag.lock:
+            self.diag.msgs, self.diag.times = [], []
+
+    def count(self):
+        """Return how many clouds arrived since the last reset."""
+        with self.lock:
+            return len(self.clouds)
+
+    def window(self, t0, t1):
+        """Return the latencies (ms) of the clouds that arrived in [t0, t1) (monotonic)."""
+        with self.lock:
+            return [lat for t, lat in self.clouds if t0 <= t < t1]
+
+
+def launch_arguments(env):
+    """Return the text of ``ros2 launch depth_ros zed_depth.launch.py --show-args``."""
+    from launch_support import tool
+    done = subprocess.run([tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+                           '--show-args'], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit('ros2 launch --show-args failed:\n' + done.stdout[-3000:])
+    return done.stdout
+
+
+def params_file(path, fps, standin_ms):
+    """Write config/zed_depth.yaml with zed_node's fps (wall-clock stamps) and the stand-in's."""
+    import yaml
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        params = yaml.safe_load(f)
+    params['/**/zed_node']['ros__parameters']['fps'] = float(fps)
+    params['/**/depth_node']['ros__parameters']['standin_latency_ms'] = float(standin_ms)
+    with open(path, 'w') as f:
+        yaml.safe_dump(params, f)
+    return path
+
+
+def stop(launch):
+    """Ctrl-C the launch's process group; kill it if it does not end within 30 s."""
+    if launch.poll() is None:
+        os.killpg(launch.pid, signal.SIGINT)
+        try:
+            launch.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait(10)
+
+
+def run_round(env, setup, size, backend, mode, listener, args):
+    """Launch one configuration, measure one window after the warm-up, stop; return figures."""
+    from launch_support import tool
+    from soak import latest_diag
+    argv = ['publish_tf:=false', 'backend:=' + backend, 'params_file:=' + setup['params']]
+    argv += ['source:=sample'] if size == 'sample' else ['source:=bag', 'path:=' + setup['bag']]
+    if backend == 'onnxruntime':
+        argv.append('model:=' + setup['model'])
+    if setup['has_composed']:
+        argv.append('composed:=' + ('true' if mode == 'composed' else 'false'))
+    log = tempfile.NamedTemporaryFile(prefix='bench_composed_', suffix='.log', delete=False)
+    listener.reset()
+    launch = subprocess.Popen([tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py']
+                              + argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+    def broken(what):
+        stop(launch)
+        log.close()
+        with open(log.name, errors='replace') as f:
+            text = f.read()
+        return SystemExit('{} {} {}: {}\n$ ros2 launch depth_ros zed_depth.launch.py {}\n{}'
+                          .format(size, backend, mode, what, ' '.join(argv), text[-4000:]))
+    try:
+        if not wait_alive(launch, lambda: listener.count() > 0, args.start_timeout_s):
+            raise broken('no cloud within {:.0f} s'.format(args.start_timeout_s)
+                         if launch.poll() is None else 'the launch ended')
+        wait_alive(launch, lambda: False, args.warmup_s)
+        if launch.poll() is not None:
+            raise broken('the launch ended during the warm-up')
+        t0, before, busy0, load0 = time.monotonic(), process_tree(launch.pid), \
+            machine_busy(), os.getloadavg()[0]
+        wait_alive(launch, lambda: False, args.seconds)
+        t1, after, busy1, load1 = time.monotonic(), process_tree(launch.pid), \
+            machine_busy(), os.getloadavg()[0]
+        if launch.poll() is not None:
+            raise broken('the launch ended during the measurement')
+        depth = latest_diag(listener.diag, 'depth_node')
+        align = latest_diag(listener.diag, 'alignment_node')
+    finally:
+        stop(launch)
+        log.close()
+        os.unlink(log.name)
+    seconds = t1 - t0
+    cpu, by_name = tree_cpu(before, after)
+    lat = listener.window(t0, t1)
+    inference = float(depth.get('inference_ms_mean', 'nan')) if backend != 'standin' \
+        else args.standin_ms
+    return {'size': size, 'backend': backend, 'mode': mode, 'seconds': seconds,
+            'clouds': len(lat), 'cpu_s': cpu, 'cpu_s_by_process': by_name,
+            'processes': len(after), 'latency_ms': lat, 'inference_ms': inference,
+            'machine_busy_cores': (busy1[0] - busy0[0]) / seconds, 'loadavg': [load0, load1],
+            'depth_node': depth, 'alignment_node': align}
+
+
+def wait_alive(proc, predicate, timeout):
+    """Wait until ``predicate`` or ``timeout``, or until ``proc`` ends; return ``predicate()``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- report
+def summarize(rounds, sizes, backends, modes):
+    """Return {(size, backend): {mode: combined figures, 'verdicts': ...}}."""
+    out = {}
+    for size in sizes:
+        for backend in backends:
+            entry = {}
+            for mode in modes:
+                mine = [r for r in rounds if (r['size'], r['backend'], r['mode'])
+                        == (size, backend, mode)]
+                if mine:
+                    entry[mode] = combine(mine)
+            if entry:
+                if set(MODES) <= set(entry):
+                    entry['verdicts'] = verdicts(entry['separate'], entry['composed'], size,
+                                                 backend)
+                out[(size, backend)] = entry
+    return out
+
+
+def table(summary):
+    """Return the markdown table of the summary."""
+    lines = ['| size | backend | mode | clouds/s | CPU ms/cloud | CPU % of a core | latency '
+             'median / p90 (ms) | inference (ms) | beyond inference median / p90 (ms) | '
+             'CPU/cloud composed/separate | CPU goal (<= 0.5x, same rate) | latency goal '
+             '(<= 8 ms, 720p) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for (size, backend), entry in summary.items():
+        for mode in MODES:
+            if mode not in entry:
+                continue
+            f = entry[mode]
+            v = entry.get('verdicts') if mode == 'composed' else None
+            lat, beyond = f['latency'], f['beyond_inference']
+            latency_goal = '-'
+            if size == '720p' and backend == 'standin' and f['clouds']:
+                latency_goal = 'met' if beyond['median'] <= BEYOND_INFERENCE_GOAL_MS \
+                    else 'missed'
+            lines.append(
+                '| {} | {} | {} | {:.2f} | {:.1f} | {:.0f} % | {:.1f} / {:.1f} | {:.1f} | '
+                '{:.1f} / {:.1f} | {} | {} | {} |'.format(
+                    size, backend, mode, f['rate_hz'], f['cpu_ms_per_cloud'],
+                    f['cpu_pct_core'], lat['median'], lat['p90'], f['inference_ms'],
+                    beyond['median'], beyond['p90'],
+                    '{:.2f}x'.format(v['ratio']) if v else '-',
+                    v['cpu_goal'] if v else '-', latency_goal))
+    return '\n'.join(lines)
+
+
+def xavier_estimate(summary, x86_mips):
+    """Return (lines, data) of the Xavier NX estimate from the 720p stand-in rows."""
+    data = {'x86_7zip_single_mips': x86_mips, 'nx': XAVIER_NX, 'rows': {}}
+    if not x86_mips:
+        return ['Xavier NX estimate: no 7-Zip rating of this core (--x86-7zip-mips or '
+                '--measure-7zip)'], data
+    ratio_19 = carmel_ratio(x86_mips, six_core=False)
+    ratio_14 = carmel_ratio(x86_mips)
+    data.update(ratio_1890mhz=ratio_19, ratio_1421mhz=ratio_14)
+    lines = ['ESTIMATE (not measured on a Jetson) of the graph\'s CPU on a Xavier NX, from the '
+             '720p stand-in rows (the graph without a network: on the NX, TensorRT runs the '
+             'network on the GPU):',
+             '  single-core ratio: this core {:.0f} MIPS (7-Zip single-thread, R/U) vs. Carmel '
+             '{:.0f} MIPS at 1890 MHz -> {:.2f}x slower; at 1421 MHz (the default 6-core power '
+             'mode, scaled by clock) {:.2f}x slower'.format(
+                 x86_mips, XAVIER_NX['7zip_single_mips'], ratio_19, ratio_14),
+             '  source: ' + XAVIER_NX['source']]
+    for (size, backend), entry in summary.items():
+        if size != '720p' or backend != 'standin':
+            continue
+        for mode in MODES:
+            if mode not in entry or not entry[mode]['clouds']:
+                continue
+            ms = entry[mode]['cpu_ms_per_cloud']
+            rate = entry[mode]['rate_hz']
+            row = {'x86_ms': ms, 'carmel_ms_1890': ms * ratio_19, 'carmel_ms_1421': ms * ratio_14,
+                   'carmel_cores_at_rate_1421': ms * ratio_14 * rate / 1e3, 'rate_hz': rate}
+            data['rows'][mode] = row
+            lines.append('  {}: {:.1f} ms per frame here -> about {:.0f} ms per frame on a '
+                         'Carmel core at 1.9 GHz, {:.0f} ms at 1.42 GHz: {:.2f} of the NX\'s 6 '
+                         'cores at {:.1f} clouds/s (ESTIMATE)'.format(
+                             mode, ms, row['carmel_ms_1890'], row['carmel_ms_1421'],
+                             row['carmel_cores_at_rate_1421'], rate))
+    return lines, data
+
+
+def report(rounds, args, machine):
+    """Print the table, the machine's load and the Xavier estimate; write the JSON."""
+    summary = summarize(rounds, args.sizes, args.backends, args.modes)
+    print('\nbench_composed: {} round(s) of {:.0f} s per configuration (after {:.0f} s of '
+          'warm-up), camera {} fps, stand-in {} ms, ONNX Runtime model: {} (random weights: '
+          'timed, its output is not depth)'.format(args.rounds, args.seconds, args.warmup_s,
+                                                   args.fps, args.standin_ms, args.ort_label))
+    print(table(summary))
+    print('\nCPU ms per cloud by process (the launch\'s tree; `ros2` is ros2 launch itself):')
+    for (size, backend), entry in summary.items():
+        for mode in MODES:
+            if mode in entry:
+                print('  {} {} {}: {}'.format(size, backend, mode, ', '.join(
+                    '{} {:.1f}'.format(n, v) for n, v in
+                    entry[mode]['cpu_ms_per_cloud_by_process'].items())))
+    if 'onnxruntime' in args.backends:
+        print('onnxruntime rows: inference is depth_node\'s mean over its last 100 inferences '
+              '(at these rates that reaches back before the window, and it varies 2x with the '
+              'load of this shared machine), so latency minus it is rough and can go below '
+              'zero; where inference takes longer than a camera period, it also holds the wait '
+              'of the newest frame for the busy worker (up to one period). The latency goal is '
+              'read on the stand-in rows, whose inference time is fixed.')
+    busy = [r['machine_busy_cores'] for r in rounds]
+    others = [r['machine_busy_cores'] - r['cpu_s'] / r['seconds'] for r in rounds]
+    loads = [x for r in rounds for x in r['loadavg']]
+    print('\nmachine: {} cores ({}); during the windows {:.2f}-{:.2f} cores busy in all, '
+          'of which other processes than the launch {:.2f}-{:.2f} (mean {:.2f}); load '
+          'average {:.1f}-{:.1f}. CPU time per cloud is less sensitive to that than rates and '
+          'latencies.'.format(machine['cores'], machine['cpu'], min(busy), max(busy),
+                              min(others), max(others), float(np.mean(others)), min(loads),
+                              max(loads)))
+    lines, estimate = xavier_estimate(summary, args.x86_7zip_mips)
+    print('\n' + '\n'.join(lines))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump({'args': vars(args), 'machine': machine, 'rounds': rounds,
+                   'summary': {'{} {}'.format(*k): v for k, v in summary.items()},
+                   'xavier_nx_estimate': estimate}, f, indent=1)
+    print('\nJSON: ' + args.out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=2, help='rounds per mode (A B A B ...)')
+    parser.add_argument('--seconds', type=float, default=20.0, help='measurement per round')
+    parser.add_argument('--warmup-s', type=float, default=5.0,
+                        help='after the first cloud, before the measurement')
+    parser.add_argument('--sizes', nargs='+', choices=SIZES, default=list(SIZES))
+    parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
+    parser.add_argument('--fps', type=float, default=10.0, help='camera rate of zed_node')
+    parser.add_argument('--standin-ms', type=float, default=30.0, help='stand-in inference')
+    parser.add_argument('--ort-model', default='vits', help='vits | tiny (random-weight '
+                        'Depth Anything V2 exports of test/model_files.py) or an .onnx path')
+    parser.add_argument('--start-timeout-s', type=float, default=180.0)
+    parser.add_argument('--x86-7zip-mips', type=float, default=X86_7ZIP_SINGLE_MIPS,
+                        help='7-Zip single-thread R/U rating of this machine\'s core')
+    parser.add_argument('--measure-7zip', action='store_true',
+                        help='measure that rating here first (7zz b -mmt1)')
+    parser.add_argument('--quick', action='store_true', help='a smoke run: 1 round of 5 s, '
+                        'sample size, stand-in (options given explicitly still apply)')
+    parser.add_argument('--workspace', help='colcon workspace of this checkout (default: '
+                        'a temporary one)')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench_composed.json'))
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = set(a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:]))
+        for option, value in (('--rounds', 1), ('--seconds', 5.0), ('--warmup-s', 2.0),
+                              ('--sizes', ['sample']), ('--backends', ['standin'])):
+            if option not in given:
+                setattr(args, option[2:].replace('-', '_'), value)
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error('--rounds must be >= 1 and --seconds > 0, got {} and {}'.format(
+            args.rounds, args.seconds))
+    if args.measure_7zip:
+        args.x86_7zip_mips = measure_7zip()
+        print('7-Zip single-thread rating of this core: {:.0f} MIPS (R/U)'.format(
+            args.x86_7zip_mips), flush=True)
+    import conftest  # noqa: F401 - this run's ROS domain and DDS settings, for the launch too
+    from conftest import Probe
+    from launch_support import overlay_environment
+    work = tempfile.mkdtemp(prefix='bench_composed_')
+    env, how = overlay_environment(args.workspace or os.path.join(work, 'ws'))
+    shown = launch_arguments(env)
+    setup = {'has_composed': "'composed':" in shown,
+             'params': params_file(os.path.join(work, 'params.yaml'), args.fps,
+                                   args.standin_ms)}
+    if 'composed' in args.modes and not setup['has_composed']:
+        raise SystemExit('launch/zed_depth.launch.py has no launch argument `composed` (issue '
+                         '18, point 1; merge branch `composed`), so composed:=true cannot be '
+                         'measured: run with --modes separate')
+    if '720p' in args.sizes:
+        from soak import write_bag
+        setup['bag'] = write_bag(os.path.join(work, 'bag'), 20)
+    args.ort_label = '-'
+    if 'onnxruntime' in args.backends:
+        setup['model'], args.ort_label = ort_model(args.ort_model)
+    machine = {'cores': os.cpu_count(), 'cpu': cpu_name(), 'launch': how,
+               'launch_has_composed': setup['has_composed']}
+    print('depth_ros launch: {}; {} cores, load average {:.1f}'.format(
+        how, machine['cores'], os.getloadavg()[0]), flush=True)
+    probe = Probe('bench_composed')
+    listener = Listener(probe)
+    rounds = []
+    try:
+        for size in args.sizes:
+            for backend in args.backends:
+                for index in range(args.rounds):
+                    for mode in args.modes:
+                        r = run_round(env, setup, size, backend, mode, listener, args)
+                        r['round'] = index
+                        rounds.append(r)
+                        print('{} {} {} round {}: {} clouds in {:.1f} s, CPU {:.1f} ms/cloud, '
+                              'latency median {:.1f} ms, machine {:.2f} cores busy'.format(
+                                  size, backend, mode, index + 1, r['clouds'], r['seconds'],
+                                  1e3 * r['cpu_s'] / max(r['clouds'], 1),
+                                  latency_stats(r['latency_ms'])['median'],
+                                  r['machine_busy_cores']), flush=True)
+    finally:
+        probe.close()
+    report(rounds, args, machine)
+
+
+def ort_model(name):
+    """Return (path, label) of the ONNX file the onnxruntime rounds run."""
+    if name.endswith('.onnx'):
+        if not os.path.isfile(name):
+            raise SystemExit('--ort-model {} is not a file'.format(name))
+        return name, os.path.basename(name)
+    if name not in ('vits', 'tiny'):
+        raise SystemExit('--ort-model must be vits, tiny or an .onnx path, got {!r}'.format(name))
+    from model_files import community_onnx
+    return community_onnx(name), 'random-weight Depth Anything V2 {} (public file layout, ' \
+        'test/model_files.py)'.format('ViT-S' if name == 'vits' else 'tiny')
+
+
+def cpu_name():
+    """Return the CPU model name (/proc/cpuinfo)."""
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return '?'
+
+
+if __name__ == '__main__':
+    main()
