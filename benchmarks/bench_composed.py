@@ -21,6 +21,9 @@ Per round, after ``--warmup-s`` past the first cloud, over ``--seconds``:
 - latency: cloud arrival (wall clock) minus the camera stamp, median and p90; beyond inference:
   that minus the inference time depth_node reports on /diagnostics (``inference_ms_mean``;
   the stand-in: its fixed ``standin_latency_ms``);
+- the latency beyond inference split into alignment_node's stage (its ``processing_ms``) and
+  the handover around it (the rest: frames, disparity and cloud moved, and the queues), with
+  the parts the nodes' /diagnostics give (:func:`latency_split`);
 - output rate, and how busy the machine was (/proc/stat, load average).
 
 Goals (issue 18): CPU per cloud composed <= 0.5x separate at the same output rate; latency
@@ -185,7 +188,73 @@ def combine(rounds):
            'cpu_pct_core': 100.0 * cpu / seconds if seconds else float('nan'),
            'inference_ms': inference, 'latency': latency_stats(lat),
            'beyond_inference': latency_stats([x - inference for x in lat])}
+    out['latency_split'] = latency_split(rounds, out['beyond_inference']['median'], inference)
     return out
+
+
+def _diag_mean(rounds, node, key):
+    """Mean of one diagnostics value (a string) over the rounds, weighted by their clouds."""
+    pairs = []
+    for r in rounds:
+        try:
+            value = float((r.get(node) or {})[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if value == value and r['clouds']:
+            pairs.append((value, r['clouds']))
+    if not pairs:
+        return float('nan')
+    return sum(v * n for v, n in pairs) / float(sum(n for _, n in pairs))
+
+
+def latency_split(rounds, beyond_median_ms, inference_ms):
+    """
+    Split the latency beyond inference into the alignment stage and the handover around it.
+
+    From each round's last /diagnostics (means over the nodes' last 50 frames, weighted by the
+    rounds' clouds) and the measured latencies:
+
+    - ``alignment_stage_ms``: alignment_node's ``processing_ms``, its worker from taking a set
+      to the cloud published (convert, ``MetricAligner.update``, lazy outputs, the cloud);
+    - ``handover_ms``: the rest of the median beyond inference (``beyond_median_ms`` minus the
+      stage): moving the frame, the disparity and the cloud, and the queues. Of it, from the
+      diagnostics means: ``upstream_ms`` (stamp -> the set in alignment_node: zed_node's
+      publish or hand-over, depth_node's queue, conversion, check and publish or hand-over,
+      transport, pairing; alignment_node's ``input_age_ms`` minus inference),
+      ``alignment_queue_ms`` (``stage_wait_ms``), ``delivery_ms`` (the mean measured latency
+      minus alignment_node's ``latency_ms``, stamp -> cloud published: the cloud's way to the
+      subscriber); these are means, the total a median, so they need not add up exactly.
+
+    Also the depth_node side: ``depth_input_age_ms`` (stamp -> frame taken) and
+    ``depth_queue_ms`` (its ``stage_wait_ms``). NaN where a value is missing.
+    """
+    stage = _diag_mean(rounds, 'alignment_node', 'processing_ms')
+    lat = [x for r in rounds for x in r['latency_ms']]
+    mean_latency = float(np.mean(lat)) if lat else float('nan')
+    return {
+        'beyond_inference_median_ms': beyond_median_ms,
+        'alignment_stage_ms': stage,
+        'handover_ms': beyond_median_ms - stage,
+        'upstream_ms': _diag_mean(rounds, 'alignment_node', 'input_age_ms') - inference_ms,
+        'alignment_queue_ms': _diag_mean(rounds, 'alignment_node', 'stage_wait_ms'),
+        'delivery_ms': mean_latency - _diag_mean(rounds, 'alignment_node', 'latency_ms'),
+        'depth_input_age_ms': _diag_mean(rounds, 'depth_node', 'input_age_ms_mean'),
+        'depth_queue_ms': _diag_mean(rounds, 'depth_node', 'stage_wait_ms'),
+        'alignment_stages_ms': {k: _diag_mean(rounds, 'alignment_node', 'stage_{}_ms'.format(k))
+                                for k in _stage_names(rounds)},
+    }
+
+
+def _stage_names(rounds):
+    """alignment_node's worker stages after its queue (``stage_<name>_ms``), in order."""
+    names = []
+    for r in rounds:
+        for k in (r.get('alignment_node') or {}):
+            name = k[len('stage_'):-len('_ms')]
+            if k.startswith('stage_') and k.endswith('_ms') and name != 'wait' \
+                    and name not in names:
+                names.append(name)
+    return names
 
 
 def verdicts(separate, composed, size, backend='standin'):
@@ -422,6 +491,31 @@ def table(summary):
     return '\n'.join(lines)
 
 
+def split_lines(summary):
+    """Return the lines of the latency split (latency_split) of each row."""
+    lines = ['Latency beyond inference, split (alignment_node\'s and depth_node\'s /diagnostics, '
+             'means over their last 50 frames; the total is the median): the alignment stage '
+             '(processing_ms: convert, align, lazy outputs, cloud) and the handover around it '
+             '(the rest: moving frames, disparity and cloud, and the queues):']
+    for (size, backend), entry in summary.items():
+        for mode in MODES:
+            if mode not in entry or not entry[mode]['clouds']:
+                continue
+            x = entry[mode]['latency_split']
+            stages = ', '.join('{} {:.1f}'.format(k, v)
+                               for k, v in x['alignment_stages_ms'].items())
+            lines.append(
+                '  {} {} {}: beyond inference {:.1f} ms = alignment stage {:.1f} ({}) + '
+                'handover/queues {:.1f} (upstream of alignment_node {:.1f} [depth_node: stamp '
+                '-> frame taken {:.1f}, its queue {:.1f}], alignment queue {:.1f}, cloud to the '
+                'subscriber {:.1f})'.format(
+                    size, backend, mode, x['beyond_inference_median_ms'],
+                    x['alignment_stage_ms'], stages, x['handover_ms'], x['upstream_ms'],
+                    x['depth_input_age_ms'], x['depth_queue_ms'], x['alignment_queue_ms'],
+                    x['delivery_ms']))
+    return lines
+
+
 def xavier_estimate(summary, x86_mips):
     """Return (lines, data) of the Xavier NX estimate from the 720p stand-in rows."""
     data = {'x86_7zip_single_mips': x86_mips, 'nx': XAVIER_NX, 'rows': {}}
@@ -473,6 +567,7 @@ def report(rounds, args, machine):
                 print('  {} {} {}: {}'.format(size, backend, mode, ', '.join(
                     '{} {:.1f}'.format(n, v) for n, v in
                     entry[mode]['cpu_ms_per_cloud_by_process'].items())))
+    print('\n' + '\n'.join(split_lines(summary)))
     if 'onnxruntime' in args.backends:
         print('onnxruntime rows: inference is depth_node\'s mean over its last 100 inferences '
               '(at these rates that reaches back before the window, and it varies 2x with the '

@@ -293,6 +293,42 @@ def test_latency_statistics_rates_and_goal_verdicts():
     assert np.isnan(v['ratio']) and (v['cpu_goal'], v['latency_goal']) == ('-', '-'), v
 
 
+def test_latency_split_into_the_alignment_stage_and_the_handover():
+    bc = _bench_composed()
+
+    def diag(processing, input_age, wait, latency):
+        return {'processing_ms': str(processing), 'input_age_ms': str(input_age),
+                'stage_wait_ms': str(wait), 'latency_ms': str(latency),
+                'stage_convert_ms': '1.0', 'stage_align_ms': str(processing - 1.0)}
+    rounds = [
+        {'seconds': 10.0, 'clouds': 100, 'cpu_s': 3.0, 'latency_ms': [60.0, 62.0, 64.0],
+         'inference_ms': 30.0, 'alignment_node': diag(20.0, 34.0, 1.0, 57.0),
+         'depth_node': {'input_age_ms_mean': '0.5', 'stage_wait_ms': '2.0'}},
+        {'seconds': 10.0, 'clouds': 300, 'cpu_s': 9.0, 'latency_ms': [58.0],
+         'inference_ms': 30.0, 'alignment_node': diag(24.0, 38.0, 3.0, 59.0),
+         'depth_node': {'input_age_ms_mean': 'nan', 'stage_wait_ms': '4.0'}}]
+    x = bc.combine(rounds)['latency_split']
+    # Beyond inference: median(60, 62, 64, 58) - 30 = 31; the stage weighted by clouds:
+    # (20 * 100 + 24 * 300) / 400 = 23; the handover, the rest: 8.
+    assert abs(x['beyond_inference_median_ms'] - 31.0) < 1e-9, x
+    assert abs(x['alignment_stage_ms'] - 23.0) < 1e-9, x
+    assert abs(x['handover_ms'] - 8.0) < 1e-9, x
+    assert abs(x['upstream_ms'] - (37.0 - 30.0)) < 1e-9, x       # input age 37 - inference
+    assert abs(x['alignment_queue_ms'] - 2.5) < 1e-9, x
+    assert abs(x['delivery_ms'] - (61.0 - 58.5)) < 1e-9, x       # mean latency - latency_ms
+    assert x['depth_input_age_ms'] == 0.5 and x['depth_queue_ms'] == 3.5, x   # NaN left out
+    assert list(x['alignment_stages_ms']) == ['convert', 'align'], x
+    assert abs(x['alignment_stages_ms']['align'] - 22.0) < 1e-9, x
+    # Rounds without diagnostics: NaN, not an error, and the table's lines still print.
+    bare = bc.combine([{'seconds': 1.0, 'clouds': 5, 'cpu_s': 0.1, 'latency_ms': [40.0],
+                        'inference_ms': 30.0}])['latency_split']
+    assert np.isnan(bare['alignment_stage_ms']) and np.isnan(bare['handover_ms']), bare
+    lines = bc.split_lines({('720p', 'standin'): {'composed': bc.combine(rounds)}})
+    assert lines[1].startswith('  720p standin composed: beyond inference 31.0 ms = alignment '
+                               'stage 23.0 (convert 1.0, align 22.0) + handover/queues 8.0 '), \
+        lines
+
+
 def test_cloud_stamp_read_from_the_serialized_bytes():
     pytest.importorskip('rclpy', reason='rclpy serializes the message')
     from rclpy.serialization import serialize_message

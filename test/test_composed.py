@@ -105,6 +105,8 @@ def test_frames_are_handed_over_and_topics_built_only_for_outside_subscribers(
     align = diag_until(diagnostics, 'alignment_node', lambda v: v['status'] == 'ok' and
                        float(v['output_rate_hz']) > 0)
     assert align['input'] == 'in-process' and align['dropped_unpaired'] == '0', align
+    # Nor the metric depth: aligned every frame, built for no one.
+    assert align['published_depth'] == '0', align
     # An outside subscriber gets the internal edges' topics, for the same frames.
     image = probe.subscribe(Image, '/zed/zed_node/left/image_rect_color')
     disparity = probe.subscribe(Image, '/depth_node/disparity')
@@ -123,6 +125,8 @@ def test_frames_are_handed_over_and_topics_built_only_for_outside_subscribers(
                                atol=0.9 / 255 + 1e-6)
     zed = diag_until(diagnostics, 'zed/zed_node', lambda v: int(v['built_image']) > 0)
     assert zed['built_depth'] == '0', 'built only what someone reads: {}'.format(zed)
+    align = diag_until(diagnostics, 'alignment_node', lambda v: int(v['published_depth']) > 0)
+    assert align['published_points'] == '0', 'built only what someone reads: {}'.format(align)
     for collector in (image, disparity, metric):
         probe.node.destroy_subscription(collector.sub)
 

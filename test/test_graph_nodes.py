@@ -353,23 +353,30 @@ def test_lazy_outputs_are_not_computed_without_subscribers(graph, probe):
             for status in msg.status:
                 if status.name.startswith('alignment_node'):
                     v = {kv.key: kv.value for kv in status.values}
-                    return int(v['published_points']), int(v['published_colored'])
+                    return int(v['published_points']), int(v['published_colored']), \
+                        int(v['published_depth'])
         return None
     probe.node.destroy_subscription(graph.colored.sub)
     assert wait_until(lambda: probe.node.count_subscribers('/alignment_node/colored') == 0, 10)
     # The node sees the subscription gone a moment later: a frame sent now proves it (its
     # colored view is not computed) once the count stops moving.
     graph.diagnostics('alignment', now())
-    points, colored = counts()
+    points, colored, depth = counts()
     assert colored >= 1, 'the colored view was never published while subscribed'
     graph.send_good(51)
     second = graph.send_good(52)
     assert wait_until(lambda: graph.points.by_stamp(second) is not None, 5)
     values = graph.diagnostics_until('alignment', lambda v: int(v['published_points']) >=
                                      points + 2)
-    after = (int(values['published_points']), int(values['published_colored']))
+    after = (int(values['published_points']), int(values['published_colored']),
+             int(values['published_depth']))
     assert after[0] >= points + 2 and after[1] <= colored + 1, 'expected points >= {} and ' \
         'colored <= {} (no subscriber), received {}'.format(points + 2, colored + 1, after)
+    # ~/depth, subscribed by the graph all along, was published with each cloud (a reading
+    # may fall between the two publishes of one frame: one apart at most).
+    assert abs((after[2] - depth) - (after[0] - points)) <= 1, 'expected as many depth ' \
+        'images as clouds (both subscribed), received {} and {}'.format(after[2] - depth,
+                                                                        after[0] - points)
 
 
 def test_the_right_camera_info_gives_the_baseline_and_uncertainty_is_published(graph, probe):

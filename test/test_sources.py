@@ -472,7 +472,8 @@ def _bag_frames(n=5, height=24, width=32):
             for i in range(n)]
 
 
-@pytest.mark.parametrize('storage,encoding', [('sqlite3', 'bgra8'), ('mcap', 'rgb8')])
+@pytest.mark.parametrize('storage,encoding', [('sqlite3', 'bgra8'), ('mcap', 'rgb8'),
+                                              ('sqlite3', 'bgr8')])
 def test_rosbag_round_trip(tmp_path, storage, encoding):
     from depth_ros.sources.rosbag import RosbagSource, write_test_bag
 
@@ -488,6 +489,28 @@ def test_rosbag_round_trip(tmp_path, storage, encoding):
         assert got.camera == want.camera, 'expected {}, received {}'.format(want.camera,
                                                                             got.camera)
         assert got.frame_id == 'zed_left_camera_optical_frame', got.frame_id
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_rosbag_arrays_are_read_only_views_that_outlive_the_reader(tmp_path, storage):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    # Zero copy: depth, confidence and a bgr8 image are views of their records' bytes. They
+    # stay valid after the next reads and after the bag is closed, and cannot be written to.
+    frames = _bag_frames(3)
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames, storage=storage,
+                                         image_encoding='bgr8'))
+    out = [source.read() for _ in frames]
+    assert source.read() is None
+    source.close()
+    for want, got in zip(frames, out):
+        for name in ('left', 'depth', 'confidence'):
+            array = getattr(got, name)
+            np.testing.assert_array_equal(array, getattr(want, name))
+            assert array.base is not None and not array.flags.writeable, \
+                '{}: expected a read-only view, got {}'.format(name, array.flags)
+        with pytest.raises(ValueError, match='read-only'):
+            got.depth[0, 0] = 1.0
 
 
 def test_rosbag_pairing_drops_incomplete_and_reuses_camera_info(tmp_path, caplog):
