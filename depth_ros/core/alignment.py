@@ -13,7 +13,8 @@ frame through numbered steps (the comments in ``update`` carry the same numbers)
    previous metric output, is fitted to the previous output instead (status 'held'): no
    affine is carried from one frame to the next;
 6. the stereo in inverse depth and where it is trusted (without a fit: the output);
-7. the aligned mono in inverse depth (the sky 0);
+7. the aligned mono in inverse depth (the sky 0); a map upsampled at least twice from the
+   network is smoothed by a 5-tap binomial in the same pass (its pixel noise);
 8. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
    convolution of ``stereo_inv / mono_inv`` per cell, its range kernel on the image (or the
    mono), applied to the mono and resized to the output size; the sky's patches that the
@@ -592,7 +593,9 @@ class MetricAligner(object):
 
         0 on the sky, NaN where unknown. At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
-        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
+        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold. A map at
+        least ``MONO_SMOOTHING_MIN_WIDTH`` wide (the network's output upsampled) is smoothed
+        by ``MONO_SMOOTHING`` in the affine's pass; the fit sampled it unsmoothed.
         """
         if rel_finite and rel.shape[1] >= MONO_SMOOTHING_MIN_WIDTH:
             # s * (k * rel) + t in one pass: the network's pixel noise, upsampled, smoothed.
