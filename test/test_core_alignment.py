@@ -550,3 +550,70 @@ def test_held_frames_keep_the_last_stereo_local_correction(monkeypatch):
     for k in (1, 2, 3):
         assert kept[k] < 0.8 * affine_only[k], (k, kept, affine_only)
     assert kept[1] <= kept[2] <= kept[3], kept     # the correction fades, never grows
+
+
+def _plane_frame(width, spike=0.0):
+    """Return a slanted plane (inverse depth linear in the row), a stereo hole, the spike."""
+    h = width * 9 // 16
+    z = 1.0 / (0.05 + 0.3 * np.arange(h)[:, None] / h + np.zeros((1, width)))
+    rel = ((1.0 / z - T_TRUE) / S_TRUE).astype(np.float32)
+    cy, cx = h // 2, width // 2
+    rel[cy, cx] += spike
+    st = z.astype(np.float32).copy()
+    st[cy - h // 6:cy + h // 6, cx - h // 6:cx + h // 6] = np.nan     # no stereo there
+    return rel, st, z, (cy, cx)
+
+
+def test_network_pixel_noise_is_smoothed_at_twice_the_network_width_only():
+    # A one-pixel spike of the relative map where there is no stereo: at 1280 px (the
+    # network's 518 px output upsampled 2.5 times) the aligner smooths the map by the 5-tap
+    # binomial [1 4 6 4 1] / 16 in both directions before the affine, so the spike's share
+    # is (6/16)^2 at its pixel and (6/16)(4/16) next to it; at 640 px it is used as is.
+    import depth_ros.core.alignment as alignment
+    spike = 0.2
+    for width, smoothed in ((1280, True), (640, False)):
+        rel, st, z, (cy, cx) = _plane_frame(width, spike)
+        ref_rel, _, _, _ = _plane_frame(width)
+        out = MetricAligner(seed=1).update(rel, st, focal_px=700.0)
+        ref = MetricAligner(seed=1).update(ref_rel, st, focal_px=700.0)
+        assert out.status == ref.status == 'ok'
+        bump = S_TRUE * spike          # the spike in inverse depth
+        d = 1.0 / out.depth.astype(np.float64) - 1.0 / ref.depth.astype(np.float64)
+        if smoothed:
+            assert d[cy, cx] == pytest.approx(bump * (6 / 16.0) ** 2, rel=0.05)
+            assert d[cy, cx + 1] == pytest.approx(bump * 6 * 4 / 256.0, rel=0.05)
+            assert d[cy + 1, cx - 1] == pytest.approx(bump * 4 * 4 / 256.0, rel=0.05)
+            assert d[cy, cx + 3] == pytest.approx(0.0, abs=1e-3 * bump)
+        else:
+            assert d[cy, cx] == pytest.approx(bump, rel=0.05)
+            assert d[cy, cx + 1] == pytest.approx(0.0, abs=1e-3 * bump)
+    assert alignment.MONO_SMOOTHING_MIN_WIDTH == 2 * 518
+
+
+def test_smoothing_the_network_pixel_noise_lowers_the_error_beyond_the_stereo(monkeypatch):
+    # The network's pixel noise (3 %, white at 518 px) upsampled to 1280 px as depth_node
+    # publishes it; stereo on the left half only. The smooth local correction cannot remove
+    # pixel noise; the binomial smoothing of the map does.
+    import depth_ros.core.alignment as alignment
+    from depth_ros.core.preprocess import restore_output
+    rng = np.random.RandomState(3)
+    h, w = 720, 1280
+    v = np.arange(h)[:, None] + np.zeros((1, w))
+    z = np.where(v > 400, 1.6 * 700.0 / np.maximum(v - 360.0, 1.0), 15.0)   # floor, wall
+    noise = restore_output(rng.randn(292, 518).astype(np.float32), h, w)
+    rel = (((1.0 / z) * (1.0 + 0.03 * noise) - T_TRUE) / S_TRUE).astype(np.float32)
+    st = (z * (1.0 + 0.01 * rng.randn(h, w))).astype(np.float32)
+    st[:, w // 2:] = np.nan
+    right = (slice(None), slice(w // 2 + 64, None))
+
+    def error(min_width):
+        monkeypatch.setattr(alignment, 'MONO_SMOOTHING_MIN_WIDTH', min_width)
+        out = MetricAligner(seed=0).update(rel, st, focal_px=700.0)
+        assert out.status == 'ok'
+        return float(np.mean(rel_err(out.depth[right], z[right])))
+
+    raw_noise = float(np.mean(np.abs(0.03 * noise[right])))      # what the map carries
+    smoothed, as_is = error(2 * 518), error(10 ** 6)
+    # Measured: 0.0121 against 0.0157 (the map's own noise 0.0157).
+    assert as_is > 0.9 * raw_noise, (as_is, raw_noise)
+    assert smoothed < 0.8 * as_is, (smoothed, as_is)
