@@ -158,8 +158,13 @@ def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe,
     topics = {name: types for name, types in probe.node.get_topic_names_and_types()
               if name in TOPICS}
     assert topics == {name: [kind] for name, kind in TOPICS.items()}, topics
+    # Node names arrive by their own discovery (ros_discovery_info), which can lag the topics
+    # (seen on Humble with Fast DDS): wait for them, then assert.
+    ours = {('zed_node', '/zed'), ('depth_node', '/'), ('alignment_node', '/')}
+    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 10,
+                   'the three nodes in the ROS graph')
     nodes = set(probe.node.get_node_names_and_namespaces())
-    assert {('zed_node', '/zed'), ('depth_node', '/'), ('alignment_node', '/')} <= nodes, nodes
+    assert ours <= nodes, nodes
     # The rate: every frame of the 10 fps sample gives a cloud (the stand-in takes 30 ms).
     zed = diag_until(diagnostics, 'zed/zed_node', lambda v: float(v['rate_hz']) > 5.0, 30)
     align = diag_until(diagnostics, 'alignment_node',
@@ -345,8 +350,8 @@ def test_params_file_reliability_and_camera_name_are_applied(watch, probe, compo
     # cloud_stride 4 from the params file: the cloud is a quarter of the image each way.
     assert (cloud.width, cloud.height) == (img.width // 4, img.height // 4), \
         ((cloud.width, cloud.height), (img.width, img.height))
-    nodes = probe.node.get_node_names_and_namespaces()
-    assert ('zed_node', '/front') in nodes, nodes
+    watch.wait_for(lambda: ('zed_node', '/front') in probe.node.get_node_names_and_namespaces(),
+                   10, 'zed_node in the ROS graph (node names can lag the topics)')
     assert _processes(watch) == PROCESSES[composed], watch.report()
     # The parameter services `ros2 param` calls (test_colcon_workspace.py runs the command on
     # the default launch) reach each node of the process as a process of its own.
