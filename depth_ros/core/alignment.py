@@ -13,8 +13,7 @@ frame through numbered steps (the comments in ``update`` carry the same numbers)
    previous metric output, is fitted to the previous output instead (status 'held'): no
    affine is carried from one frame to the next;
 6. the stereo in inverse depth and where it is trusted (without a fit: the output);
-7. the aligned mono in inverse depth (the sky 0); a map upsampled at least twice from the
-   network is smoothed by a 5-tap binomial in the same pass (its pixel noise);
+7. the aligned mono in inverse depth (the sky 0);
 8. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
    convolution of ``stereo_inv / mono_inv`` per cell, its range kernel on the image (or the
    mono), applied to the mono and resized to the output size; the sky's patches that the
@@ -46,7 +45,6 @@ from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
-from depth_ros.core.preprocess import DEFAULT_SIZE
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
 import numpy as np
@@ -75,13 +73,6 @@ SIGMA_CALIBRATION = 1.16
 # px) 0.071 -> 0.061 and 0.069 -> 0.055 (AbsRel < 80 m), those scenes' road AbsRel 12-16 %
 # lower; frames with stereo are not changed (temporal_alpha, default 1: off).
 HELD_TEMPORAL_ALPHA = 0.5
-# The network's output upsampled at least twice (518 px to 1280: each network pixel spans 2.5
-# output pixels) is smoothed by a 5-tap binomial (sigma 1 output px, within a network pixel)
-# before the affine: its pixel noise, correlated over the upsampling, is what the smooth local
-# correction cannot remove (docs/accuracy-findings.md, phase D). A map near the network's own
-# size is used as is (the kernel would blur real detail there).
-MONO_SMOOTHING = np.float32([1, 4, 6, 4, 1]) / np.float32(16)
-MONO_SMOOTHING_MIN_WIDTH = 2 * DEFAULT_SIZE[0]
 
 
 @dataclass
@@ -593,18 +584,10 @@ class MetricAligner(object):
 
         0 on the sky, NaN where unknown. At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
-        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold. A map at
-        least ``MONO_SMOOTHING_MIN_WIDTH`` wide (the network's output upsampled) is smoothed
-        by ``MONO_SMOOTHING`` in the affine's pass; the fit sampled it unsmoothed.
+        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
-        if rel_finite and rel.shape[1] >= MONO_SMOOTHING_MIN_WIDTH:
-            # s * (k * rel) + t in one pass: the network's pixel noise, upsampled, smoothed.
-            y = cv2.sepFilter2D(rel, cv2.CV_32F, MONO_SMOOTHING * np.float32(fit.scale),
-                                MONO_SMOOTHING, delta=fit.shift,
-                                borderType=cv2.BORDER_REPLICATE)
-        else:
-            # s * rel + t in one pass, in double precision (rounded once to float32).
-            y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64))
+        # s * rel + t in one pass, in double precision (rounded once to float32).
+        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64))
         if self.options.relative_kind == 'disparity':
             if sky_threshold is not None and sky_threshold > 0:
                 cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
