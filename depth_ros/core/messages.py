@@ -17,7 +17,7 @@ here imports ROS; a message is any object with the sensor_msgs field names.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
@@ -182,7 +182,12 @@ def _decode_relative(msg, to_array) -> np.ndarray:
 
 
 def _decode_confidence(msg, to_array) -> np.ndarray:
-    confidence = np.asarray(to_array(msg), dtype=np.float32)
+    return check_confidence(to_array(msg))
+
+
+def check_confidence(confidence: np.ndarray) -> np.ndarray:
+    """Return the confidence as float32 (no copy when it is); ValueError on NaN/inf."""
+    confidence = np.asarray(confidence, dtype=np.float32)
     if not np.all(np.isfinite(confidence)):
         raise ValueError('confidence has NaN/inf values')
     return confidence
@@ -197,17 +202,31 @@ def _decode_image(msg, to_array, depth: np.ndarray, out: DecodedSet):
     return bgr
 
 
-def _size(msg) -> str:
-    return '{}x{}'.format(msg.width, msg.height)
+def check_sizes(sizes: Dict[str, Tuple[int, int]], size_policy: str = 'drop') -> None:
+    """
+    Check the image sizes of one set against its depth's: ``{kind: (width, height)}``.
 
+    The confidence (and, with the 'drop' size policy, the image) of the depth's size; a
+    disparity of the depth's aspect ratio (the aligner resizes it to the stereo size; very
+    different aspect ratios would misalign pixels). Messages (check_parts) and arrays handed
+    over in-process (alignment_node) are checked by this one function.
 
-def _check_relative_shape(relative, depth) -> None:
-    # The aligner resizes the relative map to the stereo size; very different aspect ratios
-    # would misalign pixels. A bad frame, not an exception of the node.
-    if abs(float(relative.width) / relative.height - float(depth.width) / depth.height) > \
-            _ASPECT_TOLERANCE * depth.width / depth.height:
-        raise ValueError('disparity is {} but depth is {}: their aspect ratios must '
-                         'match'.format(_size(relative), _size(depth)))
+    :raises ValueError: naming the kinds that disagree.
+    """
+    depth = sizes.get('depth')
+    if depth is None:
+        return
+    dw, dh = depth
+    for kind, (w, h) in sizes.items():
+        if kind == 'confidence' and (w, h) != depth:
+            raise ValueError('confidence is {}x{} but depth is {}x{}'.format(w, h, dw, dh))
+        if kind == 'image' and size_policy == 'drop' and (w, h) != depth:
+            raise ValueError('depth is {}x{} but image is {}x{}; they must match'.format(
+                dw, dh, w, h))
+        if kind == 'disparity' and \
+                abs(float(w) / h - float(dw) / dh) > _ASPECT_TOLERANCE * dw / dh:
+            raise ValueError('disparity is {}x{} but depth is {}x{}: their aspect ratios '
+                             'must match'.format(w, h, dw, dh))
 
 
 def check_message(kind: str, msg) -> None:
@@ -247,21 +266,11 @@ def check_parts(msgs: Dict[str, object], size_policy: str = 'drop',
     """
     info = msgs.get('camera_info', camera_info)
     frame_id = _check_frames(msgs if info is None else dict(msgs, camera_info=info))
-    depth = msgs.get('depth')
-    for kind, msg in msgs.items():
-        if kind == 'camera_info':
-            continue
-        if depth is not None and (msg.width, msg.height) != (depth.width, depth.height):
-            if kind == 'confidence':
-                raise ValueError('confidence is {} but depth is {}'.format(
-                    _size(msg), _size(depth)))
-            if kind == 'image' and size_policy == 'drop':
-                raise ValueError('depth is {} but image is {}; they must match'.format(
-                    _size(depth), _size(msg)))
-        if kind == 'disparity':
-            if depth is not None:
-                _check_relative_shape(msg, depth)
-        elif info is not None and (kind != 'image' or size_policy == 'drop'):
+    images = {k: m for k, m in msgs.items() if k != 'camera_info'}
+    check_sizes({k: (m.width, m.height) for k, m in images.items()}, size_policy)
+    for kind, msg in images.items():
+        if kind != 'disparity' and info is not None and \
+                (kind != 'image' or size_policy == 'drop'):
             camera_from_info(info, msg.width, msg.height)
     return frame_id
 

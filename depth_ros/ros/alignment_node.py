@@ -31,8 +31,8 @@ import collections
 import threading
 import time
 
-from depth_ros.core.messages import baseline_from_info, check_message, check_parts, \
-    decode_set, DecodedSet
+from depth_ros.core.messages import baseline_from_info, check_confidence, check_message, \
+    check_parts, check_sizes, decode_set, DecodedSet
 from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
 from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
@@ -219,24 +219,15 @@ class AlignmentNode(DepthRosNode):
         if frame.depth is None:
             raise ValueError('the frame has no stereo depth')
         out.depth = np.asarray(frame.depth, dtype=np.float32)
-        h, w = out.depth.shape
-        rh, rw = disparity.shape[:2]
-        if abs(float(rw) / rh - float(w) / h) > 0.02 * w / h:
-            raise ValueError('disparity is {}x{} but depth is {}x{}: their aspect ratios must '
-                             'match'.format(rw, rh, w, h))
         out.relative = disparity     # finite: depth_node drops an output that is not
+        sizes = {'depth': out.depth.shape[::-1], 'disparity': disparity.shape[1::-1]}
         if 'confidence' in self.kinds and frame.confidence is not None:
-            out.confidence = np.asarray(frame.confidence, dtype=np.float32)
-            if out.confidence.shape != out.depth.shape:
-                raise ValueError('confidence is {}x{} but depth is {}x{}'.format(
-                    out.confidence.shape[1], out.confidence.shape[0], w, h))
-            if not np.all(np.isfinite(out.confidence)):
-                raise ValueError('confidence has NaN/inf values')
+            out.confidence = check_confidence(frame.confidence)
+            sizes['confidence'] = out.confidence.shape[::-1]
         if 'image' in self.kinds:
             out.bgr = frame.left
-            if out.bgr.shape[:2] != out.depth.shape:
-                raise ValueError('depth is {}x{} but image is {}x{}; they must match'.format(
-                    w, h, out.bgr.shape[1], out.bgr.shape[0]))
+            sizes['image'] = out.bgr.shape[1::-1]
+        check_sizes(sizes)            # as for messages (core.messages), from the arrays
         return out
 
     def _on_started(self, header):
