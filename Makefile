@@ -32,6 +32,10 @@ LAUNCH_STACK ?= $(firstword $(DEPTH_ROS_LAUNCH_STACK) \
 HUMBLE_TREE ?= $(firstword $(DEPTH_ROS_HUMBLE) \
 	$(wildcard $(addsuffix /ros2-humble-py38/install.sh,$(SHARED_DIRS))))
 VENV_HUMBLE ?= .venv-humble
+VENV_HUMBLE_ORT ?= .venv-humble-ort
+HUMBLE_FIRSTRUN_TESTS ?= \
+	test/test_launch_graph.py::test_no_model_argument_runs_the_default_model_from_the_hub_cache \
+	test/test_colcon_workspace.py::test_no_model_argument_offline_one_fatal_line_then_clouds_from_the_hub_cache
 HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
 # Both modes (composed:=true|false): test_launch*.py, and test_composed.py (the composed
 # process: its same-output and Ctrl-C cases per RMW, its faults in the logic lane).
@@ -115,12 +119,24 @@ $(VENV_HUMBLE)/.stamp: setup.py $(HUMBLE_TREE)
 	bash $(HUMBLE_TREE) $(abspath $(VENV_HUMBLE))/ros2-humble
 	touch $@
 
-# $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS): pytest with Humble sourced and the venv's
+$(VENV_HUMBLE_ORT)/.stamp: setup.py $(HUMBLE_TREE)
+	@test -x "$(PY38)" || { echo "Python 3.8 not found at $(PY38): set PY38=/path/to/python3.8"; exit 1; }
+	rm -rf $(VENV_HUMBLE_ORT)
+	$(PY38) -m venv $(VENV_HUMBLE_ORT)
+	cd $(VENV_HUMBLE_ORT) && bin/python -m pip install -q --upgrade pip
+	cd $(VENV_HUMBLE_ORT) && bin/python -m pip install -q 'numpy==1.24.4' PyYAML lark packaging \
+		netifaces catkin_pkg 'opencv-python-headless==4.5.4.60' 'onnxruntime<1.20' onnx \
+		huggingface_hub filelock 'pytest<8.4' pytest-timeout tqdm scikit-image rosbags \
+		colcon-common-extensions
+	bash $(HUMBLE_TREE) $(abspath $(VENV_HUMBLE_ORT))/ros2-humble
+	touch $@
+
+# $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS[,VENV]): pytest with Humble sourced and the venv's
 # python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
 # what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
 define humble_pytest
-	@bash -c 'export PATH="$(abspath $(VENV_HUMBLE))/bin:$$PATH"; \
-		. "$(abspath $(VENV_HUMBLE))/ros2-humble/setup.bash" && \
+	@bash -c 'export PATH="$(abspath $(or $(5),$(VENV_HUMBLE)))/bin:$$PATH"; \
+		. "$(abspath $(or $(5),$(VENV_HUMBLE)))/ros2-humble/setup.bash" && \
 		export RMW_IMPLEMENTATION=$(1) && SECONDS=0 && \
 		python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; code=$$?; \
 		echo "== ROS 2 Humble, Python 3.8, $(2): $${SECONDS} s (log: $(3))"; \
@@ -143,6 +159,7 @@ else
 # that it meets the start of the transport lane, not the rate check at its end.
 test-humble: $(VENV_HUMBLE)/.stamp
 	@$(MAKE) --no-print-directory -j2 test-humble-transport test-humble-logic
+	@$(MAKE) --no-print-directory test-humble-firstrun
 endif
 
 test-humble-transport: $(VENV_HUMBLE)/.stamp
@@ -150,6 +167,16 @@ test-humble-transport: $(VENV_HUMBLE)/.stamp
 
 test-humble-logic: $(VENV_HUMBLE)/.stamp
 	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent $(HUMBLE_LOGIC_TESTS))
+
+# The user's first command with no backend and no model argument: without TensorRT it runs ONNX
+# Runtime on the public model (opset 17). No onnxruntime that reads it installs with numpy 1.17.4,
+# so these run in a second Humble venv with what `pip install depth_ros[onnx]` brings on Python
+# 3.8: numpy 1.24.4, onnxruntime 1.19 (the Humble tree takes numpy 1.17 to 1.24), each RMW.
+test-humble-firstrun: $(VENV_HUMBLE_ORT)/.stamp
+	@$(MAKE) --no-print-directory $(addprefix test-humble-firstrun-,$(HUMBLE_RMWS))
+
+test-humble-firstrun-%: $(VENV_HUMBLE_ORT)/.stamp
+	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,$(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))
 
 test-humble-%: $(VENV_HUMBLE)/.stamp
 	$(call humble_pytest,$*,$*,$(VENV_HUMBLE)/$*.log,-m "not rmw_independent" --deselect $(HUMBLE_DESELECT) $(HUMBLE_TESTS))
@@ -163,4 +190,4 @@ bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) $(VENV38) $(VENV_HUMBLE) build install log *.egg-info out
+	rm -rf $(VENV) $(VENV38) $(VENV_HUMBLE) $(VENV_HUMBLE_ORT) build install log *.egg-info out

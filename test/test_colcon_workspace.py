@@ -213,7 +213,8 @@ def _plain(text):
 
 def test_no_model_argument_offline_one_fatal_line_then_clouds_from_the_hub_cache(
         workspace, tmp_path):
-    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
+    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime '
+                        '(make test-humble-firstrun runs it with numpy 1.24.4)')
     from model_files import community_onnx, make_hub_cache
     env = sourced_environment(workspace, _clean_env())
     env.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub'),

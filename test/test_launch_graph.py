@@ -247,7 +247,8 @@ def hub_environment(tmp_path, monkeypatch):
 @launch_pytest.fixture
 def default_model_launch(overlay, watch, hub_environment):
     from model_files import community_onnx, make_hub_cache
-    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
+    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime '
+                        '(make test-humble-firstrun runs it with numpy 1.24.4)')
     make_hub_cache(str(hub_environment / 'hub'), community_onnx('tiny'))
     return _describe(watch, source='sample', publish_tf='false')
 
