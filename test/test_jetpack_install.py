@@ -10,7 +10,7 @@ pkg_resources before the module loads: a requirement without metadata ends the e
 
 The test builds that interpreter once (a Python 3.8 venv, cached with a stamp in
 ``$XDG_CACHE_HOME/depth_ros`` (``~/.cache/depth_ros``) or ``$DEPTH_ROS_JETPACK_VENV``),
-installs the package as colcon does, and runs the five executables. The nodes must get as far as
+installs the package as colcon does, and runs the six executables. The nodes must get as far as
 their ``main()``, where the missing rclpy (no ROS in the venv) stops them; ``depth-ros --help``
 must succeed. It skips, saying why, without a Python 3.8 or when pip cannot reach the registry.
 """
@@ -28,7 +28,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXECUTABLES = ('depth-ros', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node')
+EXECUTABLES = ('depth-ros', 'zed_node', 'depth_node', 'alignment_node', 'marigold_node',
+               'composed_nodes')
 NODES = EXECUTABLES[1:]
 # The robot's versions. OpenCV is installed from pip only to get a real cv2 and then loses its
 # metadata, which makes it what JetPack's apt OpenCV is to pkg_resources.
