@@ -18,6 +18,7 @@ in, and the command that fixes it. Nothing here ever builds an untrained network
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -48,7 +49,8 @@ class ModelUnavailable(RuntimeError):
                 model, '; '.join(self.places), fix))
 
 
-class Found(object):
+@dataclass(repr=False)
+class Found:
     """
     Where the model came from.
 
@@ -57,16 +59,13 @@ class Found(object):
         disk', 'Hugging Face cache', 'downloaded', 'checkpoint export').
     """
 
-    def __init__(self, kind: str, path: str, where: str, model_id: str,
-                 source_sha256: Optional[str] = None, source: Optional[str] = None,
-                 prepared=None):
-        self.kind = kind
-        self.path = path
-        self.where = where
-        self.model_id = model_id
-        self.source_sha256 = source_sha256
-        self.source = source
-        self.prepared = prepared
+    kind: str
+    path: str
+    where: str
+    model_id: str
+    source_sha256: Optional[str] = None
+    source: Optional[str] = None
+    prepared: Optional[object] = None     # onnx_prepare.Prepared when prepared now
 
     def __repr__(self) -> str:
         return 'Found({!r}, {!r}, {!r})'.format(self.kind, self.path, self.where)

@@ -38,6 +38,7 @@ conversion and the checks are onnx's and ONNX Runtime's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
 import os
 import re
@@ -487,21 +488,19 @@ def parity(original: str, prepared: str, width: int, height: int, seed: int = 0)
     return float(np.abs(outs[1] - outs[0]).max() / (scale if scale > 0 else 1.0))
 
 
-class Prepared(object):
+@dataclass(repr=False)
+class Prepared:
     """What prepare_onnx did: the file, the profile, node counts, parity and time."""
 
-    def __init__(self, path: str, profile: str, input_size: Tuple[int, int], nodes_before: int,
-                 nodes_after: int, layernorms: int, max_rel_err: Optional[float],
-                 seconds: float, reused: bool = False):
-        self.path = path
-        self.profile = profile
-        self.input_size = input_size
-        self.nodes_before = nodes_before
-        self.nodes_after = nodes_after
-        self.layernorms = layernorms
-        self.max_rel_err = max_rel_err
-        self.seconds = seconds
-        self.reused = reused
+    path: str
+    profile: str
+    input_size: Tuple[int, int]
+    nodes_before: int
+    nodes_after: int
+    layernorms: int
+    max_rel_err: Optional[float]
+    seconds: float
+    reused: bool = False
 
     def __repr__(self) -> str:
         return 'Prepared({!r}, {}, {}x{}, {} -> {} nodes, parity {}, {:.1f} s{})'.format(

@@ -12,6 +12,7 @@ reduction overflows FP16 (TensorRT 8.5 warns about it), which shows up as flat o
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import os
 import re
@@ -119,16 +120,15 @@ class PhaseLogger(object):
         self._cancelled = True
 
 
-class BuildResult(object):
+@dataclass(repr=False)
+class BuildResult:
     """What build_engine did: the engine path, its key, and whether it was built now."""
 
-    def __init__(self, engine_path: str, key: Dict[str, object], built: bool, seconds: float,
-                 fp32_layers: int = 0):
-        self.engine_path = engine_path
-        self.key = key
-        self.built = built
-        self.seconds = seconds
-        self.fp32_layers = fp32_layers
+    engine_path: str
+    key: Dict[str, object]
+    built: bool
+    seconds: float
+    fp32_layers: int = 0
 
     def __repr__(self) -> str:
         return 'BuildResult({!r}, built={}, {:.1f} s)'.format(
