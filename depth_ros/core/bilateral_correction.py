@@ -132,7 +132,11 @@ def push_pull(p, w, tau=PUSH_PULL_TAU):
         num, den = pyr[-1]
         pyr.append((cv2.pyrDown(num), cv2.pyrDown(den)))
     num, den = pyr.pop()
-    est = np.where(den > _EPS, num / np.maximum(den, _EPS), 1.0).astype(np.float32)
+    # The coarsest level (3 cells or fewer on its short side): a cell without weight takes
+    # the weighted mean of all.
+    total = float(den.sum())
+    mean = float(num.sum()) / total if total > _EPS else 1.0
+    est = np.where(den > _EPS, num / np.maximum(den, _EPS), mean).astype(np.float32)
     for num, den in reversed(pyr):
         up = cv2.resize(est, (num.shape[1], num.shape[0]), interpolation=cv2.INTER_LINEAR)
         a = den / (den + tau)
