@@ -121,26 +121,27 @@ def push_pull(p, w, tau=PUSH_PULL_TAU):
     """
     Fill ``p`` everywhere from its weights ``w`` (typical weight 1) by push-pull.
 
-    A Gaussian pyramid of ``w p`` and ``w`` down to a few cells (push), then from the
-    coarsest level up (pull): each level's normalised mean where its weight density ``d``
-    is, blended as ``d / (d + tau)`` with the level above. A cell far from any weight takes
-    the nearest stereo's value at the scale that reaches it (no decay toward 1): the left
-    border that SGBM cannot match, holes inside objects. 1 where no weight exists at all.
+    A Gaussian pyramid of ``w p`` and ``w`` down to 3 cells or fewer on the short side
+    (push), then from the coarsest level up (pull): each level's normalised mean where its
+    weight density ``d`` is, blended as ``d / (d + tau)`` with the level above, that is
+    ``(w p + tau up) / (d + tau)``; the coarsest blends with the mean of all. A cell far from
+    any weight takes the nearest stereo's value at the scale that reaches it (no decay toward
+    1): the left border that SGBM cannot match, holes inside objects. 1 where no weight
+    exists at all.
     """
-    pyr = [(w * p, w)]
+    pyr = [(cv2.multiply(w, p), w)]
     while min(pyr[-1][1].shape) >= 4:
         num, den = pyr[-1]
         pyr.append((cv2.pyrDown(num), cv2.pyrDown(den)))
     num, den = pyr.pop()
-    # The coarsest level (3 cells or fewer on its short side): a cell without weight takes
-    # the weighted mean of all.
+    # numpy on the coarsest level: OpenCV reads a plane of 4 or fewer values as a scalar.
     total = float(den.sum())
     mean = float(num.sum()) / total if total > _EPS else 1.0
-    est = np.where(den > _EPS, num / np.maximum(den, _EPS), mean).astype(np.float32)
-    for num, den in reversed(pyr):
+    est = ((num + np.float32(tau * mean)) / (den + np.float32(tau))).astype(np.float32)
+    for num, den in reversed(pyr):          # at least 4 x 4 values each
         up = cv2.resize(est, (num.shape[1], num.shape[0]), interpolation=cv2.INTER_LINEAR)
-        a = den / (den + tau)
-        est = (a * (num / np.maximum(den, _EPS)) + (1.0 - a) * up).astype(np.float32)
+        est = cv2.scaleAdd(up, tau, num, dst=up)
+        cv2.divide(est, cv2.add(den, tau), dst=est)
     return est
 
 
