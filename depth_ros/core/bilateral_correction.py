@@ -48,8 +48,9 @@ RANGE_SIGMA_DEPTH = 0.15     # range kernel on log inverse depth
 RANGE_SIGMA_IMAGE = 0.08     # range kernel on intensity (0..1)
 # Where the bilateral estimate has little support it is blended with a push-pull fill of the
 # targets (this tau: the weight density, in typical cell weights, at which a level takes
-# half its own mean): 20 development Middlebury views 0.0308 -> 0.0302 (tau 0.02), 0.0301
-# (0.005); the coarse normalised convolution before decayed toward 1 within about 2 radii.
+# half its own mean). 20 development Middlebury views: 0.0308 with the coarse normalised
+# convolution it replaces (which decayed toward 1 within about two radii of the stereo),
+# 0.0304 / 0.0302 / 0.0301 with tau 0.1 / 0.02 / 0.005 (docs/accuracy-findings.md, phase E).
 PUSH_PULL_TAU = 0.01
 
 
