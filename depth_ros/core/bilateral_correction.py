@@ -16,8 +16,8 @@ of cells that look like it and not of the object next to it: the image's intensi
 image is given, else the mono's log inverse depth. It is piecewise-linear over a few guide
 levels (Durand and Dorsey's fast bilateral filter). Where a surface has little stereo nearby
 the estimate is shrunk toward a push-pull fill of the targets (``push_pull``: the nearest
-stereo's correction at any distance; 1 only in a frame without any). The factor is bounded by ``max_correction`` and upsampled
-bilinearly: two full-resolution passes.
+stereo's correction at any distance; 1 only in a frame without any). The factor is bounded
+by ``max_correction`` and upsampled bilinearly: two full-resolution passes.
 
 One frame: ``cell_means(...)`` gathers the per-cell targets (:class:`CellTargets`),
 ``compute(targets, ...)`` spreads them into the factor map (:class:`Correction`),
