@@ -565,9 +565,13 @@ def test_push_pull_fills_far_from_the_stereo_with_the_nearest_correction():
     np.testing.assert_allclose(push_pull(np.full((h, w), 0.8, np.float32), sparse), 0.8,
                                rtol=1e-5)
     np.testing.assert_array_equal(push_pull(p, np.zeros_like(wt)), 1.0)
-    # The smallest planes the correction makes (3 x 3 cells) work too.
-    np.testing.assert_allclose(push_pull(np.full((3, 3), 1.1, np.float32),
-                                         np.eye(3, dtype=np.float32)), 1.1, rtol=1e-5)
+    # The smallest planes the correction makes (3 x 3 cells) and planes of 4 values or fewer
+    # (which OpenCV reads as a scalar) work too.
+    for shape in ((3, 3), (2, 2), (1, 3)):
+        wt = np.zeros(shape, np.float32)
+        wt[0, 0] = 1.0
+        np.testing.assert_allclose(push_pull(np.full(shape, 1.1, np.float32), wt), 1.1,
+                                   rtol=1e-5)
 
 
 def test_statistics_planes_take_every_step_th_output_pixel():

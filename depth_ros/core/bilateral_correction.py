@@ -130,7 +130,7 @@ def push_pull(p, w, tau=PUSH_PULL_TAU):
     1): the left border that SGBM cannot match, holes inside objects. 1 where no weight
     exists at all.
     """
-    pyr = [(cv2.multiply(w, p), w)]
+    pyr = [(w * p, w)]
     while min(pyr[-1][1].shape) >= 4:
         num, den = pyr[-1]
         pyr.append((cv2.pyrDown(num), cv2.pyrDown(den)))
