@@ -11,7 +11,7 @@ import dataclasses
 import cv2
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.alignment_options import AlignerOptions, option_specs
-from depth_ros.core.bilateral_correction import bilateral_nc, BilateralCorrection
+from depth_ros.core.bilateral_correction import bilateral_nc, BilateralCorrection, push_pull
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.edges import jump_mask
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
@@ -544,6 +544,34 @@ def test_bilateral_with_a_flat_guide_is_the_normalised_convolution():
         return cv2.blur(x.astype(np.float64), (7, 7), borderType=cv2.BORDER_REFLECT)
     np.testing.assert_allclose(est, box(w * p) / box(w), rtol=1e-5)
     np.testing.assert_allclose(den, box(w), rtol=1e-5)
+
+
+def test_push_pull_fills_far_from_the_stereo_with_the_nearest_correction():
+    # Stereo (weight) on the right third only, as beside SGBM's unmatched left border: the
+    # cells 60 columns away take the right third's correction, not 1 (no correction).
+    h, w = 45, 90
+    p = np.full((h, w), 1.25, np.float32)
+    p[:, 75:] = 1.35                            # the correction varies inside the stereo
+    wt = np.zeros((h, w), np.float32)
+    wt[:, 60:] = 1.0
+    est = push_pull(p, wt)
+    assert est.shape == (h, w) and est.dtype == np.float32
+    np.testing.assert_allclose(est[:, 62:73], 1.25, atol=2e-3)      # where the weight is
+    np.testing.assert_allclose(est[:, 80:], 1.35, atol=2e-3)
+    assert np.all((est[:, :55] > 1.2) & (est[:, :55] < 1.36)), est[0, :55]
+    # A constant target is reproduced everywhere, whatever the weights; none at all: 1.
+    rng = np.random.RandomState(3)
+    sparse = np.where(rng.rand(h, w) > 0.97, rng.rand(h, w), 0.0).astype(np.float32)
+    np.testing.assert_allclose(push_pull(np.full((h, w), 0.8, np.float32), sparse), 0.8,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(push_pull(p, np.zeros_like(wt)), 1.0)
+    # The smallest planes the correction makes (3 x 3 cells) and planes of 4 values or fewer
+    # (which OpenCV reads as a scalar) work too.
+    for shape in ((3, 3), (2, 2), (1, 3)):
+        wt = np.zeros(shape, np.float32)
+        wt[0, 0] = 1.0
+        np.testing.assert_allclose(push_pull(np.full(shape, 1.1, np.float32), wt), 1.1,
+                                   rtol=1e-5)
 
 
 def test_statistics_planes_take_every_step_th_output_pixel():

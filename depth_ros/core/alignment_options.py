@@ -113,12 +113,12 @@ class AlignerOptions(object):
     max_correction: float = _opt(0.5, 'bound on |log| of the local correction factor', 0.0,
                                  5.0)
     consistency: Optional[float] = _opt(
-        0.15, 'stereo further from the aligned mono than this fraction of its inverse depth '
+        0.25, 'stereo further from the aligned mono than this fraction of its inverse depth '
         '(plus 2 sigma of the stereo noise) is an outlier, however uncertain the mono is '
         '(the local correction uses twice this band); None: only the statistical test', 0.0,
         None, low_open=True, allow_none=True)
     outlier_sigma: float = _opt(
-        4.0, 'stereo further than this many combined sigmas from the aligned mono is an '
+        6.0, 'stereo further than this many combined sigmas from the aligned mono is an '
         'outlier (not fused)', 0.0, None, low_open=True)
     consistency_min_inliers: float = _opt(
         0.6, 'mono is fused with (and may veto) stereo only while the fit explains at '

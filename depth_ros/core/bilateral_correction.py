@@ -15,9 +15,9 @@ A joint-bilateral normalised convolution spreads ``p`` to every cell: spatial bo
 of cells that look like it and not of the object next to it: the image's intensity when an
 image is given, else the mono's log inverse depth. It is piecewise-linear over a few guide
 levels (Durand and Dorsey's fast bilateral filter). Where a surface has little stereo nearby
-the estimate is shrunk toward a coarse normalised convolution, and that toward 1 (no
-correction) far from any stereo. The factor is bounded by ``max_correction`` and upsampled
-bilinearly: two full-resolution passes.
+the estimate is shrunk toward a push-pull fill of the targets (``push_pull``: the nearest
+stereo's correction at any distance; 1 only in a frame without any). The factor is bounded
+by ``max_correction`` and upsampled bilinearly: two full-resolution passes.
 
 One frame: ``cell_means(...)`` gathers the per-cell targets (:class:`CellTargets`),
 ``compute(targets, ...)`` spreads them into the factor map (:class:`Correction`),
@@ -46,6 +46,12 @@ EDGE_GAIN = 0.85     # the mono's relative error at a bend, per unit of relative
 BEND_MAX = 0.03      # stereo where the mono bends more than this is not used as a target
 RANGE_SIGMA_DEPTH = 0.15     # range kernel on log inverse depth
 RANGE_SIGMA_IMAGE = 0.08     # range kernel on intensity (0..1)
+# Where the bilateral estimate has little support it is blended with a push-pull fill of the
+# targets (this tau: the weight density, in typical cell weights, at which a level takes
+# half its own mean). 20 development Middlebury views: 0.0308 with the coarse normalised
+# convolution it replaces (which decayed toward 1 within about two radii of the stereo),
+# 0.0304 / 0.0302 / 0.0301 with tau 0.1 / 0.02 / 0.005 (docs/accuracy-findings.md, phase E).
+PUSH_PULL_TAU = 0.01
 
 
 class CellTargets(NamedTuple):
@@ -112,13 +118,32 @@ def bilateral_nc(p, w, guide, radius, range_sigma, max_levels=4):
     return est, den
 
 
-def _coarse(x, factor):
-    """Heavy smoothing through a pyramid: area-downsample by ``factor``, box, upsample."""
-    h, w = x.shape
-    small = cv2.resize(x, (max(1, w // factor), max(1, h // factor)),
-                       interpolation=cv2.INTER_AREA)
-    small = _box(_box(small, 1), 1)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+def push_pull(p, w, tau=PUSH_PULL_TAU):
+    """
+    Fill ``p`` everywhere from its weights ``w`` (typical weight 1) by push-pull.
+
+    A Gaussian pyramid of ``w p`` and ``w`` down to 3 cells or fewer on the short side
+    (push), then from the coarsest level up (pull): each level's normalised mean where its
+    weight density ``d`` is, blended as ``d / (d + tau)`` with the level above, that is
+    ``(w p + tau up) / (d + tau)``; the coarsest blends with the mean of all. A cell far from
+    any weight takes the nearest stereo's value at the scale that reaches it (no decay toward
+    1): the left border that SGBM cannot match, holes inside objects. 1 where no weight
+    exists at all.
+    """
+    pyr = [(w * p, w)]
+    while min(pyr[-1][1].shape) >= 4:
+        num, den = pyr[-1]
+        pyr.append((cv2.pyrDown(num), cv2.pyrDown(den)))
+    num, den = pyr.pop()
+    # numpy on the coarsest level: OpenCV reads a plane of 4 or fewer values as a scalar.
+    total = float(den.sum())
+    mean = float(num.sum()) / total if total > _EPS else 1.0
+    est = ((num + np.float32(tau * mean)) / (den + np.float32(tau))).astype(np.float32)
+    for num, den in reversed(pyr):          # at least 4 x 4 values each
+        up = cv2.resize(est, (num.shape[1], num.shape[0]), interpolation=cv2.INTER_LINEAR)
+        est = cv2.scaleAdd(up, tau, num, dst=up)
+        cv2.divide(est, cv2.add(den, tau), dst=est)
+    return est
 
 
 class BilateralCorrection(object):
@@ -263,10 +288,7 @@ class BilateralCorrection(object):
         q, den = bilateral_nc(p, w, targets.guide, self.r, targets.range_sigma)
         pos = w[w > 0]
         w_typ = float(median(pos)) if pos.size else 1.0
-        wc = _coarse(w, 2 * self.r)
-        pc = _coarse(w * p, 2 * self.r) / cv2.max(wc, _EPS)
-        prior = 0.02 * w_typ
-        fallback = (wc * pc + prior) / (wc + prior)
+        fallback = push_pull(p, (w * (1.0 / w_typ)).astype(np.float32))
         # Support from the information in the window (its sum, not its mean): two cells of
         # typical precision on the same surface are as good as the fallback.
         info = den * float((2 * self.r + 1) ** 2)
@@ -321,4 +343,5 @@ class BilateralCorrection(object):
         return cv2.resize(low, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
-__all__ = ['BilateralCorrection', 'CellTargets', 'Correction', 'Grid', 'bilateral_nc']
+__all__ = ['BilateralCorrection', 'CellTargets', 'Correction', 'Grid', 'bilateral_nc',
+           'push_pull']
