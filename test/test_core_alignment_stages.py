@@ -227,3 +227,26 @@ def test_prepare_checks_the_stereo_inputs():
         aligner.prepare(st, conf, guide=bgr[1:])
     with pytest.raises(ValueError, match='give `camera` or `focal_px`, not both'):
         aligner.prepare(st, camera=CAMERA, focal_px=90.0)
+
+
+@pytest.mark.parametrize('uncertainty', [False, True])
+def test_results_keep_their_arrays_while_planes_are_reused(uncertainty):
+    # The sets' planes are reused by later prepares and the output is written into a
+    # spent set's plane: no result may change afterwards, whichever frames follow (no-fit
+    # frames return all their planes, fitted ones hand one to their result).
+    seq = [(frames(1)[0][0], np.full((H, W), np.nan, np.float32)) + frames(1)[0][2:]]
+    seq += frames(8)
+    aligner = MetricAligner(compute_uncertainty=uncertainty)
+    kept = []
+    ahead = aligner.prepare(seq[1][1], seq[1][2], guide=seq[1][3], camera=CAMERA)
+    for i, (rel, st, conf, bgr) in enumerate(seq):
+        prepared = ahead if i == 1 else aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+        out = aligner.finish(rel, prepared)
+        kept.append((out, out.depth.tobytes(),
+                     None if out.uncertainty is None else out.uncertainty.tobytes()))
+        assert prepared.ys is None and prepared.spent
+    for out, depth, unc in kept:
+        assert out.depth.tobytes() == depth
+        assert (out.uncertainty is None and unc is None) or out.uncertainty.tobytes() == unc
+    ids = [id(out.depth) for out, _, _ in kept]
+    assert len(set(ids)) == len(ids)

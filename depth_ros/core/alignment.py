@@ -233,7 +233,8 @@ class MetricAligner(object):
         self._lattice = _lattice(height, width, o.fit_samples)
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
-        self._mono_plane = None         # step 8's aligned mono, when it is not the output
+        self._mono_plane = None         # step 8's aligned mono (disparity kind)
+        self._inv_plane = np.empty((height, width), np.float32)   # steps 9-11: corrected, fused
         self._correction = BilateralCorrection(height, width, o.correction_downsample,
                                                max(1, o.correction_radius_px))
         self._geom = (self._shape, self._lattice, self._correction)
@@ -356,7 +357,7 @@ class MetricAligner(object):
             # (step 13) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
             self._remember(depth, None)
-            self._spend(prepared)
+            self._spend(prepared, False)
             return _result(fit, samples, depth, unc, n_stereo)
         if fit.stereo_suspect:
             # Stereo that jumped against the metric history informs nothing this frame.
@@ -366,7 +367,7 @@ class MetricAligner(object):
 
         # 8. The aligned mono, at the relative map's size (0 sky, NaN unknown).
         mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
-        # mono: [h, w] float32 1/m (a scratch plane when the correction makes a new one)
+        # mono: [h, w] float32 1/m (the aligner's plane, disparity kind)
 
         # 9. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth and on the sky's patches. A held frame also learns it
@@ -389,8 +390,10 @@ class MetricAligner(object):
                                          prepared.conf_s, fit)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
-        # 12. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
-        depth, unc = _depth_and_sigma(inv, var)         # [H, W] float32 metres each
+        # 12. Depth and its 1-sigma uncertainty, in metres: the depth in the set's stereo
+        #     plane (spent; mapped already: the mono side maps no new pages for it), the
+        #     uncertainty in var's array.
+        depth, unc = _depth_and_sigma(inv, var, prepared.ys)   # [H, W] float32 metres each
         if kept is not None:
             depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
 
@@ -399,7 +402,7 @@ class MetricAligner(object):
         self._remember(depth, unc)
         if cells is not None:
             self._correction.remember(*cells, held=fit.source == 'previous')
-        self._spend(prepared)
+        self._spend(prepared, True)
         return _result(fit, samples, depth, unc, n_stereo)
 
     # ------------------------------------------------------------------ 1. and 5. checks
@@ -672,19 +675,24 @@ class MetricAligner(object):
         """
         try:
             planes = self._spare.pop()
-            if planes[0].shape == shape:
-                return planes
+            if planes[1].shape == shape:
+                return (np.empty(shape, np.float32) if planes[0] is None else planes[0],) + \
+                    planes[1:]
         except IndexError:
             pass
         return (np.empty(shape, np.float32), np.empty(shape, np.uint8),
                 np.empty(shape, np.uint8))
 
-    def _spend(self, prepared):
-        """Mark a set spent; its step-3 planes go to the next ``prepare``."""
+    def _spend(self, prepared, output_in_ys):
+        """
+        Mark a set spent; its step-3 planes go to the next ``prepare``.
+
+        Not the stereo's plane when it holds the output (``output_in_ys``): the result owns it.
+        """
         planes = prepared.planes
         prepared.spent, prepared.planes, prepared.ys, prepared.trust = True, None, None, None
         if planes is not None and len(self._spare) < 2:
-            self._spare.append(planes)
+            self._spare.append((None,) + planes[1:] if output_in_ys else planes)
 
     def _stereo_grid(self, p, corr, guide):
         """
@@ -725,17 +733,16 @@ class MetricAligner(object):
 
     def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
         """
-        Return the aligned mono inverse depth at the relative map's size (new, or a kept plane).
+        Return the aligned mono inverse depth at the relative map's size (the aligner's plane).
 
         0 on the sky, NaN where unknown. At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
         is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
-        # s * rel + t in one pass, in double precision (rounded once to float32). With a
-        # local correction the output is a new array (step 9): into a kept plane then, whose
-        # pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
+        # s * rel + t in one pass, in double precision (rounded once to float32), into a kept
+        # plane whose pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
         out = None
-        if self.options.correction_radius_px > 0 and self.options.relative_kind == 'disparity':
+        if self.options.relative_kind == 'disparity':
             if self._mono_plane is None or self._mono_plane.shape != rel.shape:
                 self._mono_plane = np.empty(rel.shape, np.float32)
             out = self._mono_plane
@@ -759,7 +766,8 @@ class MetricAligner(object):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
-        The corrected inverse depth [H, W] float32 1/m (a new array, the output's) is 0 at or
+        The corrected inverse depth [H, W] float32 1/m (the aligner's plane, or the mono's
+        own without a correction at the output size) is 0 at or
         below 1/max_output_depth and on the sky's patches (+inf depth), and NaN where
         unknown; the unknown mask [H, W] bool, or None when every pixel is known; the cells
         (CellTargets, Correction) for the temporal filter and the noise, or None without a
@@ -781,10 +789,11 @@ class MetricAligner(object):
             # where it agrees with this frame's mono, is its local information.
             alpha = min(o.temporal_alpha, HELD_TEMPORAL_ALPHA) if held else o.temporal_alpha
             correction = corr.compute(targets, o.max_correction, alpha)
-            inv = corr.apply(mono, correction)
+            inv = corr.apply(mono, correction,
+                             self._inv_plane if mono.shape == (h, w) else None)
             cells = (targets, correction)
         if inv.shape != (h, w):
-            inv = cv2.resize(inv, (w, h), interpolation=cv2.INTER_LINEAR)
+            inv = cv2.resize(inv, (w, h), dst=self._inv_plane, interpolation=cv2.INTER_LINEAR)
         unknown = None
         if not rel_finite or o.relative_kind == 'depth':
             unknown = ~np.isfinite(inv)
@@ -1035,16 +1044,16 @@ def _result(fit, samples, depth, unc, n_stereo):
                         stereo_fraction=n_stereo / float(depth.size), anchored=fit.anchored)
 
 
-def _depth_and_sigma(inv, var):
+def _depth_and_sigma(inv, var, out):
     """
-    Return depth (metres, in ``inv``'s array) and its 1-sigma uncertainty (in ``var``'s).
+    Return depth (metres, in ``out``) and its 1-sigma uncertainty (in ``var``'s array).
 
     Inverse depth 0 (at or below 1/max_output_depth, the sky) is +inf depth; NaN stays NaN.
     The uncertainty is ``SIGMA_CALIBRATION sigma_y z^2`` (+inf on the sky, NaN where
     unknown); None without ``var``.
     """
     with np.errstate(divide='ignore', invalid='ignore'):
-        depth = np.divide(np.float32(1.0), inv, out=inv)      # [H, W] float32 metres
+        depth = np.divide(np.float32(1.0), inv, out=out)      # [H, W] float32 metres
     if var is None:
         return depth, None
     # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.

@@ -319,10 +319,15 @@ class BilateralCorrection(object):
 
     # ------------------------------------------------------------------ full resolution
 
-    def apply(self, mono_inv: np.ndarray, correction: Correction) -> np.ndarray:
-        """Return ``mono_inv`` times the factor, upsampled bilinearly to its size (new array)."""
+    def apply(self, mono_inv: np.ndarray, correction: Correction,
+              out: Optional[np.ndarray] = None) -> np.ndarray:
+        """
+        Return ``mono_inv`` times the factor, upsampled bilinearly to its size.
+
+        In ``out`` (float32, ``mono_inv``'s shape) when given, else in a new array.
+        """
         h, w = mono_inv.shape
-        full = cv2.resize(correction.factor, (w, h), interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(correction.factor, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
         return cv2.multiply(mono_inv, full, dst=full)
 
     def upsample(self, low: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
