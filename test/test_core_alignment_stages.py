@@ -250,3 +250,26 @@ def test_results_keep_their_arrays_while_planes_are_reused(uncertainty):
         assert (out.uncertainty is None and unc is None) or out.uncertainty.tobytes() == unc
     ids = [id(out.depth) for out, _, _ in kept]
     assert len(set(ids)) == len(ids)
+
+
+def test_set_options_while_prepare_runs_makes_the_set_stale(monkeypatch):
+    # prepare on the stereo's thread, set_options on another: options changed between the
+    # steps of prepare must not leave a set of mixed options that finish takes as current.
+    seq = frames(2)
+    one, two = MetricAligner(), MetricAligner()
+    one.update(*seq[0][:3], guide=seq[0][3], camera=CAMERA)
+    two.update(*seq[0][:3], guide=seq[0][3], camera=CAMERA)
+    rel, st, conf, bgr = seq[1]
+    stereo_inverse = MetricAligner._stereo_inverse
+
+    def changed_meanwhile(self, *args):
+        planes = stereo_inverse(self, *args)      # step 3 with the old options
+        if self is two:
+            two.set_options(max_depth=6.0, confidence_threshold=30.0)
+        return planes
+
+    monkeypatch.setattr(MetricAligner, '_stereo_inverse', changed_meanwhile)
+    prepared = two.prepare(st, conf, guide=bgr, camera=CAMERA)
+    monkeypatch.setattr(MetricAligner, '_stereo_inverse', stereo_inverse)
+    one.set_options(max_depth=6.0, confidence_threshold=30.0)
+    assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))

@@ -292,6 +292,8 @@ class MetricAligner(object):
         the frame), or prepared on another thread while ``finish`` runs. The set holds new
         arrays of its own; ``finish`` spends it (a second ``finish`` prepares it again).
         """
+        # The options' generation first: a set_options while this runs makes the set stale.
+        generation = self._generation
         o = self.options
         # 1. Check the stereo inputs, before any compute; the focal length (px) at the
         #    stereo size.
@@ -316,7 +318,7 @@ class MetricAligner(object):
         #    tests and noise gains), on the statistics grid (inverse depth, trust, image,
         #    confidence) and on the cells (the range guide's intensity, the sky's colours and
         #    where the stereo says too far).
-        p = PreparedStereo(self._token, self._generation,
+        p = PreparedStereo(self._token, generation,
                            (stereo_depth, confidence, guide, camera, focal_px))
         p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
         p.stereo, p.conf, p.ys, p.trust, p.planes = stereo, conf, ys, trust, planes
