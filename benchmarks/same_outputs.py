@@ -35,12 +35,12 @@ def _scalars(r):
 
 
 def normal(frames, i):
-    """Fitted frames."""
+    """Return fitted frames."""
     return frames[i % 3]
 
 
 def held(frames, i):
-    """Every third frame without stereo; frame 5's stereo jumps."""
+    """Return every third frame without stereo; frame 5's stereo jumps."""
     rel, st, cf, img = frames[i % 3]
     if i % 3 == 2:
         st = np.full_like(st, np.nan)
@@ -50,7 +50,7 @@ def held(frames, i):
 
 
 def no_fit_first(frames, i):
-    """No stereo before the first fit."""
+    """Return no stereo before the first fit."""
     rel, st, cf, img = frames[i % 3]
     if i < 2:
         st = np.full_like(st, np.nan)
@@ -58,7 +58,7 @@ def no_fit_first(frames, i):
 
 
 def unknown_relative(frames, i):
-    """A block of non-finite relative values."""
+    """Return a block of non-finite relative values."""
     rel, st, cf, img = frames[i % 3]
     rel = rel.copy()
     rel[10:30, 40:90] = np.nan
@@ -66,7 +66,7 @@ def unknown_relative(frames, i):
 
 
 def sky_patch(frames, i):
-    """The ZED's +inf on the sky, a sky-coloured patch the network puts at a finite depth."""
+    """Return +inf stereo on the sky, and a sky-coloured patch at a finite relative depth."""
     rel, st, cf, img = frames[i % 3]
     h, w = st.shape
     st, rel, img = st.copy(), rel.copy(), img.copy()
@@ -97,6 +97,7 @@ def run(old, h, w, options, make, rel_size=None, guide=True, cam=True, conf=True
 
 
 def main(argv=None):
+    """Compare today with the commit; return 1 if any frame differs."""
     argv = sys.argv[1:] if argv is None else argv
     cv2.setNumThreads(1)
     old = load_core(argv[0] if argv else '2e25178')
@@ -117,9 +118,8 @@ def main(argv=None):
         for make, options, kw in cases:
             bad = run(old, h, w, options, make, **kw)
             failed += bad
-            print('  {}x{} {:<17} {} {}: {}'.format(w, h, make.__name__, options, kw,
-                                                 'exact' if not bad else
-                                                 '{} frames DIFFER'.format(bad)))
+            verdict = 'exact' if not bad else '{} frames DIFFER'.format(bad)
+            print('  {}x{} {:<17} {} {}: {}'.format(w, h, make.__name__, options, kw, verdict))
     return 1 if failed else 0
 
 
