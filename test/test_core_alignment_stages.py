@@ -273,3 +273,27 @@ def test_set_options_while_prepare_runs_makes_the_set_stale(monkeypatch):
     monkeypatch.setattr(MetricAligner, '_stereo_inverse', stereo_inverse)
     one.set_options(max_depth=6.0, confidence_threshold=30.0)
     assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+
+
+def test_prepare_on_another_thread_while_finish_runs():
+    # The node's shape: the stereo side prepared on the thread the stereo arrives on, the mono
+    # side finished on the alignment worker, the two overlapping.
+    import queue
+    import threading
+    seq = frames(10) * 2
+    one, two = MetricAligner(), MetricAligner()
+    sets = queue.Queue(maxsize=2)
+
+    def stereo_side():
+        for _, st, conf, bgr in seq:
+            sets.put(two.prepare(st, conf, guide=bgr, camera=CAMERA))
+
+    worker = threading.Thread(target=stereo_side)
+    worker.start()
+    try:
+        for rel, st, conf, bgr in seq:
+            prepared = sets.get(timeout=30)
+            assert_same(two.finish(rel, prepared),
+                        one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+    finally:
+        worker.join(timeout=30)

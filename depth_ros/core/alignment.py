@@ -289,8 +289,9 @@ class MetricAligner(object):
 
         Arguments as ``update``'s. Reads the options, never the per-frame state, and changes
         nothing in the aligner: a prepared set may be dropped unused (the network dropped
-        the frame), or prepared on another thread while ``finish`` runs. The set holds new
-        arrays of its own; ``finish`` spends it (a second ``finish`` prepares it again).
+        the frame), or prepared on another thread while ``finish`` runs (``finish`` calls of
+        one aligner run one at a time: it is one stream's history). The set holds arrays of
+        its own; ``finish`` spends it (a second ``finish`` prepares it again).
         """
         # The options' generation first: a set_options while this runs makes the set stale.
         generation = self._generation
