@@ -65,6 +65,17 @@ def unknown_relative(frames, i):
     return rel, st, cf, img
 
 
+def infinite_relative(frames, i):
+    """Return blocks of +inf and -inf relative values, and one value that overflows the mono."""
+    rel, st, cf, img = frames[i % 3]
+    rel = rel.copy()
+    rel[40:50, 10:60] = np.inf
+    rel[60:64, 100:140] = -np.inf
+    if i == 3:
+        rel[5, 5] = 3e38                  # finite, but the aligned mono overflows there
+    return rel, st, cf, img
+
+
 def sky_patch(frames, i):
     """Return +inf stereo on the sky, and a sky-coloured patch at a finite relative depth."""
     rel, st, cf, img = frames[i % 3]
@@ -87,8 +98,9 @@ def run(old, h, w, options, make, rel_size=None, guide=True, cam=True, conf=True
         rel, st, cf, img = make(frames, i)
         if rel_size is not None:
             rel = cv2.resize(rel, rel_size, interpolation=cv2.INTER_AREA)
-        outs = [a.update(rel, st, cf if conf else None, guide=img if guide else None,
-                         camera=c if cam else None) for a, c in zip((today, then), cams)]
+        with np.errstate(over='ignore'):       # the overflowing case, in both cores
+            outs = [a.update(rel, st, cf if conf else None, guide=img if guide else None,
+                             camera=c if cam else None) for a, c in zip((today, then), cams)]
         a, b = outs
         if not (_same(a.depth, b.depth) and _same(a.uncertainty, b.uncertainty)
                 and _scalars(a) == _scalars(b)):
@@ -106,13 +118,14 @@ def main(argv=None):
     failed = 0
     for h, w in ((180, 320), (360, 640)):
         cases = []
-        for make in (normal, held, no_fit_first, unknown_relative, sky_patch):
+        for make in (normal, held, no_fit_first, unknown_relative, infinite_relative, sky_patch):
             cases.append((make, dict(compute_uncertainty=False), {}))
             cases.append((make, dict(compute_uncertainty=True),
                           dict(rel_size=(w // 2 + 2, h // 2 + 1))))
         cases += [(held, dict(compute_uncertainty=True, temporal_alpha=0.5),
                    dict(guide=False, cam=False)),
                   (normal, dict(relative_kind='depth'), dict(conf=False)),
+                  (infinite_relative, dict(relative_kind='depth'), {}),
                   (normal, dict(consistency=None, consistency_min_inliers=0.99), {}),
                   (held, dict(correction_radius_px=0), {})]
         for make, options, kw in cases:

@@ -343,7 +343,9 @@ class MetricAligner(object):
         self._prepare_shape(*prepared.shape)
         self.frames += 1
         sigma_s = self.sigma_inv = prepared.sigma_inv
-        rel, rel_finite = _finite_or_nan(relative_disparity)    # [h, w] float32 relative
+        # Whether every relative value is finite is found in step 8, from the aligned mono
+        # (one pass over the map less); until then only the lattice reads it, per sample.
+        rel = relative_disparity.astype(np.float32, copy=False)   # [h, w] float32 relative
         stereo, ys, trust = prepared.stereo, prepared.ys, prepared.trust
 
         # 6. Sample the fit lattice: valid stereo, its noise, the sky.
@@ -369,8 +371,8 @@ class MetricAligner(object):
                 plane.fill(0)
 
         # 8. The aligned mono, at the relative map's size (0 sky, NaN unknown).
-        mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
-        # mono: [h, w] float32 1/m (the aligner's plane, disparity kind)
+        mono, rel_finite = self._mono_inverse(rel, fit, samples.sky_threshold)
+        # mono: [h, w] float32 1/m (the aligner's plane, disparity kind); rel_finite: bool
 
         # 9. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth and on the sky's patches. A held frame also learns it
@@ -734,11 +736,12 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 8. aligned mono
 
-    def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
+    def _mono_inverse(self, rel, fit, sky_threshold):
         """
-        Return the aligned mono inverse depth at the relative map's size (the aligner's plane).
+        Return the aligned mono inverse depth at the relative map's size, and if all is known.
 
-        0 on the sky, NaN where unknown. At the network's size this costs little; it is
+        The inverse depth (the aligner's plane, disparity kind) is 0 on the sky, NaN where
+        unknown (a non-finite relative value). At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
         is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
@@ -749,19 +752,27 @@ class MetricAligner(object):
             if self._mono_plane is None or self._mono_plane.shape != rel.shape:
                 self._mono_plane = np.empty(rel.shape, np.float32)
             out = self._mono_plane
-        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64), dst=out)
+        affine = np.array([[fit.scale, fit.shift]], np.float64)
+        y = cv2.transform(rel, affine, dst=out)
+        # The mono is finite wherever the map is (or it overflowed, and the map is tested): a
+        # sum of the mono just written costs less than one of the map, read the first time.
+        rel_finite = _all_finite(y) or _all_finite(rel)
+        if not rel_finite:
+            # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
+            rel = np.where(np.isfinite(rel), rel, np.float32(np.nan))
+            y = cv2.transform(rel, affine, dst=out)
         if self.options.relative_kind == 'disparity':
             if sky_threshold is not None and sky_threshold > 0:
                 cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
                               cv2.THRESH_TOZERO, dst=y)
                 if not rel_finite:
                     y[np.isnan(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
-            return y
+            return y, rel_finite
         z = y                                   # depth kind: the fit is in metres
         with np.errstate(divide='ignore', invalid='ignore'):
             y = np.float32(1.0) / z
             y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
-        return y
+        return y, rel_finite
 
     # ------------------------------------------------------------------ 9. correction
 
@@ -1027,15 +1038,11 @@ def _percentile_99(x):
     return float(part[k] + (pos - k) * (part[k + 1] - part[k]))
 
 
-def _finite_or_nan(relative):
-    """Return the relative map as float32, NaN where it is not finite, and whether all is."""
-    rel = relative.astype(np.float32, copy=False)
+def _all_finite(x):
+    """Whether every value of a float32 array is finite."""
     # A sum is finite exactly when every value is (float32 values cannot overflow a double
-    # sum): one read of the map instead of a mask and its test (0.3 ms at 1280x720).
-    if np.isfinite(cv2.sumElems(rel)[0] if rel.size > 4 else np.sum(rel, dtype=np.float64)):
-        return rel, True
-    # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
-    return np.where(np.isfinite(rel), rel, np.float32(np.nan)), False
+    # sum): one read of the array instead of a mask and its test (0.3 ms at 1280x720).
+    return bool(np.isfinite(cv2.sumElems(x)[0] if x.size > 4 else np.sum(x, dtype=np.float64)))
 
 
 def _result(fit, samples, depth, unc, n_stereo):
