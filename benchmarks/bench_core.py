@@ -4,12 +4,15 @@ Post-inference core at 1280x720, one thread: MetricAligner.update + depth_to_clo
 Times the whole stage as alignment_node runs it (update with the image as guide and the camera,
 no uncertainty; the cloud at stride 2 with the edge test; colorize) and at full resolution
 (the same with uncertainty and the cloud at stride 1), for today's core and, in the same rounds
-(interleaved, so that a noisy machine moves both alike), for the core of a baseline commit read
-from git history (benchmarks/git_baseline.py). Prints the medians, their ratio, and how far the
-two cores' outputs are apart on the same frames. Then the parts alone, and depth_to_cloud
-against one copy of its output bytes.
+(interleaved, so that a noisy machine moves both alike), for the cores of baseline commits read
+from git history (benchmarks/git_baseline.py). Today's stage runs in its two sides and each
+part is timed: the stereo side (``MetricAligner.prepare`` and the cloud's colours,
+``cloud_colours``), which can run while the network infers, and the mono side
+(``MetricAligner.finish``, ``depth_to_cloud``, ``colorize``). Prints the medians, their ratios,
+and how far the cores' outputs are apart on the same frames. Then the parts alone, and
+depth_to_cloud against one copy of its output bytes.
 
-Usage: python benchmarks/bench_core.py [--baseline COMMIT | --no-baseline] [--rounds N]
+Usage: python benchmarks/bench_core.py [--baseline COMMIT ... | --no-baseline] [--rounds N]
                                        [--width W --height H]
 This is a benchmark that prints figures, not a timed test.
 """
@@ -31,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from git_baseline import BaselineUnavailable, load_core  # noqa: E402, I100
 
 BASELINE = 'a6bfff9'     # main before the core was rewritten as numbered steps in plain form
+PARTS = ('prepare', 'colours', 'finish', 'cloud', 'colorize')
+STEREO_SIDE, MONO_SIDE = PARTS[:2], PARTS[2:]
 
 
 def scene(h, w, seed):
@@ -87,6 +92,46 @@ class Stage(object):
         self.last = res
 
 
+class SplitStage(Stage):
+    """Today's stage in its two sides, each part timed (wall and CPU, seconds)."""
+
+    def __init__(self, core, frames, full):
+        super().__init__(core, frames, full)
+        self.wall = {part: [] for part in PARTS}
+        self.cpu = {part: [] for part in PARTS}
+
+    def __call__(self):
+        rel, st, conf, image = self.frames[self.i % len(self.frames)]
+        self.i += 1
+        stride = 1 if self.full else 2
+        pc = self.core.pointcloud
+        steps = (
+            ('prepare', lambda _: self.aligner.prepare(st, conf, guide=image, camera=self.cam)),
+            ('colours', lambda _: pc.cloud_colours(image, stride)),
+            ('finish', lambda _: self.aligner.finish(rel, self.prepared)),
+            ('cloud', lambda res: pc.depth_to_cloud(res.depth, self.cam, colours=self.colours,
+                                                    stride=stride)),
+            ('colorize', lambda res: self.core.visualize.colorize(res.depth, 0.3, 20.0,
+                                                                  reverse=True)))
+        value = None
+        for part, fn in steps:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            out = fn(value)
+            self.wall[part].append(time.perf_counter() - t0)
+            self.cpu[part].append(time.thread_time() - c0)
+            if part == 'prepare':
+                self.prepared = out
+            elif part == 'colours':
+                self.colours = out
+            elif part == 'finish':
+                value = self.last = out
+
+    def clear(self):
+        for times in (self.wall, self.cpu):
+            for part in PARTS:
+                del times[part][:]
+
+
 def interleaved(stages, rounds):
     """
     Time each stage once per round, the order rotated every round; return the samples.
@@ -106,13 +151,12 @@ def interleaved(stages, rounds):
     return wall, cpu
 
 
-def _ratio_line(today, baseline):
-    """'today ms  baseline ms  ratio of the medians  median [quartiles] of per-round ratios'."""
+def _ratio(today, baseline):
+    """'ratio of the medians [median and quartiles of the per-round ratios]'."""
     per_round = np.array(today) / np.array(baseline)
     q1, q2, q3 = np.percentile(per_round, (25, 50, 75))
-    return 'today {:7.3f}   baseline {:7.3f}   ratio {:5.3f}   per round {:5.3f} [{:5.3f}, ' \
-        '{:5.3f}]'.format(1e3 * np.median(today), 1e3 * np.median(baseline),
-                          np.median(today) / np.median(baseline), q2, q1, q3)
+    return '{:5.3f} (per round {:5.3f} [{:5.3f}, {:5.3f}])'.format(
+        np.median(today) / np.median(baseline), q2, q1, q3)
 
 
 def output_difference(new, old):
@@ -125,39 +169,58 @@ def output_difference(new, old):
     return (float(rel.max()) if rel.size else 0.0), same
 
 
-def compare(frames, baseline, rounds):
-    """Time today's stage against the baseline's, interleaved; print figures and ratios."""
+def compare(frames, baselines, rounds):
+    """
+    Time today's stage, in its sides, against the baselines' whole stage, interleaved.
+
+    Prints per setting and clock: today's parts, its stereo side, mono side and total, each
+    baseline's stage, and the ratios of today's total and mono side to each baseline's stage.
+    """
     core = types.SimpleNamespace(alignment=alignment, camera=camera, pointcloud=pointcloud,
                                  visualize=visualize)
     stages = {}
     for full in (False, True):
-        stages[('today', full)] = Stage(core, frames, full)
-        if baseline is not None:
-            stages[('baseline', full)] = Stage(baseline, frames, full)
+        stages[('today', full)] = SplitStage(core, frames, full)
+        for baseline in baselines:
+            stages[(baseline.commit[:7], full)] = Stage(baseline, frames, full)
     for stage in stages.values():       # warm-up: buffers, caches, page faults
         for _ in range(2 * len(frames)):
             stage()
+    for full in (False, True):
+        stages[('today', full)].clear()
     wall, cpu = interleaved(stages, rounds)
     h, w = frames[0][1].shape
     print('post-inference stage at {}x{}, 1 thread, {} interleaved rounds: medians in ms '
-          '(wall clock; CPU time of the thread), their ratio, and the median [quartiles] of '
-          'the ratios within each round'.format(w, h, rounds))
+          '(wall clock; CPU time of the thread), ratios of the medians and the median '
+          '[quartiles] of the ratios within each round'.format(w, h, rounds))
     for full, what in ((False, "alignment_node's settings (no uncertainty, cloud stride 2)"),
                        (True, 'full resolution (uncertainty, cloud stride 1)')):
         print('  ' + what)
-        for clock, times in (('wall', wall), ('CPU ', cpu)):
-            today = times[('today', full)]
-            if baseline is None:
-                print('    {}  today {:7.3f}'.format(clock, 1e3 * np.median(today)))
-            else:
-                print('    {}  {}'.format(clock, _ratio_line(today, times[('baseline', full)])))
-    if baseline is not None:
+        today = stages[('today', full)]
+        for clock, times, part_times in (('wall', wall, today.wall), ('CPU ', cpu, today.cpu)):
+            part = {name: np.array(part_times[name]) for name in PARTS}
+            stereo = sum(part[name] for name in STEREO_SIDE)
+            mono = sum(part[name] for name in MONO_SIDE)
+            print('    {}  today: stereo side {:6.3f} (prepare {:6.3f}, cloud colours {:6.3f}); '
+                  'mono side {:6.3f} (finish {:6.3f}, cloud {:6.3f}, colorize {:6.3f}); '
+                  'total {:6.3f}'.format(
+                      clock, 1e3 * np.median(stereo), 1e3 * np.median(part['prepare']),
+                      1e3 * np.median(part['colours']), 1e3 * np.median(mono),
+                      1e3 * np.median(part['finish']), 1e3 * np.median(part['cloud']),
+                      1e3 * np.median(part['colorize']), 1e3 * np.median(times[('today', full)])))
+            for baseline in baselines:
+                name = baseline.commit[:7]
+                base = times[(name, full)]
+                print('          {} {:6.3f}: total / it {}; mono side / it {}'.format(
+                    name, 1e3 * np.median(base), _ratio(times[('today', full)], base),
+                    _ratio(mono, base)))
+    for baseline in baselines:
         for full in (False, True):
             # The same frame count on both: the last results are of the same frame.
             diff, same = output_difference(stages[('today', full)].last,
-                                           stages[('baseline', full)].last)
-            print('  output vs baseline ({}): max relative depth difference {:.2e}, '
-                  'NaN/inf {}'.format('full' if full else 'node', diff,
+                                           stages[(baseline.commit[:7], full)].last)
+            print('  output vs {} ({}): max relative depth difference {:.2e}, '
+                  'NaN/inf {}'.format(baseline.commit[:7], 'full' if full else 'node', diff,
                                       'the same' if same else 'DIFFERENT'))
 
 
@@ -213,23 +276,24 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=60,
                         help='interleaved rounds of the stage comparison')
     parser.add_argument('--repeats', type=int, default=30, help='runs of each part alone')
-    parser.add_argument('--baseline', default=BASELINE,
-                        help='commit whose core is timed in the same rounds')
+    parser.add_argument('--baseline', action='append',
+                        help='commit whose core is timed in the same rounds (repeat for more; '
+                        'default {})'.format(BASELINE))
     parser.add_argument('--no-baseline', action='store_true')
     parser.add_argument('--no-parts', action='store_true', help='only the stage comparison')
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    baseline = None
-    if not args.no_baseline:
+    baselines = []
+    for commit in ([] if args.no_baseline else args.baseline or [BASELINE]):
         try:
-            baseline = load_core(args.baseline)
+            baselines.append(load_core(commit))
         except BaselineUnavailable as exc:
-            print('no baseline: {}'.format(exc))
+            print('no baseline {}: {}'.format(commit, exc))
     print('Python {}, numpy {}, OpenCV {}{}'.format(
         sys.version.split()[0], np.__version__, cv2.__version__,
-        '' if baseline is None else ', baseline {}'.format(baseline.commit[:10])))
+        ''.join(', baseline {}'.format(b.commit[:10]) for b in baselines)))
     frames = [scene(args.height, args.width, s) for s in range(4)]
-    compare(frames, baseline, args.rounds)
+    compare(frames, baselines, args.rounds)
     if not args.no_parts:
         parts(frames, args.repeats)
     return 0

@@ -8,8 +8,8 @@ import threading
 
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.ply import read_ply, write_ply
-from depth_ros.core.pointcloud import (CLOUD_DTYPE, cloud_fields, depth_to_cloud, pack_rgb,
-                                       point_step, unpack_rgb)
+from depth_ros.core.pointcloud import (cloud_colours, CLOUD_DTYPE, cloud_fields,
+                                       depth_to_cloud, pack_rgb, point_step, unpack_rgb)
 import numpy as np
 import pytest
 
@@ -221,6 +221,40 @@ def test_strided_cloud_takes_every_pixel_i_s_j_s_and_keeps_earlier_results(strid
                                   bgr[:hs * stride:stride, :ws * stride:stride, ::-1])
     plain_cloud(depth[::-1].copy(), cam, bgr=bgr[::-1].copy(), stride=stride)
     assert cloud.tobytes() == snapshot, 'kept buffers must not alias an earlier result'
+
+
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_colours_packed_ahead_give_the_same_cloud(stride):
+    rng = np.random.RandomState(10 + stride)
+    h, w = 41, 63                   # not multiples of the stride
+    cam = PinholeCamera(50.0, 50.0, 31.0, 20.0, w, h)
+    depth = rng.uniform(1.0, 9.0, (h, w)).astype(np.float32)
+    depth[5:9, 3:30] = np.nan
+    bgr = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    packed = cloud_colours(bgr, stride)
+    hs, ws = h // stride, w // stride
+    # pack_rgb of the strided view, byte for byte: B, G, R, 0.
+    want = bgr[:hs * stride:stride, :ws * stride:stride]
+    assert packed.dtype == np.float32 and packed.shape == (hs, ws)
+    np.testing.assert_array_equal(packed.view(np.uint8).reshape(hs, ws, 4)[..., :3], want)
+    assert not packed.view(np.uint8).reshape(hs, ws, 4)[..., 3].any()
+    for edge in (None, 0.1):
+        assert depth_to_cloud(depth, cam, colours=packed, stride=stride,
+                              edge_threshold=edge).tobytes() == \
+            depth_to_cloud(depth, cam, bgr=bgr, stride=stride, edge_threshold=edge).tobytes()
+
+
+def test_packed_colours_are_checked():
+    bgr = colours()
+    with pytest.raises(ValueError, match='give `bgr` or `colours`, not both'):
+        depth_to_cloud(depth_map(), CAM, bgr=bgr, colours=cloud_colours(bgr))
+    with pytest.raises(ValueError, match=r'`colours` must be the float32 array of shape '
+                                         r'\(3, 4\) that cloud_colours\(bgr, 2\) returns'):
+        depth_to_cloud(depth_map(), CAM, colours=cloud_colours(bgr), stride=2)
+    with pytest.raises(ValueError, match='`stride` must be an integer >= 1'):
+        cloud_colours(bgr, 0)
+    with pytest.raises(ValueError, match='`bgr` must'):
+        cloud_colours(bgr[..., 0])
 
 
 def colorize_reference(values, vmin, vmax, reverse, invalid=(0, 0, 0)):

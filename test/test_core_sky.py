@@ -1,7 +1,7 @@
 """
 The sky's patches, the uncertainty's calibration and the aligner's numeric helpers.
 
-The sky's patches of core/sky.py and MetricAligner step 8, the reported sigma's calibration,
+The sky's patches of core/sky.py and MetricAligner step 9, the reported sigma's calibration,
 and the small helpers of the aligner, against independent computations.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.

@@ -2,29 +2,36 @@
 Metric alignment of relative (affine-invariant) depth to stereo depth, and noise-aware fusion.
 
 ``MetricAligner.update(relative, stereo_depth, confidence, guide=..., camera=...)`` takes one
-frame through numbered steps (the comments in ``update`` carry the same numbers):
+frame through numbered steps, in two sides: ``prepare(stereo_depth, confidence, guide, camera)``
+(steps 1-4) needs only the stereo set and changes nothing in the aligner; ``finish(relative,
+prepared)`` (steps 5-13) aligns the relative map to it. ``update`` is ``finish(relative,
+prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbers:
 
-1. check the inputs;
+1. check the stereo inputs;
 2. the stereo noise model, constant in inverse depth (``sigma_d / (f B)``);
-3. the inputs as float32 (a non-finite relative value is unknown);
-4. sample a fixed lattice: trusted stereo, its noise, the sky;
-5. fit this frame's affine robustly (RANSAC, then Tukey IRLS; the sky as an infinite-depth
+3. the stereo and confidence as float32; the stereo in inverse depth and where it is trusted;
+4. the stereo where the mono side reads it: on the fit lattice (its tests and noise gains), on
+   the statistics grid (inverse depth, trust, image, confidence) and on the cells (the range
+   guide's intensity, the sky's colours and too-far stereo);
+5. check the relative map against the stereo's size; as float32 (a non-finite value is
+   unknown);
+6. sample the relative map on the fit lattice: the fit samples and their noise, the sky;
+7. fit this frame's affine robustly (RANSAC, then Tukey IRLS; the sky as an infinite-depth
    anchor of the shift). A frame with too little stereo, or whose fit jumps against the
    previous metric output, is fitted to the previous output instead (status 'held'): no
-   affine is carried from one frame to the next;
-6. the stereo in inverse depth and where it is trusted (without a fit: the output);
-7. the aligned mono in inverse depth (the sky 0);
-8. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
+   affine is carried from one frame to the next. Without a fit: the trusted stereo alone;
+8. the aligned mono in inverse depth (the sky 0);
+9. the local correction (core/bilateral_correction.py): a joint-bilateral normalised
    convolution of ``stereo_inv / mono_inv`` per cell, its range kernel on the image (or the
    mono), applied to the mono and resized to the output size; the sky's patches that the
    network gave a finite depth (core/sky.py) become 0;
-9. this frame's noise: the stereo model's calibration ``beta`` and the mono's relative error;
-10. the fusion (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, stereo
+10. this frame's noise: the stereo model's calibration ``beta`` and the mono's relative error;
+11. the fusion (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, stereo
     outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
-11. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
+12. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
     ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres, the model's sigma
     times ``SIGMA_CALIBRATION``);
-12. remember the output on the lattice for the next frame.
+13. remember the output on the lattice for the next frame.
 
 Conventions (see docs/core.md):
 
@@ -153,12 +160,15 @@ class MetricAligner(object):
     estimates (``rho_pre``, ``rho_post``, ``beta``, ``sigma_inv``), the previous output on the
     fit lattice (jump test, self-alignment), the count of jumped frames, the RANSAC generator,
     the correction's temporal state and per-shape buffers. Everything else is local to
-    ``update``.
+    ``finish``, or held by the :class:`PreparedStereo` of ``prepare``.
     """
 
     def __init__(self, options: Optional[AlignerOptions] = None, **kwargs):
         self.options = make_options(options, **kwargs)
         self._shape = None
+        self._geom = None               # (shape, lattice, correction) of _prepare_shape
+        self._token = object()          # marks the sets this aligner prepared
+        self._generation = 0            # options and resets so far: a set's staleness
         self.reset()
 
     def __getattr__(self, name):
@@ -183,13 +193,16 @@ class MetricAligner(object):
         keys = ('correction_downsample', 'correction_radius_px', 'fit_samples')
         if any(getattr(new, k) != getattr(self.options, k) for k in keys):
             self._shape = None          # lattice and buffers are rebuilt on the next frame
+            self._geom = None
         self.options = new
+        self._generation += 1           # sets prepared before are prepared again
         return new
 
     # ------------------------------------------------------------------ state
 
     def reset(self) -> None:
         """Forget the history (the next update fits from scratch, or is 'no_fit')."""
+        self._generation = getattr(self, '_generation', 0) + 1
         self._rng = np.random.RandomState(self.options.seed)
         self.scale = float('nan')       # affine of the last frame
         self.shift = float('nan')
@@ -216,23 +229,30 @@ class MetricAligner(object):
             return
         self._shape = (height, width)
         o = self.options
-        n = height * width
-        # A regular lattice read through strided views: cheap to gather.
-        step = max(1.0, np.sqrt(n / float(o.fit_samples)))
-        sy = max(1, int(round(step)))
-        sx = max(1, int(round(n / float(o.fit_samples) / sy)))
-        self._lattice = (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
+        self._lattice = _lattice(height, width, o.fit_samples)
         self._lattice_maps = None
-        self._ys = np.empty((height, width), np.float32)       # stereo inverse depth
-        self._trust = np.empty((height, width), np.uint8)      # 255: trusted stereo
-        self._confident = np.empty((height, width), np.uint8)  # 255: confidence passes
         self._fusion = Fusion(height, width)
         self._correction = BilateralCorrection(height, width, o.correction_downsample,
                                                max(1, o.correction_radius_px))
+        self._geom = (self._shape, self._lattice, self._correction)
         self._prev_inv = None
         self._prev_var = None
 
-    # ------------------------------------------------------------------ update
+    def _geometry(self, height, width):
+        """
+        Return the lattice and the correction's sizes for a frame size, changing nothing.
+
+        The aligner's own when it runs at that size; else new ones (the first frame, or a
+        new size: ``finish`` then rebuilds the aligner's per-shape state with the same sizes).
+        """
+        geom = self._geom
+        if geom is not None and geom[0] == (height, width):
+            return geom[1], geom[2]
+        o = self.options
+        return _lattice(height, width, o.fit_samples), BilateralCorrection(
+            height, width, o.correction_downsample, max(1, o.correction_radius_px))
+
+    # ------------------------------------------------------------------ prepare / finish
 
     def update(self, relative_disparity: np.ndarray, stereo_depth: np.ndarray,
                confidence: Optional[np.ndarray] = None, guide: Optional[np.ndarray] = None,
@@ -240,6 +260,9 @@ class MetricAligner(object):
                focal_px: Optional[float] = None) -> AlignedDepth:
         """
         Align one frame. Returns a new AlignedDepth whose arrays the aligner never reuses.
+
+        ``finish(relative_disparity, prepare(stereo_depth, confidence, guide, camera,
+        focal_px))``: the stereo side and the mono side of the frame in one call.
 
         :param relative_disparity: [h, w] float relative prediction (kind per ``relative_kind``;
             the name follows the default kind), resized to the stereo size when different.
@@ -252,89 +275,131 @@ class MetricAligner(object):
         :param focal_px: ... or the focal length in pixels at the stereo size. Without either,
             the stereo noise is estimated from the fit residuals.
         """
+        return self.finish(relative_disparity, self.prepare(stereo_depth, confidence, guide,
+                                                            camera, focal_px))
+
+    def prepare(self, stereo_depth: np.ndarray, confidence: Optional[np.ndarray] = None,
+                guide: Optional[np.ndarray] = None, camera: Optional[PinholeCamera] = None,
+                focal_px: Optional[float] = None) -> 'PreparedStereo':
+        """
+        Prepare the stereo side of a frame (steps 1-4): all that does not need the relative map.
+
+        Arguments as ``update``'s. Reads the options, never the per-frame state, and changes
+        nothing in the aligner: a prepared set may be dropped unused (the network dropped
+        the frame), or prepared on another thread while ``finish`` runs. The set holds new
+        arrays of its own; ``finish`` spends it (a second ``finish`` prepares it again).
+        """
         o = self.options
-        # 1. Check the inputs, before any compute; the focal length (px) at the stereo size.
-        focal = self._check_inputs(relative_disparity, stereo_depth, confidence, guide,
-                                   camera, focal_px)
-        self._prepare_shape(*stereo_depth.shape)
-        self.frames += 1
+        # 1. Check the stereo inputs, before any compute; the focal length (px) at the
+        #    stereo size.
+        focal = self._check_stereo(stereo_depth, confidence, guide, camera, focal_px)
+        h, w = stereo_depth.shape
+        lat, corr = self._geometry(h, w)
 
         # 2. The stereo noise model: constant in inverse depth (1/m, 1 sigma). Without a focal
         #    length it has the right shape and beta calibrates its level from the data.
         sigma_s = _SIGMA_INV_DEFAULT if focal is None else stereo_inverse_sigma(
             o.disparity_noise_px, focal, o.baseline_m)
-        self.sigma_inv = sigma_s
 
-        # 3. The inputs as float32; a non-finite relative value is unknown (NaN).
-        rel, rel_finite = _finite_or_nan(relative_disparity)    # [h, w] float32 relative
+        # 3. The stereo and confidence as float32; the stereo in inverse depth (0 where
+        #    untrusted), and where it is trusted.
         stereo = stereo_depth.astype(np.float32, copy=False)    # [H, W] float32 metres
         conf = None if confidence is None else \
             confidence.astype(np.float32, copy=False)           # [H, W] float32 1..100
+        ys, trust = self._stereo_inverse(stereo, conf)  # [H, W] float32 1/m, [H, W] uint8 255
 
-        # 4. Sample the fit lattice: valid stereo, its noise, the sky.
-        samples = self._samples(rel, stereo, conf, sigma_s)
+        # 4. The stereo where the mono side reads it: on the fit lattice (the samples' stereo
+        #    tests and noise gains), on the statistics grid (inverse depth, trust, image,
+        #    confidence) and on the cells (the range guide's intensity, the sky's colours and
+        #    where the stereo says too far).
+        p = PreparedStereo(self._token, self._generation,
+                           (stereo_depth, confidence, guide, camera, focal_px))
+        p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
+        p.stereo, p.conf, p.ys, p.trust = stereo, conf, ys, trust
+        self._stereo_lattice(p, lat)
+        self._stereo_grid(p, corr, guide)
+        return p
 
-        # 5. Fit this frame's affine to its stereo, else to the previous output.
+    def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo') -> AlignedDepth:
+        """
+        Finish a frame, the mono side (steps 5-13): align ``relative_disparity`` to a prepared set.
+
+        ``prepared`` comes from this aligner's ``prepare``; a set prepared before a
+        ``set_options`` or ``reset``, or already spent by a ``finish``, is prepared again from
+        its inputs. Returns what ``update`` returns.
+        """
+        prepared = self._check_prepared(prepared)
+        # 5. Check the relative map against the stereo's size; as float32 (a non-finite
+        #    relative value is unknown: NaN).
+        self._check_relative(relative_disparity, prepared.shape)
+        prepared.spent = True
+        self._prepare_shape(*prepared.shape)
+        self.frames += 1
+        sigma_s = self.sigma_inv = prepared.sigma_inv
+        rel, rel_finite = _finite_or_nan(relative_disparity)    # [h, w] float32 relative
+        stereo, ys, trust = prepared.stereo, prepared.ys, prepared.trust
+
+        # 6. Sample the fit lattice: valid stereo, its noise, the sky.
+        samples = self._samples(rel, prepared, sigma_s)
+
+        # 7. Fit this frame's affine to its stereo, else to the previous output.
         fit = self._fit(samples)
         if fit.source:
             self.scale, self.shift = fit.scale, fit.shift
         if fit.status != 'ok':
             LOG.debug('frame %d: %s (%s)', self.frames, fit.status, fit.reason)
-
-        # 6. The stereo in inverse depth (0 where untrusted), and where it is trusted.
-        ys, trust = self._stereo_inverse(stereo, conf)  # [H, W] float32 1/m, [H, W] uint8 255
         if not fit.source:
             # No fit: the trusted stereo alone, NaN elsewhere (never a guess). Remembered
-            # (step 12) with the mono's relative noise.
+            # (step 13) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
             self._remember(depth, None)
             return _result(fit, samples, depth, unc, n_stereo)
         if fit.stereo_suspect:
             # Stereo that jumped against the metric history informs nothing this frame.
-            trust.fill(0)
-            ys.fill(0.0)
+            for plane in (trust, ys, prepared.lat_trusted, prepared.stereo_s,
+                          prepared.trusted_s):
+                plane.fill(0)
 
-        # 7. The aligned mono, at the relative map's size (0 sky, NaN unknown).
+        # 8. The aligned mono, at the relative map's size (0 sky, NaN unknown).
         mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
         # mono: [h, w] float32 1/m
 
-        # 8. The local correction, applied to the mono and resized to the output size; 0 at
+        # 9. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth and on the sky's patches. A held frame also learns it
         #    from the previous output per cell. The cells are None without a correction.
-        inv, unknown, cells = self._correct(mono, ys, trust, stereo, guide, rel_finite,
+        inv, unknown, cells = self._correct(mono, prepared, rel_finite,
                                             sigma_s * np.sqrt(self.beta),
                                             fit.source == 'previous')
         # inv: [H, W] float32 1/m (becomes the output); unknown: [H, W] bool or None
 
-        # 9. This frame's noise: the stereo model's calibration beta and the mono's relative
-        #    error rho_post (from the lattice), and the mono's variance map.
-        mono_var, mono_s = self._noise(inv, ys, trust, sigma_s, conf, cells,
+        # 10. This frame's noise: the stereo model's calibration beta and the mono's relative
+        #     error rho_post (from the lattice), and the mono's variance map.
+        mono_var, mono_s = self._noise(inv, prepared, sigma_s, cells,
                                        fit.source == 'previous')
         # mono_var: [sh, sw] float32 1/m^2; mono_s: [sh, sw] float32 1/m, the corrected mono
         sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
 
-        # 10. Fuse the trusted stereo into inv, in place, and its variance when asked for;
+        # 11. Fuse the trusted stereo into inv, in place, and its variance when asked for;
         #     ys is spent (the fusion writes y_s - y_m into its plane).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
-                                         conf, fit)
+                                         prepared.conf_s, fit)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
-        # 11. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
+        # 12. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
         depth, unc = _depth_and_sigma(inv, var)         # [H, W] float32 metres each
         if kept is not None:
             depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
 
-        # 12. Remember for the next frame: the output on the lattice (jump test,
+        # 13. Remember for the next frame: the output on the lattice (jump test,
         #     self-alignment) and the cells (the correction's temporal filter).
         self._remember(depth, unc)
         if cells is not None:
             self._correction.remember(*cells, held=fit.source == 'previous')
         return _result(fit, samples, depth, unc, n_stereo)
 
-    # ------------------------------------------------------------------ 1. checks
+    # ------------------------------------------------------------------ 1. and 5. checks
 
-    def _check_inputs(self, relative, stereo_depth, confidence, guide, camera, focal_px):
-        check_image('relative_disparity', relative, dtypes=_FLOATS)
+    def _check_stereo(self, stereo_depth, confidence, guide, camera, focal_px):
         check_image('stereo_depth', stereo_depth, dtypes=_FLOATS)
         if confidence is not None:
             check_image('confidence', confidence, dtypes=_FLOATS + (np.uint8,))
@@ -346,16 +411,35 @@ class MetricAligner(object):
             # OpenCV takes arrays of a few elements for scalars: tiny frames cannot be fused.
             raise ValueError('`stereo_depth` must be at least {0}x{0} pixels, got {1}x{2} (W x H)'
                              .format(MIN_SIZE, w, h))
+        return _focal_length(camera, focal_px, w)
+
+    @staticmethod
+    def _check_relative(relative, shape):
+        check_image('relative_disparity', relative, dtypes=_FLOATS)
+        h, w = shape
         hr, wr = relative.shape
         # Resizing between very different aspect ratios would silently misalign pixels.
         if abs(float(wr) / hr - float(w) / h) > 0.02 * float(w) / h:
             raise ValueError(
                 '`relative_disparity` has size {} but `stereo_depth` has size {}; their aspect '
                 'ratios must match (the relative map is resized to the stereo size)'.format(
-                    relative.shape, stereo_depth.shape))
-        return _focal_length(camera, focal_px, w)
+                    relative.shape, tuple(shape)))
 
-    # ------------------------------------------------------------------ 4. fit lattice
+    def _check_prepared(self, prepared):
+        """Return ``prepared``, or it prepared again when stale or spent; another's: error."""
+        if not isinstance(prepared, PreparedStereo):
+            raise ValueError('`prepared` must be a PreparedStereo from MetricAligner.prepare, '
+                             'got {}'.format(describe(prepared)))
+        if prepared.owner is not self._token:
+            raise ValueError('`prepared` was prepared by another MetricAligner: prepare the '
+                             'stereo with the aligner that finishes it')
+        if prepared.generation != self._generation or prepared.spent:
+            # Options changed (set_options) or the aligner was reset since, or a finish
+            # already spent its planes: the same inputs, prepared again.
+            return self.prepare(*prepared.inputs)
+        return prepared
+
+    # ------------------------------------------------------------------ 4. and 6. fit lattice
 
     def _lattice_values(self, rel):
         """Return the relative map at the lattice pixels (bilinear, as cv2.resize gives)."""
@@ -374,26 +458,36 @@ class MetricAligner(object):
         return cv2.remap(rel, mx, my, cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
 
-    def _samples(self, rel, stereo, conf, sigma_s) -> _Samples:
+    def _stereo_lattice(self, p, lat):
+        """Step 4 on the fit lattice: the stereo's tests and noise gains per sample (into p)."""
+        o = self.options
+        d = p.stereo[lat].astype(np.float64).ravel()
+        with np.errstate(invalid='ignore'):
+            valid = (d >= o.min_depth) & (d <= o.max_depth)
+            c = gain = None
+            if p.conf is not None:
+                c = p.conf[lat].astype(np.float64).ravel()
+                valid &= c <= o.confidence_threshold   # NaN compares False
+                if o.confidence_noise_gain > 0:
+                    gain = (1.0 + o.confidence_noise_gain * (c - 1.0) / 99.0) ** 2
+        p.lat_d, p.lat_c, p.lat_valid, p.lat_gain = d, c, valid, gain
+        p.lat_ys = p.ys[lat].ravel().astype(np.float64)
+        p.lat_trusted = p.trust[lat].ravel() != 0
+
+    def _samples(self, rel, p, sigma_s) -> _Samples:
         """Gather the fit lattice: valid stereo samples, their noise, and the sky."""
         o = self.options
-        lat = self._lattice
         r_all = self._lattice_values(rel)
-        d = stereo[lat].astype(np.float64).ravel()
+        d = p.lat_d
         finite_r = np.isfinite(r_all)
-        with np.errstate(invalid='ignore'):
-            valid = finite_r & (d >= o.min_depth) & (d <= o.max_depth)
-            c = None
-            if conf is not None:
-                c = conf[lat].astype(np.float64).ravel()
-                valid &= c <= o.confidence_threshold   # NaN compares False
+        valid = finite_r & p.lat_valid
         sky_threshold = None
         if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
             sky_threshold = o.sky_fraction * _percentile_99(r_all[finite_r])
         sky_r = self._sky_anchor(r_all, finite_r, valid, sky_threshold)
         var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
-        if c is not None and o.confidence_noise_gain > 0:
-            var_s *= (1.0 + o.confidence_noise_gain * (c[valid] - 1.0) / 99.0) ** 2
+        if p.lat_gain is not None:
+            var_s *= p.lat_gain[valid]
         return _Samples(r_all[valid], d[valid], var_s, r_all.size, int(valid.sum()), r_all,
                         sky_threshold, sky_r)
 
@@ -410,7 +504,7 @@ class MetricAligner(object):
             return None
         return float(median(r_all[sky]))
 
-    # ------------------------------------------------------------------ 5. fit
+    # ------------------------------------------------------------------ 7. fit
 
     def _fit(self, s: _Samples) -> _Fit:
         """Return the frame's fit: to its stereo, else to the previous output, else none."""
@@ -537,7 +631,7 @@ class MetricAligner(object):
         return 'fit jumped by {:.3f} (> {}), frame {} of {}'.format(
             change, o.jump_threshold, self._pending, o.jump_frames)
 
-    # ------------------------------------------------------------------ 6. stereo
+    # ------------------------------------------------------------------ 3. and 4. stereo
 
     def _stereo_inverse(self, stereo, conf):
         """
@@ -550,19 +644,40 @@ class MetricAligner(object):
         does not zero the inverse depth.
         """
         o = self.options
-        ys, trust = self._ys, self._trust
         with np.errstate(divide='ignore', invalid='ignore'):
-            np.divide(np.float32(1.0), stereo, out=ys)
+            ys = np.divide(np.float32(1.0), stereo)
         far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
         cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
         cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
         cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
-        cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
+        trust = cv2.compare(ys, 0.0, cv2.CMP_GT)
         if conf is not None:
-            confident = cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE,
-                                    dst=self._confident)    # NaN fails
+            confident = cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE)   # NaN fails
             cv2.bitwise_and(trust, confident, dst=trust)
         return ys, trust
+
+    def _stereo_grid(self, p, corr, guide):
+        """
+        Step 4 on the statistics grid and the cells (into p).
+
+        The stereo inverse depth, trust and image on the statistics grid; the confidence
+        there (non-finite: 100, see ``_stats_confidence``); the range guide's intensity on the
+        cells; the sky's too-far mask and colours on the cells (disparity kind, colour guide).
+        """
+        o = self.options
+        p.stereo_s, p.trusted_s = corr.stats(p.ys), corr.stats(p.trust)
+        p.image_s = None if guide is None else corr.stats(guide)
+        p.guide_low = None if p.image_s is None else corr.range_guide_image(p.image_s)
+        p.conf_s = None if p.conf is None else _stats_confidence(corr, p.conf)
+        p.sky_too_far = p.sky_image = None
+        if p.image_s is not None and p.image_s.ndim == 3 and \
+                o.relative_kind == 'disparity' and o.sky_fraction > 0:
+            size = corr.low_size                  # every other grid pixel: the cells
+
+            def sub(x):
+                return cv2.resize(x, size, interpolation=cv2.INTER_NEAREST)
+            p.sky_too_far = cv2.compare(sub(p.stereo), np.inf, cv2.CMP_EQ)   # the ZED's +inf
+            p.sky_image = sub(p.image_s)
 
     def _stereo_only(self, ys, trust, sigma_s):
         """Return depth, uncertainty and the stereo pixel count of a frame without a fit."""
@@ -576,7 +691,7 @@ class MetricAligner(object):
             unc *= np.float32(sigma_s)
         return depth, unc, int(trusted.sum())
 
-    # ------------------------------------------------------------------ 7. aligned mono
+    # ------------------------------------------------------------------ 8. aligned mono
 
     def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
         """
@@ -601,9 +716,9 @@ class MetricAligner(object):
             y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
         return y
 
-    # ------------------------------------------------------------------ 8. correction
+    # ------------------------------------------------------------------ 9. correction
 
-    def _correct(self, mono, ys, trust, stereo, guide, rel_finite, sigma_s, held):
+    def _correct(self, mono, prepared, rel_finite, sigma_s, held):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
@@ -617,7 +732,7 @@ class MetricAligner(object):
         o = self.options
         h, w = self._shape
         corr = self._correction
-        grid = corr.sample(mono, ys, trust, guide)   # the frame on the statistics grid
+        grid = corr.sample(mono, prepared)  # the frame on the statistics grid
         cells = None
         inv = mono
         if o.correction_radius_px > 0:
@@ -642,31 +757,28 @@ class MetricAligner(object):
         cv2.threshold(inv, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=inv)
         if unknown is not None:
             inv[unknown] = np.nan
-        patches = self._sky_patches(grid, stereo)   # [lh, lw] uint8 1, or None
+        patches = self._sky_patches(grid, prepared)   # [lh, lw] uint8 1, or None
         if patches is not None:
             _clear_sky_patches(inv, patches, corr.d)
         return inv, unknown, cells
 
-    def _sky_patches(self, grid, stereo):
+    def _sky_patches(self, grid, prepared):
         """
         Return the sky's patches on the cells grid ([lh, lw] uint8, 1), or None.
 
-        Disparity kind with a colour image only (core/sky.py).
+        Disparity kind with a colour image only (core/sky.py); the stereo's and the image's
+        part are prepared (step 4).
         """
-        o = self.options
-        if grid.image is None or grid.image.ndim != 3 or \
-                o.relative_kind != 'disparity' or o.sky_fraction <= 0:
+        if prepared.sky_too_far is None:
             return None
-        size = self._correction.low_size          # every other grid pixel: the cells
+        mono = cv2.resize(grid.mono_inv, self._correction.low_size,
+                          interpolation=cv2.INTER_NEAREST)   # every other grid pixel
+        return sky_patches(mono, prepared.sky_too_far, prepared.sky_image,
+                           1.0 / self.options.max_depth)
 
-        def sub(x):
-            return cv2.resize(x, size, interpolation=cv2.INTER_NEAREST)
-        too_far = cv2.compare(sub(stereo), np.inf, cv2.CMP_EQ)   # the ZED's +inf
-        return sky_patches(sub(grid.mono_inv), too_far, sub(grid.image), 1.0 / o.max_depth)
+    # ------------------------------------------------------------------ 10. noise
 
-    # ------------------------------------------------------------------ 9. noise
-
-    def _noise(self, inv, ys, trust, sigma_s, conf, cells, held):
+    def _noise(self, inv, prepared, sigma_s, cells, held):
         """
         Estimate the noise of this frame from the lattice residuals; return the mono's maps.
 
@@ -676,19 +788,18 @@ class MetricAligner(object):
         calibrates the stereo noise model, ``rho`` (``rho_post``) is the mono's relative error.
         """
         o = self.options
-        lat = self._lattice
-        yc = inv[lat].ravel().astype(np.float64)
-        y = ys[lat].ravel().astype(np.float64)
+        yc = inv[self._lattice].ravel().astype(np.float64)
+        y = prepared.lat_ys
         with np.errstate(invalid='ignore'):      # unknown mono (NaN) fails, as meant
-            ok = (trust[lat].ravel() != 0) & np.isfinite(yc) & (yc > 0)
+            ok = prepared.lat_trusted & np.isfinite(yc) & (yc > 0)
         if ok.sum() >= 32:
             u = y[ok] / yc[ok] - 1.0
             band = o.consistency if o.consistency is not None else 1.0
             keep = np.abs(u) <= band + 4.0 * sigma_s * np.sqrt(self.beta) / yc[ok]
             u, ycs = u[keep], yc[ok][keep]
             var_s = np.full(u.size, sigma_s * sigma_s)
-            if conf is not None and o.confidence_noise_gain > 0:
-                c = conf[lat].ravel()[ok][keep].astype(np.float64)
+            if prepared.lat_c is not None and o.confidence_noise_gain > 0:
+                c = prepared.lat_c[ok][keep]
                 var_s *= (1.0 + o.confidence_noise_gain * (c - 1.0) / 99.0) ** 2
             if u.size >= 32:
                 beta, rho2 = _noise_regression(u, var_s / (ycs * ycs))
@@ -723,9 +834,9 @@ class MetricAligner(object):
         return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32)), \
             corr.to_stats(y_low.astype(np.float32))
 
-    # ------------------------------------------------------------------ 10. fusion
+    # ------------------------------------------------------------------ 11. fusion
 
-    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf, fit):
+    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
 
@@ -747,7 +858,6 @@ class MetricAligner(object):
             stereo_where_unknown = ys[use]
         kept, n = None, 0
         if fuse and confirmed:
-            conf_small = None if conf is None else self._stats_confidence(conf)
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
                                   o.consistency, inv, var, mono_s)
@@ -767,19 +877,7 @@ class MetricAligner(object):
                 var[use] = sigma_s * sigma_s
         return var, n, kept
 
-    def _stats_confidence(self, conf):
-        """
-        Return the confidence at the statistics size.
-
-        A non-finite value counts as 100 (the least reliable: such stereo is never trusted).
-        Not +inf: its variance would be inf, and NaN (0 * inf) in the smooth planes the fusion
-        interpolates, which vetoed the whole frame's stereo.
-        """
-        c = self._correction.stats(conf)                       # [sh, sw] float32 1..100
-        c[~np.isfinite(c)] = 100.0
-        return c
-
-    # ------------------------------------------------------------------ 12. history
+    # ------------------------------------------------------------------ 13. history
 
     def _remember(self, depth, unc):
         """Keep the output on the lattice for the next frame's jump test / self-alignment."""
@@ -791,6 +889,43 @@ class MetricAligner(object):
                 self._prev_var = u * u
             else:
                 self._prev_var = (self.rho_post * self._prev_inv) ** 2
+
+
+class PreparedStereo(object):
+    """
+    The stereo side of one frame (``MetricAligner.prepare``), for ``MetricAligner.finish``.
+
+    Opaque: arrays of its own (the stereo, its inverse depth and trust, their samples on the
+    fit lattice, the statistics grid and the cells), ``shape`` (H, W) and ``sigma_inv`` (the
+    stereo noise model, 1/m), the inputs it was prepared from, and which aligner prepared it
+    under which options. ``finish`` spends its planes.
+    """
+
+    def __init__(self, owner, generation, inputs):
+        self.owner, self.generation, self.inputs = owner, generation, inputs
+        self.spent = False
+
+
+def _lattice(height, width, fit_samples):
+    """Return the fit lattice of a frame size: regular, read through strided views (cheap)."""
+    n = height * width
+    step = max(1.0, np.sqrt(n / float(fit_samples)))
+    sy = max(1, int(round(step)))
+    sx = max(1, int(round(n / float(fit_samples) / sy)))
+    return (slice(sy // 2, None, sy), slice(sx // 2, None, sx))
+
+
+def _stats_confidence(corr, conf):
+    """
+    Return the confidence at the statistics size.
+
+    A non-finite value counts as 100 (the least reliable: such stereo is never trusted).
+    Not +inf: its variance would be inf, and NaN (0 * inf) in the smooth planes the fusion
+    interpolates, which vetoed the whole frame's stereo.
+    """
+    c = corr.stats(conf)                                   # [sh, sw] float32 1..100
+    c[~np.isfinite(c)] = 100.0
+    return c
 
 
 def _check_guide(guide, stereo_depth):
@@ -938,5 +1073,5 @@ def _noise_regression(u, a, fixed_beta=None, bins=6):
     return float(beta), max(float(rho2), _RHO_FLOOR ** 2)
 
 
-__all__ = ['AlignedDepth', 'AlignerOptions', 'MetricAligner', 'RELATIVE_KINDS', 'STATUSES',
-           'option_specs']
+__all__ = ['AlignedDepth', 'AlignerOptions', 'MetricAligner', 'PreparedStereo', 'RELATIVE_KINDS',
+           'STATUSES', 'option_specs']

@@ -66,6 +66,7 @@ class Grid(NamedTuple):
     stereo_inv: np.ndarray   # [sh, sw] float32 stereo inverse depth (finite) ...
     trusted: np.ndarray      # [sh, sw] uint8 ... trusted where 255
     image: Optional[np.ndarray]   # [sh, sw] or [sh, sw, 3] uint8 guide image, or None
+    image_guide: Optional[np.ndarray] = None   # [lh, lw] float32 its intensity on the cells
 
 
 class Correction(NamedTuple):
@@ -180,18 +181,23 @@ class BilateralCorrection(object):
         """Area average of a statistics-size plane over the cells."""
         return cv2.resize(x, self.low_size, interpolation=cv2.INTER_AREA)
 
-    def sample(self, mono_inv, stereo_inv, trusted, image=None) -> Grid:
+    def sample(self, mono_inv, stereo) -> Grid:
         """
         Return the frame on the statistics grid (:class:`Grid`).
 
         :param mono_inv: [h, w] float32 aligned mono inverse depth (0 sky, NaN unknown), at
             the output size or another (the network's).
-        :param stereo_inv: [H, W] float32 stereo inverse depth, finite ...
-        :param trusted: ... trusted where this [H, W] uint8 mask is 255.
-        :param image: optional [H, W] or [H, W, 3] uint8 guide image.
+        :param stereo: the stereo side, already on the grid: ``stereo_s`` (the stereo inverse
+            depth, finite), ``trusted_s`` (uint8 255: trusted), ``image_s`` (the guide image
+            or None) and ``guide_low`` (its intensity on the cells, ``range_guide_image``).
         """
-        return Grid(self.stats(mono_inv), self.stats(stereo_inv), self.stats(trusted),
-                    None if image is None else self.stats(image))
+        return Grid(self.stats(mono_inv), stereo.stereo_s, stereo.trusted_s, stereo.image_s,
+                    stereo.guide_low)
+
+    def range_guide_image(self, small):
+        """Return the range guide of a statistics-grid image: its intensity 0..1 on the cells."""
+        gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        return self.to_low(gray.astype(np.float32) * (1.0 / 255.0))
 
     def cell_means(self, grid: Grid, sigma_inv, band, rho=0.01) -> CellTargets:
         """
@@ -236,7 +242,10 @@ class BilateralCorrection(object):
             # (var is float64 under numpy 2's promotion of sigma_inv, float32 under 1.17's.)
             w = (1.0 / var).astype(np.float32)
             w[(c <= 0) | (sya <= _EPS)] = 0.0
-        guide, range_sigma = self._range_guide(grid.image, ya_low)
+        if grid.image_guide is not None:
+            guide, range_sigma = grid.image_guide, RANGE_SIGMA_IMAGE
+        else:
+            guide, range_sigma = self._range_guide(grid.image, ya_low)
         return CellTargets(p, w, ya_low, bend_var, guide, range_sigma)
 
     def _ratio(self, ok, ys, ya):
@@ -253,8 +262,7 @@ class BilateralCorrection(object):
         """(guide, range sigma) at low resolution: intensity 0..1, or log inverse depth."""
         if small is None:
             return np.log(np.maximum(ya_low, 1e-6)).astype(np.float32), RANGE_SIGMA_DEPTH
-        gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        return self.to_low(gray.astype(np.float32) * (1.0 / 255.0)), RANGE_SIGMA_IMAGE
+        return self.range_guide_image(small), RANGE_SIGMA_IMAGE
 
     def compute(self, targets: CellTargets, max_correction: float,
                 temporal_alpha: float) -> Correction:

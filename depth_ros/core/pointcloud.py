@@ -67,6 +67,25 @@ def pack_rgb(bgr: np.ndarray) -> np.ndarray:
     return _pack_into(np.ascontiguousarray(bgr), bgra)
 
 
+def cloud_colours(bgr: np.ndarray, stride: int = 1) -> np.ndarray:
+    """
+    Return the cloud's colours of an image, packed: ``pack_rgb`` of every ``stride``-th pixel.
+
+    [H // stride, W // stride] float32 (a new array), for ``depth_to_cloud(colours=...)``: the
+    colours need only the image, so a pipeline packs them while the depth is still being
+    computed (the cloud then costs 0.5-0.6 ms less at 1280x720, stride 2).
+    """
+    check_image('bgr', bgr, channels=3, dtypes=(np.uint8,))
+    stride = _check_stride(stride, bgr.shape[:2])
+    h, w = bgr.shape[0] // stride, bgr.shape[1] // stride
+    colours = bgr[:h * stride, :w * stride]
+    if stride > 1:
+        # Nearest-neighbour resize by an integer factor takes pixel (i s, j s), as the
+        # strided view does, several times faster than gathering the view.
+        colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
+    return _pack_into(np.ascontiguousarray(colours), np.empty((h, w, 4), np.uint8))
+
+
 def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     """Inverse of ``pack_rgb``: float32 packed colours [...] -> uint8 RGB [..., 3]."""
     rgb = np.ascontiguousarray(rgb, dtype='<f4')
@@ -131,7 +150,8 @@ EDGE_THRESHOLD = 0.1
 def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.ndarray] = None,
                    stride: int = 1, min_depth: Optional[float] = None,
                    max_depth: Optional[float] = None, out: Optional[np.ndarray] = None,
-                   edge_threshold: Optional[float] = EDGE_THRESHOLD) -> np.ndarray:
+                   edge_threshold: Optional[float] = EDGE_THRESHOLD,
+                   colours: Optional[np.ndarray] = None) -> np.ndarray:
     """
     Organized cloud [H//stride, W//stride] of dtype CLOUD_DTYPE (or XYZ_DTYPE without bgr).
 
@@ -148,16 +168,14 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         image) is the far side of a jump: a flying point between surfaces, or the background
         pixel next to an edge. The nearer side is kept. 0 or None disables the test. The
         depth image itself is not changed.
+    :param colours: instead of ``bgr``, its colours already packed for this stride
+        (``cloud_colours(bgr, stride)``: [H//stride, W//stride] float32).
     :returns: C-contiguous structured array; ``.tobytes()`` is the PointCloud2 data.
     """
     stride, edge = _check_cloud_args(depth, camera, bgr, stride, min_depth, max_depth,
                                      edge_threshold)
     h, w = depth.shape[0] // stride, depth.shape[1] // stride
-    dtype = CLOUD_DTYPE if bgr is not None else XYZ_DTYPE
-    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != dtype
-                            or out.shape != (h, w) or not out.flags.c_contiguous):
-        raise ValueError('`out` must be a C-contiguous array of shape {} and the cloud dtype, '
-                         'got {}'.format((h, w), describe(out)))
+    dtype = _check_colours_and_out(bgr, colours, out, h, w, stride)
     buf = _SCRATCH.get(camera, stride, h, w)
     z = depth[:h * stride:stride, :w * stride:stride]
     if stride > 1:
@@ -174,7 +192,6 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         lo = float(np.nextafter(np.float32(min_depth), np.float32(-np.inf)))  # keep z == min
     if out is None:
         out = np.empty((h, w), dtype)
-    colours = None
     if bgr is not None:
         colours = bgr[:h * stride, :w * stride]
         if stride > 1:
@@ -183,8 +200,28 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
             # whole stage, faster than converting the full image to BGRA and gathering
             # 4-byte pixels: 1.9 against 2.4-2.6 ms on OpenCV 4.5, the same on 5.0).
             colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
+    elif colours is not None:
+        colours = np.ascontiguousarray(colours)     # packed already (cloud_colours)
     _fill(z, colours, out, buf, lo, hi, (1.0 + edge) ** stride if edge else None)
     return out
+
+
+def _check_colours_and_out(bgr, colours, out, h, w, stride):
+    """Check ``colours`` (packed, or None) and ``out``; return the cloud's dtype."""
+    if colours is not None:
+        if bgr is not None:
+            raise ValueError('give `bgr` or `colours`, not both')
+        if not isinstance(colours, np.ndarray) or colours.dtype != np.float32 or \
+                colours.shape != (h, w):
+            raise ValueError('`colours` must be the float32 array of shape {} that '
+                             'cloud_colours(bgr, {}) returns, got {}'.format(
+                                 (h, w), stride, describe(colours)))
+    dtype = CLOUD_DTYPE if bgr is not None or colours is not None else XYZ_DTYPE
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != dtype
+                            or out.shape != (h, w) or not out.flags.c_contiguous):
+        raise ValueError('`out` must be a C-contiguous array of shape {} and the cloud dtype, '
+                         'got {}'.format((h, w), describe(out)))
+    return dtype
 
 
 def _check_cloud_args(depth, camera, bgr, stride, min_depth, max_depth, edge_threshold):
@@ -196,8 +233,7 @@ def _check_cloud_args(depth, camera, bgr, stride, min_depth, max_depth, edge_thr
         raise ValueError('`camera` is for {}x{} images but `depth` is {}x{} (W x H); scale the '
                          'camera with camera.scaled()'.format(camera.width, camera.height,
                                                               depth.shape[1], depth.shape[0]))
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ValueError('`stride` must be an integer >= 1, got {!r}'.format(stride))
+    stride = _check_stride(stride, depth.shape)
     for name, value in (('min_depth', min_depth), ('max_depth', max_depth)):
         if value is not None and (isinstance(value, bool) or not isinstance(
                 value, (int, float, np.integer, np.floating)) or not value >= 0):
@@ -211,11 +247,16 @@ def _check_cloud_args(depth, camera, bgr, stride, min_depth, max_depth, edge_thr
         if bgr.shape[:2] != depth.shape:
             raise ValueError('`bgr` has size {} but `depth` has size {}; they must match'.format(
                 bgr.shape[:2], depth.shape))
-    stride = int(stride)
-    if depth.shape[0] // stride == 0 or depth.shape[1] // stride == 0:
-        raise ValueError('`stride` {} is larger than the depth image {}'.format(
-            stride, depth.shape))
     return stride, edge
+
+
+def _check_stride(stride, shape):
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError('`stride` must be an integer >= 1, got {!r}'.format(stride))
+    stride = int(stride)
+    if shape[0] // stride == 0 or shape[1] // stride == 0:
+        raise ValueError('`stride` {} is larger than the depth image {}'.format(stride, shape))
+    return stride
 
 
 def _fill(z, colours, out, buf, lo, hi, edge_factor):
@@ -237,7 +278,9 @@ def _fill(z, colours, out, buf, lo, hi, edge_factor):
             cv2.multiply(zs, buf.xr[:n], dst=xs)
             np.multiply(zs, buf.yr[r0:r1], out=ys)
             planes = [xs, ys, zs]
-            if colours is not None:
+            if colours is not None and colours.dtype == np.float32:
+                planes.append(colours[r0:r1])           # packed already (cloud_colours)
+            elif colours is not None:
                 c = colours[r0:r1]
                 if not c.flags.c_contiguous:
                     c = np.ascontiguousarray(c)
@@ -255,4 +298,5 @@ def _pack_into(bgr, bgra):
 
 __all__ = ['CLOUD_DTYPE', 'CLOUD_FIELDS', 'CloudField', 'EDGE_THRESHOLD', 'FLOAT32', 'POINT_STEP',
            'XYZ_DTYPE',
-           'cloud_fields', 'depth_to_cloud', 'pack_rgb', 'point_step', 'unpack_rgb']
+           'cloud_colours', 'cloud_fields', 'depth_to_cloud', 'pack_rgb', 'point_step',
+           'unpack_rgb']

@@ -1,7 +1,7 @@
 """
 Sky patches: the parts of the sky the network gave a finite depth, found at low resolution.
 
-DA-V2 predicts about 0 for the sky, which the sky rule (``MetricAligner`` step 7) makes +inf,
+DA-V2 predicts about 0 for the sky, which the sky rule (``MetricAligner`` step 8) makes +inf,
 but it gives patches of the sky (haze, clouds, glare) a finite disparity: aligned, they are a
 phantom surface tens of metres away. A patch is found where three cues that do not depend on
 the network's value there agree, on the statistics grid (every ``step``-th output pixel):

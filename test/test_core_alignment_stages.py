@@ -1,0 +1,229 @@
+"""
+MetricAligner's two sides: ``prepare`` (the stereo) and ``finish`` (the relative map).
+
+``update(rel, stereo, ...)`` is ``finish(rel, prepare(stereo, ...))``: the outputs of an aligner
+driven by update and of one driven by prepare and finish are compared bit for bit over frame
+sequences with fitted, held (no stereo, a jump), no-fit and sky frames, with and without the
+uncertainty. ``prepare`` changes nothing in the aligner (a prepared set may be dropped), sets
+prepared before ``set_options`` / ``reset`` or already spent are prepared again, and another
+aligner's set is refused.
+
+Runs on Python 3.8 with numpy, OpenCV and pytest only.
+"""
+from depth_ros.core.alignment import MetricAligner, PreparedStereo
+from depth_ros.core.camera import PinholeCamera
+import numpy as np
+import pytest
+
+H, W = 96, 160
+CAMERA = PinholeCamera(90.0, 90.0, (W - 1) / 2.0, (H - 1) / 2.0, W, H)
+
+
+def scene(seed):
+    """Floor, wall, box and sky (+inf stereo, a finite sky-coloured patch in the relative map)."""
+    rng = np.random.RandomState(seed)
+    v = np.arange(H, dtype=np.float64)[:, None] + np.zeros((1, W))
+    z = np.full((H, W), 8.0)
+    floor = v > H * 0.55
+    z[floor] = np.minimum(8.0, 0.6 * 50.0 / (v[floor] - H * 0.5))
+    z[int(H * .4):int(H * .8), int(W * .3):int(W * .5)] = 2.0
+    z[:int(H * .25)] = np.inf
+    rel = ((1.0 / z - 0.01) / 0.05).astype(np.float32)
+    rel[2:12, 20:60] = 0.5          # a patch of the sky the network puts at 40 m
+    st = z * (1 + 0.01 * rng.randn(H, W))
+    bad = rng.rand(H, W) < 0.1
+    st[bad] = rng.uniform(0.5, 15, bad.sum())
+    st[int(H * .3):int(H * .45), int(W * .6):int(W * .8)] = np.nan
+    conf = rng.uniform(1, 60, (H, W)).astype(np.float32)
+    bgr = rng.randint(0, 40, (H, W, 3)).astype(np.uint8)
+    bgr[:int(H * .25)] = (200, 160, 120)
+    return rel, st.astype(np.float32), conf, bgr
+
+
+def frames(n=10):
+    """Make a sequence: fitted frames, stereo lost (held), a jump of the stereo (held), back."""
+    out = []
+    for i in range(n):
+        rel, st, conf, bgr = scene(i % 3)
+        if i in (3, 4):
+            st = np.full_like(st, np.nan)           # no stereo: held (self-aligned)
+        if i == 6:
+            st = st * 2.5                           # a jump: held, stereo unused
+        if i == 8:
+            rel = rel.copy()
+            rel[40:50, 10:30] = np.nan              # unknown relative values
+        out.append((rel, st, conf, bgr))
+    return out
+
+
+def assert_same(a, b):
+    """Assert the same AlignedDepth bit for bit (arrays and scalars, NaN included)."""
+    for name in ('depth', 'uncertainty'):
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), name
+    assert a.status == b.status and a.reason == b.reason and a.anchored == b.anchored
+    np.testing.assert_array_equal(
+        [a.scale, a.shift, a.inlier_ratio, a.valid_fraction, a.stereo_fraction],
+        [b.scale, b.shift, b.inlier_ratio, b.valid_fraction, b.stereo_fraction])
+
+
+def state(aligner):
+    """Return what an aligner carries between frames (a copy)."""
+    prev = aligner._prev_inv
+    numbers = (aligner.scale, aligner.shift, aligner.rho_pre, aligner.rho_post, aligner.beta,
+               aligner.sigma_inv)
+    return tuple(repr(float(x)) for x in numbers) + (
+        aligner.frames, aligner._pending, aligner._noise_frames,
+        None if prev is None else prev.tobytes(), aligner._rng.get_state()[1].tobytes(),
+        aligner._rng.get_state()[2], aligner._shape)
+
+
+@pytest.mark.parametrize('options,kw', [
+    (dict(compute_uncertainty=False), dict(guide=True, camera=True)),
+    (dict(compute_uncertainty=True), dict(guide=True, camera=False)),
+    (dict(compute_uncertainty=True, temporal_alpha=0.5), dict(guide=False, camera=True)),
+    (dict(relative_kind='depth'), dict(guide=True, camera=True)),
+])
+@pytest.mark.parametrize('rel_size', [(H, W), (H // 2 + 1, W // 2 + 2)])
+def test_update_is_finish_of_prepare_bit_for_bit(options, kw, rel_size):
+    import cv2
+    one, two = MetricAligner(**options), MetricAligner(**options)
+    statuses = []
+    # The first frame has no stereo: no_fit.
+    seq = [(frames()[0][0], np.full((H, W), np.nan, np.float32)) + frames()[0][2:]] + frames()
+    for rel, st, conf, bgr in seq:
+        if options.get('relative_kind') == 'depth':
+            rel = np.where(np.isfinite(rel), 1.0 / (rel + 0.5), rel).astype(np.float32)
+        if rel_size != (H, W):
+            rel = cv2.resize(rel, rel_size[::-1], interpolation=cv2.INTER_AREA)
+        args = dict(guide=bgr if kw['guide'] else None, camera=CAMERA if kw['camera'] else None)
+        ref = one.update(rel, st, conf, **args)
+        out = two.finish(rel, two.prepare(st, conf, **args))
+        assert_same(out, ref)
+        assert state(one) == state(two)
+        statuses.append(ref.status)
+    assert statuses[0] == 'no_fit' and 'held' in statuses and 'ok' in statuses, statuses
+
+
+def test_the_sequence_meets_the_sky_patches_and_a_jump():
+    # The comparison above covers the sky's patches and a rejected jump: they occur.
+    aligner = MetricAligner()
+    reasons = []
+    sky_cleared = False
+    for rel, st, conf, bgr in frames():
+        out = aligner.finish(rel, aligner.prepare(st, conf, guide=bgr, camera=CAMERA))
+        reasons.append(out.reason)
+        sky_cleared |= bool(np.isinf(out.depth[2:12, 20:60]).all())
+    assert any('jumped' in r for r in reasons), reasons
+    assert sky_cleared
+
+
+def test_prepare_changes_nothing_and_a_dropped_set_costs_nothing():
+    kept, dropping = MetricAligner(), MetricAligner()
+    seq = frames()
+    for i, (rel, st, conf, bgr) in enumerate(seq):
+        before = state(dropping)
+        # A set prepared and dropped (the network dropped that frame), of another frame.
+        other = seq[(i + 1) % len(seq)]
+        dropped = dropping.prepare(other[1], other[2], guide=other[3], camera=CAMERA)
+        assert isinstance(dropped, PreparedStereo) and dropped.shape == (H, W)
+        assert state(dropping) == before
+        ref = kept.update(rel, st, conf, guide=bgr, camera=CAMERA)
+        assert_same(dropping.update(rel, st, conf, guide=bgr, camera=CAMERA), ref)
+
+
+def test_sets_prepared_ahead_are_finished_in_order_with_their_own_arrays():
+    one, two = MetricAligner(), MetricAligner()
+    seq = frames(6)
+    sets = [two.prepare(st, conf, guide=bgr, camera=CAMERA) for _, st, conf, bgr in seq]
+    for (rel, st, conf, bgr), prepared in zip(seq, sets):
+        assert_same(two.finish(rel, prepared),
+                    one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+
+
+@pytest.mark.parametrize('change', ['set_options', 'reset'])
+def test_a_set_prepared_before_set_options_or_reset_is_prepared_again(change):
+    seq = frames(4)
+    one, two = MetricAligner(), MetricAligner()
+    for rel, st, conf, bgr in seq[:2]:
+        one.update(rel, st, conf, guide=bgr, camera=CAMERA)
+        two.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    rel, st, conf, bgr = seq[2]
+    stale = two.prepare(st, conf, guide=bgr, camera=CAMERA)
+    if change == 'set_options':
+        # Every option step 1-4 reads: the trust tests, the noise model, the lattice.
+        new = dict(max_depth=6.0, confidence_threshold=30.0, baseline_m=0.2, fit_samples=1500,
+                   correction_downsample=4)
+        one.set_options(**new)
+        two.set_options(**new)
+    else:
+        one.reset()
+        two.reset()
+    ref = one.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    out = two.finish(rel, stale)
+    assert_same(out, ref)
+    # Not the old options' result: the staleness mattered.
+    if change == 'set_options':
+        old = MetricAligner()
+        for r, s, c, b in seq[:2]:
+            old.update(r, s, c, guide=b, camera=CAMERA)
+        before = old.update(rel, st, conf, guide=bgr, camera=CAMERA).depth
+        assert before.tobytes() != out.depth.tobytes()
+
+
+def test_a_spent_set_finished_again_is_prepared_again():
+    seq = frames(3)
+    one, two = MetricAligner(), MetricAligner()
+    for rel, st, conf, bgr in seq[:2]:
+        one.update(rel, st, conf, guide=bgr, camera=CAMERA)
+        two.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    rel, st, conf, bgr = seq[2]
+    prepared = two.prepare(st, conf, guide=bgr, camera=CAMERA)
+    assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+    # The fusion overwrote the set's stereo plane: a second finish prepares it again.
+    assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+
+
+def test_another_aligners_set_or_no_set_is_a_value_error():
+    rel, st, conf, bgr = frames(1)[0]
+    mine, other = MetricAligner(), MetricAligner()
+    prepared = other.prepare(st, conf)
+    with pytest.raises(ValueError, match='prepared by another MetricAligner'):
+        mine.finish(rel, prepared)
+    with pytest.raises(ValueError, match='`prepared` must be a PreparedStereo .* got None'):
+        mine.finish(rel, None)
+    assert mine.frames == 0 and not mine.has_fit
+
+
+@pytest.mark.parametrize('rel,message', [
+    (np.ones((H, W // 2), np.float32), '`relative_disparity` has size (96, 80) but '
+     '`stereo_depth` has size (96, 160); their aspect ratios must match'),
+    (np.ones((H, W), np.uint8), '`relative_disparity` must have dtype'),
+    (np.ones((H, W, 3), np.float32), '`relative_disparity` must be HxW, got array of shape '
+     '(96, 160, 3)'),
+])
+def test_finish_checks_the_relative_map_as_update_does(rel, message):
+    _, st, conf, _ = frames(1)[0]
+    aligner = MetricAligner()
+    with pytest.raises(ValueError) as by_update:
+        aligner.update(rel, st, conf)
+    with pytest.raises(ValueError) as by_finish:
+        aligner.finish(rel, aligner.prepare(st, conf))
+    assert message in str(by_finish.value), str(by_finish.value)
+    assert str(by_finish.value) == str(by_update.value)
+    assert aligner.frames == 0
+
+
+def test_prepare_checks_the_stereo_inputs():
+    _, st, conf, bgr = frames(1)[0]
+    aligner = MetricAligner()
+    with pytest.raises(ValueError, match='`confidence` has size'):
+        aligner.prepare(st, conf[:, 1:])
+    with pytest.raises(ValueError, match='`guide` has size'):
+        aligner.prepare(st, conf, guide=bgr[1:])
+    with pytest.raises(ValueError, match='give `camera` or `focal_px`, not both'):
+        aligner.prepare(st, camera=CAMERA, focal_px=90.0)
