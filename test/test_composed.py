@@ -178,19 +178,23 @@ def _matches(received, reference):
     return None
 
 
-def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node_processes):
+def test_the_metric_depth_is_the_same_composed_and_separate(probe, diagnostics, started,
+                                                            node_processes):
     # The sample is one stereo frame replayed; the aligner's RANSAC draws from one seeded
     # generator, so the n-th aligned frame has the same output in any run. Each received
     # depth is the offline pipeline's output of some n, in both modes, bit for bit up to
     # float rounding (the baseline is the parameter's in both: the right camera_info's comes
-    # in at a different frame of each run).
+    # in at a different frame of each run). In both modes the sets are finished from their
+    # stereo side, prepared while the network ran on the frame.
+    import time
     from depth_ros.ros import conversions as conv
     from sensor_msgs.msg import Image
     align = {'use_right_camera_info': 'false'}
     reference = _reference_outputs(60, {'use_right_camera_info': False})
     assert _matches(reference[1], reference[:1]) is None, 'the reference must tell n apart'
-    received = {}
+    received, prepared = {}, {}
     for mode in ('composed', 'separate'):
+        since = time.time()
         depth = probe.subscribe(Image, '/alignment_node/depth')
         if mode == 'composed':
             procs = [started(composed_arguments(align=align))]
@@ -209,6 +213,9 @@ def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node
             procs = [zed, depth_node, align_node]
             node_processes.extend(procs)
         assert wait_until(lambda: len(depth) >= 4, 60), [p.output()[-2000:] for p in procs]
+        wait_until(lambda: int((diag_values(diagnostics, 'alignment_node', since) or {}).get(
+            'prepared_used', 0)) >= 2, 20)
+        prepared[mode] = diag_values(diagnostics, 'alignment_node', since)
         for p in procs:
             p.stop()
         probe.node.destroy_subscription(depth.sub)
@@ -219,6 +226,7 @@ def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node
         assert None not in indices, '{}: outputs unlike any offline frame: {}'.format(
             mode, received)
         assert indices == sorted(set(indices)), received
+        assert int(prepared[mode]['prepared_used']) >= 2, (mode, prepared[mode])
 
 
 # ------------------------------------------------------------------- faults

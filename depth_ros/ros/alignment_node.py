@@ -26,8 +26,12 @@ frame with its image, stereo depth, confidence and camera, and the disparity com
 nothing is paired by stamp and no message is decoded. It also hands over each frame when its
 inference starts (:meth:`take_started`): the worker prepares the frame's stereo side
 (``MetricAligner.prepare``) while the network runs, and finishes the set from it when the
-disparity comes (``MetricAligner.finish``, the same result as ``update``). Separately, sets are
-aligned whole (``update``) when they complete.
+disparity comes (``MetricAligner.finish``, the same result as ``update``).
+
+Separately, the same: once the stereo set of the stamp depth_node announces on
+``inference_started`` is all here, the worker prepares it while the network runs, and finishes
+the set from it when the disparity completes it. A set without a prepared side (not
+announced, not prepared yet, options changed since, a restart) is aligned whole (``update``).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError
 from depth_ros.nodes_core.workers import HeapTrim, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -60,20 +64,30 @@ TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image
 
 class Prepared(object):
     """
-    A frame's stereo side, prepared while the network runs on it (composed: take_started).
+    A frame's stereo side, prepared while the network runs on it.
 
-    ``local``: depth_node's LocalFrame (its set is matched by identity); ``epoch`` and
-    ``options_version``: the aligner's when prepared (a restart or an option change since
-    makes it stale); ``stereo``: the checked arrays (a DecodedSet without the relative map);
-    ``stereo_set``: ``MetricAligner.prepare``'s; ``colours``: (cloud_stride, the cloud's
-    packed colours) while ~/points has a subscriber, else None.
+    ``local``: depth_node's LocalFrame (composed: its set is matched by identity), else None;
+    ``stamp``; ``parts``: separately, the stereo messages it was decoded from (its set is
+    matched by stamp and by these messages), else None; ``epoch`` and ``options_version``:
+    the aligner's when prepared (a restart or an option change since makes it stale);
+    ``stereo``: the checked arrays (a DecodedSet without the relative map); ``stereo_set``:
+    ``MetricAligner.prepare``'s; ``colours``: (cloud_stride, the cloud's packed colours)
+    while ~/points has a subscriber, else None.
     """
 
-    __slots__ = ('local', 'epoch', 'options_version', 'stereo', 'stereo_set', 'colours')
+    __slots__ = ('local', 'stamp', 'parts', 'epoch', 'options_version', 'stereo', 'stereo_set',
+                 'colours')
 
-    def __init__(self, local, epoch, options_version, stereo, stereo_set, colours):
-        self.local, self.epoch, self.options_version = local, epoch, options_version
-        self.stereo, self.stereo_set, self.colours = stereo, stereo_set, colours
+    def __init__(self, local, stamp, parts, epoch, options_version):
+        self.local, self.stamp, self.parts = local, stamp, parts
+        self.epoch, self.options_version = epoch, options_version
+        self.stereo = self.stereo_set = self.colours = None
+
+    def matches(self, local, stamp, msgs) -> bool:
+        """Tell whether this is the stereo side of the set (``local``, or ``stamp``/``msgs``)."""
+        if local is not None or self.local is not None:
+            return self.local is local
+        return self.stamp == stamp and all(msgs.get(k) is m for k, m in self.parts.items())
 
 
 class AlignmentNode(DepthRosNode):
@@ -134,7 +148,9 @@ class AlignmentNode(DepthRosNode):
         # (take_started, a Prepared). The worker's alone; one at most.
         self.prepared = None
         self.options_version = 0          # bumped whenever the aligner's options change
-        self.last_set_stamp = None        # the newest set the worker took (in-process)
+        self.last_set_stamp = None        # the newest set the worker took
+        self.inferring = None             # separately: the stamp depth_node computes now
+        self.prepare_requested = None     # separately: the last stamp given to _prepare
         self.prepare_counts = collections.Counter()
         self.local_input = local_input
         self.subs = [] if local_input else [self.create_subscription(
@@ -276,52 +292,89 @@ class AlignmentNode(DepthRosNode):
         check_sizes({'depth': out.depth.shape[::-1], 'disparity': disparity.shape[1::-1]})
         return out
 
-    def _prepare(self, local):
-        """Worker, background (take_started): MetricAligner.prepare on the frame's stereo side."""
-        frame = local.frame
-        if self.last_set_stamp is not None and frame.stamp_ns <= self.last_set_stamp:
+    def _prepare(self, item):
+        """
+        Worker, background: MetricAligner.prepare on a frame's stereo side, during inference.
+
+        ``item``: a LocalFrame (composed, take_started), or (stamp, stereo messages)
+        (separately, _prepare_if_stereo_complete).
+        """
+        local, (stamp, parts) = (item, (item.frame.stamp_ns, None)) \
+            if isinstance(item, LocalFrame) else (None, item)
+        if self.last_set_stamp is not None and stamp <= self.last_set_stamp:
             self.prepare_counts['late'] += 1      # its set (or a newer one) went first
             return
         self._apply_pending_options()    # the options its set will be finished with
         t0 = time.perf_counter()
+        out = Prepared(local, stamp, parts, self.aligner_epoch, self.options_version)
         try:
-            stereo = self._local_stereo(local)
-            prepared = self.aligner.prepare(stereo.depth, stereo.confidence, guide=stereo.bgr,
-                                            camera=stereo.camera)
+            out.stereo = self._local_stereo(local) if local is not None else \
+                decode_set(parts, 'drop', to_array=conv.image_to_numpy)
+            stereo = out.stereo
+            out.stereo_set = self.aligner.prepare(stereo.depth, stereo.confidence,
+                                                  guide=stereo.bgr, camera=stereo.camera)
         except ValueError:
             # A bad frame: its set is aligned by update, which drops it with the reason.
             self.prepare_counts['failed'] += 1
             return
-        colours = None
         if stereo.bgr is not None and self.pub_points.get_subscription_count() > 0:
             # The cloud's colours need only the image: packed now, not after inference.
-            colours = (self.cfg['cloud_stride'],
-                       cloud_colours(stereo.bgr, self.cfg['cloud_stride']))
+            out.colours = (self.cfg['cloud_stride'],
+                           cloud_colours(stereo.bgr, self.cfg['cloud_stride']))
         if self.prepared is not None:
             self.prepare_counts['discarded'] += 1   # its set never came (dropped upstream)
-        self.prepared = Prepared(local, self.aligner_epoch, self.options_version, stereo,
-                                 prepared, colours)
+        self.prepared = out
         self.stages.add('prepare', (time.perf_counter() - t0) * 1e3)
 
-    def _take_prepared(self, local):
-        """Return the Prepared of ``local`` if it is current, else None (worker thread)."""
+    def _take_prepared(self, local, stamp, msgs=None):
+        """Return the current Prepared of the set, else None (worker thread)."""
         held, self.prepared = self.prepared, None
         if held is not None:
             current = held.epoch == self.aligner_epoch and \
                 held.options_version == self.options_version
-            if held.local is local and current:
+            if current and held.matches(local, stamp, msgs):
                 self.prepare_counts['used'] += 1
                 return held
-            if current and held.local.frame.stamp_ns > local.frame.stamp_ns:
+            if current and held.stamp > stamp:
                 self.prepared = held            # a newer frame's: its set is yet to come
             else:
                 self.prepare_counts['discarded'] += 1
         self.prepare_counts['missed'] += 1
         return None
 
+    @staticmethod
+    def _with_relative(prepared, msgs) -> DecodedSet:
+        """Separately: the prepared stereo side and the set's decoded disparity."""
+        # The set's messages were checked together on arrival (_arrival_problem); the
+        # disparity is decoded and value-checked with the depth and camera it is sized on.
+        out = prepared.stereo
+        out.relative = decode_set({k: msgs[k] for k in ('disparity', 'depth', 'camera_info')},
+                                  'drop', to_array=conv.image_to_numpy).relative
+        return out
+
     def _on_started(self, header):
+        stamp = conv.stamp_to_ns(header.stamp)
         with self.lock:
-            self.buffer.pin(conv.stamp_to_ns(header.stamp))
+            self.buffer.pin(stamp)
+            self.inferring = stamp
+            self._prepare_if_stereo_complete(stamp)
+
+    def _prepare_if_stereo_complete(self, stamp):
+        """
+        Separately: prepare the stereo side of the set being inferred once it is all here.
+
+        Called with self.lock held, on depth_node's ``inference_started`` and on each stereo
+        message: the stamp the network computes, with every kind but the disparity, goes to
+        the worker's background work (:meth:`_prepare`) once. Frames the network skips are
+        never announced, so never prepared.
+        """
+        if stamp != self.inferring or stamp == self.prepare_requested:
+            return
+        parts = self.buffer.parts(stamp)
+        if len(parts) != len(self.kinds) - 1 or 'disparity' in parts:
+            return
+        self.prepare_requested = stamp
+        self.worker.put_background((stamp, dict(parts)))
 
     def _callback(self, kind):
         def callback(msg):
@@ -341,6 +394,8 @@ class AlignmentNode(DepthRosNode):
                 self.heap.held(self.buffer.bytes)
                 if complete is not None:
                     self.paired_once = True
+                elif not problem and kind != 'disparity':
+                    self._prepare_if_stereo_complete(stamp)
                 epoch = self.epoch
             if problem:
                 self.error('frame', 'dropped frame {}: {}'.format(stamp, problem))
@@ -399,6 +454,7 @@ class AlignmentNode(DepthRosNode):
                 if k != kind:
                     guard.reset()
             self.buffer.clear()
+            self.inferring = self.prepare_requested = None
             self.paired_once = False
             self.last_camera_info = None
             self.epoch += 1
@@ -420,18 +476,20 @@ class AlignmentNode(DepthRosNode):
         stages.start()
         t0 = time.perf_counter()
         local = isinstance(msgs, tuple)     # (LocalFrame, disparity), handed over in-process
-        prepared = None
-        if local:
-            self.last_set_stamp = msgs[0].frame.stamp_ns
-            prepared = self._take_prepared(msgs[0])
+        stamp = msgs[0].frame.stamp_ns if local else conv.stamp_to_ns(msgs['depth'].header.stamp)
+        self.last_set_stamp = stamp
+        prepared = self._take_prepared(msgs[0] if local else None, stamp,
+                                       None if local else msgs)
         try:
-            frame = self._local_set(*msgs, stereo=prepared and prepared.stereo) if local else \
-                decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
+            if local:
+                frame = self._local_set(*msgs, stereo=prepared and prepared.stereo)
+            elif prepared is not None:
+                frame = self._with_relative(prepared, msgs)
+            else:
+                frame = decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
         except ValueError as exc:
             self.last_drop = str(exc)
-            self.error('frame', 'dropped frame {}: {}'.format(
-                msgs[0].frame.stamp_ns if local else
-                conv.stamp_to_ns(msgs['depth'].header.stamp), exc))
+            self.error('frame', 'dropped frame {}: {}'.format(stamp, exc))
             return
         stages.mark('convert')
         try:
