@@ -181,6 +181,7 @@ def compare(frames, baselines, rounds):
     stages = {}
     for full in (False, True):
         stages[('today', full)] = SplitStage(core, frames, full)
+        stages[('update', full)] = Stage(core, frames, full)
         for baseline in baselines:
             stages[(baseline.commit[:7], full)] = Stage(baseline, frames, full)
     for stage in stages.values():       # warm-up: buffers, caches, page faults
@@ -208,12 +209,18 @@ def compare(frames, baselines, rounds):
                       1e3 * np.median(part['colours']), 1e3 * np.median(mono),
                       1e3 * np.median(part['finish']), 1e3 * np.median(part['cloud']),
                       1e3 * np.median(part['colorize']), 1e3 * np.median(times[('today', full)])))
+            # Today's stage in one call (update, the cloud from the image): what the split
+            # costs, and the comparison with the baselines' same calls.
+            whole = times[('update', full)]
+            print('          today in one call (update) {:6.3f}: split / it {}'.format(
+                1e3 * np.median(whole), _ratio(times[('today', full)], whole)))
             for baseline in baselines:
                 name = baseline.commit[:7]
                 base = times[(name, full)]
-                print('          {} {:6.3f}: total / it {}; mono side / it {}'.format(
-                    name, 1e3 * np.median(base), _ratio(times[('today', full)], base),
-                    _ratio(mono, base)))
+                print('          {} {:6.3f}: today in one call / it {}; split total / it {}; '
+                      'mono side / it {}'.format(name, 1e3 * np.median(base), _ratio(whole, base),
+                                                 _ratio(times[('today', full)], base),
+                                                 _ratio(mono, base)))
     for baseline in baselines:
         for full in (False, True):
             # The same frame count on both: the last results are of the same frame.

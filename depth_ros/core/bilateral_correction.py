@@ -250,7 +250,9 @@ class BilateralCorrection(object):
 
     def _ratio(self, ok, ys, ya):
         """Cell ratio of the sums of stereo and mono inverse depth over ``ok``; counts; sums."""
-        mf = (ok > 0).astype(np.float32)                  # [sh, sw] 1: usable
+        # [sh, sw] 1: usable. Through uint8 0/1: numpy 1.17 converts bool to float 16x slower
+        # (0.2 ms a call).
+        mf = cv2.min(ok, 1).astype(np.float32)
         c = self.to_low(mf)
         sys_ = self.to_low(ys * mf)
         sya = self.to_low(ya * mf)
