@@ -227,3 +227,73 @@ def test_prepare_checks_the_stereo_inputs():
         aligner.prepare(st, conf, guide=bgr[1:])
     with pytest.raises(ValueError, match='give `camera` or `focal_px`, not both'):
         aligner.prepare(st, camera=CAMERA, focal_px=90.0)
+
+
+@pytest.mark.parametrize('uncertainty', [False, True])
+def test_results_keep_their_arrays_while_planes_are_reused(uncertainty):
+    # The sets' planes are reused by later prepares and the output is written into a
+    # spent set's plane: no result may change afterwards, whichever frames follow (no-fit
+    # frames return all their planes, fitted ones hand one to their result).
+    seq = [(frames(1)[0][0], np.full((H, W), np.nan, np.float32)) + frames(1)[0][2:]]
+    seq += frames(8)
+    aligner = MetricAligner(compute_uncertainty=uncertainty)
+    kept = []
+    ahead = aligner.prepare(seq[1][1], seq[1][2], guide=seq[1][3], camera=CAMERA)
+    for i, (rel, st, conf, bgr) in enumerate(seq):
+        prepared = ahead if i == 1 else aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+        out = aligner.finish(rel, prepared)
+        kept.append((out, out.depth.tobytes(),
+                     None if out.uncertainty is None else out.uncertainty.tobytes()))
+        assert prepared.ys is None and prepared.spent
+    for out, depth, unc in kept:
+        assert out.depth.tobytes() == depth
+        assert (out.uncertainty is None and unc is None) or out.uncertainty.tobytes() == unc
+    ids = [id(out.depth) for out, _, _ in kept]
+    assert len(set(ids)) == len(ids)
+
+
+def test_set_options_while_prepare_runs_makes_the_set_stale(monkeypatch):
+    # prepare on the stereo's thread, set_options on another: options changed between the
+    # steps of prepare must not leave a set of mixed options that finish takes as current.
+    seq = frames(2)
+    one, two = MetricAligner(), MetricAligner()
+    one.update(*seq[0][:3], guide=seq[0][3], camera=CAMERA)
+    two.update(*seq[0][:3], guide=seq[0][3], camera=CAMERA)
+    rel, st, conf, bgr = seq[1]
+    stereo_inverse = MetricAligner._stereo_inverse
+
+    def changed_meanwhile(self, *args):
+        planes = stereo_inverse(self, *args)      # step 3 with the old options
+        if self is two:
+            two.set_options(max_depth=6.0, confidence_threshold=30.0)
+        return planes
+
+    monkeypatch.setattr(MetricAligner, '_stereo_inverse', changed_meanwhile)
+    prepared = two.prepare(st, conf, guide=bgr, camera=CAMERA)
+    monkeypatch.setattr(MetricAligner, '_stereo_inverse', stereo_inverse)
+    one.set_options(max_depth=6.0, confidence_threshold=30.0)
+    assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+
+
+def test_prepare_on_another_thread_while_finish_runs():
+    # The node's shape: the stereo side prepared on the thread the stereo arrives on, the mono
+    # side finished on the alignment worker, the two overlapping.
+    import queue
+    import threading
+    seq = frames(10) * 2
+    one, two = MetricAligner(), MetricAligner()
+    sets = queue.Queue(maxsize=2)
+
+    def stereo_side():
+        for _, st, conf, bgr in seq:
+            sets.put(two.prepare(st, conf, guide=bgr, camera=CAMERA))
+
+    worker = threading.Thread(target=stereo_side)
+    worker.start()
+    try:
+        for rel, st, conf, bgr in seq:
+            prepared = sets.get(timeout=30)
+            assert_same(two.finish(rel, prepared),
+                        one.update(rel, st, conf, guide=bgr, camera=CAMERA))
+    finally:
+        worker.join(timeout=30)

@@ -233,7 +233,8 @@ class MetricAligner(object):
         self._lattice = _lattice(height, width, o.fit_samples)
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
-        self._mono_plane = None         # step 8's aligned mono, when it is not the output
+        self._mono_plane = None         # step 8's aligned mono (disparity kind)
+        self._inv_plane = np.empty((height, width), np.float32)   # steps 9-11: corrected, fused
         self._correction = BilateralCorrection(height, width, o.correction_downsample,
                                                max(1, o.correction_radius_px))
         self._geom = (self._shape, self._lattice, self._correction)
@@ -288,9 +289,12 @@ class MetricAligner(object):
 
         Arguments as ``update``'s. Reads the options, never the per-frame state, and changes
         nothing in the aligner: a prepared set may be dropped unused (the network dropped
-        the frame), or prepared on another thread while ``finish`` runs. The set holds new
-        arrays of its own; ``finish`` spends it (a second ``finish`` prepares it again).
+        the frame), or prepared on another thread while ``finish`` runs (``finish`` calls of
+        one aligner run one at a time: it is one stream's history). The set holds arrays of
+        its own; ``finish`` spends it (a second ``finish`` prepares it again).
         """
+        # The options' generation first: a set_options while this runs makes the set stale.
+        generation = self._generation
         o = self.options
         # 1. Check the stereo inputs, before any compute; the focal length (px) at the
         #    stereo size.
@@ -315,7 +319,7 @@ class MetricAligner(object):
         #    tests and noise gains), on the statistics grid (inverse depth, trust, image,
         #    confidence) and on the cells (the range guide's intensity, the sky's colours and
         #    where the stereo says too far).
-        p = PreparedStereo(self._token, self._generation,
+        p = PreparedStereo(self._token, generation,
                            (stereo_depth, confidence, guide, camera, focal_px))
         p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
         p.stereo, p.conf, p.ys, p.trust, p.planes = stereo, conf, ys, trust, planes
@@ -339,7 +343,9 @@ class MetricAligner(object):
         self._prepare_shape(*prepared.shape)
         self.frames += 1
         sigma_s = self.sigma_inv = prepared.sigma_inv
-        rel, rel_finite = _finite_or_nan(relative_disparity)    # [h, w] float32 relative
+        # Whether every relative value is finite is found in step 8, from the aligned mono
+        # (one pass over the map less); until then only the lattice reads it, per sample.
+        rel = relative_disparity.astype(np.float32, copy=False)   # [h, w] float32 relative
         stereo, ys, trust = prepared.stereo, prepared.ys, prepared.trust
 
         # 6. Sample the fit lattice: valid stereo, its noise, the sky.
@@ -356,7 +362,7 @@ class MetricAligner(object):
             # (step 13) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
             self._remember(depth, None)
-            self._spend(prepared)
+            self._spend(prepared, False)
             return _result(fit, samples, depth, unc, n_stereo)
         if fit.stereo_suspect:
             # Stereo that jumped against the metric history informs nothing this frame.
@@ -365,8 +371,8 @@ class MetricAligner(object):
                 plane.fill(0)
 
         # 8. The aligned mono, at the relative map's size (0 sky, NaN unknown).
-        mono = self._mono_inverse(rel, fit, samples.sky_threshold, rel_finite)
-        # mono: [h, w] float32 1/m (a scratch plane when the correction makes a new one)
+        mono, rel_finite = self._mono_inverse(rel, fit, samples.sky_threshold)
+        # mono: [h, w] float32 1/m (the aligner's plane, disparity kind); rel_finite: bool
 
         # 9. The local correction, applied to the mono and resized to the output size; 0 at
         #    or beyond max_output_depth and on the sky's patches. A held frame also learns it
@@ -389,8 +395,10 @@ class MetricAligner(object):
                                          prepared.conf_s, fit)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
-        # 12. Depth and its 1-sigma uncertainty, in metres (inv's and var's arrays).
-        depth, unc = _depth_and_sigma(inv, var)         # [H, W] float32 metres each
+        # 12. Depth and its 1-sigma uncertainty, in metres: the depth in the set's stereo
+        #     plane (spent; mapped already: the mono side maps no new pages for it), the
+        #     uncertainty in var's array.
+        depth, unc = _depth_and_sigma(inv, var, prepared.ys)   # [H, W] float32 metres each
         if kept is not None:
             depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
 
@@ -399,7 +407,7 @@ class MetricAligner(object):
         self._remember(depth, unc)
         if cells is not None:
             self._correction.remember(*cells, held=fit.source == 'previous')
-        self._spend(prepared)
+        self._spend(prepared, True)
         return _result(fit, samples, depth, unc, n_stereo)
 
     # ------------------------------------------------------------------ 1. and 5. checks
@@ -672,19 +680,24 @@ class MetricAligner(object):
         """
         try:
             planes = self._spare.pop()
-            if planes[0].shape == shape:
-                return planes
+            if planes[1].shape == shape:
+                return (np.empty(shape, np.float32) if planes[0] is None else planes[0],) + \
+                    planes[1:]
         except IndexError:
             pass
         return (np.empty(shape, np.float32), np.empty(shape, np.uint8),
                 np.empty(shape, np.uint8))
 
-    def _spend(self, prepared):
-        """Mark a set spent; its step-3 planes go to the next ``prepare``."""
+    def _spend(self, prepared, output_in_ys):
+        """
+        Mark a set spent; its step-3 planes go to the next ``prepare``.
+
+        Not the stereo's plane when it holds the output (``output_in_ys``): the result owns it.
+        """
         planes = prepared.planes
         prepared.spent, prepared.planes, prepared.ys, prepared.trust = True, None, None, None
         if planes is not None and len(self._spare) < 2:
-            self._spare.append(planes)
+            self._spare.append((None,) + planes[1:] if output_in_ys else planes)
 
     def _stereo_grid(self, p, corr, guide):
         """
@@ -723,35 +736,43 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 8. aligned mono
 
-    def _mono_inverse(self, rel, fit, sky_threshold, rel_finite):
+    def _mono_inverse(self, rel, fit, sky_threshold):
         """
-        Return the aligned mono inverse depth at the relative map's size (new, or a kept plane).
+        Return the aligned mono inverse depth at the relative map's size, and if all is known.
 
-        0 on the sky, NaN where unknown. At the network's size this costs little; it is
+        The inverse depth (the aligner's plane, disparity kind) is 0 on the sky, NaN where
+        unknown (a non-finite relative value). At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
         is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
         """
-        # s * rel + t in one pass, in double precision (rounded once to float32). With a
-        # local correction the output is a new array (step 9): into a kept plane then, whose
-        # pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
+        # s * rel + t in one pass, in double precision (rounded once to float32), into a kept
+        # plane whose pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
         out = None
-        if self.options.correction_radius_px > 0 and self.options.relative_kind == 'disparity':
+        if self.options.relative_kind == 'disparity':
             if self._mono_plane is None or self._mono_plane.shape != rel.shape:
                 self._mono_plane = np.empty(rel.shape, np.float32)
             out = self._mono_plane
-        y = cv2.transform(rel, np.array([[fit.scale, fit.shift]], np.float64), dst=out)
+        affine = np.array([[fit.scale, fit.shift]], np.float64)
+        y = cv2.transform(rel, affine, dst=out)
+        # The mono is finite wherever the map is (or it overflowed, and the map is tested): a
+        # sum of the mono just written costs less than one of the map, read the first time.
+        rel_finite = _all_finite(y) or _all_finite(rel)
+        if not rel_finite:
+            # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
+            rel = np.where(np.isfinite(rel), rel, np.float32(np.nan))
+            y = cv2.transform(rel, affine, dst=out)
         if self.options.relative_kind == 'disparity':
             if sky_threshold is not None and sky_threshold > 0:
                 cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
                               cv2.THRESH_TOZERO, dst=y)
                 if not rel_finite:
                     y[np.isnan(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
-            return y
+            return y, rel_finite
         z = y                                   # depth kind: the fit is in metres
         with np.errstate(divide='ignore', invalid='ignore'):
             y = np.float32(1.0) / z
             y[~(z > 0)] = np.nan      # extrapolated past the near end (or NaN): unknown
-        return y
+        return y, rel_finite
 
     # ------------------------------------------------------------------ 9. correction
 
@@ -759,7 +780,8 @@ class MetricAligner(object):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
-        The corrected inverse depth [H, W] float32 1/m (a new array, the output's) is 0 at or
+        The corrected inverse depth [H, W] float32 1/m (the aligner's plane, or the mono's
+        own without a correction at the output size) is 0 at or
         below 1/max_output_depth and on the sky's patches (+inf depth), and NaN where
         unknown; the unknown mask [H, W] bool, or None when every pixel is known; the cells
         (CellTargets, Correction) for the temporal filter and the noise, or None without a
@@ -781,10 +803,11 @@ class MetricAligner(object):
             # where it agrees with this frame's mono, is its local information.
             alpha = min(o.temporal_alpha, HELD_TEMPORAL_ALPHA) if held else o.temporal_alpha
             correction = corr.compute(targets, o.max_correction, alpha)
-            inv = corr.apply(mono, correction)
+            inv = corr.apply(mono, correction,
+                             self._inv_plane if mono.shape == (h, w) else None)
             cells = (targets, correction)
         if inv.shape != (h, w):
-            inv = cv2.resize(inv, (w, h), interpolation=cv2.INTER_LINEAR)
+            inv = cv2.resize(inv, (w, h), dst=self._inv_plane, interpolation=cv2.INTER_LINEAR)
         unknown = None
         if not rel_finite or o.relative_kind == 'depth':
             unknown = ~np.isfinite(inv)
@@ -1015,15 +1038,11 @@ def _percentile_99(x):
     return float(part[k] + (pos - k) * (part[k + 1] - part[k]))
 
 
-def _finite_or_nan(relative):
-    """Return the relative map as float32, NaN where it is not finite, and whether all is."""
-    rel = relative.astype(np.float32, copy=False)
+def _all_finite(x):
+    """Whether every value of a float32 array is finite."""
     # A sum is finite exactly when every value is (float32 values cannot overflow a double
-    # sum): one read of the map instead of a mask and its test (0.3 ms at 1280x720).
-    if np.isfinite(cv2.sumElems(rel)[0] if rel.size > 4 else np.sum(rel, dtype=np.float64)):
-        return rel, True
-    # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
-    return np.where(np.isfinite(rel), rel, np.float32(np.nan)), False
+    # sum): one read of the array instead of a mask and its test (0.3 ms at 1280x720).
+    return bool(np.isfinite(cv2.sumElems(x)[0] if x.size > 4 else np.sum(x, dtype=np.float64)))
 
 
 def _result(fit, samples, depth, unc, n_stereo):
@@ -1035,16 +1054,16 @@ def _result(fit, samples, depth, unc, n_stereo):
                         stereo_fraction=n_stereo / float(depth.size), anchored=fit.anchored)
 
 
-def _depth_and_sigma(inv, var):
+def _depth_and_sigma(inv, var, out):
     """
-    Return depth (metres, in ``inv``'s array) and its 1-sigma uncertainty (in ``var``'s).
+    Return depth (metres, in ``out``) and its 1-sigma uncertainty (in ``var``'s array).
 
     Inverse depth 0 (at or below 1/max_output_depth, the sky) is +inf depth; NaN stays NaN.
     The uncertainty is ``SIGMA_CALIBRATION sigma_y z^2`` (+inf on the sky, NaN where
     unknown); None without ``var``.
     """
     with np.errstate(divide='ignore', invalid='ignore'):
-        depth = np.divide(np.float32(1.0), inv, out=inv)      # [H, W] float32 metres
+        depth = np.divide(np.float32(1.0), inv, out=out)      # [H, W] float32 metres
     if var is None:
         return depth, None
     # A floor keeps sigma > 0, so that the sky (z = +inf) gets +inf, not 0 * inf.
