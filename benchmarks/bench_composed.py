@@ -265,8 +265,7 @@ def _prepared_fraction(rounds):
 
 
 def _stage_names(rounds):
-    """alignment_node's worker stages of a set (``stage_<name>_ms``, not its queue or the
-    prepare during inference), in order."""
+    """alignment_node's stages of a set in order (not its queue, not the prepare)."""
     names = []
     for r in rounds:
         for k in (r.get('alignment_node') or {}):

@@ -339,7 +339,7 @@ def test_an_unknown_parameter_name_is_one_warning_of_the_node_it_was_given_to(st
 # ------------------------------------------- the stereo side prepared during inference
 @pytest.fixture
 def aligner_node():
-    """An AlignmentNode fed in-process (``local_input``) on its own context, no executor."""
+    """Make AlignmentNodes fed in-process (``local_input``) on their own context."""
     import rclpy
     from depth_ros.ros.alignment_node import AlignmentNode
     context = rclpy.Context()
