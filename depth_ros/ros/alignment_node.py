@@ -144,8 +144,8 @@ class AlignmentNode(DepthRosNode):
         self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
         self.worker = Worker(self._process, 'alignment', self._worker_error,
                              background=self._prepare)
-        # Composed: the stereo side of the frame the network runs on, prepared meanwhile
-        # (take_started, a Prepared). The worker's alone; one at most.
+        # The stereo side of the frame the network runs on, prepared meanwhile (a Prepared:
+        # take_started composed, inference_started separately). The worker's alone; one at most.
         self.prepared = None
         self.options_version = 0          # bumped whenever the aligner's options change
         self.last_set_stamp = None        # the newest set the worker took
@@ -677,7 +677,7 @@ class AlignmentNode(DepthRosNode):
             values['dropped_' + k] = self.bad[k]
         values['last_drop_reason'] = self.last_drop
         values['input'] = 'in-process' if self.local_input else 'topics'
-        # Composed: sets finished from their stereo side prepared during inference (used),
+        # Sets finished from their stereo side prepared during inference (used),
         # aligned whole after it (missed: not prepared yet, options changed, a restart), and
         # prepared sets let go (discarded: the set never came), prepares skipped (late: the set
         # went first) or refused (failed: a bad frame, dropped by the set's alignment).
