@@ -311,9 +311,10 @@ def test_latency_split_into_the_alignment_stage_and_the_handover():
          'inference_ms': 30.0, 'alignment_node': diag(24.0, 38.0, 3.0, 59.0, 8.0, 300, 0),
          'depth_node': {'input_age_ms_mean': 'nan', 'stage_wait_ms': '4.0'}}]
     x = bc.combine(rounds)['latency_split']
-    # Beyond inference: median(60, 62, 64, 58) - 30 = 31; the stage weighted by clouds:
-    # (20 * 100 + 24 * 300) / 400 = 23; the handover, the rest: 8.
+    # Beyond inference: median(60, 62, 64, 58) - 30 = 31 = mean - 30; the stage weighted by
+    # clouds: (20 * 100 + 24 * 300) / 400 = 23; the handover, the rest of the mean: 8.
     assert abs(x['beyond_inference_median_ms'] - 31.0) < 1e-9, x
+    assert abs(x['beyond_inference_mean_ms'] - 31.0) < 1e-9, x
     assert abs(x['alignment_stage_ms'] - 23.0) < 1e-9, x
     assert abs(x['handover_ms'] - 8.0) < 1e-9, x
     assert abs(x['upstream_ms'] - (37.0 - 30.0)) < 1e-9, x       # input age 37 - inference
@@ -329,9 +330,17 @@ def test_latency_split_into_the_alignment_stage_and_the_handover():
                         'inference_ms': 30.0}])['latency_split']
     assert np.isnan(bare['alignment_stage_ms']) and np.isnan(bare['handover_ms']), bare
     lines = bc.split_lines({('720p', 'standin'): {'composed': bc.combine(rounds)}})
-    assert lines[1].startswith('  720p standin composed: beyond inference 31.0 ms = alignment '
-                               'stage 23.0 (convert 1.0, align 22.0) + handover/queues 8.0 '), \
-        lines
+    assert lines[1].startswith('  720p standin composed: beyond inference (median 31.0) mean '
+                               '31.0 ms = alignment stage 23.0 (convert 1.0, align 22.0) + '
+                               'handover/queues 8.0 '), lines
+    # Skewed latencies: the parts add up to the mean, not to the median (40 - 30 = 10 ms below
+    # a 22 ms stage would read as a negative handover).
+    skewed = bc.combine([{'seconds': 1.0, 'clouds': 3, 'cpu_s': 0.1, 'latency_ms': [40.0, 40.0,
+                                                                                    100.0],
+                          'inference_ms': 30.0,
+                          'alignment_node': {'processing_ms': '22.0'}}])['latency_split']
+    assert (skewed['beyond_inference_median_ms'], skewed['beyond_inference_mean_ms'],
+            skewed['handover_ms']) == (10.0, 30.0, 8.0), skewed
     assert lines[1].endswith('; prepared during inference: 7.0 ms, 98 % of the sets finished '
                              'from it'), lines
     assert np.isnan(bare['prepare_ms']) and np.isnan(bare['prepared_fraction']), bare
