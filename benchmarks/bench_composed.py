@@ -216,25 +216,32 @@ def latency_split(rounds, beyond_median_ms, inference_ms):
 
     - ``alignment_stage_ms``: alignment_node's ``processing_ms``, its worker from taking a set
       to the cloud published (convert, ``MetricAligner.update``, lazy outputs, the cloud);
-    - ``handover_ms``: the rest of the median beyond inference (``beyond_median_ms`` minus the
-      stage): moving the frame, the disparity and the cloud, and the queues. Of it, from the
-      diagnostics means: ``upstream_ms`` (stamp -> the set in alignment_node: zed_node's
+    - ``handover_ms``: the rest of the mean beyond inference (``beyond_inference_mean_ms``, the
+      measured latencies' mean minus ``inference_ms``, minus the stage, a mean too, so that
+      the two parts add up; the median is kept apart, ``beyond_inference_median_ms``): moving
+      the frame, the disparity and the cloud, and the queues. Of it, from the diagnostics
+      means: ``upstream_ms`` (stamp -> the set in alignment_node: zed_node's
       publish or hand-over, depth_node's queue, conversion, check and publish or hand-over,
       transport, pairing; alignment_node's ``input_age_ms`` minus inference),
       ``alignment_queue_ms`` (``stage_wait_ms``), ``delivery_ms`` (the mean measured latency
       minus alignment_node's ``latency_ms``, stamp -> cloud published: the cloud's way to the
-      subscriber); these are means, the total a median, so they need not add up exactly.
+      subscriber); they need not add up exactly (each node's last 50 frames).
 
     Also the depth_node side: ``depth_input_age_ms`` (stamp -> frame taken) and
-    ``depth_queue_ms`` (its ``stage_wait_ms``). NaN where a value is missing.
+    ``depth_queue_ms`` (its ``stage_wait_ms``). Composed, alignment_node prepares each frame's
+    stereo side while the network runs on it (``stage_prepare_ms``, off the latency path, not
+    in ``processing_ms``): ``prepare_ms`` and ``prepared_fraction``, the share of sets finished
+    from a prepared side (the rest were aligned whole after inference). NaN where a value is
+    missing.
     """
     stage = _diag_mean(rounds, 'alignment_node', 'processing_ms')
     lat = [x for r in rounds for x in r['latency_ms']]
     mean_latency = float(np.mean(lat)) if lat else float('nan')
     return {
         'beyond_inference_median_ms': beyond_median_ms,
+        'beyond_inference_mean_ms': mean_latency - inference_ms,
         'alignment_stage_ms': stage,
-        'handover_ms': beyond_median_ms - stage,
+        'handover_ms': mean_latency - inference_ms - stage,
         'upstream_ms': _diag_mean(rounds, 'alignment_node', 'input_age_ms') - inference_ms,
         'alignment_queue_ms': _diag_mean(rounds, 'alignment_node', 'stage_wait_ms'),
         'delivery_ms': mean_latency - _diag_mean(rounds, 'alignment_node', 'latency_ms'),
@@ -242,17 +249,32 @@ def latency_split(rounds, beyond_median_ms, inference_ms):
         'depth_queue_ms': _diag_mean(rounds, 'depth_node', 'stage_wait_ms'),
         'alignment_stages_ms': {k: _diag_mean(rounds, 'alignment_node', 'stage_{}_ms'.format(k))
                                 for k in _stage_names(rounds)},
+        'prepare_ms': _diag_mean(rounds, 'alignment_node', 'stage_prepare_ms'),
+        'prepared_fraction': _prepared_fraction(rounds),
     }
 
 
+def _prepared_fraction(rounds):
+    """Share of alignment_node's sets finished from a prepared stereo side (NaN: none said)."""
+    used = missed = 0
+    for r in rounds:
+        values = r.get('alignment_node') or {}
+        try:
+            used += int(values['prepared_used'])
+            missed += int(values['prepared_missed'])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return used / float(used + missed) if used + missed else float('nan')
+
+
 def _stage_names(rounds):
-    """alignment_node's worker stages after its queue (``stage_<name>_ms``), in order."""
+    """alignment_node's stages of a set in order (not its queue, not the prepare)."""
     names = []
     for r in rounds:
         for k in (r.get('alignment_node') or {}):
             name = k[len('stage_'):-len('_ms')]
-            if k.startswith('stage_') and k.endswith('_ms') and name != 'wait' \
-                    and name not in names:
+            if k.startswith('stage_') and k.endswith('_ms') and \
+                    name not in ('wait', 'prepare') and name not in names:
                 names.append(name)
     return names
 
@@ -494,9 +516,12 @@ def table(summary):
 def split_lines(summary):
     """Return the lines of the latency split (latency_split) of each row."""
     lines = ['Latency beyond inference, split (alignment_node\'s and depth_node\'s /diagnostics, '
-             'means over their last 50 frames; the total is the median): the alignment stage '
-             '(processing_ms: convert, align, lazy outputs, cloud) and the handover around it '
-             '(the rest: moving frames, disparity and cloud, and the queues):']
+             'means over their last 50 frames; the total is the mean, the median beside it): '
+             'the alignment stage '
+             '(processing_ms, after inference: convert, align (finish from the stereo side '
+             'prepared during inference, else update), lazy outputs, cloud) and the handover '
+             'around it (the rest: moving frames, disparity and cloud, and the queues); the '
+             'prepare runs during inference, off the path:']
     for (size, backend), entry in summary.items():
         for mode in MODES:
             if mode not in entry or not entry[mode]['clouds']:
@@ -504,15 +529,19 @@ def split_lines(summary):
             x = entry[mode]['latency_split']
             stages = ', '.join('{} {:.1f}'.format(k, v)
                                for k, v in x['alignment_stages_ms'].items())
+            prepared = '; prepared during inference: {:.1f} ms, {:.0f} % of the sets ' \
+                'finished from it'.format(x['prepare_ms'], 100 * x['prepared_fraction']) \
+                if x['prepared_fraction'] == x['prepared_fraction'] else ''
             lines.append(
-                '  {} {} {}: beyond inference {:.1f} ms = alignment stage {:.1f} ({}) + '
-                'handover/queues {:.1f} (upstream of alignment_node {:.1f} [depth_node: stamp '
-                '-> frame taken {:.1f}, its queue {:.1f}], alignment queue {:.1f}, cloud to the '
-                'subscriber {:.1f})'.format(
+                '  {} {} {}: beyond inference (median {:.1f}) mean {:.1f} ms = alignment stage '
+                '{:.1f} ({}) + handover/queues {:.1f} (upstream of alignment_node {:.1f} '
+                '[depth_node: stamp -> frame taken {:.1f}, its queue {:.1f}], alignment queue '
+                '{:.1f}, cloud to the subscriber {:.1f}){}'.format(
                     size, backend, mode, x['beyond_inference_median_ms'],
-                    x['alignment_stage_ms'], stages, x['handover_ms'], x['upstream_ms'],
-                    x['depth_input_age_ms'], x['depth_queue_ms'], x['alignment_queue_ms'],
-                    x['delivery_ms']))
+                    x['beyond_inference_mean_ms'], x['alignment_stage_ms'], stages,
+                    x['handover_ms'], x['upstream_ms'], x['depth_input_age_ms'],
+                    x['depth_queue_ms'], x['alignment_queue_ms'],
+                    x['delivery_ms'], prepared))
     return lines
 
 

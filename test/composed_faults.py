@@ -15,7 +15,8 @@ FAULT:
   (depth_node drops it).
 
 Everything else is the real composed_nodes: the patched functions are the sample source's
-``read``, the stand-in network's ``predict`` and the aligner's ``update``.
+``read``, the stand-in network's ``predict`` and the aligner's ``finish`` (what ``update``
+calls, and what alignment_node calls on a set prepared during inference).
 """
 import os
 import sys
@@ -40,7 +41,7 @@ def _dead(where):
     from depth_ros.inference.standin import StandInDepthModel
     from depth_ros.sources.sample import SampleSource
     owner, name = {'grab': (SampleSource, 'read'), 'inference': (StandInDepthModel, 'predict'),
-                   'alignment': (MetricAligner, 'update')}[where]
+                   'alignment': (MetricAligner, 'finish')}[where]
     original = getattr(owner, name)
     calls = [0]
 

@@ -296,21 +296,25 @@ def test_latency_statistics_rates_and_goal_verdicts():
 def test_latency_split_into_the_alignment_stage_and_the_handover():
     bc = _bench_composed()
 
-    def diag(processing, input_age, wait, latency):
-        return {'processing_ms': str(processing), 'input_age_ms': str(input_age),
-                'stage_wait_ms': str(wait), 'latency_ms': str(latency),
-                'stage_convert_ms': '1.0', 'stage_align_ms': str(processing - 1.0)}
+    def diag(processing, input_age, wait, latency, prepare, used, missed):
+        # As alignment_node's: the prepare during inference is a stage of its own, first.
+        return {'stage_prepare_ms': str(prepare), 'processing_ms': str(processing),
+                'input_age_ms': str(input_age), 'stage_wait_ms': str(wait),
+                'latency_ms': str(latency), 'stage_convert_ms': '1.0',
+                'stage_align_ms': str(processing - 1.0), 'prepared_used': str(used),
+                'prepared_missed': str(missed)}
     rounds = [
         {'seconds': 10.0, 'clouds': 100, 'cpu_s': 3.0, 'latency_ms': [60.0, 62.0, 64.0],
-         'inference_ms': 30.0, 'alignment_node': diag(20.0, 34.0, 1.0, 57.0),
+         'inference_ms': 30.0, 'alignment_node': diag(20.0, 34.0, 1.0, 57.0, 4.0, 90, 10),
          'depth_node': {'input_age_ms_mean': '0.5', 'stage_wait_ms': '2.0'}},
         {'seconds': 10.0, 'clouds': 300, 'cpu_s': 9.0, 'latency_ms': [58.0],
-         'inference_ms': 30.0, 'alignment_node': diag(24.0, 38.0, 3.0, 59.0),
+         'inference_ms': 30.0, 'alignment_node': diag(24.0, 38.0, 3.0, 59.0, 8.0, 300, 0),
          'depth_node': {'input_age_ms_mean': 'nan', 'stage_wait_ms': '4.0'}}]
     x = bc.combine(rounds)['latency_split']
-    # Beyond inference: median(60, 62, 64, 58) - 30 = 31; the stage weighted by clouds:
-    # (20 * 100 + 24 * 300) / 400 = 23; the handover, the rest: 8.
+    # Beyond inference: median(60, 62, 64, 58) - 30 = 31 = mean - 30; the stage weighted by
+    # clouds: (20 * 100 + 24 * 300) / 400 = 23; the handover, the rest of the mean: 8.
     assert abs(x['beyond_inference_median_ms'] - 31.0) < 1e-9, x
+    assert abs(x['beyond_inference_mean_ms'] - 31.0) < 1e-9, x
     assert abs(x['alignment_stage_ms'] - 23.0) < 1e-9, x
     assert abs(x['handover_ms'] - 8.0) < 1e-9, x
     assert abs(x['upstream_ms'] - (37.0 - 30.0)) < 1e-9, x       # input age 37 - inference
@@ -319,14 +323,27 @@ def test_latency_split_into_the_alignment_stage_and_the_handover():
     assert x['depth_input_age_ms'] == 0.5 and x['depth_queue_ms'] == 3.5, x   # NaN left out
     assert list(x['alignment_stages_ms']) == ['convert', 'align'], x
     assert abs(x['alignment_stages_ms']['align'] - 22.0) < 1e-9, x
+    # The prepare is apart (during inference): (4 * 100 + 8 * 300) / 400 = 7; 390 of 400 sets.
+    assert abs(x['prepare_ms'] - 7.0) < 1e-9 and x['prepared_fraction'] == 390 / 400.0, x
     # Rounds without diagnostics: NaN, not an error, and the table's lines still print.
     bare = bc.combine([{'seconds': 1.0, 'clouds': 5, 'cpu_s': 0.1, 'latency_ms': [40.0],
                         'inference_ms': 30.0}])['latency_split']
     assert np.isnan(bare['alignment_stage_ms']) and np.isnan(bare['handover_ms']), bare
     lines = bc.split_lines({('720p', 'standin'): {'composed': bc.combine(rounds)}})
-    assert lines[1].startswith('  720p standin composed: beyond inference 31.0 ms = alignment '
-                               'stage 23.0 (convert 1.0, align 22.0) + handover/queues 8.0 '), \
-        lines
+    assert lines[1].startswith('  720p standin composed: beyond inference (median 31.0) mean '
+                               '31.0 ms = alignment stage 23.0 (convert 1.0, align 22.0) + '
+                               'handover/queues 8.0 '), lines
+    # Skewed latencies: the parts add up to the mean, not to the median (40 - 30 = 10 ms below
+    # a 22 ms stage would read as a negative handover).
+    skewed = bc.combine([{'seconds': 1.0, 'clouds': 3, 'cpu_s': 0.1, 'latency_ms': [40.0, 40.0,
+                                                                                    100.0],
+                          'inference_ms': 30.0,
+                          'alignment_node': {'processing_ms': '22.0'}}])['latency_split']
+    assert (skewed['beyond_inference_median_ms'], skewed['beyond_inference_mean_ms'],
+            skewed['handover_ms']) == (10.0, 30.0, 8.0), skewed
+    assert lines[1].endswith('; prepared during inference: 7.0 ms, 98 % of the sets finished '
+                             'from it'), lines
+    assert np.isnan(bare['prepare_ms']) and np.isnan(bare['prepared_fraction']), bare
 
 
 def test_cloud_stamp_read_from_the_serialized_bytes():

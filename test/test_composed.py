@@ -105,6 +105,9 @@ def test_frames_are_handed_over_and_topics_built_only_for_outside_subscribers(
     align = diag_until(diagnostics, 'alignment_node', lambda v: v['status'] == 'ok' and
                        float(v['output_rate_hz']) > 0)
     assert align['input'] == 'in-process' and align['dropped_unpaired'] == '0', align
+    # Each frame's stereo side was prepared while the network ran on it (take_started).
+    align = diag_until(diagnostics, 'alignment_node', lambda v: int(v['prepared_used']) >= 5)
+    assert float(align['stage_prepare_ms']) > 0 and int(align['prepared_held']) <= 1, align
     # Nor the metric depth: aligned every frame, built for no one.
     assert align['published_depth'] == '0', align
     # An outside subscriber gets the internal edges' topics, for the same frames.
@@ -175,19 +178,23 @@ def _matches(received, reference):
     return None
 
 
-def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node_processes):
+def test_the_metric_depth_is_the_same_composed_and_separate(probe, diagnostics, started,
+                                                            node_processes):
     # The sample is one stereo frame replayed; the aligner's RANSAC draws from one seeded
     # generator, so the n-th aligned frame has the same output in any run. Each received
     # depth is the offline pipeline's output of some n, in both modes, bit for bit up to
     # float rounding (the baseline is the parameter's in both: the right camera_info's comes
-    # in at a different frame of each run).
+    # in at a different frame of each run). In both modes the sets are finished from their
+    # stereo side, prepared while the network ran on the frame.
+    import time
     from depth_ros.ros import conversions as conv
     from sensor_msgs.msg import Image
     align = {'use_right_camera_info': 'false'}
     reference = _reference_outputs(60, {'use_right_camera_info': False})
     assert _matches(reference[1], reference[:1]) is None, 'the reference must tell n apart'
-    received = {}
+    received, prepared = {}, {}
     for mode in ('composed', 'separate'):
+        since = time.time()
         depth = probe.subscribe(Image, '/alignment_node/depth')
         if mode == 'composed':
             procs = [started(composed_arguments(align=align))]
@@ -206,6 +213,9 @@ def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node
             procs = [zed, depth_node, align_node]
             node_processes.extend(procs)
         assert wait_until(lambda: len(depth) >= 4, 60), [p.output()[-2000:] for p in procs]
+        wait_until(lambda: int((diag_values(diagnostics, 'alignment_node', since) or {}).get(
+            'prepared_used', 0)) >= 2, 20)
+        prepared[mode] = diag_values(diagnostics, 'alignment_node', since)
         for p in procs:
             p.stop()
         probe.node.destroy_subscription(depth.sub)
@@ -216,6 +226,7 @@ def test_the_metric_depth_is_the_same_composed_and_separate(probe, started, node
         assert None not in indices, '{}: outputs unlike any offline frame: {}'.format(
             mode, received)
         assert indices == sorted(set(indices)), received
+        assert int(prepared[mode]['prepared_used']) >= 2, (mode, prepared[mode])
 
 
 # ------------------------------------------------------------------- faults
@@ -231,6 +242,11 @@ def test_bad_frames_are_dropped_counted_named_and_the_graph_goes_on(diagnostics,
                                          'confidence is 741x498 but depth is 741x500'), align
     # Good frames still give metric depth after the bad ones: the output goes on.
     diag_until(diagnostics, 'alignment_node', lambda v: float(v['output_rate_hz']) > 2.0)
+    # A frame whose network output was dropped left its prepared stereo side behind: let go
+    # by the next one (one held at most); a bad frame's prepare failed, its set was dropped.
+    align = diag_until(diagnostics, 'alignment_node', lambda v: int(v['prepared_discarded'])
+                       >= 2 and int(v['prepared_failed']) >= 2 and int(v['prepared_used']) >= 5)
+    assert int(align['prepared_held']) <= 1, align
     out = proc.output()
     assert 'dropped frame' in out and 'confidence has NaN/inf values' in out, out[-3000:]
     assert 'confidence is 741x498 but depth is 741x500' in out, out[-3000:]
@@ -318,3 +334,142 @@ def test_an_unknown_parameter_name_is_one_warning_of_the_node_it_was_given_to(st
     assert len(lines) == 1 and '[alignment_node]: unknown parameter `cloud_strid` ignored: ' \
         'did you mean `cloud_stride`?' in lines[0], lines
     assert proc.alive(), proc.output()
+
+
+# ------------------------------------------- the stereo side prepared during inference
+@pytest.fixture
+def aligner_node():
+    """Make AlignmentNodes fed in-process (``local_input``) on their own context."""
+    import rclpy
+    from depth_ros.ros.alignment_node import AlignmentNode
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    made = []
+
+    def make(**params):
+        args = ['--ros-args', '--params-file', CONFIG]
+        for key, value in dict({'use_right_camera_info': 'false'}, **params).items():
+            args += ['-p', '{}:={}'.format(key, value)]
+        made.append(AlignmentNode(local_input=True, context=context, cli_args=args + ['--']))
+        return made[-1]
+    yield make
+    for node in made:
+        node.close()
+        node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def _sample_frames(count):
+    """``count`` LocalFrames of the sample (own arrays, stamps 1..count s)."""
+    from depth_ros.ros import conversions as conv
+    from depth_ros.ros.runtime import LocalFrame
+    from depth_ros.sources import make_source
+    from depth_ros.sources.base import Frame
+    source = make_source('sample', None)
+    source.open()
+    f = source.read()
+    frames = []
+    for i in range(count):
+        frame = Frame(left=f.left.copy(), depth=f.depth.copy(), confidence=f.confidence.copy(),
+                      camera=f.camera, stamp_ns=(i + 1) * 10 ** 9, frame_id='cam')
+        frames.append(LocalFrame(frame, conv.make_header(frame.stamp_ns, 'cam')))
+    return frames
+
+
+def _values(node):
+    return {v.key: v.value for v in node.diagnostics()[0].values}
+
+
+def test_sets_are_finished_from_their_stereo_side_prepared_during_inference(aligner_node):
+    # depth_node's worker hands a frame over when its inference starts (take_started), then
+    # the set (take_set): the alignment worker prepares the stereo side in between and
+    # finishes from it; the output is update's, bit for bit, frame after frame (temporal
+    # state included). A frame started and never finished (the network's output dropped)
+    # leaves at most one prepared set, let go by the next one.
+    from depth_ros.nodes_core import config
+    from graph_support import expected_disparity
+    import rclpy
+    from depth_ros.core.pointcloud import depth_to_cloud
+    from depth_ros.ros.runtime import sensor_qos
+    from sensor_msgs.msg import PointCloud2
+    frames = _sample_frames(6)
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)   # as the node: ~/uncertainty unread
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    # A reader of ~/points (another node of the context): the cloud is built, its colours
+    # packed with the prepare.
+    reader = rclpy.create_node('points_reader', context=node.context)
+    reader.create_subscription(PointCloud2, '/alignment_node/points', lambda m: None,
+                               sensor_qos(node.cfg['reliability'], node.cfg['qos_depth']))
+    assert wait_until(lambda: node.pub_points.get_subscription_count() > 0, 15)
+
+    def align(local, start=True):
+        if start:
+            node.take_started(local)
+            assert node.worker.wait_idle(10.0)
+        node.take_set(local, disparity)
+        assert node.worker.wait_idle(10.0)
+        f = local.frame
+        want = reference.update(disparity, f.depth, f.confidence, guide=f.left,
+                                camera=f.camera)
+        np.testing.assert_array_equal(node.result.depth, want.depth)
+        assert (node.result.scale, node.result.status) == (want.scale, want.status)
+        cfg = node.cfg
+        cloud = depth_to_cloud(want.depth, f.camera, bgr=f.left, stride=cfg['cloud_stride'],
+                               min_depth=cfg['cloud_min_range'] or None,
+                               max_depth=cfg['cloud_max_range'] or None,
+                               edge_threshold=cfg['cloud_edge_threshold'] or None)
+        assert node.cloud_buffer.view.tobytes() == cloud.tobytes()
+
+    for local in frames[:3]:
+        align(local)
+    v = _values(node)
+    assert (v['prepared_used'], v['prepared_missed'], v['prepared_held']) == ('3', '0', '0'), v
+    assert float(v['stage_prepare_ms']) > 0 and float(v['stage_align_ms']) > 0, v
+    # Frame 4 started, its output dropped by depth_node: its prepared set waits, alone ...
+    node.take_started(frames[3])
+    assert node.worker.wait_idle(10.0)
+    assert _values(node)['prepared_held'] == '1'
+    # ... until frame 5's replaces it; frame 5 is finished from its own.
+    align(frames[4])
+    v = _values(node)
+    assert (v['prepared_used'], v['prepared_discarded'], v['prepared_held']) == \
+        ('4', '1', '0'), v
+    # A set whose frame was not prepared (its start not seen) is aligned whole: update.
+    align(frames[5], start=False)
+    v = _values(node)
+    assert (v['prepared_used'], v['prepared_missed']) == ('4', '1'), v
+    assert v['dropped_frame'] == '0' and v['dropped_exception'] == '0', v
+    assert v['published_points'] == '5', v     # frame 4 was never finished
+    reader.destroy_node()
+
+
+def test_a_set_prepared_before_an_option_change_is_aligned_whole(aligner_node):
+    # The options its stereo side was prepared with are not the set's: update, the new ones.
+    import rclpy.parameter
+    from depth_ros.nodes_core import config
+    from graph_support import expected_disparity
+    frames = _sample_frames(1)
+    node = aligner_node()
+    before = config.make_aligner(node.cfg)
+    before.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    node.take_started(frames[0])
+    assert node.worker.wait_idle(10.0)
+    result = node.set_parameters([rclpy.parameter.Parameter('confidence_threshold',
+                                                            value=20.0)])
+    assert result[0].successful, result
+    node.take_set(frames[0], disparity)
+    assert node.worker.wait_idle(10.0)
+    v = _values(node)
+    assert (v['prepared_used'], v['prepared_missed'], v['prepared_discarded']) == \
+        ('0', '1', '1'), v
+    after = config.make_aligner(node.cfg)
+    after.set_options(compute_uncertainty=False)
+    f = frames[0].frame
+    args = (disparity, f.depth, f.confidence)
+    kwargs = {'guide': f.left, 'camera': f.camera}
+    np.testing.assert_array_equal(node.result.depth, after.update(*args, **kwargs).depth)
+    assert not np.array_equal(node.result.depth, before.update(*args, **kwargs).depth), \
+        'the test needs an option that changes the output'

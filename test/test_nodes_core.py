@@ -99,6 +99,59 @@ def test_latest_worker_stop_finishes_the_frame_in_progress():
     assert done == [1], 'expected only the frame in progress, received {}'.format(done)
 
 
+# ------------------------------------------------------------- Worker: background work
+def test_background_work_runs_when_idle_and_never_before_a_waiting_item():
+    seen, gate, started = [], threading.Event(), threading.Event()
+
+    def work(item):
+        started.set()
+        gate.wait(5)
+        seen.append(('work', item))
+    worker = Worker(work, background=lambda item: seen.append(('background', item)),
+                    on_start=lambda item: seen.append(('start', item)))
+    try:
+        worker.put_background('b0')          # idle: runs at once
+        assert _until(lambda: worker.background_done == 1), seen
+        worker.put(1)
+        assert started.wait(5), 'the worker never took item 1'
+        worker.put_background('b1')          # waits behind the running item ...
+        worker.put_background('b2')          # ... and is replaced: only the newest stays
+        worker.put(2)                        # requested: goes before b2
+        gate.set()
+        assert worker.wait_idle(5.0), 'the worker did not finish'
+        assert seen == [('background', 'b0'), ('start', 1), ('work', 1), ('start', 2),
+                        ('work', 2), ('background', 'b2')], seen
+        # Background items are counted apart: not received, dropped, done or failed items.
+        assert (worker.received, worker.dropped, worker.done, worker.failed) == (2, 0, 2, 0)
+        assert (worker.background_done, worker.background_replaced) == (2, 1)
+    finally:
+        gate.set()
+        worker.stop()
+
+
+def test_background_work_failure_is_reported_and_the_worker_goes_on():
+    errors, seen = [], []
+
+    def background(item):
+        raise RuntimeError('prepare failed')
+    worker = Worker(seen.append, on_error=errors.append, background=background)
+    try:
+        worker.put_background('x')
+        assert _until(lambda: worker.background_done == 1)
+        worker.put('good')
+        assert worker.wait_idle(5.0) and seen == ['good'], seen
+        assert [describe_error(e) for e in errors] == ['RuntimeError: prepare failed']
+        assert (worker.done, worker.failed) == (1, 0)
+    finally:
+        worker.stop()
+    plain = Worker(seen.append)
+    try:
+        with pytest.raises(ValueError, match='has no `background` work'):
+            plain.put_background('x')
+    finally:
+        plain.stop()
+
+
 # ------------------------------------------------------ Worker: offer + request (keyframes)
 def test_keyframe_worker_newest_frame_wins_and_one_job_at_a_time():
     seen, running, peak = [], [0], [0]

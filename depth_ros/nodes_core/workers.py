@@ -33,16 +33,25 @@ class Worker(object):
 
     :param on_start: called in the worker thread with each item it takes, before the work
         (depth_node announces the stamp it computes).
+    :param background: work of lower priority, on items given to :meth:`put_background`
+        (alignment_node prepares the stereo side of a frame while the network runs on it).
+        It runs in the same thread, only when no requested item waits: a ready item never
+        waits for a background item that has not started (it may wait for one that has).
     """
 
     def __init__(self, work: Callable[[object], None], name: str = 'worker',
                  on_error: Optional[Callable[[BaseException], None]] = None,
-                 on_start: Optional[Callable[[object], None]] = None):
+                 on_start: Optional[Callable[[object], None]] = None,
+                 background: Optional[Callable[[object], None]] = None):
         self._work = work
         self._on_error = on_error
         self._on_start = on_start
+        self._background = background
         self._cond = threading.Condition()
         self._item = None
+        self._background_item = None
+        self.background_replaced = 0   # background items replaced before they ran
+        self.background_done = 0
         self._wanted = False    # a job is requested on the item in the slot (or the next one)
         self._stop = False
         self.received = 0
@@ -87,26 +96,48 @@ class Worker(object):
             self.offer(item)
             self._wanted = True
 
+    def put_background(self, item) -> None:
+        """
+        Give ``item`` to the ``background`` work, replacing one still waiting there.
+
+        It runs when no requested item waits (the class docstring); items of this slot are
+        not counted in ``received`` or ``dropped``.
+        """
+        if self._background is None:
+            raise ValueError('this Worker has no `background` work')
+        with self._cond:
+            if self._background_item is not None:
+                self.background_replaced += 1
+            self._background_item = item
+            self._cond.notify()
+
+    def _ready(self) -> bool:
+        return (self._wanted and self._item is not None) or self._background_item is not None
+
     def _take(self):
         with self._cond:
-            while not self._stop and not (self._wanted and self._item is not None):
+            while not self._stop and not self._ready():
                 self._cond.wait()
             if self._stop:
-                return None
-            item, self._item, self._wanted = self._item, None, False
+                return None, None
             self.busy = True
-            return item
+            if self._wanted and self._item is not None:
+                item, self._item, self._wanted = self._item, None, False
+                return self._work, item
+            item, self._background_item = self._background_item, None
+            return self._background, item
 
     def _run(self) -> None:
         while True:
-            item = self._take()
-            if item is None:
+            work, item = self._take()
+            if work is None:
                 return
+            background = work is self._background
             ok = False
             try:
-                if self._on_start is not None:
+                if self._on_start is not None and not background:
                     self._on_start(item)
-                self._work(item)
+                work(item)
                 ok = True
             except Exception as exc:  # noqa: B902 - a bad frame must not kill the worker
                 if self._on_error is not None:
@@ -116,15 +147,18 @@ class Worker(object):
             finally:
                 with self._cond:
                     self.busy = False
-                    self.done += ok
-                    self.failed += not ok
+                    if background:
+                        self.background_done += 1
+                    else:
+                        self.done += ok
+                        self.failed += not ok
                     self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs or is requested; return whether that happened in time."""
+        """Wait until no job runs or waits to run; return whether that happened in time."""
         end = time.monotonic() + timeout
         with self._cond:
-            while self.busy or (self._wanted and self._item is not None):
+            while self.busy or self._ready():
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -135,7 +169,7 @@ class Worker(object):
         """Stop the thread after the job in progress; return whether it ended in time."""
         with self._cond:
             self._stop = True
-            self._item = None
+            self._item = self._background_item = None
             self._cond.notify_all()
         self._thread.join(timeout)
         return not self._thread.is_alive()

@@ -23,7 +23,15 @@ reason). The alignment runs on every set whatever is subscribed (its temporal st
 In the composed process (``composed.py``, ``local_input=True``) the node has no input
 subscriptions: depth_node's worker hands each set over by reference (:meth:`take_set`: zed_node's
 frame with its image, stereo depth, confidence and camera, and the disparity computed on it), so
-nothing is paired by stamp and no message is decoded.
+nothing is paired by stamp and no message is decoded. It also hands over each frame when its
+inference starts (:meth:`take_started`): the worker prepares the frame's stereo side
+(``MetricAligner.prepare``) while the network runs, and finishes the set from it when the
+disparity comes (``MetricAligner.finish``, the same result as ``update``).
+
+Separately, the same: once the stereo set of the stamp depth_node announces on
+``inference_started`` is all here, the worker prepares it while the network runs, and finishes
+the set from it when the disparity completes it. A set without a prepared side (not
+announced, not prepared yet, options changed since, a restart) is aligned whole (``update``).
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ import time
 from depth_ros.core.messages import baseline_from_info, check_confidence, check_message, \
     check_parts, check_sizes, decode_set, DecodedSet
 from depth_ros.core.pairing import message_bytes, missing_text, PairingBuffer, Reason
-from depth_ros.core.pointcloud import CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
+from depth_ros.core.pointcloud import cloud_colours, CLOUD_DTYPE, depth_to_cloud, XYZ_DTYPE
 from depth_ros.core.visualize import colorize
 from depth_ros.nodes_core.config import ALIGNER_KEYS, aligner_options, ALIGNMENT_PARAMS, \
     make_aligner, validate_alignment
@@ -42,7 +50,7 @@ from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError
 from depth_ros.nodes_core.workers import HeapTrim, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -52,6 +60,34 @@ from std_msgs.msg import Header
 TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image),
           'confidence': ('confidence', Image), 'camera_info': ('camera_info', CameraInfo),
           'image': ('image', Image)}
+
+
+class Prepared(object):
+    """
+    A frame's stereo side, prepared while the network runs on it.
+
+    ``local``: depth_node's LocalFrame (composed: its set is matched by identity), else None;
+    ``stamp``; ``parts``: separately, the stereo messages it was decoded from (its set is
+    matched by stamp and by these messages), else None; ``epoch`` and ``options_version``:
+    the aligner's when prepared (a restart or an option change since makes it stale);
+    ``stereo``: the checked arrays (a DecodedSet without the relative map); ``stereo_set``:
+    ``MetricAligner.prepare``'s; ``colours``: (cloud_stride, the cloud's packed colours)
+    while ~/points has a subscriber, else None.
+    """
+
+    __slots__ = ('local', 'stamp', 'parts', 'epoch', 'options_version', 'stereo', 'stereo_set',
+                 'colours')
+
+    def __init__(self, local, stamp, parts, epoch, options_version):
+        self.local, self.stamp, self.parts = local, stamp, parts
+        self.epoch, self.options_version = epoch, options_version
+        self.stereo = self.stereo_set = self.colours = None
+
+    def matches(self, local, stamp, msgs) -> bool:
+        """Tell whether this is the stereo side of the set (``local``, or ``stamp``/``msgs``)."""
+        if local is not None or self.local is not None:
+            return self.local is local
+        return self.stamp == stamp and all(msgs.get(k) is m for k, m in self.parts.items())
 
 
 class AlignmentNode(DepthRosNode):
@@ -106,7 +142,16 @@ class AlignmentNode(DepthRosNode):
         self.pub_points = self.create_publisher(PointCloud2, '~/points', qos)
         self.pub_colored = self.create_publisher(Image, '~/colored', qos)
         self.pub_unc = self.create_publisher(Image, '~/uncertainty', qos)
-        self.worker = Worker(self._process, 'alignment', self._worker_error)
+        self.worker = Worker(self._process, 'alignment', self._worker_error,
+                             background=self._prepare)
+        # The stereo side of the frame the network runs on, prepared meanwhile (a Prepared:
+        # take_started composed, inference_started separately). The worker's alone; one at most.
+        self.prepared = None
+        self.options_version = 0          # bumped whenever the aligner's options change
+        self.last_set_stamp = None        # the newest set the worker took
+        self.inferring = None             # separately: the stamp depth_node computes now
+        self.prepare_requested = None     # separately: the last stamp given to _prepare
+        self.prepare_counts = collections.Counter()
         self.local_input = local_input
         self.subs = [] if local_input else [self.create_subscription(
             TOPICS[k][1], TOPICS[k][0], self._callback(k), qos) for k in kinds]
@@ -211,16 +256,26 @@ class AlignmentNode(DepthRosNode):
         self.input_age_ms.append((now - stamp) * 1e-6)
         self.worker.put(((local, disparity), now, epoch))
 
-    def _local_set(self, local, disparity) -> DecodedSet:
-        """Return the handed-over arrays as decode_set would (no copy); ValueError: a bad set."""
+    def take_started(self, local) -> None:
+        """
+        depth_node's worker starts inference on ``local`` (composed.py): prepare its stereo side.
+
+        The worker runs ``MetricAligner.prepare`` on it as background work (nodes_core Worker):
+        while the network runs, and never before a set that is ready. :meth:`_process` then
+        finishes that frame's set from it, so only the post-inference part of the stage is on
+        the latency path. A frame the network skips is never started, so never prepared.
+        """
+        self.worker.put_background(local)
+
+    def _local_stereo(self, local) -> DecodedSet:
+        """Return the frame's stereo side as decode_set would (no copy); ValueError: bad."""
         frame, out = local.frame, DecodedSet()
         out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
             frame.camera
         if frame.depth is None:
             raise ValueError('the frame has no stereo depth')
         out.depth = np.asarray(frame.depth, dtype=np.float32)
-        out.relative = disparity     # finite: depth_node drops an output that is not
-        sizes = {'depth': out.depth.shape[::-1], 'disparity': disparity.shape[1::-1]}
+        sizes = {'depth': out.depth.shape[::-1]}
         if 'confidence' in self.kinds and frame.confidence is not None:
             out.confidence = check_confidence(frame.confidence)
             sizes['confidence'] = out.confidence.shape[::-1]
@@ -230,9 +285,96 @@ class AlignmentNode(DepthRosNode):
         check_sizes(sizes)            # as for messages (core.messages), from the arrays
         return out
 
+    def _local_set(self, local, disparity, stereo=None) -> DecodedSet:
+        """Return the handed-over arrays as decode_set would (no copy); ValueError: a bad set."""
+        out = stereo if stereo is not None else self._local_stereo(local)
+        out.relative = disparity     # finite: depth_node drops an output that is not
+        check_sizes({'depth': out.depth.shape[::-1], 'disparity': disparity.shape[1::-1]})
+        return out
+
+    def _prepare(self, item):
+        """
+        Worker, background: MetricAligner.prepare on a frame's stereo side, during inference.
+
+        ``item``: a LocalFrame (composed, take_started), or (stamp, stereo messages)
+        (separately, _prepare_if_stereo_complete).
+        """
+        local, (stamp, parts) = (item, (item.frame.stamp_ns, None)) \
+            if isinstance(item, LocalFrame) else (None, item)
+        if self.last_set_stamp is not None and stamp <= self.last_set_stamp:
+            self.prepare_counts['late'] += 1      # its set (or a newer one) went first
+            return
+        self._apply_pending_options()    # the options its set will be finished with
+        t0 = time.perf_counter()
+        out = Prepared(local, stamp, parts, self.aligner_epoch, self.options_version)
+        try:
+            out.stereo = self._local_stereo(local) if local is not None else \
+                decode_set(parts, 'drop', to_array=conv.image_to_numpy)
+            stereo = out.stereo
+            out.stereo_set = self.aligner.prepare(stereo.depth, stereo.confidence,
+                                                  guide=stereo.bgr, camera=stereo.camera)
+        except ValueError:
+            # A bad frame: its set is aligned by update, which drops it with the reason.
+            self.prepare_counts['failed'] += 1
+            return
+        if stereo.bgr is not None and self.pub_points.get_subscription_count() > 0:
+            # The cloud's colours need only the image: packed now, not after inference.
+            out.colours = (self.cfg['cloud_stride'],
+                           cloud_colours(stereo.bgr, self.cfg['cloud_stride']))
+        if self.prepared is not None:
+            self.prepare_counts['discarded'] += 1   # its set never came (dropped upstream)
+        self.prepared = out
+        self.stages.add('prepare', (time.perf_counter() - t0) * 1e3)
+
+    def _take_prepared(self, local, stamp, msgs=None):
+        """Return the current Prepared of the set, else None (worker thread)."""
+        held, self.prepared = self.prepared, None
+        if held is not None:
+            current = held.epoch == self.aligner_epoch and \
+                held.options_version == self.options_version
+            if current and held.matches(local, stamp, msgs):
+                self.prepare_counts['used'] += 1
+                return held
+            if current and held.stamp > stamp:
+                self.prepared = held            # a newer frame's: its set is yet to come
+            else:
+                self.prepare_counts['discarded'] += 1
+        self.prepare_counts['missed'] += 1
+        return None
+
+    @staticmethod
+    def _with_relative(prepared, msgs) -> DecodedSet:
+        """Separately: the prepared stereo side and the set's decoded disparity."""
+        # The set's messages were checked together on arrival (_arrival_problem); the
+        # disparity is decoded and value-checked with the depth and camera it is sized on.
+        out = prepared.stereo
+        out.relative = decode_set({k: msgs[k] for k in ('disparity', 'depth', 'camera_info')},
+                                  'drop', to_array=conv.image_to_numpy).relative
+        return out
+
     def _on_started(self, header):
+        stamp = conv.stamp_to_ns(header.stamp)
         with self.lock:
-            self.buffer.pin(conv.stamp_to_ns(header.stamp))
+            self.buffer.pin(stamp)
+            self.inferring = stamp
+            self._prepare_if_stereo_complete(stamp)
+
+    def _prepare_if_stereo_complete(self, stamp):
+        """
+        Separately: prepare the stereo side of the set being inferred once it is all here.
+
+        Called with self.lock held, on depth_node's ``inference_started`` and on each stereo
+        message: the stamp the network computes, with every kind but the disparity, goes to
+        the worker's background work (:meth:`_prepare`) once. Frames the network skips are
+        never announced, so never prepared.
+        """
+        if stamp != self.inferring or stamp == self.prepare_requested:
+            return
+        parts = self.buffer.parts(stamp)
+        if len(parts) != len(self.kinds) - 1 or 'disparity' in parts:
+            return
+        self.prepare_requested = stamp
+        self.worker.put_background((stamp, dict(parts)))
 
     def _callback(self, kind):
         def callback(msg):
@@ -252,6 +394,8 @@ class AlignmentNode(DepthRosNode):
                 self.heap.held(self.buffer.bytes)
                 if complete is not None:
                     self.paired_once = True
+                elif not problem and kind != 'disparity':
+                    self._prepare_if_stereo_complete(stamp)
                 epoch = self.epoch
             if problem:
                 self.error('frame', 'dropped frame {}: {}'.format(stamp, problem))
@@ -310,6 +454,7 @@ class AlignmentNode(DepthRosNode):
                 if k != kind:
                     guard.reset()
             self.buffer.clear()
+            self.inferring = self.prepare_requested = None
             self.paired_once = False
             self.last_camera_info = None
             self.epoch += 1
@@ -331,19 +476,28 @@ class AlignmentNode(DepthRosNode):
         stages.start()
         t0 = time.perf_counter()
         local = isinstance(msgs, tuple)     # (LocalFrame, disparity), handed over in-process
+        stamp = msgs[0].frame.stamp_ns if local else conv.stamp_to_ns(msgs['depth'].header.stamp)
+        self.last_set_stamp = stamp
+        prepared = self._take_prepared(msgs[0] if local else None, stamp,
+                                       None if local else msgs)
         try:
-            frame = self._local_set(*msgs) if local else \
-                decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
+            if local:
+                frame = self._local_set(*msgs, stereo=prepared and prepared.stereo)
+            elif prepared is not None:
+                frame = self._with_relative(prepared, msgs)
+            else:
+                frame = decode_set(msgs, 'drop', to_array=conv.image_to_numpy)
         except ValueError as exc:
             self.last_drop = str(exc)
-            self.error('frame', 'dropped frame {}: {}'.format(
-                msgs[0].frame.stamp_ns if local else
-                conv.stamp_to_ns(msgs['depth'].header.stamp), exc))
+            self.error('frame', 'dropped frame {}: {}'.format(stamp, exc))
             return
         stages.mark('convert')
         try:
-            result = self.aligner.update(frame.relative, frame.depth, frame.confidence,
-                                         guide=frame.bgr, camera=frame.camera)
+            if prepared is not None:      # the stereo side was prepared during inference
+                result = self.aligner.finish(frame.relative, prepared.stereo_set)
+            else:
+                result = self.aligner.update(frame.relative, frame.depth, frame.confidence,
+                                             guide=frame.bgr, camera=frame.camera)
         except ValueError as exc:     # the aligner's input checks (a frame below 16x16 ...)
             self.last_drop = str(exc)
             self.error('frame', 'dropped frame {}: {}'.format(frame.stamp_ns, exc))
@@ -363,7 +517,8 @@ class AlignmentNode(DepthRosNode):
                          self._camera_info(msgs['camera_info'], frame.camera, header))
         stages.mark('publish_depth')
         if self.pub_points.get_subscription_count() > 0:
-            self._publish_cloud(result.depth, frame.camera, frame.bgr, header)
+            self._publish_cloud(result.depth, frame.camera, frame.bgr, header,
+                                prepared and prepared.colours)
         if self.pub_colored.get_subscription_count() > 0:
             self._publish_colored(result.depth, header)
         if result.uncertainty is not None and self.pub_unc.get_subscription_count() > 0:
@@ -384,6 +539,7 @@ class AlignmentNode(DepthRosNode):
         if want != self.aligner.options.compute_uncertainty:
             changes['compute_uncertainty'] = want
         if changes:
+            self.options_version += 1     # a set prepared before is finished by update
             try:
                 self.aligner.set_options(**changes)
             except ValueError as exc:     # validated already; a rejected baseline stays out
@@ -412,16 +568,19 @@ class AlignmentNode(DepthRosNode):
             return False
         return True
 
-    def _publish_cloud(self, depth, camera, bgr, header):
+    def _publish_cloud(self, depth, camera, bgr, header, colours=None):
         cfg = self.cfg
         stride = cfg['cloud_stride']
+        # The colours packed during inference, for this stride (it may have changed since).
+        colours = colours[1] if colours is not None and colours[0] == stride else None
         shape = (depth.shape[0] // stride, depth.shape[1] // stride)
         if not self._cloud_fits(shape, bgr is not None):
             return
         # The cloud is written straight into the message's byte buffer: no copy before
         # serialization, no fresh pages every frame.
         out = self.cloud_buffer.array(shape, CLOUD_DTYPE if bgr is not None else XYZ_DTYPE)
-        cloud = depth_to_cloud(depth, camera, bgr=bgr, stride=stride,
+        cloud = depth_to_cloud(depth, camera, bgr=None if colours is not None else bgr,
+                               colours=colours, stride=stride,
                                min_depth=cfg['cloud_min_range'] or None,
                                max_depth=cfg['cloud_max_range'] or None, out=out,
                                edge_threshold=cfg['cloud_edge_threshold'] or None)
@@ -518,6 +677,13 @@ class AlignmentNode(DepthRosNode):
             values['dropped_' + k] = self.bad[k]
         values['last_drop_reason'] = self.last_drop
         values['input'] = 'in-process' if self.local_input else 'topics'
+        # Sets finished from their stereo side prepared during inference (used),
+        # aligned whole after it (missed: not prepared yet, options changed, a restart), and
+        # prepared sets let go (discarded: the set never came), prepares skipped (late: the set
+        # went first) or refused (failed: a bad frame, dropped by the set's alignment).
+        for k in ('used', 'missed', 'discarded', 'late', 'failed'):
+            values['prepared_' + k] = self.prepare_counts[k]
+        values['prepared_held'] = int(self.prepared is not None)
         level, message = self._level()
         return [diagnostic_status('alignment_node: metric alignment',
                                   self.get_fully_qualified_name(), level, message, values)]

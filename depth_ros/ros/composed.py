@@ -17,7 +17,9 @@ sections are global (``--log-level``).
   confidence, camera: numpy arrays) by reference into depth_node's newest-frame slot;
 - alignment_node ``--from`` a depth_node: depth_node's inference worker hands (frame,
   disparity) by reference into alignment_node's newest-frame slot. The set is known: nothing is
-  paired by stamp, nothing is serialized or copied;
+  paired by stamp, nothing is serialized or copied. When the inference on a frame starts, the
+  frame is handed over first, so that alignment_node's worker prepares its stereo side while
+  the network runs (only the post-inference part is left after it: ``take_started``);
 - marigold_node ``--from`` a zed_node: as depth_node, into its keyframe slot.
 
 Such a node creates no subscription for those inputs, so its producer's topics count outside
@@ -136,8 +138,12 @@ def _wire(nodes, sections) -> None:
             if pair not in WIRES:
                 raise ConfigError('--from {}: a {} cannot be fed by a {} in-process'.format(
                     section.source, section.kind, producer[1].kind))
-            take = node.take_set if section.kind == 'alignment_node' else node.take_frame
-            producer[0].hand_over_to(take)
+            if section.kind == 'alignment_node':
+                # The set after inference; the frame when its inference starts (prepared
+                # meanwhile: AlignmentNode.take_started).
+                producer[0].hand_over_to(node.take_set, started=node.take_started)
+            else:
+                producer[0].hand_over_to(node.take_frame)
         made[node.get_name()] = (node, section)
 
 

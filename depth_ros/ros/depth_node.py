@@ -11,8 +11,9 @@ frames that arrive meanwhile replace the waiting one (dropped, never queued).
 In the composed process (``composed.py``, ``local_input=True``) there is no ``image``
 subscription: zed_node hands each frame over by reference (:meth:`DepthNode.take_frame`), and
 the worker hands ``(frame, header, disparity)`` to the nodes registered with
-:meth:`DepthNode.hand_over_to` (alignment_node). Every output topic is built only while someone
-subscribes to it.
+:meth:`DepthNode.hand_over_to` (alignment_node), and tells them which frame it starts on, so
+that alignment_node prepares its stereo side while the network runs. Every output topic is
+built only while someone subscribes to it.
 """
 from __future__ import annotations
 
@@ -69,13 +70,23 @@ class DepthNode(DepthRosNode):
         self.worker = Worker(self._process, 'depth_inference', self._worker_error,
                              on_start=self._announce)
         self.consumers = []      # in-process: callables (LocalFrame, disparity), worker thread
+        self.start_consumers = []   # in-process: callables (LocalFrame), inference starts
         self.built = collections.Counter()   # messages built per output (lazy: subscribed)
         self.sub = None if local_input else \
             self.create_subscription(Image, 'image', self._on_image, qos)
 
-    def hand_over_to(self, consumer) -> None:
-        """Hand each result to ``consumer(local_frame, disparity)`` by reference (composed.py)."""
+    def hand_over_to(self, consumer, started=None) -> None:
+        """
+        Hand each result to ``consumer(local_frame, disparity)`` by reference (composed.py).
+
+        ``started(local_frame)``, if given, is called in the worker thread when the inference
+        on a frame starts (only the frames the network takes: one that the newest-frame slot
+        replaced costs nothing): alignment_node prepares that frame's stereo side meanwhile.
+        It must only hand the frame over.
+        """
         self.consumers.append(consumer)
+        if started is not None:
+            self.start_consumers.append(started)
 
     def take_frame(self, frame, header) -> None:
         """Take zed_node's frame by reference (its grab thread; composed.py): newest-frame slot."""
@@ -139,6 +150,9 @@ class DepthNode(DepthRosNode):
             self._drop('frame', str(exc))
             return
         stages.mark('convert')
+        if isinstance(msg, LocalFrame):
+            for started in self.start_consumers:
+                started(msg)
         disparity = self.model.predict(bgr)          # [H, W] float32 relative
         stages.mark('inference')
         if not np.all(np.isfinite(disparity)):

@@ -299,18 +299,25 @@ def _construct(factory, name, signals) -> tuple:
         signals.interrupting = False
 
 
+# How often the spin loop checks the nodes' health and the stop flag when nothing else wakes
+# it. Each spin_once builds rclpy's wait set of every node (~1.1 ms of CPU for depth_node and
+# alignment_node together, measured on x86): woken every 0.1 s, the idle loop of the composed
+# process took 13 ms of CPU a second, more than 1 ms per cloud at 10 fps.
+SPIN_PERIOD_S = 0.25
+
+
 def _spin(nodes, executor, signals) -> int:
     """Spin until a stop signal (0) or a node's health check gives a reason (FATAL line, 1)."""
     from rclpy.executors import ExternalShutdownException
     next_check = 0.0
     while not signals.stop.is_set():
         try:
-            executor.spin_once(timeout_sec=0.1)
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
         except ExternalShutdownException:
             return 0
         now = time.monotonic()
         if now >= next_check:
-            next_check = now + 0.25
+            next_check = now + SPIN_PERIOD_S
             for node in nodes:
                 reason = node.health_check()
                 if reason:
