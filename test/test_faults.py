@@ -669,13 +669,13 @@ def test_a_signal_after_the_teardown_is_still_ignored():
     # finalizes. Once stopped by a signal, SIGINT and SIGTERM are ignored until the process
     # exits (no KeyboardInterrupt, no death by SIGINT); without a signal the handlers are
     # given back.
-    from depth_ros.ros.runtime import _Signals
+    from depth_ros.ros.runtime import Signals
     original = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _Signals() as quiet:
+        with Signals() as quiet:
             pass
         assert signal.getsignal(signal.SIGINT) is original[signal.SIGINT] and quiet.count == 0
-        with _Signals() as stopped:
+        with Signals() as stopped:
             os.kill(os.getpid(), signal.SIGINT)
             assert wait_until(lambda: stopped.count == 1, 2)
         assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == \

@@ -37,7 +37,7 @@ def init(args=None) -> None:
     """
     ``rclpy.init`` without rclpy's own signal handlers (SignalHandlerOptions: rclpy >= 3.1).
 
-    run_node handles SIGINT/SIGTERM itself (runtime._Signals says why and which test shows it).
+    run_node handles SIGINT/SIGTERM itself (runtime.Signals says why and which test shows it).
     """
     import rclpy
     from rclpy.signals import SignalHandlerOptions

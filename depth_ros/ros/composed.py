@@ -43,7 +43,7 @@ from depth_ros.nodes_core.params import ConfigError, given_names, params_file_er
     StartupError, unknown_lines
 from depth_ros.nodes_core.workers import forward_library_logs
 from depth_ros.ros import compat
-from depth_ros.ros.runtime import _Signals, _spin, _teardown, DepthRosNode
+from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown
 from depth_ros.util import describe_error
 
 KINDS = ('zed_node', 'depth_node', 'alignment_node', 'marigold_node')
@@ -239,11 +239,11 @@ def run(args: Optional[List[str]] = None) -> int:
     problem = params_file_error(argv)
     if problem:
         return _argument_error(problem)
-    with _Signals() as signals:
+    with Signals() as signals:
         nodes, code = _start(argv, glob, sections, signals)
         if code or signals.stop.is_set() or len(nodes) < len(sections):
             if nodes:
-                _teardown(nodes, None)
+                teardown(nodes, None)
             compat.shutdown()
             return code
         _warn_unknown(argv, glob, nodes, sections)
@@ -251,9 +251,9 @@ def run(args: Optional[List[str]] = None) -> int:
         for node in nodes:
             executor.add_node(node)
         try:
-            code = _spin(nodes, executor, signals)
+            code = spin_nodes(nodes, executor, signals)
         finally:
-            _teardown(nodes, executor)      # producers first: the order of the sections
+            teardown(nodes, executor)      # producers first: the order of the sections
         compat.shutdown()
     return code
 

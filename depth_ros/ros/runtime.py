@@ -226,7 +226,7 @@ class DepthRosNode(Node):
 
 
 # ------------------------------------------------------------------------------ run_node
-class _Signals(object):
+class Signals(object):
     """
     SIGINT/SIGTERM -> a stop flag, in place of rclpy's signal handlers (compat.init).
 
@@ -306,7 +306,7 @@ def _construct(factory, name, signals) -> tuple:
 SPIN_PERIOD_S = 0.25
 
 
-def _spin(nodes, executor, signals) -> int:
+def spin_nodes(nodes, executor, signals) -> int:
     """Spin until a stop signal (0) or a node's health check gives a reason (FATAL line, 1)."""
     from rclpy.executors import ExternalShutdownException
     next_check = 0.0
@@ -326,7 +326,7 @@ def _spin(nodes, executor, signals) -> int:
     return 0
 
 
-def _teardown(nodes, executor) -> None:
+def teardown(nodes, executor) -> None:
     """Stop the nodes' threads in order (producers first), then the executor and the nodes."""
     for node in nodes:
         node.shutting_down = True
@@ -360,7 +360,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     if problem:
         sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
         return 2
-    with _Signals() as signals:
+    with Signals() as signals:
         node, code = None, 0
         try:
             signals.interrupting = not signals.stop.is_set()
@@ -389,9 +389,9 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             try:
-                code = _spin([node], executor, signals)
+                code = spin_nodes([node], executor, signals)
             finally:
-                _teardown([node], executor)
+                teardown([node], executor)
         compat.shutdown()
     return code
 
