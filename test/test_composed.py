@@ -445,6 +445,32 @@ def test_sets_are_finished_from_their_stereo_side_prepared_during_inference(alig
     reader.destroy_node()
 
 
+def test_prepare_during_inference_false_aligns_each_set_whole(aligner_node):
+    # The CPU-for-latency trade switched off: a started frame is not prepared, its set is
+    # aligned whole when the disparity comes, with update's output.
+    from depth_ros.nodes_core import config
+    from graph_support import expected_disparity
+    frames = _sample_frames(2)
+    node = aligner_node(prepare_during_inference='false')
+    assert node.cfg['prepare_during_inference'] is False
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    for local in frames:
+        node.take_started(local)
+        assert node.worker.wait_idle(10.0)
+        assert _values(node)['prepared_held'] == '0'
+        node.take_set(local, disparity)
+        assert node.worker.wait_idle(10.0)
+        f = local.frame
+        want = reference.update(disparity, f.depth, f.confidence, guide=f.left,
+                                camera=f.camera)
+        np.testing.assert_array_equal(node.result.depth, want.depth)
+    v = _values(node)
+    assert v['prepared_used'] == '0' and 'stage_prepare_ms' not in v, v   # never ran
+    assert v['dropped_frame'] == '0' and v['dropped_exception'] == '0', v
+
+
 def test_a_set_prepared_before_an_option_change_is_aligned_whole(aligner_node):
     # The options its stereo side was prepared with are not the set's: update, the new ones.
     import rclpy.parameter

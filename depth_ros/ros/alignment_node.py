@@ -264,8 +264,10 @@ class AlignmentNode(DepthRosNode):
         while the network runs, and never before a set that is ready. :meth:`_process` then
         finishes that frame's set from it, so only the post-inference part of the stage is on
         the latency path. A frame the network skips is never started, so never prepared.
+        Nothing with ``prepare_during_inference`` false.
         """
-        self.worker.put_background(local)
+        if self.cfg['prepare_during_inference']:
+            self.worker.put_background(local)
 
     def _local_stereo(self, local) -> DecodedSet:
         """Return the frame's stereo side as decode_set would (no copy); ValueError: bad."""
@@ -368,7 +370,8 @@ class AlignmentNode(DepthRosNode):
         the worker's background work (:meth:`_prepare`) once. Frames the network skips are
         never announced, so never prepared.
         """
-        if stamp != self.inferring or stamp == self.prepare_requested:
+        if stamp != self.inferring or stamp == self.prepare_requested or \
+                not self.cfg['prepare_during_inference']:
             return
         parts = self.buffer.parts(stamp)
         if len(parts) != len(self.kinds) - 1 or 'disparity' in parts:
