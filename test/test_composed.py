@@ -359,6 +359,28 @@ def aligner_node():
     rclpy.shutdown(context=context)
 
 
+def _started_and_aligned(node, reference, local, disparity, start=True,
+                         held_after_start=None):
+    """
+    Hand ``local`` to the in-process node as depth_node would; return update's result.
+
+    ``start``: announce it first (take_started), as when the network takes the frame;
+    ``held_after_start``: the ``prepared_held`` value expected then. The node's depth must be
+    the reference aligner's ``update`` of the same inputs, bit for bit.
+    """
+    if start:
+        node.take_started(local)
+        assert node.worker.wait_idle(10.0)
+        if held_after_start is not None:
+            assert _values(node)['prepared_held'] == held_after_start
+    node.take_set(local, disparity)
+    assert node.worker.wait_idle(10.0)
+    f = local.frame
+    want = reference.update(disparity, f.depth, f.confidence, guide=f.left, camera=f.camera)
+    np.testing.assert_array_equal(node.result.depth, want.depth)
+    return want
+
+
 def _sample_frames(count):
     """``count`` LocalFrames of the sample (own arrays, stamps 1..count s)."""
     from depth_ros.ros import conversions as conv
@@ -405,15 +427,8 @@ def test_sets_are_finished_from_their_stereo_side_prepared_during_inference(alig
     assert wait_until(lambda: node.pub_points.get_subscription_count() > 0, 15)
 
     def align(local, start=True):
-        if start:
-            node.take_started(local)
-            assert node.worker.wait_idle(10.0)
-        node.take_set(local, disparity)
-        assert node.worker.wait_idle(10.0)
+        want = _started_and_aligned(node, reference, local, disparity, start)
         f = local.frame
-        want = reference.update(disparity, f.depth, f.confidence, guide=f.left,
-                                camera=f.camera)
-        np.testing.assert_array_equal(node.result.depth, want.depth)
         assert (node.result.scale, node.result.status) == (want.scale, want.status)
         cfg = node.cfg
         cloud = depth_to_cloud(want.depth, f.camera, bgr=f.left, stride=cfg['cloud_stride'],
@@ -457,15 +472,7 @@ def test_prepare_during_inference_false_aligns_each_set_whole(aligner_node):
     reference.set_options(compute_uncertainty=False)
     disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
     for local in frames:
-        node.take_started(local)
-        assert node.worker.wait_idle(10.0)
-        assert _values(node)['prepared_held'] == '0'
-        node.take_set(local, disparity)
-        assert node.worker.wait_idle(10.0)
-        f = local.frame
-        want = reference.update(disparity, f.depth, f.confidence, guide=f.left,
-                                camera=f.camera)
-        np.testing.assert_array_equal(node.result.depth, want.depth)
+        _started_and_aligned(node, reference, local, disparity, held_after_start='0')
     v = _values(node)
     assert v['prepared_used'] == '0' and 'stage_prepare_ms' not in v, v   # never ran
     assert v['dropped_frame'] == '0' and v['dropped_exception'] == '0', v
