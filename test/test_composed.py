@@ -460,6 +460,33 @@ def test_sets_are_finished_from_their_stereo_side_prepared_during_inference(alig
     reader.destroy_node()
 
 
+def test_a_set_prepared_before_a_source_restart_is_let_go(aligner_node):
+    # A restart resets the aligner: a side prepared before it is stale (the aligner's
+    # is_current), let go although it is a newer frame's, and the set is aligned whole from
+    # the reset state; the next frame is prepared and used again.
+    from depth_ros.nodes_core import config
+    from graph_support import expected_disparity
+    frames = _sample_frames(5)                  # stamps 1..5 s; stamp_reset_s is 1 s
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    _started_and_aligned(node, reference, frames[3], disparity)
+    node.take_started(frames[4])                # its output never comes: the source restarts
+    assert node.worker.wait_idle(10.0)
+    assert _values(node)['prepared_held'] == '1'
+    reference.reset()
+    _started_and_aligned(node, reference, frames[0], disparity, start=False)
+    v = _values(node)
+    assert v['stamp_resets'] == '1', v
+    assert (v['prepared_used'], v['prepared_missed'], v['prepared_discarded'],
+            v['prepared_held']) == ('1', '1', '1', '0'), v
+    _started_and_aligned(node, reference, frames[1], disparity, held_after_start='1')
+    v = _values(node)
+    assert (v['prepared_used'], v['prepared_missed'], v['prepared_held']) == ('2', '1', '0'), v
+    assert v['dropped_frame'] == '0' and v['dropped_exception'] == '0', v
+
+
 def test_prepare_during_inference_false_aligns_each_set_whole(aligner_node):
     # The CPU-for-latency trade switched off: a started frame is not prepared, its set is
     # aligned whole when the disparity comes, with update's output.

@@ -5,8 +5,8 @@ MetricAligner's two sides: ``prepare`` (the stereo) and ``finish`` (the relative
 driven by update and of one driven by prepare and finish are compared bit for bit over frame
 sequences with fitted, held (no stereo, a jump), no-fit and sky frames, with and without the
 uncertainty. ``prepare`` changes nothing in the aligner (a prepared set may be dropped), sets
-prepared before ``set_options`` / ``reset`` or already spent are prepared again, and another
-aligner's set is refused.
+prepared before ``set_options`` / ``reset`` or already spent are prepared again (``is_current``
+says which), and another aligner's set is refused.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
@@ -197,6 +197,56 @@ def test_another_aligners_set_or_no_set_is_a_value_error():
     with pytest.raises(ValueError, match='`prepared` must be a PreparedStereo .* got None'):
         mine.finish(rel, None)
     assert mine.frames == 0 and not mine.has_fit
+
+
+def test_is_current_says_whether_finish_takes_the_set_as_it_is(monkeypatch):
+    # is_current is True exactly while finish would use the set without a second prepare:
+    # counted by spying on prepare (the set's own prepare, then finish's, if any).
+    rel, st, conf, bgr = frames(1)[0]
+    aligner, other = MetricAligner(), MetricAligner()
+    calls = []
+    prepare = MetricAligner.prepare
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetricAligner, 'prepare', counted)
+
+    def prepares_in_finish(prepared):
+        before = len(calls)
+        aligner.finish(rel, prepared)
+        return len(calls) - before
+
+    fresh = aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+    assert aligner.is_current(fresh) and not other.is_current(fresh)
+    assert aligner.is_current(aligner.prepare(st))        # a newer set leaves it current
+    assert prepares_in_finish(fresh) == 0
+    assert not aligner.is_current(fresh) and fresh.spent  # finish spent it
+    assert prepares_in_finish(fresh) == 1
+    # set_options and reset make older sets stale, not newer ones; a set_options that
+    # raised changed nothing.
+    for change in (lambda: aligner.set_options(max_depth=6.0), aligner.reset,
+                   lambda: aligner.set_options(max_depth=aligner.max_depth)):
+        old = aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+        change()
+        new = aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+        assert not aligner.is_current(old) and aligner.is_current(new)
+        assert prepares_in_finish(old) == 1 and prepares_in_finish(new) == 0
+    kept = aligner.prepare(st, conf)
+    with pytest.raises(ValueError, match='`max_depth`'):
+        aligner.set_options(max_depth=-1.0)
+    with pytest.raises(ValueError, match='`seed`'):
+        aligner.set_options(seed=aligner.seed + 1)
+    assert aligner.is_current(kept) and prepares_in_finish(kept) == 0
+    # Another aligner's set is not current here (finish refuses it); none: a ValueError.
+    theirs = other.prepare(st, conf)
+    assert other.is_current(theirs) and not aligner.is_current(theirs)
+    with pytest.raises(ValueError, match='prepared by another MetricAligner'):
+        aligner.finish(rel, theirs)
+    assert other.is_current(theirs)                       # the refusal spent nothing
+    with pytest.raises(ValueError, match='`prepared` must be a PreparedStereo .* got None'):
+        aligner.is_current(None)
 
 
 @pytest.mark.parametrize('rel,message', [

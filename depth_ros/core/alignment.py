@@ -169,7 +169,7 @@ class MetricAligner(object):
         self._geom = None               # (shape, lattice, correction) of _prepare_shape
         self._token = object()          # marks the sets this aligner prepared
         self._spare = []                # step-3 planes of spent sets, for the next prepare
-        self._generation = 0            # options and resets so far: a set's staleness
+        self._generation = 0            # set_options and resets so far (is_current)
         self.reset()
 
     def __getattr__(self, name):
@@ -327,6 +327,21 @@ class MetricAligner(object):
         self._stereo_grid(p, corr, guide)
         return p
 
+    def is_current(self, prepared: 'PreparedStereo') -> bool:
+        """
+        Tell whether ``finish`` would use ``prepared`` as it is (no second ``prepare``).
+
+        True for a set this aligner prepared since its last ``set_options`` or ``reset`` (a
+        ``set_options`` that raised changed nothing) and no ``finish`` spent yet. False for a
+        stale or spent set (``finish`` prepares it again from its inputs) and for another
+        aligner's (``finish`` refuses it: ValueError). Not a ``PreparedStereo``: ValueError.
+        Changes nothing; read it on the thread that calls ``set_options``, ``reset`` and
+        ``finish`` (a set may turn stale after it returns on another).
+        """
+        _check_prepared_type(prepared)
+        return prepared.owner is self._token and prepared.generation == self._generation \
+            and not prepared.spent
+
     def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo') -> AlignedDepth:
         """
         Finish a frame, the mono side (steps 5-13): align ``relative_disparity`` to a prepared set.
@@ -440,13 +455,11 @@ class MetricAligner(object):
 
     def _check_prepared(self, prepared):
         """Return ``prepared``, or it prepared again when stale or spent; another's: error."""
-        if not isinstance(prepared, PreparedStereo):
-            raise ValueError('`prepared` must be a PreparedStereo from MetricAligner.prepare, '
-                             'got {}'.format(describe(prepared)))
+        _check_prepared_type(prepared)
         if prepared.owner is not self._token:
             raise ValueError('`prepared` was prepared by another MetricAligner: prepare the '
                              'stereo with the aligner that finishes it')
-        if prepared.generation != self._generation or prepared.spent:
+        if not self.is_current(prepared):
             # Options changed (set_options) or the aligner was reset since, or a finish
             # already spent its planes: the same inputs, prepared again.
             return self.prepare(*prepared.inputs)
@@ -958,12 +971,20 @@ class PreparedStereo(object):
     Opaque: arrays of its own (the stereo, its inverse depth and trust, their samples on the
     fit lattice, the statistics grid and the cells), ``shape`` (H, W) and ``sigma_inv`` (the
     stereo noise model, 1/m), the inputs it was prepared from, and which aligner prepared it
-    under which options. ``finish`` spends its planes.
+    under which options (``MetricAligner.is_current`` tells whether it still is the
+    aligner's). ``finish`` spends its planes.
     """
 
     def __init__(self, owner, generation, inputs):
         self.owner, self.generation, self.inputs = owner, generation, inputs
         self.spent = False
+
+
+def _check_prepared_type(prepared):
+    """Raise ValueError unless ``prepared`` is a PreparedStereo (the argument named)."""
+    if not isinstance(prepared, PreparedStereo):
+        raise ValueError('`prepared` must be a PreparedStereo from MetricAligner.prepare, '
+                         'got {}'.format(describe(prepared)))
 
 
 def _lattice(height, width, fit_samples):

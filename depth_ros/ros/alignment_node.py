@@ -68,19 +68,17 @@ class Prepared(object):
 
     ``local``: depth_node's LocalFrame (composed: its set is matched by identity), else None;
     ``stamp``; ``parts``: separately, the stereo messages it was decoded from (its set is
-    matched by stamp and by these messages), else None; ``epoch`` and ``options_version``:
-    the aligner's when prepared (a restart or an option change since makes it stale);
-    ``stereo``: the checked arrays (a DecodedSet without the relative map); ``stereo_set``:
-    ``MetricAligner.prepare``'s; ``colours``: (cloud_stride, the cloud's packed colours)
-    while ~/points has a subscriber, else None.
+    matched by stamp and by these messages), else None; ``stereo``: the checked arrays (a
+    DecodedSet without the relative map); ``stereo_set``: ``MetricAligner.prepare``'s (stale
+    once the aligner's options change or it is reset, on a source restart: the aligner's
+    ``is_current`` says); ``colours``: (cloud_stride, the cloud's packed colours) while
+    ~/points has a subscriber, else None.
     """
 
-    __slots__ = ('local', 'stamp', 'parts', 'epoch', 'options_version', 'stereo', 'stereo_set',
-                 'colours')
+    __slots__ = ('local', 'stamp', 'parts', 'stereo', 'stereo_set', 'colours')
 
-    def __init__(self, local, stamp, parts, epoch, options_version):
+    def __init__(self, local, stamp, parts):
         self.local, self.stamp, self.parts = local, stamp, parts
-        self.epoch, self.options_version = epoch, options_version
         self.stereo = self.stereo_set = self.colours = None
 
     def matches(self, local, stamp, msgs) -> bool:
@@ -113,6 +111,8 @@ class AlignmentNode(DepthRosNode):
         self.arrivals = {k: RateMeter() for k in kinds}
         # Incremented on a source restart; the worker resets the aligner's temporal state
         # when it takes the first set of a new epoch (the aligner is the worker's alone).
+        # aligner_epoch only says when to reset: whether a prepared set is stale is the
+        # aligner's to say (MetricAligner.is_current; the reset makes older sets stale).
         self.epoch = 0
         self.aligner_epoch = 0
         self.stamp_resets = 0
@@ -147,7 +147,6 @@ class AlignmentNode(DepthRosNode):
         # The stereo side of the frame the network runs on, prepared meanwhile (a Prepared:
         # take_started composed, inference_started separately). The worker's alone; one at most.
         self.prepared = None
-        self.options_version = 0          # bumped whenever the aligner's options change
         self.last_set_stamp = None        # the newest set the worker took
         self.inferring = None             # separately: the stamp depth_node computes now
         self.prepare_requested = None     # separately: the last stamp given to _prepare
@@ -308,7 +307,7 @@ class AlignmentNode(DepthRosNode):
             return
         self._apply_pending_options()    # the options its set will be finished with
         t0 = time.perf_counter()
-        out = Prepared(local, stamp, parts, self.aligner_epoch, self.options_version)
+        out = Prepared(local, stamp, parts)
         try:
             out.stereo = self._local_stereo(local) if local is not None else \
                 decode_set(parts, 'drop', to_array=conv.image_to_numpy)
@@ -329,11 +328,16 @@ class AlignmentNode(DepthRosNode):
         self.stages.add('prepare', (time.perf_counter() - t0) * 1e3)
 
     def _take_prepared(self, local, stamp, msgs=None):
-        """Return the current Prepared of the set, else None (worker thread)."""
+        """
+        Return the current Prepared of the set, else None (worker thread).
+
+        Current: its stereo side is still the aligner's (no option change, no restart's reset
+        since it was prepared: ``MetricAligner.is_current``); a stale one is finished by
+        update, with the aligner's options and state now.
+        """
         held, self.prepared = self.prepared, None
         if held is not None:
-            current = held.epoch == self.aligner_epoch and \
-                held.options_version == self.options_version
+            current = self.aligner.is_current(held.stereo_set)
             if current and held.matches(local, stamp, msgs):
                 self.prepare_counts['used'] += 1
                 return held
@@ -542,8 +546,7 @@ class AlignmentNode(DepthRosNode):
         if want != self.aligner.options.compute_uncertainty:
             changes['compute_uncertainty'] = want
         if changes:
-            self.options_version += 1     # a set prepared before is finished by update
-            try:
+            try:     # a set prepared before is stale once they are in: finished by update
                 self.aligner.set_options(**changes)
             except ValueError as exc:     # validated already; a rejected baseline stays out
                 self.warn('options', 'aligner options not applied: {}'.format(exc))
