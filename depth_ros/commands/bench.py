@@ -28,7 +28,8 @@ def register(subparsers) -> None:
                         help='conversion stage: ros = the nodes\' message conversion (needs '
                              'sensor_msgs), bytes = payload byte packing only, auto = ros '
                              'when sensor_msgs is importable')
-    parser.add_argument('--out', default='out/bench', help='output folder')
+    parser.add_argument('--out', default='out/bench', type=_args.output_dir,
+                        help='output folder')
     parser.set_defaults(func=run)
 
 

@@ -258,7 +258,8 @@ def register(subparsers) -> None:
     p.add_argument('--model', default=None,
                    help='an .onnx file, a checkpoint folder, an official .pth or a hub id '
                         '(default: ViT-S from the cache, models/ or the hub)')
-    p.add_argument('--out', default=os.path.join('out', 'demo'), help='output folder')
+    p.add_argument('--out', default=os.path.join('out', 'demo'), type=_args.output_dir,
+                   help='output folder')
     p.add_argument('--input-size', default=None,
                    help='network input WIDTHxHEIGHT, multiples of 14 (default: 518 wide at '
                         "the sample's aspect, 518x350; an .onnx file fixes its own)")

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                         help="alignment space (default: the model's own: disparity for DA-V2, "
                              'depth for Marigold)')
     parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images')
-    parser.add_argument('--out', default='out/eval', help='output folder')
+    parser.add_argument('--out', default='out/eval', type=_args.output_dir,
+                        help='output folder')
     parser.set_defaults(func=run)
 
 

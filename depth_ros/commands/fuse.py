@@ -13,6 +13,8 @@ import logging
 import os
 from typing import Dict, Optional
 
+from depth_ros.commands import _args
+
 LOG = logging.getLogger('depth_ros.fuse')
 
 OUTPUT_FILES = ('depth.npy', 'depth.png', 'points.ply', 'alignment.json')
@@ -96,6 +98,10 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
         value = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ValueError('{} {}: not a readable .npy array ({})'.format(option, path, exc))
+    if not isinstance(value, np.ndarray):   # np.load opens a .npz archive as well
+        value.close()
+        raise ValueError('{} {}: a .npz archive ({}), expected one HxW .npy array'.format(
+            option, path, ', '.join(value.files)))
     if value.ndim == 3 and value.shape[2] == 1:
         value = value[:, :, 0]
     if value.ndim != 2 or value.size == 0 or value.dtype.kind not in 'fiu':
@@ -162,7 +168,7 @@ def register(subparsers) -> None:
     p.add_argument('--confidence', help='ZED confidence map, HxW .npy (1..100, larger = '
                                         'less reliable)')
     p.add_argument('--intrinsics', required=True, help='fx,fy,cx,cy in pixels of the image')
-    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--out', required=True, type=_args.output_dir, help='output folder')
     p.add_argument('--relative-kind', choices=('disparity', 'depth'), default='disparity',
                    help='disparity: DA-V2 (default); depth: Marigold (0 near, 1 far)')
     p.add_argument('--min-depth', type=float, default=0.3, help='stereo range min, m')
