@@ -117,6 +117,11 @@ def _check_arguments(arg):
         except ValueError:
             raise ValueError('launch argument {}:={} must be true or false'.format(
                 name, arg[name])) from None
+    if _truthy(arg['rviz']) and not _installed('rviz2'):
+        # Here, before any process starts: launch's own "package 'rviz2' not found" came
+        # after the nodes had started, and left them running when the launch exited.
+        raise ValueError('launch argument rviz:=true needs the rviz2 package, which is not '
+                         'installed (install it, or leave rviz:=false)')
 
 
 def _installed(package):
