@@ -200,7 +200,7 @@ def test_live_source_without_pyzed_says_so():
 
 
 def _pyzed_double_path(tmp_path, layout='v4.0'):
-    """A ``pyzed`` package (test/pyzed_double.py, ``layout``) for a node process's PYTHONPATH."""
+    """Return a PYTHONPATH whose ``pyzed`` is test/pyzed_double.py in ``layout``."""
     import os
     package = tmp_path / 'pyzed_double_site' / 'pyzed'
     package.mkdir(parents=True)

@@ -40,25 +40,25 @@ def _run(module: str) -> None:
 
 
 def zed_node() -> None:
-    """Run zed_node (depth_ros.ros.zed_node)."""
+    """Console script: depth_ros.ros.zed_node's main."""
     _run('depth_ros.ros.zed_node')
 
 
 def depth_node() -> None:
-    """Run depth_node (depth_ros.ros.depth_node)."""
+    """Console script: depth_ros.ros.depth_node's main."""
     _run('depth_ros.ros.depth_node')
 
 
 def alignment_node() -> None:
-    """Run alignment_node (depth_ros.ros.alignment_node)."""
+    """Console script: depth_ros.ros.alignment_node's main."""
     _run('depth_ros.ros.alignment_node')
 
 
 def marigold_node() -> None:
-    """Run marigold_node (depth_ros.ros.marigold_node)."""
+    """Console script: depth_ros.ros.marigold_node's main."""
     _run('depth_ros.ros.marigold_node')
 
 
 def composed_nodes() -> None:
-    """Run composed_nodes (depth_ros.ros.composed)."""
+    """Console script: depth_ros.ros.composed's main."""
     _run('depth_ros.ros.composed')
