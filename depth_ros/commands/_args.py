@@ -81,6 +81,20 @@ def output_dir(text: str) -> str:
     path = os.path.abspath(os.path.expanduser(text))
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError('{!r} exists and is not a folder'.format(text))
+    _check_creatable(text, path)
+    return text
+
+
+def output_file(text: str) -> str:
+    """Argparse ``type`` of an output file: not a folder, in a folder that can be written."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError('{!r} is a folder, not a file'.format(text))
+    _check_creatable(text, os.path.dirname(path))
+    return text
+
+
+def _check_creatable(text: str, path: str) -> None:
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -90,7 +104,6 @@ def output_dir(text: str) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError('{!r}: folder {} is not writable'.format(
             text, existing))
-    return text
 
 
 class DeprecatedAlias(argparse.Action):
