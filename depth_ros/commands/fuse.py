@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Dict, Optional
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.fuse')
@@ -161,7 +162,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'fuse', help='fuse relative depth with stereo depth into metric depth, PLY and report',
         description='Align a relative depth map (DA-V2 disparity or Marigold depth) to stereo '
-                    'depth and write depth.npy, depth.png, points.ply and alignment.json.')
+                    'depth and write depth.npy, depth.png, points.ply and alignment.json.',
+        formatter_class=HelpFormatter)
     p.add_argument('--image', required=True, help='left image (PNG/JPG), the stereo size')
     p.add_argument('--relative', required=True, help='relative prediction, HxW .npy')
     p.add_argument('--stereo-depth', required=True, help='stereo depth in metres, HxW .npy')

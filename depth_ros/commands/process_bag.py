@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.bag')
@@ -15,7 +16,8 @@ def register(subparsers) -> None:
         description='Streams a rosbag2 (sqlite3 or mcap) of ZED topics (image, stereo depth, '
                     'confidence, camera_info), copies every message and adds OUT_NS/depth '
                     '(32FC1 m), OUT_NS/camera_info and OUT_NS/points (PointCloud2 xyz+rgb), '
-                    'stamped like the input images. Needs no ROS install.')
+                    'stamped like the input images. Needs no ROS install.',
+        formatter_class=HelpFormatter)
     parser.add_argument('input', help='input bag folder')
     parser.add_argument('output', help='output bag folder (must not exist)')
     _args.add_model_arguments(
