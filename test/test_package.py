@@ -106,6 +106,22 @@ def test_every_commands_help_gives_its_defaults():
     assert checked >= 20, checked
 
 
+def test_cli_ctrl_c_while_the_commands_import_is_quiet(monkeypatch, capsys):
+    # The first 0.2 s of `depth-ros ...` build the parser, importing every command: a Ctrl-C
+    # then was a KeyboardInterrupt traceback (exit -2); later it is exit 130, quiet.
+    from depth_ros import cli
+    from depth_ros.commands import model
+
+    def interrupted(subparsers):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(model, 'register', interrupted)
+    try:
+        code = cli.main(['demo'])
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped depth-ros main (a traceback, exit -2)')
+    assert code == 130 and capsys.readouterr() == ('', '')
+
+
 def test_cli_user_errors_are_one_line_also_through_python_m(tmp_path):
     # `make demo` runs `python -m depth_ros.cli`: user errors (here a CommandError raised by
     # the fuse command) must stay one line, exit 2.
