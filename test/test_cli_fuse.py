@@ -120,6 +120,12 @@ def test_fuse_without_any_stereo_reports_no_fit(inputs):
     ({'--relative': 'rel.txt'}, '--relative'),
     ({'--relative': 'rel.npz'}, '--relative rel.npz: a .npz archive (disparity), expected one '
                                 'HxW .npy array'),
+    # The aligner's option names were given ("option `min_depth` ..."), not the command's.
+    ({'--min-depth': 'nan'}, '`--min-depth` must be a finite number > 0.0, got nan'),
+    ({'--min-depth': '5', '--max-depth': '1'},
+     '`--max-depth` (1.0) must be > `--min-depth` (5.0)'),
+    ({'--confidence-threshold': '500'}, '`--confidence-threshold` must be a finite number in '
+                                        '[0.0, 100.0], got 500.0'),
 ])
 def test_user_errors_are_one_line_exit_2(inputs, capsys, over, message, monkeypatch):
     monkeypatch.chdir(inputs)

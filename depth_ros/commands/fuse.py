@@ -117,6 +117,18 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
     return value.astype(np.float32, copy=False) if value.dtype != np.float32 else value
 
 
+def _aligner(options: Dict):
+    """MetricAligner(**options); a refused value names the command-line option."""
+    from depth_ros.core.alignment import MetricAligner
+    try:
+        return MetricAligner(**options)
+    except ValueError as exc:
+        text = str(exc).replace('option `', '`', 1)
+        for name in options:   # the aligner's option names -> this command's options
+            text = text.replace('`{}`'.format(name), '`--{}`'.format(name.replace('_', '-')))
+        raise ValueError(text) from None
+
+
 def run(args) -> int:
     """Entry point of `depth-ros fuse`."""
     import cv2
@@ -124,6 +136,11 @@ def run(args) -> int:
     from depth_ros.cli import CommandError
     from depth_ros.core.camera import PinholeCamera
 
+    options = {'relative_kind': args.relative_kind, 'min_depth': args.min_depth,
+               'max_depth': args.max_depth, 'max_output_depth': args.max_output_depth}
+    if args.confidence_threshold is not None:
+        options['confidence_threshold'] = args.confidence_threshold
+    aligner = _aligner(options)
     if not os.path.isfile(args.image):
         raise FileNotFoundError('--image {}: no such file'.format(args.image))
     bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
@@ -144,11 +161,8 @@ def run(args) -> int:
         camera = PinholeCamera(fx, fy, cx, cy, stereo.shape[1], stereo.shape[0])
     except ValueError as exc:
         raise ValueError('--intrinsics {!r}: {}'.format(args.intrinsics, exc))
-    options = {'relative_kind': args.relative_kind, 'min_depth': args.min_depth,
-               'max_depth': args.max_depth, 'max_output_depth': args.max_output_depth}
-    if args.confidence_threshold is not None:
-        options['confidence_threshold'] = args.confidence_threshold
-    result = fuse_and_write(bgr, relative, stereo, confidence, camera, args.out, options)
+    result = fuse_and_write(bgr, relative, stereo, confidence, camera, args.out,
+                            aligner=aligner)
     a = result['alignment']
     print('status {}  scale {}  shift {}  inlier_ratio {}  valid_fraction {}  points {}'.format(
         a['status'], a['scale'], a['shift'], a['inlier_ratio'], a['valid_fraction'],
