@@ -78,11 +78,12 @@ setup(
     entry_points={
         'console_scripts': [
             'depth-ros = depth_ros.cli:main',
-            'zed_node = depth_ros.ros.zed_node:main',
-            'depth_node = depth_ros.ros.depth_node:main',
-            'alignment_node = depth_ros.ros.alignment_node:main',
-            'marigold_node = depth_ros.ros.marigold_node:main',
-            'composed_nodes = depth_ros.ros.composed:main',
+            # depth_ros.ros.entry: a stop signal while the node's module imports is quiet.
+            'zed_node = depth_ros.ros.entry:zed_node',
+            'depth_node = depth_ros.ros.entry:depth_node',
+            'alignment_node = depth_ros.ros.entry:alignment_node',
+            'marigold_node = depth_ros.ros.entry:marigold_node',
+            'composed_nodes = depth_ros.ros.entry:composed_nodes',
         ],
     },
 )

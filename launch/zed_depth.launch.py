@@ -17,6 +17,7 @@ Every node reads config/zed_depth.yaml (override with params_file:=); launch arg
 the entries they name. Written for ROS 2 Humble (launch, launch_ros).
 """
 import os
+import re
 import tempfile
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
@@ -98,6 +99,10 @@ def _check_arguments(arg):
     one_of('source', SOURCES)
     one_of('backend', DEPTH_BACKENDS)
     one_of('reliability', RELIABILITIES)
+    if not re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', arg['camera_name']):
+        # It becomes zed_node's namespace: rcl refused it only once the node started.
+        raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
+                         'and underscores, not starting with a digit'.format(arg['camera_name']))
     source, path = arg['source'], arg['path']
     if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
         raise ValueError('launch argument source:={} needs path:=<{}>'.format(
@@ -117,6 +122,11 @@ def _check_arguments(arg):
         except ValueError:
             raise ValueError('launch argument {}:={} must be true or false'.format(
                 name, arg[name])) from None
+    if _truthy(arg['rviz']) and not _installed('rviz2'):
+        # Here, before any process starts: launch's own "package 'rviz2' not found" came
+        # after the nodes had started, and left them running when the launch exited.
+        raise ValueError('launch argument rviz:=true needs the rviz2 package, which is not '
+                         'installed (install it, or leave rviz:=false)')
 
 
 def _installed(package):

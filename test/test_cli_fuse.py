@@ -118,10 +118,19 @@ def test_fuse_without_any_stereo_reports_no_fit(inputs):
                                          "finite number > 0, got 0.0"),
     ({'--image': 'missing.png'}, '--image missing.png: no such file'),
     ({'--relative': 'rel.txt'}, '--relative'),
+    ({'--relative': 'rel.npz'}, '--relative rel.npz: a .npz archive (disparity), expected one '
+                                'HxW .npy array'),
+    # The aligner's option names were given ("option `min_depth` ..."), not the command's.
+    ({'--min-depth': 'nan'}, '`--min-depth` must be a finite number > 0.0, got nan'),
+    ({'--min-depth': '5', '--max-depth': '1'},
+     '`--max-depth` (1.0) must be > `--min-depth` (5.0)'),
+    ({'--confidence-threshold': '500'}, '`--confidence-threshold` must be a finite number in '
+                                        '[0.0, 100.0], got 500.0'),
 ])
 def test_user_errors_are_one_line_exit_2(inputs, capsys, over, message, monkeypatch):
     monkeypatch.chdir(inputs)
     (inputs / 'rel.txt').write_text('not an array')
+    np.savez(str(inputs / 'rel.npz'), disparity=np.ones((H, W), np.float32))
     assert main(argv(inputs, **over)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('depth-ros fuse: error: ') and message in err, err
@@ -161,3 +170,29 @@ def test_a_failed_write_leaves_the_previous_outputs_whole(tmp_path, monkeypatch,
     assert after == before, 'an output changed although the run failed'
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES), \
         'temporary files were left: {}'.format(sorted(p.name for p in out.iterdir()))
+
+
+@pytest.mark.parametrize('command', [
+    ['fuse', '--image', 'left.png', '--relative', 'rel.npy', '--stereo-depth', 'st.npy',
+     '--intrinsics', '60,60,39.5,29.5'],
+    ['demo', '--no-progress'], ['bench'], ['eval', '--dataset', 'middlebury']])
+@pytest.mark.parametrize('out, message', [
+    ('left.png', "argument --out: 'left.png' exists and is not a folder"),
+    ('left.png/sub', "argument --out: 'left.png/sub': {} is a file, not a folder"),
+])
+def test_an_unusable_out_is_refused_before_any_work(inputs, capsys, monkeypatch, command, out,
+                                                    message):
+    # It was found only when the outputs were written (after the model, the network, the
+    # timing), as an OSError that did not name --out ("[Errno 17] File exists").
+    from depth_ros.commands import bench, demo, eval as ev, fuse
+    monkeypatch.chdir(inputs)
+    for module in (bench, demo, ev, fuse):
+        monkeypatch.setattr(module, 'run', lambda args: pytest.fail('the command ran'),
+                            raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(command + ['--out', out])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err[-1].endswith(
+        message.format(inputs / 'left.png')), err
+    written = sorted(p.name for p in inputs.iterdir())
+    assert written == ['conf.npy', 'left.png', 'rel.npy', 'st.npy'], written

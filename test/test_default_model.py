@@ -547,6 +547,18 @@ def test_setup_offline_with_nothing_says_how_to_get_the_files(places, capsys):
         'model setup --download-only --out DIR` on a machine that has it' in err, err
 
 
+def test_setup_offline_of_another_hub_id_says_to_fetch_that_one(places, capsys):
+    # --download-only fetches the default model only (it refuses --model): not the fix here.
+    from depth_ros import cli
+    code = cli.main(['model', 'setup', '--backend', 'onnxruntime', '--model', 'me/my-da2-onnx',
+                     '--hub-cache-dir', places['hub']])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith('depth-ros model setup: error: no me/my-da2-onnx'), err
+    assert err.rstrip().endswith('fix: run `depth-ros model setup --model me/my-da2-onnx` '
+                                 'again with internet access'), err
+
+
 def test_setup_builds_the_engine_ahead_and_says_where_it_is(places, source, capsys):
     _ort()
     make_hub_cache(places['hub'], source)

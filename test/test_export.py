@@ -162,6 +162,14 @@ def test_cli_export_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "invalid choice: 'tensorrt7'" in err, err
     assert not os.path.exists(str(tmp_path / 'x.onnx'))
+    # A path through a file: refused naming --out before the export (it was an unnamed
+    # "[Errno 17] File exists" after it).
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(SystemExit):
+        main(['model', 'export', '--random-weights', '--out', str(tmp_path / 'a_file' / 'x.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument --out: '{}': {} is a file, not a folder".format(
+        tmp_path / 'a_file' / 'x.onnx', tmp_path / 'a_file')), err
 
 
 # ------------------------------------------------------------------------------------------

@@ -762,6 +762,84 @@ def test_a_signal_during_start_up_is_a_clean_exit_0(where, signame):
     assert done.stdout.rstrip().endswith('ok False'), done.stdout   # context shut down
 
 
+_SIGNAL_IN_IMPORT = r"""
+import importlib, os, signal, sys
+target, signame = sys.argv[1], sys.argv[2]
+module, function = target.split(':')
+
+
+class SignalOnRclpy(object):
+    # Delivers the signal as rclpy starts to import: inside the node module's imports.
+    fired = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == 'rclpy' and not self.fired:
+            self.fired = True
+            os.kill(os.getpid(), getattr(signal, signame))
+        return None
+
+
+sys.meta_path.insert(0, SignalOnRclpy())
+sys.argv = [sys.argv[0]]
+getattr(importlib.import_module(module), function)()   # what the console script does
+"""
+
+
+def _node_console_scripts():
+    import re
+    with open(os.path.join(ROOT, 'setup.py')) as f:
+        text = f.read()
+    return re.findall(r"'((?:zed|depth|alignment|marigold|composed)_nodes?) = ([\w.]+:\w+)'",
+                      text)
+
+
+@pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+@pytest.mark.parametrize('script, target', _node_console_scripts())
+def test_a_signal_while_the_node_module_imports_is_a_clean_exit_0(script, target, signame):
+    # Ctrl-C right after `ros2 launch`, or launch stopping the other nodes when one fails at
+    # once (composed:=false with a malformed params file): the signal came while the console
+    # script imported rclpy and the node, before the node's handlers: a KeyboardInterrupt
+    # traceback and exit -2 (SIGTERM: exit -15).
+    assert len(_node_console_scripts()) == 5
+    done = subprocess.run([sys.executable, '-c', _SIGNAL_IN_IMPORT, target, signame],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=60, universal_newlines=True)
+    assert done.returncode == 0, (script, done.returncode, done.stdout)
+    assert 'Traceback' not in done.stdout and 'KeyboardInterrupt' not in done.stdout, \
+        done.stdout
+
+
+_SIGNAL_AS_IT_EXITS = r"""
+import atexit, os, signal, sys, types
+from depth_ros.ros import entry
+
+
+def late_stop():
+    os.kill(os.getpid(), signal.SIGINT)   # launch stopping the others as this one exits
+
+
+def main():
+    print('[FATAL] [node]: bad configuration: ...')
+    sys.exit(2)
+
+
+atexit.register(late_stop)
+sys.modules['node_that_fails'] = types.SimpleNamespace(main=main)
+entry._run('node_that_fails')
+"""
+
+
+def test_a_signal_as_a_failed_node_exits_keeps_its_exit_code_and_is_quiet():
+    # composed:=false, two nodes refusing a bad params file at once: launch sent SIGINT to the
+    # second while it exited, which then died of it (exit -2 in place of 2), or printed a
+    # KeyboardInterrupt traceback from an exit handler.
+    done = subprocess.run([sys.executable, '-c', _SIGNAL_AS_IT_EXITS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 2 and done.stdout.splitlines() == [
+        '[FATAL] [node]: bad configuration: ...'], (done.returncode, done.stdout)
+
+
 def test_shared_memory_left_by_kill_9_is_cleaned(probe):
     from depth_ros.nodes_core.middleware import clean_shm, rmw, shm_segments
     if not rmw().startswith('rmw_fastrtps'):

@@ -197,3 +197,54 @@ def test_live_source_without_pyzed_says_so():
     proc.stop()
     assert code == 1 and 'pyzed not installed' in out and 'source:=sample|folder|bag' in out \
         and 'Traceback' not in out, 'received exit {} and:\n{}'.format(code, out)
+
+
+def _pyzed_double_path(tmp_path, layout='v4.0'):
+    """Return a PYTHONPATH whose ``pyzed`` is test/pyzed_double.py in ``layout``."""
+    import os
+    package = tmp_path / 'pyzed_double_site' / 'pyzed'
+    package.mkdir(parents=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    (package / '__init__.py').write_text(
+        'import sys\n'
+        'sys.path.insert(0, {!r})\n'
+        'import pyzed_double\n'
+        'sl = pyzed_double.make_sl({!r}, frames=5)\n'
+        "sys.modules['pyzed.sl'] = sl\n".format(here, layout))
+    return os.pathsep.join(p for p in (str(package.parent), os.environ.get('PYTHONPATH'))
+                           if p)
+
+
+def test_svo_source_streams_through_zed_node(tmp_path, probe, node_processes):
+    # `source:=svo path:=...` (README): an SVO comes wrapped in the replay pacing; the SDK
+    # check at start-up must reach the ZED source inside it (it once met the wrapper and
+    # ended the node with an AttributeError traceback, whatever the SDK).
+    from sensor_msgs.msg import Image
+    svo = tmp_path / 'run.svo2'
+    svo.write_bytes(b'not read by the double')
+    zed = NodeProcess('zed_node', params={'source': 'svo', 'path': str(svo)},
+                      extra_ros_args=['-r', '__ns:=/svo'],
+                      env={'PYTHONPATH': _pyzed_double_path(tmp_path)})
+    node_processes.append(zed)
+    images = probe.subscribe(Image, '/svo/zed_node/left/image_rect_color')
+    assert wait_until(lambda: len(images) >= 2 or not zed.alive(), 40) and zed.alive(), \
+        'no image from an SVO; output:\n' + zed.output()
+    import pyzed_double as pd
+    image = images.msgs[-1]
+    assert (image.encoding, image.width, image.height) == ('bgr8', pd.WIDTH, pd.HEIGHT) and \
+        image.header.frame_id == FRAME, image
+    assert 'Traceback' not in zed.output(), zed.output()
+
+
+def test_svo_source_without_pyzed_says_so(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec('pyzed') is not None:
+        pytest.skip('pyzed is installed here')
+    svo = tmp_path / 'run.svo2'
+    svo.write_bytes(b'')
+    proc = NodeProcess('zed_node', params={'source': 'svo', 'path': str(svo)})
+    code = proc.wait(60)
+    out = proc.output()
+    proc.stop()
+    assert code == 1 and 'pyzed not installed' in out and 'Traceback' not in out, \
+        'received exit {} and:\n{}'.format(code, out)

@@ -395,6 +395,14 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
                                                       'is not a file'),
     (dict(source='sample', composed='yes please'), 'launch argument composed:=yes please must '
                                                    'be true or false'),
+    # (_evaluate: rviz2 is not installed.) launch's own error came after the nodes started.
+    (dict(source='sample', rviz='true'), 'launch argument rviz:=true needs the rviz2 package, '
+                                         'which is not installed'),
+    # A namespace: rcl refused it only in the node, with its lexer's message.
+    (dict(source='sample', camera_name='my cam'), 'launch argument camera_name:=my cam must be '
+                                                  'a ROS name'),
+    (dict(source='sample', camera_name='2nd'), 'launch argument camera_name:=2nd must be a ROS '
+                                               'name'),
 ])
 def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
     with pytest.raises(ValueError) as info:

@@ -489,3 +489,22 @@ def test_bad_arguments_end_the_launch_with_one_clear_line(overlay, arguments, te
     errors = [line for line in out.splitlines() if 'ERROR' in line]
     assert done.returncode != 0 and len(errors) == 1 and text in errors[0], out
     assert 'Traceback' not in out and 'process started' not in out, out
+
+
+@pytest.mark.rmw_independent   # the launch ends before any node starts
+def test_rviz_without_rviz2_ends_the_launch_before_any_node_starts(overlay):
+    # launch's "package 'rviz2' not found" came after our nodes had started, and the launch
+    # exited leaving them running (orphans publishing on the graph).
+    from ament_index_python.packages import get_package_prefix, PackageNotFoundError
+    try:
+        get_package_prefix('rviz2')
+        pytest.skip('rviz2 is installed here')
+    except PackageNotFoundError:
+        pass
+    done = _ros2_launch('source:=sample', 'backend:=standin', 'publish_tf:=false', 'rviz:=true')
+    out = done.stdout.decode('utf-8', 'replace')
+    errors = [line for line in out.splitlines() if 'ERROR' in line]
+    assert done.returncode != 0 and len(errors) == 1 and \
+        'launch argument rviz:=true needs the rviz2 package, which is not installed' in \
+        errors[0], out
+    assert 'process started' not in out, out

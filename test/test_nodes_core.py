@@ -436,6 +436,31 @@ def test_every_default_passes_its_own_spec_and_the_node_validator():
             assert validate(values) is None, (validate.__name__, validate(values))
 
 
+@pytest.mark.parametrize('given, expected', [
+    ({}, ''),
+    ({'backend': 'onnxruntime', 'model_path': 'me/my-da2-onnx'},
+     ' --backend onnxruntime --model me/my-da2-onnx'),
+    ({'backend': 'tensorrt', 'precision': 'int8', 'engine_cache_dir': '/data/engines',
+      'input_width': 518, 'input_height': 392},
+     ' --backend tensorrt --size 518x392 --precision int8 --engine-cache-dir /data/engines'),
+])
+def test_the_setup_command_in_depth_nodes_error_sets_up_what_it_looks_for(given, expected):
+    # depth_node's "no model on this machine; fix: run `...`" line: the command must set up
+    # the model, size, precision and engine cache of this node (for a hub id it named the
+    # default model instead), and must parse as `depth-ros model setup` arguments.
+    from depth_ros import cli
+    from depth_ros.nodes_core import config
+    values = {s.name: s.default for s in config.DEPTH_PARAMS}
+    values.update(given)
+    command = config.setup_command(values)
+    assert command == 'ros2 run depth_ros depth-ros model setup' + expected, command
+    args = cli.build_parser().parse_args(command.split()[4:])
+    size = (values['input_width'], values['input_height']) if values['input_width'] else None
+    assert (args.backend, args.model, args.size, args.precision, args.engine_cache_dir) == (
+        values['backend'], values['model_path'], size, values['precision'],
+        values['engine_cache_dir'] or None), args
+
+
 def test_validators_name_the_parameter_and_value():
     from depth_ros.nodes_core import config
     zed = {s.name: s.default for s in config.ZED_PARAMS}

@@ -78,6 +78,50 @@ def test_cli_help_lists_every_command():
             command, out.stdout)
 
 
+def test_every_commands_help_gives_its_defaults():
+    # `depth-ros bench --help` said "--frames FRAMES  timed frames" with no default (nor did
+    # demo, fuse, eval and process-bag), where the model commands showed theirs.
+    import argparse
+    import re
+    from depth_ros.cli import build_parser
+    parser = build_parser()
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0]
+    checked = 0
+    for name, sub in commands.choices.items():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for command in nested[0].choices.values() if nested else [sub]:
+            text = re.sub(r'\s+', ' ', command.format_help())
+            for action in command._actions:
+                flag = isinstance(action, (argparse._StoreTrueAction,
+                                           argparse._StoreFalseAction))
+                if flag or not action.help or action.help == argparse.SUPPRESS or \
+                        action.default in (None, argparse.SUPPRESS) or \
+                        'default' in action.help:
+                    continue
+                helped = re.sub(r'\s+', ' ', action.help)
+                assert '{} (default: {})'.format(helped, action.default) in text, \
+                    '{} {}: no default in --help:\n{}'.format(
+                        command.prog, action.option_strings, command.format_help())
+                checked += 1
+    assert checked >= 20, checked
+
+
+def test_cli_ctrl_c_while_the_commands_import_is_quiet(monkeypatch, capsys):
+    # The first 0.2 s of `depth-ros ...` build the parser, importing every command: a Ctrl-C
+    # then was a KeyboardInterrupt traceback (exit -2); later it is exit 130, quiet.
+    from depth_ros import cli
+    from depth_ros.commands import model
+
+    def interrupted(subparsers):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(model, 'register', interrupted)
+    try:
+        code = cli.main(['demo'])
+    except KeyboardInterrupt:
+        pytest.fail('KeyboardInterrupt escaped depth-ros main (a traceback, exit -2)')
+    assert code == 130 and capsys.readouterr() == ('', '')
+
+
 def test_cli_user_errors_are_one_line_also_through_python_m(tmp_path):
     # `make demo` runs `python -m depth_ros.cli`: user errors (here a CommandError raised by
     # the fuse command) must stay one line, exit 2.

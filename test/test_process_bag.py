@@ -165,3 +165,31 @@ def test_depth_at_half_the_image_resolution(tmp_path, caplog):
         ref = depth_to_cloud(want, scaled, bgr=bgr)
         cloud = np.frombuffer(cmsg.data.tobytes(), dtype='<u4').reshape(H, W, 4)
         np.testing.assert_array_equal(cloud, ref.view('<u4').reshape(H, W, 4))
+
+
+@pytest.mark.parametrize('paths, options, message', [
+    (('nope', 'out'), [], "input bag '{tmp}/nope' does not exist"),
+    (('empty', 'out'), [], "input '{tmp}/empty' is not a rosbag2 folder: it has no metadata.yaml"),
+    (('in', 'in'), [], "output bag '{tmp}/in' already exists; choose a new path"),
+    (('in', 'out'), ['--cloud-stride', '0'], "argument --cloud-stride: must be an integer > 0, "
+                                             "got '0'"),
+    (('in', 'out'), ['--max-pending', '-1'], "argument --max-pending: must be an integer > 0, "
+                                             "got '-1'"),
+])
+def test_cli_refuses_bad_paths_and_numbers_before_loading_the_model(tmp_path, monkeypatch,
+                                                                    capsys, paths, options,
+                                                                    message):
+    # A model may take a minute to load: these were found only after it (a stride or a cap
+    # below 1 only once the bag was open).
+    write_test_bag(str(tmp_path / 'in'), _frames())
+    (tmp_path / 'empty').mkdir()
+    from depth_ros.commands import _args
+    monkeypatch.setattr(_args, 'load_model', lambda *a, **k: pytest.fail('model loaded'))
+    argv = ['process-bag'] + [str(tmp_path / p) for p in paths] + ['--model', 'x'] + options
+    try:
+        code = cli.main(argv)
+    except SystemExit as done:   # argparse's own refusals
+        code = done.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].endswith(message.format(tmp=tmp_path)), err
+    assert not (tmp_path / 'out').exists()

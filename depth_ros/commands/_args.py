@@ -10,6 +10,7 @@ process-bag); a CUDA device index for TensorRT is ``--gpu`` (model build, model 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from typing import Optional, Tuple
 
@@ -68,6 +69,41 @@ def _int_type(low: int, what: str):
 # argparse types: the message names the value, argparse prefixes the option.
 non_negative_int = _int_type(0, '>= 0')
 positive_int = _int_type(1, '> 0')
+
+
+def output_dir(text: str) -> str:
+    """
+    Argparse ``type`` of an output folder (``--out``): refused at once, not after the work.
+
+    The folder may not exist yet; it must not be a file, and the nearest existing folder on
+    its path must be writable. Returns ``text`` unchanged.
+    """
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError('{!r} exists and is not a folder'.format(text))
+    _check_creatable(text, path)
+    return text
+
+
+def output_file(text: str) -> str:
+    """Argparse ``type`` of an output file: not a folder, in a folder that can be written."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError('{!r} is a folder, not a file'.format(text))
+    _check_creatable(text, os.path.dirname(path))
+    return text
+
+
+def _check_creatable(text: str, path: str) -> None:
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError('{!r}: {} is a file, not a folder'.format(
+            text, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError('{!r}: folder {} is not writable'.format(
+            text, existing))
 
 
 class DeprecatedAlias(argparse.Action):

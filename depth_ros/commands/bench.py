@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.bench')
@@ -14,7 +15,8 @@ def register(subparsers) -> None:
         'bench', help='per-stage latency (preprocess, inference, alignment, cloud, conversion)',
         description='Times each pipeline stage on synthetic frames at the camera size and '
                     'writes bench.md, bench.json and bench.png. Without --model a labelled '
-                    'stand-in replaces the network, so only the other stages mean anything.')
+                    'stand-in replaces the network, so only the other stages mean anything.',
+        formatter_class=HelpFormatter)
     _args.add_model_arguments(
         parser, model_help='ONNX file, engine, checkpoint or hub id; omitted = stand-in',
         random_weights_help='torch: build --model (vits, vitb, vitl, tiny) untrained; latency '
@@ -28,7 +30,8 @@ def register(subparsers) -> None:
                         help='conversion stage: ros = the nodes\' message conversion (needs '
                              'sensor_msgs), bytes = payload byte packing only, auto = ros '
                              'when sensor_msgs is importable')
-    parser.add_argument('--out', default='out/bench', help='output folder')
+    parser.add_argument('--out', default='out/bench', type=_args.output_dir,
+                        help='output folder')
     parser.set_defaults(func=run)
 
 

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Dict, Optional, Tuple
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.demo')
@@ -254,11 +255,13 @@ def register(subparsers) -> None:
         description='Stereo (SGBM) + Depth Anything V2 (ONNX Runtime) + fusion on the bundled '
                     'Middlebury sample; writes the fuse outputs and a report against ground '
                     'truth. Without a trained checkpoint it runs an UNTRAINED network and '
-                    'says so.')
+                    'says so.',
+        formatter_class=HelpFormatter)
     p.add_argument('--model', default=None,
                    help='an .onnx file, a checkpoint folder, an official .pth or a hub id '
                         '(default: ViT-S from the cache, models/ or the hub)')
-    p.add_argument('--out', default=os.path.join('out', 'demo'), help='output folder')
+    p.add_argument('--out', default=os.path.join('out', 'demo'), type=_args.output_dir,
+                   help='output folder')
     p.add_argument('--input-size', default=None,
                    help='network input WIDTHxHEIGHT, multiples of 14 (default: 518 wide at '
                         "the sample's aspect, 518x350; an .onnx file fixes its own)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.eval')
@@ -15,7 +16,8 @@ def register(subparsers) -> None:
         description='Affine-invariant evaluation (Marigold / Depth Anything V2 protocol): '
                     'least-squares scale and shift per image, in depth or disparity space, '
                     'dataset depth caps and crops, AbsRel, delta1, RMSE. Writes results.md, '
-                    'results.json and eval.png.')
+                    'results.json and eval.png.',
+        formatter_class=HelpFormatter)
     parser.add_argument('root', nargs='?', default=None,
                         help='dataset folder (see docs/tools.md); omit with --dataset middlebury')
     parser.add_argument('--dataset', default='folder',
@@ -32,7 +34,8 @@ def register(subparsers) -> None:
                         help="alignment space (default: the model's own: disparity for DA-V2, "
                              'depth for Marigold)')
     parser.add_argument('--limit', type=int, default=None, help='evaluate the first N images')
-    parser.add_argument('--out', default='out/eval', help='output folder')
+    parser.add_argument('--out', default='out/eval', type=_args.output_dir,
+                        help='output folder')
     parser.set_defaults(func=run)
 
 

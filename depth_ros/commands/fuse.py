@@ -13,6 +13,9 @@ import logging
 import os
 from typing import Dict, Optional
 
+from depth_ros.cli import HelpFormatter
+from depth_ros.commands import _args
+
 LOG = logging.getLogger('depth_ros.fuse')
 
 OUTPUT_FILES = ('depth.npy', 'depth.png', 'points.ply', 'alignment.json')
@@ -96,6 +99,10 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
         value = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ValueError('{} {}: not a readable .npy array ({})'.format(option, path, exc))
+    if not isinstance(value, np.ndarray):   # np.load opens a .npz archive as well
+        value.close()
+        raise ValueError('{} {}: a .npz archive ({}), expected one HxW .npy array'.format(
+            option, path, ', '.join(value.files)))
     if value.ndim == 3 and value.shape[2] == 1:
         value = value[:, :, 0]
     if value.ndim != 2 or value.size == 0 or value.dtype.kind not in 'fiu':
@@ -110,6 +117,18 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
     return value.astype(np.float32, copy=False) if value.dtype != np.float32 else value
 
 
+def _aligner(options: Dict):
+    """MetricAligner(**options); a refused value names the command-line option."""
+    from depth_ros.core.alignment import MetricAligner
+    try:
+        return MetricAligner(**options)
+    except ValueError as exc:
+        text = str(exc).replace('option `', '`', 1)
+        for name in options:   # the aligner's option names -> this command's options
+            text = text.replace('`{}`'.format(name), '`--{}`'.format(name.replace('_', '-')))
+        raise ValueError(text) from None
+
+
 def run(args) -> int:
     """Entry point of `depth-ros fuse`."""
     import cv2
@@ -117,6 +136,11 @@ def run(args) -> int:
     from depth_ros.cli import CommandError
     from depth_ros.core.camera import PinholeCamera
 
+    options = {'relative_kind': args.relative_kind, 'min_depth': args.min_depth,
+               'max_depth': args.max_depth, 'max_output_depth': args.max_output_depth}
+    if args.confidence_threshold is not None:
+        options['confidence_threshold'] = args.confidence_threshold
+    aligner = _aligner(options)
     if not os.path.isfile(args.image):
         raise FileNotFoundError('--image {}: no such file'.format(args.image))
     bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
@@ -137,11 +161,8 @@ def run(args) -> int:
         camera = PinholeCamera(fx, fy, cx, cy, stereo.shape[1], stereo.shape[0])
     except ValueError as exc:
         raise ValueError('--intrinsics {!r}: {}'.format(args.intrinsics, exc))
-    options = {'relative_kind': args.relative_kind, 'min_depth': args.min_depth,
-               'max_depth': args.max_depth, 'max_output_depth': args.max_output_depth}
-    if args.confidence_threshold is not None:
-        options['confidence_threshold'] = args.confidence_threshold
-    result = fuse_and_write(bgr, relative, stereo, confidence, camera, args.out, options)
+    result = fuse_and_write(bgr, relative, stereo, confidence, camera, args.out,
+                            aligner=aligner)
     a = result['alignment']
     print('status {}  scale {}  shift {}  inlier_ratio {}  valid_fraction {}  points {}'.format(
         a['status'], a['scale'], a['shift'], a['inlier_ratio'], a['valid_fraction'],
@@ -155,14 +176,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'fuse', help='fuse relative depth with stereo depth into metric depth, PLY and report',
         description='Align a relative depth map (DA-V2 disparity or Marigold depth) to stereo '
-                    'depth and write depth.npy, depth.png, points.ply and alignment.json.')
+                    'depth and write depth.npy, depth.png, points.ply and alignment.json.',
+        formatter_class=HelpFormatter)
     p.add_argument('--image', required=True, help='left image (PNG/JPG), the stereo size')
     p.add_argument('--relative', required=True, help='relative prediction, HxW .npy')
     p.add_argument('--stereo-depth', required=True, help='stereo depth in metres, HxW .npy')
     p.add_argument('--confidence', help='ZED confidence map, HxW .npy (1..100, larger = '
                                         'less reliable)')
     p.add_argument('--intrinsics', required=True, help='fx,fy,cx,cy in pixels of the image')
-    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--out', required=True, type=_args.output_dir, help='output folder')
     p.add_argument('--relative-kind', choices=('disparity', 'depth'), default='disparity',
                    help='disparity: DA-V2 (default); depth: Marigold (0 near, 1 far)')
     p.add_argument('--min-depth', type=float, default=0.3, help='stereo range min, m')

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from depth_ros.cli import HelpFormatter
+from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.commands.model_export')
 
@@ -43,7 +44,8 @@ def register(subparsers) -> None:
                         help='architecture for --random-weights (default vits); with '
                              '--checkpoint, a check of what the checkpoint holds')
     parser.add_argument('--seed', type=int, default=0, help='seed for --random-weights')
-    parser.add_argument('--out', required=True, metavar='FILE.onnx', help='output ONNX file')
+    parser.add_argument('--out', required=True, metavar='FILE.onnx', type=_args.output_file,
+                        help='output ONNX file')
     parser.add_argument('--width', type=int, default=518,
                         help='model input width (multiple of 14)')
     parser.add_argument('--height', type=int, default=294,

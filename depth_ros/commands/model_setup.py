@@ -130,11 +130,14 @@ def run(args, api=None) -> int:
         raise ValueError('--calib-dir is only used with --precision int8, got --precision {}'
                          .format(args.precision))
     from depth_ros.inference.auto import open_depth_model
+    # --download-only fetches the default model only: not the fix for another hub id.
+    fix = OFFLINE_FIX if args.model == 'auto' else \
+        'run `depth-ros model setup --model {}` again with internet access'.format(args.model)
     opened = open_depth_model(
         args.backend, args.model, input_size=args.size, precision=args.precision,
         workspace_mb=args.workspace_mb, engine_cache_dir=args.engine_cache_dir,
         cache_dir=args.cache_dir, hub_cache_dir=args.hub_cache_dir, gpu=args.gpu,
-        calib_dir=args.calib_dir, fix=OFFLINE_FIX, api=api)
+        calib_dir=args.calib_dir, fix=fix, api=api)
     try:
         for warning in opened.warnings:
             LOG.warning(warning)

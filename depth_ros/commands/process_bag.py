@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 
+from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
 
 LOG = logging.getLogger('depth_ros.bag')
@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         description='Streams a rosbag2 (sqlite3 or mcap) of ZED topics (image, stereo depth, '
                     'confidence, camera_info), copies every message and adds OUT_NS/depth '
                     '(32FC1 m), OUT_NS/camera_info and OUT_NS/points (PointCloud2 xyz+rgb), '
-                    'stamped like the input images. Needs no ROS install.')
+                    'stamped like the input images. Needs no ROS install.',
+        formatter_class=HelpFormatter)
     parser.add_argument('input', help='input bag folder')
     parser.add_argument('output', help='output bag folder (must not exist)')
     _args.add_model_arguments(
@@ -32,8 +33,9 @@ def register(subparsers) -> None:
                         help='default: the topic ending in left/camera_info')
     parser.add_argument('--out-ns', default='/alignment_node',
                         help='namespace of the added topics')
-    parser.add_argument('--cloud-stride', type=int, default=1, help='cloud decimation')
-    parser.add_argument('--max-pending', type=int, default=30,
+    parser.add_argument('--cloud-stride', type=_args.positive_int, default=1,
+                        help='cloud decimation')
+    parser.add_argument('--max-pending', type=_args.positive_int, default=30,
                         help='stamps held while waiting for the other topics')
     parser.add_argument('--bag-version', type=int, default=8, choices=(8, 9),
                         help='rosbag2 metadata version of the output')
@@ -43,12 +45,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Entry point of `depth-ros process-bag`."""
     from depth_ros.cli import CommandError
-    from depth_ros.tools.bag import BagTopics, process_bag
+    from depth_ros.tools.bag import BagTopics, check_paths, process_bag
     topics = BagTopics(image=args.image_topic, depth=args.depth_topic,
                        confidence=args.confidence_topic, camera_info=args.camera_info_topic)
-    if os.path.exists(args.output):   # before loading a model that may take a minute
-        raise CommandError('output bag {!r} already exists; choose a new path'.format(
-            args.output))
+    check_paths(args.input, args.output)   # before loading a model that may take a minute
     model = _args.load_model(args)
     try:
         stats = process_bag(args.input, args.output, model, topics, out_ns=args.out_ns,

@@ -165,10 +165,15 @@ def setup_command(values) -> str:
     command = 'ros2 run depth_ros depth-ros model setup'
     if values['backend'] in ('tensorrt', 'onnxruntime'):
         command += ' --backend ' + values['backend']
+    model = values['model_path'].strip()
+    if model not in ('', 'auto'):   # a hub id: that model, not the default one
+        command += ' --model ' + model
     if values['input_width']:
         command += ' --size {}x{}'.format(values['input_width'], values['input_height'])
     if values['backend'] in ('auto', 'tensorrt') and values['precision'] != 'fp16':
         command += ' --precision ' + values['precision']
+    if values['backend'] in ('auto', 'tensorrt') and values['engine_cache_dir']:
+        command += ' --engine-cache-dir ' + values['engine_cache_dir']
     return command
 
 

@@ -91,8 +91,9 @@ class ZedNode(DepthRosNode):
             if kind in ('live', 'svo'):
                 # pyzed is imported when the camera opens, in the grab thread; check now so
                 # that a missing SDK, or a resolution or depth mode it lacks, is one clear
-                # start-up line, not a retry loop.
-                source.check_sdk()
+                # start-up line, not a retry loop. An SVO comes wrapped in the replay
+                # pacing (ReplaySource): the check is the ZED source's inside it.
+                getattr(source, 'inner', source).check_sdk()
             return source
         except (ValueError, OSError) as exc:
             raise ConfigError('source {}: {}'.format(kind, exc)) from None

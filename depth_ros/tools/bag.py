@@ -187,7 +187,8 @@ class _BagJob(object):
             msg_cloud, 'sensor_msgs/msg/PointCloud2'))
 
 
-def _check_paths(in_path: str, out_path: str) -> None:
+def check_paths(in_path: str, out_path: str) -> None:
+    """Refuse a missing input bag, a folder that is not one, or an existing output (one line)."""
     if not os.path.exists(in_path):
         raise FileNotFoundError('input bag {!r} does not exist'.format(in_path))
     if os.path.isdir(in_path) and not os.path.isfile(os.path.join(in_path, 'metadata.yaml')):
@@ -234,7 +235,7 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
     """
     from depth_ros.core.alignment import MetricAligner
     Reader, typestore = _rosbags()
-    _check_paths(in_path, out_path)
+    check_paths(in_path, out_path)
     check_number('max_pending', max_pending, 1, None, integer=True)
     check_number('cloud_stride', cloud_stride, 1, None, integer=True)
     out_ns = '/' + out_ns.strip('/') if out_ns.strip('/') else ''
