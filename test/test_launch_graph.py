@@ -508,3 +508,18 @@ def test_rviz_without_rviz2_ends_the_launch_before_any_node_starts(overlay):
         'launch argument rviz:=true needs the rviz2 package, which is not installed' in \
         errors[0], out
     assert 'process started' not in out, out
+
+
+@pytest.mark.rmw_independent   # the launch ends before any node starts
+def test_a_params_file_that_is_not_yaml_ends_the_launch_with_one_line(overlay, tmp_path):
+    # Left to the nodes, the processes started, the first to read the file ended the launch
+    # with its FATAL line and launch's "process has died" line, exit 0.
+    path = tmp_path / 'robot.yaml'
+    path.write_text('/**:\n  ros__parameters: {cloud_stride: [2\n')
+    done = _ros2_launch('source:=sample', 'backend:=standin', 'publish_tf:=false',
+                        'composed:=false', 'params_file:={}'.format(path))
+    out = done.stdout.decode('utf-8', 'replace')
+    errors = [line for line in out.splitlines() if 'ERROR' in line or 'FATAL' in line]
+    assert done.returncode != 0 and len(errors) == 1 and \
+        'launch argument params_file:={}: not valid YAML: '.format(path) in errors[0], out
+    assert 'Traceback' not in out and 'process started' not in out, out
