@@ -24,6 +24,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
     PackageNotFoundError
 from depth_ros.nodes_core import middleware
 from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
+from depth_ros.nodes_core.params import params_file_error
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown
@@ -115,6 +116,13 @@ def _check_arguments(arg):
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
+    if arg['params_file']:
+        # Here, before any process starts: one line naming the argument, not the FATAL line
+        # of whichever node read it first and launch's "process has died" line.
+        problem = params_file_error(['--ros-args', '--params-file', arg['params_file']])
+        if problem:
+            raise ValueError('launch argument params_file:={}'.format(
+                problem[len('--params-file '):]))
     for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm',
                  'cyclonedds_config', 'composed'):
         try:

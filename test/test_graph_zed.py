@@ -248,3 +248,31 @@ def test_svo_source_without_pyzed_says_so(tmp_path):
     proc.stop()
     assert code == 1 and 'pyzed not installed' in out and 'Traceback' not in out, \
         'received exit {} and:\n{}'.format(code, out)
+
+
+def test_bag_source_stops_without_a_warning(tmp_path, probe):
+    # A sqlite3 bag's connection belongs to the thread that opened it (the grab thread):
+    # closed from the main thread at Ctrl-C, rosbags' sqlite raised ProgrammingError and
+    # every clean stop of source:=bag printed "closing the source failed" (Humble's rosbags).
+    pytest.importorskip('rosbags', reason='bags need rosbags (depth_ros[bag])')
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.sources.base import Frame
+    from depth_ros.sources.rosbag import write_test_bag
+    from graph_support import frame_set
+    from sensor_msgs.msg import Image
+    cam = PinholeCamera(50.0, 50.0, 31.5, 23.5, 64, 48)
+    bag = write_test_bag(str(tmp_path / 'bag'), [
+        Frame(left=frame_set(i)[0], depth=frame_set(i)[2], confidence=None, camera=cam,
+              stamp_ns=(i + 1) * 10 ** 8, frame_id=FRAME) for i in range(3)])
+    images = probe.subscribe(Image, '/zed_bag/zed_node/left/image_rect_color')
+    proc = NodeProcess('zed_node', params={'source': 'bag', 'path': bag},
+                       extra_ros_args=['-r', '__ns:=/zed_bag'])
+    try:
+        assert wait_until(lambda: len(images) >= 2, 30), 'no images:\n' + proc.output()
+        proc.interrupt()
+        code = proc.wait(20)
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert code == 0 and 'WARN' not in out and 'Traceback' not in out, \
+        'expected a quiet exit 0, received {}:\n{}'.format(code, out)

@@ -474,3 +474,19 @@ def test_without_zed_node_the_nodes_run_as_separate_processes_and_the_launch_say
     told = [line for line in ev.log if 'composed:=true' in line]
     assert len(told) == 1 and 'zed_node:=false' in told[0] and 'separate processes' in \
         told[0], ev.log
+
+
+@needs_launch
+@pytest.mark.parametrize('text, problem', [
+    ('/**:\n  ros__parameters: {cloud_stride: [2\n', 'not valid YAML: '),
+    ('hello\n', 'expected node sections (`/**/node: ros__parameters: ...`), got a str'),
+])
+def test_a_params_file_that_does_not_read_is_refused_before_any_node_starts(
+        monkeypatch, tmp_path, text, problem):
+    # Left to the nodes, the processes started and the first to read it ended the launch.
+    path = tmp_path / 'robot.yaml'
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        _evaluate(monkeypatch, source='sample', params_file=str(path))
+    want = 'launch argument params_file:={}: {}'.format(path, problem)
+    assert str(info.value).startswith(want), str(info.value)

@@ -508,3 +508,59 @@ def test_rviz_without_rviz2_ends_the_launch_before_any_node_starts(overlay):
         'launch argument rviz:=true needs the rviz2 package, which is not installed' in \
         errors[0], out
     assert 'process started' not in out, out
+
+
+@pytest.mark.rmw_independent   # the launch ends before any node starts
+def test_a_params_file_that_is_not_yaml_ends_the_launch_with_one_line(overlay, tmp_path):
+    # Left to the nodes, the processes started, the first to read the file ended the launch
+    # with its FATAL line and launch's "process has died" line, exit 0.
+    path = tmp_path / 'robot.yaml'
+    path.write_text('/**:\n  ros__parameters: {cloud_stride: [2\n')
+    done = _ros2_launch('source:=sample', 'backend:=standin', 'publish_tf:=false',
+                        'composed:=false', 'params_file:={}'.format(path))
+    out = done.stdout.decode('utf-8', 'replace')
+    errors = [line for line in out.splitlines() if 'ERROR' in line or 'FATAL' in line]
+    assert done.returncode != 0 and len(errors) == 1 and \
+        'launch argument params_file:={}: not valid YAML: '.format(path) in errors[0], out
+    assert 'Traceback' not in out and 'process started' not in out, out
+
+
+@pytest.mark.parametrize('composed, processes', [('false', 3), ('true', 1)])
+@pytest.mark.rmw_independent   # the nodes are stopped before they join the graph
+def test_ctrl_c_while_the_nodes_still_import_is_quiet(overlay, tmp_path, composed, processes):
+    # SIGINT once every process has begun to import numpy (its extension is mapped): they
+    # are still importing OpenCV, rclpy and the messages (a second here, longer on a Jetson).
+    # Python's default handler made that a KeyboardInterrupt traceback in each, or an
+    # ImportError inside an extension's import, exit 1. (Earlier, during the interpreter's
+    # own start-up, no code of ours can take the signal.)
+    import signal
+
+    def importing_numpy(pid):
+        try:
+            with open('/proc/{}/maps'.format(pid)) as f:
+                return '_multiarray_umath' in f.read()
+        except OSError:     # ended
+            return True
+    log = tmp_path / 'launch.log'
+    with open(str(log), 'w') as out:
+        proc = subprocess.Popen([tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py',
+                                 'source:=sample', 'backend:=standin', 'publish_tf:=false',
+                                 'composed:=' + composed], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        end = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < end:
+            pids = re.findall(r'process started with pid \[(\d+)\]', log.read_text())
+            if len(pids) == processes and all(importing_numpy(p) for p in pids):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    text = log.read_text()
+    assert text.count('process started') == processes, text
+    assert code == 0 and 'Traceback' not in text and 'Error' not in text, text
+    assert text.count('process has finished cleanly') == processes, text

@@ -182,6 +182,10 @@ def _start(argv, glob, sections, signals):
     nodes, code = [], 0
     logger = rclpy.logging.get_logger('composed_nodes')
     try:
+        # The node modules (numpy, OpenCV, the messages) before signals interrupt: raised
+        # inside an extension's import, KeyboardInterrupt became "ImportError: numpy.core.
+        # multiarray failed to import", a traceback; a signal meanwhile only sets the stop flag.
+        classes = _classes()
         signals.interrupting = not signals.stop.is_set()
         try:
             compat.init(argv[:1] + glob)
@@ -191,7 +195,6 @@ def _start(argv, glob, sections, signals):
         loggers = ThreadLoggers(logger)
         forwarder = forward_library_logs(logger)
         forwarder.logger = loggers
-        classes = _classes()
         for section in sections:
             if not signals.interrupting:
                 break

@@ -109,6 +109,15 @@ class ZedNode(DepthRosNode):
 
     # ------------------------------------------------------------------ grab thread
     def _grab_loop(self):
+        try:
+            self._grab()
+        finally:
+            # The thread that opened the source closes it: a sqlite3 bag's connection can be
+            # used only in the thread that made it (closed from close(), Humble's rosbags
+            # raised ProgrammingError at every Ctrl-C).
+            self._close_reporting()
+
+    def _grab(self):
         wait = self.cfg['retry_initial_s']
         opened = ended = False
         while not self._stop.is_set():
@@ -264,6 +273,11 @@ class ZedNode(DepthRosNode):
         """Stop the grab thread, then close the camera."""
         self._stop.set()
         self.thread.join(3.0)
+        if self.thread.is_alive():
+            # The grab thread is stuck in a read: close the source from here (best effort).
+            self._close_reporting()
+
+    def _close_reporting(self):
         try:
             self.source.close()
         except Exception as exc:  # noqa: B902 - report, but finish the shutdown
