@@ -276,3 +276,25 @@ def test_bag_source_stops_without_a_warning(tmp_path, probe):
     out = proc.output()
     assert code == 0 and 'WARN' not in out and 'Traceback' not in out, \
         'expected a quiet exit 0, received {}:\n{}'.format(code, out)
+
+
+def test_a_path_under_the_home_folder_is_found(tmp_path, probe):
+    # `ros2 launch ... path:=~/bag`: the shell leaves a `~` after `path:=` as it is, and
+    # zed_node checked the path expanded but opened it as given ("bag not found: '~/bag'").
+    pytest.importorskip('rosbags', reason='bags need rosbags (depth_ros[bag])')
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.sources.base import Frame
+    from depth_ros.sources.rosbag import write_test_bag
+    from graph_support import frame_set
+    from sensor_msgs.msg import Image
+    cam = PinholeCamera(50.0, 50.0, 31.5, 23.5, 64, 48)
+    write_test_bag(str(tmp_path / 'bag'), [
+        Frame(left=frame_set(i)[0], depth=frame_set(i)[2], confidence=None, camera=cam,
+              stamp_ns=(i + 1) * 10 ** 8, frame_id=FRAME) for i in range(3)])
+    images = probe.subscribe(Image, '/zed_home/zed_node/left/image_rect_color')
+    proc = NodeProcess('zed_node', params={'source': 'bag', 'path': '~/bag'},
+                       extra_ros_args=['-r', '__ns:=/zed_home'], env={'HOME': str(tmp_path)})
+    try:
+        assert wait_until(lambda: len(images) >= 2, 30), 'no images:\n' + proc.output()
+    finally:
+        proc.stop()

@@ -631,3 +631,24 @@ def test_replay_source_paces_from_a_reopen_without_a_burst():
     times = _replay_read_times(drop_after=3, outage_s=1.0)
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert min(gaps) >= 0.1 - 1e-6, 'expected gaps >= 0.1 s, received {}'.format(gaps)
+
+
+def test_path_parameters_expand_the_home_folder(monkeypatch, tmp_path):
+    # The shell expands `~` only at the start of a word: `path:=~/run.svo2` and
+    # `model_path:=~/da2.onnx` reach the nodes with the `~`.
+    from depth_ros.inference import auto
+    from depth_ros.nodes_core import config
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert config.user_path('~/run.svo2') == str(tmp_path / 'run.svo2')
+    for text in ('', '/data/run.svo2', 'me/my-da2-onnx', 'auto', 'a~b'):
+        assert config.user_path(text) == text
+    seen = {}
+
+    def opened(backend, model, **kwargs):
+        seen.update(model=model, cache=kwargs['engine_cache_dir'])
+        return 'opened'
+    monkeypatch.setattr(auto, 'open_depth_model', opened)
+    values = {s.name: s.default for s in config.DEPTH_PARAMS}
+    values.update(backend='tensorrt', model_path='~/da2.onnx', engine_cache_dir='~/engines')
+    assert config.open_model(values) == 'opened'
+    assert seen == {'model': str(tmp_path / 'da2.onnx'), 'cache': str(tmp_path / 'engines')}

@@ -13,6 +13,7 @@ config/zed_depth.yaml is optional (a test holds its values equal to the defaults
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 from depth_ros.inference.registry import NODE_BACKENDS
@@ -86,6 +87,16 @@ def validate_zed(values) -> Optional[str]:
         return 'parameter `retry_max_s` ({}) must be >= `retry_initial_s` ({})'.format(
             values['retry_max_s'], values['retry_initial_s'])
     return None
+
+
+def user_path(text: str) -> str:
+    """
+    Return a path parameter with a leading ``~`` expanded (the user's home).
+
+    ``ros2 launch ... path:=~/run.svo2`` reaches the node with the ``~`` as it is: the shell
+    expands it only at the start of a word, not after ``path:=``.
+    """
+    return os.path.expanduser(text) if text.startswith('~') else text
 
 
 def source_options(values) -> dict:
@@ -190,9 +201,10 @@ def open_model(values):
     size = (values['input_width'], values['input_height']) if values['input_width'] else None
     try:
         return open_depth_model(
-            values['backend'], values['model_path'], input_size=size,
+            values['backend'], user_path(values['model_path'].strip()), input_size=size,
             precision=values['precision'], workspace_mb=values['workspace_mb'],
-            engine_cache_dir=values['engine_cache_dir'] or None, device=values['device'],
+            engine_cache_dir=user_path(values['engine_cache_dir']) or None,
+            device=values['device'],
             fix='run `{}`'.format(setup_command(values)),
             standin_latency_ms=values['standin_latency_ms'],
             standin_mode=values['standin_mode'])

@@ -27,7 +27,7 @@ import collections
 import os
 import threading
 
-from depth_ros.nodes_core.config import source_options, validate_zed, ZED_PARAMS
+from depth_ros.nodes_core.config import source_options, user_path, validate_zed, ZED_PARAMS
 from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError, StartupError
 from depth_ros.nodes_core.workers import RateMeter
@@ -83,11 +83,12 @@ class ZedNode(DepthRosNode):
 
     def _make_source(self):
         from depth_ros.sources import make_source
-        kind, path = self.cfg['source'], self.cfg['path']
-        if path and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError('source {}: parameter `path` {!r} does not exist'.format(kind, path))
+        kind, path = self.cfg['source'], user_path(self.cfg['path'])
+        if path and not os.path.exists(path):
+            raise ConfigError('source {}: parameter `path` {!r} does not exist'.format(
+                kind, self.cfg['path']))
         try:
-            source = make_source(kind, self.cfg['path'] or None, **source_options(self.cfg))
+            source = make_source(kind, path or None, **source_options(self.cfg))
             if kind in ('live', 'svo'):
                 # pyzed is imported when the camera opens, in the grab thread; check now so
                 # that a missing SDK, or a resolution or depth mode it lacks, is one clear
