@@ -16,6 +16,7 @@ zed_node:=false (the official wrapper's topics) runs separate processes.
 Every node reads config/zed_depth.yaml (override with params_file:=); launch arguments override
 the entries they name. Written for ROS 2 Humble (launch, launch_ros).
 """
+import difflib
 import os
 import re
 import tempfile
@@ -69,8 +70,10 @@ ARGUMENTS = (
     ('cyclonedds_config', 'true', 'use config/cyclonedds_large_messages.xml (socket receive '
      'buffer and message size for whole images; with ROS_LOCALHOST_ONLY=1 also '
      'config/cyclonedds_localhost.xml) unless CYCLONEDDS_URI is already set'),
+    ('log_level', 'info', 'log level of our nodes: debug | info | warn | error | fatal'),
 )
 RELIABILITIES = ('best_effort', 'reliable')
+LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 # The live camera and the replay sources that read a file or folder.
 PATH_SOURCES = ('svo', 'folder', 'bag')
 
@@ -100,6 +103,7 @@ def _check_arguments(arg):
     one_of('source', SOURCES)
     one_of('backend', DEPTH_BACKENDS)
     one_of('reliability', RELIABILITIES)
+    one_of('log_level', LOG_LEVELS)
     if not re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', arg['camera_name']):
         # It becomes zed_node's namespace: rcl refused it only once the node started.
         raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
@@ -186,12 +190,17 @@ def _environment(arg, share):
     return actions
 
 
-def _ours(executable, name, namespace=None, **kwargs):
+def _log_arguments(level):
+    """ROS arguments for the log level (none for the default: rcl's own is info)."""
+    return [] if level == 'info' else ['--log-level', level]
+
+
+def _ours(executable, name, namespace=None, log_level='info', **kwargs):
     """One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it."""
     label = '/'.join(p for p in (namespace, name) if p)
     return Node(package=PACKAGE, executable=executable, name=name, namespace=namespace,
-                output='screen', emulate_tty=True,
-                on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
+                output='screen', emulate_tty=True, ros_arguments=_log_arguments(log_level) or
+                None, on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
 
 
 def _spec(executable, name, namespace=None, parameters=(), remappings=(), source=None):
@@ -209,15 +218,16 @@ def _params_file(fqn, values):
     return path
 
 
-def _composed(specs):
+def _composed(specs, log_level='info'):
     """
     Return one composed_nodes process running ``specs``.
 
     A ``--node`` section each, whose node-local ROS arguments are the name, namespace,
     parameter files and remappings the node would get as a process of its own; ``--from``
-    wires it in-process to its producer.
+    wires it in-process to its producer. The log level is the process's (global arguments).
     """
-    arguments = []
+    level = _log_arguments(log_level)
+    arguments = ['--ros-args'] + level + ['--'] if level else []
     for spec in specs:
         fqn = '/'.join([''] + [p for p in (spec['namespace'], spec['name']) if p])
         arguments += ['--node', spec['executable']]
@@ -280,8 +290,27 @@ def _marigold(params_file, qos, image, inputs, composed):
     ]
 
 
+def _misspelt(given):
+    """
+    Lines for launch configurations that look like a misspelt argument of this file.
+
+    ``ros2 launch`` takes any ``name:=value``: a typo (``publish_ft:=false``) is ignored
+    silently. Only names close to one of ours are told (a parent launch file's own
+    configurations reach this context too).
+    """
+    names = [name for name, _, _ in ARGUMENTS]
+    lines = []
+    for name in sorted(set(given) - set(names)):
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        if close:
+            lines.append('launch argument {}:={} is not one of zed_depth.launch.py\'s, and is '
+                         'ignored: did you mean {}:=?'.format(name, given[name], close[0]))
+    return lines
+
+
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    arg['log_level'] = arg['log_level'].lower()
     _check_arguments(arg)
     share = get_package_share_directory(PACKAGE)
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
@@ -289,7 +318,8 @@ def _nodes(context):
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
     qos = {'reliability': arg['reliability']}
-    actions = _environment(arg, share)
+    actions = [LogInfo(msg=line) for line in _misspelt(context.launch_configurations)]
+    actions += _environment(arg, share)
     with_zed = _truthy(arg['zed_node'])
     composed = _truthy(arg['composed'])
     if composed and not with_zed:
@@ -318,10 +348,11 @@ def _nodes(context):
     if _truthy(arg['marigold']):
         specs += _marigold(params_file, qos, image, inputs, composed)
     if composed:
-        actions.append(_composed(specs))
+        actions.append(_composed(specs, arg['log_level']))
     else:
-        actions += [_ours(s['executable'], s['name'], s['namespace'], parameters=s['parameters'],
-                          remappings=s['remappings']) for s in specs]
+        actions += [_ours(s['executable'], s['name'], s['namespace'], arg['log_level'],
+                          parameters=s['parameters'], remappings=s['remappings'])
+                    for s in specs]
     if _truthy(arg['publish_tf']):
         actions += _static_tfs(camera)
     if _truthy(arg['rviz']):

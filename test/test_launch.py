@@ -80,9 +80,12 @@ class Evaluated(object):
                     continue
                 arguments = [perform_substitutions(context, a) for a in action.cmd[1:]]
                 glob, sections = parse(arguments)
-                # launch_ros ends the command with an empty --ros-args block.
-                assert glob in ([], ['--ros-args', '--']), \
-                    'composed_nodes gets no global ROS arguments: {}'.format(glob)
+                # launch_ros ends the command with an empty --ros-args block; the log level
+                # (log_level:=) is the only global ROS argument.
+                self.glob = [a for a in glob if a not in ('--ros-args', '--')]
+                assert self.glob in ([], ['--log-level', self.glob[-1:] and self.glob[-1]]), \
+                    'composed_nodes gets no global ROS arguments but its log level: {}'.format(
+                        glob)
                 self.nodes += [InProcess(section) for section in sections]
             elif isinstance(action, SetEnvironmentVariable):
                 self.env.append((perform_substitutions(context, action.name),
@@ -117,7 +120,7 @@ class Evaluated(object):
         return dict(node.expanded_remapping_rules or [])
 
 
-def _evaluate(monkeypatch, tf2_ros=False, **overrides):
+def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, **overrides):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
@@ -136,6 +139,8 @@ def _evaluate(monkeypatch, tf2_ros=False, **overrides):
         default = ''.join(s.perform(context) for s in action.default_value)
         context.launch_configurations[name] = overrides.pop(name, default)
     assert not overrides, 'not launch arguments: {}'.format(sorted(overrides))
+    # name:=value pairs the file does not declare (ros2 launch takes them all).
+    context.launch_configurations.update(undeclared or {})
     return declared, Evaluated(module._nodes(context), context)
 
 
@@ -403,6 +408,8 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
                                                   'a ROS name'),
     (dict(source='sample', camera_name='2nd'), 'launch argument camera_name:=2nd must be a ROS '
                                                'name'),
+    (dict(source='sample', log_level='verbose'), 'launch argument log_level:=verbose must be one '
+                                                 'of debug | info | warn | error | fatal'),
 ])
 def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
     with pytest.raises(ValueError) as info:
@@ -490,3 +497,36 @@ def test_a_params_file_that_does_not_read_is_refused_before_any_node_starts(
         _evaluate(monkeypatch, source='sample', params_file=str(path))
     want = 'launch argument params_file:={}: {}'.format(path, problem)
     assert str(info.value).startswith(want), str(info.value)
+
+
+@needs_launch
+@MODES
+@pytest.mark.parametrize('level', ['info', 'debug', 'WARN'])
+def test_log_level_reaches_every_node_of_ours(monkeypatch, composed, level):
+    from launch import LaunchContext
+    from launch.utilities import perform_substitutions
+    _, ev = _evaluate(monkeypatch, composed=composed, source='sample', backend='standin',
+                      log_level=level)
+    context = LaunchContext()
+    ours = [p for p in ev.processes if p.node_package == 'depth_ros']
+    assert len(ours) == (1 if composed == 'true' else 3), ours
+    for process in ours:
+        # composed_nodes: its global ROS arguments (Evaluated read them); a node's process:
+        # the ROS arguments launch_ros puts on its command line.
+        cmd = ev.glob if process.node_executable == 'composed_nodes' else [
+            a if isinstance(a, str) else perform_substitutions(context, a)
+            for a in process._Node__ros_arguments or []]
+        told = [cmd[i + 1] for i, a in enumerate(cmd) if a == '--log-level']
+        # info is rcl's own default: nothing is added to the command.
+        assert told == ([] if level == 'info' else [level.lower()]), cmd
+
+
+@needs_launch
+def test_a_misspelt_argument_is_told_not_ignored_silently(monkeypatch):
+    # ros2 launch takes any name:=value: publish_ft:=false left the TF publishers on, in
+    # silence. A name close to one of ours is told; others (a parent launch file's) are not.
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin',
+                      undeclared={'publish_ft': 'false', 'use_sim_time': 'true'})
+    told = [line for line in ev.log if 'did you mean' in line]
+    assert told == ["launch argument publish_ft:=false is not one of zed_depth.launch.py's, "
+                    "and is ignored: did you mean publish_tf:=?"], ev.log

@@ -190,6 +190,9 @@ def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe,
                 'installed' in line]
         assert len(told) == 1, watch.report()
     assert not _clean(watch.lines()), 'errors in a clean run:\n' + watch.report()
+    # The default log level: our nodes say what runs (test_params_file... has log_level warn).
+    assert [line for line in watch.lines() if '[INFO]' in line and 'depth_node' in line], \
+        watch.report()
 
 
 def _has_tf2_ros():
@@ -335,7 +338,7 @@ def configured_launch(overlay, watch, tmp_path, composed):
     params.write_text(text.replace('    cloud_stride: 2\n', '    cloud_stride: 4\n'))
     return _describe(watch, source='sample', backend='standin', publish_tf='false',
                      camera_name='front', reliability='reliable', params_file=str(params),
-                     composed=composed)
+                     composed=composed, log_level='warn')
 
 
 @pytest.mark.launch(fixture=configured_launch)
@@ -366,6 +369,8 @@ def test_params_file_reliability_and_camera_name_are_applied(watch, probe, compo
             (img.width // 2, img.height // 2):
         time.sleep(0.1)
     assert (points.msgs[-1].width, points.msgs[-1].height) == (img.width // 2, img.height // 2)
+    # log_level:=warn reached every node of ours: none said anything at INFO.
+    assert not [line for line in watch.lines() if '[INFO]' in line], watch.report()
 
 
 def _call(probe, node, service, srv_type, request):
