@@ -327,6 +327,11 @@ def _nodes(context):
                                    'zed_node; with zed_node:=false they run as separate '
                                    'processes on the camera topics'))
         composed = False
+    if not with_zed and (arg['source'] != 'live' or arg['path']):
+        actions.append(LogInfo(msg='source:={} path:={} are our zed_node\'s: with '
+                                   'zed_node:=false they are not used (the camera topics come '
+                                   'from the running wrapper)'.format(arg['source'],
+                                                                      arg['path'])))
     specs = []
     if with_zed:
         specs.append(_spec('zed_node', 'zed_node', namespace=camera, parameters=[

@@ -481,6 +481,13 @@ def test_without_zed_node_the_nodes_run_as_separate_processes_and_the_launch_say
     told = [line for line in ev.log if 'composed:=true' in line]
     assert len(told) == 1 and 'zed_node:=false' in told[0] and 'separate processes' in \
         told[0], ev.log
+    assert not [line for line in ev.log if 'not used' in line], ev.log
+    # zed_node's own arguments given next to the wrapper: said, not ignored in silence.
+    _, ev = _evaluate(monkeypatch, zed_node='false', source='bag', path='/nonexistent',
+                      backend='standin', publish_tf='false')
+    assert [line for line in ev.log if 'not used' in line] == [
+        "source:=bag path:=/nonexistent are our zed_node's: with zed_node:=false they are not "
+        "used (the camera topics come from the running wrapper)"], ev.log
 
 
 @needs_launch
