@@ -145,13 +145,18 @@ def test_sets_prepared_ahead_are_finished_in_order_with_their_own_arrays():
                     one.update(rel, st, conf, guide=bgr, camera=CAMERA))
 
 
+def _fed(seq):
+    """Return a MetricAligner that has aligned the frames of ``seq`` (its history)."""
+    aligner = MetricAligner()
+    for rel, st, conf, bgr in seq:
+        aligner.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    return aligner
+
+
 @pytest.mark.parametrize('change', ['set_options', 'reset'])
 def test_a_set_prepared_before_set_options_or_reset_is_prepared_again(change):
     seq = frames(4)
-    one, two = MetricAligner(), MetricAligner()
-    for rel, st, conf, bgr in seq[:2]:
-        one.update(rel, st, conf, guide=bgr, camera=CAMERA)
-        two.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    one, two = _fed(seq[:2]), _fed(seq[:2])
     rel, st, conf, bgr = seq[2]
     stale = two.prepare(st, conf, guide=bgr, camera=CAMERA)
     if change == 'set_options':
@@ -168,19 +173,13 @@ def test_a_set_prepared_before_set_options_or_reset_is_prepared_again(change):
     assert_same(out, ref)
     # Not the old options' result: the staleness mattered.
     if change == 'set_options':
-        old = MetricAligner()
-        for r, s, c, b in seq[:2]:
-            old.update(r, s, c, guide=b, camera=CAMERA)
-        before = old.update(rel, st, conf, guide=bgr, camera=CAMERA).depth
+        before = _fed(seq[:2]).update(rel, st, conf, guide=bgr, camera=CAMERA).depth
         assert before.tobytes() != out.depth.tobytes()
 
 
 def test_a_spent_set_finished_again_is_prepared_again():
     seq = frames(3)
-    one, two = MetricAligner(), MetricAligner()
-    for rel, st, conf, bgr in seq[:2]:
-        one.update(rel, st, conf, guide=bgr, camera=CAMERA)
-        two.update(rel, st, conf, guide=bgr, camera=CAMERA)
+    one, two = _fed(seq[:2]), _fed(seq[:2])
     rel, st, conf, bgr = seq[2]
     prepared = two.prepare(st, conf, guide=bgr, camera=CAMERA)
     assert_same(two.finish(rel, prepared), one.update(rel, st, conf, guide=bgr, camera=CAMERA))
