@@ -66,13 +66,18 @@ def diag_since(collector, prefix, since, timeout=10.0):
     return diag_values(collector, prefix, since)
 
 
-def diag_until(collector, prefix, predicate, timeout=10.0):
-    """Poll /diagnostics of ``prefix`` until ``predicate(values)``; return the values."""
+def diag_until(collector, prefix, predicate, timeout=10.0, since=None):
+    """
+    Poll /diagnostics of ``prefix`` until ``predicate(values)``; return the values.
+
+    ``since`` (wall time) skips reports taken before it: a report published just before a
+    case's input can still be the newest one received when the case starts to poll.
+    """
     def ok():
-        values = diag_values(collector, prefix)
+        values = diag_values(collector, prefix, since)
         return values is not None and predicate(values)
     wait_until(ok, timeout)
-    values = diag_values(collector, prefix)
+    values = diag_values(collector, prefix, since)
     assert values is not None and predicate(values), 'diagnostics of {} never matched; last: ' \
         '{}'.format(prefix, values)
     return values
@@ -197,17 +202,21 @@ class FedGraph(object):
             assert time.monotonic() < end, 'no disparity for good image {}; depth_node ' \
                 'output:\n{}'.format(stamp, self.depth_node.output()[-3000:])
 
-    def diagnostics(self, node, since=None):
-        """Return the newest diagnostics of ``node`` ('depth' or 'alignment'), after ``since``."""
+    def diagnostics(self, node, since=None, wait=True):
+        """
+        Return the newest diagnostics of ``node`` ('depth' or 'alignment'), after ``since``.
+
+        With ``since``, wait for such a report unless ``wait`` is false (then None if none).
+        """
         name = self.depth_name if node == 'depth' else self.align_name
-        if since is None:
-            return diag_values(self.diag, name)
+        if since is None or not wait:
+            return diag_values(self.diag, name, since)
         return diag_since(self.diag, name, since)
 
-    def diagnostics_until(self, node, predicate, timeout=10.0):
-        """Poll the diagnostics of ``node`` until ``predicate(values)``; return them."""
+    def diagnostics_until(self, node, predicate, timeout=10.0, since=None):
+        """Poll the diagnostics of ``node`` (taken after ``since``) until ``predicate``."""
         name = self.depth_name if node == 'depth' else self.align_name
-        return diag_until(self.diag, name, predicate, timeout)
+        return diag_until(self.diag, name, predicate, timeout, since)
 
 
 def depth_encoding(depth):

@@ -186,11 +186,14 @@ def test_depth_node_reports_an_error_when_every_frame_is_bad(g):
                                     g.conv.make_header(g.next_stamp(), FRAME))
         msg.encoding = 'yuv422'
         g.pub['image'].publish(msg)
+    # Only reports taken from here on: the newest one received may be older than this case
+    # (an error left by the case before it, still the newest for up to a period).
+    since = now()
     end = time.monotonic() + 15
     values = None
     while time.monotonic() < end:
         bad()
-        values = g.diagnostics('depth')
+        values = g.diagnostics('depth', since, wait=False)
         if values and values['_level'] == 2:
             break
         time.sleep(0.1)
@@ -361,7 +364,8 @@ def test_stereo_without_any_valid_pixel_still_gives_dense_output(g, values):
     g.send(stamp, bgr, disparity, np.full((H, W), bad, np.float32), confidence)
     assert wait_until(lambda: g.depth.by_stamp(stamp) is not None, 10), g.align_node.output()
     assert g.align_node.alive()
-    status = g.diagnostics_until('alignment', lambda v: v['status'] in ('held', 'no_fit'))
+    status = g.diagnostics_until('alignment', lambda v: v['status'] in ('held', 'no_fit'),
+                                 since=now())
     assert status['status'] in ('held', 'no_fit'), status
     g.send_good(904)
 
@@ -412,11 +416,14 @@ def test_alignment_reports_an_error_when_the_disparity_stops(g):
     # depth_node killed: stereo keeps coming, nothing is aligned. /diagnostics must say so
     # within a few seconds (stale_after_s 1.5 here), naming the missing stream.
     g.send_good(55)
+    # Only reports taken after that output: the newest one received can be older (a CI run read
+    # an error left by the 1x1 case, "no output for 3.1 s: ... camera_info is 1x1").
+    since = now()
     end = time.monotonic() + 15
     values = None
     while time.monotonic() < end:
         g.send(g.next_stamp(), *frame_set(56), skip=('disparity',))
-        values = g.diagnostics('alignment')
+        values = g.diagnostics('alignment', since, wait=False)
         if values and values['_level'] == 2:
             break
         time.sleep(0.1)
@@ -984,7 +991,8 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
         for what, seconds, text in (
                 ('encoding', 2.0, "stereo depth has encoding 'bgr8'; expected 32FC1"),
                 ('size', 1.0, 'camera_info is 1280x720 but the image is 960x720')):
-            dropped = int(graph.diagnostics()['dropped_frame'])
+            base = graph.diagnostics()
+            dropped, skipped = int(base['dropped_frame']), int(base['dropped_skipped'])
             mark, since = len(graph.output()), time.time()
             sent = graph.burst(100.0, seconds, what)
             total += sent
@@ -993,7 +1001,11 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
             series = graph.diagnostics_since(since)
             assert len(series) >= 5 and all(float(v['pairing_waiting_mb']) == 0.0
                                             for v in series), (what, series)
-            assert int(values['dropped_skipped']) == int(start['dropped_skipped']), values
+            # None of the burst is a skipped set. Counted from just before this burst: the good
+            # sets sent after the first burst can be skipped (under Cyclone DDS on Humble, in 4
+            # runs of 14, two sets of three lacked their disparity when the third completed),
+            # which is the newest-frame policy at work, not the burst.
+            assert int(values['dropped_skipped']) == skipped, (what, skipped, values)
             # Counted once each (a burst's last messages may still come in after the 80 %).
             assert int(values['dropped_frame']) <= int(start['dropped_frame']) + total, \
                 (what, total, values)
