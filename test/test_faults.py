@@ -867,13 +867,20 @@ def test_shared_memory_left_by_kill_9_is_cleaned(probe):
     assert left, 'expected segments left behind by kill -9'
     summary = clean_shm()
     # What stays must be held by a live process: a participant another process started
-    # meanwhile (a test's probe, the ros2 daemon) also appears in ``left``; a zombie does not.
-    remaining = ({n for n, _ in shm_segments()} & left) - _shm_mapped_by_live_processes()
+    # meanwhile (a test's probe, the ros2 daemon, the other lane of make test-humble) also
+    # appears in ``left``; a zombie's files do not stay.
+    remaining = ({n for n, _ in shm_segments()} & left) - _shm_held_by_live_processes()
     assert not remaining, 'fastdds shm clean left {} ({})'.format(sorted(remaining), summary)
 
 
-def _shm_mapped_by_live_processes():
-    """Return the Fast DDS segments (names in /dev/shm) that some live process has mapped."""
+def _shm_held_by_live_processes():
+    """
+    Return the Fast DDS files in /dev/shm that a live process holds: mapped, or locked.
+
+    A segment is mapped; its ``_el`` file (and a port's) is only flock()ed, never mapped, so
+    it shows in /proc/locks (a lock goes with its process), not in any /proc/<pid>/maps. A
+    run read a live participant's ``fastrtps_<id>_el`` as a zombie's by the maps alone.
+    """
     names = set()
     for pid in os.listdir('/proc'):
         if not pid.isdigit():
@@ -888,6 +895,23 @@ def _shm_mapped_by_live_processes():
                         names.add(name)
         except OSError:
             continue
+    from depth_ros.nodes_core.middleware import shm_segments
+    locked = set()
+    with open('/proc/locks') as f:
+        for line in f:
+            # "1: FLOCK  ADVISORY  WRITE 28917 00:19:1234 0 EOF": device major:minor in hex,
+            # inode in decimal ("->" marks a waiter, which holds nothing yet).
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] != '->' and fields[5].count(':') == 2:
+                major, minor, inode = fields[5].split(':')
+                locked.add((int(major, 16), int(minor, 16), int(inode)))
+    for name, _ in shm_segments():
+        try:
+            st = os.stat(os.path.join('/dev/shm', name))
+        except OSError:
+            continue
+        if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked:
+            names.add(name)
     return names
 
 
