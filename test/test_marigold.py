@@ -1,6 +1,10 @@
 """Marigold wrapper on a tiny random-weight pipeline (no download; its output means nothing)."""
+import sys
+import types
+import warnings
+
 from depth_ros.inference.marigold import (build_tiny_pipeline, check_settings, default_dtype,
-                                          MarigoldDepth)
+                                          dtype_keyword, MarigoldDepth)
 import numpy as np
 import pytest
 
@@ -140,8 +144,12 @@ def saved(tmp_path_factory, pipe):
 def test_from_pretrained_loads_safetensors_folder(saved, monkeypatch):
     seen = []
     _loads_without_text_encoder(monkeypatch, seen)
-    model = MarigoldDepth.from_pretrained(str(saved / 'safetensors'), steps=1)
+    with warnings.catch_warnings():
+        # diffusers' own deprecation of `torch_dtype` (it takes `dtype` now) must not show
+        warnings.simplefilter('error', FutureWarning)
+        model = MarigoldDepth.from_pretrained(str(saved / 'safetensors'), steps=1)
     assert [k.get('use_safetensors') for k in seen] == [True], 'received {}'.format(seen)
+    assert next(model.pipeline.unet.parameters()).dtype == torch.float32
     ref = build_tiny_pipeline(seed=0)
     for name, a in model.pipeline.unet.state_dict().items():
         assert torch.equal(a, ref.unet.state_dict()[name]), 'weight {} differs'.format(name)
@@ -157,3 +165,16 @@ def test_from_pretrained_refuses_pickled_weights(saved, monkeypatch):
         MarigoldDepth.from_pretrained(str(saved / 'pickle'), steps=1)
     text = str(err.value)
     assert 'pickle' in text and 'safetensors' in text, 'received {!r}'.format(text)
+
+
+@pytest.mark.parametrize('version, resolves, expected', [
+    ('0.29.2', False, 'torch_dtype'),   # what Python 3.8 installs: no `dtype` keyword yet
+    ('0.42.1', True, 'dtype'),          # `torch_dtype` resolved with a FutureWarning
+    ('1.0.0', False, 'dtype'),          # `torch_dtype` removed
+])
+def test_dtype_keyword_follows_the_installed_diffusers(monkeypatch, version, resolves, expected):
+    utils = types.ModuleType('diffusers.utils.deprecation_utils')
+    if resolves:
+        utils._resolve_dtype = lambda dtype, torch_dtype: dtype or torch_dtype
+    monkeypatch.setitem(sys.modules, 'diffusers.utils.deprecation_utils', utils)
+    assert dtype_keyword(types.SimpleNamespace(__version__=version)) == expected

@@ -42,6 +42,24 @@ def _import_torch_diffusers():
     return torch, diffusers
 
 
+def dtype_keyword(diffusers) -> str:
+    """
+    Return the name under which this diffusers takes the weights' dtype: 'dtype' or 'torch_dtype'.
+
+    Newer diffusers take ``dtype`` and warn on ``torch_dtype`` (removed in 1.0); older ones
+    (among them those Python 3.8 can install) know only ``torch_dtype`` and would pass an
+    unknown ``dtype`` on to the components. The newer ones resolve the old name with
+    ``diffusers.utils.deprecation_utils._resolve_dtype``: its presence tells them apart.
+    """
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+        return 'dtype'
+    except ImportError:
+        pass
+    major = str(getattr(diffusers, '__version__', '0')).split('.')[0]
+    return 'dtype' if major.isdigit() and int(major) >= 1 else 'torch_dtype'
+
+
 def default_dtype(device: str) -> str:
     """Return the usual precision for ``device``: 'fp16' on CUDA, 'fp32' on CPU."""
     return 'fp16' if str(device).startswith('cuda') else 'fp32'
@@ -131,11 +149,10 @@ class MarigoldDepth(Closable):
                        kwargs.get('processing_resolution'), dtype)
         torch, diffusers = _import_torch_diffusers()
         torch_dtype = torch.float16 if dtype == 'fp16' else torch.float32
-        # torch_dtype, not dtype: diffusers < 0.36 (what Jetson/workstation images ship) needs it.
         # use_safetensors=True: weights come only from safetensors files, never from pickled
         # .bin files (security rule: unpickling a checkpoint can run arbitrary code). A folder
         # with only .bin weights is refused with an OSError, reported below.
-        load = {'torch_dtype': torch_dtype, 'use_safetensors': True}
+        load = {dtype_keyword(diffusers): torch_dtype, 'use_safetensors': True}
         if dtype == 'fp16':
             load['variant'] = 'fp16'   # the prs-eth checkpoints ship fp16 weight files
         try:
