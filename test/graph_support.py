@@ -224,6 +224,22 @@ def depth_encoding(depth):
     return '16UC1' if depth.dtype == np.uint16 else '32FC1'
 
 
+def set_param(probe, node, name, value):
+    """Set one parameter of ``node`` through its service; assert it was taken."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    client = probe.node.create_client(SetParameters, '/{}/set_parameters'.format(node))
+    try:
+        assert client.wait_for_service(10.0), 'no parameter service on ' + node
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        assert wait_until(future.done, 10), 'set {} on {}: no answer'.format(name, node)
+        result = future.result().results[0]
+        assert result.successful, 'set {}={} on {}: {}'.format(name, value, node, result.reason)
+    finally:
+        probe.node.destroy_client(client)
+
+
 def now():
     """Wall time (seconds) on the nodes' clock, for :func:`diag_since`."""
     return time.time()

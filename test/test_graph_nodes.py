@@ -11,7 +11,7 @@ import time
 
 from conftest import CONFIG, decode_cloud, NodeProcess, wait_until
 from graph_support import CX, CY, expected_disparity, FedGraph, FRAME, frame_set, FX, FY, H, \
-    make_bgr, now, SCALE, SHIFT, W
+    make_bgr, now, SCALE, set_param, SHIFT, W
 import numpy as np
 import pytest
 import yaml
@@ -115,21 +115,6 @@ def test_alignment_outputs_match_core_on_same_inputs(graph):
     assert graph.colored.by_stamp(stamp).encoding == 'bgr8'
 
 
-def _set_param(probe, node, name, value):
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
-    client = probe.node.create_client(SetParameters, '/{}/set_parameters'.format(node))
-    try:
-        assert client.wait_for_service(10.0), 'no parameter service on ' + node
-        future = client.call_async(SetParameters.Request(
-            parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        assert wait_until(future.done, 10), 'set {} on {}: no answer'.format(name, node)
-        result = future.result().results[0]
-        assert result.successful, 'set {}={} on {}: {}'.format(name, value, node, result.reason)
-    finally:
-        probe.node.destroy_client(client)
-
-
 def _diag_values(graph, prefix):
     node = 'depth' if prefix.startswith('depth') else 'alignment'
     return graph.diagnostics(node)
@@ -156,7 +141,7 @@ def test_bad_frames_are_rate_limited_per_kind_and_throttle_changes_at_runtime(gr
     bad_before = int(graph.diagnostics('depth', since)['frames_bad'])
     stamp_before = int(graph.diagnostics('alignment', since)['dropped_stamp'])
     for node in ('depth_node', 'alignment_node'):
-        _set_param(probe, node, 'log_throttle_s', 3600.0)
+        set_param(probe, node, 'log_throttle_s', 3600.0)
     try:
         depth_log, align_log = len(graph.depth_node.output()), len(graph.align_node.output())
         for i in range(n):
@@ -190,7 +175,7 @@ def test_bad_frames_are_rate_limited_per_kind_and_throttle_changes_at_runtime(gr
             'a node died after log_throttle_s changed at runtime'
         assert 'ValueError' not in graph.depth_node.output() + graph.align_node.output()
         # A shorter period applies at once; the next line counts the ones held back.
-        _set_param(probe, 'depth_node', 'log_throttle_s', 1.0)
+        set_param(probe, 'depth_node', 'log_throttle_s', 1.0)
         time.sleep(1.1)
         graph.send(last - 1000000, *frame_set(65))
         text = '(out-of-order or duplicated) ({} similar suppressed)'.format(n - 1)
@@ -198,7 +183,7 @@ def test_bad_frames_are_rate_limited_per_kind_and_throttle_changes_at_runtime(gr
             'expected {!r}; output:\n{}'.format(text, graph.depth_node.output()[-2000:])
     finally:
         for node in ('depth_node', 'alignment_node'):
-            _set_param(probe, node, 'log_throttle_s', 0.0)
+            set_param(probe, node, 'log_throttle_s', 0.0)
 
 
 def test_stamps_jumping_back_are_a_source_restart(graph):
