@@ -511,8 +511,9 @@ class MetricAligner(object):
         Step 4: the ground plane of the trusted lattice samples and where the sky may be (into p).
 
         ``p.ground`` (core/ground.py's Ground, or None) and ``p.lat_sky_ok`` (bool over the
-        lattice: samples above the horizon less the margin, or None: everywhere). Only with
-        ``sky_horizon``, the sky rule on (disparity kind) and a camera (the intrinsics).
+        lattice: samples above the horizon moved down by ``sky_horizon_margin_deg``, or
+        None: everywhere). Only with ``sky_horizon``, the sky rule on (disparity kind) and a
+        camera (the intrinsics).
         """
         o = self.options
         p.ground, p.lat_sky_ok, p.intrinsics = None, None, None
