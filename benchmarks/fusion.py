@@ -113,6 +113,10 @@ def node_options(frame, core=None, **overrides):
         values.update(_yaml_section(commit))
     values['baseline_m'] = frame['baseline_m']
     options = config.aligner_options(values)
+    if commit != 'this tree':
+        # Options added since that commit: its aligner has no such option (ran without it).
+        known = set(s.name for s in core.alignment_options.option_specs())
+        options = {k: v for k, v in options.items() if k in known}
     options.update(overrides)
     return options
 

@@ -10,12 +10,14 @@ prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbe
 1. check the stereo inputs;
 2. the stereo noise model, constant in inverse depth (``sigma_d / (f B)``);
 3. the stereo and confidence as float32; the stereo in inverse depth and where it is trusted;
-4. the stereo where the mono side reads it: on the fit lattice (its tests and noise gains), on
-   the statistics grid (inverse depth, trust, image, confidence) and on the cells (the range
+4. the stereo where the mono side reads it: on the fit lattice (its tests and noise gains,
+   and the ground plane it sees, whose horizon bounds the sky: core/ground.py), on the
+   statistics grid (inverse depth, trust, image, confidence) and on the cells (the range
    guide's intensity, the sky's colours and too-far stereo);
 5. check the relative map against the stereo's size; as float32 (a non-finite value is
    unknown);
-6. sample the relative map on the fit lattice: the fit samples and their noise, the sky;
+6. sample the relative map on the fit lattice: the fit samples and their noise, the sky
+   (above the ground's horizon, when there is one: also in steps 8 and 9);
 7. fit this frame's affine robustly (RANSAC, then Tukey IRLS; the sky as an infinite-depth
    anchor of the shift). A frame with too little stereo, or whose fit jumps against the
    previous metric output, is fitted to the previous output instead (status 'held'): no
@@ -52,6 +54,7 @@ from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
 from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
+from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
 import numpy as np
@@ -80,6 +83,7 @@ SIGMA_CALIBRATION = 1.16
 # px) 0.071 -> 0.061 and 0.069 -> 0.055 (AbsRel < 80 m), those scenes' road AbsRel 12-16 %
 # lower; frames with stereo are not changed (temporal_alpha, default 1: off).
 HELD_TEMPORAL_ALPHA = 0.5
+GROUND_STRIDE = 2         # the ground plane is fitted to every other lattice row and column
 
 
 @dataclass
@@ -324,6 +328,7 @@ class MetricAligner(object):
         p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
         p.stereo, p.conf, p.ys, p.trust, p.planes = stereo, conf, ys, trust, planes
         self._stereo_lattice(p, lat)
+        self._ground(p, lat, camera)
         self._stereo_grid(p, corr, guide)
         return p
 
@@ -386,7 +391,8 @@ class MetricAligner(object):
                 plane.fill(0)
 
         # 8. The aligned mono, at the relative map's size (0 sky, NaN unknown).
-        mono, rel_finite = self._mono_inverse(rel, fit, samples.sky_threshold)
+        mono, rel_finite = self._mono_inverse(rel, fit, samples.sky_threshold,
+                                              _sky_limit(prepared, rel.shape))
         # mono: [h, w] float32 1/m (the aligner's plane, disparity kind); rel_finite: bool
 
         # 9. The local correction, applied to the mono and resized to the output size; 0 at
@@ -500,6 +506,43 @@ class MetricAligner(object):
         p.lat_ys = p.ys[lat].ravel().astype(np.float64)
         p.lat_trusted = p.trust[lat].ravel() != 0
 
+    def _ground(self, p, lat, camera):
+        """
+        Step 4: the ground plane of the trusted lattice samples and where the sky may be (into p).
+
+        ``p.ground`` (core/ground.py's Ground, or None) and ``p.lat_sky_ok`` (bool over the
+        lattice: samples above the horizon moved down by ``sky_horizon_margin_deg``, or
+        None: everywhere). Only with ``sky_horizon``, the sky rule on (disparity kind) and a
+        camera (the intrinsics).
+        """
+        o = self.options
+        p.ground, p.lat_sky_ok, p.intrinsics = None, None, None
+        if not o.sky_horizon or camera is None or o.relative_kind != 'disparity' or \
+                o.sky_fraction <= 0:
+            return
+        h, w = p.shape
+        cam = camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h)
+        p.intrinsics = k = (cam.fx, cam.fy, cam.cx, cam.cy)
+        p.margin_deg = o.sky_horizon_margin_deg
+        rows = np.arange(h, dtype=np.float64)[lat[0]]
+        cols = np.arange(w, dtype=np.float64)[lat[1]]
+        # Every other lattice row and column (a quarter of the samples) locate a plane well
+        # enough: its horizon is within a pixel (tests), at a quarter of the cost.
+        sub = (slice(None, None, GROUND_STRIDE),) * 2
+        shape = (rows.size, cols.size)
+        trusted = p.lat_trusted.reshape(shape)[sub].ravel()
+        rs, cs = rows[sub[0]], cols[sub[1]]
+        vv, uu = np.repeat(rs, cs.size), np.tile(cs, rs.size)      # the samples' pixels
+        y = p.lat_ys.reshape(shape)[sub].ravel()[trusted]
+        tol = 3.0 * p.sigma_inv
+        if p.lat_gain is not None:
+            tol = tol * np.sqrt(p.lat_gain.reshape(shape)[sub].ravel()[trusted])
+        p.ground = fit_ground(uu[trusted], vv[trusted], y,
+                              tol + RELATIVE_TOLERANCE * y, trusted.size, *k)
+        if p.ground is not None:
+            limit = sky_rows(p.ground, o.sky_horizon_margin_deg, cols, *k)
+            p.lat_sky_ok = (rows[:, None] < limit[None, :]).ravel()
+
     def _samples(self, rel, p, sigma_s) -> _Samples:
         """Gather the fit lattice: valid stereo samples, their noise, and the sky."""
         o = self.options
@@ -510,20 +553,28 @@ class MetricAligner(object):
         sky_threshold = None
         if o.relative_kind == 'disparity' and o.sky_fraction > 0 and finite_r.any():
             sky_threshold = o.sky_fraction * _percentile_99(r_all[finite_r])
-        sky_r = self._sky_anchor(r_all, finite_r, valid, sky_threshold)
+        sky_r = self._sky_anchor(r_all, finite_r, valid, sky_threshold, p.lat_sky_ok)
         var_s = np.full(int(valid.sum()), sigma_s * sigma_s * self.beta)
         if p.lat_gain is not None:
             var_s *= p.lat_gain[valid]
         return _Samples(r_all[valid], d[valid], var_s, r_all.size, int(valid.sum()), r_all,
                         sky_threshold, sky_r)
 
-    def _sky_anchor(self, r_all, finite_r, valid, sky_threshold) -> Optional[float]:
-        """Median relative value of a large sky region without stereo, or None."""
+    def _sky_anchor(self, r_all, finite_r, valid, sky_threshold,
+                    sky_ok) -> Optional[float]:
+        """
+        Median relative value of a large sky region without stereo, or None.
+
+        ``sky_ok``: bool over the lattice, where the sky may be (above the ground's horizon),
+        or None (everywhere).
+        """
         o = self.options
         if sky_threshold is None or o.sky_anchor_weight <= 0:
             return None
         with np.errstate(invalid='ignore'):
             sky = finite_r & (r_all <= sky_threshold)
+        if sky_ok is not None:
+            sky &= sky_ok
         n_sky = int(sky.sum())
         if n_sky < o.sky_anchor_min_fraction * r_all.size or \
                 (sky & valid).sum() > 0.1 * n_sky:
@@ -749,14 +800,16 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 8. aligned mono
 
-    def _mono_inverse(self, rel, fit, sky_threshold):
+    def _mono_inverse(self, rel, fit, sky_threshold, sky_limit=None):
         """
         Return the aligned mono inverse depth at the relative map's size, and if all is known.
 
         The inverse depth (the aligner's plane, disparity kind) is 0 on the sky, NaN where
         unknown (a non-finite relative value). At the network's size this costs little; it is
         resized once, after the local correction. The sky rule ``relative <= sky_threshold``
-        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold.
+        is ``inverse <= scale * sky_threshold + shift`` (scale > 0): one threshold. With a
+        ground plane, only above its horizon: ``sky_limit`` (float64 [w], rows at the map's
+        size), the rule holds on rows less than it; None: everywhere.
         """
         # s * rel + t in one pass, in double precision (rounded once to float32), into a kept
         # plane whose pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
@@ -776,8 +829,7 @@ class MetricAligner(object):
             y = cv2.transform(rel, affine, dst=out)
         if self.options.relative_kind == 'disparity':
             if sky_threshold is not None and sky_threshold > 0:
-                cv2.threshold(y, fit.scale * sky_threshold + fit.shift, 0.0,
-                              cv2.THRESH_TOZERO, dst=y)
+                _threshold_above(y, fit.scale * sky_threshold + fit.shift, sky_limit)
                 if not rel_finite:
                     y[np.isnan(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
             return y, rel_finite
@@ -846,8 +898,16 @@ class MetricAligner(object):
             return None
         mono = cv2.resize(grid.mono_inv, self._correction.low_size,
                           interpolation=cv2.INTER_NEAREST)   # every other grid pixel
-        return sky_patches(mono, prepared.sky_too_far, prepared.sky_image,
-                           1.0 / self.options.max_depth)
+        patches = sky_patches(mono, prepared.sky_too_far, prepared.sky_image,
+                              1.0 / self.options.max_depth)
+        if patches is not None and prepared.ground is not None:
+            # Only above the horizon: a cell (i, j) is the output pixel (d i, d j).
+            d = self._correction.d
+            lh, lw = patches.shape
+            limit = _limit_at(prepared, d * np.arange(lw, dtype=np.float64))
+            patches[(d * np.arange(lh)[:, None] >= limit[None, :])] = 0
+            patches = patches if cv2.countNonZero(patches) else None
+        return patches
 
     # ------------------------------------------------------------------ 10. noise
 
@@ -1047,6 +1107,48 @@ def _clear_sky_patches(inv, mask, step):
     h, w = inv.shape
     r1, c1 = min(r1, h), min(c1, w)
     np.copyto(inv[r0:r1, c0:c1], 0.0, where=block[:r1 - r0, :c1 - c0].view(bool))  # 0 or 1
+
+
+def _limit_at(prepared, cols):
+    """Return the sky's row limit (output pixels) at output columns ``cols`` (float64)."""
+    return sky_rows(prepared.ground, prepared.margin_deg, cols, *prepared.intrinsics)
+
+
+def _sky_limit(prepared, shape):
+    """
+    Return where the sky may be on a map of ``shape`` (the relative map's), or None.
+
+    Per column, the row (float64 [w], at that size) above which it may; None without a
+    ground plane.
+    """
+    if prepared.ground is None:
+        return None
+    h, w = prepared.shape
+    hr, wr = shape
+    cols = (np.arange(wr, dtype=np.float64) + 0.5) * w / wr - 0.5    # at the output size
+    return (_limit_at(prepared, cols) + 0.5) * hr / h - 0.5
+
+
+def _threshold_above(y, thresh, limit):
+    """
+    Set ``y`` to 0 where at or below ``thresh`` (in place), on rows less than ``limit``.
+
+    ``limit``: float64 [w] per column, or None (every row). Whole rows above the line in
+    one threshold, the rows it crosses by a mask, none below it.
+    """
+    if limit is None:
+        cv2.threshold(y, thresh, 0.0, cv2.THRESH_TOZERO, dst=y)
+        return
+    h = y.shape[0]
+    lo = int(min(max(np.ceil(limit.min()), 0), h))     # rows < lo: all above the line
+    hi = int(min(max(np.ceil(limit.max()), 0), h))     # rows >= hi: all below
+    if lo > 0:
+        cv2.threshold(y[:lo], thresh, 0.0, cv2.THRESH_TOZERO, dst=y[:lo])
+    if hi > lo:
+        band = y[lo:hi]
+        rows = np.arange(lo, hi, dtype=np.float64)[:, None]
+        np.copyto(band, cv2.threshold(band, thresh, 0.0, cv2.THRESH_TOZERO)[1],
+                  where=rows < limit[None, :])
 
 
 def _percentile_99(x):

@@ -73,6 +73,13 @@ class AlignerOptions(object):
     sky_anchor_min_fraction: float = _opt(
         0.03, 'the sky anchors the fit only when at least this fraction of the fit samples '
         'is sky with no trusted stereo', 0.0, 1.0, low_open=True)
+    sky_horizon: bool = _opt(
+        True, 'disparity kind, with a camera: the sky rule holds only above the horizon of '
+        'the ground plane the stereo sees (when it sees one), down to '
+        'sky_horizon_margin_deg below it')
+    sky_horizon_margin_deg: float = _opt(
+        0.5, 'the sky may reach this angle (degrees) below the ground plane\'s horizon (a '
+        'crest ahead)', 0.0, 45.0)
     baseline_m: float = _opt(
         0.12, 'stereo baseline (m; ZED2 0.12; -P[0,3]/P[0,0] of the right CameraInfo)',
         0.0, 10.0, low_open=True)
