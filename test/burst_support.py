@@ -9,10 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-from conftest import _ros_env, CONFIG, Probe, wait_until
+from conftest import _ros_env, CONFIG, Probe, process_log, wait_until
 from graph_support import diag_values
 import numpy as np
 
@@ -70,8 +69,7 @@ class BurstGraph(object):
                          ('confidence', 'confidence'), ('camera_info', 'camera_info'),
                          ('image', 'image'), ('right_camera_info', 'right_camera_info')):
             cmd += ['-r', '{}:=/burst/{}'.format(src, dst)]
-        self.log = tempfile.NamedTemporaryFile(prefix='depth_ros_burst_', suffix='.log',
-                                               delete=False)
+        self.log = process_log('depth_ros_burst_')
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=_ros_env(dict(os.environ)), cwd=cwd)
         self.pid = self.proc.pid

@@ -95,6 +95,32 @@ def wait_until(predicate, timeout, interval=0.05):
     return value
 
 
+_PROCESS_LOGS = []
+
+
+def process_log(prefix):
+    """
+    Return an open temporary file (``/tmp/<prefix>*.log``) for a child process's output.
+
+    The files outlive the processes, for the failure messages and for reading after a test;
+    they are removed when the whole session passes, kept (to read) when it fails.
+    """
+    log = tempfile.NamedTemporaryFile(prefix=prefix, suffix='.log', delete=False)
+    _PROCESS_LOGS.append(log.name)
+    return log
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the process logs of a session that passed."""
+    if exitstatus != 0:
+        return
+    for path in _PROCESS_LOGS:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 class NodeProcess(object):
     """One node executable in its own process (``python -m depth_ros.ros.<module>``)."""
 
@@ -112,8 +138,7 @@ class NodeProcess(object):
             cmd += ['-r', '{}:={}'.format(src, dst)]
         cmd += list(extra_ros_args)
         self.cmd = cmd
-        self.log = tempfile.NamedTemporaryFile(prefix='depth_ros_' + module + '_',
-                                               suffix='.log', delete=False)
+        self.log = process_log('depth_ros_' + module + '_')
         run_env = _ros_env(dict(os.environ))
         run_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

@@ -15,9 +15,9 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
+from conftest import process_log
 from launch_support import colcon_build, LAUNCH_STACK, MISSING, ROOT, sourced_environment, \
     tool
 import pytest
@@ -103,7 +103,7 @@ def _hz(env, topic, reports=3, timeout=20.0):
 
     It prints one a second; it is stopped as Ctrl-C does.
     """
-    out_path = tempfile.NamedTemporaryFile(prefix='depth_ros_hz_', suffix='.log', delete=False)
+    out_path = process_log('depth_ros_hz_')
     with out_path:
         proc = subprocess.Popen([tool('ros2'), 'topic', 'hz', topic], env=env,
                                 stdout=out_path, stderr=subprocess.STDOUT)

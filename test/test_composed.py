@@ -12,9 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
-from conftest import _ros_env, CONFIG, NodeProcess, ROOT, wait_until
+from conftest import _ros_env, CONFIG, NodeProcess, process_log, ROOT, wait_until
 from graph_support import diag_until, diag_values
 import numpy as np
 import pytest
@@ -50,8 +49,7 @@ class ComposedProcess(NodeProcess):
         cmd = [sys.executable] + ([FAULTS, fault] if fault else
                                   ['-m', 'depth_ros.ros.composed']) + list(arguments)
         self.module, self.cmd = 'composed', cmd
-        self.log = tempfile.NamedTemporaryFile(prefix='depth_ros_composed_', suffix='.log',
-                                               delete=False)
+        self.log = process_log('depth_ros_composed_')
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=_ros_env(dict(os.environ)), cwd=ROOT)
 
