@@ -1037,8 +1037,7 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
             # None of the burst is a skipped set. Counted from just before this burst: the good
             # sets sent after the first burst can be skipped (under Cyclone DDS on Humble, 8 runs
             # of 19 failed so; in one, two sets of three lacked their disparity when the third
-            # completed),
-            # which is the newest-frame policy at work, not the burst.
+            # completed), which is the newest-frame policy at work, not the burst.
             assert int(values['dropped_skipped']) == skipped, (what, skipped, values)
             # Counted once each (a burst's last messages may still come in after the 80 %).
             assert int(values['dropped_frame']) <= int(start['dropped_frame']) + total, \
