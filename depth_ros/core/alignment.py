@@ -935,8 +935,7 @@ class MetricAligner(object):
                 c = prepared.lat_c[ok][keep]
                 var_s *= (1.0 + o.confidence_noise_gain * (c - 1.0) / 99.0) ** 2
             if u.size >= 32:
-                beta, rho2 = _noise_regression(u, var_s / (ycs * ycs),
-                                               min_beta=o.min_noise_calibration)
+                beta, rho2 = _noise_regression(u, var_s / (ycs * ycs))
                 a = 0.3 if self._noise_frames else 1.0      # smooth over frames
                 self.beta = (1.0 - a) * self.beta + a * beta
                 self.rho_post = (1.0 - a) * self.rho_post + a * float(np.sqrt(rho2))
@@ -949,10 +948,7 @@ class MetricAligner(object):
 
         ``rho^2 y^2`` with the relative variance ``rho^2`` = the residual spread, plus the
         local excess at the mono's bends (edges), plus the uncorrected mono's where the
-        correction had little stereo support. The bends' excess is the part above the frame's
-        ``bend_noise_quantile`` of them (``_bend_excess``): on a plane the bend measure reads
-        the mono's pixel noise, which the residual spread counts already. Both planes are
-        smooth (from the cells) with a
+        correction had little stereo support. Both planes are smooth (from the cells) with a
         correction; without one the mono is sampled (NaN is 0). A held frame's correction
         rests on the previous output, not on stereo of its own: its support counts as none
         (its sigma is the uncorrected mono's, as before the held correction; measured: the
@@ -965,9 +961,7 @@ class MetricAligner(object):
             return cv2.multiply(y, y, scale=self.rho_pre ** 2), y
         targets, correction = cells
         unsupported = 1.0 if held else (1.0 - correction.support) ** 2
-        bend_var = _bend_excess(targets.bend_var, targets.mono_inv,
-                                self.options.bend_noise_quantile)
-        rho2_low = self.rho_post ** 2 + bend_var + \
+        rho2_low = self.rho_post ** 2 + targets.bend_var + \
             unsupported * self.rho_pre ** 2                       # [lh, lw] relative variance
         y_low = targets.mono_inv * correction.factor             # [lh, lw] 1/m
         return corr.to_stats((rho2_low * y_low * y_low).astype(np.float32)), \
@@ -1167,36 +1161,6 @@ def _percentile_99(x):
     return float(part[k] + (pos - k) * (part[k + 1] - part[k]))
 
 
-def _quantile(x, q):
-    """Return ``np.quantile(x, q)`` (linear interpolation) of a 1-D array by one partition."""
-    pos = q * (x.size - 1)
-    k = int(pos)
-    if k + 1 >= x.size:
-        return float(np.partition(x, k)[k])
-    part = np.partition(x, (k, k + 1))
-    return float(part[k] + (pos - k) * (part[k + 1] - part[k]))
-
-
-def _bend_excess(bend_var, mono_inv, quantile):
-    """
-    Return the bends' relative variance above the frame's ``quantile`` of it (>= 0).
-
-    The bend measure (core/bilateral_correction.py: the |Laplacian| of the mono's inverse
-    depth) is not 0 on a plane: the mono's pixel noise makes it, and the residual spread
-    ``rho_post`` counts that noise already. Its ``quantile`` over the cells the mono knows
-    (``mono_inv`` > 0; not the sky) is taken as that floor. 20 development road scenes: the
-    fusion then weighs the stereo as its noise says on the near road (AbsRel 0.0196 ->
-    0.0194; docs/accuracy-findings.md, phase I). ``quantile`` 0 or no known cell: unchanged.
-    """
-    if quantile <= 0:
-        return bend_var
-    known = bend_var[mono_inv > 0]                 # [n] float32 relative variance
-    if known.size == 0:
-        return bend_var
-    floor = _quantile(known, quantile)
-    return cv2.max(cv2.subtract(bend_var, floor), 0.0)
-
-
 def _all_finite(x):
     """Whether every value of a float32 array is finite."""
     # A sum is finite exactly when every value is (float32 values cannot overflow a double
@@ -1253,18 +1217,13 @@ def _row_medians(x):
     return (part[:, k - 1] + part[:, k]) / 2
 
 
-def _noise_regression(u, a, fixed_beta=None, bins=6, min_beta=0.5):
+def _noise_regression(u, a, fixed_beta=None, bins=6):
     """
     (beta, rho^2) of ``var(u) = beta * a + rho^2`` from robust variances in quantile bins of a.
 
-    beta is ``fixed_beta`` when given, else fitted and kept in [min_beta, 2] (the stereo
-    model is roughly right; without a focal length its level is a default the data
-    corrects; ``min_beta`` is the option ``min_noise_calibration``); rho^2 >= the floor.
-    A per-frame regression can split the residuals' spread wrongly between the two terms
-    (the corrected mono's error grows with depth too): with 0.5 the stereo of one
-    development road scene in ten came out at half the variance its residuals against the
-    ground truth show, and the fusion weighed it twice too much (docs/accuracy-findings.md,
-    phase I).
+    beta is ``fixed_beta`` when given, else fitted and kept in [0.5, 2] (the stereo model is
+    roughly right; without a focal length its level is a default the data corrects);
+    rho^2 >= the floor.
     """
     order = np.argsort(a)
     n = a.size // bins * bins              # bins of similar stereo noise, equal sizes
@@ -1286,9 +1245,9 @@ def _noise_regression(u, a, fixed_beta=None, bins=6, min_beta=0.5):
     # beta is identifiable only when the stereo term varies enough across the bins (a range
     # of depths): otherwise the stereo model is taken as given.
     if fixed_beta is None and av[-1] < 10.0 * av[0]:
-        fixed_beta = max(1.0, min_beta)
-    if fixed_beta is not None or not min_beta <= beta <= 2.0:
-        beta = fixed_beta if fixed_beta is not None else min(max(beta, min_beta), 2.0)
+        fixed_beta = 1.0
+    if fixed_beta is not None or not 0.5 <= beta <= 2.0:
+        beta = fixed_beta if fixed_beta is not None else min(max(beta, 0.5), 2.0)
         rho2 = float(((vv - beta * av) * wv).sum() / sw)
     return float(beta), max(float(rho2), _RHO_FLOOR ** 2)
 

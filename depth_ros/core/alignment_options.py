@@ -86,10 +86,6 @@ class AlignerOptions(object):
     disparity_noise_px: float = _opt(
         0.3, 'stereo disparity noise (px, 1 sigma, at the stereo resolution): depth noise '
         'is depth^2 * this / (focal * baseline)', 0.0, 100.0, low_open=True)
-    min_noise_calibration: float = _opt(
-        1.0, 'lower bound of beta, the stereo noise model\'s calibration (a factor on the '
-        'variance of disparity_noise_px, fitted per frame from the residuals, at most 2): 1 '
-        'never takes the stereo as less noisy than disparity_noise_px says', 0.1, 2.0)
     confidence_noise_gain: float = _opt(
         1.0, 'the disparity noise grows by this factor times (confidence - 1) / 99 with the '
         'ZED confidence', 0.0, 100.0)
@@ -123,11 +119,6 @@ class AlignerOptions(object):
         integer=True)
     max_correction: float = _opt(0.5, 'bound on |log| of the local correction factor', 0.0,
                                  5.0)
-    bend_noise_quantile: float = _opt(
-        0.25, "the mono's variance at its bends (edges) counts only above this quantile of "
-        "the frame's bends: on planes the bend measure reads the mono's pixel noise, which "
-        'its measured relative error counts already; 0: every bend counts', 0.0, 1.0,
-        high_open=True)
     consistency: Optional[float] = _opt(
         0.25, 'stereo further from the aligned mono than this fraction of its inverse depth '
         '(plus 2 sigma of the stereo noise) is an outlier, however uncertain the mono is '
