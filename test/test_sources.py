@@ -513,6 +513,112 @@ def test_rosbag_arrays_are_read_only_views_that_outlive_the_reader(tmp_path, sto
             got.depth[0, 0] = 1.0
 
 
+def _rosbags_dbconns(reader):
+    """Return the SQLite connections of an open rosbags Reader (each version's layout)."""
+    storage = reader.storage
+    if hasattr(storage, 'dbconns'):   # rosbags 0.9 (Python 3.8): sqlite3
+        return list(storage.dbconns)
+    return [s.dbconn for s in getattr(storage, 'storages', [storage])]   # 0.10+: apsw
+
+
+def _mmap_size(dbconn):
+    return [int(row[0]) for row in dbconn.execute('PRAGMA mmap_size')]
+
+
+def _records(reader):
+    return [(conn.topic, stamp, bytes(raw)) for conn, stamp, raw in
+            reader.messages(connections=reader.connections)]
+
+
+def test_rosbag_sqlite_is_read_through_a_memory_map_with_the_same_bytes(tmp_path, monkeypatch):
+    from depth_ros.sources import rosbag
+    from rosbags.rosbag2 import Reader
+
+    # 160x120 records (57 to 77 KB) span many 4 KiB overflow pages, which the map serves.
+    frames = _bag_frames(3, height=120, width=160)
+    path = rosbag.write_test_bag(str(tmp_path / 'bag'), frames)
+    plain = Reader(path)
+    plain.open()
+    mapped = Reader(path)
+    mapped.open()
+    try:
+        assert [_mmap_size(c) for c in _rosbags_dbconns(plain)] == [[0]], 'map off by default'
+        size = rosbag.enable_mmap(mapped, path)
+        conns = _rosbags_dbconns(mapped)
+        assert size > 1 << 20 and [_mmap_size(c) for c in conns] == [[size]] * len(conns) \
+            and conns, (size, [_mmap_size(c) for c in conns])
+        want = _records(plain)
+        assert len(want) == 12 and _records(mapped) == want
+    finally:
+        plain.close()
+        mapped.close()
+    # The source maps its bag when it opens it, reads the same frames, and unmaps on close.
+    source = rosbag.RosbagSource(path)
+    out = [source.read() for _ in frames]
+    assert source.mmap_bytes == size, (source.mmap_bytes, size)
+    for want, got in zip(frames, out):
+        np.testing.assert_array_equal(got.left, want.left)
+        np.testing.assert_array_equal(got.depth, want.depth)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
+    source.close()
+    assert source.mmap_bytes == 0
+
+
+def test_rosbag_without_a_reachable_connection_reads_without_the_map(
+        tmp_path, monkeypatch, caplog):
+    import logging
+    import sqlite3
+
+    from depth_ros.sources import rosbag
+
+    caplog.set_level(logging.DEBUG, logger='depth_ros.sources.rosbag')
+
+    # Other rosbags internals: a sqlite storage without dbconn/dbconns.
+    class Sqlite3Reader:
+        pass
+
+    class Reader:
+        storage = Sqlite3Reader()
+
+    assert rosbag.enable_mmap(Reader(), '/b') == 0
+    assert 'bag /b: no memory map: rosbags storage Sqlite3Reader has no dbconn/dbconns' \
+        in caplog.text, caplog.text
+
+    # A connection that refuses the PRAGMA.
+    class Refusing:
+        def execute(self, sql):
+            raise sqlite3.OperationalError('no such pragma')
+
+    Reader.storage.dbconns = [Refusing()]
+    assert rosbag.enable_mmap(Reader(), '/c') == 0
+    assert 'bag /c: no memory map: OperationalError: no such pragma' in caplog.text, caplog.text
+
+    # The source then reads its bag as before.
+    monkeypatch.setattr(rosbag, 'sqlite_connections', lambda reader: ([], ['Sqlite3Reader']))
+    frames = _bag_frames(2)
+    source = rosbag.RosbagSource(rosbag.write_test_bag(str(tmp_path / 'bag'), frames))
+    out = list(source)
+    assert source.mmap_bytes == 0 and len(out) == 2
+    for want, got in zip(frames, out):
+        np.testing.assert_array_equal(got.depth, want.depth)
+    assert caplog.text.count('no memory map') == 3, caplog.text
+
+
+def test_rosbag_mcap_has_no_map_and_says_nothing(tmp_path, caplog):
+    import logging
+
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    try:
+        from rosbags.rosbag2 import StoragePlugin  # noqa: F401
+    except ImportError:
+        pytest.skip('writing an mcap bag needs rosbags >= 0.10')
+    caplog.set_level(logging.DEBUG, logger='depth_ros.sources.rosbag')
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), _bag_frames(2), storage='mcap'))
+    assert len(list(source)) == 2 and source.mmap_bytes == 0
+    assert 'memory map' not in caplog.text, caplog.text
+
+
 def test_rosbag_pairing_drops_incomplete_and_reuses_camera_info(tmp_path, caplog):
     from depth_ros.sources.rosbag import RosbagSource, write_test_bag
 

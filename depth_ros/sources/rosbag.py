@@ -23,6 +23,11 @@ arrays are views of them (``numpy.frombuffer``): a frame's depth, confidence and
 are read-only views of their records, kept alive by the arrays, never copied; a bgra8 or rgb8
 image is converted once (a new array). A 720p record of 3.7 MB used to be copied twice (rosbags
 slices the CDR header off a ``bytes`` record, then the array was copied).
+
+SQLite storage is read through a memory map (``PRAGMA mmap_size``, see ``enable_mmap``):
+SQLite then copies a record's pages from the page cache instead of one ``pread`` per 4 KiB
+page. The mapped pages are the page cache's (file-backed, shared, reclaimable), so they show
+in a process's ``RssFile``, not ``RssAnon``.
 """
 from __future__ import annotations
 
@@ -130,6 +135,67 @@ def _bag_problem(path: str) -> Optional[str]:
     return None
 
 
+# SQLite's default ceiling on a memory map (SQLITE_MAX_MMAP_SIZE, 0x7fff0000): a larger bag
+# is mapped up to there and read beyond it.
+MMAP_BYTES = 0x7fff0000
+
+
+def sqlite_connections(reader):
+    """
+    Return ``(connections, unreachable)`` of an open rosbags ``Reader``'s sqlite storage.
+
+    ``connections`` are the SQLite connections rosbags reads with: rosbags 0.9 (Python 3.8)
+    keeps ``reader.storage.dbconns`` (``sqlite3``); 0.10 and later keep ``dbconn`` (``apsw``) on
+    each of ``reader.storage.storages`` (a bag folder) or on ``reader.storage`` (a .db3 file).
+    ``unreachable`` names the sqlite storages that have neither (other rosbags internals). An
+    mcap bag has neither.
+    """
+    connections, unreachable = [], []
+    pending = [getattr(reader, 'storage', None)]
+    while pending:
+        storage = pending.pop()
+        if storage is None:
+            continue
+        pending.extend(getattr(storage, 'storages', None) or ())
+        if 'sqlite' not in type(storage).__name__.lower():
+            continue
+        dbconn = getattr(storage, 'dbconn', None)
+        dbconns = getattr(storage, 'dbconns', None)
+        if dbconn is not None:
+            connections.append(dbconn)
+        elif dbconns:
+            connections.extend(dbconns)
+        else:
+            unreachable.append(type(storage).__name__)
+    return connections, unreachable
+
+
+def enable_mmap(reader, path: str, size: int = MMAP_BYTES) -> int:
+    """
+    Have SQLite read an open rosbags ``Reader``'s storage through a memory map of ``size`` bytes.
+
+    Returns the smallest ``mmap_size`` its connections report afterwards (0: none mapped: an
+    mcap bag, other rosbags internals, or an SQLite built without it). Nothing raises: where
+    the connections cannot be reached or the PRAGMA fails, the bag is read as before and the
+    reason is logged at debug level.
+    """
+    connections, unreachable = sqlite_connections(reader)
+    if unreachable:
+        LOG.debug('bag %s: no memory map: rosbags storage %s has no dbconn/dbconns',
+                  path, ', '.join(unreachable))
+        return 0
+    sizes = []
+    for dbconn in connections:
+        try:
+            dbconn.execute('PRAGMA mmap_size={:d}'.format(int(size)))
+            rows = list(dbconn.execute('PRAGMA mmap_size'))
+        except Exception as exc:  # noqa: B902 - sqlite3.Error or apsw.Error, by version
+            LOG.debug('bag %s: no memory map: %s', path, describe_error(exc))
+            return 0
+        sizes.append(int(rows[0][0]) if rows else 0)
+    return min(sizes) if sizes else 0
+
+
 class BagNotFoundError(SourceConfigError, FileNotFoundError):
     """The bag path does not exist (a configuration error, and a FileNotFoundError)."""
 
@@ -170,6 +236,7 @@ class RosbagSource(FrameSource):
         self.path = path
         self.bad_frames = 0       # complete stamps that could not be decoded
         self._reader = None
+        self.mmap_bytes = 0       # what SQLite maps of the open bag (0: none, or mcap)
         self._messages = None
         self._typestore = None
         self._keys = {}
@@ -189,6 +256,7 @@ class RosbagSource(FrameSource):
         except Exception as exc:  # rosbags/sqlite raise their own types; name the file
             raise bag_error(self.path, exc, 'open') from None
         self._reader = reader
+        self.mmap_bytes = enable_mmap(reader, self.path)
         self._typestore = _typestore()
         by_topic = {}
         for conn in reader.connections:
@@ -227,6 +295,7 @@ class RosbagSource(FrameSource):
 
     def close(self) -> None:
         self._messages = None
+        self.mmap_bytes = 0
         if self._reader is not None:
             try:
                 self._reader.close()
