@@ -24,10 +24,12 @@ are read-only views of their records, kept alive by the arrays, never copied; a 
 image is converted once (a new array). A 720p record of 3.7 MB used to be copied twice (rosbags
 slices the CDR header off a ``bytes`` record, then the array was copied).
 
-SQLite storage is read through a memory map (``PRAGMA mmap_size``, see ``enable_mmap``):
-SQLite then copies a record's pages from the page cache instead of one ``pread`` per 4 KiB
-page. The mapped pages are the page cache's (file-backed, shared, reclaimable), so they show
-in a process's ``RssFile``, not ``RssAnon``.
+With rosbags 0.9 (Python 3.8, the robot's), SQLite reads the bag through a memory map
+(``PRAGMA mmap_size``, see ``enable_mmap``): it copies a record's pages from the page cache
+instead of one ``pread`` per 4 KiB page, 0.77x the replay's CPU per 720p frame. rosbags 0.10
+and later read through apsw's own SQLite, which the map does not make faster (1.0-1.17x), so
+it is left off there. Mapped pages are the page cache's (file-backed, shared, reclaimable):
+they show in a process's ``RssFile``, not ``RssAnon``.
 """
 from __future__ import annotations
 
@@ -138,6 +140,9 @@ def _bag_problem(path: str) -> Optional[str]:
 # SQLite's default ceiling on a memory map (SQLITE_MAX_MMAP_SIZE, 0x7fff0000): a larger bag
 # is mapped up to there and read beyond it.
 MMAP_BYTES = 0x7fff0000
+# The modules whose connections are mapped: where it was measured to read faster (the module
+# docstring; docs/ros.md "One process or three, at 720p").
+MMAP_MODULES = ('sqlite3',)
 
 
 def sqlite_connections(reader):
@@ -170,19 +175,25 @@ def sqlite_connections(reader):
     return connections, unreachable
 
 
-def enable_mmap(reader, path: str, size: int = MMAP_BYTES) -> int:
+def enable_mmap(reader, path: str, size: int = MMAP_BYTES, modules=MMAP_MODULES) -> int:
     """
     Have SQLite read an open rosbags ``Reader``'s storage through a memory map of ``size`` bytes.
 
+    Only connections of the Python ``modules`` given (``sqlite3``, ``apsw``) are mapped.
     Returns the smallest ``mmap_size`` its connections report afterwards (0: none mapped: an
-    mcap bag, other rosbags internals, or an SQLite built without it). Nothing raises: where
-    the connections cannot be reached or the PRAGMA fails, the bag is read as before and the
-    reason is logged at debug level.
+    mcap bag, connections of another module, other rosbags internals, or an SQLite built
+    without it). Nothing raises: where the connections cannot be reached or the PRAGMA fails,
+    the bag is read as before and the reason is logged at debug level.
     """
     connections, unreachable = sqlite_connections(reader)
     if unreachable:
         LOG.debug('bag %s: no memory map: rosbags storage %s has no dbconn/dbconns',
                   path, ', '.join(unreachable))
+        return 0
+    other = sorted(set(type(c).__module__.split('.')[0] for c in connections) - set(modules))
+    if other:
+        LOG.debug('bag %s: no memory map for %s connections (not measured faster)', path,
+                  ', '.join(other))
         return 0
     sizes = []
     for dbconn in connections:
