@@ -302,6 +302,32 @@ def test_replay_loop_restamps_monotonically():
     assert clock.sleeps == [], 'rate=0 must not sleep, slept {}'.format(clock.sleeps)
 
 
+class RewindingSource(ListSource):
+    """A ListSource that starts over when asked (as a bag does); counts the rewinds."""
+
+    def __init__(self, stamps, can_rewind=True):
+        super().__init__(stamps)
+        self.can_rewind = can_rewind
+        self.rewinds = 0
+
+    def rewind(self):
+        if not self.can_rewind:
+            return False
+        self.rewinds += 1
+        self._i = 0
+        return True
+
+
+@pytest.mark.parametrize('can_rewind', [True, False])
+def test_replay_loop_rewinds_a_source_that_can_else_reopens_it(can_rewind):
+    replay = ReplaySource(RewindingSource([1000, 1100, 1250], can_rewind), loop=True, rate=0)
+    stamps = [replay.read().stamp_ns for _ in range(7)]
+    assert stamps == [1000, 1100, 1250, 1400, 1500, 1650, 1800], stamps
+    # Two ends of the stream: two rewinds and the one open, or three opens.
+    assert (replay.inner.opens, replay.inner.rewinds) == ((1, 2) if can_rewind else (3, 0)), \
+        (replay.inner.opens, replay.inner.rewinds)
+
+
 def test_replay_without_loop_ends():
     replay = ReplaySource(ListSource([5, 6]), rate=0)
     assert [f.stamp_ns for f in replay] == [5, 6]
@@ -627,6 +653,48 @@ def test_rosbag_mcap_has_no_map_and_says_nothing(tmp_path, caplog):
     source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), _bag_frames(2), storage='mcap'))
     assert len(list(source)) == 2 and source.mmap_bytes == 0
     assert 'memory map' not in caplog.text, caplog.text
+
+
+def test_rosbag_rewind_starts_over_on_the_open_bag(tmp_path):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(3)
+    # An incomplete stamp at the end of the first pass is not carried into the second.
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames, skip={'depth': [2]}))
+    assert source.rewind() is False, 'not open yet: nothing to rewind'
+    first = [source.read(), source.read()]
+    assert source.read() is None and source.dropped == 1
+    reader = source._reader
+    assert source.rewind() is True and source._reader is reader, 'the same open reader'
+    assert source.dropped == 0
+    # Mid-stream too: from the first record again.
+    assert source.read().stamp_ns == frames[0].stamp_ns and source.rewind()
+    again = [source.read(), source.read()]
+    assert source.read() is None
+    for a, b in zip(first, again):
+        assert a.stamp_ns == b.stamp_ns
+        np.testing.assert_array_equal(a.left, b.left)
+        np.testing.assert_array_equal(a.depth, b.depth)
+        np.testing.assert_array_equal(a.confidence, b.confidence)
+    source.close()
+    assert source.rewind() is False
+
+
+def test_replay_loops_a_bag_by_rewinding_it(tmp_path, monkeypatch):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(2)
+    bag = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames))
+    opens = []
+    original = bag.open
+    monkeypatch.setattr(bag, 'open', lambda: opens.append(1) or original())
+    replay = ReplaySource(bag, loop=True, rate=0)
+    out = [replay.read() for _ in range(5)]
+    period = frames[1].stamp_ns - frames[0].stamp_ns
+    want = [frames[0].stamp_ns + period * i for i in range(5)]
+    assert [f.stamp_ns for f in out] == want, [f.stamp_ns for f in out]
+    np.testing.assert_array_equal(out[4].depth, frames[0].depth)
+    assert len(opens) == 1, 'opened {} times'.format(len(opens))
 
 
 def test_rosbag_pairing_drops_incomplete_and_reuses_camera_info(tmp_path, caplog):

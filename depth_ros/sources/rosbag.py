@@ -251,6 +251,8 @@ class RosbagSource(FrameSource):
         self._messages = None
         self._typestore = None
         self._keys = {}
+        self._conns = []
+        self._required = ()
         self._pairing = None
 
     @property
@@ -274,12 +276,27 @@ class RosbagSource(FrameSource):
             by_topic.setdefault(conn.topic, []).append(conn)
         self._check_topics(by_topic)
         self._keys = {self.topics[k]: k for k in self.topics if self.topics[k] in by_topic}
-        required = tuple(k for k in ('image', 'depth', 'confidence')
-                         if self.topics[k] in by_topic)
-        conns = [c for t in self._keys for c in by_topic[t]]
-        self._messages = reader.messages(connections=conns)
-        self._pairing = PairingBuffer(required, self._on_drop, max_count=self.max_pending,
+        self._required = tuple(k for k in ('image', 'depth', 'confidence')
+                               if self.topics[k] in by_topic)
+        self._conns = [c for t in self._keys for c in by_topic[t]]
+        self._start()
+
+    def _start(self) -> None:
+        # The stream from the first record, and a pairing buffer with nothing held.
+        self._messages = self._reader.messages(connections=self._conns)
+        self._pairing = PairingBuffer(self._required, self._on_drop,
+                                      max_count=self.max_pending,
                                       latest_kinds=('camera_info',), sizeof=lambda m: 0)
+
+    def rewind(self) -> bool:
+        """Start again from the first record on the open bag (False when it is not open)."""
+        if self._reader is None:
+            return False
+        try:
+            self._start()
+        except Exception as exc:  # rosbags/sqlite raise their own types; name the file
+            raise bag_error(self.path, exc, 'rewind') from None
+        return True
 
     def _check_topics(self, by_topic) -> None:
         missing = [k for k in ('image', 'depth') if self.topics[k] not in by_topic]
