@@ -5,8 +5,8 @@ zed_node replays a rosbag2 of synthetic 1280x720 ZED frames (written here) in a 
 rate with wall-clock stamps, depth_node runs the stand-in (fixed latency, not a model),
 alignment_node aligns and publishes clouds, which this script subscribes to (so they are
 computed). Every ``--sample-s`` seconds it reads each node's anonymous resident memory
-(/proc ``RssAnon``: the heap, where a leak grows; not the bag's pages SQLite maps, which come
-and go with each pass of the replay, nor shared libraries) and, from
+(/proc ``RssAnon``: the heap, where a leak grows; not the bag's pages SQLite maps with
+rosbags 0.9, nor shared libraries) and, from
 /diagnostics, the drop counters; at the end it prints per-minute output rates and RSS, and
 the RSS growth of each node from the end of the first minute (start-up allocations, warm
 caches) to the end.
