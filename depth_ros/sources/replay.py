@@ -4,8 +4,8 @@ Replay a finite source: loop, pace by recorded stamps or a fixed rate, simulate 
 ``ReplaySource(inner, loop=..., rate=..., fps=..., drop_after=..., outage_s=...)``:
 
 - ``loop``: when the inner source ends, rewind it (``FrameSource.rewind``), else close and
-  reopen it, and go on. Stamps stay strictly
-  increasing: each new pass is shifted to start one frame period after the last stamp.
+  reopen it, and go on. Stamps stay strictly increasing: each new pass is shifted to start one
+  frame period after the last stamp.
 - ``rate``: playback speed relative to the recorded stamps (1.0 real time, 2.0 twice as fast,
   0 as fast as possible).
 - Recorded stamps pass through as recorded (plus a loop's shift). One that goes back inside a
