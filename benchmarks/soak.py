@@ -4,7 +4,9 @@ Soak of the three-node graph at 1280x720: memory growth, output rate per minute,
 zed_node replays a rosbag2 of synthetic 1280x720 ZED frames (written here) in a loop at a fixed
 rate with wall-clock stamps, depth_node runs the stand-in (fixed latency, not a model),
 alignment_node aligns and publishes clouds, which this script subscribes to (so they are
-computed). Every ``--sample-s`` seconds it reads each node's resident memory (/proc) and, from
+computed). Every ``--sample-s`` seconds it reads each node's anonymous resident memory
+(/proc ``RssAnon``: the heap, where a leak grows; not the bag's pages SQLite maps with
+rosbags 0.9, nor shared libraries) and, from
 /diagnostics, the drop counters; at the end it prints per-minute output rates and RSS, and
 the RSS growth of each node from the end of the first minute (start-up allocations, warm
 caches) to the end.
@@ -49,10 +51,10 @@ def write_bag(path, frames):
 
 
 def rss_mb(pid):
-    """Return the resident memory of a process in MB (Linux /proc)."""
+    """Return the anonymous resident memory of a process in MB (Linux /proc RssAnon)."""
     with open('/proc/{}/status'.format(pid)) as f:
         for line in f:
-            if line.startswith('VmRSS:'):
+            if line.startswith('RssAnon:'):
                 return int(line.split()[1]) / 1024.0
     return float('nan')
 

@@ -302,6 +302,32 @@ def test_replay_loop_restamps_monotonically():
     assert clock.sleeps == [], 'rate=0 must not sleep, slept {}'.format(clock.sleeps)
 
 
+class RewindingSource(ListSource):
+    """A ListSource that starts over when asked (as a bag does); counts the rewinds."""
+
+    def __init__(self, stamps, can_rewind=True):
+        super().__init__(stamps)
+        self.can_rewind = can_rewind
+        self.rewinds = 0
+
+    def rewind(self):
+        if not self.can_rewind:
+            return False
+        self.rewinds += 1
+        self._i = 0
+        return True
+
+
+@pytest.mark.parametrize('can_rewind', [True, False])
+def test_replay_loop_rewinds_a_source_that_can_else_reopens_it(can_rewind):
+    replay = ReplaySource(RewindingSource([1000, 1100, 1250], can_rewind), loop=True, rate=0)
+    stamps = [replay.read().stamp_ns for _ in range(7)]
+    assert stamps == [1000, 1100, 1250, 1400, 1500, 1650, 1800], stamps
+    # Two ends of the stream: two rewinds and the one open, or three opens.
+    assert (replay.inner.opens, replay.inner.rewinds) == ((1, 2) if can_rewind else (3, 0)), \
+        (replay.inner.opens, replay.inner.rewinds)
+
+
 def test_replay_without_loop_ends():
     replay = ReplaySource(ListSource([5, 6]), rate=0)
     assert [f.stamp_ns for f in replay] == [5, 6]
@@ -511,6 +537,164 @@ def test_rosbag_arrays_are_read_only_views_that_outlive_the_reader(tmp_path, sto
                 '{}: expected a read-only view, got {}'.format(name, array.flags)
         with pytest.raises(ValueError, match='read-only'):
             got.depth[0, 0] = 1.0
+
+
+def _rosbags_dbconns(reader):
+    """Return the SQLite connections of an open rosbags Reader (each version's layout)."""
+    storage = reader.storage
+    if hasattr(storage, 'dbconns'):   # rosbags 0.9 (Python 3.8): sqlite3
+        return list(storage.dbconns)
+    return [s.dbconn for s in getattr(storage, 'storages', [storage])]   # 0.10+: apsw
+
+
+def _mmap_size(dbconn):
+    return [int(row[0]) for row in dbconn.execute('PRAGMA mmap_size')]
+
+
+def _records(reader):
+    return [(conn.topic, stamp, bytes(raw)) for conn, stamp, raw in
+            reader.messages(connections=reader.connections)]
+
+
+def test_rosbag_sqlite_is_read_through_a_memory_map_with_the_same_bytes(tmp_path):
+    from depth_ros.sources import rosbag
+    from rosbags.rosbag2 import Reader
+
+    # 160x120 records (57 to 77 KB) span many 4 KiB overflow pages, which the map serves.
+    frames = _bag_frames(3, height=120, width=160)
+    path = rosbag.write_test_bag(str(tmp_path / 'bag'), frames)
+    plain = Reader(path)
+    plain.open()
+    mapped = Reader(path)
+    mapped.open()
+    try:
+        module = type(_rosbags_dbconns(plain)[0]).__module__   # sqlite3 (0.9) or apsw (0.10+)
+        assert [_mmap_size(c) for c in _rosbags_dbconns(plain)] == [[0]], 'map off by default'
+        # Other modules' connections are left as they are ...
+        assert rosbag.enable_mmap(mapped, path, modules=('other',)) == 0
+        assert [_mmap_size(c) for c in _rosbags_dbconns(mapped)] == [[0]]
+        # ... and this one's are mapped, whichever it is.
+        size = rosbag.enable_mmap(mapped, path, modules=(module,))
+        conns = _rosbags_dbconns(mapped)
+        assert size > 1 << 20 and conns and \
+            [_mmap_size(c) for c in conns] == [[size]] * len(conns), \
+            (size, [_mmap_size(c) for c in conns])
+        want = _records(plain)
+        assert len(want) == 12 and _records(mapped) == want
+    finally:
+        plain.close()
+        mapped.close()
+    # The source maps its bag where the module is one measured faster mapped (stdlib sqlite3,
+    # rosbags 0.9), reads the same frames either way, and forgets the map on close.
+    source = rosbag.RosbagSource(path)
+    out = [source.read() for _ in frames]
+    want_size = size if module in rosbag.MMAP_MODULES else 0
+    assert rosbag.MMAP_MODULES == ('sqlite3',)
+    assert source.mmap_bytes == want_size, (module, source.mmap_bytes, want_size)
+    assert [_mmap_size(c) for c in _rosbags_dbconns(source._reader)] == [[want_size]]
+    for want, got in zip(frames, out):
+        np.testing.assert_array_equal(got.left, want.left)
+        np.testing.assert_array_equal(got.depth, want.depth)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
+    source.close()
+    assert source.mmap_bytes == 0
+
+
+def test_rosbag_without_a_reachable_connection_reads_without_the_map(
+        tmp_path, monkeypatch, caplog):
+    import logging
+    import sqlite3
+
+    from depth_ros.sources import rosbag
+
+    caplog.set_level(logging.DEBUG, logger='depth_ros.sources.rosbag')
+
+    # Other rosbags internals: a sqlite storage without dbconn/dbconns.
+    class Sqlite3Reader:
+        pass
+
+    class Reader:
+        storage = Sqlite3Reader()
+
+    assert rosbag.enable_mmap(Reader(), '/b') == 0
+    assert 'bag /b: no memory map: rosbags storage Sqlite3Reader has no dbconn/dbconns' \
+        in caplog.text, caplog.text
+
+    # A connection that refuses the PRAGMA.
+    class Refusing:
+        def execute(self, sql):
+            raise sqlite3.OperationalError('no such pragma')
+
+    Reader.storage.dbconns = [Refusing()]
+    assert rosbag.enable_mmap(Reader(), '/c', modules=(Refusing.__module__,)) == 0
+    assert 'bag /c: no memory map: OperationalError: no such pragma' in caplog.text, caplog.text
+
+    # The source then reads its bag as before.
+    monkeypatch.setattr(rosbag, 'sqlite_connections', lambda reader: ([], ['Sqlite3Reader']))
+    frames = _bag_frames(2)
+    source = rosbag.RosbagSource(rosbag.write_test_bag(str(tmp_path / 'bag'), frames))
+    out = list(source)
+    assert source.mmap_bytes == 0 and len(out) == 2
+    for want, got in zip(frames, out):
+        np.testing.assert_array_equal(got.depth, want.depth)
+    assert caplog.text.count('no memory map') == 3, caplog.text
+
+
+def test_rosbag_mcap_has_no_map_and_says_nothing(tmp_path, caplog):
+    import logging
+
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    try:
+        from rosbags.rosbag2 import StoragePlugin  # noqa: F401
+    except ImportError:
+        pytest.skip('writing an mcap bag needs rosbags >= 0.10')
+    caplog.set_level(logging.DEBUG, logger='depth_ros.sources.rosbag')
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), _bag_frames(2), storage='mcap'))
+    assert len(list(source)) == 2 and source.mmap_bytes == 0
+    assert 'memory map' not in caplog.text, caplog.text
+
+
+def test_rosbag_rewind_starts_over_on_the_open_bag(tmp_path):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(3)
+    # An incomplete stamp at the end of the first pass is not carried into the second.
+    source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames, skip={'depth': [2]}))
+    assert source.rewind() is False, 'not open yet: nothing to rewind'
+    first = [source.read(), source.read()]
+    assert source.read() is None and source.dropped == 1
+    reader = source._reader
+    assert source.rewind() is True and source._reader is reader, 'the same open reader'
+    assert source.dropped == 0
+    # Mid-stream too: from the first record again.
+    assert source.read().stamp_ns == frames[0].stamp_ns and source.rewind()
+    again = [source.read(), source.read()]
+    assert source.read() is None
+    for a, b in zip(first, again):
+        assert a.stamp_ns == b.stamp_ns
+        np.testing.assert_array_equal(a.left, b.left)
+        np.testing.assert_array_equal(a.depth, b.depth)
+        np.testing.assert_array_equal(a.confidence, b.confidence)
+    source.close()
+    assert source.rewind() is False
+
+
+def test_replay_loops_a_bag_by_rewinding_it(tmp_path, monkeypatch):
+    from depth_ros.sources.rosbag import RosbagSource, write_test_bag
+
+    frames = _bag_frames(2)
+    bag = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames))
+    opens = []
+    original = bag.open
+    monkeypatch.setattr(bag, 'open', lambda: opens.append(1) or original())
+    replay = ReplaySource(bag, loop=True, rate=0)
+    out = [replay.read() for _ in range(5)]
+    period = frames[1].stamp_ns - frames[0].stamp_ns
+    want = [frames[0].stamp_ns + period * i for i in range(5)]
+    assert [f.stamp_ns for f in out] == want, [f.stamp_ns for f in out]
+    np.testing.assert_array_equal(out[4].depth, frames[0].depth)
+    assert len(opens) == 1, 'opened {} times'.format(len(opens))
 
 
 def test_rosbag_pairing_drops_incomplete_and_reuses_camera_info(tmp_path, caplog):

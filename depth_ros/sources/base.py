@@ -80,6 +80,14 @@ class FrameSource(object):
     def close(self) -> None:
         """Release the device or file. Safe to call twice."""
 
+    def rewind(self) -> bool:
+        """
+        Start again from the first frame without closing; return whether it did.
+
+        False (the default): not supported here, or not open; ``close()`` and ``open()`` do it.
+        """
+        return False
+
     def __enter__(self):
         self.open()
         return self

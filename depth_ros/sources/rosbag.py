@@ -23,6 +23,13 @@ arrays are views of them (``numpy.frombuffer``): a frame's depth, confidence and
 are read-only views of their records, kept alive by the arrays, never copied; a bgra8 or rgb8
 image is converted once (a new array). A 720p record of 3.7 MB used to be copied twice (rosbags
 slices the CDR header off a ``bytes`` record, then the array was copied).
+
+With rosbags 0.9 (Python 3.8, the robot's), SQLite reads the bag through a memory map
+(``PRAGMA mmap_size``, see ``enable_mmap``): it copies a record's pages from the page cache
+instead of one ``pread`` per 4 KiB page, 0.77x the replay's CPU per 720p frame. rosbags 0.10
+and later read through apsw's own SQLite, which the map does not make faster (1.0-1.17x), so
+it is left off there. Mapped pages are the page cache's (file-backed, shared, reclaimable):
+they show in a process's ``RssFile``, not ``RssAnon``.
 """
 from __future__ import annotations
 
@@ -130,6 +137,76 @@ def _bag_problem(path: str) -> Optional[str]:
     return None
 
 
+# SQLite's default ceiling on a memory map (SQLITE_MAX_MMAP_SIZE, 0x7fff0000): a larger bag
+# is mapped up to there and read beyond it.
+MMAP_BYTES = 0x7fff0000
+# The modules whose connections are mapped: where it was measured to read faster (the module
+# docstring; docs/ros.md "One process or three, at 720p").
+MMAP_MODULES = ('sqlite3',)
+
+
+def sqlite_connections(reader):
+    """
+    Return ``(connections, unreachable)`` of an open rosbags ``Reader``'s sqlite storage.
+
+    ``connections`` are the SQLite connections rosbags reads with: rosbags 0.9 (Python 3.8)
+    keeps ``reader.storage.dbconns`` (``sqlite3``); 0.10 and later keep ``dbconn`` (``apsw``) on
+    each of ``reader.storage.storages`` (a bag folder) or on ``reader.storage`` (a .db3 file).
+    ``unreachable`` names the sqlite storages that have neither (other rosbags internals). An
+    mcap bag has neither.
+    """
+    connections, unreachable = [], []
+    pending = [getattr(reader, 'storage', None)]
+    while pending:
+        storage = pending.pop()
+        if storage is None:
+            continue
+        pending.extend(getattr(storage, 'storages', None) or ())
+        if 'sqlite' not in type(storage).__name__.lower():
+            continue
+        dbconn = getattr(storage, 'dbconn', None)
+        dbconns = getattr(storage, 'dbconns', None)
+        if dbconn is not None:
+            connections.append(dbconn)
+        elif dbconns:
+            connections.extend(dbconns)
+        else:
+            unreachable.append(type(storage).__name__)
+    return connections, unreachable
+
+
+def enable_mmap(reader, path: str, size: int = MMAP_BYTES, modules=MMAP_MODULES) -> int:
+    """
+    Have SQLite read an open rosbags ``Reader``'s storage through a memory map of ``size`` bytes.
+
+    Only connections of the Python ``modules`` given (``sqlite3``, ``apsw``) are mapped.
+    Returns the smallest ``mmap_size`` its connections report afterwards (0: none mapped: an
+    mcap bag, connections of another module, other rosbags internals, or an SQLite built
+    without it). Nothing raises: where the connections cannot be reached or the PRAGMA fails,
+    the bag is read as before and the reason is logged at debug level.
+    """
+    connections, unreachable = sqlite_connections(reader)
+    if unreachable:
+        LOG.debug('bag %s: no memory map: rosbags storage %s has no dbconn/dbconns',
+                  path, ', '.join(unreachable))
+        return 0
+    other = sorted(set(type(c).__module__.split('.')[0] for c in connections) - set(modules))
+    if other:
+        LOG.debug('bag %s: no memory map for %s connections (not measured faster)', path,
+                  ', '.join(other))
+        return 0
+    sizes = []
+    for dbconn in connections:
+        try:
+            dbconn.execute('PRAGMA mmap_size={:d}'.format(int(size)))
+            rows = list(dbconn.execute('PRAGMA mmap_size'))
+        except Exception as exc:  # noqa: B902 - sqlite3.Error or apsw.Error, by version
+            LOG.debug('bag %s: no memory map: %s', path, describe_error(exc))
+            return 0
+        sizes.append(int(rows[0][0]) if rows else 0)
+    return min(sizes) if sizes else 0
+
+
 class BagNotFoundError(SourceConfigError, FileNotFoundError):
     """The bag path does not exist (a configuration error, and a FileNotFoundError)."""
 
@@ -170,9 +247,12 @@ class RosbagSource(FrameSource):
         self.path = path
         self.bad_frames = 0       # complete stamps that could not be decoded
         self._reader = None
+        self.mmap_bytes = 0       # what SQLite maps of the open bag (0: none, or mcap)
         self._messages = None
         self._typestore = None
         self._keys = {}
+        self._conns = []
+        self._required = ()
         self._pairing = None
 
     @property
@@ -189,18 +269,34 @@ class RosbagSource(FrameSource):
         except Exception as exc:  # rosbags/sqlite raise their own types; name the file
             raise bag_error(self.path, exc, 'open') from None
         self._reader = reader
+        self.mmap_bytes = enable_mmap(reader, self.path)
         self._typestore = _typestore()
         by_topic = {}
         for conn in reader.connections:
             by_topic.setdefault(conn.topic, []).append(conn)
         self._check_topics(by_topic)
         self._keys = {self.topics[k]: k for k in self.topics if self.topics[k] in by_topic}
-        required = tuple(k for k in ('image', 'depth', 'confidence')
-                         if self.topics[k] in by_topic)
-        conns = [c for t in self._keys for c in by_topic[t]]
-        self._messages = reader.messages(connections=conns)
-        self._pairing = PairingBuffer(required, self._on_drop, max_count=self.max_pending,
+        self._required = tuple(k for k in ('image', 'depth', 'confidence')
+                               if self.topics[k] in by_topic)
+        self._conns = [c for t in self._keys for c in by_topic[t]]
+        self._start()
+
+    def _start(self) -> None:
+        # The stream from the first record, and a pairing buffer with nothing held.
+        self._messages = self._reader.messages(connections=self._conns)
+        self._pairing = PairingBuffer(self._required, self._on_drop,
+                                      max_count=self.max_pending,
                                       latest_kinds=('camera_info',), sizeof=lambda m: 0)
+
+    def rewind(self) -> bool:
+        """Start again from the first record on the open bag (False when it is not open)."""
+        if self._reader is None:
+            return False
+        try:
+            self._start()
+        except Exception as exc:  # rosbags/sqlite raise their own types; name the file
+            raise bag_error(self.path, exc, 'rewind') from None
+        return True
 
     def _check_topics(self, by_topic) -> None:
         missing = [k for k in ('image', 'depth') if self.topics[k] not in by_topic]
@@ -227,6 +323,7 @@ class RosbagSource(FrameSource):
 
     def close(self) -> None:
         self._messages = None
+        self.mmap_bytes = 0
         if self._reader is not None:
             try:
                 self._reader.close()
