@@ -203,6 +203,19 @@ def test_bad_arguments_name_the_value(tmp_path, capsys):
                                0.1, 10)
 
 
+@pytest.mark.parametrize('argv,message', [
+    # 'backend 'onnxruntime' needs a model file or id, got None' named no option.
+    ([], '`--backend onnxruntime` needs `--model` (an ONNX file, engine, checkpoint or hub id)'),
+    # '... not a checkpoint; pass random_weights=True ...': the library's argument, not ours.
+    (['--backend', 'torch', '--model', 'vits'], '`--model vits` is a variant name, not a '
+     'checkpoint: add `--random-weights` to build it untrained (the figures then mean nothing)'),
+])
+def test_cli_model_errors_name_the_options(tmp_path, capsys, argv, message):
+    rc = cli.main(['eval', '--dataset', 'middlebury', '--out', str(tmp_path)] + argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err == 'depth-ros eval: error: {}\n'.format(message), (rc, err)
+
+
 def test_bundled_middlebury_sample():
     sample_mod = pytest.importorskip('depth_ros.sources.sample')
     sample = sample_mod.load_sample()
