@@ -156,6 +156,36 @@ def test_from_pretrained_loads_safetensors_folder(saved, monkeypatch):
     assert model.predict(_image(16, 24)).shape == (16, 24)
 
 
+def test_from_pretrained_loads_quietly(saved, monkeypatch, capsys):
+    # Every marigold_node start printed diffusers' "Cannot initialize model with low cpu memory
+    # usage because `accelerate` was not found ... pip install accelerate" (5 raw lines:
+    # depth_ros[marigold] does not install accelerate, and diffusers asks for it by default)
+    # and a "Loading pipeline components..." progress bar.
+    import importlib.util
+    import logging
+    from diffusers.utils import logging as diffusers_logging
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = logging.getLogger('diffusers')
+    root.addHandler(handler)
+    monkeypatch.setattr(root, 'level', logging.WARNING)
+    seen = []
+    _loads_without_text_encoder(monkeypatch, seen)
+    capsys.readouterr()
+    try:
+        model = MarigoldDepth.from_pretrained(str(saved / 'safetensors'), steps=1)
+    finally:
+        root.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert 'Loading pipeline components' not in err, err
+    assert diffusers_logging.is_progress_bar_enabled(), 'the bars were not enabled again'
+    without = importlib.util.find_spec('accelerate') is None
+    assert [k.get('low_cpu_mem_usage') for k in seen] == [False if without else None], seen
+    assert model.predict(_image(16, 24)).shape == (16, 24)
+
+
 def test_from_pretrained_refuses_pickled_weights(saved, monkeypatch):
     # Security rule: a folder with only pickled .bin weights must not be unpickled.
     assert list((saved / 'pickle' / 'unet').glob('*.bin')), 'test folder has no .bin weights'
