@@ -249,8 +249,11 @@ def load_marigold(checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
         check_settings(kwargs.get('steps'), kwargs.get('ensemble_size', 1),
                        kwargs.get('processing_resolution'), dtype)
         torch, _ = _import_torch_diffusers()
-        pipe = build_tiny_pipeline().to(device, torch.float16 if dtype == 'fp16'
-                                        else torch.float32)
+        # Built in float32. A dtype given to the pipeline's to() makes diffusers print "There
+        # are modules in UNet2DConditionModel that should be kept in float32: []" per model.
+        pipe = build_tiny_pipeline().to(device)
+        if dtype == 'fp16':
+            pipe = pipe.to(torch.float16)
         kwargs.setdefault('name', TINY)
         return MarigoldDepth(pipe, device=device, dtype=dtype, **kwargs)
     return MarigoldDepth.from_pretrained(checkpoint, device=device, dtype=dtype, **kwargs)
