@@ -216,6 +216,23 @@ def test_cli_model_errors_name_the_options(tmp_path, capsys, argv, message):
     assert rc == 2 and err == 'depth-ros eval: error: {}\n'.format(message), (rc, err)
 
 
+@pytest.mark.parametrize('argv,message', [
+    # Told by the loader as "cannot load marigold backend: ValueError: `ensemble_size` must be
+    # 1 or an integer >= 3, got 2", after the dataset was read.
+    (['--ensemble', '2'], "argument --ensemble: must be 1 or an integer >= 3, got '2'"),
+    (['--ensemble', '0'], "argument --ensemble: must be an integer > 0, got '0'"),
+    (['--steps', '0'], "argument --steps: must be an integer > 0, got '0'"),
+    (['--processing-resolution', '-1'], "argument --processing-resolution: must be an "
+                                        "integer >= 0, got '-1'"),
+])
+def test_cli_marigold_settings_name_the_option(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        cli.main(['eval', '--dataset', 'middlebury', '--backend', 'marigold',
+                  '--out', str(tmp_path)] + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err[-1] == 'depth-ros eval: error: ' + message, err
+
+
 def test_bundled_middlebury_sample():
     sample_mod = pytest.importorskip('depth_ros.sources.sample')
     sample = sample_mod.load_sample()

@@ -71,6 +71,14 @@ non_negative_int = _int_type(0, '>= 0')
 positive_int = _int_type(1, '> 0')
 
 
+def _ensemble_size(text: str) -> int:
+    # Marigold's ensemble: 2 is refused (depth_ros.inference.marigold.check_settings).
+    value = positive_int(text)
+    if value == 2:
+        raise argparse.ArgumentTypeError('must be 1 or an integer >= 3, got {!r}'.format(text))
+    return value
+
+
 def output_dir(text: str) -> str:
     """
     Argparse ``type`` of an output folder (``--out``): refused at once, not after the work.
@@ -152,9 +160,12 @@ def add_model_arguments(parser, model_help: str, model_required: bool = False,
     if random_weights_help is not None:
         parser.add_argument('--random-weights', action='store_true', help=random_weights_help)
     if marigold:
-        parser.add_argument('--steps', type=int, default=None, help='Marigold denoising steps')
-        parser.add_argument('--ensemble', type=int, default=1, help='Marigold ensemble size')
-        parser.add_argument('--processing-resolution', type=int, default=None,
+        # Checked here, naming the option ('`ensemble_size` must be ...' came from the loader).
+        parser.add_argument('--steps', type=positive_int, default=None,
+                            help='Marigold denoising steps')
+        parser.add_argument('--ensemble', type=_ensemble_size, default=1,
+                            help='Marigold ensemble size (1, or 3 and more)')
+        parser.add_argument('--processing-resolution', type=non_negative_int, default=None,
                             help='Marigold processing resolution (0 = native)')
 
 
