@@ -47,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
             logging.getLogger('depth_ros').debug('command %s unavailable: %s', name, exc)
             continue
         module.register(sub)
+    _debug_after_the_command(sub)
     return parser
+
+
+def _debug_after_the_command(subparsers) -> None:
+    # `depth-ros eval ... --debug` was refused ("unrecognized arguments: --debug"): --debug
+    # is also taken after the command (hidden there; not given, it leaves the global value).
+    for command in subparsers.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _debug_after_the_command(nested[0])
+        else:
+            command.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                                 help=argparse.SUPPRESS)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

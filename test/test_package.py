@@ -78,6 +78,21 @@ def test_cli_help_lists_every_command():
             command, out.stdout)
 
 
+def test_debug_is_taken_after_the_command_too(tmp_path):
+    # `depth-ros eval ... --debug` said "unrecognized arguments: --debug": only
+    # `depth-ros --debug eval ...` was taken.
+    from depth_ros.cli import build_parser, main
+    parser = build_parser()
+    debug = [parser.parse_args(argv).debug for argv in (
+        ['eval'], ['--debug', 'eval'], ['eval', '--debug'], ['model', 'setup'],
+        ['model', 'setup', '--debug'], ['--debug', 'model', 'setup'])]
+    assert debug == [False, True, True, False, True, True], debug
+    argv = ['eval', '--dataset', 'middlebury', '--out', str(tmp_path)]
+    assert main(argv) == 2
+    with pytest.raises(ValueError, match='needs `--model`'):   # the traceback, as documented
+        main(argv + ['--debug'])
+
+
 def test_every_commands_help_gives_its_defaults():
     # `depth-ros bench --help` said "--frames FRAMES  timed frames" with no default (nor did
     # demo, fuse, eval and process-bag), where the model commands showed theirs.
