@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import List, Optional
 
+import depth_ros
+
 # Order is the order shown in --help.
 COMMANDS = ('demo', 'fuse', 'model', 'bench', 'eval', 'process_bag')
 
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Metric depth from ZED2 stereo and Depth Anything V2, without ROS.')
     parser.add_argument('--debug', action='store_true',
                         help='debug logging, and full tracebacks on errors')
+    # `depth-ros --version` said "the following arguments are required: COMMAND".
+    parser.add_argument('--version', action='version',
+                        version='depth-ros {}'.format(depth_ros.__version__))
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for name in COMMANDS:

@@ -78,6 +78,16 @@ def test_cli_help_lists_every_command():
             command, out.stdout)
 
 
+def test_version(capsys):
+    # `depth-ros --version` said "the following arguments are required: COMMAND".
+    import depth_ros
+    from depth_ros.cli import main
+    with pytest.raises(SystemExit) as done:
+        main(['--version'])
+    assert done.value.code == 0 and \
+        capsys.readouterr().out == 'depth-ros {}\n'.format(depth_ros.__version__)
+
+
 def test_debug_is_taken_after_the_command_too(tmp_path):
     # `depth-ros eval ... --debug` said "unrecognized arguments: --debug": only
     # `depth-ros --debug eval ...` was taken.
