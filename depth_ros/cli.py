@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import List, Optional
 
+import depth_ros
+
 # Order is the order shown in --help.
 COMMANDS = ('demo', 'fuse', 'model', 'bench', 'eval', 'process_bag')
 
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Metric depth from ZED2 stereo and Depth Anything V2, without ROS.')
     parser.add_argument('--debug', action='store_true',
                         help='debug logging, and full tracebacks on errors')
+    # `depth-ros --version` said "the following arguments are required: COMMAND".
+    parser.add_argument('--version', action='version',
+                        version='depth-ros {}'.format(depth_ros.__version__))
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for name in COMMANDS:
@@ -47,7 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
             logging.getLogger('depth_ros').debug('command %s unavailable: %s', name, exc)
             continue
         module.register(sub)
+    _debug_after_the_command(sub)
     return parser
+
+
+def _debug_after_the_command(subparsers) -> None:
+    # `depth-ros eval ... --debug` was refused ("unrecognized arguments: --debug"): --debug
+    # is also taken after the command (hidden there; not given, it leaves the global value).
+    for command in subparsers.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _debug_after_the_command(nested[0])
+        else:
+            command.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                                 help=argparse.SUPPRESS)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -99,6 +99,15 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     assert message in err, 'expected {!r} in {!r}'.format(message, err)
 
 
+def test_cli_refuses_a_negative_warmup(tmp_path, capsys):
+    # --warmup -1 was taken (no warm-up) and the run went on.
+    with pytest.raises(SystemExit) as done:
+        cli.main(['bench', '--warmup', '-1', '--out', str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and \
+        err[-1] == "depth-ros bench: error: argument --warmup: must be an integer >= 0, got '-1'"
+
+
 def test_cli_torch_tiny_random_network(tmp_path):
     pytest.importorskip('transformers')
     import torch

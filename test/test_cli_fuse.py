@@ -117,7 +117,12 @@ def test_fuse_without_any_stereo_reports_no_fit(inputs):
     ({'--intrinsics': '60,0,39.5,29.5'}, "--intrinsics '60,0,39.5,29.5': `fy` must be a "
                                          "finite number > 0, got 0.0"),
     ({'--image': 'missing.png'}, '--image missing.png: no such file'),
-    ({'--relative': 'rel.txt'}, '--relative'),
+    # np.load's own refusal said "This file contains pickled (object) data. If you trust the
+    # file you can load it unsafely using the `allow_pickle=` keyword argument ...".
+    ({'--relative': 'rel.txt'}, "--relative rel.txt: not a .npy array (numpy.save writes one; "
+                                "this file starts with b'not an'"),
+    ({'--stereo-depth': 'left.png'}, "--stereo-depth left.png: not a .npy array (numpy.save "
+                                     "writes one; this file starts with b'\\x89PNG\\r\\n'"),
     ({'--relative': 'rel.npz'}, '--relative rel.npz: a .npz archive (disparity), expected one '
                                 'HxW .npy array'),
     # The aligner's option names were given ("option `min_depth` ..."), not the command's.

@@ -203,6 +203,36 @@ def test_bad_arguments_name_the_value(tmp_path, capsys):
                                0.1, 10)
 
 
+@pytest.mark.parametrize('argv,message', [
+    # 'backend 'onnxruntime' needs a model file or id, got None' named no option.
+    ([], '`--backend onnxruntime` needs `--model` (an ONNX file, engine, checkpoint or hub id)'),
+    # '... not a checkpoint; pass random_weights=True ...': the library's argument, not ours.
+    (['--backend', 'torch', '--model', 'vits'], '`--model vits` is a variant name, not a '
+     'checkpoint: add `--random-weights` to build it untrained (the figures then mean nothing)'),
+])
+def test_cli_model_errors_name_the_options(tmp_path, capsys, argv, message):
+    rc = cli.main(['eval', '--dataset', 'middlebury', '--out', str(tmp_path)] + argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err == 'depth-ros eval: error: {}\n'.format(message), (rc, err)
+
+
+@pytest.mark.parametrize('argv,message', [
+    # Told by the loader as "cannot load marigold backend: ValueError: `ensemble_size` must be
+    # 1 or an integer >= 3, got 2", after the dataset was read.
+    (['--ensemble', '2'], "argument --ensemble: must be 1 or an integer >= 3, got '2'"),
+    (['--ensemble', '0'], "argument --ensemble: must be an integer > 0, got '0'"),
+    (['--steps', '0'], "argument --steps: must be an integer > 0, got '0'"),
+    (['--processing-resolution', '-1'], "argument --processing-resolution: must be an "
+                                        "integer >= 0, got '-1'"),
+])
+def test_cli_marigold_settings_name_the_option(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        cli.main(['eval', '--dataset', 'middlebury', '--backend', 'marigold',
+                  '--out', str(tmp_path)] + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err[-1] == 'depth-ros eval: error: ' + message, err
+
+
 def test_bundled_middlebury_sample():
     sample_mod = pytest.importorskip('depth_ros.sources.sample')
     sample = sample_mod.load_sample()

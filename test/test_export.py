@@ -142,7 +142,13 @@ def test_cli_export_errors(tmp_path, capsys):
     assert main(['model', 'export', '--random-weights', '--width', '500',
                  '--out', str(tmp_path / 'x.onnx')]) == 2
     err = capsys.readouterr().err
-    assert 'input `width` must be a positive multiple of 14, got 500' in err, err
+    # Was "input `width` must be ...": the library's name, not the option.
+    assert err == 'depth-ros model export: error: `--width` must be a positive multiple of ' \
+        '14, got 500\n', err
+    assert main(['model', 'export', '--random-weights', '--height', '0',
+                 '--out', str(tmp_path / 'x.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith('error: `--height` must be a positive multiple of 14, got 0\n'), err
     assert main(['model', 'export', '--random-weights', '--opset', '13',
                  '--out', str(tmp_path / 'x.onnx')]) == 2
     err = capsys.readouterr().err

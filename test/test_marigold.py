@@ -110,9 +110,29 @@ def test_default_dtype_and_settings():
     check_settings(None, 1, None, 'fp32')   # checkpoint defaults are legal
 
 
-def test_load_marigold_tiny_random_and_fp32_default_on_cpu():
+def _diffusers_warnings(monkeypatch):
+    """Collect the messages of diffusers' warnings (its loggers do not propagate)."""
+    import logging
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = logging.getLogger('diffusers')
+    root.addHandler(handler)
+    monkeypatch.setattr(root, 'level', logging.WARNING)
+    return records, lambda: root.removeHandler(handler)
+
+
+def test_load_marigold_tiny_random_and_fp32_default_on_cpu(monkeypatch):
     from depth_ros.inference.marigold import load_marigold
-    model = load_marigold('tiny-random', device='cpu', steps=1)
+    # marigold:=true with checkpoint tiny-random printed "There are modules in
+    # UNet2DConditionModel that should be kept in float32: []. Casting directly ..." (and
+    # AutoencoderKL's) at start-up: the pipeline's to() was given a dtype it already had.
+    records, done = _diffusers_warnings(monkeypatch)
+    try:
+        model = load_marigold('tiny-random', device='cpu', steps=1)
+    finally:
+        done()
+    assert [r.getMessage() for r in records if r.levelno >= 30] == []
     assert model.name == 'tiny-random' and model.dtype == 'fp32'
     assert next(model.pipeline.unet.parameters()).dtype == torch.float32
     assert model.predict(_image(16, 24)).shape == (16, 24)
@@ -153,6 +173,31 @@ def test_from_pretrained_loads_safetensors_folder(saved, monkeypatch):
     ref = build_tiny_pipeline(seed=0)
     for name, a in model.pipeline.unet.state_dict().items():
         assert torch.equal(a, ref.unet.state_dict()[name]), 'weight {} differs'.format(name)
+    assert model.predict(_image(16, 24)).shape == (16, 24)
+
+
+def test_from_pretrained_loads_quietly(saved, monkeypatch, capsys):
+    # Every marigold_node start printed diffusers' "Cannot initialize model with low cpu memory
+    # usage because `accelerate` was not found ... pip install accelerate" (5 raw lines:
+    # depth_ros[marigold] does not install accelerate, and diffusers asks for it by default)
+    # and a "Loading pipeline components..." progress bar.
+    import importlib.util
+    import logging
+    from diffusers.utils import logging as diffusers_logging
+    records, done = _diffusers_warnings(monkeypatch)
+    seen = []
+    _loads_without_text_encoder(monkeypatch, seen)
+    capsys.readouterr()
+    try:
+        model = MarigoldDepth.from_pretrained(str(saved / 'safetensors'), steps=1)
+    finally:
+        done()
+    err = capsys.readouterr().err
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert 'Loading pipeline components' not in err, err
+    assert diffusers_logging.is_progress_bar_enabled(), 'the bars were not enabled again'
+    without = importlib.util.find_spec('accelerate') is None
+    assert [k.get('low_cpu_mem_usage') for k in seen] == [False if without else None], seen
     assert model.predict(_image(16, 24)).shape == (16, 24)
 
 

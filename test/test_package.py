@@ -78,6 +78,31 @@ def test_cli_help_lists_every_command():
             command, out.stdout)
 
 
+def test_version(capsys):
+    # `depth-ros --version` said "the following arguments are required: COMMAND".
+    import depth_ros
+    from depth_ros.cli import main
+    with pytest.raises(SystemExit) as done:
+        main(['--version'])
+    assert done.value.code == 0 and \
+        capsys.readouterr().out == 'depth-ros {}\n'.format(depth_ros.__version__)
+
+
+def test_debug_is_taken_after_the_command_too(tmp_path):
+    # `depth-ros eval ... --debug` said "unrecognized arguments: --debug": only
+    # `depth-ros --debug eval ...` was taken.
+    from depth_ros.cli import build_parser, main
+    parser = build_parser()
+    debug = [parser.parse_args(argv).debug for argv in (
+        ['eval'], ['--debug', 'eval'], ['eval', '--debug'], ['model', 'setup'],
+        ['model', 'setup', '--debug'], ['--debug', 'model', 'setup'])]
+    assert debug == [False, True, True, False, True, True], debug
+    argv = ['eval', '--dataset', 'middlebury', '--out', str(tmp_path)]
+    assert main(argv) == 2
+    with pytest.raises(ValueError, match='needs `--model`'):   # the traceback, as documented
+        main(argv + ['--debug'])
+
+
 def test_every_commands_help_gives_its_defaults():
     # `depth-ros bench --help` said "--frames FRAMES  timed frames" with no default (nor did
     # demo, fuse, eval and process-bag), where the model commands showed theirs.
@@ -94,10 +119,13 @@ def test_every_commands_help_gives_its_defaults():
             for action in command._actions:
                 flag = isinstance(action, (argparse._StoreTrueAction,
                                            argparse._StoreFalseAction))
-                if flag or not action.help or action.help == argparse.SUPPRESS or \
+                if flag or action.help == argparse.SUPPRESS or \
                         action.default in (None, argparse.SUPPRESS) or \
-                        'default' in action.help:
+                        'default' in (action.help or ''):
                     continue
+                # argparse shows no default for an option without help (--backend had none).
+                assert action.help, '{} {}: no help, so no default in --help'.format(
+                    command.prog, action.option_strings)
                 helped = re.sub(r'\s+', ' ', action.help)
                 assert '{} (default: {})'.format(helped, action.default) in text, \
                     '{} {}: no default in --help:\n{}'.format(

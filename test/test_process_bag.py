@@ -110,7 +110,7 @@ def test_errors_name_the_problem(tmp_path):
         process_bag(str(tmp_path / 'nope'), str(tmp_path / 'o'), GrayModel())
     with pytest.raises(FileExistsError, match='already exists'):
         process_bag(src, src, GrayModel())
-    with pytest.raises(ValueError, match="topic `image` = '/cam/image' is not in the bag"):
+    with pytest.raises(ValueError, match="--image-topic '/cam/image' is not in the bag"):
         process_bag(src, str(tmp_path / 'o2'), GrayModel(), BagTopics(image='/cam/image'))
     with pytest.raises(ValueError) as err:
         process_bag(src, str(tmp_path / 'o3'), GrayModel(), max_pending=0)
@@ -175,6 +175,13 @@ def test_depth_at_half_the_image_resolution(tmp_path, caplog):
                                              "got '0'"),
     (('in', 'out'), ['--max-pending', '-1'], "argument --max-pending: must be an integer > 0, "
                                              "got '-1'"),
+    # Was "topic `image` = '/nope' is not in the bag", told once the model had loaded.
+    (('in', 'out'), ['--image-topic', '/nope'], "--image-topic '/nope' is not in the bag "
+     "(topics: /zed/zed_node/confidence/confidence_map, /zed/zed_node/depth/depth_registered, "
+     "/zed/zed_node/left/camera_info, /zed/zed_node/left/image_rect_color)"),
+    (('in', 'out'), ['--camera-info-topic', '/x'], "--camera-info-topic '/x' is not in the bag "
+     "(topics: /zed/zed_node/confidence/confidence_map, /zed/zed_node/depth/depth_registered, "
+     "/zed/zed_node/left/camera_info, /zed/zed_node/left/image_rect_color)"),
 ])
 def test_cli_refuses_bad_paths_and_numbers_before_loading_the_model(tmp_path, monkeypatch,
                                                                     capsys, paths, options,

@@ -201,6 +201,40 @@ def test_runtime_changes_are_checked_by_rclpy_and_by_the_node_then_applied_once(
         rclpy.shutdown(context=context)
 
 
+def test_a_runtime_change_of_the_wrong_type_names_the_parameter_and_how_to_write_it():
+    # `ros2 param set /alignment_node max_depth 25` (an integer for a double) said "Wrong
+    # parameter type, expected '3' got '2'" on Kilted (rclpy formats its enums as numbers on
+    # Python 3.11), naming neither the parameter nor the fix; nothing was set or applied.
+    import rclpy
+    from depth_ros.nodes_core.params import Param
+    from rclpy.parameter import Parameter
+    specs = _specs() + (Param('flag', True, 'd'),)
+    node, context, applied = _node_with(specs)
+    try:
+        def reason(name, value):
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert result.successful is not bool(result.reason), result
+            return result.reason
+        assert reason('gain', 1) == \
+            'Wrong parameter type: `gain` is a double, got an integer 1 (write 1.0)'
+        assert reason('a', 2.0) == \
+            'Wrong parameter type: `a` is an integer, got a double 2.0 (write 2)'
+        assert reason('a', 2.5) == 'Wrong parameter type: `a` is an integer, got a double 2.5'
+        assert reason('mode', 3) == "Wrong parameter type: `mode` is a string, got an integer 3"
+        assert reason('flag', 'yes') == \
+            "Wrong parameter type: `flag` is a boolean (true or false), got a string 'yes'"
+        assert applied == [] and node.cfg['gain'] == 0.5 and node.cfg['a'] == 1, \
+            (applied, node.cfg)
+        # rclpy's other refusals and a good change are as before.
+        assert reason('b', 'y') == 'Trying to set a read-only parameter: b.'
+        assert reason('gain', 1.0) == '' and applied == [{'gain': 1.0}], applied
+        # rclpy's parameters (no spec of ours) keep rclpy's text.
+        assert reason('use_sim_time', 'x').startswith('Wrong parameter type, expected')
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 @pytest.mark.parametrize('overrides, text', [
     # rclpy's own text for its range and type checks names the parameter and the value.
     ((('a', 9),), 'Parameter a out of range. Min: 0, Max: 5, value: 9'),

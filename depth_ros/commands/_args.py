@@ -71,6 +71,14 @@ non_negative_int = _int_type(0, '>= 0')
 positive_int = _int_type(1, '> 0')
 
 
+def _ensemble_size(text: str) -> int:
+    # Marigold's ensemble: 2 is refused (depth_ros.inference.marigold.check_settings).
+    value = positive_int(text)
+    if value == 2:
+        raise argparse.ArgumentTypeError('must be 1 or an integer >= 3, got {!r}'.format(text))
+    return value
+
+
 def output_dir(text: str) -> str:
     """
     Argparse ``type`` of an output folder (``--out``): refused at once, not after the work.
@@ -144,16 +152,20 @@ def add_model_arguments(parser, model_help: str, model_required: bool = False,
     from depth_ros.inference.registry import BACKENDS, COMMAND_BACKENDS
 
     torch_backends = ' / '.join(n for n in COMMAND_BACKENDS if BACKENDS[n].torch_device)
-    parser.add_argument('--backend', default='onnxruntime', choices=COMMAND_BACKENDS)
+    parser.add_argument('--backend', default='onnxruntime', choices=COMMAND_BACKENDS,
+                        help='inference backend')
     parser.add_argument('--model', default=None, required=model_required, help=model_help)
     parser.add_argument('--device', default='cpu',
                         help='torch device for {} (cpu, cuda, cuda:0)'.format(torch_backends))
     if random_weights_help is not None:
         parser.add_argument('--random-weights', action='store_true', help=random_weights_help)
     if marigold:
-        parser.add_argument('--steps', type=int, default=None, help='Marigold denoising steps')
-        parser.add_argument('--ensemble', type=int, default=1, help='Marigold ensemble size')
-        parser.add_argument('--processing-resolution', type=int, default=None,
+        # Checked here, naming the option ('`ensemble_size` must be ...' came from the loader).
+        parser.add_argument('--steps', type=positive_int, default=None,
+                            help='Marigold denoising steps')
+        parser.add_argument('--ensemble', type=_ensemble_size, default=1,
+                            help='Marigold ensemble size (1, or 3 and more)')
+        parser.add_argument('--processing-resolution', type=non_negative_int, default=None,
                             help='Marigold processing resolution (0 = native)')
 
 
@@ -161,11 +173,24 @@ def load_model(args):
     """
     Load the model that the arguments of :func:`add_model_arguments` name.
 
-    Errors: see depth_ros.inference.load_model (ValueError, ModelLoadError: one line each).
+    Errors: see depth_ros.inference.load_model (ValueError, ModelLoadError: one line each);
+    a missing ``--model`` and a variant name without ``--random-weights`` are told in the
+    command's own options (the library's words are its arguments: ``random_weights=True``).
     """
-    from depth_ros.inference import load_model as load
+    from depth_ros.inference import BACKENDS, load_model as load
 
+    random_weights = getattr(args, 'random_weights', False)
+    if BACKENDS[args.backend].needs_model and not args.model:
+        raise ValueError('`--backend {}` needs `--model` (an ONNX file, engine, checkpoint '
+                         'or hub id)'.format(args.backend))
+    if args.backend == 'torch' and not random_weights and not os.path.exists(args.model):
+        from depth_ros.inference.torch_model import VARIANTS
+        if args.model in VARIANTS:
+            raise ValueError('`--model {}` is a variant name, not a checkpoint: {}'.format(
+                args.model, 'add `--random-weights` to build it untrained (the figures then '
+                'mean nothing)' if hasattr(args, 'random_weights') else
+                'pass a checkpoint folder, .pth file or hub id'))
     return load(args.backend, args.model, device=args.device,
-                random_weights=getattr(args, 'random_weights', False),
+                random_weights=random_weights,
                 steps=getattr(args, 'steps', None), ensemble_size=getattr(args, 'ensemble', 1),
                 processing_resolution=getattr(args, 'processing_resolution', None))

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument('--input-size', default='518x294',
                         help='stand-in model input WIDTHxHEIGHT (multiples of 14)')
     parser.add_argument('--frames', type=int, default=50, help='timed frames')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
+    parser.add_argument('--warmup', type=_args.non_negative_int, default=3,
+                        help='untimed frames first')
     parser.add_argument('--conversion', default='auto', choices=('auto', 'ros', 'bytes'),
                         help='conversion stage: ros = the nodes\' message conversion (needs '
                              'sensor_msgs), bytes = payload byte packing only, auto = ros '

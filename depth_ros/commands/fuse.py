@@ -95,6 +95,13 @@ def _load_npy(option: str, path: str, integer_millimetres: bool = False):
     import numpy as np
     if not os.path.isfile(path):
         raise FileNotFoundError('{} {}: no such file'.format(option, path))
+    with open(path, 'rb') as f:
+        magic = f.read(6)
+    if magic != b'\x93NUMPY' and magic[:4] != b'PK\x03\x04':
+        # np.load takes any other file for a pickle, and its refusal told the user to load it
+        # "unsafely" with allow_pickle (a PNG given for --relative, say).
+        raise ValueError('{} {}: not a .npy array (numpy.save writes one; this file starts '
+                         'with {!r})'.format(option, path, magic))
     try:
         value = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

@@ -45,10 +45,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Entry point of `depth-ros process-bag`."""
     from depth_ros.cli import CommandError
-    from depth_ros.tools.bag import BagTopics, check_paths, process_bag
+    from depth_ros.tools.bag import BagTopics, check_paths, check_topics, process_bag
     topics = BagTopics(image=args.image_topic, depth=args.depth_topic,
                        confidence=args.confidence_topic, camera_info=args.camera_info_topic)
     check_paths(args.input, args.output)   # before loading a model that may take a minute
+    check_topics(args.input, topics)
     model = _args.load_model(args)
     try:
         stats = process_bag(args.input, args.output, model, topics, out_ns=args.out_ns,

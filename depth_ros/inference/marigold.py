@@ -11,6 +11,7 @@ usual choice (fp16 on CUDA, fp32 on CPU). torch and diffusers are imported lazil
 from __future__ import annotations
 
 from dataclasses import dataclass
+import importlib.util
 import logging
 import time
 from typing import Optional
@@ -155,6 +156,15 @@ class MarigoldDepth(Closable):
         load = {dtype_keyword(diffusers): torch_dtype, 'use_safetensors': True}
         if dtype == 'fp16':
             load['variant'] = 'fp16'   # the prs-eth checkpoints ship fp16 weight files
+        if importlib.util.find_spec('accelerate') is None:
+            # diffusers asks for low_cpu_mem_usage by default and, without accelerate (not in
+            # depth_ros[marigold]), falls back to False with a 5-line warning at every start.
+            load['low_cpu_mem_usage'] = False
+        # diffusers' "Loading pipeline components..." bar: one more line in a node's log.
+        bars = getattr(diffusers.utils, 'logging', None)
+        bars_on = bars is not None and getattr(bars, 'is_progress_bar_enabled', bool)()
+        if bars_on:
+            bars.disable_progress_bar()
         try:
             try:
                 pipe = diffusers.MarigoldDepthPipeline.from_pretrained(checkpoint, **load)
@@ -167,6 +177,9 @@ class MarigoldDepth(Closable):
             raise FileNotFoundError('cannot load Marigold checkpoint {!r} (a hub id needs the '
                                     'network or the HF cache; a folder needs model_index.json '
                                     'and safetensors weights): {}'.format(checkpoint, exc))
+        finally:
+            if bars_on:
+                bars.enable_progress_bar()
         pipe = pipe.to(device)
         kwargs.setdefault('name', checkpoint)
         if kwargs.get('steps') is None and checkpoint in CHECKPOINT_STEPS \
@@ -236,8 +249,11 @@ def load_marigold(checkpoint: str = DEFAULT_CHECKPOINT, device: str = 'cpu',
         check_settings(kwargs.get('steps'), kwargs.get('ensemble_size', 1),
                        kwargs.get('processing_resolution'), dtype)
         torch, _ = _import_torch_diffusers()
-        pipe = build_tiny_pipeline().to(device, torch.float16 if dtype == 'fp16'
-                                        else torch.float32)
+        # Built in float32. A dtype given to the pipeline's to() makes diffusers print "There
+        # are modules in UNet2DConditionModel that should be kept in float32: []" per model.
+        pipe = build_tiny_pipeline().to(device)
+        if dtype == 'fp16':
+            pipe = pipe.to(torch.float16)
         kwargs.setdefault('name', TINY)
         return MarigoldDepth(pipe, device=device, dtype=dtype, **kwargs)
     return MarigoldDepth.from_pretrained(checkpoint, device=device, dtype=dtype, **kwargs)

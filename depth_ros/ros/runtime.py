@@ -17,7 +17,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
-    params_file_error, StartupError, unknown_lines
+    params_file_error, StartupError, type_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
@@ -141,6 +141,16 @@ class DepthRosNode(Node):
         if reason:
             raise ConfigError(reason)
         return values
+
+    def _apply_descriptor(self, parameter, descriptor=None, check_read_only=True):
+        # rclpy's type check says "Wrong parameter type, expected '3' got '2'" on Python 3.11
+        # (the enums' numbers), without the parameter's name: `ros2 param set ... max_depth 25`
+        # (an integer for a double) is the first change a user tries. Same check, our words.
+        result = super()._apply_descriptor(parameter, descriptor, check_read_only)
+        if not result.successful and result.reason.startswith('Wrong parameter type') and \
+                parameter.name in self.specs:
+            result.reason = type_error(self.specs[parameter.name], parameter.value)
+        return result
 
     def _change_error(self, changed: Dict[str, object], merged: Dict[str, object]):
         for name, value in changed.items():

@@ -76,8 +76,8 @@ class BagTopics:
                                                          key.replace('_', '-')))
                 name = found[0] if found else None
             elif name not in available:
-                raise ValueError('topic `{}` = {!r} is not in the bag (topics: {})'.format(
-                    key, name, ', '.join(sorted(available))))
+                raise ValueError('--{}-topic {!r} is not in the bag (topics: {})'.format(
+                    key.replace('_', '-'), name, ', '.join(sorted(available))))
             if name is None and key != 'confidence':
                 raise ValueError('no {} topic (*/{}) in the bag (topics: {}); name it with '
                                  '--{}-topic'.format(key, suffix, ', '.join(sorted(available)),
@@ -197,6 +197,20 @@ def check_paths(in_path: str, out_path: str) -> None:
     if os.path.exists(out_path):
         raise FileExistsError('output bag {!r} already exists; choose a new path'.format(
             out_path))
+
+
+def check_topics(in_path: str, topics: Optional[BagTopics] = None) -> Dict[str, Optional[str]]:
+    """Open the input bag and resolve its topics (:meth:`BagTopics.resolve`); one-line errors."""
+    Reader, _ = _rosbags()
+    try:
+        reader = Reader(in_path)
+        reader.open()
+    except Exception as exc:  # noqa: B902 - rosbags/sqlite errors: one line
+        raise bag_error(in_path, exc, 'open') from None
+    try:
+        return (topics or BagTopics()).resolve(list(reader.topics))
+    finally:
+        reader.close()
 
 
 def _storage(in_path: str) -> str:
