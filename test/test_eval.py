@@ -267,3 +267,91 @@ def test_cli_marigold_backend_on_middlebury(tmp_path):
     assert data['model'] == 'marigold:tiny-random'
     row = data['images'][0]
     assert 0 <= row['delta1'] <= 1 and np.isfinite(row['abs_rel']) and row['valid_pixels'] > 0
+
+
+# --device: `eval|bench|process-bag --backend onnxruntime --device cuda` ran on the CPU and said
+# nothing (only torch and marigold took a device): GPU figures that were the CPU's.
+@pytest.mark.parametrize('backend,device,available,want', [
+    ('torch', None, None, ('cpu', None)),
+    ('marigold', 'cuda:1', None, ('cuda:1', None)),
+    ('onnxruntime', None, None, (None, None)),
+    ('onnxruntime', 'cpu', None, (None, None)),
+    ('onnxruntime', 'cuda', ['CUDAExecutionProvider', 'CPUExecutionProvider'],
+     (None, [('CUDAExecutionProvider', {'device_id': 0}), ('CPUExecutionProvider', {})])),
+    ('onnxruntime', 'cuda:2', ['CUDAExecutionProvider', 'CPUExecutionProvider'],
+     (None, [('CUDAExecutionProvider', {'device_id': 2}), ('CPUExecutionProvider', {})])),
+    ('tensorrt', None, None, (None, None)),
+])
+def test_device_gives_the_torch_device_or_onnxruntimes_providers(backend, device, available,
+                                                                 want):
+    from depth_ros.commands._args import _device_options
+    assert _device_options(backend, device, available) == want
+
+
+@pytest.mark.parametrize('backend,device,available,message', [
+    ('onnxruntime', 'gpu0', None, "`--device` must be cpu, cuda or cuda:N, got 'gpu0'"),
+    ('torch', 'cuda:x', None, "`--device` must be cpu, cuda or cuda:N, got 'cuda:x'"),
+    ('onnxruntime', 'cuda:1', ['CPUExecutionProvider'],
+     "`--device cuda:1` needs ONNX Runtime's CUDA provider (onnxruntime-gpu); this onnxruntime "
+     'has CPUExecutionProvider'),
+    ('tensorrt', 'cuda', None,
+     '`--device` applies to torch, marigold and onnxruntime, not to --backend tensorrt'),
+])
+def test_device_that_cannot_apply_is_refused_naming_it(backend, device, available, message):
+    from depth_ros.commands._args import _device_options
+    with pytest.raises(ValueError) as err:
+        _device_options(backend, device, available)
+    assert str(err.value) == message
+
+
+def test_cli_onnxruntime_on_cuda_is_refused_where_its_provider_is_missing(tmp_path, capsys):
+    import onnxruntime
+    if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+        pytest.skip('this onnxruntime has the CUDA provider')
+    rc = cli.main(['eval', '--dataset', 'middlebury', '--out', str(tmp_path), '--backend',
+                   'onnxruntime', '--model', str(tmp_path / 'm.onnx'), '--device', 'cuda'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (
+        "depth-ros eval: error: `--device cuda` needs ONNX Runtime's CUDA provider "
+        '(onnxruntime-gpu); this onnxruntime has {}\n'.format(
+            ', '.join(onnxruntime.get_available_providers()))), (rc, err)
+
+
+def test_cli_onnxruntime_cuda_that_does_not_start_is_an_error(tmp_path, capsys, monkeypatch):
+    # onnxruntime-gpu lists its CUDA provider where CUDA cannot start; the session then runs
+    # on the CPU. The providers asked for reach the loader, and the fallback is told.
+    import depth_ros.inference as inference
+    import onnxruntime
+
+    asked = {}
+
+    class CpuSession(object):
+        providers = ['CPUExecutionProvider']
+        name = 'fallback'
+
+    def load(backend, model, **options):
+        asked.update(options, backend=backend, model=model)
+        return CpuSession()
+
+    monkeypatch.setattr(onnxruntime, 'get_available_providers',
+                        lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    monkeypatch.setattr(inference, 'load_model', load)
+    rc = cli.main(['eval', '--dataset', 'middlebury', '--out', str(tmp_path), '--backend',
+                   'onnxruntime', '--model', 'm.onnx', '--device', 'cuda:1'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == ("depth-ros eval: error: `--device cuda:1`: ONNX Runtime's CUDA "
+                               'provider did not start (the session runs on '
+                               'CPUExecutionProvider)\n'), (rc, err)
+    assert (asked['backend'], asked['model'], asked['providers'], asked['device']) == (
+        'onnxruntime', 'm.onnx',
+        [('CUDAExecutionProvider', {'device_id': 1}), ('CPUExecutionProvider', {})], None)
+
+
+def test_onnxruntime_takes_the_providers_given(tmp_path):
+    from depth_ros.inference import load_model
+    from test_cli_demo import _stand_in_onnx
+    path = _stand_in_onnx(tmp_path / 'm.onnx', trained=True)
+    model = load_model('onnxruntime', path, providers=[('CPUExecutionProvider', {})])
+    assert model.providers == ['CPUExecutionProvider']
+    with pytest.raises(Exception, match='not available in this onnxruntime'):
+        load_model('onnxruntime', path, providers=[('NoSuchExecutionProvider', {})])

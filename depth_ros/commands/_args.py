@@ -4,8 +4,9 @@ Argument helpers shared by the `depth-ros` sub-commands: sizes, integers, the mo
 Light on purpose (argparse and re only at import), so that `depth-ros --help` stays fast; the
 model is loaded through depth_ros.inference.load_model only when a command runs.
 
-``--device`` is a torch device ('cpu', 'cuda:0') wherever it appears (eval, bench,
-process-bag); a CUDA device index for TensorRT is ``--gpu`` (model build, model verify).
+``--device`` ('cpu', 'cuda', 'cuda:0'; eval, bench, process-bag) is the torch device of torch
+and marigold, and ONNX Runtime's CUDA provider for onnxruntime; a CUDA device index for
+TensorRT is ``--gpu`` (model build, model verify).
 """
 from __future__ import annotations
 
@@ -155,8 +156,10 @@ def add_model_arguments(parser, model_help: str, model_required: bool = False,
     parser.add_argument('--backend', default='onnxruntime', choices=COMMAND_BACKENDS,
                         help='inference backend')
     parser.add_argument('--model', default=None, required=model_required, help=model_help)
-    parser.add_argument('--device', default='cpu',
-                        help='torch device for {} (cpu, cuda, cuda:0)'.format(torch_backends))
+    parser.add_argument('--device', default=None,
+                        help='cpu (default), cuda or cuda:N: the torch device for {}; for '
+                             "onnxruntime, ONNX Runtime's CUDA provider on GPU N".format(
+                                 torch_backends))
     if random_weights_help is not None:
         parser.add_argument('--random-weights', action='store_true', help=random_weights_help)
     if marigold:
@@ -190,7 +193,53 @@ def load_model(args):
                 args.model, 'add `--random-weights` to build it untrained (the figures then '
                 'mean nothing)' if hasattr(args, 'random_weights') else
                 'pass a checkpoint folder, .pth file or hub id'))
-    return load(args.backend, args.model, device=args.device,
-                random_weights=random_weights,
-                steps=getattr(args, 'steps', None), ensemble_size=getattr(args, 'ensemble', 1),
-                processing_resolution=getattr(args, 'processing_resolution', None))
+    device, providers = _device_options(args.backend, args.device)
+    model = load(args.backend, args.model, device=device, providers=providers,
+                 random_weights=random_weights,
+                 steps=getattr(args, 'steps', None), ensemble_size=getattr(args, 'ensemble', 1),
+                 processing_resolution=getattr(args, 'processing_resolution', None))
+    used = getattr(model, 'providers', None)
+    if providers and providers[0][0] == CUDA_PROVIDER and used and used[0] != CUDA_PROVIDER:
+        # onnxruntime-gpu lists its CUDA provider even where CUDA cannot start, then runs on
+        # the CPU: a benchmark or an evaluation would say nothing of the GPU.
+        raise ValueError('`--device {}`: ONNX Runtime\'s CUDA provider did not start (the '
+                         'session runs on {})'.format(args.device, ', '.join(used)))
+    return model
+
+
+CUDA_PROVIDER = 'CUDAExecutionProvider'
+_DEVICE = re.compile(r'^(cpu|cuda)(?::(\d+))?$')
+
+
+def _device_options(backend: str, device: Optional[str], available=None):
+    """
+    Return ``(device, providers)`` for ``--device`` with ``--backend``.
+
+    torch, marigold: the torch device (default 'cpu'). onnxruntime: its providers, ``cuda:N``
+    the CUDA provider on GPU N before the CPU's, ``available`` (ONNX Runtime's own when None)
+    having it. Others take no device: given one, ValueError naming ``--device``.
+    """
+    from depth_ros.inference.registry import BACKENDS
+
+    if device is not None and not _DEVICE.match(device.strip()):
+        raise ValueError('`--device` must be cpu, cuda or cuda:N, got {!r}'.format(device))
+    spec = BACKENDS[backend]
+    if 'device' in spec.uses:
+        return (device.strip() if device else 'cpu'), None
+    if backend != 'onnxruntime':
+        if device is not None:
+            raise ValueError('`--device` applies to {} and onnxruntime, not to --backend {}'
+                             .format(', '.join(n for n in BACKENDS if 'device' in
+                                               BACKENDS[n].uses), backend))
+        return None, None
+    match = _DEVICE.match((device or 'cpu').strip())
+    if match.group(1) == 'cpu':
+        return None, None   # ONNX Runtime's CPU provider, as without --device
+    if available is None:
+        import onnxruntime
+        available = onnxruntime.get_available_providers()
+    if CUDA_PROVIDER not in available:
+        raise ValueError('`--device {}` needs ONNX Runtime\'s CUDA provider (onnxruntime-gpu); '
+                         'this onnxruntime has {}'.format(device, ', '.join(available)))
+    return None, [(CUDA_PROVIDER, {'device_id': int(match.group(2) or 0)}),
+                  ('CPUExecutionProvider', {})]

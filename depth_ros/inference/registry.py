@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from depth_ros.util import describe_error
 
@@ -62,7 +62,7 @@ class BackendSpec:
 
 _SPECS = (
     BackendSpec('onnxruntime', 'ONNX Runtime on an exported .onnx file', True, 'disparity',
-                False, True, 'onnx', ('input_size',)),
+                False, True, 'onnx', ('input_size', 'providers')),
     BackendSpec('tensorrt', 'TensorRT engine from the engine cache (or built from an .onnx)',
                 True, 'disparity', False, True, 'tensorrt',
                 ('input_size', 'engine_cache_dir')),
@@ -213,7 +213,8 @@ def load_model(backend: str, model: Optional[str] = None, *,
                seed: Optional[int] = 0, dtype: Optional[str] = None,
                steps: Optional[int] = None, ensemble_size: int = 1,
                processing_resolution: Optional[int] = None, standin_latency_ms: float = 0.0,
-               standin_mode: str = 'intensity', name: Optional[str] = None):
+               standin_mode: str = 'intensity', name: Optional[str] = None,
+               providers: Optional[Sequence] = None):
     """
     Load any backend's model for a node or a command; returns an object with ``predict(bgr)``.
 
@@ -234,6 +235,7 @@ def load_model(backend: str, model: Optional[str] = None, *,
     :param steps, ensemble_size, processing_resolution: Marigold's settings.
     :param standin_latency_ms, standin_mode: the stand-in's latency (ms) and mode.
     :param name: label of the model in logs and reports (torch, marigold, standin).
+    :param providers: ONNX Runtime's execution providers (onnxruntime; None: the CPU's).
     :raises ValueError: the request is wrong (see the module docstring); nothing was loaded.
     :raises ModelLoadError: loading failed; one-line message, the original as ``cause``.
     """
@@ -251,7 +253,7 @@ def load_model(backend: str, model: Optional[str] = None, *,
              'random_weights': random_weights, 'seed': seed, 'dtype': dtype, 'steps': steps,
              'ensemble_size': ensemble_size, 'processing_resolution': processing_resolution,
              'standin_latency_ms': standin_latency_ms, 'standin_mode': standin_mode,
-             'name': name}
+             'name': name, 'providers': providers}
     # None means "the backend's default", except where None is a value of its own.
     keep_none = ('seed', 'steps', 'processing_resolution')
     options = {k: v for k, v in given.items()
