@@ -223,3 +223,42 @@ def test_dtype_keyword_follows_the_installed_diffusers(monkeypatch, version, res
         utils._resolve_dtype = lambda dtype, torch_dtype: dtype or torch_dtype
     monkeypatch.setitem(sys.modules, 'diffusers.utils.deprecation_utils', utils)
     assert dtype_keyword(types.SimpleNamespace(__version__=version)) == expected
+
+
+def test_from_pretrained_offline_keeps_diffusers_hub_notice_to_debug(monkeypatch, caplog):
+    # Offline, every load of a hub id printed diffusers' "Couldn't connect to the Hub: ...
+    # Will try to load from local cache." (two raw lines) before the cache was tried.
+    import inspect
+    import logging
+
+    from depth_ros.inference import marigold
+    import diffusers
+    from diffusers.pipelines import pipeline_utils
+
+    # The filter sits on the logger that says it, and matches what diffusers says.
+    assert pipeline_utils.logger.name == marigold._PIPELINE_LOGGER
+    assert "Couldn't connect to the Hub" in inspect.getsource(pipeline_utils)
+    records, done = _diffusers_warnings(monkeypatch)
+
+    def offline(checkpoint, **kwargs):
+        # What diffusers does offline with nothing cached: the notice, then an OSError.
+        pipeline_utils.logger.warning("Couldn't connect to the Hub: [Errno -2] Name or service "
+                                      'not known.\nWill try to load from local cache.')
+        raise OSError('Cannot load model {}: the model is not fully cached locally'.format(
+            checkpoint))
+
+    monkeypatch.setattr(diffusers.MarigoldDepthPipeline, 'from_pretrained',
+                        staticmethod(offline))
+    caplog.set_level(logging.DEBUG, logger='depth_ros.inference.marigold')
+    try:
+        with pytest.raises(FileNotFoundError, match="cannot load Marigold checkpoint 'a/b'"):
+            MarigoldDepth.from_pretrained('a/b', steps=1)
+        after = [r.getMessage() for r in records]
+        # Once the load is over, diffusers' warnings pass again.
+        pipeline_utils.logger.warning("Couldn't connect to the Hub: later")
+    finally:
+        done()
+    assert after == [], after
+    assert [r.getMessage() for r in records] == ["Couldn't connect to the Hub: later"]
+    assert "diffusers: Couldn't connect to the Hub: [Errno -2] Name or service not known. Will " \
+        'try to load from local cache.' in caplog.text, caplog.text

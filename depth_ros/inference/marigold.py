@@ -95,6 +95,27 @@ class MarigoldPrediction:
     latency_ms: float
 
 
+# The logger of diffusers' from_pretrained (diffusers.pipelines.pipeline_utils).
+_PIPELINE_LOGGER = 'diffusers.pipelines.pipeline_utils'
+
+
+class _HubNotice(logging.Filter):
+    """
+    Keep diffusers' "Couldn't connect to the Hub: ... Will try to load from local cache." to debug.
+
+    Offline (the robot, often), every load of a hub id printed those two raw lines before
+    going on to the cache: a cached checkpoint then loads, and a missing one is told in the
+    one line from_pretrained raises.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Couldn't connect to the Hub"):
+            LOG.debug('diffusers: %s', ' '.join(message.split()))
+            return False
+        return True
+
+
 class MarigoldDepth(Closable):
     """
     Marigold depth estimator around a ready ``MarigoldDepthPipeline``.
@@ -165,6 +186,9 @@ class MarigoldDepth(Closable):
         bars_on = bars is not None and getattr(bars, 'is_progress_bar_enabled', bool)()
         if bars_on:
             bars.disable_progress_bar()
+        hub_notice = _HubNotice()
+        hub_logger = logging.getLogger(_PIPELINE_LOGGER)
+        hub_logger.addFilter(hub_notice)
         try:
             try:
                 pipe = diffusers.MarigoldDepthPipeline.from_pretrained(checkpoint, **load)
@@ -178,6 +202,7 @@ class MarigoldDepth(Closable):
                                     'network or the HF cache; a folder needs model_index.json '
                                     'and safetensors weights): {}'.format(checkpoint, exc))
         finally:
+            hub_logger.removeFilter(hub_notice)
             if bars_on:
                 bars.enable_progress_bar()
         pipe = pipe.to(device)
