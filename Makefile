@@ -43,7 +43,7 @@ HUMBLE_TESTS ?= test/test_nodes_core.py test/test_ros_conversions.py test/test_g
 	test/test_faults.py test/test_launch.py test/test_launch_graph.py test/test_colcon_workspace.py \
 	test/test_composed.py
 HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/test_faults.py \
-	test/test_launch_graph.py test/test_composed.py
+	test/test_launch_graph.py test/test_composed.py test/test_sources.py
 # `colcon test` of the unit suite runs on Kilted (it needs torch and onnxruntime, which the
 # Humble venv does not have); the Humble tier builds, launches and drives the workspace.
 HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suite_and_test_result_counts_it
