@@ -200,3 +200,25 @@ def test_cli_refuses_bad_paths_and_numbers_before_loading_the_model(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].endswith(message.format(tmp=tmp_path)), err
     assert not (tmp_path / 'out').exists()
+
+
+def test_cli_marigold_needs_no_model_and_the_others_name_it(tmp_path, monkeypatch, capsys):
+    # `process-bag IN OUT --backend marigold` said "the following arguments are required:
+    # --model", though Marigold has a default checkpoint (eval took it without --model).
+    import depth_ros.inference as inference
+    src = write_test_bag(str(tmp_path / 'in'), _frames(), storage='sqlite3')
+    asked = []
+
+    def load(backend, model, **options):
+        asked.append((backend, model))
+        return GrayModel()
+
+    monkeypatch.setattr(inference, 'load_model', load)
+    assert cli.main(['process-bag', src, str(tmp_path / 'o1')]) == 2
+    assert capsys.readouterr().err == (
+        'depth-ros process-bag: error: `--backend onnxruntime` needs `--model` (an ONNX file, '
+        'engine, checkpoint or hub id)\n')
+    assert not os.path.exists(str(tmp_path / 'o1')) and asked == []
+    assert cli.main(['process-bag', src, str(tmp_path / 'o2'), '--backend', 'marigold']) == 0
+    assert asked == [('marigold', None)], asked
+    assert len(_read(str(tmp_path / 'o2'))['/alignment_node/depth']) == 5

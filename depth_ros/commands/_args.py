@@ -139,11 +139,11 @@ def add_gpu_argument(parser) -> None:
                         new_option='--gpu')
 
 
-def add_model_arguments(parser, model_help: str, model_required: bool = False,
+def add_model_arguments(parser, model_help: str,
                         random_weights_help: Optional[str] = None,
                         marigold: bool = False) -> None:
     """
-    Add the model arguments: --backend, --model, --device (a torch device).
+    Add the model arguments: --backend, --model, --device (see the module docstring).
 
     Optionally also --random-weights and Marigold's --steps, --ensemble, --processing-resolution.
 
@@ -155,7 +155,9 @@ def add_model_arguments(parser, model_help: str, model_required: bool = False,
     torch_backends = ' / '.join(n for n in COMMAND_BACKENDS if BACKENDS[n].torch_device)
     parser.add_argument('--backend', default='onnxruntime', choices=COMMAND_BACKENDS,
                         help='inference backend')
-    parser.add_argument('--model', default=None, required=model_required, help=model_help)
+    # Not required by argparse: Marigold has a default checkpoint; load_model names --model
+    # for the backends that need one.
+    parser.add_argument('--model', default=None, help=model_help)
     parser.add_argument('--device', default=None,
                         help='cpu (default), cuda or cuda:N: the torch device for {}; for '
                              "onnxruntime, ONNX Runtime's CUDA provider on GPU N".format(

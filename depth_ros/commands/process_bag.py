@@ -21,8 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument('input', help='input bag folder')
     parser.add_argument('output', help='output bag folder (must not exist)')
     _args.add_model_arguments(
-        parser, model_required=True,
-        model_help='ONNX file, engine, checkpoint or hub id (Marigold: hub id)')
+        parser, model_help='ONNX file, engine, checkpoint or hub id (Marigold: default '
+                           'prs-eth/marigold-depth-v1-1)')
     parser.add_argument('--image-topic', default=None,
                         help='default: the topic ending in left/image_rect_color')
     parser.add_argument('--depth-topic', default=None,
