@@ -298,3 +298,27 @@ def test_a_path_under_the_home_folder_is_found(tmp_path, probe):
         assert wait_until(lambda: len(images) >= 2, 30), 'no images:\n' + proc.output()
     finally:
         proc.stop()
+
+
+def test_a_node_run_by_hand_without_a_fastdds_profile_says_what_to_export(tmp_path):
+    # The quick start without the launch file: on Fast DDS with no XML profile, the sample's
+    # 1.1 MB frames went in UDP fragments and alignment_node got almost none, without a word
+    # about why (the launch file sets the profile; by hand, nobody did).
+    from depth_ros.nodes_core import middleware
+    if not middleware.rmw().startswith('rmw_fastrtps'):
+        pytest.skip('{}: no Fast DDS profile to miss (test_nodes_core checks the note is '
+                    'not given)'.format(middleware.rmw()))
+    unset = {middleware.OLD: '', middleware.NEW: ''}
+    proc = NodeProcess('zed_node', params={'source': 'sample'}, env=unset,
+                       extra_ros_args=['-r', '__ns:=/zed_noprofile'])
+    try:
+        told = proc.wait_for_output('Fast DDS runs with no XML profile', 30)
+        proc.interrupt()
+        code = proc.wait(20)
+    finally:
+        proc.stop()
+    out = proc.output()
+    variable = middleware.profile_variables()[-1]
+    assert told and code == 0 and out.count('no XML profile') == 1 and \
+        'export {}=$(ros2 pkg prefix depth_ros)/share/depth_ros/config/' \
+        'fastdds_large_messages.xml'.format(variable) in out, out

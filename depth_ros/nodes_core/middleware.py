@@ -14,6 +14,8 @@ DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
   caps the socket receive buffer that the Cyclone DDS configuration asks for, and what to set.
 - :func:`max_message_bytes` and :func:`too_large_text`: the largest message Fast DDS carries
   whole with our profile, and the line for a frame or cloud above it.
+- :func:`missing_profile_note`: the one line a node run by hand logs when Fast DDS runs with
+  no XML profile at all (the launch file sets ours), and what to export.
 """
 from __future__ import annotations
 
@@ -242,6 +244,36 @@ def _profile_shm_limit(path: str) -> Optional[int]:
             except ValueError:
                 continue
     return max(limits) if limits else None
+
+
+# Fast DDS's own default profile files, read from the working directory (2.x, 3.x).
+CWD_PROFILES = ('DEFAULT_FASTRTPS_PROFILES.xml', 'DEFAULT_FASTDDS_PROFILES.xml')
+
+
+def missing_profile_note(environ=None, cwd: Optional[str] = None) -> Optional[str]:
+    """
+    Return the line for Fast DDS running with no XML profile (None: another RMW, or a profile).
+
+    Without one, a message above Fast DDS's default 0.5 MB shared-memory segment (a frame,
+    depth, a cloud) goes in UDP fragments, and best effort loses whole frames (1 of 40 reached
+    the cloud in docs/ros.md's test). The launch file sets config/fastdds_large_messages.xml;
+    nodes run by hand (``ros2 run``) need it exported. A profile the environment names, or
+    Fast DDS's default file in the working directory (``cwd``; None: the process's), counts.
+    """
+    env = os.environ if environ is None else environ
+    if not rmw(env).startswith('rmw_fastrtps') or profile_in_use(env):
+        return None
+    here = os.getcwd() if cwd is None else cwd
+    if any(os.path.isfile(os.path.join(here, name)) for name in CWD_PROFILES):
+        return None
+    names = profile_variables(env)
+    path = '$(ros2 pkg prefix depth_ros)/share/depth_ros/config/fastdds_large_messages.xml'
+    export = 'export {}={}'.format(names[-1], path)
+    if len(names) > 1:
+        export += ' (Fast DDS 2: {})'.format(names[0])
+    return 'Fast DDS runs with no XML profile: frames, depth and clouds above its 0.5 MB ' \
+        'shared-memory segment go in UDP fragments, and best-effort subscribers lose most ' \
+        'of them. The launch file sets ours; run by hand, {}'.format(export)
 
 
 def max_message_bytes(environ=None) -> Optional[int]:

@@ -39,6 +39,7 @@ import sys
 import threading
 from typing import List, Optional
 
+from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import ConfigError, given_names, params_file_error, \
     StartupError, unknown_lines
 from depth_ros.nodes_core.workers import forward_library_logs
@@ -250,6 +251,9 @@ def run(args: Optional[List[str]] = None) -> int:
             compat.shutdown()
             return code
         _warn_unknown(argv, glob, nodes, sections)
+        note = missing_profile_note()   # run by hand: the launch file sets the profile
+        if note:
+            nodes[0].get_logger().warning(note)
         executor = SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
     params_file_error, StartupError, type_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_library_logs, ThrottledLog
@@ -393,6 +394,9 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
                 for line in unknown_lines(given_names(argv, node.get_fully_qualified_name()),
                                           node.has_parameter, list(node.specs)):
                     node.get_logger().warning(line)
+            note = missing_profile_note()   # run by hand: the launch file sets the profile
+            if note:
+                node.get_logger().warning(note)
             # Callbacks only hand frames over (the work runs in the nodes' worker threads),
             # and rclpy's MultiThreadedExecutor costs far more Python time per message than
             # it saves.
