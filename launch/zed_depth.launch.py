@@ -157,6 +157,11 @@ def _depth_backend(arg):
     if arg['model'] not in ('', 'auto', engine):
         raise ValueError('give either model:= or engine:=, got model:={} engine:={}'.format(
             arg['model'], engine))
+    if engine.strip().lower().endswith('.onnx'):
+        # It ran: the tensorrt backend builds an engine from an ONNX file. model:= says so.
+        raise ValueError('engine:= names a TensorRT engine (.engine, .plan or a name in the '
+                         'engine cache), got {0}: give an ONNX file as model:={0} (backend auto '
+                         'builds its engine where TensorRT is installed)'.format(engine))
     # engine:= alone (backend auto) means tensorrt.
     if backend not in ('tensorrt', 'auto'):
         raise ValueError('engine:= needs backend tensorrt, got backend:={}'.format(backend))

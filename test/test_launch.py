@@ -379,6 +379,11 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
         depth_params(backend='torch', engine='e.engine')
     with pytest.raises(ValueError, match='give either model:= or engine:=, got model:=m.onnx'):
         depth_params(model='m.onnx', engine='e.engine')
+    with pytest.raises(ValueError) as err:   # it was taken, and built an engine from the ONNX
+        depth_params(engine='/m/da2.onnx')
+    assert str(err.value) == 'engine:= names a TensorRT engine (.engine, .plan or a name in ' \
+        'the engine cache), got /m/da2.onnx: give an ONNX file as model:=/m/da2.onnx (backend ' \
+        'auto builds its engine where TensorRT is installed)'
 
 
 @needs_launch
