@@ -199,14 +199,20 @@ def check_paths(in_path: str, out_path: str) -> None:
             out_path))
 
 
-def check_topics(in_path: str, topics: Optional[BagTopics] = None) -> Dict[str, Optional[str]]:
-    """Open the input bag and resolve its topics (:meth:`BagTopics.resolve`); one-line errors."""
+def _open_reader(in_path: str):
+    """Return an open rosbags Reader of ``in_path``; a one-line SourceError if it cannot open."""
     Reader, _ = _rosbags()
     try:
         reader = Reader(in_path)
         reader.open()
     except Exception as exc:  # noqa: B902 - rosbags/sqlite errors: one line
         raise bag_error(in_path, exc, 'open') from None
+    return reader
+
+
+def check_topics(in_path: str, topics: Optional[BagTopics] = None) -> Dict[str, Optional[str]]:
+    """Open the input bag and resolve its topics (:meth:`BagTopics.resolve`); one-line errors."""
+    reader = _open_reader(in_path)
     try:
         return (topics or BagTopics()).resolve(list(reader.topics))
     finally:
@@ -248,7 +254,7 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
         ``SourceError`` (one line): the input is truncated or corrupt.
     """
     from depth_ros.core.alignment import MetricAligner
-    Reader, typestore = _rosbags()
+    _, typestore = _rosbags()
     check_paths(in_path, out_path)
     check_number('max_pending', max_pending, 1, None, integer=True)
     check_number('cloud_stride', cloud_stride, 1, None, integer=True)
@@ -259,11 +265,7 @@ def process_bag(in_path: str, out_path: str, model, topics: Optional[BagTopics] 
     stats = BagStats()
     partial = _temporary_sibling(out_path)
     try:
-        try:
-            reader = Reader(in_path)
-            reader.open()
-        except Exception as exc:  # noqa: B902 - rosbags/sqlite errors: one line
-            raise bag_error(in_path, exc, 'open') from None
+        reader = _open_reader(in_path)
         try:
             names = (topics or BagTopics()).resolve(list(reader.topics))
             with open_writer(partial, _storage(in_path), version) as writer:
