@@ -262,7 +262,6 @@ def _tf_chain(publishers):
     return chain
 
 
-
 def _rpy_matrix(roll, pitch, yaw):
     # tf2's convention for static_transform_publisher --roll/--pitch/--yaw (and
     # Quaternion.setRPY): fixed axes, R = Rz(yaw) Ry(pitch) Rx(roll), parent <- child.
@@ -294,6 +293,7 @@ def test_a_cloud_point_lands_where_rep_103_puts_it_in_the_camera_link(monkeypatc
         point = [sum(r[i][k] * point[k] for k in range(3)) + xyz[i] for i in range(3)]
     expected = [2.0, 0.06 - 0.5, -0.25]
     assert all(abs(a - b) < 1e-9 for a, b in zip(point, expected)), (point, expected)
+
 
 @MODES
 def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch, composed):
