@@ -48,8 +48,8 @@ def diag_values(collector, prefix, since=None):
         if since is not None and stamp <= since:
             continue
         for status in msg.status:
-            # The status name is the node kind ('depth_node: inference'); the hardware id is
-            # the node's fully qualified name ('/depth_node_f'): either identifies it.
+            # The status name is '<namespace/node>: <task>' ('zed/zed_node: camera'); the
+            # hardware id is the fully qualified node name ('/depth_node_f'): either serves.
             if status.name.startswith(prefix) or status.hardware_id == '/' + prefix:
                 values = {kv.key: kv.value for kv in status.values}
                 values['_level'] = int.from_bytes(status.level, 'little') \

@@ -362,6 +362,16 @@ def test_camera_info_of_the_same_aspect_at_another_size_is_scaled(g):
     assert wait_until(lambda: g.info.by_stamp(stamp) is not None, 10), g.align_node.output()
     info = g.info.by_stamp(stamp)
     assert (info.width, info.height) == (W, H) and abs(info.k[0] - g.camera.fx) < 1e-9, info
+    # depth_image_proc and RViz's DepthCloud project ~/depth with this camera_info (P, or K):
+    # both must be the depth's size, not the 2x camera's. Expected from the 2x intrinsics
+    # by the pixel-centre rule (u + 0.5) * s - 0.5 that cv2.resize follows.
+    big = g.camera.scaled(W * 2, H * 2)
+    fx, fy = big.fx / 2, big.fy / 2
+    cx, cy = (big.cx + 0.5) / 2 - 0.5, (big.cy + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(list(info.k), [fx, 0, cx, 0, fy, cy, 0, 0, 1], atol=1e-9)
+    np.testing.assert_allclose(list(info.p), [fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0],
+                               atol=1e-9)
+    assert info.header.frame_id == FRAME
 
 
 @pytest.mark.rmw_independent

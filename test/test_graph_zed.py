@@ -101,6 +101,25 @@ def test_cloud_carries_the_camera_stamp_and_frame(pipeline):
         'received {} {}x{}'.format(cloud.header.frame_id, cloud.width, cloud.height)
 
 
+def test_diagnostic_status_names_carry_the_namespace(pipeline, node_processes):
+    # rqt_robot_monitor and diagnostic_aggregator key statuses by name: a second instance
+    # of a node (the Marigold graph's /marigold/alignment_node, a second camera) must be a
+    # row of its own, not the same "alignment_node: metric alignment" as the first one.
+    other = NodeProcess('alignment_node', extra_ros_args=['-r', '__ns:=/cam2'])
+    node_processes.append(other)
+    expected = {'zed/zed_node: camera': '/zed/zed_node', 'depth_node: inference': '/depth_node',
+                'alignment_node: metric alignment': '/alignment_node',
+                'cam2/alignment_node: metric alignment': '/cam2/alignment_node'}
+
+    def seen():
+        return {s.name: s.hardware_id for m in pipeline.diag.msgs for s in m.status
+                if s.name in expected}
+    assert wait_until(lambda: len(seen()) == len(expected), 20), \
+        'statuses seen: {}; second node output:\n{}'.format(
+            sorted({s.name for m in pipeline.diag.msgs for s in m.status}), other.output())
+    assert seen() == expected
+
+
 def conv_stamp(msg):
     from depth_ros.ros import conversions as conv
     return conv.stamp_to_ns(msg.header.stamp)
@@ -128,7 +147,7 @@ def test_camera_disappears_mid_run_and_zed_node_reconnects(pipeline):
         out = []
         for msg in list(pipeline.diag.msgs):
             for s in msg.status:
-                if s.name.startswith('zed_node'):
+                if s.hardware_id == ZED:
                     out.append((s.level, s.message, {kv.key: kv.value for kv in s.values}))
         return out
     statuses = camera_status()

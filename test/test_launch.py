@@ -262,6 +262,39 @@ def _tf_chain(publishers):
     return chain
 
 
+def _rpy_matrix(roll, pitch, yaw):
+    # tf2's convention for static_transform_publisher --roll/--pitch/--yaw (and
+    # Quaternion.setRPY): fixed axes, R = Rz(yaw) Ry(pitch) Rx(roll), parent <- child.
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
+                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
+    rx = [[1, 0, 0], [0, cr, -sr], [0, sr, cr]]
+    ry = [[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]]
+    rz = [[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]]
+
+    def mul(a, b):
+        return [[sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)] for i in range(3)]
+    return mul(rz, mul(ry, rx))
+
+
+@needs_launch
+def test_a_cloud_point_lands_where_rep_103_puts_it_in_the_camera_link(monkeypatch):
+    # A planner transforms ~/points from the optical frame (x right, y down, z forward) to
+    # the camera link (x forward, y left, z up) through the launch's two static TFs. A point
+    # 2 m ahead, 0.5 m right and 0.25 m down of the left camera must come out 2 m forward,
+    # 0.5 m right of the left camera (which sits 0.06 m left of the link) and 0.25 m down.
+    _, ev = _evaluate(monkeypatch, source='sample', backend='standin', tf2_ros=True)
+    chain = _tf_chain(ev.by_exe('static_transform_publisher'))
+    assert [(parent, child) for parent, child, _, _ in chain] == [
+        ('zed_camera_link', 'zed_left_camera_frame'),
+        ('zed_left_camera_frame', 'zed_left_camera_optical_frame')]
+    point = [0.5, 0.25, 2.0]                 # in zed_left_camera_optical_frame
+    for _, _, xyz, rpy in reversed(chain):   # child -> parent, the optical frame first
+        r = _rpy_matrix(*rpy)
+        point = [sum(r[i][k] * point[k] for k in range(3)) + xyz[i] for i in range(3)]
+    expected = [2.0, 0.06 - 0.5, -0.25]
+    assert all(abs(a - b) < 1e-9 for a, b in zip(point, expected)), (point, expected)
+
+
 @MODES
 def test_publish_tf_without_tf2_ros_says_so_in_one_line_and_goes_on(monkeypatch, composed):
     _, ev = _evaluate(monkeypatch, composed=composed,

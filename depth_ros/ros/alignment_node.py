@@ -50,7 +50,7 @@ from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError
 from depth_ros.nodes_core.workers import HeapTrim, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -691,8 +691,7 @@ class AlignmentNode(DepthRosNode):
             values['prepared_' + k] = self.prepare_counts[k]
         values['prepared_held'] = int(self.prepared is not None)
         level, message = self._level()
-        return [diagnostic_status('alignment_node: metric alignment',
-                                  self.get_fully_qualified_name(), level, message, values)]
+        return [self.make_status('metric alignment', level, message, values)]
 
     def close(self):
         """Finish the set in progress."""

@@ -25,7 +25,7 @@ from depth_ros.core.visualize import colorize
 from depth_ros.nodes_core.config import DEPTH_PARAMS, open_model, validate_depth
 from depth_ros.nodes_core.workers import FrameHealth, RateMeter, StageTimes, StampGuard, Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 import numpy as np
@@ -212,8 +212,7 @@ class DepthNode(DepthRosNode):
             values['frames_bad_' + kind] = self.bad[kind]
         for stage, ms in self.stages.means().items():
             values['stage_{}_ms'.format(stage)] = ms
-        return [diagnostic_status('depth_node: inference', self.get_fully_qualified_name(),
-                                  level, message, values)]
+        return [self.make_status('inference', level, message, values)]
 
     def close(self):
         """Finish the frame in progress, then release the model."""

@@ -35,7 +35,7 @@ from depth_ros.nodes_core.config import MARIGOLD_PARAMS, marigold_settings
 from depth_ros.nodes_core.params import ConfigError, StartupError
 from depth_ros.nodes_core.workers import Worker
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, LocalFrame, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, LocalFrame, main_for, \
     sensor_qos
 from depth_ros.util import describe_error
 from sensor_msgs.msg import Image
@@ -211,8 +211,7 @@ class MarigoldNode(DepthRosNode):
             'newest_image_stamp_age_s': stamp_age,
             'keyframe_period_s': self.cfg['keyframe_period_s'],
         }
-        return [diagnostic_status('marigold_node: keyframes', self.get_fully_qualified_name(),
-                                  level, message, values)]
+        return [self.make_status('keyframes', level, message, values)]
 
     def close(self):
         """Finish the running keyframe (its publish is skipped if shutdown started)."""

@@ -121,6 +121,19 @@ class DepthRosNode(Node):
         """Return the node's DiagnosticStatus list (diagnostic_status); overridden by nodes."""
         return []
 
+    def make_status(self, task: str, level: str, message: str, values: Dict[str, object]):
+        """
+        Return this node's DiagnosticStatus for ``task``, named ``<namespace/node>: <task>``.
+
+        The name carries the namespace, so that two instances (the Marigold graph's
+        /marigold/alignment_node beside /alignment_node, two cameras) are two rows in
+        rqt_robot_monitor and the diagnostic aggregator, which key statuses by name. The
+        hardware id is the fully qualified node name.
+        """
+        fqn = self.get_fully_qualified_name()
+        return diagnostic_status('{}: {}'.format(fqn.lstrip('/'), task), fqn, level, message,
+                                 values)
+
     def _publish_diagnostics(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         msg = DiagnosticArray(status=list(self.diagnostics()))

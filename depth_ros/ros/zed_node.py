@@ -32,7 +32,7 @@ from depth_ros.nodes_core.middleware import max_message_bytes, too_large_text
 from depth_ros.nodes_core.params import ConfigError, StartupError
 from depth_ros.nodes_core.workers import RateMeter
 from depth_ros.ros import conversions as conv
-from depth_ros.ros.runtime import DepthRosNode, diagnostic_status, main_for, \
+from depth_ros.ros.runtime import DepthRosNode, main_for, \
     sensor_qos
 from depth_ros.sources.base import Frame, FrameError, SourceConfigError, SourceError
 from depth_ros.sources.downscale import downscale_frame
@@ -267,8 +267,7 @@ class ZedNode(DepthRosNode):
         level, message = self.state, self.state_msg
         if level == 'ok' and self.rate.age() > 3.0:
             level, message = 'warn', 'no frame for {:.1f} s'.format(self.rate.age())
-        return [diagnostic_status('zed_node: camera', self.get_fully_qualified_name(),
-                                  level, message, values)]
+        return [self.make_status('camera', level, message, values)]
 
     def close(self):
         """Stop the grab thread, then close the camera."""
