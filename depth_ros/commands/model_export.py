@@ -69,15 +69,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Run the export; errors surface as ValueError/FileNotFoundError/ImportError."""
-    from depth_ros.core.preprocess import PATCH
+    from depth_ros.core.preprocess import check_input_size
     from depth_ros.inference.export import (check_opset, export_checkpoint, exporter_for,
                                             resolve_opset)
 
     # Validate the arguments before loading a checkpoint.
-    for option, value in (('--width', args.width), ('--height', args.height)):
-        if value < 1 or value % PATCH:
-            raise ValueError('`{}` must be a positive multiple of {}, got {}'.format(
-                option, PATCH, value))
+    check_input_size(args.width, args.height, names=('`--width`', '`--height`'))
     if not args.out.endswith('.onnx'):
         raise ValueError('--out must name an .onnx file, got {!r}'.format(args.out))
     opset = check_opset(resolve_opset(args.opset, args.target), name='--opset')

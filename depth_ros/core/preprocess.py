@@ -23,12 +23,18 @@ _SCALE_BGR = (1.0 / (255.0 * IMAGENET_STD))[::-1].copy()
 _OFFSET_BGR = (-IMAGENET_MEAN / IMAGENET_STD)[::-1].copy()
 
 
-def check_input_size(width: int, height: int) -> Tuple[int, int]:
-    """Validate a model input size: positive multiples of the ViT patch size (14)."""
-    message = 'input `{name}` must be a positive multiple of ' + str(PATCH) + ', got {value!r}'
+def check_input_size(width: int, height: int,
+                     names: Tuple[str, str] = ('input `width`', 'input `height`')
+                     ) -> Tuple[int, int]:
+    """
+    Validate a model input size: positive multiples of the ViT patch size (14).
+
+    :param names: what the errors call the width and the height (a command names its options).
+    """
+    message = '{name} must be a positive multiple of ' + str(PATCH) + ', got {value!r}'
     size = tuple(check_number_as(message, name, value, low=1, integer=True)
-                 for name, value in (('width', width), ('height', height)))
-    for name, value in zip(('width', 'height'), size):
+                 for name, value in zip(names, (width, height)))
+    for name, value in zip(names, size):
         if value % PATCH:
             raise ValueError(message.format(name=name, value=value))
     return size
