@@ -11,7 +11,8 @@ prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbe
 2. the stereo noise model, constant in inverse depth (``sigma_d / (f B)``);
 3. the stereo and confidence as float32; the stereo in inverse depth and where it is trusted;
 4. the stereo where the mono side reads it: on the fit lattice (its tests and noise gains,
-   and the ground plane it sees, whose horizon bounds the sky: core/ground.py), on the
+   and the ground plane it sees, whose horizon bounds the sky and which bounds the far
+   output in step 12: core/ground.py), on the
    statistics grid (inverse depth, trust, image, confidence) and on the cells (the range
    guide's intensity, the sky's colours and too-far stereo);
 5. check the relative map against the stereo's size; as float32 (a non-finite value is
@@ -523,8 +524,9 @@ class MetricAligner(object):
 
         ``p.ground`` (core/ground.py's Ground, or None) and ``p.lat_sky_ok`` (bool over the
         lattice: samples above the horizon moved down by ``sky_horizon_margin_deg``, or
-        None: everywhere). Only with ``sky_horizon``, the sky rule on (disparity kind) and a
-        camera (the intrinsics).
+        None: everywhere): only with ``sky_horizon`` and the sky rule on. ``p.plane``: the
+        same plane for the ground bound (step 12), only with ``ground_bound``. Disparity
+        kind, with a camera (the intrinsics).
         """
         o = self.options
         p.ground, p.lat_sky_ok, p.intrinsics, p.plane = None, None, None, None
