@@ -179,9 +179,11 @@ def raycast(camera, boxes, origin=(0.0, 0.0, 0.0), rot=None, ground_y=None, room
 
 def _profile_hit(d, origin, segments):
     """
-    Ray parameter of the first hit of rays ``origin + t d`` with a road of piecewise-quadratic
-    height ``y(z) = y0 + g (z - z0) + c (z - z0)^2`` on ``[z0, z1)`` (``segments``: tuples
-    ``(z0, z1, y0, g, c)``, y down; the road spans all x); +inf where no segment is hit.
+    Return the ray parameter of the first hit of rays ``origin + t d`` with a road.
+
+    The road's height is piecewise quadratic, ``y(z) = y0 + g (z - z0) + c (z - z0)^2`` on
+    ``[z0, z1)`` (``segments``: tuples ``(z0, z1, y0, g, c)``, y down; the road spans all x);
+    +inf where no segment is hit.
     """
     best = np.full(d.shape[1:], np.inf)
     oy, oz = origin[1], origin[2]
@@ -242,7 +244,7 @@ class RoadProfile(object):
         self.breaks = breaks
 
     def y(self, z):
-        """World y (down) of the road at ``z`` (scalar or array)."""
+        """Return the world y (down) of the road at ``z`` (scalar or array)."""
         z = np.asarray(z, np.float64)
         out = np.zeros(z.shape)
         for z0, z1, y0, g, c in self.segments:
@@ -251,14 +253,14 @@ class RoadProfile(object):
         return out if out.ndim else float(out)
 
     def grade(self, z):
-        """Uphill grade (-dy/dz) at ``z``."""
+        """Return the uphill grade (-dy/dz) at ``z``."""
         for z0, z1, y0, g, c in self.segments:
             if z0 <= z < z1:
                 return -(g + 2.0 * c * (z - z0))
         return -self.segments[-1][3]
 
     def shifted(self, dz):
-        """The segments with z measured from ``dz`` (the camera's position)."""
+        """Return the segments with z measured from ``dz`` (the camera's position)."""
         return [(z0 - dz, z1 - dz, y0, g, c) for z0, z1, y0, g, c in self.segments]
 
 
@@ -401,8 +403,10 @@ class DrivingWorld(object):
 
     def at(self, ego_z, frame, profile=None):
         """
-        Return the boxes of this frame, z from the camera (``ego_z``); on the road's
-        ``profile`` (RoadProfile) when given: each box's base at the road's lower end under it.
+        Return the boxes of this frame, z from the camera (``ego_z``).
+
+        On the road's ``profile`` (RoadProfile) when given: each box's base at the road's lower
+        end under it.
         """
         out = []
         for b in self.boxes:

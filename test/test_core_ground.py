@@ -205,9 +205,10 @@ FAR_M = 25.0          # beyond it the network below puts everything 30 % too far
 
 def overestimating_relative(z, factor=1.3, shift=-0.02):
     """
-    The network's map: affine in inverse depth to FAR_M, beyond it depth x ``factor``; the
-    sky 0. A negative shift keeps the far range above the sky rule's threshold (2 % of the
-    99th percentile): not sky-like, as the network's far road mostly is.
+    Return the network's map: affine in inverse depth to FAR_M, beyond it depth x ``factor``.
+
+    The sky is 0. A negative shift keeps the far range above the sky rule's threshold (2 % of
+    the 99th percentile): not sky-like, as the network's far road mostly is.
     """
     zz = np.where(z > FAR_M, z * factor, z)
     with np.errstate(divide='ignore'):

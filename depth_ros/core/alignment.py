@@ -1029,9 +1029,10 @@ class MetricAligner(object):
 
     def _bound_plane(self, prepared, held):
         """
-        Return the ground plane of the bound, or None: this frame's; a held frame's (too
-        little or untrusted stereo) the last plane of a frame fitted to its stereo, at the
-        same size.
+        Return the ground plane of the bound, or None.
+
+        This frame's; a held frame's (too little or untrusted stereo) the last plane of a
+        frame fitted to its stereo, at the same size.
         """
         if not self.options.ground_bound or prepared.intrinsics is None:
             self._plane = None
