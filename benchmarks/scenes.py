@@ -244,7 +244,7 @@ class RoadProfile(object):
         self.breaks = breaks
 
     def y(self, z):
-        """Return the world y (down) of the road at ``z`` (scalar or array)."""
+        """Return the road's world height (y, down) at ``z`` (scalar or array)."""
         z = np.asarray(z, np.float64)
         out = np.zeros(z.shape)
         for z0, z1, y0, g, c in self.segments:
@@ -253,7 +253,7 @@ class RoadProfile(object):
         return out if out.ndim else float(out)
 
     def grade(self, z):
-        """Return the uphill grade (-dy/dz) at ``z``."""
+        """Return the road's uphill slope (-dy/dz) at ``z``."""
         for z0, z1, y0, g, c in self.segments:
             if z0 <= z < z1:
                 return -(g + 2.0 * c * (z - z0))
