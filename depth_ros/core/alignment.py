@@ -1077,11 +1077,16 @@ class MetricAligner(object):
         with np.errstate(invalid='ignore'):
             act = (y >= y_lo) & (y <= y_hi) & (band < bound)       # NaN compares False
         if sky_threshold is not None:
-            hr, wr = rel.shape
-            rr = np.clip(np.rint((np.arange(r0, r1) + 0.5) * hr / h - 0.5), 0, hr - 1)
-            cc = np.clip(np.rint((np.arange(w) + 0.5) * wr / w - 0.5), 0, wr - 1)
             with np.errstate(invalid='ignore'):
-                act &= ~(rel[rr.astype(np.intp)][:, cc.astype(np.intp)] <= sky_threshold)
+                if rel.shape == inv.shape:
+                    act &= ~(rel[r0:r1] <= sky_threshold)
+                else:       # the relative map's nearest pixel, read where the bound acts
+                    rs, cs = np.nonzero(act)
+                    hr, wr = rel.shape
+                    rr = np.clip(np.rint((rs + r0 + 0.5) * hr / h - 0.5), 0, hr - 1)
+                    cc = np.clip(np.rint((cs + 0.5) * wr / w - 0.5), 0, wr - 1)
+                    sky = rel[rr.astype(np.intp), cc.astype(np.intp)] <= sky_threshold
+                    act[rs[sky], cs[sky]] = False
         np.copyto(band, bound, where=act)
         if var is not None:
             vb = var[r0:r1]
