@@ -228,7 +228,7 @@ class MetricAligner(object):
     @property
     def bands(self) -> RowBands:
         """
-        The row bands (``finish_threads``) of ``finish``'s full-resolution per-pixel passes.
+        Return the row bands (``finish_threads``) of finish's full-resolution per-pixel passes.
 
         A caller may run the frame's other per-pixel passes on them (alignment_node: the
         cloud, ``depth_to_cloud(bands=...)``), from the thread that calls ``finish``.

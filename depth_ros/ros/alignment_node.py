@@ -589,7 +589,8 @@ class AlignmentNode(DepthRosNode):
                                colours=colours, stride=stride,
                                min_depth=cfg['cloud_min_range'] or None,
                                max_depth=cfg['cloud_max_range'] or None, out=out,
-                               edge_threshold=cfg['cloud_edge_threshold'] or None)
+                               edge_threshold=cfg['cloud_edge_threshold'] or None,
+                               bands=self.aligner.bands)   # finish_threads' row bands
         self.stages.mark('cloud')
         if self.publish(self.pub_points, conv.cloud_to_pointcloud2(cloud, header,
                                                                    buffer=self.cloud_buffer)):
@@ -694,8 +695,9 @@ class AlignmentNode(DepthRosNode):
         return [self.make_status('metric alignment', level, message, values)]
 
     def close(self):
-        """Finish the set in progress."""
-        self.worker.stop()
+        """Finish the set in progress; stop the threads of finish_threads > 1."""
+        if self.worker.stop():
+            self.aligner.close()
 
 
 main = main_for(AlignmentNode, 'alignment_node')
