@@ -228,7 +228,7 @@ class MetricAligner(object):
     @property
     def bands(self) -> RowBands:
         """
-        Return the row bands (``finish_threads``) of finish's full-resolution per-pixel passes.
+        Return the RowBands of finish's full-resolution per-pixel passes: ``finish_threads``.
 
         A caller may run the frame's other per-pixel passes on them (alignment_node: the
         cloud, ``depth_to_cloud(bands=...)``), from the thread that calls ``finish``.
