@@ -54,7 +54,8 @@ from depth_ros.core.bands import RowBands
 from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
-from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
+from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
+    stereo_variance
 from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
@@ -435,7 +436,7 @@ class MetricAligner(object):
         # 11. Fuse the trusted stereo into inv, in place, and its variance when asked for;
         #     ys is spent (the fusion writes y_s - y_m into its plane).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
-                                         prepared.conf_s, fit)
+                                         prepared.conf_s, fit, prepared.interior)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
         # 12. Depth and its 1-sigma uncertainty, in metres: the depth in the set's stereo
@@ -793,10 +794,15 @@ class MetricAligner(object):
 
         The stereo inverse depth, trust and image on the statistics grid; the confidence
         there (non-finite: 100, see ``_stats_confidence``); the range guide's intensity on the
-        cells; the sky's too-far mask and colours on the cells (disparity kind, colour guide).
+        cells; the sky's too-far mask and colours on the cells (disparity kind, colour guide);
+        the fusion's interior stereo on the grid (with a consistency band).
         """
         o = self.options
         p.stereo_s, p.trusted_s = corr.stats(p.ys), corr.stats(p.trust)
+        # The fusion's wider gate: where it holds needs only the stereo on the grid (the
+        # variances' grid: the fusion resizes the same planes there, nearest).
+        p.interior = None if o.consistency is None else \
+            interior_stereo(p.stereo_s, p.trusted_s, o.consistency)
         p.image_s = None if guide is None else corr.stats(guide)
         p.guide_low = None if p.image_s is None else corr.range_guide_image(p.image_s)
         p.conf_s = None if p.conf is None else _stats_confidence(corr, p.conf)
@@ -1018,7 +1024,8 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 11. fusion
 
-    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit):
+    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit,
+              interior):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
 
@@ -1042,7 +1049,8 @@ class MetricAligner(object):
         if fuse and confirmed:
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
-                                  o.consistency, inv, var, mono_s, bands=self.bands)
+                                  o.consistency, inv, var, mono_s, bands=self.bands,
+                                  interior=interior)
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)

@@ -41,6 +41,8 @@ _KERNEL = np.ones((3, 3), np.uint8)
 # (docs/accuracy-findings.md, phase F).
 INTERIOR_BOUND_GAIN = 4.0
 INTERIOR_MAX_OUTLIERS = 0.05
+# ``Fusion.fuse(interior=...)``'s default: the interior stereo is found there.
+FIND_INTERIOR = 'find'
 
 
 def interior_stereo(stereo_inv_small, trusted_small, consistency):
@@ -104,7 +106,8 @@ class Fusion(object):
              mono_var_small: np.ndarray, stereo_var_small, outlier_sigma: float,
              consistency: Optional[float], out_inv: np.ndarray,
              out_var: Optional[np.ndarray] = None,
-             mono_inv_small: Optional[np.ndarray] = None, bands=None) -> int:
+             mono_inv_small: Optional[np.ndarray] = None, bands=None,
+             interior=FIND_INTERIOR) -> int:
         """
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
@@ -125,6 +128,9 @@ class Fusion(object):
         :param out_var: optional [H, W] float32 result, the fused variance ``vm (1 - k)``.
         :param mono_inv_small: [h, w] float32 the mono inverse depth at the variances' size
             (the consistency band's ``y``; NaN is 0); default: ``mono_inv`` resized.
+        :param interior: ``interior_stereo`` of ``stereo_inv`` and ``trusted`` on the
+            variances' grid (nearest), when found before (the aligner's ``prepare``: it needs
+            only the stereo); by default found here.
         :param bands: a ``RowBands`` to run the full-resolution per-pixel passes on (the same
             result for any number of threads); None: one piece.
         """
@@ -143,9 +149,11 @@ class Fusion(object):
             cap = y * np.float32(consistency) + np.float32(s2)
             bound = np.minimum(bound, cap * cap)
             size = den.shape[::-1]
-            inner = interior_stereo(
-                cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
-                cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
+            inner = interior
+            if isinstance(inner, str) and inner == FIND_INTERIOR:
+                inner = interior_stereo(
+                    cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
+                    cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
             if inner is not None:
                 cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
                         mask=inner)
@@ -180,4 +188,4 @@ class Fusion(object):
         return sum(run(blend_band, rows))
 
 
-__all__ = ['Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']
+__all__ = ['FIND_INTERIOR', 'Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']
