@@ -410,3 +410,34 @@ def test_finish_threads_is_an_option_checked_by_name():
     assert aligner.bands.threads == 3
     with pytest.raises(ValueError, match='option `finish_threads`'):
         aligner.set_options(finish_threads=2.5)
+
+
+@pytest.mark.parametrize('uncertainty', [False, True])
+def test_finish_writes_the_depth_into_out_as_it_would_into_a_new_array(uncertainty):
+    """finish(out=...) (a message's buffer) gives the same frames, and out is the depth."""
+    one, two = MetricAligner(compute_uncertainty=uncertainty), \
+        MetricAligner(compute_uncertainty=uncertainty)
+    out = np.full((H, W), 7.0, np.float32)
+    seq = [(frames()[0][0], np.full((H, W), np.nan, np.float32)) + frames()[0][2:]] + frames()
+    statuses = set()
+    for rel, st, conf, bgr in seq:
+        ref = one.finish(rel, one.prepare(st, conf, guide=bgr, camera=CAMERA))
+        res = two.finish(rel, two.prepare(st, conf, guide=bgr, camera=CAMERA), out=out)
+        assert res.depth is out
+        assert_same(res, ref)
+        assert state(one) == state(two)
+        statuses.add(ref.status)
+        out.fill(7.0)             # the caller reuses it: the next frame does not read it
+    assert {'no_fit', 'held', 'ok'} <= statuses
+
+
+@pytest.mark.parametrize('out', [np.zeros((H, W), np.float64), np.zeros((H, W + 1), np.float32),
+                                 np.zeros((W, H), np.float32).T, 'x'])
+def test_finish_refuses_an_out_it_cannot_write_the_depth_into(out):
+    aligner = MetricAligner()
+    rel, st, conf, bgr = frames()[0]
+    prepared = aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+    with pytest.raises(ValueError, match='`out` must be a writable C-contiguous float32 array '
+                                         r'of shape \(96, 160\)'):
+        aligner.finish(rel, prepared, out=out)
+    assert aligner.is_current(prepared)     # refused before the set was spent

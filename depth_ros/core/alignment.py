@@ -370,18 +370,24 @@ class MetricAligner(object):
         return prepared.owner is self._token and prepared.generation == self._generation \
             and not prepared.spent
 
-    def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo') -> AlignedDepth:
+    def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo',
+               out: Optional[np.ndarray] = None) -> AlignedDepth:
         """
         Finish a frame, the mono side (steps 5-13): align ``relative_disparity`` to a prepared set.
 
         ``prepared`` comes from this aligner's ``prepare``; a set prepared before a
         ``set_options`` or ``reset``, or already spent by a ``finish``, is prepared again from
         its inputs. Returns what ``update`` returns.
+
+        :param out: optional [H, W] float32 C-contiguous array the depth is written into (the
+            result's ``depth`` is then ``out``, which the caller owns: a message's buffer, so
+            that publishing the depth copies nothing); None: a new array.
         """
         prepared = self._check_prepared(prepared)
         # 5. Check the relative map against the stereo's size; as float32 (a non-finite
         #    relative value is unknown: NaN).
         self._check_relative(relative_disparity, prepared.shape)
+        _check_out(out, prepared.shape)
         prepared.spent = True
         self._prepare_shape(*prepared.shape)
         self.frames += 1
@@ -404,6 +410,9 @@ class MetricAligner(object):
             # No fit: the trusted stereo alone, NaN elsewhere (never a guess). Remembered
             # (step 13) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
+            if out is not None:
+                np.copyto(out, depth)
+                depth = out
             self._remember(depth, None)
             self._spend(prepared, False)
             return _result(fit, samples, depth, unc, n_stereo)
@@ -439,10 +448,11 @@ class MetricAligner(object):
                                          prepared.conf_s, fit, prepared.interior)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
-        # 12. Depth and its 1-sigma uncertainty, in metres: the depth in the set's stereo
-        #     plane (spent; mapped already: the mono side maps no new pages for it), the
-        #     uncertainty in var's array.
-        depth, unc = prepared.ys, var                           # [H, W] float32 metres each
+        # 12. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
+        #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
+        #     it), the uncertainty in var's array.
+        depth = prepared.ys if out is None else out            # [H, W] float32 metres
+        unc = var                                               # [H, W] float32 metres
         self.bands.run(lambda r0, r1: _depth_and_sigma(
             inv[r0:r1], None if var is None else var[r0:r1], depth[r0:r1]), depth.shape[0])
         if kept is not None:
@@ -453,7 +463,7 @@ class MetricAligner(object):
         self._remember(depth, unc)
         if cells is not None:
             self._correction.remember(*cells, held=fit.source == 'previous')
-        self._spend(prepared, True)
+        self._spend(prepared, out is None)
         return _result(fit, samples, depth, unc, n_stereo)
 
     # ------------------------------------------------------------------ 1. and 5. checks
@@ -1095,6 +1105,15 @@ class PreparedStereo(object):
     def __init__(self, owner, generation, inputs):
         self.owner, self.generation, self.inputs = owner, generation, inputs
         self.spent = False
+
+
+def _check_out(out, shape):
+    """Raise ValueError unless ``out`` is None or a C-contiguous float32 array of ``shape``."""
+    if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.float32 and
+                                out.shape == tuple(shape) and out.flags.c_contiguous and
+                                out.flags.writeable):
+        raise ValueError('`out` must be a writable C-contiguous float32 array of shape {}, '
+                         'got {}'.format(tuple(shape), describe(out)))
 
 
 def _check_prepared_type(prepared):

@@ -501,7 +501,11 @@ class AlignmentNode(DepthRosNode):
         stages.mark('convert')
         try:
             if prepared is not None:      # the stereo side was prepared during inference
-                result = self.aligner.finish(frame.relative, prepared.stereo_set)
+                # With a ~/depth reader, the depth is written straight into its message's
+                # buffer (published below, before the cloud): no copy on the depth's path.
+                out = self.depth_buffer.array(prepared.stereo_set.shape, 'float32') \
+                    if self.pub_depth.get_subscription_count() > 0 else None
+                result = self.aligner.finish(frame.relative, prepared.stereo_set, out=out)
             else:
                 result = self.aligner.update(frame.relative, frame.depth, frame.confidence,
                                              guide=frame.bgr, camera=frame.camera)
