@@ -187,7 +187,9 @@ def combine(rounds):
            'cpu_ms_per_cloud': 1e3 * cpu / clouds if clouds else float('nan'),
            'cpu_pct_core': 100.0 * cpu / seconds if seconds else float('nan'),
            'inference_ms': inference, 'latency': latency_stats(lat),
-           'beyond_inference': latency_stats([x - inference for x in lat])}
+           'beyond_inference': latency_stats([x - inference for x in lat]),
+           'depth_beyond_inference': latency_stats(
+               [x - inference for r in rounds for x in r.get('depth_latency_ms', [])])}
     out['latency_split'] = latency_split(rounds, out['beyond_inference']['median'], inference)
     return out
 
@@ -332,11 +334,18 @@ def measure_7zip():
 class Listener(object):
     """The outside subscriber: cloud arrivals (raw, never deserialized) and /diagnostics."""
 
-    def __init__(self, probe):
+    def __init__(self, probe, depth=False):
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import PointCloud2
+        from sensor_msgs.msg import Image, PointCloud2
         self.lock = threading.Lock()
         self.clouds = []       # (monotonic arrival, latency ms)
+        self.depths = []       # the same of ~/depth (with --depth)
+        if depth:
+            # A planner's ~/depth reader too: alignment_node then publishes it (lazy), before
+            # the cloud is built.
+            self.depth_sub = probe.node.create_subscription(
+                Image, '/alignment_node/depth', self._on_depth, probe.qos('best_effort', 5),
+                raw=True)
         self.sub = probe.node.create_subscription(
             PointCloud2, '/alignment_node/points', self._on_cloud,
             probe.qos('best_effort', 5), raw=True)
@@ -347,10 +356,16 @@ class Listener(object):
         with self.lock:
             self.clouds.append((mono, (wall - cdr_stamp_ns(raw)) * 1e-6))
 
+    def _on_depth(self, raw):
+        wall, mono = time.time_ns(), time.monotonic()
+        with self.lock:
+            self.depths.append((mono, (wall - cdr_stamp_ns(raw)) * 1e-6))
+
     def reset(self):
         """Forget what the previous round received."""
         with self.lock:
             self.clouds = []
+            self.depths = []
         with self.diag.lock:
             self.diag.msgs, self.diag.times = [], []
 
@@ -359,10 +374,10 @@ class Listener(object):
         with self.lock:
             return len(self.clouds)
 
-    def window(self, t0, t1):
-        """Return the latencies (ms) of the clouds that arrived in [t0, t1) (monotonic)."""
+    def window(self, t0, t1, depth=False):
+        """Return the latencies (ms) of the clouds (``depth``: ~/depth) arrived in [t0, t1)."""
         with self.lock:
-            return [lat for t, lat in self.clouds if t0 <= t < t1]
+            return [lat for t, lat in (self.depths if depth else self.clouds) if t0 <= t < t1]
 
 
 def launch_arguments(env):
@@ -376,13 +391,27 @@ def launch_arguments(env):
     return done.stdout
 
 
-def params_file(path, fps, standin_ms):
-    """Write config/zed_depth.yaml with zed_node's fps (wall-clock stamps) and the stand-in's."""
+def params_file(path, fps, standin_ms, overrides=()):
+    """
+    Write config/zed_depth.yaml with zed_node's fps (wall-clock stamps) and the stand-in's.
+
+    ``overrides``: ``NODE.NAME=VALUE`` strings (``--param``), the value read as YAML.
+    """
     import yaml
     with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
         params = yaml.safe_load(f)
     params['/**/zed_node']['ros__parameters']['fps'] = float(fps)
     params['/**/depth_node']['ros__parameters']['standin_latency_ms'] = float(standin_ms)
+    for text in overrides:
+        key, _, value = text.partition('=')
+        node, _, name = key.partition('.')
+        if not (node and name and _):
+            raise SystemExit('--param takes NODE.NAME=VALUE, got {!r}'.format(text))
+        section = params.get('/**/' + node)
+        if section is None:
+            raise SystemExit('--param {!r}: no node {!r} in config/zed_depth.yaml'.format(
+                text, node))
+        section['ros__parameters'][name] = yaml.safe_load(value)
     with open(path, 'w') as f:
         yaml.safe_dump(params, f)
     return path
@@ -450,6 +479,7 @@ def run_round(env, setup, size, backend, mode, listener, args):
     return {'size': size, 'backend': backend, 'mode': mode, 'seconds': seconds,
             'clouds': len(lat), 'cpu_s': cpu, 'cpu_s_by_process': by_name,
             'processes': len(after), 'latency_ms': lat, 'inference_ms': inference,
+            'depth_latency_ms': listener.window(t0, t1, depth=True),
             'machine_busy_cores': (busy1[0] - busy0[0]) / seconds, 'loadavg': [load0, load1],
             'depth_node': depth, 'alignment_node': align}
 
@@ -597,6 +627,15 @@ def report(rounds, args, machine):
                     '{} {:.1f}'.format(n, v) for n, v in
                     entry[mode]['cpu_ms_per_cloud_by_process'].items())))
     print('\n' + '\n'.join(split_lines(summary)))
+    for (size, backend), entry in summary.items():
+        for mode in MODES:
+            d = entry.get(mode, {}).get('depth_beyond_inference', {})
+            if d.get('n'):
+                print('  {} {} {}: ~/depth (published before the cloud is built), beyond '
+                      'inference median {:.1f} / p90 {:.1f} ms ({} images); the cloud\'s '
+                      '{:.1f} / {:.1f}'.format(size, backend, mode, d['median'], d['p90'],
+                                               d['n'], entry[mode]['beyond_inference']['median'],
+                                               entry[mode]['beyond_inference']['p90']))
     if 'onnxruntime' in args.backends:
         print('onnxruntime rows: inference is depth_node\'s mean over its last 100 inferences '
               '(at these rates that reaches back before the window, and it varies 2x with the '
@@ -646,6 +685,11 @@ def main(argv=None):
     parser.add_argument('--workspace', help='colcon workspace of this checkout (default: '
                         'a temporary one)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench_composed.json'))
+    parser.add_argument('--depth', action='store_true',
+                        help='also subscribe ~/depth (a planner\'s reader) and report its latency')
+    parser.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
+                        help='a parameter of config/zed_depth.yaml for every round, e.g. '
+                        'alignment_node.finish_threads=2 (repeatable)')
     args = parser.parse_args(argv)
     if args.quick:
         given = set(a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:]))
@@ -668,7 +712,7 @@ def main(argv=None):
     shown = launch_arguments(env)
     setup = {'has_composed': "'composed':" in shown,
              'params': params_file(os.path.join(work, 'params.yaml'), args.fps,
-                                   args.standin_ms)}
+                                   args.standin_ms, args.param)}
     if 'composed' in args.modes and not setup['has_composed']:
         raise SystemExit('launch/zed_depth.launch.py has no launch argument `composed` (issue '
                          '18, point 1; merge branch `composed`), so composed:=true cannot be '
@@ -684,7 +728,7 @@ def main(argv=None):
     print('depth_ros launch: {}; {} cores, load average {:.1f}'.format(
         how, machine['cores'], os.getloadavg()[0]), flush=True)
     probe = Probe('bench_composed')
-    listener = Listener(probe)
+    listener = Listener(probe, depth=args.depth)
     rounds = []
     try:
         for size in args.sizes:

@@ -9,8 +9,12 @@ another size; uncertainty on and off, the temporal filter, the depth kind, no co
 Prints one line per case and 'exact' or the number of frames that differ (depth, uncertainty,
 scale, shift, inlier ratio, valid and stereo fractions, status). Exit status 1 if any differs.
 
-Usage: python benchmarks/same_outputs.py [COMMIT]   (default: main's 2e25178)
+Usage: python benchmarks/same_outputs.py [COMMIT] [--threads N]   (default: main's 2e25178)
+
+``--threads N``: today's aligner runs with ``finish_threads=N`` (its full-resolution passes in
+row bands on N threads; the commit's in one piece, as it has no such option).
 """
+import argparse
 import os
 import sys
 
@@ -87,10 +91,12 @@ def sky_patch(frames, i):
     return rel, st, cf, img
 
 
-def run(old, h, w, options, make, rel_size=None, guide=True, cam=True, conf=True, n=8):
+def run(old, h, w, options, make, rel_size=None, guide=True, cam=True, conf=True, n=8,
+        threads=1):
     """Return the number of frames whose outputs differ."""
     frames = [scene(h, w, s) for s in range(3)]
-    today, then = alignment.MetricAligner(**options), old.alignment.MetricAligner(**options)
+    today = alignment.MetricAligner(finish_threads=threads, **options)
+    then = old.alignment.MetricAligner(**options)
     args = (700.0 * w / 1280, 700.0 * w / 1280, (w - 1) / 2.0, (h - 1) / 2.0, w, h)
     cams = camera.PinholeCamera(*args), old.camera.PinholeCamera(*args)
     bad = 0
@@ -105,16 +111,22 @@ def run(old, h, w, options, make, rel_size=None, guide=True, cam=True, conf=True
         if not (_same(a.depth, b.depth) and _same(a.uncertainty, b.uncertainty)
                 and _scalars(a) == _scalars(b)):
             bad += 1
+    today.close()
     return bad
 
 
 def main(argv=None):
     """Compare today with the commit; return 1 if any frame differs."""
-    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description='today\'s MetricAligner against a commit\'s')
+    parser.add_argument('commit', nargs='?', default='2e25178')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='finish_threads of today\'s aligner (default 1)')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cv2.setNumThreads(1)
-    old = load_core(argv[0] if argv else '2e25178')
-    print('Python {}, numpy {}, OpenCV {}: today against {}'.format(
-        sys.version.split()[0], np.__version__, cv2.__version__, old.commit[:10]))
+    old = load_core(args.commit)
+    print('Python {}, numpy {}, OpenCV {}: today (finish_threads {}) against {}'.format(
+        sys.version.split()[0], np.__version__, cv2.__version__, args.threads,
+        old.commit[:10]))
     failed = 0
     for h, w in ((180, 320), (360, 640)):
         cases = []
@@ -129,7 +141,7 @@ def main(argv=None):
                   (normal, dict(consistency=None, consistency_min_inliers=0.99), {}),
                   (held, dict(correction_radius_px=0), {})]
         for make, options, kw in cases:
-            bad = run(old, h, w, options, make, **kw)
+            bad = run(old, h, w, options, make, threads=args.threads, **kw)
             failed += bad
             verdict = 'exact' if not bad else '{} frames DIFFER'.format(bad)
             print('  {}x{} {:<17} {} {}: {}'.format(w, h, make.__name__, options, kw, verdict))

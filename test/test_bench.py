@@ -378,3 +378,20 @@ def test_seven_zip_rating_and_carmel_ratio():
     nx = bc.XAVIER_NX['7zip_single_mips']
     assert abs(bc.carmel_ratio(2 * nx, six_core=False) - 2.0) < 1e-12
     assert abs(bc.carmel_ratio(2 * nx) - 2.0 * 1890.0 / 1420.8) < 1e-12
+
+
+def test_bench_composed_params_file_takes_overrides_and_names_a_bad_one(tmp_path):
+    import yaml
+    bc = _bench_composed()
+    path = bc.params_file(str(tmp_path / 'p.yaml'), 7.0, 25.0,
+                          ['alignment_node.finish_threads=2', 'alignment_node.cloud_stride=4'])
+    with open(path) as f:
+        params = yaml.safe_load(f)
+    align = params['/**/alignment_node']['ros__parameters']
+    assert (align['finish_threads'], align['cloud_stride']) == (2, 4)
+    assert params['/**/zed_node']['ros__parameters']['fps'] == 7.0
+    assert params['/**/depth_node']['ros__parameters']['standin_latency_ms'] == 25.0
+    with pytest.raises(SystemExit, match="--param takes NODE.NAME=VALUE, got 'cloud_stride=4'"):
+        bc.params_file(str(tmp_path / 'q.yaml'), 7.0, 25.0, ['cloud_stride=4'])
+    with pytest.raises(SystemExit, match="no node 'alignment' in"):
+        bc.params_file(str(tmp_path / 'q.yaml'), 7.0, 25.0, ['alignment.cloud_stride=4'])

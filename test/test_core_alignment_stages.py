@@ -346,3 +346,98 @@ def test_prepare_on_another_thread_while_finish_runs():
                         one.update(rel, st, conf, guide=bgr, camera=CAMERA))
     finally:
         worker.join(timeout=30)
+
+
+@pytest.mark.parametrize('threads', [2, 3, 7])
+@pytest.mark.parametrize('options,rel_size', [
+    (dict(compute_uncertainty=False), (H, W)),
+    (dict(compute_uncertainty=True, temporal_alpha=0.5), (H // 2 + 1, W // 2 + 2)),
+    (dict(relative_kind='depth'), (H, W)),
+    (dict(correction_radius_px=0), (H, W)),
+])
+def test_finish_threads_give_the_output_of_one_thread_bit_for_bit(threads, options, rel_size,
+                                                                  monkeypatch):
+    """Row bands (finish_threads) change nothing: depth, uncertainty, state and the cloud."""
+    import threading
+
+    import cv2
+    from depth_ros.core import bands
+    from depth_ros.core.pointcloud import cloud_colours, depth_to_cloud
+    monkeypatch.setattr(bands, 'MIN_BAND_ROWS', 8)    # this small frame in several bands
+    one = MetricAligner(finish_threads=1, **options)
+    many = MetricAligner(finish_threads=threads, **options)
+    ran_on = set()
+    run = many.bands.run
+
+    def spy(fn, rows):
+        def band(r0, r1):
+            ran_on.add(threading.get_ident())
+            return fn(r0, r1)
+        return run(band, rows)
+    monkeypatch.setattr(many.bands, 'run', spy)
+    assert len(many.bands.edges(H)) == min(threads, H // 8) + 1
+    seq = [(frames()[0][0], np.full((H, W), np.nan, np.float32)) + frames()[0][2:]] + frames()
+    statuses = set()
+    for rel, st, conf, bgr in seq:
+        if options.get('relative_kind') == 'depth':
+            rel = np.where(np.isfinite(rel), 1.0 / (rel + 0.5), rel).astype(np.float32)
+        if rel_size != (H, W):
+            rel = cv2.resize(rel, rel_size[::-1], interpolation=cv2.INTER_AREA)
+        ref = one.finish(rel, one.prepare(st, conf, guide=bgr, camera=CAMERA))
+        out = many.finish(rel, many.prepare(st, conf, guide=bgr, camera=CAMERA))
+        assert_same(out, ref)
+        assert state(one) == state(many)
+        statuses.add(ref.status)
+        for stride in (1, 2, 3):
+            colours = cloud_colours(bgr, stride)
+            a = depth_to_cloud(ref.depth, CAMERA, colours=colours, stride=stride)
+            b = depth_to_cloud(out.depth, CAMERA, colours=colours, stride=stride,
+                               bands=many.bands)
+            assert a.tobytes() == b.tobytes()
+    assert {'no_fit', 'held', 'ok'} <= statuses
+    assert len(ran_on) > 1          # the bands did run on the pool's threads
+    many.close()
+    one.close()
+
+
+def test_finish_threads_is_an_option_checked_by_name():
+    with pytest.raises(ValueError, match='option `finish_threads` must be an integer in '
+                                         r'\[1, 64\], got 0'):
+        MetricAligner(finish_threads=0)
+    aligner = MetricAligner()
+    assert aligner.finish_threads == 1 and aligner.bands.threads == 1
+    aligner.set_options(finish_threads=3)
+    assert aligner.bands.threads == 3
+    with pytest.raises(ValueError, match='option `finish_threads`'):
+        aligner.set_options(finish_threads=2.5)
+
+
+@pytest.mark.parametrize('uncertainty', [False, True])
+def test_finish_writes_the_depth_into_out_as_it_would_into_a_new_array(uncertainty):
+    """finish(out=...) (a message's buffer) gives the same frames, and out is the depth."""
+    one, two = MetricAligner(compute_uncertainty=uncertainty), \
+        MetricAligner(compute_uncertainty=uncertainty)
+    out = np.full((H, W), 7.0, np.float32)
+    seq = [(frames()[0][0], np.full((H, W), np.nan, np.float32)) + frames()[0][2:]] + frames()
+    statuses = set()
+    for rel, st, conf, bgr in seq:
+        ref = one.finish(rel, one.prepare(st, conf, guide=bgr, camera=CAMERA))
+        res = two.finish(rel, two.prepare(st, conf, guide=bgr, camera=CAMERA), out=out)
+        assert res.depth is out
+        assert_same(res, ref)
+        assert state(one) == state(two)
+        statuses.add(ref.status)
+        out.fill(7.0)             # the caller reuses it: the next frame does not read it
+    assert {'no_fit', 'held', 'ok'} <= statuses
+
+
+@pytest.mark.parametrize('out', [np.zeros((H, W), np.float64), np.zeros((H, W + 1), np.float32),
+                                 np.zeros((W, H), np.float32).T, 'x'])
+def test_finish_refuses_an_out_it_cannot_write_the_depth_into(out):
+    aligner = MetricAligner()
+    rel, st, conf, bgr = frames()[0]
+    prepared = aligner.prepare(st, conf, guide=bgr, camera=CAMERA)
+    with pytest.raises(ValueError, match='`out` must be a writable C-contiguous float32 array '
+                                         r'of shape \(96, 160\)'):
+        aligner.finish(rel, prepared, out=out)
+    assert aligner.is_current(prepared)     # refused before the set was spent

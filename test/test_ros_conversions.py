@@ -139,6 +139,28 @@ def test_image_through_message_buffer_equals_plain_conversion_and_reuses_it():
     assert bytes(conv.numpy_to_image(bgr, 'bgr8', header).data) == bytes(third.data)
 
 
+def test_an_image_written_into_the_buffer_is_published_without_a_copy(monkeypatch):
+    """The depth finish wrote into the buffer's view (finish(out=...)) becomes the data as is."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+    buffer = conv.MessageBuffer()
+    header = conv.make_header(7, 'f')
+    depth = buffer.array((3, 4), np.float32)
+    depth[...] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    copies = []
+    copyto = np.copyto
+    monkeypatch.setattr(np, 'copyto', lambda *a, **k: copies.append(a) or copyto(*a, **k))
+    msg = conv.numpy_to_image(depth, '32FC1', header, buffer=buffer)
+    assert not copies and msg.data is buffer.data
+    wire = serialize_message(msg)
+    np.testing.assert_array_equal(conv.image_to_numpy(deserialize_message(wire, Image)),
+                                  np.arange(12, dtype=np.float32).reshape(3, 4))
+    # An array that is not the view (a copy of it) is copied in, as before.
+    conv.numpy_to_image(depth.copy() + 1, '32FC1', header, buffer=buffer)
+    assert len(copies) == 1
+    np.testing.assert_array_equal(buffer.view.view(np.float32).reshape(3, 4), depth + 1)
+
+
 def test_ns_stamp_round_trip():
     for ns in (0, 1, 999999999, 1000000000, 1700000000123456789):
         assert conv.stamp_to_ns(conv.ns_to_stamp(ns)) == ns

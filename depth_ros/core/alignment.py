@@ -54,10 +54,12 @@ from typing import Dict, NamedTuple, Optional
 import cv2
 from depth_ros.core.alignment_options import AlignerOptions, make_options, OPTION_NAMES, \
     option_specs, RELATIVE_KINDS
+from depth_ros.core.bands import RowBands
 from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
-from depth_ros.core.fusion import Fusion, stereo_inverse_sigma, stereo_variance
+from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
+    stereo_variance
 from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
@@ -179,6 +181,7 @@ class MetricAligner(object):
         self._token = object()          # marks the sets this aligner prepared
         self._spare = []                # step-3 planes of spent sets, for the next prepare
         self._generation = 0            # set_options and resets so far (is_current)
+        self._bands = None              # RowBands of finish_threads (the ``bands`` property)
         self.reset()
 
     def __getattr__(self, name):
@@ -228,6 +231,26 @@ class MetricAligner(object):
         self.frames = 0
         if getattr(self, '_correction', None) is not None:
             self._correction.reset()
+
+    @property
+    def bands(self) -> RowBands:
+        """
+        Return the RowBands of finish's full-resolution per-pixel passes: ``finish_threads``.
+
+        A caller may run the frame's other per-pixel passes on them (alignment_node: the
+        cloud, ``depth_to_cloud(bands=...)``), from the thread that calls ``finish``.
+        """
+        bands = self._bands
+        if bands is None or bands.threads != self.options.finish_threads:
+            if bands is not None:
+                bands.close()
+            bands = self._bands = RowBands(self.options.finish_threads)
+        return bands
+
+    def close(self) -> None:
+        """Stop the threads of ``finish_threads`` > 1 (a later ``finish`` starts them again)."""
+        if self._bands is not None:
+            self._bands.close()
 
     @property
     def has_fit(self) -> bool:
@@ -353,18 +376,24 @@ class MetricAligner(object):
         return prepared.owner is self._token and prepared.generation == self._generation \
             and not prepared.spent
 
-    def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo') -> AlignedDepth:
+    def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo',
+               out: Optional[np.ndarray] = None) -> AlignedDepth:
         """
         Finish a frame, the mono side (steps 5-14): align ``relative_disparity`` to a prepared set.
 
         ``prepared`` comes from this aligner's ``prepare``; a set prepared before a
         ``set_options`` or ``reset``, or already spent by a ``finish``, is prepared again from
         its inputs. Returns what ``update`` returns.
+
+        :param out: optional [H, W] float32 C-contiguous array the depth is written into (the
+            result's ``depth`` is then ``out``, which the caller owns: a message's buffer, so
+            that publishing the depth copies nothing); None: a new array.
         """
         prepared = self._check_prepared(prepared)
         # 5. Check the relative map against the stereo's size; as float32 (a non-finite
         #    relative value is unknown: NaN).
         self._check_relative(relative_disparity, prepared.shape)
+        _check_out(out, prepared.shape)
         prepared.spent = True
         self._prepare_shape(*prepared.shape)
         self.frames += 1
@@ -387,6 +416,9 @@ class MetricAligner(object):
             # No fit: the trusted stereo alone, NaN elsewhere (never a guess). Remembered
             # (step 14) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
+            if out is not None:
+                np.copyto(out, depth)
+                depth = out
             self._remember(depth, None)
             self._spend(prepared, False)
             return _result(fit, samples, depth, unc, n_stereo)
@@ -419,7 +451,7 @@ class MetricAligner(object):
         # 11. Fuse the trusted stereo into inv, in place, and its variance when asked for;
         #     ys is spent (the fusion writes y_s - y_m into its plane).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
-                                         prepared.conf_s, fit)
+                                         prepared.conf_s, fit, prepared.interior)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
@@ -428,10 +460,13 @@ class MetricAligner(object):
         if plane is not None:
             self._ground_bound(inv, var, plane, rel, samples.sky_threshold)
 
-        # 13. Depth and its 1-sigma uncertainty, in metres: the depth in the set's stereo
-        #     plane (spent; mapped already: the mono side maps no new pages for it), the
-        #     uncertainty in var's array.
-        depth, unc = _depth_and_sigma(inv, var, prepared.ys)   # [H, W] float32 metres each
+        # 13. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
+        #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
+        #     it), the uncertainty in var's array.
+        depth = prepared.ys if out is None else out            # [H, W] float32 metres
+        unc = var                                               # [H, W] float32 metres
+        self.bands.run(lambda r0, r1: _depth_and_sigma(
+            inv[r0:r1], None if var is None else var[r0:r1], depth[r0:r1]), depth.shape[0])
         if kept is not None:
             depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
 
@@ -440,7 +475,7 @@ class MetricAligner(object):
         self._remember(depth, unc)
         if cells is not None:
             self._correction.remember(*cells, held=fit.source == 'previous')
-        self._spend(prepared, True)
+        self._spend(prepared, out is None)
         return _result(fit, samples, depth, unc, n_stereo)
 
     # ------------------------------------------------------------------ 1. and 5. checks
@@ -784,10 +819,15 @@ class MetricAligner(object):
 
         The stereo inverse depth, trust and image on the statistics grid; the confidence
         there (non-finite: 100, see ``_stats_confidence``); the range guide's intensity on the
-        cells; the sky's too-far mask and colours on the cells (disparity kind, colour guide).
+        cells; the sky's too-far mask and colours on the cells (disparity kind, colour guide);
+        the fusion's interior stereo on the grid (with a consistency band).
         """
         o = self.options
         p.stereo_s, p.trusted_s = corr.stats(p.ys), corr.stats(p.trust)
+        # The fusion's wider gate: where it holds needs only the stereo on the grid (the
+        # variances' grid: the fusion resizes the same planes there, nearest).
+        p.interior = None if o.consistency is None else \
+            interior_stereo(p.stereo_s, p.trusted_s, o.consistency)
         p.image_s = None if guide is None else corr.stats(guide)
         p.guide_low = None if p.image_s is None else corr.range_guide_image(p.image_s)
         p.conf_s = None if p.conf is None else _stats_confidence(corr, p.conf)
@@ -828,25 +868,36 @@ class MetricAligner(object):
         """
         # s * rel + t in one pass, in double precision (rounded once to float32), into a kept
         # plane whose pages are mapped already (a new 1280x720 plane costs 0.2 ms more).
-        out = None
-        if self.options.relative_kind == 'disparity':
+        disparity = self.options.relative_kind == 'disparity'
+        if disparity:
             if self._mono_plane is None or self._mono_plane.shape != rel.shape:
                 self._mono_plane = np.empty(rel.shape, np.float32)
-            out = self._mono_plane
+            y = self._mono_plane
+        else:
+            y = np.empty(rel.shape, np.float32)
         affine = np.array([[fit.scale, fit.shift]], np.float64)
-        y = cv2.transform(rel, affine, dst=out)
-        # The mono is finite wherever the map is (or it overflowed, and the map is tested): a
-        # sum of the mono just written costs less than one of the map, read the first time.
-        rel_finite = _all_finite(y) or _all_finite(rel)
+        sky = None
+        if disparity and sky_threshold is not None and sky_threshold > 0:
+            sky = fit.scale * sky_threshold + fit.shift
+
+        def band(r0, r1):
+            # The affine, whether the band is finite and the sky rule, per row band.
+            yb = cv2.transform(rel[r0:r1], affine, dst=y[r0:r1])
+            # The mono is finite wherever the map is (or it overflowed, and the map is
+            # tested): a sum of the mono just written costs less than one of the map.
+            finite = _all_finite(yb) or _all_finite(rel[r0:r1])
+            if finite and sky is not None:
+                _threshold_above(yb, sky, sky_limit, r0)
+            return finite
+        rel_finite = all(self.bands.run(band, rel.shape[0]))
         if not rel_finite:
             # Rare: the prediction is unknown there, so the output is NaN (not 0 or +inf).
             rel = np.where(np.isfinite(rel), rel, np.float32(np.nan))
-            y = cv2.transform(rel, affine, dst=out)
-        if self.options.relative_kind == 'disparity':
-            if sky_threshold is not None and sky_threshold > 0:
-                _threshold_above(y, fit.scale * sky_threshold + fit.shift, sky_limit)
-                if not rel_finite:
-                    y[np.isnan(rel)] = np.nan     # OpenCV 4.5's threshold made it 0
+            y = cv2.transform(rel, affine, dst=y)
+            if sky is not None:
+                _threshold_above(y, sky, sky_limit)
+                y[np.isnan(rel)] = np.nan         # OpenCV 4.5's threshold made it 0
+        if disparity:
             return y, rel_finite
         z = y                                   # depth kind: the fit is in metres
         with np.errstate(divide='ignore', invalid='ignore'):
@@ -874,6 +925,7 @@ class MetricAligner(object):
         grid = corr.sample(mono, prepared)  # the frame on the statistics grid
         cells = None
         inv = mono
+        factor = None       # the correction's factor at the output size, to apply per band
         if o.correction_radius_px > 0:
             # Twice the fusion's band: the correction must see object-scale mono errors
             # that are larger than the band the fusion accepts stereo in.
@@ -883,20 +935,33 @@ class MetricAligner(object):
             # where it agrees with this frame's mono, is its local information.
             alpha = min(o.temporal_alpha, HELD_TEMPORAL_ALPHA) if held else o.temporal_alpha
             correction = corr.compute(targets, o.max_correction, alpha)
-            inv = corr.apply(mono, correction,
-                             self._inv_plane if mono.shape == (h, w) else None)
+            if mono.shape == (h, w):
+                # corr.apply's product, per row band below (the upsampling in one piece).
+                inv = factor = corr.upsample(correction.factor, self._inv_plane)
+            else:
+                inv = corr.apply(mono, correction)
             cells = (targets, correction)
         if inv.shape != (h, w):
             inv = cv2.resize(inv, (w, h), dst=self._inv_plane, interpolation=cv2.INTER_LINEAR)
+        # Unknown pixels (NaN) are found before the threshold: OpenCV 4.5 makes NaN 0 there.
+        find_unknown = not rel_finite or o.relative_kind == 'depth'
+        far = 1.0 / o.max_output_depth
+
+        def band(r0, r1):
+            b = inv[r0:r1]
+            if factor is not None:
+                cv2.multiply(mono[r0:r1], b, dst=b)
+            if not find_unknown:
+                # At or below 1/max_output_depth: 0 (+inf depth).
+                cv2.threshold(b, far, 0.0, cv2.THRESH_TOZERO, dst=b)
+        self.bands.run(band, h)
         unknown = None
-        if not rel_finite or o.relative_kind == 'depth':
+        if find_unknown:
             unknown = ~np.isfinite(inv)
             unknown = unknown if unknown.any() else None
-        # At or below 1/max_output_depth: 0 (+inf depth). OpenCV 4.5 makes NaN 0 here too:
-        # unknown pixels are set to NaN again.
-        cv2.threshold(inv, 1.0 / o.max_output_depth, 0.0, cv2.THRESH_TOZERO, dst=inv)
-        if unknown is not None:
-            inv[unknown] = np.nan
+            cv2.threshold(inv, far, 0.0, cv2.THRESH_TOZERO, dst=inv)
+            if unknown is not None:
+                inv[unknown] = np.nan
         patches = self._sky_patches(grid, prepared)   # [lh, lw] uint8 1, or None
         if patches is not None:
             _clear_sky_patches(inv, patches, corr.d)
@@ -984,7 +1049,8 @@ class MetricAligner(object):
 
     # ------------------------------------------------------------------ 11. fusion
 
-    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit):
+    def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit,
+              interior):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
 
@@ -1008,7 +1074,8 @@ class MetricAligner(object):
         if fuse and confirmed:
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
-                                  o.consistency, inv, var, mono_s)
+                                  o.consistency, inv, var, mono_s, bands=self.bands,
+                                  interior=interior)
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)
@@ -1123,6 +1190,15 @@ class PreparedStereo(object):
         self.spent = False
 
 
+def _check_out(out, shape):
+    """Raise ValueError unless ``out`` is None or a C-contiguous float32 array of ``shape``."""
+    if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.float32 and
+                                out.shape == tuple(shape) and out.flags.c_contiguous and
+                                out.flags.writeable):
+        raise ValueError('`out` must be a writable C-contiguous float32 array of shape {}, '
+                         'got {}'.format(tuple(shape), describe(out)))
+
+
 def _check_prepared_type(prepared):
     """Raise ValueError unless ``prepared`` is a PreparedStereo (the argument named)."""
     if not isinstance(prepared, PreparedStereo):
@@ -1212,24 +1288,25 @@ def _sky_limit(prepared, shape):
     return (_limit_at(prepared, cols) + 0.5) * hr / h - 0.5
 
 
-def _threshold_above(y, thresh, limit):
+def _threshold_above(y, thresh, limit, r0=0):
     """
     Set ``y`` to 0 where at or below ``thresh`` (in place), on rows less than ``limit``.
 
     ``limit``: float64 [w] per column, or None (every row). Whole rows above the line in
-    one threshold, the rows it crosses by a mask, none below it.
+    one threshold, the rows it crosses by a mask, none below it. ``y`` may be a row band:
+    its first row is row ``r0`` of the map ``limit`` is for.
     """
     if limit is None:
         cv2.threshold(y, thresh, 0.0, cv2.THRESH_TOZERO, dst=y)
         return
     h = y.shape[0]
-    lo = int(min(max(np.ceil(limit.min()), 0), h))     # rows < lo: all above the line
-    hi = int(min(max(np.ceil(limit.max()), 0), h))     # rows >= hi: all below
+    lo = int(min(max(np.ceil(limit.min()) - r0, 0), h))     # rows < lo: all above the line
+    hi = int(min(max(np.ceil(limit.max()) - r0, 0), h))     # rows >= hi: all below
     if lo > 0:
         cv2.threshold(y[:lo], thresh, 0.0, cv2.THRESH_TOZERO, dst=y[:lo])
     if hi > lo:
         band = y[lo:hi]
-        rows = np.arange(lo, hi, dtype=np.float64)[:, None]
+        rows = np.arange(r0 + lo, r0 + hi, dtype=np.float64)[:, None]
         np.copyto(band, cv2.threshold(band, thresh, 0.0, cv2.THRESH_TOZERO)[1],
                   where=rows < limit[None, :])
 

@@ -140,6 +140,10 @@ class AlignerOptions(object):
         'least this fraction of the stereo samples', 0.0, 1.0)
     fuse_stereo: bool = _opt(True, 'fuse trusted stereo; false: aligned mono only')
     compute_uncertainty: bool = _opt(True, 'fill AlignedDepth.uncertainty')
+    finish_threads: int = _opt(
+        1, 'threads of the full-resolution per-pixel passes after inference (finish and '
+        'the cloud), in row bands; the output is the same for any number', 1, 64,
+        integer=True)
     seed: int = _opt(0, 'seed of the RANSAC sampler (reproducible runs)', 0, 2 ** 32 - 1,
                      integer=True, runtime=False)
 

@@ -41,6 +41,8 @@ _KERNEL = np.ones((3, 3), np.uint8)
 # (docs/accuracy-findings.md, phase F).
 INTERIOR_BOUND_GAIN = 4.0
 INTERIOR_MAX_OUTLIERS = 0.05
+# ``Fusion.fuse(interior=...)``'s default: the interior stereo is found there.
+FIND_INTERIOR = 'find'
 
 
 def interior_stereo(stereo_inv_small, trusted_small, consistency):
@@ -104,7 +106,8 @@ class Fusion(object):
              mono_var_small: np.ndarray, stereo_var_small, outlier_sigma: float,
              consistency: Optional[float], out_inv: np.ndarray,
              out_var: Optional[np.ndarray] = None,
-             mono_inv_small: Optional[np.ndarray] = None) -> int:
+             mono_inv_small: Optional[np.ndarray] = None, bands=None,
+             interior=FIND_INTERIOR) -> int:
         """
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
@@ -125,6 +128,11 @@ class Fusion(object):
         :param out_var: optional [H, W] float32 result, the fused variance ``vm (1 - k)``.
         :param mono_inv_small: [h, w] float32 the mono inverse depth at the variances' size
             (the consistency band's ``y``; NaN is 0); default: ``mono_inv`` resized.
+        :param interior: ``interior_stereo`` of ``stereo_inv`` and ``trusted`` on the
+            variances' grid (nearest), when found before (the aligner's ``prepare``: it needs
+            only the stereo); by default found here.
+        :param bands: a ``RowBands`` to run the full-resolution per-pixel passes on (the same
+            result for any number of threads); None: one piece.
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
         # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
@@ -141,29 +149,43 @@ class Fusion(object):
             cap = y * np.float32(consistency) + np.float32(s2)
             bound = np.minimum(bound, cap * cap)
             size = den.shape[::-1]
-            inner = interior_stereo(
-                cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
-                cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
+            inner = interior
+            if isinstance(inner, str) and inner == FIND_INTERIOR:
+                inner = interior_stereo(
+                    cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
+                    cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
             if inner is not None:
                 cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
                         mask=inner)
         bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain)
-        # 2. The gate: trusted stereo within the bound (NaN fails).
-        diff = cv2.subtract(stereo_inv, mono_inv, dst=stereo_inv)         # y_s - y_m
-        cv2.multiply(diff, diff, dst=self.sq)
-        cv2.compare(self.sq, bound, cv2.CMP_LT, dst=self.gate)
-        cv2.bitwise_and(self.gate, trusted, dst=self.gate)
+        run = bands.run if bands is not None else (lambda fn, rows: [fn(0, rows)])
+        rows = self.shape[0]
+        diff, sq, gate = stereo_inv, self.sq, self.gate
+
+        def gate_band(r0, r1):
+            # 2. The gate: trusted stereo within the bound (NaN fails).
+            d = cv2.subtract(stereo_inv[r0:r1], mono_inv[r0:r1], dst=diff[r0:r1])  # y_s - y_m
+            cv2.multiply(d, d, dst=sq[r0:r1])
+            cv2.compare(sq[r0:r1], bound[r0:r1], cv2.CMP_LT, dst=gate[r0:r1])
+            cv2.bitwise_and(gate[r0:r1], trusted[r0:r1], dst=gate[r0:r1])
+        run(gate_band, rows)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
         gain = self._up((mono_var_small / den).astype(np.float32, copy=False), self.bound_gain)
-        if out_inv is not mono_inv:
-            np.copyto(out_inv, mono_inv)
-        cv2.accumulateProduct(gain, diff, out_inv, mask=self.gate)
         if out_var is not None:
-            # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
             self._up(mono_var_small, out_var)
-            cv2.multiply(out_var, gain, dst=self.sq)
-            cv2.subtract(out_var, self.sq, dst=out_var, mask=self.gate)
-        return cv2.countNonZero(self.gate)
+
+        def blend_band(r0, r1):
+            g = gate[r0:r1]
+            if out_inv is not mono_inv:
+                np.copyto(out_inv[r0:r1], mono_inv[r0:r1])
+            cv2.accumulateProduct(gain[r0:r1], diff[r0:r1], out_inv[r0:r1], mask=g)
+            if out_var is not None:
+                # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
+                v = out_var[r0:r1]
+                cv2.multiply(v, gain[r0:r1], dst=sq[r0:r1])
+                cv2.subtract(v, sq[r0:r1], dst=v, mask=g)
+            return cv2.countNonZero(g)
+        return sum(run(blend_band, rows))
 
 
-__all__ = ['Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']
+__all__ = ['FIND_INTERIOR', 'Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']

@@ -151,7 +151,7 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
                    stride: int = 1, min_depth: Optional[float] = None,
                    max_depth: Optional[float] = None, out: Optional[np.ndarray] = None,
                    edge_threshold: Optional[float] = EDGE_THRESHOLD,
-                   colours: Optional[np.ndarray] = None) -> np.ndarray:
+                   colours: Optional[np.ndarray] = None, bands=None) -> np.ndarray:
     """
     Organized cloud [H//stride, W//stride] of dtype CLOUD_DTYPE (or XYZ_DTYPE without bgr).
 
@@ -170,6 +170,8 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
         depth image itself is not changed.
     :param colours: instead of ``bgr``, its colours already packed for this stride
         (``cloud_colours(bgr, stride)``: [H//stride, W//stride] float32).
+    :param bands: a ``core.bands.RowBands`` (e.g. ``MetricAligner.bands``) to write the
+        cloud's rows on its threads: the same cloud for any number; None: this thread only.
     :returns: C-contiguous structured array; ``.tobytes()`` is the PointCloud2 data.
     """
     stride, edge = _check_cloud_args(depth, camera, bgr, stride, min_depth, max_depth,
@@ -202,7 +204,14 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
             colours = cv2.resize(colours, (w, h), interpolation=cv2.INTER_NEAREST)
     elif colours is not None:
         colours = np.ascontiguousarray(colours)     # packed already (cloud_colours)
-    _fill(z, colours, out, buf, lo, hi, (1.0 + edge) ** stride if edge else None)
+    factor = (1.0 + edge) ** stride if edge else None
+    if bands is None or len(bands.edges(h)) == 2:
+        _fill(z, colours, out, buf, lo, hi, factor, 0, h)
+    else:
+        # Each band in strips of its thread's own scratch (thread-local); the edge test
+        # reads the rows next to a strip from z, which no band writes.
+        bands.run(lambda r0, r1: _fill(z, colours, out, _SCRATCH.get(camera, stride, h, w),
+                                       lo, hi, factor, r0, r1), h)
     return out
 
 
@@ -259,14 +268,14 @@ def _check_stride(stride, shape):
     return stride
 
 
-def _fill(z, colours, out, buf, lo, hi, edge_factor):
-    """Write the cloud strip by strip (see depth_to_cloud)."""
+def _fill(z, colours, out, buf, lo, hi, edge_factor, first, end):
+    """Write rows [first, end) of the cloud strip by strip (see depth_to_cloud)."""
     h, w = z.shape
     nch = 4 if colours is not None else 3
     out_planes = out.view(np.float32).reshape(h, w, nch)
     with np.errstate(invalid='ignore', divide='ignore'):
-        for r0 in range(0, h, buf.rows):
-            r1 = min(h, r0 + buf.rows)
+        for r0 in range(first, end, buf.rows):
+            r1 = min(end, r0 + buf.rows)
             n = r1 - r0
             zs, qs, xs, ys = buf.z[:n], buf.q[:n], buf.x[:n], buf.y[:n]
             if edge_factor is None:

@@ -501,7 +501,11 @@ class AlignmentNode(DepthRosNode):
         stages.mark('convert')
         try:
             if prepared is not None:      # the stereo side was prepared during inference
-                result = self.aligner.finish(frame.relative, prepared.stereo_set)
+                # With a ~/depth reader, the depth is written straight into its message's
+                # buffer (published below, before the cloud): no copy on the depth's path.
+                out = self.depth_buffer.array(prepared.stereo_set.shape, 'float32') \
+                    if self.pub_depth.get_subscription_count() > 0 else None
+                result = self.aligner.finish(frame.relative, prepared.stereo_set, out=out)
             else:
                 result = self.aligner.update(frame.relative, frame.depth, frame.confidence,
                                              guide=frame.bgr, camera=frame.camera)
@@ -589,7 +593,8 @@ class AlignmentNode(DepthRosNode):
                                colours=colours, stride=stride,
                                min_depth=cfg['cloud_min_range'] or None,
                                max_depth=cfg['cloud_max_range'] or None, out=out,
-                               edge_threshold=cfg['cloud_edge_threshold'] or None)
+                               edge_threshold=cfg['cloud_edge_threshold'] or None,
+                               bands=self.aligner.bands)   # finish_threads' row bands
         self.stages.mark('cloud')
         if self.publish(self.pub_points, conv.cloud_to_pointcloud2(cloud, header,
                                                                    buffer=self.cloud_buffer)):
@@ -694,8 +699,9 @@ class AlignmentNode(DepthRosNode):
         return [self.make_status('metric alignment', level, message, values)]
 
     def close(self):
-        """Finish the set in progress."""
-        self.worker.stop()
+        """Finish the set in progress; stop the threads of finish_threads > 1."""
+        if self.worker.stop():
+            self.aligner.close()
 
 
 main = main_for(AlignmentNode, 'alignment_node')

@@ -119,7 +119,8 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
     Convert an HxW or HxWxC array to a sensor_msgs/Image with ``header`` (copied) and ``encoding``.
 
     The pixels are copied once, into the array.array the message keeps: a new one, or
-    ``buffer``'s (reused from frame to frame; see :class:`MessageBuffer`).
+    ``buffer``'s (reused from frame to frame; see :class:`MessageBuffer`). An array that is
+    ``buffer``'s view already (written there: ``MetricAligner.finish(out=...)``) is not copied.
 
     :raises ValueError: the array's dtype or channels do not fit ``encoding``.
     """
@@ -136,7 +137,8 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
     # array.array('B') is what rclpy stores for uint8[]; any other container is checked
     # element by element in Python, which costs tens of milliseconds per frame.
     if buffer is not None:
-        np.copyto(buffer.array(fields['data'].shape, np.uint8), fields['data'])
+        if array_ is not buffer.view:
+            np.copyto(buffer.array(fields['data'].shape, np.uint8), fields['data'])
         msg.data = buffer.data
     else:
         data = array.array('B')
