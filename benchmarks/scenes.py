@@ -18,7 +18,12 @@ Families:
   SGBM of ``core/stereo.py`` (as the demo computes it) on that view. All views are of one
   scene: the family measures the stereo and the network's errors, not scene diversity.
 * ``road``: synthetic ZED-like driving (HD720, fx 530 px, 12 cm baseline): a road with
-  parked and moving cars and poles at 5-200 m, sky; ego-motion 0.5 m per frame; stereo with
+  parked and moving cars and poles at 5-200 m, sky; ego-motion 0.5 m per frame. The road is
+  not a plane: a grade of 0-3 % under the car, then one or two vertical curves (20-60 m long,
+  the first 15-60 m ahead) to grades within 6 % (changes of up to 6 %: crests where the road
+  falls away, sags where it rises; ``RoadProfile``); the car pitches with the road under it,
+  the camera is mounted with its own pitch and roll (0.5 deg, 1 sigma) and the suspension
+  adds 0.1 deg per frame. Stereo with
   disparity noise (depth noise grows as z^2: 7 % at 10 m, 14 % at 20 m), edge fattening,
   occlusions, dropouts, 1 % gross outliers, +inf beyond 20 m and on the sky. Every third scene
   ends with a frame with 0.3 % of its stereo and one with none.
@@ -122,13 +127,15 @@ def _slab_entry(d, origin, box):
     return np.where((near <= far) & (near > 1e-6), near, np.inf)
 
 
-def raycast(camera, boxes, origin=(0.0, 0.0, 0.0), rot=None, ground_y=None, room=None):
+def raycast(camera, boxes, origin=(0.0, 0.0, 0.0), rot=None, ground_y=None, room=None,
+            ground=None):
     """
     Depth (camera z, +inf where nothing is hit) and ids of the nearest surface per pixel.
 
     ``boxes``: (x0, x1, y0, y1, z0, z1) in the world frame (y down); id = index. ``ground_y``:
-    a ground plane (id -1). ``room``: a box the camera is inside (the walls: id 1000 + face).
-    Sky (nothing hit) is id -2.
+    a ground plane (id -1); ``ground``: a road's height along z instead (``RoadProfile``
+    segments, id -1). ``room``: a box the camera is inside (the walls: id 1000 + face). Sky
+    (nothing hit) is id -2.
     """
     origin = np.asarray(origin, np.float64)
     d = _rays(camera, rot)
@@ -138,6 +145,9 @@ def raycast(camera, boxes, origin=(0.0, 0.0, 0.0), rot=None, ground_y=None, room
         with np.errstate(divide='ignore', invalid='ignore'):
             t = np.where(d[1] > 0, (ground_y - origin[1]) / d[1], np.inf)
         depth = np.where(t > 0, t, np.inf)
+        ids[np.isfinite(depth)] = -1
+    if ground is not None:
+        depth = _profile_hit(d, origin, ground)
         ids[np.isfinite(depth)] = -1
     if room is not None:
         exits = []
@@ -165,6 +175,102 @@ def raycast(camera, boxes, origin=(0.0, 0.0, 0.0), rot=None, ground_y=None, room
         sub[closer] = t[closer]
         subids[closer] = n
     return depth, ids
+
+
+def _profile_hit(d, origin, segments):
+    """
+    Return the ray parameter of the first hit of rays ``origin + t d`` with a road.
+
+    The road's height is piecewise quadratic, ``y(z) = y0 + g (z - z0) + c (z - z0)^2`` on
+    ``[z0, z1)`` (``segments``: tuples ``(z0, z1, y0, g, c)``, y down; the road spans all x);
+    +inf where no segment is hit.
+    """
+    best = np.full(d.shape[1:], np.inf)
+    oy, oz = origin[1], origin[2]
+    dy, dz = d[1], d[2]
+    for z0, z1, y0, g, c in segments:
+        w = oz - z0
+        a = c * dz * dz
+        b = 2.0 * c * w * dz + g * dz - dy
+        cc = c * w * w + g * w + y0 - oy
+        with np.errstate(divide='ignore', invalid='ignore'):
+            if c == 0.0:
+                roots = (-cc / b,)
+            else:
+                disc = np.sqrt(np.maximum(b * b - 4.0 * a * cc, 0.0))
+                disc = np.where(b * b - 4.0 * a * cc >= 0, disc, np.nan)
+                # The numerically stable pair of roots.
+                q = -0.5 * (b + np.where(b >= 0, disc, -disc))
+                roots = (q / a, cc / q)
+            for t in roots:
+                z = oz + t * dz
+                ok = (t > 1e-6) & (z >= z0) & (z < z1) & (t < best)
+                best = np.where(ok, t, best)
+    return best
+
+
+class RoadProfile(object):
+    """
+    A road's height along the direction of travel: grades and vertical curves, seeded.
+
+    World y (down) of the road at distance z: a grade ``g0`` (uphill positive) from the start,
+    then one or two vertical curves (parabolic, 20-60 m long, as highway design lays them) to
+    new grades; grades within 6 %, the first change 15-60 m ahead, a change of grade of up to
+    6 % each (a crest where the road falls away, a sag where it rises). ``segments`` are
+    ``(z0, z1, y0, g, c)``: ``y = y0 + g (z - z0) + c (z - z0)^2`` on ``[z0, z1)``, ``g``
+    being dy/dz (the negated grade).
+    """
+
+    def __init__(self, rng, y_start=CAMERA_HEIGHT_M, length_m=2000.0):
+        grades = [rng.uniform(-0.03, 0.03)]
+        z = rng.uniform(15.0, 60.0)
+        breaks = []
+        for _ in range(1 + int(rng.rand() < 0.5)):
+            length = rng.uniform(20.0, 60.0)
+            grades.append(float(np.clip(grades[-1] + rng.uniform(-0.06, 0.06), -0.06, 0.06)))
+            breaks.append((z, z + length))
+            z += length + rng.uniform(30.0, 80.0)
+        segs, y, z = [], y_start, -50.0
+        for (za, zb), g_in, g_out in zip(breaks, grades[:-1], grades[1:]):
+            segs.append((z, za, y, -g_in, 0.0))
+            y += -g_in * (za - z)
+            c = (-g_out + g_in) / (2.0 * (zb - za))
+            segs.append((za, zb, y, -g_in, c))
+            y += -g_in * (zb - za) + c * (zb - za) ** 2
+            z = zb
+        segs.append((z, length_m, y, -grades[-1], 0.0))
+        self.segments = segs
+        self.grades = grades
+        self.breaks = breaks
+
+    def y(self, z):
+        """Return the road's world height (y, down) at ``z`` (scalar or array)."""
+        z = np.asarray(z, np.float64)
+        out = np.zeros(z.shape)
+        for z0, z1, y0, g, c in self.segments:
+            m = (z >= z0) & (z < z1)
+            out = np.where(m, y0 + g * (z - z0) + c * (z - z0) ** 2, out)
+        return out if out.ndim else float(out)
+
+    def grade(self, z):
+        """Return the road's uphill slope (-dy/dz) at ``z``."""
+        for z0, z1, y0, g, c in self.segments:
+            if z0 <= z < z1:
+                return -(g + 2.0 * c * (z - z0))
+        return -self.segments[-1][3]
+
+    def shifted(self, dz):
+        """Return the segments with z measured from ``dz`` (the camera's position)."""
+        return [(z0 - dz, z1 - dz, y0, g, c) for z0, z1, y0, g, c in self.segments]
+
+
+def _rotation_pitch_roll(pitch, roll):
+    """World-from-camera rotation: roll about the optical axis, then pitch (up positive)."""
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    cr, sr = np.cos(roll), np.sin(roll)
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return rx @ rz
 
 
 # ---------------------------------------------------------------------------- images
@@ -295,8 +401,13 @@ class DrivingWorld(object):
                                    0.0, tuple(int(c) for c in rng.randint(60, 200, 3))))
                 z += rng.uniform(10.0, 30.0)
 
-    def at(self, ego_z, frame):
-        """Return the boxes in the camera frame of this frame."""
+    def at(self, ego_z, frame, profile=None):
+        """
+        Return the boxes of this frame, z from the camera (``ego_z``).
+
+        On the road's ``profile`` (RoadProfile) when given: each box's base at the road's lower
+        end under it.
+        """
         out = []
         for b in self.boxes:
             z0 = b[4] + b[6] * frame - ego_z
@@ -304,20 +415,22 @@ class DrivingWorld(object):
             if z1 <= 0.5 or z0 > 400.0:
                 out.append((0, 0, 0, 0, -2, -1))       # behind: never hit
             else:
-                out.append((b[0], b[1], b[2], b[3], max(z0, 0.5), z1))
+                lift = 0.0 if profile is None else \
+                    max(profile.y(z0 + ego_z), profile.y(z1 + ego_z)) - CAMERA_HEIGHT_M
+                out.append((b[0], b[1], b[2] + lift, b[3] + lift, max(z0, 0.5), z1))
         return out
 
 
-def _road_image(world, camera, depth, ids, ego_z, rng):
+def _road_image(world, camera, depth, ids, ego_z, rng, rot=None):
     hgt, wid = depth.shape
-    d = _rays(camera)
+    d = _rays(camera, rot)
     colours = {i: b[7] for i, b in enumerate(world.boxes)}
     colours[-2] = (235, 200, 150)
     colours[-1] = (100, 100, 100)
     img = shade(ids, colours, rng)
     ground = ids == -1
     xw = np.where(ground, d[0] * depth, 0.0)
-    zw = np.where(ground, depth + ego_z, 0.0)
+    zw = np.where(ground, d[2] * depth + ego_z, 0.0)
     road = 100.0 + 10.0 * _texture((hgt, wid), rng, 1.0)
     lane = (np.abs(np.abs(xw) - 1.75) < 0.08) & ((zw % 6.0) < 3.0)
     road = np.where(lane, 205.0, road)
@@ -335,13 +448,24 @@ def road_scene(seed, n_frames=6, width=1280, errors=None, speed_m=0.5):
     noise_px = 0.45 * width / 1280.0
     world = DrivingWorld(scene_rng('road', seed, 1))
     net = SimNetwork(errors or FAMILY_ERRORS['road'], scene_rng('road', seed, 2).randint(2 ** 30))
+    # The road's grades ahead and the camera's mounting: its own stream (the world, the
+    # stereo and the network's errors are those of a flat road's scene of the same seed).
+    grng = scene_rng('road', seed, 3)
+    profile = RoadProfile(grng)
+    pitch0 = np.radians(grng.normal(0.0, 0.5))
+    roll0 = np.radians(grng.normal(0.0, 0.5))
     degraded = seed % 3 == 0 and n_frames >= 4
     frames = []
     for k in range(n_frames):
         frng = scene_rng('road', seed, 100 + k)
         ego = speed_m * k
-        gt, ids = raycast(camera, world.at(ego, k), ground_y=CAMERA_HEIGHT_M)
-        bgr = _road_image(world, camera, gt, ids, ego, frng)
+        # The car pitches with the road under it; the suspension adds 0.1 deg per frame.
+        pitch = np.arctan(profile.grade(ego)) + pitch0 + np.radians(grng.normal(0.0, 0.1))
+        rot = _rotation_pitch_roll(pitch, roll0 + np.radians(grng.normal(0.0, 0.1)))
+        origin = (0.0, profile.y(ego) - CAMERA_HEIGHT_M, 0.0)
+        gt, ids = raycast(camera, world.at(ego, k, profile), origin=origin, rot=rot,
+                          ground=profile.shifted(ego))
+        bgr = _road_image(world, camera, gt, ids, ego, frng, rot)
         keep, empty = 1.0, False
         if degraded and k == n_frames - 2:
             keep = 0.003

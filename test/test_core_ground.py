@@ -1,11 +1,13 @@
 """
-The ground plane and its horizon (core/ground.py), and the sky rule held above it (MetricAligner).
+The ground plane and its horizon (core/ground.py), the sky rule held above it and the ground bound.
 
 Synthetic views of a flat ground from a camera of known height, pitch and roll: the plane's
 height, tilt and horizon are checked against the geometry; the aligner's sky rule against a
-far ground that a network compresses toward the sky's value. Runs on Python 3.8 with numpy,
-OpenCV and pytest only.
+far ground that a network compresses toward the sky's value; the ground bound (MetricAligner
+step 12) against a far range the network puts too far, with the plane's depth per pixel from
+the geometry. Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
+import cv2
 from depth_ros.core.alignment import MetricAligner
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.ground import fit_ground, MAX_TILT_DEG, sky_rows
@@ -196,7 +198,149 @@ def test_without_ground_or_camera_the_output_is_the_rule_everywhere():
     np.testing.assert_array_equal(a.depth, b.depth)
 
 
+# ---------------------------------------------------------------------------- the ground bound
+
+FAR_M = 25.0          # beyond it the network below puts everything 30 % too far
+
+
+def overestimating_relative(z, factor=1.3, shift=-0.02):
+    """
+    Return the network's map: affine in inverse depth to FAR_M, beyond it depth x ``factor``.
+
+    The sky is 0. A negative shift keeps the far range above the sky rule's threshold (2 % of
+    the 99th percentile): not sky-like, as the network's far road mostly is.
+    """
+    zz = np.where(z > FAR_M, z * factor, z)
+    with np.errstate(divide='ignore'):
+        return np.where(np.isfinite(zz), (1.0 / zz - shift) / S_TRUE, 0.0).astype(np.float32)
+
+
+def bound_scene(pitch=1.0, roll=-2.0):
+    """Ground, sky, and a box standing on the ground 30 m ahead (its face at 30 m)."""
+    z = ground_depth(pitch, roll)
+    rows = np.arange(H)[:, None]
+    box = (np.arange(W)[None, :] >= 100) & (np.arange(W)[None, :] < 200) & (rows >= 150) & \
+        ~(z < 30.0)                       # in front of the far ground and of the sky
+    assert box.sum() > 2000
+    z[box] = 30.0
+    return z, box
+
+
+@pytest.mark.parametrize('pitch, roll, half', [(1.0, -2.0, False), (-1.5, 3.0, True)])
+def test_the_ground_bound_brings_a_far_overestimate_to_the_plane(pitch, roll, half):
+    z, box = bound_scene(pitch, roll)
+    plane_z = ground_depth(pitch, roll)              # the plane's depth, from the geometry
+    rel = overestimating_relative(z)
+    rel[box] = overestimating_relative(z, 1.0)[box]  # the box: exact (in front of the plane)
+    if half:
+        rel = np.ascontiguousarray(rel[::2, ::2])
+    st = stereo_of(z)
+    opts = dict(sky_anchor_weight=0.0, ground_bound_margin=0.05)
+    on = MetricAligner(ground_bound=True, **opts).update(rel, st, camera=CAM)
+    off = MetricAligner(ground_bound=False, **opts).update(rel, st, camera=CAM)
+    ground = np.isfinite(plane_z) & ~box
+    # Inside the band (the plane from 20 m to max_output_depth / 1.05), away from the box's
+    # edges (the half-size map blends them): at the plane's depth x 1.05, where the network
+    # put them 30 % too far (or beyond 100 m: +inf).
+    near_box = cv2.dilate(box.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    band = ground & ~near_box & (plane_z > FAR_M + 2.0) & (plane_z < 90.0)
+    assert band.sum() > 2000, band.sum()
+    ratio = on.depth[band] / (plane_z[band] * 1.05)
+    assert np.isfinite(ratio).all()
+    assert np.median(np.abs(ratio - 1.0)) < 0.01 and np.percentile(np.abs(ratio - 1), 99) < 0.03
+    off_ratio = off.depth[band] / plane_z[band]
+    assert np.median(off_ratio[np.isfinite(off_ratio)]) > 1.2        # what it fixed
+    # Nearer than the band (the stereo's reach), the box in front of the plane, and the sky
+    # above the horizon: the same with and without.
+    near = ground & (plane_z < 19.0)
+    np.testing.assert_array_equal(on.depth[near], off.depth[near])
+    inner_box = cv2.erode(box.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    np.testing.assert_array_equal(on.depth[inner_box], off.depth[inner_box])
+    assert np.median(np.abs(on.depth[inner_box] / 30.0 - 1.0)) < 0.03
+    sky = np.isinf(z)
+    np.testing.assert_array_equal(on.depth[sky], off.depth[sky])
+    assert np.isposinf(on.depth[sky]).mean() > 0.99
+    # A bounded pixel's 1 sigma: at least the plane's, the margin of its depth.
+    unc = on.uncertainty[band] / on.depth[band]
+    assert np.isfinite(unc).all() and (unc >= 0.05 / 1.05 * 0.999).all()
+
+
+def test_the_ground_bound_leaves_a_sky_like_crest_and_unknown_pixels_alone():
+    # Below the horizon, past a crest, the sky: the network's sky value (relative 0, sky-like)
+    # is left as without the bound; an unknown relative value (NaN) stays unknown.
+    z, _ = bound_scene(0.0, 0.0)
+    plane_z = ground_depth(0.0, 0.0)
+    rel = overestimating_relative(z)
+    crest = np.isfinite(plane_z) & (plane_z > 40.0) & (plane_z < 80.0)
+    crest[:, :W // 2] = False
+    rel[crest] = 0.0
+    unknown = np.isfinite(plane_z) & (plane_z > 40.0) & (plane_z < 80.0)
+    unknown[:, W // 2 + 40:] = False
+    unknown[:, :W // 2 - 80] = False
+    rel[unknown & ~crest] = np.nan
+    st = stereo_of(z)
+    out = MetricAligner(sky_anchor_weight=0.0).update(rel, st, camera=CAM).depth
+    off = MetricAligner(sky_anchor_weight=0.0, ground_bound=False).update(rel, st, camera=CAM)
+    np.testing.assert_array_equal(out[crest], off.depth[crest])
+    assert (out[crest] > 1.1 * plane_z[crest]).all()
+    # Unknown: NaN, or the trusted stereo where it has any (its outliers here); as without.
+    np.testing.assert_array_equal(out[unknown], off.depth[unknown])
+    assert np.isnan(out[unknown & ~crest]).mean() > 0.9
+    left = np.isfinite(plane_z) & (plane_z > 40.0) & (plane_z < 80.0)
+    left[:, W // 2 - 80:] = False
+    assert (out[left] <= plane_z[left] * 1.05 * 1.04).all()   # the bound (the fit: 2 %)
+    assert np.median(off.depth[left] / plane_z[left]) > 1.2
+
+
+def test_without_a_plane_or_a_camera_or_switched_off_the_bound_does_nothing():
+    z = ground_depth(0.5, 0.0)
+    rel, st = overestimating_relative(z), stereo_of(z)
+    off = MetricAligner(ground_bound=False).update(rel, st, camera=CAM).depth
+    # No camera: no intrinsics, no plane.
+    np.testing.assert_array_equal(MetricAligner(ground_bound=True).update(rel, st).depth,
+                                  MetricAligner(ground_bound=False).update(rel, st).depth)
+    # A wall with the sky above it: no ground.
+    zw = np.full((H, W), 30.0)
+    zw[:60] = np.inf
+    stw = stereo_of(zw)
+    stw[60:] = stereo_of(np.full((H, W), 12.0))[60:]       # the stereo sees the wall at 12 m
+    relw = overestimating_relative(np.where(np.isfinite(zw), 12.0, np.inf))
+    np.testing.assert_array_equal(
+        MetricAligner(ground_bound=True).update(relw, stw, camera=CAM).depth,
+        MetricAligner(ground_bound=False).update(relw, stw, camera=CAM).depth)
+    # The plane is there (the sky's horizon needs it either way), the bound off: the far
+    # range stays overestimated.
+    far = np.isfinite(z) & (z > 30.0) & (z < 70.0)
+    assert np.median(off[far] / z[far]) > 1.2
+
+
+def test_a_held_frame_bounds_with_the_last_plane_until_reset():
+    z = ground_depth(1.0, 1.0)
+    rel, st = overestimating_relative(z), stereo_of(z)
+    empty = np.full(st.shape, np.nan, np.float32)
+    band = np.isfinite(z) & (z > 30.0) & (z < 80.0)
+    al = MetricAligner(sky_anchor_weight=0.0)
+    al.update(rel, st, camera=CAM)
+    held = al.update(rel, empty, camera=CAM)
+    assert held.status == 'held'
+    np.testing.assert_allclose(held.depth[band], z[band] * 1.05, rtol=0.03)
+    ref = MetricAligner(sky_anchor_weight=0.0, ground_bound=False)
+    ref.update(rel, st, camera=CAM)
+    unbounded = ref.update(rel, empty, camera=CAM).depth
+    assert np.median(unbounded[band] / z[band]) > 1.2
+    # After a reset there is no fit and no plane: the (empty) stereo alone.
+    al.reset()
+    assert al.update(rel, empty, camera=CAM).status == 'no_fit'
+
+
 @pytest.mark.parametrize('kwargs, message', [
+    (dict(ground_bound_margin=-0.1), 'option `ground_bound_margin` must be a finite number in '
+                                     '[0.0, 1.0], got -0.1'),
+    (dict(ground_bound_margin=1.5), 'option `ground_bound_margin` must be a finite number in '
+                                    '[0.0, 1.0], got 1.5'),
+    (dict(ground_bound_margin=float('nan')), 'option `ground_bound_margin` must be a finite '
+                                             'number in [0.0, 1.0], got nan'),
+    (dict(ground_bound='yes'), "option `ground_bound` must be a bool, got 'yes'"),
     (dict(sky_horizon_margin_deg=-0.5), 'option `sky_horizon_margin_deg` must be a finite '
                                         'number in [0.0, 45.0], got -0.5'),
     (dict(sky_horizon_margin_deg=float('nan')), 'option `sky_horizon_margin_deg` must be a '

@@ -471,6 +471,10 @@ def test_validators_name_the_parameter_and_value():
     align = {s.name: s.default for s in config.ALIGNMENT_PARAMS}
     assert config.validate_alignment(dict(align, min_depth=5.0, max_depth=4.0)) == \
         'parameter `max_depth` (4.0) must be > `min_depth` (5.0)'
+    assert config.validate_alignment(dict(align, ground_bound_margin=-0.1)) == \
+        'parameter `ground_bound_margin` must be a finite number in [0.0, 1.0], got -0.1'
+    assert config.validate_alignment(dict(align, ground_bound=1)) == \
+        'parameter `ground_bound` must be a bool, got 1'
     depth = {s.name: s.default for s in config.DEPTH_PARAMS}
     assert config.validate_depth(dict(depth, backend='standin', input_width=518)) == \
         'parameters `input_width` and `input_height` must both be 0 or both be set, got ' \

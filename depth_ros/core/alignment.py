@@ -4,14 +4,15 @@ Metric alignment of relative (affine-invariant) depth to stereo depth, and noise
 ``MetricAligner.update(relative, stereo_depth, confidence, guide=..., camera=...)`` takes one
 frame through numbered steps, in two sides: ``prepare(stereo_depth, confidence, guide, camera)``
 (steps 1-4) needs only the stereo set and changes nothing in the aligner; ``finish(relative,
-prepared)`` (steps 5-13) aligns the relative map to it. ``update`` is ``finish(relative,
+prepared)`` (steps 5-14) aligns the relative map to it. ``update`` is ``finish(relative,
 prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbers:
 
 1. check the stereo inputs;
 2. the stereo noise model, constant in inverse depth (``sigma_d / (f B)``);
 3. the stereo and confidence as float32; the stereo in inverse depth and where it is trusted;
 4. the stereo where the mono side reads it: on the fit lattice (its tests and noise gains,
-   and the ground plane it sees, whose horizon bounds the sky: core/ground.py), on the
+   and the ground plane it sees, whose horizon bounds the sky and which bounds the far
+   output in step 12: core/ground.py), on the
    statistics grid (inverse depth, trust, image, confidence) and on the cells (the range
    guide's intensity, the sky's colours and too-far stereo);
 5. check the relative map against the stereo's size; as float32 (a non-finite value is
@@ -30,10 +31,13 @@ prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbe
 10. this frame's noise: the stereo model's calibration ``beta`` and the mono's relative error;
 11. the fusion (core/fusion.py): per pixel, inverse-variance weighted in inverse depth, stereo
     outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
-12. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
+12. the ground bound (``ground_bound``): below the ground plane's horizon, beyond the
+    trusted stereo, no output is farther than the plane along its ray (times 1 +
+    ``ground_bound_margin``);
+13. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
     ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres, the model's sigma
     times ``SIGMA_CALIBRATION``);
-13. remember the output on the lattice for the next frame.
+14. remember the output on the lattice for the next frame.
 
 Conventions (see docs/core.md):
 
@@ -86,6 +90,7 @@ SIGMA_CALIBRATION = 1.16
 # lower; frames with stereo are not changed (temporal_alpha, default 1: off).
 HELD_TEMPORAL_ALPHA = 0.5
 GROUND_STRIDE = 2         # the ground plane is fitted to every other lattice row and column
+HOLD_PLANE = True
 
 
 @dataclass
@@ -222,6 +227,7 @@ class MetricAligner(object):
         self._prev_inv = None           # previous output inverse depth on the lattice
         self._prev_var = None           # ... and its variance
         self._pending = 0               # consecutive frames whose stereo fit jumped
+        self._plane = None              # the last frame's ground plane (the ground bound)
         self.frames = 0
         if getattr(self, '_correction', None) is not None:
             self._correction.reset()
@@ -373,7 +379,7 @@ class MetricAligner(object):
     def finish(self, relative_disparity: np.ndarray, prepared: 'PreparedStereo',
                out: Optional[np.ndarray] = None) -> AlignedDepth:
         """
-        Finish a frame, the mono side (steps 5-13): align ``relative_disparity`` to a prepared set.
+        Finish a frame, the mono side (steps 5-14): align ``relative_disparity`` to a prepared set.
 
         ``prepared`` comes from this aligner's ``prepare``; a set prepared before a
         ``set_options`` or ``reset``, or already spent by a ``finish``, is prepared again from
@@ -408,7 +414,7 @@ class MetricAligner(object):
             LOG.debug('frame %d: %s (%s)', self.frames, fit.status, fit.reason)
         if not fit.source:
             # No fit: the trusted stereo alone, NaN elsewhere (never a guess). Remembered
-            # (step 13) with the mono's relative noise.
+            # (step 14) with the mono's relative noise.
             depth, unc, n_stereo = self._stereo_only(ys, trust, sigma_s)
             if out is not None:
                 np.copyto(out, depth)
@@ -448,7 +454,13 @@ class MetricAligner(object):
                                          prepared.conf_s, fit, prepared.interior)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
-        # 12. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
+        # 12. The ground bound: below the ground's horizon, nothing is farther than the
+        #     plane along its ray (beyond the stereo's reach, within max_output_depth).
+        plane = self._bound_plane(prepared, fit.source == 'previous')
+        if plane is not None:
+            self._ground_bound(inv, var, plane, rel, samples.sky_threshold)
+
+        # 13. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
         #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
         #     it), the uncertainty in var's array.
         depth = prepared.ys if out is None else out            # [H, W] float32 metres
@@ -458,7 +470,7 @@ class MetricAligner(object):
         if kept is not None:
             depth[kept] = stereo[kept]      # exactly the stereo (1 / (1 / z) may not be)
 
-        # 13. Remember for the next frame: the output on the lattice (jump test,
+        # 14. Remember for the next frame: the output on the lattice (jump test,
         #     self-alignment) and the cells (the correction's temporal filter).
         self._remember(depth, unc)
         if cells is not None:
@@ -547,13 +559,14 @@ class MetricAligner(object):
 
         ``p.ground`` (core/ground.py's Ground, or None) and ``p.lat_sky_ok`` (bool over the
         lattice: samples above the horizon moved down by ``sky_horizon_margin_deg``, or
-        None: everywhere). Only with ``sky_horizon``, the sky rule on (disparity kind) and a
-        camera (the intrinsics).
+        None: everywhere): only with ``sky_horizon`` and the sky rule on. ``p.plane``: the
+        same plane for the ground bound (step 12), only with ``ground_bound``. Disparity
+        kind, with a camera (the intrinsics).
         """
         o = self.options
-        p.ground, p.lat_sky_ok, p.intrinsics = None, None, None
-        if not o.sky_horizon or camera is None or o.relative_kind != 'disparity' or \
-                o.sky_fraction <= 0:
+        p.ground, p.lat_sky_ok, p.intrinsics, p.plane = None, None, None, None
+        sky = o.sky_horizon and o.sky_fraction > 0
+        if camera is None or o.relative_kind != 'disparity' or not (sky or o.ground_bound):
             return
         h, w = p.shape
         cam = camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h)
@@ -572,8 +585,10 @@ class MetricAligner(object):
         tol = 3.0 * p.sigma_inv
         if p.lat_gain is not None:
             tol = tol * np.sqrt(p.lat_gain.reshape(shape)[sub].ravel()[trusted])
-        p.ground = fit_ground(uu[trusted], vv[trusted], y,
-                              tol + RELATIVE_TOLERANCE * y, trusted.size, *k)
+        plane = fit_ground(uu[trusted], vv[trusted], y, tol + RELATIVE_TOLERANCE * y,
+                           trusted.size, *k)
+        p.plane = plane if o.ground_bound else None     # the ground bound's (step 12)
+        p.ground = plane if sky else None               # the sky's horizon
         if p.ground is not None:
             limit = sky_rows(p.ground, o.sky_horizon_margin_deg, cols, *k)
             p.lat_sky_ok = (rows[:, None] < limit[None, :]).ravel()
@@ -1077,7 +1092,75 @@ class MetricAligner(object):
                 var[use] = sigma_s * sigma_s
         return var, n, kept
 
-    # ------------------------------------------------------------------ 13. history
+    # ------------------------------------------------------------------ 12. ground bound
+
+    def _bound_plane(self, prepared, held):
+        """
+        Return the ground plane of the bound, or None.
+
+        This frame's; a held frame's (too little or untrusted stereo) the last plane of a
+        frame fitted to its stereo, at the same size.
+        """
+        if not self.options.ground_bound or prepared.intrinsics is None:
+            self._plane = None
+            return None
+        if not held:
+            self._plane = None if prepared.plane is None else (prepared.plane, prepared.shape)
+            return prepared.plane
+        if HOLD_PLANE and self._plane is not None and self._plane[1] == prepared.shape:
+            return self._plane[0]
+        return None
+
+    def _ground_bound(self, inv, var, plane, rel, sky_threshold):
+        """
+        Raise ``inv`` (in place) to the ground plane's inverse depth / (1 + margin) below it.
+
+        A ray below the ground's horizon meets the ground: nothing seen along it is farther
+        than the plane (a crest, where the road falls away, excepted: the plane is then
+        extrapolated ground). Only on the rows where the plane's depth lies in ``[max_depth,
+        max_output_depth / (1 + margin)]`` (beyond the trusted stereo: there the correction
+        has nothing to learn from, and the fit's pitch error stays small), and not where the
+        relative map is sky-like (at or below the sky rule's threshold: a crest's sky). NaN
+        (unknown) stays NaN. The variance of a bounded pixel: the plane's at the margin
+        (``(margin y)^2``), or the mono's when larger.
+        """
+        o = self.options
+        h, w = inv.shape
+        grow = 1.0 + o.ground_bound_margin
+        y_lo, y_hi = grow / o.max_output_depth, 1.0 / o.max_depth
+        if y_hi <= y_lo:
+            return
+        a, b, c = plane.a, plane.b, plane.c
+        # 1/z = a u + b v + c, b > 0 (ground): the rows of [y_lo, y_hi] at either end column.
+        ends = np.array([0.0, w - 1.0])
+        v_lo, v_hi = (y_lo - a * ends - c) / b, (y_hi - a * ends - c) / b
+        r0, r1 = max(int(np.floor(v_lo.min())), 0), min(int(np.ceil(v_hi.max())) + 1, h)
+        if r0 >= r1:
+            return
+        y = (a * np.arange(w, dtype=np.float64)[None, :] +
+             b * np.arange(r0, r1, dtype=np.float64)[:, None] + c).astype(np.float32)
+        bound = y * np.float32(1.0 / grow)
+        band = inv[r0:r1]
+        with np.errstate(invalid='ignore'):
+            act = (y >= y_lo) & (y <= y_hi) & (band < bound)       # NaN compares False
+        if sky_threshold is not None:
+            with np.errstate(invalid='ignore'):
+                if rel.shape == inv.shape:
+                    act &= ~(rel[r0:r1] <= sky_threshold)
+                else:       # the relative map's nearest pixel, read where the bound acts
+                    rs, cs = np.nonzero(act)
+                    hr, wr = rel.shape
+                    rr = np.clip(np.rint((rs + r0 + 0.5) * hr / h - 0.5), 0, hr - 1)
+                    cc = np.clip(np.rint((cs + 0.5) * wr / w - 0.5), 0, wr - 1)
+                    sky = rel[rr.astype(np.intp), cc.astype(np.intp)] <= sky_threshold
+                    act[rs[sky], cs[sky]] = False
+        np.copyto(band, bound, where=act)
+        if var is not None:
+            vb = var[r0:r1]
+            plane_var = np.square(bound * np.float32(o.ground_bound_margin))
+            np.copyto(vb, np.maximum(vb, plane_var), where=act)
+
+    # ------------------------------------------------------------------ 14. history
 
     def _remember(self, depth, unc):
         """Keep the output on the lattice for the next frame's jump test / self-alignment."""

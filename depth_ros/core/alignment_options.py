@@ -80,6 +80,14 @@ class AlignerOptions(object):
     sky_horizon_margin_deg: float = _opt(
         0.5, 'the sky may reach this angle (degrees) below the ground plane\'s horizon (a '
         'crest ahead)', 0.0, 45.0)
+    ground_bound: bool = _opt(
+        True, 'disparity kind, with a camera: below the horizon of the ground plane the '
+        'stereo sees, no output is farther than the plane along its ray (times 1 + '
+        'ground_bound_margin); only where the plane is beyond max_depth and within '
+        'max_output_depth')
+    ground_bound_margin: float = _opt(
+        0.05, 'relative margin of the ground bound: depth at most (1 + this) times the '
+        "plane's depth", 0.0, 1.0)
     baseline_m: float = _opt(
         0.12, 'stereo baseline (m; ZED2 0.12; -P[0,3]/P[0,0] of the right CameraInfo)',
         0.0, 10.0, low_open=True)

@@ -16,7 +16,8 @@ to the plane. Nothing on the plane or beyond it is sky; the sky is above that li
 a crest ahead (the road falls away behind it), a little below it: ``sky_rows`` gives, per
 column, the row above which a ray rises more than ``-margin`` degrees over the plane.
 
-The plane only locates the horizon: no depth is taken from it.
+The plane locates the horizon, and MetricAligner bounds the far output by it (step 12, the
+ground bound: below the horizon nothing is farther than the plane along its ray).
 """
 from __future__ import annotations
 
