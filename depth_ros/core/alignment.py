@@ -90,7 +90,6 @@ SIGMA_CALIBRATION = 1.16
 # lower; frames with stereo are not changed (temporal_alpha, default 1: off).
 HELD_TEMPORAL_ALPHA = 0.5
 GROUND_STRIDE = 2         # the ground plane is fitted to every other lattice row and column
-HOLD_PLANE = True
 
 
 @dataclass
@@ -1107,7 +1106,7 @@ class MetricAligner(object):
         if not held:
             self._plane = None if prepared.plane is None else (prepared.plane, prepared.shape)
             return prepared.plane
-        if HOLD_PLANE and self._plane is not None and self._plane[1] == prepared.shape:
+        if self._plane is not None and self._plane[1] == prepared.shape:
             return self._plane[0]
         return None
 
