@@ -19,6 +19,7 @@ the entries they name. Written for ROS 2 Humble (launch, launch_ros).
 import difflib
 import os
 import re
+import signal
 import tempfile
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
@@ -200,12 +201,53 @@ def _log_arguments(level):
     return [] if level == 'info' else ['--log-level', level]
 
 
+def _exit_line(label, code):
+    """The line that names the process and how it ended (code: Popen's returncode)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = 'signal {}'.format(-code)
+        return '{} was killed by {} (exit code {}): the launch stops, and exits 1'.format(
+            label, name, code)
+    return '{} exited with code {}: the launch stops, and exits 1'.format(label, code)
+
+
+def _on_exit(label):
+    """
+    Return the handler of one of our processes' exit: the launch ends with it.
+
+    Exit 0 (the node was stopped on its own) is a Shutdown: ``ros2 launch`` exits 0. Any other
+    code (a FATAL line at start-up, a node that gave up mid-run, a crash, SIGKILL) raises,
+    which launch (Humble and Kilted) logs as one line, ``Caught exception in launch (see
+    debug for traceback): <label> exited with code 1: ...``, then shuts the others down and
+    exits 1: a Shutdown action alone made ``ros2 launch`` exit 0 whatever the code. A process
+    that exits while the launch is already shutting down (Ctrl-C, another node's exit) is
+    part of that stop: nothing more is said, and the launch's exit code stays as it is.
+    """
+    def on_exit(event, context):
+        if context.is_shutdown:
+            return None
+        if event.returncode == 0:
+            return Shutdown(reason='{} exited'.format(label))
+        raise RuntimeError(_exit_line(label, event.returncode))
+    return on_exit
+
+
+# Our processes stop with the launch: a ``ros2 launch`` that dies without stopping them
+# (SIGTERM or SIGKILL to it alone: launch has no handler for SIGTERM unless one is installed
+# in Python, and then it only cancels its run) has the kernel send them SIGTERM. See
+# depth_ros/ros/entry.py.
+def _launch_env():
+    return {'DEPTH_ROS_LAUNCH_PID': str(os.getpid())}
+
+
 def _ours(executable, name, namespace=None, log_level='info', **kwargs):
     """One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it."""
     label = '/'.join(p for p in (namespace, name) if p)
     return Node(package=PACKAGE, executable=executable, name=name, namespace=namespace,
                 output='screen', emulate_tty=True, ros_arguments=_log_arguments(log_level) or
-                None, on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
+                None, on_exit=_on_exit(label), additional_env=_launch_env(), **kwargs)
 
 
 def _spec(executable, name, namespace=None, parameters=(), remappings=(), source=None):
@@ -248,8 +290,8 @@ def _composed(specs, log_level='info'):
             arguments += ['-r', '{}:={}'.format(src, dst)]
         arguments.append('--')
     return Node(package=PACKAGE, executable='composed_nodes', output='screen',
-                emulate_tty=True, arguments=arguments,
-                on_exit=Shutdown(reason='composed_nodes ({}) exited'.format(
+                emulate_tty=True, arguments=arguments, additional_env=_launch_env(),
+                on_exit=_on_exit('composed_nodes ({})'.format(
                     ', '.join(s['name'] for s in specs))))
 
 
