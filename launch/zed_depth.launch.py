@@ -13,8 +13,10 @@ where zed_node hands its frames to depth_node, and depth_node (frame, disparity)
 alignment_node, by reference; composed:=false starts one process per node, joined by topics.
 zed_node:=false (the official wrapper's topics) runs separate processes.
 
-Every node reads config/zed_depth.yaml (override with params_file:=); launch arguments override
-the entries they name. Written for ROS 2 Humble (launch, launch_ros).
+Every node reads config/zed_depth.yaml (override with params_file:=); the launch arguments given
+(on the command line, or by an including launch file) override the entries they name, and
+those not given leave the file's values, except camera_name (the namespace, topics and frames
+follow the argument). Written for ROS 2 Humble (launch, launch_ros).
 """
 import difflib
 import os
@@ -74,6 +76,9 @@ ARGUMENTS = (
     ('log_level', 'info', 'log level of our nodes: debug | info | warn | error | fatal'),
 )
 RELIABILITIES = ('best_effort', 'reliable')
+# The launch configuration that names the arguments given (see _note_given).
+GIVEN = 'depth_ros_given_arguments'
+
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 # The live camera and the replay sources that read a file or folder.
 PATH_SOURCES = ('svo', 'folder', 'bag')
@@ -93,6 +98,25 @@ def _nonempty(base, **values):
     out = dict(base)
     out.update({k: v for k, v in values.items() if v != ''})
     return out
+
+
+def _note_given(context):
+    """
+    Record which of our arguments were given, before their declarations set the defaults.
+
+    A default passed on to the nodes overrode the params file: ``source: sample`` or
+    ``reliability: reliable`` in ``params_file:=`` gave way to ``live`` and ``best_effort``
+    without a word. Only the arguments given (``name:=value`` on the command line, or an
+    including launch file's) override the file.
+    """
+    context.launch_configurations[GIVEN] = ' '.join(
+        name for name, _, _ in ARGUMENTS if name in context.launch_configurations)
+    return []
+
+
+def _given_only(arg, given, **pairs):
+    """Keep the parameter=argument pairs whose argument was given (all, where unknown)."""
+    return {param: arg[name] for param, name in pairs.items() if given is None or name in given}
 
 
 def _check_arguments(arg):
@@ -347,7 +371,7 @@ def _misspelt(given):
     """
     names = [name for name, _, _ in ARGUMENTS]
     lines = []
-    for name in sorted(set(given) - set(names)):
+    for name in sorted(set(given) - set(names) - {GIVEN}):
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
         if close:
             lines.append('launch argument {}:={} is not one of zed_depth.launch.py\'s, and is '
@@ -364,7 +388,9 @@ def _nodes(context):
     camera = arg['camera_name']
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
-    qos = {'reliability': arg['reliability']}
+    noted = context.launch_configurations.get(GIVEN)
+    given = None if noted is None else set(noted.split())
+    qos = _given_only(arg, given, reliability='reliability')
     actions = [LogInfo(msg=line) for line in _misspelt(context.launch_configurations)]
     actions += _environment(arg, share)
     with_zed = _truthy(arg['zed_node'])
@@ -382,11 +408,14 @@ def _nodes(context):
     specs = []
     if with_zed:
         specs.append(_spec('zed_node', 'zed_node', namespace=camera, parameters=[
-            params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
-                                   camera_name=camera)]))
+            params_file, _nonempty(dict(qos, camera_name=camera), **_given_only(
+                arg, given, source='source', path='path'))]))
     backend, model_path = _depth_backend(arg)
-    depth_params = _nonempty(qos, backend=backend, model_path=model_path,
-                             engine_cache_dir=arg['engine_cache_dir'])
+    model = _given_only(dict(arg, backend=backend, model=model_path), given,
+                        backend='backend', model_path='model', engine_cache_dir='engine_cache_dir')
+    if arg['engine']:
+        model.update(backend=backend, model_path=model_path)   # engine:= sets both
+    depth_params = _nonempty(qos, **model)
     specs.append(_spec('depth_node', 'depth_node', parameters=[params_file, depth_params],
                        remappings=[('image', image)], source=composed and 'zed_node'))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
@@ -418,4 +447,5 @@ def generate_launch_description():
     """Describe the graph with its launch arguments (see the module docstring)."""
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS]
-    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])
+    return LaunchDescription([OpaqueFunction(function=_note_given)] + declared +
+                             [OpaqueFunction(function=_nodes)])

@@ -135,6 +135,11 @@ def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, **overrides):
     description = module.generate_launch_description()
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     context = LaunchContext()
+    # As ros2 launch runs it: the arguments given are set first, then the launch file notes
+    # them (_note_given), then the declarations set the defaults of the others.
+    context.launch_configurations.update(
+        {name: value for name, value in overrides.items() if name in declared})
+    module._note_given(context)
     for name, action in declared.items():
         default = ''.join(s.perform(context) for s in action.default_value)
         context.launch_configurations[name] = overrides.pop(name, default)
@@ -222,6 +227,27 @@ def test_arguments_reach_the_nodes(monkeypatch, composed):
     assert params['zed_node']['source'] == 'sample' and 'path' not in params['zed_node'], \
         'an empty path must be left to the params file: {}'.format(params['zed_node'])
     assert {p['reliability'] for p in params.values()} == {'reliable'}, params
+
+
+@needs_launch
+@MODES
+def test_a_params_file_is_overridden_only_by_the_arguments_given(monkeypatch, composed):
+    # The defaults of source:=, backend:=, model:= and reliability:= went to the nodes whether
+    # given or not: `source: sample` or `reliability: reliable` in params_file:= gave way to
+    # live and best_effort without a word. camera_name is the launch's (namespace, frames).
+    _, ev = _evaluate(monkeypatch, composed=composed)
+    params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
+    assert params == {'zed_node': {'camera_name': 'zed'}, 'depth_node': {},
+                      'alignment_node': {}}, params
+    # Given, even at their defaults, they override the file.
+    _, ev = _evaluate(monkeypatch, composed=composed, source='live', backend='auto',
+                      model='auto', reliability='best_effort', engine_cache_dir='/engines')
+    params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
+    assert params == {
+        'zed_node': {'camera_name': 'zed', 'source': 'live', 'reliability': 'best_effort'},
+        'depth_node': {'backend': 'auto', 'model_path': 'auto', 'engine_cache_dir': '/engines',
+                       'reliability': 'best_effort'},
+        'alignment_node': {'reliability': 'best_effort'}}, params
 
 
 @needs_launch

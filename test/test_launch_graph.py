@@ -305,12 +305,18 @@ def configured_launch(overlay, watch, tmp_path, composed):
     from launch_support import ROOT
     with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
         text = f.read()
-    assert '    cloud_stride: 2\n' in text
+    # source and backend from the params file alone (the launch arguments' defaults, live
+    # and auto, overrode them); reliability from the argument given, over the file's.
+    for old, new in (('    cloud_stride: 2\n', '    cloud_stride: 4\n'),
+                     ('    source: live ', '    source: sample '),
+                     ('    backend: auto ', '    backend: standin ')):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    assert text.count('reliability: best_effort') == 3, text
     params = tmp_path / 'robot.yaml'
-    params.write_text(text.replace('    cloud_stride: 2\n', '    cloud_stride: 4\n'))
-    return _describe(watch, source='sample', backend='standin', publish_tf='false',
-                     camera_name='front', reliability='reliable', params_file=str(params),
-                     composed=composed, log_level='warn')
+    params.write_text(text)
+    return _describe(watch, publish_tf='false', camera_name='front', reliability='reliable',
+                     params_file=str(params), composed=composed, log_level='warn')
 
 
 @pytest.mark.launch(fixture=configured_launch)
