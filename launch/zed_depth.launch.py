@@ -65,7 +65,9 @@ ARGUMENTS = (
     ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
      '(RViz on Humble subscribes reliable: the shipped .rviz file asks for best effort)'),
-    ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml)'),
+    ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml); '
+     'the arguments given override its entries, those not given leave them (camera_name is '
+     'always the argument\'s)'),
     ('fastdds_profile', 'true', 'use config/fastdds_large_messages.xml (shared-memory segments '
      'for whole images) unless a Fast DDS profile is already set in the environment'),
     ('clean_shm', 'true', 'remove the Fast DDS shared-memory segments that killed processes '
