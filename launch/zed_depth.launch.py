@@ -228,7 +228,7 @@ def _log_arguments(level):
 
 
 def _exit_line(label, code):
-    """The line that names the process and how it ended (code: Popen's returncode)."""
+    """Return the line that names the process and how it ended (code: Popen's returncode)."""
     if code < 0:
         try:
             name = signal.Signals(-code).name
