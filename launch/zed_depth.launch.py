@@ -317,8 +317,8 @@ def _composed(specs, log_level='info'):
         arguments.append('--')
     return Node(package=PACKAGE, executable='composed_nodes', output='screen',
                 emulate_tty=True, arguments=arguments, additional_env=_launch_env(),
-                on_exit=_on_exit('composed_nodes ({})'.format(
-                    ', '.join(s['name'] for s in specs))))
+                on_exit=_on_exit('composed_nodes ({})'.format(', '.join(
+                    '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs))))
 
 
 def _static_tfs(camera):

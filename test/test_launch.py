@@ -601,3 +601,27 @@ def test_a_misspelt_argument_is_told_not_ignored_silently(monkeypatch):
     told = [line for line in ev.log if 'did you mean' in line]
     assert told == ["launch argument publish_ft:=false is not one of zed_depth.launch.py's, "
                     "and is ignored: did you mean publish_tf:=?"], ev.log
+
+
+@needs_launch
+def test_a_process_exit_ends_the_launch_and_a_failure_raises_one_line_naming_it():
+    # launch exits 1 only when an exception is raised inside it (a Shutdown gives 0): our
+    # processes' on_exit raises for any code but 0, and adds nothing during a stop.
+    import types
+    from launch.actions import Shutdown
+    spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module._on_exit('composed_nodes (zed/zed_node, depth_node, alignment_node)')
+    running, stopping = (types.SimpleNamespace(is_shutdown=flag) for flag in (False, True))
+    assert isinstance(handler(types.SimpleNamespace(returncode=0), running), Shutdown)
+    for code, how in ((1, 'exited with code 1'), (2, 'exited with code 2'),
+                      (-9, 'was killed by SIGKILL (exit code -9)'),
+                      (-15, 'was killed by SIGTERM (exit code -15)')):
+        with pytest.raises(RuntimeError) as raised:
+            handler(types.SimpleNamespace(returncode=code), running)
+        assert str(raised.value) == 'composed_nodes (zed/zed_node, depth_node, ' \
+            'alignment_node) {}: the launch stops, and exits 1'.format(how)
+        # Ctrl-C, or another process's failure: the exits of the stop add nothing.
+        assert handler(types.SimpleNamespace(returncode=code), stopping) is None
+    assert handler(types.SimpleNamespace(returncode=0), stopping) is None

@@ -533,7 +533,7 @@ def _failed(label, code):
             'with code {}: the launch stops, and exits 1'.format(label, code))
 
 
-COMPOSED = 'composed_nodes (zed_node, depth_node, alignment_node)'
+COMPOSED = 'composed_nodes (zed/zed_node, depth_node, alignment_node)'
 
 
 def test_a_node_that_fails_at_start_up_ends_the_launch_with_exit_1_and_one_line(
