@@ -13,12 +13,15 @@ where zed_node hands its frames to depth_node, and depth_node (frame, disparity)
 alignment_node, by reference; composed:=false starts one process per node, joined by topics.
 zed_node:=false (the official wrapper's topics) runs separate processes.
 
-Every node reads config/zed_depth.yaml (override with params_file:=); launch arguments override
-the entries they name. Written for ROS 2 Humble (launch, launch_ros).
+Every node reads config/zed_depth.yaml (override with params_file:=); the launch arguments given
+(on the command line, or by an including launch file) override the entries they name, and
+those not given leave the file's values, except camera_name (the namespace, topics and frames
+follow the argument). Written for ROS 2 Humble (launch, launch_ros).
 """
 import difflib
 import os
 import re
+import signal
 import tempfile
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
@@ -62,7 +65,9 @@ ARGUMENTS = (
     ('marigold', 'false', 'also run marigold_node and a second alignment_node for its keyframes'),
     ('reliability', 'best_effort', 'QoS of image and cloud topics: best_effort | reliable '
      '(RViz on Humble subscribes reliable: the shipped .rviz file asks for best effort)'),
-    ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml)'),
+    ('params_file', '', 'parameters file (default: share/depth_ros/config/zed_depth.yaml); '
+     'the arguments given override its entries, those not given leave them (camera_name is '
+     'always the argument\'s)'),
     ('fastdds_profile', 'true', 'use config/fastdds_large_messages.xml (shared-memory segments '
      'for whole images) unless a Fast DDS profile is already set in the environment'),
     ('clean_shm', 'true', 'remove the Fast DDS shared-memory segments that killed processes '
@@ -73,6 +78,9 @@ ARGUMENTS = (
     ('log_level', 'info', 'log level of our nodes: debug | info | warn | error | fatal'),
 )
 RELIABILITIES = ('best_effort', 'reliable')
+# The launch configuration that names the arguments given (see _note_given).
+GIVEN = 'depth_ros_given_arguments'
+
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 # The live camera and the replay sources that read a file or folder.
 PATH_SOURCES = ('svo', 'folder', 'bag')
@@ -92,6 +100,25 @@ def _nonempty(base, **values):
     out = dict(base)
     out.update({k: v for k, v in values.items() if v != ''})
     return out
+
+
+def _note_given(context):
+    """
+    Record which of our arguments were given, before their declarations set the defaults.
+
+    A default passed on to the nodes overrode the params file: ``source: sample`` or
+    ``reliability: reliable`` in ``params_file:=`` gave way to ``live`` and ``best_effort``
+    without a word. Only the arguments given (``name:=value`` on the command line, or an
+    including launch file's) override the file.
+    """
+    context.launch_configurations[GIVEN] = ' '.join(
+        name for name, _, _ in ARGUMENTS if name in context.launch_configurations)
+    return []
+
+
+def _given_only(arg, given, **pairs):
+    """Keep the parameter=argument pairs whose argument was given (all, where unknown)."""
+    return {param: arg[name] for param, name in pairs.items() if given is None or name in given}
 
 
 def _check_arguments(arg):
@@ -200,12 +227,53 @@ def _log_arguments(level):
     return [] if level == 'info' else ['--log-level', level]
 
 
+def _exit_line(label, code):
+    """Return the line that names the process and how it ended (code: Popen's returncode)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = 'signal {}'.format(-code)
+        return '{} was killed by {} (exit code {}): the launch stops, and exits 1'.format(
+            label, name, code)
+    return '{} exited with code {}: the launch stops, and exits 1'.format(label, code)
+
+
+def _on_exit(label):
+    """
+    Return the handler of one of our processes' exit: the launch ends with it.
+
+    Exit 0 (the node was stopped on its own) is a Shutdown: ``ros2 launch`` exits 0. Any other
+    code (a FATAL line at start-up, a node that gave up mid-run, a crash, SIGKILL) raises,
+    which launch (Humble and Kilted) logs as one line, ``Caught exception in launch (see
+    debug for traceback): <label> exited with code 1: ...``, then shuts the others down and
+    exits 1: a Shutdown action alone made ``ros2 launch`` exit 0 whatever the code. A process
+    that exits while the launch is already shutting down (Ctrl-C, another node's exit) is
+    part of that stop: nothing more is said, and the launch's exit code stays as it is.
+    """
+    def on_exit(event, context):
+        if context.is_shutdown:
+            return None
+        if event.returncode == 0:
+            return Shutdown(reason='{} exited'.format(label))
+        raise RuntimeError(_exit_line(label, event.returncode))
+    return on_exit
+
+
+# Our processes stop with the launch: a ``ros2 launch`` that dies without stopping them
+# (SIGTERM or SIGKILL to it alone: launch has no handler for SIGTERM unless one is installed
+# in Python, and then it only cancels its run) has the kernel send them SIGTERM. See
+# depth_ros/ros/entry.py.
+def _launch_env():
+    return {'DEPTH_ROS_LAUNCH_PID': str(os.getpid())}
+
+
 def _ours(executable, name, namespace=None, log_level='info', **kwargs):
     """One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it."""
     label = '/'.join(p for p in (namespace, name) if p)
     return Node(package=PACKAGE, executable=executable, name=name, namespace=namespace,
                 output='screen', emulate_tty=True, ros_arguments=_log_arguments(log_level) or
-                None, on_exit=Shutdown(reason='{} exited'.format(label)), **kwargs)
+                None, on_exit=_on_exit(label), additional_env=_launch_env(), **kwargs)
 
 
 def _spec(executable, name, namespace=None, parameters=(), remappings=(), source=None):
@@ -248,9 +316,9 @@ def _composed(specs, log_level='info'):
             arguments += ['-r', '{}:={}'.format(src, dst)]
         arguments.append('--')
     return Node(package=PACKAGE, executable='composed_nodes', output='screen',
-                emulate_tty=True, arguments=arguments,
-                on_exit=Shutdown(reason='composed_nodes ({}) exited'.format(
-                    ', '.join(s['name'] for s in specs))))
+                emulate_tty=True, arguments=arguments, additional_env=_launch_env(),
+                on_exit=_on_exit('composed_nodes ({})'.format(', '.join(
+                    '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs))))
 
 
 def _static_tfs(camera):
@@ -305,7 +373,7 @@ def _misspelt(given):
     """
     names = [name for name, _, _ in ARGUMENTS]
     lines = []
-    for name in sorted(set(given) - set(names)):
+    for name in sorted(set(given) - set(names) - {GIVEN}):
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
         if close:
             lines.append('launch argument {}:={} is not one of zed_depth.launch.py\'s, and is '
@@ -322,7 +390,9 @@ def _nodes(context):
     camera = arg['camera_name']
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
-    qos = {'reliability': arg['reliability']}
+    noted = context.launch_configurations.get(GIVEN)
+    given = None if noted is None else set(noted.split())
+    qos = _given_only(arg, given, reliability='reliability')
     actions = [LogInfo(msg=line) for line in _misspelt(context.launch_configurations)]
     actions += _environment(arg, share)
     with_zed = _truthy(arg['zed_node'])
@@ -340,11 +410,14 @@ def _nodes(context):
     specs = []
     if with_zed:
         specs.append(_spec('zed_node', 'zed_node', namespace=camera, parameters=[
-            params_file, _nonempty(qos, source=arg['source'], path=arg['path'],
-                                   camera_name=camera)]))
+            params_file, _nonempty(dict(qos, camera_name=camera), **_given_only(
+                arg, given, source='source', path='path'))]))
     backend, model_path = _depth_backend(arg)
-    depth_params = _nonempty(qos, backend=backend, model_path=model_path,
-                             engine_cache_dir=arg['engine_cache_dir'])
+    model = _given_only(dict(arg, backend=backend, model=model_path), given,
+                        backend='backend', model_path='model', engine_cache_dir='engine_cache_dir')
+    if arg['engine']:
+        model.update(backend=backend, model_path=model_path)   # engine:= sets both
+    depth_params = _nonempty(qos, **model)
     specs.append(_spec('depth_node', 'depth_node', parameters=[params_file, depth_params],
                        remappings=[('image', image)], source=composed and 'zed_node'))
     inputs = [('depth_registered', zed + '/depth/depth_registered'),
@@ -376,4 +449,5 @@ def generate_launch_description():
     """Describe the graph with its launch arguments (see the module docstring)."""
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS]
-    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])
+    return LaunchDescription([OpaqueFunction(function=_note_given)] + declared +
+                             [OpaqueFunction(function=_nodes)])

@@ -73,6 +73,7 @@ def test_model_without_split_is_timed_as_inference_only():
 
 
 def test_cli_writes_table_json_png(tmp_path):
+    pytest.importorskip('matplotlib', reason='the plot needs matplotlib (depth_ros[tools])')
     out = str(tmp_path / 'b')
     rc = cli.main(['bench', '--size', '64x48', '--input-size', '28x28', '--frames', '3',
                    '--warmup', '0', '--out', out])

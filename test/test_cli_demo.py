@@ -19,6 +19,9 @@ def _stand_in_onnx(path, trained, width=56, height=42):
     It has the DA-V2 interface ([1, 3, h, w] -> [1, h, w]) and the exporter's metadata, which
     is all the demo pipeline needs; it runs in milliseconds.
     """
+    for module in ('onnx', 'onnxruntime'):
+        pytest.importorskip(module, reason='the ONNX stand-in is built with onnx and run '
+                            'with onnxruntime (depth_ros[onnx])')
     import onnx
     from onnx import helper, TensorProto
 
@@ -201,7 +204,8 @@ def test_untrained_reason_is_fast_offline(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_demo_default_path_offline(tmp_path, monkeypatch, capsys):
     # The `make demo` path on a machine without internet: an untrained ViT-S, exported once.
-    import torch
+    torch = pytest.importorskip('torch', reason='offline, the demo exports an untrained ViT-S '
+                                'with torch (depth_ros[export])')
     torch.set_num_threads(1)
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))

@@ -13,6 +13,7 @@ import http.server
 import json
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -221,6 +222,28 @@ def test_without_onnxruntime_preparing_is_one_line_naming_the_package(places, so
     make_hub_cache(places['hub'], source)
     with pytest.raises(ImportError, match=r'folding constants needs onnxruntime: install '
                                           r'depth_ros\[onnx\]'):
+        _resolver(places).resolve()
+
+
+def test_without_depth_ros_onnx_the_lookup_says_what_to_install(places, source, monkeypatch):
+    # The robot's venv without depth_ros[onnx] (no onnx, no onnxruntime), a file prepared
+    # earlier in the cache: depth_node's FATAL line was "ModuleNotFoundError: No module named
+    # 'onnx'" (the lookup reads the prepared files' metadata with onnx).
+    _ort()   # to prepare the file first
+    make_hub_cache(places['hub'], source)
+    prepared = _resolver(places).resolve().path
+    assert prepared.startswith(places['cache']), prepared
+    monkeypatch.setitem(sys.modules, 'onnx', None)
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    with pytest.raises(auto.ModelLoadError) as raised:
+        auto.open_depth_model(backend='onnxruntime', input_size=SIZE,
+                              hub_cache_dir=places['hub'])
+    assert str(raised.value).startswith(
+        "cannot load onnxruntime model 'auto': ImportError: reading an ONNX file needs onnx: "
+        'install depth_ros[onnx] ('), str(raised.value)
+    # The lookup itself (the tensorrt backend's too) names the package.
+    with pytest.raises(ImportError, match=r'^reading an ONNX file needs onnx: install '
+                                          r'depth_ros\[onnx\] \('):
         _resolver(places).resolve()
 
 

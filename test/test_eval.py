@@ -163,6 +163,7 @@ def test_kitti_crops_and_diode_layout_with_mask(tmp_path):
 
 
 def test_report_files_and_cli(tmp_path, monkeypatch):
+    pytest.importorskip('matplotlib', reason='the plot needs matplotlib (depth_ros[tools])')
     root = str(tmp_path / 'data')
     model = LookupModel('disparity')
     for i in range(2):
@@ -305,7 +306,8 @@ def test_device_that_cannot_apply_is_refused_naming_it(backend, device, availabl
 
 
 def test_cli_onnxruntime_on_cuda_is_refused_where_its_provider_is_missing(tmp_path, capsys):
-    import onnxruntime
+    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed '
+                                      '(depth_ros[onnx])')
     if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
         pytest.skip('this onnxruntime has the CUDA provider')
     rc = cli.main(['eval', '--dataset', 'middlebury', '--out', str(tmp_path), '--backend',
@@ -321,7 +323,8 @@ def test_cli_onnxruntime_cuda_that_does_not_start_is_an_error(tmp_path, capsys, 
     # onnxruntime-gpu lists its CUDA provider where CUDA cannot start; the session then runs
     # on the CPU. The providers asked for reach the loader, and the fallback is told.
     import depth_ros.inference as inference
-    import onnxruntime
+    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed '
+                                      '(depth_ros[onnx])')
 
     asked = {}
 

@@ -8,6 +8,7 @@ kind of drop, and that a good frame afterwards still produces output. The proces
 Ctrl-C in the middle of a frame, kill -9) assert the one line, the exit status and the absence
 of a traceback.
 """
+import json
 import os
 import signal
 import subprocess
@@ -864,6 +865,47 @@ def test_a_signal_as_a_failed_node_exits_keeps_its_exit_code_and_is_quiet():
                           universal_newlines=True)
     assert done.returncode == 2 and done.stdout.splitlines() == [
         '[FATAL] [node]: bad configuration: ...'], (done.returncode, done.stdout)
+
+
+_STOP_WITH_LAUNCH = r"""
+import ctypes, json, os, sys, types
+from depth_ros.ros import entry
+case, dead = sys.argv[1], sys.argv[2]
+launch = {'parent': str(os.getppid()), 'gone': dead, 'not the parent': '1', 'junk': 'x'}
+env = {entry.LAUNCH_PID: launch[case]} if case in launch else {}
+if case == 'run, launch gone':
+    # The console script of a node whose launch died before it asked: not started.
+    os.environ[entry.LAUNCH_PID] = dead
+    sys.modules['node'] = types.SimpleNamespace(main=lambda: print('started'))
+    entry._run('node')
+asked = entry.stop_with_launch(env)
+signum = ctypes.c_int(-1)
+ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(signum), 0, 0, 0)  # PR_GET_PDEATHSIG
+print(json.dumps([asked, signum.value]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl is Linux\'s')
+@pytest.mark.parametrize('case, expected', [
+    ('parent', [True, int(signal.SIGTERM)]),     # started by the launch: SIGTERM at its death
+    ('no variable', [True, 0]),                   # ros2 run, a shell: nothing asked
+    ('not the parent', [True, 0]),                # a prefix (gdb) between: not ours to watch
+    ('junk', [True, 0]),
+    ('gone', [False, 0]),                         # the launch died before we asked: stop
+    ('run, launch gone', None),
+])
+@pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
+def test_a_node_asks_for_sigterm_when_the_launch_that_started_it_dies(case, expected):
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()
+    done = subprocess.run([sys.executable, '-c', _STOP_WITH_LAUNCH, case, str(gone.pid)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=60, universal_newlines=True)
+    if expected is None:
+        assert done.returncode == 0 and done.stdout == '', (done.returncode, done.stdout)
+    else:
+        assert done.returncode == 0, done.stdout
+        assert json.loads(done.stdout) == expected, done.stdout
 
 
 def test_shared_memory_left_by_kill_9_is_cleaned(probe):

@@ -53,6 +53,8 @@ def test_standin_from_the_node_configuration():
 
 
 def test_a_missing_model_file_is_one_line_with_its_cause():
+    # Without onnxruntime, the loader's line is the package to install (test_onnx_backend).
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (depth_ros[onnx])')
     with pytest.raises(ModelLoadError) as info:
         load_model('onnxruntime', '/nonexistent/model.onnx', **NODE_VALUES)
     err = info.value
@@ -109,6 +111,7 @@ def test_bad_requests_are_value_errors_before_any_loading(call, message):
 
 
 def test_load_depth_model_keeps_the_backends_own_errors():
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (depth_ros[onnx])')
     with pytest.raises(FileNotFoundError, match='ONNX model not found: /nonexistent/m.onnx'):
         load_depth_model('/nonexistent/m.onnx')
     with pytest.raises(ValueError, match="`backend` must be one of onnxruntime, tensorrt, "

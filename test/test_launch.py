@@ -135,6 +135,11 @@ def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, **overrides):
     description = module.generate_launch_description()
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     context = LaunchContext()
+    # As ros2 launch runs it: the arguments given are set first, then the launch file notes
+    # them (_note_given), then the declarations set the defaults of the others.
+    context.launch_configurations.update(
+        {name: value for name, value in overrides.items() if name in declared})
+    module._note_given(context)
     for name, action in declared.items():
         default = ''.join(s.perform(context) for s in action.default_value)
         context.launch_configurations[name] = overrides.pop(name, default)
@@ -222,6 +227,27 @@ def test_arguments_reach_the_nodes(monkeypatch, composed):
     assert params['zed_node']['source'] == 'sample' and 'path' not in params['zed_node'], \
         'an empty path must be left to the params file: {}'.format(params['zed_node'])
     assert {p['reliability'] for p in params.values()} == {'reliable'}, params
+
+
+@needs_launch
+@MODES
+def test_a_params_file_is_overridden_only_by_the_arguments_given(monkeypatch, composed):
+    # The defaults of source:=, backend:=, model:= and reliability:= went to the nodes whether
+    # given or not: `source: sample` or `reliability: reliable` in params_file:= gave way to
+    # live and best_effort without a word. camera_name is the launch's (namespace, frames).
+    _, ev = _evaluate(monkeypatch, composed=composed)
+    params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
+    assert params == {'zed_node': {'camera_name': 'zed'}, 'depth_node': {},
+                      'alignment_node': {}}, params
+    # Given, even at their defaults, they override the file.
+    _, ev = _evaluate(monkeypatch, composed=composed, source='live', backend='auto',
+                      model='auto', reliability='best_effort', engine_cache_dir='/engines')
+    params = {n.node_executable: ev.params(n)[0] for n in ev.nodes}
+    assert params == {
+        'zed_node': {'camera_name': 'zed', 'source': 'live', 'reliability': 'best_effort'},
+        'depth_node': {'backend': 'auto', 'model_path': 'auto', 'engine_cache_dir': '/engines',
+                       'reliability': 'best_effort'},
+        'alignment_node': {'reliability': 'best_effort'}}, params
 
 
 @needs_launch
@@ -575,3 +601,27 @@ def test_a_misspelt_argument_is_told_not_ignored_silently(monkeypatch):
     told = [line for line in ev.log if 'did you mean' in line]
     assert told == ["launch argument publish_ft:=false is not one of zed_depth.launch.py's, "
                     "and is ignored: did you mean publish_tf:=?"], ev.log
+
+
+@needs_launch
+def test_a_process_exit_ends_the_launch_and_a_failure_raises_one_line_naming_it():
+    # launch exits 1 only when an exception is raised inside it (a Shutdown gives 0): our
+    # processes' on_exit raises for any code but 0, and adds nothing during a stop.
+    import types
+    from launch.actions import Shutdown
+    spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module._on_exit('composed_nodes (zed/zed_node, depth_node, alignment_node)')
+    running, stopping = (types.SimpleNamespace(is_shutdown=flag) for flag in (False, True))
+    assert isinstance(handler(types.SimpleNamespace(returncode=0), running), Shutdown)
+    for code, how in ((1, 'exited with code 1'), (2, 'exited with code 2'),
+                      (-9, 'was killed by SIGKILL (exit code -9)'),
+                      (-15, 'was killed by SIGTERM (exit code -15)')):
+        with pytest.raises(RuntimeError) as raised:
+            handler(types.SimpleNamespace(returncode=code), running)
+        assert str(raised.value) == 'composed_nodes (zed/zed_node, depth_node, ' \
+            'alignment_node) {}: the launch stops, and exits 1'.format(how)
+        # Ctrl-C, or another process's failure: the exits of the stop add nothing.
+        assert handler(types.SimpleNamespace(returncode=code), stopping) is None
+    assert handler(types.SimpleNamespace(returncode=0), stopping) is None

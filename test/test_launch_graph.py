@@ -16,6 +16,7 @@ per node); the other cases run in the default mode.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,36 +206,6 @@ def _has_tf2_ros():
         return False
 
 
-# ----------------------------------------------------------- engine:= (TensorRT backend)
-@launch_pytest.fixture
-def engine_launch(overlay, watch, tmp_path, composed):
-    (tmp_path / 'da2_vits_fp16.engine').write_bytes(b'not an engine')
-    return _describe(watch, source='sample', engine='da2_vits_fp16.engine',
-                     engine_cache_dir=str(tmp_path), publish_tf='false', composed=composed)
-
-
-@pytest.mark.launch(fixture=engine_launch)
-def test_engine_argument_selects_tensorrt_and_ends_the_launch_with_one_fatal_line(watch,
-                                                                                  composed):
-    # Up to the point where TensorRT itself is needed: the engine is found in the configured
-    # cache, the backend is tensorrt, and without TensorRT depth_node ends with one FATAL line
-    # that names the model; the launch ends with it (no half graph left running).
-    process = 'depth_node' if composed == 'false' else 'composed_nodes'
-    watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
-                   'the launch to end after depth_node failed', allowed_exits=(process,))
-    lines = watch.lines(process)
-    fatal = [line for line in lines if 'FATAL' in line]
-    assert len(fatal) == 1 and "cannot load tensorrt model 'da2_vits_fp16.engine'" in fatal[0], \
-        watch.report()
-    assert 'outside the engine cache' not in fatal[0], fatal[0]
-    assert not [line for line in lines if 'Traceback' in line], watch.report()
-    assert '[depth_node]' in fatal[0], fatal
-    assert any(n.startswith(process) and c == 1 for n, c in watch.exits), watch.exits
-    assert ('depth_node exited' if composed == 'false' else
-            'composed_nodes (zed_node, depth_node, alignment_node) exited') in \
-        watch.shutdown_reason, watch.shutdown_reason
-
-
 # ------------------------------------------- no backend, no model: the default model
 @pytest.fixture
 def hub_environment(tmp_path, monkeypatch):
@@ -334,12 +305,18 @@ def configured_launch(overlay, watch, tmp_path, composed):
     from launch_support import ROOT
     with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
         text = f.read()
-    assert '    cloud_stride: 2\n' in text
+    # source and backend from the params file alone (the launch arguments' defaults, live
+    # and auto, overrode them); reliability from the argument given, over the file's.
+    for old, new in (('    cloud_stride: 2\n', '    cloud_stride: 4\n'),
+                     ('    source: live ', '    source: sample '),
+                     ('    backend: auto ', '    backend: standin ')):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    assert text.count('reliability: best_effort') == 3, text
     params = tmp_path / 'robot.yaml'
-    params.write_text(text.replace('    cloud_stride: 2\n', '    cloud_stride: 4\n'))
-    return _describe(watch, source='sample', backend='standin', publish_tf='false',
-                     camera_name='front', reliability='reliable', params_file=str(params),
-                     composed=composed, log_level='warn')
+    params.write_text(text)
+    return _describe(watch, publish_tf='false', camera_name='front', reliability='reliable',
+                     params_file=str(params), composed=composed, log_level='warn')
 
 
 @pytest.mark.launch(fixture=configured_launch)
@@ -435,41 +412,6 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
     assert aligned.msgs[-1].encoding == '32FC1'
 
 
-# --------------------------------------- a node that dies mid-run ends the launch
-@launch_pytest.fixture
-def dying_camera_launch(overlay, watch, tmp_path):
-    from launch_support import ROOT
-    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
-        text = f.read()
-    params = tmp_path / 'dying.yaml'
-    # The replay source's simulated outage: after 10 frames the camera is gone for 30 s, and
-    # zed_node gives up after its first retry (max_retries 1): one FATAL line, mid-run.
-    params.write_text(text + textwrap.dedent('''
-        /**/zed_node:
-          ros__parameters:
-            drop_after: 10
-            outage_s: 30.0
-            max_retries: 1
-            retry_initial_s: 0.1
-        '''))
-    return _describe(watch, source='sample', backend='standin', publish_tf='false',
-                     params_file=str(params))
-
-
-@pytest.mark.launch(fixture=dying_camera_launch)
-def test_a_node_that_dies_in_the_composed_process_ends_the_launch_with_one_fatal_line(watch):
-    watch.wait_for(lambda: watch.shutdown_reason is not None, TIMEOUT,
-                   'the launch to end after zed_node gave up', allowed_exits=('composed_nodes',))
-    lines = [_plain(line) for line in watch.lines('composed_nodes')]
-    fatal = [line for line in lines if 'FATAL' in line]
-    assert len(fatal) == 1 and '[zed.zed_node]' in fatal[0] and \
-        'failed 2 times in a row (max_retries)' in fatal[0], watch.report()
-    assert not [line for line in lines if 'Traceback' in line], watch.report()
-    assert [c for n, c in watch.exits if n.startswith('composed_nodes')] == [1], watch.exits
-    assert 'composed_nodes (zed_node, depth_node, alignment_node) exited' in \
-        watch.shutdown_reason, watch.shutdown_reason
-
-
 # ---------------------------------------------------------- bad arguments: one line
 
 def _ros2_launch(*arguments, timeout=60):
@@ -539,8 +481,6 @@ def test_ctrl_c_while_the_nodes_still_import_is_quiet(overlay, tmp_path, compose
     # Python's default handler made that a KeyboardInterrupt traceback in each, or an
     # ImportError inside an extension's import, exit 1. (Earlier, during the interpreter's
     # own start-up, no code of ours can take the signal.)
-    import signal
-
     def importing_numpy(pid):
         try:
             with open('/proc/{}/maps'.format(pid)) as f:
@@ -577,3 +517,141 @@ def test_ctrl_c_while_the_nodes_still_import_is_quiet(overlay, tmp_path, compose
     assert text.count('process started') == processes, text
     assert code == 0 and 'Traceback' not in text and 'Error' not in text, text
     assert text.count('process has finished cleanly') == processes, text
+
+
+# ------------------------------------------- how ros2 launch ends: its exit code, the nodes
+# One of our processes that exits non-zero ends the launch with one line naming it and its
+# code, and ``ros2 launch`` exits 1 (it exited 0: a service manager, a container health check
+# or a CI script could not tell a failure from a stop).
+
+def _launch_errors(out):
+    return [line for line in out.splitlines() if '[ERROR] [launch]' in line]
+
+
+def _failed(label, code):
+    return ('[ERROR] [launch]: Caught exception in launch (see debug for traceback): {} exited '
+            'with code {}: the launch stops, and exits 1'.format(label, code))
+
+
+COMPOSED = 'composed_nodes (zed/zed_node, depth_node, alignment_node)'
+
+
+def test_a_node_that_fails_at_start_up_ends_the_launch_with_exit_1_and_one_line(
+        overlay, tmp_path, composed):
+    # engine:= names an engine in the configured cache: the backend is tensorrt, and without
+    # TensorRT depth_node ends at start-up with one FATAL line that names the model.
+    (tmp_path / 'da2_vits_fp16.engine').write_bytes(b'not an engine')
+    done = _ros2_launch('source:=sample', 'engine:=da2_vits_fp16.engine',
+                        'engine_cache_dir:={}'.format(tmp_path), 'publish_tf:=false',
+                        'composed:=' + composed, timeout=120)
+    out = _plain(done.stdout.decode('utf-8', 'replace'))
+    fatal = [line for line in out.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and "cannot load tensorrt model 'da2_vits_fp16.engine'" in \
+        fatal[0] and '[depth_node]' in fatal[0], out
+    assert 'outside the engine cache' not in fatal[0], fatal[0]
+    assert 'Traceback' not in out, out
+    process, label = ('composed_nodes', COMPOSED) if composed == 'true' else \
+        ('depth_node', 'depth_node')
+    assert re.search(r'\[{}-\d+\]: process has died \[pid \d+, exit code 1,'.format(process),
+                     out), out
+    assert _launch_errors(out) == [_failed(label, 1)], out
+    assert done.returncode == 1, (done.returncode, out)
+    # The others are stopped as on Ctrl-C, quietly.
+    finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', out)
+    assert sorted(finished) == ([] if composed == 'true' else ['alignment_node', 'zed_node']), \
+        out
+
+
+@pytest.mark.rmw_independent   # zed_node gives up on its source: no topic is needed
+def test_a_node_that_gives_up_mid_run_ends_the_launch_with_exit_1_and_one_line(
+        overlay, tmp_path):
+    from launch_support import ROOT
+    with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
+        text = f.read()
+    params = tmp_path / 'dying.yaml'
+    # The replay source's simulated outage: after 10 frames the camera is gone for 30 s, and
+    # zed_node gives up after its first retry (max_retries 1): one FATAL line, mid-run, and
+    # the composed process (every node in it) exits 1.
+    params.write_text(text + textwrap.dedent('''
+        /**/zed_node:
+          ros__parameters:
+            drop_after: 10
+            outage_s: 30.0
+            max_retries: 1
+            retry_initial_s: 0.1
+        '''))
+    done = _ros2_launch('source:=sample', 'backend:=standin', 'publish_tf:=false',
+                        'params_file:={}'.format(params), timeout=120)
+    out = _plain(done.stdout.decode('utf-8', 'replace'))
+    fatal = [line for line in out.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and '[zed.zed_node]' in fatal[0] and \
+        'failed 2 times in a row (max_retries)' in fatal[0], out
+    assert 'Traceback' not in out, out
+    assert _launch_errors(out) == [_failed(COMPOSED, 1)], out
+    assert done.returncode == 1, (done.returncode, out)
+
+
+def _drive(tmp_path, action, *arguments):
+    """Run ros2 launch under launch_driver.py; return (its report, the launch's output)."""
+    import json
+    log = tmp_path / 'launch.log'
+    driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'launch_driver.py')
+    done = subprocess.run([sys.executable, driver, action, str(log), '--', tool('ros2'),
+                           'launch', 'depth_ros', 'zed_depth.launch.py', 'source:=sample',
+                           'backend:=standin', 'publish_tf:=false'] + list(arguments),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+    out = _plain(log.read_text(errors='replace'))
+    assert done.returncode == 0, done.stdout.decode('utf-8', 'replace') + out
+    return json.loads(done.stdout.decode().strip().splitlines()[-1]), out
+
+
+@pytest.mark.rmw_independent   # how processes end, not what they publish
+def test_a_node_killed_mid_run_ends_the_launch_with_exit_1_and_the_others_stop_cleanly(
+        tmp_path, overlay):
+    report, out = _drive(tmp_path, 'kill:zed_node', 'composed:=false')
+    assert _launch_errors(out) == [
+        '[ERROR] [launch]: Caught exception in launch (see debug for traceback): zed/zed_node '
+        'was killed by SIGKILL (exit code -9): the launch stops, and exits 1'], out
+    assert report['launch'] == 1, (report, out)
+    assert sorted(p['name'] for p in report['processes']) == \
+        ['alignment_node', 'depth_node', 'zed_node'], (report, out)
+    assert all(p['orphan'] is None for p in report['processes']), (report, out)
+    finished = re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', out)
+    assert sorted(finished) == ['alignment_node', 'depth_node'], out
+    assert 'Traceback' not in out and '[FATAL]' not in out, out
+
+
+@pytest.mark.parametrize('action, composed, launch_code', [
+    # A terminal's Ctrl-C (SIGINT to the process group): launch stops the nodes, exit 0.
+    ('int', 'true', 0),
+    # SIGINT to ros2 launch alone (docker stop with STOPSIGNAL SIGINT, systemd's
+    # KillSignal=SIGINT): the same stop, from launch.
+    ('int:launch', 'false', 0),
+    # SIGTERM (docker stop, kill, systemd's KillMode=mixed) or SIGKILL to ros2 launch alone:
+    # launch installs no Python handler for SIGTERM, so it dies at once (exit -15, the
+    # shell's 143), as with SIGKILL, and stops nothing. Each of our processes asked the
+    # kernel for SIGTERM at its parent's death (depth_ros/ros/entry.py): they stop cleanly,
+    # exit 0, where they ran on as orphans before.
+    ('term', 'false', -int(signal.SIGTERM)),
+    ('kill', 'true', -int(signal.SIGKILL)),
+], ids=['ctrl-c', 'sigint-to-launch', 'sigterm-to-launch', 'sigkill-to-launch'])
+@pytest.mark.rmw_independent   # how processes end, not what they publish
+def test_stopping_the_launch_stops_every_node_cleanly(tmp_path, overlay, action, composed,
+                                                      launch_code):
+    report, out = _drive(tmp_path, action, 'composed:=' + composed)
+    assert report['launch'] == launch_code, (report, out)
+    names = sorted(p['name'] for p in report['processes'])
+    assert names == (['composed_nodes'] if composed == 'true' else
+                     ['alignment_node', 'depth_node', 'zed_node']), (report, out)
+    if action.startswith('int'):
+        # Launch stopped and reaped them; nothing alarming (their exits during the stop
+        # are not failures).
+        assert all(p['orphan'] is None for p in report['processes']), (report, out)
+        assert sorted(re.findall(r'\[(\w+)-\d+\]: process has finished cleanly', out)) == \
+            names, out
+        assert not [line for line in out.splitlines() if '[ERROR]' in line or
+                    'Traceback' in line], out
+    else:
+        # Orphans, reaped by the driver: each ended by its own clean exit.
+        assert [p['orphan']['exit'] for p in report['processes']
+                if 'exit' in p['orphan']] == [0] * len(names), (report, out)

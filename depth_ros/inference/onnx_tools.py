@@ -144,9 +144,15 @@ def read_metadata(path: str) -> Dict[str, str]:
 
     :raises FileNotFoundError: no such file.
     :raises ValueError: naming the file, when it is not a readable ONNX model.
+    :raises ImportError: without the onnx package, saying what to install.
     """
-    import onnx
-
+    try:
+        import onnx
+    except ImportError as exc:
+        # The default model's lookup reads the cache's prepared files with it: a robot
+        # without depth_ros[onnx] got "No module named 'onnx'" as depth_node's FATAL line.
+        raise ImportError('reading an ONNX file needs onnx: install depth_ros[onnx] '
+                          '({})'.format(exc)) from None
     if not os.path.isfile(path):
         raise FileNotFoundError('ONNX model not found: {}'.format(path))
     try:

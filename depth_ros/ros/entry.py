@@ -9,10 +9,60 @@ a KeyboardInterrupt traceback (exit -2) or the signal's default action (exit -15
 signal is noted while the module imports, and the process then exits 0 without starting the
 node, as a stop during the rest of the start-up does. Once the node is done, stop signals are
 ignored while the process exits. Only the standard library is imported.
+
+Started by zed_depth.launch.py (``DEPTH_ROS_LAUNCH_PID``, the launch's pid, is then the
+parent's), the process asks the kernel for SIGTERM when that parent dies
+(``prctl(PR_SET_PDEATHSIG)``, Linux): ``ros2 launch`` killed alone (SIGTERM, as ``docker stop``
+or ``kill`` send it: launch has no Python handler for it and dies at once; or SIGKILL) left the
+nodes running, orphans on the graph. They now stop as on Ctrl-C, exit 0. Where the parent is
+not the launch (a ``prefix`` such as gdb between them, ``ros2 run``), nothing is asked; where
+the launch died before the request, the process exits 0 without starting the node.
 """
+import ctypes
 import importlib
+import os
 import signal
 import sys
+
+LAUNCH_PID = 'DEPTH_ROS_LAUNCH_PID'
+PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
+
+
+def stop_with_launch(environ=None) -> bool:
+    """
+    Ask for SIGTERM when the launch that started this process dies; False if it is gone.
+
+    Only when ``DEPTH_ROS_LAUNCH_PID`` names this process's parent; the parent is checked
+    again after the request, which covers a launch that died in between (this process was
+    then handed to another parent, and no signal will come).
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        launch = int(environ.get(LAUNCH_PID, ''))
+    except ValueError:
+        return True
+    if os.getppid() != launch:
+        # A wrapper between us (not ours to watch), or the launch is already gone.
+        return _alive(launch)
+    if not sys.platform.startswith('linux'):
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return True
+    except (OSError, AttributeError):   # no prctl: as before
+        return True
+    return os.getppid() == launch
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:     # another user's process: it exists
+        return True
+    return True
 
 
 def _run(module: str) -> None:
@@ -22,6 +72,8 @@ def _run(module: str) -> None:
         received.append(signum)
 
     old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not stop_with_launch():
+        sys.exit(0)     # the launch is gone: a stop, as its SIGTERM would have been
     try:
         main = importlib.import_module(module).main
     finally:

@@ -1,0 +1,91 @@
+"""
+Run ``ros2 launch``, signal it or one of its processes, and report how everything ended.
+
+    python launch_driver.py ACTION LOG -- ros2 launch depth_ros zed_depth.launch.py ...
+
+ACTION: ``int`` (a terminal's Ctrl-C: SIGINT to the launch's whole process group), ``term``,
+``kill`` or ``int:launch`` (SIGTERM, SIGKILL or SIGINT to the ``ros2 launch`` process alone, as
+``kill`` or ``docker stop`` send it), ``kill:NAME`` (SIGKILL to the process launch names
+NAME-<n>). The action
+comes once every process has started and depth_node has said which model it runs, and 2 s
+more. This process is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``): processes the
+launch leaves behind become its children, so that their exit status can be read. It prints
+one JSON object: the launch's exit code, and for each started process its pid and, where it
+outlived the launch, how it ended (``exit`` code, or ``killed`` by this driver after 15 s) and
+``after_s``, the seconds from the signal to its end.
+A run script of the test suite, not a test (test_launch_graph.py runs it).
+"""
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+STARTED = re.compile(r'\[(\w+)-\d+\]: process started with pid \[(\d+)\]')
+
+
+def _read(path):
+    with open(path, encoding='utf-8', errors='replace') as f:
+        return f.read()
+
+
+def _reap(pid, timeout, since):
+    """Wait for an orphan of the launch (now our child); return how it ended."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:       # launch reaped it before it died itself
+            return None
+        if done:
+            return {'exit': -os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                    else os.WEXITSTATUS(status),
+                    'after_s': round(time.monotonic() - since, 2)}
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {'killed': 'still running {:.0f} s after the launch ended'.format(timeout)}
+        time.sleep(0.05)
+
+
+def main():
+    action, log_path, command = sys.argv[1], sys.argv[2], sys.argv[4:]
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # As from a shell: SIGINT at its default action in ros2 launch, whatever ours is.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with open(log_path, 'w') as log:
+        launch = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    end = time.monotonic() + 60
+    while launch.poll() is None and time.monotonic() < end:
+        if 'depth model:' in _read(log_path):
+            break
+        time.sleep(0.05)
+    time.sleep(2.0)
+    started = STARTED.findall(_read(log_path))
+    since = time.monotonic()
+    if launch.poll() is None:
+        if action == 'int':
+            os.killpg(launch.pid, signal.SIGINT)
+        elif action in ('term', 'kill', 'int:launch'):
+            os.kill(launch.pid, {'term': signal.SIGTERM, 'kill': signal.SIGKILL,
+                                 'int:launch': signal.SIGINT}[action])
+        elif action.startswith('kill:'):
+            pids = [int(pid) for name, pid in started if name == action[len('kill:'):]]
+            os.kill(pids[0], signal.SIGKILL)
+    try:
+        code = launch.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)
+        code = 'timeout: killed after 60 s'
+    processes = [{'name': name, 'pid': int(pid), 'orphan': _reap(int(pid), 15.0, since)}
+                 for name, pid in started]
+    print(json.dumps({'launch': code, 'processes': processes}))
+
+
+if __name__ == '__main__':
+    main()
