@@ -58,6 +58,7 @@ from depth_ros.core.bands import RowBands
 from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
+from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
     stereo_variance
 from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
@@ -776,7 +777,8 @@ class MetricAligner(object):
         far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
         cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
         cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
-        cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
+        if not TOZERO_ZEROES_NAN:
+            cv2.patchNaNs(ys, 0.0)              # OpenCV 5's thresholds keep NaN (4.5's: 0)
         cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
         if conf is not None:
             cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE, dst=confident)  # NaN fails
@@ -1136,16 +1138,24 @@ class MetricAligner(object):
         r0, r1 = max(int(np.floor(v_lo.min())), 0), min(int(np.ceil(v_hi.max())) + 1, h)
         if r0 >= r1:
             return
-        y = (a * np.arange(w, dtype=np.float64)[None, :] +
-             b * np.arange(r0, r1, dtype=np.float64)[:, None] + c).astype(np.float32)
+        # b v + a u, then + c (the same sums as a u + b v + c), in one float64 buffer.
+        y64 = np.add.outer(b * np.arange(r0, r1, dtype=np.float64),
+                           a * np.arange(w, dtype=np.float64))
+        y64 += c
+        y = y64.astype(np.float32)
         bound = y * np.float32(1.0 / grow)
         band = inv[r0:r1]
+        # act = y_lo <= y <= y_hi and band < bound (NaN compares False), test = scratch.
+        act = np.greater_equal(y, y_lo)
+        test = np.less_equal(y, y_hi)
+        act &= test
         with np.errstate(invalid='ignore'):
-            act = (y >= y_lo) & (y <= y_hi) & (band < bound)       # NaN compares False
+            act &= np.less(band, bound, out=test)
         if sky_threshold is not None:
             with np.errstate(invalid='ignore'):
                 if rel.shape == inv.shape:
-                    act &= ~(rel[r0:r1] <= sky_threshold)
+                    act &= np.logical_not(np.less_equal(rel[r0:r1], sky_threshold, out=test),
+                                          out=test)
                 else:       # the relative map's nearest pixel, read where the bound acts
                     rs, cs = np.nonzero(act)
                     hr, wr = rel.shape
