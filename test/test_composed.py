@@ -594,3 +594,24 @@ def test_the_depth_written_into_its_message_buffer_is_updates_frame_after_frame(
     assert (v['prepared_used'], v['published_depth'], v['dropped_exception']) == \
         ('6', '7', '0'), v
     reader.destroy_node()
+
+
+def test_close_stops_the_row_band_threads_after_the_frame_in_progress(aligner_node):
+    # finish_threads 2: the bands' pool thread runs the frames' second bands and the cloud's;
+    # close() ends the worker, then the pool (a node shut down leaves no thread behind).
+    import threading
+    from graph_support import expected_disparity
+    frames = _sample_frames(1)
+    node = aligner_node(finish_threads=2)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    node.take_started(frames[0])
+    assert node.worker.wait_idle(10.0)
+    node.take_set(frames[0], disparity)
+    assert node.worker.wait_idle(10.0)
+    assert _values(node)['prepared_used'] == '1'
+
+    def bands():
+        return [t for t in threading.enumerate() if t.name.startswith('row_bands')]
+    assert node.aligner.bands.threads == 2 and len(bands()) == 1
+    node.close()
+    assert not node.worker.alive and bands() == []
