@@ -593,6 +593,10 @@ def test_the_depth_written_into_its_message_buffer_is_updates_frame_after_frame(
     v = _values(node)
     assert (v['prepared_used'], v['published_depth'], v['dropped_exception']) == \
         ('6', '7', '0'), v
+    # A bad value at runtime is refused with rclpy's range text (docs/ros.md); none applied.
+    result = node.set_parameters([rclpy.parameter.Parameter('ground_bound_margin', value=-0.1)])
+    assert not result[0].successful and 'ground_bound_margin out of range' in result[0].reason
+    assert node.cfg['ground_bound_margin'] == 0.2 and not node.pending_options
     reader.destroy_node()
 
 
