@@ -174,7 +174,8 @@ class MessageBuffer(object):
     dtype changes, so a node that publishes the same size every frame touches no fresh memory.
     ``depth_to_cloud(..., out=buffer.array(...))`` writes the cloud straight into it and
     :func:`cloud_to_pointcloud2` with ``buffer=`` hands it to the message without a copy;
-    :func:`numpy_to_image` with ``buffer=`` copies the pixels into it.
+    :func:`numpy_to_image` with ``buffer=`` copies the pixels into it (none when they were written
+    into its view: ``MetricAligner.finish(out=buffer.array(...))``).
 
     Reuse is safe because rclpy's ``publish`` serializes the message before it returns: the
     next frame may overwrite the buffer after that. The publishing thread must not keep the
