@@ -531,3 +531,91 @@ def test_a_set_prepared_before_an_option_change_is_aligned_whole(aligner_node):
     np.testing.assert_array_equal(node.result.depth, after.update(*args, **kwargs).depth)
     assert not np.array_equal(node.result.depth, before.update(*args, **kwargs).depth), \
         'the test needs an option that changes the output'
+
+
+def test_the_depth_written_into_its_message_buffer_is_updates_frame_after_frame(aligner_node):
+    # With a ~/depth reader, finish writes the depth straight into the message's reused
+    # buffer (finish(out=...)): every message received is still that frame's update output,
+    # bit for bit, after later frames overwrote the buffer: a set aligned whole (update,
+    # copied in), a frame of another size (the buffer reshaped), the aligner's options
+    # changed at runtime (finish_threads, ground_bound, ground_bound_margin reach it).
+    import rclpy
+    import rclpy.parameter
+    from depth_ros.nodes_core import config
+    from depth_ros.ros import conversions as conv
+    from depth_ros.ros.runtime import LocalFrame, sensor_qos
+    from depth_ros.sources.base import Frame
+    from graph_support import expected_disparity
+    from sensor_msgs.msg import Image
+    frames = _sample_frames(7)
+    for i, local in enumerate(frames):
+        local.frame.depth[...] *= np.float32(1.0 + 0.04 * i)     # each frame its own depth
+    f = frames[5].frame
+    h, w = f.depth.shape[0] // 2, f.depth.shape[1] // 2
+    half = Frame(left=np.ascontiguousarray(f.left[::2, ::2]),
+                 depth=np.ascontiguousarray(f.depth[::2, ::2]),
+                 confidence=np.ascontiguousarray(f.confidence[::2, ::2]),
+                 camera=f.camera.scaled(w, h), stamp_ns=f.stamp_ns, frame_id='cam')
+    frames[5] = LocalFrame(half, frames[5].header)
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    got = []
+    reader = rclpy.create_node('depth_reader', context=node.context)
+    reader.create_subscription(Image, '/alignment_node/depth', got.append,
+                               sensor_qos(node.cfg['reliability'], node.cfg['qos_depth']))
+    executor = rclpy.executors.SingleThreadedExecutor(context=node.context)
+    executor.add_node(reader)
+    assert wait_until(lambda: node.pub_depth.get_subscription_count() > 0, 15)
+    changes = {3: {'finish_threads': 2, 'ground_bound': False},
+               4: {'ground_bound': True, 'ground_bound_margin': 0.2}}
+    wants = []
+    for i, local in enumerate(frames):
+        if i in changes:
+            result = node.set_parameters([rclpy.parameter.Parameter(k, value=v)
+                                          for k, v in changes[i].items()])
+            assert all(r.successful for r in result), result
+            reference.set_options(**changes[i])
+        disparity = expected_disparity(local.frame.left.astype(np.float32))
+        wants.append(_started_and_aligned(node, reference, local, disparity,
+                                          start=i != 2).depth)
+        # Finished from the side prepared (with the new options: the prepare applies them
+        # first): the depth is the message buffer's own view.
+        assert (node.result.depth is node.depth_buffer.view) == (i != 2), i
+        assert wait_until(lambda: executor.spin_once(timeout_sec=0.05) or
+                          len(got) == i + 1, 10), (i, len(got))
+    assert (node.aligner.bands.threads, node.aligner.options.ground_bound,
+            node.aligner.options.ground_bound_margin) == (2, True, 0.2)
+    assert [m.header.stamp.sec for m in got] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(not np.array_equal(a, b) for a, b in zip(wants[:4], wants[1:5]))
+    for msg, want in zip(got, wants):
+        np.testing.assert_array_equal(conv.image_to_numpy(msg), want)
+    v = _values(node)
+    assert (v['prepared_used'], v['published_depth'], v['dropped_exception']) == \
+        ('6', '7', '0'), v
+    # A bad value at runtime is refused with rclpy's range text (docs/ros.md); none applied.
+    result = node.set_parameters([rclpy.parameter.Parameter('ground_bound_margin', value=-0.1)])
+    assert not result[0].successful and 'ground_bound_margin out of range' in result[0].reason
+    assert node.cfg['ground_bound_margin'] == 0.2 and not node.pending_options
+    reader.destroy_node()
+
+
+def test_close_stops_the_row_band_threads_after_the_frame_in_progress(aligner_node):
+    # finish_threads 2: the bands' pool thread runs the frames' second bands and the cloud's;
+    # close() ends the worker, then the pool (a node shut down leaves no thread behind).
+    import threading
+    from graph_support import expected_disparity
+    frames = _sample_frames(1)
+    node = aligner_node(finish_threads=2)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    node.take_started(frames[0])
+    assert node.worker.wait_idle(10.0)
+    node.take_set(frames[0], disparity)
+    assert node.worker.wait_idle(10.0)
+    assert _values(node)['prepared_used'] == '1'
+
+    def bands():
+        return [t for t in threading.enumerate() if t.name.startswith('row_bands')]
+    assert node.aligner.bands.threads == 2 and len(bands()) == 1
+    node.close()
+    assert not node.worker.alive and bands() == []

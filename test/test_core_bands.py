@@ -64,3 +64,31 @@ def test_an_error_in_a_band_is_raised_after_every_band_ended(monkeypatch):
 def test_threads_is_checked_by_name(threads):
     with pytest.raises(ValueError, match='`threads` must be an integer in'):
         RowBands(threads)
+
+
+def test_a_band_that_cannot_start_is_raised_after_the_started_ones_ended(monkeypatch):
+    # The pool refuses a band (close() from another thread, or the interpreter shutting
+    # down): the bands already handed to it still write the caller's planes, so run waits
+    # for them before it raises, and the calling thread's band is not started.
+    monkeypatch.setattr(bands, 'MIN_BAND_ROWS', 1)
+    b = RowBands(3)
+    ended = []
+
+    def fn(r0, r1):
+        time.sleep(0.05)
+        ended.append(r0)
+    b.run(fn, 9)                        # the pool started
+    submit = b._pool.submit
+    calls = []
+
+    def refuse_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError('cannot schedule new futures after shutdown')
+        return submit(*args)
+    monkeypatch.setattr(b._pool, 'submit', refuse_second)
+    del ended[:]
+    with pytest.raises(RuntimeError, match='after shutdown'):
+        b.run(fn, 9)
+    assert ended == [3]                 # the band handed over had ended; no other ran
+    b.close()

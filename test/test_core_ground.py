@@ -292,6 +292,24 @@ def test_the_ground_bound_leaves_a_sky_like_crest_and_unknown_pixels_alone():
     assert np.median(off.depth[left] / plane_z[left]) > 1.2
 
 
+@pytest.mark.parametrize('options', [dict(sky_fraction=0.0), dict(sky_horizon=False)])
+def test_above_the_horizon_nothing_is_bounded_without_the_sky_rule_or_its_horizon(options):
+    # The sky rule off (nothing is sky-like) or held everywhere (no horizon for it): rays above
+    # the plane's horizon never meet the ground, so the bound leaves them as they are, while
+    # the far ground below it is still bounded.
+    z, box = bound_scene(1.0, -2.0)
+    plane_z = ground_depth(1.0, -2.0)
+    rel, st = overestimating_relative(z), stereo_of(z)
+    opts = dict(options, sky_anchor_weight=0.0)
+    on = MetricAligner(**opts).update(rel, st, camera=CAM).depth
+    off = MetricAligner(ground_bound=False, **opts).update(rel, st, camera=CAM).depth
+    sky = ~np.isfinite(plane_z)
+    np.testing.assert_array_equal(on[sky], off[sky])
+    band = np.isfinite(plane_z) & ~box & (plane_z > FAR_M + 2.0) & (plane_z < 90.0)
+    assert np.median(np.abs(on[band] / (plane_z[band] * 1.05) - 1.0)) < 0.01
+    assert np.median(off[band] / plane_z[band]) > 1.2
+
+
 def test_without_a_plane_or_a_camera_or_switched_off_the_bound_does_nothing():
     z = ground_depth(0.5, 0.0)
     rel, st = overestimating_relative(z), stereo_of(z)

@@ -161,6 +161,18 @@ def test_an_image_written_into_the_buffer_is_published_without_a_copy(monkeypatc
     np.testing.assert_array_equal(buffer.view.view(np.float32).reshape(3, 4), depth + 1)
 
 
+def test_a_buffer_view_whose_bytes_the_encoding_changes_is_copied_as_encoded():
+    """Only a view already holding the message's bytes skips the copy: not a byte-swapped one."""
+    buffer = conv.MessageBuffer()
+    header = conv.make_header(7, 'f')
+    want = np.arange(12, dtype=np.float32).reshape(3, 4) + 0.5
+    view = buffer.array((3, 4), '>f4')            # big-endian floats in the buffer
+    view[...] = want
+    msg = conv.numpy_to_image(view, '32FC1', header, buffer=buffer)
+    assert msg.is_bigendian == 0 and msg.data is buffer.data
+    np.testing.assert_array_equal(conv.image_to_numpy(msg), want)
+
+
 def test_ns_stamp_round_trip():
     for ns in (0, 1, 999999999, 1000000000, 1700000000123456789):
         assert conv.stamp_to_ns(conv.ns_to_stamp(ns)) == ns

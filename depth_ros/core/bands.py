@@ -48,8 +48,12 @@ class RowBands(object):
                 self._pool = ThreadPoolExecutor(self.threads - 1,
                                                 thread_name_prefix='row_bands')
             pool = self._pool
-        futures = [pool.submit(fn, e[i], e[i + 1]) for i in range(1, len(e) - 1)]
+        futures = []
         try:
+            for i in range(1, len(e) - 1):
+                # A refused band (the pool closed meanwhile, the interpreter shutting down)
+                # raises here, after the bands already handed over ended (finally).
+                futures.append(pool.submit(fn, e[i], e[i + 1]))
             first = fn(e[0], e[1])
         finally:
             # Every band ends before the caller goes on (they write its planes), errors too.

@@ -120,7 +120,8 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
 
     The pixels are copied once, into the array.array the message keeps: a new one, or
     ``buffer``'s (reused from frame to frame; see :class:`MessageBuffer`). An array that is
-    ``buffer``'s view already (written there: ``MetricAligner.finish(out=...)``) is not copied.
+    ``buffer``'s view already (written there: ``MetricAligner.finish(out=...)``) is not copied
+    when its bytes are the message's already (a view the encoding byte-swaps is copied).
 
     :raises ValueError: the array's dtype or channels do not fit ``encoding``.
     """
@@ -137,7 +138,9 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header=None,
     # array.array('B') is what rclpy stores for uint8[]; any other container is checked
     # element by element in Python, which costs tens of milliseconds per frame.
     if buffer is not None:
-        if array_ is not buffer.view:
+        # Not copied when the encoded bytes are the view's own (encoding made no copy: not
+        # byte-swapped, not converted).
+        if array_ is not buffer.view or not np.may_share_memory(fields['data'], array_):
             np.copyto(buffer.array(fields['data'].shape, np.uint8), fields['data'])
         msg.data = buffer.data
     else:
@@ -171,7 +174,8 @@ class MessageBuffer(object):
     dtype changes, so a node that publishes the same size every frame touches no fresh memory.
     ``depth_to_cloud(..., out=buffer.array(...))`` writes the cloud straight into it and
     :func:`cloud_to_pointcloud2` with ``buffer=`` hands it to the message without a copy;
-    :func:`numpy_to_image` with ``buffer=`` copies the pixels into it.
+    :func:`numpy_to_image` with ``buffer=`` copies the pixels into it (none when they were written
+    into its view: ``MetricAligner.finish(out=buffer.array(...))``).
 
     Reuse is safe because rclpy's ``publish`` serializes the message before it returns: the
     next frame may overwrite the buffer after that. The publishing thread must not keep the
