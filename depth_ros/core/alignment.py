@@ -1138,24 +1138,16 @@ class MetricAligner(object):
         r0, r1 = max(int(np.floor(v_lo.min())), 0), min(int(np.ceil(v_hi.max())) + 1, h)
         if r0 >= r1:
             return
-        # b v + a u, then + c (the same sums as a u + b v + c), in one float64 buffer.
-        y64 = np.add.outer(b * np.arange(r0, r1, dtype=np.float64),
-                           a * np.arange(w, dtype=np.float64))
-        y64 += c
-        y = y64.astype(np.float32)
+        y = (a * np.arange(w, dtype=np.float64)[None, :] +
+             b * np.arange(r0, r1, dtype=np.float64)[:, None] + c).astype(np.float32)
         bound = y * np.float32(1.0 / grow)
         band = inv[r0:r1]
-        # act = y_lo <= y <= y_hi and band < bound (NaN compares False), test = scratch.
-        act = np.greater_equal(y, y_lo)
-        test = np.less_equal(y, y_hi)
-        act &= test
         with np.errstate(invalid='ignore'):
-            act &= np.less(band, bound, out=test)
+            act = (y >= y_lo) & (y <= y_hi) & (band < bound)       # NaN compares False
         if sky_threshold is not None:
             with np.errstate(invalid='ignore'):
                 if rel.shape == inv.shape:
-                    act &= np.logical_not(np.less_equal(rel[r0:r1], sky_threshold, out=test),
-                                          out=test)
+                    act &= ~(rel[r0:r1] <= sky_threshold)
                 else:       # the relative map's nearest pixel, read where the bound acts
                     rs, cs = np.nonzero(act)
                     hr, wr = rel.shape
