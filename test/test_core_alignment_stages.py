@@ -441,3 +441,27 @@ def test_finish_refuses_an_out_it_cannot_write_the_depth_into(out):
                                          r'of shape \(96, 160\)'):
         aligner.finish(rel, prepared, out=out)
     assert aligner.is_current(prepared)     # refused before the set was spent
+
+
+@pytest.mark.parametrize('width', [37, 160])
+def test_prepare_stereo_inverse_is_finite_and_zero_outside_the_range(width):
+    """Step 3: 1/z inside [min_depth, max_depth], else 0 (NaN, +-inf, 0, negative); the trust."""
+    rng = np.random.RandomState(3)
+    h = 24
+    z = rng.uniform(0.05, 40.0, (h, width)).astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -2.0, 1e-30, 1e30], np.float32)
+    pick = rng.rand(h, width) < 0.3              # every SIMD lane and tail position
+    z[pick] = special[rng.randint(0, special.size, int(pick.sum()))]
+    conf = rng.uniform(1, 100, (h, width)).astype(np.float32)
+    conf[rng.rand(h, width) < 0.05] = np.nan
+    aligner = MetricAligner(min_depth=0.3, max_depth=20.0, confidence_threshold=50.0)
+    p = aligner.prepare(z, conf)
+    # Independent: float64 range test away from the float32 boundaries (none drawn there).
+    with np.errstate(invalid='ignore', divide='ignore'):
+        inside = (z.astype(np.float64) >= 0.3) & (z.astype(np.float64) <= 20.0)
+        want = np.where(inside, np.float32(1.0) / z, np.float32(0.0))
+        trusted = inside & (conf <= 50.0)
+    assert np.isfinite(p.ys).all()
+    np.testing.assert_array_equal(p.ys, want)
+    np.testing.assert_array_equal(p.trust != 0, trusted)
+    assert np.isnan(z).any() and (~inside).any() and trusted.any()

@@ -58,6 +58,7 @@ from depth_ros.core.bands import RowBands
 from depth_ros.core.bilateral_correction import BilateralCorrection
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.core.checks import check_image, check_number, check_same_size, describe
+from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
     stereo_variance
 from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
@@ -776,7 +777,8 @@ class MetricAligner(object):
         far = np.nextafter(np.float32(1.0) / np.float32(o.max_depth), np.float32(0.0))
         cv2.threshold(ys, 1.0 / o.min_depth, 0.0, cv2.THRESH_TOZERO_INV, dst=ys)  # too near: 0
         cv2.threshold(ys, float(far), 0.0, cv2.THRESH_TOZERO, dst=ys)   # too far, negative: 0
-        cv2.patchNaNs(ys, 0.0)                  # OpenCV 5's thresholds keep NaN (4.5's: 0)
+        if not TOZERO_ZEROES_NAN:
+            cv2.patchNaNs(ys, 0.0)              # OpenCV 5's thresholds keep NaN (4.5's: 0)
         cv2.compare(ys, 0.0, cv2.CMP_GT, dst=trust)
         if conf is not None:
             cv2.compare(conf, o.confidence_threshold, cv2.CMP_LE, dst=confident)  # NaN fails
