@@ -299,3 +299,21 @@ def test_selection_bounds_learn_a_smooth_network_error(bench):
         hole = err[:, :20].mean()
         assert hole < 0.25 * affine_only[:, :20].mean(), (learn, hole,
                                                           affine_only[:, :20].mean())
+
+
+def test_the_time_goal_judges_the_time_after_inference_as_the_node_runs_it(bench):
+    # alignment_node prepares the stereo side during inference: the goal is finish + cloud +
+    # colorize against the baseline's whole stage; the whole stage in one call is printed
+    # beside it, not judged.
+    t = {'today': 21.0, 'today_node': 16.0, 'baseline': 20.0, 'today_again': 21.0,
+         'ratio': 1.10, 'ratio_iqr': [1.05, 1.15], 'ratio_aa': 1.0, 'ratio_aa_iqr': [0.98, 1.02],
+         'ratio_node': 0.80, 'ratio_node_iqr': [0.75, 0.85], 'repeats': 4,
+         'baseline_commit': 'a6bfff9704276f4f349a9511f8eb54224c76942a'}
+    lines = bench._timing_lines(t)
+    goal = [line for line in lines if line.startswith('| after inference')]
+    whole = [line for line in lines if line.startswith('| the whole stage')]
+    assert len(goal) == 1 and '**0.800**' in goal[0] and goal[0].endswith(': met |'), lines
+    assert len(whole) == 1 and '1.100' in whole[0] and 'met' not in whole[0], lines
+    t['ratio_node'] = 1.0 + bench.TIME_NOISE + 0.01
+    goal = [line for line in bench._timing_lines(t) if line.startswith('| after inference')]
+    assert goal[0].endswith('**not met** |'), goal
