@@ -28,7 +28,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
     PackageNotFoundError
 from depth_ros.nodes_core import middleware
 from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
-from depth_ros.nodes_core.params import params_file_error
+from depth_ros.nodes_core.params import file_values, params_file_error
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown
@@ -121,8 +121,29 @@ def _given_only(arg, given, **pairs):
     return {param: arg[name] for param, name in pairs.items() if given is None or name in given}
 
 
-def _check_arguments(arg):
-    """Refuse argument values the nodes would refuse, before any node starts (one line)."""
+def _source_and_path(arg, given, params_file):
+    """
+    Return zed_node's source and path, and where each comes from (an argument or the file).
+
+    An argument given wins; one not given leaves the params file's value for zed_node, if the
+    file sets one (``source: bag`` and ``path:`` in the file, ``source:=bag`` alone on the
+    command line), else the argument's default.
+    """
+    names = [n for n in ('source', 'path') if given is not None and n not in given]
+    found = file_values(params_file, '/{}/zed_node'.format(arg['camera_name']), names) \
+        if names and os.path.isfile(params_file) else {}
+    return {n: (str(found[n]) if found.get(n) is not None else arg[n],
+                'in {}'.format(params_file) if n in found else 'launch argument')
+            for n in ('source', 'path')}
+
+
+def _check_arguments(arg, located=None):
+    """
+    Refuse argument values the nodes would refuse, before any node starts (one line).
+
+    ``located``: zed_node's source and path as :func:`_source_and_path` finds them (default:
+    the arguments').
+    """
     def one_of(name, choices):
         if arg[name] not in choices:
             raise ValueError('launch argument {}:={} must be one of {}'.format(
@@ -135,15 +156,24 @@ def _check_arguments(arg):
         # It becomes zed_node's namespace: rcl refused it only once the node started.
         raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
                          'and underscores, not starting with a digit'.format(arg['camera_name']))
-    source, path = arg['source'], arg['path']
+    located = located or {n: (arg[n], 'launch argument') for n in ('source', 'path')}
+
+    def what(name):
+        value, where = located[name]
+        if where == 'launch argument':
+            return '{} {}:={}'.format(where, name, value)
+        return '{}: {} {}'.format(name, value, where)
+    source, path = located['source'][0], located['path'][0]
+    if source not in SOURCES:       # from the params file (the argument was checked above)
+        raise ValueError('{} must be one of {}'.format(what('source'), ' | '.join(SOURCES)))
     if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
-        raise ValueError('launch argument source:={} needs path:=<{}>'.format(
-            source, {'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
+        raise ValueError('{} needs path:=<{}>'.format(what('source'), {
+            'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
     if path and source not in PATH_SOURCES:
-        raise ValueError('launch argument path:={} is only for source:=svo|folder|bag, got '
-                         'source:={}'.format(path, source))
+        raise ValueError('{} is only for source:=svo|folder|bag, got {}'.format(
+            what('path'), what('source').replace('launch argument ', '')))
     if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
-        raise ValueError('launch argument path:={} does not exist'.format(path))
+        raise ValueError('{} does not exist'.format(what('path')))
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
@@ -384,14 +414,14 @@ def _misspelt(given):
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     arg['log_level'] = arg['log_level'].lower()
-    _check_arguments(arg)
     share = get_package_share_directory(PACKAGE)
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
+    noted = context.launch_configurations.get(GIVEN)
+    given = None if noted is None else set(noted.split())
+    _check_arguments(arg, _source_and_path(arg, given, params_file))
     camera = arg['camera_name']
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
-    noted = context.launch_configurations.get(GIVEN)
-    given = None if noted is None else set(noted.split())
     qos = _given_only(arg, given, reliability='reliability')
     actions = [LogInfo(msg=line) for line in _misspelt(context.launch_configurations)]
     actions += _environment(arg, share)

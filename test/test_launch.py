@@ -555,6 +555,44 @@ def test_without_zed_node_the_nodes_run_as_separate_processes_and_the_launch_say
 
 
 @needs_launch
+def test_source_and_path_from_a_params_file_are_checked_as_the_node_will_read_them(
+        monkeypatch, tmp_path):
+    # The launch's own check read the arguments only: `path:` in the file with source:=bag
+    # given was refused ("needs path:="), though zed_node would have read the file's path.
+    bag = tmp_path / 'run1'
+    bag.mkdir()
+    robot = tmp_path / 'robot.yaml'
+    robot.write_text('/**/zed_node:\n  ros__parameters:\n    path: {}\n'.format(bag))
+    _, ev = _evaluate(monkeypatch, source='bag', params_file=str(robot))
+    zed = ev.by_exe('zed_node') or ev.by_exe('composed_nodes')
+    assert zed, 'no zed_node'
+    # Both in the file, nothing given: the file's pair is checked, and it passes.
+    robot.write_text('zed:\n  zed_node:\n    ros__parameters:\n      source: bag\n'
+                     '      path: {}\n'.format(bag))
+    _evaluate(monkeypatch, params_file=str(robot))
+    # What the node would refuse is refused here, naming where each value came from.
+    for text, args, want in [
+            ('source: bag\n', {}, 'source: bag in {} needs path:=<rosbag2 folder>'),
+            ('source: tape\n', {}, 'source: tape in {} must be one of live | svo | sample'),
+            ('path: /nonexistent\n', dict(source='svo'),
+             'path: /nonexistent in {} does not exist'),
+            ('path: {}\n'.format(bag), dict(source='sample'),
+             'path: {} in {{}} is only for source:=svo|folder|bag, got source:=sample'.format(
+                 bag)),
+            ('source: live\n', dict(path=str(bag)),
+             'launch argument path:={} is only for source:=svo|folder|bag, got source: live '
+             'in {{}}'.format(bag))]:
+        robot.write_text('/**/zed_node:\n  ros__parameters:\n    ' + text)
+        with pytest.raises(ValueError) as info:
+            _evaluate(monkeypatch, params_file=str(robot), **args)
+        assert str(info.value).startswith(want.format(robot)), (text, str(info.value))
+    # Another node's section, or another camera's, is not zed_node's.
+    robot.write_text('/**/depth_node:\n  ros__parameters:\n    path: /nonexistent\n'
+                     'front/zed_node:\n  ros__parameters:\n    source: bag\n')
+    _evaluate(monkeypatch, source='sample', params_file=str(robot))
+
+
+@needs_launch
 @pytest.mark.parametrize('text, problem', [
     ('/**:\n  ros__parameters: {cloud_stride: [2\n', 'not valid YAML: '),
     ('hello\n', 'expected node sections (`/**/node: ros__parameters: ...`), got a str'),

@@ -189,6 +189,37 @@ def node_key_matches(key: str, node_fqn: str) -> bool:
     return re.fullmatch(pattern, node_fqn) is not None
 
 
+def _sections(data: dict, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, dict]]:
+    """Yield (node key, its ros__parameters) of a params file, in the file's order."""
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            continue
+        if key == 'ros__parameters':
+            yield '/'.join(path), value
+        else:
+            yield from _sections(value, path + (str(key),))
+
+
+def file_values(path: str, node_fqn: str, names: Iterable[str]) -> dict:
+    """
+    Return the values a params file gives the node ``node_fqn`` for ``names`` (those it sets).
+
+    Every section whose node key matches, in the file's order, a later one overriding an
+    earlier one. A file that does not read gives nothing (:func:`params_file_error` says why).
+    """
+    import yaml
+    try:
+        data = _load_yaml(path)
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    if isinstance(data, dict):
+        for key, params in _sections(data):
+            if node_key_matches(key, node_fqn):
+                out.update((n, params[n]) for n in names if n in params)
+    return out
+
+
 def given_names(args: Sequence[str], node_fqn: str) -> List[str]:
     """
     Return the parameter names that ``args`` give the node ``node_fqn``, sorted.
