@@ -118,7 +118,9 @@ def test_readme_parameter_defaults_are_the_nodes():
             default = params[name].default
             if isinstance(default, str):
                 shown = text.strip('"')
+            elif isinstance(default, bool):     # YAML's spelling, as config/zed_depth.yaml's
+                shown = {'true': True, 'false': False}.get(text.lower(), text)
             else:
-                shown = type(default)(float(text)) if not isinstance(default, bool) else text
+                shown = type(default)(float(text))
             assert shown == default, 'README: {} `{}` defaults to {!r}, not {!r}'.format(
                 node, name, default, text)
