@@ -164,16 +164,22 @@ def _flatten(params: dict, prefix: str = '') -> Iterator[str]:
             yield prefix + str(key)
 
 
-def _yaml_names(data: dict, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, str]]:
-    """Yield (node key, parameter name) of a params file (nested node keys are joined)."""
+def _sections(data: dict, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, dict]]:
+    """Yield (node key, its ros__parameters) of a params file, in the file's order."""
     for key, value in data.items():
         if not isinstance(value, dict):
             continue
         if key == 'ros__parameters':
-            for name in _flatten(value):
-                yield '/'.join(path), name
+            yield '/'.join(path), value
         else:
-            yield from _yaml_names(value, path + (str(key),))
+            yield from _sections(value, path + (str(key),))
+
+
+def _yaml_names(data: dict) -> Iterator[Tuple[str, str]]:
+    """Yield (node key, parameter name) of a params file (nested node keys are joined)."""
+    for key, params in _sections(data):
+        for name in _flatten(params):
+            yield key, name
 
 
 def node_key_matches(key: str, node_fqn: str) -> bool:
@@ -187,17 +193,6 @@ def node_key_matches(key: str, node_fqn: str) -> bool:
     pattern = ''.join('(/[^/]+)*' if part == '/**' else '[^/]+' if part == '*' else
                       re.escape(part) for part in re.split(r'(/\*\*|\*)', key))
     return re.fullmatch(pattern, node_fqn) is not None
-
-
-def _sections(data: dict, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, dict]]:
-    """Yield (node key, its ros__parameters) of a params file, in the file's order."""
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            continue
-        if key == 'ros__parameters':
-            yield '/'.join(path), value
-        else:
-            yield from _sections(value, path + (str(key),))
 
 
 def file_values(path: str, node_fqn: str, names: Iterable[str]) -> dict:
