@@ -61,7 +61,7 @@ from depth_ros.core.checks import check_image, check_number, check_same_size, de
 from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
     stereo_variance
-from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
+from depth_ros.core.ground import fit_ground, ground_contact, RELATIVE_TOLERANCE, sky_rows
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
 import numpy as np
@@ -457,8 +457,12 @@ class MetricAligner(object):
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
         #     plane along its ray (beyond the stereo's reach, within max_output_depth).
         plane = self._bound_plane(prepared, fit.source == 'previous')
-        if plane is not None:
+        if plane is not None and self.options.ground_bound:
             self._ground_bound(inv, var, plane, rel, samples.sky_threshold)
+        #     The ground contact: an object standing on the ground there is at the plane's
+        #     depth at its contact row.
+        if plane is not None and self.options.ground_contact:
+            self._ground_contact(inv, var, plane, rel, fit, samples.sky_threshold, trust)
 
         # 13. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
         #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
@@ -566,7 +570,8 @@ class MetricAligner(object):
         o = self.options
         p.ground, p.lat_sky_ok, p.intrinsics, p.plane = None, None, None, None
         sky = o.sky_horizon and o.sky_fraction > 0
-        if camera is None or o.relative_kind != 'disparity' or not (sky or o.ground_bound):
+        if camera is None or o.relative_kind != 'disparity' or \
+                not (sky or o.ground_bound or o.ground_contact):
             return
         h, w = p.shape
         cam = camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h)
@@ -587,7 +592,7 @@ class MetricAligner(object):
             tol = tol * np.sqrt(p.lat_gain.reshape(shape)[sub].ravel()[trusted])
         plane = fit_ground(uu[trusted], vv[trusted], y, tol + RELATIVE_TOLERANCE * y,
                            trusted.size, *k)
-        p.plane = plane if o.ground_bound else None     # the ground bound's (step 12)
+        p.plane = plane if o.ground_bound or o.ground_contact else None   # step 12's
         p.ground = plane if sky else None               # the sky's horizon
         if p.ground is not None:
             limit = sky_rows(p.ground, o.sky_horizon_margin_deg, cols, *k)
@@ -1102,7 +1107,8 @@ class MetricAligner(object):
         This frame's; a held frame's (too little or untrusted stereo) the last plane of a
         frame fitted to its stereo, at the same size.
         """
-        if not self.options.ground_bound or prepared.intrinsics is None:
+        o = self.options
+        if not (o.ground_bound or o.ground_contact) or prepared.intrinsics is None:
             self._plane = None
             return None
         if not held:
@@ -1160,6 +1166,42 @@ class MetricAligner(object):
             vb = var[r0:r1]
             plane_var = np.square(bound * np.float32(o.ground_bound_margin))
             np.copyto(vb, np.maximum(vb, plane_var), where=act)
+
+    def _ground_contact(self, inv, var, plane, rel, fit, sky_threshold, trust):
+        """
+        Set (in place) the vertical faces standing on the ground beyond the stereo to the
+        plane's inverse depth at their contact row (core/ground.py's ``ground_contact``).
+
+        Only where the contact's depth lies in ``[max_depth, max_output_depth]`` and not on
+        trusted stereo; a set pixel's variance: the contact's row uncertainty (one pixel of
+        the relative map) and the plane's margin, or the mono's when larger.
+        """
+        o = self.options
+        y_lo, y_hi = 1.0 / o.max_output_depth, 1.0 / o.max_depth
+        if y_hi <= y_lo:
+            return
+        h, w = inv.shape
+        top, bottom, y = ground_contact(rel, fit.scale, fit.shift, sky_threshold, plane,
+                                        (h, w), y_lo, y_hi)
+        cols = np.nonzero(np.isfinite(y))[0]
+        if cols.size == 0:
+            return
+        r0 = max(int(np.ceil(top[cols].min())), 0)
+        r1 = min(int(np.floor(bottom[cols].max())) + 1, h)
+        if r1 <= r0:
+            return
+        rows = np.arange(r0, r1, dtype=np.float64)[:, None]
+        with np.errstate(invalid='ignore'):
+            act = (rows >= top[None, :]) & (rows <= bottom[None, :])   # NaN compares False
+        act &= trust[r0:r1] == 0
+        value = y.astype(np.float32)[None, :]
+        np.copyto(inv[r0:r1], np.broadcast_to(value, act.shape), where=act)
+        if var is not None:
+            # One row of the relative map at the contact, and the plane's margin.
+            step = plane.b * h / float(rel.shape[0])
+            sd = np.sqrt(step * step + np.square(o.ground_bound_margin * y)).astype(np.float32)
+            vb = var[r0:r1]
+            np.copyto(vb, np.maximum(vb, np.square(sd)[None, :]), where=act)
 
     # ------------------------------------------------------------------ 14. history
 
