@@ -149,11 +149,11 @@ def sky_rows(ground: Ground, margin_deg, cols, fx, fy, cx, cy):
 # on the working grid (about CONTACT_GRID rows and columns: the relative map averaged over
 # blocks of its pixels; its own pixels at the network's size).
 CONTACT_GRID = (360, 320)
-CONTACT_FLAT = 0.25        # |slope ratio| below this: a vertical surface (two rows in a row)
+CONTACT_FLAT = 0.35        # |slope ratio| below this: a vertical surface (two rows in a row)
 CONTACT_GROUND = (0.7, 1.4)    # slope ratio in this range: the ground (two rows in a row) ...
-CONTACT_RATIO = (0.4, 1.6)     # ... whose mono / the plane's inverse depth is in this range
-CONTACT_GAP = 8            # at most this many rows between the face's and the ground's rows
-CONTACT_TOLERANCE = 0.2    # the face: mono within this (relative) of its level at the contact
+CONTACT_RATIO = (0.3, 2.0)     # ... whose mono / the plane's inverse depth is in this range
+CONTACT_GAP = 10           # at most this many rows between the face's and the ground's rows
+CONTACT_TOLERANCE = 0.3    # the face: mono within this (relative) of its level at the contact
 
 
 def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo, y_hi):
@@ -206,21 +206,20 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     r1 = min(i1 + CONTACT_GAP + 3, h - 1)                   # rows r0 .. r1 - 1 have s
     if r1 - r0 < 4 or i1 < i0:
         return nan, nan, nan
-    part = rel[:(r1 + 1) * fr, :w * fc]
+    # The mono on grid rows r0 - 1 .. r1 (block means).
+    part = rel[(r0 - 1) * fr:(r1 + 1) * fr, :w * fc]
     if fr > 1 or fc > 1:
-        part = cv2.resize(part, (w, r1 + 1), interpolation=cv2.INTER_AREA)
-    m = part * np.float32(scale) + np.float32(shift)        # [r1 + 1, w] 1/m
+        part = cv2.resize(part, (w, r1 - r0 + 2), interpolation=cv2.INTER_AREA)
+    m = part * np.float32(scale) + np.float32(shift)        # [r1 - r0 + 2, w] 1/m
     with np.errstate(invalid='ignore'):
-        usable = np.isfinite(part)
-        if sky_threshold is not None:
-            usable &= part > sky_threshold
-        s = (m[r0 + 1:r1 + 1] - m[r0 - 1:r1 - 1]) * np.float32(1.0 / (2.0 * b * sy))
+        s = (m[2:] - m[:-2]) * np.float32(1.0 / (2.0 * b * sy))     # rows r0 .. r1 - 1
     cols = (np.arange(w) + 0.5) * sx - 0.5
     vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
     yp = (a * cols[None, :] + b * vrows[:, None] + c).astype(np.float32)
     with np.errstate(invalid='ignore', divide='ignore'):
-        ratio = m[r0:r1] / yp
-        flat = (np.abs(s) < CONTACT_FLAT) & usable[r0:r1]
+        usable = _usable(part[1:-1], sky_threshold)
+        ratio = m[1:-1] / yp
+        flat = (np.abs(s) < CONTACT_FLAT) & usable
         grd = (s >= CONTACT_GROUND[0]) & (s <= CONTACT_GROUND[1]) & \
             (ratio >= CONTACT_RATIO[0]) & (ratio <= CONTACT_RATIO[1])
     flat[1:] &= flat[:-1]           # this row and the one above: the face's lowest rows
@@ -228,31 +227,34 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     flat[0] = False
     grd[-1] = False
     # For each row, the nearest flat / ground row at or above it (-1: none).
-    idx = np.arange(r1 - r0)[:, None]
-    last_flat = np.maximum.accumulate(np.where(flat, idx, -1), axis=0)
-    last_grd = np.maximum.accumulate(np.where(grd, idx, -1), axis=0)
+    idx = np.arange(r1 - r0, dtype=np.int32)[:, None]
+    none = np.int32(-1)
+    last_flat = np.maximum.accumulate(np.where(flat, idx, none), axis=0)
+    last_grd = np.maximum.accumulate(np.where(grd, idx, none), axis=0)
     f = last_flat[:-1]                                      # above row g = 1 ..
-    cand = grd[1:] & (f >= 0) & (last_grd[:-1] < f) & (idx[1:] - f <= CONTACT_GAP)
-    # ... the contact between them, within the plane's band.
-    g = idx[1:] + np.zeros((1, w), np.intp)
-    mid = (f + g) * 0.5 + r0                                # grid rows
-    cand &= (mid >= i0) & (mid <= i1)
+    g = idx[1:]
+    cand = grd[1:] & (f >= 0) & (last_grd[:-1] < f) & (g - f <= CONTACT_GAP)
+    # ... the contact between them, (f + g) / 2, within the plane's band.
+    twice = f + g
+    cand &= (twice >= 2 * (i0 - r0)) & (twice <= 2 * (i1 - r0))
     found = cand.any(axis=0)
     if not found.any():
         return nan, nan, nan
     n = cand.shape[0]
     low = n - 1 - np.argmax(cand[::-1], axis=0)             # the lowest contact per column
     j = np.nonzero(found)[0]
-    gi, fi = low[j] + 1, f[low[j], j]                       # rows (from r0) of ground, face
+    gi, fi = low[j] + 1, f[low[j], j].astype(np.intp)        # rows (from r0): ground, face
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
-    # The face: up from its lowest flat row while the mono stays near its level there.
+    # The face: up from its lowest flat row while the mono stays near its level there (on
+    # the relative map's pixel at each grid pixel's centre, above it: no block means).
     ff = fi + r0
-    ref = m[ff, j]
-    rows = m[:ff.max() + 1, j]
+    ref = m[fi + 1, j]
+    pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
+    rows = pr * np.float32(scale) + np.float32(shift)
     ridx = np.arange(rows.shape[0])[:, None]
     with np.errstate(invalid='ignore', divide='ignore'):
-        near = (np.abs(rows / ref - 1.0) <= CONTACT_TOLERANCE) & usable[:rows.shape[0], j]
+        near = (np.abs(rows / ref - 1.0) <= CONTACT_TOLERANCE) & _usable(pr, sky_threshold)
         keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
             (yc >= y_lo) & (yc <= y_hi)
     breaks = ~near & (ridx < ff[None, :])
@@ -268,6 +270,15 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     bottom[has] = vc[sel[has]]
     y[has] = a * has + b * bottom[has] + c
     return top, bottom, y
+
+
+def _usable(rel, sky_threshold):
+    """Where a relative value may belong to a face: finite, not sky-like (bool)."""
+    with np.errstate(invalid='ignore'):
+        ok = np.isfinite(rel)
+        if sky_threshold is not None:
+            ok &= rel > sky_threshold
+    return ok
 
 
 __all__ = ['Ground', 'HYPOTHESES', 'MAX_TILT_DEG', 'MIN_FRACTION', 'fit_ground', 'ground_contact',
