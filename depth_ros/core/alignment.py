@@ -1173,16 +1173,15 @@ class MetricAligner(object):
         plane's inverse depth at their contact row (core/ground.py's ``ground_contact``).
 
         Only where the contact's depth lies in ``[max_depth, max_output_depth]`` and not on
-        trusted stereo; a set pixel's variance: the contact's row uncertainty (one pixel of
-        the relative map) and the plane's margin, or the mono's when larger.
+        trusted stereo; a set pixel's variance is the contact's (its row's uncertainty).
         """
         o = self.options
         y_lo, y_hi = 1.0 / o.max_output_depth, 1.0 / o.max_depth
         if y_hi <= y_lo:
             return
         h, w = inv.shape
-        top, bottom, y = ground_contact(rel, fit.scale, fit.shift, sky_threshold, plane,
-                                        (h, w), y_lo, y_hi)
+        top, bottom, y, sigma = ground_contact(rel, fit.scale, fit.shift, sky_threshold,
+                                               plane, (h, w), y_lo, y_hi)
         cols = np.nonzero(np.isfinite(y))[0]
         if cols.size == 0:
             return
@@ -1197,11 +1196,9 @@ class MetricAligner(object):
         value = y.astype(np.float32)[None, :]
         np.copyto(inv[r0:r1], np.broadcast_to(value, act.shape), where=act)
         if var is not None:
-            # One row of the relative map at the contact, and the plane's margin.
-            step = plane.b * h / float(rel.shape[0])
-            sd = np.sqrt(step * step + np.square(o.ground_bound_margin * y)).astype(np.float32)
-            vb = var[r0:r1]
-            np.copyto(vb, np.maximum(vb, np.square(sd)[None, :]), where=act)
+            # The contact's variance (its row's uncertainty), not the mono's: the value is not
+            # the mono's.
+            np.copyto(var[r0:r1], np.float32(sigma * sigma), where=act)
 
     # ------------------------------------------------------------------ 14. history
 
