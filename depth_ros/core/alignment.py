@@ -1185,20 +1185,22 @@ class MetricAligner(object):
         cols = np.nonzero(np.isfinite(y))[0]
         if cols.size == 0:
             return
-        r0 = max(int(np.ceil(top[cols].min())), 0)
-        r1 = min(int(np.floor(bottom[cols].max())) + 1, h)
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        ok = np.isfinite(y[c0:c1])
+        # Integer rows of each column's face: top <= v <= bottom (none where no contact).
+        first = np.where(ok, np.ceil(np.where(ok, top[c0:c1], 0.0)), h).astype(np.int32)
+        last = np.where(ok, np.floor(np.where(ok, bottom[c0:c1], 0.0)), -1).astype(np.int32)
+        r0, r1 = max(int(first.min()), 0), min(int(last.max()) + 1, h)
         if r1 <= r0:
             return
-        rows = np.arange(r0, r1, dtype=np.float64)[:, None]
-        with np.errstate(invalid='ignore'):
-            act = (rows >= top[None, :]) & (rows <= bottom[None, :])   # NaN compares False
-        act &= trust[r0:r1] == 0
-        value = y.astype(np.float32)[None, :]
-        np.copyto(inv[r0:r1], np.broadcast_to(value, act.shape), where=act)
+        rows = np.arange(r0, r1, dtype=np.int32)[:, None]
+        act = (rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)
+        value = y[c0:c1].astype(np.float32)
+        np.copyto(inv[r0:r1, c0:c1], np.broadcast_to(value, act.shape), where=act)
         if var is not None:
             # The contact's variance (its row's uncertainty), not the mono's: the value is not
             # the mono's.
-            np.copyto(var[r0:r1], np.float32(sigma * sigma), where=act)
+            np.copyto(var[r0:r1, c0:c1], np.float32(sigma * sigma), where=act)
 
     # ------------------------------------------------------------------ 14. history
 

@@ -267,7 +267,8 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     top_grid = np.where(breaks, ridx, -1).max(axis=0) + 1    # the face's first grid row
     top, bottom, y = nan.copy(), nan.copy(), nan.copy()
     # Output columns -> the grid's column; y is the plane's at the contact in each.
-    oc = np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
+        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
     per = np.full(w, -1, np.intp)
     per[j[keep]] = np.nonzero(keep)[0]
     sel = per[oc]
