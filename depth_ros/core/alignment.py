@@ -33,7 +33,8 @@ prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbe
     outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
 12. the ground bound (``ground_bound``): below the ground plane's horizon, beyond the
     trusted stereo, no output is farther than the plane along its ray (times 1 +
-    ``ground_bound_margin``);
+    ``ground_bound_margin``); and the ground contact (``ground_contact``): a vertical face
+    standing on the ground there takes the plane's depth at its contact row (core/ground.py);
 13. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
     ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres, the model's sigma
     times ``SIGMA_CALIBRATION``);
