@@ -252,25 +252,33 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     gi, fi = low[j] + 1, f[low[j], j].astype(np.intp)        # rows (from r0): ground, face
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
-    # The face: up from its lowest flat row while the mono stays near its level there (on
-    # the relative map's pixel at each grid pixel's centre, above it: no block means).
-    ff = fi + r0
+    # The face's level (its lowest flat row), plausibly the plane's at the contact.
     ref = m[fi + 1, j]
-    pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
-    rows = pr * np.float32(scale) + np.float32(shift)
-    ridx = np.arange(rows.shape[0])[:, None]
-    with np.errstate(invalid='ignore', divide='ignore'):
-        near = (np.abs(rows / ref - 1.0) <= CONTACT_TOLERANCE) & _usable(pr, sky_threshold)
+    with np.errstate(invalid='ignore'):
         keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
             (yc >= y_lo) & (yc <= y_hi)
-    breaks = ~near & (ridx < ff[None, :])
-    top_grid = np.where(breaks, ridx, -1).max(axis=0) + 1    # the face's first grid row
+    if not keep.any():
+        return nan, nan, nan, sigma
+    j, ref, vc, ff = j[keep], ref[keep], vc[keep], fi[keep] + r0
+    # The face: up from its lowest flat row while the mono stays near that level (on the
+    # relative map's pixel at each grid pixel's centre, above it: no block means).
+    pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
+    rows = pr * np.float32(scale) + np.float32(shift)
+    with np.errstate(invalid='ignore'):
+        near = (rows >= ref * (1.0 - CONTACT_TOLERANCE)) & \
+            (rows <= ref * (1.0 + CONTACT_TOLERANCE))        # NaN compares False
+        if sky_threshold is not None:
+            near &= pr > sky_threshold
+    ridx = np.arange(rows.shape[0], dtype=np.int16)[:, None]
+    breaks = ~near
+    breaks &= ridx < ff.astype(np.int16)
+    top_grid = np.where(breaks, ridx, np.int16(-1)).max(axis=0) + 1    # the face's first row
     top, bottom, y = nan.copy(), nan.copy(), nan.copy()
     # Output columns -> the grid's column; y is the plane's at the contact in each.
     oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
         np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
     per = np.full(w, -1, np.intp)
-    per[j[keep]] = np.nonzero(keep)[0]
+    per[j] = np.arange(j.size)
     sel = per[oc]
     has = np.nonzero(sel >= 0)[0]
     top[has] = top_grid[sel[has]] * sy
