@@ -398,10 +398,11 @@ def standing_box(z, cols, depth, top_m=2.0, pitch=0.0, roll=0.0):
 
 def network_of(z, boxes=(), blur=1.5):
     """
-    A network as DA-V2 errs: the far range compressed smoothly (20 % farther at 60 m), each box
-    biased by its factor in inverse depth, the map blurred (Gaussian, ``blur`` px); the sky 0.
+    Return a network's map, wrong as DA-V2 is.
 
-    ``boxes``: (mask, factor) pairs.
+    The far range compressed smoothly (20 % farther at 60 m), each box biased by its factor in
+    inverse depth, the map blurred (Gaussian, ``blur`` px); the sky 0. ``boxes``: (mask,
+    factor) pairs.
     """
     zz = z * (1.0 + 0.2 * np.clip((z - 20.0) / 40.0, 0.0, 1.0))
     with np.errstate(divide='ignore', invalid='ignore'):

@@ -457,13 +457,9 @@ class MetricAligner(object):
 
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
         #     plane along its ray (beyond the stereo's reach, within max_output_depth).
-        plane = self._bound_plane(prepared, fit.source == 'previous')
-        if plane is not None and self.options.ground_bound:
-            self._ground_bound(inv, var, plane, rel, samples.sky_threshold)
         #     The ground contact: an object standing on the ground there is at the plane's
         #     depth at its contact row.
-        if plane is not None and self.options.ground_contact:
-            self._ground_contact(inv, var, plane, rel, fit, samples.sky_threshold, trust)
+        self._ground_steps(inv, var, prepared, rel, fit, samples.sky_threshold, trust)
 
         # 13. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
         #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
@@ -1168,10 +1164,22 @@ class MetricAligner(object):
             plane_var = np.square(bound * np.float32(o.ground_bound_margin))
             np.copyto(vb, np.maximum(vb, plane_var), where=act)
 
+    def _ground_steps(self, inv, var, prepared, rel, fit, sky_threshold, trust):
+        """Step 12 (in place): the ground bound, then the ground contact, when switched on."""
+        plane = self._bound_plane(prepared, fit.source == 'previous')
+        if plane is None:
+            return
+        if self.options.ground_bound:
+            self._ground_bound(inv, var, plane, rel, sky_threshold)
+        if self.options.ground_contact:
+            self._ground_contact(inv, var, plane, rel, fit, sky_threshold, trust)
+
     def _ground_contact(self, inv, var, plane, rel, fit, sky_threshold, trust):
         """
-        Set (in place) the vertical faces standing on the ground beyond the stereo to the
-        plane's inverse depth at their contact row (core/ground.py's ``ground_contact``).
+        Set (in place) the faces standing on the ground beyond the stereo to its depth there.
+
+        A face takes the plane's inverse depth at its contact row (core/ground.py's
+        ``ground_contact``).
 
         Only where the contact's depth lies in ``[max_depth, max_output_depth]`` and not on
         trusted stereo; a set pixel's variance is the contact's (its row's uncertainty).
