@@ -1195,14 +1195,17 @@ class MetricAligner(object):
         if cols.size == 0:
             return
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        # The rows of each column's face, first <= v <= last (16-bit: fewer bytes to compare;
+        # first > last where no contact).
         ok = np.isfinite(y[c0:c1])
-        # Integer rows of each column's face: top <= v <= bottom (none where no contact).
-        first = np.where(ok, np.ceil(np.where(ok, top[c0:c1], 0.0)), h).astype(np.int32)
-        last = np.where(ok, np.floor(np.where(ok, bottom[c0:c1], 0.0)), -1).astype(np.int32)
+        it = np.int16 if h < 2 ** 15 else np.int32
+        first, last = np.full(c1 - c0, h, it), np.full(c1 - c0, -1, it)
+        first[ok] = np.ceil(top[c0:c1][ok])
+        last[ok] = np.floor(bottom[c0:c1][ok])
         r0, r1 = max(int(first.min()), 0), min(int(last.max()) + 1, h)
         if r1 <= r0:
             return
-        rows = np.arange(r0, r1, dtype=np.int32)[:, None]
+        rows = np.arange(r0, r1, dtype=it)[:, None]
         act = (rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)
         value = y[c0:c1].astype(np.float32)
         np.copyto(inv[r0:r1, c0:c1], np.broadcast_to(value, act.shape), where=act)
