@@ -1206,13 +1206,16 @@ class MetricAligner(object):
         if r1 <= r0:
             return
         rows = np.arange(r0, r1, dtype=it)[:, None]
-        act = (rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)
-        value = y[c0:c1].astype(np.float32)
-        np.copyto(inv[r0:r1, c0:c1], np.broadcast_to(value, act.shape), where=act)
+        act = ((rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)).view(np.uint8)
+        # OpenCV's masked copy (four times numpy's copyto with a mask), from a full source.
+        source = np.empty(act.shape, np.float32)
+        source[...] = y[c0:c1].astype(np.float32)
+        _masked_copy(source, act, inv[r0:r1, c0:c1])
         if var is not None:
             # The contact's variance (its row's uncertainty), not the mono's: the value is not
             # the mono's.
-            np.copyto(var[r0:r1, c0:c1], np.float32(sigma * sigma), where=act)
+            source.fill(sigma * sigma)
+            _masked_copy(source, act, var[r0:r1, c0:c1])
 
     # ------------------------------------------------------------------ 14. history
 
@@ -1226,6 +1229,13 @@ class MetricAligner(object):
                 self._prev_var = u * u
             else:
                 self._prev_var = (self.rho_post * self._prev_inv) ** 2
+
+
+def _masked_copy(source, mask, dst):
+    """Copy ``source`` into ``dst`` (a view, written in place) where ``mask`` (uint8) is set."""
+    out = cv2.copyTo(source, mask, dst)
+    if not np.may_share_memory(out, dst):      # OpenCV wrote elsewhere: numpy's, in place
+        np.copyto(dst, source, where=mask.view(bool))
 
 
 class PreparedStereo(object):
