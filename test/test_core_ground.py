@@ -8,9 +8,9 @@ step 12) against a far range the network puts too far, with the plane's depth pe
 the geometry. Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
 import cv2
-from depth_ros.core.alignment import MetricAligner
+from depth_ros.core.alignment import MetricAligner, SIGMA_CALIBRATION
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.ground import fit_ground, MAX_TILT_DEG, sky_rows
+from depth_ros.core.ground import CONTACT_SIGMA_ROWS, fit_ground, MAX_TILT_DEG, sky_rows
 import numpy as np
 import pytest
 
@@ -235,7 +235,8 @@ def test_the_ground_bound_brings_a_far_overestimate_to_the_plane(pitch, roll, ha
     if half:
         rel = np.ascontiguousarray(rel[::2, ::2])
     st = stereo_of(z)
-    opts = dict(sky_anchor_weight=0.0, ground_bound_margin=0.05)
+    # The bound alone (the box stands on the ground: the contact would set it).
+    opts = dict(sky_anchor_weight=0.0, ground_bound_margin=0.05, ground_contact=False)
     on = MetricAligner(ground_bound=True, **opts).update(rel, st, camera=CAM)
     off = MetricAligner(ground_bound=False, **opts).update(rel, st, camera=CAM)
     ground = np.isfinite(plane_z) & ~box
@@ -369,3 +370,139 @@ def test_bad_horizon_options_raise_naming_option_and_value(kwargs, message):
     with pytest.raises(ValueError) as info:
         MetricAligner(**kwargs)
     assert str(info.value) == message
+
+
+# ---------------------------------------------------------------------------- the ground contact
+
+
+def standing_box(z, cols, depth, top_m=2.0, pitch=0.0, roll=0.0):
+    """
+    Put a box's face at ``depth`` (m) standing on the ground into ``z`` (in place).
+
+    Its face covers the columns ``cols`` from its contact with the ground (the rows whose ground
+    is at least ``depth`` away) up to ``top_m`` above the ground: the rays that meet the plane
+    z = depth at a world height below top_m. Returns its mask.
+    """
+    plane_z = ground_depth(pitch, roll)
+    u = (np.arange(W) - CAM.cx) / CAM.fx
+    v = (np.arange(H) - CAM.cy) / CAM.fy
+    rays = np.stack([np.broadcast_to(u[None, :], (H, W)), np.broadcast_to(v[:, None], (H, W)),
+                     np.ones((H, W))], -1)
+    down = rays.dot(rotation(pitch, roll).T)[..., 1] * depth      # world y below the camera
+    box = (down <= HEIGHT) & (down >= HEIGHT - top_m) & ~(plane_z < depth)
+    box[:, :cols[0]] = False
+    box[:, cols[1]:] = False
+    z[box] = depth
+    return box
+
+
+def network_of(z, boxes=(), blur=1.5):
+    """
+    Return a network's map, wrong as DA-V2 is.
+
+    The far range compressed smoothly (20 % farther at 60 m), each box biased by its factor in
+    inverse depth, the map blurred (Gaussian, ``blur`` px); the sky 0. ``boxes``: (mask,
+    factor) pairs.
+    """
+    zz = z * (1.0 + 0.2 * np.clip((z - 20.0) / 40.0, 0.0, 1.0))
+    with np.errstate(divide='ignore', invalid='ignore'):
+        inv = np.where(np.isfinite(zz), 1.0 / zz, 0.0)
+    for mask, factor in boxes:
+        inv[mask] *= factor
+    inv = cv2.GaussianBlur(inv.astype(np.float32), (0, 0), blur)
+    rel = (inv - T_TRUE) / S_TRUE
+    rel[~np.isfinite(z)] = 0.0
+    return rel.astype(np.float32)
+
+
+@pytest.mark.parametrize('depth, bias, pitch, roll, half', [
+    (30.0, 1.0, 0.0, 0.0, False), (45.0, 1.0, 1.0, -2.0, False), (35.0, 1.0, -1.5, 3.0, True),
+    (30.0, 1.15, 0.0, 0.0, False), (45.0, 0.85, 1.0, -2.0, False), (35.0, 0.9, -1.5, 3.0, True)])
+def test_a_box_standing_on_the_ground_gets_the_planes_depth_at_its_contact(depth, bias, pitch,
+                                                                           roll, half):
+    z = ground_depth(pitch, roll)
+    box = standing_box(z, (260, 380), depth, pitch=pitch, roll=roll)
+    assert box.sum() > 800
+    rel = network_of(z, [(box, bias)])
+    if half:
+        rel = np.ascontiguousarray(cv2.resize(rel, (W // 2, H // 2),
+                                              interpolation=cv2.INTER_AREA))
+    st = stereo_of(z)
+    opts = dict(sky_anchor_weight=0.0)
+    on = MetricAligner(**opts).update(rel, st, camera=CAM)
+    off = MetricAligner(ground_contact=False, **opts).update(rel, st, camera=CAM)
+    inner = cv2.erode(box.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
+    assert inner.sum() > 300
+    # The box's face takes its contact's ground depth: the geometry's (depth), where the
+    # network put it 5-12 % too far. A box the network biases against the road has a step
+    # at its contact, which the blur spreads over the contact's rows: the contact is then
+    # found to within a part of the step (here 6-11 % for a 10-15 % bias), still nearer the
+    # truth than the mono (9-32 %).
+    err_on = np.abs(on.depth[inner] / depth - 1.0)
+    err_off = np.abs(off.depth[inner] / depth - 1.0)
+    if bias == 1.0:
+        assert np.median(err_on) < 0.03 and np.percentile(err_on, 90) < 0.06, np.median(err_on)
+    else:
+        assert np.median(err_on) < 0.13 and np.median(err_on) < 0.75 * np.median(err_off)
+    assert np.median(err_off) > 0.05
+    # Its 1 sigma: the contact's, CONTACT_SIGMA_ROWS rows of the working grid (the map's own
+    # rows at these sizes: 1 and 2 output rows) of the plane's slope 1 / (fy height) in
+    # inverse depth, times SIGMA_CALIBRATION: sigma_z / z = sigma_y z.
+    # (Not on the stereo's gross outliers in range: trusted stereo, never replaced.)
+    rows = 2.0 if half else 1.0
+    free = inner & ~((st >= 0.3) & (st <= 20.0))
+    expect = SIGMA_CALIBRATION * CONTACT_SIGMA_ROWS * rows * on.depth[free] / (CAM.fy * HEIGHT)
+    np.testing.assert_allclose(on.uncertainty[free] / on.depth[free], expect, rtol=0.02)
+    # The ground itself, the sky and everything nearer than the stereo's reach: as without.
+    plane_z = ground_depth(pitch, roll)
+    ground = np.isfinite(plane_z) & (cv2.dilate(box.astype(np.uint8), np.ones((9, 9))) == 0)
+    np.testing.assert_array_equal(on.depth[ground], off.depth[ground])
+    sky = ~np.isfinite(z)
+    assert np.isposinf(on.depth[sky]).mean() > 0.99
+
+
+def test_the_contact_leaves_trusted_stereo_near_objects_and_the_sky_alone():
+    # A box at 12 m (trusted stereo on it), a box at 16 m without stereo (its contact is nearer
+    # than max_depth: the stereo's reach), and one at 40 m the contact sets.
+    z = ground_depth(0.5, 0.0)
+    near = standing_box(z, (40, 140), 12.0, pitch=0.5)
+    close = standing_box(z, (480, 600), 16.0, top_m=3.0, pitch=0.5)
+    far = standing_box(z, (250, 370), 40.0, pitch=0.5)
+    rel = network_of(z, [(near, 1.1), (close, 0.8), (far, 1.0)])
+    st = stereo_of(z)
+    st[close] = np.nan
+    opts = dict(sky_anchor_weight=0.0)
+    on = MetricAligner(**opts).update(rel, st, camera=CAM)
+    off = MetricAligner(ground_contact=False, **opts).update(rel, st, camera=CAM)
+    for mask in (near, close, ~np.isfinite(z)):
+        np.testing.assert_array_equal(on.depth[mask], off.depth[mask])
+    assert np.isposinf(on.depth[~np.isfinite(z)]).mean() > 0.99
+    inner = cv2.erode(far.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
+    assert np.median(np.abs(on.depth[inner] / 40.0 - 1.0)) < 0.05
+    assert np.median(np.abs(off.depth[inner] / 40.0 - 1.0)) > 0.08
+    # Trusted stereo anywhere: never replaced.
+    al = MetricAligner(**opts)
+    st2 = stereo_of(z)
+    trusted = np.isfinite(st2) & (st2 >= 0.3) & (st2 <= 20.0)
+    res = al.update(rel, st2, camera=CAM)
+    ref = MetricAligner(ground_contact=False, **opts).update(rel, st2, camera=CAM)
+    np.testing.assert_array_equal(res.depth[trusted], ref.depth[trusted])
+
+
+def test_ground_contact_needs_a_plane_and_a_camera():
+    z = ground_depth(0.0, 0.0)
+    box = standing_box(z, (260, 380), 35.0)
+    rel, st = network_of(z, [(box, 1.0)]), stereo_of(z)
+    # No camera: no plane, nothing to stand on.
+    np.testing.assert_array_equal(MetricAligner().update(rel, st).depth,
+                                  MetricAligner(ground_contact=False).update(rel, st).depth)
+    # The ground bound off, the contact on: the plane is still fitted for it.
+    out = MetricAligner(ground_bound=False, sky_anchor_weight=0.0).update(rel, st, camera=CAM)
+    inner = cv2.erode(box.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
+    assert np.median(np.abs(out.depth[inner] / 35.0 - 1.0)) < 0.04
+
+
+def test_ground_contact_rejects_a_non_bool():
+    with pytest.raises(ValueError) as err:
+        MetricAligner(ground_contact='yes')
+    assert str(err.value) == "option `ground_contact` must be a bool, got 'yes'"

@@ -475,6 +475,8 @@ def test_validators_name_the_parameter_and_value():
         'parameter `ground_bound_margin` must be a finite number in [0.0, 1.0], got -0.1'
     assert config.validate_alignment(dict(align, ground_bound=1)) == \
         'parameter `ground_bound` must be a bool, got 1'
+    assert config.validate_alignment(dict(align, ground_contact='on')) == \
+        "parameter `ground_contact` must be a bool, got 'on'"
     depth = {s.name: s.default for s in config.DEPTH_PARAMS}
     assert config.validate_depth(dict(depth, backend='standin', input_width=518)) == \
         'parameters `input_width` and `input_height` must both be 0 or both be set, got ' \

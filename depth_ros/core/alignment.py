@@ -33,7 +33,8 @@ prepare(...))``. The comments in ``prepare`` and ``finish`` carry the same numbe
     outliers (beyond ``outlier_sigma`` or the ``consistency`` band) left out;
 12. the ground bound (``ground_bound``): below the ground plane's horizon, beyond the
     trusted stereo, no output is farther than the plane along its ray (times 1 +
-    ``ground_bound_margin``);
+    ``ground_bound_margin``); and the ground contact (``ground_contact``): a vertical face
+    standing on the ground there takes the plane's depth at its contact row (core/ground.py);
 13. depth (float32 metres, NaN unknown, +inf too far: the sky and beyond
     ``max_output_depth``) and its per-pixel 1-sigma uncertainty (metres, the model's sigma
     times ``SIGMA_CALIBRATION``);
@@ -61,7 +62,7 @@ from depth_ros.core.checks import check_image, check_number, check_same_size, de
 from depth_ros.core.edges import TOZERO_ZEROES_NAN
 from depth_ros.core.fusion import Fusion, interior_stereo, stereo_inverse_sigma, \
     stereo_variance
-from depth_ros.core.ground import fit_ground, RELATIVE_TOLERANCE, sky_rows
+from depth_ros.core.ground import fit_ground, ground_contact, RELATIVE_TOLERANCE, sky_rows
 from depth_ros.core.robust_fit import Anchor, median, robust_affine
 from depth_ros.core.sky import sky_patches
 import numpy as np
@@ -456,9 +457,9 @@ class MetricAligner(object):
 
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
         #     plane along its ray (beyond the stereo's reach, within max_output_depth).
-        plane = self._bound_plane(prepared, fit.source == 'previous')
-        if plane is not None:
-            self._ground_bound(inv, var, plane, rel, samples.sky_threshold)
+        #     The ground contact: an object standing on the ground there is at the plane's
+        #     depth at its contact row.
+        self._ground_steps(inv, var, prepared, rel, fit, samples.sky_threshold, trust)
 
         # 13. Depth and its 1-sigma uncertainty, in metres: the depth in ``out``, else in the
         #     set's stereo plane (spent; mapped already: the mono side maps no new pages for
@@ -566,7 +567,8 @@ class MetricAligner(object):
         o = self.options
         p.ground, p.lat_sky_ok, p.intrinsics, p.plane = None, None, None, None
         sky = o.sky_horizon and o.sky_fraction > 0
-        if camera is None or o.relative_kind != 'disparity' or not (sky or o.ground_bound):
+        if camera is None or o.relative_kind != 'disparity' or \
+                not (sky or o.ground_bound or o.ground_contact):
             return
         h, w = p.shape
         cam = camera if (camera.width, camera.height) == (w, h) else camera.scaled(w, h)
@@ -587,7 +589,7 @@ class MetricAligner(object):
             tol = tol * np.sqrt(p.lat_gain.reshape(shape)[sub].ravel()[trusted])
         plane = fit_ground(uu[trusted], vv[trusted], y, tol + RELATIVE_TOLERANCE * y,
                            trusted.size, *k)
-        p.plane = plane if o.ground_bound else None     # the ground bound's (step 12)
+        p.plane = plane if o.ground_bound or o.ground_contact else None   # step 12's
         p.ground = plane if sky else None               # the sky's horizon
         if p.ground is not None:
             limit = sky_rows(p.ground, o.sky_horizon_margin_deg, cols, *k)
@@ -1102,7 +1104,8 @@ class MetricAligner(object):
         This frame's; a held frame's (too little or untrusted stereo) the last plane of a
         frame fitted to its stereo, at the same size.
         """
-        if not self.options.ground_bound or prepared.intrinsics is None:
+        o = self.options
+        if not (o.ground_bound or o.ground_contact) or prepared.intrinsics is None:
             self._plane = None
             return None
         if not held:
@@ -1161,6 +1164,59 @@ class MetricAligner(object):
             plane_var = np.square(bound * np.float32(o.ground_bound_margin))
             np.copyto(vb, np.maximum(vb, plane_var), where=act)
 
+    def _ground_steps(self, inv, var, prepared, rel, fit, sky_threshold, trust):
+        """Step 12 (in place): the ground bound, then the ground contact, when switched on."""
+        plane = self._bound_plane(prepared, fit.source == 'previous')
+        if plane is None:
+            return
+        if self.options.ground_bound:
+            self._ground_bound(inv, var, plane, rel, sky_threshold)
+        if self.options.ground_contact:
+            self._ground_contact(inv, var, plane, rel, fit, sky_threshold, trust)
+
+    def _ground_contact(self, inv, var, plane, rel, fit, sky_threshold, trust):
+        """
+        Set (in place) the faces standing on the ground beyond the stereo to its depth there.
+
+        A face takes the plane's inverse depth at its contact row (core/ground.py's
+        ``ground_contact``).
+
+        Only where the contact's depth lies in ``[max_depth, max_output_depth]`` and not on
+        trusted stereo; a set pixel's variance is the contact's (its row's uncertainty).
+        """
+        o = self.options
+        y_lo, y_hi = 1.0 / o.max_output_depth, 1.0 / o.max_depth
+        if y_hi <= y_lo:
+            return
+        h, w = inv.shape
+        top, bottom, y, sigma = ground_contact(rel, fit.scale, fit.shift, sky_threshold,
+                                               plane, (h, w), y_lo, y_hi)
+        cols = np.nonzero(np.isfinite(y))[0]
+        if cols.size == 0:
+            return
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        # The rows of each column's face, first <= v <= last (16-bit: fewer bytes to compare;
+        # first > last where no contact).
+        ok = np.isfinite(y[c0:c1])
+        it = np.int16 if h < 2 ** 15 else np.int32
+        first, last = np.full(c1 - c0, h, it), np.full(c1 - c0, -1, it)
+        first[ok] = np.ceil(top[c0:c1][ok])
+        last[ok] = np.floor(bottom[c0:c1][ok])
+        r0, r1 = max(int(first.min()), 0), min(int(last.max()) + 1, h)
+        if r1 <= r0:
+            return
+        rows = np.arange(r0, r1, dtype=it)[:, None]
+        act = ((rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)).view(np.uint8)
+        # OpenCV's masked copy (four times numpy's copyto with a mask), from a full source.
+        source = np.empty(act.shape, np.float32)
+        source[...] = y[c0:c1].astype(np.float32)
+        _masked_copy(source, act, inv[r0:r1, c0:c1])
+        if var is not None:
+            # The contact's variance (its row's uncertainty), not the mono's: the value is not
+            # the mono's.
+            source.fill(sigma * sigma)
+            _masked_copy(source, act, var[r0:r1, c0:c1])
+
     # ------------------------------------------------------------------ 14. history
 
     def _remember(self, depth, unc):
@@ -1173,6 +1229,13 @@ class MetricAligner(object):
                 self._prev_var = u * u
             else:
                 self._prev_var = (self.rho_post * self._prev_inv) ** 2
+
+
+def _masked_copy(source, mask, dst):
+    """Copy ``source`` into ``dst`` (a view, written in place) where ``mask`` (uint8) is set."""
+    out = cv2.copyTo(source, mask, dst)
+    if not np.may_share_memory(out, dst):      # OpenCV wrote elsewhere: numpy's, in place
+        np.copyto(dst, source, where=mask.view(bool))
 
 
 class PreparedStereo(object):

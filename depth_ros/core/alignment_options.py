@@ -88,6 +88,11 @@ class AlignerOptions(object):
     ground_bound_margin: float = _opt(
         0.05, 'relative margin of the ground bound: depth at most (1 + this) times the '
         "plane's depth", 0.0, 1.0)
+    ground_contact: bool = _opt(
+        True, 'disparity kind, with a camera: an object standing on the ground plane beyond '
+        "max_depth (its contact row found in the mono's columns) takes the plane's depth at "
+        'its contact row over its vertical face; only where that depth is within '
+        'max_output_depth, never on trusted stereo')
     baseline_m: float = _opt(
         0.12, 'stereo baseline (m; ZED2 0.12; -P[0,3]/P[0,0] of the right CameraInfo)',
         0.0, 10.0, low_open=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import cv2
 import numpy as np
 
 MAX_TILT_DEG = 30.0        # the ground's normal is within this of the camera's up axis
@@ -144,4 +145,156 @@ def sky_rows(ground: Ground, margin_deg, cols, fx, fy, cx, cy):
     return v_h + np.sin(np.radians(margin_deg)) * r / (ground.height_m * b)
 
 
-__all__ = ['Ground', 'HYPOTHESES', 'MAX_TILT_DEG', 'MIN_FRACTION', 'fit_ground', 'sky_rows']
+# The ground contact (MetricAligner step 12, ``ground_contact``): constants of the detection,
+# on the working grid (about CONTACT_GRID rows and columns: the relative map averaged over
+# blocks of its pixels; its own pixels at the network's size).
+CONTACT_GRID = (360, 320)
+CONTACT_FLAT = 0.35        # |slope ratio| below this: a vertical surface (two rows in a row)
+CONTACT_GROUND = (0.7, 1.4)    # slope ratio in this range: the ground (two rows in a row) ...
+CONTACT_RATIO = (0.3, 2.0)     # ... whose mono / the plane's inverse depth is in this range
+CONTACT_GAP = 10           # at most this many rows between the face's and the ground's rows
+CONTACT_TOLERANCE = 0.3    # the face: mono within this (relative) of its level at the contact
+# The contact's 1 sigma, in grid rows of the plane's slope: on development road scenes 10-29,
+# 68 % of the set pixels' errors (ground truth within 80 m) were within 1.33 rows' worth,
+# 1.16 times (core.alignment.SIGMA_CALIBRATION, applied to every reported sigma) 1.15.
+CONTACT_SIGMA_ROWS = 1.15
+
+
+def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo, y_hi):
+    """
+    Return, per output column, the vertical face standing on the ground beyond the stereo.
+
+    An object standing on the ground touches it at its lowest row: every pixel of its
+    vertical face above is at about the plane's depth at that row (the stixel model of
+    driving perception). In each column of the aligned mono (``m = scale * rel + shift``,
+    inverse depth; the network's compression of the far range changes its values, hardly
+    its shape), the slope ratio ``s = (m[i+1] - m[i-1]) / (plane[i+1] - plane[i-1])`` is about
+    1 on the ground and 0 on a vertical face. The network blurs the contact, and a face
+    biased against the road adds a step there, which shifts where ``s`` crosses 1/2 by the
+    step over the plane's slope; the blurred transition is symmetric about the contact, so
+    the contact is the midpoint between the face's lowest flat rows (``|s| <
+    CONTACT_FLAT``, two rows) and the ground's highest rows below (``s`` within
+    ``CONTACT_GROUND`` and the mono within ``CONTACT_RATIO`` of the plane, two rows), at
+    most ``CONTACT_GAP`` rows apart, with nothing flat or ground-like between them. Of a
+    column's contacts where the plane's inverse depth lies in ``[y_lo, y_hi]``, the lowest
+    (nearest) is taken. The face is the rows above the contact whose mono stays within
+    ``CONTACT_TOLERANCE`` of its level at its lowest flat row (a depth jump, a sky-like or
+    an unknown value ends it); its level must be within ``CONTACT_RATIO`` of the plane's at
+    the contact.
+
+    :param rel: [hr, wr] float32 relative disparity (NaN unknown), any size with the
+        output's aspect ratio; ``sky_threshold``: relative values at or below it are
+        sky-like (None: no sky rule).
+    :param scale, shift: the frame's affine (``m = scale * rel + shift``, 1/m).
+    :param ground: the plane, in pixels of the output ``shape`` (H, W).
+    :param y_lo, y_hi: the plane's inverse depth (1/m) at a contact lies in this range.
+    :returns: (top, bottom, y, sigma): float64 [W] each, output rows ``top <= v <= bottom``
+        of each output column take inverse depth ``y`` (the plane's at the contact row
+        ``bottom``; NaN in columns without a contact); ``sigma`` the contact's 1 sigma in
+        inverse depth (1/m; ``CONTACT_SIGMA_ROWS`` grid rows of the plane's slope).
+    """
+    H, W = shape
+    hr, wr = rel.shape
+    fr, fc = max(1, hr // CONTACT_GRID[0]), max(1, wr // CONTACT_GRID[1])
+    h, w = hr // fr, wr // fc
+    sy, sx = H * fr / float(hr), W * fc / float(wr)      # output pixels per grid pixel
+    a, b, c = ground.a, ground.b, ground.c
+    nan = np.full(W, np.nan)
+    sigma = CONTACT_SIGMA_ROWS * b * sy
+    # The grid rows where the plane lies in [y_lo, y_hi] at some column (a grid row's centre
+    # is the output row (i + 0.5) sy - 0.5), and the rows around them the test reads.
+    ends = np.array([0.0, W - 1.0])
+    v_far = ((y_lo - a * ends - c) / b).min()
+    v_near = ((y_hi - a * ends - c) / b).max()
+    i0 = max(int(np.floor((v_far + 0.5) / sy - 0.5)), 0)
+    i1 = min(int(np.ceil((v_near + 0.5) / sy - 0.5)), h - 1)
+    r0 = max(i0 - CONTACT_GAP - 2, 1)
+    r1 = min(i1 + CONTACT_GAP + 3, h - 1)                   # rows r0 .. r1 - 1 have s
+    if r1 - r0 < 4 or i1 < i0:
+        return nan, nan, nan, sigma
+    # The mono on grid rows r0 - 1 .. r1 (block means).
+    part = rel[(r0 - 1) * fr:(r1 + 1) * fr, :w * fc]
+    if fr > 1 or fc > 1:
+        part = cv2.resize(part, (w, r1 - r0 + 2), interpolation=cv2.INTER_AREA)
+    m = part * np.float32(scale) + np.float32(shift)        # [r1 - r0 + 2, w] 1/m
+    with np.errstate(invalid='ignore'):
+        s = (m[2:] - m[:-2]) * np.float32(1.0 / (2.0 * b * sy))     # rows r0 .. r1 - 1
+    cols = (np.arange(w) + 0.5) * sx - 0.5
+    vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
+    yp = (a * cols[None, :] + b * vrows[:, None] + c).astype(np.float32)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        usable = _usable(part[1:-1], sky_threshold)
+        ratio = m[1:-1] / yp
+        flat = (np.abs(s) < CONTACT_FLAT) & usable
+        grd = (s >= CONTACT_GROUND[0]) & (s <= CONTACT_GROUND[1]) & \
+            (ratio >= CONTACT_RATIO[0]) & (ratio <= CONTACT_RATIO[1])
+    flat[1:] &= flat[:-1]           # this row and the one above: the face's lowest rows
+    grd[:-1] &= grd[1:]             # this row and the one below: the ground's highest rows
+    flat[0] = False
+    grd[-1] = False
+    # For each row, the nearest flat / ground row at or above it (-1: none).
+    idx = np.arange(r1 - r0, dtype=np.int32)[:, None]
+    none = np.int32(-1)
+    last_flat = np.maximum.accumulate(np.where(flat, idx, none), axis=0)
+    last_grd = np.maximum.accumulate(np.where(grd, idx, none), axis=0)
+    f = last_flat[:-1]                                      # above row g = 1 ..
+    g = idx[1:]
+    cand = grd[1:] & (f >= 0) & (last_grd[:-1] < f) & (g - f <= CONTACT_GAP)
+    # ... the contact between them, (f + g) / 2, within the plane's band.
+    twice = f + g
+    cand &= (twice >= 2 * (i0 - r0)) & (twice <= 2 * (i1 - r0))
+    found = cand.any(axis=0)
+    if not found.any():
+        return nan, nan, nan, sigma
+    n = cand.shape[0]
+    low = n - 1 - np.argmax(cand[::-1], axis=0)             # the lowest contact per column
+    j = np.nonzero(found)[0]
+    gi, fi = low[j] + 1, f[low[j], j].astype(np.intp)        # rows (from r0): ground, face
+    vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
+    yc = a * cols[j] + b * vc + c
+    # The face's level (its lowest flat row), plausibly the plane's at the contact.
+    ref = m[fi + 1, j]
+    with np.errstate(invalid='ignore'):
+        keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
+            (yc >= y_lo) & (yc <= y_hi)
+    if not keep.any():
+        return nan, nan, nan, sigma
+    j, ref, vc, ff = j[keep], ref[keep], vc[keep], fi[keep] + r0
+    # The face: up from its lowest flat row while the mono stays near that level (on the
+    # relative map's pixel at each grid pixel's centre, above it: no block means).
+    pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
+    rows = pr * np.float32(scale) + np.float32(shift)
+    with np.errstate(invalid='ignore'):
+        near = (rows >= ref * (1.0 - CONTACT_TOLERANCE)) & \
+            (rows <= ref * (1.0 + CONTACT_TOLERANCE))        # NaN compares False
+        if sky_threshold is not None:
+            near &= pr > sky_threshold
+    ridx = np.arange(rows.shape[0], dtype=np.int16)[:, None]
+    breaks = ~near
+    breaks &= ridx < ff.astype(np.int16)
+    top_grid = np.where(breaks, ridx, np.int16(-1)).max(axis=0) + 1    # the face's first row
+    top, bottom, y = nan.copy(), nan.copy(), nan.copy()
+    # Output columns -> the grid's column; y is the plane's at the contact in each.
+    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
+        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    per = np.full(w, -1, np.intp)
+    per[j] = np.arange(j.size)
+    sel = per[oc]
+    has = np.nonzero(sel >= 0)[0]
+    top[has] = top_grid[sel[has]] * sy
+    bottom[has] = vc[sel[has]]
+    y[has] = a * has + b * bottom[has] + c
+    return top, bottom, y, sigma
+
+
+def _usable(rel, sky_threshold):
+    """Where a relative value may belong to a face: finite, not sky-like (bool)."""
+    with np.errstate(invalid='ignore'):
+        ok = np.isfinite(rel)
+        if sky_threshold is not None:
+            ok &= rel > sky_threshold
+    return ok
+
+
+__all__ = ['Ground', 'HYPOTHESES', 'MAX_TILT_DEG', 'MIN_FRACTION', 'fit_ground', 'ground_contact',
+           'sky_rows']
