@@ -137,6 +137,26 @@ def _source_and_path(arg, given, params_file):
             for n in ('source', 'path')}
 
 
+def _check_source_and_path(arg, located):
+    """Refuse zed_node's source and path as :func:`_source_and_path` located them."""
+    def what(name):
+        value, where = located[name]
+        if where == 'launch argument':
+            return '{} {}:={}'.format(where, name, value)
+        return '{}: {} {}'.format(name, value, where)
+    source, path = located['source'][0], located['path'][0]
+    if source not in SOURCES:       # from the params file (the argument was checked before)
+        raise ValueError('{} must be one of {}'.format(what('source'), ' | '.join(SOURCES)))
+    if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
+        raise ValueError('{} needs path:=<{}>'.format(what('source'), {
+            'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
+    if path and source not in PATH_SOURCES:
+        raise ValueError('{} is only for source:=svo|folder|bag, got {}'.format(
+            what('path'), what('source').replace('launch argument ', '')))
+    if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError('{} does not exist'.format(what('path')))
+
+
 def _check_arguments(arg, located=None):
     """
     Refuse argument values the nodes would refuse, before any node starts (one line).
@@ -156,24 +176,8 @@ def _check_arguments(arg, located=None):
         # It becomes zed_node's namespace: rcl refused it only once the node started.
         raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
                          'and underscores, not starting with a digit'.format(arg['camera_name']))
-    located = located or {n: (arg[n], 'launch argument') for n in ('source', 'path')}
-
-    def what(name):
-        value, where = located[name]
-        if where == 'launch argument':
-            return '{} {}:={}'.format(where, name, value)
-        return '{}: {} {}'.format(name, value, where)
-    source, path = located['source'][0], located['path'][0]
-    if source not in SOURCES:       # from the params file (the argument was checked above)
-        raise ValueError('{} must be one of {}'.format(what('source'), ' | '.join(SOURCES)))
-    if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
-        raise ValueError('{} needs path:=<{}>'.format(what('source'), {
-            'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
-    if path and source not in PATH_SOURCES:
-        raise ValueError('{} is only for source:=svo|folder|bag, got {}'.format(
-            what('path'), what('source').replace('launch argument ', '')))
-    if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
-        raise ValueError('{} does not exist'.format(what('path')))
+    _check_source_and_path(arg, located or {n: (arg[n], 'launch argument')
+                                            for n in ('source', 'path')})
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
