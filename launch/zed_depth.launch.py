@@ -28,7 +28,8 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
     PackageNotFoundError
 from depth_ros.nodes_core import middleware
 from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
-from depth_ros.nodes_core.params import file_values, params_file_error
+from depth_ros.nodes_core.params import file_values, keys_missing_namespace, \
+    params_file_error
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown
@@ -415,6 +416,22 @@ def _misspelt(given):
     return lines
 
 
+def _missed_sections(params_file, specs):
+    """
+    Lines for the params file's sections keyed by our namespaced node's bare name.
+
+    rcl applies ``zed_node:`` to /zed_node: zed_node ran on its defaults in silence
+    (``source: sample`` in the file gave a FATAL "source 'live' is not available" that named
+    nothing of the file).
+    """
+    fqns = ['/' + '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs]
+    return ['params_file:={}: its section `{}` is ignored: {} runs as {}, and a node key '
+            'without a namespace matches only /{}; write `/**/{}:` (any namespace) or `{}:`'
+            .format(params_file, key, fqn.rpartition('/')[2], fqn, key.lstrip('/'),
+                    key.lstrip('/'), fqn)
+            for key, fqn in keys_missing_namespace(params_file, fqns)]
+
+
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     arg['log_level'] = arg['log_level'].lower()
@@ -464,6 +481,7 @@ def _nodes(context):
                        + inputs, source=composed and 'depth_node'))
     if _truthy(arg['marigold']):
         specs += _marigold(params_file, qos, image, inputs, composed)
+    actions += [LogInfo(msg=line) for line in _missed_sections(params_file, specs)]
     if composed:
         actions.append(_composed(specs, arg['log_level']))
     else:
