@@ -214,7 +214,7 @@ _DEVICE = re.compile(r'^(cpu|cuda)(?::(\d+))?$')
 
 
 def check_device(device: Optional[str]) -> None:
-    """ValueError naming ``--device`` unless it is None, cpu, cuda or cuda:N."""
+    """Refuse ``--device`` (ValueError naming it) unless it is None, cpu, cuda or cuda:N."""
     if device is not None and not _DEVICE.match(device.strip()):
         raise ValueError('`--device` must be cpu, cuda or cuda:N, got {!r}'.format(device))
 

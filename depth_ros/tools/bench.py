@@ -208,7 +208,7 @@ def markdown_table(result: BenchResult) -> str:
 
 
 def pyplot():
-    """Return matplotlib.pyplot (Agg); ImportError naming depth_ros[tools] where it is missing."""
+    """Return the Agg plotting module; ImportError naming depth_ros[tools] where it is missing."""
     try:
         import matplotlib
         matplotlib.use('Agg')
