@@ -435,6 +435,8 @@ def _missed_sections(params_file, specs):
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     arg['log_level'] = arg['log_level'].lower()
+    # The shell leaves the `~` of params_file:=~/robot.yaml alone (not a word's start).
+    arg['params_file'] = os.path.expanduser(arg['params_file'])
     share = get_package_share_directory(PACKAGE)
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
     noted = context.launch_configurations.get(GIVEN)

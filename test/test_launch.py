@@ -593,6 +593,26 @@ def test_source_and_path_from_a_params_file_are_checked_as_the_node_will_read_th
 
 
 @needs_launch
+@MODES
+def test_a_params_file_under_the_home_folder_is_found(monkeypatch, tmp_path, composed):
+    # The shell expands `~` only at the start of a word: `params_file:=~/robot.yaml` reached
+    # the launch as it is and was refused as "not a file" (path:=~/... and model:=~/... were
+    # already expanded).
+    monkeypatch.setenv('HOME', str(tmp_path))
+    robot = tmp_path / 'robot.yaml'
+    robot.write_text('/**:\n  ros__parameters:\n    reliability: reliable\n')
+    _, ev = _evaluate(monkeypatch, composed=composed, source='sample', backend='standin',
+                      params_file='~/robot.yaml')
+    for node in ev.nodes:
+        params, files = ev.params(node)
+        assert str(robot) in files and params['reliability'] == 'reliable', (node, files)
+    with pytest.raises(ValueError) as info:
+        _evaluate(monkeypatch, composed=composed, source='sample', params_file='~/nope.yaml')
+    assert str(info.value) == 'launch argument params_file:={} is not a file'.format(
+        tmp_path / 'nope.yaml'), str(info.value)
+
+
+@needs_launch
 def test_a_params_file_section_that_misses_our_namespaced_zed_node_is_told(monkeypatch, tmp_path):
     # rcl reads a node key without a namespace as the root namespace's: `zed_node:` is
     # /zed_node, not /zed/zed_node. The file's `source: sample` was ignored in silence and the
