@@ -28,7 +28,8 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
     PackageNotFoundError
 from depth_ros.nodes_core import middleware
 from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
-from depth_ros.nodes_core.params import file_values, params_file_error
+from depth_ros.nodes_core.params import file_values, keys_missing_namespace, \
+    params_file_error
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, \
     SetEnvironmentVariable, Shutdown
@@ -137,6 +138,26 @@ def _source_and_path(arg, given, params_file):
             for n in ('source', 'path')}
 
 
+def _check_source_and_path(arg, located):
+    """Refuse zed_node's source and path as :func:`_source_and_path` located them."""
+    def what(name):
+        value, where = located[name]
+        if where == 'launch argument':
+            return '{} {}:={}'.format(where, name, value)
+        return '{}: {} {}'.format(name, value, where)
+    source, path = located['source'][0], located['path'][0]
+    if source not in SOURCES:       # from the params file (the argument was checked before)
+        raise ValueError('{} must be one of {}'.format(what('source'), ' | '.join(SOURCES)))
+    if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
+        raise ValueError('{} needs path:=<{}>'.format(what('source'), {
+            'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
+    if path and source not in PATH_SOURCES:
+        raise ValueError('{} is only for source:=svo|folder|bag, got {}'.format(
+            what('path'), what('source').replace('launch argument ', '')))
+    if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError('{} does not exist'.format(what('path')))
+
+
 def _check_arguments(arg, located=None):
     """
     Refuse argument values the nodes would refuse, before any node starts (one line).
@@ -156,24 +177,8 @@ def _check_arguments(arg, located=None):
         # It becomes zed_node's namespace: rcl refused it only once the node started.
         raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
                          'and underscores, not starting with a digit'.format(arg['camera_name']))
-    located = located or {n: (arg[n], 'launch argument') for n in ('source', 'path')}
-
-    def what(name):
-        value, where = located[name]
-        if where == 'launch argument':
-            return '{} {}:={}'.format(where, name, value)
-        return '{}: {} {}'.format(name, value, where)
-    source, path = located['source'][0], located['path'][0]
-    if source not in SOURCES:       # from the params file (the argument was checked above)
-        raise ValueError('{} must be one of {}'.format(what('source'), ' | '.join(SOURCES)))
-    if source in PATH_SOURCES and not path and _truthy(arg['zed_node']):
-        raise ValueError('{} needs path:=<{}>'.format(what('source'), {
-            'svo': 'file.svo2', 'folder': 'folder', 'bag': 'rosbag2 folder'}[source]))
-    if path and source not in PATH_SOURCES:
-        raise ValueError('{} is only for source:=svo|folder|bag, got {}'.format(
-            what('path'), what('source').replace('launch argument ', '')))
-    if path and _truthy(arg['zed_node']) and not os.path.exists(os.path.expanduser(path)):
-        raise ValueError('{} does not exist'.format(what('path')))
+    _check_source_and_path(arg, located or {n: (arg[n], 'launch argument')
+                                            for n in ('source', 'path')})
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
         raise ValueError('launch argument params_file:={} is not a file'.format(
             arg['params_file']))
@@ -411,9 +416,27 @@ def _misspelt(given):
     return lines
 
 
+def _missed_sections(params_file, specs):
+    """
+    Lines for the params file's sections keyed by our namespaced node's bare name.
+
+    rcl applies ``zed_node:`` to /zed_node: zed_node ran on its defaults in silence
+    (``source: sample`` in the file gave a FATAL "source 'live' is not available" that named
+    nothing of the file).
+    """
+    fqns = ['/' + '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs]
+    return ['params_file:={}: its section `{}` is ignored: {} runs as {}, and a node key '
+            'without a namespace matches only /{}; write `/**/{}:` (any namespace) or `{}:`'
+            .format(params_file, key, fqn.rpartition('/')[2], fqn, key.lstrip('/'),
+                    key.lstrip('/'), fqn)
+            for key, fqn in keys_missing_namespace(params_file, fqns)]
+
+
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     arg['log_level'] = arg['log_level'].lower()
+    # The shell leaves the `~` of params_file:=~/robot.yaml alone (not a word's start).
+    arg['params_file'] = os.path.expanduser(arg['params_file'])
     share = get_package_share_directory(PACKAGE)
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
     noted = context.launch_configurations.get(GIVEN)
@@ -460,6 +483,7 @@ def _nodes(context):
                        + inputs, source=composed and 'depth_node'))
     if _truthy(arg['marigold']):
         specs += _marigold(params_file, qos, image, inputs, composed)
+    actions += [LogInfo(msg=line) for line in _missed_sections(params_file, specs)]
     if composed:
         actions.append(_composed(specs, arg['log_level']))
     else:

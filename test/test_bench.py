@@ -92,12 +92,28 @@ def test_cli_writes_table_json_png(tmp_path):
     (['--size', '1280by720'], "`--size` must be WIDTHxHEIGHT, e.g. 1280x720, got '1280by720'"),
     (['--frames', '0'], '`--frames` must be >= 1, got 0'),
     (['--input-size', '30x30'], 'input `width` must be a positive multiple of 14, got 30'),
+    # Without --model (the stand-in) a bad --device was taken in silence.
+    (['--device', 'gpu'], "`--device` must be cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
     rc = cli.main(['bench', '--out', str(tmp_path)] + argv)
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err, 'expected {!r} in {!r}'.format(message, err)
+
+
+def test_cli_without_matplotlib_stops_before_timing(tmp_path, capsys, monkeypatch):
+    # It timed every frame (a TensorRT model on the Jetson: its load and 50 frames), then
+    # failed on the plot: the robot installs depth_ros[onnx], not [tools].
+    import sys
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    timed = []
+    monkeypatch.setattr(bench, 'run_bench', lambda *a, **k: timed.append(1))
+    rc = cli.main(['bench', '--size', '64x48', '--input-size', '28x28', '--frames', '3',
+                   '--out', str(tmp_path / 'b')])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'install depth_ros[tools] (matplotlib) for the plot' in err, err
+    assert timed == [] and not (tmp_path / 'b').exists(), timed
 
 
 def test_cli_refuses_a_negative_warmup(tmp_path, capsys):

@@ -593,6 +593,56 @@ def test_source_and_path_from_a_params_file_are_checked_as_the_node_will_read_th
 
 
 @needs_launch
+@MODES
+def test_a_params_file_under_the_home_folder_is_found(monkeypatch, tmp_path, composed):
+    # The shell expands `~` only at the start of a word: `params_file:=~/robot.yaml` reached
+    # the launch as it is and was refused as "not a file" (path:=~/... and model:=~/... were
+    # already expanded).
+    monkeypatch.setenv('HOME', str(tmp_path))
+    robot = tmp_path / 'robot.yaml'
+    robot.write_text('/**:\n  ros__parameters:\n    reliability: reliable\n')
+    _, ev = _evaluate(monkeypatch, composed=composed, source='sample', backend='standin',
+                      params_file='~/robot.yaml')
+    for node in ev.nodes:
+        params, files = ev.params(node)
+        assert str(robot) in files and params['reliability'] == 'reliable', (node, files)
+    with pytest.raises(ValueError) as info:
+        _evaluate(monkeypatch, composed=composed, source='sample', params_file='~/nope.yaml')
+    assert str(info.value) == 'launch argument params_file:={} is not a file'.format(
+        tmp_path / 'nope.yaml'), str(info.value)
+
+
+@needs_launch
+def test_a_params_file_section_that_misses_our_namespaced_zed_node_is_told(monkeypatch, tmp_path):
+    # rcl reads a node key without a namespace as the root namespace's: `zed_node:` is
+    # /zed_node, not /zed/zed_node. The file's `source: sample` was ignored in silence and the
+    # node ended the launch with "source 'live' is not available", naming nothing of the file.
+    robot = tmp_path / 'robot.yaml'
+
+    def told(text, **args):
+        robot.write_text(text)
+        _, ev = _evaluate(monkeypatch, params_file=str(robot), backend='standin', **args)
+        return [line for line in ev.log if str(robot) in line]
+    section = 'ros__parameters:\n    source: sample\n'
+    for key in ('zed_node', '/zed_node'):
+        lines = told('{}:\n  {}'.format(key, section))
+        assert len(lines) == 1, lines
+        assert lines[0] == (
+            'params_file:={}: its section `{}` is ignored: zed_node runs as /zed/zed_node, and a '
+            'node key without a namespace matches only /zed_node; write `/**/zed_node:` (any '
+            'namespace) or `/zed/zed_node:`'.format(robot, key)), lines[0]
+    # Keys that do reach our nodes, another camera's, another node's, or no zed_node here.
+    for text, args in [('/**/zed_node:\n  ' + section, {}),
+                       ('/zed/zed_node:\n  ' + section, {}),
+                       ('zed:\n  zed_node:\n    ' + section.replace('\n    ', '\n      '), {}),
+                       ('/zed/zed_node:\n  ' + section, dict(camera_name='front')),
+                       ('depth_node:\n  ros__parameters:\n    backend: standin\n', {}),
+                       ('planner:\n  ros__parameters:\n    rate: 1.0\n', {}),
+                       ('zed_node:\n  ' + section, dict(zed_node='false', publish_tf='false'))]:
+        assert told(text, **args) == [], text
+
+
+@needs_launch
 @pytest.mark.parametrize('text, problem', [
     ('/**:\n  ros__parameters: {cloud_stride: [2\n', 'not valid YAML: '),
     ('hello\n', 'expected node sections (`/**/node: ros__parameters: ...`), got a str'),

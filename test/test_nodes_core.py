@@ -415,6 +415,34 @@ def test_unknown_parameter_names_get_a_hint_and_bad_params_files_one_line(tmp_pa
         '--params-file /nope.yaml: no such file'
 
 
+def test_a_namespaced_node_keyed_by_its_bare_name_is_found_as_rcl_would_miss_it(tmp_path):
+    from depth_ros.nodes_core.params import keys_missing_namespace, node_key_matches
+    ours = ['/zed/zed_node', '/depth_node', '/alignment_node', '/marigold/alignment_node']
+    robot = tmp_path / 'robot.yaml'
+    robot.write_text('zed_node:\n  ros__parameters: {source: sample}\n'
+                     '/zed_node:\n  ros__parameters: {path: x}\n'
+                     '/**/zed_node:\n  ros__parameters: {a: 1}\n'
+                     '/*/zed_node:\n  ros__parameters: {a: 1}\n'
+                     'zed:\n  zed_node:\n    ros__parameters: {a: 1}\n'
+                     '/front/zed_node:\n  ros__parameters: {a: 1}\n'
+                     'alignment_node:\n  ros__parameters: {a: 1}\n'
+                     'planner:\n  ros__parameters: {a: 1}\n')
+    missed = keys_missing_namespace(str(robot), ours)
+    assert missed == [('zed_node', '/zed/zed_node'), ('/zed_node', '/zed/zed_node')], missed
+    # As rcl reads them: the bare key reaches /zed_node only, the others reach our node.
+    assert not node_key_matches('zed_node', '/zed/zed_node') and \
+        node_key_matches('zed_node', '/zed_node')
+    assert node_key_matches('/**/zed_node', '/zed/zed_node') and \
+        node_key_matches('zed/zed_node', '/zed/zed_node')
+    # No namespaced node of that name here, a file that does not read: nothing.
+    assert keys_missing_namespace(str(robot), ['/depth_node', '/alignment_node']) == []
+    robot.write_text('zed_node: [unclosed\n')
+    assert keys_missing_namespace(str(robot), ours) == []
+    assert keys_missing_namespace(str(tmp_path / 'nope.yaml'), ours) == []
+    robot.write_text('hello\n')
+    assert keys_missing_namespace(str(robot), ours) == []
+
+
 def test_every_default_passes_its_own_spec_and_the_node_validator():
     from depth_ros.nodes_core import config
     from depth_ros.nodes_core.params import choice_error

@@ -336,6 +336,9 @@ def test_depth_node_engine_cache_dir_is_the_cache_engines_load_from(tmp_path, mo
         open_model(values)
     assert 'outside the engine cache directory {};'.format(cache) in str(info.value), \
         'received {}'.format(info.value)
+    # The way out names depth_node's parameter (it named only --cache-dir and cache_dir, the
+    # command line's and the API's).
+    assert "depth_node's `engine_cache_dir`" in str(info.value), str(info.value)
     # A bare name is looked up in the configured cache: it gets past the cache check (and
     # fails later here, where TensorRT is missing).
     values['model_path'] = 'e.engine'

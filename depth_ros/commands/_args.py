@@ -213,6 +213,12 @@ CUDA_PROVIDER = 'CUDAExecutionProvider'
 _DEVICE = re.compile(r'^(cpu|cuda)(?::(\d+))?$')
 
 
+def check_device(device: Optional[str]) -> None:
+    """Refuse ``--device`` (ValueError naming it) unless it is None, cpu, cuda or cuda:N."""
+    if device is not None and not _DEVICE.match(device.strip()):
+        raise ValueError('`--device` must be cpu, cuda or cuda:N, got {!r}'.format(device))
+
+
 def _device_options(backend: str, device: Optional[str], available=None):
     """
     Return ``(device, providers)`` for ``--device`` with ``--backend``.
@@ -223,8 +229,7 @@ def _device_options(backend: str, device: Optional[str], available=None):
     """
     from depth_ros.inference.registry import BACKENDS
 
-    if device is not None and not _DEVICE.match(device.strip()):
-        raise ValueError('`--device` must be cpu, cuda or cuda:N, got {!r}'.format(device))
+    check_device(device)
     spec = BACKENDS[backend]
     if 'device' in spec.uses:
         return (device.strip() if device else 'cpu'), None

@@ -43,10 +43,14 @@ def run(args) -> int:
     size = _args.parse_size(args.size, '--size', '1280x720')
     if args.frames < 1:
         raise ValueError('`--frames` must be >= 1, got {}'.format(args.frames))
-    if args.model is None and BACKENDS[args.backend].needs_model:
-        LOG.warning('no --model: timing a %s', bench.STAND_IN_LABEL)
+    _args.check_device(args.device)   # the stand-in (no --model) took any text
+    stand_in = args.model is None and BACKENDS[args.backend].needs_model
+    if stand_in:
         input_size = _args.parse_size(args.input_size, '--input-size', '518x294',
                                       model_input=True)
+    bench.pyplot()   # once the arguments are checked, before the model loads and runs
+    if stand_in:
+        LOG.warning('no --model: timing a %s', bench.STAND_IN_LABEL)
         model = load_model('standin', input_size=input_size, name=bench.STAND_IN_LABEL)
     else:
         model = _args.load_model(args)

@@ -215,6 +215,31 @@ def file_values(path: str, node_fqn: str, names: Iterable[str]) -> dict:
     return out
 
 
+def keys_missing_namespace(path: str, node_fqns: Sequence[str]) -> List[Tuple[str, str]]:
+    """
+    Return (key, node) for each params-file section keyed by a namespaced node's bare name.
+
+    rcl reads a node key without a namespace as the root namespace's: ``zed_node:`` is
+    ``/zed_node`` and never reaches ``/zed/zed_node``, whose parameters then stay at their
+    defaults in silence. Only bare keys (no namespace, no wildcard) that name one of
+    ``node_fqns`` and match none of them; other nodes' sections are not ours to judge. A file
+    that does not read gives nothing (:func:`params_file_error` says why).
+    """
+    import yaml
+    try:
+        data = _load_yaml(path)
+    except (OSError, yaml.YAMLError):
+        return []
+    out = []
+    for key, _ in _sections(data) if isinstance(data, dict) else ():
+        bare = key.lstrip('/')
+        if '/' in bare or '*' in bare or any(node_key_matches(key, f) for f in node_fqns):
+            continue
+        out += [(key, fqn) for fqn in node_fqns
+                if fqn.rpartition('/')[2] == bare and fqn.rpartition('/')[0]][:1]
+    return out
+
+
 def given_names(args: Sequence[str], node_fqn: str) -> List[str]:
     """
     Return the parameter names that ``args`` give the node ``node_fqn``, sorted.

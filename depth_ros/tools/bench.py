@@ -207,16 +207,22 @@ def markdown_table(result: BenchResult) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_report(result: BenchResult, out_dir: str) -> Dict[str, str]:
-    """Write bench.md, bench.json and bench.png (p50 bars with p90/p99 marks) to ``out_dir``."""
-    paths = write_reports(out_dir, 'bench.md', markdown_table(result), 'bench.json',
-                          result.to_dict(), 'bench.png')
+def pyplot():
+    """Return the Agg plotting module; ImportError naming depth_ros[tools] where it is missing."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError('install depth_ros[tools] (matplotlib) for the plot: {}'.format(exc))
+    return plt
+
+
+def write_report(result: BenchResult, out_dir: str) -> Dict[str, str]:
+    """Write bench.md, bench.json and bench.png (p50 bars with p90/p99 marks) to ``out_dir``."""
+    paths = write_reports(out_dir, 'bench.md', markdown_table(result), 'bench.json',
+                          result.to_dict(), 'bench.png')
+    plt = pyplot()
     summary = result.summary()
     names = list(summary)
     fig, ax = plt.subplots(figsize=(8, 3.5))

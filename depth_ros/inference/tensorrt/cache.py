@@ -179,8 +179,9 @@ class EngineCache(object):
         if os.path.commonpath([root, real]) != root:
             raise ValueError(
                 '`engine` {} resolves to {}, outside the engine cache directory {}; engines are '
-                'loaded only from the cache (set --cache-dir / cache_dir, or build it with '
-                '`depth-ros model build`)'.format(engine_path, real, root))
+                'loaded only from the cache (set it: depth-ros --cache-dir, depth_node\'s '
+                '`engine_cache_dir` (engine_cache_dir:= to the launch), the API\'s cache_dir; '
+                'or build it there with `depth-ros model build`)'.format(engine_path, real, root))
         return real
 
     def path_for(self, onnx_path: str, key: Dict[str, object]) -> str:
