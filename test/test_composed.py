@@ -600,6 +600,40 @@ def test_the_depth_written_into_its_message_buffer_is_updates_frame_after_frame(
     reader.destroy_node()
 
 
+def test_a_confidence_the_source_checked_is_not_checked_again(aligner_node, monkeypatch):
+    # A rosbag's frames say their confidence was found finite (Frame.confidence_finite:
+    # decode_set checked it in zed_node's grab thread): alignment_node takes that plane by
+    # reference, with no second pass over it; any other frame's confidence is checked, and a
+    # NaN in it refuses the set. The output is update's on the same inputs either way.
+    from depth_ros.nodes_core import config
+    from depth_ros.ros import alignment_node
+    from graph_support import expected_disparity
+    checked = []
+
+    def counting(confidence):
+        checked.append(confidence)
+        return alignment_node.check_confidence.__wrapped__(confidence)
+    counting.__wrapped__ = alignment_node.check_confidence
+    monkeypatch.setattr(alignment_node, 'check_confidence', counting)
+    frames = _sample_frames(3)
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    frames[0].frame.confidence_finite = True
+    _started_and_aligned(node, reference, frames[0], disparity)
+    assert checked == [] and _values(node)['prepared_used'] == '1'
+    _started_and_aligned(node, reference, frames[1], disparity)     # not flagged: checked
+    assert len(checked) == 1 and checked[0] is frames[1].frame.confidence
+    frames[2].frame.confidence[5, 7] = np.nan
+    node.take_started(frames[2])
+    node.take_set(frames[2], disparity)
+    assert node.worker.wait_idle(10.0)
+    values = _values(node)
+    assert values['dropped_frame'] == '1' and \
+        values['last_drop_reason'] == 'confidence has NaN/inf values', values
+
+
 def test_close_stops_the_row_band_threads_after_the_frame_in_progress(aligner_node):
     # finish_threads 2: the bands' pool thread runs the frames' second bands and the cloud's;
     # close() ends the worker, then the pool (a node shut down leaves no thread behind).
