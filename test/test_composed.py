@@ -8,10 +8,12 @@ run of the same pipeline (equal in both modes), and the fault suite in this mode
 a slow network, Ctrl-C mid-inference, dead threads, a bad parameter of one node.
 test_launch_graph.py runs the launch file in both modes.
 """
+import collections
 import os
 import signal
 import subprocess
 import sys
+import time
 
 from conftest import _ros_env, CONFIG, NodeProcess, process_log, ROOT, wait_until
 from graph_support import diag_until, diag_values
@@ -332,6 +334,53 @@ def test_an_unknown_parameter_name_is_one_warning_of_the_node_it_was_given_to(st
     assert len(lines) == 1 and '[alignment_node]: unknown parameter `cloud_strid` ignored: ' \
         'did you mean `cloud_stride`?' in lines[0], lines
     assert proc.alive(), proc.output()
+
+
+def test_nodes_of_one_diagnostics_period_share_one_timer_and_each_publishes():
+    # Each node's own diagnostics timer woke the executor at its own phase (each wake builds
+    # the wait set of every node): nodes of one period now publish from one timer, each its
+    # own status as before, every period; a node of another period keeps its own timer.
+    import rclpy
+    from depth_ros.nodes_core.params import DIAGNOSTICS_PERIOD, LOG_THROTTLE
+    from depth_ros.ros.composed import share_diagnostics_timers
+    from depth_ros.ros.runtime import DepthRosNode
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    statuses = []
+    nodes = []
+    try:
+        for name, period in (('share_a', 0.2), ('share_b', 0.2), ('share_c', 0.5),
+                             ('share_d', 0.2)):
+            node = DepthRosNode(name, [DIAGNOSTICS_PERIOD, LOG_THROTTLE], context=context,
+                                namespace='/composed_test', cli_args=[
+                                    '--ros-args', '-p', 'diagnostics_period_s:={}'.format(
+                                        period), '--'])
+            node.diagnostics = lambda node=node: [node.make_status('t', 'ok', 'ok', {})]
+            nodes.append(node)
+        nodes[0].create_subscription(DiagnosticArray, '/diagnostics', lambda m: statuses.extend(
+            (time.monotonic(), s.name) for s in m.status), 50)
+        assert share_diagnostics_timers(nodes) == 2
+        timers = [t for node in nodes for t in node.timers]
+        assert len(timers) == 2 and nodes[0].diagnostics_timer in timers and \
+            nodes[2].diagnostics_timer in timers, timers
+        assert nodes[1].diagnostics_timer is None and nodes[3].diagnostics_timer is None
+        executor = SingleThreadedExecutor(context=context)
+        for node in nodes:
+            executor.add_node(node)
+        end = time.monotonic() + 2.2
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        executor.shutdown()
+        counts = collections.Counter(name for _, name in statuses)
+        for name in ('share_a', 'share_b', 'share_d'):
+            assert 8 <= counts['composed_test/{}: t'.format(name)] <= 12, counts
+        assert 3 <= counts['composed_test/share_c: t'] <= 5, counts
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 # ------------------------------------------- the stereo side prepared during inference

@@ -161,13 +161,14 @@ class AlignmentNode(DepthRosNode):
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
 
-    def _publish_diagnostics(self):
+    def publish_diagnostics(self):
+        """Trim the heap after a burst, then publish the diagnostics (one timer for both)."""
         # After a burst (the pairing buffer drained, or a flood refused), the freed heap goes
         # back to the system (nodes_core.workers.HeapTrim says why). Checked on the
         # diagnostics timer: a timer of its own woke the executor once more a period, and
         # each wake builds rclpy's wait set of every node (runtime.SPIN_PERIOD_S).
         self._trim_heap()
-        super()._publish_diagnostics()
+        super().publish_diagnostics()
 
     def _trim_heap(self):
         with self.lock:
