@@ -40,10 +40,10 @@ def default_opencv_threads(environ=None) -> str:
     Our nodes run their work in threads of their own (grab, inference, alignment; composed,
     all three in one process), so OpenCV's pool only adds threads that wake, spin and sleep
     around each parallel call: at 1280x720 on 2 cores the pool cost more CPU than it saved
-    (docs/ros.md, "OpenCV's thread pool"). The outputs are the same for any thread count.
-    Set the variable (e.g. ``OPENCV_FOR_THREADS_NUM=0``: OpenCV's default, one thread per
-    core) to give OpenCV its pool back. Must run before OpenCV is imported; returns the
-    value in force.
+    (docs/ros.md, "What composed still did twice, OpenCV's pool"). The outputs are the same
+    for any thread count. Set the variable (e.g. ``OPENCV_FOR_THREADS_NUM=0``: OpenCV's
+    default, one thread per core) to give OpenCV its pool back. Must run before OpenCV is
+    imported; returns the value in force.
     """
     environ = os.environ if environ is None else environ
     return environ.setdefault(OPENCV_THREADS, '1')
