@@ -8,10 +8,12 @@ run of the same pipeline (equal in both modes), and the fault suite in this mode
 a slow network, Ctrl-C mid-inference, dead threads, a bad parameter of one node.
 test_launch_graph.py runs the launch file in both modes.
 """
+import collections
 import os
 import signal
 import subprocess
 import sys
+import time
 
 from conftest import _ros_env, CONFIG, NodeProcess, process_log, ROOT, wait_until
 from graph_support import diag_until, diag_values
@@ -334,6 +336,53 @@ def test_an_unknown_parameter_name_is_one_warning_of_the_node_it_was_given_to(st
     assert proc.alive(), proc.output()
 
 
+def test_nodes_of_one_diagnostics_period_share_one_timer_and_each_publishes():
+    # Each node's own diagnostics timer woke the executor at its own phase (each wake builds
+    # the wait set of every node): nodes of one period now publish from one timer, each its
+    # own status as before, every period; a node of another period keeps its own timer.
+    import rclpy
+    from depth_ros.nodes_core.params import DIAGNOSTICS_PERIOD, LOG_THROTTLE
+    from depth_ros.ros.composed import share_diagnostics_timers
+    from depth_ros.ros.runtime import DepthRosNode
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    statuses = []
+    nodes = []
+    try:
+        for name, period in (('share_a', 0.2), ('share_b', 0.2), ('share_c', 0.5),
+                             ('share_d', 0.2)):
+            node = DepthRosNode(name, [DIAGNOSTICS_PERIOD, LOG_THROTTLE], context=context,
+                                namespace='/composed_test', cli_args=[
+                                    '--ros-args', '-p', 'diagnostics_period_s:={}'.format(
+                                        period), '--'])
+            node.diagnostics = lambda node=node: [node.make_status('t', 'ok', 'ok', {})]
+            nodes.append(node)
+        nodes[0].create_subscription(DiagnosticArray, '/diagnostics', lambda m: statuses.extend(
+            (time.monotonic(), s.name) for s in m.status), 50)
+        assert share_diagnostics_timers(nodes) == 2
+        timers = [t for node in nodes for t in node.timers]
+        assert len(timers) == 2 and nodes[0].diagnostics_timer in timers and \
+            nodes[2].diagnostics_timer in timers, timers
+        assert nodes[1].diagnostics_timer is None and nodes[3].diagnostics_timer is None
+        executor = SingleThreadedExecutor(context=context)
+        for node in nodes:
+            executor.add_node(node)
+        end = time.monotonic() + 2.2
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        executor.shutdown()
+        counts = collections.Counter(name for _, name in statuses)
+        for name in ('share_a', 'share_b', 'share_d'):
+            assert 8 <= counts['composed_test/{}: t'.format(name)] <= 12, counts
+        assert 3 <= counts['composed_test/share_c: t'] <= 5, counts
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 # ------------------------------------------- the stereo side prepared during inference
 @pytest.fixture
 def aligner_node():
@@ -598,6 +647,40 @@ def test_the_depth_written_into_its_message_buffer_is_updates_frame_after_frame(
     assert not result[0].successful and 'ground_bound_margin out of range' in result[0].reason
     assert node.cfg['ground_bound_margin'] == 0.2 and not node.pending_options
     reader.destroy_node()
+
+
+def test_a_confidence_the_source_checked_is_not_checked_again(aligner_node, monkeypatch):
+    # A rosbag's frames say their confidence was found finite (Frame.confidence_finite:
+    # decode_set checked it in zed_node's grab thread): alignment_node takes that plane by
+    # reference, with no second pass over it; any other frame's confidence is checked, and a
+    # NaN in it refuses the set. The output is update's on the same inputs either way.
+    from depth_ros.nodes_core import config
+    from depth_ros.ros import alignment_node
+    from graph_support import expected_disparity
+    checked = []
+
+    def counting(confidence):
+        checked.append(confidence)
+        return alignment_node.check_confidence.__wrapped__(confidence)
+    counting.__wrapped__ = alignment_node.check_confidence
+    monkeypatch.setattr(alignment_node, 'check_confidence', counting)
+    frames = _sample_frames(3)
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    frames[0].frame.confidence_finite = True
+    _started_and_aligned(node, reference, frames[0], disparity)
+    assert checked == [] and _values(node)['prepared_used'] == '1'
+    _started_and_aligned(node, reference, frames[1], disparity)     # not flagged: checked
+    assert len(checked) == 1 and checked[0] is frames[1].frame.confidence
+    frames[2].frame.confidence[5, 7] = np.nan
+    node.take_started(frames[2])
+    node.take_set(frames[2], disparity)
+    assert node.worker.wait_idle(10.0)
+    values = _values(node)
+    assert values['dropped_frame'] == '1' and \
+        values['last_drop_reason'] == 'confidence has NaN/inf values', values
 
 
 def test_close_stops_the_row_band_threads_after_the_frame_in_progress(aligner_node):

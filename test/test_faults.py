@@ -867,6 +867,44 @@ def test_a_signal_as_a_failed_node_exits_keeps_its_exit_code_and_is_quiet():
         '[FATAL] [node]: bad configuration: ...'], (done.returncode, done.stdout)
 
 
+_OPENCV_THREADS = r"""
+import sys, types
+from depth_ros.ros import entry
+
+
+def main():
+    import cv2
+    print(cv2.getNumThreads())
+
+
+sys.modules['node'] = types.SimpleNamespace(main=main)
+entry._run('node')
+"""
+
+
+@pytest.mark.parametrize('given, expected', [(None, 1), ('2', 2), ('0', None)])
+@pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
+def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, expected):
+    # Our nodes work in threads of their own: OpenCV's pool added threads that wake, spin and
+    # sleep around each call, for more CPU than it saved (docs/ros.md). OPENCV_FOR_THREADS_NUM
+    # is 1 unless set; a value given is OpenCV's (0: its default, one thread per core).
+    env = dict(os.environ)
+    env.pop('OPENCV_FOR_THREADS_NUM', None)
+    if given is not None:
+        env['OPENCV_FOR_THREADS_NUM'] = given
+    done = subprocess.run([sys.executable, '-c', _OPENCV_THREADS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    threads = int(done.stdout.split()[-1])
+    if expected is None:
+        expected = subprocess.run(
+            [sys.executable, '-c', 'import cv2; print(cv2.getNumThreads())'],
+            stdout=subprocess.PIPE, env=env, timeout=60, universal_newlines=True).stdout
+        expected = int(expected)
+    assert threads == expected, (given, done.stdout)
+
+
 _STOP_WITH_LAUNCH = r"""
 import ctypes, json, os, sys, types
 from depth_ros.ros import entry

@@ -584,6 +584,9 @@ def test_downscale_frame_keeps_the_right_image_and_the_baseline():
                   baseline_m=0.12)
     out = downscale_frame(frame, 0.5)
     assert out.baseline_m == 0.12 and out.frame_id == 'zed_left'
+    assert out.confidence_finite is False
+    frame.confidence_finite = True     # nearest keeps the values: still found finite
+    assert downscale_frame(frame, 0.5).confidence_finite is True
     np.testing.assert_array_equal(out.right, cv2.resize(right, (40, 30),
                                                         interpolation=cv2.INTER_AREA))
     info = SimpleNamespace(**camera_info_fields(out.camera, baseline_m=out.baseline_m))

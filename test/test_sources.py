@@ -529,6 +529,8 @@ def test_rosbag_round_trip(tmp_path, storage, encoding):
         assert got.camera == want.camera, 'expected {}, received {}'.format(want.camera,
                                                                             got.camera)
         assert got.frame_id == 'zed_left_camera_optical_frame', got.frame_id
+        # decode_set found the confidence finite: in-process consumers need not check again.
+        assert got.confidence_finite is True
 
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
@@ -738,7 +740,7 @@ def test_rosbag_without_confidence_and_custom_topics(tmp_path):
     path = write_test_bag(str(tmp_path / 'bag'), frames, topics=topics)
     assert topics['image'] == '/zed2i/zed_node/left/image_rect_color'
     out = list(RosbagSource(path, topics=topics))
-    assert len(out) == 2 and out[0].confidence is None
+    assert len(out) == 2 and out[0].confidence is None and out[0].confidence_finite is False
     with pytest.raises(SourceError) as err:
         RosbagSource(path).open()  # default /zed/... topics are not in this bag
     assert 'has no image/depth/camera_info topic(s) /zed/zed_node/left/image_rect_color' \
@@ -748,12 +750,13 @@ def test_rosbag_without_confidence_and_custom_topics(tmp_path):
 def test_rosbag_bad_frame_is_dropped(tmp_path):
     from depth_ros.sources.rosbag import RosbagSource, write_test_bag
 
-    frames = _bag_frames(3)
+    frames = _bag_frames(4)
     frames[1].depth = frames[1].depth[:-2]
+    frames[3].confidence[2, 3] = np.inf      # a frame saying so must have a finite confidence
     source = RosbagSource(write_test_bag(str(tmp_path / 'bag'), frames))
     out = list(source)
     assert [f.stamp_ns for f in out] == [frames[0].stamp_ns, frames[2].stamp_ns]
-    assert source.bad_frames == 1
+    assert source.bad_frames == 2 and all(f.confidence_finite for f in out)
 
 
 def test_rosbag_errors_and_depth_units(tmp_path):

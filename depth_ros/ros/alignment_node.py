@@ -160,9 +160,15 @@ class AlignmentNode(DepthRosNode):
         if self.cfg['use_right_camera_info'] and not local_input:
             self.subs.append(self.create_subscription(CameraInfo, 'right_camera_info',
                                                       self._on_right_info, qos))
+
+    def publish_diagnostics(self):
+        """Trim the heap after a burst, then publish the diagnostics (one timer for both)."""
         # After a burst (the pairing buffer drained, or a flood refused), the freed heap goes
-        # back to the system (nodes_core.workers.HeapTrim says why).
-        self.create_timer(self.cfg['diagnostics_period_s'], self._trim_heap)
+        # back to the system (nodes_core.workers.HeapTrim says why). Checked on the
+        # diagnostics timer: a timer of its own woke the executor once more a period, and
+        # each wake builds rclpy's wait set of every node (runtime.SPIN_PERIOD_S).
+        self._trim_heap()
+        super().publish_diagnostics()
 
     def _trim_heap(self):
         with self.lock:
@@ -278,7 +284,10 @@ class AlignmentNode(DepthRosNode):
         out.depth = np.asarray(frame.depth, dtype=np.float32)
         sizes = {'depth': out.depth.shape[::-1]}
         if 'confidence' in self.kinds and frame.confidence is not None:
-            out.confidence = check_confidence(frame.confidence)
+            # A confidence the source checked (Frame.confidence_finite: a rosbag's) is not
+            # checked again: one pass over the plane less per frame.
+            out.confidence = frame.confidence if frame.confidence_finite and \
+                frame.confidence.dtype == np.float32 else check_confidence(frame.confidence)
             sizes['confidence'] = out.confidence.shape[::-1]
         if 'image' in self.kinds:
             out.bgr = frame.left

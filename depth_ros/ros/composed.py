@@ -28,13 +28,15 @@ without ``--from`` subscribe to topics as usual (Marigold's alignment_node: its 
 seconds after their frame and are paired by stamp).
 
 The inference and alignment workers keep their own threads; the single-threaded executor only
-runs timers (diagnostics), services and parameter callbacks. Start-up failures are one FATAL
+runs timers (diagnostics: one timer for the nodes of one period, ``share_diagnostics_timers``),
+services and parameter callbacks. Start-up failures are one FATAL
 line naming the node (exit 2 or 1, the nodes made so far are torn down), a dead worker or
 grab thread of any node ends the process with one FATAL line (exit 1), and Ctrl-C stops the
 producers first, then the consumers (exit 0), as :func:`runtime.run_node` does for one node.
 """
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 from typing import List, Optional
@@ -172,6 +174,35 @@ class ThreadLoggers(object):
         return getattr(logger, level)
 
 
+def share_diagnostics_timers(nodes) -> int:
+    """
+    Publish the diagnostics of nodes of one ``diagnostics_period_s`` from one timer.
+
+    Each node's own timer woke the executor at its own phase, and each wake builds rclpy's
+    wait set of every node of the process (runtime.SPIN_PERIOD_S): three nodes, three wakes a
+    period. Each node still publishes its own message, in the order of the sections. Returns
+    the number of timers removed.
+    """
+    groups = collections.OrderedDict()
+    for node in nodes:
+        if isinstance(node, DepthRosNode):
+            groups.setdefault(node.cfg['diagnostics_period_s'], []).append(node)
+    removed = 0
+    for period, group in groups.items():
+        if len(group) < 2:
+            continue
+        for node in group:
+            node.destroy_timer(node.diagnostics_timer)
+            node.diagnostics_timer = None
+
+        def publish(group=group):
+            for node in group:
+                node.publish_diagnostics()
+        group[0].diagnostics_timer = group[0].create_timer(period, publish)
+        removed += len(group) - 1
+    return removed
+
+
 def _argument_error(text: str) -> int:
     sys.stderr.write('[FATAL] [composed_nodes]: bad arguments: {}\n'.format(text))
     return 2
@@ -251,6 +282,7 @@ def run(args: Optional[List[str]] = None) -> int:
             compat.shutdown()
             return code
         _warn_unknown(argv, glob, nodes, sections)
+        share_diagnostics_timers(nodes)
         note = missing_profile_note()   # run by hand: the launch file sets the profile
         if note:
             nodes[0].get_logger().warning(note)

@@ -17,6 +17,10 @@ or ``kill`` send it: launch has no Python handler for it and dies at once; or SI
 nodes running, orphans on the graph. They now stop as on Ctrl-C, exit 0. Where the parent is
 not the launch (a ``prefix`` such as gdb between them, ``ros2 run``), nothing is asked; where
 the launch died before the request, the process exits 0 without starting the node.
+
+OpenCV's own thread pool is off in our node processes unless the environment asks for it
+(``OPENCV_FOR_THREADS_NUM``, OpenCV's variable, set to 1 when absent: see
+:func:`default_opencv_threads`).
 """
 import ctypes
 import importlib
@@ -26,6 +30,23 @@ import sys
 
 LAUNCH_PID = 'DEPTH_ROS_LAUNCH_PID'
 PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
+OPENCV_THREADS = 'OPENCV_FOR_THREADS_NUM'   # OpenCV's default thread count (3.4+, 4.5.4 too)
+
+
+def default_opencv_threads(environ=None) -> str:
+    """
+    Run OpenCV's calls on the calling thread: ``OPENCV_FOR_THREADS_NUM=1`` unless it is set.
+
+    Our nodes run their work in threads of their own (grab, inference, alignment; composed,
+    all three in one process), so OpenCV's pool only adds threads that wake, spin and sleep
+    around each parallel call: at 1280x720 on 2 cores the pool cost more CPU than it saved
+    (docs/ros.md, "What composed still did twice, OpenCV's pool"). The outputs are the same
+    for any thread count. Set the variable (e.g. ``OPENCV_FOR_THREADS_NUM=0``: OpenCV's
+    default, one thread per core) to give OpenCV its pool back. Must run before OpenCV is
+    imported; returns the value in force.
+    """
+    environ = os.environ if environ is None else environ
+    return environ.setdefault(OPENCV_THREADS, '1')
 
 
 def stop_with_launch(environ=None) -> bool:
@@ -72,6 +93,7 @@ def _run(module: str) -> None:
         received.append(signum)
 
     old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    default_opencv_threads()
     if not stop_with_launch():
         sys.exit(0)     # the launch is gone: a stop, as its SIGTERM would have been
     try:

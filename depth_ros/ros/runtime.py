@@ -115,7 +115,9 @@ class DepthRosNode(Node):
         self.fatal_reason = None
         from diagnostic_msgs.msg import DiagnosticArray
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(self.cfg['diagnostics_period_s'], self._publish_diagnostics)
+        # composed.share_diagnostics_timers may replace it by one timer for several nodes.
+        self.diagnostics_timer = self.create_timer(self.cfg['diagnostics_period_s'],
+                                                   self.publish_diagnostics)
 
     def diagnostics(self) -> List:
         """Return the node's DiagnosticStatus list (diagnostic_status); overridden by nodes."""
@@ -134,7 +136,8 @@ class DepthRosNode(Node):
         return diagnostic_status('{}: {}'.format(fqn.lstrip('/'), task), fqn, level, message,
                                  values)
 
-    def _publish_diagnostics(self) -> None:
+    def publish_diagnostics(self) -> None:
+        """Publish :meth:`diagnostics` on /diagnostics (the diagnostics timer's callback)."""
         from diagnostic_msgs.msg import DiagnosticArray
         msg = DiagnosticArray(status=list(self.diagnostics()))
         msg.header.stamp = self.get_clock().now().to_msg()

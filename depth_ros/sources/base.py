@@ -38,6 +38,10 @@ class Frame:
     frame_id: str = ''                    # optical frame of `left`, '' = let the node choose
     right: Optional[np.ndarray] = None    # [H, W, 3] uint8 BGR, when the source has it
     baseline_m: Optional[float] = None    # stereo baseline in metres, when known
+    # True where the source found every confidence value finite, as alignment_node's check
+    # would (a rosbag's frames: decode_set checked them): in-process, alignment_node takes
+    # such a confidence as it is instead of checking it again.
+    confidence_finite: bool = False
 
 
 class SourceError(RuntimeError):

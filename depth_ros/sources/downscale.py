@@ -27,4 +27,5 @@ def downscale_frame(frame: Frame, factor: float) -> Frame:
     return Frame(left=area(frame.left), depth=nearest(frame.depth),
                  confidence=nearest(frame.confidence), camera=frame.camera.scaled(width, height),
                  stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, right=area(frame.right),
-                 baseline_m=frame.baseline_m)
+                 baseline_m=frame.baseline_m,
+                 confidence_finite=frame.confidence_finite)   # nearest: the same values

@@ -371,7 +371,8 @@ class RosbagSource(FrameSource):
             return None
         return Frame(left=np.ascontiguousarray(decoded.bgr), depth=decoded.depth,
                      confidence=decoded.confidence, camera=decoded.camera, stamp_ns=stamp,
-                     frame_id=image.header.frame_id)
+                     frame_id=image.header.frame_id,
+                     confidence_finite=decoded.confidence is not None)   # decode_set checked
 
 
 def _header(typestore, stamp_ns: int, frame_id: str):
