@@ -183,3 +183,34 @@ def test_images_narrower_than_the_search_range_are_refused_not_crashing(width):
     cam = PinholeCamera(10.0, 10.0, width / 2.0, 2.0, width, 4)
     with pytest.raises(ValueError, match='px wide but `num_disparities` 16'):
         sgbm_depth(img, img, cam, 0.1, num_disparities=16, min_disparity=1)
+
+
+def test_both_views_on_two_threads_give_the_serial_result_and_errors(monkeypatch):
+    """sgbm_depth's views run concurrently: the same disparities as one after the other."""
+    import depth_ros.core.stereo as stereo
+
+    right = _texture(3)
+    left = _shift(right, 11.0)
+    gl, gr = (cv2.cvtColor(v, cv2.COLOR_BGR2GRAY) for v in (left, right))
+    opts = dict(num_disparities=NUM_DISP, min_disparity=0, block_size=5, uniqueness_ratio=10)
+    got_left, got_right = stereo._both_views(gl, gr, opts)
+    want_left = stereo.sgbm_disparity(gl, gr, **opts)
+    want_right = stereo.sgbm_disparity(gl, gr, right_view=True, **opts)
+    np.testing.assert_array_equal(got_left, want_left)
+    np.testing.assert_array_equal(got_right, want_right)
+    assert np.isfinite(got_right).mean() > 0.5     # a real right view, not the left one
+    assert not np.array_equal(np.isnan(got_left), np.isnan(got_right))
+    # An error on the right view's thread reaches the caller, after both threads are done.
+    done = []
+    real = stereo.sgbm_disparity
+
+    def failing(a, b, right_view=False, **kw):
+        if right_view:
+            raise ValueError('right view failed')
+        done.append(real(a, b, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(stereo, 'sgbm_disparity', failing)
+    with pytest.raises(ValueError, match='right view failed'):
+        stereo._both_views(gl, gr, opts)
+    assert len(done) == 1

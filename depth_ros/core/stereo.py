@@ -29,6 +29,7 @@ pixels with ``lr`` < 0.25 px are wrong by > 1 px, 25-47 % with 0.25-1 px, 67-71 
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Tuple
 
 import cv2
@@ -142,8 +143,10 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     right_gray = cv2.cvtColor(right_bgr, cv2.COLOR_BGR2GRAY)
     opts = dict(num_disparities=num_disparities, min_disparity=int(min_disparity),
                 block_size=block_size, uniqueness_ratio=uniqueness_ratio)
-    disp = sgbm_disparity(left_gray, right_gray, **opts)  # [H, W] float32 px, NaN invalid
-    disp_right = sgbm_disparity(left_gray, right_gray, right_view=True, **opts)
+    # The two views' matchers run at once, the right view's on a thread of its own (OpenCV
+    # releases the GIL): whatever OpenCV's own pool (off in our node processes, ros/entry.py),
+    # a frame's SGBM then takes the longer of the two, not their sum, where a core is free.
+    disp, disp_right = _both_views(left_gray, right_gray, opts)  # [H, W] float32 px, NaN invalid
 
     # NaN marks 'no match' all through; comparisons with it are False, as intended.
     with np.errstate(invalid='ignore'):
@@ -166,6 +169,27 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
     confidence[confirmed] = CONFIDENCE_MIN + (CONFIDENCE_MAX - CONFIDENCE_MIN) * lr_term
     confidence[~valid] = CONFIDENCE_MAX
     return depth, confidence
+
+
+def _both_views(left_gray, right_gray, opts):
+    """The left and the right view's SGBM disparity (sgbm_disparity), computed concurrently."""
+    right = {}
+
+    def run_right():
+        try:
+            right['disp'] = sgbm_disparity(left_gray, right_gray, right_view=True, **opts)
+        except BaseException as exc:    # re-raised on the caller's thread below
+            right['error'] = exc
+
+    worker = threading.Thread(target=run_right, name='sgbm_right', daemon=True)
+    worker.start()
+    try:
+        left = sgbm_disparity(left_gray, right_gray, **opts)
+    finally:
+        worker.join()
+    if 'error' in right:
+        raise right['error']
+    return left, right['disp']
 
 
 SGBM_OPTIONS = ('num_disparities', 'min_disparity', 'block_size', 'uniqueness_ratio',
