@@ -172,7 +172,7 @@ def sgbm_depth(left_bgr: np.ndarray, right_bgr: np.ndarray, camera: PinholeCamer
 
 
 def _both_views(left_gray, right_gray, opts):
-    """The left and the right view's SGBM disparity (sgbm_disparity), computed concurrently."""
+    """Return the left and the right view's SGBM disparity (sgbm_disparity), computed at once."""
     right = {}
 
     def run_right():
