@@ -216,40 +216,56 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     part = rel[(r0 - 1) * fr:(r1 + 1) * fr, :w * fc]
     if fr > 1 or fc > 1:
         part = cv2.resize(part, (w, r1 - r0 + 2), interpolation=cv2.INTER_AREA)
-    m = part * np.float32(scale) + np.float32(shift)        # [r1 - r0 + 2, w] 1/m
+    m = part * np.float32(scale)                            # [r1 - r0 + 2, w] 1/m
+    m += np.float32(shift)
     with np.errstate(invalid='ignore'):
-        s = (m[2:] - m[:-2]) * np.float32(1.0 / (2.0 * b * sy))     # rows r0 .. r1 - 1
+        s = np.subtract(m[2:], m[:-2])                      # rows r0 .. r1 - 1
+        s *= np.float32(1.0 / (2.0 * b * sy))
     cols = (np.arange(w) + 0.5) * sx - 0.5
     vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
-    yp = (a * cols[None, :] + b * vrows[:, None] + c).astype(np.float32)
+    yp = np.add(a * cols[None, :], b * vrows[:, None])
+    yp += c
+    yp = yp.astype(np.float32)
     with np.errstate(invalid='ignore', divide='ignore'):
         usable = _usable(part[1:-1], sky_threshold)
-        ratio = m[1:-1] / yp
-        flat = (np.abs(s) < CONTACT_FLAT) & usable
-        grd = (s >= CONTACT_GROUND[0]) & (s <= CONTACT_GROUND[1]) & \
-            (ratio >= CONTACT_RATIO[0]) & (ratio <= CONTACT_RATIO[1])
+        ratio = np.divide(m[1:-1], yp, out=yp)
+        flat = np.abs(s) < CONTACT_FLAT
+        flat &= usable
+        grd = s >= CONTACT_GROUND[0]
+        grd &= s <= CONTACT_GROUND[1]
+        grd &= ratio >= CONTACT_RATIO[0]
+        grd &= ratio <= CONTACT_RATIO[1]
     flat[1:] &= flat[:-1]           # this row and the one above: the face's lowest rows
     grd[:-1] &= grd[1:]             # this row and the one below: the ground's highest rows
     flat[0] = False
     grd[-1] = False
-    # For each row, the nearest flat / ground row at or above it (-1: none).
-    idx = np.arange(r1 - r0, dtype=np.int32)[:, None]
-    none = np.int32(-1)
-    last_flat = np.maximum.accumulate(np.where(flat, idx, none), axis=0)
-    last_grd = np.maximum.accumulate(np.where(grd, idx, none), axis=0)
-    f = last_flat[:-1]                                      # above row g = 1 ..
-    g = idx[1:]
-    cand = grd[1:] & (f >= 0) & (last_grd[:-1] < f) & (g - f <= CONTACT_GAP)
+    # Row numbers + 1 (0: none; at most 2 * CONTACT_GRID[0] rows: 16 bits) of the flat / ground
+    # rows, and for each row the nearest of them at or above it within CONTACT_GAP rows (a
+    # running maximum over CONTACT_GAP rows, a dilation): a face's row f more than
+    # CONTACT_GAP rows above a ground row g cannot make a contact, and a ground row between
+    # them lies within those rows.
+    idx1 = np.arange(1, r1 - r0 + 1, dtype=np.int16)[:, None]
+    window = np.ones((CONTACT_GAP, 1), np.uint8)
+    near_flat = cv2.dilate(np.multiply(flat, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    near_grd = cv2.dilate(np.multiply(grd, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                          borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # A contact at ground row g (= 1 ..) under face row f (its nearest flat row above, within
+    # CONTACT_GAP) with no ground row in f .. g - 1: f + 1 = f1, g + 1 = g1.
+    f1 = near_flat[:-1]
+    g1 = idx1[1:]
+    cand = near_grd[:-1] < f1                               # f1 > 0 too
+    cand &= grd[1:]
     # ... the contact between them, (f + g) / 2, within the plane's band.
-    twice = f + g
-    cand &= (twice >= 2 * (i0 - r0)) & (twice <= 2 * (i1 - r0))
-    found = cand.any(axis=0)
-    if not found.any():
+    twice = np.add(f1, g1)                                  # f + g + 2
+    cand &= twice >= 2 * (i0 - r0) + 2
+    cand &= twice <= 2 * (i1 - r0) + 2
+    low1 = np.multiply(cand, g1).max(axis=0)                # the lowest contact's g + 1 (0: none)
+    j = np.nonzero(low1)[0]
+    if j.size == 0:
         return nan, nan, nan, sigma
-    n = cand.shape[0]
-    low = n - 1 - np.argmax(cand[::-1], axis=0)             # the lowest contact per column
-    j = np.nonzero(found)[0]
-    gi, fi = low[j] + 1, f[low[j], j].astype(np.intp)        # rows (from r0): ground, face
+    gi = low1[j].astype(np.intp) - 1                        # rows (from r0): ground, face
+    fi = f1[gi - 1, j].astype(np.intp) - 1
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
     # The face's level (its lowest flat row), plausibly the plane's at the contact.
@@ -269,10 +285,11 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
             (rows <= ref * (1.0 + CONTACT_TOLERANCE))        # NaN compares False
         if sky_threshold is not None:
             near &= pr > sky_threshold
-    ridx = np.arange(rows.shape[0], dtype=np.int16)[:, None]
+    # The face's first row: one below its highest break under its lowest flat row (0: none).
+    ridx1 = np.arange(1, rows.shape[0] + 1, dtype=np.int16)[:, None]
     breaks = ~near
-    breaks &= ridx < ff.astype(np.int16)
-    top_grid = np.where(breaks, ridx, np.int16(-1)).max(axis=0) + 1    # the face's first row
+    breaks &= ridx1 <= ff.astype(np.int16)
+    top_grid = np.multiply(breaks, ridx1).max(axis=0)
     top, bottom, y = nan.copy(), nan.copy(), nan.copy()
     # Output columns -> the grid's column; y is the plane's at the contact in each.
     oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
