@@ -203,9 +203,8 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     sigma = CONTACT_SIGMA_ROWS * b * sy
     # The grid rows where the plane lies in [y_lo, y_hi] at some column (a grid row's centre
     # is the output row (i + 0.5) sy - 0.5), and the rows around them the test reads.
-    ends = np.array([0.0, W - 1.0])
-    v_far = ((y_lo - a * ends - c) / b).min()
-    v_near = ((y_hi - a * ends - c) / b).max()
+    v_far = min((y_lo - a * 0.0 - c) / b, (y_lo - a * (W - 1.0) - c) / b)
+    v_near = max((y_hi - a * 0.0 - c) / b, (y_hi - a * (W - 1.0) - c) / b)
     i0 = max(int(np.floor((v_far + 0.5) / sy - 0.5)), 0)
     i1 = min(int(np.ceil((v_near + 0.5) / sy - 0.5)), h - 1)
     r0 = max(i0 - CONTACT_GAP - 2, 1)
@@ -279,28 +278,27 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     # The face: up from its lowest flat row while the mono stays near that level (on the
     # relative map's pixel at each grid pixel's centre, above it: no block means).
     pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
-    rows = pr * np.float32(scale) + np.float32(shift)
+    rows = pr * np.float32(scale)
+    rows += np.float32(shift)
     with np.errstate(invalid='ignore'):
-        near = (rows >= ref * (1.0 - CONTACT_TOLERANCE)) & \
-            (rows <= ref * (1.0 + CONTACT_TOLERANCE))        # NaN compares False
+        near = rows >= ref * (1.0 - CONTACT_TOLERANCE)      # NaN compares False
+        near &= rows <= ref * (1.0 + CONTACT_TOLERANCE)
         if sky_threshold is not None:
             near &= pr > sky_threshold
     # The face's first row: one below its highest break under its lowest flat row (0: none).
     ridx1 = np.arange(1, rows.shape[0] + 1, dtype=np.int16)[:, None]
-    breaks = ~near
+    breaks = np.logical_not(near, out=near)
     breaks &= ridx1 <= ff.astype(np.int16)
     top_grid = np.multiply(breaks, ridx1).max(axis=0)
-    top, bottom, y = nan.copy(), nan.copy(), nan.copy()
-    # Output columns -> the grid's column; y is the plane's at the contact in each.
+    # Per grid column, then per output column (its grid column); y is the plane's at the
+    # contact in each (NaN where none).
+    top_g, bottom_g = np.full(w, np.nan), np.full(w, np.nan)
+    top_g[j] = top_grid * sy
+    bottom_g[j] = vc
     oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
         np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
-    per = np.full(w, -1, np.intp)
-    per[j] = np.arange(j.size)
-    sel = per[oc]
-    has = np.nonzero(sel >= 0)[0]
-    top[has] = top_grid[sel[has]] * sy
-    bottom[has] = vc[sel[has]]
-    y[has] = a * has + b * bottom[has] + c
+    top, bottom = top_g[oc], bottom_g[oc]
+    y = a * np.arange(W) + b * bottom + c
     return top, bottom, y, sigma
 
 
