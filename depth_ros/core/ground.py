@@ -199,7 +199,6 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     h, w = hr // fr, wr // fc
     sy, sx = H * fr / float(hr), W * fc / float(wr)      # output pixels per grid pixel
     a, b, c = ground.a, ground.b, ground.c
-    nan = np.full(W, np.nan)
     sigma = CONTACT_SIGMA_ROWS * b * sy
     # The grid rows where the plane lies in [y_lo, y_hi] at some column (a grid row's centre
     # is the output row (i + 0.5) sy - 0.5), and the rows around them the test reads.
@@ -209,31 +208,58 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     i1 = min(int(np.ceil((v_near + 0.5) / sy - 0.5)), h - 1)
     r0 = max(i0 - CONTACT_GAP - 2, 1)
     r1 = min(i1 + CONTACT_GAP + 3, h - 1)                   # rows r0 .. r1 - 1 have s
-    if r1 - r0 < 4 or i1 < i0:
+    found = None
+    if r1 - r0 >= 4 and i1 >= i0:
+        with np.errstate(invalid='ignore', divide='ignore'):   # NaN (unknown) compares False
+            found = _contacts(rel, np.float32(scale), np.float32(shift), sky_threshold, ground,
+                              (fr, fc, w, sy, sx), (i0, i1, r0, r1), y_lo, y_hi)
+    if found is None:
+        nan = np.full(W, np.nan)
         return nan, nan, nan, sigma
+    # Per grid column, then per output column (its grid column); y is the plane's at the
+    # contact in each (NaN where none).
+    top_g, bottom_g = found
+    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
+        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    top, bottom = top_g[oc], bottom_g[oc]
+    y = a * np.arange(W) + b * bottom + c
+    return top, bottom, y, sigma
+
+
+def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
+    """
+    Return ``ground_contact``'s faces per grid column, or None where no column has one.
+
+    (top, bottom): float64 [w] each, the face's first row and its contact row in output rows
+    (NaN where none).
+
+    :param scale, shift: float32; ``grid``: (fr, fc, w, sy, sx); ``band``: (i0, i1, r0, r1).
+    """
+    fr, fc, w, sy, sx = grid
+    i0, i1, r0, r1 = band
+    a, b, c = ground.a, ground.b, ground.c
     # The mono on grid rows r0 - 1 .. r1 (block means).
     part = rel[(r0 - 1) * fr:(r1 + 1) * fr, :w * fc]
     if fr > 1 or fc > 1:
         part = cv2.resize(part, (w, r1 - r0 + 2), interpolation=cv2.INTER_AREA)
-    m = part * np.float32(scale)                            # [r1 - r0 + 2, w] 1/m
-    m += np.float32(shift)
-    with np.errstate(invalid='ignore'):
-        s = np.subtract(m[2:], m[:-2])                      # rows r0 .. r1 - 1
-        s *= np.float32(1.0 / (2.0 * b * sy))
+    m = part * scale                                        # [r1 - r0 + 2, w] 1/m
+    m += shift
+    s = np.subtract(m[2:], m[:-2])                          # rows r0 .. r1 - 1
+    s *= np.float32(1.0 / (2.0 * b * sy))
     cols = (np.arange(w) + 0.5) * sx - 0.5
     vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
     yp = np.add(a * cols[None, :], b * vrows[:, None])
     yp += c
-    yp = yp.astype(np.float32)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        usable = _usable(part[1:-1], sky_threshold)
-        ratio = np.divide(m[1:-1], yp, out=yp)
-        flat = np.abs(s) < CONTACT_FLAT
-        flat &= usable
-        grd = s >= CONTACT_GROUND[0]
-        grd &= s <= CONTACT_GROUND[1]
-        grd &= ratio >= CONTACT_RATIO[0]
-        grd &= ratio <= CONTACT_RATIO[1]
+    ratio = np.divide(m[1:-1], yp.astype(np.float32))
+    # The face: flat, finite, not sky-like; the ground: the plane's slope, near its level.
+    flat = np.abs(s) < CONTACT_FLAT
+    flat &= np.isfinite(part[1:-1])
+    if sky_threshold is not None:
+        flat &= part[1:-1] > sky_threshold
+    grd = s >= CONTACT_GROUND[0]
+    grd &= s <= CONTACT_GROUND[1]
+    grd &= ratio >= CONTACT_RATIO[0]
+    grd &= ratio <= CONTACT_RATIO[1]
     flat[1:] &= flat[:-1]           # this row and the one above: the face's lowest rows
     grd[:-1] &= grd[1:]             # this row and the one below: the ground's highest rows
     flat[0] = False
@@ -262,53 +288,43 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     low1 = np.multiply(cand, g1).max(axis=0)                # the lowest contact's g + 1 (0: none)
     j = np.nonzero(low1)[0]
     if j.size == 0:
-        return nan, nan, nan, sigma
+        return None
     gi = low1[j].astype(np.intp) - 1                        # rows (from r0): ground, face
     fi = f1[gi - 1, j].astype(np.intp) - 1
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
     # The face's level (its lowest flat row), plausibly the plane's at the contact.
     ref = m[fi + 1, j]
-    with np.errstate(invalid='ignore'):
-        keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
-            (yc >= y_lo) & (yc <= y_hi)
+    keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
+        (yc >= y_lo) & (yc <= y_hi)
     if not keep.any():
-        return nan, nan, nan, sigma
+        return None
     j, ref, vc, ff = j[keep], ref[keep], vc[keep], fi[keep] + r0
-    # The face: up from its lowest flat row while the mono stays near that level (on the
-    # relative map's pixel at each grid pixel's centre, above it: no block means).
+    top_g, bottom_g = np.full(w, np.nan), np.full(w, np.nan)
+    top_g[j] = _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff) * sy
+    bottom_g[j] = vc
+    return top_g, bottom_g
+
+
+def _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff):
+    """
+    Return the faces' first grid rows (int16) in grid columns ``j``.
+
+    Up from their lowest flat rows ``ff`` while the mono stays within ``CONTACT_TOLERANCE``
+    of ``ref``, on the relative map's pixel at each grid pixel's centre (no block means).
+    """
     pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
-    rows = pr * np.float32(scale)
-    rows += np.float32(shift)
-    with np.errstate(invalid='ignore'):
-        near = rows >= ref * (1.0 - CONTACT_TOLERANCE)      # NaN compares False
-        near &= rows <= ref * (1.0 + CONTACT_TOLERANCE)
-        if sky_threshold is not None:
-            near &= pr > sky_threshold
-    # The face's first row: one below its highest break under its lowest flat row (0: none).
+    rows = pr * scale
+    rows += shift
+    near = rows >= ref * (1.0 - CONTACT_TOLERANCE)          # NaN compares False
+    near &= rows <= ref * (1.0 + CONTACT_TOLERANCE)
+    if sky_threshold is not None:
+        near &= pr > sky_threshold
+    # One below the highest break under the lowest flat row (0: none).
     ridx1 = np.arange(1, rows.shape[0] + 1, dtype=np.int16)[:, None]
     breaks = np.logical_not(near, out=near)
     breaks &= ridx1 <= ff.astype(np.int16)
-    top_grid = np.multiply(breaks, ridx1).max(axis=0)
-    # Per grid column, then per output column (its grid column); y is the plane's at the
-    # contact in each (NaN where none).
-    top_g, bottom_g = np.full(w, np.nan), np.full(w, np.nan)
-    top_g[j] = top_grid * sy
-    bottom_g[j] = vc
-    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
-        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
-    top, bottom = top_g[oc], bottom_g[oc]
-    y = a * np.arange(W) + b * bottom + c
-    return top, bottom, y, sigma
-
-
-def _usable(rel, sky_threshold):
-    """Where a relative value may belong to a face: finite, not sky-like (bool)."""
-    with np.errstate(invalid='ignore'):
-        ok = np.isfinite(rel)
-        if sky_threshold is not None:
-            ok &= rel > sky_threshold
-    return ok
+    return np.multiply(breaks, ridx1).max(axis=0)
 
 
 __all__ = ['Ground', 'HYPOTHESES', 'MAX_TILT_DEG', 'MIN_FRACTION', 'fit_ground', 'ground_contact',
