@@ -264,33 +264,11 @@ def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
     grd[:-1] &= grd[1:]             # this row and the one below: the ground's highest rows
     flat[0] = False
     grd[-1] = False
-    # Row numbers + 1 (0: none; at most 2 * CONTACT_GRID[0] rows: 16 bits) of the flat / ground
-    # rows, and for each row the nearest of them at or above it within CONTACT_GAP rows (a
-    # running maximum over CONTACT_GAP rows, a dilation): a face's row f more than
-    # CONTACT_GAP rows above a ground row g cannot make a contact, and a ground row between
-    # them lies within those rows.
-    idx1 = np.arange(1, r1 - r0 + 1, dtype=np.int16)[:, None]
-    window = np.ones((CONTACT_GAP, 1), np.uint8)
-    near_flat = cv2.dilate(np.multiply(flat, idx1), window, anchor=(0, CONTACT_GAP - 1),
-                           borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    near_grd = cv2.dilate(np.multiply(grd, idx1), window, anchor=(0, CONTACT_GAP - 1),
-                          borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    # A contact at ground row g (= 1 ..) under face row f (its nearest flat row above, within
-    # CONTACT_GAP) with no ground row in f .. g - 1: f + 1 = f1, g + 1 = g1.
-    f1 = near_flat[:-1]
-    g1 = idx1[1:]
-    cand = near_grd[:-1] < f1                               # f1 > 0 too
-    cand &= grd[1:]
-    # ... the contact between them, (f + g) / 2, within the plane's band.
-    twice = np.add(f1, g1)                                  # f + g + 2
-    cand &= twice >= 2 * (i0 - r0) + 2
-    cand &= twice <= 2 * (i1 - r0) + 2
-    low1 = np.multiply(cand, g1).max(axis=0)                # the lowest contact's g + 1 (0: none)
-    j = np.nonzero(low1)[0]
-    if j.size == 0:
+    # Each column's lowest contact, its row (f + g) / 2 within the plane's band.
+    found = _lowest_contacts(flat, grd, 2 * (i0 - r0), 2 * (i1 - r0))
+    if found is None:
         return None
-    gi = low1[j].astype(np.intp) - 1                        # rows (from r0): ground, face
-    fi = f1[gi - 1, j].astype(np.intp) - 1
+    j, gi, fi = found                                       # rows (from r0): ground, face
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
     # The face's level (its lowest flat row), plausibly the plane's at the contact.
@@ -304,6 +282,43 @@ def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
     top_g[j] = _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff) * sy
     bottom_g[j] = vc
     return top_g, bottom_g
+
+
+def _lowest_contacts(flat, grd, lo, hi):
+    """
+    Return each column's lowest contact (j, g, f): intp columns, ground and face rows; or None.
+
+    A contact is a ground row g (``grd``) under a face row f, the nearest ``flat`` row above
+    it, at most ``CONTACT_GAP`` rows above and with no ground row in f .. g - 1; ``lo <= f +
+    g <= hi``.
+
+    :param flat, grd: [n, w] bool: the faces' lowest rows, the ground's highest rows.
+    """
+    # Row numbers + 1 (0: none; at most 2 * CONTACT_GRID[0] rows: 16 bits) of the flat / ground
+    # rows, and for each row the nearest of them at or above it within CONTACT_GAP rows (a
+    # running maximum over CONTACT_GAP rows, a dilation): a face's row f more than
+    # CONTACT_GAP rows above a ground row g cannot make a contact, and a ground row between
+    # them lies within those rows.
+    idx1 = np.arange(1, flat.shape[0] + 1, dtype=np.int16)[:, None]
+    window = np.ones((CONTACT_GAP, 1), np.uint8)
+    near_flat = cv2.dilate(np.multiply(flat, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    near_grd = cv2.dilate(np.multiply(grd, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                          borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # At ground row g = 1 .., f + 1 = f1 (0: none) and g + 1 = g1.
+    f1 = near_flat[:-1]
+    g1 = idx1[1:]
+    cand = near_grd[:-1] < f1                               # f1 > 0 too
+    cand &= grd[1:]
+    twice = np.add(f1, g1)                                  # f + g + 2
+    cand &= twice >= lo + 2
+    cand &= twice <= hi + 2
+    low1 = np.multiply(cand, g1).max(axis=0)                # the lowest contact's g + 1 (0: none)
+    j = np.nonzero(low1)[0]
+    if j.size == 0:
+        return None
+    g = low1[j].astype(np.intp) - 1
+    return j, g, f1[g - 1, j].astype(np.intp) - 1
 
 
 def _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff):
