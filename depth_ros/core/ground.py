@@ -21,6 +21,7 @@ ground bound: below the horizon nothing is farther than the plane along its ray)
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import cv2
@@ -210,20 +211,51 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     r1 = min(i1 + CONTACT_GAP + 3, h - 1)                   # rows r0 .. r1 - 1 have s
     found = None
     if r1 - r0 >= 4 and i1 >= i0:
+        axes = _grid_axes(h, w, W, sy, sx)
         with np.errstate(invalid='ignore', divide='ignore'):   # NaN (unknown) compares False
             found = _contacts(rel, np.float32(scale), np.float32(shift), sky_threshold, ground,
-                              (fr, fc, w, sy, sx), (i0, i1, r0, r1), y_lo, y_hi)
+                              (fr, fc, w, sy, axes), (i0, i1, r0, r1), y_lo, y_hi)
     if found is None:
         nan = np.full(W, np.nan)
         return nan, nan, nan, sigma
     # Per grid column, then per output column (its grid column); y is the plane's at the
     # contact in each (NaN where none).
     top_g, bottom_g = found
-    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
-        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    oc, out_cols = axes[2], axes[3]
     top, bottom = top_g[oc], bottom_g[oc]
-    y = a * np.arange(W) + b * bottom + c
+    y = a * out_cols + b * bottom + c
     return top, bottom, y, sigma
+
+
+# Row numbers 1 .. (int16: the working grid has fewer than 2 * CONTACT_GRID[0] rows).
+_ROW_NUMBERS = np.arange(1, 2 ** 15, dtype=np.int16)
+_ROW_NUMBERS.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_axes(h, w, W, sy, sx):
+    """
+    Return the working grid's axes for its size and the output's (cached; read-only arrays).
+
+    (cols, rows, oc, out_cols): its columns' and rows' centres in output pixels, the grid
+    column of each output column, the output columns (int64).
+    """
+    cols = (np.arange(w) + 0.5) * sx - 0.5
+    rows = (np.arange(h) + 0.5) * sy - 0.5
+    out_cols = np.arange(W)
+    oc = np.minimum(out_cols // int(round(sx)), w - 1) if sx == round(sx) else \
+        np.clip(np.rint((out_cols + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    for x in (cols, rows, oc, out_cols):
+        x.setflags(write=False)
+    return cols, rows, oc, out_cols
+
+
+@functools.lru_cache(maxsize=4)
+def _window(rows):
+    """Return a dilation's kernel: ``rows`` rows, one column (cached, read-only)."""
+    k = np.ones((rows, 1), np.uint8)
+    k.setflags(write=False)
+    return k
 
 
 def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
@@ -233,9 +265,10 @@ def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
     (top, bottom): float64 [w] each, the face's first row and its contact row in output rows
     (NaN where none).
 
-    :param scale, shift: float32; ``grid``: (fr, fc, w, sy, sx); ``band``: (i0, i1, r0, r1).
+    :param scale, shift: float32; ``grid``: (fr, fc, w, sy, ``_grid_axes``); ``band``: (i0,
+        i1, r0, r1).
     """
-    fr, fc, w, sy, sx = grid
+    fr, fc, w, sy, (cols, vrows, _, _) = grid
     i0, i1, r0, r1 = band
     a, b, c = ground.a, ground.b, ground.c
     # The mono on grid rows r0 - 1 .. r1 (block means).
@@ -246,9 +279,7 @@ def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
     m += shift
     s = np.subtract(m[2:], m[:-2])                          # rows r0 .. r1 - 1
     s *= np.float32(1.0 / (2.0 * b * sy))
-    cols = (np.arange(w) + 0.5) * sx - 0.5
-    vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
-    yp = np.add(a * cols[None, :], b * vrows[:, None])
+    yp = np.add(a * cols[None, :], b * vrows[r0:r1, None])
     yp += c
     ratio = np.divide(m[1:-1], yp.astype(np.float32))
     # The face: flat, finite, not sky-like; the ground: the plane's slope, near its level.
@@ -299,8 +330,8 @@ def _lowest_contacts(flat, grd, lo, hi):
     # running maximum over CONTACT_GAP rows, a dilation): a face's row f more than
     # CONTACT_GAP rows above a ground row g cannot make a contact, and a ground row between
     # them lies within those rows.
-    idx1 = np.arange(1, flat.shape[0] + 1, dtype=np.int16)[:, None]
-    window = np.ones((CONTACT_GAP, 1), np.uint8)
+    idx1 = _ROW_NUMBERS[:flat.shape[0], None]
+    window = _window(CONTACT_GAP)
     near_flat = cv2.dilate(np.multiply(flat, idx1), window, anchor=(0, CONTACT_GAP - 1),
                            borderType=cv2.BORDER_CONSTANT, borderValue=0)
     near_grd = cv2.dilate(np.multiply(grd, idx1), window, anchor=(0, CONTACT_GAP - 1),
@@ -336,7 +367,7 @@ def _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff):
     if sky_threshold is not None:
         near &= pr > sky_threshold
     # One below the highest break under the lowest flat row (0: none).
-    ridx1 = np.arange(1, rows.shape[0] + 1, dtype=np.int16)[:, None]
+    ridx1 = _ROW_NUMBERS[:rows.shape[0], None]
     breaks = np.logical_not(near, out=near)
     breaks &= ridx1 <= ff.astype(np.int16)
     return np.multiply(breaks, ridx1).max(axis=0)
