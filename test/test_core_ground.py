@@ -513,7 +513,7 @@ def test_ground_contact_rejects_a_non_bool():
 
 
 def _lowest_contacts_by_scan(flat, grd, lo, hi):
-    """The definition, column by column: the lowest ground row g under its nearest flat row f."""
+    """Return the definition's contacts, column by column: {j: (g, f)}, the lowest of each."""
     found = {}
     for j in range(flat.shape[1]):
         for g in range(flat.shape[0] - 1, 0, -1):
