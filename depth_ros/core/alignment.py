@@ -1209,7 +1209,7 @@ class MetricAligner(object):
             return
         # first <= v <= last as one unsigned comparison, 0 <= v - first <= last - first (where
         # none: v - first in [-h, -1] and last - first = -1 - h, unsigned above it); then not
-        # on trusted stereo (trust 0 or 255: a saturated subtraction).
+        # on trusted stereo (uint8 trust, nonzero there: the saturated 0/1 - trust is 0).
         rows = np.arange(r0, r1, dtype=it)[:, None]
         act = np.subtract(rows, first).view(ut) <= (last - first).view(ut)
         act = cv2.subtract(act.view(np.uint8), trust[r0:r1, c0:c1])
