@@ -7,10 +7,14 @@ far ground that a network compresses toward the sky's value; the ground bound (M
 step 12) against a far range the network puts too far, with the plane's depth per pixel from
 the geometry. Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
+import types
+
 import cv2
+from depth_ros.core import alignment
 from depth_ros.core.alignment import MetricAligner, SIGMA_CALIBRATION
 from depth_ros.core.camera import PinholeCamera
-from depth_ros.core.ground import CONTACT_SIGMA_ROWS, fit_ground, MAX_TILT_DEG, sky_rows
+from depth_ros.core.ground import _lowest_contacts, CONTACT_GAP, CONTACT_SIGMA_ROWS, fit_ground, \
+    MAX_TILT_DEG, sky_rows
 import numpy as np
 import pytest
 
@@ -506,3 +510,65 @@ def test_ground_contact_rejects_a_non_bool():
     with pytest.raises(ValueError) as err:
         MetricAligner(ground_contact='yes')
     assert str(err.value) == "option `ground_contact` must be a bool, got 'yes'"
+
+
+def _lowest_contacts_by_scan(flat, grd, lo, hi):
+    """Return the definition's contacts, column by column: {j: (g, f)}, the lowest of each."""
+    found = {}
+    for j in range(flat.shape[1]):
+        for g in range(flat.shape[0] - 1, 0, -1):
+            above = np.nonzero(flat[:g, j])[0]
+            if not grd[g, j] or above.size == 0:
+                continue
+            f = above[-1]
+            if g - f <= CONTACT_GAP and not grd[f:g, j].any() and lo <= f + g <= hi:
+                found[j] = (g, f)
+                break
+    return found
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_the_lowest_contact_per_column_is_the_definitions(seed):
+    # The grid's search (a dilation over CONTACT_GAP rows) against a direct scan of each
+    # column, on random faces' and ground's rows of every density, at heights past 8 bits.
+    rng = np.random.RandomState(seed)
+    n, w = (40, 700)[seed % 2], 60
+    p_flat, p_grd = rng.uniform(0.02, 0.5, size=2)
+    flat, grd = rng.rand(n, w) < p_flat, rng.rand(n, w) < p_grd
+    lo, hi = sorted(rng.randint(0, 2 * n, size=2))
+    expect = _lowest_contacts_by_scan(flat, grd, lo, hi)
+    assert len(expect) > 5
+    got = _lowest_contacts(flat, grd, lo, hi)
+    j, g, f = got
+    assert got[0].dtype == np.intp
+    assert dict(zip(j.tolist(), zip(g.tolist(), f.tolist()))) == expect
+    assert _lowest_contacts(flat, np.zeros_like(grd), lo, hi) is None
+
+
+def test_the_faces_rows_are_written_where_the_stereo_is_not_trusted(monkeypatch):
+    # Each column's rows ceil(top) .. floor(bottom) take y and the contact's variance, except
+    # on trusted stereo; a column whose rows are empty (ceil(top) > floor(bottom)) or without
+    # a contact (NaN), and everything else, stay as they were.
+    h, w = 50, 12
+    nan = np.nan
+    top = np.array([nan, 3.0, 2.5, 10.5, 0.0, 7.0, nan, 20.0, 40.2, 48.0, 5.0, nan])
+    bottom = np.array([nan, 9.0, 9.7, 10.2, 0.9, 7.0, nan, 31.5, 49.0, 49.9, 12.0, nan])
+    y = np.where(np.isfinite(top), np.linspace(0.011, 0.04, w), nan)
+    sigma = 0.003
+    monkeypatch.setattr(alignment, 'ground_contact', lambda *args: (top, bottom, y, sigma))
+    rng = np.random.RandomState(3)
+    inv = rng.uniform(0.01, 1.0, (h, w)).astype(np.float32)
+    var = rng.uniform(0.0, 0.01, (h, w)).astype(np.float32)
+    trust = np.where(rng.rand(h, w) < 0.2, 255, 0).astype(np.uint8)
+    inv0, var0 = inv.copy(), var.copy()
+    fit = types.SimpleNamespace(scale=1.0, shift=0.0)
+    MetricAligner()._ground_contact(inv, var, None, None, fit, None, trust)
+    expect_inv, expect_var = inv0.copy(), var0.copy()
+    for c in range(w):
+        if np.isfinite(y[c]):
+            for v in range(int(np.ceil(top[c])), int(np.floor(bottom[c])) + 1):
+                if trust[v, c] == 0:
+                    expect_inv[v, c], expect_var[v, c] = y[c], sigma * sigma
+    assert (expect_inv != inv0).sum() > 25
+    np.testing.assert_array_equal(inv, expect_inv)
+    np.testing.assert_array_equal(var, expect_var)

@@ -1195,18 +1195,24 @@ class MetricAligner(object):
         if cols.size == 0:
             return
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
-        # The rows of each column's face, first <= v <= last (16-bit: fewer bytes to compare;
-        # first > last where no contact).
+        # The rows of each column's face, first <= v <= last (16-bit: fewer bytes to compare);
+        # first = h, last = -1 where none (no contact, or no row between top and bottom).
         ok = np.isfinite(y[c0:c1])
-        it = np.int16 if h < 2 ** 15 else np.int32
+        it, ut = (np.int16, np.uint16) if h < 2 ** 15 else (np.int32, np.uint32)
         first, last = np.full(c1 - c0, h, it), np.full(c1 - c0, -1, it)
         first[ok] = np.ceil(top[c0:c1][ok])
         last[ok] = np.floor(bottom[c0:c1][ok])
+        empty = last < first
+        first[empty], last[empty] = h, -1
         r0, r1 = max(int(first.min()), 0), min(int(last.max()) + 1, h)
         if r1 <= r0:
             return
+        # first <= v <= last as one unsigned comparison, 0 <= v - first <= last - first (where
+        # none: v - first in [-h, -1] and last - first = -1 - h, unsigned above it); then not
+        # on trusted stereo (uint8 trust, nonzero there: the saturated 0/1 - trust is 0).
         rows = np.arange(r0, r1, dtype=it)[:, None]
-        act = ((rows >= first) & (rows <= last) & (trust[r0:r1, c0:c1] == 0)).view(np.uint8)
+        act = np.subtract(rows, first).view(ut) <= (last - first).view(ut)
+        act = cv2.subtract(act.view(np.uint8), trust[r0:r1, c0:c1])
         # OpenCV's masked copy (four times numpy's copyto with a mask), from a full source.
         source = np.empty(act.shape, np.float32)
         source[...] = y[c0:c1].astype(np.float32)

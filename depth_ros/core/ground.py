@@ -21,6 +21,7 @@ ground bound: below the horizon nothing is farther than the plane along its ray)
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import cv2
@@ -199,101 +200,177 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     h, w = hr // fr, wr // fc
     sy, sx = H * fr / float(hr), W * fc / float(wr)      # output pixels per grid pixel
     a, b, c = ground.a, ground.b, ground.c
-    nan = np.full(W, np.nan)
     sigma = CONTACT_SIGMA_ROWS * b * sy
     # The grid rows where the plane lies in [y_lo, y_hi] at some column (a grid row's centre
     # is the output row (i + 0.5) sy - 0.5), and the rows around them the test reads.
-    ends = np.array([0.0, W - 1.0])
-    v_far = ((y_lo - a * ends - c) / b).min()
-    v_near = ((y_hi - a * ends - c) / b).max()
+    v_far = min((y_lo - a * 0.0 - c) / b, (y_lo - a * (W - 1.0) - c) / b)
+    v_near = max((y_hi - a * 0.0 - c) / b, (y_hi - a * (W - 1.0) - c) / b)
     i0 = max(int(np.floor((v_far + 0.5) / sy - 0.5)), 0)
     i1 = min(int(np.ceil((v_near + 0.5) / sy - 0.5)), h - 1)
     r0 = max(i0 - CONTACT_GAP - 2, 1)
     r1 = min(i1 + CONTACT_GAP + 3, h - 1)                   # rows r0 .. r1 - 1 have s
-    if r1 - r0 < 4 or i1 < i0:
+    found = None
+    if r1 - r0 >= 4 and i1 >= i0:
+        axes = _grid_axes(h, w, W, sy, sx)
+        with np.errstate(invalid='ignore', divide='ignore'):   # NaN (unknown) compares False
+            found = _contacts(rel, np.float32(scale), np.float32(shift), sky_threshold, ground,
+                              (fr, fc, w, sy, axes), (i0, i1, r0, r1), y_lo, y_hi)
+    if found is None:
+        nan = np.full(W, np.nan)
         return nan, nan, nan, sigma
+    # Per grid column, then per output column (its grid column); y is the plane's at the
+    # contact in each (NaN where none).
+    top_g, bottom_g = found
+    oc, out_cols = axes[2], axes[3]
+    top, bottom = top_g[oc], bottom_g[oc]
+    y = a * out_cols + b * bottom + c
+    return top, bottom, y, sigma
+
+
+# Row numbers 1 .. (int16: the working grid has fewer than 2 * CONTACT_GRID[0] rows).
+_ROW_NUMBERS = np.arange(1, 2 ** 15, dtype=np.int16)
+_ROW_NUMBERS.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_axes(h, w, W, sy, sx):
+    """
+    Return the working grid's axes for its size and the output's (cached; read-only arrays).
+
+    (cols, rows, oc, out_cols): its columns' and rows' centres in output pixels, the grid
+    column of each output column, the output columns (int64).
+    """
+    cols = (np.arange(w) + 0.5) * sx - 0.5
+    rows = (np.arange(h) + 0.5) * sy - 0.5
+    out_cols = np.arange(W)
+    oc = np.minimum(out_cols // int(round(sx)), w - 1) if sx == round(sx) else \
+        np.clip(np.rint((out_cols + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
+    for x in (cols, rows, oc, out_cols):
+        x.setflags(write=False)
+    return cols, rows, oc, out_cols
+
+
+@functools.lru_cache(maxsize=4)
+def _window(rows):
+    """Return a dilation's kernel: ``rows`` rows, one column (cached, read-only)."""
+    k = np.ones((rows, 1), np.uint8)
+    k.setflags(write=False)
+    return k
+
+
+def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
+    """
+    Return ``ground_contact``'s faces per grid column, or None where no column has one.
+
+    (top, bottom): float64 [w] each, the face's first row and its contact row in output rows
+    (NaN where none).
+
+    :param scale, shift: float32; ``grid``: (fr, fc, w, sy, ``_grid_axes``); ``band``: (i0,
+        i1, r0, r1).
+    """
+    fr, fc, w, sy, (cols, vrows, _, _) = grid
+    i0, i1, r0, r1 = band
+    a, b, c = ground.a, ground.b, ground.c
     # The mono on grid rows r0 - 1 .. r1 (block means).
     part = rel[(r0 - 1) * fr:(r1 + 1) * fr, :w * fc]
     if fr > 1 or fc > 1:
         part = cv2.resize(part, (w, r1 - r0 + 2), interpolation=cv2.INTER_AREA)
-    m = part * np.float32(scale) + np.float32(shift)        # [r1 - r0 + 2, w] 1/m
-    with np.errstate(invalid='ignore'):
-        s = (m[2:] - m[:-2]) * np.float32(1.0 / (2.0 * b * sy))     # rows r0 .. r1 - 1
-    cols = (np.arange(w) + 0.5) * sx - 0.5
-    vrows = (np.arange(r0, r1) + 0.5) * sy - 0.5
-    yp = (a * cols[None, :] + b * vrows[:, None] + c).astype(np.float32)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        usable = _usable(part[1:-1], sky_threshold)
-        ratio = m[1:-1] / yp
-        flat = (np.abs(s) < CONTACT_FLAT) & usable
-        grd = (s >= CONTACT_GROUND[0]) & (s <= CONTACT_GROUND[1]) & \
-            (ratio >= CONTACT_RATIO[0]) & (ratio <= CONTACT_RATIO[1])
+    m = part * scale                                        # [r1 - r0 + 2, w] 1/m
+    m += shift
+    s = np.subtract(m[2:], m[:-2])                          # rows r0 .. r1 - 1
+    s *= np.float32(1.0 / (2.0 * b * sy))
+    yp = np.add(a * cols[None, :], b * vrows[r0:r1, None])
+    yp += c
+    ratio = np.divide(m[1:-1], yp.astype(np.float32))
+    # The face: flat, finite, not sky-like; the ground: the plane's slope, near its level.
+    flat = np.abs(s) < CONTACT_FLAT
+    flat &= np.isfinite(part[1:-1])
+    if sky_threshold is not None:
+        flat &= part[1:-1] > sky_threshold
+    grd = s >= CONTACT_GROUND[0]
+    grd &= s <= CONTACT_GROUND[1]
+    grd &= ratio >= CONTACT_RATIO[0]
+    grd &= ratio <= CONTACT_RATIO[1]
     flat[1:] &= flat[:-1]           # this row and the one above: the face's lowest rows
     grd[:-1] &= grd[1:]             # this row and the one below: the ground's highest rows
     flat[0] = False
     grd[-1] = False
-    # For each row, the nearest flat / ground row at or above it (-1: none).
-    idx = np.arange(r1 - r0, dtype=np.int32)[:, None]
-    none = np.int32(-1)
-    last_flat = np.maximum.accumulate(np.where(flat, idx, none), axis=0)
-    last_grd = np.maximum.accumulate(np.where(grd, idx, none), axis=0)
-    f = last_flat[:-1]                                      # above row g = 1 ..
-    g = idx[1:]
-    cand = grd[1:] & (f >= 0) & (last_grd[:-1] < f) & (g - f <= CONTACT_GAP)
-    # ... the contact between them, (f + g) / 2, within the plane's band.
-    twice = f + g
-    cand &= (twice >= 2 * (i0 - r0)) & (twice <= 2 * (i1 - r0))
-    found = cand.any(axis=0)
-    if not found.any():
-        return nan, nan, nan, sigma
-    n = cand.shape[0]
-    low = n - 1 - np.argmax(cand[::-1], axis=0)             # the lowest contact per column
-    j = np.nonzero(found)[0]
-    gi, fi = low[j] + 1, f[low[j], j].astype(np.intp)        # rows (from r0): ground, face
+    # Each column's lowest contact, its row (f + g) / 2 within the plane's band.
+    found = _lowest_contacts(flat, grd, 2 * (i0 - r0), 2 * (i1 - r0))
+    if found is None:
+        return None
+    j, gi, fi = found                                       # rows (from r0): ground, face
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
     # The face's level (its lowest flat row), plausibly the plane's at the contact.
     ref = m[fi + 1, j]
-    with np.errstate(invalid='ignore'):
-        keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
-            (yc >= y_lo) & (yc <= y_hi)
+    keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
+        (yc >= y_lo) & (yc <= y_hi)
     if not keep.any():
-        return nan, nan, nan, sigma
+        return None
     j, ref, vc, ff = j[keep], ref[keep], vc[keep], fi[keep] + r0
-    # The face: up from its lowest flat row while the mono stays near that level (on the
-    # relative map's pixel at each grid pixel's centre, above it: no block means).
+    top_g, bottom_g = np.full(w, np.nan), np.full(w, np.nan)
+    top_g[j] = _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff) * sy
+    bottom_g[j] = vc
+    return top_g, bottom_g
+
+
+def _lowest_contacts(flat, grd, lo, hi):
+    """
+    Return each column's lowest contact (j, g, f): intp columns, ground and face rows; or None.
+
+    A contact is a ground row g (``grd``) under a face row f, the nearest ``flat`` row above
+    it, at most ``CONTACT_GAP`` rows above and with no ground row in f .. g - 1; ``lo <= f +
+    g <= hi``.
+
+    :param flat, grd: [n, w] bool: the faces' lowest rows, the ground's highest rows.
+    """
+    # Row numbers + 1 (0: none; at most 2 * CONTACT_GRID[0] rows: 16 bits) of the flat / ground
+    # rows, and for each row the nearest of them at or above it within CONTACT_GAP rows (a
+    # running maximum over CONTACT_GAP rows, a dilation): a face's row f more than
+    # CONTACT_GAP rows above a ground row g cannot make a contact, and a ground row between
+    # them lies within those rows.
+    idx1 = _ROW_NUMBERS[:flat.shape[0], None]
+    window = _window(CONTACT_GAP)
+    near_flat = cv2.dilate(np.multiply(flat, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    near_grd = cv2.dilate(np.multiply(grd, idx1), window, anchor=(0, CONTACT_GAP - 1),
+                          borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # At ground row g = 1 .., f + 1 = f1 (0: none) and g + 1 = g1.
+    f1 = near_flat[:-1]
+    g1 = idx1[1:]
+    cand = near_grd[:-1] < f1                               # f1 > 0 too
+    cand &= grd[1:]
+    twice = np.add(f1, g1)                                  # f + g + 2
+    cand &= twice >= lo + 2
+    cand &= twice <= hi + 2
+    low1 = np.multiply(cand, g1).max(axis=0)                # the lowest contact's g + 1 (0: none)
+    j = np.nonzero(low1)[0]
+    if j.size == 0:
+        return None
+    g = low1[j].astype(np.intp) - 1
+    return j, g, f1[g - 1, j].astype(np.intp) - 1
+
+
+def _face_tops(rel, scale, shift, sky_threshold, fr, fc, j, ref, ff):
+    """
+    Return the faces' first grid rows (int16) in grid columns ``j``.
+
+    Up from their lowest flat rows ``ff`` while the mono stays within ``CONTACT_TOLERANCE``
+    of ``ref``, on the relative map's pixel at each grid pixel's centre (no block means).
+    """
     pr = rel[fr // 2:(ff.max() + 1) * fr:fr, j * fc + fc // 2]       # [ff.max() + 1, len(j)]
-    rows = pr * np.float32(scale) + np.float32(shift)
-    with np.errstate(invalid='ignore'):
-        near = (rows >= ref * (1.0 - CONTACT_TOLERANCE)) & \
-            (rows <= ref * (1.0 + CONTACT_TOLERANCE))        # NaN compares False
-        if sky_threshold is not None:
-            near &= pr > sky_threshold
-    ridx = np.arange(rows.shape[0], dtype=np.int16)[:, None]
-    breaks = ~near
-    breaks &= ridx < ff.astype(np.int16)
-    top_grid = np.where(breaks, ridx, np.int16(-1)).max(axis=0) + 1    # the face's first row
-    top, bottom, y = nan.copy(), nan.copy(), nan.copy()
-    # Output columns -> the grid's column; y is the plane's at the contact in each.
-    oc = np.minimum(np.arange(W) // int(round(sx)), w - 1) if sx == round(sx) else \
-        np.clip(np.rint((np.arange(W) + 0.5) / sx - 0.5), 0, w - 1).astype(np.intp)
-    per = np.full(w, -1, np.intp)
-    per[j] = np.arange(j.size)
-    sel = per[oc]
-    has = np.nonzero(sel >= 0)[0]
-    top[has] = top_grid[sel[has]] * sy
-    bottom[has] = vc[sel[has]]
-    y[has] = a * has + b * bottom[has] + c
-    return top, bottom, y, sigma
-
-
-def _usable(rel, sky_threshold):
-    """Where a relative value may belong to a face: finite, not sky-like (bool)."""
-    with np.errstate(invalid='ignore'):
-        ok = np.isfinite(rel)
-        if sky_threshold is not None:
-            ok &= rel > sky_threshold
-    return ok
+    rows = pr * scale
+    rows += shift
+    near = rows >= ref * (1.0 - CONTACT_TOLERANCE)          # NaN compares False
+    near &= rows <= ref * (1.0 + CONTACT_TOLERANCE)
+    if sky_threshold is not None:
+        near &= pr > sky_threshold
+    # One below the highest break under the lowest flat row (0: none).
+    ridx1 = _ROW_NUMBERS[:rows.shape[0], None]
+    breaks = np.logical_not(near, out=near)
+    breaks &= ridx1 <= ff.astype(np.int16)
+    return np.multiply(breaks, ridx1).max(axis=0)
 
 
 __all__ = ['Ground', 'HYPOTHESES', 'MAX_TILT_DEG', 'MIN_FRACTION', 'fit_ground', 'ground_contact',
