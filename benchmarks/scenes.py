@@ -36,7 +36,10 @@ upsampled to the image size as depth_node publishes it: ``core.preprocess.restor
 ``stereo``,
 ``confidence``, ``bgr``, ``gt`` (+inf sky, NaN unknown), ``sky``, ``road`` (ground pixels,
 road only), ``camera``, ``baseline_m``, ``disparity_noise_px``, ``family``, ``seed``,
-``index``, ``full_stereo`` (False for the frames with little or no stereo).
+``index``, ``full_stereo`` (False for the frames with little or no stereo), ``ids`` (the
+object ids the network's per-object biases use: the raycast's surfaces for road and indoor,
+``_depth_layers``' connected log-depth layers for Middlebury; a bound's knowledge, never the
+aligner's).
 """
 from __future__ import annotations
 
@@ -478,7 +481,7 @@ def road_scene(seed, n_frames=6, width=1280, errors=None, speed_m=0.5):
             conf[...] = 100.0
         rel, affine = _network(net, _inverse(gt), ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo, confidence=conf, bgr=bgr, gt=gt,
-                           sky=ids == -2, road=ids == -1, camera=camera,
+                           sky=ids == -2, road=ids == -1, ids=ids, camera=camera,
                            baseline_m=ZED_BASELINE_M, disparity_noise_px=noise_px,
                            family='road', seed=seed, index=k, affine=affine,
                            full_stereo=keep == 1.0 and not empty))
@@ -594,7 +597,7 @@ def indoor_scene(seed, n_frames=4, width=640, errors=None):
         stereo, conf = simulate_stereo(gt, ids, camera, frng, ZED_BASELINE_M, noise_px)
         rel, affine = _network(net, _inverse(gt), ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo, confidence=conf, bgr=bgr, gt=gt,
-                           sky=ids == -2, road=None, camera=camera,
+                           sky=ids == -2, road=None, ids=ids, camera=camera,
                            baseline_m=ZED_BASELINE_M, disparity_noise_px=noise_px,
                            family='indoor', seed=seed, index=k, affine=affine,
                            full_stereo=True))
@@ -693,7 +696,8 @@ def middlebury_scene(seed, n_frames=3, errors=None):
         frng = scene_rng('middlebury', seed, 100 + k)
         rel, affine = _network(net, inv, ids, bgr, k, frng)
         frames.append(dict(rel=rel, stereo=stereo.copy(), confidence=conf.copy(), bgr=bgr,
-                           gt=gt, sky=np.zeros(gt.shape, bool), road=None, camera=camera,
+                           gt=gt, sky=np.zeros(gt.shape, bool), road=None, ids=ids,
+                           camera=camera,
                            baseline_m=baseline, disparity_noise_px=0.26,
                            family='middlebury', seed=seed, index=k, affine=affine,
                            full_stereo=True))

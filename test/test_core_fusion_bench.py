@@ -10,7 +10,9 @@ benchmark's job). It checks:
 * each error family of the simulation does what its knob says;
 * the goals the aligner meets, with margins, against the baselines of the same run (the sky's
   +inf rate and the uncertainty's calibration among them), and that the oracle bound is below
-  every method.
+  every method;
+* the gate_layers bound against a plain per-pixel computation on a small case, and that it
+  reuses the aligner's output faithfully.
 
 Runs on Python 3.8 with numpy, OpenCV, PyYAML and pytest; the Middlebury family needs
 scikit-image and is skipped without it.
@@ -205,6 +207,23 @@ def test_selection_bounds_lie_between_the_oracle_and_the_aligner(report):
         assert 0.02 < g['mean'] < 1.0 and g['worst_decile'] <= 1.0, (m, g)
 
 
+def test_gate_layers_bound_gates_the_stereo_valid_pixels_better_than_the_aligner(report):
+    # Per scene, on the stereo-valid pixels: below the aligner and the stereo (a perfect gate
+    # among them) and above select_gt (whose mono is corrected exactly); a bound of the
+    # AbsRel goals only.
+    for fam in ('road', 'indoor'):
+        for s in report['families'][fam]:
+            m = s['methods']
+            g = m['gate_layers']['stereo_valid']['abs_rel']
+            assert g <= min(m['fused']['stereo_valid']['abs_rel'],
+                            m['stereo']['stereo_valid']['abs_rel']), (fam, s['seed'])
+    goals = report['goals']
+    for name in ('abs_rel_road', 'abs_rel_indoor'):
+        assert goals['select_gt'][name]['mean'] < goals['gate_layers'][name]['mean'] < \
+            goals['fused'][name]['mean'], name
+    assert goals['gate_layers']['density']['scenes'] == 0
+
+
 def test_sky_and_uncertainty(report):
     # The sky's patches (5 % of the sky given a finite depth by the network) are found: at
     # these small sizes 96.4 % of the sky is +inf (a6bfff9's aligner: 94.7 %, on the flat
@@ -223,8 +242,11 @@ def test_report_prints_calibration_first_and_goals_with_baselines(bench, report)
     assert text.index('## Calibration') < text.index('## Goals')
     assert '| road (development) | KITTI |' in text
     header = [ln for ln in lines if ln.startswith('| goal |')][0]
-    for m in ('stereo', 'stereo_lsq', 'fused', 'oracle', 'select_gt', 'select_stereo'):
+    for m in ('stereo', 'stereo_lsq', 'fused', 'oracle', 'select_gt', 'select_stereo',
+              'gate_layers'):
         assert ' {} '.format(m) in header
+    assert any(ln.startswith('oracle, select_gt, select_stereo and gate_layers are bounds')
+               for ln in lines)
 
 
 def test_oracle_is_exact_where_stereo_reaches_and_spreads_beyond(bench):
@@ -317,3 +339,123 @@ def test_the_time_goal_judges_the_time_after_inference_as_the_node_runs_it(bench
     t['ratio_node'] = 1.0 + bench.TIME_NOISE + 0.01
     goal = [line for line in bench._timing_lines(t) if line.startswith('| after inference')]
     assert goal[0].endswith('**not met** |'), goal
+
+
+def _gate_layers_by_hand(gt, stereo, trusted, output, mono, ids, min_pixels, within):
+    """gate_layers pixel by pixel, in plain Python: the independent computation."""
+    import statistics
+
+    def err(p, g):
+        if p != p:
+            return float('inf')
+        return 1.0 if p == float('inf') else abs(p - g) / g
+
+    h, w = gt.shape
+    ratios = {}
+    for y in range(h):
+        for x in range(w):
+            if trusted[y, x] and 0 < mono[y, x] < float('inf'):
+                ratios.setdefault(int(ids[y, x]), []).append(
+                    float(stereo[y, x]) / float(mono[y, x]))
+    factor = {}
+    for o, r in ratios.items():
+        if len(r) >= min_pixels and abs(statistics.median(r) - 1.0) <= within:
+            factor[o] = statistics.median(r)
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            g = gt[y, x]
+            cands = [float(stereo[y, x]), float(output[y, x]), float(mono[y, x])]
+            if trusted[y, x] and g == g and g > 0:
+                out[y, x] = min(cands, key=lambda c: err(c, g))
+            elif (not trusted[y, x] and int(ids[y, x]) in factor and
+                  0 < mono[y, x] < float('inf')):
+                out[y, x] = mono[y, x] * factor[int(ids[y, x])]
+            else:
+                out[y, x] = output[y, x]
+    return out
+
+
+def _gate_layers_case():
+    """
+    Three objects of 10 x 12 px, each with a hole; a third of the trusted stereo 30 % off.
+
+    Object 1: the corrected mono 8 % far (the median stereo / mono corrects its hole
+    exactly); object 2: 20 % far (beyond the 10 % of the rule: the hole keeps the output);
+    object 3: 5 % near (within the rule) but 18 trusted pixels (the hole keeps the output).
+    The output is 3 % far everywhere.
+    """
+    h, w = 10, 36
+    ids = np.repeat(np.array([1, 2, 3]), 12)[None, :] + np.zeros((h, 1), np.int64)
+    gt = 2.0 + 0.1 * np.arange(w)[None, :] + 0.05 * np.arange(h)[:, None]
+    far = np.where(ids == 1, 1.08, np.where(ids == 2, 1.2, 0.95))
+    mono = gt * far
+    output = gt * 1.03
+    trusted = (np.arange(w)[None, :] % 12 >= 4) & np.ones((h, 1), bool)
+    trusted[:, 28:] = False
+    trusted[:3, 30:] = True                                   # object 3: 18 trusted pixels
+    stereo = gt.copy()
+    wrong = trusted & (np.arange(h)[:, None] % 3 == 0)        # a third of them off by 30 %
+    stereo[wrong] *= 1.3
+    stereo[~trusted] = np.nan
+    return gt, stereo, trusted, output, mono, ids, wrong
+
+
+def test_gate_layers_gates_per_pixel_and_corrects_holes_by_object(bench):
+    gt, stereo, trusted, output, mono, ids, wrong = _gate_layers_case()
+    out = bench.gate_layers(gt, stereo, trusted, output, mono, ids).astype(np.float64)
+    ref = _gate_layers_by_hand(gt, stereo, trusted, output, mono, ids,
+                               bench.LAYER_MIN_PIXELS, bench.LAYER_WITHIN)
+    assert np.allclose(out, ref, rtol=1e-6), np.abs(out - ref).max()
+    # The right stereo is taken; the wrong one gives way to the output (3 % off, nearer than
+    # the mono in every object).
+    right = trusted & ~wrong
+    assert np.allclose(out[right], gt[right], rtol=1e-6)
+    assert np.allclose(out[wrong], output[wrong], rtol=1e-6)
+    # The holes: object 1's corrected exactly (the median stereo / mono is 1 / 1.08), object
+    # 2's (20 % off) and object 3's (18 trusted pixels) keep the output.
+    hole = ~trusted
+    assert np.allclose(out[hole & (ids == 1)], gt[hole & (ids == 1)], rtol=1e-6)
+    for o in (2, 3):
+        m = hole & (ids == o)
+        assert m.any() and np.allclose(out[m], output[m], rtol=1e-6), o
+    # Without the objects, the holes keep the output.
+    bare = bench.gate_layers(gt, stereo, trusted, output, mono, None)
+    assert np.allclose(bare[hole], output[hole], rtol=1e-6)
+
+
+def test_gate_layers_is_below_each_candidate_on_every_gated_pixel(bench):
+    rng = np.random.RandomState(7)
+    gt, stereo, trusted, output, mono, ids, _ = _gate_layers_case()
+    stereo = np.where(trusted, gt * rng.uniform(0.7, 1.3, gt.shape), np.nan)
+    output = gt * rng.uniform(0.8, 1.2, gt.shape)
+    output[0, 5] = np.inf                          # beyond max_output_depth: counts 1
+    mono = gt * rng.uniform(0.85, 1.15, gt.shape)
+    gt = gt.copy()
+    gt[1, 6] = np.nan                              # unknown: keeps the output
+    out = bench.gate_layers(gt, stereo, trusted, output, mono, ids)
+    ref = _gate_layers_by_hand(gt, stereo, trusted, output, mono, ids,
+                               bench.LAYER_MIN_PIXELS, bench.LAYER_WITHIN)
+    assert np.allclose(out, ref, rtol=1e-6, equal_nan=True)
+    err = bench._candidate_errors(out, gt)
+    gated = trusted & np.isfinite(gt)
+    for cand in (stereo, output, mono):
+        assert (err[gated] <= bench._candidate_errors(cand, gt)[gated] + 1e-6).all()
+    assert out[1, 6] == np.float32(output[1, 6])
+
+
+def test_gate_layers_reuses_the_aligners_output_as_alignment_node_calls_it(bench):
+    # The bound given fused's output of each frame equals the bound running its own aligner
+    # (the same options, state carried over the frames).
+    frames = bench.scenes.make_scene('indoor', 5, n_frames=2, width=160)
+    fused = bench.make_method('fused', frames[0])
+    given, own = bench.make_method('gate_layers', frames[0]), \
+        bench.make_method('gate_layers', frames[0])
+    changed = 0
+    for frame in frames:
+        f = fused.process(frame)[0]
+        a = given.process(frame, f)[0]
+        b = own.process(frame)[0]
+        np.testing.assert_array_equal(a, b)
+        changed += int((a != f).sum())
+    assert changed > 0          # the gate and the holes did change the aligner's output
