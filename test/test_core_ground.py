@@ -379,13 +379,15 @@ def test_bad_horizon_options_raise_naming_option_and_value(kwargs, message):
 # ---------------------------------------------------------------------------- the ground contact
 
 
-def standing_box(z, cols, depth, top_m=2.0, pitch=0.0, roll=0.0):
+def standing_box(z, cols, depth, top_m=2.0, pitch=0.0, roll=0.0, bottom_m=0.0):
     """
     Put a box's face at ``depth`` (m) standing on the ground into ``z`` (in place).
 
     Its face covers the columns ``cols`` from its contact with the ground (the rows whose ground
     is at least ``depth`` away) up to ``top_m`` above the ground: the rays that meet the plane
-    z = depth at a world height below top_m. Returns its mask.
+    z = depth at a world height below top_m. With ``bottom_m`` > 0 its lower edge is that
+    high above the ground (an overhang: the rays under it meet the ground farther away).
+    Returns its mask.
     """
     plane_z = ground_depth(pitch, roll)
     u = (np.arange(W) - CAM.cx) / CAM.fx
@@ -393,7 +395,7 @@ def standing_box(z, cols, depth, top_m=2.0, pitch=0.0, roll=0.0):
     rays = np.stack([np.broadcast_to(u[None, :], (H, W)), np.broadcast_to(v[:, None], (H, W)),
                      np.ones((H, W))], -1)
     down = rays.dot(rotation(pitch, roll).T)[..., 1] * depth      # world y below the camera
-    box = (down <= HEIGHT) & (down >= HEIGHT - top_m) & ~(plane_z < depth)
+    box = (down <= HEIGHT - bottom_m) & (down >= HEIGHT - top_m) & ~(plane_z < depth)
     box[:, :cols[0]] = False
     box[:, cols[1]:] = False
     z[box] = depth
@@ -463,6 +465,35 @@ def test_a_box_standing_on_the_ground_gets_the_planes_depth_at_its_contact(depth
     np.testing.assert_array_equal(on.depth[ground], off.depth[ground])
     sky = ~np.isfinite(z)
     assert np.isposinf(on.depth[sky]).mean() > 0.99
+
+
+@pytest.mark.parametrize('depth, clearance, bias, pitch, roll, half', [
+    (25.0, 0.5, 1.0, 0.0, 0.0, False), (28.0, 0.7, 1.1, 1.0, -2.0, False),
+    (30.0, 0.4, 0.9, -1.0, 2.0, True), (26.0, 0.8, 1.0, 0.5, 0.0, True)])
+def test_an_overhang_is_not_pushed_onto_the_farther_ground_under_it(depth, clearance, bias,
+                                                                    pitch, roll, half):
+    # A trailer's side whose lower edge is `clearance` above the road: under it the camera sees
+    # the road where the ray under the edge meets it, farther than the face (here 40-60 m,
+    # within max_output_depth). Its "contact" would be that farther road: the face must not
+    # be set there (an obstacle pushed away); it keeps the mono's depth, as without the contact.
+    z = ground_depth(pitch, roll)
+    box = standing_box(z, (260, 380), depth, top_m=3.5, pitch=pitch, roll=roll,
+                       bottom_m=clearance)
+    assert box.sum() > 800
+    under = HEIGHT * depth / (HEIGHT - clearance)                   # the road under the edge
+    assert 35.0 < under < 80.0
+    rel = network_of(z, [(box, bias)])
+    if half:
+        rel = np.ascontiguousarray(cv2.resize(rel, (W // 2, H // 2),
+                                              interpolation=cv2.INTER_AREA))
+    st = stereo_of(z)
+    opts = dict(sky_anchor_weight=0.0)
+    on = MetricAligner(**opts).update(rel, st, camera=CAM)
+    off = MetricAligner(ground_contact=False, **opts).update(rel, st, camera=CAM)
+    inner = cv2.erode(box.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
+    assert inner.sum() > 300
+    # The face keeps the depth it has without the contact (nowhere set to the road's).
+    np.testing.assert_array_equal(on.depth[inner], off.depth[inner])
 
 
 def test_the_contact_leaves_trusted_stereo_near_objects_and_the_sky_alone():

@@ -155,6 +155,7 @@ CONTACT_GROUND = (0.7, 1.4)    # slope ratio in this range: the ground (two rows
 CONTACT_RATIO = (0.3, 2.0)     # ... whose mono / the plane's inverse depth is in this range
 CONTACT_GAP = 10           # at most this many rows between the face's and the ground's rows
 CONTACT_TOLERANCE = 0.3    # the face: mono within this (relative) of its level at the contact
+CONTACT_JUMP = 0.15        # face's mono / plane at most this above the ground's below
 # The contact's 1 sigma, in grid rows of the plane's slope: on development road scenes 10-29,
 # 68 % of the set pixels' errors (ground truth within 80 m) were within 1.33 rows' worth,
 # 1.16 times (core.alignment.SIGMA_CALIBRATION, applied to every reported sigma) 1.15.
@@ -181,7 +182,11 @@ def ground_contact(rel, scale, shift, sky_threshold, ground: Ground, shape, y_lo
     (nearest) is taken. The face is the rows above the contact whose mono stays within
     ``CONTACT_TOLERANCE`` of its level at its lowest flat row (a depth jump, a sky-like or
     an unknown value ends it); its level must be within ``CONTACT_RATIO`` of the plane's at
-    the contact.
+    the contact, and its ratio to the plane's there at most ``CONTACT_JUMP`` above the
+    ground's mono / plane ratio at the ground's highest rows: at a true contact the face's
+    foot and the ground there are one point, while under an overhang (a trailer, a barrier
+    above the road) the road seen below is farther than the face, and its "contact" would
+    push the face away.
 
     :param rel: [hr, wr] float32 relative disparity (NaN unknown), any size with the
         output's aspect ratio; ``sky_threshold``: relative values at or below it are
@@ -302,10 +307,14 @@ def _contacts(rel, scale, shift, sky_threshold, ground, grid, band, y_lo, y_hi):
     j, gi, fi = found                                       # rows (from r0): ground, face
     vc = ((fi + gi) * 0.5 + r0 + 0.5) * sy - 0.5            # the contact, output rows
     yc = a * cols[j] + b * vc + c
-    # The face's level (its lowest flat row), plausibly the plane's at the contact.
+    # The face's level (its lowest flat row), plausibly the plane's at the contact, and
+    # continuous with the ground below: at most CONTACT_JUMP above the plane's there times
+    # the ground's mono / plane ratio at its highest row (the same point at a true contact;
+    # under an overhang the road seen below is farther than the face: a jump).
     ref = m[fi + 1, j]
     keep = (ref >= CONTACT_RATIO[0] * yc) & (ref <= CONTACT_RATIO[1] * yc) & \
         (yc >= y_lo) & (yc <= y_hi)
+    keep &= ref <= (1.0 + CONTACT_JUMP) * yc * ratio[gi, j]
     if not keep.any():
         return None
     j, ref, vc, ff = j[keep], ref[keep], vc[keep], fi[keep] + r0
