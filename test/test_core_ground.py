@@ -421,14 +421,8 @@ def network_of(z, boxes=(), blur=1.5):
     return rel.astype(np.float32)
 
 
-@pytest.mark.parametrize('depth, bias, pitch, roll, half', [
-    (30.0, 1.0, 0.0, 0.0, False), (45.0, 1.0, 1.0, -2.0, False), (35.0, 1.0, -1.5, 3.0, True),
-    (30.0, 1.15, 0.0, 0.0, False), (45.0, 0.85, 1.0, -2.0, False), (35.0, 0.9, -1.5, 3.0, True)])
-def test_a_box_standing_on_the_ground_gets_the_planes_depth_at_its_contact(depth, bias, pitch,
-                                                                           roll, half):
-    z = ground_depth(pitch, roll)
-    box = standing_box(z, (260, 380), depth, pitch=pitch, roll=roll)
-    assert box.sum() > 800
+def _contact_on_and_off(z, box, bias, half):
+    """Return the stereo, the aligner's output with and without the contact, the box's interior."""
     rel = network_of(z, [(box, bias)])
     if half:
         rel = np.ascontiguousarray(cv2.resize(rel, (W // 2, H // 2),
@@ -439,6 +433,18 @@ def test_a_box_standing_on_the_ground_gets_the_planes_depth_at_its_contact(depth
     off = MetricAligner(ground_contact=False, **opts).update(rel, st, camera=CAM)
     inner = cv2.erode(box.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
     assert inner.sum() > 300
+    return st, on, off, inner
+
+
+@pytest.mark.parametrize('depth, bias, pitch, roll, half', [
+    (30.0, 1.0, 0.0, 0.0, False), (45.0, 1.0, 1.0, -2.0, False), (35.0, 1.0, -1.5, 3.0, True),
+    (30.0, 1.15, 0.0, 0.0, False), (45.0, 0.85, 1.0, -2.0, False), (35.0, 0.9, -1.5, 3.0, True)])
+def test_a_box_standing_on_the_ground_gets_the_planes_depth_at_its_contact(depth, bias, pitch,
+                                                                           roll, half):
+    z = ground_depth(pitch, roll)
+    box = standing_box(z, (260, 380), depth, pitch=pitch, roll=roll)
+    assert box.sum() > 800
+    st, on, off, inner = _contact_on_and_off(z, box, bias, half)
     # The box's face takes its contact's ground depth: the geometry's (depth), where the
     # network put it 5-12 % too far. A box the network biases against the road has a step
     # at its contact, which the blur spreads over the contact's rows: the contact is then
@@ -482,16 +488,7 @@ def test_an_overhang_is_not_pushed_onto_the_farther_ground_under_it(depth, clear
     assert box.sum() > 800
     under = HEIGHT * depth / (HEIGHT - clearance)                   # the road under the edge
     assert 35.0 < under < 80.0
-    rel = network_of(z, [(box, bias)])
-    if half:
-        rel = np.ascontiguousarray(cv2.resize(rel, (W // 2, H // 2),
-                                              interpolation=cv2.INTER_AREA))
-    st = stereo_of(z)
-    opts = dict(sky_anchor_weight=0.0)
-    on = MetricAligner(**opts).update(rel, st, camera=CAM)
-    off = MetricAligner(ground_contact=False, **opts).update(rel, st, camera=CAM)
-    inner = cv2.erode(box.astype(np.uint8), np.ones((5, 9), np.uint8)) > 0
-    assert inner.sum() > 300
+    st, on, off, inner = _contact_on_and_off(z, box, bias, half)
     # The face keeps the depth it has without the contact (nowhere set to the road's).
     np.testing.assert_array_equal(on.depth[inner], off.depth[inner])
 
