@@ -48,6 +48,10 @@ HUMBLE_LOGIC_TESTS ?= test/test_graph_timing.py test/test_graph_nodes.py test/te
 # Humble venv does not have); the Humble tier builds, launches and drives the workspace.
 HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suite_and_test_result_counts_it
 
+# Nothing here runs in parallel under `make -j`: the ROS tiers share DDS and two cores, and a
+# sub-make would inherit the jobserver. test-humble runs its two lanes as shell jobs.
+.NOTPARALLEL:
+
 .PHONY: demo test test-py38 test-humble test-humble-transport test-humble-logic test-unit \
 	lint bench venv clean
 
@@ -134,12 +138,20 @@ $(VENV_HUMBLE_ORT)/.stamp: setup.py $(HUMBLE_TREE)
 # $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS[,VENV]): pytest with Humble sourced and the venv's
 # python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
 # what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
+# A lane that outlives HUMBLE_LANE_TIMEOUT seconds is stopped (pytest: SIGTERM, SIGKILL 30 s
+# later) and fails with its log, which ends in the test it was in: a hang (one in C code, which
+# pytest-timeout's signal cannot break) must fail the run, not stall CI until its limit.
+# --foreground: a terminal's Ctrl-C still reaches pytest.
+HUMBLE_LANE_TIMEOUT ?= 900
 define humble_pytest
 	@bash -c 'export PATH="$(abspath $(or $(5),$(VENV_HUMBLE)))/bin:$$PATH"; \
 		. "$(abspath $(or $(5),$(VENV_HUMBLE)))/ros2-humble/setup.bash" && \
 		export RMW_IMPLEMENTATION=$(1) && SECONDS=0 && \
-		python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; code=$$?; \
+		timeout --foreground -k 30 $(HUMBLE_LANE_TIMEOUT) python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; \
+		code=$$?; \
 		echo "== ROS 2 Humble, Python 3.8, $(2): $${SECONDS} s (log: $(3))"; \
+		if [ $$code -eq 124 ] || [ $$code -eq 137 ]; then \
+			echo "   TIMED OUT: stopped after $(HUMBLE_LANE_TIMEOUT) s (HUMBLE_LANE_TIMEOUT); its log:"; fi; \
 		if [ $$code -ne 0 ]; then cat $(3); else \
 			sed -n "s/^SKIPPED \[\([0-9]*\)\] [^ ]*: /\1 /p" $(3) | \
 			awk "{n=\$$1; \$$1=\"\"; c[\$$0]+=n} END {for (r in c) print \"  skipped\", c[r] \":\" r}"; \
@@ -152,18 +164,26 @@ test-humble:
 else
 # Two lanes at once. The transport lane runs what depends on the RMW (real images through the
 # graph and the launch file, the colcon workspace, start-up lines, shutdown) with each RMW in
-# turn; two of those at once overflowed Cyclone DDS's socket buffers on two shared cores (5
-# clouds/s instead of 10). The logic lane runs the RMW-independent tests (marker
+# turn, never two at once: two of those at once overflowed Cyclone DDS's socket buffers on two
+# shared cores (5 clouds/s instead of 10). The logic lane runs the RMW-independent tests (marker
 # rmw_independent: node logic on 64x48 frames, the offline tools, the pairing's timing) once,
 # with the first RMW; it mostly waits on /diagnostics. Its 30 fps timing test comes first, so
 # that it meets the start of the transport lane, not the rate check at its end.
+# The lanes are two shell jobs, not `make -j2`: a sub-make inherits the jobserver, so once the
+# logic lane ended, the transport lane's sub-make started its second RMW beside the first (both
+# DDS at once on a slower machine), and there GNU make 4.3 once lost its job ("wait: No child
+# processes") and hung until CI's limit.
 test-humble: $(VENV_HUMBLE)/.stamp
-	@$(MAKE) --no-print-directory -j2 test-humble-transport test-humble-logic
+	@$(MAKE) --no-print-directory test-humble-logic & logic=$$!; \
+		$(MAKE) --no-print-directory test-humble-transport; transport=$$?; \
+		wait $$logic; logic=$$?; \
+		[ $$transport -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-humble: failed (transport lane: exit $$transport, logic lane: exit $$logic)"; exit 1; }
 	@$(MAKE) --no-print-directory test-humble-firstrun
 endif
 
 test-humble-transport: $(VENV_HUMBLE)/.stamp
-	@$(MAKE) --no-print-directory $(addprefix test-humble-,$(HUMBLE_RMWS))
+	@code=0; for rmw in $(HUMBLE_RMWS); do \
+		$(MAKE) --no-print-directory test-humble-$$rmw || code=1; done; exit $$code
 
 test-humble-logic: $(VENV_HUMBLE)/.stamp
 	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent $(HUMBLE_LOGIC_TESTS))
@@ -173,7 +193,8 @@ test-humble-logic: $(VENV_HUMBLE)/.stamp
 # so these run in a second Humble venv with what `pip install depth_ros[onnx]` brings on Python
 # 3.8: numpy 1.24.4, onnxruntime 1.19 (the Humble tree takes numpy 1.17 to 1.24), each RMW.
 test-humble-firstrun: $(VENV_HUMBLE_ORT)/.stamp
-	@$(MAKE) --no-print-directory $(addprefix test-humble-firstrun-,$(HUMBLE_RMWS))
+	@code=0; for rmw in $(HUMBLE_RMWS); do \
+		$(MAKE) --no-print-directory test-humble-firstrun-$$rmw || code=1; done; exit $$code
 
 test-humble-firstrun-%: $(VENV_HUMBLE_ORT)/.stamp
 	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,$(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))
