@@ -80,12 +80,12 @@ class Evaluated(object):
                     continue
                 arguments = [perform_substitutions(context, a) for a in action.cmd[1:]]
                 glob, sections = parse(arguments)
-                # launch_ros ends the command with an empty --ros-args block; the log level
-                # (log_level:=) is the only global ROS argument.
+                # launch_ros ends the command with an empty --ros-args block; the loggers'
+                # levels (log_level:=) are the only global ROS arguments.
                 self.glob = [a for a in glob if a not in ('--ros-args', '--')]
-                assert self.glob in ([], ['--log-level', self.glob[-1:] and self.glob[-1]]), \
-                    'composed_nodes gets no global ROS arguments but its log level: {}'.format(
-                        glob)
+                assert self.glob[::2] == ['--log-level'] * (len(self.glob) // 2) and \
+                    len(self.glob) % 2 == 0, \
+                    'composed_nodes gets no global ROS arguments but log levels: {}'.format(glob)
                 self.nodes += [InProcess(section) for section in sections]
             elif isinstance(action, SetEnvironmentVariable):
                 self.env.append((perform_substitutions(context, action.name),
@@ -676,8 +676,16 @@ def test_log_level_reaches_every_node_of_ours(monkeypatch, composed, level):
             a if isinstance(a, str) else perform_substitutions(context, a)
             for a in process._Node__ros_arguments or []]
         told = [cmd[i + 1] for i, a in enumerate(cmd) if a == '--log-level']
-        # info is rcl's own default: nothing is added to the command.
-        assert told == ([] if level == 'info' else [level.lower()]), cmd
+        # info is rcl's own default: nothing is added to the command. Otherwise our nodes'
+        # loggers (rcl's names: namespace and name by dots) and composed_nodes' own, never
+        # the process's default level (which would be rcl's and the RMW's too).
+        node_loggers = {'zed_node': 'zed.zed_node', 'depth_node': 'depth_node',
+                        'alignment_node': 'alignment_node'}
+        loggers = ['composed_nodes'] + sorted(node_loggers.values()) \
+            if process.node_executable == 'composed_nodes' else \
+            [node_loggers[process.node_executable]]
+        assert sorted(told) == ([] if level == 'info' else sorted(
+            '{}:={}'.format(name, level.lower()) for name in loggers)), cmd
 
 
 @needs_launch

@@ -322,6 +322,39 @@ def test_library_log_records_reach_the_node_logger_with_their_severity():
                             ('error', 'failed (ValueError: why)')], logger.lines
 
 
+class _LeveledLogger(_Logger):
+    """A node logger stand-in at an rcutils severity (10 debug, 20 info)."""
+
+    def __init__(self, severity):
+        super().__init__()
+        self.severity = severity
+
+    def get_effective_level(self):
+        return self.severity
+
+    def debug(self, text):
+        self.lines.append(('debug', text))
+
+
+def test_library_debug_records_follow_a_node_logger_at_debug():
+    from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs
+    name = 'depth_ros_test_debug_forwarding'
+    library = logging.getLogger(name)
+    for loggers, debug in (([_LeveledLogger(20)], False), ([object()], False),
+                           ([_LeveledLogger(20), _LeveledLogger(10)], True)):
+        node = loggers[-1] if isinstance(loggers[-1], _Logger) else _LeveledLogger(20)
+        handler = forward_library_logs(node, name)
+        try:
+            assert forward_debug_if_asked(handler, loggers, name) is debug
+            library.debug('fit failed: %s', 'too few samples')
+            library.info('loaded')
+        finally:
+            library.removeHandler(handler)
+            library.setLevel(logging.NOTSET)
+        want = [('debug', 'fit failed: too few samples')] if debug else []
+        assert node.lines == want + [('info', 'loaded')], (loggers, node.lines)
+
+
 def test_heap_trim_runs_once_after_a_burst_never_on_a_steady_stream():
     from depth_ros.nodes_core.workers import HeapTrim
     trim = HeapTrim(min_bytes=100)

@@ -456,3 +456,24 @@ def forward_library_logs(logger, name: str = 'depth_ros') -> LogForwarder:
         library.setLevel(logging.INFO)
     library.propagate = False
     return handler
+
+
+def forward_debug_if_asked(handler: LogForwarder, loggers, name: str = 'depth_ros') -> bool:
+    """
+    Forward the library's debug records too when one of ``loggers`` (a node's) logs debug.
+
+    ``log_level:=debug`` sets our nodes' loggers (rcl's ``--log-level NODE:=debug``); the
+    library's ``logging`` records follow them. Returns whether debug is forwarded.
+    """
+    debug = any(_logs_debug(logger) for logger in loggers)
+    if debug:
+        handler.setLevel(logging.DEBUG)
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    return debug
+
+
+def _logs_debug(logger) -> bool:
+    try:
+        return int(logger.get_effective_level()) <= 10   # rclpy's LoggingSeverity.DEBUG
+    except (AttributeError, TypeError, ValueError):
+        return False

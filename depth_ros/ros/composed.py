@@ -44,7 +44,7 @@ from typing import List, Optional
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import ConfigError, given_names, params_file_error, \
     StartupError, unknown_lines
-from depth_ros.nodes_core.workers import forward_library_logs
+from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs
 from depth_ros.ros import compat
 from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown
 from depth_ros.util import describe_error
@@ -234,6 +234,7 @@ def _start(argv, glob, sections, signals):
             before = set(threading.enumerate())
             nodes.append(_make(section, classes))
             loggers.own(set(threading.enumerate()) - before, nodes[-1].get_logger())
+            forward_debug_if_asked(forwarder, [nodes[-1].get_logger()])
             loggers.default = nodes[-1].get_logger()
         loggers.default = rclpy.logging.get_logger('composed_nodes')
         if signals.interrupting:

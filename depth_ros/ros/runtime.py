@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
     params_file_error, StartupError, type_error, unknown_lines
-from depth_ros.nodes_core.workers import forward_library_logs, ThrottledLog
+from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -406,6 +406,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
         signals.interrupting = False
         if node is not None:
             forwarder.logger = node.get_logger()
+            forward_debug_if_asked(forwarder, [node.get_logger()])
             if isinstance(node, DepthRosNode):
                 for line in unknown_lines(given_names(argv, node.get_fully_qualified_name()),
                                           node.has_parameter, list(node.specs)):
