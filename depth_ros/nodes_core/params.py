@@ -10,7 +10,8 @@ read-only, at start-up and on every change. Here is what a descriptor cannot say
   rclpy says ``Wrong parameter type, expected '3' got '2'`` on Python 3.11, without the name);
 - the names given to a node (``--params-file``, ``-p``) that it does not declare: rclpy ignores
   them without a word, so ``-p cloud_strid:=1`` would change nothing (:func:`given_names`,
-  :func:`unknown_lines`);
+  :func:`unknown_lines`); and a runtime change of such a name (:func:`undeclared_error`: rclpy
+  says ``('Invalid access to undeclared parameter(s)', [])``);
 - a ``--params-file`` that is missing or not YAML, in one line instead of rcl's 20-line error
   (:func:`params_file_error`).
 """
@@ -272,14 +273,29 @@ def unknown_lines(given: Iterable[str], is_declared: Callable[[str], bool],
     :param is_declared: the node's ``has_parameter`` (rclpy's own, such as use_sim_time, count).
     :param own: the node's parameter names, for "did you mean".
     """
-    out = []
-    for name in given:
-        if is_declared(name) or name.startswith('qos_overrides.'):
-            continue
-        hint = REMOVED.get(name)
-        if hint is None:
-            close = difflib.get_close_matches(name, sorted(own), n=1)
-            hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
-                'this node (`ros2 param list` shows them)'
-        out.append('unknown parameter `{}` ignored: {}'.format(name, hint))
-    return out
+    return ['unknown parameter `{}` ignored: {}'.format(name, _hint(name, own)) for name in given
+            if not is_declared(name) and not name.startswith('qos_overrides.')]
+
+
+def _hint(name: str, own: Sequence[str]) -> str:
+    hint = REMOVED.get(name)
+    if hint is None:
+        close = difflib.get_close_matches(name, sorted(own), n=1)
+        hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
+            'this node (`ros2 param list` shows them)'
+    return hint
+
+
+def undeclared_error(names: Sequence[str], node: str, own: Sequence[str]) -> str:
+    """
+    Why a runtime change of parameters the node does not declare is refused, with a hint.
+
+    rclpy's own reason (``ros2 param set /alignment_node cloud_strid 4``) was ``('Invalid access
+    to undeclared parameter(s)', [])``: a tuple's text, and the list of names always empty (rclpy
+    3.3 to 9.1 hand it a generator that ``any()`` has already consumed).
+
+    :param node: the node's fully qualified name.
+    :param own: the node's parameter names, for "did you mean".
+    """
+    return '; '.join('parameter `{}` is not declared by {}: {}'.format(
+        name, node, _hint(name, own)) for name in names)

@@ -18,11 +18,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
-    params_file_error, StartupError, type_error, unknown_lines
+    params_file_error, StartupError, type_error, undeclared_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, \
+    ParameterNotDeclaredException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -70,6 +71,17 @@ def _descriptor(spec):
         desc.floating_point_range = [FloatingPointRange(from_value=float(low),
                                                         to_value=float(high), step=0.0)]
     return desc
+
+
+class UndeclaredParameters(ParameterNotDeclaredException):
+    """rclpy's refusal of undeclared names, whose text (``str()``) names them, with a hint."""
+
+    def __init__(self, names: List[str], text: str):
+        super().__init__(names)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class LocalFrame(object):
@@ -168,6 +180,18 @@ class DepthRosNode(Node):
                 parameter.name in self.specs:
             result.reason = type_error(self.specs[parameter.name], parameter.value)
         return result
+
+    def _check_undeclared_parameters(self, parameter_list):
+        # `ros2 param set /alignment_node cloud_strid 4` answered "('Invalid access to undeclared
+        # parameter(s)', [])": the parameter service sends str() of rclpy's exception, a tuple
+        # whose list of names is always empty (Humble and Kilted alike). Same refusal, with
+        # the names and a hint.
+        names = [p.name for p in parameter_list
+                 if getattr(p, 'name', None) is not None and not self.has_parameter(p.name)]
+        if names and not self._allow_undeclared_parameters:
+            raise UndeclaredParameters(names, undeclared_error(
+                names, self.get_fully_qualified_name(), list(getattr(self, 'specs', ()))))
+        super()._check_undeclared_parameters(parameter_list)
 
     def _change_error(self, changed: Dict[str, object], merged: Dict[str, object]):
         for name, value in changed.items():
