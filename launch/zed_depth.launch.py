@@ -449,10 +449,7 @@ def _launched_directly(argv=None):
 
 def _whose(name):
     """Our nodes that declare parameter ``name`` (rclpy's use_sim_time: all of them)."""
-    specs = (('zed_node', config.ZED_PARAMS), ('depth_node', config.DEPTH_PARAMS),
-             ('alignment_node', config.ALIGNMENT_PARAMS),
-             ('marigold_node', config.MARIGOLD_PARAMS))
-    return [node for node, params in specs
+    return [node for node, params in config.NODE_PARAMS.items()
             if name == 'use_sim_time' or name in {p.name for p in params}]
 
 

@@ -127,6 +127,37 @@ def _ros_options(args: Sequence[str]) -> Iterator[Tuple[str, str]]:
             yield arg, args[i + 1]
 
 
+def stray_arguments(args: Sequence[str]) -> List[str]:
+    """
+    Return the arguments of ``args`` (``sys.argv``) outside its ``--ros-args ... --`` sections.
+
+    rclpy hands them to the program, and a node has none: ``alignment_node cloud_stride:=4``
+    (``--ros-args -p`` forgotten) ran on the defaults in silence, and ``depth_node --help``
+    loaded the model.
+    """
+    out, in_ros = [], False
+    for arg in list(args)[1:]:
+        if arg == '--ros-args':
+            in_ros = True
+        elif arg == '--':
+            in_ros = False
+        elif not in_ros:
+            out.append(arg)
+    return out
+
+
+def node_usage(name: str, specs: Sequence[Param] = ()) -> str:
+    """A node's ``--help``: how to give it parameters, and each with its default."""
+    lines = ['usage: {} [--ros-args [-p NAME:=VALUE]... [--params-file FILE]... '
+             '[-r FROM:=TO]... [--log-level LEVEL] --]'.format(name),
+             '',
+             'A ROS 2 node of depth_ros; `ros2 launch depth_ros zed_depth.launch.py` starts it '
+             '(docs/ros.md). Its parameters (default, meaning):']
+    lines += ['  {} ({!r}{}): {}'.format(
+        p.name, p.default, ', read-only' if p.read_only else '', p.description) for p in specs]
+    return '\n'.join(lines) + '\n'
+
+
 def _load_yaml(path: str):
     import yaml
     with open(path) as f:

@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
-    params_file_error, StartupError, type_error, undeclared_error, unknown_lines
+    node_usage, params_file_error, StartupError, stray_arguments, type_error, undeclared_error, \
+    unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
@@ -407,7 +408,14 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     argv = list(sys.argv if args is None else args)
-    problem = params_file_error(argv)
+    stray = stray_arguments(argv)
+    if stray and stray[0] in ('-h', '--help'):
+        from depth_ros.nodes_core.config import NODE_PARAMS
+        sys.stdout.write(node_usage(name, NODE_PARAMS.get(name, ())))
+        return 0
+    problem = params_file_error(argv) or stray and (
+        'unexpected argument {!r}: a node takes ROS arguments only, after --ros-args (`{} '
+        '--ros-args -p name:=value`; --help lists its parameters)'.format(stray[0], name))
     if problem:
         sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
         return 2
