@@ -454,7 +454,7 @@ def _whose(name):
 
 
 def _unknown_argument(name, value, names, refuse):
-    """The line for a name:=value that is not one of our arguments, or None to say nothing."""
+    """Return the line for a name:=value that is not one of our arguments (None: say nothing)."""
     head = 'launch argument {}:={} is not one of zed_depth.launch.py\'s{}: '.format(
         name, value, '' if refuse else ', and is ignored')
     close = [PARAMETER_ARGUMENTS[name]] if name in PARAMETER_ARGUMENTS else \

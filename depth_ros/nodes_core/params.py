@@ -147,7 +147,7 @@ def stray_arguments(args: Sequence[str]) -> List[str]:
 
 
 def node_usage(name: str, specs: Sequence[Param] = ()) -> str:
-    """A node's ``--help``: how to give it parameters, and each with its default."""
+    """Return a node's ``--help``: how to give it parameters, and each with its default."""
     lines = ['usage: {} [--ros-args [-p NAME:=VALUE]... [--params-file FILE]... '
              '[-r FROM:=TO]... [--log-level LEVEL] --]'.format(name),
              '',
