@@ -327,6 +327,25 @@ def test_a_bad_start_up_value_is_a_config_error_naming_parameter_and_value(overr
     assert text in str(info.value), 'expected {!r} in {!r}'.format(text, str(info.value))
 
 
+@pytest.mark.parametrize('overrides, hint', [
+    # `max_depth: 20` in a parameters file: an integer, and the parameter is a double.
+    ((('gain', 2),), ' (write 2.0)'),
+    ((('gain', -3),), ' (write -3.0)'),
+    ((('a', 2.0),), "expecting type 'INTEGER'"),      # rclpy's text alone
+    ((('gain', 'x'),), "expecting type 'DOUBLE'"),
+])
+def test_an_integer_for_a_double_at_start_up_says_how_to_write_it(overrides, hint):
+    from depth_ros.nodes_core.params import ConfigError
+    with pytest.raises(ConfigError) as info:
+        _node_with(_specs(), overrides)
+    text = str(info.value)
+    assert text.startswith("Trying to set parameter '{}' to '{}' of type".format(
+        *overrides[0])), text
+    # Kilted's rclpy ends its own text with ': <name>'.
+    assert text.endswith(hint) if 'write' in hint else hint in text, text
+    assert text.count('(write') == (1 if 'write' in hint else 0), text
+
+
 def test_given_parameter_names_are_the_ones_rclpy_applies(tmp_path):
     # nodes_core.params.given_names reads --params-file and -p as rcl does, without rclpy's
     # private attributes; rclpy itself, told to declare every override it applies to a node

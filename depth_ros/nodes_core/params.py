@@ -87,6 +87,22 @@ def type_error(spec: Param, value) -> str:
         spec.name, _type_name(spec.default), _type_name(value), value, hint)
 
 
+# rclpy's refusal of an integer for a double at declaration (Humble and Kilted alike).
+_INT_FOR_DOUBLE = re.compile(r"to '(-?[0-9]+)' of type 'INTEGER', expecting type 'DOUBLE'")
+
+
+def start_up_type_error(text: str) -> str:
+    """
+    Return rclpy's start-up type error with how to write the value, where it is an integer.
+
+    ``max_depth: 20`` in a parameters file (or ``-p max_depth:=20``) is an integer, and a
+    double parameter refuses it: ``... to '20' of type 'INTEGER', expecting type 'DOUBLE'``
+    gets ``(write 20.0)``, as the same mistake does at runtime (:func:`type_error`).
+    """
+    found = _INT_FOR_DOUBLE.search(text)
+    return text + (' (write {}.0)'.format(found.group(1)) if found else '')
+
+
 # ------------------------------------------------------------------- shared by the nodes
 RELIABILITY = Param('reliability', 'best_effort', 'QoS reliability of image/cloud topics: '
                     'best_effort (sensor data, default) or reliable (RViz on Humble subscribes '

@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
-    node_usage, params_file_error, StartupError, stray_arguments, type_error, undeclared_error, \
-    unknown_lines
+    node_usage, params_file_error, start_up_type_error, StartupError, stray_arguments, \
+    type_error, undeclared_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
@@ -164,8 +164,9 @@ class DepthRosNode(Node):
                 param = self.declare_parameter(spec.name, spec.default, _descriptor(spec))
             except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
                 # rclpy's type and range checks: its text names the parameter and the value
-                # (args[0]: Humble's str() of this exception is a tuple).
-                raise ConfigError(exc.args[0]) from None
+                # (args[0]: Humble's str() of this exception is a tuple), and how to write an
+                # integer given for a double.
+                raise ConfigError(start_up_type_error(exc.args[0])) from None
             values[spec.name] = param.value
         reason = self._change_error(values, values)
         if reason:
