@@ -22,11 +22,12 @@ import difflib
 import os
 import re
 import signal
+import sys
 import tempfile
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory, \
     PackageNotFoundError
-from depth_ros.nodes_core import middleware
+from depth_ros.nodes_core import config, middleware
 from depth_ros.nodes_core.config import DEPTH_BACKENDS, SOURCES
 from depth_ros.nodes_core.params import file_values, keys_missing_namespace, \
     params_file_error
@@ -418,22 +419,77 @@ def _marigold(params_file, qos, image, inputs, composed):
     ]
 
 
-def _misspelt(given):
-    """
-    Lines for launch configurations that look like a misspelt argument of this file.
+# Set by ros2 launch itself (its --launch-prefix and --launch-prefix-filter options).
+ROS2_LAUNCH_OWN = ('launch-prefix', 'launch-prefix-filter')
+# Node parameters that are set through a launch argument of another name.
+PARAMETER_ARGUMENTS = {'model_path': 'model'}
 
-    ``ros2 launch`` takes any ``name:=value``: a typo (``publish_ft:=false``) is ignored
-    silently. Only names close to one of ours are told (a parent launch file's own
-    configurations reach this context too).
+
+def _launched_directly(argv=None):
+    """
+    Whether ``ros2 launch`` was given this file, not a launch file that includes it.
+
+    ``ros2 launch depth_ros zed_depth.launch.py ...`` or ``ros2 launch <path of this file>``;
+    a launch file of the robot's that includes this one has other names on its command line.
+    """
+    tokens = [a for a in (sys.argv if argv is None else argv)[1:] if ':=' not in a]
+    if 'launch' not in tokens:
+        return False
+    mine = os.path.realpath(__file__)
+    for i, token in enumerate(tokens):
+        if os.path.basename(token) != os.path.basename(mine):
+            continue
+        if os.path.dirname(token):
+            if os.path.realpath(token) == mine:
+                return True
+        elif i > 0 and tokens[i - 1] == PACKAGE:
+            return True
+    return False
+
+
+def _whose(name):
+    """Our nodes that declare parameter ``name`` (rclpy's use_sim_time: all of them)."""
+    return [node for node, params in config.NODE_PARAMS.items()
+            if name == 'use_sim_time' or name in {p.name for p in params}]
+
+
+def _unknown_argument(name, value, names, refuse):
+    """Return the line for a name:=value that is not one of our arguments (None: say nothing)."""
+    head = 'launch argument {}:={} is not one of zed_depth.launch.py\'s{}: '.format(
+        name, value, '' if refuse else ', and is ignored')
+    close = [PARAMETER_ARGUMENTS[name]] if name in PARAMETER_ARGUMENTS else \
+        difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    if close:
+        return head + 'did you mean {}:=?'.format(close[0])
+    nodes = _whose(name)
+    if nodes:
+        return head + '`{}` is a parameter of {}: set it in a parameters file given as ' \
+            'params_file:= (a copy of config/zed_depth.yaml)'.format(name, ', '.join(nodes))
+    if refuse:
+        return head + 'ros2 launch depth_ros zed_depth.launch.py --show-args lists them'
+    return None
+
+
+def _misspelt(given, argv=(), directly=False):
+    """
+    Return (refused, told): lines for launch configurations that are not arguments of this file.
+
+    ``ros2 launch`` takes any ``name:=value``, and launch ignores a name the file does not
+    declare: a typo (``publish_ft:=false``) or a node's parameter (``cloud_stride:=4``) changed
+    nothing, in silence. Given on the command line of ``ros2 launch`` run on this file
+    (``directly``), each is refused: the launch ends with them, before any node starts.
+    Otherwise (a parent launch file's own configurations reach this context too) only a name
+    close to one of ours, or a parameter of our nodes, is told, and the launch goes on.
     """
     names = [name for name, _, _ in ARGUMENTS]
-    lines = []
-    for name in sorted(set(given) - set(names) - {GIVEN}):
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
-        if close:
-            lines.append('launch argument {}:={} is not one of zed_depth.launch.py\'s, and is '
-                         'ignored: did you mean {}:=?'.format(name, given[name], close[0]))
-    return lines
+    typed = {a.split(':=', 1)[0] for a in argv if ':=' in a}
+    refused, told = [], []
+    for name in sorted(set(given) - set(names) - {GIVEN} - set(ROS2_LAUNCH_OWN)):
+        refuse = directly and name in typed
+        line = _unknown_argument(name, given[name], names, refuse)
+        if line:
+            (refused if refuse else told).append(line)
+    return refused, told
 
 
 def _missed_sections(params_file, specs):
@@ -461,12 +517,16 @@ def _nodes(context):
     params_file = arg['params_file'] or os.path.join(share, 'config', 'zed_depth.yaml')
     noted = context.launch_configurations.get(GIVEN)
     given = None if noted is None else set(noted.split())
+    refused, told = _misspelt(context.launch_configurations, context.argv,
+                              _launched_directly())
+    if refused:
+        raise ValueError('; '.join(refused))
     _check_arguments(arg, _source_and_path(arg, given, params_file))
     camera = arg['camera_name']
     zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
     image = zed + '/left/image_rect_color'
     qos = _given_only(arg, given, reliability='reliability')
-    actions = [LogInfo(msg=line) for line in _misspelt(context.launch_configurations)]
+    actions = [LogInfo(msg=line) for line in told]
     actions += _environment(arg, share)
     with_zed = _truthy(arg['zed_node'])
     composed = _truthy(arg['composed'])

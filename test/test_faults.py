@@ -553,6 +553,43 @@ def test_a_missing_or_malformed_params_file_is_one_line_and_exit_2(tmp_path, con
     assert len(lines) == 1 and text in lines[0] and 'Traceback' not in out, out
 
 
+def _run_argv(module, argv, timeout=30):
+    done = subprocess.run([sys.executable, '-m', 'depth_ros.ros.' + module] + argv,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                          timeout=timeout)
+    return done.returncode, done.stdout.decode('utf-8', 'replace'), \
+        done.stderr.decode('utf-8', 'replace')
+
+
+@pytest.mark.rmw_independent   # refused before rclpy.init
+@pytest.mark.parametrize('module, argv, bad', [
+    # `--ros-args -p` forgotten: the node ran on its defaults, in silence (rclpy hands the
+    # program what is outside --ros-args, and the node read none of it).
+    ('alignment_node', ['cloud_stride:=4'], 'cloud_stride:=4'),
+    ('depth_node', ['--ros-args', '-p', 'backend:=standin', '--', '--foo'], '--foo'),
+])
+def test_an_argument_outside_ros_args_is_one_line_and_exit_2(module, argv, bad):
+    code, out, err = _run_argv(module, argv)
+    assert (code, out) == (2, ''), (code, out, err)
+    assert err == '[FATAL] [{0}]: bad arguments: unexpected argument {1!r}: a node takes ROS ' \
+        'arguments only, after --ros-args (`{0} --ros-args -p name:=value`; --help lists its ' \
+        'parameters)\n'.format(module, bad), err
+
+
+@pytest.mark.rmw_independent   # answered before rclpy.init
+def test_help_lists_the_node_parameters_and_starts_nothing():
+    # `ros2 run depth_ros depth_node --help` loaded the model (backend auto) and ended with
+    # its FATAL line, exit 1.
+    from depth_ros.nodes_core.config import DEPTH_PARAMS
+    code, out, err = _run_argv('depth_node', ['--help'])
+    assert (code, err) == (0, ''), (code, out, err)
+    lines = out.splitlines()
+    assert lines[0].startswith('usage: depth_node [--ros-args [-p NAME:=VALUE]...'), out
+    listed = [line.split(' ')[2] for line in lines if line.startswith('  ')]
+    assert listed == [p.name for p in DEPTH_PARAMS], listed
+    assert "  backend ('auto', read-only): " in out and "  standin_latency_ms (30.0): " in out
+
+
 def test_an_unknown_parameter_name_is_reported_with_a_suggestion():
     proc = NodeProcess('alignment_node', name='alignment_unknown',
                        params={'cloud_strid': 1, 'buffer_size': 8})

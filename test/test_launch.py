@@ -14,6 +14,7 @@ the same assertions hold in both modes, and the tests that matter run in both.
 import importlib.util
 import math
 import os
+import sys
 
 from launch_support import LAUNCH_STACK, MISSING, ROOT
 import pytest
@@ -120,7 +121,7 @@ class Evaluated(object):
         return dict(node.expanded_remapping_rules or [])
 
 
-def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, **overrides):
+def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, command_line=None, **overrides):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
@@ -134,7 +135,11 @@ def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, **overrides):
         monkeypatch.delenv(var, raising=False)
     description = module.generate_launch_description()
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
-    context = LaunchContext()
+    # command_line: the words after `ros2 launch` (its argv; the name:=value ones are the
+    # context's argv). Left out, this file was included by another (sys.argv is pytest's).
+    if command_line is not None:
+        monkeypatch.setattr(sys, 'argv', ['/opt/ros/humble/bin/ros2', 'launch'] + command_line)
+    context = LaunchContext(argv=[a for a in command_line or () if ':=' in a])
     # As ros2 launch runs it: the arguments given are set first, then the launch file notes
     # them (_note_given), then the declarations set the defaults of the others.
     context.launch_configurations.update(
@@ -691,12 +696,81 @@ def test_log_level_reaches_every_node_of_ours(monkeypatch, composed, level):
 @needs_launch
 def test_a_misspelt_argument_is_told_not_ignored_silently(monkeypatch):
     # ros2 launch takes any name:=value: publish_ft:=false left the TF publishers on, in
-    # silence. A name close to one of ours is told; others (a parent launch file's) are not.
+    # silence. In a launch file that includes this one (its own configurations reach this
+    # context too), a name close to one of ours, or a parameter of our nodes, is told; others
+    # are not; the launch goes on.
     _, ev = _evaluate(monkeypatch, source='sample', backend='standin',
-                      undeclared={'publish_ft': 'false', 'use_sim_time': 'true'})
-    told = [line for line in ev.log if 'did you mean' in line]
-    assert told == ["launch argument publish_ft:=false is not one of zed_depth.launch.py's, "
-                    "and is ignored: did you mean publish_tf:=?"], ev.log
+                      undeclared={'publish_ft': 'false', 'use_sim': 'true', 'robot': 'r1',
+                                  'cloud_stride': '4'})
+    told = [line for line in ev.log if 'launch argument' in line]
+    assert told == [
+        "launch argument cloud_stride:=4 is not one of zed_depth.launch.py's, and is ignored: "
+        "`cloud_stride` is a parameter of alignment_node: set it in a parameters file given as "
+        "params_file:= (a copy of config/zed_depth.yaml)",
+        "launch argument publish_ft:=false is not one of zed_depth.launch.py's, and is ignored: "
+        "did you mean publish_tf:=?"], ev.log
+
+
+@needs_launch
+@pytest.mark.parametrize('typed, text', [
+    # A typo: publish_tf stayed true, TFs beside the wrapper's.
+    ('publsh_tf:=false', "launch argument publsh_tf:=false is not one of "
+                         "zed_depth.launch.py's: did you mean publish_tf:=?"),
+    # A node's parameter given as a launch argument changed nothing, in silence.
+    ('max_depth:=30.0', "launch argument max_depth:=30.0 is not one of zed_depth.launch.py's: "
+                        "`max_depth` is a parameter of zed_node, alignment_node: set it in a "
+                        "parameters file given as params_file:= (a copy of config/zed_depth."
+                        "yaml)"),
+    ('use_sim_time:=true', "`use_sim_time` is a parameter of zed_node, depth_node, "
+                           "alignment_node, marigold_node: set it in a parameters file"),
+    ('model_path:=da2.onnx', "launch argument model_path:=da2.onnx is not one of "
+                             "zed_depth.launch.py's: did you mean model:=?"),
+    ('foo:=1', "launch argument foo:=1 is not one of zed_depth.launch.py's: ros2 launch "
+               "depth_ros zed_depth.launch.py --show-args lists them"),
+])
+@pytest.mark.parametrize('launch_file', ['depth_ros zed_depth.launch.py', LAUNCH_FILE])
+def test_an_unknown_argument_on_the_command_line_ends_the_launch(monkeypatch, typed, text,
+                                                                 launch_file):
+    # `ros2 launch depth_ros zed_depth.launch.py publsh_tf:=false` (or the file's path): the
+    # name was meant for this file, so it is refused with one line, before any node starts.
+    name, value = typed.split(':=')
+    with pytest.raises(ValueError) as refused:
+        _evaluate(monkeypatch, source='sample', backend='standin', undeclared={name: value},
+                  command_line=launch_file.split() + ['source:=sample', 'backend:=standin',
+                                                      typed])
+    assert text in str(refused.value) and ';' not in str(refused.value), str(refused.value)
+
+
+@needs_launch
+def test_unknown_arguments_are_refused_in_one_line_and_ros2_launch_own_are_not(monkeypatch):
+    with pytest.raises(ValueError) as refused:
+        _evaluate(monkeypatch, source='sample', undeclared={
+            'sorce': 'bag', 'cloud_strid': '4', 'launch-prefix': 'gdb -ex run --args'},
+            command_line=['--launch-prefix', 'gdb -ex run --args', 'depth_ros',
+                          'zed_depth.launch.py', 'source:=sample', 'sorce:=bag',
+                          'cloud_strid:=4', 'launch-prefix:=gdb -ex run --args'])
+    assert str(refused.value) == (
+        "launch argument cloud_strid:=4 is not one of zed_depth.launch.py's: ros2 launch "
+        "depth_ros zed_depth.launch.py --show-args lists them; launch argument sorce:=bag is "
+        "not one of zed_depth.launch.py's: did you mean source:=?")
+
+
+@needs_launch
+def test_this_file_is_launched_directly_only_when_ros2_launch_names_it(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ros2 = '/opt/ros/humble/bin/ros2'
+    other = tmp_path / 'zed_depth.launch.py'      # a robot's own file of the same name
+    other.write_text('')
+    assert module._launched_directly([ros2, 'launch', 'depth_ros', 'zed_depth.launch.py'])
+    assert module._launched_directly([ros2, 'launch', '-d', LAUNCH_FILE, 'source:=sample'])
+    assert module._launched_directly([ros2, 'launch', os.path.relpath(LAUNCH_FILE)])
+    assert not module._launched_directly([ros2, 'launch', 'my_robot', 'zed_depth.launch.py'])
+    assert not module._launched_directly([ros2, 'launch', str(other)])
+    assert not module._launched_directly([ros2, 'launch', 'my_robot', 'robot.launch.py',
+                                          'publsh_tf:=false'])
+    assert not module._launched_directly(['pytest', 'test/test_launch.py'])
 
 
 @needs_launch

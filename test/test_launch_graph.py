@@ -429,6 +429,13 @@ def _ros2_launch(*arguments, timeout=60):
     (('source:=bag', 'path:=/nonexistent/bag'), 'launch argument path:=/nonexistent/bag does '
                                                 'not exist'),
     (('source:=sample', 'rviz:=maybe'), 'launch argument rviz:=maybe must be true or false'),
+    # Names zed_depth.launch.py does not declare: launch ignored them, and the nodes ran.
+    (('source:=sample', 'backend:=standin', 'publsh_tf:=false'),
+     "launch argument publsh_tf:=false is not one of zed_depth.launch.py's: did you mean "
+     "publish_tf:=?"),
+    (('source:=sample', 'backend:=standin', 'cloud_stride:=4'),
+     "launch argument cloud_stride:=4 is not one of zed_depth.launch.py's: `cloud_stride` is a "
+     "parameter of alignment_node: set it in a parameters file given as params_file:="),
 ])
 @pytest.mark.rmw_independent   # the launch ends before any node starts
 def test_bad_arguments_end_the_launch_with_one_clear_line(overlay, arguments, text):

@@ -448,6 +448,17 @@ def test_unknown_parameter_names_get_a_hint_and_bad_params_files_one_line(tmp_pa
         '--params-file /nope.yaml: no such file'
 
 
+def test_the_arguments_outside_ros_args_are_those_rclpy_leaves_to_the_program():
+    from depth_ros.nodes_core.params import stray_arguments, undeclared_error
+    assert stray_arguments(['alignment_node', 'cloud_stride:=4']) == ['cloud_stride:=4']
+    assert stray_arguments(['n', '--ros-args', '-p', 'a:=1', '-r', '__ns:=/x']) == []
+    assert stray_arguments(['n', '-h', '--ros-args', '-p', 'a:=1', '--', '--foo', '--ros-args',
+                            '--params-file', 'f.yaml', '--', 'b']) == ['-h', '--foo', 'b']
+    assert undeclared_error(['gian', 'zzz'], '/n', ['gain']) == \
+        'parameter `gian` is not declared by /n: did you mean `gain`?; parameter `zzz` is not ' \
+        'declared by /n: not a parameter of this node (`ros2 param list` shows them)'
+
+
 def test_a_namespaced_node_keyed_by_its_bare_name_is_found_as_rcl_would_miss_it(tmp_path):
     from depth_ros.nodes_core.params import keys_missing_namespace, node_key_matches
     ours = ['/zed/zed_node', '/depth_node', '/alignment_node', '/marigold/alignment_node']

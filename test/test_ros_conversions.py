@@ -269,6 +269,49 @@ def test_a_runtime_change_of_the_wrong_type_names_the_parameter_and_how_to_write
         rclpy.shutdown(context=context)
 
 
+def test_a_runtime_change_of_an_undeclared_name_names_it_and_the_parameter_meant():
+    # `ros2 param set /alignment_node cloud_strid 4` answered "Setting parameter failed:
+    # ('Invalid access to undeclared parameter(s)', [])" on Humble (and Kilted): the service
+    # sends str() of rclpy's exception, a tuple with an always-empty list. Through the
+    # node's set_parameters service, as `ros2 param set` calls it.
+    import rclpy
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    node, context, applied = _node_with(_specs())
+    client_node = rclpy.create_node('params_probe_client', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        executor.add_node(node)
+        executor.add_node(client_node)
+        client = client_node.create_client(SetParameters, '/params_probe/set_parameters')
+        assert client.wait_for_service(timeout_sec=20.0)
+
+        def reasons(*pairs):
+            request = SetParameters.Request(parameters=[
+                Parameter(name, value=value).to_parameter_msg() for name, value in pairs])
+            future = client.call_async(request)
+            executor.spin_until_future_complete(future, timeout_sec=20.0)
+            return [r.reason if not r.successful else '' for r in future.result().results]
+        assert reasons(('gian', 0.7), ('a', 2), ('zzz', 1)) == [
+            'parameter `gian` is not declared by /params_probe: did you mean `gain`?', '',
+            'parameter `zzz` is not declared by /params_probe: not a parameter of this node '
+            '(`ros2 param list` shows them)']
+        assert applied == [{'a': 2}] and not node.has_parameter('gian'), applied
+        # node.set_parameters raises rclpy's exception type, with the names in its text.
+        with pytest.raises(rclpy.exceptions.ParameterNotDeclaredException,
+                           match='`gian` is not declared by /params_probe: did you mean `gain`'):
+            node.set_parameters([Parameter('gian', value=0.7)])
+        # rclpy's own parameter and a declared one are as before.
+        assert reasons(('use_sim_time', True), ('gain', 0.25)) == ['', ''] and \
+            node.cfg['gain'] == 0.25
+    finally:
+        executor.shutdown()
+        client_node.destroy_node()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 @pytest.mark.parametrize('overrides, text', [
     # rclpy's own text for its range and type checks names the parameter and the value.
     ((('a', 9),), 'Parameter a out of range. Min: 0, Max: 5, value: 9'),
@@ -282,6 +325,25 @@ def test_a_bad_start_up_value_is_a_config_error_naming_parameter_and_value(overr
     with pytest.raises(ConfigError) as info:
         _node_with(_specs(), overrides)
     assert text in str(info.value), 'expected {!r} in {!r}'.format(text, str(info.value))
+
+
+@pytest.mark.parametrize('overrides, hint', [
+    # `max_depth: 20` in a parameters file: an integer, and the parameter is a double.
+    ((('gain', 2),), ' (write 2.0)'),
+    ((('gain', -3),), ' (write -3.0)'),
+    ((('a', 2.0),), "expecting type 'INTEGER'"),      # rclpy's text alone
+    ((('gain', 'x'),), "expecting type 'DOUBLE'"),
+])
+def test_an_integer_for_a_double_at_start_up_says_how_to_write_it(overrides, hint):
+    from depth_ros.nodes_core.params import ConfigError
+    with pytest.raises(ConfigError) as info:
+        _node_with(_specs(), overrides)
+    text = str(info.value)
+    assert text.startswith("Trying to set parameter '{}' to '{}' of type".format(
+        *overrides[0])), text
+    # Kilted's rclpy ends its own text with ': <name>'.
+    assert text.endswith(hint) if 'write' in hint else hint in text, text
+    assert text.count('(write') == (1 if 'write' in hint else 0), text
 
 
 def test_given_parameter_names_are_the_ones_rclpy_applies(tmp_path):

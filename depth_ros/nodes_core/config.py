@@ -336,6 +336,11 @@ MARIGOLD_PARAMS = (
 )
 
 
+# Each node's parameters, by its executable's name.
+NODE_PARAMS = {'zed_node': ZED_PARAMS, 'depth_node': DEPTH_PARAMS,
+               'alignment_node': ALIGNMENT_PARAMS, 'marigold_node': MARIGOLD_PARAMS}
+
+
 def marigold_settings(values) -> dict:
     """Return the Marigold steps, resolution and seed from the node's parameters."""
     return {'steps': values['steps'] or None,

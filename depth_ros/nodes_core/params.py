@@ -10,7 +10,8 @@ read-only, at start-up and on every change. Here is what a descriptor cannot say
   rclpy says ``Wrong parameter type, expected '3' got '2'`` on Python 3.11, without the name);
 - the names given to a node (``--params-file``, ``-p``) that it does not declare: rclpy ignores
   them without a word, so ``-p cloud_strid:=1`` would change nothing (:func:`given_names`,
-  :func:`unknown_lines`);
+  :func:`unknown_lines`); and a runtime change of such a name (:func:`undeclared_error`: rclpy
+  says ``('Invalid access to undeclared parameter(s)', [])``);
 - a ``--params-file`` that is missing or not YAML, in one line instead of rcl's 20-line error
   (:func:`params_file_error`).
 """
@@ -86,6 +87,22 @@ def type_error(spec: Param, value) -> str:
         spec.name, _type_name(spec.default), _type_name(value), value, hint)
 
 
+# rclpy's refusal of an integer for a double at declaration (Humble and Kilted alike).
+_INT_FOR_DOUBLE = re.compile(r"to '(-?[0-9]+)' of type 'INTEGER', expecting type 'DOUBLE'")
+
+
+def start_up_type_error(text: str) -> str:
+    """
+    Return rclpy's start-up type error with how to write the value, where it is an integer.
+
+    ``max_depth: 20`` in a parameters file (or ``-p max_depth:=20``) is an integer, and a
+    double parameter refuses it: ``... to '20' of type 'INTEGER', expecting type 'DOUBLE'``
+    gets ``(write 20.0)``, as the same mistake does at runtime (:func:`type_error`).
+    """
+    found = _INT_FOR_DOUBLE.search(text)
+    return text + (' (write {}.0)'.format(found.group(1)) if found else '')
+
+
 # ------------------------------------------------------------------- shared by the nodes
 RELIABILITY = Param('reliability', 'best_effort', 'QoS reliability of image/cloud topics: '
                     'best_effort (sensor data, default) or reliable (RViz on Humble subscribes '
@@ -124,6 +141,37 @@ def _ros_options(args: Sequence[str]) -> Iterator[Tuple[str, str]]:
             in_ros = False
         elif in_ros and arg in ('--params-file', '-p', '--param') and i + 1 < len(args):
             yield arg, args[i + 1]
+
+
+def stray_arguments(args: Sequence[str]) -> List[str]:
+    """
+    Return the arguments of ``args`` (``sys.argv``) outside its ``--ros-args ... --`` sections.
+
+    rclpy hands them to the program, and a node has none: ``alignment_node cloud_stride:=4``
+    (``--ros-args -p`` forgotten) ran on the defaults in silence, and ``depth_node --help``
+    loaded the model.
+    """
+    out, in_ros = [], False
+    for arg in list(args)[1:]:
+        if arg == '--ros-args':
+            in_ros = True
+        elif arg == '--':
+            in_ros = False
+        elif not in_ros:
+            out.append(arg)
+    return out
+
+
+def node_usage(name: str, specs: Sequence[Param] = ()) -> str:
+    """Return a node's ``--help``: how to give it parameters, and each with its default."""
+    lines = ['usage: {} [--ros-args [-p NAME:=VALUE]... [--params-file FILE]... '
+             '[-r FROM:=TO]... [--log-level LEVEL] --]'.format(name),
+             '',
+             'A ROS 2 node of depth_ros; `ros2 launch depth_ros zed_depth.launch.py` starts it '
+             '(docs/ros.md). Its parameters (default, meaning):']
+    lines += ['  {} ({!r}{}): {}'.format(
+        p.name, p.default, ', read-only' if p.read_only else '', p.description) for p in specs]
+    return '\n'.join(lines) + '\n'
 
 
 def _load_yaml(path: str):
@@ -272,14 +320,29 @@ def unknown_lines(given: Iterable[str], is_declared: Callable[[str], bool],
     :param is_declared: the node's ``has_parameter`` (rclpy's own, such as use_sim_time, count).
     :param own: the node's parameter names, for "did you mean".
     """
-    out = []
-    for name in given:
-        if is_declared(name) or name.startswith('qos_overrides.'):
-            continue
-        hint = REMOVED.get(name)
-        if hint is None:
-            close = difflib.get_close_matches(name, sorted(own), n=1)
-            hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
-                'this node (`ros2 param list` shows them)'
-        out.append('unknown parameter `{}` ignored: {}'.format(name, hint))
-    return out
+    return ['unknown parameter `{}` ignored: {}'.format(name, _hint(name, own)) for name in given
+            if not is_declared(name) and not name.startswith('qos_overrides.')]
+
+
+def _hint(name: str, own: Sequence[str]) -> str:
+    hint = REMOVED.get(name)
+    if hint is None:
+        close = difflib.get_close_matches(name, sorted(own), n=1)
+        hint = 'did you mean `{}`?'.format(close[0]) if close else 'not a parameter of ' \
+            'this node (`ros2 param list` shows them)'
+    return hint
+
+
+def undeclared_error(names: Sequence[str], node: str, own: Sequence[str]) -> str:
+    """
+    Why a runtime change of parameters the node does not declare is refused, with a hint.
+
+    rclpy's own reason (``ros2 param set /alignment_node cloud_strid 4``) was ``('Invalid access
+    to undeclared parameter(s)', [])``: a tuple's text, and the list of names always empty (rclpy
+    3.3 to 9.1 hand it a generator that ``any()`` has already consumed).
+
+    :param node: the node's fully qualified name.
+    :param own: the node's parameter names, for "did you mean".
+    """
+    return '; '.join('parameter `{}` is not declared by {}: {}'.format(
+        name, node, _hint(name, own)) for name in names)

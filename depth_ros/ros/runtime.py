@@ -18,11 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
-    params_file_error, StartupError, type_error, unknown_lines
+    node_usage, params_file_error, start_up_type_error, StartupError, stray_arguments, \
+    type_error, undeclared_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, \
+    ParameterNotDeclaredException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -70,6 +72,17 @@ def _descriptor(spec):
         desc.floating_point_range = [FloatingPointRange(from_value=float(low),
                                                         to_value=float(high), step=0.0)]
     return desc
+
+
+class UndeclaredParameters(ParameterNotDeclaredException):
+    """rclpy's refusal of undeclared names, whose text (``str()``) names them, with a hint."""
+
+    def __init__(self, names: List[str], text: str):
+        super().__init__(names)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class LocalFrame(object):
@@ -151,8 +164,9 @@ class DepthRosNode(Node):
                 param = self.declare_parameter(spec.name, spec.default, _descriptor(spec))
             except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
                 # rclpy's type and range checks: its text names the parameter and the value
-                # (args[0]: Humble's str() of this exception is a tuple).
-                raise ConfigError(exc.args[0]) from None
+                # (args[0]: Humble's str() of this exception is a tuple), and how to write an
+                # integer given for a double.
+                raise ConfigError(start_up_type_error(exc.args[0])) from None
             values[spec.name] = param.value
         reason = self._change_error(values, values)
         if reason:
@@ -168,6 +182,18 @@ class DepthRosNode(Node):
                 parameter.name in self.specs:
             result.reason = type_error(self.specs[parameter.name], parameter.value)
         return result
+
+    def _check_undeclared_parameters(self, parameter_list):
+        # `ros2 param set /alignment_node cloud_strid 4` answered "('Invalid access to undeclared
+        # parameter(s)', [])": the parameter service sends str() of rclpy's exception, a tuple
+        # whose list of names is always empty (Humble and Kilted alike). Same refusal, with
+        # the names and a hint.
+        names = [p.name for p in parameter_list
+                 if getattr(p, 'name', None) is not None and not self.has_parameter(p.name)]
+        if names and not self._allow_undeclared_parameters:
+            raise UndeclaredParameters(names, undeclared_error(
+                names, self.get_fully_qualified_name(), list(getattr(self, 'specs', ()))))
+        super()._check_undeclared_parameters(parameter_list)
 
     def _change_error(self, changed: Dict[str, object], merged: Dict[str, object]):
         for name, value in changed.items():
@@ -383,7 +409,14 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     argv = list(sys.argv if args is None else args)
-    problem = params_file_error(argv)
+    stray = stray_arguments(argv)
+    if stray and stray[0] in ('-h', '--help'):
+        from depth_ros.nodes_core.config import NODE_PARAMS
+        sys.stdout.write(node_usage(name, NODE_PARAMS.get(name, ())))
+        return 0
+    problem = params_file_error(argv) or stray and (
+        'unexpected argument {!r}: a node takes ROS arguments only, after --ros-args (`{} '
+        '--ros-args -p name:=value`; --help lists its parameters)'.format(stray[0], name))
     if problem:
         sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
         return 2
