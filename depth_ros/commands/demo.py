@@ -57,7 +57,7 @@ def _torch_installed() -> bool:
 
 def _untrained(size: Tuple[int, int], cache_dir: Optional[str], threads: Optional[int],
                reason: str):
-    """The documented fallback (torch installed): an untrained ViT-S, on ONNX Runtime if any."""
+    """Open the documented fallback (torch installed): an untrained ViT-S, ONNX Runtime if any."""
     import importlib.util
 
     from depth_ros.inference import load_depth_model
