@@ -36,6 +36,10 @@ VENV_HUMBLE_ORT ?= .venv-humble-ort
 HUMBLE_FIRSTRUN_TESTS ?= \
 	test/test_launch_graph.py::test_no_model_argument_runs_the_default_model_from_the_hub_cache \
 	test/test_colcon_workspace.py::test_no_model_argument_offline_one_fatal_line_then_clouds_from_the_hub_cache
+# The demo (no ROS) on the robot's `pip install depth_ros[onnx]`: onnxruntime, no torch. Once, in
+# the same venv (not per RMW): without --model it runs the hub cache's model, offline with nothing
+# cached it is one line. The public-layout model file comes from the Kilted tier (test/.models).
+FIRSTRUN_CLI_TESTS ?= test/test_cli_demo.py
 HUMBLE_RMWS ?= rmw_fastrtps_cpp rmw_cyclonedds_cpp
 # Both modes (composed:=true|false): test_launch*.py, and test_composed.py (the composed
 # process: its same-output and Ctrl-C cases per RMW, its faults in the logic lane).
@@ -53,6 +57,7 @@ HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suit
 .NOTPARALLEL:
 
 .PHONY: demo test test-py38 test-humble test-humble-transport test-humble-logic test-unit \
+	test-humble-firstrun test-humble-firstrun-cli \
 	lint bench venv clean
 
 $(VENV)/.stamp-base: setup.py
@@ -194,7 +199,11 @@ test-humble-logic: $(VENV_HUMBLE)/.stamp
 # 3.8: numpy 1.24.4, onnxruntime 1.19 (the Humble tree takes numpy 1.17 to 1.24), each RMW.
 test-humble-firstrun: $(VENV_HUMBLE_ORT)/.stamp
 	@code=0; for rmw in $(HUMBLE_RMWS); do \
-		$(MAKE) --no-print-directory test-humble-firstrun-$$rmw || code=1; done; exit $$code
+		$(MAKE) --no-print-directory test-humble-firstrun-$$rmw || code=1; done; \
+		$(MAKE) --no-print-directory test-humble-firstrun-cli || code=1; exit $$code
+
+test-humble-firstrun-cli: $(VENV_HUMBLE_ORT)/.stamp
+	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),the demo without torch (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/cli.log,$(FIRSTRUN_CLI_TESTS),$(VENV_HUMBLE_ORT))
 
 test-humble-firstrun-%: $(VENV_HUMBLE_ORT)/.stamp
 	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,$(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))

@@ -186,37 +186,170 @@ def test_demo_cli_trained_model_and_errors(tmp_path, capsys):
     assert 'Traceback' not in err, err
 
 
-def test_untrained_reason_is_fast_offline(tmp_path, monkeypatch):
-    from depth_ros.commands.demo import default_input_size, untrained_reason
+# ------------------------------------------------- no --model: depth_node's model auto
+@pytest.fixture
+def offline_caches(tmp_path, monkeypatch):
+    """Empty caches of this test only, the hub offline, no models folder in the way."""
+    for name in ('hub', 'cache', 'engines'):
+        (tmp_path / name).mkdir()
+    env = {'HF_HUB_CACHE': str(tmp_path / 'hub'), 'HF_HUB_OFFLINE': '1',
+           'DEPTH_ROS_CACHE': str(tmp_path / 'cache'),
+           'DEPTH_ROS_ENGINE_CACHE': str(tmp_path / 'engines')}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:   # huggingface_hub reads HF_HUB_CACHE once, when first imported
+        from huggingface_hub import constants
+        monkeypatch.setattr(constants, 'HF_HUB_CACHE', env['HF_HUB_CACHE'])
+    except ImportError:
+        pass
+    monkeypatch.delenv('DEPTH_ROS_MODELS', raising=False)
+    monkeypatch.chdir(str(tmp_path))   # ./models is searched too: keep it this test's
+    return tmp_path
 
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
-    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
-    monkeypatch.chdir(tmp_path)  # no models/ folder here
+
+def _hide_torch(monkeypatch):
+    """
+    Make torch and transformers uninstalled for this test, as on the robot (depth_ros[onnx]).
+
+    None in sys.modules: ``import torch`` raises ImportError and importlib.util.find_spec says
+    None. The ONNX Runtime-only venv (make test-humble-firstrun-cli) has neither anyway.
+    """
+    import sys
+    for name in ('torch', 'transformers'):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_demo_without_model_runs_the_default_model_from_the_hub_cache(offline_caches,
+                                                                      monkeypatch, capsys):
+    # The robot's install (onnxruntime, no torch), offline, `depth-ros model setup` done: the
+    # public ONNX in the Hugging Face cache (a tiny random-weight stand-in in its layout).
+    pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
+    from model_files import community_onnx, make_hub_cache
+    from depth_ros.core.preprocess import prepare_input, restore_output
+    from depth_ros.util import file_sha256
+    import cv2
+    import onnxruntime as ort
+
+    source = community_onnx('tiny')
+    make_hub_cache(str(offline_caches / 'hub'), source)
+    _hide_torch(monkeypatch)
     from test_util import forbid_network
-    forbid_network(monkeypatch)   # fast: offline detection tries no connection
-    reason = untrained_reason(None)
-    assert reason and 'HF_HUB_OFFLINE is set' in reason, reason
+    forbid_network(monkeypatch)
+    rc = main(['demo', '--out', 'out', '--threads', '1', '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert 'UNTRAINED' not in stdout and 'RANDOM' not in stdout, stdout
+    first = stdout.splitlines()[0]
+    sha = file_sha256(source)
+    want = ('model: Depth Anything V2 Small (onnx-community/depth-anything-v2-small, '
+            'Apache-2.0): backend onnxruntime (auto: ')
+    assert first.startswith(want) and '-518x350-default.onnx (Hugging Face cache, source ' \
+        'sha256 {}...); input 518x350'.format(sha[:12]) in first, first
+    with open(str(offline_caches / 'out' / 'report.json')) as f:
+        report = json.load(f)
+    assert (report['trained'], report['backend'], report['input_size']) == \
+        (True, 'onnxruntime', [518, 350]), report
+    prepared = report['onnx']
+    assert os.path.dirname(prepared) == str(offline_caches / 'cache' / 'onnx'), prepared
+    for name in report['files']:
+        assert os.path.getsize(str(offline_caches / 'out' / name)) > 0, name
+    # The network that ran is the hub cache's file: its output, computed here by running the
+    # original (dynamic, unprepared) file in ONNX Runtime on the sample, is relative.npy.
+    left = cv2.imread(str(offline_caches / 'out' / 'left.png'))
+    session = ort.InferenceSession(source, providers=['CPUExecutionProvider'])
+    pred = session.run(None, {'pixel_values': prepare_input(left, (518, 350))})[0]
+    want_relative = restore_output(pred[0], H, W)
+    relative = np.load(str(offline_caches / 'out' / 'relative.npy'))
+    err = np.abs(relative - want_relative).max() / np.abs(want_relative).max()
+    assert relative.shape == (H, W) and err < 1e-4, (relative.shape, err)
+    assert np.load(str(offline_caches / 'out' / 'depth.npy')).shape == (H, W)
+
+
+def test_demo_without_model_offline_and_without_torch_is_one_line(offline_caches):
+    # The robot's install with nothing prepared and no internet: one line naming the fix, exit
+    # 2, no traceback, no random network, torch never imported. A fresh interpreter, so that
+    # what it prints is what the user reads; torch and transformers hidden as on the robot.
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
+            "from depth_ros.cli import main; sys.exit(main(sys.argv[1:]))")
+    import depth_ros   # the same depth_ros in the child, wherever this one comes from
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(depth_ros.__file__)))]
+        + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, '-c', code, 'demo', '--out', 'out', '--no-progress'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          universal_newlines=True, timeout=120)
+    seconds = time.monotonic() - t0
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1, (done.returncode, done.stderr)
+    line = lines[0]
+    assert line.startswith('depth-ros demo: error: no Depth Anything V2 Small model '
+                           '(onnx-community/depth-anything-v2-small, onnx/model.onnx) on this '
+                           'machine: looked in '), line
+    for part in ('the Hugging Face cache {}'.format(offline_caches / 'hub'),
+                 'the hub (HF_HUB_OFFLINE is set)', 'torch/transformers not installed',
+                 'fix: run `depth-ros model setup`'):
+        assert part in line, 'expected {!r} in {!r}'.format(part, line)
+    # An import of torch would have failed on the None in sys.modules, and said so.
+    for word in ('Traceback', 'halted', "No module named 'torch'", 'RANDOM', 'UNTRAINED'):
+        assert word not in done.stderr + done.stdout, done.stderr + done.stdout
+    assert not os.path.exists(str(offline_caches / 'out' / 'report.json'))
+    assert seconds < 60, 'the offline answer took {:.1f} s'.format(seconds)
+
+
+@pytest.mark.slow
+def test_demo_without_onnxruntime_runs_pytorch_and_offline_says_untrained(
+        offline_caches, monkeypatch):
+    # backend auto's last resort on a machine with torch only: the PyTorch checkpoint; offline
+    # (nothing cached) the documented fallback, an untrained ViT-S, labelled first.
+    import sys
+    for name in ('torch', 'transformers'):
+        pytest.importorskip(name, reason='the PyTorch backend needs depth_ros[export]')
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    from depth_ros.commands.demo import open_default_model
+    lines = []
+    net, description, trained, onnx_path, backend = open_default_model(
+        (28, 28), echo=lines.append)
+    assert (backend, trained, onnx_path) == ('torch', False, None), description
+    assert lines[0] == '*** {} ***'.format(UNTRAINED_LABEL), lines
+    assert 'RANDOM weights: cannot load torch model ' in lines[1] and \
+        'depth-anything/Depth-Anything-V2-Small-hf' in lines[1] and 'fix: install ' \
+        'depth_ros[onnx] and run `depth-ros model setup`' in lines[1], lines[1]
+    assert description.startswith('UNTRAINED network') and description.endswith('(PyTorch)')
+    assert net.input_size == (28, 28)
+    relative = net.predict(np.zeros((30, 40, 3), np.uint8))
+    assert relative.shape == (30, 40) and relative.dtype == np.float32
+
+
+def test_default_input_size():
+    from depth_ros.commands.demo import default_input_size
+
     assert default_input_size(741, 500) == (518, 350)
     assert default_input_size(1280, 720) == (518, 294)
 
 
 @pytest.mark.slow
-def test_demo_default_path_offline(tmp_path, monkeypatch, capsys):
-    # The `make demo` path on a machine without internet: an untrained ViT-S, exported once.
+def test_demo_default_path_offline(offline_caches, capsys):
+    # The `make demo` path on a machine without internet and nothing cached: the documented
+    # fallback where torch is installed, an untrained ViT-S, exported once.
+    tmp_path = offline_caches
     torch = pytest.importorskip('torch', reason='offline, the demo exports an untrained ViT-S '
                                 'with torch (depth_ros[export])')
     torch.set_num_threads(1)
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
-    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
-    monkeypatch.chdir(tmp_path)
     rc = main(['demo', '--out', 'out', '--cache-dir', str(tmp_path / 'cache'), '--threads', '1',
                '--no-progress'])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
     first = stdout.splitlines()[:2]
     assert UNTRAINED_LABEL in first[0] and 'RANDOM weights' in first[1], first
+    # The documented fallback says why (depth_node's resolver found nothing) and the fix.
+    assert 'no Depth Anything V2 Small model' in first[1] and \
+        'fix: run `depth-ros model setup`' in first[1], first[1]
     with open(str(tmp_path / 'out' / 'report.json')) as f:
         report = json.load(f)
     assert report['trained'] is False and report['input_size'] == [518, 350]

@@ -531,9 +531,9 @@ def offline(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
 
 
-def test_resolver_offline_gives_a_plainly_labelled_untrained_model_and_caches_it(
-        tmp_path, monkeypatch, offline):
-    # A tiny network stands in for ViT-S so the test takes seconds; the logic is the same.
+def test_untrained_fallback_is_plainly_labelled_and_cached(tmp_path, monkeypatch):
+    # The demo's documented fallback (torch installed, the default model nowhere). A tiny
+    # network stands in for ViT-S so the test takes seconds; the logic is the same.
     real_build = torch_model.build_model
     monkeypatch.setattr(torch_model, 'build_model',
                         lambda variant, seed=None: real_build('tiny', seed=seed))
@@ -546,16 +546,14 @@ def test_resolver_offline_gives_a_plainly_labelled_untrained_model_and_caches_it
 
     monkeypatch.setattr(export, 'export_onnx', counting_export)
     cache = str(tmp_path / 'cache')
-    kwargs = dict(cache_dir=cache, input_size=(28, 28), models_dir=str(tmp_path / 'models'),
-                  hub_cache_dir=str(tmp_path / 'hf'))
-    forbid_network(monkeypatch)   # offline: found without trying the hub
-    path, desc, trained = model_store.resolve_demo_model(**kwargs)
+    forbid_network(monkeypatch)   # nothing here looks at the hub
+    path, desc, trained = model_store.untrained_vits(cache, (28, 28), 'the reason')
     assert trained is False
     assert desc.startswith('UNTRAINED network') and 'NOT a depth estimate' in desc \
-        and 'HF_HUB_OFFLINE is set' in desc, desc
+        and 'because the reason.' in desc and 'run `depth-ros model setup`' in desc, desc
     assert path.startswith(os.path.join(cache, 'onnx')) and path.endswith('-28x28-op17.onnx')
     assert onnx_tools.read_metadata(path)['trained'] == 'false'
-    path2, _, trained2 = model_store.resolve_demo_model(**kwargs)
+    path2, _, trained2 = model_store.untrained_vits(cache, (28, 28), 'the reason')
     assert (path2, trained2, len(calls)) == (path, False, 1), \
         'second run must reuse {} without exporting, exports: {}'.format(path, calls)
     # The cache key holds checkpoint hash and size: another size is another file.
@@ -564,20 +562,23 @@ def test_resolver_offline_gives_a_plainly_labelled_untrained_model_and_caches_it
     assert model_store.cached_onnx_path(cache, 'vits', sha, (42, 28)) != path
 
 
-def test_resolver_finds_a_local_checkpoint(tmp_path, offline):
+def test_resolver_exports_a_given_checkpoint_folder(tmp_path, offline):
     models = tmp_path / 'models'
     torch_model.build_model('tiny', seed=9).save_pretrained(
         str(models / 'Depth-Anything-V2-Small-hf'))
+    folder = str(models / 'Depth-Anything-V2-Small-hf')
     path, desc, trained = model_store.resolve_demo_model(
-        cache_dir=str(tmp_path / 'cache'), input_size=(28, 28), models_dir=str(models),
+        folder, cache_dir=str(tmp_path / 'cache'), input_size=(28, 28),
         hub_cache_dir=str(tmp_path / 'hf'))
     assert trained is True and 'Depth-Anything-V2-Small-hf' in desc, desc
     meta = onnx_tools.read_metadata(path)
-    folder = str(models / 'Depth-Anything-V2-Small-hf')
     want = {'trained': 'true', 'variant': 'tiny', 'source': folder,
             'source_sha256': file_sha256(os.path.join(folder, 'model.safetensors'))}
     got = {k: meta.get(k) for k in want}
     assert got == want, 'expected {}, received {}'.format(want, got)
+    with pytest.raises(ValueError, match='`model` must be an .onnx file, a checkpoint or a hub '
+                       'id, got None'):
+        model_store.resolve_demo_model(None, cache_dir=str(tmp_path / 'cache'))
 
 
 def test_resolver_with_an_onnx_file(tmp_path, tiny_export):

@@ -150,17 +150,16 @@ def test_tensorrt_is_dispatched_lazily(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_vits_onnx_matches_pytorch_at_518x294(tmp_path, monkeypatch):
+def test_vits_onnx_matches_pytorch_at_518x294(tmp_path):
     """
     The full ViT-S architecture (untrained, seeded) at the default size, as the demo gets it.
 
-    Offline, resolve_demo_model exports an untrained ViT-S (seed 0); ONNX Runtime must then
-    match PyTorch with the same weights.
+    Offline, with torch installed and the default model nowhere, the demo exports an untrained
+    ViT-S (seed 0, model_store.untrained_vits); ONNX Runtime must then match PyTorch with the
+    same weights.
     """
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    path, desc, trained = model_store.resolve_demo_model(
-        cache_dir=str(tmp_path / 'cache'), models_dir=str(tmp_path / 'models'),
-        hub_cache_dir=str(tmp_path / 'hf'))
+    path, desc, trained = model_store.untrained_vits(str(tmp_path / 'cache'), (518, 294),
+                                                     'offline')
     assert trained is False and desc.startswith('UNTRAINED'), desc
     net = torch_model.build_model('vits', seed=0)
     assert onnx_tools.read_metadata(path)['source_sha256'] == checkpoints.state_dict_hash(net)

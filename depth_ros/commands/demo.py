@@ -2,16 +2,19 @@
 `depth-ros demo`: the whole pipeline on the bundled sample, with no ROS and no camera.
 
 Steps: the Middlebury 2014 Motorcycle pair (scikit-image, with ground truth) -> stereo depth
-with OpenCV SGBM (standing in for the ZED SDK) -> Depth Anything V2 through ONNX Runtime ->
-MetricAligner fusion -> the outputs of `depth-ros fuse` (depth.npy, depth.png, points.ply,
-alignment.json) plus report.md / report.json: AbsRel, delta1 and density against the ground
-truth, for stereo alone and for the fused depth. The inputs are saved next to them
+with OpenCV SGBM (standing in for the ZED SDK) -> Depth Anything V2 -> MetricAligner fusion
+-> the outputs of `depth-ros fuse` (depth.npy, depth.png, points.ply, alignment.json)
+plus report.md / report.json: AbsRel, delta1 and density against the ground truth, for stereo
+alone and for the fused depth. The inputs are saved next to them
 (stereo_depth.npy, confidence.npy, relative.npy, gt_depth.npy, left.png) so every number in
 the report can be recomputed from the files.
 
-Without a trained checkpoint (no --model, none cached, no internet) the network is an
-UNTRAINED ViT-S: the demo says so in its first lines and in the report, and its numbers then
-show that the pipeline runs, not what the model can do.
+Without --model the network is the one depth_node runs with no model argument (backend auto,
+model auto: depth_ros.inference.auto and default_model), on the model `depth-ros model setup`
+prepares. When it cannot be had (nothing on disk, no internet): where torch is installed (the
+documented `make demo` fallback) an UNTRAINED ViT-S, which the demo announces in its first
+lines and in the report, its numbers then showing that the pipeline runs, not what the model
+can do; elsewhere (a robot with onnxruntime and no torch) one line that names the fix, exit 2.
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ from depth_ros.commands import _args
 LOG = logging.getLogger('depth_ros.demo')
 
 UNTRAINED_LABEL = 'UNTRAINED network: numbers show the pipeline runs, not model quality'
+# What the one line says to do when the default model cannot be had (depth_node's FATAL line
+# says `ros2 run depth_ros depth-ros model setup`).
+FIX = ('run `depth-ros model setup` (with internet access; offline machines: docs/models.md, '
+       '"Offline robots"), or pass --model FILE.onnx')
+BACKEND_NAMES = {'onnxruntime': 'ONNX Runtime', 'tensorrt': 'TensorRT', 'torch': 'PyTorch'}
 INPUT_FILES = ('left.png', 'stereo_depth.npy', 'confidence.npy', 'relative.npy',
                'gt_depth.npy')
 
@@ -41,29 +49,81 @@ def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple
     return model_width, h
 
 
-def untrained_reason(model: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
-    """
-    Why the demo will run an untrained network, or None when a trained one is at hand.
+def _torch_installed() -> bool:
+    """Whether torch and transformers are installed (asked, not imported: that takes seconds)."""
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in ('torch', 'transformers'))
 
-    A cheap look ahead of resolve_demo_model (no export, no download), so that the notice is
-    the first thing the user reads rather than a line after a minute of exporting.
-    """
-    if model is not None:
-        if str(model).endswith('.onnx') and os.path.isfile(model):
-            from depth_ros.inference.onnx_tools import read_metadata
-            if read_metadata(model).get('trained', 'true') == 'false':
-                return 'the ONNX file holds random weights'
-        return None
-    from depth_ros.inference import checkpoints, hub
-    from depth_ros.inference.model_store import local_vits_candidates
 
-    if hub.find_cached(checkpoints.HUB_IDS['vits']) or any(
-            os.path.exists(c) for c in local_vits_candidates('models')):
-        return None
-    ok, why = hub.check_reachable(timeout_s)
-    if ok:
-        return None
-    return 'no ViT-S checkpoint on disk and no download possible ({})'.format(why)
+def _untrained(size: Tuple[int, int], cache_dir: Optional[str], threads: Optional[int],
+               reason: str):
+    """Open the documented fallback (torch installed): an untrained ViT-S, ONNX Runtime if any."""
+    import importlib.util
+
+    from depth_ros.inference import load_depth_model
+    from depth_ros.inference.model_store import untrained_description, untrained_vits
+
+    if importlib.util.find_spec('onnxruntime') is None:
+        net = load_depth_model('vits', backend='torch', input_size=size, random_weights=True,
+                               seed=0)
+        return net, untrained_description(0, reason) + ' (PyTorch)', False, None, 'torch'
+    path, description, trained = untrained_vits(cache_dir, size, reason)
+    options = {'intra_op_threads': threads} if threads else {}
+    net = load_depth_model(path, backend='onnxruntime', **options)
+    return net, description, trained, path, 'onnxruntime'
+
+
+def open_default_model(size: Tuple[int, int], cache_dir: Optional[str] = None,
+                       threads: Optional[int] = None, echo=print, api=None):
+    """
+    Open the default model as depth_node does with no model argument; returns a tuple.
+
+    (model, description, trained, onnx path or None, backend). Backend auto (a TensorRT
+    engine where TensorRT runs, else ONNX Runtime, else PyTorch where only it is installed)
+    and model auto (depth_ros.inference.default_model: the prepared or public ONNX in the
+    depth_ros cache, the models folders or the Hugging Face cache, a download, the checkpoint
+    where torch is installed). When none can be had: where torch is installed (`make demo`'s
+    depth_ros[export]), the documented fallback, an UNTRAINED ViT-S, announced first (two
+    lines through ``echo``); elsewhere default_model.ModelUnavailable, one line with the fix.
+    """
+    from depth_ros.inference import auto, default_model, ModelLoadError
+
+    try:
+        opened = auto.open_depth_model(auto.AUTO, auto.AUTO, input_size=size,
+                                       cache_dir=cache_dir, intra_op_threads=threads,
+                                       fix=FIX, api=api)
+    except default_model.ModelUnavailable as exc:
+        if not _torch_installed():
+            raise
+        reason = str(exc)
+    except ModelLoadError as exc:
+        # backend auto found neither TensorRT nor onnxruntime: PyTorch, where installed.
+        if exc.backend != auto.AUTO or not _torch_installed():
+            raise
+        try:
+            opened = auto.open_depth_model('torch', auto.AUTO, input_size=size)
+        except ModelLoadError as torch_exc:
+            reason = '{}; fix: install depth_ros[onnx] and {}'.format(torch_exc, FIX)
+        else:
+            return opened.model, _describe(opened), True, None, 'torch'
+    else:
+        for warning in opened.warnings:
+            LOG.warning('%s', warning)
+        return opened.model, _describe(opened), True, opened.onnx, opened.backend
+    echo('*** {} ***'.format(UNTRAINED_LABEL))
+    echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
+    return _untrained(size, cache_dir, threads, 'the trained model is not on this machine and '
+                      'cannot be had (the line above says where the demo looked)')
+
+
+def _describe(opened) -> str:
+    """Depth Anything V2 Small (repo, Apache-2.0): backend, file, why, input size."""
+    from depth_ros.inference import default_model
+
+    text = opened.summary()
+    prefix = 'depth model: '
+    return 'Depth Anything V2 Small ({}, Apache-2.0): {}'.format(
+        default_model.DEFAULT_REPO, text[len(prefix):] if text.startswith(prefix) else text)
 
 
 def evaluate(stereo_depth, fused_depth, gt_depth) -> Dict[str, Dict[str, float]]:
@@ -162,16 +222,18 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
     t0 = time.perf_counter()
     sample = load_sample()
     size = input_size or default_input_size(sample.camera.width, sample.camera.height)
-    # Announce an untrained network before anything else (resolving may export for a minute).
-    why = untrained_reason(model)
-    if why:
-        echo('*** {} ***'.format(UNTRAINED_LABEL))
-        echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(why))
-    onnx_path, description, trained = resolve_demo_model(model, cache_dir=cache_dir,
-                                                         input_size=size)
-    timing['model_resolve'] = (time.perf_counter() - t0) * 1e3
-    if not trained and not why:
-        echo('*** {} ***'.format(UNTRAINED_LABEL))
+    if model is None:
+        net, description, trained, onnx_path, backend = open_default_model(
+            size, cache_dir=cache_dir, threads=threads, echo=echo)
+    else:
+        onnx_path, description, trained = resolve_demo_model(model, cache_dir=cache_dir,
+                                                             input_size=size)
+        if not trained:
+            echo('*** {} ***'.format(UNTRAINED_LABEL))
+        options = {'intra_op_threads': threads} if threads else {}
+        net, backend = load_depth_model(onnx_path, backend='onnxruntime', **options), \
+            'onnxruntime'
+    timing['model_load'] = (time.perf_counter() - t0) * 1e3
     echo('model: {}'.format(description))
     echo('sample: Middlebury 2014 Motorcycle ({}x{}), ground truth from its disparity'.format(
         sample.camera.width, sample.camera.height))
@@ -184,10 +246,8 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
         timing['stereo_sgbm'] = (time.perf_counter() - t) * 1e3
         steps.update(1)
 
-        steps.set_postfix_str('network (ONNX Runtime)')
+        steps.set_postfix_str('network ({})'.format(BACKEND_NAMES.get(backend, backend)))
         t = time.perf_counter()
-        options = {'intra_op_threads': threads} if threads else {}
-        net = load_depth_model(onnx_path, backend='onnxruntime', **options)
         relative = net.predict(sample.left)
         timing['network'] = (time.perf_counter() - t) * 1e3
         steps.update(1)
@@ -212,6 +272,7 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
         'label': '' if trained else UNTRAINED_LABEL,
         'trained': bool(trained),
         'model': description,
+        'backend': backend,
         'onnx': onnx_path,
         'input_size': list(net.input_size),
         'sample': {'name': 'Middlebury 2014 Motorcycle (scikit-image stereo_motorcycle)',
@@ -252,14 +313,17 @@ def register(subparsers) -> None:
     """Add the `demo` sub-command."""
     p = subparsers.add_parser(
         'demo', help='run the whole pipeline on the bundled sample (no ROS, no camera)',
-        description='Stereo (SGBM) + Depth Anything V2 (ONNX Runtime) + fusion on the bundled '
-                    'Middlebury sample; writes the fuse outputs and a report against ground '
-                    'truth. Without a trained checkpoint it runs an UNTRAINED network and '
-                    'says so.',
+        description='Stereo (SGBM) + Depth Anything V2 + fusion on the bundled Middlebury '
+                    'sample; writes the fuse outputs and a report against ground truth. '
+                    'Without --model it runs the model depth_node runs with no model '
+                    'argument (backend auto, model auto; `depth-ros model setup` prepares '
+                    'it). Where that cannot be had and torch is installed it runs an '
+                    'UNTRAINED network and says so; without torch it stops with one line.',
         formatter_class=HelpFormatter)
     p.add_argument('--model', default=None,
-                   help='an .onnx file, a checkpoint folder, an official .pth or a hub id '
-                        '(default: ViT-S from the cache, models/ or the hub)')
+                   help='an .onnx file, a checkpoint folder, an official .pth or a hub id, '
+                        'run with ONNX Runtime (default: depth_node\'s model auto on backend '
+                        'auto)')
     p.add_argument('--out', default=os.path.join('out', 'demo'), type=_args.output_dir,
                    help='output folder')
     p.add_argument('--input-size', default=None,
@@ -267,7 +331,7 @@ def register(subparsers) -> None:
                         "the sample's aspect, 518x350; an .onnx file fixes its own)")
     p.add_argument('--threads', type=int, default=None, help='ONNX Runtime intra-op threads')
     p.add_argument('--cache-dir', default=None,
-                   help='where exported ONNX files are cached (default: DEPTH_ROS_CACHE or '
-                        '~/.cache/depth_ros)')
+                   help='the depth_ros cache: prepared and exported ONNX files in DIR/onnx '
+                        '(default: DEPTH_ROS_CACHE or ~/.cache/depth_ros)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.set_defaults(func=run)

@@ -201,7 +201,8 @@ def _open_onnxruntime(req, kind: str, choice: BackendChoice) -> Opened:
     size = req.input_size or (static_input_size(req.model) if kind == 'onnx' else None) \
         or DEFAULT_SIZE
     found, path = _resolve_onnx(req, kind, 'default', size)
-    model = OnnxDepthModel(path, providers=choice.providers, input_size=size)
+    model = OnnxDepthModel(path, providers=choice.providers, input_size=size,
+                           intra_op_threads=req.intra_op_threads)
     warnings = [choice.warning] if choice.warning else []
     reason = choice.reason
     if choice.providers and choice.providers[0] == CUDA_PROVIDER and \
@@ -278,7 +279,7 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
                      calib_dir: Optional[str] = None,
                      fix: str = default_model.FIX, heartbeat_s: float = 10.0,
                      standin_latency_ms: float = 0.0, standin_mode: str = 'intensity',
-                     api=None) -> Opened:
+                     intra_op_threads: Optional[int] = None, api=None) -> Opened:
     """
     Open the depth model a node (or ``model setup``) runs; see the module docstring.
 
@@ -289,6 +290,7 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
     :param precision, workspace_mb: TensorRT engine precision and builder workspace (MiB).
     :param calib_dir: int8: recorded frames to calibrate on (see builder.build_engine).
     :param fix: what the error says to do when no model is found ('run `<command>`').
+    :param intra_op_threads: ONNX Runtime's intra-op threads (None: its default).
     :raises ValueError: a wrong request (nothing loaded).
     :raises default_model.ModelUnavailable: no model found (one line).
     :raises EngineBuildError: the engine build failed (one line).
@@ -331,7 +333,7 @@ def open_depth_model(backend: str = AUTO, model: str = AUTO,
                    workspace_mb=workspace_mb, engine_cache_dir=engine_cache_dir,
                    cache_dir=cache_dir, hub_cache_dir=hub_cache_dir, gpu=gpu,
                    allow_download=allow_download, fix=fix, heartbeat_s=heartbeat_s,
-                   calib_dir=calib_dir)
+                   calib_dir=calib_dir, intra_op_threads=intra_op_threads)
     try:
         if choice.backend == 'tensorrt':
             return _open_tensorrt(req, kind, choice, api)

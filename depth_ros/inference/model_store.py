@@ -1,10 +1,12 @@
 """
 The demo's model store: find or make an ONNX file, exported once per checkpoint and size.
 
-``resolve_demo_model`` takes what the user gave (an .onnx file, a checkpoint, a hub id, or
-nothing) and returns an ONNX file for ONNX Runtime. Exports are cached under
+``resolve_demo_model`` takes what the user gave to ``depth-ros demo --model`` (an .onnx file,
+a checkpoint, a hub id) and returns an ONNX file for ONNX Runtime. Exports are cached under
 ``default_cache_dir()/onnx`` by checkpoint hash and input size, so the second run reuses them.
-Without any checkpoint (none local, hub unreachable) it exports an UNTRAINED ViT-S and says so.
+Without --model the demo opens the default model as depth_node does
+(depth_ros.inference.auto, depth_ros.inference.default_model); where that cannot be had and
+torch is installed, ``untrained_vits`` exports the UNTRAINED ViT-S of its documented fallback.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 from typing import Iterator, Optional, Tuple
 
 from depth_ros.core.preprocess import check_input_size, DEFAULT_SIZE
-from depth_ros.inference import checkpoints, export, hub
+from depth_ros.inference import checkpoints, export
 from depth_ros.inference.onnx_tools import read_metadata
 from depth_ros.util import user_cache_dir
 
@@ -72,51 +74,43 @@ def _given_model(model: str, cache_dir: str, size: Tuple[int, int],
         info['variant'], model, path, size[0], size[1]), True
 
 
-def _untrained_model(cache_dir: str, size: Tuple[int, int], seed: int, reason: str,
-                     models_dir: str) -> Tuple[str, str, bool]:
-    net, info = checkpoints.random_checkpoint('vits', seed)
-    path = export_cached(net, info, cache_dir, size)
-    desc = ('UNTRAINED network: Depth Anything V2 ViT-S architecture with random weights '
-            '(seed {}), because there is {}. Its output is NOT a depth estimate; the demo runs '
-            'only to show the pipeline end to end. Put a checkpoint in {}/ or pass --model.'
-            .format(seed, reason, models_dir))
-    return path, desc, False
-
-
-def resolve_demo_model(model: Optional[str] = None, cache_dir: Optional[str] = None,
-                       input_size: Tuple[int, int] = DEFAULT_SIZE, models_dir: str = 'models',
-                       seed: int = 0, timeout_s: float = 3.0,
-                       hub_cache_dir: Optional[str] = None) -> Tuple[str, str, bool]:
+def untrained_vits(cache_dir: Optional[str], input_size: Tuple[int, int], reason: str,
+                   seed: int = 0) -> Tuple[str, str, bool]:
     """
-    Find or make an ONNX file for the demo: returns (onnx_path, description, trained).
+    Export (once per seed and size) an UNTRAINED ViT-S; returns (onnx_path, description, False).
 
-    ``model`` may be an .onnx file, a checkpoint folder, an official .pth or a hub id. With
-    None: a local ViT-S checkpoint (hub cache, then ``models_dir``), else a download of
-    depth-anything/Depth-Anything-V2-Small-hf when the hub answers within ``timeout_s``, else
-    an UNTRAINED ViT-S with seeded random weights (trained False), so the pipeline still runs
-    end to end. Exported files are cached under ``cache_dir`` by checkpoint hash and size.
-    ``hub_cache_dir`` is the Hugging Face cache to look in and download to (None: HF default).
+    Only for the demo's documented fallback, where torch is installed and the default model
+    cannot be had: the description starts with ``UNTRAINED network``, says why (``reason``)
+    and how to get the trained model. Needs torch and transformers (depth_ros[export]).
     """
     size = check_input_size(*input_size)
-    cache_dir = cache_dir or default_cache_dir()
-    if model is not None:
-        return _given_model(model, cache_dir, size, hub_cache_dir)
-    repo = checkpoints.HUB_IDS['vits']
-    candidates = [hub.find_cached(repo, hub_cache_dir)] + list(local_vits_candidates(models_dir))
-    for candidate in candidates:
-        if candidate and os.path.exists(candidate):
-            path, _ = _checkpoint_onnx(candidate, cache_dir, size)
-            return path, ('Depth Anything V2 ViT-S ({}, Apache-2.0) from {}, ONNX at {}x{}'
-                          .format(repo, candidate, size[0], size[1])), True
-    ok, why = hub.check_reachable(timeout_s)
-    if ok:
-        try:
-            folder = hub.download(repo, cache_dir=hub_cache_dir, timeout_s=timeout_s)
-            path, _ = _checkpoint_onnx(folder, cache_dir, size)
-            return path, ('Depth Anything V2 ViT-S ({}, Apache-2.0), downloaded, ONNX at {}x{}'
-                          .format(repo, size[0], size[1])), True
-        except hub.HubUnavailable as exc:
-            why = str(exc)
-    reason = 'no local ViT-S checkpoint (hub cache, {}/), and the download failed: {}'.format(
-        models_dir, why)
-    return _untrained_model(cache_dir, size, seed, reason, models_dir)
+    net, info = checkpoints.random_checkpoint('vits', seed)
+    path = export_cached(net, info, cache_dir or default_cache_dir(), size)
+    return path, untrained_description(seed, reason), False
+
+
+def untrained_description(seed: int, reason: str) -> str:
+    """Say that the network is untrained, why, and how to get the trained one."""
+    return ('UNTRAINED network: Depth Anything V2 ViT-S architecture with random weights '
+            '(seed {}), because {}. Its output is NOT a depth estimate; the demo runs only to '
+            'show the pipeline end to end. For the trained model run `depth-ros model setup` '
+            '(with internet access) or pass --model.'.format(seed, reason))
+
+
+def resolve_demo_model(model: str, cache_dir: Optional[str] = None,
+                       input_size: Tuple[int, int] = DEFAULT_SIZE,
+                       hub_cache_dir: Optional[str] = None) -> Tuple[str, str, bool]:
+    """
+    Return (onnx_path, description, trained) for the model given to ``depth-ros demo --model``.
+
+    ``model`` may be an .onnx file (used as it is; ``trained`` from its metadata), a checkpoint
+    folder, an official .pth or a checkpoint hub id (exported once per hash and size into
+    ``cache_dir``; needs torch). Without --model the demo opens the default model as
+    depth_node does (depth_ros.inference.auto.open_depth_model), not through this function.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError('`model` must be an .onnx file, a checkpoint or a hub id, got {!r} '
+                         '(the default model: depth_ros.inference.auto.open_depth_model)'
+                         .format(model))
+    size = check_input_size(*input_size)
+    return _given_model(model, cache_dir or default_cache_dir(), size, hub_cache_dir)
