@@ -9,10 +9,11 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
 # Core, TensorRT layer, ZED source, the nodes' ROS-free logic (nodes_core), util, the JetPack install, and
-# the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below).
+# the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below), and
+# the hang guard (test/hang_guard.py: faulthandler on the robot's Python).
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
 	test/test_nodes_core.py test/test_util.py test/test_jetpack_install.py \
-	test/test_onnx_prepare.py test/test_default_model.py)
+	test/test_onnx_prepare.py test/test_default_model.py test/test_hang_guard.py)
 
 # shared/ (the ROS 2 trees built for this machine): next to the checkout, next to the repository
 # this checkout was cloned from (a clone in /tmp), or /work/shared.

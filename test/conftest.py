@@ -9,6 +9,9 @@ Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a
   as the launch file, and keeps its output for assertions.
 - :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
   frames and collects what comes back.
+- pytest-timeout (setup.cfg, or the Makefile's lanes) fails a test that takes too long; the
+  watchdog of hang_guard.py ends pytest with every thread's stack where that cannot work (a
+  hang in C code, the GIL held), and a pytest that does not exit.
 """
 import logging
 import os
@@ -21,6 +24,10 @@ import time
 
 import numpy as np
 import pytest
+
+# The session's own bounds (hooks: a watchdog per test and at exit, stacks at SIGTERM).
+from hang_guard import (  # noqa: F401,I100 - hooks of this conftest
+    pytest_configure, pytest_runtest_protocol, pytest_unconfigure)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'config', 'zed_depth.yaml')
