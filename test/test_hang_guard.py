@@ -1,9 +1,11 @@
 """
-test/hang_guard.py: a hung test fails within its timeout and says where, even in C code.
+No wait without a bound: a hung test fails, says where, and leaves no process running.
 
-Each case runs pytest in a fresh process on a small test file, with hang_guard alone as a
-plugin (``-p hang_guard``, not this suite's conftest), and reads what it printed and how it
-ended (a hang in C code, in Python, SIGTERM, an exit that never ends).
+- test/hang_guard.py: each case runs pytest in a fresh process on a small test file, with
+  hang_guard alone as a plugin (``-p hang_guard``, not this suite's conftest), and reads what
+  it printed and how it ended (a hang in C code, in Python, SIGTERM, an exit that never ends).
+- conftest.end_process and conftest.run_bounded, on processes that outlive their wait, and
+  launch_driver.py when it cannot do its action.
 """
 import os
 import signal
@@ -124,3 +126,93 @@ def test_a_pytest_that_does_not_exit_is_ended_with_every_stack(tmp_path):
     assert code == 1 and '1 passed' in out, (code, out)
     assert 'Timeout (0:00:03)!' in out and 'in _forever' in out, out
     assert seconds < 30.0, (seconds, out)
+
+
+# ------------------------------------------------ conftest's bounded waits on processes
+def _alive(pid):
+    try:
+        with open('/proc/{}/stat'.format(pid)) as f:
+            return f.read().split(') ', 1)[1][0] != 'Z'     # a zombie has ended
+    except (OSError, IndexError):
+        return False
+
+
+def _gone(pid, timeout=10.0):
+    end = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_end_process_kills_what_outlives_its_wait_and_says_what_was_awaited():
+    from conftest import end_process
+    proc = subprocess.Popen(['sleep', '60'])
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError) as err:
+        end_process(proc, 0.5, 'sleep, waiting for its exit after SIGINT',
+                    lambda: 'first line\nlast line\n')
+    assert time.monotonic() - t0 < 10.0
+    assert str(err.value) == (
+        'sleep, waiting for its exit after SIGINT: pid {} did not exit within 0.5 s; killed '
+        '(SIGKILL to it). The end of its output:\nfirst line\nlast line'.format(proc.pid))
+    assert proc.returncode == -signal.SIGKILL      # killed and reaped: nothing left running
+    done = subprocess.Popen(['sh', '-c', 'exit 3'])
+    assert end_process(done, 10, 'sh') == 3
+
+
+def test_end_process_with_group_kills_the_children_too(tmp_path):
+    # As ros2 launch and its nodes: the shell leads its own process group, sleep is its child.
+    pidfile = tmp_path / 'child'
+    proc = subprocess.Popen(['sh', '-c', 'sleep 60 & echo $! > {}; wait'.format(pidfile)],
+                            start_new_session=True)
+    end = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < end, 'the shell did not start its child'
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    from conftest import end_process
+    with pytest.raises(AssertionError, match=r'did not exit within 0\.5 s; killed \(SIGKILL to '
+                                             r'its process group\)'):
+        end_process(proc, 0.5, 'sh', group=True)
+    assert _gone(child), 'the child of the group still runs'
+
+
+def test_run_bounded_kills_the_whole_group_where_subprocess_run_left_the_child(tmp_path):
+    from conftest import run_bounded
+    script = 'echo started; sleep 60 & echo $! > {}; wait'
+    # subprocess.run's timeout kills the command alone: its child runs on (so did the nodes
+    # of a ros2 launch).
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(['sh', '-c', script.format(tmp_path / 'run')], stdout=subprocess.PIPE,
+                       timeout=1)
+    left = int((tmp_path / 'run').read_text())
+    try:
+        assert _alive(left)
+    finally:
+        os.kill(left, signal.SIGKILL)
+    with pytest.raises(AssertionError) as err:
+        run_bounded(['sh', '-c', script.format(tmp_path / 'bounded')], 1)
+    message = str(err.value)
+    assert message.startswith('sh -c echo started; sleep 60 & echo $! > ') and \
+        message.endswith(': did not exit within 1 s; killed (SIGKILL to its process group). '
+                         'The end of its output:\nstarted'), message
+    assert _gone(int((tmp_path / 'bounded').read_text()))
+    done = run_bounded(['sh', '-c', 'echo out; echo err >&2; exit 4'], 10)
+    assert (done.returncode, done.stdout) == (4, b'out\nerr\n')
+
+
+def test_launch_driver_kills_the_launch_when_it_cannot_do_its_action(tmp_path):
+    # kill:NAME for a process the launch never started: one line, and the launch (a stand-in
+    # printing as ros2 launch does) and its child are killed, not left running for ever.
+    pidfile = tmp_path / 'child'
+    launch = ('sleep 60 & echo $! > {}; echo "[INFO] [zed_node-1]: process started with pid '
+              '[$!]"; echo "depth model: none"; wait'.format(pidfile))
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, os.path.join(HERE, 'launch_driver.py'), 'kill:nobody',
+                           str(tmp_path / 'launch.log'), '--', 'sh', '-c', launch],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    out = done.stdout.decode()
+    assert done.returncode == 1 and out.strip() == (
+        "launch_driver: no process 'nobody' started (started: [('zed_node', '{}')])".format(
+            pidfile.read_text().strip())), out
+    assert _gone(int(pidfile.read_text())) and time.monotonic() - t0 < 20.0
