@@ -9,10 +9,11 @@ PY38 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.8*/bin
 VENV38 ?= .venv38
 # Core and TensorRT-layer tests that must pass on the Jetson's Python 3.8.
 # Core, TensorRT layer, ZED source, the nodes' ROS-free logic (nodes_core), util, the JetPack install, and
-# the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below).
+# the default model's resolver and ONNX preparation (their onnxruntime parts skip: see below), and
+# the hang guard (test/hang_guard.py: faulthandler on the robot's Python).
 PY38_TESTS ?= $(wildcard test/test_core_*.py test/test_trt_*.py test/test_sources_zed.py \
 	test/test_nodes_core.py test/test_util.py test/test_jetpack_install.py \
-	test/test_onnx_prepare.py test/test_default_model.py)
+	test/test_onnx_prepare.py test/test_default_model.py test/test_hang_guard.py)
 
 # shared/ (the ROS 2 trees built for this machine): next to the checkout, next to the repository
 # this checkout was cloned from (a clone in /tmp), or /work/shared.
@@ -143,11 +144,16 @@ $(VENV_HUMBLE_ORT)/.stamp: setup.py $(HUMBLE_TREE)
 # $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS[,VENV]): pytest with Humble sourced and the venv's
 # python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
 # what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
-# A lane that outlives HUMBLE_LANE_TIMEOUT seconds is stopped (pytest: SIGTERM, SIGKILL 30 s
-# later) and fails with its log, which ends in the test it was in: a hang (one in C code, which
-# pytest-timeout's signal cannot break) must fail the run, not stall CI until its limit.
-# --foreground: a terminal's Ctrl-C still reaches pytest.
+# Each test has HUMBLE_TEST_TIMEOUT seconds (pytest-timeout, set-up and teardown included): 5
+# times the slowest test of any Humble lane, with two lanes at once (docs/testing.md, Hangs), and
+# above every wait inside those tests, whose messages say more. A test past it fails, the lane goes
+# on; one stuck in C code, where pytest-timeout cannot act, ends pytest 60 s later with every
+# thread's stack (test/hang_guard.py). A lane that outlives HUMBLE_LANE_TIMEOUT seconds all the
+# same is stopped (pytest: SIGTERM, which writes every thread's stack into its log, naming the
+# test it was in; SIGKILL 30 s later) and fails with its log: a hang must fail the run, not stall
+# CI until its limit. --foreground: a terminal's Ctrl-C still reaches pytest.
 HUMBLE_LANE_TIMEOUT ?= 900
+HUMBLE_TEST_TIMEOUT ?= 120
 define humble_pytest
 	@bash -c 'export PATH="$(abspath $(or $(5),$(VENV_HUMBLE)))/bin:$$PATH"; \
 		. "$(abspath $(or $(5),$(VENV_HUMBLE)))/ros2-humble/setup.bash" && \
@@ -191,7 +197,7 @@ test-humble-transport: $(VENV_HUMBLE)/.stamp
 		$(MAKE) --no-print-directory test-humble-$$rmw || code=1; done; exit $$code
 
 test-humble-logic: $(VENV_HUMBLE)/.stamp
-	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent $(HUMBLE_LOGIC_TESTS))
+	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),$(firstword $(HUMBLE_RMWS)) RMW-independent,$(VENV_HUMBLE)/logic.log,-m rmw_independent --timeout $(HUMBLE_TEST_TIMEOUT) $(HUMBLE_LOGIC_TESTS))
 
 # The user's first command with no backend and no model argument: without TensorRT it runs ONNX
 # Runtime on the public model (opset 17). No onnxruntime that reads it installs with numpy 1.17.4,
@@ -206,10 +212,10 @@ test-humble-firstrun-cli: $(VENV_HUMBLE_ORT)/.stamp
 	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),the demo without torch (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/cli.log,$(FIRSTRUN_CLI_TESTS),$(VENV_HUMBLE_ORT))
 
 test-humble-firstrun-%: $(VENV_HUMBLE_ORT)/.stamp
-	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,$(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))
+	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,--timeout $(HUMBLE_TEST_TIMEOUT) $(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))
 
 test-humble-%: $(VENV_HUMBLE)/.stamp
-	$(call humble_pytest,$*,$*,$(VENV_HUMBLE)/$*.log,-m "not rmw_independent" --deselect $(HUMBLE_DESELECT) $(HUMBLE_TESTS))
+	$(call humble_pytest,$*,$*,$(VENV_HUMBLE)/$*.log,-m "not rmw_independent" --timeout $(HUMBLE_TEST_TIMEOUT) --deselect $(HUMBLE_DESELECT) $(HUMBLE_TESTS))
 
 lint: $(VENV)/.stamp-dev
 	$(PY) -m flake8 depth_ros launch test benchmarks setup.py

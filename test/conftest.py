@@ -9,6 +9,11 @@ Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a
   as the launch file, and keeps its output for assertions.
 - :class:`Probe` is an rclpy test node on its own context and executor thread that publishes
   frames and collects what comes back.
+- No wait is without a bound: :func:`end_process` and :func:`run_bounded` kill what outlives
+  its time and fail naming what was awaited, how long, and the end of the process's output.
+  pytest-timeout (setup.cfg, or the Makefile's lanes) fails a test that takes too long; the
+  watchdog of hang_guard.py ends pytest with every thread's stack where that cannot work (a
+  hang in C code, the GIL held), and a pytest that does not exit.
 """
 import logging
 import os
@@ -21,6 +26,10 @@ import time
 
 import numpy as np
 import pytest
+
+# The session's own bounds (hooks: a watchdog per test and at exit, stacks at SIGTERM).
+from hang_guard import (  # noqa: F401,I100 - hooks of this conftest
+    pytest_configure, pytest_runtest_protocol, pytest_unconfigure)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'config', 'zed_depth.yaml')
@@ -95,6 +104,80 @@ def wait_until(predicate, timeout, interval=0.05):
     return value
 
 
+# Seconds a killed process may take to be reaped (SIGKILL cannot be caught: only a process
+# stuck in the kernel outlives it).
+KILL_WAIT_S = 10.0
+
+
+def _last_lines(text, count=40):
+    if isinstance(text, bytes):
+        text = text.decode('utf-8', 'replace')
+    return '\n'.join((text or '').splitlines()[-count:])
+
+
+def _kill(proc, group):
+    """SIGKILL ``proc`` (its process group with ``group``) and reap it; say how it ended."""
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except OSError:      # already gone (a group whose every process has been reaped)
+        pass
+    try:
+        proc.wait(KILL_WAIT_S)
+    except subprocess.TimeoutExpired:
+        return 'still there {:g} s after SIGKILL'.format(KILL_WAIT_S)
+    return 'killed (SIGKILL to {})'.format('its process group' if group else 'it')
+
+
+def end_process(proc, timeout, what, output=None, group=False):
+    """
+    Return the exit code of ``proc`` (a subprocess.Popen), waiting up to ``timeout`` seconds.
+
+    A process still running then is killed (SIGKILL; with ``group``, its whole process group,
+    as ``ros2 launch`` and its nodes) and reaped, and the test fails with an AssertionError
+    that says what was awaited (``what``), for how long, and ends with the last 40 lines of
+    ``output()``: not subprocess's bare TimeoutExpired, with the process left running.
+    """
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    how = _kill(proc, group)
+    raise AssertionError('{}: pid {} did not exit within {:g} s; {}. The end of its output:\n'
+                         '{}'.format(what, proc.pid, timeout, how,
+                                     _last_lines(output() if output else '')))
+
+
+def run_bounded(cmd, timeout, **kwargs):
+    """
+    Run ``cmd`` as subprocess.run does (stdout and stderr piped together), in its own session.
+
+    Past ``timeout`` seconds its whole process group is killed (subprocess.run kills the
+    command alone: the nodes of a ``ros2 launch`` ran on) and the test fails with the command,
+    the timeout and the last 40 lines it printed. Returns a CompletedProcess.
+    """
+    kwargs.setdefault('stdout', subprocess.PIPE)
+    kwargs.setdefault('stderr', subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        how = _kill(proc, group=True)
+        try:    # what it printed so far (a process that left the group may hold the pipe)
+            out, _ = proc.communicate(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            out = b''
+        raise AssertionError('{}: did not exit within {:g} s; {}. The end of its output:\n'
+                             '{}'.format(' '.join(str(c) for c in cmd), timeout, how,
+                                         _last_lines(out)))
+    except BaseException:   # Ctrl-C, a pytest-timeout: leave nothing running
+        _kill(proc, group=True)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 _PROCESS_LOGS = []
 
 
@@ -153,9 +236,14 @@ class NodeProcess(object):
         """Wait until ``text`` appears in the output; return whether it did."""
         return wait_until(lambda: text in self.output(), timeout)
 
-    def wait(self, timeout=30.0):
-        """Return the exit code, waiting up to ``timeout`` seconds."""
-        return self.proc.wait(timeout)
+    def wait(self, timeout=30.0, what='its exit'):
+        """
+        Return the exit code, waiting up to ``timeout`` seconds for ``what``.
+
+        Still running then: killed, and the test fails saying so, with the end of its output.
+        """
+        return end_process(self.proc, timeout, '{}, waiting for {}'.format(self.module, what),
+                           self.output)
 
     def interrupt(self):
         """Send SIGINT (a clean shutdown) without waiting; :meth:`stop` then waits."""

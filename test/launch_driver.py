@@ -11,8 +11,10 @@ comes once every process has started and depth_node has said which model it runs
 more. This process is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``): processes the
 launch leaves behind become its children, so that their exit status can be read. It prints
 one JSON object: the launch's exit code, and for each started process its pid and, where it
-outlived the launch, how it ended (``exit`` code, or ``killed`` by this driver after 15 s) and
-``after_s``, the seconds from the signal to its end.
+outlived the launch, how it ended (``exit`` code, or ``killed`` by this driver 15 s after the
+launch ended) and ``after_s``, the seconds from the signal to its end.
+Every wait is bounded (the start 30 s, the launch's exit 30 s, the orphans 15 s together), and
+whatever happens (an error here too) the launch's process group is killed on the way out.
 A run script of the test suite, not a test (test_launch_graph.py runs it).
 """
 import ctypes
@@ -25,6 +27,9 @@ import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+START_S = 30.0      # how long the launch may take to say which model depth_node runs
+EXIT_S = 30.0       # how long the launch may take to end after the action
+ORPHANS_S = 15.0    # how long the orphans of the launch may take to end, together
 STARTED = re.compile(r'\[(\w+)-\d+\]: process started with pid \[(\d+)\]')
 
 
@@ -33,9 +38,8 @@ def _read(path):
         return f.read()
 
 
-def _reap(pid, timeout, since):
-    """Wait for an orphan of the launch (now our child); return how it ended."""
-    end = time.monotonic() + timeout
+def _reap(pid, end, since):
+    """Wait for an orphan of the launch (now our child) until ``end``; return how it ended."""
     while True:
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -48,7 +52,8 @@ def _reap(pid, timeout, since):
         if time.monotonic() > end:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return {'killed': 'still running {:.0f} s after the launch ended'.format(timeout)}
+            return {'killed': 'still running {:.0f} s after the launch ended'.format(
+                ORPHANS_S)}
         time.sleep(0.05)
 
 
@@ -60,7 +65,19 @@ def main():
     with open(log_path, 'w') as log:
         launch = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
-    end = time.monotonic() + 60
+    try:
+        _drive(action, log_path, launch)
+    finally:    # nothing of the launch outlives the driver, an error here included
+        try:
+            os.killpg(launch.pid, signal.SIGKILL)
+        except OSError:     # its group is gone: the usual end
+            pass
+        if launch.poll() is None:
+            launch.wait(10)
+
+
+def _drive(action, log_path, launch):
+    end = time.monotonic() + START_S
     while launch.poll() is None and time.monotonic() < end:
         if 'depth model:' in _read(log_path):
             break
@@ -76,13 +93,17 @@ def main():
                                  'int:launch': signal.SIGINT}[action])
         elif action.startswith('kill:'):
             pids = [int(pid) for name, pid in started if name == action[len('kill:'):]]
+            if not pids:
+                raise SystemExit('launch_driver: no process {!r} started (started: {})'.format(
+                    action[len('kill:'):], started))
             os.kill(pids[0], signal.SIGKILL)
     try:
-        code = launch.wait(60)
+        code = launch.wait(EXIT_S)
     except subprocess.TimeoutExpired:
         os.killpg(launch.pid, signal.SIGKILL)
-        code = 'timeout: killed after 60 s'
-    processes = [{'name': name, 'pid': int(pid), 'orphan': _reap(int(pid), 15.0, since)}
+        code = 'timeout: killed after {:.0f} s'.format(EXIT_S)
+    reaped = time.monotonic() + ORPHANS_S
+    processes = [{'name': name, 'pid': int(pid), 'orphan': _reap(int(pid), reaped, since)}
                  for name, pid in started]
     print(json.dumps({'launch': code, 'processes': processes}))
 

@@ -79,9 +79,9 @@ def colcon_build(workspace, env=None, timeout=300):
         os.symlink(ROOT, link)
     env = dict(os.environ if env is None else env)
     env['AMENT_PREFIX_PATH'] = _underlay(env)
-    return subprocess.run([tool('colcon'), 'build', '--packages-select', 'depth_ros'],
-                          cwd=workspace, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout)
+    from conftest import run_bounded
+    return run_bounded([tool('colcon'), 'build', '--packages-select', 'depth_ros'], timeout,
+                       cwd=workspace, env=env)
 
 
 def sourced_environment(workspace, env=None):

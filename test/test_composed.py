@@ -276,7 +276,7 @@ def test_ctrl_c_during_an_inference_is_quiet_and_exits_0(probe, diagnostics, sta
     # ~/inference_started is built for this outside subscriber: it says an inference runs.
     assert wait_until(lambda: len(inferring) > 0, 60), proc.output()
     proc.proc.send_signal(signal.SIGINT)         # mid-inference: up to 1.5 s to go
-    code = proc.proc.wait(20)
+    code = proc.wait(20, 'its exit after SIGINT mid-inference')
     out = proc.output()
     probe.node.destroy_subscription(inferring.sub)
     assert code == 0, (code, out)
@@ -372,7 +372,7 @@ def test_nodes_of_one_diagnostics_period_share_one_timer_and_each_publishes():
         end = time.monotonic() + 2.2
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
-        executor.shutdown()
+        executor.shutdown(timeout_sec=5.0)
         counts = collections.Counter(name for _, name in statuses)
         for name in ('share_a', 'share_b', 'share_d'):
             assert 8 <= counts['composed_test/{}: t'.format(name)] <= 12, counts

@@ -656,7 +656,7 @@ def _interrupt(proc, times, gap=0.05):
     for i in range(times):
         proc.proc.send_signal(signal.SIGINT)
         time.sleep(gap)
-    return proc.proc.wait(20)
+    return proc.wait(20, 'its exit after {} SIGINT'.format(times))
 
 
 def test_ctrl_c_during_an_inference_is_quiet_and_exits_0(probe, node_processes):
@@ -720,7 +720,7 @@ def test_sigterm_is_a_clean_shutdown(probe):
         assert wait_until(lambda: ('alignment_sigterm', '/') in
                           probe.node.get_node_names_and_namespaces(), 30), node.output()
         node.proc.send_signal(signal.SIGTERM)
-        code = node.proc.wait(20)
+        code = node.wait(20, 'its exit after SIGTERM')
     finally:
         node.stop()
     assert code == 0, (code, node.output())
@@ -770,7 +770,7 @@ def test_sigints_until_the_node_has_exited_still_give_exit_0():
         while node.proc.poll() is None and time.monotonic() < end:
             node.proc.send_signal(signal.SIGINT)
             time.sleep(0.05)
-        code = node.proc.wait(10)
+        code = node.wait(10, 'its exit after a SIGINT every 50 ms')
     finally:
         node.stop()
     assert code == 0, (code, node.output())
@@ -972,7 +972,7 @@ print(json.dumps([asked, signum.value]))
 @pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
 def test_a_node_asks_for_sigterm_when_the_launch_that_started_it_dies(case, expected):
     gone = subprocess.Popen([sys.executable, '-c', 'pass'])
-    gone.wait()
+    gone.wait(30)
     done = subprocess.run([sys.executable, '-c', _STOP_WITH_LAUNCH, case, str(gone.pid)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
                           timeout=60, universal_newlines=True)
@@ -996,7 +996,7 @@ def test_shared_memory_left_by_kill_9_is_cleaned(probe):
         assert wait_until(lambda: {n for n, _ in shm_segments()} - before, 20), \
             'the node made no shared-memory segment:\n' + node.output()
         node.proc.kill()
-        node.proc.wait(10)
+        node.wait(10, 'its end after SIGKILL')
     finally:
         node.stop()
     left = {n for n, _ in shm_segments()} - before

@@ -33,6 +33,6 @@ def test_function_complexity(path, limit):
     result = subprocess.run([sys.executable, '-m', 'flake8', '--select=C901',
                              '--max-complexity={}'.format(limit), path], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            universal_newlines=True)
+                            universal_newlines=True, timeout=300)
     assert result.returncode == 0, 'functions above complexity {} in {}:\n{}'.format(
         limit, path, result.stdout)

@@ -63,7 +63,7 @@ def graph():
     tex = SingleThreadedExecutor(context=context)
     tex.add_node(tester)
     yield node, model, tester, tex
-    ex.shutdown()
+    ex.shutdown(timeout_sec=5.0)
     node.destroy_node()
     tester.destroy_node()
     rclpy.shutdown(context=context)

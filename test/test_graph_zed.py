@@ -289,7 +289,7 @@ def test_bag_source_stops_without_a_warning(tmp_path, probe):
     try:
         assert wait_until(lambda: len(images) >= 2, 30), 'no images:\n' + proc.output()
         proc.interrupt()
-        code = proc.wait(20)
+        code = proc.wait(20, 'its exit after SIGINT')
     finally:
         proc.stop()
     out = proc.output()
@@ -333,7 +333,7 @@ def test_a_node_run_by_hand_without_a_fastdds_profile_says_what_to_export(tmp_pa
     try:
         told = proc.wait_for_output('Fast DDS runs with no XML profile', 30)
         proc.interrupt()
-        code = proc.wait(20)
+        code = proc.wait(20, 'its exit after SIGINT')
     finally:
         proc.stop()
     out = proc.output()

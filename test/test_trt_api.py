@@ -34,7 +34,7 @@ def test_importing_the_backend_loads_neither_tensorrt_nor_pycuda():
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("tensorrt", "pycuda", "torch", "onnxruntime")))\n')
     out = subprocess.run([sys.executable, '-c', code], check=True, stdout=subprocess.PIPE,
-                         universal_newlines=True).stdout.strip()
+                         universal_newlines=True, timeout=120).stdout.strip()
     assert out == '[]', 'expected no heavy module, received {}'.format(out)
 
 
