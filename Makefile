@@ -209,7 +209,7 @@ test-humble-firstrun: $(VENV_HUMBLE_ORT)/.stamp
 		$(MAKE) --no-print-directory test-humble-firstrun-cli || code=1; exit $$code
 
 test-humble-firstrun-cli: $(VENV_HUMBLE_ORT)/.stamp
-	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),the demo without torch (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/cli.log,$(FIRSTRUN_CLI_TESTS),$(VENV_HUMBLE_ORT))
+	$(call humble_pytest,$(firstword $(HUMBLE_RMWS)),the demo without torch (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/cli.log,--timeout $(HUMBLE_TEST_TIMEOUT) $(FIRSTRUN_CLI_TESTS),$(VENV_HUMBLE_ORT))
 
 test-humble-firstrun-%: $(VENV_HUMBLE_ORT)/.stamp
 	$(call humble_pytest,$*,$* first run (numpy 1.24.4 + onnxruntime),$(VENV_HUMBLE_ORT)/$*.log,--timeout $(HUMBLE_TEST_TIMEOUT) $(HUMBLE_FIRSTRUN_TESTS),$(VENV_HUMBLE_ORT))
