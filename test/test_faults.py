@@ -1175,9 +1175,15 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
             assert text in values['last_drop_reason'], values
             lines = [x for x in graph.output()[mark:].splitlines() if 'dropped frame' in x]
             assert lines and all(text in x for x in lines), lines
-            # One line a second (log_throttle_s 1.0), each saying how many it stands for.
-            assert len(lines) <= seconds + 2 and any('similar suppressed' in x for x in lines), \
+            # One line a second (log_throttle_s 1.0), each after the first saying how many it
+            # stands for. The line that tells the suppressed ones comes with the first refusal
+            # past the second: a 1 s burst may end before it (a fresh-clone run on Humble: one
+            # line for 100 refusals), a 2 s burst may not.
+            assert len(lines) <= seconds + 2, \
                 'expected at most one line a second, received {}'.format(lines)
+            assert all('similar suppressed' in x for x in lines[1:]), lines
+            assert seconds < 2 or len(lines) >= 2, \
+                'a {} s burst must tell the refusals it suppressed: {}'.format(seconds, lines)
             stamp = graph.send_good(3)
             assert graph.clouds.by_stamp(stamp) is not None or wait_until(
                 lambda: graph.clouds.by_stamp(stamp) is not None, 5.0), \
