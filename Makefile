@@ -88,8 +88,10 @@ venv: $(VENV)/.stamp-launch
 demo: $(VENV)/.stamp-base
 	$(PY) -m depth_ros.cli demo --out out/demo
 
+# The slowest tests are listed at the end of the first tier (what to look at when the suite
+# grows: CI has 90 minutes, and the suite is kept under 15 on two cores).
 test: $(VENV)/.stamp-launch
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q --durations=15 test
 	$(MAKE) test-py38
 	$(MAKE) test-humble
 
