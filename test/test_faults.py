@@ -590,6 +590,17 @@ def test_help_lists_the_node_parameters_and_starts_nothing():
     assert "  backend ('auto', read-only): " in out and "  standin_latency_ms (30.0): " in out
 
 
+@pytest.mark.rmw_independent   # answered before rclpy is imported
+def test_composed_nodes_help_is_its_usage_and_exit_0():
+    # `composed_nodes --help` was "bad arguments: unexpected argument '--help'", exit 2.
+    from depth_ros.ros.composed import USAGE
+    code, out, err = _run_argv('composed', ['--help'])
+    assert (code, err) == (0, ''), (code, out, err)
+    assert out.startswith(USAGE + '\n\n') and 'ros2 run depth_ros <node> --help' in out, out
+    code, out, err = _run_argv('composed', ['--help', '--node', 'zed_node'])
+    assert code == 2 and "unexpected argument '--help'" in err, (code, out, err)
+
+
 def test_an_unknown_parameter_name_is_reported_with_a_suggestion():
     proc = NodeProcess('alignment_node', name='alignment_unknown',
                        params={'cloud_strid': 1, 'buffer_size': 8})

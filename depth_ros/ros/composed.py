@@ -56,6 +56,14 @@ WIRES = {('depth_node', 'zed_node'), ('marigold_node', 'zed_node'),
 USAGE = ('usage: composed_nodes [--ros-args ... --] --node KIND [--from NAME] '
          '[--ros-args ... --] ...  (KIND: {})'.format(' | '.join(KINDS)))
 
+HELP = USAGE + (
+    '\n\nOur nodes as Node objects in one process, one executor; --from NAME hands an earlier'
+    '\nnode\'s frames to this one by reference (depth_node --from zed_node, alignment_node'
+    '\n--from depth_node, marigold_node --from zed_node). Each section\'s --ros-args are that'
+    '\nnode\'s alone (name, namespace, parameter files, remappings); the ones before the first'
+    '\n--node are the process\'s (--log-level). zed_depth.launch.py runs it (composed:=true);'
+    '\neach node\'s parameters: ros2 run depth_ros <node> --help.')
+
 
 class Section(object):
     """One ``--node`` section: the kind, the producer it is fed by, its node-local arguments."""
@@ -266,8 +274,11 @@ def _warn_unknown(argv, glob, nodes, sections) -> None:
 
 def run(args: Optional[List[str]] = None) -> int:
     """Create, wire, spin and tear down the nodes of ``args``; return the exit code."""
-    from rclpy.executors import SingleThreadedExecutor
     argv = list(sys.argv if args is None else args)
+    if argv[1:] in (['-h'], ['--help']):
+        sys.stdout.write(HELP + '\n')
+        return 0
+    from rclpy.executors import SingleThreadedExecutor
     try:
         glob, sections = parse(argv[1:])
     except ValueError as exc:
