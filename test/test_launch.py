@@ -479,6 +479,13 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
                                                'name'),
     (dict(source='sample', log_level='verbose'), 'launch argument log_level:=verbose must be one '
                                                  'of debug | info | warn | error | fatal'),
+    # A replay source's path check asks whether zed_node runs: a bad zed_node:= was then
+    # "expected true or false, got 'flase'", naming no argument.
+    (dict(source='bag', zed_node='flase'), 'launch argument zed_node:=flase must be true or '
+                                           'false'),
+    (dict(source='folder', path='/nonexistent', zed_node='maybe'), 'launch argument '
+                                                                   'zed_node:=maybe must be '
+                                                                   'true or false'),
 ])
 def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
     with pytest.raises(ValueError) as info:
