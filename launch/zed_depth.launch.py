@@ -445,6 +445,9 @@ def _launched_directly(argv=None):
                 return True
         elif i > 0 and tokens[i - 1] == PACKAGE:
             return True
+        elif i > 0 and (tokens[i - 1] == 'launch' or tokens[i - 1].startswith('-')) and \
+                os.path.realpath(token) == mine:
+            return True     # its bare name, in its folder: ros2 launch's single-file mode
     return False
 
 
