@@ -179,6 +179,14 @@ def _check_arguments(arg, located=None):
         # It becomes zed_node's namespace: rcl refused it only once the node started.
         raise ValueError('launch argument camera_name:={} must be a ROS name: letters, digits '
                          'and underscores, not starting with a digit'.format(arg['camera_name']))
+    for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm',
+                 'cyclonedds_config', 'composed'):
+        # Before the path check, which asks whether zed_node runs.
+        try:
+            _truthy(arg[name])
+        except ValueError:
+            raise ValueError('launch argument {}:={} must be true or false'.format(
+                name, arg[name])) from None
     _check_source_and_path(arg, located or {n: (arg[n], 'launch argument')
                                             for n in ('source', 'path')})
     if arg['params_file'] and not os.path.isfile(arg['params_file']):
@@ -191,13 +199,6 @@ def _check_arguments(arg, located=None):
         if problem:
             raise ValueError('launch argument params_file:={}'.format(
                 problem[len('--params-file '):]))
-    for name in ('zed_node', 'publish_tf', 'rviz', 'marigold', 'fastdds_profile', 'clean_shm',
-                 'cyclonedds_config', 'composed'):
-        try:
-            _truthy(arg[name])
-        except ValueError:
-            raise ValueError('launch argument {}:={} must be true or false'.format(
-                name, arg[name])) from None
     if _truthy(arg['rviz']) and not _installed('rviz2'):
         # Here, before any process starts: launch's own "package 'rviz2' not found" came
         # after the nodes had started, and left them running when the launch exited.
@@ -444,6 +445,9 @@ def _launched_directly(argv=None):
                 return True
         elif i > 0 and tokens[i - 1] == PACKAGE:
             return True
+        elif i > 0 and (tokens[i - 1] == 'launch' or tokens[i - 1].startswith('-')) and \
+                os.path.realpath(token) == mine:
+            return True     # its bare name, in its folder: ros2 launch's single-file mode
     return False
 
 

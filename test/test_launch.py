@@ -479,6 +479,13 @@ def test_engine_argument_selects_tensorrt_and_the_cache(monkeypatch, composed):
                                                'name'),
     (dict(source='sample', log_level='verbose'), 'launch argument log_level:=verbose must be one '
                                                  'of debug | info | warn | error | fatal'),
+    # A replay source's path check asks whether zed_node runs: a bad zed_node:= was then
+    # "expected true or false, got 'flase'", naming no argument.
+    (dict(source='bag', zed_node='flase'), 'launch argument zed_node:=flase must be true or '
+                                           'false'),
+    (dict(source='folder', path='/nonexistent', zed_node='maybe'), 'launch argument '
+                                                                   'zed_node:=maybe must be '
+                                                                   'true or false'),
 ])
 def test_bad_arguments_are_refused_before_any_node_starts(monkeypatch, overrides, text):
     with pytest.raises(ValueError) as info:
@@ -771,6 +778,15 @@ def test_this_file_is_launched_directly_only_when_ros2_launch_names_it(monkeypat
     assert not module._launched_directly([ros2, 'launch', 'my_robot', 'robot.launch.py',
                                           'publsh_tf:=false'])
     assert not module._launched_directly(['pytest', 'test/test_launch.py'])
+    # The file's bare name in the folder it is in: ros2 launch's single-file mode (its first
+    # word an existing path) runs this file; a package's file of that name, or the robot's
+    # own file of that name in the current folder, is another.
+    monkeypatch.chdir(os.path.dirname(LAUNCH_FILE))
+    assert module._launched_directly([ros2, 'launch', 'zed_depth.launch.py', 'source:=sample'])
+    assert module._launched_directly([ros2, 'launch', '-d', 'zed_depth.launch.py'])
+    assert not module._launched_directly([ros2, 'launch', 'my_robot', 'zed_depth.launch.py'])
+    monkeypatch.chdir(str(tmp_path))
+    assert not module._launched_directly([ros2, 'launch', 'zed_depth.launch.py'])
 
 
 @needs_launch
