@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 from conftest import CONFIG, NodeProcess, ROOT, wait_until
 from graph_support import FedGraph, FRAME, frame_set, H, make_bgr, now, set_param, W
@@ -930,7 +931,8 @@ entry._run('node')
 """
 
 
-@pytest.mark.parametrize('given, expected', [(None, 1), ('2', 2), ('0', None)])
+@pytest.mark.parametrize('given, expected', [(None, 1), ('2', 2), ('0', None), ('', 1),
+                                             (' 3 ', 3)])
 @pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
 def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, expected):
     # Our nodes work in threads of their own: OpenCV's pool added threads that wake, spin and
@@ -951,6 +953,34 @@ def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, 
             stdout=subprocess.PIPE, env=env, timeout=60, universal_newlines=True).stdout
         expected = int(expected)
     assert threads == expected, (given, done.stdout)
+
+
+@pytest.mark.parametrize('given', ['abc', '-1', '1.5'])
+@pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
+def test_a_bad_opencv_thread_count_is_one_fatal_line_naming_it(given):
+    # OpenCV's import fails on it with a cv2.error traceback (stoull); the node says which
+    # variable and value, exit 2 as for a bad parameter, before anything is imported.
+    env = dict(os.environ, OPENCV_FOR_THREADS_NUM=given)
+    done = subprocess.run([sys.executable, '-c', _OPENCV_THREADS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 2 and done.stdout.splitlines() == [
+        "[FATAL] [node]: OPENCV_FOR_THREADS_NUM={!r} is not a whole number of threads (1, our "
+        "default: OpenCV on the calling thread; 0: one per core)".format(given)], done.stdout
+
+
+@pytest.mark.parametrize('value, calls', [('1', [1]), ('3', [3]), ('0', [])])
+@pytest.mark.rmw_independent
+def test_the_thread_count_is_given_to_an_opencv_that_may_not_read_the_variable(
+        value, calls, monkeypatch):
+    # An OpenCV built with TBB or OpenMP may not read OPENCV_FOR_THREADS_NUM; setNumThreads
+    # works for every build (0: OpenCV's default is left alone; its setNumThreads(0) means
+    # no threads).
+    from depth_ros.ros import entry
+    seen = []
+    monkeypatch.setitem(sys.modules, 'cv2', types.SimpleNamespace(setNumThreads=seen.append))
+    entry.apply_opencv_threads(value)
+    assert seen == calls
 
 
 _STOP_WITH_LAUNCH = r"""

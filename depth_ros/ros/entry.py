@@ -19,8 +19,8 @@ not the launch (a ``prefix`` such as gdb between them, ``ros2 run``), nothing is
 the launch died before the request, the process exits 0 without starting the node.
 
 OpenCV's own thread pool is off in our node processes unless the environment asks for it
-(``OPENCV_FOR_THREADS_NUM``, OpenCV's variable, set to 1 when absent: see
-:func:`default_opencv_threads`).
+(``OPENCV_FOR_THREADS_NUM``, OpenCV's variable, set to 1 when absent or empty, then applied
+with ``cv2.setNumThreads`` as well: see :func:`default_opencv_threads`).
 """
 import ctypes
 import importlib
@@ -43,10 +43,35 @@ def default_opencv_threads(environ=None) -> str:
     (docs/ros.md, "What composed still did twice, OpenCV's pool"). The outputs are the same
     for any thread count. Set the variable (e.g. ``OPENCV_FOR_THREADS_NUM=0``: OpenCV's
     default, one thread per core) to give OpenCV its pool back. Must run before OpenCV is
-    imported; returns the value in force.
+    imported; returns the value in force. An empty value counts as absent (OpenCV's import
+    fails on it: ``cv2.error: stoull``); one that is not a whole number raises ValueError
+    naming the variable and its value (OpenCV's import would fail on it too).
     """
     environ = os.environ if environ is None else environ
-    return environ.setdefault(OPENCV_THREADS, '1')
+    value = environ.get(OPENCV_THREADS, '').strip()
+    if not value:
+        value = '1'
+    elif not value.isdigit():
+        raise ValueError('{}={!r} is not a whole number of threads (1, our default: OpenCV on '
+                         'the calling thread; 0: one per core)'.format(
+                             OPENCV_THREADS, environ[OPENCV_THREADS]))
+    environ[OPENCV_THREADS] = value
+    return value
+
+
+def apply_opencv_threads(value: str) -> None:
+    """
+    Give an OpenCV already imported the thread count ``value`` (``default_opencv_threads``'s).
+
+    The variable is read by OpenCV's own pool (its pthreads build, the PyPI wheels'); an
+    OpenCV built with TBB or OpenMP (some JetPack and distribution builds) may not read it,
+    and ``cv2.setNumThreads`` works for every build. 0 leaves OpenCV's default (its
+    ``setNumThreads(0)`` would mean no threads, not the default).
+    """
+    cv2 = sys.modules.get('cv2')
+    count = int(value)
+    if cv2 is not None and count > 0:
+        cv2.setNumThreads(count)
 
 
 def stop_with_launch(environ=None) -> bool:
@@ -93,11 +118,18 @@ def _run(module: str) -> None:
         received.append(signum)
 
     old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    default_opencv_threads()
+    try:
+        threads = default_opencv_threads()
+    except ValueError as exc:
+        name = module.rsplit('.', 1)[-1]
+        sys.stderr.write('[FATAL] [{}]: {}\n'.format(
+            'composed_nodes' if name == 'composed' else name, exc))
+        sys.exit(2)     # a configuration error, as the nodes' own (exit 2)
     if not stop_with_launch():
         sys.exit(0)     # the launch is gone: a stop, as its SIGTERM would have been
     try:
         main = importlib.import_module(module).main
+        apply_opencv_threads(threads)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
