@@ -983,6 +983,77 @@ def test_the_thread_count_is_given_to_an_opencv_that_may_not_read_the_variable(
     assert seen == calls
 
 
+_STARTUP_DEBUG = r"""
+import logging, sys
+from depth_ros.nodes_core.params import ConfigError
+from depth_ros.ros.runtime import run_node
+
+
+def factory():
+    logging.getLogger('depth_ros.probe').debug('looked for the model in %s', 'the cache')
+    logging.getLogger('depth_ros.probe').info('no model found')
+    raise ConfigError('stop here')
+
+
+sys.exit(run_node(factory, 'probe_node', ['probe_node', '--ros-args', '-r', '__ns:=/cam',
+                                          '--log-level', sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize('level', ['cam.probe_node:=debug', 'cam.probe_node:=info'])
+@pytest.mark.rmw_independent   # logging, not the graph
+def test_the_start_up_debug_records_reach_a_node_at_debug(level):
+    # log_level:=debug gives our nodes' loggers debug (--log-level zed.zed_node:=debug); the
+    # library's debug records of the start-up (the model search, an engine build) were lost:
+    # debug was turned on for them only once the node existed. They go to the node's logger,
+    # named as rcl will name it.
+    done = subprocess.run([sys.executable, '-c', _STARTUP_DEBUG, level], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 2, done.stdout
+    lines = [line.split(']: ', 1)[0].split('] [')[0] + '] ' + line.split('] [')[-1]
+             for line in done.stdout.splitlines() if line.startswith('[')]
+    want = ['[INFO] cam.probe_node]: no model found', '[FATAL] probe_node]: bad configuration: '
+            'stop here']
+    if level.endswith('debug'):
+        want.insert(0, '[DEBUG] cam.probe_node]: looked for the model in the cache')
+    assert lines == want, done.stdout
+
+
+_FORWARDED_LEVELS = r"""
+import logging
+import rclpy
+from depth_ros.nodes_core.workers import forward_library_logs
+rclpy.init()
+node = rclpy.create_node('probe_node')
+forward_library_logs(node.get_logger())
+library = logging.getLogger('depth_ros.probe')
+library.info('model: the cache')
+library.warning('engine stale: rebuilt')
+library.info('ready')
+library.error('a frame dropped')
+library.critical('worker dead')
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+@pytest.mark.rmw_independent   # logging, not the graph
+def test_library_records_of_every_level_reach_the_node_logger():
+    # rclpy's logger keeps a context per call site and refuses another severity from the same
+    # one: the forwarder's single call lost every record whose level differed from the first
+    # ('--- Logging error --- ... Logger severity cannot be changed between calls').
+    done = subprocess.run([sys.executable, '-c', _FORWARDED_LEVELS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    lines = [(line.split(']')[0] + ']', line.split(']: ', 1)[-1])
+             for line in done.stdout.splitlines()]
+    assert lines == [('[INFO]', 'model: the cache'), ('[WARN]', 'engine stale: rebuilt'),
+                     ('[INFO]', 'ready'), ('[ERROR]', 'a frame dropped'),
+                     ('[FATAL]', 'worker dead')], done.stdout
+
+
 _STOP_WITH_LAUNCH = r"""
 import ctypes, json, os, sys, types
 from depth_ros.ros import entry

@@ -355,6 +355,25 @@ def test_library_debug_records_follow_a_node_logger_at_debug():
         assert node.lines == want + [('info', 'loaded')], (loggers, node.lines)
 
 
+@pytest.mark.parametrize('args, name, want', [
+    (['zed_node', '--ros-args', '-r', '__node:=zed_node', '-r', '__ns:=/zed', '--'],
+     'zed_node', 'zed.zed_node'),
+    (['x', '--ros-args', '--remap', '__ns:=/robot1/zed', '-p', 'fps:=5.0'], 'zed_node',
+     'robot1.zed.zed_node'),
+    (['x', '--ros-args', '-r', 'zed_node:__node:=left', '-r', 'other:__ns:=/no'], 'zed_node',
+     'left'),
+    (['x', '-r', '__ns:=/outside', '--ros-args', '-r', '__node:=d2'], 'depth_node', 'd2'),
+    ([], 'alignment_node', 'alignment_node'),
+    (['x', '--ros-args', '-r', '__ns:=/'], 'depth_node', 'depth_node'),
+])
+def test_a_node_logger_name_is_known_before_the_node(args, name, want):
+    # rcl names a node's logger by its namespace's parts and its name: the start-up's
+    # library records (the model search) are forwarded to it, at debug where it logs debug.
+    # Remaps outside --ros-args, or another node's, are not this node's.
+    from depth_ros.nodes_core.workers import node_logger_name
+    assert node_logger_name(args, name) == want
+
+
 def test_heap_trim_runs_once_after_a_burst_never_on_a_steady_stream():
     from depth_ros.nodes_core.workers import HeapTrim
     trim = HeapTrim(min_bytes=100)

@@ -428,9 +428,6 @@ class LogForwarder(logging.Handler):
     the console with the node's name and the ROS severity.
     """
 
-    _LEVELS = ((logging.CRITICAL, 'fatal'), (logging.ERROR, 'error'), (logging.WARNING, 'warning'),
-               (logging.INFO, 'info'), (0, 'debug'))
-
     def __init__(self, logger, level: int = logging.INFO):
         super().__init__(level)
         self.logger = logger   # run_node points it at the node's logger once there is a node
@@ -441,10 +438,25 @@ class LogForwarder(logging.Handler):
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
                 text += ' ({})'.format(describe_error(record.exc_info[1]))
-            level = next(name for threshold, name in self._LEVELS if record.levelno >= threshold)
-            getattr(self.logger, level)(text)
+            self._log(record.levelno, text)
         except Exception:  # noqa: B902 - logging must never raise into library code
             self.handleError(record)
+
+    def _log(self, levelno: int, text: str) -> None:
+        # One call site per severity: rclpy's logger keeps a context per call site and
+        # refuses another severity from the same one ("Logger severity cannot be changed
+        # between calls"), which lost every record whose level differed from the first.
+        logger = self.logger
+        if levelno >= logging.CRITICAL:
+            logger.fatal(text)
+        elif levelno >= logging.ERROR:
+            logger.error(text)
+        elif levelno >= logging.WARNING:
+            logger.warning(text)
+        elif levelno >= logging.INFO:
+            logger.info(text)
+        else:
+            logger.debug(text)
 
 
 def forward_library_logs(logger, name: str = 'depth_ros') -> LogForwarder:
@@ -470,6 +482,37 @@ def forward_debug_if_asked(handler: LogForwarder, loggers, name: str = 'depth_ro
         handler.setLevel(logging.DEBUG)
         logging.getLogger(name).setLevel(logging.DEBUG)
     return debug
+
+
+def node_logger_name(ros_args, name: str) -> str:
+    """
+    Return the logger name rcl gives the node ``name`` started with ``ros_args``.
+
+    Before the node exists, so that the library's debug records of its start-up (the model
+    search, the engine build, a bag's opening) are forwarded at ``log_level:=debug``: rcl names
+    a node's logger by its namespace's parts and its name, dot-separated
+    (``-r __ns:=/zed -r __node:=zed_node``: ``zed.zed_node``). Remaps inside ``--ros-args``
+    only, the bare ones and those prefixed with the node's own name (``name:__ns:=...``).
+    """
+    node, namespace, inside, i = name, '', False, 0
+    args = list(ros_args or [])
+    while i < len(args):
+        token = args[i]
+        if token == '--ros-args':
+            inside = True
+        elif token == '--':
+            inside = False
+        elif inside and token in ('-r', '--remap') and i + 1 < len(args):
+            rule = args[i + 1]
+            i += 1
+            target, _, value = rule.partition(':=')
+            prefix, _, key = target.rpartition(':')
+            if prefix in ('', name) and key == '__node':
+                node = value
+            elif prefix in ('', name) and key == '__ns':
+                namespace = value
+        i += 1
+    return '.'.join([p for p in namespace.split('/') if p] + [node])
 
 
 def _logs_debug(logger) -> bool:

@@ -44,7 +44,8 @@ from typing import List, Optional
 from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import ConfigError, given_names, params_file_error, \
     StartupError, unknown_lines
-from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs
+from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, \
+    node_logger_name
 from depth_ros.ros import compat
 from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown
 from depth_ros.util import describe_error
@@ -238,7 +239,12 @@ def _start(argv, glob, sections, signals):
         for section in sections:
             if not signals.interrupting:
                 break
-            logger = loggers.default = rclpy.logging.get_logger(section.kind)
+            logger = rclpy.logging.get_logger(section.kind)
+            # The library's records of its start-up (the model search, an engine build) go to
+            # the node's logger as rcl will name it, debug ones too where it logs debug.
+            loggers.default = rclpy.logging.get_logger(
+                node_logger_name(section.cli_args(), section.kind))
+            forward_debug_if_asked(forwarder, [loggers.default])
             before = set(threading.enumerate())
             nodes.append(_make(section, classes))
             loggers.own(set(threading.enumerate()) - before, nodes[-1].get_logger())

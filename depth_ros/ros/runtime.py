@@ -20,7 +20,8 @@ from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, \
     node_usage, params_file_error, start_up_type_error, StartupError, stray_arguments, \
     type_error, undeclared_error, unknown_lines
-from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, ThrottledLog
+from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, \
+    node_logger_name, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, \
@@ -431,7 +432,11 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
                 sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(
                     name, describe_error(exc)))
                 return 2
-            forwarder = forward_library_logs(rclpy.logging.get_logger(name))
+            # The library's records of the start-up (the model search, an engine build) go
+            # to the node's logger as rcl will name it, debug ones too where it logs debug.
+            forwarder = forward_library_logs(rclpy.logging.get_logger(
+                node_logger_name(argv, name)))
+            forward_debug_if_asked(forwarder, [forwarder.logger])
             if signals.interrupting:
                 node, code = _construct(factory, name, signals)
         except KeyboardInterrupt:
