@@ -63,7 +63,7 @@ def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple
 
 
 def _missing_modules(backend: str) -> List[str]:
-    """The modules of ``backend`` that are not installed (asked, not imported: torch takes s)."""
+    """Return the modules of ``backend`` that are not installed (asked, not imported)."""
     import importlib.util
     return [name for name in BACKEND_MODULES.get(backend, ())
             if importlib.util.find_spec(name) is None]
@@ -75,7 +75,7 @@ def _torch_installed() -> bool:
 
 
 def check_backend(backend: str) -> None:
-    """ValueError, one line naming what to install, when ``backend``'s packages are missing."""
+    """Raise a one-line ValueError naming what to install where ``backend`` is missing."""
     if backend not in BACKENDS:
         raise ValueError('--backend must be one of {}, got {!r}'.format(
             ', '.join(BACKENDS), backend))
