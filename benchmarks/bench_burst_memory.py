@@ -59,7 +59,10 @@ def one_run(what, trim, rate, seconds, settle):
         right_after = graph.diagnostics()
         graph.send_good(max(1, int(settle * 2)), period=0.5)
         stop.set()
-        watcher.join()
+        watcher.join(10.0)
+        if watcher.is_alive():
+            raise SystemExit('the RSS watcher did not stop within 10 s of being told to '
+                             '(reading /proc/{}/status)'.format(graph.pid))
         after = rss_anon_mb(graph.pid)
         end = graph.diagnostics()
     finally:

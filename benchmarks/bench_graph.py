@@ -90,6 +90,27 @@ def run_scenario(probe, pubs, clouds, frame, fps, frames, latency_ms, set_latenc
     return sent, recv, lat
 
 
+def latency_setter(probe, depth_node, align):
+    """Wait for the cloud's publisher and depth_node's parameter service; return a setter."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    if not wait_until(lambda: probe.node.count_publishers('/alignment_node/points') > 0, 15):
+        raise SystemExit('alignment_node did not advertise /alignment_node/points within '
+                         '15 s:\n' + align.output())
+    client = probe.node.create_client(SetParameters, '/depth_node/set_parameters')
+    if not client.wait_for_service(10.0):
+        raise SystemExit('depth_node\'s set_parameters service did not come up within 10 s:\n'
+                         + depth_node.output())
+
+    def set_latency(ms):
+        future = client.call_async(SetParameters.Request(parameters=[
+            Parameter('standin_latency_ms', value=float(ms)).to_parameter_msg()]))
+        if not wait_until(future.done, 10):
+            raise SystemExit('depth_node did not answer the change of standin_latency_ms to {} '
+                             'within 10 s:\n{}'.format(ms, depth_node.output()))
+    return set_latency
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--frames', type=int, default=60)
@@ -103,8 +124,6 @@ def main(argv=None):
         os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = os.path.join(
             ROOT, 'config', 'fastdds_large_messages.xml')
     from diagnostic_msgs.msg import DiagnosticArray
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     depth_node = NodeProcess('depth_node', params={'backend': 'standin'},
@@ -135,15 +154,7 @@ def main(argv=None):
                 probe.publisher(Image, '/bench/depth')]
         if not probe.wait_for_subscribers(pubs[0], 2, 30):
             raise SystemExit('nodes did not come up:\n' + depth_node.output() + align.output())
-        wait_until(lambda: probe.node.count_publishers('/alignment_node/points') > 0, 15)
-        client = probe.node.create_client(SetParameters, '/depth_node/set_parameters')
-        client.wait_for_service(10.0)
-
-        def set_latency(ms):
-            future = client.call_async(SetParameters.Request(parameters=[
-                Parameter('standin_latency_ms', value=float(ms)).to_parameter_msg()]))
-            wait_until(future.done, 10)
-
+        set_latency = latency_setter(probe, depth_node, align)
         frame = synthetic_frame(0)
         # Warm-up (first-frame allocations, discovery of lazily created paths).
         run_scenario(probe, pubs, clouds, frame, 5.0, 8, 10.0, set_latency)

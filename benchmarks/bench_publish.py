@@ -116,6 +116,9 @@ def main(argv=None):
                 end = time.time() + 30.0
                 while pub.get_subscription_count() == 0 and time.time() < end:
                     time.sleep(0.1)
+                if pub.get_subscription_count() == 0:
+                    raise SystemExit('the subscriber process (bench_publish.py sub) did not '
+                                     'match {} within 30 s'.format(TOPIC))
                 time.sleep(1.0)
             t = measure(pub, cloud, buffer, header, args.frames)
             print('{}: message from the buffer {} ms; publish {} ms; publish pre-serialized '
@@ -126,7 +129,13 @@ def main(argv=None):
     finally:
         if sub is not None:
             sub.terminate()
-            sub.wait()
+            try:
+                sub.wait(10)
+            except subprocess.TimeoutExpired:
+                print('the subscriber process did not end within 10 s of SIGTERM: killed it',
+                      file=sys.stderr)
+                sub.kill()
+                sub.wait(10)
         node.destroy_node()
         rclpy.shutdown()
     return 0

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,13 +140,27 @@ def run_graph(workspace_env, rmw, config, seconds, reliable, capped):
                               'reliable' if reliable else 'best_effort'], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              universal_newlines=True)
+    # The probe waits 90 s at most for its first clouds, then counts for ``seconds``: past
+    # that and a minute more (a probe stuck in rclpy), it is killed and this run says so.
+    limit = 90 + seconds + 60
+    watchdog = threading.Timer(limit, probe.kill)
+    watchdog.start()
     cpu0 = None
     lines = []
-    for line in probe.stdout:
-        lines.append(line)
-        if line.startswith('START'):
-            cpu0, t0 = cpu_seconds(launch.pid), time.monotonic()
-    probe.wait()
+    try:
+        for line in probe.stdout:
+            lines.append(line)
+            if line.startswith('START'):
+                cpu0, t0 = cpu_seconds(launch.pid), time.monotonic()
+        probe.wait(10)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.wait(10)
+    finally:
+        watchdog.cancel()
+    if probe.returncode is not None and probe.returncode < 0:
+        print('{} {}: the cloud probe did not finish within {:.0f} s and was killed'.format(
+            rmw, config, limit), file=sys.stderr, flush=True)
     cpu = {}
     if cpu0 is not None:
         cpu1, dt = cpu_seconds(launch.pid), time.monotonic() - t0
@@ -237,19 +252,29 @@ def run_transport(rmw, config, seconds, capped):
     sub = subprocess.Popen([sys.executable, '-c', SUBSCRIBER, str(seconds + 30)], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            universal_newlines=True)
-    pub = subprocess.run([sys.executable, '-c', PUBLISHER, str(seconds)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         universal_newlines=True, timeout=seconds + 90)
+    try:
+        pub = subprocess.run([sys.executable, '-c', PUBLISHER, str(seconds)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             universal_newlines=True, timeout=seconds + 90)
+        pub_out = pub.stdout
+    except subprocess.TimeoutExpired as exc:
+        text = exc.output.decode(errors='replace') if isinstance(exc.output, bytes) \
+            else exc.output or ''
+        pub_out = 'the publisher did not finish within {:.0f} s (killed); it printed: {}'.format(
+            seconds + 90, text)
     sub.send_signal(signal.SIGINT)
     try:
         out = sub.communicate(timeout=20)[0]
     except subprocess.TimeoutExpired:
         sub.kill()
-        out = sub.communicate()[0]
-    sent = re.search(r'SENT (\d+)', pub.stdout)
+        try:
+            out = sub.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            out = 'the subscriber did not end within 10 s of SIGKILL'
+    sent = re.search(r'SENT (\d+)', pub_out)
     sets = re.search(r'SETS (\d+)', out)
     if not (sent and sets):
-        return None, pub.stdout[-500:] + out[-500:]
+        return None, pub_out[-500:] + out[-500:]
     return int(sets.group(1)), int(sent.group(1))
 
 

@@ -145,7 +145,8 @@ def _yaml_section(commit=None):
                 text = f.read()
         else:
             text = subprocess.run(('git', 'show', commit + ':config/zed_depth.yaml'), cwd=ROOT,
-                                  check=True, stdout=subprocess.PIPE).stdout.decode()
+                                  check=True, stdout=subprocess.PIPE,
+                                  timeout=120).stdout.decode()
         _YAML[commit] = yaml.safe_load(text)['/**/alignment_node']['ros__parameters']
     return _YAML[commit]
 
@@ -897,7 +898,7 @@ def write_fixture(report, path=FIXTURE):
     import subprocess
 
     def git(*args):
-        return subprocess.run(('git',) + args, cwd=ROOT, stdout=subprocess.PIPE)
+        return subprocess.run(('git',) + args, cwd=ROOT, stdout=subprocess.PIPE, timeout=120)
 
     commit = baseline_core(BASELINE_COMMIT).commit
     method = 'baseline' if 'baseline' in report['goals'] else 'fused'

@@ -36,7 +36,10 @@ class BaselineUnavailable(RuntimeError):
 def _git(*args):
     try:
         return subprocess.run(('git',) + args, cwd=ROOT, check=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE).stdout
+                              stderr=subprocess.PIPE, timeout=120).stdout
+    except subprocess.TimeoutExpired:
+        raise BaselineUnavailable('git {} did not finish within 120 s'.format(
+            ' '.join(args))) from None
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, 'stderr', b'') or b''
         raise BaselineUnavailable('git {} failed: {}'.format(

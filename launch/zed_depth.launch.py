@@ -73,7 +73,8 @@ ARGUMENTS = (
     ('fastdds_profile', 'true', 'use config/fastdds_large_messages.xml (shared-memory segments '
      'for whole images) unless a Fast DDS profile is already set in the environment'),
     ('clean_shm', 'true', 'remove the Fast DDS shared-memory segments that killed processes '
-     'left in /dev/shm (`fastdds shm clean`: only segments no live process holds)'),
+     'left in /dev/shm (`fastdds shm clean`: only segments no live process holds; where Fast '
+     'DDS is the RMW, and one line only when it removed something)'),
     ('cyclonedds_config', 'true', 'use config/cyclonedds_large_messages.xml (socket receive '
      'buffer and message size for whole images; with ROS_LOCALHOST_ONLY=1 also '
      'config/cyclonedds_localhost.xml) unless CYCLONEDDS_URI is already set'),
@@ -254,9 +255,11 @@ def _environment(arg, share):
         if note:
             actions.append(LogInfo(msg=note))
     if _truthy(arg['clean_shm']):
-        summary = middleware.clean_shm()
-        if summary:
-            actions.append(LogInfo(msg='shared memory: ' + summary))
+        # Fast DDS's segments only, where Fast DDS is the RMW; a line only when something
+        # was removed or the tool failed.
+        note = middleware.shm_clean_note()
+        if note:
+            actions.append(LogInfo(msg=note))
     return actions
 
 

@@ -354,3 +354,88 @@ def test_demo_default_path_offline(offline_caches, capsys):
         report = json.load(f)
     assert report['trained'] is False and report['input_size'] == [518, 350]
     assert np.load(str(tmp_path / 'out' / 'depth.npy')).shape == (H, W)
+
+
+# ------------------------------------------------------------------ --backend
+@pytest.mark.parametrize('name', ['standin', 'tensorflow', 'marigold'])
+def test_demo_backend_takes_depth_nodes_networks_only(name, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(['demo', '--backend', name, '--out', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    line = [ln for ln in err.splitlines() if 'error:' in ln]
+    assert len(line) == 1 and "argument --backend: invalid choice: '{}'".format(name) in \
+        line[0], err
+    for choice in ('auto', 'onnxruntime', 'tensorrt', 'torch'):
+        assert choice in line[0].split('choose from')[1], line[0]
+
+
+def test_demo_backend_onnxruntime_runs_the_default_model_from_the_hub_cache(offline_caches,
+                                                                            monkeypatch, capsys):
+    # depth_node's backend: onnxruntime, chosen (not auto's choice): the same model, said so.
+    pytest.importorskip('onnxruntime', reason='--backend onnxruntime needs onnxruntime')
+    from model_files import community_onnx, make_hub_cache
+    from depth_ros.util import file_sha256
+    source = community_onnx('tiny')
+    make_hub_cache(str(offline_caches / 'hub'), source)
+    _hide_torch(monkeypatch)
+    from test_util import forbid_network
+    forbid_network(monkeypatch)
+    rc = main(['demo', '--backend', 'onnxruntime', '--out', 'out', '--threads', '1',
+               '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    first = stdout.splitlines()[0]
+    assert first.startswith('model: Depth Anything V2 Small (onnx-community/depth-anything-v2-'
+                            'small, Apache-2.0): backend onnxruntime (given); model ') and \
+        '(Hugging Face cache, source sha256 {}...); input 518x350'.format(
+            file_sha256(source)[:12]) in first, first
+    with open(str(offline_caches / 'out' / 'report.json')) as f:
+        report = json.load(f)
+    assert (report['trained'], report['backend'], report['input_size']) == \
+        (True, 'onnxruntime', [518, 350]), report
+    # And a --model file, on the backend given.
+    model = _stand_in_onnx(offline_caches / 'given.onnx', trained=True)
+    rc = main(['demo', '--backend', 'onnxruntime', '--model', model, '--out', 'out2',
+               '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and stdout.splitlines()[0] == 'model: ONNX model {}'.format(model), stdout
+    with open(str(offline_caches / 'out2' / 'report.json')) as f:
+        assert json.load(f)['backend'] == 'onnxruntime'
+
+
+@pytest.mark.parametrize('backend, hidden, line', [
+    ('torch', ('torch', 'transformers'), '--backend torch: PyTorch is not installed here (no '
+     'module named torch or transformers); install depth_ros[export], or leave --backend auto'),
+    ('onnxruntime', ('onnxruntime',), '--backend onnxruntime: ONNX Runtime is not installed '
+     'here (no module named onnxruntime); install depth_ros[onnx], or leave --backend auto'),
+    ('tensorrt', ('tensorrt', 'pycuda'), '--backend tensorrt: TensorRT is not installed here '
+     '(no module named tensorrt or pycuda); install TensorRT and pycuda (JetPack: apt install '
+     'python3-libnvinfer; pip install pycuda), or leave --backend auto'),
+])
+def test_demo_backend_not_installed_is_one_line(backend, hidden, line, monkeypatch, capsys,
+                                                tmp_path):
+    # Hidden as on a robot without them (None in sys.modules: find_spec says None), before
+    # anything runs: no sample, no model search.
+    import sys
+    for name in hidden:
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / 'out'
+    rc = main(['demo', '--backend', backend, '--out', str(out), '--no-progress'])
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert rc == 2 and lines == ['depth-ros demo: error: ' + line], (rc, captured.err)
+    assert captured.out == '' and not os.path.exists(str(out / 'report.json')), captured.out
+
+
+def test_demo_backend_torch_takes_a_checkpoint_not_an_onnx_file(tmp_path, capsys):
+    import importlib.util
+    if importlib.util.find_spec('torch') is None or \
+            importlib.util.find_spec('transformers') is None:
+        pytest.skip('--backend torch needs torch and transformers (depth_ros[export])')
+    model = str(tmp_path / 'm.onnx')
+    rc = main(['demo', '--backend', 'torch', '--model', model, '--out', str(tmp_path / 'o')])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == 'depth-ros demo: error: --backend torch runs a checkpoint ' \
+        '(a folder, .pth or hub id), got the ONNX file {}: run it with --backend ' \
+        'onnxruntime'.format(model), err

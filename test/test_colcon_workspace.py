@@ -148,6 +148,14 @@ def test_ros2_launch_topic_hz_param_and_a_quiet_ctrl_c(workspace, tmp_path):
             text = described.stdout.decode()
             assert 'Description: cap on the message payloads' in text and \
                 'Min value: 1.0' in text and 'Max value: 65536.0' in text, text
+            # A one-sided range is open on its other side (it printed "Max value: 1e+300"),
+            # and its given bound is still enforced.
+            described = _ros2(env, 'param', 'describe', '/alignment_node', 'max_depth')
+            text = described.stdout.decode()
+            assert 'Min value: 0.0\n' in text and 'Max value: inf\n' in text, text
+            refused = _ros2(env, 'param', 'set', '/alignment_node', 'max_depth', '-1.0')
+            assert 'Setting parameter failed: Parameter max_depth out of range Min: 0.0, ' \
+                'Max: inf, value: -1.0' in refused.stdout.decode(), refused.stdout.decode()
             refused = _ros2(env, 'param', 'set', '/alignment_node', 'cloud_stride', '0')
             # The descriptor's range, checked by rclpy before our validator runs.
             assert 'Setting parameter failed: Parameter cloud_stride out of range. Min: 1, ' \

@@ -8,6 +8,7 @@ None of this needs rclpy, so it runs everywhere, Python 3.8 with the Jetson's nu
 Hand-offs between threads are events and polls with deadlines, never fixed sleeps.
 """
 import logging
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -783,3 +784,131 @@ def test_missing_fastdds_profile_note(tmp_path, env, file, want):
         'shared-memory segment go in UDP fragments, and best-effort subscribers lose most of '
         'them. The launch file sets ours; run by hand, export {}=$(ros2 pkg prefix depth_ros)'
         '/share/depth_ros/config/fastdds_large_messages.xml'.format(want)), note
+
+
+# ------------------------------------------------------ Fast DDS's zombie shared memory
+def _plant_shm(root, prefix, segments=2, ports=1):
+    """Make the files of zombie segments and ports as Fast DDS names them; return the names."""
+    import random
+    names = []
+    for _ in range(segments):
+        name = '{}_{:016x}'.format(prefix, random.getrandbits(64))
+        names += [name, name + '_el']
+    for _ in range(ports):
+        name = '{}_port{}'.format(prefix, random.randint(20000, 29999))
+        names += [name, name + '_el', 'sem.{}_mutex'.format(name)]
+    for name in names:
+        with open(os.path.join(str(root), name), 'wb') as f:
+            f.write(b'\0' * 64)
+    return names
+
+
+def _fastdds_script():
+    from depth_ros.nodes_core.middleware import fastdds_command
+    cmd = fastdds_command()
+    if cmd is None or len(cmd) != 2:
+        pytest.skip('Fast DDS\'s fastdds tool (tools/fastdds/fastdds.py) is not installed here')
+    return cmd[1]
+
+
+_RUN_CLEAN_IN = r'''
+import inspect, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+from shm.clean import Clean
+Clean._Clean__shm_dir = lambda self: pathlib.Path(sys.argv[2])
+clean = Clean()
+clean.run(*[False] * len(inspect.signature(clean.run).parameters))   # Fast DDS 3: run(force)
+'''
+
+
+def test_the_counts_of_the_real_fastdds_shm_clean_are_read(tmp_path):
+    # The installed tool's own code (Fast DDS 2 on Humble, 3 on Kilted), on a folder of
+    # zombie files of both name styles and one segment a live process holds (flock).
+    import fcntl
+    import subprocess
+    import sys
+    from depth_ros.nodes_core.middleware import shm_clean_counts
+    tools = os.path.dirname(_fastdds_script())
+    for prefix in ('fastrtps', 'fastdds'):
+        _plant_shm(tmp_path, prefix)
+        (tmp_path / '{}_{:016x}'.format(prefix, 1)).write_bytes(b'')
+    held = [open(str(tmp_path / '{}_{:016x}_el'.format(p, 1)), 'ab')
+            for p in ('fastrtps', 'fastdds')]
+    try:
+        for f in held:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        outputs = [subprocess.run([sys.executable, '-c', _RUN_CLEAN_IN, tools, str(tmp_path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  universal_newlines=True, timeout=60) for _ in range(2)]
+    finally:
+        for f in held:
+            f.close()
+    assert [o.returncode for o in outputs] == [0, 0], [o.stdout for o in outputs]
+    assert [shm_clean_counts(o.stdout) for o in outputs] == [
+        {'zombie ports': 1, 'zombie segments': 2}, {'zombie ports': 0, 'zombie segments': 0}], \
+        [o.stdout for o in outputs]
+    assert '1 segments in use' in outputs[1].stdout, outputs[1].stdout   # not counted
+    assert shm_clean_counts('Invalid command\n') is None
+
+
+@pytest.mark.parametrize('env, runs', [
+    ({}, True),                                        # the default RMW: Fast DDS
+    ({'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp'}, True),
+    ({'RMW_IMPLEMENTATION': 'rmw_fastrtps_dynamic_cpp'}, True),
+    ({'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}, False),
+    ({'RMW_IMPLEMENTATION': 'rmw_zenoh_cpp'}, False),
+])
+def test_the_shm_cleaner_runs_only_under_fast_dds_and_says_only_what_it_did(
+        monkeypatch, env, runs):
+    # Every `ros2 launch` said "shared memory: 0 zombie segments cleaned", Cyclone DDS too.
+    # The tool's output as Fast DDS 2 prints it, from a stand-in tool (exit code, text).
+    import sys
+    from depth_ros.nodes_core import middleware
+    said = []
+
+    def tool(code, *lines):
+        script = 'import sys\nfor line in {!r}: print(line)\nsys.exit({})'.format(lines, code)
+        monkeypatch.setattr(middleware, 'fastdds_command', lambda: (
+            said.append('ran'), [sys.executable, '-c', script])[1])
+        return middleware.shm_clean_note(env)
+    head = ('shm.clean:', '3 ports in use', '5 segments in use')
+    assert tool(0, *head, '0 zombie ports cleaned', '0 zombie segments cleaned') is None
+    told = tool(0, *head, '1 zombie ports cleaned', '2 zombie segments cleaned')
+    failed = tool(1, 'Traceback (most recent call last):', "ModuleNotFoundError: No module "
+                  "named 'shm'")
+    odd = tool(0, 'Invalid command')
+    if not runs:
+        assert (said, told, failed, odd) == ([], None, None, None)
+        return
+    assert said == ['ran'] * 4
+    assert told == 'shared memory: fastdds shm clean removed 1 zombie port and 2 zombie ' \
+        'segments that killed processes left in /dev/shm', told
+    assert failed == "shared memory: fastdds shm clean failed (exit code 1): " \
+        "ModuleNotFoundError: No module named 'shm'", failed
+    assert odd == 'shared memory: fastdds shm clean failed (exit code 0): Invalid command', odd
+    monkeypatch.setattr(middleware, 'fastdds_command', lambda: None)
+    assert middleware.shm_clean_note(env) is None      # no tool: nothing to say
+
+
+def test_the_real_fastdds_shm_clean_removes_a_zombie_in_dev_shm():
+    # The installed tool, through clean_shm, on /dev/shm itself: it removes only files no live
+    # process holds, and a zombie planted here is one (another test's cleaner may get it first).
+    from depth_ros.nodes_core.middleware import clean_shm
+    _fastdds_script()
+    if not os.path.isdir('/dev/shm') or not os.access('/dev/shm', os.W_OK):
+        pytest.skip('no writable /dev/shm here')
+    planted = _plant_shm('/dev/shm', 'fastrtps', 1, 0) + _plant_shm('/dev/shm', 'fastdds', 1, 0)
+    try:
+        result = clean_shm(timeout=60)
+        assert result is not None and result.cleaned is not None, result
+        if result.cleaned:
+            assert result.text.startswith('fastdds shm clean removed '), result
+        # Fast DDS 2 cleans fastrtps_* files, Fast DDS 3 fastdds_* ones.
+        gone = [n for n in planted if not os.path.exists(os.path.join('/dev/shm', n))]
+        assert gone in (planted[:2], planted[2:]), (gone, result)
+    finally:
+        for name in planted:
+            try:
+                os.unlink(os.path.join('/dev/shm', name))
+            except OSError:
+                pass

@@ -346,6 +346,69 @@ def test_an_integer_for_a_double_at_start_up_says_how_to_write_it(overrides, hin
     assert text.count('(write') == (1 if 'write' in hint else 0), text
 
 
+def _one_sided_specs():
+    from depth_ros.nodes_core.params import LOG_THROTTLE, DIAGNOSTICS_PERIOD, Param
+    return (Param('max_depth', 20.0, 'd', low=0.0), Param('floor', -1.0, 'd', high=0.0),
+            Param('seed', 0, 'd', low=-1), LOG_THROTTLE, DIAGNOSTICS_PERIOD)
+
+
+def test_a_one_sided_range_is_open_on_its_other_side():
+    # `ros2 param describe /alignment_node max_depth` printed "Max value: 1e+300": a one-sided
+    # double range had +-1e300 for its missing bound, an integer one +-2**62. Now +-inf for a
+    # double (rclpy accepts it, Humble and Kilted) and the int64 limits for an integer. The
+    # descriptor as the describe_parameters service sends it, and rclpy's range check with it,
+    # through the set_parameters service (what `ros2 param describe` and `set` call).
+    import math
+    import rclpy
+    from rcl_interfaces.srv import DescribeParameters, SetParameters
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    node, context, applied = _node_with(_one_sided_specs(), [('max_depth', 1e200)])
+    client_node = rclpy.create_node('params_probe_client', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        executor.add_node(node)
+        executor.add_node(client_node)
+
+        def call(service, srv_type, request):
+            client = client_node.create_client(srv_type, '/params_probe/' + service)
+            assert client.wait_for_service(timeout_sec=20.0), service
+            future = client.call_async(request)
+            executor.spin_until_future_complete(future, timeout_sec=20.0)
+            assert future.done(), 'no answer from /params_probe/' + service
+            return future.result()
+        described = call('describe_parameters', DescribeParameters, DescribeParameters.Request(
+            names=['max_depth', 'floor', 'seed'])).descriptors
+        ranges = [(r.from_value, r.to_value) for d in described
+                  for r in list(d.floating_point_range) + list(d.integer_range)]
+        assert ranges == [(0.0, math.inf), (-math.inf, 0.0), (-1, 2 ** 63 - 1)], ranges
+
+        def reasons(*pairs):
+            answer = call('set_parameters', SetParameters, SetParameters.Request(parameters=[
+                Parameter(name, value=value).to_parameter_msg() for name, value in pairs]))
+            return [r.reason if not r.successful else '' for r in answer.results]
+        # A start-up value far above the given bound was taken; a change too.
+        assert node.cfg['max_depth'] == 1e200
+        assert reasons(('max_depth', 1e300), ('floor', -1e300), ('seed', 2 ** 62 + 1)) == \
+            ['', '', ''], node.cfg
+        # The given bound is rclpy's, with its text, which now names inf as the open side.
+        assert reasons(('max_depth', -0.5), ('floor', 0.5), ('seed', -2)) == [
+            'Parameter max_depth out of range Min: 0.0, Max: inf, value: -0.5',
+            'Parameter floor out of range Min: -inf, Max: 0.0, value: 0.5',
+            'Parameter seed out of range. Min: -1, Max: 9223372036854775807, value: -2']
+        assert node.cfg['max_depth'] == 1e300 and node.cfg['seed'] == 2 ** 62 + 1, node.cfg
+    finally:
+        executor.shutdown()
+        client_node.destroy_node()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    # A start-up value beyond the given bound: the node does not start, and says why.
+    from depth_ros.nodes_core.params import ConfigError
+    with pytest.raises(ConfigError, match=r'Parameter max_depth out of range Min: 0\.0, '
+                       r'Max: inf, value: -2\.0'):
+        _node_with(_one_sided_specs(), [('max_depth', -2.0)])
+
+
 def test_given_parameter_names_are_the_ones_rclpy_applies(tmp_path):
     # nodes_core.params.given_names reads --params-file and -p as rcl does, without rclpy's
     # private attributes; rclpy itself, told to declare every override it applies to a node

@@ -15,6 +15,10 @@ prepares. When it cannot be had (nothing on disk, no internet): where torch is i
 documented `make demo` fallback) an UNTRAINED ViT-S, which the demo announces in its first
 lines and in the report, its numbers then showing that the pipeline runs, not what the model
 can do; elsewhere (a robot with onnxruntime and no torch) one line that names the fix, exit 2.
+
+``--backend`` takes depth_node's networks, auto | onnxruntime | tensorrt | torch (default auto),
+for the default model as for a --model; a backend whose packages are not installed is one line
+that names what to install, exit 2, before anything runs.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from depth_ros.cli import HelpFormatter
 from depth_ros.commands import _args
@@ -35,6 +39,15 @@ UNTRAINED_LABEL = 'UNTRAINED network: numbers show the pipeline runs, not model 
 FIX = ('run `depth-ros model setup` (with internet access; offline machines: docs/models.md, '
        '"Offline robots"), or pass --model FILE.onnx')
 BACKEND_NAMES = {'onnxruntime': 'ONNX Runtime', 'tensorrt': 'TensorRT', 'torch': 'PyTorch'}
+# depth_node's `backend` choices that are networks (standin is not a model: nothing to report).
+BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
+# What each backend imports, and how to install it.
+BACKEND_MODULES = {'onnxruntime': ('onnxruntime',), 'tensorrt': ('tensorrt', 'pycuda'),
+                   'torch': ('torch', 'transformers')}
+BACKEND_INSTALL = {'onnxruntime': 'install depth_ros[onnx]',
+                   'tensorrt': 'install TensorRT and pycuda (JetPack: apt install '
+                               'python3-libnvinfer; pip install pycuda)',
+                   'torch': 'install depth_ros[export]'}
 INPUT_FILES = ('left.png', 'stereo_depth.npy', 'confidence.npy', 'relative.npy',
                'gt_depth.npy')
 
@@ -49,21 +62,40 @@ def default_input_size(width: int, height: int, model_width: int = 518) -> Tuple
     return model_width, h
 
 
+def _missing_modules(backend: str) -> List[str]:
+    """Return the modules of ``backend`` that are not installed (asked, not imported)."""
+    import importlib.util
+    return [name for name in BACKEND_MODULES.get(backend, ())
+            if importlib.util.find_spec(name) is None]
+
+
 def _torch_installed() -> bool:
     """Whether torch and transformers are installed (asked, not imported: that takes seconds)."""
-    import importlib.util
-    return all(importlib.util.find_spec(name) is not None for name in ('torch', 'transformers'))
+    return not _missing_modules('torch')
+
+
+def check_backend(backend: str) -> None:
+    """Raise a one-line ValueError naming what to install where ``backend`` is missing."""
+    if backend not in BACKENDS:
+        raise ValueError('--backend must be one of {}, got {!r}'.format(
+            ', '.join(BACKENDS), backend))
+    missing = _missing_modules(backend)
+    if missing:
+        raise ValueError('--backend {}: {} is not installed here (no module named {}); {}, '
+                         'or leave --backend auto'.format(
+                             backend, BACKEND_NAMES[backend], ' or '.join(missing),
+                             BACKEND_INSTALL[backend]))
 
 
 def _untrained(size: Tuple[int, int], cache_dir: Optional[str], threads: Optional[int],
-               reason: str):
+               reason: str, backend: str = 'auto'):
     """Open the documented fallback (torch installed): an untrained ViT-S, ONNX Runtime if any."""
     import importlib.util
 
     from depth_ros.inference import load_depth_model
     from depth_ros.inference.model_store import untrained_description, untrained_vits
 
-    if importlib.util.find_spec('onnxruntime') is None:
+    if backend == 'torch' or importlib.util.find_spec('onnxruntime') is None:
         net = load_depth_model('vits', backend='torch', input_size=size, random_weights=True,
                                seed=0)
         return net, untrained_description(0, reason) + ' (PyTorch)', False, None, 'torch'
@@ -74,29 +106,39 @@ def _untrained(size: Tuple[int, int], cache_dir: Optional[str], threads: Optiona
 
 
 def open_default_model(size: Tuple[int, int], cache_dir: Optional[str] = None,
-                       threads: Optional[int] = None, echo=print, api=None):
+                       threads: Optional[int] = None, echo=print, api=None,
+                       backend: str = 'auto'):
     """
     Open the default model as depth_node does with no model argument; returns a tuple.
 
-    (model, description, trained, onnx path or None, backend). Backend auto (a TensorRT
-    engine where TensorRT runs, else ONNX Runtime, else PyTorch where only it is installed)
-    and model auto (depth_ros.inference.default_model: the prepared or public ONNX in the
-    depth_ros cache, the models folders or the Hugging Face cache, a download, the checkpoint
-    where torch is installed). When none can be had: where torch is installed (`make demo`'s
-    depth_ros[export]), the documented fallback, an UNTRAINED ViT-S, announced first (two
-    lines through ``echo``); elsewhere default_model.ModelUnavailable, one line with the fix.
+    (model, description, trained, onnx path or None, backend). Backend ``backend``, auto by
+    default (a TensorRT engine where TensorRT runs, else ONNX Runtime, else PyTorch where only
+    it is installed), and model auto (depth_ros.inference.default_model: the prepared or
+    public ONNX in the depth_ros cache, the models folders or the Hugging Face cache, a
+    download, the checkpoint where torch is installed). When none can be had: where torch is
+    installed (`make demo`'s depth_ros[export]), the documented fallback, an UNTRAINED ViT-S
+    (on the backend given, but for tensorrt, which has none), announced first (two lines
+    through ``echo``); elsewhere default_model.ModelUnavailable, one line with the fix.
     """
     from depth_ros.inference import auto, default_model, ModelLoadError
 
+    fallback = backend != 'tensorrt' and _torch_installed()
     try:
-        opened = auto.open_depth_model(auto.AUTO, auto.AUTO, input_size=size,
+        opened = auto.open_depth_model(backend, auto.AUTO, input_size=size,
                                        cache_dir=cache_dir, intra_op_threads=threads,
                                        fix=FIX, api=api)
     except default_model.ModelUnavailable as exc:
-        if not _torch_installed():
+        if not fallback:
             raise
         reason = str(exc)
     except ModelLoadError as exc:
+        if backend == 'torch' and fallback:
+            # The checkpoint is neither cached nor downloadable (the text says what to do).
+            reason = str(exc)
+            echo('*** {} ***'.format(UNTRAINED_LABEL))
+            echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
+            return _untrained(size, cache_dir, threads, 'the trained checkpoint is not on this '
+                              'machine and cannot be had (the line above says why)', 'torch')
         # backend auto found neither TensorRT nor onnxruntime: PyTorch, where installed.
         if exc.backend != auto.AUTO or not _torch_installed():
             raise
@@ -113,7 +155,46 @@ def open_default_model(size: Tuple[int, int], cache_dir: Optional[str] = None,
     echo('*** {} ***'.format(UNTRAINED_LABEL))
     echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
     return _untrained(size, cache_dir, threads, 'the trained model is not on this machine and '
-                      'cannot be had (the line above says where the demo looked)')
+                      'cannot be had (the line above says where the demo looked)', backend)
+
+
+def open_given_model(model: str, size: Tuple[int, int], backend: str = 'auto',
+                     cache_dir: Optional[str] = None, threads: Optional[int] = None, echo=print,
+                     api=None):
+    """
+    Open ``--model`` on ``backend``; returns the tuple of :func:`open_default_model`.
+
+    auto and onnxruntime: ONNX Runtime on the .onnx file, or on the ONNX exported once from a
+    checkpoint (folder, .pth, hub id; needs torch). torch: the checkpoint itself. tensorrt:
+    an engine (.engine, .plan) as it is, else the engine built once from that ONNX file.
+    """
+    from depth_ros.inference import auto, load_depth_model, resolve_demo_model
+
+    engine = model.strip().lower().endswith(('.engine', '.plan'))
+    if engine and backend != 'tensorrt':
+        raise ValueError('--model {} is a TensorRT engine: run it with --backend tensorrt'
+                         .format(model))
+    if backend == 'torch':
+        if model.strip().lower().endswith('.onnx'):
+            raise ValueError('--backend torch runs a checkpoint (a folder, .pth or hub id), got '
+                             'the ONNX file {}: run it with --backend onnxruntime'.format(model))
+        net = load_depth_model(model, backend='torch', input_size=size)
+        return net, 'Depth Anything V2 checkpoint {} (PyTorch)'.format(model), True, None, \
+            'torch'
+    if engine:
+        opened = auto.open_depth_model('tensorrt', model, api=api)
+        return opened.model, 'TensorRT engine {}'.format(opened.path), True, None, 'tensorrt'
+    onnx_path, description, trained = resolve_demo_model(model, cache_dir=cache_dir,
+                                                         input_size=size)
+    if not trained:
+        echo('*** {} ***'.format(UNTRAINED_LABEL))
+    if backend == 'tensorrt':
+        opened = auto.open_depth_model('tensorrt', onnx_path, input_size=size, api=api)
+        return opened.model, '{}; TensorRT engine {}'.format(description, opened.path), \
+            trained, onnx_path, 'tensorrt'
+    options = {'intra_op_threads': threads} if threads else {}
+    return load_depth_model(onnx_path, backend='onnxruntime', **options), description, \
+        trained, onnx_path, 'onnxruntime'
 
 
 def _describe(opened) -> str:
@@ -208,14 +289,14 @@ def write_report(out_dir: str, report: Dict) -> Tuple[str, str]:
 
 def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int, int]] = None,
              threads: Optional[int] = None, cache_dir: Optional[str] = None,
-             show_progress: bool = True, echo=print) -> Dict:
+             show_progress: bool = True, echo=print, backend: str = 'auto') -> Dict:
     """Run the demo (the CLI and the tests call it); return the report dict."""
+    check_backend(backend)
     import cv2
     import numpy as np
     from tqdm.auto import tqdm
 
     from depth_ros.commands.fuse import fuse_and_write
-    from depth_ros.inference import load_depth_model, resolve_demo_model
     from depth_ros.sources.sample import load_sample, sample_stereo_depth
 
     timing = {}
@@ -224,15 +305,10 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
     size = input_size or default_input_size(sample.camera.width, sample.camera.height)
     if model is None:
         net, description, trained, onnx_path, backend = open_default_model(
-            size, cache_dir=cache_dir, threads=threads, echo=echo)
+            size, cache_dir=cache_dir, threads=threads, echo=echo, backend=backend)
     else:
-        onnx_path, description, trained = resolve_demo_model(model, cache_dir=cache_dir,
-                                                             input_size=size)
-        if not trained:
-            echo('*** {} ***'.format(UNTRAINED_LABEL))
-        options = {'intra_op_threads': threads} if threads else {}
-        net, backend = load_depth_model(onnx_path, backend='onnxruntime', **options), \
-            'onnxruntime'
+        net, description, trained, onnx_path, backend = open_given_model(
+            model, size, backend, cache_dir=cache_dir, threads=threads, echo=echo)
     timing['model_load'] = (time.perf_counter() - t0) * 1e3
     echo('model: {}'.format(description))
     echo('sample: Middlebury 2014 Motorcycle ({}x{}), ground truth from its disparity'.format(
@@ -305,7 +381,8 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError('--threads must be >= 1, got {}'.format(args.threads))
     run_demo(args.model, args.out, input_size=size, threads=args.threads,
-             cache_dir=args.cache_dir, show_progress=not args.no_progress)
+             cache_dir=args.cache_dir, show_progress=not args.no_progress,
+             backend=args.backend)
     return 0
 
 
@@ -321,9 +398,14 @@ def register(subparsers) -> None:
                     'UNTRAINED network and says so; without torch it stops with one line.',
         formatter_class=HelpFormatter)
     p.add_argument('--model', default=None,
-                   help='an .onnx file, a checkpoint folder, an official .pth or a hub id, '
-                        'run with ONNX Runtime (default: depth_node\'s model auto on backend '
-                        'auto)')
+                   help='an .onnx file, a checkpoint folder, an official .pth or a hub id '
+                        '(ONNX Runtime for backend auto; a TensorRT engine with --backend '
+                        'tensorrt) (default: depth_node\'s model auto)')
+    p.add_argument('--backend', default='auto', choices=BACKENDS,
+                   help='depth_node\'s backend: auto (TensorRT where it runs, else ONNX '
+                        'Runtime, else PyTorch), onnxruntime (CPU), tensorrt (an engine '
+                        'built once into the engine cache), torch (the checkpoint); '
+                        'default auto')
     p.add_argument('--out', default=os.path.join('out', 'demo'), type=_args.output_dir,
                    help='output folder')
     p.add_argument('--input-size', default=None,

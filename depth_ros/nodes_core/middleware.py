@@ -5,9 +5,11 @@ DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
   reads an XML profile. Fast DDS 2 (Humble, Iron, Jazzy) reads ``FASTRTPS_DEFAULT_PROFILES_FILE``;
   Fast DDS 3 (Kilted and later) reads ``FASTDDS_DEFAULT_PROFILES_FILE`` and warns at every start
   when it finds the old name. Setting only the one it reads keeps start-up quiet on both.
-- :func:`stale_shm_segments` and :func:`clean_shm`: shared-memory segments that a killed
+- :func:`shm_clean_note` and :func:`clean_shm`: shared-memory segments that a killed
   process (``kill -9``, a crash) leaves in /dev/shm are never reclaimed by Fast DDS itself;
-  ``fastdds shm clean`` (Fast DDS's own tool) removes the ones no live process holds.
+  ``fastdds shm clean`` (Fast DDS's own tool) removes the ones no live process holds. The
+  launch file runs it where Fast DDS is the RMW, and logs a line only when it removed
+  something or failed.
 - :func:`cyclonedds_environment`: ``CYCLONEDDS_URI`` naming config/cyclonedds_large_messages.xml
   (and config/cyclonedds_localhost.xml with ``ROS_LOCALHOST_ONLY=1``), unless the user set one.
 - :func:`receive_buffer_note`: the one line that says when the kernel's ``net.core.rmem_max``
@@ -20,13 +22,15 @@ DDS set-up shared by the launch file, the tests and the nodes (no ROS import).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 import xml.etree.ElementTree as ElementTree
 
 from depth_ros.ros.compat import FAST_DDS_2_DISTROS
+from depth_ros.util import describe_error
 
 OLD, NEW = 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'
 CYCLONEDDS_URI = 'CYCLONEDDS_URI'
@@ -183,13 +187,21 @@ def receive_buffer_note(config: str, environ=None, limit: Optional[int] = None
                                                     wanted)
 
 
-def clean_shm(timeout: float = 10.0) -> Optional[str]:
-    """
-    Run ``fastdds shm clean``; return its one-line summary, or None when the tool is missing.
+FASTDDS_RMWS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
 
-    Only segments that no live process holds are removed (Fast DDS checks their locks), so it
-    is safe while other ROS 2 processes run.
+
+def uses_fastdds(environ=None) -> bool:
     """
+    Return whether the RMW in use is Fast DDS.
+
+    RMW_IMPLEMENTATION unset is the distribution's default, Fast DDS on Humble and Kilted (and
+    every release between); else rmw_fastrtps_cpp or rmw_fastrtps_dynamic_cpp.
+    """
+    return rmw(environ).strip() in FASTDDS_RMWS
+
+
+def fastdds_command() -> Optional[List[str]]:
+    """Return the command that runs Fast DDS's ``fastdds`` tool, or None when it is missing."""
     tool = shutil.which('fastdds')
     beside = os.path.join(os.path.dirname(sys.executable), 'fastdds')   # a venv not on PATH
     if tool is None and os.access(beside, os.X_OK):
@@ -200,14 +212,88 @@ def clean_shm(timeout: float = 10.0) -> Optional[str]:
     # PATH; run it with this interpreter, whose packages (psutil) are the ROS environment's.
     script = os.path.join(os.path.dirname(os.path.realpath(tool)), os.pardir, 'tools',
                           'fastdds', 'fastdds.py')
-    cmd = [sys.executable, os.path.normpath(script)] if os.path.isfile(script) else [tool]
+    return [sys.executable, os.path.normpath(script)] if os.path.isfile(script) else [tool]
+
+
+class ShmClean(NamedTuple):
+    """
+    What ``fastdds shm clean`` did.
+
+    ``cleaned``: how many zombie segments and ports (and, Fast DDS 3 with ``--force``, data-
+    sharing segments) it removed, None when it failed; ``text``: what it removed, or why it
+    failed, in one line.
+    """
+
+    cleaned: Optional[int]
+    text: str
+
+
+_CLEANED = re.compile(r'^\s*(\d+)\s+(\S.*?)\s+cleaned\s*$')
+
+
+def shm_clean_counts(output: str) -> Optional[Dict[str, int]]:
+    """
+    Return ``fastdds shm clean``'s counts, {'zombie segments': 2, 'zombie ports': 0, ...}.
+
+    The tool (Fast DDS 2 on Humble, 3 on Kilted) prints ``shm.clean:``, the ports and segments
+    in use, then one ``<n> <what> cleaned`` line per kind. None when no such line is there
+    (not the tool's output).
+    """
+    counts = {}
+    for line in output.splitlines():
+        match = _CLEANED.match(line)
+        if match:
+            counts[match.group(2)] = counts.get(match.group(2), 0) + int(match.group(1))
+    return counts or None
+
+
+def clean_shm(timeout: float = 10.0) -> Optional[ShmClean]:
+    """
+    Run ``fastdds shm clean``: a :class:`ShmClean`, or None when the tool is missing.
+
+    Only segments that no live process holds are removed (Fast DDS checks their locks), so it
+    is safe while other ROS 2 processes run. Fast DDS 2 (Humble) cleans ``fastrtps_*`` files,
+    Fast DDS 3 (Kilted) ``fastdds_*``.
+    """
+    cmd = fastdds_command()
+    if cmd is None:
+        return None
     try:
         out = subprocess.run(cmd + ['shm', 'clean'], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 'fastdds shm clean failed: {}'.format(exc)
-    lines = out.stdout.decode('utf-8', 'replace').strip().splitlines()
-    return lines[-1] if lines else 'fastdds shm clean: done'
+    except subprocess.TimeoutExpired:
+        return ShmClean(None, 'fastdds shm clean failed: no answer within {:g} s'.format(
+            timeout))
+    except OSError as exc:
+        return ShmClean(None, 'fastdds shm clean failed: {}'.format(describe_error(exc)))
+    text = out.stdout.decode('utf-8', 'replace')
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    counts = shm_clean_counts(text)
+    if out.returncode != 0 or counts is None:
+        return ShmClean(None, 'fastdds shm clean failed (exit code {}): {}'.format(
+            out.returncode, lines[-1] if lines else 'no output'))
+    cleaned = sum(counts.values())
+    removed = ['{} {}'.format(n, what[:-1] if n == 1 and what.endswith('s') else what)
+               for what, n in counts.items() if n]
+    return ShmClean(cleaned, 'fastdds shm clean removed {} that killed processes left in '
+                    '/dev/shm'.format(' and '.join(removed)) if cleaned else
+                    'fastdds shm clean: nothing to remove')
+
+
+def shm_clean_note(environ=None, timeout: float = 10.0) -> Optional[str]:
+    """
+    Clean Fast DDS's zombie shared memory where Fast DDS is the RMW; return the line to log.
+
+    None, and nothing run, where another RMW is in use (Cyclone DDS: Fast DDS's files are not
+    ours to clean); None when there was nothing to remove or the tool is missing. The line
+    says what was removed, or why the tool failed.
+    """
+    if not uses_fastdds(environ):
+        return None
+    result = clean_shm(timeout)
+    if result is None or result.cleaned == 0:
+        return None
+    return 'shared memory: ' + result.text
 
 
 def shm_segments(root: str = '/dev/shm') -> List[Tuple[str, int]]:

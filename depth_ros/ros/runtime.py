@@ -10,6 +10,7 @@ a node down: start-up failures are one FATAL line, a stop signal an ordered shut
 from __future__ import annotations
 
 import collections
+import math
 import signal
 import sys
 import threading
@@ -56,7 +57,21 @@ def diagnostic_status(name: str, hardware_id: str, level: str, message: str,
     return status
 
 
+# An integer range without one of its bounds ends at the int64 type's own limit (rclpy and
+# rcl hold integer parameters as int64): no value the type can hold is refused.
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
 def _descriptor(spec):
+    """
+    Return the ParameterDescriptor of ``spec``: description, read-only, choices, range.
+
+    A one-sided range (``low`` or ``high`` only) is open on the other side: -inf or inf for a
+    double, which ``ros2 param describe`` prints as ``Max value: inf`` (it printed 1e+300), and
+    the int64 limit for an integer. rclpy accepts infinite bounds (Humble and Kilted), refuses
+    a value beyond the given one by its own text, and the node's validators refuse a value of
+    inf where the aligner needs a finite number.
+    """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     desc = ParameterDescriptor(name=spec.name, description=spec.description,
                                read_only=spec.read_only)
@@ -64,14 +79,14 @@ def _descriptor(spec):
         desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
     if spec.low is None and spec.high is None:
         return desc
-    low = -1e300 if spec.low is None else spec.low
-    high = 1e300 if spec.high is None else spec.high
     if type(spec.default) is int:
-        desc.integer_range = [IntegerRange(from_value=int(max(low, -2 ** 62)),
-                                           to_value=int(min(high, 2 ** 62)), step=1)]
+        desc.integer_range = [IntegerRange(
+            from_value=INT64_MIN if spec.low is None else int(spec.low),
+            to_value=INT64_MAX if spec.high is None else int(spec.high), step=1)]
     elif type(spec.default) is float:
-        desc.floating_point_range = [FloatingPointRange(from_value=float(low),
-                                                        to_value=float(high), step=0.0)]
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=-math.inf if spec.low is None else float(spec.low),
+            to_value=math.inf if spec.high is None else float(spec.high), step=0.0)]
     return desc
 
 
