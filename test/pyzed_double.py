@@ -228,7 +228,7 @@ class Scene(object):
                        float(z['baseline_m']), bool(z['paced']))
 
     def depth(self, index, units, minimum, maximum, threshold):
-        """The SDK's depth of frame ``index`` for these settings (computed once, then kept)."""
+        """Return the SDK's depth of frame ``index`` for these settings (computed once, kept)."""
         key = (index, units, minimum, maximum, threshold)
         out = self._measures.get(key)
         if out is None:

@@ -123,7 +123,7 @@ def _scene_frames(n=3, width=72, height=40, seed=3):
 
 
 def _sdk_depth(depth, conf, scale, min_depth, max_depth, threshold):
-    """What the SDK returns for a depth in metres, written out apart from the double."""
+    """Return what the SDK gives for a depth in metres, written apart from the double."""
     want = (depth * np.float32(scale)).astype(np.float32)
     with np.errstate(invalid='ignore'):
         want[depth < min_depth] = -np.inf
