@@ -458,9 +458,12 @@ def stop(launch):
 def launch_argv(setup, size, backend, mode):
     """Return the ``ros2 launch depth_ros zed_depth.launch.py`` arguments of one round."""
     argv = ['publish_tf:=false', 'backend:=' + backend, 'params_file:=' + setup['params']]
-    argv += {'sample': lambda: ['source:=sample'],
-             '720p': lambda: ['source:=bag', 'path:=' + setup['bag']],
-             '720p-zed': lambda: ['source:=live']}[size]()
+    if size == 'sample':
+        argv.append('source:=sample')
+    elif size == '720p':
+        argv += ['source:=bag', 'path:=' + setup['bag']]
+    else:   # 720p-zed: the ZED's live path, on the simulated SDK that round_env puts first
+        argv.append('source:=live')
     if backend == 'onnxruntime':
         argv.append('model:=' + setup['model'])
     if setup['has_composed']:
