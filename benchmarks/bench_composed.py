@@ -5,9 +5,17 @@ Runs ``ros2 launch depth_ros zed_depth.launch.py publish_tf:=false composed:=<mo
 build of this checkout in a temporary workspace) in rounds that alternate the two modes (A B A
 B ...), for each frame size and backend:
 
-- sizes: ``sample`` (the bundled 741x500 pair, source:=sample) and ``720p`` (a rosbag2 of
+- sizes: ``sample`` (the bundled 741x500 pair, source:=sample), ``720p`` (a rosbag2 of
   synthetic 1280x720 ZED frames, source:=bag, written here as benchmarks/soak.py does); zed_node
-  delivers at ``--fps`` with wall-clock stamps (its ``fps`` parameter, through a params file).
+  delivers at ``--fps`` with wall-clock stamps (its ``fps`` parameter, through a params file),
+  and ``720p-zed``: the same 20 frames and camera through zed_node's live ZED path
+  (source:=live, depth_ros/sources/zed.py) on a simulated SDK, test/pyzed_double.py's live
+  camera (a Scene): its grab() waits for the camera's next frame at ``--fps`` (zed_node's
+  ``grab_fps``), its retrieves copy the precomputed frame into the Mat's buffer (the real SDK's
+  CPU side, a GPU->CPU copy), stamps are capture times on the wall clock. What the real SDK
+  itself costs (capture, rectification, depth on the GPU, its threads) is not in these rows,
+  in either mode; the bag's replay (SQLite reads of 11 MB a frame), which the robot never
+  pays, is not either. Both 720p inputs carry the same frames.
 - backends: ``standin`` (fixed latency, not a model) and ``onnxruntime`` (CPU): a random-weight
   Depth Anything V2 ONNX in the public file's layout (test/model_files.py; ViT-S by default, the
   public file's architecture and size). Its output is NOT depth: it is run for its cost only,
@@ -31,7 +39,7 @@ beyond inference <= 8 ms at 720p. Also an ESTIMATE of the 720p CPU per frame on 
 Carmel core, from a stated single-core ratio (see XAVIER_NX below).
 
     .venv/bin/python benchmarks/bench_composed.py [--rounds 2] [--seconds 20] \
-        [--sizes sample 720p] [--backends standin onnxruntime] [--quick]
+        [--sizes sample 720p 720p-zed] [--backends standin onnxruntime] [--quick]
 
 A benchmark that prints figures and ratios measured in one run, not a test. Results also go to
 ``--out`` (JSON).
@@ -55,7 +63,16 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import numpy as np  # noqa: E402
 
 MODES = ('separate', 'composed')
-SIZES = ('sample', '720p')
+SIZES = ('sample', '720p', '720p-zed')
+SIZE_LABELS = {
+    'sample': 'the bundled 741x500 pair (source:=sample)',
+    '720p': 'rosbag2 replay of synthetic 1280x720 ZED frames (source:=bag; SQLite reads '
+            'included, which the robot does not pay)',
+    '720p-zed': 'ZED live path, simulated SDK (SDK\'s own cost excluded): zed_node '
+                'source:=live on test/pyzed_double.py\'s camera, the same 1280x720 frames',
+}
+ZED_LAYOUT = 'v4.1'         # the pyzed layout of the simulated SDK (JetPack 5.1's ZED SDK 4.x)
+BAG_FRAMES = 20             # frames of the 720p inputs, served in a loop
 BACKENDS = ('standin', 'onnxruntime')
 CPU_GOAL = 0.5              # composed / separate CPU per cloud
 SAME_RATE = 0.95            # "at the same output rate": composed delivers >= 95 % of separate's
@@ -297,10 +314,15 @@ def verdicts(separate, composed, size, backend='standin'):
         same_rate = composed['rate_hz'] >= SAME_RATE * separate['rate_hz']
         cpu_goal = 'met' if ratio <= CPU_GOAL and same_rate else 'missed'
     latency_goal = '-'
-    if size == '720p' and backend == 'standin' and composed['clouds']:
+    if is_720p(size) and backend == 'standin' and composed['clouds']:
         latency_goal = 'met' if composed['beyond_inference']['median'] \
             <= BEYOND_INFERENCE_GOAL_MS else 'missed'
     return {'ratio': ratio, 'cpu_goal': cpu_goal, 'latency_goal': latency_goal}
+
+
+def is_720p(size):
+    """Tell whether a size is one of the 1280x720 inputs (the bag or the ZED live path)."""
+    return size in ('720p', '720p-zed')
 
 
 def carmel_ratio(x86_mips, nx=XAVIER_NX, six_core=True):
@@ -395,12 +417,17 @@ def params_file(path, fps, standin_ms, overrides=()):
     """
     Write config/zed_depth.yaml with zed_node's fps (wall-clock stamps) and the stand-in's.
 
+    ``grab_fps`` (the ZED camera's rate, source:=live) is set to ``fps`` too where that is a
+    whole number (the SDK takes integers; main() refuses another with ``720p-zed``).
+
     ``overrides``: ``NODE.NAME=VALUE`` strings (``--param``), the value read as YAML.
     """
     import yaml
     with open(os.path.join(ROOT, 'config', 'zed_depth.yaml')) as f:
         params = yaml.safe_load(f)
     params['/**/zed_node']['ros__parameters']['fps'] = float(fps)
+    if float(fps) == int(fps):
+        params['/**/zed_node']['ros__parameters']['grab_fps'] = int(fps)
     params['/**/depth_node']['ros__parameters']['standin_latency_ms'] = float(standin_ms)
     for text in overrides:
         key, _, value = text.partition('=')
@@ -428,21 +455,69 @@ def stop(launch):
             launch.wait(10)
 
 
-def run_round(env, setup, size, backend, mode, listener, args):
-    """Launch one configuration, measure one window after the warm-up, stop; return figures."""
-    from launch_support import tool
-    from soak import latest_diag
+def launch_argv(setup, size, backend, mode):
+    """Return the ``ros2 launch depth_ros zed_depth.launch.py`` arguments of one round."""
     argv = ['publish_tf:=false', 'backend:=' + backend, 'params_file:=' + setup['params']]
-    argv += ['source:=sample'] if size == 'sample' else ['source:=bag', 'path:=' + setup['bag']]
+    if size == 'sample':
+        argv.append('source:=sample')
+    elif size == '720p':
+        argv += ['source:=bag', 'path:=' + setup['bag']]
+    else:   # 720p-zed: the ZED's live path, on the simulated SDK that round_env puts first
+        argv.append('source:=live')
     if backend == 'onnxruntime':
         argv.append('model:=' + setup['model'])
     if setup['has_composed']:
         argv.append('composed:=' + ('true' if mode == 'composed' else 'false'))
+    return argv
+
+
+def round_env(env, setup, size):
+    """Return the launch's environment of one round: ``720p-zed`` finds the simulated pyzed."""
+    if size != '720p-zed':
+        return env
+    env = dict(env)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (setup['pyzed_site'],
+                                                    env.get('PYTHONPATH')) if p)
+    return env
+
+
+def simulated_zed(work, frames=BAG_FRAMES):
+    """
+    Write the ``720p-zed`` input: soak.write_bag's frames and camera as a pyzed double's Scene.
+
+    Returns the folder to put first on PYTHONPATH: its ``pyzed`` package is test/pyzed_double.py
+    (layout ZED_LAYOUT) serving ``frames`` synthetic 1280x720 frames (bench_graph's, as the
+    bag's) in a loop as a live camera, paced at zed_node's ``grab_fps``. The frames are
+    computed here once and loaded by zed_node's process at import.
+    """
+    from bench_graph import synthetic_frame
+    import pyzed_double
+    from soak import CAMERA
+    scene = pyzed_double.Scene.from_bgr((synthetic_frame(i) for i in range(frames)), CAMERA)
+    site = os.path.join(work, 'pyzed_site')
+    os.makedirs(os.path.join(site, 'pyzed'))
+    path = scene.save(os.path.join(work, 'zed_scene.npz'))
+    with open(os.path.join(site, 'pyzed', '__init__.py'), 'w') as f:
+        f.write('# The simulated ZED SDK of bench_composed.py (720p-zed): test/pyzed_double.py\n'
+                'import sys\n'
+                'sys.path.insert(0, {!r})\n'
+                'import pyzed_double\n'
+                'sl = pyzed_double.make_sl({!r}, scene=pyzed_double.Scene.load({!r}))\n'
+                "sys.modules['pyzed.sl'] = sl\n".format(os.path.join(ROOT, 'test'),
+                                                        ZED_LAYOUT, path))
+    return site
+
+
+def run_round(env, setup, size, backend, mode, listener, args):
+    """Launch one configuration, measure one window after the warm-up, stop; return figures."""
+    from launch_support import tool
+    from soak import latest_diag
+    argv = launch_argv(setup, size, backend, mode)
     log = tempfile.NamedTemporaryFile(prefix='bench_composed_', suffix='.log', delete=False)
     listener.reset()
     launch = subprocess.Popen([tool('ros2'), 'launch', 'depth_ros', 'zed_depth.launch.py']
-                              + argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+                              + argv, env=round_env(env, setup, size), stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
 
     def broken(what):
         stop(launch)
@@ -529,7 +604,7 @@ def table(summary):
             v = entry.get('verdicts') if mode == 'composed' else None
             lat, beyond = f['latency'], f['beyond_inference']
             latency_goal = '-'
-            if size == '720p' and backend == 'standin' and f['clouds']:
+            if is_720p(size) and backend == 'standin' and f['clouds']:
                 latency_goal = 'met' if beyond['median'] <= BEYOND_INFERENCE_GOAL_MS \
                     else 'missed'
             lines.append(
@@ -576,8 +651,13 @@ def split_lines(summary):
 
 
 def xavier_estimate(summary, x86_mips):
-    """Return (lines, data) of the Xavier NX estimate from the 720p stand-in rows."""
-    data = {'x86_7zip_single_mips': x86_mips, 'nx': XAVIER_NX, 'rows': {}}
+    """
+    Return (lines, data) of the Xavier NX estimate from the 720p stand-in rows.
+
+    ``data['rows']``: the bag replay's (``720p``) by mode; ``data['by_size']``: each 720p
+    input's (``720p``, ``720p-zed``) by mode.
+    """
+    data = {'x86_7zip_single_mips': x86_mips, 'nx': XAVIER_NX, 'rows': {}, 'by_size': {}}
     if not x86_mips:
         return ['Xavier NX estimate: no 7-Zip rating of this core (--x86-7zip-mips or '
                 '--measure-7zip)'], data
@@ -593,8 +673,9 @@ def xavier_estimate(summary, x86_mips):
                  x86_mips, XAVIER_NX['7zip_single_mips'], ratio_19, ratio_14),
              '  source: ' + XAVIER_NX['source']]
     for (size, backend), entry in summary.items():
-        if size != '720p' or backend != 'standin':
+        if not is_720p(size) or backend != 'standin':
             continue
+        lines.append('  {} ({}):'.format(size, SIZE_LABELS[size]))
         for mode in MODES:
             if mode not in entry or not entry[mode]['clouds']:
                 continue
@@ -602,8 +683,10 @@ def xavier_estimate(summary, x86_mips):
             rate = entry[mode]['rate_hz']
             row = {'x86_ms': ms, 'carmel_ms_1890': ms * ratio_19, 'carmel_ms_1421': ms * ratio_14,
                    'carmel_cores_at_rate_1421': ms * ratio_14 * rate / 1e3, 'rate_hz': rate}
-            data['rows'][mode] = row
-            lines.append('  {}: {:.1f} ms per frame here -> about {:.0f} ms per frame on a '
+            data['by_size'].setdefault(size, {})[mode] = row
+            if size == '720p':
+                data['rows'][mode] = row
+            lines.append('    {}: {:.1f} ms per frame here -> about {:.0f} ms per frame on a '
                          'Carmel core at 1.9 GHz, {:.0f} ms at 1.42 GHz: {:.2f} of the NX\'s 6 '
                          'cores at {:.1f} clouds/s (ESTIMATE)'.format(
                              mode, ms, row['carmel_ms_1890'], row['carmel_ms_1421'],
@@ -619,6 +702,7 @@ def report(rounds, args, machine):
           'timed, its output is not depth)'.format(args.rounds, args.seconds, args.warmup_s,
                                                    args.fps, args.standin_ms, args.ort_label))
     print(table(summary))
+    print('\n'.join('  {}: {}'.format(size, SIZE_LABELS[size]) for size in args.sizes))
     print('\nCPU ms per cloud by process (the launch\'s tree; `ros2` is ros2 launch itself):')
     for (size, backend), entry in summary.items():
         for mode in MODES:
@@ -662,16 +746,21 @@ def report(rounds, args, machine):
     print('\nJSON: ' + args.out)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """Return the command line's options (refusals as argparse's: exit 2 with the usage)."""
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--rounds', type=int, default=2, help='rounds per mode (A B A B ...)')
     parser.add_argument('--seconds', type=float, default=20.0, help='measurement per round')
     parser.add_argument('--warmup-s', type=float, default=5.0,
                         help='after the first cloud, before the measurement')
-    parser.add_argument('--sizes', nargs='+', choices=SIZES, default=list(SIZES))
+    parser.add_argument('--sizes', nargs='+', choices=SIZES, default=list(SIZES),
+                        help='sample, 720p (bag replay), 720p-zed (ZED live path, simulated '
+                        'SDK: the SDK\'s own cost excluded); default: all three, so that the '
+                        'two 720p inputs are read side by side')
     parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
-    parser.add_argument('--fps', type=float, default=10.0, help='camera rate of zed_node')
+    parser.add_argument('--fps', type=float, default=10.0, help='camera rate of zed_node '
+                        '(a whole number with 720p-zed: the ZED\'s grab_fps)')
     parser.add_argument('--standin-ms', type=float, default=30.0, help='stand-in inference')
     parser.add_argument('--ort-model', default='vits', help='vits | tiny (random-weight '
                         'Depth Anything V2 exports of test/model_files.py) or an .onnx path')
@@ -700,6 +789,14 @@ def main(argv=None):
     if args.rounds < 1 or args.seconds <= 0:
         parser.error('--rounds must be >= 1 and --seconds > 0, got {} and {}'.format(
             args.rounds, args.seconds))
+    if '720p-zed' in args.sizes and not (1 <= args.fps <= 120 and args.fps == int(args.fps)):
+        parser.error('--sizes 720p-zed runs the ZED at --fps as its grab_fps, a whole number '
+                     'in [1, 120]; got {:g}'.format(args.fps))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.measure_7zip:
         args.x86_7zip_mips = measure_7zip()
         print('7-Zip single-thread rating of this core: {:.0f} MIPS (R/U)'.format(
@@ -719,7 +816,9 @@ def main(argv=None):
                          'measured: run with --modes separate')
     if '720p' in args.sizes:
         from soak import write_bag
-        setup['bag'] = write_bag(os.path.join(work, 'bag'), 20)
+        setup['bag'] = write_bag(os.path.join(work, 'bag'), BAG_FRAMES)
+    if '720p-zed' in args.sizes:
+        setup['pyzed_site'] = simulated_zed(work)
     args.ort_label = '-'
     if 'onnxruntime' in args.backends:
         setup['model'], args.ort_label = ort_model(args.ort_model)

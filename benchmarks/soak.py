@@ -32,6 +32,7 @@ from conftest import NodeProcess, Probe, wait_until  # noqa: E402
 import numpy as np  # noqa: E402
 
 W, H = 1280, 720
+CAMERA = (700.0, 700.0, 639.5, 359.5)   # fx, fy, cx, cy of the synthetic frames (write_bag)
 FRAME = 'zed_left_camera_optical_frame'
 
 
@@ -41,7 +42,7 @@ def write_bag(path, frames):
     from depth_ros.core.camera import PinholeCamera
     from depth_ros.sources.base import Frame
     from depth_ros.sources.rosbag import write_test_bag
-    camera = PinholeCamera(700.0, 700.0, 639.5, 359.5, W, H)
+    camera = PinholeCamera(*CAMERA, W, H)
 
     def frame(i):
         bgr, depth, conf = synthetic_frame(i)

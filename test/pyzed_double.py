@@ -30,10 +30,27 @@ as the SDK's CPU memory is.
 ``make_sl(layout, frames=3, grab_codes=None, open_code='SUCCESS', fail=None)`` returns a module.
 ``sl.double`` records what the code under test did: the init and runtime values it passed,
 opens, closes.
+
+A live camera of a given size and calibration (benchmarks): ``make_sl(layout,
+scene=Scene(...))`` serves the Scene's precomputed frames (BGRA image, depth in metres,
+confidence) in a loop, at the Scene's size and intrinsics, as a live ZED does:
+
+- ``grab()`` blocks until the camera's next frame at ``InitParameters.camera_fps`` (0: the
+  resolution's default rate, as the SDK's), counted from ``open()``; a caller slower than the
+  camera gets the newest frame (those in between are dropped), never one twice. A live camera
+  has no end. ``Scene(paced=False)``: every grab returns the next frame at once;
+- ``get_timestamp(IMAGE)``: the frame's capture time, wall clock (``time.time_ns`` at open
+  plus whole periods), as the SDK stamps a live image;
+- ``retrieve_*`` copy the frame into the Mat's buffer (the real SDK's CPU side: a GPU->CPU
+  copy); the depth in ``coordinate_units`` with the range and confidence rules above is
+  computed once per frame and settings, not at every retrieve. A smaller ``resolution`` is
+  resized as in the default scene;
+- ``Scene.load(path)`` / ``Scene.save(path)``: the frames as one .npz, for a node process.
 """
 from __future__ import annotations
 
 import enum
+import time
 import types
 
 import cv2
@@ -145,6 +162,86 @@ def _params(name, fields, defaults, enums, methods=None):
     namespace.update({f: prop(f) for f in fields})
     namespace.update(methods or {})
     return type(name, (object,), namespace)
+
+
+# The SDK's default rate of a resolution (InitParameters.camera_fps = 0).
+DEFAULT_FPS = {'HD4K': 15, 'QHDPLUS': 15, 'HD2K': 15, 'HD1080': 30, 'HD1200': 30,
+               'HD1536': 30, 'HD720': 60, 'SVGA': 60, 'VGA': 100, 'AUTO': 30}
+
+
+class Scene(object):
+    """
+    Precomputed frames that a live camera of the double serves in a loop (module docstring).
+
+    :param images: [N, H, W, 4] uint8 BGRA (as ``retrieve_image(VIEW.LEFT)`` gives them).
+    :param depths: [N, H, W] float32 metres (NaN, +-inf as the SDK's; the unit and the range and
+        confidence rules are applied when retrieved, as for the default scene).
+    :param confidences: [N, H, W] float32, 1..100.
+    :param camera: (fx, fy, cx, cy) of the left camera at this size.
+    :param baseline_m: the stereo baseline in metres.
+    :param paced: grab() waits for the camera's next frame (True, a live camera) or returns
+        the next frame at once (False).
+    """
+
+    def __init__(self, images, depths, confidences, camera, baseline_m=BASELINE_M, paced=True):
+        images = np.ascontiguousarray(images, np.uint8)
+        depths = np.ascontiguousarray(depths, np.float32)
+        confidences = np.ascontiguousarray(confidences, np.float32)
+        if images.ndim != 4 or images.shape[3] != 4 or len(images) == 0:
+            raise ValueError('images must be [N, H, W, 4] BGRA, got {}'.format(images.shape))
+        if depths.shape != images.shape[:3] or confidences.shape != images.shape[:3]:
+            raise ValueError('depths {} and confidences {} must be [N, H, W] of images {}'.format(
+                depths.shape, confidences.shape, images.shape))
+        self.images, self.depths, self.confidences = images, depths, confidences
+        self.camera = tuple(float(v) for v in camera)
+        self.baseline_m = float(baseline_m)
+        self.paced = bool(paced)
+        self.height, self.width = images.shape[1:3]
+        self._measures = {}   # (index, units, min, max, threshold) -> the SDK's depth
+
+    def __len__(self):
+        return len(self.images)
+
+    @classmethod
+    def from_bgr(cls, frames, camera, baseline_m=BASELINE_M, paced=True):
+        """Build from (bgr, depth metres, confidence) triples (BGR -> BGRA as the SDK gives)."""
+        images, depths, confs = [], [], []
+        for bgr, depth, conf in frames:
+            images.append(cv2.cvtColor(np.asarray(bgr, np.uint8), cv2.COLOR_BGR2BGRA))
+            depths.append(depth)
+            confs.append(conf)
+        return cls(np.stack(images), np.stack(depths), np.stack(confs), camera, baseline_m,
+                   paced)
+
+    def save(self, path):
+        """Write the scene as one uncompressed .npz (``Scene.load`` reads it back)."""
+        np.savez(path, images=self.images, depths=self.depths, confidences=self.confidences,
+                 camera=np.asarray(self.camera, np.float64),
+                 baseline_m=np.float64(self.baseline_m), paced=np.bool_(self.paced))
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a scene that ``save`` wrote."""
+        with np.load(path) as z:
+            return cls(z['images'], z['depths'], z['confidences'], tuple(z['camera']),
+                       float(z['baseline_m']), bool(z['paced']))
+
+    def depth(self, index, units, minimum, maximum, threshold):
+        """Return the SDK's depth of frame ``index`` for these settings (computed once, kept)."""
+        key = (index, units, minimum, maximum, threshold)
+        out = self._measures.get(key)
+        if out is None:
+            depth = self.depths[index]
+            out = depth * np.float32(UNIT_SCALE[units])
+            with np.errstate(invalid='ignore'):
+                if minimum > 0:
+                    out[depth < minimum] = -np.inf
+                if maximum > 0:
+                    out[depth > maximum] = np.inf
+                out[self.confidences[index] > threshold] = np.nan
+            self._measures[key] = out
+        return out
 
 
 class Resolution(object):
@@ -274,12 +371,17 @@ def _information_classes(sl, spec):
             'sensors_firmware_version', 'serial_number'])
 
 
-def _information(sl, spec, units, fps):
+def _information(sl, spec, units, fps, scene=None):
     """Build the information that this layout's get_camera_information returns."""
-    size = Resolution(WIDTH, HEIGHT)
-    left = sl.CameraParameters(fx=FX, fy=FY, cx=CX, cy=CY, image_size=size, disto=[0.0] * 5,
+    if scene is None:
+        size, (fx, fy, cx, cy), baseline_m = Resolution(WIDTH, HEIGHT), (FX, FY, CX, CY), \
+            BASELINE_M
+    else:
+        size, (fx, fy, cx, cy), baseline_m = Resolution(scene.width, scene.height), \
+            scene.camera, scene.baseline_m
+    left = sl.CameraParameters(fx=fx, fy=fy, cx=cx, cy=cy, image_size=size, disto=[0.0] * 5,
                                h_fov=0.0, v_fov=0.0, d_fov=0.0)
-    baseline = BASELINE_M * units
+    baseline = baseline_m * units
     calib = {'left_cam': left, 'right_cam': left, 'stereo_transform': None,
              '_baseline': baseline}
     if not spec['new_info']:
@@ -330,12 +432,13 @@ def _image(i):
 class _Camera(object):
     """sl.Camera; make_sl() subclasses it with the layout and the scenario as class attributes."""
 
-    __slots__ = ('_init', '_i', '_open')
-    sl = spec = double = None
+    __slots__ = ('_init', '_i', '_open', '_t0', '_w0', '_fps')
+    sl = spec = double = scene = None
     frames, grab_codes, open_code, fail = 0, {}, 'SUCCESS', {}
 
     def __init__(self):
         self._init, self._i, self._open = None, -1, False
+        self._t0 = self._w0 = self._fps = None
 
     @classmethod
     def get_sdk_version(cls):
@@ -355,6 +458,11 @@ class _Camera(object):
         self.double.opens.append(dict(py_init._v))
         self._init = dict(py_init._v)
         self._open = self.open_code in ('SUCCESS', 'CONFIGURATION_FALLBACK')
+        if self.scene is not None:
+            # The camera streams from here: frame k is captured at open + k periods.
+            self._fps = float(self._init['camera_fps'] or
+                              DEFAULT_FPS.get(self._init['camera_resolution'].name, 30))
+            self._t0, self._w0, self._i = time.monotonic(), time.time_ns(), -1
         return self._code(self.open_code)
 
     def close(self):
@@ -364,6 +472,8 @@ class _Camera(object):
     def get_camera_information(self, resizer=None):
         self._check_fail('get_camera_information')
         units = UNIT_SCALE[self._init['coordinate_units'].name]
+        if self.scene is not None:
+            return _information(self.sl, self.spec, units, self._fps, self.scene)
         return _information(self.sl, self.spec, units, float(self._init['camera_fps'] or 30))
 
     def grab(self, py_runtime=None):
@@ -377,18 +487,36 @@ class _Camera(object):
         nxt = self._i + 1
         if nxt in self.grab_codes:
             return self._code(self.grab_codes.pop(nxt))
+        if self.scene is not None:  # a live camera: no end
+            self._i = self._live_next()
+            return self._code('SUCCESS')
         if nxt >= self.frames:
             return self._code('END_OF_SVOFILE_REACHED')
         self._i = nxt
         return self._code('SUCCESS')
 
+    def _live_next(self):
+        """Wait for the camera's next frame; return its number (the newest if we are late)."""
+        if not self.scene.paced:
+            return self._i + 1
+        period = 1.0 / self._fps
+        now = time.monotonic()
+        k = max(self._i + 1, int((now - self._t0) / period))  # frames 0..k captured by now
+        wait = self._t0 + k * period - now
+        if wait > 0:
+            time.sleep(wait)
+        return k
+
     def set_svo_position(self, frame_number):
         self._i = frame_number - 1
         return self._code('SUCCESS') if self.double.layout == 'v5.0' else None
 
+    def _native(self):
+        return (WIDTH, HEIGHT) if self.scene is None else (self.scene.width, self.scene.height)
+
     def _size(self, resolution):
         if resolution is None or (resolution.width, resolution.height) == (0, 0):
-            return WIDTH, HEIGHT
+            return self._native()
         return resolution.width, resolution.height
 
     def _retrieve(self, method, kind, value, mem, resolution, enum_cls):
@@ -396,12 +524,19 @@ class _Camera(object):
         if not isinstance(value, enum_cls) or not isinstance(mem, self.sl.MEM):
             raise TypeError('Argument is not of {} or MEM type.'.format(kind))
         w, h = self._size(resolution)
-        return None if w > WIDTH or h > HEIGHT else (w, h)
+        native_w, native_h = self._native()
+        return None if w > native_w or h > native_h else (w, h)
 
     def retrieve_image(self, py_mat, view=None, type=None, resolution=None):
         size = self._retrieve('retrieve_image', 'VIEW', view, type, resolution, self.sl.VIEW)
         if size is None:
             return self._code('INVALID_RESOLUTION')
+        if self.scene is not None:
+            image = self.scene.images[self._i % len(self.scene)]
+            if size != self._native():
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            py_mat._fill(image)  # the SDK's GPU->CPU copy into the Mat's buffer
+            return self._code('SUCCESS')
         py_mat._fill(cv2.resize(_image(self._i), size, interpolation=cv2.INTER_AREA))
         return self._code('SUCCESS')
 
@@ -410,6 +545,20 @@ class _Camera(object):
                               self.sl.MEASURE)
         if size is None:
             return self._code('INVALID_RESOLUTION')
+        if self.scene is not None:
+            index = self._i % len(self.scene)
+            if measure == self.sl.MEASURE.CONFIDENCE:
+                value = self.scene.confidences[index]
+            else:
+                init = self._init
+                value = self.scene.depth(index, init['coordinate_units'].name,
+                                         init['depth_minimum_distance'],
+                                         init['depth_maximum_distance'],
+                                         self.double.runtime['confidence_threshold'])
+            if size != self._native():
+                value = cv2.resize(value, size, interpolation=cv2.INTER_NEAREST)
+            py_mat._fill(value)  # the SDK's GPU->CPU copy into the Mat's buffer
+            return self._code('SUCCESS')
         value = _measure(self.sl, self._init, self.double.runtime, measure, self._i)
         py_mat._fill(cv2.resize(value, size, interpolation=cv2.INTER_NEAREST))
         return self._code('SUCCESS')
@@ -417,10 +566,13 @@ class _Camera(object):
     def get_timestamp(self, time_reference):
         if not isinstance(time_reference, self.sl.TIME_REFERENCE):
             raise TypeError('Argument is not of TIME_REFERENCE type.')
+        if self.scene is not None:  # the capture time, wall clock
+            return Timestamp(self._w0 + int(round(self._i * 1e9 / self._fps)))
         return Timestamp(STAMP0_NS + PERIOD_NS * self._i)
 
 
-def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=None):
+def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=None,
+            scene=None):
     """
     Build the module (see the module docstring).
 
@@ -429,6 +581,8 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
         (the frame is not consumed, so a later grab delivers it).
     :param open_code: what Camera.open() returns.
     :param fail: {method name: exception} raised by that Camera method (a pyzed that throws).
+    :param scene: a Scene: a live camera serving its frames in a loop, at its size and
+        intrinsics, paced at the camera's rate (``frames`` is then unused).
     """
     spec = LAYOUTS[layout]
     sl = types.ModuleType('pyzed.sl')
@@ -439,5 +593,6 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
     sl.Resolution, sl.Timestamp, sl.Mat = Resolution, Timestamp, Mat
     sl.Camera = type('Camera', (_Camera,), {
         '__slots__': (), 'sl': sl, 'spec': spec, 'double': sl.double, 'frames': frames,
-        'grab_codes': dict(grab_codes or {}), 'open_code': open_code, 'fail': dict(fail or {})})
+        'grab_codes': dict(grab_codes or {}), 'open_code': open_code, 'fail': dict(fail or {}),
+        'scene': scene})
     return sl

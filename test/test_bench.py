@@ -412,3 +412,62 @@ def test_bench_composed_params_file_takes_overrides_and_names_a_bad_one(tmp_path
         bc.params_file(str(tmp_path / 'q.yaml'), 7.0, 25.0, ['cloud_stride=4'])
     with pytest.raises(SystemExit, match="no node 'alignment' in"):
         bc.params_file(str(tmp_path / 'q.yaml'), 7.0, 25.0, ['alignment.cloud_stride=4'])
+
+
+def test_bench_composed_720p_zed_arguments_launch_and_environment(tmp_path, capsys):
+    # 720p-zed: zed_node's live ZED path on the simulated SDK, beside the bag replay (720p).
+    bc = _bench_composed()
+    args = bc.parse_args([])
+    assert args.sizes == ['sample', '720p', '720p-zed'], args.sizes
+    assert bc.parse_args(['--sizes', '720p-zed', '--fps', '15']).fps == 15.0
+    assert bc.parse_args(['--sizes', '720p', '--fps', '7.5']).sizes == ['720p']
+    assert bc.parse_args(['--quick', '--fps', '7.5']).sizes == ['sample']
+    for fps in ('7.5', '0', 'nan'):
+        with pytest.raises(SystemExit) as err:
+            bc.parse_args(['--sizes', '720p', '720p-zed', '--fps', fps])
+        assert err.value.code == 2
+        assert 'a whole number in [1, 120]; got {}'.format(fps) in capsys.readouterr().err
+    setup = {'params': '/p.yaml', 'bag': '/b', 'pyzed_site': '/site', 'has_composed': True}
+    assert bc.launch_argv(setup, '720p-zed', 'standin', 'composed') == [
+        'publish_tf:=false', 'backend:=standin', 'params_file:=/p.yaml', 'source:=live',
+        'composed:=true']
+    assert bc.launch_argv(setup, '720p', 'standin', 'separate')[3:] == [
+        'source:=bag', 'path:=/b', 'composed:=false']
+    env = {'PYTHONPATH': '/x', 'A': '1'}
+    assert bc.round_env(env, setup, '720p') is env
+    assert bc.round_env(env, setup, '720p-zed') == {'PYTHONPATH': '/site' + os.pathsep + '/x',
+                                                    'A': '1'}
+    assert bc.round_env({}, setup, '720p-zed') == {'PYTHONPATH': '/site'}
+    import yaml
+    with open(bc.params_file(str(tmp_path / 'p.yaml'), 15.0, 30.0)) as f:
+        zed = yaml.safe_load(f)['/**/zed_node']['ros__parameters']
+    assert (zed['fps'], zed['grab_fps']) == (15.0, 15) and isinstance(zed['grab_fps'], int)
+    # The simulated SDK as the node's process finds it: a pyzed whose live camera serves the
+    # bag's frames (bench_graph.synthetic_frame at 1280x720, soak.write_bag's camera).
+    import subprocess
+    import sys
+    from bench_graph import synthetic_frame
+    site = bc.simulated_zed(str(tmp_path), frames=2)
+    code = ('import numpy as np\n'
+            'from depth_ros.sources.zed import ZedSource\n'
+            's = ZedSource(fps=30, min_depth=0.3, max_depth=20.0, confidence_threshold=95)\n'
+            'fs = [s.read() for _ in range(3)]\n'
+            'c = fs[0].camera\n'
+            'print(c.fx, c.fy, c.cx, c.cy, c.width, c.height, fs[0].baseline_m)\n'
+            'np.savez({!r}, *[a for f in fs for a in (f.left, f.depth, f.confidence)],\n'
+            '         stamps=[f.stamp_ns for f in fs])\n').format(str(tmp_path / 'got.npz'))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-c', code], cwd=root, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([site, root])))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.split()[-7:] == ['700.0', '700.0', '639.5', '359.5', '1280', '720',
+                                        '0.12'], done.stdout
+    got = np.load(str(tmp_path / 'got.npz'))
+    stamps = got['stamps']
+    for j in range(3):
+        k = int(round((stamps[j] - stamps[0]) * 30 / 1e9))
+        bgr, depth, conf = synthetic_frame(k % 2)
+        np.testing.assert_array_equal(got['arr_{}'.format(3 * j)], bgr)
+        np.testing.assert_array_equal(got['arr_{}'.format(3 * j + 1)], depth)
+        np.testing.assert_array_equal(got['arr_{}'.format(3 * j + 2)], conf)

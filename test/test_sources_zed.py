@@ -112,6 +112,129 @@ def test_double_has_each_tags_layout_and_nothing_more():
     assert new.Camera.get_sdk_version() == '4.0.8'
 
 
+def _scene_frames(n=3, width=72, height=40, seed=3):
+    """Frames of a custom size (not the double's 64x36): BGR, depth in metres, confidence."""
+    rng = np.random.RandomState(seed)
+    bgr = rng.randint(0, 256, (n, height, width, 3)).astype(np.uint8)
+    depth = rng.uniform(0.2, 30.0, (n, height, width)).astype(np.float32)
+    depth[:, 0, :5] = np.nan                 # the SDK's no-match
+    conf = rng.uniform(1.0, 100.0, (n, height, width)).astype(np.float32)
+    return bgr, depth, conf
+
+
+def _sdk_depth(depth, conf, scale, min_depth, max_depth, threshold):
+    """Return what the SDK gives for a depth in metres, written apart from the double."""
+    want = (depth * np.float32(scale)).astype(np.float32)
+    with np.errstate(invalid='ignore'):
+        want[depth < min_depth] = -np.inf
+        want[depth > max_depth] = np.inf
+        want[conf > threshold] = np.nan
+    return want
+
+
+def test_live_camera_of_a_given_size_serves_the_given_frames_as_the_sdk_does():
+    import time
+    bgr, depth, conf = _scene_frames()
+    scene = pd.Scene.from_bgr(zip(bgr, depth, conf), (500.0, 501.0, 35.5, 19.5),
+                              baseline_m=0.063)
+    sl = pd.make_sl('v4.1', scene=scene)
+    zed = sl.Camera()
+    init = sl.InitParameters()          # millimetres, the SDK's default
+    init.camera_fps = 25
+    init.depth_minimum_distance, init.depth_maximum_distance = 0.5, 20.0
+    assert zed.open(init) == sl.ERROR_CODE.SUCCESS
+    config = zed.get_camera_information().camera_configuration
+    calib = config.calibration_parameters
+    assert (config.resolution.width, config.resolution.height, config.fps) == (72, 40, 25.0)
+    assert (calib.left_cam.fx, calib.left_cam.fy, calib.left_cam.cx, calib.left_cam.cy) == \
+        (500.0, 501.0, 35.5, 19.5)
+    assert calib.get_camera_baseline() == pytest.approx(63.0)   # in the coordinate units
+    runtime = sl.RuntimeParameters()
+    runtime.confidence_threshold = 70
+    full, period_ns = sl.Resolution(0, 0), 40000000
+    image, measure = sl.Mat(), sl.Mat()
+    start = time.monotonic()
+    assert zed.grab(runtime) == sl.ERROR_CODE.SUCCESS   # frame 0, captured at open
+    stamp0 = zed.get_timestamp(sl.TIME_REFERENCE.IMAGE).get_nanoseconds()
+    assert abs(stamp0 - time.time_ns()) < 5e8, 'a live stamp is the wall clock\'s'
+    zed.retrieve_image(image, sl.VIEW.LEFT, sl.MEM.CPU, full)
+    zed.retrieve_measure(measure, sl.MEASURE.DEPTH, sl.MEM.CPU, full)
+    view, kept = measure.get_data(), measure.get_data(deep_copy=True)
+    np.testing.assert_array_equal(image.get_data()[..., :3], bgr[0])
+    assert image.get_data().shape == (40, 72, 4) and (image.get_data()[..., 3] == 255).all()
+    want0 = _sdk_depth(depth[0], conf[0], 1000.0, 0.5, 20.0, 70)
+    np.testing.assert_array_equal(view, want0)
+    assert np.isneginf(view).any() and np.isposinf(view).any() and np.isnan(view).any()
+    # The next frame: grab waits for the camera (25 fps); the retrieve overwrites the buffer
+    # that the earlier view shows, not the deep copy.
+    assert zed.grab(runtime) == sl.ERROR_CODE.SUCCESS
+    assert time.monotonic() - start >= 0.039, 'grab did not wait for the next frame'
+    assert zed.get_timestamp(sl.TIME_REFERENCE.IMAGE).get_nanoseconds() == stamp0 + period_ns
+    zed.retrieve_measure(measure, sl.MEASURE.DEPTH, sl.MEM.CPU, full)
+    np.testing.assert_array_equal(view, _sdk_depth(depth[1], conf[1], 1000.0, 0.5, 20.0, 70))
+    np.testing.assert_array_equal(kept, want0)
+    zed.retrieve_measure(measure, sl.MEASURE.CONFIDENCE, sl.MEM.CPU, full)
+    np.testing.assert_array_equal(measure.get_data(), conf[1])
+    # A caller slower than the camera gets the newest frame: those in between are dropped,
+    # and frames loop (3 of them) for ever.
+    time.sleep(0.15)
+    assert zed.grab(runtime) == sl.ERROR_CODE.SUCCESS
+    k = (zed.get_timestamp(sl.TIME_REFERENCE.IMAGE).get_nanoseconds() - stamp0) // period_ns
+    assert k >= 4, 'expected a frame captured after the sleep, received frame {}'.format(k)
+    zed.retrieve_image(image, sl.VIEW.LEFT, sl.MEM.CPU, full)
+    np.testing.assert_array_equal(image.get_data()[..., :3], bgr[k % 3])
+    half = sl.Resolution(36, 20)
+    zed.retrieve_measure(measure, sl.MEASURE.CONFIDENCE, sl.MEM.CPU, half)
+    assert measure.get_data().shape == (20, 36)
+    assert zed.retrieve_image(image, sl.VIEW.LEFT, sl.MEM.CPU, sl.Resolution(80, 40)) == \
+        sl.ERROR_CODE.INVALID_RESOLUTION
+    # Not paced: every grab is the next frame at once.
+    fast = pd.make_sl('v4.0', scene=pd.Scene(scene.images, scene.depths, scene.confidences,
+                                             scene.camera, paced=False))
+    cam = fast.Camera()
+    cam.open(fast.InitParameters())
+    stamps = []
+    for _ in range(4):
+        assert cam.grab(fast.RuntimeParameters()) == fast.ERROR_CODE.SUCCESS
+        stamps.append(cam.get_timestamp(fast.TIME_REFERENCE.IMAGE).get_nanoseconds())
+    fps = pd.DEFAULT_FPS['HD720']   # camera_fps 0: the resolution's rate, 60
+    assert [s - stamps[0] for s in stamps] == [round(k * 1e9 / fps) for k in range(4)], stamps
+
+
+def test_zed_source_reads_the_live_cameras_frames_back(fake_pyzed, tmp_path):
+    # zed_node's live path (depth_ros.sources.zed) on a camera of a given size: the frames
+    # it returns are the frames given (BGRA -> BGR, depth in metres with the SDK's rules,
+    # confidence), paced by the SDK's grab, stamped with the capture time.
+    import time
+    from depth_ros.sources.zed import ZedSource
+    bgr, depth, conf = _scene_frames()
+    scene = pd.Scene.from_bgr(zip(bgr, depth, conf), (500.0, 501.0, 35.5, 19.5),
+                              baseline_m=0.063)
+    path = scene.save(str(tmp_path / 'scene.npz'))     # as bench_composed hands it over
+    sl = fake_pyzed('v4.1', scene=pd.Scene.load(path))
+    source = make_source('live', None, fps=50, min_depth=0.5, max_depth=20.0,
+                         confidence_threshold=95)
+    assert isinstance(source, ZedSource)
+    start = time.monotonic()
+    frames = [source.read() for _ in range(5)]
+    assert time.monotonic() - start >= 0.079, 'five frames at 50 fps take four periods'
+    assert sl.double.opens[-1]['camera_fps'] == 50
+    stamps = [f.stamp_ns for f in frames]
+    steps = np.diff(stamps)
+    assert (steps > 0).all() and (steps % 20000000 == 0).all(), stamps
+    for f in frames:
+        k = (f.stamp_ns - stamps[0]) // 20000000
+        np.testing.assert_array_equal(f.left, bgr[k % 3])
+        np.testing.assert_array_equal(f.depth, _sdk_depth(depth[k % 3], conf[k % 3], 1.0, 0.5,
+                                                          20.0, 95))
+        np.testing.assert_array_equal(f.confidence, conf[k % 3])
+        assert f.camera == PinholeCamera(500.0, 501.0, 35.5, 19.5, 72, 40), f.camera
+        assert f.baseline_m == pytest.approx(0.063)
+    # Copies: later retrieves did not change the first frame.
+    np.testing.assert_array_equal(frames[0].left, bgr[0])
+    source.close()
+
+
 # --------------------------------------------------------------------------- end to end
 
 def _expected_depth(i, min_depth, max_depth, threshold):
