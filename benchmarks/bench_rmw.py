@@ -27,8 +27,10 @@ bytes (``--capped``), which is what a stock Ubuntu or JetPack kernel (net.core.r
 The numbers depend on the machine and its load: compare rows of one run.
 """
 import argparse
+import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,7 +298,10 @@ def main(argv=None):
                                 os.environ.get('ROS_DISTRO', '?'), *sys.version_info[:2]))
     if 'graph' in args.what:
         from launch_support import colcon_build, sourced_environment
-        workspace = args.workspace or tempfile.mkdtemp(prefix='bench_rmw_ws_')
+        workspace = args.workspace
+        if workspace is None:
+            workspace = tempfile.mkdtemp(prefix='bench_rmw_ws_')
+            atexit.register(shutil.rmtree, workspace, True)   # a build of ours, at exit
         if not os.path.isdir(os.path.join(workspace, 'install', 'depth_ros')):
             built = colcon_build(workspace)
             if built.returncode != 0:

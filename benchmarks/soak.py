@@ -17,8 +17,10 @@ Goals: RSS growth < 5 % per node, output rate steady (per-minute rates within 10
 median). Prints figures; it is not a test. Results also go to ``--out`` (JSON).
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -81,6 +83,7 @@ def main():
     from sensor_msgs.msg import PointCloud2
 
     work = tempfile.mkdtemp(prefix='depth_ros_soak_')
+    atexit.register(shutil.rmtree, work, True)    # the bag, removed at exit
     bag = write_bag(os.path.join(work, 'bag'), 20)
     probe = Probe('soak_probe')
     zed = NodeProcess('zed_node', name='zed_node', params={
