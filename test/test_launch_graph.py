@@ -651,8 +651,15 @@ def test_log_level_debug_is_our_nodes_debug_not_rcls(tmp_path, overlay, composed
     # took, through the node's logger.
     assert re.search(r'\[DEBUG\] \[[0-9.]+\] \[zed\.zed_node\]: sample loaded, SGBM depth in '
                      r'\d+ ms', out), out
-    # info lines still come, ours included (what runs).
+    # info lines still come, ours included (what runs), and once each that frames and
+    # metric depth flow.
     assert '[INFO]' in out and 'depth model:' in out, out
+    assert re.search(r'\[INFO\] \[[0-9.]+\] \[zed\.zed_node\]: first frame from source '
+                     r'replay\(sample\): 741x500, image, depth, confidence on /zed/zed_node/',
+                     out), out
+    assert re.search(r'\[INFO\] \[[0-9.]+\] \[alignment_node\]: first metric depth: '
+                     r'741x500, fit ok, \d+ % of the pixels from stereo', out), out
+    assert out.count('first frame from source') == 1 and out.count('first metric depth') == 1
 
 
 @pytest.mark.parametrize('action, composed, launch_code', [

@@ -547,8 +547,22 @@ class AlignmentNode(DepthRosNode):
                 result.uncertainty.astype('float32', copy=False), '32FC1', header,
                 buffer=self.unc_buffer))
         self.out_rate.tick()
+        self._tell_first(result)
         self.process_ms.append((time.perf_counter() - t0) * 1e3)
         self.latency_ms.append((time.time_ns() - conv.stamp_to_ns(header.stamp)) * 1e-6)
+
+    def _tell_first(self, result) -> None:
+        """Say, once, that metric depth flows: its size, the first fit and where it goes."""
+        if self.out_rate.count != 1:
+            return
+        h, w = result.depth.shape
+        fit = 'fit {}'.format(result.status)
+        if result.reason:
+            fit += ': ' + result.reason
+        self.get_logger().info(
+            'first metric depth: {}x{}, {}, {:.0f} % of the pixels from stereo; {}/depth, '
+            'points, colored and uncertainty are published while subscribed'.format(
+                w, h, fit, 100.0 * result.stereo_fraction, self.get_fully_qualified_name()))
 
     def _apply_pending_options(self):
         # Worker thread: option changes between two frames; the uncertainty is computed only

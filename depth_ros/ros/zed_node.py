@@ -241,6 +241,18 @@ class ZedNode(DepthRosNode):
                                                             buffer=self.buffers['confidence']))
         self.frames += 1
         self.rate.tick()
+        if self.frames == 1:
+            self._tell_first(frame)
+
+    def _tell_first(self, frame: Frame) -> None:
+        """Say, once, that frames flow: the source, the size and where they go."""
+        h, w = frame.left.shape[:2]
+        parts = ['image'] + [name for name, plane in (('depth', frame.depth),
+                                                      ('confidence', frame.confidence))
+                             if plane is not None]
+        self.get_logger().info('first frame from source {}: {}x{}, {} on {}/... ({})'.format(
+            self.source.name, w, h, ', '.join(parts), self.get_fully_qualified_name(),
+            'and handed over in-process' if self.consumers else 'published while subscribed'))
 
     def _wanted(self, publisher, kind) -> bool:
         if publisher.get_subscription_count() > 0:
