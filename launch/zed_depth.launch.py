@@ -436,7 +436,7 @@ def _rviz_topics(path):
 
 def _rviz(path, base):
     """
-    RViz with ``path``; under a pushed namespace ``base``, its displays' topics remapped there.
+    Return the rviz2 node for ``path``; under a pushed namespace ``base``, its topics there.
 
     The config names /alignment_node/points and the like (absolute names: rcl does not put them
     under RViz's namespace); frames and /tf do not change with the namespace.

@@ -415,7 +415,7 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
 # ------------------------------------------------ included under PushRosNamespace
 @launch_pytest.fixture
 def pushed_launch(overlay, watch, composed):
-    """A robot's launch file: ours included in a GroupAction under PushRosNamespace('robot1')."""
+    """Include ours as a robot's launch file does: a GroupAction, PushRosNamespace('robot1')."""
     from launch.actions import GroupAction
     from launch_ros.actions import PushRosNamespace
     arguments = dict(source='sample', backend='standin', publish_tf='false', composed=composed,
@@ -440,13 +440,18 @@ def test_included_under_a_namespace_the_graph_runs_there(watch, probe, composed)
             ('alignment_node', '/robot1')}
     watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 10,
                    'the three nodes under /robot1 in the ROS graph')
-    names = {name for name, _ in probe.node.get_topic_names_and_types()}
-    # Nothing of ours at the root: every topic (but /diagnostics, /rosout, /parameter_events,
-    # absolute by design) is under /robot1.
-    assert not [n for n in names if n.split('/')[1] in ('zed', 'depth_node', 'alignment_node')], \
-        sorted(names)
-    assert {'/robot1/zed/zed_node/left/image_rect_color', '/robot1/depth_node/disparity'} <= \
-        names, sorted(names)
+    # Nothing of ours at the root: every topic our nodes publish or read (but /diagnostics,
+    # /rosout and /parameter_events, global by design) is under /robot1.
+    shared = {'/diagnostics', '/rosout', '/parameter_events'}
+    topics = set()
+    for name, namespace in sorted(ours):
+        for by_node in (probe.node.get_publisher_names_and_types_by_node,
+                        probe.node.get_subscriber_names_and_types_by_node):
+            topics |= {topic for topic, _ in by_node(name, namespace)}
+    assert topics and not [t for t in topics - shared if not t.startswith('/robot1/')], \
+        sorted(topics)
+    assert {'/robot1/zed/zed_node/left/image_rect_color', '/robot1/depth_node/disparity',
+            '/robot1/alignment_node/points'} <= topics, sorted(topics)
     # Frames follow camera_name alone.
     assert points.msgs[-1].header.frame_id == 'zed_left_camera_optical_frame'
     # log_level:=debug reaches the namespaced loggers (the library's line, through the node's).
