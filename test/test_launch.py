@@ -903,6 +903,8 @@ def test_under_a_pushed_namespace_every_node_and_topic_of_ours_is_under_it(
         # which Evaluated.params checks), the shipped file first.
         assert ev.params(node)[0] == ev.params(at_root[name])[0], name
         assert ev.params(node)[1][0] == PARAMS_FILE
+    # Nothing more is said (launch_ros's ros_namespace is not taken for an argument of ours).
+    assert ev.log == root.log, ev.log
     # Frames follow camera_name alone: the same static TFs.
     assert _tf_chain(ev.by_exe('static_transform_publisher')) == \
         _tf_chain(root.by_exe('static_transform_publisher'))
