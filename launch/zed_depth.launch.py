@@ -17,6 +17,10 @@ Every node reads config/zed_depth.yaml (override with params_file:=); the launch
 (on the command line, or by an including launch file) override the entries they name, and
 those not given leave the file's values, except camera_name (the namespace, topics and frames
 follow the argument). Written for ROS 2 Humble (launch, launch_ros).
+
+Included under ``PushRosNamespace('robot1')`` (a GroupAction of a robot's launch file), every
+node of ours runs under /robot1 in both modes (/robot1/zed/zed_node, /robot1/depth_node, ...),
+wired to the topics of that namespace; TF frame ids follow camera_name alone.
 """
 import difflib
 import os
@@ -125,7 +129,7 @@ def _given_only(arg, given, **pairs):
     return {param: arg[name] for param, name in pairs.items() if given is None or name in given}
 
 
-def _source_and_path(arg, given, params_file):
+def _source_and_path(arg, given, params_file, base=''):
     """
     Return zed_node's source and path, and where each comes from (an argument or the file).
 
@@ -134,7 +138,7 @@ def _source_and_path(arg, given, params_file):
     command line), else the argument's default.
     """
     names = [n for n in ('source', 'path') if given is not None and n not in given]
-    found = file_values(params_file, '/{}/zed_node'.format(arg['camera_name']), names) \
+    found = file_values(params_file, _fqn(base, arg['camera_name'], 'zed_node'), names) \
         if names and os.path.isfile(params_file) else {}
     return {n: (str(found[n]) if found.get(n) is not None else arg[n],
                 'in {}'.format(params_file) if n in found else 'launch argument')
@@ -263,9 +267,20 @@ def _environment(arg, share):
     return actions
 
 
-def _logger(namespace, name):
-    """Return a node's logger name as rcl forms it: the namespace's parts and the name, by dots."""
-    return '.'.join([p for p in (namespace or '').split('/') if p] + [name])
+def _pushed(context):
+    """Return the namespace an including launch file pushed (PushRosNamespace), or ''."""
+    return ''.join('/' + p for p in (context.launch_configurations.get('ros_namespace') or
+                                     '').split('/') if p)
+
+
+def _fqn(base, namespace, name):
+    """Return a node's full name: the pushed namespace ``base``, its own, and its name."""
+    return '/'.join([base] + [p for p in (namespace, name) if p])
+
+
+def _logger(fqn):
+    """Return a node's logger name as rcl forms it: its full name's parts, by dots."""
+    return '.'.join(p for p in fqn.split('/') if p)
 
 
 def _log_arguments(level, loggers):
@@ -325,12 +340,17 @@ def _launch_env():
     return {'DEPTH_ROS_LAUNCH_PID': str(os.getpid())}
 
 
-def _ours(executable, name, namespace=None, log_level='info', **kwargs):
-    """One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it."""
-    label = '/'.join(p for p in (namespace, name) if p)
+def _ours(executable, name, namespace=None, log_level='info', base='', **kwargs):
+    """
+    One of our nodes: when it exits (a FATAL line at start-up), the launch ends with it.
+
+    ``namespace`` is relative: launch_ros puts it under the pushed namespace ``base``.
+    """
+    fqn = _fqn(base, namespace, name)
+    label = fqn.lstrip('/')
     return Node(package=PACKAGE, executable=executable, name=name, namespace=namespace,
                 output='screen', emulate_tty=True,
-                ros_arguments=_log_arguments(log_level, [_logger(namespace, name)]) or None,
+                ros_arguments=_log_arguments(log_level, [_logger(fqn)]) or None,
                 on_exit=_on_exit(label), additional_env=_launch_env(), **kwargs)
 
 
@@ -349,26 +369,26 @@ def _params_file(fqn, values):
     return path
 
 
-def _composed(specs, log_level='info'):
+def _composed(specs, log_level='info', base=''):
     """
     Return one composed_nodes process running ``specs``.
 
     A ``--node`` section each, whose node-local ROS arguments are the name, namespace,
     parameter files and remappings the node would get as a process of its own; ``--from``
     wires it in-process to its producer. The log level is that of our nodes' loggers and the
-    process's own (global arguments).
+    process's own (global arguments). A section's namespace is absolute: the pushed one
+    ``base`` (launch_ros gives the process's Node action alone) and the node's own.
     """
-    level = _log_arguments(log_level, ['composed_nodes'] + [
-        _logger(spec['namespace'], spec['name']) for spec in specs])
+    fqns = [_fqn(base, spec['namespace'], spec['name']) for spec in specs]
+    level = _log_arguments(log_level, ['composed_nodes'] + [_logger(f) for f in fqns])
     arguments = ['--ros-args'] + level + ['--'] if level else []
-    for spec in specs:
-        fqn = '/'.join([''] + [p for p in (spec['namespace'], spec['name']) if p])
+    for spec, fqn in zip(specs, fqns):
         arguments += ['--node', spec['executable']]
         if spec['source']:
             arguments += ['--from', spec['source']]
         arguments += ['--ros-args', '-r', '__node:=' + spec['name']]
-        if spec['namespace']:
-            arguments += ['-r', '__ns:=/' + spec['namespace']]
+        if fqn.rpartition('/')[0]:
+            arguments += ['-r', '__ns:=' + fqn.rpartition('/')[0]]
         for item in spec['parameters']:
             path = item if isinstance(item, str) else _params_file(fqn, item)
             arguments += ['--params-file', path]
@@ -378,7 +398,7 @@ def _composed(specs, log_level='info'):
     return Node(package=PACKAGE, executable='composed_nodes', output='screen',
                 emulate_tty=True, arguments=arguments, additional_env=_launch_env(),
                 on_exit=_on_exit('composed_nodes ({})'.format(', '.join(
-                    '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs))))
+                    f.lstrip('/') for f in fqns))))
 
 
 def _static_tfs(camera):
@@ -406,7 +426,27 @@ def _static_tfs(camera):
     return actions
 
 
-def _marigold(params_file, qos, image, inputs, composed):
+def _rviz_topics(path):
+    """Return the topics of an RViz config's displays (absolute names, as written)."""
+    with open(path) as f:
+        displays = (yaml.safe_load(f).get('Visualization Manager') or {}).get('Displays') or []
+    return sorted({d['Topic']['Value'] for d in displays
+                   if isinstance(d.get('Topic'), dict) and d['Topic'].get('Value')})
+
+
+def _rviz(path, base):
+    """
+    Return the rviz2 node for ``path``; under a pushed namespace ``base``, its topics there.
+
+    The config names /alignment_node/points and the like (absolute names: rcl does not put them
+    under RViz's namespace); frames and /tf do not change with the namespace.
+    """
+    remaps = [(t, base + t) for t in _rviz_topics(path) if t.startswith('/')] if base else []
+    return Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+                arguments=['-d', path], remappings=remaps or None)
+
+
+def _marigold(params_file, qos, image, inputs, composed, base=''):
     # Keyframes arrive seconds after their camera frame: a 10 s latency bound, and the colour
     # image left out of the waiting sets (a third of their bytes); marigold_node announces the
     # frame each keyframe starts on, whose stereo set is kept (docs/marigold.md). Composed,
@@ -418,8 +458,9 @@ def _marigold(params_file, qos, image, inputs, composed):
         _spec('alignment_node', 'alignment_node', namespace='marigold',
               parameters=[params_file, dict(qos, relative_kind='depth', pairing_window_s=10.0,
                                             use_image=False)],
-              remappings=[('disparity', '/marigold_node/depth'),
-                          ('inference_started', '/marigold_node/keyframe_started')] + inputs),
+              remappings=[('disparity', base + '/marigold_node/depth'),
+                          ('inference_started', base + '/marigold_node/keyframe_started')]
+              + inputs),
     ]
 
 
@@ -499,19 +540,21 @@ def _misspelt(given, argv=(), directly=False):
     return refused, told
 
 
-def _missed_sections(params_file, specs):
+def _missed_sections(params_file, specs, base=''):
     """
-    Lines for the params file's sections keyed by our namespaced node's bare name.
+    Lines for the params file's sections keyed by a part of our node's full name.
 
     rcl applies ``zed_node:`` to /zed_node: zed_node ran on its defaults in silence
     (``source: sample`` in the file gave a FATAL "source 'live' is not available" that named
-    nothing of the file).
+    nothing of the file). Under a pushed namespace (``base``), ``/zed/zed_node:`` misses
+    /robot1/zed/zed_node the same way.
     """
-    fqns = ['/' + '/'.join(p for p in (s['namespace'], s['name']) if p) for s in specs]
-    return ['params_file:={}: its section `{}` is ignored: {} runs as {}, and a node key '
-            'without a namespace matches only /{}; write `/**/{}:` (any namespace) or `{}:`'
-            .format(params_file, key, fqn.rpartition('/')[2], fqn, key.lstrip('/'),
-                    key.lstrip('/'), fqn)
+    fqns = [_fqn(base, s['namespace'], s['name']) for s in specs]
+    return ['params_file:={}: its section `{}` is ignored: {} runs as {}, and a node key {} '
+            'matches only /{}; write `/**/{}:` (any namespace) or `{}:`'
+            .format(params_file, key, fqn.rpartition('/')[2], fqn,
+                    'without a namespace' if '/' not in key.strip('/') else 'is a full name: it',
+                    key.strip('/'), fqn.rpartition('/')[2], fqn)
             for key, fqn in keys_missing_namespace(params_file, fqns)]
 
 
@@ -528,9 +571,11 @@ def _nodes(context):
                               _launched_directly())
     if refused:
         raise ValueError('; '.join(refused))
-    _check_arguments(arg, _source_and_path(arg, given, params_file))
+    base = _pushed(context)     # '/robot1' under an including file's PushRosNamespace
+    _check_arguments(arg, _source_and_path(arg, given, params_file, base))
     camera = arg['camera_name']
-    zed = '/{}/zed_node'.format(camera)   # zed-ros2-wrapper 4.x: /<camera>/zed_node/...
+    # zed-ros2-wrapper 4.x: /<camera>/zed_node/...; our topics, under the pushed namespace.
+    zed = _fqn(base, camera, 'zed_node')
     image = zed + '/left/image_rect_color'
     qos = _given_only(arg, given, reliability='reliability')
     actions = [LogInfo(msg=line) for line in told]
@@ -565,24 +610,22 @@ def _nodes(context):
               ('camera_info', zed + '/left/camera_info'),
               ('right_camera_info', zed + '/right/camera_info'), ('image', image)]
     specs.append(_spec('alignment_node', 'alignment_node', parameters=[params_file, qos],
-                       remappings=[('disparity', '/depth_node/disparity'),
-                                   ('inference_started', '/depth_node/inference_started')]
+                       remappings=[('disparity', base + '/depth_node/disparity'),
+                                   ('inference_started', base + '/depth_node/inference_started')]
                        + inputs, source=composed and 'depth_node'))
     if _truthy(arg['marigold']):
-        specs += _marigold(params_file, qos, image, inputs, composed)
-    actions += [LogInfo(msg=line) for line in _missed_sections(params_file, specs)]
+        specs += _marigold(params_file, qos, image, inputs, composed, base)
+    actions += [LogInfo(msg=line) for line in _missed_sections(params_file, specs, base)]
     if composed:
-        actions.append(_composed(specs, arg['log_level']))
+        actions.append(_composed(specs, arg['log_level'], base))
     else:
-        actions += [_ours(s['executable'], s['name'], s['namespace'], arg['log_level'],
+        actions += [_ours(s['executable'], s['name'], s['namespace'], arg['log_level'], base,
                           parameters=s['parameters'], remappings=s['remappings'])
                     for s in specs]
     if _truthy(arg['publish_tf']):
         actions += _static_tfs(camera)
     if _truthy(arg['rviz']):
-        actions.append(Node(
-            package='rviz2', executable='rviz2', name='rviz2', output='log',
-            arguments=['-d', os.path.join(share, 'rviz', 'zed_depth.rviz')]))
+        actions.append(_rviz(os.path.join(share, 'rviz', 'zed_depth.rviz'), base))
     return actions
 
 

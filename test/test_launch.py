@@ -66,7 +66,7 @@ class InProcess(object):
 class Evaluated(object):
     """What the launch file asks launch to do for one set of arguments."""
 
-    def __init__(self, actions, context):
+    def __init__(self, actions, context, namespace=None):
         from depth_ros.ros.composed import parse
         from launch.actions import LogInfo, SetEnvironmentVariable
         from launch.utilities import perform_substitutions
@@ -84,6 +84,10 @@ class Evaluated(object):
                 # launch_ros ends the command with an empty --ros-args block; the loggers'
                 # levels (log_level:=) are the only global ROS arguments.
                 self.glob = [a for a in glob if a not in ('--ros-args', '--')]
+                if namespace:   # launch_ros's own, for the process under PushRosNamespace
+                    pushed = ['-r', '__ns:=' + namespace]
+                    assert self.glob[-2:] == pushed, (self.glob, pushed)
+                    self.glob = self.glob[:-2]
                 assert self.glob[::2] == ['--log-level'] * (len(self.glob) // 2) and \
                     len(self.glob) % 2 == 0, \
                     'composed_nodes gets no global ROS arguments but log levels: {}'.format(glob)
@@ -122,7 +126,7 @@ class Evaluated(object):
 
 
 def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, command_line=None, shm_result=None,
-              ran=None, **overrides):
+              ran=None, namespace=None, **overrides):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
     spec = importlib.util.spec_from_file_location('zed_depth_launch', LAUNCH_FILE)
@@ -145,6 +149,12 @@ def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, command_line=None, sh
     if command_line is not None:
         monkeypatch.setattr(sys, 'argv', ['/opt/ros/humble/bin/ros2', 'launch'] + command_line)
     context = LaunchContext(argv=[a for a in command_line or () if ':=' in a])
+    if namespace is not None:   # included under PushRosNamespace(namespace), as launch_ros does
+        from launch_ros.actions import PushRosNamespace
+        PushRosNamespace(namespace).execute(context)
+        pushed = context.launch_configurations['ros_namespace']
+        # What launch_ros's Node.execute gives the `-r __ns:=` its command line ends with.
+        context.extend_locals({'ros_specific_arguments': {'ns': '__ns:=' + pushed}})
     # As ros2 launch runs it: the arguments given are set first, then the launch file notes
     # them (_note_given), then the declarations set the defaults of the others.
     context.launch_configurations.update(
@@ -156,7 +166,8 @@ def _evaluate(monkeypatch, tf2_ros=False, undeclared=None, command_line=None, sh
     assert not overrides, 'not launch arguments: {}'.format(sorted(overrides))
     # name:=value pairs the file does not declare (ros2 launch takes them all).
     context.launch_configurations.update(undeclared or {})
-    return declared, Evaluated(module._nodes(context), context)
+    return declared, Evaluated(module._nodes(context), context,
+                               namespace and context.launch_configurations['ros_namespace'])
 
 
 @needs_launch
@@ -846,3 +857,165 @@ def test_a_process_exit_ends_the_launch_and_a_failure_raises_one_line_naming_it(
         # Ctrl-C, or another process's failure: the exits of the stop add nothing.
         assert handler(types.SimpleNamespace(returncode=code), stopping) is None
     assert handler(types.SimpleNamespace(returncode=0), stopping) is None
+
+
+# ------------------------------------------------------------- under PushRosNamespace
+# A robot's launch file includes ours in GroupAction([PushRosNamespace('robot1'), Include...]):
+# the same graph, every node of ours and every topic it wires under the pushed namespace.
+PUSHED = pytest.mark.parametrize('namespace, base', [('robot1', '/robot1'),
+                                                     ('fleet/robot1', '/fleet/robot1')])
+OURS = ['/zed/zed_node', '/depth_node', '/alignment_node', '/marigold_node',
+        '/marigold/alignment_node']
+
+
+UNSPECIFIED = '<node_namespace_unspecified>'   # launch_ros's, for a process at the root: /
+
+
+def _by_name(ev, base=''):
+    """Our nodes by full name, less the pushed namespace ``base``."""
+    return {n.node_name.replace(UNSPECIFIED, '')[len(base):]: n for n in ev.nodes
+            if n.node_package == 'depth_ros'}
+
+
+@needs_launch
+@MODES
+@PUSHED
+def test_under_a_pushed_namespace_every_node_and_topic_of_ours_is_under_it(
+        monkeypatch, composed, namespace, base):
+    args = dict(composed=composed, source='sample', backend='standin', marigold='true',
+                tf2_ros=True)
+    _, root = _evaluate(monkeypatch, **args)
+    _, ev = _evaluate(monkeypatch, namespace=namespace, **args)
+    at_root, pushed = _by_name(root), _by_name(ev, base)
+    # Every node of ours, by its full name: the pushed namespace, then the one it has at the root.
+    assert sorted(n.node_name for n in ev.nodes if n.node_package == 'depth_ros') == \
+        sorted(base + name for name in OURS)
+    assert sorted(pushed) == sorted(at_root) == sorted(OURS)
+    for name, node in pushed.items():
+        assert node.expanded_node_namespace == base + name.rpartition('/')[0], \
+            (name, node.expanded_node_namespace)
+        # Wired to the topics of the namespace: each remap's target is the root's, under it
+        # (absolute names: the Marigold aligner's own namespace is not its producers').
+        want = {src: base + dst for src, dst in ev.remaps(at_root[name]).items()}
+        assert ev.remaps(node) == want, (name, ev.remaps(node), want)
+        assert getattr(node, 'source', None) == getattr(at_root[name], 'source', None)
+        # The same parameters (composed: the sections written for the node's full name,
+        # which Evaluated.params checks), the shipped file first.
+        assert ev.params(node)[0] == ev.params(at_root[name])[0], name
+        assert ev.params(node)[1][0] == PARAMS_FILE
+    # Nothing more is said (launch_ros's ros_namespace is not taken for an argument of ours).
+    assert ev.log == root.log, ev.log
+    # Frames follow camera_name alone: the same static TFs.
+    assert _tf_chain(ev.by_exe('static_transform_publisher')) == \
+        _tf_chain(root.by_exe('static_transform_publisher'))
+    assert {n.node_name for n in ev.by_exe('static_transform_publisher')} == \
+        {base + '/zed_left_camera_tf', base + '/zed_optical_frame_tf'}
+
+
+@needs_launch
+@PUSHED
+def test_under_a_pushed_namespace_the_composed_sections_get_it(monkeypatch, namespace, base):
+    # The section's -r __ns:= is node-local and absolute: without the pushed namespace, zed_node
+    # ran as /zed/zed_node whatever the including file pushed (two robots collided), while the
+    # others followed launch_ros's global -r __ns:= of the process.
+    _, ev = _evaluate(monkeypatch, namespace=namespace, source='sample', backend='standin',
+                      marigold='true')
+    assert [p.node_executable for p in ev.processes if p.node_package == 'depth_ros'] == \
+        ['composed_nodes']
+    assert sorted(n.expanded_node_namespace for n in ev.nodes) == sorted(
+        [base, base, base, base + '/zed', base + '/marigold']), \
+        [n.expanded_node_namespace for n in ev.nodes]
+
+
+@needs_launch
+@MODES
+@PUSHED
+def test_under_a_pushed_namespace_log_level_reaches_the_namespaced_loggers(
+        monkeypatch, composed, namespace, base):
+    from launch import LaunchContext
+    from launch.utilities import perform_substitutions
+    _, ev = _evaluate(monkeypatch, namespace=namespace, composed=composed, source='sample',
+                      backend='standin', log_level='debug')
+    dots = base.strip('/').replace('/', '.') + '.'
+    loggers = {'zed_node': dots + 'zed.zed_node', 'depth_node': dots + 'depth_node',
+               'alignment_node': dots + 'alignment_node'}
+    told = []
+    for process in ev.processes:
+        if process.node_package != 'depth_ros':
+            continue
+        cmd = ev.glob if process.node_executable == 'composed_nodes' else [
+            a if isinstance(a, str) else perform_substitutions(LaunchContext(), a)
+            for a in process._Node__ros_arguments or []]
+        told += [cmd[i + 1] for i, a in enumerate(cmd) if a == '--log-level']
+    # rcl names a node's logger by its full name (robot1.zed.zed_node); composed_nodes' own
+    # logger is the process's, not a node's.
+    want = sorted('{}:=debug'.format(name) for name in loggers.values())
+    assert sorted(t for t in told if not t.startswith('composed_nodes:')) == want, told
+    assert [t for t in told if t.startswith('composed_nodes:')] == \
+        (['composed_nodes:=debug'] if composed == 'true' else []), told
+
+
+@needs_launch
+@PUSHED
+def test_under_a_pushed_namespace_the_shipped_params_file_still_reaches_every_node(
+        monkeypatch, tmp_path, namespace, base):
+    from depth_ros.nodes_core.params import node_key_matches
+    with open(PARAMS_FILE) as f:
+        keys = list(yaml.safe_load(f))
+    # config/zed_depth.yaml keys its sections /**/<node>: any namespace, the pushed one too.
+    # (marigold_node has none: its parameters are its declared defaults.)
+    for name in OURS:
+        assert [k for k in keys if node_key_matches(k, base + name)] == \
+            [k for k in keys if node_key_matches(k, name)] != [] or name == '/marigold_node', \
+            (name, keys)
+    # zed_node's source and path from a params file, checked as at the root: the launch
+    # reads them for the node's full name (a section keyed by it, too).
+    robot = tmp_path / 'robot.yaml'
+    robot.write_text(base + '/zed/zed_node:\n  ros__parameters:\n    source: bag\n')
+    with pytest.raises(ValueError) as info:
+        _evaluate(monkeypatch, namespace=namespace, params_file=str(robot), backend='standin')
+    assert str(info.value) == 'source: bag in {} needs path:=<rosbag2 folder>'.format(robot)
+
+
+@needs_launch
+@MODES
+@PUSHED
+def test_under_a_pushed_namespace_a_params_file_key_that_misses_our_node_is_told(
+        monkeypatch, tmp_path, composed, namespace, base):
+    # rcl matches a node key against the node's full name: `/zed/zed_node:` (right at the
+    # root) and `depth_node:` miss /robot1/zed/zed_node and /robot1/depth_node.
+    robot = tmp_path / 'robot.yaml'
+
+    def told(text):
+        robot.write_text(text)
+        _, ev = _evaluate(monkeypatch, namespace=namespace, composed=composed,
+                          params_file=str(robot), source='sample', backend='standin')
+        return [line for line in ev.log if str(robot) in line]
+    section = '  ros__parameters:\n    qos_depth: 3\n'
+    assert told('/zed/zed_node:\n' + section) == [
+        'params_file:={0}: its section `/zed/zed_node` is ignored: zed_node runs as '
+        '{1}/zed/zed_node, and a node key is a full name: it matches only /zed/zed_node; write '
+        '`/**/zed_node:` (any namespace) or `{1}/zed/zed_node:`'.format(robot, base)]
+    assert told('depth_node:\n' + section) == [
+        'params_file:={0}: its section `depth_node` is ignored: depth_node runs as '
+        '{1}/depth_node, and a node key without a namespace matches only /depth_node; write '
+        '`/**/depth_node:` (any namespace) or `{1}/depth_node:`'.format(robot, base)]
+    for key in ('/**/zed_node', base + '/zed/zed_node', base + '/depth_node', '/**',
+                '/front/zed_node', 'planner'):
+        assert told('{}:\n{}'.format(key, section)) == [], key
+
+
+@needs_launch
+@PUSHED
+def test_under_a_pushed_namespace_rviz_shows_the_namespaced_topics(monkeypatch, namespace, base):
+    # rviz/zed_depth.rviz names absolute topics: remapped under the pushed namespace (its
+    # frames and /tf do not change).
+    _, root = _evaluate(monkeypatch, source='sample', backend='standin', rviz='true',
+                        tf2_ros=True)
+    _, ev = _evaluate(monkeypatch, namespace=namespace, source='sample', backend='standin',
+                      rviz='true', tf2_ros=True)
+    assert root.remaps(root.by_exe('rviz2')[0]) == {}
+    topics = ['/alignment_node/colored', '/alignment_node/depth', '/alignment_node/points',
+              '/zed/zed_node/left/image_rect_color']
+    assert ev.remaps(ev.by_exe('rviz2')[0]) == {t: base + t for t in topics}
+    assert ev.by_exe('rviz2')[0].node_name == base + '/rviz2'

@@ -412,6 +412,56 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
     assert aligned.msgs[-1].encoding == '32FC1'
 
 
+# ------------------------------------------------ included under PushRosNamespace
+@launch_pytest.fixture
+def pushed_launch(overlay, watch, composed):
+    """Include ours as a robot's launch file does: a GroupAction, PushRosNamespace('robot1')."""
+    from launch.actions import GroupAction
+    from launch_ros.actions import PushRosNamespace
+    arguments = dict(source='sample', backend='standin', publish_tf='false', composed=composed,
+                     log_level='debug')
+    return LaunchDescription([ReadyToTest()] + watch.actions() + [GroupAction([
+        PushRosNamespace('robot1'),
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(_launch_file()),
+                                 launch_arguments=sorted(arguments.items()))])])
+
+
+@pytest.mark.launch(fixture=pushed_launch)
+def test_included_under_a_namespace_the_graph_runs_there(watch, probe, composed):
+    # Absolute remaps (/depth_node/disparity, /zed/zed_node/...) left the nodes under /robot1
+    # waiting on the root's topics (composed:=false); the composed sections' absolute
+    # -r __ns:=/zed put zed_node at the root whatever was pushed; log_level:=debug named
+    # loggers without the namespace (zed.zed_node, not robot1.zed.zed_node).
+    from sensor_msgs.msg import PointCloud2
+    points = probe.subscribe(PointCloud2, '/robot1/alignment_node/points')
+    watch.wait_for(lambda: len(points) >= 2, TIMEOUT,
+                   'two clouds on /robot1/alignment_node/points')
+    ours = {('zed_node', '/robot1/zed'), ('depth_node', '/robot1'),
+            ('alignment_node', '/robot1')}
+    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 10,
+                   'the three nodes under /robot1 in the ROS graph')
+    # Nothing of ours at the root: every topic our nodes publish or read (but /diagnostics,
+    # /rosout and /parameter_events, global by design) is under /robot1.
+    shared = {'/diagnostics', '/rosout', '/parameter_events'}
+    topics = set()
+    for name, namespace in sorted(ours):
+        for by_node in (probe.node.get_publisher_names_and_types_by_node,
+                        probe.node.get_subscriber_names_and_types_by_node):
+            topics |= {topic for topic, _ in by_node(name, namespace)}
+    assert topics and not [t for t in topics - shared if not t.startswith('/robot1/')], \
+        sorted(topics)
+    assert {'/robot1/zed/zed_node/left/image_rect_color', '/robot1/depth_node/disparity',
+            '/robot1/alignment_node/points'} <= topics, sorted(topics)
+    # Frames follow camera_name alone.
+    assert points.msgs[-1].header.frame_id == 'zed_left_camera_optical_frame'
+    # log_level:=debug reaches the namespaced loggers (the library's line, through the node's).
+    assert [line for line in watch.lines() if re.search(
+        r'\[DEBUG\] \[[0-9.]+\] \[robot1\.zed\.zed_node\]: sample loaded', _plain(line))], \
+        watch.report()
+    assert _processes(watch) == PROCESSES[composed], watch.report()
+    assert not _clean(watch.lines()), 'errors in a clean run:\n' + watch.report()
+
+
 # ---------------------------------------------------------- bad arguments: one line
 
 def _ros2_launch(*arguments, timeout=60):

@@ -265,13 +265,15 @@ def file_values(path: str, node_fqn: str, names: Iterable[str]) -> dict:
 
 def keys_missing_namespace(path: str, node_fqns: Sequence[str]) -> List[Tuple[str, str]]:
     """
-    Return (key, node) for each params-file section keyed by a namespaced node's bare name.
+    Return (key, node) for each params-file section keyed by a part of a node's full name.
 
-    rcl reads a node key without a namespace as the root namespace's: ``zed_node:`` is
-    ``/zed_node`` and never reaches ``/zed/zed_node``, whose parameters then stay at their
-    defaults in silence. Only bare keys (no namespace, no wildcard) that name one of
-    ``node_fqns`` and match none of them; other nodes' sections are not ours to judge. A file
-    that does not read gives nothing (:func:`params_file_error` says why).
+    rcl reads a node key as a full name from the root: ``zed_node:`` is ``/zed_node`` and
+    never reaches ``/zed/zed_node``, whose parameters then stay at their defaults in silence;
+    under a namespace pushed by an including launch file (``/robot1/zed/zed_node``),
+    ``/zed/zed_node:`` misses it too. Only keys without a wildcard that end a name of
+    ``node_fqns`` on a namespace boundary, without being it, and match none of them; other
+    nodes' sections are not ours to judge. A file that does not read gives nothing
+    (:func:`params_file_error` says why).
     """
     import yaml
     try:
@@ -280,11 +282,10 @@ def keys_missing_namespace(path: str, node_fqns: Sequence[str]) -> List[Tuple[st
         return []
     out = []
     for key, _ in _sections(data) if isinstance(data, dict) else ():
-        bare = key.lstrip('/')
-        if '/' in bare or '*' in bare or any(node_key_matches(key, f) for f in node_fqns):
+        bare = key.strip('/')
+        if '*' in bare or any(node_key_matches(key, f) for f in node_fqns):
             continue
-        out += [(key, fqn) for fqn in node_fqns
-                if fqn.rpartition('/')[2] == bare and fqn.rpartition('/')[0]][:1]
+        out += [(key, fqn) for fqn in node_fqns if fqn.endswith('/' + bare)][:1]
     return out
 
 
