@@ -219,22 +219,33 @@ def _hide_torch(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
 
 
+def _offline_with_hub_model(offline_caches, monkeypatch):
+    """
+    The robot's install offline after `depth-ros model setup`: return the hub cache's ONNX.
+
+    The public ONNX in the Hugging Face cache (a tiny random-weight stand-in in its layout), no
+    torch, no network.
+    """
+    from model_files import community_onnx, make_hub_cache
+    from test_util import forbid_network
+    source = community_onnx('tiny')
+    make_hub_cache(str(offline_caches / 'hub'), source)
+    _hide_torch(monkeypatch)
+    forbid_network(monkeypatch)
+    return source
+
+
 def test_demo_without_model_runs_the_default_model_from_the_hub_cache(offline_caches,
                                                                       monkeypatch, capsys):
     # The robot's install (onnxruntime, no torch), offline, `depth-ros model setup` done: the
     # public ONNX in the Hugging Face cache (a tiny random-weight stand-in in its layout).
     pytest.importorskip('onnxruntime', reason='the default backend here is ONNX Runtime')
-    from model_files import community_onnx, make_hub_cache
     from depth_ros.core.preprocess import prepare_input, restore_output
     from depth_ros.util import file_sha256
     import cv2
     import onnxruntime as ort
 
-    source = community_onnx('tiny')
-    make_hub_cache(str(offline_caches / 'hub'), source)
-    _hide_torch(monkeypatch)
-    from test_util import forbid_network
-    forbid_network(monkeypatch)
+    source = _offline_with_hub_model(offline_caches, monkeypatch)
     rc = main(['demo', '--out', 'out', '--threads', '1', '--no-progress'])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
@@ -374,13 +385,8 @@ def test_demo_backend_onnxruntime_runs_the_default_model_from_the_hub_cache(offl
                                                                             monkeypatch, capsys):
     # depth_node's backend: onnxruntime, chosen (not auto's choice): the same model, said so.
     pytest.importorskip('onnxruntime', reason='--backend onnxruntime needs onnxruntime')
-    from model_files import community_onnx, make_hub_cache
     from depth_ros.util import file_sha256
-    source = community_onnx('tiny')
-    make_hub_cache(str(offline_caches / 'hub'), source)
-    _hide_torch(monkeypatch)
-    from test_util import forbid_network
-    forbid_network(monkeypatch)
+    source = _offline_with_hub_model(offline_caches, monkeypatch)
     rc = main(['demo', '--backend', 'onnxruntime', '--out', 'out', '--threads', '1',
                '--no-progress'])
     stdout = capsys.readouterr().out
