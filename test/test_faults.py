@@ -955,7 +955,7 @@ def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, 
     assert threads == expected, (given, done.stdout)
 
 
-@pytest.mark.parametrize('given', ['abc', '-1', '1.5'])
+@pytest.mark.parametrize('given', ['abc', '-1', '1.5', '\u00b2', '\u0663'])
 @pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
 def test_a_bad_opencv_thread_count_is_one_fatal_line_naming_it(given):
     # OpenCV's import fails on it with a cv2.error traceback (stoull); the node says which

@@ -51,7 +51,7 @@ def default_opencv_threads(environ=None) -> str:
     value = environ.get(OPENCV_THREADS, '').strip()
     if not value:
         value = '1'
-    elif not value.isdigit():
+    elif not (value.isascii() and value.isdigit()):   # '²' is a digit int() refuses
         raise ValueError('{}={!r} is not a whole number of threads (1, our default: OpenCV on '
                          'the calling thread; 0: one per core)'.format(
                              OPENCV_THREADS, environ[OPENCV_THREADS]))
