@@ -434,16 +434,27 @@ def _rviz_topics(path):
                    if isinstance(d.get('Topic'), dict) and d['Topic'].get('Value')})
 
 
-def _rviz(path, base):
+RVIZ_ZED = '/zed/zed_node'   # zed_node and the frames' prefix as rviz/zed_depth.rviz names them
+
+
+def _rviz(path, base, zed='/zed/zed_node', camera='zed'):
     """
     Return the rviz2 node for ``path``; under a pushed namespace ``base``, its topics there.
 
     The config names /alignment_node/points and the like (absolute names: rcl does not put them
-    under RViz's namespace); frames and /tf do not change with the namespace.
+    under RViz's namespace); frames and /tf do not change with the namespace. zed_node's
+    topics and the fixed frame follow camera_name (``zed``: zed_node's full name; ``camera``:
+    the frames' prefix).
     """
-    remaps = [(t, base + t) for t in _rviz_topics(path) if t.startswith('/')] if base else []
+    remaps = []
+    for t in _rviz_topics(path):
+        to = zed + t[len(RVIZ_ZED):] if t.startswith(RVIZ_ZED + '/') else \
+            base + t if t.startswith('/') else t
+        if to != t:
+            remaps.append((t, to))
+    frame = ['-f', camera + '_left_camera_frame'] if camera != RVIZ_ZED.split('/')[1] else []
     return Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
-                arguments=['-d', path], remappings=remaps or None)
+                arguments=['-d', path] + frame, remappings=remaps or None)
 
 
 def _marigold(params_file, qos, image, inputs, composed, base=''):
@@ -625,7 +636,7 @@ def _nodes(context):
     if _truthy(arg['publish_tf']):
         actions += _static_tfs(camera)
     if _truthy(arg['rviz']):
-        actions.append(_rviz(os.path.join(share, 'rviz', 'zed_depth.rviz'), base))
+        actions.append(_rviz(os.path.join(share, 'rviz', 'zed_depth.rviz'), base, zed, camera))
     return actions
 
 

@@ -221,7 +221,7 @@ def _hide_torch(monkeypatch):
 
 def _offline_with_hub_model(offline_caches, monkeypatch):
     """
-    The robot's install offline after `depth-ros model setup`: return the hub cache's ONNX.
+    Set up the robot's install offline after `depth-ros model setup`; return the hub cache's ONNX.
 
     The public ONNX in the Hugging Face cache (a tiny random-weight stand-in in its layout), no
     torch, no network.

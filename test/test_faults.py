@@ -955,7 +955,7 @@ def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, 
     assert threads == expected, (given, done.stdout)
 
 
-@pytest.mark.parametrize('given', ['abc', '-1', '1.5'])
+@pytest.mark.parametrize('given', ['abc', '-1', '1.5', '\u00b2', '\u0663'])
 @pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
 def test_a_bad_opencv_thread_count_is_one_fatal_line_naming_it(given):
     # OpenCV's import fails on it with a cv2.error traceback (stoull); the node says which
@@ -981,6 +981,29 @@ def test_the_thread_count_is_given_to_an_opencv_that_may_not_read_the_variable(
     monkeypatch.setitem(sys.modules, 'cv2', types.SimpleNamespace(setNumThreads=seen.append))
     entry.apply_opencv_threads(value)
     assert seen == calls
+
+
+_COMPOSED_THREADS = r"""
+import sys
+from depth_ros.ros import composed, entry
+composed.main = lambda: print('calls', sys.modules['cv2'].calls if 'cv2' in sys.modules else None)
+entry._run('depth_ros.ros.composed')
+"""
+
+
+@pytest.mark.rmw_independent
+def test_composed_nodes_gives_the_thread_count_to_opencv_too(tmp_path):
+    # composed's module does not import OpenCV (its nodes do, when they are built): the
+    # thread count must reach cv2.setNumThreads there as in the separate nodes' processes.
+    # A stand-in cv2 records the calls (the PyPI build would read the variable anyway).
+    (tmp_path / 'cv2.py').write_text('calls = []\nsetNumThreads = calls.append\n')
+    env = dict(os.environ, OPENCV_FOR_THREADS_NUM='3', PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), ROOT, os.environ.get('PYTHONPATH', '')]))
+    env.pop('DEPTH_ROS_LAUNCH_PID', None)
+    done = subprocess.run([sys.executable, '-c', _COMPOSED_THREADS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=60,
+                          universal_newlines=True)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == 'calls [3]', done.stdout
 
 
 _STARTUP_DEBUG = r"""

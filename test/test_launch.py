@@ -1019,3 +1019,25 @@ def test_under_a_pushed_namespace_rviz_shows_the_namespaced_topics(monkeypatch, 
               '/zed/zed_node/left/image_rect_color']
     assert ev.remaps(ev.by_exe('rviz2')[0]) == {t: base + t for t in topics}
     assert ev.by_exe('rviz2')[0].node_name == base + '/rviz2'
+
+
+@needs_launch
+@pytest.mark.parametrize('namespace, base', [(None, ''), ('robot1', '/robot1')])
+def test_rviz_follows_camera_name(monkeypatch, namespace, base):
+    # rviz/zed_depth.rviz names /zed/zed_node/left/image_rect_color and the fixed frame
+    # zed_left_camera_frame; with camera_name:=robot1_zed (docs/ros.md, two robots on one
+    # domain) zed_node's image is /robot1/robot1_zed/zed_node/... and the frames robot1_zed_*:
+    # the image display was empty and the fixed frame did not exist.
+    from launch import LaunchContext
+    from launch.utilities import perform_substitutions
+    _, ev = _evaluate(monkeypatch, namespace=namespace, source='sample', backend='standin',
+                      rviz='true', tf2_ros=True, camera_name='robot1_zed')
+    rviz = ev.by_exe('rviz2')[0]
+    assert ev.remaps(rviz)['/zed/zed_node/left/image_rect_color'] == \
+        base + '/robot1_zed/zed_node/left/image_rect_color'
+    args = []
+    for part in rviz.cmd[1:]:     # the executable, then the arguments, then --ros-args
+        args.append(perform_substitutions(LaunchContext(), part))
+        if args[-1] == '--ros-args':
+            break
+    assert '-f' in args and args[args.index('-f') + 1] == 'robot1_zed_left_camera_frame', args

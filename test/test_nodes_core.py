@@ -366,6 +366,13 @@ def test_library_debug_records_follow_a_node_logger_at_debug():
     (['x', '-r', '__ns:=/outside', '--ros-args', '-r', '__node:=d2'], 'depth_node', 'd2'),
     ([], 'alignment_node', 'alignment_node'),
     (['x', '--ros-args', '-r', '__ns:=/'], 'depth_node', 'depth_node'),
+    # rcl's other spelling of __node, and its first matching rule wins (rclpy's node logger
+    # names on Humble and Kilted: cam, a.zed_node, n1, cam2).
+    (['x', '--ros-args', '-r', '__name:=cam'], 'zed_node', 'cam'),
+    (['x', '--ros-args', '-r', '__ns:=/a', '-r', '__ns:=/b'], 'zed_node', 'a.zed_node'),
+    (['x', '--ros-args', '-r', '__node:=n1', '-r', '__node:=n2'], 'zed_node', 'n1'),
+    (['x', '--ros-args', '-r', 'zed_node:__name:=cam2', '-r', '__node:=n2'], 'zed_node',
+     'cam2'),
 ])
 def test_a_node_logger_name_is_known_before_the_node(args, name, want):
     # rcl names a node's logger by its namespace's parts and its name: the start-up's

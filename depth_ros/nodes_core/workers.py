@@ -492,9 +492,10 @@ def node_logger_name(ros_args, name: str) -> str:
     search, the engine build, a bag's opening) are forwarded at ``log_level:=debug``: rcl names
     a node's logger by its namespace's parts and its name, dot-separated
     (``-r __ns:=/zed -r __node:=zed_node``: ``zed.zed_node``). Remaps inside ``--ros-args``
-    only, the bare ones and those prefixed with the node's own name (``name:__ns:=...``).
+    only, the bare ones and those prefixed with the node's own name (``name:__ns:=...``);
+    ``__name`` is rcl's other spelling of ``__node``, and rcl's first matching rule wins.
     """
-    node, namespace, inside, i = name, '', False, 0
+    node, namespace, inside, i = None, None, False, 0
     args = list(ros_args or [])
     while i < len(args):
         token = args[i]
@@ -507,12 +508,12 @@ def node_logger_name(ros_args, name: str) -> str:
             i += 1
             target, _, value = rule.partition(':=')
             prefix, _, key = target.rpartition(':')
-            if prefix in ('', name) and key == '__node':
+            if prefix in ('', name) and key in ('__node', '__name') and node is None:
                 node = value
-            elif prefix in ('', name) and key == '__ns':
+            elif prefix in ('', name) and key == '__ns' and namespace is None:
                 namespace = value
         i += 1
-    return '.'.join([p for p in namespace.split('/') if p] + [node])
+    return '.'.join([p for p in (namespace or '').split('/') if p] + [node or name])
 
 
 def _logs_debug(logger) -> bool:

@@ -51,7 +51,7 @@ def default_opencv_threads(environ=None) -> str:
     value = environ.get(OPENCV_THREADS, '').strip()
     if not value:
         value = '1'
-    elif not value.isdigit():
+    elif not (value.isascii() and value.isdigit()):   # '²' is a digit int() refuses
         raise ValueError('{}={!r} is not a whole number of threads (1, our default: OpenCV on '
                          'the calling thread; 0: one per core)'.format(
                              OPENCV_THREADS, environ[OPENCV_THREADS]))
@@ -61,17 +61,22 @@ def default_opencv_threads(environ=None) -> str:
 
 def apply_opencv_threads(value: str) -> None:
     """
-    Give an OpenCV already imported the thread count ``value`` (``default_opencv_threads``'s).
+    Give OpenCV the thread count ``value`` (``default_opencv_threads``'s), importing it.
 
     The variable is read by OpenCV's own pool (its pthreads build, the PyPI wheels'); an
     OpenCV built with TBB or OpenMP (some JetPack and distribution builds) may not read it,
     and ``cv2.setNumThreads`` works for every build. 0 leaves OpenCV's default (its
-    ``setNumThreads(0)`` would mean no threads, not the default).
+    ``setNumThreads(0)`` would mean no threads, not the default). Imported here: composed's
+    module does not import OpenCV (its nodes do, once built), the separate nodes' do.
     """
-    cv2 = sys.modules.get('cv2')
     count = int(value)
-    if cv2 is not None and count > 0:
-        cv2.setNumThreads(count)
+    if count <= 0:
+        return
+    try:
+        import cv2
+    except ImportError:     # no OpenCV: nothing to give the count to
+        return
+    cv2.setNumThreads(count)
 
 
 def stop_with_launch(environ=None) -> bool:
