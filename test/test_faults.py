@@ -955,7 +955,8 @@ def test_our_node_processes_run_opencv_on_the_calling_thread_unless_told(given, 
     assert threads == expected, (given, done.stdout)
 
 
-@pytest.mark.parametrize('given', ['abc', '-1', '1.5', '\u00b2', '\u0663'])
+@pytest.mark.parametrize('given', ['abc', '-1', '1.5', '\u00b2', '\u0663', '1025',
+                                   '99999999999999999999'])
 @pytest.mark.rmw_independent   # no ROS: the console scripts' first lines
 def test_a_bad_opencv_thread_count_is_one_fatal_line_naming_it(given):
     # OpenCV's import fails on it with a cv2.error traceback (stoull); the node says which
@@ -965,8 +966,9 @@ def test_a_bad_opencv_thread_count_is_one_fatal_line_naming_it(given):
                           stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=60,
                           universal_newlines=True)
     assert done.returncode == 2 and done.stdout.splitlines() == [
-        "[FATAL] [node]: OPENCV_FOR_THREADS_NUM={!r} is not a whole number of threads (1, our "
-        "default: OpenCV on the calling thread; 0: one per core)".format(given)], done.stdout
+        "[FATAL] [node]: OPENCV_FOR_THREADS_NUM={!r} is not a whole number of threads from 0 "
+        "to 1024 (1, our default: OpenCV on the calling thread; 0: one per core)".format(given)
+    ], done.stdout
 
 
 @pytest.mark.parametrize('value, calls', [('1', [1]), ('3', [3]), ('0', [])])

@@ -31,6 +31,7 @@ import sys
 LAUNCH_PID = 'DEPTH_ROS_LAUNCH_PID'
 PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
 OPENCV_THREADS = 'OPENCV_FOR_THREADS_NUM'   # OpenCV's default thread count (3.4+, 4.5.4 too)
+MAX_OPENCV_THREADS = 1024   # more is a typo, not a machine
 
 
 def default_opencv_threads(environ=None) -> str:
@@ -51,10 +52,11 @@ def default_opencv_threads(environ=None) -> str:
     value = environ.get(OPENCV_THREADS, '').strip()
     if not value:
         value = '1'
-    elif not (value.isascii() and value.isdigit()):   # '²' is a digit int() refuses
-        raise ValueError('{}={!r} is not a whole number of threads (1, our default: OpenCV on '
-                         'the calling thread; 0: one per core)'.format(
-                             OPENCV_THREADS, environ[OPENCV_THREADS]))
+    elif not (value.isascii() and value.isdigit()) or int(value) > MAX_OPENCV_THREADS:
+        # '²' is a digit int() refuses; a huge count overflows OpenCV's parser (stoull).
+        raise ValueError('{}={!r} is not a whole number of threads from 0 to {} (1, our '
+                         'default: OpenCV on the calling thread; 0: one per core)'.format(
+                             OPENCV_THREADS, environ[OPENCV_THREADS], MAX_OPENCV_THREADS))
     environ[OPENCV_THREADS] = value
     return value
 

@@ -252,7 +252,8 @@ class ZedNode(DepthRosNode):
                              if plane is not None]
         self.get_logger().info('first frame from source {}: {}x{}, {} on {}/... ({})'.format(
             self.source.name, w, h, ', '.join(parts), self.get_fully_qualified_name(),
-            'and handed over in-process' if self.consumers else 'published while subscribed'))
+            'handed over in-process, and published while subscribed' if self.consumers
+            else 'published while subscribed'))
 
     def _wanted(self, publisher, kind) -> bool:
         if publisher.get_subscription_count() > 0:
