@@ -87,15 +87,19 @@ def check_backend(backend: str) -> None:
                              BACKEND_INSTALL[backend]))
 
 
+def _announce_untrained(echo, reason: str) -> None:
+    """Say first, in two lines, that the network about to run is untrained, and why."""
+    echo('*** {} ***'.format(UNTRAINED_LABEL))
+    echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
+
+
 def _untrained(size: Tuple[int, int], cache_dir: Optional[str], threads: Optional[int],
                reason: str, backend: str = 'auto'):
     """Open the documented fallback (torch installed): an untrained ViT-S, ONNX Runtime if any."""
-    import importlib.util
-
     from depth_ros.inference import load_depth_model
     from depth_ros.inference.model_store import untrained_description, untrained_vits
 
-    if backend == 'torch' or importlib.util.find_spec('onnxruntime') is None:
+    if backend == 'torch' or _missing_modules('onnxruntime'):
         net = load_depth_model('vits', backend='torch', input_size=size, random_weights=True,
                                seed=0)
         return net, untrained_description(0, reason) + ' (PyTorch)', False, None, 'torch'
@@ -134,13 +138,12 @@ def open_default_model(size: Tuple[int, int], cache_dir: Optional[str] = None,
     except ModelLoadError as exc:
         if backend == 'torch' and fallback:
             # The checkpoint is neither cached nor downloadable (the text says what to do).
-            reason = str(exc)
-            echo('*** {} ***'.format(UNTRAINED_LABEL))
-            echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
+            _announce_untrained(echo, str(exc))
             return _untrained(size, cache_dir, threads, 'the trained checkpoint is not on this '
                               'machine and cannot be had (the line above says why)', 'torch')
-        # backend auto found neither TensorRT nor onnxruntime: PyTorch, where installed.
-        if exc.backend != auto.AUTO or not _torch_installed():
+        # backend auto found neither TensorRT nor onnxruntime: PyTorch, where installed
+        # (fallback: with backend auto, whether torch is).
+        if exc.backend != auto.AUTO or not fallback:
             raise
         try:
             opened = auto.open_depth_model('torch', auto.AUTO, input_size=size)
@@ -152,8 +155,7 @@ def open_default_model(size: Tuple[int, int], cache_dir: Optional[str] = None,
         for warning in opened.warnings:
             LOG.warning('%s', warning)
         return opened.model, _describe(opened), True, opened.onnx, opened.backend
-    echo('*** {} ***'.format(UNTRAINED_LABEL))
-    echo('*** running Depth Anything V2 with RANDOM weights: {} ***'.format(reason))
+    _announce_untrained(echo, reason)
     return _untrained(size, cache_dir, threads, 'the trained model is not on this machine and '
                       'cannot be had (the line above says where the demo looked)', backend)
 
