@@ -134,6 +134,18 @@ class FedGraph(object):
         self.stamp += 100000000
         return self.stamp
 
+    def warm(self):
+        """
+        Pass a good image and a good set through before a case sends one message alone.
+
+        Our publishers see the nodes' subscriptions (``__init__``) before the nodes' side has
+        matched ours, so a message sent once right after can be lost in transport (a fault
+        case then waits in vain for its log line). A frame answered both ways ends discovery.
+        """
+        self.send_good_image(0, timeout=20.0)
+        self.send_good(0, timeout=20.0)
+        return self
+
     def send(self, stamp, bgr, disparity, depth, confidence, skip=(), image_encoding='bgr8',
              disparity_encoding='32FC1', frame=FRAME, camera=None, frames=None, tamper=None):
         """Publish one set; ``frames`` overrides the frame id per kind, ``tamper(kind, msg)``."""

@@ -35,12 +35,13 @@ def g(probe, node_processes):
     One fed graph for the frame-level cases (log every line: log_throttle_s 0).
 
     Each case reads a counter of /diagnostics before and after its bad frame: a 0.2 s period
-    (not the default 1 s) keeps a case about half a second long.
+    (not the default 1 s) keeps a case about half a second long. A case sends its bad message
+    once, so the graph is warmed first (``FedGraph.warm``: discovery ended both ways).
     """
     return FedGraph(probe, node_processes, ns='/faults', suffix='_f',
                     depth_params={'diagnostics_period_s': DIAGNOSTICS_PERIOD_S},
                     align_params={'stale_after_s': 1.5,
-                                  'diagnostics_period_s': DIAGNOSTICS_PERIOD_S})
+                                  'diagnostics_period_s': DIAGNOSTICS_PERIOD_S}).warm()
 
 
 def _count(g, node, key, before, timeout=10.0):
