@@ -337,6 +337,23 @@ def test_demo_without_onnxruntime_runs_pytorch_and_offline_says_untrained(
     assert relative.shape == (30, 40) and relative.dtype == np.float32
 
 
+def test_demo_threads_go_to_the_backend_that_runs():
+    from depth_ros.commands.demo import apply_threads
+    lines = []
+    apply_threads(3, 'onnxruntime', lines.append)     # given to the session when it opened
+    apply_threads(3, 'tensorrt', lines.append)
+    apply_threads(None, 'tensorrt', lines.append)
+    assert lines == ['--threads 3: not used by TensorRT (the network runs on the GPU)'], lines
+    torch = pytest.importorskip('torch', reason='the PyTorch backend needs depth_ros[export]')
+    before = torch.get_num_threads()
+    try:
+        apply_threads(1 if before != 1 else 2, 'torch', lines.append)
+        assert torch.get_num_threads() == (1 if before != 1 else 2)
+        assert len(lines) == 1, lines
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_default_input_size():
     from depth_ros.commands.demo import default_input_size
 

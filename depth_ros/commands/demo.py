@@ -289,6 +289,21 @@ def write_report(out_dir: str, report: Dict) -> Tuple[str, str]:
     return json_path, md_path
 
 
+def apply_threads(threads: Optional[int], backend: str, echo=print) -> None:
+    """
+    Give ``--threads`` to the backend that runs: ONNX Runtime took it as its intra-op threads
+    when the session opened; PyTorch's pool is set here (``torch.set_num_threads``); TensorRT
+    runs on the GPU, so the demo says the count is not used rather than drop it silently.
+    """
+    if not threads:
+        return
+    if backend == 'torch':
+        import torch
+        torch.set_num_threads(int(threads))
+    elif backend == 'tensorrt':
+        echo('--threads {}: not used by TensorRT (the network runs on the GPU)'.format(threads))
+
+
 def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int, int]] = None,
              threads: Optional[int] = None, cache_dir: Optional[str] = None,
              show_progress: bool = True, echo=print, backend: str = 'auto') -> Dict:
@@ -312,6 +327,7 @@ def run_demo(model: Optional[str], out_dir: str, input_size: Optional[Tuple[int,
         net, description, trained, onnx_path, backend = open_given_model(
             model, size, backend, cache_dir=cache_dir, threads=threads, echo=echo)
     timing['model_load'] = (time.perf_counter() - t0) * 1e3
+    apply_threads(threads, backend, echo)
     echo('model: {}'.format(description))
     echo('sample: Middlebury 2014 Motorcycle ({}x{}), ground truth from its disparity'.format(
         sample.camera.width, sample.camera.height))
@@ -413,7 +429,9 @@ def register(subparsers) -> None:
     p.add_argument('--input-size', default=None,
                    help='network input WIDTHxHEIGHT, multiples of 14 (default: 518 wide at '
                         "the sample's aspect, 518x350; an .onnx file fixes its own)")
-    p.add_argument('--threads', type=int, default=None, help='ONNX Runtime intra-op threads')
+    p.add_argument('--threads', type=int, default=None,
+                   help="the network's CPU threads: ONNX Runtime's intra-op threads, "
+                        "PyTorch's pool (TensorRT: not used) (default: the backend's own)")
     p.add_argument('--cache-dir', default=None,
                    help='the depth_ros cache: prepared and exported ONNX files in DIR/onnx '
                         '(default: DEPTH_ROS_CACHE or ~/.cache/depth_ros)')

@@ -45,8 +45,9 @@ def default_opencv_threads(environ=None) -> str:
     for any thread count. Set the variable (e.g. ``OPENCV_FOR_THREADS_NUM=0``: OpenCV's
     default, one thread per core) to give OpenCV its pool back. Must run before OpenCV is
     imported; returns the value in force. An empty value counts as absent (OpenCV's import
-    fails on it: ``cv2.error: stoull``); one that is not a whole number raises ValueError
-    naming the variable and its value (OpenCV's import would fail on it too).
+    fails on it: ``cv2.error: stoull``); one that is not a whole number from 0 to
+    ``MAX_OPENCV_THREADS`` (1024) raises ValueError naming the variable and its value
+    (OpenCV's import would fail on it too, or overflow its parser).
     """
     environ = os.environ if environ is None else environ
     value = environ.get(OPENCV_THREADS, '').strip()
