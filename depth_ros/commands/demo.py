@@ -291,9 +291,11 @@ def write_report(out_dir: str, report: Dict) -> Tuple[str, str]:
 
 def apply_threads(threads: Optional[int], backend: str, echo=print) -> None:
     """
-    Give ``--threads`` to the backend that runs: ONNX Runtime took it as its intra-op threads
-    when the session opened; PyTorch's pool is set here (``torch.set_num_threads``); TensorRT
-    runs on the GPU, so the demo says the count is not used rather than drop it silently.
+    Give ``--threads`` to the backend that runs.
+
+    ONNX Runtime took it as its intra-op threads when the session opened; PyTorch's pool is set
+    here (``torch.set_num_threads``); TensorRT runs on the GPU, so the demo says the count is
+    not used rather than drop it silently.
     """
     if not threads:
         return
