@@ -335,7 +335,13 @@ class Probe(object):
         return self.node.create_publisher(msg_type, topic, qos or self.qos())
 
     def wait_for_subscribers(self, publisher, count=1, timeout=15.0):
-        """Wait until ``publisher`` has ``count`` matched subscriptions (discovery done)."""
+        """
+        Wait until ``publisher`` has ``count`` matched subscriptions: our side of discovery.
+
+        The subscriber matches our publisher on its side in its own time: a best-effort
+        message sent once right after can be lost. Resend until answered, or pass a frame
+        that is answered first (``FedGraph.warm``) before a message that is sent once.
+        """
         return wait_until(lambda: publisher.get_subscription_count() >= count, timeout)
 
     def wait_for_publishers(self, topic, count=1, timeout=15.0):

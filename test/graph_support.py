@@ -125,9 +125,18 @@ class FedGraph(object):
         for k in ('disparity', 'depth', 'confidence', 'camera_info'):
             assert probe.wait_for_subscribers(self.pub[k], 1, 15), 'no subscriber on ' + k
         assert probe.wait_for_publishers('/{}/points'.format(align_name), 1, 15)
-        # The nodes see our subscriptions (lazy outputs) once they match on their side.
         assert wait_until(lambda: self.probe.node.count_publishers(
             '/{}/colored'.format(align_name)) >= 1, 15)
+        # Those counts are our side's. A node's writer matches our reader on its side in its
+        # own time: until then its output is not sent to us, and a lazy one (the cloud, the
+        # colored view) not even computed. Discovery data come in order and the /diagnostics
+        # reader above was announced after every output reader: a report of each node received
+        # here says that node has matched them all (no frame is sent for it: a node's first set
+        # is still the tests').
+        for name in (depth_name, align_name):
+            assert wait_until(lambda name=name: _reported(self.diag, name), 20), \
+                'no /diagnostics from {}; its output:\n{}'.format(name, (
+                    self.depth_node if name == depth_name else self.align_node).output())
         self.stamp = 1700000000 * 10 ** 9
 
     def next_stamp(self):
@@ -229,6 +238,13 @@ class FedGraph(object):
         """Poll the diagnostics of ``node`` (taken after ``since``) until ``predicate``."""
         name = self.depth_name if node == 'depth' else self.align_name
         return diag_until(self.diag, name, predicate, timeout, since)
+
+
+def _reported(collector, node):
+    """Return whether ``collector`` holds a /diagnostics status of ``node`` (its full name)."""
+    with collector.lock:
+        return any(status.hardware_id == '/' + node for msg in collector.msgs
+                   for status in msg.status)
 
 
 def depth_encoding(depth):

@@ -22,7 +22,7 @@ import sys
 import textwrap
 import time
 
-from conftest import decode_cloud, end_process, run_bounded
+from conftest import decode_cloud, end_process, run_bounded, wait_until
 from launch_support import LAUNCH_STACK, LaunchWatch, MISSING, overlay_environment, tool
 import pytest
 
@@ -405,10 +405,18 @@ def test_marigold_keyframes_are_aligned_by_the_second_instance(watch, probe):
     from sensor_msgs.msg import Image
     keyframes = probe.subscribe(Image, '/marigold_node/depth')
     aligned = probe.subscribe(Image, '/marigold/alignment_node/depth')
-    watch.wait_for(lambda: len(aligned) >= 1, 2 * TIMEOUT,
-                   'a Marigold keyframe aligned to metres')
-    assert set(aligned.stamps()) <= set(keyframes.stamps()), \
-        'the metric keyframe must carry the keyframe\'s (camera) stamp'
+
+    # Each of our subscriptions is matched by its node in its own time (discovery): a keyframe
+    # sent before marigold_node matched ours can still reach us aligned. So the aligned
+    # keyframes from the first keyframe received on (a keyframe is sent before its alignment).
+    def since_first():
+        stamps = keyframes.stamps()
+        return [s for s in aligned.stamps() if stamps and s >= min(stamps)]
+    watch.wait_for(lambda: since_first(), 2 * TIMEOUT, 'a Marigold keyframe aligned to metres')
+    wait_until(lambda: set(since_first()) <= set(keyframes.stamps()), 5)
+    assert set(since_first()) <= set(keyframes.stamps()), \
+        'the metric keyframe must carry the keyframe\'s (camera) stamp: {} not in {}'.format(
+            since_first(), keyframes.stamps())
     assert aligned.msgs[-1].encoding == '32FC1'
 
 
