@@ -268,7 +268,9 @@ class MetricAligner(object):
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
         self._mono_plane = None         # step 8's aligned mono (disparity kind)
-        self._inv_plane = np.empty((height, width), np.float32)   # steps 9-11: corrected, fused
+        # Steps 9-11, corrected and fused, when the relative map is at another size (else
+        # the mono's plane is).
+        self._inv_plane = np.empty((height, width), np.float32)
         self._correction = BilateralCorrection(height, width, o.correction_downsample,
                                                max(1, o.correction_radius_px))
         self._geom = (self._shape, self._lattice, self._correction)
@@ -914,8 +916,8 @@ class MetricAligner(object):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
-        The corrected inverse depth [H, W] float32 1/m (the aligner's plane, or the mono's
-        own without a correction at the output size) is 0 at or
+        The corrected inverse depth [H, W] float32 1/m (the mono's own plane, written in
+        place, when the mono is at the output size; else the aligner's plane) is 0 at or
         below 1/max_output_depth and on the sky's patches (+inf depth), and NaN where
         unknown; the unknown mask [H, W] bool, or None when every pixel is known; the cells
         (CellTargets, Correction) for the temporal filter and the noise, or None without a
@@ -939,8 +941,11 @@ class MetricAligner(object):
             alpha = min(o.temporal_alpha, HELD_TEMPORAL_ALPHA) if held else o.temporal_alpha
             correction = corr.compute(targets, o.max_correction, alpha)
             if mono.shape == (h, w):
-                # corr.apply's product, per row band below (the upsampling in one piece).
-                inv = factor = corr.upsample(correction.factor, self._inv_plane)
+                # corr.apply's product, per row band below (the upsampling in one piece), in
+                # the mono's own plane (dead after it); the factor upsampled into the fusion's
+                # scratch plane (free until step 11, which then writes a plane the cache
+                # holds: one plane fewer passes through it).
+                factor = corr.upsample(correction.factor, self._fusion.bound_gain)
             else:
                 inv = corr.apply(mono, correction)
             cells = (targets, correction)
@@ -953,7 +958,7 @@ class MetricAligner(object):
         def band(r0, r1):
             b = inv[r0:r1]
             if factor is not None:
-                cv2.multiply(mono[r0:r1], b, dst=b)
+                cv2.multiply(b, factor[r0:r1], dst=b)
             if not find_unknown:
                 # At or below 1/max_output_depth: 0 (+inf depth).
                 cv2.threshold(b, far, 0.0, cv2.THRESH_TOZERO, dst=b)
