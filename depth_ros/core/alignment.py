@@ -359,6 +359,10 @@ class MetricAligner(object):
                            (stereo_depth, confidence, guide, camera, focal_px))
         p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
         p.stereo, p.conf, p.ys, p.trust, p.planes = stereo, conf, ys, trust, planes
+        # The rows that hold trusted stereo (first, end): the fusion's per-pixel passes skip
+        # the others (a sky without stereo above them: nothing to fuse there).
+        _, first, _, n = cv2.boundingRect(trust)
+        p.trust_rows = (first, first + n)
         self._stereo_lattice(p, lat)
         self._ground(p, lat, camera)
         self._stereo_grid(p, corr, guide)
@@ -452,9 +456,11 @@ class MetricAligner(object):
         sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
 
         # 11. Fuse the trusted stereo into inv, in place, and its variance when asked for;
-        #     ys is spent (the fusion writes y_s - y_m into its plane).
+        #     ys is spent (the fusion writes y_s - y_m into its plane, on the rows that
+        #     hold trusted stereo: the others have nothing to fuse).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
-                                         prepared.conf_s, fit, prepared.interior)
+                                         prepared.conf_s, fit, prepared.interior,
+                                         prepared.trust_rows)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
@@ -1058,9 +1064,11 @@ class MetricAligner(object):
     # ------------------------------------------------------------------ 11. fusion
 
     def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit,
-              interior):
+              interior, rows=None):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
+
+        ``rows``: (first, end), no trusted stereo outside them (``Fusion.fuse``); None: any.
 
         Returns (variance, stereo pixels, kept): the variance [H, W] float32 (1/m)^2, a new
         array, or None without uncertainty; kept: [H, W] bool where the stereo was taken as is
@@ -1083,7 +1091,7 @@ class MetricAligner(object):
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
                                   o.consistency, inv, var, mono_s, bands=self.bands,
-                                  interior=interior)
+                                  interior=interior, rows=rows)
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)

@@ -85,6 +85,13 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     return s
 
 
+def _finite(x):
+    """Whether every value of a float32 array is finite (an empty one: True)."""
+    # A sum is finite exactly when every value is (float32 values cannot overflow a double
+    # sum): one read of the array; OpenCV reads 4 or fewer values as a scalar.
+    return bool(np.isfinite(cv2.sumElems(x)[0] if x.size > 4 else np.sum(x, dtype=np.float64)))
+
+
 class Fusion(object):
     """Full-resolution scratch planes of the fusion, allocated once per shape."""
 
@@ -107,7 +114,7 @@ class Fusion(object):
              consistency: Optional[float], out_inv: np.ndarray,
              out_var: Optional[np.ndarray] = None,
              mono_inv_small: Optional[np.ndarray] = None, bands=None,
-             interior=FIND_INTERIOR) -> int:
+             interior=FIND_INTERIOR, rows=None) -> int:
         """
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
@@ -133,6 +140,9 @@ class Fusion(object):
             only the stereo); by default found here.
         :param bands: a ``RowBands`` to run the full-resolution per-pixel passes on (the same
             result for any number of threads); None: one piece.
+        :param rows: (first, end): no row of ``trusted`` outside them has a nonzero pixel (the
+            aligner's ``prepare`` finds them): the gate and the blend skip those rows, where
+            nothing is fused (``stereo_inv`` keeps its values there); None: every row.
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
         # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
@@ -158,8 +168,24 @@ class Fusion(object):
                 cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
                         mask=inner)
         bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain)
-        run = bands.run if bands is not None else (lambda fn, rows: [fn(0, rows)])
-        rows = self.shape[0]
+        gain_small = (mono_var_small / den).astype(np.float32, copy=False)   # k, [h, w]
+        run_all = bands.run if bands is not None else (lambda fn, n: [fn(0, n)])
+        first, end = (0, self.shape[0]) if rows is None else rows
+        if (first > 0 or end < self.shape[0]) and not (
+                _finite(gain_small) and _finite(mono_inv[:first]) and _finite(mono_inv[end:])):
+            # OpenCV's masked accumulateProduct adds k (y_s - y_m) times the mask: a product
+            # that is not finite makes the mono NaN where the gate is closed too. The rows are
+            # skipped only where it is finite (a finite gain and mono there: every frame but
+            # an overflowing or unknown mono).
+            first, end = 0, self.shape[0]
+
+        def run(fn):
+            # The per-pixel passes on the rows that hold trusted stereo only.
+            if end <= first:
+                return []
+            return run_all(lambda r0, r1: fn(first + r0, first + r1), end - first)
+        if out_inv is not mono_inv and (first > 0 or end < self.shape[0]):
+            np.copyto(out_inv, mono_inv)            # rows without stereo: the mono as it is
         diff, sq, gate = stereo_inv, self.sq, self.gate
 
         def gate_band(r0, r1):
@@ -168,9 +194,9 @@ class Fusion(object):
             cv2.multiply(d, d, dst=sq[r0:r1])
             cv2.compare(sq[r0:r1], bound[r0:r1], cv2.CMP_LT, dst=gate[r0:r1])
             cv2.bitwise_and(gate[r0:r1], trusted[r0:r1], dst=gate[r0:r1])
-        run(gate_band, rows)
+        run(gate_band)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
-        gain = self._up((mono_var_small / den).astype(np.float32, copy=False), self.bound_gain)
+        gain = self._up(gain_small, self.bound_gain)
         if out_var is not None:
             self._up(mono_var_small, out_var)
 
@@ -185,7 +211,7 @@ class Fusion(object):
                 cv2.multiply(v, gain[r0:r1], dst=sq[r0:r1])
                 cv2.subtract(v, sq[r0:r1], dst=v, mask=g)
             return cv2.countNonZero(g)
-        return sum(run(blend_band, rows))
+        return sum(run(blend_band))
 
 
 __all__ = ['FIND_INTERIOR', 'Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']
