@@ -105,8 +105,23 @@ class Fusion(object):
         self.sq = np.empty(shape, np.float32)           # squares, products
         self.gate = np.empty(shape, np.uint8)           # 255 where stereo is fused, else 0
 
-    def _up(self, small, out):
+    def _up(self, small, out, first=0, end=None):
+        """
+        Upsample ``small`` bilinearly into ``out``; only rows [first, end) are meant.
+
+        At a whole scale (the statistics grid of a frame whose height the grid's step
+        divides) only the grid rows those rows read are resized, one more each side: the
+        same values there (the other rows of ``out`` are left as they are or wrong).
+        """
         h, w = self.shape
+        end = h if end is None else end
+        sh = small.shape[0]
+        if (first > 0 or end < h) and h % sh == 0:
+            k = h // sh
+            s0, s1 = max(first // k - 1, 0), min((end - 1) // k + 2, sh)
+            cv2.resize(small[s0:s1], (w, (s1 - s0) * k), dst=out[s0 * k:s1 * k],
+                       interpolation=cv2.INTER_LINEAR)
+            return out
         return cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
     def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, trusted: np.ndarray,
@@ -167,7 +182,6 @@ class Fusion(object):
             if inner is not None:
                 cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
                         mask=inner)
-        bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain)
         gain_small = (mono_var_small / den).astype(np.float32, copy=False)   # k, [h, w]
         run_all = bands.run if bands is not None else (lambda fn, n: [fn(0, n)])
         first, end = (0, self.shape[0]) if rows is None else rows
@@ -178,6 +192,7 @@ class Fusion(object):
             # skipped only where it is finite (a finite gain and mono there: every frame but
             # an overflowing or unknown mono).
             first, end = 0, self.shape[0]
+        bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain, first, end)
 
         def run(fn):
             # The per-pixel passes on the rows that hold trusted stereo only.
@@ -196,7 +211,7 @@ class Fusion(object):
             cv2.bitwise_and(gate[r0:r1], trusted[r0:r1], dst=gate[r0:r1])
         run(gate_band)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
-        gain = self._up(gain_small, self.bound_gain)
+        gain = self._up(gain_small, self.bound_gain, first, end)
         if out_var is not None:
             self._up(mono_var_small, out_var)
 
