@@ -160,47 +160,21 @@ class Fusion(object):
             nothing is fused (``stereo_inv`` keeps its values there); None: every row.
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
-        # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
-        bound = den * (outlier_sigma * outlier_sigma)
-        if consistency is not None:
-            # ... and at most (consistency y + 2 sigma_s)^2 (edges), from the mono at the
-            # variances' size, upsampled with them.
-            if mono_inv_small is None:
-                mono_inv_small = cv2.resize(mono_inv, den.shape[::-1],
-                                            interpolation=cv2.INTER_NEAREST)
-            s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
-            # The smallest y around: never a wider band than the pixels' own (edges).
-            y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
-            cap = y * np.float32(consistency) + np.float32(s2)
-            bound = np.minimum(bound, cap * cap)
-            size = den.shape[::-1]
-            inner = interior
-            if isinstance(inner, str) and inner == FIND_INTERIOR:
-                inner = interior_stereo(
-                    cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
-                    cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
-            if inner is not None:
-                cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
-                        mask=inner)
+        # 1. The bound of the gate (on the variances' grid), and the gain k there.
+        bound = self._bound(den, mono_inv, stereo_inv, trusted, stereo_var_small,
+                            outlier_sigma, consistency, mono_inv_small, interior)
         gain_small = (mono_var_small / den).astype(np.float32, copy=False)   # k, [h, w]
-        run_all = bands.run if bands is not None else (lambda fn, n: [fn(0, n)])
-        first, end = (0, self.shape[0]) if rows is None else rows
-        if (first > 0 or end < self.shape[0]) and not (
-                _finite(gain_small) and _finite(mono_inv[:first]) and _finite(mono_inv[end:])):
-            # OpenCV's masked accumulateProduct adds k (y_s - y_m) times the mask: a product
-            # that is not finite makes the mono NaN where the gate is closed too. The rows are
-            # skipped only where it is finite (a finite gain and mono there: every frame but
-            # an overflowing or unknown mono).
-            first, end = 0, self.shape[0]
+        first, end = self._rows(rows, gain_small, mono_inv)
         bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain, first, end)
+        run_all = bands.run if bands is not None else (lambda fn, n: [fn(0, n)])
 
         def run(fn):
             # The per-pixel passes on the rows that hold trusted stereo only.
             if end <= first:
                 return []
             return run_all(lambda r0, r1: fn(first + r0, first + r1), end - first)
-        if out_inv is not mono_inv and (first > 0 or end < self.shape[0]):
-            np.copyto(out_inv, mono_inv)            # rows without stereo: the mono as it is
+        if out_inv is not mono_inv:
+            np.copyto(out_inv, mono_inv)
         diff, sq, gate = stereo_inv, self.sq, self.gate
 
         def gate_band(r0, r1):
@@ -217,8 +191,6 @@ class Fusion(object):
 
         def blend_band(r0, r1):
             g = gate[r0:r1]
-            if out_inv is not mono_inv:
-                np.copyto(out_inv[r0:r1], mono_inv[r0:r1])
             cv2.accumulateProduct(gain[r0:r1], diff[r0:r1], out_inv[r0:r1], mask=g)
             if out_var is not None:
                 # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
@@ -227,6 +199,47 @@ class Fusion(object):
                 cv2.subtract(v, sq[r0:r1], dst=v, mask=g)
             return cv2.countNonZero(g)
         return sum(run(blend_band))
+
+    def _bound(self, den, mono_inv, stereo_inv, trusted, stereo_var_small, outlier_sigma,
+               consistency, mono_inv_small, interior):
+        """Return the gate's bound on the variances' grid (``fuse``'s step 1)."""
+        # outlier_sigma combined sigmas, squared ...
+        bound = den * (outlier_sigma * outlier_sigma)
+        if consistency is None:
+            return bound
+        # ... and at most (consistency y + 2 sigma_s)^2 (edges), from the mono at the
+        # variances' size, upsampled with them.
+        size = den.shape[::-1]
+        if mono_inv_small is None:
+            mono_inv_small = cv2.resize(mono_inv, size, interpolation=cv2.INTER_NEAREST)
+        s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
+        # The smallest y around: never a wider band than the pixels' own (edges).
+        y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
+        cap = y * np.float32(consistency) + np.float32(s2)
+        bound = np.minimum(bound, cap * cap)
+        inner = interior
+        if isinstance(inner, str) and inner == FIND_INTERIOR:
+            inner = interior_stereo(
+                cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
+                cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
+        if inner is not None:
+            cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
+                    mask=inner)
+        return bound
+
+    def _rows(self, rows, gain_small, mono_inv):
+        """Return the rows (first, end) the per-pixel passes run on (``fuse``'s ``rows``)."""
+        h = self.shape[0]
+        if rows is None or (rows[0] <= 0 and rows[1] >= h):
+            return 0, h
+        first, end = rows
+        # OpenCV's masked accumulateProduct adds k (y_s - y_m) times the mask: a product that
+        # is not finite makes the mono NaN where the gate is closed too. Rows are skipped only
+        # where it is finite (a finite gain and mono there: every frame but an overflowing or
+        # unknown mono).
+        if _finite(gain_small) and _finite(mono_inv[:first]) and _finite(mono_inv[end:]):
+            return first, end
+        return 0, h
 
 
 __all__ = ['FIND_INTERIOR', 'Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']
