@@ -540,6 +540,50 @@ def test_untrusted_stereo_is_never_fused_and_the_fusion_may_work_in_place():
     np.testing.assert_array_equal(in_place, apart)
 
 
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('case', ['finite', 'infinite_mono', 'nan_gain', 'apart'])
+def test_rows_without_trusted_stereo_are_skipped_with_the_same_result(case, threads):
+    # rows=(first, end): the gate and the blend (and the bound and gain upsampled from the
+    # grid) only there; the same inverse depth, variance and count as over every row, also
+    # where a non-finite product would pass OpenCV's mask (the rows are then not skipped).
+    from depth_ros.core.bands import RowBands
+    h, w, step = 96, 128, 4
+    rng = np.random.RandomState(7)
+    ym = (0.05 + 0.45 * rng.rand(h, w)).astype(np.float32)
+    ys = (ym * (1.0 + rng.normal(0.0, 0.03, (h, w)))).astype(np.float32)
+    trusted = np.zeros((h, w), np.uint8)
+    trusted[31:70] = 255
+    ys[trusted == 0] = 0.0
+    sh, sw = h // step, w // step
+    vm = ((0.03 * cv2.resize(ym, (sw, sh), interpolation=cv2.INTER_AREA)) ** 2).astype(
+        np.float32)
+    vs = np.full((sh, sw), 0.004 ** 2, np.float32)
+    if case == 'infinite_mono':
+        ym[5, 7] = np.inf                        # an overflowing mono in a skipped row
+    elif case == 'nan_gain':
+        vm[0, 0] = np.nan
+    results = []
+    for rows in (None, (31, 70)):
+        mono = ym.copy()
+        out = np.empty_like(mono) if case == 'apart' else mono
+        var = np.empty((h, w), np.float32)
+        bands = RowBands(threads)
+        stereo = ys.copy()
+        n = Fusion(h, w).fuse(mono, stereo, trusted, vm, vs, 4.0, 0.15, out, var,
+                              bands=bands, rows=rows)
+        bands.close()
+        results.append((n, out.tobytes(), var.tobytes()))
+        # The stereo's plane holds y_s - y_m where the passes ran, its values elsewhere.
+        if rows is not None and case in ('finite', 'apart'):
+            assert (stereo[:31] == 0).all(), 'the skipped rows keep the stereo (0)'
+        else:
+            assert not (stereo[:31] == 0).any(), 'the difference is written on every row'
+    assert results[0][0] > 0.9 * 39 * w
+    assert results[1] == results[0]
+    if case == 'infinite_mono':
+        assert np.isnan(np.frombuffer(results[0][1], np.float32).reshape(h, w)[5, 7])
+
+
 def nan_and_zero_frame():
     rel, st, z = frame(seed=4)
     conf = np.random.RandomState(5).uniform(1.0, 40.0, (H, W)).astype(np.float32)

@@ -100,6 +100,31 @@ def test_invalid_and_out_of_range_points_are_nan():
     assert free['z'][1, 0] == np.float32(0.4) and free['z'][1, 1] == np.float32(9.9)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('edge', [None, 0.1])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_without_max_depth_inf_and_invalid_points_are_nan(stride, edge, dtype):
+    # Without max_depth, +inf is not thresholded away but still a NaN point (as 0, NaN, -inf,
+    # negatives), also at a stride (the strips read the strided view) and with the edge test
+    # (flat depth: no jumps, so every valid point stays).
+    h, w = 30, 40
+    cam = PinholeCamera(50.0, 50.0, 19.5, 14.5, w, h)
+    d = np.full((h, w), 4.0, dtype)
+    specials = {(0, 0): np.inf, (2, 4): np.nan, (4, 6): -np.inf, (6, 8): 0.0, (8, 10): -2.0,
+                (10, 12): np.inf}
+    for (v, u), value in specials.items():
+        d[v, u] = value
+    d[20:, :] = np.inf                                  # a band of +inf (the sky)
+    cloud = depth_to_cloud(d, cam, stride=stride, edge_threshold=edge)
+    sub = d[::stride, ::stride]
+    bad = ~(np.isfinite(sub) & (np.nan_to_num(sub) > 0))
+    assert bad.sum() == len(specials) + (h - 20) // stride * (w // stride), 'all on the grid'
+    for f in 'xyz':
+        assert np.isnan(cloud[f][bad]).all(), f
+        assert np.isfinite(cloud[f][~bad]).all(), f
+    np.testing.assert_array_equal(cloud['z'][~bad], np.float32(4.0))
+
+
 def test_c_contiguous_and_bytes_length():
     for bgr, step in ((colours(), 16), (None, 12)):
         cloud = plain_cloud(depth_map(), CAM, bgr=bgr)

@@ -268,7 +268,9 @@ class MetricAligner(object):
         self._lattice_maps = None
         self._fusion = Fusion(height, width)
         self._mono_plane = None         # step 8's aligned mono (disparity kind)
-        self._inv_plane = np.empty((height, width), np.float32)   # steps 9-11: corrected, fused
+        # Steps 9-11, corrected and fused, when the relative map is at another size (else
+        # the mono's plane is).
+        self._inv_plane = np.empty((height, width), np.float32)
         self._correction = BilateralCorrection(height, width, o.correction_downsample,
                                                max(1, o.correction_radius_px))
         self._geom = (self._shape, self._lattice, self._correction)
@@ -357,6 +359,10 @@ class MetricAligner(object):
                            (stereo_depth, confidence, guide, camera, focal_px))
         p.shape, p.focal, p.sigma_inv = (h, w), focal, sigma_s
         p.stereo, p.conf, p.ys, p.trust, p.planes = stereo, conf, ys, trust, planes
+        # The rows that hold trusted stereo (first, end): the fusion's per-pixel passes skip
+        # the others (a sky without stereo above them: nothing to fuse there).
+        _, first, _, n = cv2.boundingRect(trust)
+        p.trust_rows = (first, first + n)
         self._stereo_lattice(p, lat)
         self._ground(p, lat, camera)
         self._stereo_grid(p, corr, guide)
@@ -450,9 +456,11 @@ class MetricAligner(object):
         sigma_s = sigma_s * np.sqrt(self.beta)          # the calibrated stereo noise, 1/m
 
         # 11. Fuse the trusted stereo into inv, in place, and its variance when asked for;
-        #     ys is spent (the fusion writes y_s - y_m into its plane).
+        #     ys is spent (the fusion writes y_s - y_m into its plane, on the rows that
+        #     hold trusted stereo: the others have nothing to fuse).
         var, n_stereo, kept = self._fuse(inv, ys, trust, unknown, mono_var, mono_s, sigma_s,
-                                         prepared.conf_s, fit, prepared.interior)
+                                         prepared.conf_s, fit, prepared.interior,
+                                         prepared.trust_rows)
         # var: [H, W] float32 1/m^2 or None; kept: [H, W] bool (stereo taken as is) or None
 
         # 12. The ground bound: below the ground's horizon, nothing is farther than the
@@ -914,8 +922,8 @@ class MetricAligner(object):
         """
         Return the corrected mono at the output size, where it is unknown, and the cells.
 
-        The corrected inverse depth [H, W] float32 1/m (the aligner's plane, or the mono's
-        own without a correction at the output size) is 0 at or
+        The corrected inverse depth [H, W] float32 1/m (the mono's own plane, written in
+        place, when the mono is at the output size; else the aligner's plane) is 0 at or
         below 1/max_output_depth and on the sky's patches (+inf depth), and NaN where
         unknown; the unknown mask [H, W] bool, or None when every pixel is known; the cells
         (CellTargets, Correction) for the temporal filter and the noise, or None without a
@@ -939,8 +947,11 @@ class MetricAligner(object):
             alpha = min(o.temporal_alpha, HELD_TEMPORAL_ALPHA) if held else o.temporal_alpha
             correction = corr.compute(targets, o.max_correction, alpha)
             if mono.shape == (h, w):
-                # corr.apply's product, per row band below (the upsampling in one piece).
-                inv = factor = corr.upsample(correction.factor, self._inv_plane)
+                # corr.apply's product, per row band below (the upsampling in one piece), in
+                # the mono's own plane (dead after it); the factor upsampled into the fusion's
+                # scratch plane (free until step 11, which then writes a plane the cache
+                # holds: one plane fewer passes through it).
+                factor = corr.upsample(correction.factor, self._fusion.bound_gain)
             else:
                 inv = corr.apply(mono, correction)
             cells = (targets, correction)
@@ -953,7 +964,7 @@ class MetricAligner(object):
         def band(r0, r1):
             b = inv[r0:r1]
             if factor is not None:
-                cv2.multiply(mono[r0:r1], b, dst=b)
+                cv2.multiply(b, factor[r0:r1], dst=b)
             if not find_unknown:
                 # At or below 1/max_output_depth: 0 (+inf depth).
                 cv2.threshold(b, far, 0.0, cv2.THRESH_TOZERO, dst=b)
@@ -1053,9 +1064,11 @@ class MetricAligner(object):
     # ------------------------------------------------------------------ 11. fusion
 
     def _fuse(self, inv, ys, trust, unknown, mono_var, mono_s, sigma_s, conf_small, fit,
-              interior):
+              interior, rows=None):
         """
         Fuse the trusted stereo into ``inv`` in place (ys is spent).
+
+        ``rows``: (first, end), no trusted stereo outside them (``Fusion.fuse``); None: any.
 
         Returns (variance, stereo pixels, kept): the variance [H, W] float32 (1/m)^2, a new
         array, or None without uncertainty; kept: [H, W] bool where the stereo was taken as is
@@ -1078,7 +1091,7 @@ class MetricAligner(object):
             vs_small = stereo_variance(sigma_s, conf_small, o.confidence_noise_gain)
             n = self._fusion.fuse(inv, ys, trust, mono_var, vs_small, o.outlier_sigma,
                                   o.consistency, inv, var, mono_s, bands=self.bands,
-                                  interior=interior)
+                                  interior=interior, rows=rows)
         else:
             if var is not None:
                 self._correction.upsample(mono_var, var)

@@ -23,9 +23,20 @@ TOZERO_ZEROES_NAN = bool(cv2.threshold(np.full((2, 40), np.nan, np.float32), 0.0
 
 
 def _range(src, dst, lo, hi):
-    """Set dst = src inside (lo, hi], else 0 (NaN stays NaN on OpenCV 5, is 0 on 4.5)."""
-    cv2.threshold(src, hi, 0.0, cv2.THRESH_TOZERO_INV, dst=dst)
-    cv2.threshold(dst, lo, 0.0, cv2.THRESH_TOZERO, dst=dst)
+    """
+    Set dst = src inside (lo, hi], else 0 (NaN stays NaN on OpenCV 5, is 0 on 4.5).
+
+    ``hi`` None: no upper bound, and +inf stays +inf (the cloud's z / z makes it NaN as it
+    makes 0 NaN, and its inverse depth is 0 as 0's is: one pass less than a bound).
+    ``src`` may be a strided view (the cloud's stride): copied into ``dst`` first.
+    """
+    if src.strides[-1] != src.itemsize:
+        np.copyto(dst, src)
+        src = dst
+    if hi is not None:
+        cv2.threshold(src, hi, 0.0, cv2.THRESH_TOZERO_INV, dst=dst)
+        src = dst
+    cv2.threshold(src, lo, 0.0, cv2.THRESH_TOZERO, dst=dst)
     return dst
 
 

@@ -85,6 +85,13 @@ def stereo_variance(sigma_s: float, confidence: Optional[np.ndarray], gain: floa
     return s
 
 
+def _finite(x):
+    """Whether every value of a float32 array is finite (an empty one: True)."""
+    # A sum is finite exactly when every value is (float32 values cannot overflow a double
+    # sum): one read of the array; OpenCV reads 4 or fewer values as a scalar.
+    return bool(np.isfinite(cv2.sumElems(x)[0] if x.size > 4 else np.sum(x, dtype=np.float64)))
+
+
 class Fusion(object):
     """Full-resolution scratch planes of the fusion, allocated once per shape."""
 
@@ -98,8 +105,23 @@ class Fusion(object):
         self.sq = np.empty(shape, np.float32)           # squares, products
         self.gate = np.empty(shape, np.uint8)           # 255 where stereo is fused, else 0
 
-    def _up(self, small, out):
+    def _up(self, small, out, first=0, end=None):
+        """
+        Upsample ``small`` bilinearly into ``out``; only rows [first, end) are meant.
+
+        At a whole scale (the statistics grid of a frame whose height the grid's step
+        divides) only the grid rows those rows read are resized, one more each side: the
+        same values there (the other rows of ``out`` are left as they are or wrong).
+        """
         h, w = self.shape
+        end = h if end is None else end
+        sh = small.shape[0]
+        if (first > 0 or end < h) and h % sh == 0:
+            k = h // sh
+            s0, s1 = max(first // k - 1, 0), min((end - 1) // k + 2, sh)
+            cv2.resize(small[s0:s1], (w, (s1 - s0) * k), dst=out[s0 * k:s1 * k],
+                       interpolation=cv2.INTER_LINEAR)
+            return out
         return cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
 
     def fuse(self, mono_inv: np.ndarray, stereo_inv: np.ndarray, trusted: np.ndarray,
@@ -107,7 +129,7 @@ class Fusion(object):
              consistency: Optional[float], out_inv: np.ndarray,
              out_var: Optional[np.ndarray] = None,
              mono_inv_small: Optional[np.ndarray] = None, bands=None,
-             interior=FIND_INTERIOR) -> int:
+             interior=FIND_INTERIOR, rows=None) -> int:
         """
         Fuse into ``out_inv`` (and the variance into ``out_var``); return the fused pixels.
 
@@ -133,33 +155,26 @@ class Fusion(object):
             only the stereo); by default found here.
         :param bands: a ``RowBands`` to run the full-resolution per-pixel passes on (the same
             result for any number of threads); None: one piece.
+        :param rows: (first, end): no row of ``trusted`` outside them has a nonzero pixel (the
+            aligner's ``prepare`` finds them): the gate and the blend skip those rows, where
+            nothing is fused (``stereo_inv`` keeps its values there); None: every row.
         """
         den = mono_var_small + stereo_var_small          # [h, w] combined variance
-        # 1. The bound of the gate: outlier_sigma combined sigmas, squared ...
-        bound = den * (outlier_sigma * outlier_sigma)
-        if consistency is not None:
-            # ... and at most (consistency y + 2 sigma_s)^2 (edges), from the mono at the
-            # variances' size, upsampled with them.
-            if mono_inv_small is None:
-                mono_inv_small = cv2.resize(mono_inv, den.shape[::-1],
-                                            interpolation=cv2.INTER_NEAREST)
-            s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
-            # The smallest y around: never a wider band than the pixels' own (edges).
-            y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
-            cap = y * np.float32(consistency) + np.float32(s2)
-            bound = np.minimum(bound, cap * cap)
-            size = den.shape[::-1]
-            inner = interior
-            if isinstance(inner, str) and inner == FIND_INTERIOR:
-                inner = interior_stereo(
-                    cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
-                    cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
-            if inner is not None:
-                cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
-                        mask=inner)
-        bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain)
-        run = bands.run if bands is not None else (lambda fn, rows: [fn(0, rows)])
-        rows = self.shape[0]
+        # 1. The bound of the gate (on the variances' grid), and the gain k there.
+        bound = self._bound(den, mono_inv, stereo_inv, trusted, stereo_var_small,
+                            outlier_sigma, consistency, mono_inv_small, interior)
+        gain_small = (mono_var_small / den).astype(np.float32, copy=False)   # k, [h, w]
+        first, end = self._rows(rows, gain_small, mono_inv)
+        bound = self._up(bound.astype(np.float32, copy=False), self.bound_gain, first, end)
+        run_all = bands.run if bands is not None else (lambda fn, n: [fn(0, n)])
+
+        def run(fn):
+            # The per-pixel passes on the rows that hold trusted stereo only.
+            if end <= first:
+                return []
+            return run_all(lambda r0, r1: fn(first + r0, first + r1), end - first)
+        if out_inv is not mono_inv:
+            np.copyto(out_inv, mono_inv)
         diff, sq, gate = stereo_inv, self.sq, self.gate
 
         def gate_band(r0, r1):
@@ -168,16 +183,14 @@ class Fusion(object):
             cv2.multiply(d, d, dst=sq[r0:r1])
             cv2.compare(sq[r0:r1], bound[r0:r1], cv2.CMP_LT, dst=gate[r0:r1])
             cv2.bitwise_and(gate[r0:r1], trusted[r0:r1], dst=gate[r0:r1])
-        run(gate_band, rows)
+        run(gate_band)
         # 3. The blend: y = y_m + k (y_s - y_m) where gated; elsewhere y_m.
-        gain = self._up((mono_var_small / den).astype(np.float32, copy=False), self.bound_gain)
+        gain = self._up(gain_small, self.bound_gain, first, end)
         if out_var is not None:
             self._up(mono_var_small, out_var)
 
         def blend_band(r0, r1):
             g = gate[r0:r1]
-            if out_inv is not mono_inv:
-                np.copyto(out_inv[r0:r1], mono_inv[r0:r1])
             cv2.accumulateProduct(gain[r0:r1], diff[r0:r1], out_inv[r0:r1], mask=g)
             if out_var is not None:
                 # 4. The fused variance: vm (1 - k) = vm - vm k where gated; elsewhere vm.
@@ -185,7 +198,48 @@ class Fusion(object):
                 cv2.multiply(v, gain[r0:r1], dst=sq[r0:r1])
                 cv2.subtract(v, sq[r0:r1], dst=v, mask=g)
             return cv2.countNonZero(g)
-        return sum(run(blend_band, rows))
+        return sum(run(blend_band))
+
+    def _bound(self, den, mono_inv, stereo_inv, trusted, stereo_var_small, outlier_sigma,
+               consistency, mono_inv_small, interior):
+        """Return the gate's bound on the variances' grid (``fuse``'s step 1)."""
+        # outlier_sigma combined sigmas, squared ...
+        bound = den * (outlier_sigma * outlier_sigma)
+        if consistency is None:
+            return bound
+        # ... and at most (consistency y + 2 sigma_s)^2 (edges), from the mono at the
+        # variances' size, upsampled with them.
+        size = den.shape[::-1]
+        if mono_inv_small is None:
+            mono_inv_small = cv2.resize(mono_inv, size, interpolation=cv2.INTER_NEAREST)
+        s2 = 2.0 * np.sqrt(float(np.min(stereo_var_small)))
+        # The smallest y around: never a wider band than the pixels' own (edges).
+        y = cv2.erode(cv2.patchNaNs(mono_inv_small.copy(), 0.0), _KERNEL)
+        cap = y * np.float32(consistency) + np.float32(s2)
+        bound = np.minimum(bound, cap * cap)
+        inner = interior
+        if isinstance(inner, str) and inner == FIND_INTERIOR:
+            inner = interior_stereo(
+                cv2.resize(stereo_inv, size, interpolation=cv2.INTER_NEAREST),
+                cv2.resize(trusted, size, interpolation=cv2.INTER_NEAREST), consistency)
+        if inner is not None:
+            cv2.add(bound, cv2.multiply(bound, INTERIOR_BOUND_GAIN - 1.0), dst=bound,
+                    mask=inner)
+        return bound
+
+    def _rows(self, rows, gain_small, mono_inv):
+        """Return the rows (first, end) the per-pixel passes run on (``fuse``'s ``rows``)."""
+        h = self.shape[0]
+        if rows is None or (rows[0] <= 0 and rows[1] >= h):
+            return 0, h
+        first, end = rows
+        # OpenCV's masked accumulateProduct adds k (y_s - y_m) times the mask: a product that
+        # is not finite makes the mono NaN where the gate is closed too. Rows are skipped only
+        # where it is finite (a finite gain and mono there: every frame but an overflowing or
+        # unknown mono).
+        if _finite(gain_small) and _finite(mono_inv[:first]) and _finite(mono_inv[end:]):
+            return first, end
+        return 0, h
 
 
 __all__ = ['FIND_INTERIOR', 'Fusion', 'interior_stereo', 'stereo_inverse_sigma', 'stereo_variance']

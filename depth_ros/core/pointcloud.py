@@ -130,7 +130,6 @@ class _Scratch(threading.local):
             self.inv = np.empty((rows + 2, w), np.float32)
             self.mx = np.empty((rows + 2, w), np.float32)
             self.edge = np.empty((rows, w), np.uint8)
-            self.zs = np.empty((h, w), np.float32) if stride > 1 else None
             self.key = key
         return self
 
@@ -179,16 +178,17 @@ def depth_to_cloud(depth: np.ndarray, camera: PinholeCamera, bgr: Optional[np.nd
     h, w = depth.shape[0] // stride, depth.shape[1] // stride
     dtype = _check_colours_and_out(bgr, colours, out, h, w, stride)
     buf = _SCRATCH.get(camera, stride, h, w)
+    # With a stride, each strip copies its rows of the strided view (into its scratch, hot
+    # for the passes after it: no subsampled plane of its own).
     z = depth[:h * stride:stride, :w * stride:stride]
-    if stride > 1:
-        np.copyto(buf.zs, z)        # into a kept buffer: faster than a new contiguous copy
-        z = buf.zs
-    elif z.dtype != np.float32:
+    if stride == 1 and z.dtype != np.float32:
         z = np.ascontiguousarray(z, dtype=np.float32)
-    # Range test without masks: TOZERO_INV zeroes z > hi (and +inf), TOZERO zeroes z <= lo
-    # (0, negatives, -inf); patchNaNs zeroes NaN. Then z / z is 1, or NaN where z is 0, and
-    # z * (z / z) is z or NaN, so x and y follow as NaN.
-    hi = float(max_depth) if max_depth is not None else float(np.finfo(np.float32).max)
+    elif stride > 1 and z.dtype != np.float32:
+        z = z.astype(np.float32)
+    # Range test without masks: TOZERO_INV zeroes z > hi (and +inf; without max_depth +inf
+    # stays), TOZERO zeroes z <= lo (0, negatives, -inf); patchNaNs zeroes NaN. Then z / z is
+    # 1, or NaN where z is 0 or +inf, and z * (z / z) is z or NaN, so x and y follow as NaN.
+    hi = float(max_depth) if max_depth is not None else None
     lo = 0.0
     if min_depth is not None and min_depth > 0:
         lo = float(np.nextafter(np.float32(min_depth), np.float32(-np.inf)))  # keep z == min
