@@ -584,6 +584,25 @@ def test_rows_without_trusted_stereo_are_skipped_with_the_same_result(case, thre
         assert np.isnan(np.frombuffer(results[0][1], np.float32).reshape(h, w)[5, 7])
 
 
+@pytest.mark.parametrize('k', range(2, 12))
+def test_the_grid_upsampled_for_some_rows_is_the_whole_grid_upsampled_there(k):
+    # Fusion._up(first, end) resizes only the grid rows those rows read, where that gives the
+    # same values: at a power-of-two scale. OpenCV 4.5.4 (the Jetson's) rounds a row's weight
+    # to float32 from its position, so a part resized alone differed by an ulp at k = 3, 7, 9
+    # (the whole grid is then resized).
+    sh, w = 30, 64
+    h = sh * k
+    fusion = Fusion(h, w)
+    small = np.random.RandomState(k).rand(sh, 40).astype(np.float32)
+    whole = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    for first in range(1, h - 1, 5):
+        end = min(h, first + 2 * k + 3)
+        out = np.full((h, w), np.nan, np.float32)
+        assert fusion._up(small, out, first, end) is out
+        np.testing.assert_array_equal(out[first:end], whole[first:end], err_msg='rows {}:{}'
+                                      .format(first, end))
+
+
 def nan_and_zero_frame():
     rel, st, z = frame(seed=4)
     conf = np.random.RandomState(5).uniform(1.0, 40.0, (H, W)).astype(np.float32)

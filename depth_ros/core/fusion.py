@@ -109,15 +109,18 @@ class Fusion(object):
         """
         Upsample ``small`` bilinearly into ``out``; only rows [first, end) are meant.
 
-        At a whole scale (the statistics grid of a frame whose height the grid's step
-        divides) only the grid rows those rows read are resized, one more each side: the
-        same values there (the other rows of ``out`` are left as they are or wrong).
+        At a whole scale that is a power of two (the statistics grid of a frame whose height
+        the grid's step divides; the default step is 4) only the grid rows those rows read are
+        resized, one more each side: the same values there (the other rows of ``out`` are
+        left as they are or wrong). At other scales OpenCV 4.5.4 rounds a row's weight to
+        float32 from its position in the part, an ulp off the whole's at k = 3, 7, 9: the
+        whole grid is resized.
         """
         h, w = self.shape
         end = h if end is None else end
         sh = small.shape[0]
-        if (first > 0 or end < h) and h % sh == 0:
-            k = h // sh
+        k = h // sh
+        if (first > 0 or end < h) and h % sh == 0 and k & (k - 1) == 0:
             s0, s1 = max(first // k - 1, 0), min((end - 1) // k + 2, sh)
             cv2.resize(small[s0:s1], (w, (s1 - s0) * k), dst=out[s0 * k:s1 * k],
                        interpolation=cv2.INTER_LINEAR)
