@@ -437,7 +437,7 @@ def _rviz_topics(path):
 RVIZ_ZED = '/zed/zed_node'   # zed_node and the frames' prefix as rviz/zed_depth.rviz names them
 
 
-def _rviz(path, base, zed='/zed/zed_node', camera='zed'):
+def _rviz(path, base, zed=RVIZ_ZED, camera='zed'):
     """
     Return the rviz2 node for ``path``; under a pushed namespace ``base``, its topics there.
 

@@ -134,7 +134,7 @@ class FedGraph(object):
         # here says that node has matched them all (no frame is sent for it: a node's first set
         # is still the tests').
         for name in (depth_name, align_name):
-            assert wait_until(lambda name=name: _reported(self.diag, name), 20), \
+            assert wait_until(lambda name=name: diag_values(self.diag, name) is not None, 20), \
                 'no /diagnostics from {}; its output:\n{}'.format(name, (
                     self.depth_node if name == depth_name else self.align_node).output())
         self.stamp = 1700000000 * 10 ** 9
@@ -238,13 +238,6 @@ class FedGraph(object):
         """Poll the diagnostics of ``node`` (taken after ``since``) until ``predicate``."""
         name = self.depth_name if node == 'depth' else self.align_name
         return diag_until(self.diag, name, predicate, timeout, since)
-
-
-def _reported(collector, node):
-    """Return whether ``collector`` holds a /diagnostics status of ``node`` (its full name)."""
-    with collector.lock:
-        return any(status.hardware_id == '/' + node for msg in collector.msgs
-                   for status in msg.status)
 
 
 def depth_encoding(depth):
