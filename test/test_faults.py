@@ -798,6 +798,13 @@ from depth_ros.ros import compat, runtime
 where, signame = sys.argv[1], sys.argv[2]
 sig = getattr(signal, signame)
 init = compat.init
+check_params_files = runtime.params_file_error
+
+
+def signalled_check(argv):
+    if where == 'arguments':
+        os.kill(os.getpid(), sig)   # while the parameter files are read (a YAML parse)
+    return check_params_files(argv)
 
 
 def signalled_init(args):
@@ -816,6 +823,7 @@ def factory():
 
 
 compat.init = signalled_init
+runtime.params_file_error = signalled_check
 started = time.monotonic()
 code = runtime.run_node(factory, 'startup_signal', args=[])
 print('exit', code, 'after', round(time.monotonic() - started, 1), 'ok', rclpy.ok())
@@ -824,10 +832,12 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize('signame', ['SIGTERM', 'SIGINT'])
-@pytest.mark.parametrize('where', ['init', 'constructor', 'end_of_constructor'])
+@pytest.mark.parametrize('where', ['arguments', 'init', 'constructor', 'end_of_constructor'])
 def test_a_signal_during_start_up_is_a_clean_exit_0(where, signame):
     # A launch shut down while a node still loads its model (or just after it registered on
-    # the graph, where the CI once caught SIGTERM meeting the default action: exit -15).
+    # the graph, where the CI once caught SIGTERM meeting the default action: exit -15), or
+    # still reads its parameter files (Humble, Fast DDS: depth_node failed at once, launch
+    # stopped alignment_node there, and a KeyboardInterrupt traceback ended it).
     done = subprocess.run([sys.executable, '-c', _SIGNAL_IN_STARTUP, where, signame],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
                           timeout=60, universal_newlines=True)
@@ -837,6 +847,38 @@ def test_a_signal_during_start_up_is_a_clean_exit_0(where, signame):
     seconds = float(done.stdout.split('after ')[1].split()[0])
     assert seconds < 10.0, done.stdout          # the 30 s "model load" was cut short
     assert done.stdout.rstrip().endswith('ok False'), done.stdout   # context shut down
+
+
+_SIGNAL_IN_COMPOSED_ARGUMENTS = r"""
+import os, signal, sys
+from depth_ros.ros import composed
+
+check_params_files = composed.params_file_error
+
+
+def signalled_check(argv):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))   # while the parameter files are read
+    return check_params_files(argv)
+
+
+composed.params_file_error = signalled_check
+code = composed.run(['composed_nodes', '--node', 'depth_node', '--ros-args', '-p',
+                     'backend:=standin', '--'])
+print('exit', code)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize('signame', ['SIGTERM', 'SIGINT'])
+def test_a_signal_while_composed_reads_its_arguments_is_a_clean_exit_0(signame):
+    # composed_nodes takes the stop signals before its argument checks, as a node does.
+    done = subprocess.run([sys.executable, '-c', _SIGNAL_IN_COMPOSED_ARGUMENTS, signame],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=60, universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.rstrip().endswith('exit 0'), done.stdout
+    assert 'Traceback' not in done.stdout and 'KeyboardInterrupt' not in done.stdout, \
+        done.stdout
 
 
 _SIGNAL_IN_IMPORT = r"""

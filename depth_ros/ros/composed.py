@@ -284,15 +284,17 @@ def run(args: Optional[List[str]] = None) -> int:
     if argv[1:] in (['-h'], ['--help']):
         sys.stdout.write(HELP + '\n')
         return 0
-    from rclpy.executors import SingleThreadedExecutor
-    try:
-        glob, sections = parse(argv[1:])
-    except ValueError as exc:
-        return _argument_error(str(exc))
-    problem = params_file_error(argv)
-    if problem:
-        return _argument_error(problem)
+    # The stop signals are ours from here, as in runtime.run_node: a stop while the
+    # parameter files are read is a quiet exit 0, not a traceback.
     with Signals() as signals:
+        from rclpy.executors import SingleThreadedExecutor
+        try:
+            glob, sections = parse(argv[1:])
+        except ValueError as exc:
+            return _argument_error(str(exc))
+        problem = params_file_error(argv)
+        if problem:
+            return _argument_error(problem)
         nodes, code = _start(argv, glob, sections, signals)
         if code or signals.stop.is_set() or len(nodes) < len(sections):
             if nodes:

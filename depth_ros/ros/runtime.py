@@ -425,18 +425,20 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     argv = list(sys.argv if args is None else args)
-    stray = stray_arguments(argv)
-    if stray and stray[0] in ('-h', '--help'):
-        from depth_ros.nodes_core.config import NODE_PARAMS
-        sys.stdout.write(node_usage(name, NODE_PARAMS.get(name, ())))
-        return 0
-    problem = params_file_error(argv) or stray and (
-        'unexpected argument {!r}: a node takes ROS arguments only, after --ros-args (`{} '
-        '--ros-args -p name:=value`; --help lists its parameters)'.format(stray[0], name))
-    if problem:
-        sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
-        return 2
+    # The stop signals are ours from here: a launch that stops while this node still reads
+    # its parameter files (another node failed at once) is a quiet exit 0, not a traceback.
     with Signals() as signals:
+        stray = stray_arguments(argv)
+        if stray and stray[0] in ('-h', '--help'):
+            from depth_ros.nodes_core.config import NODE_PARAMS
+            sys.stdout.write(node_usage(name, NODE_PARAMS.get(name, ())))
+            return 0
+        problem = params_file_error(argv) or stray and (
+            'unexpected argument {!r}: a node takes ROS arguments only, after --ros-args (`{} '
+            '--ros-args -p name:=value`; --help lists its parameters)'.format(stray[0], name))
+        if problem:
+            sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
+            return 2
         node, code = None, 0
         try:
             signals.interrupting = not signals.stop.is_set()
