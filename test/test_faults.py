@@ -10,6 +10,7 @@ of a traceback.
 """
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -1028,6 +1029,96 @@ def test_the_thread_count_is_given_to_an_opencv_that_may_not_read_the_variable(
     assert seen == calls
 
 
+_MALLOC = r"""
+import ctypes, sys
+from depth_ros.nodes_core.params import ConfigError
+from depth_ros.ros.runtime import run_node
+
+
+def mapped_bytes():
+    # glibc's bytes in mmapped blocks (struct mallinfo2 from 2.33, mallinfo's int fields before)
+    libc = ctypes.CDLL(None)
+    call, field = (libc.mallinfo2, ctypes.c_size_t) if hasattr(libc, 'mallinfo2') else \
+        (libc.mallinfo, ctypes.c_int)
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, field) for name in (
+            'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks',
+            'fordblks', 'keepcost')]
+    call.restype = Info
+    return call().hblkhd
+
+
+def factory():          # the node's start, as a node process makes it
+    import numpy as np
+    before = mapped_bytes()
+    block = np.ones(8 << 20, np.uint8)     # an 8 MB frame buffer
+    print('mapped', mapped_bytes() - before, int(block[-1]))
+    raise ConfigError('stop here')
+
+
+sys.exit(run_node(factory, 'probe_node', ['probe_node']))
+"""
+
+
+def _without_malloc_tuning(**tuning):
+    from depth_ros.nodes_core.workers import MALLOC_VARIABLES
+    env = dict(os.environ)
+    for name in MALLOC_VARIABLES + ('GLIBC_TUNABLES',):
+        env.pop(name, None)
+    env.update(tuning)
+    return env
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt and mallinfo are glibc\'s')
+@pytest.mark.parametrize('tuning, kept', [
+    ({}, True),
+    ({'MALLOC_MMAP_THRESHOLD_': '131072'}, False),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.mmap_threshold=131072'}, False)])
+@pytest.mark.rmw_independent   # a node's start-up, not the graph
+def test_a_node_process_keeps_large_blocks_in_the_heap_unless_told(tuning, kept):
+    # Each frame's 1-4 MB arrays were mapped and unmapped by glibc, their pages faulted in and
+    # zeroed every frame; a node's start fixes the mmap threshold at 32 MB (mallopt), so an
+    # 8 MB block comes from the heap (no mapped bytes added). Malloc tuning in the environment
+    # is the user's: with glibc's 128 kB threshold fixed there, the block is mapped.
+    done = subprocess.run([sys.executable, '-c', _MALLOC], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
+                          env=_without_malloc_tuning(**tuning), universal_newlines=True)
+    assert done.returncode == 2, done.stdout
+    added, value = (int(x) for x in done.stdout.split('mapped ')[1].split()[:2])
+    assert value == 1
+    assert (added < 8 << 20) if kept else (added >= 8 << 20), (tuning, added, done.stdout)
+
+
+class _Libc(object):
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.answers.pop(0)
+
+
+def test_keep_large_blocks_says_what_it_did():
+    from depth_ros.nodes_core.workers import keep_large_blocks
+    libc = _Libc([1, 1])
+    assert keep_large_blocks({}, libc) == \
+        'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 256 MB)'
+    assert libc.calls == [(-3, 32 << 20), (-1, 256 << 20)]   # <malloc.h>'s parameter numbers
+    assert keep_large_blocks({}, _Libc([1, 0])) == \
+        'malloc left as it is (mallopt refused M_TRIM_THRESHOLD)'
+    assert keep_large_blocks({}, types.SimpleNamespace()) == \
+        'malloc left as it is (no mallopt: not glibc)'
+    libc = _Libc([])
+    assert keep_large_blocks(
+        {'MALLOC_TOP_PAD_': '131072', 'MALLOC_TRIM_THRESHOLD_': '', 'GLIBC_TUNABLES':
+         'glibc.malloc.arena_max=2'}, libc) == \
+        'malloc left as the environment sets it (MALLOC_TOP_PAD_, GLIBC_TUNABLES)'
+    assert libc.calls == []
+    assert keep_large_blocks({'GLIBC_TUNABLES': 'glibc.rtld.nns=2'}, _Libc([1, 1])) \
+        .startswith('malloc keeps large blocks')
+
+
 _COMPOSED_THREADS = r"""
 import sys
 from depth_ros.ros import composed, entry
@@ -1077,14 +1168,17 @@ def test_the_start_up_debug_records_reach_a_node_at_debug(level):
     # named as rcl will name it.
     done = subprocess.run([sys.executable, '-c', _STARTUP_DEBUG, level], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
-                          universal_newlines=True)
+                          env=_without_malloc_tuning(), universal_newlines=True)
     assert done.returncode == 2, done.stdout
     lines = [line.split(']: ', 1)[0].split('] [')[0] + '] ' + line.split('] [')[-1]
              for line in done.stdout.splitlines() if line.startswith('[')]
     want = ['[INFO] cam.probe_node]: no model found', '[FATAL] probe_node]: bad configuration: '
             'stop here']
     if level.endswith('debug'):
-        want.insert(0, '[DEBUG] cam.probe_node]: looked for the model in the cache')
+        want[:0] = ['[DEBUG] cam.probe_node]: ' + (
+            'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 256 MB)'
+            if platform.libc_ver()[0] == 'glibc' else 'malloc left as it is (no mallopt: '
+            'not glibc)'), '[DEBUG] cam.probe_node]: looked for the model in the cache']
     assert lines == want, done.stdout
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import os
 import threading
 import time
 from typing import Callable, Dict, Optional
@@ -366,6 +367,54 @@ class StampGuard(object):
     def reset(self) -> None:
         """Forget the previous stamp (after a restart of another stream)."""
         self.last = None
+
+
+# glibc's mallopt parameters (<malloc.h>) and the values our node processes run with.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+LARGE_BLOCK_BYTES = 32 << 20    # glibc's most for M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_BYTES = 256 << 20
+# Set, any of these is the user's own malloc tuning, left as it is (MALLOC_TOP_PAD_=131072,
+# glibc's own value, keeps glibc's defaults).
+MALLOC_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
+                    'MALLOC_MMAP_MAX_')
+
+
+def keep_large_blocks(environ=None, libc=None) -> str:
+    """
+    Keep freed large blocks in glibc's heap for the next frame; return what was done, a line.
+
+    Every frame brings new 1-4 MB arrays (a message's image, depth and confidence, the
+    network's output, the cloud's buffer). Above glibc's mmap threshold (128 kB at start,
+    raised by glibc as large blocks are freed) each is mapped, its pages faulted in and
+    zeroed, and unmapped when freed; free memory at the heap's top above the trim threshold
+    goes back to the system at once. At 1280x720 that was hundreds to thousands of page
+    faults per frame in each node (docs/ros.md, "glibc keeps a frame's large blocks").
+    ``mallopt`` fixes the mmap threshold at 32 MB (glibc's most on 64-bit) and the trim
+    threshold at 256 MB, as ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=268435456`` would: a frame's blocks serve the next one. Memory
+    after a burst goes back by alignment_node's :class:`HeapTrim` (``malloc_trim``).
+
+    Left alone where the environment tunes malloc (any of ``MALLOC_VARIABLES``, or a
+    ``glibc.malloc`` entry in ``GLIBC_TUNABLES``; ``MALLOC_TOP_PAD_=131072``, glibc's own
+    value, keeps glibc's behaviour) and where the C library has no ``mallopt`` (not glibc).
+    ``environ`` and ``libc`` are for tests.
+    """
+    environ = os.environ if environ is None else environ
+    tuned = [name for name in MALLOC_VARIABLES if environ.get(name)]
+    if 'glibc.malloc.' in environ.get('GLIBC_TUNABLES', ''):
+        tuned.append('GLIBC_TUNABLES')
+    if tuned:
+        return 'malloc left as the environment sets it ({})'.format(', '.join(tuned))
+    try:
+        mallopt = (ctypes.CDLL(None) if libc is None else libc).mallopt
+    except (OSError, AttributeError):
+        return 'malloc left as it is (no mallopt: not glibc)'
+    done = [mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)]
+    if not all(done):
+        return 'malloc left as it is (mallopt refused {})'.format(' and '.join(
+            name for name, ok in zip(('M_MMAP_THRESHOLD', 'M_TRIM_THRESHOLD'), done) if not ok))
+    return 'malloc keeps large blocks (mmap threshold {} MB, trim threshold {} MB)'.format(
+        LARGE_BLOCK_BYTES >> 20, TRIM_BYTES >> 20)
 
 
 def _malloc_trim():

@@ -45,7 +45,7 @@ from depth_ros.nodes_core.middleware import missing_profile_note
 from depth_ros.nodes_core.params import ConfigError, given_names, params_file_error, \
     StartupError, unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, \
-    node_logger_name
+    keep_large_blocks, node_logger_name
 from depth_ros.ros import compat
 from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown
 from depth_ros.util import describe_error
@@ -233,6 +233,7 @@ def _start(argv, glob, sections, signals):
         except RuntimeError as exc:   # rclpy's RCLError: malformed --ros-args
             signals.interrupting = False
             return nodes, _argument_error(describe_error(exc))
+        logger.debug(keep_large_blocks())      # before the nodes' first frame
         loggers = ThreadLoggers(logger)
         forwarder = forward_library_logs(logger)
         forwarder.logger = loggers

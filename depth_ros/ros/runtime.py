@@ -22,7 +22,7 @@ from depth_ros.nodes_core.params import choice_error, ConfigError, given_names, 
     node_usage, params_file_error, start_up_type_error, StartupError, stray_arguments, \
     type_error, undeclared_error, unknown_lines
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, \
-    node_logger_name, ThrottledLog
+    keep_large_blocks, node_logger_name, ThrottledLog
 from depth_ros.ros import compat
 from depth_ros.util import describe_error
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, \
@@ -454,6 +454,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             forwarder = forward_library_logs(rclpy.logging.get_logger(
                 node_logger_name(argv, name)))
             forward_debug_if_asked(forwarder, [forwarder.logger])
+            forwarder.logger.debug(keep_large_blocks())     # before the node's first frame
             if signals.interrupting:
                 node, code = _construct(factory, name, signals)
         except KeyboardInterrupt:
