@@ -1062,9 +1062,9 @@ sys.exit(run_node(factory, 'probe_node', ['probe_node']))
 
 
 def _without_malloc_tuning(**tuning):
-    from depth_ros.nodes_core.workers import MALLOC_VARIABLES
+    from depth_ros.nodes_core.workers import KEEP_LARGE_BLOCKS, MALLOC_VARIABLES
     env = dict(os.environ)
-    for name in MALLOC_VARIABLES + ('GLIBC_TUNABLES',):
+    for name in MALLOC_VARIABLES + ('GLIBC_TUNABLES', KEEP_LARGE_BLOCKS):
         env.pop(name, None)
     env.update(tuning)
     return env
@@ -1073,14 +1073,17 @@ def _without_malloc_tuning(**tuning):
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt and mallinfo are glibc\'s')
 @pytest.mark.parametrize('tuning, kept', [
     ({}, True),
+    ({'DEPTH_ROS_KEEP_LARGE_BLOCKS': '1'}, True),
+    ({'DEPTH_ROS_KEEP_LARGE_BLOCKS': '0'}, False),
     ({'MALLOC_MMAP_THRESHOLD_': '131072'}, False),
     ({'GLIBC_TUNABLES': 'glibc.malloc.mmap_threshold=131072'}, False)])
 @pytest.mark.rmw_independent   # a node's start-up, not the graph
 def test_a_node_process_keeps_large_blocks_in_the_heap_unless_told(tuning, kept):
     # Each frame's 1-4 MB arrays were mapped and unmapped by glibc, their pages faulted in and
     # zeroed every frame; a node's start fixes the mmap threshold at 32 MB (mallopt), so an
-    # 8 MB block comes from the heap (no mapped bytes added). Malloc tuning in the environment
-    # is the user's: with glibc's 128 kB threshold fixed there, the block is mapped.
+    # 8 MB block comes from the heap (no mapped bytes added). DEPTH_ROS_KEEP_LARGE_BLOCKS=0
+    # leaves glibc as it is (its threshold starts at 128 kB), and malloc tuning in the
+    # environment is the user's: with glibc's 128 kB threshold fixed there, the block is mapped.
     done = subprocess.run([sys.executable, '-c', _MALLOC], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
                           env=_without_malloc_tuning(**tuning), universal_newlines=True)
@@ -1103,8 +1106,8 @@ def test_keep_large_blocks_says_what_it_did():
     from depth_ros.nodes_core.workers import keep_large_blocks
     libc = _Libc([1, 1])
     assert keep_large_blocks({}, libc) == \
-        'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 256 MB)'
-    assert libc.calls == [(-3, 32 << 20), (-1, 256 << 20)]   # <malloc.h>'s parameter numbers
+        'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 64 MB)'
+    assert libc.calls == [(-3, 32 << 20), (-1, 64 << 20)]   # <malloc.h>'s parameter numbers
     assert keep_large_blocks({}, _Libc([1, 0])) == \
         'malloc left as it is (mallopt refused M_TRIM_THRESHOLD)'
     assert keep_large_blocks({}, types.SimpleNamespace()) == \
@@ -1117,6 +1120,43 @@ def test_keep_large_blocks_says_what_it_did():
     assert libc.calls == []
     assert keep_large_blocks({'GLIBC_TUNABLES': 'glibc.rtld.nns=2'}, _Libc([1, 1])) \
         .startswith('malloc keeps large blocks')
+    assert keep_large_blocks({'DEPTH_ROS_KEEP_LARGE_BLOCKS': ' 0 '}, _Libc([])) == \
+        'malloc left as it is (DEPTH_ROS_KEEP_LARGE_BLOCKS=0)'
+    for bad in ('yes', '2', 'false'):
+        with pytest.raises(ValueError) as err:
+            keep_large_blocks({'DEPTH_ROS_KEEP_LARGE_BLOCKS': bad}, _Libc([]))
+        assert str(err.value) == (
+            "DEPTH_ROS_KEEP_LARGE_BLOCKS={!r} must be 0 (glibc's own malloc behaviour) or 1 (the "
+            "default: a frame's large blocks kept for the next)".format(bad))
+
+
+_MALLOC_SETTING = r"""
+import sys
+from depth_ros.ros import composed
+from depth_ros.ros.runtime import run_node
+
+
+def factory():
+    raise AssertionError('the node must not be made')
+
+
+if sys.argv[1] == 'composed_nodes':
+    sys.exit(composed.run(['composed_nodes', '--node', 'zed_node']))
+sys.exit(run_node(factory, 'probe_node', ['probe_node']))
+"""
+
+
+@pytest.mark.parametrize('process', ['probe_node', 'composed_nodes'])
+@pytest.mark.rmw_independent   # a node's start-up, not the graph
+def test_a_bad_keep_large_blocks_setting_is_one_fatal_line_naming_it(process):
+    done = subprocess.run([sys.executable, '-c', _MALLOC_SETTING, process],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                          timeout=60, env=_without_malloc_tuning(DEPTH_ROS_KEEP_LARGE_BLOCKS='on'),
+                          universal_newlines=True)
+    assert done.returncode == 2 and done.stdout.splitlines() == [
+        "[FATAL] [{}]: DEPTH_ROS_KEEP_LARGE_BLOCKS='on' must be 0 (glibc's own malloc "
+        "behaviour) or 1 (the default: a frame's large blocks kept for the next)".format(
+            process)], done.stdout
 
 
 _COMPOSED_THREADS = r"""
@@ -1176,7 +1216,7 @@ def test_the_start_up_debug_records_reach_a_node_at_debug(level):
             'stop here']
     if level.endswith('debug'):
         want[:0] = ['[DEBUG] cam.probe_node]: ' + (
-            'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 256 MB)'
+            'malloc keeps large blocks (mmap threshold 32 MB, trim threshold 64 MB)'
             if platform.libc_ver()[0] == 'glibc' else 'malloc left as it is (no mallopt: '
             'not glibc)'), '[DEBUG] cam.probe_node]: looked for the model in the cache']
     assert lines == want, done.stdout

@@ -372,11 +372,13 @@ class StampGuard(object):
 # glibc's mallopt parameters (<malloc.h>) and the values our node processes run with.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 LARGE_BLOCK_BYTES = 32 << 20    # glibc's most for M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2)
-TRIM_BYTES = 256 << 20
-# Set, any of these is the user's own malloc tuning, left as it is (MALLOC_TOP_PAD_=131072,
-# glibc's own value, keeps glibc's defaults).
+TRIM_BYTES = 64 << 20
+# Set, any of these is the user's own malloc tuning, left as it is. (Setting any of them also
+# turns off glibc's own raising of the mmap threshold: glibc's defaults come back only with
+# DEPTH_ROS_KEEP_LARGE_BLOCKS=0.)
 MALLOC_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
                     'MALLOC_MMAP_MAX_')
+KEEP_LARGE_BLOCKS = 'DEPTH_ROS_KEEP_LARGE_BLOCKS'   # 0: glibc's own behaviour; 1 (default): ours
 
 
 def keep_large_blocks(environ=None, libc=None) -> str:
@@ -390,16 +392,27 @@ def keep_large_blocks(environ=None, libc=None) -> str:
     goes back to the system at once. At 1280x720 that was hundreds to thousands of page
     faults per frame in each node (docs/ros.md, "glibc keeps a frame's large blocks").
     ``mallopt`` fixes the mmap threshold at 32 MB (glibc's most on 64-bit) and the trim
-    threshold at 256 MB, as ``MALLOC_MMAP_THRESHOLD_=33554432
-    MALLOC_TRIM_THRESHOLD_=268435456`` would: a frame's blocks serve the next one. Memory
-    after a burst goes back by alignment_node's :class:`HeapTrim` (``malloc_trim``).
+    threshold at 64 MB, as ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=67108864`` would: a frame's blocks serve the next one, and
+    the heap's free top still goes back to the system beyond 64 MB (the Jetson's memory is the
+    GPU's too). Memory after a burst goes back by alignment_node's :class:`HeapTrim`
+    (``malloc_trim``).
 
-    Left alone where the environment tunes malloc (any of ``MALLOC_VARIABLES``, or a
-    ``glibc.malloc`` entry in ``GLIBC_TUNABLES``; ``MALLOC_TOP_PAD_=131072``, glibc's own
-    value, keeps glibc's behaviour) and where the C library has no ``mallopt`` (not glibc).
-    ``environ`` and ``libc`` are for tests.
+    Left alone with ``DEPTH_ROS_KEEP_LARGE_BLOCKS=0`` (glibc's own behaviour, its threshold
+    raised as it goes), where the environment tunes malloc (any of ``MALLOC_VARIABLES``, or a
+    ``glibc.malloc`` entry in ``GLIBC_TUNABLES``: the user's settings), and where the C
+    library has no ``mallopt`` (not glibc). ``environ`` and ``libc`` are for tests.
+
+    :raises ValueError: ``DEPTH_ROS_KEEP_LARGE_BLOCKS`` is neither 0 nor 1 (named, with its value).
     """
     environ = os.environ if environ is None else environ
+    keep = environ.get(KEEP_LARGE_BLOCKS, '').strip()
+    if keep not in ('', '0', '1'):
+        raise ValueError('{}={!r} must be 0 (glibc\'s own malloc behaviour) or 1 (the default: '
+                         'a frame\'s large blocks kept for the next)'.format(
+                             KEEP_LARGE_BLOCKS, environ[KEEP_LARGE_BLOCKS]))
+    if keep == '0':
+        return 'malloc left as it is ({}=0)'.format(KEEP_LARGE_BLOCKS)
     tuned = [name for name in MALLOC_VARIABLES if environ.get(name)]
     if 'glibc.malloc.' in environ.get('GLIBC_TUNABLES', ''):
         tuned.append('GLIBC_TUNABLES')

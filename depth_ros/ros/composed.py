@@ -217,7 +217,7 @@ def _argument_error(text: str) -> int:
     return 2
 
 
-def _start(argv, glob, sections, signals):
+def _start(argv, glob, sections, signals, malloc=''):
     """rclpy.init, then make and wire the nodes; return (nodes, exit code)."""
     import rclpy
     nodes, code = [], 0
@@ -233,7 +233,8 @@ def _start(argv, glob, sections, signals):
         except RuntimeError as exc:   # rclpy's RCLError: malformed --ros-args
             signals.interrupting = False
             return nodes, _argument_error(describe_error(exc))
-        logger.debug(keep_large_blocks())      # before the nodes' first frame
+        if malloc:
+            logger.debug(malloc)
         loggers = ThreadLoggers(logger)
         forwarder = forward_library_logs(logger)
         forwarder.logger = loggers
@@ -296,7 +297,12 @@ def run(args: Optional[List[str]] = None) -> int:
         problem = params_file_error(argv)
         if problem:
             return _argument_error(problem)
-        nodes, code = _start(argv, glob, sections, signals)
+        try:
+            malloc = keep_large_blocks()    # before the nodes' first frame
+        except ValueError as exc:
+            sys.stderr.write('[FATAL] [composed_nodes]: {}\n'.format(exc))
+            return 2
+        nodes, code = _start(argv, glob, sections, signals, malloc)
         if code or signals.stop.is_set() or len(nodes) < len(sections):
             if nodes:
                 teardown(nodes, None)

@@ -439,6 +439,11 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
         if problem:
             sys.stderr.write('[FATAL] [{}]: bad arguments: {}\n'.format(name, problem))
             return 2
+        try:
+            malloc = keep_large_blocks()    # before the node's first frame
+        except ValueError as exc:
+            sys.stderr.write('[FATAL] [{}]: {}\n'.format(name, exc))
+            return 2
         node, code = None, 0
         try:
             signals.interrupting = not signals.stop.is_set()
@@ -454,7 +459,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             forwarder = forward_library_logs(rclpy.logging.get_logger(
                 node_logger_name(argv, name)))
             forward_debug_if_asked(forwarder, [forwarder.logger])
-            forwarder.logger.debug(keep_large_blocks())     # before the node's first frame
+            forwarder.logger.debug(malloc)
             if signals.interrupting:
                 node, code = _construct(factory, name, signals)
         except KeyboardInterrupt:
