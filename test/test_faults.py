@@ -1052,8 +1052,8 @@ def mapped_bytes():
 def factory():          # the node's start, as a node process makes it
     import numpy as np
     before = mapped_bytes()
-    # 24 MB: under the nodes' 32 MB threshold, and above any threshold glibc may have raised
-    # itself to while the modules imported (to the largest mapped block freed, at most 32 MB)
+    # 24 MB: under the nodes' 32 MB threshold, and well above what glibc raises its own
+    # threshold to while the modules import (the largest mapped block they free)
     block = np.ones(24 << 20, np.uint8)
     print('mapped', mapped_bytes() - before, int(block[-1]))
     raise ConfigError('stop here')
