@@ -217,8 +217,8 @@ def _argument_error(text: str) -> int:
     return 2
 
 
-def _start(argv, glob, sections, signals, malloc=''):
-    """rclpy.init, then make and wire the nodes; return (nodes, exit code)."""
+def _start(argv, glob, sections, signals, malloc):
+    """rclpy.init, then make and wire the nodes; return (nodes, exit code); log ``malloc``."""
     import rclpy
     nodes, code = [], 0
     logger = rclpy.logging.get_logger('composed_nodes')
@@ -233,8 +233,7 @@ def _start(argv, glob, sections, signals, malloc=''):
         except RuntimeError as exc:   # rclpy's RCLError: malformed --ros-args
             signals.interrupting = False
             return nodes, _argument_error(describe_error(exc))
-        if malloc:
-            logger.debug(malloc)
+        logger.debug(malloc)
         loggers = ThreadLoggers(logger)
         forwarder = forward_library_logs(logger)
         forwarder.logger = loggers
