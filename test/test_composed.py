@@ -702,3 +702,151 @@ def test_close_stops_the_row_band_threads_after_the_frame_in_progress(aligner_no
     assert node.aligner.bands.threads == 2 and len(bands()) == 1
     node.close()
     assert not node.worker.alive and bands() == []
+
+
+# ------------------------------------------- a ZED frame comes image first
+def test_zed_node_hands_the_image_over_and_publishes_it_before_the_stereo_is_retrieved():
+    # zed_node reads a ZED image first (ZedSource.read_image_first): depth_node takes the
+    # frame, and the image goes out on its topic, while the SDK's depth and confidence are
+    # still being retrieved; a reader of them waits (Frame.wait_stereo). A stereo retrieve
+    # that fails reaches that reader as one line and zed_node as a grab failure (reopened,
+    # as before); the next frame goes on.
+    import threading
+    import rclpy
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.ros.runtime import sensor_qos
+    from depth_ros.ros.zed_node import ZedNode
+    from depth_ros.sources.base import Frame, FrameSource, SourceError, StereoPending
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    camera = PinholeCamera(50.0, 50.0, 15.5, 11.5, 32, 24)
+    gate = threading.Event()
+    lost = SourceError('ZED retrieve_measure(DEPTH) failed: CAMERA_NOT_DETECTED')
+
+    def planes(k):
+        return np.full((24, 32), float(k), np.float32), np.full((24, 32), 5.0, np.float32)
+
+    class ImageFirst(FrameSource):
+        name = 'image-first double'
+
+        def __init__(self):
+            self.reads, self.opens = 0, 0
+
+        def open(self):
+            self.opens += 1
+
+        def read(self):
+            raise AssertionError('zed_node must read a source image first where it can')
+
+        def read_image_first(self):
+            self.reads += 1
+            k = self.reads
+            if k > 3:
+                stop.wait(5.0)
+                return None
+            if k == 1:
+                wired.wait(10.0)        # the grab thread starts in ZedNode(): wait for it
+                retrieve = lambda: (gate.wait(10.0), planes(1))[1]     # noqa: E731
+            elif k == 2:
+                retrieve = lambda: (_ for _ in ()).throw(lost)         # noqa: E731
+            else:
+                retrieve = lambda: planes(3)                           # noqa: E731
+            return Frame(left=np.full((24, 32, 3), k, np.uint8), depth=None, confidence=None,
+                         camera=camera, stamp_ns=k * 10 ** 9, pending=StereoPending(retrieve))
+
+    stop, wired = threading.Event(), threading.Event()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    handed, images = [], []
+    source = ImageFirst()
+    node = reader = executor = None
+    try:
+        reader = rclpy.create_node('image_reader', context=context)
+        reader.create_subscription(Image, '/zed/zed_node/left/image_rect_color',
+                                   lambda m: images.append((m.header.stamp.sec, gate.is_set())),
+                                   sensor_qos('reliable', 5))
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(reader)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        node = ZedNode(source=source, context=context, cli_args=[
+            '--ros-args', '--params-file', CONFIG, '-p', 'reliability:=reliable', '--'])
+        node.hand_over_to(lambda frame, header: handed.append(
+            (frame, frame.depth is None, frame.pending.done)))
+        wired.set()
+        assert wait_until(lambda: handed, 10)
+        first, no_depth, done = handed[0]
+        assert no_depth and not done, 'handed over before the stereo was retrieved'
+        assert wait_until(lambda: images, 10) and images[0] == (1, False), \
+            'the image is published before the stereo is retrieved: {}'.format(images)
+        gate.set()
+        first.wait_stereo(5.0)
+        np.testing.assert_array_equal(first.depth, planes(1)[0])
+        np.testing.assert_array_equal(first.confidence, planes(1)[1])
+        assert wait_until(lambda: len(handed) == 3 and node.frames == 2, 10), \
+            (len(handed), node.frames)
+        with pytest.raises(ValueError) as err:
+            handed[1][0].wait_stereo(0.0)
+        assert str(err.value) == ('the frame\'s stereo depth could not be retrieved: '
+                                  'SourceError: ZED retrieve_measure(DEPTH) failed: '
+                                  'CAMERA_NOT_DETECTED')
+        assert node.grab_errors == 1 and source.opens == 2, (node.grab_errors, source.opens)
+        handed[2][0].wait_stereo(0.0)
+        np.testing.assert_array_equal(handed[2][0].depth, planes(3)[0])
+    finally:
+        stop.set()
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
+        if reader is not None:
+            reader.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_a_frame_whose_stereo_follows_its_image_is_prepared_when_it_comes(aligner_node):
+    # In-process a ZED frame's depth and confidence may follow its image (zed_node hands it
+    # over image first): the prepare during inference waits for them, and the set is
+    # update's on the whole frame, bit for bit. A frame whose stereo could not be retrieved
+    # is dropped, its reason named; the next goes on.
+    import threading
+    from depth_ros.nodes_core import config
+    from depth_ros.sources.base import SourceError, StereoPending
+    from graph_support import expected_disparity
+    frames = _sample_frames(3)
+    node = aligner_node()
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    gate = threading.Event()
+
+    def image_first(frame, retrieve):
+        frame.depth = frame.confidence = None
+        frame.pending = StereoPending(retrieve)
+
+    first = frames[0].frame
+    stereo = (first.depth, first.confidence)
+    image_first(first, lambda: (gate.wait(10.0), stereo)[1])
+    grab = threading.Thread(target=first.pending.complete, args=(first,))
+    grab.start()
+    node.take_started(frames[0])
+    assert not node.worker.wait_idle(0.3), 'the prepare waits for the stereo'
+    gate.set()
+    grab.join(5.0)
+    assert node.worker.wait_idle(10.0)
+    _started_and_aligned(node, reference, frames[0], disparity, start=False)
+    assert _values(node)['prepared_used'] == '1'
+
+    lost = SourceError('ZED retrieve_measure(CONFIDENCE) failed: CAMERA_NOT_DETECTED')
+    image_first(frames[1].frame, lambda: (_ for _ in ()).throw(lost))
+    with pytest.raises(SourceError):
+        frames[1].frame.pending.complete(frames[1].frame)
+    node.take_started(frames[1])
+    node.take_set(frames[1], disparity)
+    assert node.worker.wait_idle(10.0)
+    values = _values(node)
+    assert values['dropped_frame'] == '1' and values['last_drop_reason'] == (
+        'the frame\'s stereo depth could not be retrieved: SourceError: ZED '
+        'retrieve_measure(CONFIDENCE) failed: CAMERA_NOT_DETECTED'), values
+    _started_and_aligned(node, reference, frames[2], disparity)

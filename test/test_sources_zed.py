@@ -330,6 +330,117 @@ def test_depth_mode_none_gives_images_only(fake_pyzed):
     assert sl.double.runtime['enable_depth'] is False
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_image_first_the_frame_comes_before_its_stereo_is_retrieved(
+        fake_pyzed, layout, monkeypatch):
+    # zed_node's read (read_image_first): the image and its stamp, camera and baseline, and
+    # no depth retrieve yet; the completion then retrieves the same planes read() gives, and
+    # a thread waiting for them (alignment_node composed) wakes with them.
+    import threading
+    from depth_ros.sources.zed import ZedSource
+
+    sl = fake_pyzed(layout, frames=2)
+    measures = []
+    retrieve = sl.Camera.retrieve_measure
+
+    def counted(camera, *args, **kwargs):
+        measures.append(args[1])    # (mat, measure, memory, resolution)
+        return retrieve(camera, *args, **kwargs)
+    monkeypatch.setattr(sl.Camera, 'retrieve_measure', counted)
+    source = ZedSource(min_depth=0.5, max_depth=12.0, confidence_threshold=80)
+    frame = source.read_image_first()
+    assert frame.depth is None and frame.confidence is None and measures == []
+    assert frame.pending is not None and not frame.pending.done
+    assert tuple(frame.left[7, 5]) == (15, 0, 7) and frame.camera == FULL
+    assert frame.stamp_ns == pd.STAMP0_NS and frame.baseline_m == pytest.approx(pd.BASELINE_M)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(
+        (frame.wait_stereo(5.0), frame.depth is not None)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive(), 'the waiter must wait for the completion'
+    frame.pending.complete(frame)
+    waiter.join(5.0)
+    assert woke == [(None, True)] and frame.pending.done
+    assert [m.name for m in measures] == ['DEPTH', 'CONFIDENCE']
+    np.testing.assert_array_equal(frame.depth, _expected_depth(0, 0.5, 12.0, 80))
+    np.testing.assert_array_equal(frame.confidence, pd.true_confidence())
+    assert frame.depth.dtype == np.float32 and frame.confidence.dtype == np.float32
+    with pytest.raises(RuntimeError, match='completed already'):
+        frame.pending.complete(frame)
+    # read() is read_image_first completed: the whole frame, nothing pending.
+    second = source.read()
+    assert second.pending is None and second.stamp_ns == pd.STAMP0_NS + pd.PERIOD_NS
+    np.testing.assert_array_equal(second.depth, _expected_depth(1, 0.5, 12.0, 80))
+    # The first frame's planes are copies: the second grab did not change them.
+    np.testing.assert_array_equal(frame.depth, _expected_depth(0, 0.5, 12.0, 80))
+    source.close()
+
+
+def test_image_first_a_failed_stereo_retrieve_reaches_the_reader_and_the_waiters(fake_pyzed):
+    from depth_ros.sources.base import StereoPending
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v4.1', frames=2, fail={'retrieve_measure': RuntimeError('CUDA error 700\nx')})
+    frame = ZedSource().read_image_first()      # the image came
+    assert frame.left.shape == (36, 64, 3) and frame.depth is None
+    with pytest.raises(SourceError) as err:
+        frame.pending.complete(frame)
+    assert type(err.value) is SourceError
+    assert _msg(err) == 'ZED grab failed: RuntimeError: CUDA error 700'
+    with pytest.raises(ValueError) as err:
+        frame.wait_stereo(0.0)
+    assert _msg(err) == ('the frame\'s stereo depth could not be retrieved: SourceError: ZED '
+                         'grab failed: RuntimeError: CUDA error 700')
+    with pytest.raises(SourceError):       # read() raises as it did before image first
+        ZedSource().read()
+    # A retrieve that never ends (a stuck grab thread): the waiter gives up, saying so.
+    stuck = StereoPending(lambda: (None, None))
+    with pytest.raises(ValueError) as err:
+        stuck.wait(0.05)
+    assert _msg(err) == 'the frame\'s stereo depth did not come within 0.05 s of its image'
+    stuck.fail(SourceError('zed_node stopped'))
+    with pytest.raises(ValueError, match='could not be retrieved: SourceError: zed_node '
+                                         'stopped$'):
+        stuck.wait(0.0)
+    # Without stereo (depth_mode NONE) nothing is pending.
+    fake_pyzed('v4.1', frames=1)
+    frame = ZedSource(depth_mode='NONE').read_image_first()
+    assert frame.pending is None and frame.depth is None
+    frame.wait_stereo(0.0)
+
+
+def test_replay_reads_image_first_only_where_the_inner_source_can(fake_pyzed, svo):
+    from depth_ros.sources.base import Frame, FrameSource
+    from depth_ros.sources.zed import ZedSource
+
+    fake_pyzed('v4.1', frames=2)
+    replay = ReplaySource(ZedSource(svo_path=svo), fps=1000.0)
+    frame = replay.read_image_first()
+    assert frame.pending is not None and frame.depth is None
+    frame.pending.complete(frame)
+    np.testing.assert_array_equal(frame.confidence, pd.true_confidence())
+    whole = replay.read()
+    assert whole.pending is None and whole.depth is not None
+    assert whole.stamp_ns > frame.stamp_ns
+
+    class Plain(FrameSource):
+        name = 'plain'
+
+        def __init__(self, error=None):
+            self.error = error
+
+        def read(self):
+            if self.error:
+                raise self.error
+            return Frame(left=np.zeros((2, 2, 3), np.uint8), depth=np.ones((2, 2), np.float32),
+                         confidence=None, camera=FULL, stamp_ns=1)
+    assert ReplaySource(Plain(), fps=1000.0).read_image_first().pending is None
+    with pytest.raises(SourceError) as err:
+        ReplaySource(Plain(KeyError('k')), fps=1000.0).read_image_first()
+    assert _msg(err) == "plain read() failed: KeyError: 'k'"
+
+
 # --------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize('layout,kwargs,message', [

@@ -60,6 +60,10 @@ from std_msgs.msg import Header
 TOPICS = {'disparity': ('disparity', Image), 'depth': ('depth_registered', Image),
           'confidence': ('confidence', Image), 'camera_info': ('camera_info', CameraInfo),
           'image': ('image', Image)}
+# In-process, how long a frame's stereo may follow its image (a ZED frame comes image first,
+# sources/base.py StereoPending): the SDK's retrieves and copies take milliseconds; longer is a
+# stuck grab thread, and the set is dropped with that reason rather than waited on.
+STEREO_WAIT_S = 1.0
 
 
 class Prepared(object):
@@ -279,6 +283,9 @@ class AlignmentNode(DepthRosNode):
         frame, out = local.frame, DecodedSet()
         out.stamp_ns, out.frame_id, out.camera = frame.stamp_ns, local.header.frame_id, \
             frame.camera
+        # A ZED frame comes image first: its depth and confidence may still be retrieved in
+        # zed_node's grab thread (ValueError if that failed, or took over STEREO_WAIT_S).
+        frame.wait_stereo(STEREO_WAIT_S)
         if frame.depth is None:
             raise ValueError('the frame has no stereo depth')
         out.depth = np.asarray(frame.depth, dtype=np.float32)

@@ -121,12 +121,21 @@ class ZedNode(DepthRosNode):
     def _grab(self):
         wait = self.cfg['retry_initial_s']
         opened = ended = False
+        # Image first where the source can (a ZED, live or SVO): its frame comes before its
+        # stereo planes are retrieved, and is handed over and published first (below).
+        read = getattr(self.source, 'read_image_first', self.source.read)
         while not self._stop.is_set():
+            sent = None
             try:
                 if not opened:
                     self._open()
                     opened = True
-                frame = self.source.read()
+                frame = read()
+                if frame is not None and frame.pending is not None:
+                    # depth_node starts on the image while the depth and confidence are
+                    # retrieved; a consumer that needs them waits (Frame.wait_stereo).
+                    sent = self._publish_safely(self._publish_image, frame)
+                    frame.pending.complete(frame)
             except FrameError as exc:
                 # One bad frame (SDK 5 corrupted frame, an unreadable file of a folder): the
                 # source goes on; no reopen, which would start a recording over.
@@ -146,7 +155,10 @@ class ZedNode(DepthRosNode):
                 continue
             # Pacing is the source's: the SDK's grab rate, or ReplaySource's rate / fps.
             # Frames are published as soon as they are read, so their stamps are never stale.
-            self._publish_safely(frame)
+            if frame.pending is None:
+                self._publish_safely(self._publish, frame)
+            elif sent is not None:
+                self._publish_safely(self._publish_stereo, *sent)
 
     def _open(self):
         self.source.open()
@@ -188,23 +200,28 @@ class ZedNode(DepthRosNode):
         except Exception:  # noqa: B902 - closing a vanished device may fail too
             pass
 
-    def _publish_safely(self, frame: Frame):
+    def _publish_safely(self, publish, *args):
+        """``publish(*args)``; a failure is logged (the frame dropped): None then."""
         try:
-            self._publish(frame)
+            return publish(*args)
         except Exception as exc:  # noqa: B902 - a frame that cannot be sent is dropped
             if self.shutting_down or not self.context.ok():
-                return
+                return None
             self.error('publish', 'publishing a frame failed: {}'.format(describe_error(exc)))
+            return None
 
     def _check_size(self, frame: Frame) -> bool:
         """Refuse, once, frames the middleware cannot carry whole (False: stop)."""
         self._size_checked = True
         if self.limit is None:
             return True
-        nbytes = max(frame.left.nbytes, 0 if frame.depth is None else frame.depth.size * 4)
+        h, w = frame.left.shape[:2]
+        # The depth plane (float32) may still be on its way (image first): counted from the
+        # image's size.
+        has_depth = frame.depth is not None or frame.pending is not None
+        nbytes = max(frame.left.nbytes, h * w * 4 if has_depth else 0)
         if nbytes <= self.limit:
             return True
-        h, w = frame.left.shape[:2]
         self.fail(too_large_text('a {}x{} frame'.format(w, h), nbytes, self.limit,
                                  'publish it smaller with publish_downscale:={:.2g}'.format(
                                      max(0.05, 0.9 * (self.limit / float(nbytes)) ** 0.5))))
@@ -213,10 +230,21 @@ class ZedNode(DepthRosNode):
         return False
 
     def _publish(self, frame: Frame):
+        sent = self._publish_image(frame)
+        if sent is not None:
+            self._publish_stereo(*sent)
+
+    def _publish_image(self, frame: Frame):
+        """
+        Hand the frame over and publish its image side; return (frame as sent, its header).
+
+        None: refused (too large for the middleware: the node stops). The frame as sent is
+        the one given, or its ``publish_downscale`` copy (replayed sources).
+        """
         if self.cfg['source'] not in ('live', 'svo'):
             frame = downscale_frame(frame, self.cfg['publish_downscale'])
         if not self._size_checked and not self._check_size(frame):
-            return
+            return None
         header = conv.make_header(frame.stamp_ns, self.frame_id)
         for consumer in self.consumers:
             consumer(frame, header)
@@ -231,6 +259,10 @@ class ZedNode(DepthRosNode):
             right = conv.make_header(frame.stamp_ns, self.right_frame_id)
             self.publish(self.pub_right_info, conv.camera_to_info(frame.camera, right,
                                                                   baseline_m=frame.baseline_m))
+        return frame, header
+
+    def _publish_stereo(self, frame: Frame, header):
+        """Publish the frame's depth and confidence (complete: retrieved), and count it."""
         if frame.depth is not None and self._wanted(self.pub_depth, 'depth'):
             depth = frame.depth.astype('float32', copy=False)
             self.publish(self.pub_depth, conv.numpy_to_image(depth, '32FC1', header,

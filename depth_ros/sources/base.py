@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import logging
-from typing import Iterator, Optional
+import threading
+from typing import Callable, Iterator, Optional, Tuple
 
 from depth_ros.core.camera import PinholeCamera
 import numpy as np
@@ -42,6 +43,70 @@ class Frame:
     # would (a rosbag's frames: decode_set checked them): in-process, alignment_node takes
     # such a confidence as it is instead of checking it again.
     confidence_finite: bool = False
+    # Not None while the stereo planes are still being retrieved (a frame read image first,
+    # FrameSource.read_image_first): call ``wait_stereo`` before reading depth or confidence.
+    pending: Optional['StereoPending'] = None
+
+    def wait_stereo(self, timeout_s: float) -> None:
+        """
+        Return once ``depth`` and ``confidence`` are in the frame (at once when they were).
+
+        :raises ValueError: one line: the source could not retrieve them (its error), or they
+            did not come within ``timeout_s`` seconds.
+        """
+        if self.pending is not None:
+            self.pending.wait(timeout_s)
+
+
+class StereoPending(object):
+    """
+    The stereo side of a frame handed on before it is retrieved (image first).
+
+    A source's ``read_image_first`` returns the frame with its image and camera, ``depth`` and
+    ``confidence`` None, and one of these in ``Frame.pending``. The thread that read the frame
+    hands the image on, then calls :meth:`complete`, which fills the two planes (or records
+    why it could not, and raises that SourceError); a thread that needs them calls
+    ``Frame.wait_stereo`` first. ``retrieve``: returns (depth, confidence), raises SourceError.
+    """
+
+    def __init__(self, retrieve: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]]):
+        self._retrieve = retrieve
+        self._done = threading.Event()
+        self.error = None       # what retrieve raised (SourceError), or None
+
+    @property
+    def done(self) -> bool:
+        """Whether :meth:`complete` has run (with or without the planes)."""
+        return self._done.is_set()
+
+    def complete(self, frame: 'Frame') -> None:
+        """Retrieve the planes into ``frame`` (the reading thread, once); re-raise a failure."""
+        retrieve, self._retrieve = self._retrieve, None
+        if retrieve is None:
+            raise RuntimeError('the stereo of this frame was completed already')
+        try:
+            frame.depth, frame.confidence = retrieve()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self._done.set()
+
+    def fail(self, reason: BaseException) -> None:
+        """Give up without retrieving (the reader stops): waiters get ``reason``."""
+        if not self._done.is_set():
+            self._retrieve = None
+            self.error = reason
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Return once completed with the planes; ValueError (one line) otherwise."""
+        if not self._done.wait(timeout_s):
+            raise ValueError('the frame\'s stereo depth did not come within {:g} s of its '
+                             'image'.format(timeout_s))
+        if self.error is not None:
+            raise ValueError('the frame\'s stereo depth could not be retrieved: {}'.format(
+                one_line(self.error)))
 
 
 class SourceError(RuntimeError):
@@ -80,6 +145,18 @@ class FrameSource(object):
 
     def read(self) -> Optional[Frame]:
         raise NotImplementedError
+
+    def read_image_first(self) -> Optional[Frame]:
+        """
+        ``read``, except that the frame may come before its stereo planes (``Frame.pending``).
+
+        A source whose stereo costs time after the image (the ZED SDK's depth and confidence
+        retrieves and copies) returns the frame with its image as soon as it has it; the caller
+        hands the image on (inference can start), then calls ``frame.pending.complete(frame)``,
+        which fills ``depth`` and ``confidence`` or raises as ``read`` would. This default
+        returns ``read()``'s whole frame (``pending`` None).
+        """
+        return self.read()
 
     def close(self) -> None:
         """Release the device or file. Safe to call twice."""

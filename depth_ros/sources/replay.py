@@ -126,8 +126,13 @@ class ReplaySource(FrameSource):
         if opened:
             self._inner_call(self.inner.close)
 
-    def _next_inner(self) -> Optional[Frame]:
-        frame = self._inner_call(self.inner.read)
+    def _next_inner(self, image_first=False) -> Optional[Frame]:
+        read = self.inner.read
+        if image_first and getattr(type(self.inner), 'read_image_first',
+                                   FrameSource.read_image_first) \
+                is not FrameSource.read_image_first:
+            read = self.inner.read_image_first      # a source that has an image-first read
+        frame = self._inner_call(read)
         if frame is None and self.loop:
             # A source that can start over while open does (a bag: no new connection,
             # metadata or first query, ~15 ms at each pass); others are reopened.
@@ -136,7 +141,7 @@ class ReplaySource(FrameSource):
                 self._inner_call(self.inner.close)
                 self._inner_call(self.inner.open)
             self._new_pass = True
-            frame = self._inner_call(self.inner.read)
+            frame = self._inner_call(read)
         if frame is not None and self._new_pass:
             self._new_pass = False
             self._last_in = None
@@ -148,6 +153,13 @@ class ReplaySource(FrameSource):
         return frame
 
     def read(self) -> Optional[Frame]:
+        return self._read(False)
+
+    def read_image_first(self) -> Optional[Frame]:
+        """``read`` with the inner source's ``read_image_first`` (an SVO: image first)."""
+        return self._read(True)
+
+    def _read(self, image_first) -> Optional[Frame]:
         if self._in_outage():
             raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
         if not self._opened:
@@ -163,7 +175,7 @@ class ReplaySource(FrameSource):
             LOG.info('%s: simulated outage for %.1f s after %d frames', self.name,
                      self.outage_s, self.delivered)
             raise SourceError('{}: camera unavailable (simulated outage)'.format(self.name))
-        frame = self._next_inner()
+        frame = self._next_inner(image_first)
         if frame is None:
             return None
         if self._last_in is not None and frame.stamp_ns > self._last_in:

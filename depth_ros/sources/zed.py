@@ -24,6 +24,11 @@ v5.0, handled by looking at what the installed pyzed has, not at its version str
 Errors (see depth_ros/sources/base.py): a configuration or installation that cannot work raises
 SourceConfigError; a bad frame FrameError; anything else in open() or read(), whatever pyzed
 raised, SourceError with a one-line message.
+
+Image first (``read_image_first``, what zed_node uses): the frame comes with its image as soon
+as the image is retrieved and copied; its depth and confidence are retrieved when the caller
+completes ``Frame.pending``, after handing the image on, so that the network starts one
+retrieve and two plane copies earlier. ``read`` returns the whole frame, as before.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from typing import Optional
 import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.sources.base import Frame, FrameError, FrameSource, one_line, \
-    SourceConfigError, SourceError
+    SourceConfigError, SourceError, StereoPending
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.zed')
@@ -320,8 +325,26 @@ class ZedSource(FrameSource):
 
         :raises SourceError: (or a subclass, module docstring) and nothing else, one line.
         """
+        frame = self.read_image_first()
+        if frame is not None and frame.pending is not None:
+            frame.pending.complete(frame)
+            frame.pending = None
+        return frame
+
+    def read_image_first(self) -> Optional[Frame]:
+        """
+        Return the next frame with its image; its depth and confidence when completed.
+
+        ``Frame.pending`` (base.py) retrieves and copies them out of the SDK's buffers, which
+        the next grab overwrites: complete it before the next ``read``. None with
+        ``depth_mode`` NONE. Raises as :meth:`read` does, the completion too.
+        """
+        return self._guarded(self._read)
+
+    @staticmethod
+    def _guarded(call):
         try:
-            return self._read()
+            return call()
         except SourceError:
             raise
         except ImportError as exc:
@@ -350,34 +373,42 @@ class ZedSource(FrameSource):
             raise SourceError('ZED grab failed: {}'.format(name))
         return name
 
-    def _retrieve(self):
-        sl, zed = self._sl, self._zed
-        image, depth, confidence = self._mats
-        res = self._out_size
-        calls = [('retrieve_image', image, sl.VIEW.LEFT)]
-        if self.depth_mode != 'NONE':
-            calls += [('retrieve_measure', depth, sl.MEASURE.DEPTH),
-                      ('retrieve_measure', confidence, sl.MEASURE.CONFIDENCE)]
-        for method, mat, what in calls:
-            name = code_name(getattr(zed, method)(mat, what, sl.MEM.CPU, res))
-            if name != 'SUCCESS':
-                raise SourceError('ZED {}({}) failed: {}'.format(method, code_name(what), name))
-        # get_data() views SDK memory that the next grab overwrites: copy out.
-        bgra = image.get_data()
-        left = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR) if bgra.ndim == 3 and bgra.shape[2] == 4 \
-            else np.array(bgra, copy=True)
-        if self.depth_mode == 'NONE':
-            return left, None, None
+    def _retrieve(self, mat, method, what):
+        sl = self._sl
+        name = code_name(getattr(self._zed, method)(mat, what, sl.MEM.CPU, self._out_size))
+        if name != 'SUCCESS':
+            raise SourceError('ZED {}({}) failed: {}'.format(method, code_name(what), name))
+
+    def _check_shape(self, what, array):
+        camera = self._camera
+        if array.shape[:2] != (camera.height, camera.width):
+            raise SourceError('ZED returned a {}x{} {}, expected {}x{}'.format(
+                array.shape[1], array.shape[0], what, camera.width, camera.height))
+
+    def _retrieve_stereo(self):
+        """(depth, confidence), copied out of the SDK's buffers (the next grab reuses them)."""
+        sl = self._sl
+        _, depth, confidence = self._mats
+        self._retrieve(depth, 'retrieve_measure', sl.MEASURE.DEPTH)
+        self._retrieve(confidence, 'retrieve_measure', sl.MEASURE.CONFIDENCE)
         depth_m = np.array(depth.get_data(), dtype=np.float32, copy=True)
         conf = np.array(confidence.get_data(), dtype=np.float32, copy=True)
-        return left, depth_m, conf
+        self._check_shape('depth', depth_m)
+        self._check_shape('confidence', conf)
+        return depth_m, conf
 
     def _read(self) -> Optional[Frame]:
         if self._zed is None:
             self.open()
         if self._grab() is None:
             return None
-        left, depth_m, conf = self._retrieve()
+        # The image first: the network can start on it while the stereo is retrieved.
+        image = self._mats[0]
+        self._retrieve(image, 'retrieve_image', self._sl.VIEW.LEFT)
+        # get_data() views SDK memory that the next grab overwrites: copy out.
+        bgra = image.get_data()
+        left = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR) if bgra.ndim == 3 and bgra.shape[2] == 4 \
+            else np.array(bgra, copy=True)
         stamp = int(self._zed.get_timestamp(self._sl.TIME_REFERENCE.IMAGE).get_nanoseconds())
         if self._first and self._last_ns is not None:
             # An SVO replayed again: shift its stamps to go on after the last one.
@@ -386,10 +417,9 @@ class ZedSource(FrameSource):
         if self._last_ns is not None and stamp > self._last_ns:
             self._period_ns = stamp - self._last_ns
         self._last_ns = stamp
-        camera = self._camera
-        for what, array in (('image', left), ('depth', depth_m), ('confidence', conf)):
-            if array is not None and array.shape[:2] != (camera.height, camera.width):
-                raise SourceError('ZED returned a {}x{} {}, expected {}x{}'.format(
-                    array.shape[1], array.shape[0], what, camera.width, camera.height))
-        return Frame(left=left, depth=depth_m, confidence=conf, camera=camera, stamp_ns=stamp,
-                     frame_id=self.frame_id, baseline_m=self._baseline_m)
+        self._check_shape('image', left)
+        pending = None if self.depth_mode == 'NONE' else \
+            StereoPending(lambda: self._guarded(self._retrieve_stereo))
+        return Frame(left=left, depth=None, confidence=None, camera=self._camera,
+                     stamp_ns=stamp, frame_id=self.frame_id, baseline_m=self._baseline_m,
+                     pending=pending)
