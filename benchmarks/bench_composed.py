@@ -74,6 +74,7 @@ SIZE_LABELS = {
                 'source:=live on test/pyzed_double.py\'s camera, the same 1280x720 frames',
 }
 ZED_LAYOUT = 'v4.1'         # the pyzed layout of the simulated SDK (JetPack 5.1's ZED SDK 4.x)
+ZED_LAYOUTS = ('v3.8', 'v4.0', 'v4.1', 'v5.0')   # test/pyzed_double.py's (v5.0: 5.0.2)
 BAG_FRAMES = 20             # frames of the 720p inputs, served in a loop
 BACKENDS = ('standin', 'onnxruntime')
 CPU_GOAL = 0.5              # composed / separate CPU per cloud
@@ -484,12 +485,13 @@ def round_env(env, setup, size):
     return env
 
 
-def simulated_zed(work, frames=BAG_FRAMES):
+def simulated_zed(work, frames=BAG_FRAMES, layout=ZED_LAYOUT):
     """
     Write the ``720p-zed`` input: soak.write_bag's frames and camera as a pyzed double's Scene.
 
     Returns the folder to put first on PYTHONPATH: its ``pyzed`` package is test/pyzed_double.py
-    (layout ZED_LAYOUT) serving ``frames`` synthetic 1280x720 frames (bench_graph's, as the
+    (``layout``: up to v4.1 its grab and retrieves keep the GIL, as pyzed's before 5.0.2 do;
+    v5.0 releases it) serving ``frames`` synthetic 1280x720 frames (bench_graph's, as the
     bag's) in a loop as a live camera, paced at zed_node's ``grab_fps``. The frames are
     computed here once and loaded by zed_node's process at import.
     """
@@ -507,7 +509,7 @@ def simulated_zed(work, frames=BAG_FRAMES):
                 'import pyzed_double\n'
                 'sl = pyzed_double.make_sl({!r}, scene=pyzed_double.Scene.load({!r}))\n'
                 "sys.modules['pyzed.sl'] = sl\n".format(os.path.join(ROOT, 'test'),
-                                                        ZED_LAYOUT, path))
+                                                        layout, path))
     return site
 
 
@@ -706,6 +708,11 @@ def report(rounds, args, machine):
                                                    args.fps, args.standin_ms, args.ort_label))
     print(table(summary))
     print('\n'.join('  {}: {}'.format(size, SIZE_LABELS[size]) for size in args.sizes))
+    if '720p-zed' in args.sizes:
+        print('  720p-zed\'s simulated SDK: pyzed layout {} ({})'.format(
+            args.zed_layout, 'grab and retrieves release the GIL, as pyzed 5.0.2+'
+            if args.zed_layout == 'v5.0' else 'grab and retrieves keep the GIL, as pyzed '
+            'before 5.0.2: zed_node times its grabs to the frames'))
     print('\nCPU ms per cloud by process (the launch\'s tree; `ros2` is ros2 launch itself):')
     for (size, backend), entry in summary.items():
         for mode in MODES:
@@ -769,6 +776,10 @@ def parse_args(argv=None):
                         'two 720p inputs are read side by side')
     parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument('--modes', nargs='+', choices=MODES, default=list(MODES))
+    parser.add_argument('--zed-layout', choices=ZED_LAYOUTS, default=ZED_LAYOUT,
+                        help='pyzed layout of the simulated SDK for 720p-zed (default {}: '
+                        'JetPack 5.1\'s SDK 4.x, whose grab keeps the GIL; v5.0: 5.0.2, which '
+                        'releases it)'.format(ZED_LAYOUT))
     parser.add_argument('--fps', type=float, default=10.0, help='camera rate of zed_node '
                         '(a whole number with 720p-zed: the ZED\'s grab_fps)')
     parser.add_argument('--standin-ms', type=float, default=30.0, help='stand-in inference')
@@ -830,7 +841,7 @@ def main(argv=None):
         from soak import write_bag
         setup['bag'] = write_bag(os.path.join(work, 'bag'), BAG_FRAMES)
     if '720p-zed' in args.sizes:
-        setup['pyzed_site'] = simulated_zed(work)
+        setup['pyzed_site'] = simulated_zed(work, layout=args.zed_layout)
     args.ort_label = '-'
     if 'onnxruntime' in args.backends:
         setup['model'], args.ort_label = ort_model(args.ort_model)

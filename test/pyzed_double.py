@@ -46,9 +46,17 @@ confidence) in a loop, at the Scene's size and intrinsics, as a live ZED does:
   computed once per frame and settings, not at every retrieve. A smaller ``resolution`` is
   resized as in the default scene;
 - ``Scene.load(path)`` / ``Scene.save(path)``: the frames as one .npz, for a node process.
+
+The GIL, as each tag's sl.pyx has it: from v5.0.2 ``grab``, ``retrieve_image`` and
+``retrieve_measure`` call the SDK inside ``with nogil:``; up to v5.0.1 (v3.8, v4.0, v4.1 here)
+they hold the GIL for the whole call, so no other Python thread of the process runs while a
+live camera's ``grab()`` waits for its next frame or a retrieve copies. The double does the same
+(``LAYOUTS[layout]['releases_gil']``): its waits and copies are then C calls made with the GIL
+held (ctypes' ``PyDLL``, ``PYFUNCTYPE``), not ``time.sleep`` and numpy copies, which release it.
 """
 from __future__ import annotations
 
+import ctypes
 import enum
 import time
 import types
@@ -91,18 +99,20 @@ LAYOUTS = {
         sdk='3.8.2', resolutions=('HD2K', 'HD1080', 'HD720', 'VGA'),
         depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL'),
         errors=_ERRORS_38, sensing_mode=True, init=_INIT_FIELDS, new_info=False,
-        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100),
+        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100,
+        releases_gil=False),
     'v4.0': dict(
         sdk='4.0.8', resolutions=('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO'),
         depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL'),
         errors=_ERRORS_40, sensing_mode=False, init=_INIT_FIELDS + ('async_grab_camera_recovery',),
         new_info=True, default_resolution='HD720', default_depth='PERFORMANCE',
-        default_confidence=100),
+        default_confidence=100, releases_gil=False),
     'v4.1': dict(
         sdk='4.1.4', resolutions=('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO'),
         depth_modes=('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL', 'NEURAL_PLUS'),
         errors=_ERRORS_40, sensing_mode=False, init=_INIT_FIELDS_41, new_info=True,
-        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100),
+        default_resolution='HD720', default_depth='PERFORMANCE', default_confidence=100,
+        releases_gil=False),
     'v5.0': dict(
         sdk='5.0.2', resolutions=('HD4K', 'QHDPLUS', 'HD2K', 'HD1080', 'HD1200', 'HD1536', 'HD720',
                                   'SVGA', 'VGA', 'AUTO'),
@@ -110,8 +120,32 @@ LAYOUTS = {
                      'NEURAL_PLUS'),
         errors=_ERRORS_50, sensing_mode=False, init=_INIT_FIELDS_41 + (
             'maximum_working_resolution',), new_info=True, default_resolution='AUTO',
-        default_depth='NEURAL', default_confidence=95),
+        default_depth='NEURAL', default_confidence=95, releases_gil=True),
 }
+
+# C calls that keep the GIL (sl.pyx before v5.0.2 calls the SDK without ``with nogil``):
+# ctypes releases the GIL around a call through CDLL / CFUNCTYPE, not through PyDLL / PYFUNCTYPE.
+_LIBC = ctypes.PyDLL(None)
+_LIBC.usleep.argtypes = [ctypes.c_uint]
+_MEMMOVE_HOLDING_GIL = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_size_t)(ctypes._memmove_addr)
+
+
+def sleep_holding_gil(seconds):
+    """Wait as a C call that keeps the GIL does: no other Python thread runs meanwhile."""
+    end = time.monotonic() + seconds
+    left = seconds
+    while left > 0:
+        _LIBC.usleep(min(int(left * 1e6) + 1, 999999))
+        left = end - time.monotonic()
+
+
+def copy_holding_gil(dst, src):
+    """``dst[...] = src`` (same shape and dtype, C-contiguous) with the GIL kept throughout."""
+    src = np.ascontiguousarray(src)
+    assert dst.flags.c_contiguous and dst.shape == src.shape and dst.dtype == src.dtype
+    _MEMMOVE_HOLDING_GIL(dst.ctypes.data, src.ctypes.data, src.nbytes)
+
 
 UNIT_SCALE = {'MILLIMETER': 1000.0, 'CENTIMETER': 100.0, 'METER': 1.0, 'INCH': 1 / 0.0254,
               'FOOT': 1 / 0.3048}
@@ -279,11 +313,14 @@ class Mat(object):
     def __init__(self):
         self._data = np.zeros((0, 0), np.float32)
 
-    def _fill(self, array):
-        if self._data.shape == array.shape and self._data.dtype == array.dtype:
-            self._data[...] = array  # the SDK reuses its buffer: views see the new frame
+    def _fill(self, array, holding_gil=False):
+        if self._data.shape != array.shape or self._data.dtype != array.dtype:
+            self._data = np.empty_like(array)
+        # The SDK reuses its buffer: views see the new frame.
+        if holding_gil:
+            copy_holding_gil(self._data, array)
         else:
-            self._data = array.copy()
+            self._data[...] = array
 
     def get_data(self, memory_type=None, deep_copy=False):
         return self._data.copy() if deep_copy else self._data
@@ -504,7 +541,10 @@ class _Camera(object):
         k = max(self._i + 1, int((now - self._t0) / period))  # frames 0..k captured by now
         wait = self._t0 + k * period - now
         if wait > 0:
-            time.sleep(wait)
+            if self.spec['releases_gil']:
+                time.sleep(wait)
+            else:
+                sleep_holding_gil(wait)     # sl.pyx before v5.0.2: grab() keeps the GIL
         return k
 
     def set_svo_position(self, frame_number):
@@ -535,7 +575,8 @@ class _Camera(object):
             image = self.scene.images[self._i % len(self.scene)]
             if size != self._native():
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            py_mat._fill(image)  # the SDK's GPU->CPU copy into the Mat's buffer
+            # The SDK's GPU->CPU copy into the Mat's buffer (the GIL kept before v5.0.2).
+            py_mat._fill(image, holding_gil=not self.spec['releases_gil'])
             return self._code('SUCCESS')
         py_mat._fill(cv2.resize(_image(self._i), size, interpolation=cv2.INTER_AREA))
         return self._code('SUCCESS')
@@ -557,7 +598,7 @@ class _Camera(object):
                                          self.double.runtime['confidence_threshold'])
             if size != self._native():
                 value = cv2.resize(value, size, interpolation=cv2.INTER_NEAREST)
-            py_mat._fill(value)  # the SDK's GPU->CPU copy into the Mat's buffer
+            py_mat._fill(value, holding_gil=not self.spec['releases_gil'])
             return self._code('SUCCESS')
         value = _measure(self.sl, self._init, self.double.runtime, measure, self._i)
         py_mat._fill(cv2.resize(value, size, interpolation=cv2.INTER_NEAREST))

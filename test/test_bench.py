@@ -422,6 +422,12 @@ def test_bench_composed_720p_zed_arguments_launch_and_environment(tmp_path, caps
     assert bc.parse_args(['--sizes', '720p-zed', '--fps', '15']).fps == 15.0
     assert bc.parse_args(['--sizes', '720p', '--fps', '7.5']).sizes == ['720p']
     assert bc.parse_args(['--quick', '--fps', '7.5']).sizes == ['sample']
+    # The simulated SDK's pyzed: JetPack 5.1's 4.x by default (its grab keeps the GIL).
+    assert args.zed_layout == 'v4.1' and \
+        bc.parse_args(['--zed-layout', 'v5.0']).zed_layout == 'v5.0'
+    with pytest.raises(SystemExit):
+        bc.parse_args(['--zed-layout', 'v4.2'])
+    assert "invalid choice: 'v4.2'" in capsys.readouterr().err
     for fps in ('7.5', '0', 'nan'):
         with pytest.raises(SystemExit) as err:
             bc.parse_args(['--sizes', '720p', '720p-zed', '--fps', fps])
@@ -447,7 +453,12 @@ def test_bench_composed_720p_zed_arguments_launch_and_environment(tmp_path, caps
     import subprocess
     import sys
     from bench_graph import synthetic_frame
+    nogil = bc.simulated_zed(str(tmp_path / 'v50'), frames=1, layout='v5.0')
+    with open(os.path.join(nogil, 'pyzed', '__init__.py')) as f:
+        assert "make_sl('v5.0', scene=" in f.read()
     site = bc.simulated_zed(str(tmp_path), frames=2)
+    with open(os.path.join(site, 'pyzed', '__init__.py')) as f:
+        assert "make_sl('v4.1', scene=" in f.read()
     code = ('import numpy as np\n'
             'from depth_ros.sources.zed import ZedSource\n'
             's = ZedSource(fps=30, min_depth=0.3, max_depth=20.0, confidence_threshold=95)\n'

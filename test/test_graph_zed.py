@@ -252,6 +252,22 @@ def test_svo_source_streams_through_zed_node(tmp_path, probe, node_processes):
     image = images.msgs[-1]
     assert (image.encoding, image.width, image.height) == ('bgr8', pd.WIDTH, pd.HEIGHT) and \
         image.header.frame_id == FRAME, image
+    # /diagnostics names the SDK and whether its pyzed keeps the GIL (4.0.8: yes); an SVO's
+    # grabs are not timed to a camera.
+    from diagnostic_msgs.msg import DiagnosticArray
+    diag = probe.subscribe(DiagnosticArray, '/diagnostics', probe.qos('reliable', 100))
+
+    def camera_values():
+        for m in diag.msgs:
+            for status in m.status:
+                if status.name == 'svo/zed_node: camera':
+                    return {v.key: v.value for v in status.values}
+        return None
+    assert wait_until(lambda: camera_values() is not None, 20), zed.output()
+    values = camera_values()
+    assert (values['zed_sdk'], values['pyzed_keeps_gil'], values['grab_paced']) == \
+        ('4.0.8', 'True', 'False'), values
+    assert float(values['grab_ms_mean']) >= 0 and float(values['retrieve_ms_mean']) >= 0
     assert 'Traceback' not in zed.output(), zed.output()
 
 

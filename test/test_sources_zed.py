@@ -441,6 +441,156 @@ def test_replay_reads_image_first_only_where_the_inner_source_can(fake_pyzed, sv
     assert _msg(err) == "plain read() failed: KeyError: 'k'"
 
 
+class _Probe(object):
+    """A thread that ticks every millisecond (time.sleep: the GIL released between ticks)."""
+
+    def __init__(self):
+        import threading
+        self.ticks, self._stop = 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import time
+        while not self._stop.is_set():
+            self.ticks += 1
+            time.sleep(0.001)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(5.0)
+
+
+@pytest.mark.parametrize('layout,keeps', [('v4.1', True), ('v5.0', False)])
+def test_the_double_keeps_the_gil_in_grab_as_pyzed_before_5_0_2(layout, keeps):
+    # zed-python-api's sl.pyx calls grab and the retrieves inside ``with nogil:`` from v5.0.2
+    # on; before, no other Python thread runs while a live camera's grab waits for its frame.
+    import time
+    bgr, depth, conf = _scene_frames()
+    sl = pd.make_sl(layout, scene=pd.Scene.from_bgr(zip(bgr, depth, conf),
+                                                    (500.0, 501.0, 35.5, 19.5)))
+    zed = sl.Camera()
+    init = sl.InitParameters()
+    init.camera_fps = 10
+    zed.open(init)
+    runtime = sl.RuntimeParameters()
+    zed.grab(runtime)                       # frame 0, at once
+    probe = _Probe()
+    try:
+        time.sleep(0.01)
+        before, start = probe.ticks, time.monotonic()
+        zed.grab(runtime)                   # waits ~90 ms for frame 1
+        waited, ticks = time.monotonic() - start, probe.ticks - before
+    finally:
+        probe.stop()
+    assert waited >= 0.05, waited
+    if keeps:
+        assert ticks <= 2, 'the probe ran {} times during a GIL-keeping grab'.format(ticks)
+    else:
+        assert ticks >= 20, 'the probe ran only {} times during {:.0f} ms'.format(
+            ticks, waited * 1e3)
+
+
+def test_which_sdk_versions_release_the_gil():
+    from depth_ros.sources.zed import releases_gil
+    for version, want in (('3.8.2', False), ('4.0.8', False), ('4.1.4', False),
+                          ('4.2.5', False), ('5.0.1', False), ('5.0.2', True), ('5.0.7', True),
+                          ('5.1.0', True), ('6.0', True), ('unknown', False), ('5', False)):
+        assert releases_gil(version) is want, version
+    for layout in LAYOUTS:
+        assert releases_gil(pd.LAYOUTS[layout]['sdk']) is pd.LAYOUTS[layout]['releases_gil']
+
+
+def test_grab_pacer_times_grabs_to_the_camera_stamps():
+    from depth_ros.sources.zed import GrabPacer
+    now = [10 ** 12]
+    slept = []
+
+    def sleep(s):
+        slept.append(round(s, 6))
+        now[0] += int(round(s * 1e9))
+    pacer = GrabPacer(25.0, lead_s=0.003, wall_ns=lambda: now[0], sleep=sleep)
+    assert pacer.wait() == 0.0 and slept == [], 'no stamp yet: no wait'
+    stamp = now[0] - 2000000                  # captured 2 ms ago
+    pacer.grabbed(stamp)
+    pacer.wait()                              # until 3 ms before stamp + 40 ms
+    assert slept == [0.035] and now[0] == stamp + 37000000
+    now[0] += 50000000                        # the caller was late: no wait, whatever it was
+    pacer.wait()
+    assert slept == [0.035] and pacer.paced == 1
+    pacer.grabbed(now[0] - 60000000)          # the newest frame, from a camera stamp earlier
+    assert pacer.wait() == 0.0
+    pacer.grabbed(now[0] - 5 * 10 ** 9)       # stamps on another clock (5 s old): off
+    assert pacer.wait() == 0.0
+    pacer.grabbed(now[0] + 10 ** 9)           # a second ahead: off too
+    assert pacer.wait() == 0.0 and slept == [0.035]
+    pacer.grabbed(now[0])
+    pacer.reset()
+    assert pacer.wait() == 0.0
+    pacer.grabbed(now[0] + 30000000)          # up to a period ahead is taken; at most a period
+    assert pacer.wait() == pytest.approx(0.04) and slept[-1] == 0.04
+    with pytest.raises(ValueError, match='frame rate > 0, got 0'):
+        GrabPacer(0)
+
+
+@pytest.mark.parametrize('layout', ['v4.1', 'v5.0'])
+def test_a_live_camera_whose_pyzed_keeps_the_gil_is_grabbed_in_time_with_its_frames(
+        fake_pyzed, layout, zed_log):
+    # With pyzed before 5.0.2 zed_node's grab thread sleeps (the GIL released) until just
+    # before the camera's next frame: another thread of the process runs for most of each
+    # period, where an unpaced grab let it run hardly at all. 5.0.2+ is not paced (its grab
+    # releases the GIL). Frames and stamps are the same either way.
+    import logging
+    import time
+    from depth_ros.sources import zed as zed_module
+    bgr, depth, conf = _scene_frames()
+    logger = logging.getLogger('depth_ros.sources.zed')
+    level = logger.level
+    logger.setLevel(logging.INFO)       # the start-up line is an info
+
+    def run(pace):
+        fake_pyzed(layout, scene=pd.Scene.from_bgr(zip(bgr, depth, conf),
+                                                   (500.0, 501.0, 35.5, 19.5)))
+        source = make_source('live', None, fps=20)
+        source.open()
+        if not pace:
+            source.pacer = None
+        source.read()
+        probe = _Probe()
+        try:
+            time.sleep(0.005)
+            before, start = probe.ticks, time.monotonic()
+            frames = [source.read() for _ in range(6)]
+            elapsed, ticks = time.monotonic() - start, probe.ticks - before
+        finally:
+            probe.stop()
+        values = source.status_values()
+        source.close()
+        steps = np.diff([f.stamp_ns for f in frames])
+        assert (steps == 50000000).all(), steps
+        return ticks / (elapsed * 1e3), values
+
+    try:
+        paced, values = run(True)
+    finally:
+        logger.setLevel(level)
+    keeps = layout == 'v4.1'
+    assert values['pyzed_keeps_gil'] is keeps and values['grab_paced'] is keeps, values
+    assert values['zed_sdk'] == pd.LAYOUTS[layout]['sdk']
+    assert values['retrieve_ms_mean'] < 20, values
+    if keeps:
+        assert any('keeps the GIL in grab()' in m for m in zed_log), zed_log
+        assert values['grab_ms_mean'] < 20, 'a paced grab waits ~3 ms: {}'.format(values)
+        unpaced, values = run(False)
+        assert values['grab_ms_mean'] > 35, values
+        assert paced > 0.4 and unpaced < 0.15 and paced > 4 * unpaced, \
+            'probe ticks per ms: paced {:.2f}, unpaced {:.2f}'.format(paced, unpaced)
+    else:
+        assert values['grab_ms_mean'] > 35, 'an unpaced grab waits for the frame'
+        assert paced > 0.4, paced
+    assert isinstance(zed_module.GRAB_LEAD_S, float)
+
+
 # --------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize('layout,kwargs,message', [

@@ -307,6 +307,12 @@ class ZedNode(DepthRosNode):
                   'grab_thread_alive': self.thread.is_alive(),
                   # In-process consumers (composed), and the messages built for subscribers.
                   'handed_over_to': len(self.consumers)}
+        # A ZED's: its SDK, whether pyzed keeps the GIL (composed: the other nodes wait while
+        # it does), the time in its calls.
+        status_values = getattr(getattr(self.source, 'inner', self.source), 'status_values',
+                                None)
+        if status_values is not None:
+            values.update(status_values())
         for kind in ('image', 'camera_info', 'right_camera_info', 'depth', 'confidence'):
             values['built_' + kind] = self.built[kind]
         level, message = self.state, self.state_msg

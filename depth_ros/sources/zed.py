@@ -29,12 +29,24 @@ Image first (``read_image_first``, what zed_node uses): the frame comes with its
 as the image is retrieved and copied; its depth and confidence are retrieved when the caller
 completes ``Frame.pending``, after handing the image on, so that the network starts one
 retrieve and two plane copies earlier. ``read`` returns the whole frame, as before.
+
+The GIL: zed-python-api calls the SDK inside ``with nogil:`` (``grab``, ``retrieve_image``,
+``retrieve_measure``) only from v5.0.2 on; up to v5.0.1 (3.8, 4.x: JetPack 5.1's SDKs) those
+calls keep the GIL, and a live camera's ``grab()`` waits for the camera's next frame in them:
+no other Python thread of the process (depth_node's and alignment_node's workers, composed)
+runs meanwhile. With such an SDK a live camera's grabs are timed to its frames
+(:class:`GrabPacer`): the grab thread sleeps, the GIL released, until ``GRAB_LEAD_S`` before
+the next frame's capture time (the last frame's stamp plus one period), so that the GIL is
+kept only for the SDK's own work on the frame and the wait's last few milliseconds.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
-from typing import Optional
+import re
+import time
+from typing import Callable, Optional
 
 import cv2
 from depth_ros.core.camera import PinholeCamera
@@ -43,6 +55,11 @@ from depth_ros.sources.base import Frame, FrameError, FrameSource, one_line, \
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.zed')
+
+# zed-python-api releases the GIL around grab and the retrieves from this version on (sl.pyx's
+# ``with nogil:`` blocks appear at tag v5.0.2; v3.8 ... v5.0.1-rc have none).
+RELEASES_GIL_FROM = (5, 0, 2)
+GRAB_LEAD_S = 0.003     # a paced grab is called this long before the next frame's capture
 
 RESOLUTIONS = ('HD2K', 'HD1080', 'HD1200', 'HD720', 'SVGA', 'VGA', 'AUTO')
 DEPTH_MODES = ('NONE', 'PERFORMANCE', 'QUALITY', 'ULTRA', 'NEURAL', 'NEURAL_PLUS')
@@ -118,6 +135,63 @@ def check_sdk(sl, resolution: Optional[str], depth_mode: str) -> None:
             raise SourceConfigError('`{}` {} is not available in ZED SDK {}{}; choose one of '
                                     '{}'.format(param, value, sdk_version(sl), since,
                                                 '|'.join(have)))
+
+
+def releases_gil(version: str) -> bool:
+    """Whether pyzed of this SDK version releases the GIL in grab and retrieve (not known: no)."""
+    numbers = [int(n) for n in re.findall(r'\d+', str(version))[:3]]
+    return len(numbers) >= 2 and tuple(numbers + [0] * (3 - len(numbers))) >= RELEASES_GIL_FROM
+
+
+class GrabPacer(object):
+    """
+    Time a GIL-keeping ``grab()`` to a live camera's frames (the module docstring).
+
+    After each grab, :meth:`grabbed` takes the frame's capture stamp (the SDK's, wall clock
+    nanoseconds); :meth:`wait` then sleeps (the GIL released) until ``lead_s`` before the next
+    capture, the stamp plus one period. The target depends on the camera's stamps only, not on
+    when grab was called, so a late call (the caller busy) does not move the next one. Stamps
+    that are not on this machine's wall clock (more than a second old or a period ahead) turn
+    the pacing off until one is.
+
+    :param fps: the camera's frame rate.
+    """
+
+    def __init__(self, fps: float, lead_s: float = GRAB_LEAD_S,
+                 wall_ns: Callable[[], int] = time.time_ns,
+                 sleep: Callable[[float], None] = time.sleep):
+        if not fps > 0:
+            raise ValueError('GrabPacer needs a frame rate > 0, got {!r}'.format(fps))
+        self.period_ns = int(round(1e9 / fps))
+        self.lead_ns = int(round(lead_s * 1e9))
+        self._wall_ns, self._sleep = wall_ns, sleep
+        self._next_ns = None
+        self.slept_s = 0.0           # in all, for /diagnostics and the tests
+        self.paced = 0               # grabs that were preceded by a sleep
+
+    def wait(self) -> float:
+        """Sleep until the next grab's time (at most one period); return the seconds slept."""
+        if self._next_ns is None:
+            return 0.0
+        delay = min(self._next_ns - self._wall_ns(), self.period_ns) * 1e-9
+        if delay <= 0:
+            return 0.0
+        self._sleep(delay)
+        self.slept_s += delay
+        self.paced += 1
+        return delay
+
+    def grabbed(self, stamp_ns: int) -> None:
+        """Take the capture stamp of the frame a grab returned."""
+        age = self._wall_ns() - stamp_ns
+        if -self.period_ns <= age <= 1000000000:
+            self._next_ns = stamp_ns + self.period_ns - self.lead_ns
+        else:
+            self._next_ns = None
+
+    def reset(self) -> None:
+        """No pacing until the next frame (after a failed grab, a reopen)."""
+        self._next_ns = None
 
 
 def read_calibration(info):
@@ -217,6 +291,10 @@ class ZedSource(FrameSource):
         self._last_ns = None
         self._period_ns = None
         self._warned = set()      # SDK warning codes already logged
+        self.pacer = None         # GrabPacer of a live camera whose pyzed keeps the GIL
+        # Seconds in the SDK's calls of the last frames (the GIL kept there before 5.0.2).
+        self._grab_s = collections.deque(maxlen=50)
+        self._retrieve_s = collections.deque(maxlen=50)
 
     def _what(self) -> str:
         return 'SVO {}'.format(self.svo_path) if self.svo_path else 'ZED camera'
@@ -313,6 +391,13 @@ class ZedSource(FrameSource):
         LOG.info('opened %s with ZED SDK %s: %dx%d at %.0f fps, output %dx%d, depth %s, '
                  'baseline %.4f m', self._what(), self.sdk_version, width, height, fps,
                  camera.width, camera.height, self.depth_mode, baseline)
+        self.pacer = None
+        if not self.svo_path and not releases_gil(self.sdk_version) and fps > 0:
+            self.pacer = GrabPacer(fps)
+            LOG.info('ZED SDK %s: its pyzed keeps the GIL in grab() and the retrieves (before '
+                     '5.0.2), so grabs are timed to the camera\'s frames (%.0f ms before each) '
+                     'and the other threads of this process run while it waits',
+                     self.sdk_version, GRAB_LEAD_S * 1e3)
 
     def close(self) -> None:
         if self._zed is not None:
@@ -354,7 +439,11 @@ class ZedSource(FrameSource):
 
     def _grab(self):
         """Grab; return 'SUCCESS' (after rewinding a looping SVO), None at the SVO's end."""
+        if self.pacer is not None:
+            self.pacer.wait()
+        t0 = time.perf_counter()
         name = code_name(self._zed.grab(self._runtime))
+        self._grab_s.append(time.perf_counter() - t0)
         self._first = False
         if name == 'END_OF_SVOFILE_REACHED' and self.svo_path:
             if not self.loop:
@@ -373,9 +462,28 @@ class ZedSource(FrameSource):
             raise SourceError('ZED grab failed: {}'.format(name))
         return name
 
+    def status_values(self) -> dict:
+        """
+        For zed_node's /diagnostics: the SDK, whether its pyzed keeps the GIL, the SDK calls' time.
+
+        ``grab_ms_mean`` (per grab) and ``retrieve_ms_mean`` (per retrieve call, three a frame):
+        means over the last 50 calls; with ``pyzed_keeps_gil``, no other Python thread of the
+        process runs during them. ``grab_paced``: grabs timed to the camera's frames.
+        """
+        def mean_ms(values):
+            return 1e3 * sum(values) / len(values) if values else float('nan')
+        return {'zed_sdk': self.sdk_version or 'not opened',
+                'pyzed_keeps_gil': self.sdk_version is not None and
+                not releases_gil(self.sdk_version),
+                'grab_paced': self.pacer is not None,
+                'grab_ms_mean': mean_ms(self._grab_s),
+                'retrieve_ms_mean': mean_ms(self._retrieve_s)}
+
     def _retrieve(self, mat, method, what):
         sl = self._sl
+        t0 = time.perf_counter()
         name = code_name(getattr(self._zed, method)(mat, what, sl.MEM.CPU, self._out_size))
+        self._retrieve_s.append(time.perf_counter() - t0)
         if name != 'SUCCESS':
             raise SourceError('ZED {}({}) failed: {}'.format(method, code_name(what), name))
 
@@ -410,6 +518,8 @@ class ZedSource(FrameSource):
         left = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR) if bgra.ndim == 3 and bgra.shape[2] == 4 \
             else np.array(bgra, copy=True)
         stamp = int(self._zed.get_timestamp(self._sl.TIME_REFERENCE.IMAGE).get_nanoseconds())
+        if self.pacer is not None:
+            self.pacer.grabbed(stamp)
         if self._first and self._last_ns is not None:
             # An SVO replayed again: shift its stamps to go on after the last one.
             self._offset_ns = self._last_ns + (self._period_ns or 1) - stamp
