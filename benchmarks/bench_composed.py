@@ -485,14 +485,15 @@ def round_env(env, setup, size):
     return env
 
 
-def simulated_zed(work, frames=BAG_FRAMES, layout=ZED_LAYOUT):
+def simulated_zed(work, frames=BAG_FRAMES, layout=ZED_LAYOUT, grab_work_ms=0.0):
     """
     Write the ``720p-zed`` input: soak.write_bag's frames and camera as a pyzed double's Scene.
 
     Returns the folder to put first on PYTHONPATH: its ``pyzed`` package is test/pyzed_double.py
     (``layout``: up to v4.1 its grab and retrieves keep the GIL, as pyzed's before 5.0.2 do;
     v5.0 releases it) serving ``frames`` synthetic 1280x720 frames (bench_graph's, as the
-    bag's) in a loop as a live camera, paced at zed_node's ``grab_fps``. The frames are
+    bag's) in a loop as a live camera, paced at zed_node's ``grab_fps``; ``grab_work_ms``: the
+    SDK's own work in each grab (its depth), the GIL kept as the layout does. The frames are
     computed here once and loaded by zed_node's process at import.
     """
     from bench_graph import synthetic_frame
@@ -507,9 +508,10 @@ def simulated_zed(work, frames=BAG_FRAMES, layout=ZED_LAYOUT):
                 'import sys\n'
                 'sys.path.insert(0, {!r})\n'
                 'import pyzed_double\n'
-                'sl = pyzed_double.make_sl({!r}, scene=pyzed_double.Scene.load({!r}))\n'
+                'sl = pyzed_double.make_sl({!r}, scene=pyzed_double.Scene.load({!r}), '
+                'grab_work_s={!r})\n'
                 "sys.modules['pyzed.sl'] = sl\n".format(os.path.join(ROOT, 'test'),
-                                                        layout, path))
+                                                        layout, path, grab_work_ms * 1e-3))
     return site
 
 
@@ -709,10 +711,12 @@ def report(rounds, args, machine):
     print(table(summary))
     print('\n'.join('  {}: {}'.format(size, SIZE_LABELS[size]) for size in args.sizes))
     if '720p-zed' in args.sizes:
-        print('  720p-zed\'s simulated SDK: pyzed layout {} ({})'.format(
-            args.zed_layout, 'grab and retrieves release the GIL, as pyzed 5.0.2+'
-            if args.zed_layout == 'v5.0' else 'grab and retrieves keep the GIL, as pyzed '
-            'before 5.0.2: zed_node times its grabs to the frames'))
+        print('  720p-zed\'s simulated SDK: pyzed layout {} ({}), {:g} ms of the SDK\'s own '
+              'work in each grab'.format(
+                  args.zed_layout, 'grab and retrieves release the GIL, as pyzed 5.0.2+'
+                  if args.zed_layout == 'v5.0' else 'grab and retrieves keep the GIL, as pyzed '
+                  'before 5.0.2: zed_node times its grabs to the frames',
+                  args.zed_grab_work_ms))
     print('\nCPU ms per cloud by process (the launch\'s tree; `ros2` is ros2 launch itself):')
     for (size, backend), entry in summary.items():
         for mode in MODES:
@@ -780,6 +784,9 @@ def parse_args(argv=None):
                         help='pyzed layout of the simulated SDK for 720p-zed (default {}: '
                         'JetPack 5.1\'s SDK 4.x, whose grab keeps the GIL; v5.0: 5.0.2, which '
                         'releases it)'.format(ZED_LAYOUT))
+    parser.add_argument('--zed-grab-work-ms', type=float, default=0.0,
+                        help='720p-zed: the simulated SDK\'s own work in each grab (its depth '
+                        'on the GPU; the GIL kept with --zed-layout before v5.0)')
     parser.add_argument('--fps', type=float, default=10.0, help='camera rate of zed_node '
                         '(a whole number with 720p-zed: the ZED\'s grab_fps)')
     parser.add_argument('--standin-ms', type=float, default=30.0, help='stand-in inference')
@@ -813,6 +820,10 @@ def parse_args(argv=None):
     if '720p-zed' in args.sizes and not (1 <= args.fps <= 120 and args.fps == int(args.fps)):
         parser.error('--sizes 720p-zed runs the ZED at --fps as its grab_fps, a whole number '
                      'in [1, 120]; got {:g}'.format(args.fps))
+    if not 0 <= args.zed_grab_work_ms < 1000.0 / max(args.fps, 1e-9):
+        parser.error('--zed-grab-work-ms must be >= 0 and less than a frame period ({:g} ms at '
+                     '--fps {:g}); got {:g}'.format(1000.0 / max(args.fps, 1e-9), args.fps,
+                                                    args.zed_grab_work_ms))
     return args
 
 
@@ -841,7 +852,8 @@ def main(argv=None):
         from soak import write_bag
         setup['bag'] = write_bag(os.path.join(work, 'bag'), BAG_FRAMES)
     if '720p-zed' in args.sizes:
-        setup['pyzed_site'] = simulated_zed(work, layout=args.zed_layout)
+        setup['pyzed_site'] = simulated_zed(work, layout=args.zed_layout,
+                                            grab_work_ms=args.zed_grab_work_ms)
     args.ort_label = '-'
     if 'onnxruntime' in args.backends:
         setup['model'], args.ort_label = ort_model(args.ort_model)

@@ -472,6 +472,7 @@ class _Camera(object):
     __slots__ = ('_init', '_i', '_open', '_t0', '_w0', '_fps')
     sl = spec = double = scene = None
     frames, grab_codes, open_code, fail = 0, {}, 'SUCCESS', {}
+    grab_work_s = 0.0
 
     def __init__(self):
         self._init, self._i, self._open = None, -1, False
@@ -526,6 +527,11 @@ class _Camera(object):
             return self._code(self.grab_codes.pop(nxt))
         if self.scene is not None:  # a live camera: no end
             self._i = self._live_next()
+            if self.grab_work_s > 0:     # the SDK's own work on the frame (depth on the GPU)
+                if self.spec['releases_gil']:
+                    time.sleep(self.grab_work_s)
+                else:
+                    sleep_holding_gil(self.grab_work_s)
             return self._code('SUCCESS')
         if nxt >= self.frames:
             return self._code('END_OF_SVOFILE_REACHED')
@@ -613,7 +619,7 @@ class _Camera(object):
 
 
 def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=None,
-            scene=None):
+            scene=None, grab_work_s=0.0):
     """
     Build the module (see the module docstring).
 
@@ -624,6 +630,8 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
     :param fail: {method name: exception} raised by that Camera method (a pyzed that throws).
     :param scene: a Scene: a live camera serving its frames in a loop, at its size and
         intrinsics, paced at the camera's rate (``frames`` is then unused).
+    :param grab_work_s: with a scene, the SDK's own work in each grab() after the frame came
+        (rectification and depth): the GIL kept, as the wait, before v5.0.2.
     """
     spec = LAYOUTS[layout]
     sl = types.ModuleType('pyzed.sl')
@@ -635,5 +643,5 @@ def make_sl(layout='v4.0', frames=3, grab_codes=None, open_code='SUCCESS', fail=
     sl.Camera = type('Camera', (_Camera,), {
         '__slots__': (), 'sl': sl, 'spec': spec, 'double': sl.double, 'frames': frames,
         'grab_codes': dict(grab_codes or {}), 'open_code': open_code, 'fail': dict(fail or {}),
-        'scene': scene})
+        'scene': scene, 'grab_work_s': float(grab_work_s)})
     return sl

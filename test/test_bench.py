@@ -428,6 +428,12 @@ def test_bench_composed_720p_zed_arguments_launch_and_environment(tmp_path, caps
     with pytest.raises(SystemExit):
         bc.parse_args(['--zed-layout', 'v4.2'])
     assert "invalid choice: 'v4.2'" in capsys.readouterr().err
+    assert bc.parse_args(['--zed-grab-work-ms', '8']).zed_grab_work_ms == 8.0
+    for work in ('-1', '100', 'nan'):
+        with pytest.raises(SystemExit):
+            bc.parse_args(['--zed-grab-work-ms', work])
+        assert '--zed-grab-work-ms must be >= 0 and less than a frame period (100 ms at --fps ' \
+            '10); got {}'.format(work) in capsys.readouterr().err
     for fps in ('7.5', '0', 'nan'):
         with pytest.raises(SystemExit) as err:
             bc.parse_args(['--sizes', '720p', '720p-zed', '--fps', fps])
@@ -453,9 +459,10 @@ def test_bench_composed_720p_zed_arguments_launch_and_environment(tmp_path, caps
     import subprocess
     import sys
     from bench_graph import synthetic_frame
-    nogil = bc.simulated_zed(str(tmp_path / 'v50'), frames=1, layout='v5.0')
+    nogil = bc.simulated_zed(str(tmp_path / 'v50'), frames=1, layout='v5.0', grab_work_ms=8.0)
     with open(os.path.join(nogil, 'pyzed', '__init__.py')) as f:
-        assert "make_sl('v5.0', scene=" in f.read()
+        text = f.read()
+    assert "make_sl('v5.0', scene=" in text and 'grab_work_s=0.008)' in text, text
     site = bc.simulated_zed(str(tmp_path), frames=2)
     with open(os.path.join(site, 'pyzed', '__init__.py')) as f:
         assert "make_sl('v4.1', scene=" in f.read()

@@ -491,6 +491,28 @@ def test_the_double_keeps_the_gil_in_grab_as_pyzed_before_5_0_2(layout, keeps):
             ticks, waited * 1e3)
 
 
+@pytest.mark.parametrize('layout,keeps', [('v4.1', True), ('v5.0', False)])
+def test_the_doubles_work_in_grab_keeps_the_gil_as_its_wait(layout, keeps):
+    # grab_work_s: the SDK's own work on a frame inside grab() (rectification, depth), after
+    # the frame came; kept under the GIL where the layout keeps it.
+    import time
+    bgr, depth, conf = _scene_frames()
+    scene = pd.Scene.from_bgr(zip(bgr, depth, conf), (500.0, 501.0, 35.5, 19.5), paced=False)
+    sl = pd.make_sl(layout, scene=scene, grab_work_s=0.06)
+    zed = sl.Camera()
+    zed.open(sl.InitParameters())
+    probe = _Probe()
+    try:
+        time.sleep(0.01)
+        before, start = probe.ticks, time.monotonic()
+        assert zed.grab(sl.RuntimeParameters()) == sl.ERROR_CODE.SUCCESS
+        took, ticks = time.monotonic() - start, probe.ticks - before
+    finally:
+        probe.stop()
+    assert took >= 0.06, took
+    assert (ticks <= 2) if keeps else (ticks >= 20), ticks
+
+
 def test_which_sdk_versions_release_the_gil():
     from depth_ros.sources.zed import releases_gil
     for version, want in (('3.8.2', False), ('4.0.8', False), ('4.1.4', False),
