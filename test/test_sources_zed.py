@@ -399,10 +399,6 @@ def test_image_first_a_failed_stereo_retrieve_reaches_the_reader_and_the_waiters
     with pytest.raises(ValueError) as err:
         stuck.wait(0.05)
     assert _msg(err) == 'the frame\'s stereo depth did not come within 0.05 s of its image'
-    stuck.fail(SourceError('zed_node stopped'))
-    with pytest.raises(ValueError, match='could not be retrieved: SourceError: zed_node '
-                                         'stopped$'):
-        stuck.wait(0.0)
     # Without stereo (depth_mode NONE) nothing is pending.
     fake_pyzed('v4.1', frames=1)
     frame = ZedSource(depth_mode='NONE').read_image_first()
@@ -546,9 +542,6 @@ def test_grab_pacer_times_grabs_to_the_camera_stamps():
     assert pacer.wait() == 0.0
     pacer.grabbed(now[0] + 10 ** 9)           # a second ahead: off too
     assert pacer.wait() == 0.0 and slept == [0.035]
-    pacer.grabbed(now[0])
-    pacer.reset()
-    assert pacer.wait() == 0.0
     pacer.grabbed(now[0] + 30000000)          # up to a period ahead is taken; at most a period
     assert pacer.wait() == pytest.approx(0.04) and slept[-1] == 0.04
     with pytest.raises(ValueError, match='frame rate > 0, got 0'):
@@ -602,6 +595,7 @@ def test_a_live_camera_whose_pyzed_keeps_the_gil_is_grabbed_in_time_with_its_fra
     assert values['retrieve_ms_mean'] < 20, values
     if keeps:
         assert any('keeps the GIL in grab()' in m for m in zed_log), zed_log
+        assert values['grabs_timed'] >= 5, values
         assert values['grab_ms_mean'] < 20, 'a paced grab waits ~3 ms: {}'.format(values)
         unpaced, values = run(False)
         assert values['grab_ms_mean'] > 35, values

@@ -92,13 +92,6 @@ class StereoPending(object):
         finally:
             self._done.set()
 
-    def fail(self, reason: BaseException) -> None:
-        """Give up without retrieving (the reader stops): waiters get ``reason``."""
-        if not self._done.is_set():
-            self._retrieve = None
-            self.error = reason
-            self._done.set()
-
     def wait(self, timeout_s: float) -> None:
         """Return once completed with the planes; ValueError (one line) otherwise."""
         if not self._done.wait(timeout_s):

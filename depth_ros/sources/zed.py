@@ -166,8 +166,7 @@ class GrabPacer(object):
         self.lead_ns = int(round(lead_s * 1e9))
         self._wall_ns, self._sleep = wall_ns, sleep
         self._next_ns = None
-        self.slept_s = 0.0           # in all, for /diagnostics and the tests
-        self.paced = 0               # grabs that were preceded by a sleep
+        self.paced = 0               # grabs that were preceded by a sleep (/diagnostics)
 
     def wait(self) -> float:
         """Sleep until the next grab's time (at most one period); return the seconds slept."""
@@ -177,7 +176,6 @@ class GrabPacer(object):
         if delay <= 0:
             return 0.0
         self._sleep(delay)
-        self.slept_s += delay
         self.paced += 1
         return delay
 
@@ -188,10 +186,6 @@ class GrabPacer(object):
             self._next_ns = stamp_ns + self.period_ns - self.lead_ns
         else:
             self._next_ns = None
-
-    def reset(self) -> None:
-        """No pacing until the next frame (after a failed grab, a reopen)."""
-        self._next_ns = None
 
 
 def read_calibration(info):
@@ -468,7 +462,8 @@ class ZedSource(FrameSource):
 
         ``grab_ms_mean`` (per grab) and ``retrieve_ms_mean`` (per retrieve call, three a frame):
         means over the last 50 calls; with ``pyzed_keeps_gil``, no other Python thread of the
-        process runs during them. ``grab_paced``: grabs timed to the camera's frames.
+        process runs during them. ``grab_paced``: grabs timed to the camera's frames;
+        ``grabs_timed``: how many waited for their time.
         """
         def mean_ms(values):
             return 1e3 * sum(values) / len(values) if values else float('nan')
@@ -476,6 +471,7 @@ class ZedSource(FrameSource):
                 'pyzed_keeps_gil': self.sdk_version is not None and
                 not releases_gil(self.sdk_version),
                 'grab_paced': self.pacer is not None,
+                'grabs_timed': 0 if self.pacer is None else self.pacer.paced,
                 'grab_ms_mean': mean_ms(self._grab_s),
                 'retrieve_ms_mean': mean_ms(self._retrieve_s)}
 
