@@ -37,7 +37,7 @@ no other Python thread of the process (depth_node's and alignment_node's workers
 runs meanwhile. With such an SDK a live camera's grabs are timed to its frames
 (:class:`GrabPacer`): the grab thread sleeps, the GIL released, until ``GRAB_LEAD_S`` before
 the next frame's capture time (the last frame's stamp plus one period), so that the GIL is
-kept only for the SDK's own work on the frame and the wait's last few milliseconds.
+kept only from just before the capture until the SDK has the frame and has worked on it.
 """
 from __future__ import annotations
 
