@@ -445,6 +445,15 @@ def _sample_frames(count):
     return frames
 
 
+def _reference_and_disparity(node, frames):
+    """Return the aligner as ``node`` runs it (~/uncertainty unread) and frame 0's disparity."""
+    from depth_ros.nodes_core import config
+    from graph_support import expected_disparity
+    reference = config.make_aligner(node.cfg)
+    reference.set_options(compute_uncertainty=False)
+    return reference, expected_disparity(frames[0].frame.left.astype(np.float32))
+
+
 def _values(node):
     return {v.key: v.value for v in node.diagnostics()[0].values}
 
@@ -455,17 +464,13 @@ def test_sets_are_finished_from_their_stereo_side_prepared_during_inference(alig
     # finishes from it; the output is update's, bit for bit, frame after frame (temporal
     # state included). A frame started and never finished (the network's output dropped)
     # leaves at most one prepared set, let go by the next one.
-    from depth_ros.nodes_core import config
-    from graph_support import expected_disparity
     import rclpy
     from depth_ros.core.pointcloud import depth_to_cloud
     from depth_ros.ros.runtime import sensor_qos
     from sensor_msgs.msg import PointCloud2
     frames = _sample_frames(6)
     node = aligner_node()
-    reference = config.make_aligner(node.cfg)
-    reference.set_options(compute_uncertainty=False)   # as the node: ~/uncertainty unread
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    reference, disparity = _reference_and_disparity(node, frames)
     # A reader of ~/points (another node of the context): the cloud is built, its colours
     # packed with the prepare.
     reader = rclpy.create_node('points_reader', context=node.context)
@@ -511,13 +516,9 @@ def test_a_set_prepared_before_a_source_restart_is_let_go(aligner_node):
     # A restart resets the aligner: a side prepared before it is stale (the aligner's
     # is_current), let go although it is a newer frame's, and the set is aligned whole from
     # the reset state; the next frame is prepared and used again.
-    from depth_ros.nodes_core import config
-    from graph_support import expected_disparity
     frames = _sample_frames(5)                  # stamps 1..5 s; stamp_reset_s is 1 s
     node = aligner_node()
-    reference = config.make_aligner(node.cfg)
-    reference.set_options(compute_uncertainty=False)
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    reference, disparity = _reference_and_disparity(node, frames)
     _started_and_aligned(node, reference, frames[3], disparity)
     node.take_started(frames[4])                # its output never comes: the source restarts
     assert node.worker.wait_idle(10.0)
@@ -537,14 +538,10 @@ def test_a_set_prepared_before_a_source_restart_is_let_go(aligner_node):
 def test_prepare_during_inference_false_aligns_each_set_whole(aligner_node):
     # The CPU-for-latency trade switched off: a started frame is not prepared, its set is
     # aligned whole when the disparity comes, with update's output.
-    from depth_ros.nodes_core import config
-    from graph_support import expected_disparity
     frames = _sample_frames(2)
     node = aligner_node(prepare_during_inference='false')
     assert node.cfg['prepare_during_inference'] is False
-    reference = config.make_aligner(node.cfg)
-    reference.set_options(compute_uncertainty=False)
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    reference, disparity = _reference_and_disparity(node, frames)
     for local in frames:
         _started_and_aligned(node, reference, local, disparity, held_after_start='0')
     v = _values(node)
@@ -556,12 +553,9 @@ def test_a_set_prepared_before_an_option_change_is_aligned_whole(aligner_node):
     # The options its stereo side was prepared with are not the set's: update, the new ones.
     import rclpy.parameter
     from depth_ros.nodes_core import config
-    from graph_support import expected_disparity
     frames = _sample_frames(1)
     node = aligner_node()
-    before = config.make_aligner(node.cfg)
-    before.set_options(compute_uncertainty=False)
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    before, disparity = _reference_and_disparity(node, frames)
     node.take_started(frames[0])
     assert node.worker.wait_idle(10.0)
     result = node.set_parameters([rclpy.parameter.Parameter('confidence_threshold',
@@ -654,9 +648,7 @@ def test_a_confidence_the_source_checked_is_not_checked_again(aligner_node, monk
     # decode_set checked it in zed_node's grab thread): alignment_node takes that plane by
     # reference, with no second pass over it; any other frame's confidence is checked, and a
     # NaN in it refuses the set. The output is update's on the same inputs either way.
-    from depth_ros.nodes_core import config
     from depth_ros.ros import alignment_node
-    from graph_support import expected_disparity
     checked = []
 
     def counting(confidence):
@@ -666,9 +658,7 @@ def test_a_confidence_the_source_checked_is_not_checked_again(aligner_node, monk
     monkeypatch.setattr(alignment_node, 'check_confidence', counting)
     frames = _sample_frames(3)
     node = aligner_node()
-    reference = config.make_aligner(node.cfg)
-    reference.set_options(compute_uncertainty=False)
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    reference, disparity = _reference_and_disparity(node, frames)
     frames[0].frame.confidence_finite = True
     _started_and_aligned(node, reference, frames[0], disparity)
     assert checked == [] and _values(node)['prepared_used'] == '1'
@@ -811,14 +801,10 @@ def test_a_frame_whose_stereo_follows_its_image_is_prepared_when_it_comes(aligne
     # update's on the whole frame, bit for bit. A frame whose stereo could not be retrieved
     # is dropped, its reason named; the next goes on.
     import threading
-    from depth_ros.nodes_core import config
     from depth_ros.sources.base import SourceError, StereoPending
-    from graph_support import expected_disparity
     frames = _sample_frames(3)
     node = aligner_node()
-    reference = config.make_aligner(node.cfg)
-    reference.set_options(compute_uncertainty=False)
-    disparity = expected_disparity(frames[0].frame.left.astype(np.float32))
+    reference, disparity = _reference_and_disparity(node, frames)
     gate = threading.Event()
 
     def image_first(frame, retrieve):
