@@ -3,7 +3,7 @@ MetricAligner on synthetic scenes whose true depth, scale and shift are known.
 
 Runs on Python 3.8 with numpy, OpenCV and pytest only.
 """
-from depth_ros.core.alignment import AlignedDepth, MetricAligner
+from depth_ros.core.alignment import AlignedDepth, MetricAligner, SIGMA_CALIBRATION
 from depth_ros.core.robust_fit import median, ransac_affine, robust_affine
 import numpy as np
 import pytest
@@ -122,6 +122,13 @@ def test_mono_that_stereo_does_not_confirm_never_vetoes_trusted_stereo():
     assert out.inlier_ratio < aligner.consistency_min_inliers, out.inlier_ratio
     trusted = np.isfinite(st) & (st >= 0.3) & (st <= 20)
     assert np.array_equal(out.depth[trusted], st[trusted]), 'stereo was overwritten by mono'
+    # The stereo taken as is is counted, and its uncertainty is the stereo's own (the
+    # calibrated noise, sigma z^2): only the trusted pixels (the float32 range bounds aside).
+    assert out.stereo_fraction == pytest.approx(trusted.mean(), abs=1e-4), out.stereo_fraction
+    sigma = aligner.sigma_inv * np.sqrt(aligner.beta)
+    np.testing.assert_allclose(out.uncertainty[trusted],
+                               SIGMA_CALIBRATION * sigma * st[trusted].astype(np.float64) ** 2,
+                               rtol=1e-5)
     # The same data with the gate at 0 lets the (wrong) mono veto stereo: the gate matters.
     vetoed = MetricAligner(correction_radius_px=0, min_inlier_ratio=0.2,
                            consistency_min_inliers=0.0).update(rel_bad, st)
