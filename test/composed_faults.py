@@ -59,7 +59,11 @@ def _bad_frames():
     from depth_ros.sources.sample import SampleSource
 
     def nan_confidence(count, frame):
+        # A source whose confidence holds a NaN: its own plane (the sample's are read-only),
+        # not claimed finite (Frame.confidence_finite), as such a source would report it.
+        frame.confidence = frame.confidence.copy()
         frame.confidence[0, 0] = np.nan
+        frame.confidence_finite = False
         return frame
 
     def nan_output(count, disparity):

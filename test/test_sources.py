@@ -68,7 +68,15 @@ def test_sample_source_stereo_depth_against_ground_truth():
     assert absrel < 0.03, 'expected SGBM AbsRel < 0.03 on Motorcycle, received {}'.format(
         absrel)
     assert both.mean() > 0.7, 'expected density > 0.7, received {}'.format(both.mean())
-    first.left[:] = 0  # frames are the caller's to modify
+    # Every frame holds the pair's planes, read-only: no copy per frame, and a consumer that
+    # would write into one gets numpy's error (the next frame is intact). The confidence is
+    # checked once, at open (alignment_node then takes it as it is).
+    assert first.left is second.left and first.depth is second.depth
+    for name in ('left', 'right', 'depth', 'confidence'):
+        assert not getattr(first, name).flags.writeable, name
+    with pytest.raises(ValueError, match='read-only'):
+        first.left[:] = 0
+    assert first.confidence_finite and np.isfinite(first.confidence).all()
     assert SampleSource(count=1).read().left.any()
 
 

@@ -86,6 +86,8 @@ class SampleSource(FrameSource):
     """
     Yields the sample pair as ZED-like frames: left image, SGBM depth, confidence.
 
+    Every frame holds the same read-only planes (no copy per frame, as a rosbag's records).
+
     :param count: frames per pass (the same image with increasing stamps).
     :param loop: repeat forever (``count`` is then ignored).
     :param fps: spacing of the synthetic stamps, which start at the wall-clock time of open().
@@ -116,6 +118,7 @@ class SampleSource(FrameSource):
         self._sample: Optional[SampleData] = None
         self._depth = None
         self._confidence = None
+        self._confidence_finite = False
         self._index = 0
         self._t0 = 0
 
@@ -125,6 +128,12 @@ class SampleSource(FrameSource):
             self._sample = load_sample()
             self._depth, self._confidence = sample_stereo_depth(self._sample,
                                                                 **self.sgbm_options)
+            # Every frame is this pair: its planes are handed out read-only, never copied
+            # (as a rosbag's records), and the confidence is checked here once.
+            for plane in (self._sample.left, self._sample.right, self._depth,
+                          self._confidence):
+                plane.setflags(write=False)
+            self._confidence_finite = bool(np.isfinite(self._confidence).all())
             LOG.debug('sample loaded, SGBM depth in %.0f ms', (time.perf_counter() - t0) * 1e3)
         self._index = 0
         self._t0 = time.time_ns()
@@ -137,10 +146,11 @@ class SampleSource(FrameSource):
         stamp = self._t0 + int(round(self._index * 1e9 / self.fps))
         self._index += 1
         s = self._sample
-        # Copies: consumers may write into frames; the cached pair must stay intact.
-        return Frame(left=s.left.copy(), depth=self._depth.copy(),
-                     confidence=self._confidence.copy(), camera=s.camera, stamp_ns=stamp,
-                     frame_id=self.frame_id, right=s.right.copy(), baseline_m=s.baseline_m)
+        # No copies: the pair's read-only planes (open); a consumer that would write into a
+        # frame gets numpy's error, and the next frame is intact.
+        return Frame(left=s.left, depth=self._depth, confidence=self._confidence,
+                     camera=s.camera, stamp_ns=stamp, frame_id=self.frame_id, right=s.right,
+                     baseline_m=s.baseline_m, confidence_finite=self._confidence_finite)
 
     def close(self) -> None:
         self._index = 0
