@@ -57,7 +57,7 @@ HUMBLE_DESELECT ?= test/test_colcon_workspace.py::test_colcon_test_runs_the_suit
 # sub-make would inherit the jobserver. test-humble runs its two lanes as shell jobs.
 .NOTPARALLEL:
 
-.PHONY: demo test test-venvs test-py38 test-humble test-humble-transport test-humble-logic test-unit \
+.PHONY: demo test test-venvs test-kilted test-py38 test-humble test-humble-transport test-humble-logic test-unit \
 	test-humble-firstrun test-humble-firstrun-cli \
 	lint bench venv clean
 
@@ -90,21 +90,44 @@ demo: $(VENV)/.stamp-base
 
 # The venvs of every tier, built at once before any test runs (they share nothing but pip's
 # cache; on two cores about a minute and a half less than one after the other). A failed build
-# fails the target, after the others have ended.
+# fails the target, after the others have ended. With PY38_TIER=1 (as `make test` runs it) the
+# Python 3.8 tier runs as soon as its venv is built, while the Kilted venv is still building
+# (~100 s more): its tests are CPU work without a graph, so they time nothing.
 TEST_VENVS := $(VENV)/.stamp-launch $(VENV38)/.stamp \
 	$(if $(HUMBLE_TREE),$(VENV_HUMBLE)/.stamp $(VENV_HUMBLE_ORT)/.stamp)
+PY38_TIER ?=
 test-venvs:
 	@pids=""; for stamp in $(TEST_VENVS); do \
-		$(MAKE) --no-print-directory $$stamp & pids="$$pids $$!"; done; \
+		if [ "$$stamp" = "$(VENV38)/.stamp" ] && [ -n "$(PY38_TIER)" ]; then \
+			{ $(MAKE) --no-print-directory $$stamp && $(MAKE) --no-print-directory test-py38; } & \
+		else $(MAKE) --no-print-directory $$stamp & fi; pids="$$pids $$!"; done; \
 	code=0; for pid in $$pids; do wait $$pid || code=1; done; \
-	[ $$code -eq 0 ] || echo "test-venvs: a venv failed to build (its lines above)"; exit $$code
+	[ $$code -eq 0 ] || echo "test-venvs: a venv failed to build$(if $(PY38_TIER), or the Python 3.8 tier failed,) (its lines above)"; \
+	exit $$code
 
-# The slowest tests are listed at the end of the first tier (what to look at when the suite
-# grows: CI has 90 minutes, and the suite is kept under 15 on two cores).
-test: test-venvs
-	$(PY) -m pytest -q --durations=15 test
-	$(MAKE) test-py38
-	$(MAKE) test-humble
+# Three tiers: Python 3.8 (beside the venvs' build), the Kilted wheels, Humble. Each lane prints
+# its time, skips and result (test/run_lane.sh), the Kilted tier its slowest tests too (what to
+# look at when the suite grows: CI has 90 minutes, and the suite is kept under 15 on two cores).
+test:
+	@$(MAKE) --no-print-directory test-venvs PY38_TIER=1
+	@$(MAKE) --no-print-directory test-kilted
+	@$(MAKE) --no-print-directory test-humble
+
+# The Kilted tier (Python 3, the PyPI ROS 2 wheels, Fast DDS) in two lanes at once, as the Humble
+# tier: the RMW-independent tests (node logic on 64x48 frames, mostly waiting on /diagnostics)
+# beside everything else (unit tests, the graph, the launch file, colcon). One after the other
+# they took 421-465 s, at once ~300 s. Each pytest session claims its own ROS domain
+# (test/conftest.py), so the lanes never see each other's topics.
+KILTED_LANE_TIMEOUT ?= 1200
+test-kilted: $(VENV)/.stamp-launch
+	@bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), RMW-independent" $(VENV)/logic.log \
+		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m rmw_independent test & \
+		logic=$$!; \
+		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the rest" $(VENV)/rest.log \
+		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider --durations=15 \
+		-m "not rmw_independent" test; rest=$$?; \
+		wait $$logic; logic=$$?; \
+		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane: exit $$logic)"; exit 1; }
 
 test-unit: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q -m "not slow and not graph" test
@@ -123,7 +146,8 @@ $(VENV38)/.stamp: setup.py
 	touch $@
 
 test-py38: $(VENV38)/.stamp
-	$(VENV38)/bin/python -m pytest -q -p no:cacheprovider $(PY38_TESTS)
+	@bash test/run_lane.sh "Python 3.8, numpy 1.17.4, OpenCV 4.5.4 (the Jetson's)" $(VENV38)/pytest.log \
+		$(HUMBLE_LANE_TIMEOUT) $(VENV38)/bin/python -m pytest -q -rs -p no:cacheprovider $(PY38_TESTS)
 
 # The tree's runtime requirements, the Jetson's numpy 1.17.4 and OpenCV 4.5.4, colcon for this
 # Python (a workspace on the Humble underlay installs into lib/python3.8), and what the tests use
@@ -155,31 +179,22 @@ $(VENV_HUMBLE_ORT)/.stamp: setup.py $(HUMBLE_TREE)
 	touch $@
 
 # $(call humble_pytest,RMW,LABEL,LOG,PYTEST ARGUMENTS[,VENV]): pytest with Humble sourced and the venv's
-# python3.8 first on PATH (the tree's console scripts run `python3.8`). The output goes to LOG;
-# what is printed is its summary (the skip reasons, counted) or, when a test failed, all of it.
-# Each test has HUMBLE_TEST_TIMEOUT seconds (pytest-timeout, set-up and teardown included): 5
-# times the slowest test of any Humble lane, with two lanes at once (docs/testing.md, Hangs), and
-# above every wait inside those tests, whose messages say more. A test past it fails, the lane goes
-# on; one stuck in C code, where pytest-timeout cannot act, ends pytest 60 s later with every
-# thread's stack (test/hang_guard.py). A lane that outlives HUMBLE_LANE_TIMEOUT seconds all the
-# same is stopped (pytest: SIGTERM, which writes every thread's stack into its log, naming the
-# test it was in; SIGKILL 30 s later) and fails with its log: a hang must fail the run, not stall
-# CI until its limit. --foreground: a terminal's Ctrl-C still reaches pytest.
+# python3.8 first on PATH (the tree's console scripts run `python3.8`), as a lane
+# (test/run_lane.sh: the output goes to LOG; printed are its summary, the skip reasons counted,
+# or, when a test failed, all of it). Each test has HUMBLE_TEST_TIMEOUT seconds (pytest-timeout,
+# set-up and teardown included): 5 times the slowest test of any Humble lane, with two lanes at
+# once (docs/testing.md, Hangs), and above every wait inside those tests, whose messages say
+# more. A test past it fails, the lane goes on; one stuck in C code, where pytest-timeout cannot
+# act, ends pytest 60 s later with every thread's stack (test/hang_guard.py). A lane that
+# outlives HUMBLE_LANE_TIMEOUT seconds all the same is stopped and fails with its log.
 HUMBLE_LANE_TIMEOUT ?= 900
 HUMBLE_TEST_TIMEOUT ?= 120
 define humble_pytest
 	@bash -c 'export PATH="$(abspath $(or $(5),$(VENV_HUMBLE)))/bin:$$PATH"; \
 		. "$(abspath $(or $(5),$(VENV_HUMBLE)))/ros2-humble/setup.bash" && \
-		export RMW_IMPLEMENTATION=$(1) && SECONDS=0 && \
-		timeout --foreground -k 30 $(HUMBLE_LANE_TIMEOUT) python -m pytest -q -rs -p no:cacheprovider $(4) > $(3) 2>&1; \
-		code=$$?; \
-		echo "== ROS 2 Humble, Python 3.8, $(2): $${SECONDS} s (log: $(3))"; \
-		if [ $$code -eq 124 ] || [ $$code -eq 137 ]; then \
-			echo "   TIMED OUT: stopped after $(HUMBLE_LANE_TIMEOUT) s (HUMBLE_LANE_TIMEOUT); its log:"; fi; \
-		if [ $$code -ne 0 ]; then cat $(3); else \
-			sed -n "s/^SKIPPED \[\([0-9]*\)\] [^ ]*: /\1 /p" $(3) | \
-			awk "{n=\$$1; \$$1=\"\"; c[\$$0]+=n} END {for (r in c) print \"  skipped\", c[r] \":\" r}"; \
-			tail -n 1 $(3); fi; exit $$code'
+		export RMW_IMPLEMENTATION=$(1) && \
+		exec bash test/run_lane.sh "ROS 2 Humble, Python 3.8, $(2)" $(3) $(HUMBLE_LANE_TIMEOUT) \
+		python -m pytest -q -rs -p no:cacheprovider $(4)'
 endef
 
 ifeq ($(HUMBLE_TREE),)

@@ -1,9 +1,9 @@
 """
 Shared fixtures for the graph tests: an isolated ROS 2 domain, node processes, a test node.
 
-- Every pytest session picks its own ROS_DOMAIN_ID (from the process id) and localhost-only
-  discovery, so parallel runs on one machine and other machines on the network never see each
-  other's topics, config/fastdds_large_messages.xml, and with Cyclone DDS
+- Every pytest session claims its own ROS_DOMAIN_ID (a lock per id: _claim_domain) and
+  localhost-only discovery, so parallel runs on one machine and other machines on the network
+  never see each other's topics, config/fastdds_large_messages.xml, and with Cyclone DDS
   config/cyclonedds_large_messages.xml. Child processes inherit them.
 - :class:`NodeProcess` starts a node executable as a separate process with the same params file
   as the launch file, and keeps its output for assertions.
@@ -35,8 +35,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'config', 'zed_depth.yaml')
 FASTDDS_PROFILE = os.path.join(ROOT, 'config', 'fastdds_large_messages.xml')
 
-# Domain ids 1..101 keep Fast DDS ports in range; 0 is the default everyone else uses.
-_DOMAIN = str(1 + os.getpid() % 100)
+
+def _claim_domain():
+    """
+    Claim a ROS domain id no other pytest session on this machine holds, for this session.
+
+    Ids 1..100 keep Fast DDS ports in range; 0 is the default everyone else uses. Each id is
+    an advisory lock on a file in the temp folder, held while this process lives (the file
+    descriptor is not inherited by child processes, and the kernel frees the lock at exit, even
+    after a kill), tried from the process id on: `make test`'s concurrent lanes, and two
+    checkouts tested at once, can never share a domain (a shared one mixes their topics).
+    """
+    import fcntl
+    start = os.getpid() % 100
+    for i in range(100):
+        domain = 1 + (start + i) % 100
+        path = os.path.join(tempfile.gettempdir(), 'depth_ros_test_domain_{}.lock'.format(domain))
+        handle = open(path, 'a')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return str(domain), handle
+    raise RuntimeError('every ROS domain id 1..100 is held by another pytest session on this '
+                       'machine (locks {}/depth_ros_test_domain_*.lock)'.format(
+                           tempfile.gettempdir()))
+
+
+_DOMAIN, _DOMAIN_LOCK = _claim_domain()
 
 
 def _ros_env(env):

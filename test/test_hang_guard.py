@@ -6,6 +6,7 @@ No wait without a bound: a hung test fails, says where, and leaves no process ru
   it printed and how it ended (a hang in C code, in Python, SIGTERM, an exit that never ends).
 - conftest.end_process and conftest.run_bounded, on processes that outlive their wait, and
   launch_driver.py when it cannot do its action.
+- conftest's ROS domain per session: sessions at once (make test's lanes) never share one.
 """
 import os
 import signal
@@ -216,3 +217,23 @@ def test_launch_driver_kills_the_launch_when_it_cannot_do_its_action(tmp_path):
         "launch_driver: no process 'nobody' started (started: [('zed_node', '{}')])".format(
             pidfile.read_text().strip())), out
     assert _gone(int(pidfile.read_text())) and time.monotonic() - t0 < 20.0
+
+
+def test_concurrent_sessions_never_share_a_ros_domain():
+    # make test runs pytest sessions at once (its lanes): each claims an id no other holds.
+    import conftest
+    assert os.environ['ROS_DOMAIN_ID'] == conftest._DOMAIN
+    domain, handle = conftest._claim_domain()     # another open file: as another session's
+    try:
+        assert domain != conftest._DOMAIN
+        child = subprocess.run(
+            [sys.executable, '-c', 'import conftest; print(conftest._DOMAIN)'], cwd=HERE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (HERE, os.environ.get('PYTHONPATH')) if p)))
+        out = child.stdout.decode('utf-8', 'replace')
+        assert child.returncode == 0, out
+        assert out.split()[-1] not in (domain, conftest._DOMAIN), out
+        assert 1 <= int(out.split()[-1]) <= 100, out
+    finally:
+        handle.close()
