@@ -174,3 +174,11 @@ def find_layernorms(graph):
         if len(chain) == 9 and list(chain[6].input) == [sub.output[0], chain[5].output[0]]:
             norms.append(chain)
     return norms
+
+
+if __name__ == '__main__':
+    # `python test/model_files.py VARIANT...` (make test): export the files the Python 3.8 tier
+    # reads before it runs (it has no torch to export them); prints their paths.
+    import sys
+    for name in sys.argv[1:] or ['tiny']:
+        print(community_onnx(name))
