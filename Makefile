@@ -109,10 +109,11 @@ test: test-venvs
 # The Kilted tier (Python 3, the PyPI ROS 2 wheels, Fast DDS) in two lanes at once, as the Humble
 # tier: the RMW-independent tests (node logic on 64x48 frames, mostly waiting on /diagnostics)
 # beside everything else (unit tests, the graph, the launch file, colcon). One after the other
-# they took 421-465 s, at once ~300 s; the first lane ends ~130 s before the other. With
-# PY38_TIER=1 (as `make test` runs it) the Python 3.8 tier (CPU work, no graph: ~45 s) runs
-# after it, in that gap, on the public-layout model files this venv exports first (torch; the
-# Python 3.8 venv has none, and its ONNX preparation tests read them). Each pytest session
+# they took 421-465 s, at once ~300 s; the first lane ends ~130 s before the other. In that gap
+# run, after it: with PY38_TIER=1 (as `make test` runs it) the Python 3.8 tier (CPU work, no
+# graph: ~40 s) on the public-layout model files this venv exports first (torch; the Python
+# 3.8 venv has none, and its ONNX preparation tests read them); then the linters (-m linter:
+# flake8 and pep257 as ament runs them, ~20 s of CPU, no graph). Each pytest session
 # claims its own ROS domain (test/conftest.py), so the lanes never see each other's topics.
 KILTED_LANE_TIMEOUT ?= 1200
 PY38_TIER ?=
@@ -120,12 +121,15 @@ test-kilted: $(VENV)/.stamp-launch $(if $(PY38_TIER),$(VENV38)/.stamp)
 	@{ bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), RMW-independent" $(VENV)/logic.log \
 		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m rmw_independent test; \
 		code=$$?; $(if $(PY38_TIER),$(PY) test/model_files.py tiny vits > /dev/null && \
-		$(MAKE) --no-print-directory test-py38 || code=1;) exit $$code; } & logic=$$!; \
+		$(MAKE) --no-print-directory test-py38 || code=1;) \
+		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the linters" $(VENV)/lint.log \
+		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m linter test || code=1; \
+		exit $$code; } & logic=$$!; \
 		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the rest" $(VENV)/rest.log \
 		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider --durations=15 \
-		-m "not rmw_independent" test; rest=$$?; \
+		-m "not rmw_independent and not linter" test; rest=$$?; \
 		wait $$logic; logic=$$?; \
-		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane$(if $(PY38_TIER), then Python 3.8,): exit $$logic)"; exit 1; }
+		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane$(if $(PY38_TIER), then Python 3.8,) then the linters: exit $$logic)"; exit 1; }
 
 test-unit: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q -m "not slow and not graph" test
