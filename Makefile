@@ -90,46 +90,57 @@ demo: $(VENV)/.stamp-base
 
 # The venvs of every tier, built at once before any test runs (they share nothing but pip's
 # cache; on two cores about a minute and a half less than one after the other). A failed build
-# fails the target, after the others have ended.
+# fails the target, after the others have ended. With PY38_TIER=1 (as `make test` runs it) the
+# Python 3.8 tier (CPU work, no graph: ~40 s) runs there too, once its venv and the Kilted
+# venv's first step (.stamp-base: torch, transformers) are in, beside the rest of that venv's
+# build (~60 s: the ROS wheels, the test tools, the launch stack): first the public-layout
+# model files it reads are exported with that torch (the Python 3.8 venv has none).
 TEST_VENVS := $(VENV)/.stamp-launch $(VENV38)/.stamp \
 	$(if $(HUMBLE_TREE),$(VENV_HUMBLE)/.stamp $(VENV_HUMBLE_ORT)/.stamp)
+PY38_TIER ?=
 test-venvs:
-	@pids=""; for stamp in $(TEST_VENVS); do \
-		$(MAKE) --no-print-directory $$stamp & pids="$$pids $$!"; done; \
+	@pids=""; kilted=""; py38=""; for stamp in $(TEST_VENVS); do \
+		$(MAKE) --no-print-directory $$stamp & pids="$$pids $$!"; \
+		[ "$$stamp" = "$(VENV)/.stamp-launch" ] && kilted=$$!; \
+		[ "$$stamp" = "$(VENV38)/.stamp" ] && py38=$$!; done; \
+	$(if $(PY38_TIER),{ while { [ ! -f $(VENV38)/.stamp ] && kill -0 $$py38 2>/dev/null; } || \
+			{ [ ! -f $(VENV)/.stamp-base ] && kill -0 $$kilted 2>/dev/null; }; do sleep 1; done; \
+		[ -f $(VENV38)/.stamp ] && [ -f $(VENV)/.stamp-base ] && \
+		$(PY) test/model_files.py tiny vits > /dev/null && \
+		$(MAKE) --no-print-directory test-py38; } & pids="$$pids $$!";) \
 	code=0; for pid in $$pids; do wait $$pid || code=1; done; \
-	[ $$code -eq 0 ] || echo "test-venvs: a venv failed to build (its lines above)"; exit $$code
+	[ $$code -eq 0 ] || echo "test-venvs: a venv failed to build$(if $(PY38_TIER), or the Python 3.8 tier failed,) (its lines above)"; \
+	exit $$code
 
 # Each lane prints its time, skips and result (test/run_lane.sh), the Kilted tier its slowest
 # tests too (what to look at when the suite grows: CI has 90 minutes, and the suite is kept
-# under 15 on two cores). The Python 3.8 tier runs inside the Kilted tier (PY38_TIER=1).
-test: test-venvs
-	@$(MAKE) --no-print-directory test-kilted PY38_TIER=1
+# under 15 on two cores). The Python 3.8 tier runs beside the venvs' build (PY38_TIER=1).
+test:
+	@$(MAKE) --no-print-directory test-venvs PY38_TIER=1
+	@$(MAKE) --no-print-directory test-kilted
 	@$(MAKE) --no-print-directory test-humble
 
 # The Kilted tier (Python 3, the PyPI ROS 2 wheels, Fast DDS) in two lanes at once, as the Humble
-# tier: the RMW-independent tests (node logic on 64x48 frames, mostly waiting on /diagnostics)
-# beside everything else (unit tests, the graph, the launch file, colcon). One after the other
-# they took 421-465 s, at once ~300 s; the first lane ends ~130 s before the other. In that gap
-# run, after it: with PY38_TIER=1 (as `make test` runs it) the Python 3.8 tier (CPU work, no
-# graph: ~40 s) on the public-layout model files this venv exports first (torch; the Python
-# 3.8 venv has none, and its ONNX preparation tests read them); then the linters (-m linter:
-# flake8 and pep257 as ament runs them, ~20 s of CPU, no graph). Each pytest session
-# claims its own ROS domain (test/conftest.py), so the lanes never see each other's topics.
+# tier: the RMW-independent tests (node logic on 64x48 frames, mostly waiting on /diagnostics),
+# then the tests that are neither graph nor launch (the linters, ~20 s, and the slow unit tests:
+# ViT-S exports and parities, the hang guard, ~60 s of CPU), beside everything else (the
+# graph, the launch file, colcon, the other unit tests). One after the other they took 421-465
+# s; at once ~280 each. Each pytest session claims its own ROS domain (test/conftest.py), so
+# the lanes never see each other's topics.
 KILTED_LANE_TIMEOUT ?= 1200
-PY38_TIER ?=
-test-kilted: $(VENV)/.stamp-launch $(if $(PY38_TIER),$(VENV38)/.stamp)
+KILTED_CPU_LANE := (linter or slow) and not graph and not launch_file and not rmw_independent
+test-kilted: $(VENV)/.stamp-launch
 	@{ bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), RMW-independent" $(VENV)/logic.log \
 		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m rmw_independent test; \
-		code=$$?; $(if $(PY38_TIER),$(PY) test/model_files.py tiny vits > /dev/null && \
-		$(MAKE) --no-print-directory test-py38 || code=1;) \
-		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the linters" $(VENV)/lint.log \
-		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m linter test || code=1; \
-		exit $$code; } & logic=$$!; \
+		code=$$?; \
+		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), linters and slow unit tests" \
+		$(VENV)/cpu.log $(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider \
+		-m "$(KILTED_CPU_LANE)" test || code=1; exit $$code; } & logic=$$!; \
 		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the rest" $(VENV)/rest.log \
 		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider --durations=15 \
-		-m "not rmw_independent and not linter" test; rest=$$?; \
+		-m "not rmw_independent and not ($(KILTED_CPU_LANE))" test; rest=$$?; \
 		wait $$logic; logic=$$?; \
-		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane$(if $(PY38_TIER), then Python 3.8,) then the linters: exit $$logic)"; exit 1; }
+		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane then linters and slow unit tests: exit $$logic)"; exit 1; }
 
 test-unit: $(VENV)/.stamp-launch
 	$(PY) -m pytest -q -m "not slow and not graph" test

@@ -26,8 +26,6 @@ import json
 import os
 import shutil
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORE = os.environ.get('DEPTH_ROS_TEST_MODELS') or os.path.join(ROOT, 'test', '.models')
 REPO = 'onnx-community/depth-anything-v2-small'
@@ -53,6 +51,7 @@ def community_onnx(variant='tiny', seed=0):
         import torch
         import transformers  # noqa: F401
     except ImportError:
+        import pytest     # here only: `make test` runs this file before pytest is installed
         pytest.skip('no cached {} and no torch to export it (run the Python 3.11 tier '
                     'first)'.format(os.path.basename(path)))
     from filelock import FileLock
