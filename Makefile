@@ -99,7 +99,7 @@ TEST_VENVS := $(VENV)/.stamp-launch $(VENV38)/.stamp \
 	$(if $(HUMBLE_TREE),$(VENV_HUMBLE)/.stamp $(VENV_HUMBLE_ORT)/.stamp)
 PY38_TIER ?=
 test-venvs:
-	@pids=""; kilted=""; py38=""; for stamp in $(TEST_VENVS); do \
+	@start=$$(date +%s); pids=""; kilted=""; py38=""; for stamp in $(TEST_VENVS); do \
 		$(MAKE) --no-print-directory $$stamp & pids="$$pids $$!"; \
 		[ "$$stamp" = "$(VENV)/.stamp-launch" ] && kilted=$$!; \
 		[ "$$stamp" = "$(VENV38)/.stamp" ] && py38=$$!; done; \
@@ -109,6 +109,7 @@ test-venvs:
 		$(PY) test/model_files.py tiny vits > /dev/null && \
 		$(MAKE) --no-print-directory test-py38; } & pids="$$pids $$!";) \
 	code=0; for pid in $$pids; do wait $$pid || code=1; done; \
+	echo "== the venvs$(if $(PY38_TIER), and the Python 3.8 tier,): $$(( $$(date +%s) - start )) s"; \
 	[ $$code -eq 0 ] || echo "test-venvs: a venv failed to build$(if $(PY38_TIER), or the Python 3.8 tier failed,) (its lines above)"; \
 	exit $$code
 
