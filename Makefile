@@ -95,6 +95,9 @@ demo: $(VENV)/.stamp-base
 # venv's first step (.stamp-base: torch, transformers) are in, beside the rest of that venv's
 # build (~60 s: the ROS wheels, the test tools, the launch stack): first the public-layout
 # model files it reads are exported with that torch (the Python 3.8 venv has none).
+# $(call up_to_date,STAMP): a shell test, true once STAMP is built and newer than what it is
+# built from (make -q), not merely there: a venv being rebuilt is not one to run in.
+up_to_date = $(MAKE) -q --no-print-directory $(1) > /dev/null 2>&1
 TEST_VENVS := $(VENV)/.stamp-launch $(VENV38)/.stamp \
 	$(if $(HUMBLE_TREE),$(VENV_HUMBLE)/.stamp $(VENV_HUMBLE_ORT)/.stamp)
 PY38_TIER ?=
@@ -103,9 +106,9 @@ test-venvs:
 		$(MAKE) --no-print-directory $$stamp & pids="$$pids $$!"; \
 		[ "$$stamp" = "$(VENV)/.stamp-launch" ] && kilted=$$!; \
 		[ "$$stamp" = "$(VENV38)/.stamp" ] && py38=$$!; done; \
-	$(if $(PY38_TIER),{ while { [ ! -f $(VENV38)/.stamp ] && kill -0 $$py38 2>/dev/null; } || \
-			{ [ ! -f $(VENV)/.stamp-base ] && kill -0 $$kilted 2>/dev/null; }; do sleep 1; done; \
-		[ -f $(VENV38)/.stamp ] && [ -f $(VENV)/.stamp-base ] && \
+	$(if $(PY38_TIER),{ while { ! $(call up_to_date,$(VENV38)/.stamp) && kill -0 $$py38 2>/dev/null; } || \
+			{ ! $(call up_to_date,$(VENV)/.stamp-base) && kill -0 $$kilted 2>/dev/null; }; do sleep 1; done; \
+		$(call up_to_date,$(VENV38)/.stamp) && $(call up_to_date,$(VENV)/.stamp-base) && \
 		$(PY) test/model_files.py tiny vits > /dev/null && \
 		$(MAKE) --no-print-directory test-py38; } & pids="$$pids $$!";) \
 	code=0; for pid in $$pids; do wait $$pid || code=1; done; \
