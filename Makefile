@@ -133,15 +133,14 @@ test:
 # the lanes never see each other's topics.
 KILTED_LANE_TIMEOUT ?= 1200
 KILTED_CPU_LANE := (linter or slow) and not graph and not launch_file and not rmw_independent
+# $(call kilted_lane,LABEL,LOG NAME): run_lane.sh and pytest up to its arguments.
+kilted_lane = bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), $(1)" $(VENV)/$(2).log \
+	$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider
 test-kilted: $(VENV)/.stamp-launch
-	@{ bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), RMW-independent" $(VENV)/logic.log \
-		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider -m rmw_independent test; \
-		code=$$?; \
-		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), linters and slow unit tests" \
-		$(VENV)/cpu.log $(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider \
-		-m "$(KILTED_CPU_LANE)" test || code=1; exit $$code; } & logic=$$!; \
-		bash test/run_lane.sh "ROS 2 Kilted wheels, $$($(PY) -V), the rest" $(VENV)/rest.log \
-		$(KILTED_LANE_TIMEOUT) $(PY) -m pytest -q -rs -p no:cacheprovider --durations=15 \
+	@{ $(call kilted_lane,RMW-independent,logic) -m rmw_independent test; code=$$?; \
+		$(call kilted_lane,linters and slow unit tests,cpu) -m "$(KILTED_CPU_LANE)" test || code=1; \
+		exit $$code; } & logic=$$!; \
+		$(call kilted_lane,the rest,rest) --durations=15 \
 		-m "not rmw_independent and not ($(KILTED_CPU_LANE))" test; rest=$$?; \
 		wait $$logic; logic=$$?; \
 		[ $$rest -eq 0 ] && [ $$logic -eq 0 ] || { echo "test-kilted: failed (the rest: exit $$rest, RMW-independent lane then linters and slow unit tests: exit $$logic)"; exit 1; }
