@@ -795,6 +795,122 @@ def test_zed_node_hands_the_image_over_and_publishes_it_before_the_stereo_is_ret
         rclpy.shutdown(context=context)
 
 
+@pytest.mark.rmw_independent
+def test_a_zed_frame_s_stereo_is_retrieved_once_the_network_call_on_its_image_began(
+        monkeypatch):
+    # Composed, a ZED frame's image goes to depth_node first; an SDK before 5.0.2 keeps the
+    # GIL while it retrieves the depth and confidence, so zed_node retrieves them once the
+    # worker (idle when the frame came) has begun the network call: depth_node's queue no
+    # longer holds the retrieves' time. A consumer that never says so holds the stereo back
+    # for zed_node.START_WAIT_S at most; a busy worker (the frame waits) not at all.
+    import threading
+    import rclpy
+    from depth_ros.core.camera import PinholeCamera
+    from depth_ros.ros import zed_node as zed_module
+    from depth_ros.ros.depth_node import DepthNode
+    from depth_ros.ros.zed_node import ZedNode
+    from depth_ros.sources.base import Frame, FrameSource, StereoPending
+    camera = PinholeCamera(50.0, 50.0, 15.5, 11.5, 32, 24)
+    events = []                 # (what, frame number), in the order they happened
+    frames = []
+    lock = threading.Lock()
+
+    def note(what, k):
+        with lock:
+            events.append((what, k))
+
+    class ImageFirst(FrameSource):
+        name = 'image-first double'
+
+        def __init__(self):
+            self.reads = 0
+
+        def open(self):
+            pass
+
+        def read(self):
+            raise AssertionError('zed_node must read a source image first where it can')
+
+        def read_image_first(self):
+            if self.reads >= 3:
+                stop.wait(5.0)
+                return None
+            wired.wait(10.0)
+            self.reads += 1
+            k = self.reads
+            stereo = (np.full((24, 32), float(k), np.float32),
+                      np.full((24, 32), 5.0, np.float32))
+            frame = Frame(left=np.full((24, 32, 3), k, np.uint8), depth=None,
+                          confidence=None, camera=camera, stamp_ns=k * 10 ** 9,
+                          pending=StereoPending(lambda: (note('retrieve', k), stereo)[1],
+                                                keeps_gil=True))
+            frames.append(frame)
+            return frame
+
+    stop, wired = threading.Event(), threading.Event()
+    monkeypatch.setattr(zed_module, 'START_WAIT_S', 0.5)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    zed = depth = None
+    try:
+        zed = ZedNode(source=ImageFirst(), context=context, cli_args=[
+            '--ros-args', '--params-file', CONFIG, '--'])
+        depth = DepthNode(local_input=True, context=context, cli_args=[
+            '--ros-args', '--params-file', CONFIG, '-p', 'backend:=standin',
+            '-p', 'standin_latency_ms:=100.0', '--'])
+        predict = depth.model.predict
+
+        def predict_noted(bgr):
+            note('network', int(bgr[0, 0, 0]))
+            return predict(bgr)
+        depth.model.predict = predict_noted
+        zed.hand_over_to(depth.take_frame)
+        wired.set()
+        assert wait_until(lambda: zed.frames == 3 and ('network', 3) in events, 10), \
+            (zed.frames, events)
+        # Frame 1: the worker was idle, its stereo retrieved after the network began. Frames 2
+        # and 3 came while it ran (100 ms): retrieved at once, no start expected; the newest
+        # (3) replaced 2 in the slot and ran next.
+        assert events.index(('network', 1)) < events.index(('retrieve', 1)), events
+        assert [f.pending.start_expected for f in frames] == [True, False, False], events
+        assert events.index(('retrieve', 3)) < events.index(('network', 3)), events
+        assert len(zed.start_wait_ms) == 1 and zed.start_wait_ms[0] < 400, zed.start_wait_ms
+        values = {}
+        for status in zed.diagnostics():
+            values.update({kv.key: kv.value for kv in status.values})
+        assert float(values['stereo_wait_ms_mean']) == pytest.approx(zed.start_wait_ms[0])
+    finally:
+        stop.set()
+        for node in (zed, depth):
+            if node is not None:
+                node.close()
+                node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_a_stereo_whose_start_never_comes_is_retrieved_after_the_bound():
+    # Only a retrieve that keeps the GIL (pyzed before 5.0.2) waits, and only for a consumer
+    # that starts at once; it waits for the start or the bound, whichever comes first.
+    import threading
+    from depth_ros.sources.base import StereoPending
+    free = StereoPending(lambda: (None, None))
+    free.expect_start()
+    assert not free.holds_for_start and free.wait_for_start(5.0) == 0.0
+    pending = StereoPending(lambda: (None, None), keeps_gil=True)
+    assert not pending.holds_for_start and pending.wait_for_start(5.0) == 0.0, \
+        'no start expected: no wait'
+    pending.expect_start()
+    assert pending.holds_for_start
+    waited = pending.wait_for_start(0.05)
+    assert 0.04 <= waited < 2.0, waited
+    later = StereoPending(lambda: (None, None), keeps_gil=True)
+    later.expect_start()
+    threading.Timer(0.05, later.started).start()
+    waited = later.wait_for_start(10.0)
+    assert 0.04 <= waited < 5.0, waited
+    assert later.wait_for_start(10.0) < 0.5, 'once started, no wait'
+
+
 def test_a_frame_whose_stereo_follows_its_image_is_prepared_when_it_comes(aligner_node):
     # In-process a ZED frame's depth and confidence may follow its image (zed_node hands it
     # over image first): the prepare during inference waits for them, and the set is

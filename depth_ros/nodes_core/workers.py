@@ -91,11 +91,18 @@ class Worker(object):
             self._cond.notify()
             return 'queued' if self.busy else 'started'
 
-    def put(self, item) -> None:
-        """Offer ``item`` and request a job on it (the newest-frame policy)."""
+    def put(self, item) -> bool:
+        """
+        Offer ``item`` and request a job on it (the newest-frame policy).
+
+        Returns whether the worker was idle: the job on ``item`` starts at once, not after
+        the running one (unless a newer ``put`` replaces it first).
+        """
         with self._cond:
+            idle = not self.busy
             self.offer(item)
             self._wanted = True
+        return idle
 
     def put_background(self, item) -> None:
         """

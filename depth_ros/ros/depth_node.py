@@ -89,8 +89,16 @@ class DepthNode(DepthRosNode):
             self.start_consumers.append(started)
 
     def take_frame(self, frame, header) -> None:
-        """Take zed_node's frame by reference (its grab thread; composed.py): newest-frame slot."""
-        self._accept(LocalFrame(frame, header), frame.stamp_ns)
+        """
+        Take zed_node's frame by reference (its grab thread; composed.py): newest-frame slot.
+
+        A frame whose stereo is still to be retrieved (``frame.pending``, a ZED's image first)
+        that the worker starts on at once is marked so: zed_node retrieves its stereo once
+        the network call has begun (``StereoPending.wait_for_start``).
+        """
+        if self._accept(LocalFrame(frame, header), frame.stamp_ns) and \
+                frame.pending is not None:
+            frame.pending.expect_start()
 
     def _apply(self, changed):
         if 'standin_latency_ms' in changed and self.backend == 'standin':
@@ -101,7 +109,8 @@ class DepthNode(DepthRosNode):
     def _on_image(self, msg):
         self._accept(msg, conv.stamp_to_ns(msg.header.stamp))
 
-    def _accept(self, msg, stamp):
+    def _accept(self, msg, stamp) -> bool:
+        """Put the frame in the worker's slot; return whether its inference starts at once."""
         # Only bookkeeping here: the conversion and inference run in the worker.
         self.in_rate.tick()
         last = self.guard.last
@@ -115,10 +124,10 @@ class DepthNode(DepthRosNode):
             self._drop('stamp', 'stamp {} is {} the previous {} (out-of-order or '
                        'duplicated)'.format(stamp, 'equal to' if stamp == last
                                             else 'older than', last))
-            return
+            return False
         now = time.time_ns()
         self.input_age_ms.append((now - stamp) * 1e-6)
-        self.worker.put((msg, now))
+        return self.worker.put((msg, now))
 
     def _drop(self, kind, reason):
         self.health.bad.tick()
@@ -141,18 +150,25 @@ class DepthNode(DepthRosNode):
         stages = self.stages
         stages.add('wait', (time.time_ns() - t_put) * 1e-6)
         stages.start()
+        local = isinstance(msg, LocalFrame)
         try:
-            if isinstance(msg, LocalFrame):   # by reference: zed_node's bgr8 array
-                bgr = to_bgr8(msg.frame.left, 'bgr8')
-            else:
-                bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
-        except ValueError as exc:
-            self._drop('frame', str(exc))
-            return
-        stages.mark('convert')
-        if isinstance(msg, LocalFrame):
-            for started in self.start_consumers:
-                started(msg)
+            try:
+                if local:   # by reference: zed_node's bgr8 array
+                    bgr = to_bgr8(msg.frame.left, 'bgr8')
+                else:
+                    bgr = to_bgr8(conv.image_to_numpy(msg), msg.encoding)
+            except ValueError as exc:
+                self._drop('frame', str(exc))
+                return
+            stages.mark('convert')
+            if local:
+                for started in self.start_consumers:
+                    started(msg)
+        finally:
+            # zed_node's grab thread retrieves the frame's stereo once told (take_frame): as
+            # the network call begins, or when the frame is dropped.
+            if local and msg.frame.pending is not None:
+                msg.frame.pending.started()
         disparity = self.model.predict(bgr)          # [H, W] float32 relative
         stages.mark('inference')
         if not np.all(np.isfinite(disparity)):
@@ -160,7 +176,7 @@ class DepthNode(DepthRosNode):
                 int(np.size(disparity) - np.count_nonzero(np.isfinite(disparity)))))
             return
         stages.mark('check')
-        if isinstance(msg, LocalFrame):
+        if local:
             for consumer in self.consumers:
                 consumer(msg, disparity)
             stages.mark('hand_over')

@@ -39,6 +39,16 @@ from depth_ros.sources.downscale import downscale_frame
 from depth_ros.util import describe_error
 from sensor_msgs.msg import CameraInfo, Image
 
+# How long the grab thread waits, at most, for the network call on a frame to begin before it
+# retrieves the frame's stereo (composed, a consumer that starts at once: StereoPending). The
+# begin comes within a millisecond or two; the bound only keeps a consumer that never says so
+# from holding the stereo back long (alignment_node needs it only after the inference).
+START_WAIT_S = 0.02
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values) if values else 0.0
+
 
 def is_permanent(exc: BaseException) -> bool:
     """Tell whether retrying cannot fix a source error (missing, corrupt, invalid input)."""
@@ -71,6 +81,8 @@ class ZedNode(DepthRosNode):
         # Message bytes reused from frame to frame (only the grab thread publishes).
         self.buffers = {k: conv.MessageBuffer() for k in ('image', 'depth', 'confidence')}
         self.frames = 0
+        # Stereo retrieves held back until the network call began (image first, composed).
+        self.start_wait_ms = collections.deque(maxlen=50)
         self.grab_errors = 0
         self.failures_in_a_row = 0
         self.reconnects = 0
@@ -135,6 +147,11 @@ class ZedNode(DepthRosNode):
                     # depth_node starts on the image while the depth and confidence are
                     # retrieved; a consumer that needs them waits (Frame.wait_stereo).
                     sent = self._publish_safely(self._publish_image, frame)
+                    # Composed: retrieved once the network call on the image has begun, when
+                    # the SDK keeps the GIL while it retrieves (before 5.0.2: StereoPending).
+                    if frame.pending.holds_for_start:
+                        self.start_wait_ms.append(
+                            frame.pending.wait_for_start(START_WAIT_S) * 1e3)
                     frame.pending.complete(frame)
             except FrameError as exc:
                 # One bad frame (SDK 5 corrupted frame, an unreadable file of a folder): the
@@ -306,7 +323,9 @@ class ZedNode(DepthRosNode):
                   'grab_errors': self.grab_errors, 'reconnects': self.reconnects,
                   'grab_thread_alive': self.thread.is_alive(),
                   # In-process consumers (composed), and the messages built for subscribers.
-                  'handed_over_to': len(self.consumers)}
+                  'handed_over_to': len(self.consumers),
+                  # Composed, image first: the stereo's retrieve waited for the network's start.
+                  'stereo_wait_ms_mean': _mean(list(self.start_wait_ms))}
         # A ZED's: its SDK, whether pyzed keeps the GIL (composed: the other nodes wait while
         # it does), the time in its calls.
         status_values = getattr(getattr(self.source, 'inner', self.source), 'status_values',

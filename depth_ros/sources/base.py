@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import logging
 import threading
+import time
 from typing import Callable, Iterator, Optional, Tuple
 
 from depth_ros.core.camera import PinholeCamera
@@ -67,12 +68,50 @@ class StereoPending(object):
     hands the image on, then calls :meth:`complete`, which fills the two planes (or records
     why it could not, and raises that SourceError); a thread that needs them calls
     ``Frame.wait_stereo`` first. ``retrieve``: returns (depth, confidence), raises SourceError.
+
+    ``keeps_gil``: the retrieve keeps the GIL (a ZED SDK before 5.0.2: its pyzed copies a 720p
+    plane from the GPU with no other thread running). Begun first, such retrieves held the
+    network's start back by their time (depth_node's queue, 1.8-2.0 ms on the simulated SDK
+    4.1 at 720p; docs/ros.md). So an in-process consumer that starts on the image at once
+    (depth_node, composed, its worker idle) says so (:meth:`expect_start`) and, as its
+    network call begins, :meth:`started`; the reading thread waits for that before such a
+    retrieve (:meth:`wait_for_start`). The network call releases the GIL: the retrieves then
+    run beside it.
     """
 
-    def __init__(self, retrieve: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]]):
+    def __init__(self, retrieve: Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]],
+                 keeps_gil: bool = False):
         self._retrieve = retrieve
         self._done = threading.Event()
+        self._started = threading.Event()
+        self.keeps_gil = bool(keeps_gil)    # retrieve keeps the GIL (pyzed before 5.0.2)
+        self.start_expected = False         # a consumer starts on the image at once
         self.error = None       # what retrieve raised (SourceError), or None
+
+    def expect_start(self) -> None:
+        """Say that a consumer starts on the frame's image at once (then calls ``started``)."""
+        self.start_expected = True
+
+    def started(self) -> None:
+        """Say that the consumer's work on the image has begun (its network call, GIL-free)."""
+        self._started.set()
+
+    @property
+    def holds_for_start(self) -> bool:
+        """Whether :meth:`wait_for_start` waits: a retrieve keeping the GIL, a start expected."""
+        return self.keeps_gil and self.start_expected
+
+    def wait_for_start(self, timeout_s: float) -> float:
+        """
+        Wait until ``started``, at most ``timeout_s`` s, where ``holds_for_start``; else return.
+
+        Returns the seconds waited (0.0 when it does not hold).
+        """
+        if not self.holds_for_start:
+            return 0.0
+        t0 = time.monotonic()
+        self._started.wait(timeout_s)
+        return time.monotonic() - t0
 
     @property
     def done(self) -> bool:

@@ -525,7 +525,8 @@ class ZedSource(FrameSource):
         self._last_ns = stamp
         self._check_shape('image', left)
         pending = None if self.depth_mode == 'NONE' else \
-            StereoPending(lambda: self._guarded(self._retrieve_stereo))
+            StereoPending(lambda: self._guarded(self._retrieve_stereo),
+                          keeps_gil=not releases_gil(self.sdk_version))
         return Frame(left=left, depth=None, confidence=None, camera=self._camera,
                      stamp_ns=stamp, frame_id=self.frame_id, baseline_m=self._baseline_m,
                      pending=pending)
