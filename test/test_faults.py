@@ -1472,10 +1472,14 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
             mark, since = len(graph.output()), time.time()
             sent = graph.burst(100.0, seconds, what)
             total += sent
+            # Most of the burst reached the node and was refused. Not all of it need come:
+            # 2.7 MB messages at 100 Hz, best effort, outrun the reader on a loaded machine (a
+            # fresh clone, both lanes and other work on two cores: 143 of 200, no more within 15
+            # s), which is the transport, not the node.
             values = graph.diagnostics_until(
-                lambda v: int(v['dropped_frame']) >= dropped + sent * 0.8)
-            # At least 5 reports since the burst began (a fresh-clone run had 4 by the time the
-            # 80 % were counted: a 1 s burst on a loaded machine): wait for them.
+                lambda v: int(v['dropped_frame']) >= dropped + sent * 0.5)
+            # At least 5 reports since the burst began (a fresh-clone run had 4 by the time
+            # most were counted: a 1 s burst on a loaded machine): wait for them.
             wait_until(lambda: len(graph.diagnostics_since(since)) >= 5, 5.0)
             series = graph.diagnostics_since(since)
             assert len(series) >= 5 and all(float(v['pairing_waiting_mb']) == 0.0
@@ -1485,7 +1489,7 @@ def test_a_burst_of_wrong_messages_is_refused_on_arrival_and_memory_comes_back(p
             # of 19 failed so; in one, two sets of three lacked their disparity when the third
             # completed), which is the newest-frame policy at work, not the burst.
             assert int(values['dropped_skipped']) == skipped, (what, skipped, values)
-            # Counted once each (a burst's last messages may still come in after the 80 %).
+            # Counted once each (a burst's last messages may still come in after that).
             assert int(values['dropped_frame']) <= int(start['dropped_frame']) + total, \
                 (what, total, values)
             assert text in values['last_drop_reason'], values
