@@ -71,7 +71,7 @@ class StereoPending(object):
 
     ``keeps_gil``: the retrieve keeps the GIL (a ZED SDK before 5.0.2: its pyzed copies a 720p
     plane from the GPU with no other thread running). Begun first, such retrieves held the
-    network's start back by their time (depth_node's queue, 1.8-2.0 ms on the simulated SDK
+    network's start back by their time (depth_node's queue, 1.5-2.0 ms on the simulated SDK
     4.1 at 720p; docs/ros.md). So an in-process consumer that starts on the image at once
     (depth_node, composed, its worker idle) says so (:meth:`expect_start`) and, as its
     network call begins, :meth:`started`; the reading thread waits for that before such a
