@@ -1,8 +1,8 @@
 """
 Small helpers shared by core, inference, commands and tools.
 
-Files (atomic writes, sha256), cache folders, one-line errors, progress heartbeats, and
-number checks with a message of their own.
+Files (atomic writes, sha256), cache folders, one-line errors, progress heartbeats, the
+mean of a window of numbers, and number checks with a message of their own.
 
 Standard library only at import (check_number_as imports depth_ros.core.checks when called), so
 that any layer can use them and importing this module costs nothing.
@@ -100,6 +100,16 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def window_mean(values, empty: float = float('nan')) -> float:
+    """
+    Return the mean of a window of numbers (a deque another thread appends to), or ``empty``.
+
+    The window is copied first, so a concurrent append cannot change it while it is read.
+    """
+    values = list(values)
+    return sum(values) / len(values) if values else empty
 
 
 def check_number_as(message: str, name: str, value, **limits):

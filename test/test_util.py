@@ -180,3 +180,15 @@ def test_atomic_files_commit_all_or_none(tmp_path):
     assert open(a).read() == 'new ' + a
     assert sorted(os.listdir(str(tmp_path))) == ['a.npy', 'sub'] and \
         os.listdir(str(tmp_path / 'sub')) == ['b.png'], 'temporaries were left'
+
+
+def test_window_mean_reads_a_copy_and_says_empty_as_asked():
+    import collections
+    import math
+    from depth_ros.util import window_mean
+    window = collections.deque([1.0, 2.0, 4.5], maxlen=3)
+    assert window_mean(window) == 2.5
+    window.append(10.0)                       # the oldest (1.0) leaves the window
+    assert window_mean(window) == (2.0 + 4.5 + 10.0) / 3
+    assert math.isnan(window_mean(collections.deque()))
+    assert window_mean([], 0.0) == 0.0

@@ -27,14 +27,10 @@ from depth_ros.nodes_core.workers import FrameHealth, RateMeter, StageTimes, Sta
 from depth_ros.ros import conversions as conv
 from depth_ros.ros.runtime import DepthRosNode, LocalFrame, main_for, \
     sensor_qos
-from depth_ros.util import describe_error
+from depth_ros.util import describe_error, window_mean
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-
-
-def _mean(values) -> float:
-    return float(np.mean(values)) if values else float('nan')
 
 
 class DepthNode(DepthRosNode):
@@ -214,8 +210,8 @@ class DepthNode(DepthRosNode):
             ('backend_ms_mean', self.model.infer_latency.mean_ms),
             ('output_age_ms', self.age_ms),
             # Means over the last frames: stamp -> image received -> disparity published.
-            ('input_age_ms_mean', _mean(self.input_age_ms)),
-            ('output_age_ms_mean', _mean(self.age_ms_window)),
+            ('input_age_ms_mean', window_mean(self.input_age_ms)),
+            ('output_age_ms_mean', window_mean(self.age_ms_window)),
             ('frames_in', self.worker.received), ('frames_dropped_busy', self.worker.dropped),
             ('frames_bad', sum(self.bad.values())), ('stamp_resets', self.stamp_resets),
             ('last_drop_reason', self.health.last_reason),

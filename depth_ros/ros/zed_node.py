@@ -36,7 +36,7 @@ from depth_ros.ros.runtime import DepthRosNode, main_for, \
     sensor_qos
 from depth_ros.sources.base import Frame, FrameError, SourceConfigError, SourceError
 from depth_ros.sources.downscale import downscale_frame
-from depth_ros.util import describe_error
+from depth_ros.util import describe_error, window_mean
 from sensor_msgs.msg import CameraInfo, Image
 
 # How long the grab thread waits, at most, for the network call on a frame to begin before it
@@ -44,10 +44,6 @@ from sensor_msgs.msg import CameraInfo, Image
 # begin comes within a millisecond or two; the bound only keeps a consumer that never says so
 # from holding the stereo back long (alignment_node needs it only after the inference).
 START_WAIT_S = 0.02
-
-
-def _mean(values) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -325,7 +321,7 @@ class ZedNode(DepthRosNode):
                   # In-process consumers (composed), and the messages built for subscribers.
                   'handed_over_to': len(self.consumers),
                   # Composed, image first: the stereo's retrieve waited for the network's start.
-                  'stereo_wait_ms_mean': _mean(list(self.start_wait_ms))}
+                  'stereo_wait_ms_mean': window_mean(self.start_wait_ms, 0.0)}
         # A ZED's: its SDK, whether pyzed keeps the GIL (composed: the other nodes wait while
         # it does), the time in its calls.
         status_values = getattr(getattr(self.source, 'inner', self.source), 'status_values',

@@ -52,6 +52,7 @@ import cv2
 from depth_ros.core.camera import PinholeCamera
 from depth_ros.sources.base import Frame, FrameError, FrameSource, one_line, \
     SourceConfigError, SourceError, StereoPending
+from depth_ros.util import window_mean
 import numpy as np
 
 LOG = logging.getLogger('depth_ros.sources.zed')
@@ -466,7 +467,7 @@ class ZedSource(FrameSource):
         ``grabs_timed``: how many waited for their time.
         """
         def mean_ms(values):
-            return 1e3 * sum(values) / len(values) if values else float('nan')
+            return 1e3 * window_mean(values)
         return {'zed_sdk': self.sdk_version or 'not opened',
                 'pyzed_keeps_gil': self.sdk_version is not None and
                 not releases_gil(self.sdk_version),
