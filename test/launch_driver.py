@@ -1,18 +1,19 @@
 """
 Run ``ros2 launch``, signal it or one of its processes, and report how everything ended.
 
-    python launch_driver.py ACTION LOG -- ros2 launch depth_ros zed_depth.launch.py ...
+    python launch_driver.py ACTION LOG [--until TEXT] -- ros2 launch depth_ros ...
 
 ACTION: ``int`` (a terminal's Ctrl-C: SIGINT to the launch's whole process group), ``term``,
 ``kill`` or ``int:launch`` (SIGTERM, SIGKILL or SIGINT to the ``ros2 launch`` process alone, as
 ``kill`` or ``docker stop`` send it), ``kill:NAME`` (SIGKILL to the process launch names
-NAME-<n>). The action
-comes once every process has started and depth_node has said which model it runs, and 2 s
-more. This process is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``): processes the
-launch leaves behind become its children, so that their exit status can be read. It prints
-one JSON object: the launch's exit code, and for each started process its pid and, where it
-outlived the launch, how it ended (``exit`` code, or ``killed`` by this driver 15 s after the
-launch ended) and ``after_s``, the seconds from the signal to its end.
+NAME-<n>). The action comes once every process has started and depth_node has said which model
+it runs, and 2 s more; with ``--until TEXT``, once the launch's output has TEXT (a line the test
+needs before the stop, however slow the machine), at most 30 s from the start. This process is
+a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``): processes the launch leaves behind become
+its children, so that their exit status can be read. It prints one JSON object: the launch's
+exit code, and for each started process its pid and, where it outlived the launch, how it ended
+(``exit`` code, or ``killed`` by this driver 15 s after the launch ended) and ``after_s``, the
+seconds from the signal to its end.
 Every wait is bounded (the start 30 s, the launch's exit 30 s, the orphans 15 s together), and
 whatever happens (an error here too) the launch's process group is killed on the way out.
 A run script of the test suite, not a test (test_launch_graph.py runs it).
@@ -58,7 +59,9 @@ def _reap(pid, end, since):
 
 
 def main():
-    action, log_path, command = sys.argv[1], sys.argv[2], sys.argv[4:]
+    action, log_path = sys.argv[1], sys.argv[2]
+    options, command = sys.argv[3:sys.argv.index('--')], sys.argv[sys.argv.index('--') + 1:]
+    until = options[1] if options[:1] == ['--until'] else None
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # As from a shell: SIGINT at its default action in ros2 launch, whatever ours is.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -66,7 +69,7 @@ def main():
         launch = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        _drive(action, log_path, launch)
+        _drive(action, log_path, launch, until)
     finally:    # nothing of the launch outlives the driver, an error here included
         try:
             os.killpg(launch.pid, signal.SIGKILL)
@@ -76,13 +79,14 @@ def main():
             launch.wait(10)
 
 
-def _drive(action, log_path, launch):
+def _drive(action, log_path, launch, until=None):
     end = time.monotonic() + START_S
     while launch.poll() is None and time.monotonic() < end:
-        if 'depth model:' in _read(log_path):
+        if (until or 'depth model:') in _read(log_path):
             break
         time.sleep(0.05)
-    time.sleep(2.0)
+    if until is None:
+        time.sleep(2.0)
     started = STARTED.findall(_read(log_path))
     since = time.monotonic()
     if launch.poll() is None:
