@@ -185,18 +185,18 @@ class FedGraph(object):
                 tamper(kind, msgs[kind])
             self.pub[kind].publish(msgs[kind])
 
-    def send_good(self, seed, timeout=10.0, retry=True):
+    def send_good(self, seed, timeout=10.0, retry=True, resend_s=2.0):
         """
         Send a good set and wait for its metric depth; return its stamp.
 
         Best effort: a set can be lost in transport (right after discovery above all), so
-        without an answer in 2 s a new set is sent (``retry``), up to ``timeout``.
+        without an answer in ``resend_s`` a new set is sent (``retry``), up to ``timeout``.
         """
         end = time.monotonic() + timeout
         while True:
             stamp = self.next_stamp()
             self.send(stamp, *frame_set(seed))
-            wait = min(2.0, max(0.0, end - time.monotonic())) if retry else timeout
+            wait = min(resend_s, max(0.0, end - time.monotonic())) if retry else timeout
             if wait_until(lambda: self.depth.by_stamp(stamp) is not None, wait):
                 return stamp
             assert retry and time.monotonic() < end, \

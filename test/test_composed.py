@@ -241,7 +241,7 @@ def test_bad_frames_are_dropped_counted_named_and_the_graph_goes_on(diagnostics,
     assert align['last_drop_reason'] in ('confidence has NaN/inf values',
                                          'confidence is 741x498 but depth is 741x500'), align
     # Good frames still give metric depth after the bad ones: the output goes on.
-    diag_until(diagnostics, 'alignment_node', lambda v: float(v['output_rate_hz']) > 2.0)
+    diag_until(diagnostics, 'alignment_node', lambda v: float(v['output_rate_hz']) > 2.0, 30)
     # A frame whose network output was dropped left its prepared stereo side behind: let go
     # by the next one (one held at most); a bad frame's prepare failed, its set was dropped.
     align = diag_until(diagnostics, 'alignment_node', lambda v: int(v['prepared_discarded'])
@@ -260,8 +260,9 @@ def test_a_slow_network_lowers_the_output_rate_and_never_stops_it(diagnostics, s
     _streaming(diagnostics, proc, frames=20)
     depth = diag_until(diagnostics, 'depth_node', lambda v: int(v['frames_dropped_busy']) >= 5
                        and 1.5 < float(v['output_rate_hz']) < 5.0, 30)
-    zed = diag_values(diagnostics, 'zed/zed_node')
-    assert float(zed['rate_hz']) > 2 * float(depth['output_rate_hz']), (zed, depth)
+    # Polled, not read once: a stalled grab thread's rate comes back within a window.
+    diag_until(diagnostics, 'zed/zed_node',
+               lambda v: float(v['rate_hz']) > 2 * float(depth['output_rate_hz']), 30)
     # Every inferred frame is aligned: the newest-frame slot drops upstream, nothing here.
     align = diag_until(diagnostics, 'alignment_node',
                        lambda v: int(v['dropped_busy']) == 0 and 1.5 < float(v['output_rate_hz']))
@@ -369,14 +370,27 @@ def test_nodes_of_one_diagnostics_period_share_one_timer_and_each_publishes():
         executor = SingleThreadedExecutor(context=context)
         for node in nodes:
             executor.add_node(node)
-        end = time.monotonic() + 2.2
-        while time.monotonic() < end:
+        # Until share_a published 10 times (20 s at most): a late tick is skipped, not
+        # repeated, so a busy machine takes longer, and the counts' ratios still hold.
+        start = time.monotonic()
+        end = start + 20.0
+
+        def count(name):
+            return sum(1 for _, n in statuses if n == 'composed_test/{}: t'.format(name))
+        while count('share_a') < 10 and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
+        elapsed = time.monotonic() - start
         executor.shutdown(timeout_sec=5.0)
         counts = collections.Counter(name for _, name in statuses)
-        for name in ('share_a', 'share_b', 'share_d'):
-            assert 8 <= counts['composed_test/{}: t'.format(name)] <= 12, counts
-        assert 3 <= counts['composed_test/share_c: t'] <= 5, counts
+        a = count('share_a')
+        assert a >= 10, counts
+        # The shared timer publishes each of its nodes every period, never more often.
+        assert abs(count('share_b') - a) <= 1 and abs(count('share_d') - a) <= 1, counts
+        assert a <= elapsed / 0.2 + 1, (counts, elapsed)
+        # share_c (0.5 s) on its own timer: 0.4 as often (about 4 against 10), never more
+        # often than its period.
+        c = count('share_c')
+        assert 2 <= c < a and c <= elapsed / 0.5 + 1, (counts, elapsed)
     finally:
         for node in nodes:
             node.destroy_node()
@@ -859,12 +873,22 @@ def test_a_zed_frame_s_stereo_is_retrieved_once_the_network_call_on_its_image_be
             '--ros-args', '--params-file', CONFIG, '-p', 'backend:=standin',
             '-p', 'standin_latency_ms:=100.0', '--'])
         predict = depth.model.predict
+        # Frame 1's network call ends once frames 2 and 3 were handed over, however slow the
+        # machine (its 100 ms alone once depended on the grab thread's timing).
+        handed = threading.Event()
 
         def predict_noted(bgr):
             note('network', int(bgr[0, 0, 0]))
+            if int(bgr[0, 0, 0]) == 1:
+                handed.wait(10.0)
             return predict(bgr)
+
+        def take_frame(frame, header):
+            depth.take_frame(frame, header)
+            if frame.stamp_ns == 3 * 10 ** 9:
+                handed.set()
         depth.model.predict = predict_noted
-        zed.hand_over_to(depth.take_frame)
+        zed.hand_over_to(take_frame)
         wired.set()
         assert wait_until(lambda: zed.frames == 3 and ('network', 3) in events, 10), \
             (zed.frames, events)

@@ -61,7 +61,9 @@ def test_alignment_outputs_match_core_on_same_inputs(graph):
     # The node's aligner has seen no frame yet (this is the first set sent to it).
     for seed in (10, 11, 12):
         bgr, disparity, depth, confidence = frame_set(seed)
-        stamp = graph.send_good(seed)
+        # A resent set that the node also aligned after all (one merely slow, not lost) would
+        # put its filters a frame ahead of this aligner's: resent only after 10 s here.
+        stamp = graph.send_good(seed, timeout=40.0, resend_s=10.0)
         # As the node calls it: the colour image guides the local correction, the camera
         # gives the focal length of the stereo noise model.
         expected = aligner.update(disparity, depth, confidence, guide=bgr, camera=graph.camera)
@@ -178,9 +180,12 @@ def test_bad_frames_are_rate_limited_per_kind_and_throttle_changes_at_runtime(gr
         set_param(probe, 'depth_node', 'log_throttle_s', 1.0)
         time.sleep(1.1)
         graph.send(last - 1000000, *frame_set(65))
-        text = '(out-of-order or duplicated) ({} similar suppressed)'.format(n - 1)
-        assert graph.depth_node.wait_for_output(text, 5), \
-            'expected {!r}; output:\n{}'.format(text, graph.depth_node.output()[-2000:])
+        # As many as arrived after the first: n - 1, or one fewer where best effort lost one.
+        texts = ['(out-of-order or duplicated) ({} similar suppressed)'.format(k)
+                 for k in (n - 1, n - 2)]
+        assert wait_until(lambda: any(t in graph.depth_node.output()[depth_log:]
+                                      for t in texts), 5), \
+            'expected {!r}; output:\n{}'.format(texts[0], graph.depth_node.output()[-2000:])
     finally:
         for node in ('depth_node', 'alignment_node'):
             set_param(probe, node, 'log_throttle_s', 0.0)
@@ -314,13 +319,15 @@ def test_depth_node_with_real_onnxruntime_backend(probe, node_processes, tmp_pat
     expected = load_depth_model(path, backend='onnxruntime').predict(bgr)
     assert np.count_nonzero(expected) > expected.size // 10, 'degenerate test model output'
     stamp = 1700000123 * 10 ** 9 + 456
-    # Best effort: resend until one arrives (the first may go out before the match settles).
-    for _ in range(20):
-        pub.publish(conv.numpy_to_image(bgr, 'bgr8', conv.make_header(stamp, FRAME)))
-        if wait_until(lambda: disp.by_stamp(stamp) is not None, 0.5):
+    # Best effort: resend (a new stamp each time) until one arrives, 30 s at most (the first
+    # may go out before the match settles); any of the stamps sent counts.
+    sent, end = [], time.monotonic() + 30.0
+    while time.monotonic() < end:
+        sent.append(stamp + len(sent))
+        pub.publish(conv.numpy_to_image(bgr, 'bgr8', conv.make_header(sent[-1], FRAME)))
+        if wait_until(lambda: any(disp.by_stamp(s) is not None for s in sent), 0.5):
             break
-        stamp += 1
-    msg = disp.by_stamp(stamp)
+    msg = next((disp.by_stamp(s) for s in sent if disp.by_stamp(s) is not None), None)
     assert msg is not None, 'no disparity from the onnxruntime backend; output:\n' + \
         node.output()
     assert (msg.encoding, msg.header.frame_id, msg.width, msg.height) == ('32FC1', FRAME, W, H), \
