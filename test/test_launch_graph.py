@@ -144,7 +144,7 @@ def sample_launch(overlay, watch, composed):
 @pytest.mark.launch(fixture=sample_launch)
 def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe, composed):
     from diagnostic_msgs.msg import DiagnosticArray
-    from graph_support import diag_until
+    from graph_support import diag_until, diag_values
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     points = probe.subscribe(PointCloud2, '/alignment_node/points')
     depth = probe.subscribe(Image, '/alignment_node/depth')
@@ -163,14 +163,15 @@ def test_sample_graph_publishes_clouds_and_matching_depth_and_info(watch, probe,
     # Node names arrive by their own discovery (ros_discovery_info), which can lag the topics
     # (seen on Humble with Fast DDS): wait for them, then assert.
     ours = {('zed_node', '/zed'), ('depth_node', '/'), ('alignment_node', '/')}
-    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 10,
+    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 30,
                    'the three nodes in the ROS graph')
     nodes = set(probe.node.get_node_names_and_namespaces())
     assert ours <= nodes, nodes
     # The rate: every frame of the 10 fps sample gives a cloud (the stand-in takes 30 ms).
-    zed = diag_until(diagnostics, 'zed/zed_node', lambda v: float(v['rate_hz']) > 5.0, 30)
-    align = diag_until(diagnostics, 'alignment_node',
-                       lambda v: float(v['output_rate_hz']) > 0.7 * float(zed['rate_hz']), 30)
+    diag_until(diagnostics, 'zed/zed_node', lambda v: float(v['rate_hz']) > 5.0, 30)
+    # Against zed_node's newest rate, polled: both move together on a busy machine.
+    align = diag_until(diagnostics, 'alignment_node', lambda v: float(v['output_rate_hz']) >
+                       0.7 * float(diag_values(diagnostics, 'zed/zed_node')['rate_hz']), 30)
     assert align['input'] == ('in-process' if composed == 'true' else 'topics'), align
     # The disparity published for us is the one the cloud was computed from: its stamp.
     stamp = sorted(_common_stamps(depth, disparity))[-1]
@@ -446,7 +447,7 @@ def test_included_under_a_namespace_the_graph_runs_there(watch, probe, composed)
                    'two clouds on /robot1/alignment_node/points')
     ours = {('zed_node', '/robot1/zed'), ('depth_node', '/robot1'),
             ('alignment_node', '/robot1')}
-    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 10,
+    watch.wait_for(lambda: ours <= set(probe.node.get_node_names_and_namespaces()), 30,
                    'the three nodes under /robot1 in the ROS graph')
     # Nothing of ours at the root: every topic our nodes publish or read (but /diagnostics,
     # /rosout and /parameter_events, global by design) is under /robot1.
