@@ -355,15 +355,32 @@ def test_lazy_outputs_are_not_computed_without_subscribers(graph, probe):
     graph.diagnostics('alignment', now())
     points, colored, depth = counts()
     assert colored >= 1, 'the colored view was never published while subscribed'
-    graph.send_good(51)
-    second = graph.send_good(52)
-    assert wait_until(lambda: graph.points.by_stamp(second) is not None, 5)
-    values = graph.diagnostics_until('alignment', lambda v: int(v['published_points']) >=
-                                     points + 2)
-    after = (int(values['published_points']), int(values['published_colored']),
-             int(values['published_depth']))
-    assert after[0] >= points + 2 and after[1] <= colored + 1, 'expected points >= {} and ' \
-        'colored <= {} (no subscriber), received {}'.format(points + 2, colored + 1, after)
+
+    def after_sets(n, seed):
+        # The counts once n more good sets gave clouds (their report read).
+        before = counts()[0]
+        last = None
+        for i in range(n):
+            last = graph.send_good(seed + i)
+        assert wait_until(lambda: graph.points.by_stamp(last) is not None, 5)
+        values = graph.diagnostics_until('alignment', lambda v: int(v['published_points']) >=
+                                         before + n)
+        return (int(values['published_points']), int(values['published_colored']),
+                int(values['published_depth']))
+    after = after_sets(2, 51)
+    # On a busy machine the node can see the subscription gone a few sets late: pairs of
+    # sets until a pair passes with no colored view, 30 s at most.
+    end = time.monotonic() + 30.0
+    settled = after
+    while True:
+        more = after_sets(2, 53)
+        if more[1] == settled[1] or time.monotonic() > end:
+            break
+        settled = more
+    assert after[0] >= points + 2 and more[1] == settled[1], 'expected points >= {} and the ' \
+        'colored count to stop (no subscriber), received {}, then {}'.format(
+            points + 2, after, more)
+    after = more
     # ~/depth, subscribed by the graph all along, was published with each cloud (a reading
     # may fall between the two publishes of one frame: one apart at most).
     assert abs((after[2] - depth) - (after[0] - points)) <= 1, 'expected as many depth ' \
