@@ -11,6 +11,7 @@ of a traceback.
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -1207,6 +1208,43 @@ def test_composed_nodes_gives_the_thread_count_to_opencv_too(tmp_path):
                           stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=60,
                           universal_newlines=True)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == 'calls [3]', done.stdout
+
+
+_SLOW_TEARDOWN = r"""
+import os, signal, sys, threading, time
+from depth_ros.nodes_core.params import DIAGNOSTICS_PERIOD, LOG_THROTTLE
+from depth_ros.ros import runtime
+runtime.TEARDOWN_DUMP_S = 0.5
+
+
+class SlowClose(runtime.DepthRosNode):
+    def __init__(self):
+        super().__init__('slow_close', [DIAGNOSTICS_PERIOD, LOG_THROTTLE])
+
+    def close(self):
+        time.sleep(1.5)      # a close that outlives the watchdog
+
+
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+sys.exit(runtime.run_node(SlowClose, 'slow_close', ['slow_close']))
+"""
+
+
+@pytest.mark.rmw_independent   # the process's own teardown, not the graph
+def test_a_teardown_that_outlives_its_bound_writes_every_thread_s_stack():
+    # An alignment_node once outlived launch's SIGINT and SIGTERM (killed 15 s later) with no
+    # word of where it was. Now a teardown still running TEARDOWN_DUMP_S after the stop writes
+    # every thread's stack to stderr (faulthandler: also where C code holds the GIL), and the
+    # process still ends as it would.
+    done = subprocess.run([sys.executable, '-c', _SLOW_TEARDOWN], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=ROOT, timeout=60,
+                          env=_without_malloc_tuning(), universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    assert 'Timeout (0:00:00.500000)!' in done.stdout, done.stdout
+    # The stack of the main thread, in the slow close, called from the teardown.
+    assert re.search(r'File "<string>", line \d+ in close\n.*line \d+ in teardown',
+                     done.stdout, re.S), done.stdout
+    assert done.stdout.count('Timeout (') == 1, done.stdout
 
 
 _STARTUP_DEBUG = r"""

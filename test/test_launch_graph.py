@@ -762,6 +762,8 @@ def test_stopping_the_launch_stops_every_node_cleanly(tmp_path, overlay, action,
             names, out
         assert not [line for line in out.splitlines() if '[ERROR]' in line or
                     'Traceback' in line], out
+        # Nor the teardown watchdog's stacks (runtime.watch_teardown): a stop within bounds.
+        assert 'Timeout (' not in out, out
     else:
         # Orphans, reaped by the driver: each ended by its own clean exit.
         assert [p['orphan']['exit'] for p in report['processes']

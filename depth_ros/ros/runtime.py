@@ -395,6 +395,33 @@ def spin_nodes(nodes, executor, signals) -> int:
     return 0
 
 
+# A process still tearing down this long after its stop writes every thread's stack to stderr
+# (faulthandler's watchdog, a C thread: it fires where C code holds the GIL too, as rclpy's
+# shutdown does). Our teardown is bounded by design (a worker's job 2 s, the executor 1 s);
+# ros2 launch escalates to SIGTERM 5 s after its SIGINT, and SIGKILL 10 s later, with no word
+# of where the process was.
+TEARDOWN_DUMP_S = 4.5
+
+
+def watch_teardown(seconds: Optional[float] = None) -> bool:
+    """
+    Arm a one-shot dump of every thread's stack, ``seconds`` from now; return whether armed.
+
+    ``seconds``: None is ``TEARDOWN_DUMP_S``.
+
+    For a node process's own entry point (run_node, composed.run) only: the process has one
+    such watchdog, and the interpreter's exit cancels it. Not armed without a stderr that has
+    a file descriptor.
+    """
+    import faulthandler
+    try:
+        faulthandler.dump_traceback_later(TEARDOWN_DUMP_S if seconds is None else seconds,
+                                          exit=False, file=sys.stderr)
+    except (AttributeError, OSError, ValueError):    # no stderr, or none with a descriptor
+        return False
+    return True
+
+
 def teardown(nodes, executor) -> None:
     """Stop the nodes' threads in order (producers first), then the executor and the nodes."""
     for node in nodes:
@@ -483,6 +510,7 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             try:
                 code = spin_nodes([node], executor, signals)
             finally:
+                watch_teardown()
                 teardown([node], executor)
         compat.shutdown()
     return code
