@@ -47,8 +47,7 @@ from depth_ros.nodes_core.params import ConfigError, given_names, params_file_er
 from depth_ros.nodes_core.workers import forward_debug_if_asked, forward_library_logs, \
     keep_large_blocks, node_logger_name
 from depth_ros.ros import compat
-from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown, \
-    watch_teardown
+from depth_ros.ros.runtime import DepthRosNode, Signals, spin_nodes, teardown
 from depth_ros.util import describe_error
 
 KINDS = ('zed_node', 'depth_node', 'alignment_node', 'marigold_node')
@@ -319,7 +318,6 @@ def run(args: Optional[List[str]] = None) -> int:
         try:
             code = spin_nodes(nodes, executor, signals)
         finally:
-            watch_teardown()
             teardown(nodes, executor)      # producers first: the order of the sections
         compat.shutdown()
     return code

@@ -403,27 +403,29 @@ def spin_nodes(nodes, executor, signals) -> int:
 TEARDOWN_DUMP_S = 4.5
 
 
-def watch_teardown(seconds: Optional[float] = None) -> bool:
+def watch_teardown() -> bool:
     """
-    Arm a one-shot dump of every thread's stack, ``seconds`` from now; return whether armed.
+    Arm a one-shot dump of every thread's stack, ``TEARDOWN_DUMP_S`` from now; return if armed.
 
-    ``seconds``: None is ``TEARDOWN_DUMP_S``.
-
-    For a node process's own entry point (run_node, composed.run) only: the process has one
-    such watchdog, and the interpreter's exit cancels it. Not armed without a stderr that has
-    a file descriptor.
+    :func:`teardown` arms it: the node processes' own entry points (run_node, composed.run)
+    are its callers. The process has one such watchdog, and the interpreter's exit cancels it.
+    Not armed without a stderr that has a file descriptor.
     """
     import faulthandler
     try:
-        faulthandler.dump_traceback_later(TEARDOWN_DUMP_S if seconds is None else seconds,
-                                          exit=False, file=sys.stderr)
+        faulthandler.dump_traceback_later(TEARDOWN_DUMP_S, exit=False, file=sys.stderr)
     except (AttributeError, OSError, ValueError):    # no stderr, or none with a descriptor
         return False
     return True
 
 
 def teardown(nodes, executor) -> None:
-    """Stop the nodes' threads in order (producers first), then the executor and the nodes."""
+    """
+    Stop the nodes' threads in order (producers first), then the executor and the nodes.
+
+    Watched from here to the process's exit (:func:`watch_teardown`).
+    """
+    watch_teardown()
     for node in nodes:
         node.shutting_down = True
     for node in nodes:
@@ -510,7 +512,6 @@ def run_node(factory: Callable[[], object], name: str, args: Optional[List[str]]
             try:
                 code = spin_nodes([node], executor, signals)
             finally:
-                watch_teardown()
                 teardown([node], executor)
         compat.shutdown()
     return code
