@@ -324,7 +324,7 @@ class Signals(object):
     exit -2 with no word (1 run in 60 of a SIGTERM right after the node appeared, Humble).
     The interpreter's next run of string code clears that note, so ``__exit__`` runs one
     after any KeyboardInterrupt it raised was caught
-    (``test_a_caught_start_up_interrupt_is_not_an_exit_by_sigint``).
+    (``test_faults.py::test_a_signal_during_start_up_is_a_clean_exit_0[string_code-*]``).
     """
 
     def __init__(self):
