@@ -347,7 +347,7 @@ class Signals(object):
             self.raised = True
             raise KeyboardInterrupt
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, *exc):
         for sig, old in self._old.items():
             # Asked to stop: a late signal must not undo the clean exit. A terminal's Ctrl-C
             # reaches the node and `ros2 launch` at once, and launch forwards another SIGINT
@@ -355,8 +355,9 @@ class Signals(object):
             # 0.1 s and more) it puts the default actions back, and that SIGINT ended the
             # node with exit -2 on Humble; an ignored signal stays ignored.
             signal.signal(sig, signal.SIG_IGN if self.count else old)
-        if self.raised and not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)):
-            # Caught: clear CPython's note of an unhandled one (the class docstring).
+        if self.raised:
+            # Clear CPython's note of an unhandled one (the class docstring); one still
+            # propagating is noted again where it leaves the module.
             exec('pass', {})  # noqa: S102 - a constant: runs string code, nothing else
         return False
 
